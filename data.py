@@ -1,0 +1,936 @@
+"""Data loading for OmniSource: annotation lists, decoding, frame sampling, datasets.
+
+What this file implements (paper: Sec. 3.5 forms of web data, Sec. 4 datasets, appendix Table 11):
+
+1. Frame sampling: `sample_frames` is MMAction2 1.x `SampleFrames` (out_of_bound_opt='loop',
+   keep_tail_frames=False, twice_sample=False, no temporal jitter): TSN segments (2D, Sec. 5.1) and
+   dense clips (3D SlowOnly), train and test mode, including videos shorter than a clip.
+2. Decoding: `read_frames` decodes only what the sampled indices need with PyAV (keyframe seeking,
+   early stop, RGB conversion of the needed frames only); `read_frames_naive` decodes and converts
+   every frame (reference and benchmark); `count_frames`. Frame folders (`img_00001.jpg`, 1-based)
+   and still images are read with Pillow.
+3. Annotation lists in MMAction2's formats -> `Sample`s (`read_list`). One list may mix kinds; the
+   kind is read from each line (extension, field count; paths relative to the list's data prefix):
+       videos/x.mp4 LABEL          'video'      trimmed clip (K400-tr, IG-vid)
+       untrimmed/x.mp4 LABEL       'untrimmed'  long video; first path component 'untrimmed' (K400-untr)
+       frames/x 300 LABEL          'frames'     frame folder and its frame count (img_00001.jpg ...)
+       images/x.jpg LABEL          'image'      still web image (GG-k400, IG-img)
+       dir LABEL NUM_PARTS POS...  'raw'        untrimmed video cut in 10-s pieces dir/part_0.mp4 ...
+                                                and the teacher's positive pieces (RawVideoDataset)
+   A `.json` list holds MMAction2's dicts (raw: video_dir/label/num_clips/positive_clip_inds;
+   video or image: filename/label; frames: frame_dir/total_frames/label).
+4. Datasets by name (`resolve_dataset`, `load_split`, `LAYOUTS`): a plain folder DATA_ROOT/NAME/
+   (classes.txt, train.txt, val.txt) or the released layouts of the paper's datasets (Table 11).
+5. `VideoDataset`: a torch Dataset over samples of any kind; reproducible per-item randomness from
+   (seed, epoch, index); a sample that fails to load is replaced by another one and counted.
+
+Helpers are at the bottom of the file.
+"""
+from __future__ import annotations
+
+import bisect
+import contextlib
+import inspect
+import json
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import av
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+
+logger = logging.getLogger(__name__)
+
+VIDEO_EXTS = ('.mp4', '.avi', '.mkv', '.webm', '.mov', '.m4v', '.flv', '.mpg', '.mpeg', '.3gp', '.ts')
+IMAGE_EXTS = ('.jpg', '.jpeg', '.png', '.bmp', '.webp', '.gif', '.tif', '.tiff')
+FRAME_TMPL = 'img_{:05d}.jpg'   # MMAction2 RawframeDataset filename_tmpl, 1-based (start_index=1)
+PART_TMPL = 'part_{}.mp4'       # MMAction2 RawVideoDataset clipname_tmpl, 0-based
+KINDS = ('video', 'untrimmed', 'frames', 'image', 'raw')
+
+
+# =====================================================================================
+# 1. Frame sampling: MMAction2 SampleFrames
+# =====================================================================================
+
+def sample_frames(num_frames: int, clip_len: int, frame_interval: int, num_clips: int,
+                  test_mode: bool, rng: np.random.Generator | None = None) -> np.ndarray:
+    """0-based frame indices `(num_clips * clip_len,)`, clip-major, exactly MMAction2 1.x SampleFrames.
+
+    TSN (clip_len=1): one frame per segment of `num_frames / num_clips` frames, a random offset
+    inside the segment in training, the segment centre in testing. 3D (clip_len>1): clips of
+    `clip_len` frames `frame_interval` apart; training draws the start at random, testing spreads
+    `num_clips` starts evenly from the first to the last possible start (PySlowFast's rule).
+    Indices past the end loop around (`np.mod`), so a short video repeats itself.
+    `rng` (numpy Generator) replaces MMAction2's global `np.random` in training.
+    """
+    if num_frames < 1:
+        raise ValueError(f'sample_frames: num_frames must be >= 1, got {num_frames}')
+    if min(clip_len, frame_interval, num_clips) < 1:
+        raise ValueError(f'sample_frames: clip_len, frame_interval, num_clips must be >= 1, '
+                         f'got {clip_len}, {frame_interval}, {num_clips}')
+    # 1. one start offset per clip (floats in the TSN test rule, truncated at the end as MMAction2 does)
+    if test_mode:
+        offsets = _test_offsets(num_frames, clip_len, frame_interval, num_clips)
+    else:
+        rng = np.random.default_rng() if rng is None else rng
+        offsets = _train_offsets(num_frames, clip_len, frame_interval, num_clips, rng)
+    # 2. every clip covers clip_len frames frame_interval apart: (num_clips, clip_len)
+    inds = offsets[:, None] + np.arange(clip_len)[None, :] * frame_interval
+    # 3. out_of_bound_opt='loop': wrap indices past the end back to the start
+    inds = np.mod(inds, num_frames)
+    # 4. flatten clip-major; the integer cast truncates the TSN test floats like MMAction2's int32 cast
+    return inds.reshape(-1).astype(np.int64)
+
+
+# =====================================================================================
+# 2. Decoding: videos (PyAV), frame folders and still images (Pillow)
+# =====================================================================================
+
+class VideoTooShortError(ValueError):
+    """A frame past the last decodable frame was asked for; `num_frames` is the true count."""
+
+    def __init__(self, path: Path, wanted: int, num_frames: int):
+        super().__init__(f'{path}: frame {wanted} requested but the video decodes to only '
+                         f'{num_frames} frames')
+        self.num_frames = num_frames
+
+
+def read_frames(path: str | Path, indices: Sequence[int]) -> np.ndarray:
+    """Frames `indices` (0-based, any order, repeats allowed) as uint8 `(len(indices), H, W, 3)` RGB.
+
+    Videos are decoded with PyAV doing only the work the indices need:
+    1. one demux pass (packets only, no decoding; ~5 ms for a 10-s clip) gives every frame's pts
+       and the keyframes; the presentation index of a frame is the rank of its pts. At a constant
+       frame rate that is round((pts - start_time) * time_base * average_rate); the rank stays
+       right for variable-frame-rate (phone / web) videos, where that formula does not;
+    2. before each needed frame, seek to the nearest keyframe before it when that keyframe lies
+       beyond the current decoding position (it skips decoding work); codec threading is on;
+    3. only the needed frames are converted to RGB; decoding stops after the last needed frame.
+    Every decoded frame's index is checked to follow its predecessor; when pts disagree with the
+    decoding order (e.g. AVI with packed B-frames) the video is decoded again from the start,
+    counting frames, which is by definition what whole-file decoding gives.
+    A directory is a frame folder (`img_00001.jpg` is index 0); an image file is a 1-frame video.
+    """
+    path = Path(path)
+    wanted = _check_indices(indices, path)
+    if path.is_dir():
+        return _read_frame_folder(path, wanted)
+    if path.suffix.lower() in IMAGE_EXTS:
+        return _read_still(path, wanted)
+    with _open_video(path) as (container, stream):
+        return _decode_video(container, stream, path, wanted)
+
+
+def read_frames_naive(path: str | Path, indices: Sequence[int]) -> np.ndarray:
+    """Reference reader: decode AND convert every frame of the video, then pick `indices`.
+
+    Default PyAV settings, no seeking, no early stop: the benchmark baseline and the test reference
+    for `read_frames`. Frame folders and images have nothing to skip and use `read_frames`.
+    """
+    path = Path(path)
+    wanted = _check_indices(indices, path)
+    if path.is_dir() or path.suffix.lower() in IMAGE_EXTS:
+        return read_frames(path, wanted)
+    _check_file(path)
+    with av.open(str(path)) as container:
+        frames = [f.to_ndarray(format='rgb24') for f in container.decode(video=0)]
+    if int(wanted.max()) >= len(frames):
+        raise VideoTooShortError(path, int(wanted.max()), len(frames))
+    return np.stack([frames[i] for i in wanted])
+
+
+def count_frames(path: str | Path) -> int:
+    """Number of frames of a video, frame folder (img_*.jpg files) or image (1).
+
+    Videos: the container's frame count (`stream.frames`) when it is present and agrees with
+    duration x average frame rate to within one frame; otherwise every frame is decoded and
+    counted (exact, slower; e.g. Matroska/WebM carry no frame count).
+    """
+    path = Path(path)
+    if path.is_dir():
+        return _count_folder_frames(path)
+    if path.suffix.lower() in IMAGE_EXTS:
+        _check_file(path)
+        return 1
+    with _open_video(path) as (container, stream):
+        return _count_video_frames(container, stream)
+
+
+# =====================================================================================
+# 3. Annotation lists (MMAction2 formats)
+# =====================================================================================
+
+@dataclass
+class Sample:
+    """One line of an annotation list, paths joined with the data prefix.
+
+    kind: 'video' | 'untrimmed' | 'frames' | 'image' | 'raw' (see the module docstring).
+    num_frames: frame count of a 'frames' folder (from the list), else None.
+    pos_clips: 'raw' only: 0-based indices of the positive pieces part_{i}.mp4 (teacher filtered).
+    num_parts: 'raw' only: number of pieces part_0.mp4 ... part_{num_parts-1}.mp4.
+    """
+    path: Path
+    label: int
+    kind: str
+    num_frames: int | None = None
+    pos_clips: tuple = ()
+    num_parts: int | None = None
+
+
+def read_list(list_file: str | Path, prefix: str | Path, num_classes: int) -> list[Sample]:
+    """Parse an MMAction2 annotation list (.txt lines or .json dicts) into `Sample`s.
+
+    Errors are one line naming the file and line (entry) and what was expected. Labels must lie in
+    [0, num_classes). Blank lines and lines starting with '#' are skipped. Raw videos without
+    positive pieces are skipped (MMAction2 RawVideoDataset, sampling_strategy='positive').
+    """
+    list_file, prefix = Path(list_file), Path(prefix)
+    if not list_file.is_file():
+        raise FileNotFoundError(f'annotation list {list_file} not found')
+    if list_file.suffix.lower() == '.json':
+        samples = _read_json_list(list_file, prefix, num_classes)
+    else:
+        samples = []
+        for lineno, line in enumerate(list_file.read_text().splitlines(), start=1):
+            if line.strip() and not line.lstrip().startswith('#'):
+                samples.append(_parse_line(line.split(), f'{list_file}:{lineno}', prefix, num_classes))
+    samples = [s for s in samples if s is not None]
+    if not samples:
+        raise ValueError(f'{list_file}: no samples (empty annotation list)')
+    return samples
+
+
+def read_classes(path: str | Path) -> list[str]:
+    """Class names, line i = name of label i. `INDEX NAME` lines (UCF101 classInd.txt) also work."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f'class list {path} not found')
+    lines = [ln.strip() for ln in path.read_text().splitlines() if ln.strip()]
+    if not lines:
+        raise ValueError(f'{path}: no class names (empty file)')
+    heads = [ln.split(maxsplit=1) for ln in lines]
+    if all(len(h) == 2 and h[0].isdigit() for h in heads):   # "1 ApplyEyeMakeup" style
+        first = int(heads[0][0])
+        if [int(h[0]) for h in heads] == list(range(first, first + len(heads))) and first in (0, 1):
+            return [h[1] for h in heads]
+    return lines
+
+
+# =====================================================================================
+# 4. Datasets by name (paper Sec. 4, appendix Table 11)
+# =====================================================================================
+
+@dataclass
+class SplitSpec:
+    """One split: an annotation list and the folder its paths are relative to."""
+    list_file: Path
+    prefix: Path
+
+
+@dataclass
+class DatasetSpec:
+    """A resolved dataset: class names and, per split ('train', 'val', ...), list file + data prefix."""
+    name: str
+    root: Path
+    classes: list[str]
+    splits: dict[str, SplitSpec] = field(default_factory=dict)
+    layout: str = 'plain'    # 'plain' or the LAYOUTS key
+    filtered: bool = False   # the teacher-filtered list of a web source was selected
+
+
+# LAYOUTS: the released layouts of the paper's datasets (Sec. 4, Table 11); every path is relative to
+# DATA_ROOT. Keys: 'root' (the dataset's folder), 'about', 'classes' (candidate class-name files, the
+# first found wins), 'classes_from' (else: sorted sub-folders of this folder, MMAction2's label order),
+# 'splits' (split -> (list file, data prefix)), 'filtered' (the teacher-filtered train list, Sec. 3.4;
+# the released `*_wodup.txt` lists are also de-duplicated against k200_val), 'folder' (web source
+# folder). A data prefix of None means OmniSource/ when the list's first path starts with `folder`
+# (as in MMAction2's webimage_200 union list), else OmniSource/<folder>/.
+_ANN = 'OmniSource/annotations'
+_K200_CLASSES = (f'{_ANN}/k200_actions.txt', 'OmniSource/classes.txt')
+_K400_CLASSES = ('kinetics400/classes.txt', 'kinetics400/label_map_k400.txt',
+                 f'{_ANN}/label_map_k400.txt')
+LAYOUTS: dict[str, dict] = {
+    'k400': dict(
+        root='kinetics400',
+        about='Kinetics-400 trimmed 10-s clips, K400-tr (Sec. 4.1); MMAction2 data/kinetics400; '
+              'class names: MMAction2 tools/data/kinetics/label_map_k400.txt copied in',
+        classes=_K400_CLASSES,
+        splits={'train': ('kinetics400/kinetics400_train_list_videos.txt', 'kinetics400/videos_train'),
+                'val': ('kinetics400/kinetics400_val_list_videos.txt', 'kinetics400/videos_val')}),
+    'k200': dict(
+        root='OmniSource',
+        about='Mini-Kinetics (200 classes), target of the released OmniSource subset',
+        classes=_K200_CLASSES,
+        splits={'train': (f'{_ANN}/kinetics_200/k200_train.txt', 'OmniSource/kinetics_200_train'),
+                'val': (f'{_ANN}/kinetics_200/k200_val.txt', 'OmniSource/kinetics_200_val')}),
+    'ucf101': dict(
+        root='ucf101',
+        about='UCF101 split 1 (Table 11, transfer); MMAction2 data/ucf101',
+        classes=('ucf101/classes.txt', 'ucf101/annotations/classInd.txt'),
+        classes_from='ucf101/videos',
+        splits={'train': ('ucf101/ucf101_train_split_1_videos.txt', 'ucf101/videos'),
+                'val': ('ucf101/ucf101_val_split_1_videos.txt', 'ucf101/videos')}),
+    'hmdb51': dict(
+        root='hmdb51',
+        about='HMDB51 split 1 (transfer); MMAction2 data/hmdb51',
+        classes=('hmdb51/classes.txt',),
+        classes_from='hmdb51/videos',
+        splits={'train': ('hmdb51/hmdb51_train_split_1_videos.txt', 'hmdb51/videos'),
+                'val': ('hmdb51/hmdb51_val_split_1_videos.txt', 'hmdb51/videos')}),
+    'gg': dict(
+        root='OmniSource', folder='googleimage_200',
+        about='GoogleImage web images, GG-k400 (Sec. 4.2); released googleimage_200',
+        classes=_K200_CLASSES,
+        splits={'train': (f'{_ANN}/googleimage_200/googleimage_200.txt', None)},
+        filtered=f'{_ANN}/googleimage_200/tsn_8seg_googleimage_200_wodup.txt'),
+    'ig-img': dict(
+        root='OmniSource', folder='insimage_200',
+        about='Instagram images, IG-img (Sec. 4.2); released insimage_200',
+        classes=_K200_CLASSES,
+        splits={'train': (f'{_ANN}/insimage_200/insimage_200.txt', None)},
+        filtered=f'{_ANN}/insimage_200/tsn_8seg_insimage_200_wodup.txt'),
+    'web-img': dict(
+        root='OmniSource',
+        about='GG + IG-img union (MMAction2 webimage_200); only the filtered list is released, '
+              "its paths start with 'googleimage_200/' or 'insimage_200/'",
+        classes=_K200_CLASSES,
+        splits={'train': (f'{_ANN}/webimage_200/tsn_8seg_webimage_200_wodup.txt', 'OmniSource')},
+        filtered=f'{_ANN}/webimage_200/tsn_8seg_webimage_200_wodup.txt'),
+    'ig-vid': dict(
+        root='OmniSource', folder='insvideo_200',
+        about='Instagram trimmed videos, IG-vid (Sec. 4.2); released insvideo_200',
+        classes=_K200_CLASSES,
+        splits={'train': (f'{_ANN}/insvideo_200/insvideo_200.txt', None)},
+        filtered=f'{_ANN}/insvideo_200/slowonly_8x8_insvideo_200_wodup.txt'),
+    'k200-raw': dict(
+        root='OmniSource',
+        about='Kinetics-200 untrimmed videos in 10-s pieces (Sec. 3.5, RawVideoDataset); only the '
+              'filtered JSON is released; the unfiltered list is yours to write (all pieces positive)',
+        classes=_K200_CLASSES,
+        splits={'train': (f'{_ANN}/kinetics_raw_200/kinetics_raw_200.txt',
+                          'OmniSource/kinetics_raw_200_train')},
+        filtered=f'{_ANN}/kinetics_raw_200/slowonly_8x8_kinetics_raw_200.json'),
+    'k400-untr': dict(
+        root='OmniSource',
+        about='K400-untr, the rest of the K400 training videos (Sec. 4.1); not released: mirrors '
+              "k200-raw; lines 'untrimmed/ID.mp4 LABEL' (whole video) or 'DIR LABEL NUM_PARTS POS...'",
+        classes=_K400_CLASSES,
+        splits={'train': (f'{_ANN}/kinetics_raw_400/kinetics_raw_400.txt',
+                          'OmniSource/kinetics_raw_400_train')},
+        filtered=f'{_ANN}/kinetics_raw_400/slowonly_8x8_kinetics_raw_400.json'),
+}
+PLAIN_LAYOUT = 'DATA_ROOT/NAME/ with classes.txt (line i = name of label i), train.txt and val.txt'
+
+
+def resolve_dataset(data_root: str | Path, name: str, filtered: bool = False) -> DatasetSpec:
+    """Find dataset `name` under `data_root` -> DatasetSpec (class names read, lists not yet read).
+
+    A plain folder DATA_ROOT/NAME/ with classes.txt wins over a layout name. `filtered=True` or the
+    name suffix ':filtered' ('gg:filtered') selects a web source's teacher-filtered train list.
+
+    name       list files (A = DATA_ROOT/OmniSource/annotations)        data prefix (under DATA_ROOT)
+    NAME       NAME/{train,val,test}.txt (+ NAME/classes.txt)           NAME/
+    k400       kinetics400/kinetics400_{train,val}_list_videos.txt      kinetics400/videos_{train,val}/
+    k200       A/kinetics_200/k200_{train,val}.txt                      OmniSource/kinetics_200_{train,val}/
+    ucf101     ucf101/ucf101_{train,val}_split_1_videos.txt             ucf101/videos/
+    hmdb51     hmdb51/hmdb51_{train,val}_split_1_videos.txt             hmdb51/videos/
+    gg         A/googleimage_200/googleimage_200.txt                    OmniSource/[googleimage_200/]
+      filtered A/googleimage_200/tsn_8seg_googleimage_200_wodup.txt
+    ig-img     A/insimage_200/insimage_200.txt                          OmniSource/[insimage_200/]
+      filtered A/insimage_200/tsn_8seg_insimage_200_wodup.txt
+    web-img    A/webimage_200/tsn_8seg_webimage_200_wodup.txt           OmniSource/
+    ig-vid     A/insvideo_200/insvideo_200.txt                          OmniSource/[insvideo_200/]
+      filtered A/insvideo_200/slowonly_8x8_insvideo_200_wodup.txt
+    k200-raw   A/kinetics_raw_200/kinetics_raw_200.txt                  OmniSource/kinetics_raw_200_train/
+      filtered A/kinetics_raw_200/slowonly_8x8_kinetics_raw_200.json
+    k400-untr  A/kinetics_raw_400/kinetics_raw_400.txt                  OmniSource/kinetics_raw_400_train/
+      filtered A/kinetics_raw_400/slowonly_8x8_kinetics_raw_400.json
+    Class names: k400 / k400-untr kinetics400/classes.txt or label_map_k400.txt; k200 and the web
+    sources OmniSource/annotations/k200_actions.txt; ucf101 annotations/classInd.txt or the sorted
+    class folders of videos/ (hmdb51 likewise). See LAYOUTS for every candidate.
+    """
+    data_root = Path(data_root)
+    if name.endswith(':filtered'):
+        name, filtered = name[:-len(':filtered')], True
+    plain = data_root / name
+    if name and (plain / 'classes.txt').is_file():
+        return _resolve_plain(plain, name, filtered)
+    if name not in LAYOUTS and name and plain.is_dir():
+        raise FileNotFoundError(f'dataset {name}: {plain}/classes.txt not found (a plain dataset '
+                                f'folder needs classes.txt, train.txt and val.txt)')
+    if name not in LAYOUTS:
+        raise ValueError(f'unknown dataset {name!r} under {data_root}: known names are '
+                         f'{", ".join(LAYOUTS)} (web sources take filtered=True or ":filtered"), '
+                         f'or make a plain folder {PLAIN_LAYOUT}')
+    return _resolve_layout(data_root, name, filtered)
+
+
+def load_split(spec: DatasetSpec, split: str) -> list[Sample]:
+    """Read split `split` of a resolved dataset -> list of Samples (labels checked against classes)."""
+    if split not in spec.splits:
+        raise ValueError(f'dataset {spec.name}: no split {split!r}; available: '
+                         f'{", ".join(spec.splits) or "none"}')
+    s = spec.splits[split]
+    return read_list(s.list_file, s.prefix, len(spec.classes))
+
+
+# =====================================================================================
+# 5. Dataset
+# =====================================================================================
+
+@dataclass
+class Sampling:
+    """Frame sampling of one item: `num_clips` clips of `clip_len` frames `frame_interval` apart.
+
+    TSN: clip_len=1, frame_interval=1, num_clips=segments (3 train / 25 test). SlowOnly 4x16:
+    clip_len=4, frame_interval=16, num_clips=1 train / 10 test.
+    """
+    clip_len: int = 1
+    frame_interval: int = 1
+    num_clips: int = 3
+
+    @property
+    def num_frames(self) -> int:
+        return self.clip_len * self.num_clips
+
+
+def replicate_image(image: np.ndarray, num_frames: int) -> np.ndarray:
+    """Sec. 3.5 naive image-to-clip: repeat the image `(H, W, 3)` -> `(num_frames, H, W, 3)`."""
+    return np.repeat(image[None], num_frames, axis=0)
+
+
+class VideoDataset(torch.utils.data.Dataset):
+    """Samples of any kind -> `(clip tensor, label, index)` through `transform`.
+
+    Each item gets its own numpy Generator from (seed, epoch, index): frame sampling, the raw piece
+    choice and (when they take an `rng` keyword) `transform` / `image_to_clip` draw from it, so
+    items do not depend on DataLoader workers or on the order they are read in; `set_epoch`
+    changes them per epoch. Train: random sampling; test: MMAction2's deterministic test sampling.
+    Kinds: video / untrimmed (sampled over the whole video), frames (folder, count from the list),
+    image (`image_to_clip(image, clip_len * num_clips)`), raw (a random positive piece in training,
+    the first positive piece in testing; MMAction2 RawVideoDataset).
+    A sample that fails to load (missing, empty, truncated, not a video, corrupt image) is replaced
+    by another sample, chosen deterministically from the index; the returned index and label are
+    the replacement's. Failures are logged once per path per process (`failed_paths`, `num_replaced`)
+    and counted in `num_failed`, a counter in shared memory that the DataLoader workers all add to,
+    so the training log can report it.
+    """
+
+    def __init__(self, samples: Sequence[Sample], sampling: Sampling, transform: Callable | None = None,
+                 test_mode: bool = False, image_to_clip: Callable = replicate_image, seed: int = 0):
+        if not samples:
+            raise ValueError('VideoDataset: no samples')
+        if seed < 0:
+            raise ValueError(f'VideoDataset: seed must be >= 0, got {seed}')
+        self.samples, self.sampling, self.test_mode = list(samples), sampling, test_mode
+        self.transform, self.image_to_clip, self.seed, self.epoch = transform, image_to_clip, seed, 0
+        self._transform_rng = transform is not None and _takes_rng(transform)
+        self._image_rng = _takes_rng(image_to_clip)
+        self._image_label = _takes(image_to_clip, 'label')   # class-specific camera motion (Table 8)
+        self._failed = torch.zeros(1, dtype=torch.int64).share_memory_()   # seen by every worker
+        self.failed_paths: list[str] = []
+        self.num_replaced = 0
+        self._bad: dict[int, str] = {}         # index -> error message, this process
+        self._counts: dict[str, int] = {}      # video path -> frame count cache
+
+    @property
+    def num_failed(self) -> int:
+        """Failed reads over this process and its DataLoader workers (a sample counts once per process)."""
+        return int(self._failed.item())
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch's randomness (call before each epoch, in the main process)."""
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int):
+        frames, label, used, rng = self._load_with_replacement(index)
+        if self.transform is None:
+            clip = torch.from_numpy(np.ascontiguousarray(frames))
+        else:
+            clip = self.transform(frames, rng=rng) if self._transform_rng else self.transform(frames)
+        return clip, label, used
+
+    def load(self, index: int) -> tuple[np.ndarray, int, int]:
+        """Frames uint8 `(T, H, W, 3)` of item `index` before the transform, its label and the
+        index actually used (differs when the sample failed and was replaced)."""
+        frames, label, used, _ = self._load_with_replacement(index)
+        return frames, label, used
+
+    def _rng(self, index: int) -> np.random.Generator:
+        return np.random.default_rng([self.seed, self.epoch, index])
+
+    def _load_with_replacement(self, index: int):
+        """Load `index`; on failure try others in a fixed order (index + k*stride mod n)."""
+        n = len(self.samples)
+        if not 0 <= index < n:
+            raise IndexError(f'VideoDataset: index {index} out of range [0, {n})')
+        stride = _coprime_stride(n)
+        for k in range(n):
+            j = (index + k * stride) % n
+            if j in self._bad:
+                continue
+            rng = self._rng(j)
+            try:   # only reading is guarded: errors of image_to_clip / transform are bugs, raised
+                frames = self._load_sample(self.samples[j], rng)
+            except Exception as err:   # PyAV, Pillow and the OS raise many unrelated types
+                self._record_failure(j, err)
+                continue
+            if self.samples[j].kind == 'image':   # Sec. 3.5: image (H, W, 3) -> clip (T, H, W, 3)
+                kw = {'rng': rng} if self._image_rng else {}
+                if self._image_label:
+                    kw['label'] = self.samples[j].label
+                frames = np.asarray(self.image_to_clip(frames, self.sampling.num_frames, **kw),
+                                    dtype=np.uint8)
+            self.num_replaced += int(j != index)
+            return frames, self.samples[j].label, j, rng
+        first = self.failed_paths[0] if self.failed_paths else '?'
+        raise RuntimeError(f'VideoDataset: all {n} samples failed to load (first: {first}: '
+                           f'{next(iter(self._bad.values()), "?")})')
+
+    def _record_failure(self, j: int, err: Exception) -> None:
+        path = str(self.samples[j].path)
+        self._bad[j] = f'{type(err).__name__}: {err}'
+        self.failed_paths.append(path)
+        self._failed += 1
+        logger.warning('failed to load %s (%s); it is replaced by another sample (%d failed so far '
+                       'in this process)', path, self._bad[j], len(self.failed_paths))
+
+    def _load_sample(self, s: Sample, rng: np.random.Generator) -> np.ndarray:
+        """Decode one sample: frames uint8 `(clip_len * num_clips, H, W, 3)`, an image `(H, W, 3)`."""
+        if s.kind == 'image':
+            return read_frames(s.path, [0])[0]
+        if s.kind == 'frames':
+            idx = self._sample(s.num_frames, rng)
+            return read_frames(s.path, idx)
+        path = s.path
+        if s.kind == 'raw':
+            part = s.pos_clips[0] if self.test_mode else int(rng.choice(s.pos_clips))
+            path = s.path / PART_TMPL.format(part)
+        return self._load_video(path, rng)
+
+    def _load_video(self, path: Path, rng: np.random.Generator) -> np.ndarray:
+        """Count (cached per path), sample and decode a video with one open container."""
+        key = str(path)
+        with _open_video(path) as (container, stream):
+            if key not in self._counts:
+                self._counts[key] = _count_video_frames(container, stream)
+            try:
+                return _decode_video(container, stream, path, self._sample(self._counts[key], rng))
+            except VideoTooShortError as err:   # the container's frame count was optimistic
+                true_count = err.num_frames
+                if true_count < 1:
+                    raise
+        self._counts[key] = true_count
+        return read_frames(path, self._sample(true_count, rng))
+
+    def _sample(self, num_frames: int, rng: np.random.Generator) -> np.ndarray:
+        sp = self.sampling
+        return sample_frames(num_frames, sp.clip_len, sp.frame_interval, sp.num_clips,
+                             self.test_mode, rng)
+
+
+# =====================================================================================
+# Helpers: frame sampling
+# =====================================================================================
+
+def _train_offsets(num_frames: int, clip_len: int, frame_interval: int, num_clips: int,
+                   rng: np.random.Generator) -> np.ndarray:
+    """Training clip starts: MMAction2 `SampleFrames._get_train_clips` (keep_tail_frames=False)."""
+    ori_clip_len = clip_len * frame_interval   # frames spanned by one clip in training
+    # 1. split the usable starts [0, num_frames - ori_clip_len] in num_clips equal segments
+    avg_interval = (num_frames - ori_clip_len + 1) // num_clips
+    if avg_interval > 0:
+        # 2a. TSN: a uniformly random start inside each segment (3D with 1 clip: a random start)
+        base = np.arange(num_clips) * avg_interval
+        return base + rng.integers(avg_interval, size=num_clips)
+    if num_frames > max(num_clips, ori_clip_len):
+        # 2b. fewer usable starts than clips: sorted random starts (some may repeat)
+        return np.sort(rng.integers(num_frames - ori_clip_len + 1, size=num_clips))
+    if avg_interval == 0:
+        # 2c. evenly spread starts over the few usable ones
+        ratio = (num_frames - ori_clip_len + 1.0) / num_clips
+        return np.around(np.arange(num_clips) * ratio)
+    # 2d. the video is shorter than a clip: start at 0 (looping fills the clip)
+    return np.zeros((num_clips,), dtype=np.int64)
+
+
+def _test_offsets(num_frames: int, clip_len: int, frame_interval: int, num_clips: int) -> np.ndarray:
+    """Testing clip starts: MMAction2 1.x `SampleFrames._get_test_clips` (target_fps=None)."""
+    if clip_len == 1:
+        # 2D: centre of each of num_clips equal segments (floats; truncated by the caller)
+        avg_interval = num_frames / float(num_clips)
+        base = np.arange(num_clips) * avg_interval
+        return base + avg_interval / 2.0
+    # 3D: num_clips starts spread evenly over [0, max_offset]; one clip sits in the middle
+    ori_clip_len = (clip_len - 1) * frame_interval + 1   # frames spanned by one test clip
+    max_offset = max(num_frames - ori_clip_len, 0)
+    if num_clips > 1:
+        offset_between = max_offset / float(num_clips - 1)
+        return np.round(np.arange(num_clips) * offset_between)   # round half to even, as numpy
+    return np.array([max_offset // 2])
+
+
+# =====================================================================================
+# Helpers: decoding
+# =====================================================================================
+
+@contextlib.contextmanager
+def _open_video(path: Path):
+    """Open a video file with PyAV -> (container, first video stream), codec threading on."""
+    _check_file(path)
+    container = av.open(str(path))
+    try:
+        if not container.streams.video:
+            raise ValueError(f'{path}: no video stream')
+        stream = container.streams.video[0]
+        stream.codec_context.thread_type = 'AUTO'   # frame + slice threads
+        yield container, stream
+    finally:
+        container.close()
+
+
+def _decode_video(container, stream, path: Path, indices: np.ndarray,
+                  stats: dict | None = None) -> np.ndarray:
+    """Decode `indices` from an open container (see `read_frames`); `stats` gets decoded/seeks counts."""
+    wanted = np.unique(indices)
+    stats = {} if stats is None else stats
+    stats.update(decoded=0, seeks=0, sequential=False)
+    index = _pts_index(container, stream)
+    frames = None if index is None else _decode_seeking(container, stream, wanted, index, stats)
+    if frames is None:   # pts unusable or inconsistent: count frames in decoding order instead
+        stats.update(sequential=True)
+        frames = _decode_sequential(path, wanted, stats)
+    return np.stack([frames[int(i)] for i in indices])
+
+
+@dataclass
+class _PtsIndex:
+    """Result of the demux pass: presentation index of each pts, keyframe positions."""
+    rank: dict[int, int]     # pts -> 0-based presentation index
+    keys: list[int]          # sorted presentation indices of keyframes
+    key_pts: list[int]       # their pts: the seek target (FFmpeg lands exactly on it)
+    key_set: frozenset = frozenset()
+
+    @property
+    def num_frames(self) -> int:
+        return len(self.rank)
+
+
+def _pts_index(container, stream) -> _PtsIndex | None:
+    """Demux every packet of the video stream (no decoding) -> `_PtsIndex`, None if pts unusable."""
+    pts, key_pts = [], []
+    try:
+        for packet in container.demux(stream):
+            if packet.size == 0 or getattr(packet, 'is_discard', False):   # flush / edit-list cut
+                continue
+            if packet.pts is None:
+                return None
+            pts.append(packet.pts)
+            if packet.is_keyframe:
+                key_pts.append(packet.pts)
+    except av.error.FFmpegError:   # damaged file: let sequential decoding decide
+        return None
+    order = sorted(pts)
+    if not order or len(set(order)) != len(order):
+        return None
+    rank = {p: i for i, p in enumerate(order)}
+    key_pts = sorted(key_pts)
+    keys = [rank[p] for p in key_pts]
+    return _PtsIndex(rank=rank, keys=keys, key_pts=key_pts, key_set=frozenset(keys))
+
+
+def _decode_seeking(container, stream, wanted: np.ndarray, index: _PtsIndex,
+                    stats: dict) -> dict[int, np.ndarray] | None:
+    """Decode the sorted unique `wanted` frames with keyframe seeks; None if pts prove unreliable."""
+    want, out = set(int(i) for i in wanted), {}
+    frames, pos = None, -1   # decoder iterator; index of the last frame taken from it
+    for n in (int(i) for i in wanted):
+        if n >= index.num_frames:
+            return None   # past the demuxed frames: sequential decoding reports the truth
+        k = bisect.bisect_right(index.keys, n) - 1   # nearest keyframe at or before n
+        if k < 0:
+            return None
+        # 1. seek when the keyframe lies beyond the next frame the decoder would give
+        if frames is None or index.keys[k] > pos + 1:
+            container.seek(index.key_pts[k], backward=True, any_frame=False, stream=stream)
+            frames, pos = container.decode(stream), None
+            stats['seeks'] += 1
+        # 2. decode up to n, checking that indices follow each other; convert only wanted frames
+        while pos is None or pos < n:
+            frame = next(frames, None)
+            i = None if frame is None else index.rank.get(frame.pts)
+            if i is None:
+                return None
+            stats['decoded'] += 1
+            if pos is None:   # right after a seek
+                if i > n:
+                    return None   # landed past n
+                if i not in index.key_set:
+                    continue      # open-GOP leading frame shown before the keyframe: skip it
+            elif i != pos + 1:
+                return None       # decoding order disagrees with the pts ranks
+            pos = i
+            if i in want:
+                out[i] = frame.to_ndarray(format='rgb24')
+    return out
+
+
+def _decode_sequential(path: Path, wanted: np.ndarray, stats: dict) -> dict[int, np.ndarray]:
+    """Decode from the start counting frames (whole-file semantics); stop after the last wanted."""
+    want, out, last, count = set(int(i) for i in wanted), {}, int(wanted[-1]), 0
+    with _open_video(path) as (container, stream):
+        for i, frame in enumerate(container.decode(stream)):
+            count = i + 1
+            if i in want:
+                out[i] = frame.to_ndarray(format='rgb24')
+            if i >= last:
+                break
+    stats['decoded'] += count
+    if count <= last:
+        raise VideoTooShortError(path, last, count)
+    return out
+
+
+def _count_video_frames(container, stream) -> int:
+    """`stream.frames` when consistent with duration x rate, else decode and count."""
+    n = stream.frames
+    if n > 0 and stream.duration and stream.average_rate and stream.time_base:
+        expected = float(stream.duration * stream.time_base * stream.average_rate)
+        if abs(n - expected) <= 1.0:
+            return int(n)
+    count = sum(1 for _ in container.decode(stream))
+    if count == 0:
+        raise ValueError(f'{container.name}: no decodable video frames')
+    container.seek(0)   # rewind for a caller that decodes next
+    return count
+
+
+def _check_file(path: Path) -> None:
+    if not path.is_file():
+        raise FileNotFoundError(f'{path}: no such file')
+    if path.stat().st_size == 0:
+        raise ValueError(f'{path}: empty file')
+
+
+def _check_indices(indices: Sequence[int], path: Path) -> np.ndarray:
+    """Indices -> int64 array; must be non-empty, integral and >= 0."""
+    idx = np.asarray(indices)
+    if idx.ndim != 1 or idx.size == 0:
+        raise ValueError(f'{path}: indices must be a non-empty 1-D sequence, got shape {idx.shape}')
+    if not np.issubdtype(idx.dtype, np.integer):
+        raise ValueError(f'{path}: indices must be integers, got dtype {idx.dtype}')
+    if idx.min() < 0:
+        raise ValueError(f'{path}: frame indices must be >= 0, got {int(idx.min())}')
+    return idx.astype(np.int64)
+
+
+def _load_image(path: Path) -> np.ndarray:
+    """Image file -> uint8 `(H, W, 3)` RGB; EXIF orientation applied (as OpenCV/mmcv do)."""
+    _check_file(path)
+    with Image.open(path) as im:
+        im = ImageOps.exif_transpose(im)
+        return np.asarray(im.convert('RGB'), dtype=np.uint8)   # convert() forces a full decode
+
+
+def _read_still(path: Path, indices: np.ndarray) -> np.ndarray:
+    if int(indices.max()) > 0:
+        raise VideoTooShortError(path, int(indices.max()), 1)
+    image = _load_image(path)
+    return np.repeat(image[None], len(indices), axis=0)
+
+
+def _read_frame_folder(folder: Path, indices: np.ndarray) -> np.ndarray:
+    """Frame folder: index i is FRAME_TMPL.format(i + 1); each distinct frame read once."""
+    cache = {int(i): _load_image(folder / FRAME_TMPL.format(int(i) + 1)) for i in np.unique(indices)}
+    return np.stack([cache[int(i)] for i in indices])
+
+
+def _count_folder_frames(folder: Path) -> int:
+    n = sum(1 for _ in folder.glob('img_*.jpg'))
+    if n == 0:
+        raise ValueError(f'{folder}: frame folder without img_*.jpg frames')
+    return n
+
+
+# =====================================================================================
+# Helpers: annotation lists and layouts
+# =====================================================================================
+
+def _parse_line(fields: list[str], where: str, prefix: Path, num_classes: int) -> Sample:
+    """One list line -> Sample; the kind follows from the extension and the field count."""
+    suffix = Path(fields[0]).suffix.lower()
+    if suffix in VIDEO_EXTS or suffix in IMAGE_EXTS:
+        # 1. media file: 'PATH LABEL'
+        if len(fields) != 2:
+            raise ValueError(f"{where}: expected 'PATH LABEL' for a {suffix} file, got {len(fields)} "
+                             f'fields (multi-label lines are not supported)')
+        label = _parse_label(fields[1], where, num_classes)
+        if suffix in IMAGE_EXTS:
+            kind = 'image'
+        else:
+            kind = 'untrimmed' if Path(fields[0]).parts[0] == 'untrimmed' else 'video'
+        return Sample(prefix / fields[0], label, kind)
+    if len(fields) == 3:
+        # 2. frame folder: 'DIR NUM_FRAMES LABEL'
+        num_frames = _parse_int(fields[1], where, 'NUM_FRAMES', minimum=1)
+        return Sample(prefix / fields[0], _parse_label(fields[2], where, num_classes), 'frames',
+                      num_frames=num_frames)
+    if len(fields) >= 4:
+        # 3. raw video in pieces: 'DIR LABEL NUM_PARTS POS_IDX...'
+        label = _parse_label(fields[1], where, num_classes)
+        num_parts = _parse_int(fields[2], where, 'NUM_PARTS', minimum=1)
+        pos = tuple(_parse_int(f, where, 'POS_IDX', minimum=0) for f in fields[3:])
+        return _raw_sample(prefix / fields[0], label, num_parts, pos, where)
+    raise ValueError(f"{where}: expected 'PATH LABEL' (video {'/'.join(VIDEO_EXTS[:3])}... or image), "
+                     f"'DIR NUM_FRAMES LABEL' (frame folder) or 'DIR LABEL NUM_PARTS POS_IDX...' "
+                     f"(raw video), got {' '.join(fields)!r}")
+
+
+def _read_json_list(list_file: Path, prefix: Path, num_classes: int) -> list[Sample | None]:
+    """MMAction2 JSON annotations: a list of dicts (raw video, video/image or frame folder)."""
+    try:
+        entries = json.loads(list_file.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f'{list_file}: not valid JSON ({err})') from None
+    if not isinstance(entries, list):
+        raise ValueError(f'{list_file}: expected a JSON list of dicts')
+    samples = []
+    for n, e in enumerate(entries):
+        where = f'{list_file}: entry {n}'
+        if not isinstance(e, dict) or 'label' not in e:
+            raise ValueError(f'{where}: expected a dict with "label" and one of "video_dir", '
+                             f'"filename", "frame_dir"')
+        label = _parse_label(e['label'], where, num_classes)
+        if 'video_dir' in e:
+            pos = tuple(_parse_int(p, where, 'positive_clip_inds', 0)
+                        for p in e.get('positive_clip_inds', ()))
+            num_parts = _parse_int(e.get('num_clips'), where, 'num_clips', 1)
+            raw = _raw_sample(prefix / e['video_dir'], label, num_parts, pos, where)
+            samples.append(raw if pos else None)   # no positive piece: skipped, like MMAction2
+        elif 'frame_dir' in e:
+            total = _parse_int(e.get('total_frames'), where, 'total_frames', 1)
+            samples.append(Sample(prefix / e['frame_dir'], label, 'frames', num_frames=total))
+        elif 'filename' in e:
+            samples.append(_parse_line([str(e['filename']), str(label)], where, prefix, num_classes))
+        else:
+            raise ValueError(f'{where}: expected one of the keys "video_dir", "filename", "frame_dir"')
+    return samples
+
+
+def _parse_int(value, where: str, what: str, minimum: int) -> int:
+    """An integer field of a list line / JSON entry, >= minimum, else a one-line ValueError."""
+    try:
+        if isinstance(value, (bool, float)) or value is None:
+            raise ValueError
+        number = int(value)
+    except ValueError:
+        raise ValueError(f'{where}: {what} must be an integer, got {value!r}') from None
+    if number < minimum:
+        raise ValueError(f'{where}: {what} must be an integer >= {minimum}, got {value!r}')
+    return number
+
+
+def _parse_label(value, where: str, num_classes: int) -> int:
+    label = _parse_int(value, where, 'LABEL', minimum=-(10 ** 9))
+    if not 0 <= label < num_classes:
+        raise ValueError(f'{where}: label {label} out of range: expected 0..{num_classes - 1} '
+                         f'({num_classes} classes)')
+    return label
+
+
+def _raw_sample(path: Path, label: int, num_parts: int, pos: tuple, where: str) -> Sample:
+    bad = [p for p in pos if p >= num_parts]
+    if bad:
+        raise ValueError(f'{where}: positive piece {bad[0]} out of range: expected 0..{num_parts - 1} '
+                         f'({num_parts} pieces part_0.mp4 ...)')
+    return Sample(path, label, 'raw', pos_clips=tuple(pos), num_parts=num_parts)
+
+
+def _resolve_plain(plain: Path, name: str, filtered: bool) -> DatasetSpec:
+    """A plain folder NAME/ with classes.txt and {train,val,test}.txt -> DatasetSpec."""
+    if filtered:
+        raise ValueError(f'dataset {name}: filtered lists exist only for the web sources '
+                         f'{", ".join(k for k, v in LAYOUTS.items() if "filtered" in v)}')
+    splits = {s: SplitSpec(plain / f'{s}.txt', plain) for s in ('train', 'val', 'test')
+              if (plain / f'{s}.txt').is_file()}
+    if not splits:
+        raise FileNotFoundError(f'dataset {name}: no train.txt or val.txt in {plain}')
+    return DatasetSpec(name, plain, read_classes(plain / 'classes.txt'), splits)
+
+
+def _resolve_layout(data_root: Path, name: str, filtered: bool) -> DatasetSpec:
+    """A LAYOUTS entry -> DatasetSpec with class names read and prefixes resolved."""
+    layout = LAYOUTS[name]
+    splits = {s: (lst, pre) for s, (lst, pre) in layout['splits'].items()}
+    if filtered:
+        if 'filtered' not in layout:
+            raise ValueError(f'dataset {name}: no teacher-filtered list; filtered lists exist for '
+                             f'{", ".join(k for k, v in LAYOUTS.items() if "filtered" in v)}')
+        prefix = layout['splits']['train'][1] if layout['splits'] else None
+        splits = {'train': (layout['filtered'], prefix)}
+    resolved = {}
+    for split, (lst, pre) in splits.items():
+        lst = data_root / lst
+        resolved[split] = SplitSpec(lst, data_root / pre if pre else _web_prefix(data_root, layout, lst))
+    classes = _layout_classes(data_root, name, layout)
+    return DatasetSpec(name, data_root / layout['root'], classes, resolved, layout=name,
+                       filtered=filtered)
+
+
+def _layout_classes(data_root: Path, name: str, layout: dict) -> list[str]:
+    """First existing class file of a layout, else sorted sub-folders of `classes_from`."""
+    for rel in layout['classes']:
+        if (data_root / rel).is_file():
+            return read_classes(data_root / rel)
+    folder = data_root / layout['classes_from'] if 'classes_from' in layout else None
+    if folder is not None and folder.is_dir():
+        names = sorted(p.name for p in folder.iterdir() if p.is_dir())
+        if names:
+            return names
+    looked = [str(data_root / r) for r in layout['classes']] + ([f'{folder}/*/'] if folder else [])
+    raise FileNotFoundError(f'dataset {name}: class names not found; looked for {", ".join(looked)}')
+
+
+def _web_prefix(data_root: Path, layout: dict, list_file: Path) -> Path:
+    """OmniSource/ if the list's first path starts with the source folder, else OmniSource/<folder>/."""
+    base, folder = data_root / 'OmniSource', layout.get('folder')
+    if not folder:
+        return base
+    first = ''
+    if list_file.is_file():
+        with list_file.open() as f:
+            first = next((ln.split()[0] for ln in f if ln.strip()), '')
+    return base if Path(first).parts[:1] == (folder,) else base / folder
+
+
+# =====================================================================================
+# Helpers: dataset
+# =====================================================================================
+
+def _coprime_stride(n: int) -> int:
+    """A stride near n * 0.618 coprime with n: index + k*stride (mod n) visits every index once."""
+    stride = max(1, int(n * 0.6180339887))
+    while math.gcd(stride, n) != 1:
+        stride += 1
+    return stride
+
+
+def _takes_rng(fn: Callable) -> bool:
+    """Whether callable `fn` accepts an `rng` keyword argument."""
+    return _takes(fn, 'rng')
+
+
+def _takes(fn: Callable, name: str) -> bool:
+    """Whether callable `fn` accepts a keyword argument `name`."""
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
+    return name in params

@@ -1,0 +1,253 @@
+"""OmniSource: joint training on a target set and teacher-filtered web sources.
+
+This file implements the method of Duan et al., "Omni-sourced Webly-supervised Learning for Video
+Recognition" (ECCV 2020), Sec. 3, on top of the plain video-recognition code in models.py, data.py and
+transforms.py:
+
+    Sec. 3.2, Eq. 1   joint_loss()            one loss = sum of the cross-entropies of all mini-batches
+    Sec. 3.2          JointBatches            one target batch + one batch per auxiliary source per step
+    Sec. 3.6          parse_ratio()           |B_T| : |B_A1| : |B_A2| ... batch-size ratio (Table 2, Fig. 8)
+    Sec. 3.6          ClassResampler          clipped / power-law class resampling (Table 10)
+    Sec. 3.6          mixup()                 intra- and cross-dataset mixup (Table 9)
+    Sec. 5.2          confusion_pairs()       confusion-score analysis (Tables 18-19)
+    Table 1           run_procedure()         the whole three-step procedure, `python omnisource.py`
+
+The training step itself (forward, Eq. 1, ONE optimiser step) is written out in train.py's
+`train_one_epoch`, where a reader of the training loop sees it.
+
+How batch norm sees the sources: every step concatenates the target batch and all auxiliary batches
+into ONE tensor and runs ONE forward pass. Batch norm therefore normalises target and web samples with
+shared batch statistics and its running averages are estimated on the mixture the network is trained
+on. We do this because (1) cross-dataset mixup (Sec. 3.6) mixes samples of different sources, so they
+must be in the same forward pass anyway; (2) one forward/backward per step is what Eq. 1 describes (one
+loss, one gradient), and under DistributedDataParallel it is one gradient all-reduce; (3) separate
+forwards would let each source's statistics normalise only itself, hiding the domain gap from the
+network during training but not at test time. The price: the batch statistics depend on the ratio, which
+is one more reason the paper tunes it (Fig. 8).
+"""
+import argparse
+import json
+import math
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+# --------------------------------------------------------------------------------------------------
+# Sec. 3.2, Eq. 1: the joint loss
+# --------------------------------------------------------------------------------------------------
+
+
+def joint_loss(logits, targets, sizes):
+    """Eq. 1: the sum of the cross-entropies over the target batch and every auxiliary batch.
+
+    logits:  (B, K) for the concatenated batch [B_T, B_A1, B_A2, ...], B = sum(sizes).
+    targets: (B,) int labels, or (B, K) soft labels (after mixup); pseudo-labels for web samples.
+    sizes:   [|B_T|, |B_A1|, ...], the number of rows of each source in that order.
+
+    Eq. 1 sums the per-sample losses over all mini-batches. We divide that sum by the total number of
+    samples B, so the result is the mean over the concatenated batch and the LR-per-sample recipes of the
+    appendix apply unchanged (a constant factor of Eq. 1 is a learning-rate choice).
+    Returns (loss, per_source) where loss == sum(per_source) exactly, per_source[s] being source s's
+    share: the sum of its samples' cross-entropies divided by B.
+    """
+    if targets.dim() == 1:
+        per_sample = F.cross_entropy(logits, targets, reduction="none")          # (B,)
+    else:
+        per_sample = -(targets * F.log_softmax(logits, dim=1)).sum(dim=1)       # (B,) soft CE
+    total = per_sample.shape[0]
+    per_source = [chunk.sum() / total for chunk in per_sample.split(list(sizes))]
+    return torch.stack(per_source).sum(), per_source
+
+
+# --------------------------------------------------------------------------------------------------
+# Sec. 3.6: batch ratio, class resampling, mixup
+# --------------------------------------------------------------------------------------------------
+
+
+def parse_ratio(text, num_aux):
+    """'2:1:1' -> [2, 1, 1]: |B_T| : |B_A1| : |B_A2| (target first, one number per auxiliary source).
+
+    With no text the paper's default is used: 2:1 for one source ... 2:1:1:1 (Table 2, all sources).
+    """
+    if not text:
+        return [2] + [1] * num_aux
+    try:
+        parts = [float(p) for p in text.split(":")]
+    except ValueError:
+        parts = []
+    if len(parts) != num_aux + 1 or any(p <= 0 for p in parts):
+        raise ValueError(f"--ratio {text!r}: expected {num_aux + 1} positive numbers separated by ':' "
+                         f"(target first, then one per --aux source)")
+    return parts
+
+
+def batch_sizes(target_batch, ratio):
+    """Per-source batch sizes from the target batch size and the ratio: |B_Ai| = round(|B_T| r_i / r_T)."""
+    return [target_batch] + [max(1, round(target_batch * r / ratio[0])) for r in ratio[1:]]
+
+
+@dataclass
+class Resampling:
+    """Sec. 3.6 "Resampling strategy" (Table 10). mode: 'none' | 'clip' | 'power'.
+
+    none:  every sample equally likely (class probability proportional to N_c).
+    clip:  class probability proportional to min(N_c, N_clip) ("clipped distribution").
+    power: class probability proportional to N_c ** p, p in (0, 1); p = 0.2 is the paper's choice.
+    """
+    mode: str = "power"
+    value: float = 0.2
+
+    @staticmethod
+    def parse(text):
+        """'none' | 'clip:5000' | 'power:0.2' | 'power' (p = 0.2)."""
+        name, _, val = text.partition(":")
+        defaults = {"none": 0.0, "power": 0.2, "clip": None}
+        if name not in defaults:
+            raise ValueError(f"--resample {text!r}: expected none, clip:N_C or power:P")
+        if val == "":
+            if defaults[name] is None:
+                raise ValueError(f"--resample {text!r}: clip needs a threshold, e.g. clip:5000")
+            return Resampling(name, defaults[name])
+        try:
+            value = float(val)
+        except ValueError:
+            raise ValueError(f"--resample {text!r}: {val!r} is not a number") from None
+        if (name == "power" and not 0 < value <= 1) or (name == "clip" and value < 1):
+            raise ValueError(f"--resample {text!r}: expected power:P with 0 < P <= 1 or clip:N_C with N_C >= 1")
+        return Resampling(name, value)
+
+    def class_probabilities(self, counts):
+        """(K,) sample counts per class -> (K,) probability of drawing each class."""
+        counts = np.asarray(counts, dtype=np.float64)
+        if self.mode == "none":
+            mass = counts
+        elif self.mode == "clip":
+            mass = np.minimum(counts, self.value)
+        else:
+            mass = np.where(counts > 0, counts ** self.value, 0.0)
+        return mass / mass.sum()
+
+
+class ClassResampler(torch.utils.data.Sampler):
+    """Draws `num_samples` indices per epoch for an auxiliary source (Sec. 3.6).
+
+    1. Count the samples of each (pseudo-)class, N_c.
+    2. Class probability from the resampling rule (Resampling.class_probabilities).
+    3. Per-sample weight = P(class) / N_c, so a class is drawn with its probability and its samples
+       uniformly within it.
+    4. mode 'none': walk through random permutations of the source (each sample once per pass, the
+       source "cycles"); otherwise draw with replacement from the weights.
+    The draw is seeded by (seed, epoch, rank), so every rank draws its own stream (sharding a sampler
+    with replacement is drawing independently) and a resumed run draws the same samples.
+    """
+
+    def __init__(self, labels, num_samples, resampling, seed=0, rank=0):
+        self.labels = np.asarray(labels)
+        self.num_samples = int(num_samples)
+        self.resampling = resampling
+        self.seed, self.rank, self.epoch = seed, rank, 0
+        counts = np.bincount(self.labels, minlength=self.labels.max() + 1 if len(self.labels) else 1)
+        probs = resampling.class_probabilities(counts)
+        self.weights = probs[self.labels] / counts[self.labels]                  # (num_samples_in_source,)
+
+    def set_epoch(self, epoch):
+        self.epoch = epoch
+
+    def __len__(self):
+        return self.num_samples
+
+    def __iter__(self):
+        rng = np.random.default_rng([self.seed, self.epoch, self.rank, 7])
+        n = len(self.labels)
+        if self.resampling.mode == "none":
+            passes = -(-self.num_samples // n)
+            order = np.concatenate([rng.permutation(n) for _ in range(passes)])[: self.num_samples]
+        else:
+            order = rng.choice(n, size=self.num_samples, replace=True, p=self.weights / self.weights.sum())
+        return iter(order.tolist())
+
+
+def mixup(clips, targets, alpha, rng):
+    """Sec. 3.6 mixup (Zhang et al.): x = lam x_i + (1 - lam) x_j, y = lam y_i + (1 - lam) y_j.
+
+    clips (B, C, T, H, W); targets (B, K) one-hot or soft. The partner j of every row is a random row of
+    the SAME concatenated batch: when the batch holds target and auxiliary samples this is the paper's
+    cross-dataset mixup (a pair drawn from both datasets); with the target alone it is intra-dataset
+    mixup. One lam ~ Beta(alpha, alpha) per batch, as in the original mixup.
+    Returns (mixed clips, mixed targets); each target row still sums to one.
+    """
+    lam = float(rng.beta(alpha, alpha))
+    perm = torch.from_numpy(rng.permutation(clips.shape[0])).to(clips.device)
+    mixed = lam * clips + (1.0 - lam) * clips[perm]
+    return mixed, lam * targets + (1.0 - lam) * targets[perm]
+
+
+class JointBatches:
+    """Sec. 3.2: each iteration yields one target batch and one batch of every auxiliary source.
+
+    The epoch is defined by the target loader; the auxiliary loaders are sized by their samplers to
+    yield exactly as many batches as the target loader (their ClassResampler draws steps x |B_Ai|
+    indices per epoch), so an auxiliary source smaller than that cycles and a larger one is subsampled.
+    Yields (clips (B, C, T, H, W), labels (B,), sizes [|B_T|, |B_A1|, ...]) with the sources
+    concatenated in that order.
+    """
+
+    def __init__(self, target_loader, aux_loaders):
+        self.target_loader = target_loader
+        self.aux_loaders = list(aux_loaders)
+
+    def __len__(self):
+        return len(self.target_loader)
+
+    def __iter__(self):
+        aux_iters = [iter(loader) for loader in self.aux_loaders]
+        for clips, labels, _ in self.target_loader:
+            parts, targets, sizes = [clips], [labels], [clips.shape[0]]
+            for it in aux_iters:
+                aux_clips, aux_labels, _ = next(it)
+                parts.append(aux_clips)
+                targets.append(aux_labels)
+                sizes.append(aux_clips.shape[0])
+            yield torch.cat(parts), torch.cat(targets), sizes
+
+
+# --------------------------------------------------------------------------------------------------
+# Sec. 5.2 "Where does the performance gain come from?": confusion pairs (Tables 18-19)
+# --------------------------------------------------------------------------------------------------
+
+
+def confusion_scores(cm):
+    """s_ij = (n_ij + n_ji) / (n_ij + n_ji + n_ii + n_jj) for every class pair i < j.
+
+    cm: (K, K) confusion matrix, cm[i, j] = number of samples of true class i predicted as j.
+    Returns a (K, K) matrix with s_ij in the upper triangle (NaN where a pair has no samples).
+    """
+    cm = np.asarray(cm, dtype=np.float64)
+    off = cm + cm.T                                      # n_ij + n_ji
+    diag = np.diag(cm)
+    denom = off + diag[:, None] + diag[None, :]          # + n_ii + n_jj
+    with np.errstate(invalid="ignore", divide="ignore"):
+        s = np.where(denom > 0, off / denom, np.nan)
+    return np.triu(s, k=1) + np.tril(np.full_like(s, np.nan))
+
+
+def confusion_pairs(cm_before, cm_after, classes, top=5):
+    """Tables 18-19: the class pairs whose confusion score dropped most and rose most from run A to B.
+
+    Returns {'dropped': [(name_i, name_j, s_before, s_after, delta)...], 'rose': [...]} sorted by delta
+    (after - before); pairs never confused in either run are left out.
+    """
+    before, after = confusion_scores(cm_before), confusion_scores(cm_after)
+    rows = []
+    for i, j in zip(*np.triu_indices(len(classes), k=1)):
+        b, a = before[i, j], after[i, j]
+        if np.isnan(b) or np.isnan(a) or (b == 0 and a == 0):
+            continue
+        rows.append((classes[i], classes[j], float(b), float(a), float(a - b)))
+    rows.sort(key=lambda r: r[4])
+    return {"dropped": [r for r in rows[:top] if r[4] < 0],
+            "rose": [r for r in reversed(rows[-top:]) if r[4] > 0]}

@@ -1,0 +1,719 @@
+"""Clip transforms for omnisource: MMAction2-style augmentation and the paper's format transforms.
+
+Section 1 -- clip augmentation. The paper does not list its augmentation (its appendix "Implementation Details" gives
+only schedules); we follow the MMAction2 1.x Kinetics-400 configs of TSN and SlowOnly (the paper's codebase): Resize,
+MultiScaleCrop (TSN), RandomResizedCrop (3D), Flip, Normalize, and the test-time CenterCrop / ThreeCrop / TenCrop, with
+MMAction2's crop-box arithmetic and view order. A clip is uint8 numpy `(T, H, W, 3)` RGB; every random choice is drawn
+ONCE per clip from the numpy Generator passed in, so all frames get the same crop/flip. Pillow does the bilinear
+resizing (it low-pass filters when shrinking, cv2's INTER_LINEAR in MMAction2 does not: same geometry, pixel values
+differ slightly).
+
+Section 2 -- transforming web data to the target format (Sec. 3.5):
+- Eq. 2 / Table 8: inflating a still image to a pseudo clip (replication, random / constant translation, perspective
+  warping with homographies H_i ~ N(mu, Sigma) fitted by maximum likelihood to camera motion measured on real videos);
+  `warp_perspective`, `estimate_homography` (direct photometric alignment), `estimate_video_motion`,
+  `HomographyGaussian`, `fit_homography_gaussian`, `image_to_clip`.
+- Table 14: building a 3-snippet TSN input from 1-FPS frames of an untrimmed video scored by a teacher
+  (`select_snippet`, default 1 positive + 2 negative frames).
+
+Coordinate convention (section 2): a homography H maps PIXEL coordinates (x, y, 1) of the source image to the output
+image, pixel centres at integers (x = 0 .. W-1). `HomographyGaussian` stores motion in resolution-free normalised
+coordinates u = (x - (W-1)/2) / (max(W, H)/2) so one fitted model applies to images of any size.
+"""
+from __future__ import annotations
+
+import json
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+MEAN = (123.675, 116.28, 103.53)  # ImageNet mean on the 0-255 scale (RGB)
+STD = (58.395, 57.12, 57.375)
+
+# =====================================================================================================================
+# 1. Clip augmentation (MMAction2 1.x mmaction/datasets/transforms/processing.py, re-implemented)
+# =====================================================================================================================
+
+
+@dataclass
+class Resize:
+    """MMAction2 `Resize`: short side to `short_side` keeping the ratio (scale=(-1, S)), or to a fixed `size` (w, h).
+
+    (T, H, W, 3) uint8 -> (T, H', W', 3) uint8. New size as mmcv.rescale_size: int(w * S / min(h, w) + 0.5).
+    """
+    short_side: int | None = None
+    size: tuple[int, int] | None = None  # (w, h), keep_ratio=False
+
+    def __call__(self, frames: np.ndarray, rng: np.random.Generator | None = None) -> np.ndarray:
+        _check_clip(frames, "Resize")
+        h, w = frames.shape[1:3]
+        if self.size is not None:
+            new_w, new_h = self.size
+        elif self.short_side is not None:
+            scale = self.short_side / min(h, w)
+            new_w, new_h = int(w * scale + 0.5), int(h * scale + 0.5)
+        else:
+            raise ValueError("transforms.Resize: expected short_side or size=(w, h)")
+        return _resize_frames(frames, new_w, new_h)
+
+
+@dataclass
+class MultiScaleCrop:
+    """MMAction2 `MultiScaleCrop` (TSN training): crop w and h from scales of the short side, then fixed offsets.
+
+    (T, H, W, 3) -> (T, crop_h, crop_w, 3); resize to `input_size` afterwards (train_transform does).
+    """
+    input_size: int | tuple[int, int] = 224  # (w, h) of the network input
+    scales: tuple[float, ...] = (1, 0.875, 0.75, 0.66)
+    max_wh_scale_gap: int = 1
+    random_crop: bool = False
+    num_fixed_crops: int = 5  # 5 or 13
+
+    def box(self, img_h: int, img_w: int, rng: np.random.Generator) -> tuple[int, int, int, int]:
+        """Crop box (x1, y1, x2, y2) for an image of img_h x img_w."""
+        in_w, in_h = _pair(self.input_size)
+        # 1. candidate (w, h) sizes: pairs of scales at most max_wh_scale_gap levels apart
+        crop_sizes = [int(min(img_h, img_w) * s) for s in self.scales]
+        candidates = [[w, h] for i, h in enumerate(crop_sizes) for j, w in enumerate(crop_sizes)
+                      if abs(i - j) <= self.max_wh_scale_gap]
+        crop_w, crop_h = candidates[int(rng.integers(len(candidates)))]
+        # 2. a size within 3 px of the input size snaps to it (as MMAction2)
+        crop_w = in_w if abs(crop_w - in_w) < 3 else crop_w
+        crop_h = in_h if abs(crop_h - in_h) < 3 else crop_h
+        # 3. offset: uniform, or one of the 5 (13) fixed positions on a quarter grid
+        if self.random_crop:
+            x, y = int(rng.integers(img_w - crop_w + 1)), int(rng.integers(img_h - crop_h + 1))
+        else:
+            offsets = _fixed_offsets((img_w - crop_w) // 4, (img_h - crop_h) // 4, self.num_fixed_crops)
+            x, y = offsets[int(rng.integers(len(offsets)))]
+        return x, y, x + crop_w, y + crop_h
+
+    def __call__(self, frames: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        _check_clip(frames, "MultiScaleCrop")
+        return _crop(frames, self.box(*frames.shape[1:3], rng))
+
+
+@dataclass
+class RandomResizedCrop:
+    """MMAction2 `RandomResizedCrop` (3D training): 10 trials of (area, log-uniform ratio); fallback centre square.
+
+    (T, H, W, 3) -> (T, h, w, 3); resize to the crop size afterwards (train_transform does).
+    """
+    area_range: tuple[float, float] = (0.08, 1.0)
+    aspect_ratio_range: tuple[float, float] = (3 / 4, 4 / 3)
+    max_attempts: int = 10
+
+    def box(self, img_h: int, img_w: int, rng: np.random.Generator) -> tuple[int, int, int, int]:
+        """Crop box (x1, y1, x2, y2) for an image of img_h x img_w."""
+        # 1. all trials drawn at once (as MMAction2): ratio log-uniform, area uniform in area_range * H * W
+        lo, hi = np.log(self.aspect_ratio_range[0]), np.log(self.aspect_ratio_range[1])
+        ratios = np.exp(rng.uniform(lo, hi, size=self.max_attempts))
+        areas = rng.uniform(*self.area_range, size=self.max_attempts) * img_h * img_w
+        widths = np.round(np.sqrt(areas * ratios)).astype(int)
+        heights = np.round(np.sqrt(areas / ratios)).astype(int)
+        # 2. the first trial that fits gets a uniform offset
+        for crop_w, crop_h in zip(widths, heights):
+            if crop_h <= img_h and crop_w <= img_w:
+                x, y = int(rng.integers(img_w - crop_w + 1)), int(rng.integers(img_h - crop_h + 1))
+                return x, y, x + int(crop_w), y + int(crop_h)
+        # 3. fallback: centre square of the short side
+        side = min(img_h, img_w)
+        x, y = (img_w - side) // 2, (img_h - side) // 2
+        return x, y, x + side, y + side
+
+    def __call__(self, frames: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        _check_clip(frames, "RandomResizedCrop")
+        return _crop(frames, self.box(*frames.shape[1:3], rng))
+
+
+@dataclass
+class Flip:
+    """Horizontal flip of the whole clip with probability p. (T, H, W, 3) -> same."""
+    p: float = 0.5
+
+    def __call__(self, frames: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        return np.ascontiguousarray(frames[:, :, ::-1]) if rng.random() < self.p else frames
+
+
+@dataclass
+class Normalize:
+    """(x - mean) / std on the 0-255 scale: (T, H, W, 3) -> (C, T, H, W); views (V, T, H, W, 3) -> (V, C, T, H, W)."""
+    mean: tuple[float, float, float] = MEAN
+    std: tuple[float, float, float] = STD
+
+    def __call__(self, frames: np.ndarray, rng: np.random.Generator | None = None) -> torch.Tensor:
+        if frames.ndim not in (4, 5) or frames.shape[-1] != 3:
+            raise ValueError(f"transforms.Normalize: expected (T, H, W, 3) or (V, T, H, W, 3), got {frames.shape}")
+        x = torch.from_numpy(frames.astype(np.float32))  # a copy: read-only inputs are fine
+        x = (x - torch.tensor(self.mean)) / torch.tensor(self.std)
+        order = (3, 0, 1, 2) if frames.ndim == 4 else (0, 4, 1, 2, 3)
+        return x.permute(*order).contiguous()
+
+
+def denormalize(x: torch.Tensor, mean=MEAN, std=STD) -> np.ndarray:
+    """Inverse of Normalize: (C, T, H, W) -> uint8 (T, H, W, 3) (for viewing and tests)."""
+    y = x.permute(1, 2, 3, 0) * torch.tensor(std) + torch.tensor(mean)
+    return y.round().clamp(0, 255).to(torch.uint8).numpy()
+
+
+@dataclass
+class CenterCrop:
+    """MMAction2 `CenterCrop`: offsets ((W - w) // 2, (H - h) // 2). (T, H, W, 3) -> (T, h, w, 3)."""
+    size: int | tuple[int, int]  # (w, h)
+
+    def __call__(self, frames: np.ndarray, rng: np.random.Generator | None = None) -> np.ndarray:
+        _check_clip(frames, "CenterCrop")
+        (h, w), (cw, ch) = frames.shape[1:3], _pair(self.size)
+        x, y = (w - cw) // 2, (h - ch) // 2
+        return np.ascontiguousarray(_crop(frames, (x, y, x + cw, y + ch)))
+
+
+@dataclass
+class ThreeCrop:
+    """MMAction2 `ThreeCrop`: 3 crops along the long side, ORDER left/top, right/bottom, middle (step = (L - l) // 2).
+
+    The crop must span the short side. (T, H, W, 3) -> views (3, T, h, w, 3).
+    """
+    size: int | tuple[int, int]  # (w, h)
+
+    def boxes(self, img_h: int, img_w: int) -> list[tuple[int, int, int, int]]:
+        cw, ch = _pair(self.size)
+        if ch == img_h:
+            step = (img_w - cw) // 2
+            offsets = [(0, 0), (2 * step, 0), (step, 0)]
+        elif cw == img_w:
+            step = (img_h - ch) // 2
+            offsets = [(0, 0), (0, 2 * step), (0, step)]
+        else:
+            raise ValueError(f"transforms.ThreeCrop: crop {cw}x{ch} must span the image height {img_h} or width "
+                             f"{img_w}")
+        return [(x, y, x + cw, y + ch) for x, y in offsets]
+
+    def __call__(self, frames: np.ndarray, rng: np.random.Generator | None = None) -> np.ndarray:
+        _check_clip(frames, "ThreeCrop")
+        return np.stack([_crop(frames, b) for b in self.boxes(*frames.shape[1:3])])
+
+
+@dataclass
+class TenCrop:
+    """MMAction2 `TenCrop`: for each of upper-left, upper-right, lower-left, lower-right, centre: crop, flipped crop.
+
+    (T, H, W, 3) -> views (10, T, h, w, 3), order [UL, UL-flip, UR, UR-flip, LL, LL-flip, LR, LR-flip, C, C-flip].
+    """
+    size: int | tuple[int, int]  # (w, h)
+
+    def boxes(self, img_h: int, img_w: int) -> list[tuple[int, int, int, int]]:
+        cw, ch = _pair(self.size)
+        offsets = _fixed_offsets((img_w - cw) // 4, (img_h - ch) // 4, 5)
+        return [(x, y, x + cw, y + ch) for x, y in offsets]
+
+    def __call__(self, frames: np.ndarray, rng: np.random.Generator | None = None) -> np.ndarray:
+        _check_clip(frames, "TenCrop")
+        views = []
+        for b in self.boxes(*frames.shape[1:3]):
+            crop = _crop(frames, b)
+            views += [crop, crop[:, :, ::-1]]
+        return np.stack(views)
+
+
+def compose(*steps: Callable) -> Callable:
+    """Chain clip transforms: f(frames, rng) = steps[-1](... steps[0](frames, rng) ..., rng)."""
+    def run(frames: np.ndarray, rng: np.random.Generator | None = None):
+        for step in steps:
+            frames = step(frames, rng)
+        return frames
+    return run
+
+
+def train_transform(family: str, crop_size: int = 224) -> Callable:
+    """Training pipeline f(frames uint8 (T, H, W, 3), rng) -> float (C, T, crop, crop), as MMAction2's K400 configs.
+
+    'tsn': Resize(short=S) -> MultiScaleCrop -> resize (crop, crop) -> Flip -> Normalize;
+    '3d':  Resize(short=S) -> RandomResizedCrop -> resize (crop, crop) -> Flip -> Normalize; S = round(crop*256/224).
+    """
+    crops = {"tsn": MultiScaleCrop(input_size=crop_size), "3d": RandomResizedCrop()}
+    if family not in crops:
+        raise ValueError(f"transforms.train_transform: family must be one of {sorted(crops)}, got {family!r}")
+    steps = (Resize(short_side=_short_side(crop_size)), crops[family], Resize(size=(crop_size, crop_size)),
+             Flip(0.5), Normalize())
+    return compose(*steps)
+
+
+def test_transform(family: str, crop_size: int = 224, protocol: str = "three_crop") -> Callable:
+    """Test pipeline f(frames uint8 (T, H, W, 3)) -> float views (V, C, T, h, w); S = round(crop * 256 / 224).
+
+    'three_crop': Resize(short=S) -> ThreeCrop(S) (V=3, h=w=S; MMAction2 SlowOnly test config);
+    'ten_crop':   Resize(short=S) -> TenCrop(crop) (V=10; MMAction2 TSN test config);
+    'center':     Resize(short=S) -> CenterCrop(crop) (V=1; MMAction2 val config).
+    """
+    if family not in ("tsn", "3d"):
+        raise ValueError(f"transforms.test_transform: family must be 'tsn' or '3d', got {family!r}")
+    side = _short_side(crop_size)
+    views = {"three_crop": ThreeCrop(side), "ten_crop": TenCrop(crop_size),
+             "center": compose(CenterCrop(crop_size), lambda f, rng: f[None])}
+    if protocol not in views:
+        raise ValueError(f"transforms.test_transform: protocol must be one of {sorted(views)}, got {protocol!r}")
+    pipeline = compose(Resize(short_side=side), views[protocol], Normalize())
+    return lambda frames: pipeline(frames, None)
+
+
+# =====================================================================================================================
+# 2. Transforming web data to the target format (Sec. 3.5)
+# =====================================================================================================================
+
+
+def warp_perspective(image, H, padding: str = "border"):
+    """Sec. 3.5: the homographic transform F(I; H). Output pixel x' takes the source at H^-1 x' (bilinear).
+
+    image: uint8 numpy (H, W, 3) or float tensor (3, H, W); H: (3, 3) mapping SOURCE pixel coords to OUTPUT pixel
+    coords. Returns the same type/shape/dtype. padding 'border' (default) repeats the edge pixels where the inverse map
+    leaves the image, so pseudo videos have no black corners; 'zeros' and 'reflection' are grid_sample's others.
+    """
+    hmat = torch.as_tensor(np.asarray(H, dtype=np.float64)).reshape(3, 3)
+    if isinstance(image, np.ndarray):
+        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+            raise ValueError(f"transforms.warp_perspective: expected uint8 (H, W, 3), got {image.dtype} {image.shape}")
+        chw = torch.from_numpy(image.astype(np.float32)).permute(2, 0, 1)
+        out = _warp_batch(chw, hmat[None], padding)[0]
+        return out.round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
+    if not torch.is_tensor(image) or image.ndim != 3 or not image.is_floating_point():
+        raise ValueError("transforms.warp_perspective: expected uint8 numpy (H, W, 3) or float tensor (3, H, W)")
+    return _warp_batch(image, hmat[None], padding)[0]
+
+
+def estimate_homography(src, dst, max_side: int = 400, min_side: int = 20, max_iters: int = 30,
+                        tol: float = 1e-2) -> torch.Tensor:
+    """Direct photometric alignment: H (3, 3) float64 with warp_perspective(src, H) ~ dst (pixel coords, H[2,2]=1).
+
+    src, dst: uint8 (H, W, 3) / (H, W) numpy or float tensors (3, H, W) / (H, W), same size. Inverse-compositional
+    Gauss-Newton (Baker & Matthews) over the 8 homography parameters plus an intensity bias, Huber-weighted, on a
+    2x2-average pyramid coarse to fine (coarsest short side >= min_side); pixels mapped outside dst are masked out.
+    Speed: levels whose long side exceeds max_side are skipped (the finest level used is downscaled by 2^k); the
+    result is still in full-resolution pixel coordinates. tol: stop a level when an update moves the corners < tol px.
+    Runs torch single-threaded (restored after): ~0.05 s per 340x256 pair on one CPU core.
+    """
+    with _torch_threads(1):  # many small ops: one thread is fastest and immune to CPU oversubscription
+        a, b = _gray(src), _gray(dst)
+        if a.shape != b.shape:
+            raise ValueError(f"transforms.estimate_homography: src {tuple(a.shape)} and dst {tuple(b.shape)} differ")
+        h, w = a.shape
+        norm = _norm_matrix(w, h)
+        # 1. pyramids (level l halves level l-1); 2. skip the finest levels whose long side exceeds max_side
+        pyr_a, pyr_b = _pyramid(a, min_side), _pyramid(b, min_side)
+        first = 0
+        while first < len(pyr_a) - 1 and max(pyr_a[first].shape) > max_side:
+            first += 1
+        # 3. coarse to fine; the motion is kept in normalised coordinates (level independent)
+        g, bias = torch.eye(3, dtype=torch.float64), 0.0
+        for level in range(len(pyr_a) - 1, first - 1, -1):
+            g, bias = _align_level(pyr_a[level], pyr_b[level], g, bias, level, (w, h), max_iters, tol)
+    # 4. back to pixel coordinates
+    hmat = torch.linalg.inv(norm) @ g @ norm
+    return hmat / hmat[2, 2]
+
+
+def estimate_video_motion(frames: np.ndarray, max_shift: float | None = 0.1, **kwargs) -> list:
+    """Camera motion of a real video (Sec. 3.5: mu, Sigma are "estimated ... on the original video source").
+
+    frames: uint8 (T, H, W, 3) -> T-1 entries: H_t (3, 3) pixel coords with warp(frame_t, H_t) ~ frame_t+1, or None
+    where the pair is rejected as a scene cut / failed alignment (a corner moves more than max_shift * long side, or
+    the homography flips orientation); max_shift=None keeps all. kwargs go to estimate_homography.
+    """
+    _check_clip(frames, "estimate_video_motion")
+    h, w = frames.shape[1:3]
+    out = []
+    for t in range(len(frames) - 1):
+        hmat = estimate_homography(frames[t], frames[t + 1], **kwargs)
+        out.append(hmat if max_shift is None or _plausible(hmat.numpy(), w, h, max_shift) else None)
+    return out
+
+
+def normalize_homography(H, size: tuple[int, int]) -> torch.Tensor:
+    """Pixel-coordinate H of a (w, h) image -> normalised-coordinate G = N H N^-1 (H[2,2] = 1), float64 (3, 3)."""
+    norm = _norm_matrix(*size)
+    g = norm @ torch.as_tensor(np.asarray(H, dtype=np.float64)).reshape(3, 3) @ torch.linalg.inv(norm)
+    return g / g[2, 2]
+
+
+def denormalize_homography(G, size: tuple[int, int]) -> torch.Tensor:
+    """Normalised-coordinate G -> pixel-coordinate H = N^-1 G N for a (w, h) image, float64 (3, 3)."""
+    norm = _norm_matrix(*size)
+    hmat = torch.linalg.inv(norm) @ torch.as_tensor(np.asarray(G, dtype=np.float64)).reshape(3, 3) @ norm
+    return hmat / hmat[2, 2]
+
+
+@dataclass
+class HomographyGaussian:
+    """Sec. 3.5: per-step camera motion H_i ~ N(mu, Sigma) over the 8 free entries of G - I (row-major, G[2,2] = 1).
+
+    G is the homography in normalised coordinates (see the module docstring), so the model fits any image size.
+    per_class: optional class-specific (mu, sigma) (Table 8 "[spec]"); the class-agnostic mu/sigma is "[agno]".
+    """
+    mu: np.ndarray  # (8,)
+    sigma: np.ndarray  # (8, 8)
+    per_class: dict[int, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
+
+    def __post_init__(self):
+        self.mu, self.sigma = _check_gaussian(self.mu, self.sigma)
+        self.per_class = {int(k): _check_gaussian(*v) for k, v in self.per_class.items()}
+
+    def sample(self, n: int, rng: np.random.Generator, label: int | None = None) -> np.ndarray:
+        """n normalised homographies (n, 3, 3) float64; class-specific when `label` has its own fit."""
+        mu, sigma = self.per_class.get(label, (self.mu, self.sigma)) if label is not None else (self.mu, self.sigma)
+        vals, vecs = np.linalg.eigh(sigma)
+        root = vecs * np.sqrt(np.clip(vals, 0.0, None))  # sigma = root @ root.T (works for singular sigma)
+        params = mu + rng.standard_normal((n, 8)) @ root.T
+        return _params_to_h(params)
+
+    def save(self, path: str | Path) -> None:
+        """Write JSON {mu, sigma, per_class: {label: {mu, sigma}}}."""
+        data = {"mu": self.mu.tolist(), "sigma": self.sigma.tolist(),
+                "per_class": {str(k): {"mu": m.tolist(), "sigma": s.tolist()} for k, (m, s) in self.per_class.items()}}
+        Path(path).write_text(json.dumps(data, indent=1))
+
+    @classmethod
+    def load(cls, path: str | Path) -> "HomographyGaussian":
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"transforms.HomographyGaussian.load: no motion file {path}")
+        data = json.loads(path.read_text())
+        per_class = {int(k): (v["mu"], v["sigma"]) for k, v in data.get("per_class", {}).items()}
+        return cls(data["mu"], data["sigma"], per_class)
+
+
+def fit_homography_gaussian(hs, size: tuple[int, int] | None = None, labels=None,
+                            ridge: float = 1e-12) -> HomographyGaussian:
+    """Sec. 3.5: maximum-likelihood N(mu, Sigma) of the 8 free parameters of H - I.
+
+    hs: sequence of (3, 3) homographies (None entries are skipped); in pixel coordinates of (w, h) = size frames
+    (normalised here), or already normalised when size is None. mu = mean, Sigma = (1/n) sum (p - mu)(p - mu)^T
+    (the ML estimate) + ridge * I (keeps it positive definite; 1e-12 is a 1e-6 std, far below real motion).
+    labels (optional, one per H, None entries included): also fit a class-specific Gaussian per label.
+    """
+    keep = [i for i, hmat in enumerate(hs) if hmat is not None]  # None: pairs rejected by estimate_video_motion
+    if not keep:
+        raise ValueError("transforms.fit_homography_gaussian: expected at least one homography (all None or empty)")
+    mats = [normalize_homography(hs[i], size) if size is not None else np.asarray(hs[i], np.float64) for i in keep]
+    params = np.stack([_h_to_params(np.asarray(m)) for m in mats])  # (n, 8)
+
+    def ml(p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        mu = p.mean(0)
+        return mu, (p - mu).T @ (p - mu) / len(p) + ridge * np.eye(8)
+
+    per_class = {}
+    if labels is not None:
+        if len(labels) != len(hs):
+            raise ValueError(f"transforms.fit_homography_gaussian: {len(labels)} labels for {len(hs)} homographies")
+        labels = np.asarray(labels)[keep]
+        per_class = {int(k): ml(params[labels == k]) for k in np.unique(labels)}
+    return HomographyGaussian(*ml(params), per_class)
+
+
+IMAGE_TO_CLIP_MODES = ("still", "translate-random", "translate-const", "warp")  # Table 8 rows
+
+
+def image_to_clip(image: np.ndarray, num_frames: int, mode: str = "still", rng: np.random.Generator | None = None,
+                  motion: HomographyGaussian | None = None, label: int | None = None,
+                  max_step: float = 0.02) -> np.ndarray:
+    """Eq. 2 / Table 8: inflate a still image uint8 (H, W, 3) into a pseudo clip uint8 (T, H, W, 3).
+
+    'still': replication. 'translate-random': each step moves by a random (dx, dy) ~ U(-m, m)^2.
+    'translate-const': one random velocity (direction U(0, 2pi), speed U(0, m)) for the whole clip.
+    'warp': J_1 = I, J_i = H_i(J_{i-1}) with H_i ~ motion (class-specific when label has a fit). m = max_step * short
+    side (pixels per frame). Frame i is the ORIGINAL image warped once by the composed product (H_i ... H_1), so
+    there is no repeated-resampling blur; borders are filled by edge replication (warp_perspective 'border').
+    """
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise ValueError(f"transforms.image_to_clip: expected uint8 (H, W, 3), got {image.dtype} {image.shape}")
+    if mode not in IMAGE_TO_CLIP_MODES:
+        raise ValueError(f"transforms.image_to_clip: mode must be one of {IMAGE_TO_CLIP_MODES}, got {mode!r}")
+    if num_frames < 1:
+        raise ValueError(f"transforms.image_to_clip: expected num_frames >= 1, got {num_frames}")
+    if mode == "still":
+        return np.repeat(image[None], num_frames, axis=0)
+    rng = rng if rng is not None else np.random.default_rng()
+    h, w = image.shape[:2]
+    # 1. per-step homographies (num_frames - 1, 3, 3) in pixel coordinates
+    if mode == "warp":
+        if motion is None:
+            raise ValueError("transforms.image_to_clip: mode 'warp' needs motion=HomographyGaussian "
+                             "(fit_homography_gaussian on estimate_video_motion of real videos)")
+        steps = [denormalize_homography(g, (w, h)).numpy() for g in motion.sample(num_frames - 1, rng, label)]
+    else:
+        m = max_step * min(h, w)
+        if mode == "translate-random":
+            shifts = rng.uniform(-m, m, size=(num_frames - 1, 2))
+        else:
+            angle, speed = rng.uniform(0, 2 * np.pi), rng.uniform(0, m)
+            shifts = np.tile([speed * np.cos(angle), speed * np.sin(angle)], (num_frames - 1, 1))
+        steps = [_translation(dx, dy) for dx, dy in shifts]
+    # 2. Eq. 2: compose H_i ... H_1 and warp the original image once per frame
+    total, mats = np.eye(3), [np.eye(3)]
+    for step in steps:
+        total = step @ total
+        mats.append(total.copy())
+    chw = torch.from_numpy(image.astype(np.float32)).permute(2, 0, 1)
+    out = _warp_batch(chw, torch.as_tensor(np.stack(mats)), "border")
+    return out.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+
+
+def build_image_to_clip(mode: str = "still", motion: HomographyGaussian | None = None, class_specific: bool = False,
+                        max_step: float = 0.02) -> Callable:
+    """Bind the inflation for a dataset: f(image (H, W, 3), num_frames, rng=None, label=None) -> (T, H, W, 3) uint8.
+
+    class_specific (Table 8 "perspective warp [spec]"): sample from motion.per_class[label] when the caller passes
+    the image's (pseudo-)label and that class has a fit; otherwise the class-agnostic Gaussian ("[agno]").
+    """
+    if mode not in IMAGE_TO_CLIP_MODES:
+        raise ValueError(f"transforms.build_image_to_clip: mode must be one of {IMAGE_TO_CLIP_MODES}, got {mode!r}")
+    if mode == "warp" and motion is None:
+        raise ValueError("transforms.build_image_to_clip: mode 'warp' needs motion=HomographyGaussian")
+
+    def inflate(image: np.ndarray, num_frames: int, rng: np.random.Generator | None = None,
+                label: int | None = None) -> np.ndarray:
+        return image_to_clip(image, num_frames, mode, rng, motion, label if class_specific else None, max_step)
+    return inflate
+
+
+SNIPPET_MODES = {"1p2n": (1, 2), "2p1n": (2, 1), "3pos": (3, 0), "3rand": None}  # Table 14 rows
+
+
+def select_snippet(scores, label: int, mode: str = "1p2n", rng: np.random.Generator | None = None,
+                   threshold: float = 0.5) -> np.ndarray:
+    """Table 14: pick the 3 frames of a TSN snippet from the 1-FPS frames of an untrimmed video.
+
+    scores: (F, num_classes) teacher probabilities, or (F,) probability of `label`. Positives: prob >= threshold.
+    '1p2n' (paper default) 1 positive + 2 negatives, '2p1n', '3pos', '3rand' (any 3 frames). Each kind is drawn
+    without replacement; a shortfall of one kind is filled from the other kind; videos with < 3 frames repeat frames.
+    Returns sorted frame indices (3,) int64.
+    """
+    if mode not in SNIPPET_MODES:
+        raise ValueError(f"transforms.select_snippet: mode must be one of {sorted(SNIPPET_MODES)}, got {mode!r}")
+    probs = np.asarray(scores, dtype=np.float64)
+    probs = probs[:, label] if probs.ndim == 2 else probs
+    if probs.ndim != 1 or len(probs) == 0:
+        raise ValueError(f"transforms.select_snippet: expected scores (F, C) or (F,) with F >= 1, "
+                         f"got {np.shape(scores)}")
+    rng = rng if rng is not None else np.random.default_rng()
+    # 1. split the frames by the teacher's confidence
+    pos, neg = np.flatnonzero(probs >= threshold), np.flatnonzero(probs < threshold)
+    want = SNIPPET_MODES[mode]
+    if want is None:
+        pos, neg, want = np.arange(len(probs)), np.zeros(0, dtype=int), (3, 0)
+    # 2. take what each kind has; the shortfall moves to the other kind
+    n_pos = min(want[0], len(pos))
+    n_neg = min(want[1] + want[0] - n_pos, len(neg))
+    n_pos = min(want[0] + want[1] - n_neg, len(pos))
+    picked = list(rng.choice(pos, n_pos, replace=False)) + list(rng.choice(neg, n_neg, replace=False))
+    # 3. fewer than 3 frames in the video: repeat random frames
+    if len(picked) < 3:
+        picked += list(rng.integers(len(probs), size=3 - len(picked)))
+    return np.sort(np.asarray(picked, dtype=np.int64))
+
+
+# =====================================================================================================================
+# helpers
+# =====================================================================================================================
+
+
+def _check_clip(frames, where: str) -> None:
+    if not isinstance(frames, np.ndarray) or frames.ndim != 4 or frames.shape[-1] != 3:
+        got = getattr(frames, "shape", type(frames))
+        raise ValueError(f"transforms.{where}: expected uint8 numpy (T, H, W, 3), got {got}")
+
+
+def _pair(size) -> tuple[int, int]:
+    return (int(size), int(size)) if np.isscalar(size) else (int(size[0]), int(size[1]))
+
+
+def _short_side(crop_size: int) -> int:
+    """MMAction2 test/train resize: short side 256 for crop 224, scaled alike for other crops."""
+    return int(round(crop_size * 256 / 224))
+
+
+def _crop(frames: np.ndarray, box) -> np.ndarray:
+    x1, y1, x2, y2 = box
+    return frames[:, y1:y2, x1:x2]
+
+
+def _resize_frames(frames: np.ndarray, new_w: int, new_h: int) -> np.ndarray:
+    """Pillow bilinear resize of every frame (T, H, W, 3) -> (T, new_h, new_w, 3); no copy when the size is equal."""
+    if frames.shape[1:3] == (new_h, new_w):
+        return frames
+    return np.stack([np.asarray(Image.fromarray(np.ascontiguousarray(f)).resize((new_w, new_h), Image.BILINEAR))
+                     for f in frames])
+
+
+def _fixed_offsets(w_step: int, h_step: int, num: int) -> list[tuple[int, int]]:
+    """MMAction2 fixed crop offsets on a quarter grid: UL, UR, LL, LR, centre (+ 8 more when num == 13)."""
+    offsets = [(0, 0), (4 * w_step, 0), (0, 4 * h_step), (4 * w_step, 4 * h_step), (2 * w_step, 2 * h_step)]
+    if num == 13:
+        offsets += [(0, 2 * h_step), (4 * w_step, 2 * h_step), (2 * w_step, 4 * h_step), (2 * w_step, 0),
+                    (w_step, h_step), (3 * w_step, h_step), (w_step, 3 * h_step), (3 * w_step, 3 * h_step)]
+    elif num != 5:
+        raise ValueError(f"transforms.MultiScaleCrop: num_fixed_crops must be 5 or 13, got {num}")
+    return offsets
+
+
+def _plausible(hmat: np.ndarray, w: int, h: int, max_shift: float) -> bool:
+    """True when every image corner keeps a positive projective depth and moves < max_shift * max(w, h) pixels."""
+    corners = np.array([[0, w - 1, 0, w - 1], [0, 0, h - 1, h - 1], [1, 1, 1, 1]], dtype=np.float64)
+    moved = hmat @ corners
+    if np.any(moved[2] <= 0) or np.linalg.det(hmat[:2, :2]) <= 0:
+        return False
+    return bool(np.abs(moved[:2] / moved[2] - corners[:2]).max() < max_shift * max(w, h))
+
+
+def _translation(dx: float, dy: float) -> np.ndarray:
+    return np.array([[1.0, 0.0, dx], [0.0, 1.0, dy], [0.0, 0.0, 1.0]])
+
+
+def _params_to_h(params) -> np.ndarray:
+    """(..., 8) parameters of H - I (row-major, H[2,2] = 1) -> (..., 3, 3)."""
+    params = np.asarray(params, dtype=np.float64)
+    full = np.concatenate([params, np.zeros(params.shape[:-1] + (1,))], axis=-1)
+    return full.reshape(params.shape[:-1] + (3, 3)) + np.eye(3)
+
+
+def _h_to_params(hmat) -> np.ndarray:
+    hmat = np.asarray(hmat, dtype=np.float64)
+    return (hmat / hmat[2, 2] - np.eye(3)).reshape(9)[:8]
+
+
+def _check_gaussian(mu, sigma) -> tuple[np.ndarray, np.ndarray]:
+    mu, sigma = np.asarray(mu, dtype=np.float64), np.asarray(sigma, dtype=np.float64)
+    if mu.shape != (8,) or sigma.shape != (8, 8):
+        raise ValueError(f"transforms.HomographyGaussian: expected mu (8,) and sigma (8, 8), "
+                         f"got {mu.shape} {sigma.shape}")
+    return mu, sigma
+
+
+def _warp_batch(chw: torch.Tensor, hmats: torch.Tensor, padding: str) -> torch.Tensor:
+    """Warp one image (C, H, W) float by N homographies (N, 3, 3) (pixel coords, source -> output) -> (N, C, H, W).
+
+    Identity matrices return the input exactly; others inverse-map every output pixel with grid_sample (bilinear,
+    align_corners=False so that pixel centres sit at integer coordinates).
+    """
+    c, h, w = chw.shape
+    hmats = hmats.to(torch.float64)
+    out = chw[None].repeat(len(hmats), 1, 1, 1)
+    moving = [i for i in range(len(hmats)) if not torch.equal(hmats[i], torch.eye(3, dtype=torch.float64))]
+    if not moving:
+        return out
+    with _torch_threads(1):  # per-sample work (data workers parallelise across samples); avoids oversubscription
+        ys, xs = torch.meshgrid(torch.arange(h, dtype=torch.float64), torch.arange(w, dtype=torch.float64),
+                                indexing="ij")
+        pts = torch.stack([xs.reshape(-1), ys.reshape(-1), torch.ones(h * w, dtype=torch.float64)])  # (3, HW)
+        src = torch.linalg.inv(hmats[moving]) @ pts  # (M, 3, HW) source pixel of every output pixel
+        z = torch.where(src[:, 2].abs() < 1e-12, torch.full_like(src[:, 2], 1e-12), src[:, 2])
+        gx = (src[:, 0] / z + 0.5) / w * 2 - 1
+        gy = (src[:, 1] / z + 0.5) / h * 2 - 1
+        grid = torch.stack([gx, gy], dim=-1).reshape(len(moving), h, w, 2).clamp(-4, 4).to(chw.dtype)
+        out[moving] = F.grid_sample(chw[None].expand(len(moving), c, h, w), grid, mode="bilinear",
+                                    padding_mode=padding, align_corners=False)
+    return out
+
+
+def _gray(image) -> torch.Tensor:
+    """uint8 (H, W, 3) / (H, W) numpy or float tensor (3, H, W) / (H, W) -> float32 gray (H, W) on the 0-1 scale."""
+    if isinstance(image, np.ndarray):
+        x = torch.from_numpy(image.astype(np.float32))
+        scale = 255.0 if image.dtype == np.uint8 else 1.0
+        x = x.permute(2, 0, 1) if x.ndim == 3 else x
+        x = x / scale
+    else:
+        x = image.float()
+    if x.ndim == 3:
+        if x.shape[0] != 3:
+            raise ValueError(f"transforms.estimate_homography: expected (H, W, 3) numpy or (3, H, W) tensor, "
+                             f"got {tuple(x.shape)}")
+        x = 0.299 * x[0] + 0.587 * x[1] + 0.114 * x[2]
+    if x.ndim != 2:
+        raise ValueError(f"transforms.estimate_homography: expected an image, got shape {tuple(x.shape)}")
+    return x.contiguous()
+
+
+def _pyramid(img: torch.Tensor, min_side: int) -> list[torch.Tensor]:
+    """2x2-average pyramid [(H, W), (H/2, W/2), ...] while the short side stays >= min_side."""
+    levels = [img]
+    while min(levels[-1].shape) // 2 >= min_side:
+        levels.append(F.avg_pool2d(levels[-1][None, None], 2)[0, 0])
+    return levels
+
+
+def _norm_matrix(w: int, h: int) -> torch.Tensor:
+    """Pixel -> normalised coords: u = (x - (w-1)/2) / s, v = (y - (h-1)/2) / s, s = max(w, h) / 2."""
+    s = max(w, h) / 2.0
+    return torch.tensor([[1 / s, 0, -(w - 1) / 2 / s], [0, 1 / s, -(h - 1) / 2 / s], [0, 0, 1]], dtype=torch.float64)
+
+
+def _align_level(tmpl, img, g, bias, level, full_size, max_iters, tol):
+    """Inverse-compositional Gauss-Newton at one pyramid level; g (3, 3) normalised src -> dst, returns (g, bias)."""
+    hl, wl = tmpl.shape
+    w, h = full_size
+    scale, s = 2.0 ** level, max(w, h) / 2.0
+    cx, cy = (w - 1) / 2, (h - 1) / 2
+    # 1. normalised coordinates of this level's pixel centres (level pixel i covers full pixels [i*2^l, (i+1)*2^l))
+    ys, xs = torch.meshgrid((torch.arange(hl) + 0.5) * scale - 0.5, (torch.arange(wl) + 0.5) * scale - 0.5,
+                            indexing="ij")
+    u, v = ((xs - cx) / s).reshape(-1), ((ys - cy) / s).reshape(-1)
+    # 2. steepest-descent images of the template (N, 9): gradient (per normalised unit) x dW/dp at identity, + bias
+    gx, gy = torch.zeros_like(tmpl), torch.zeros_like(tmpl)
+    gx[:, 1:-1] = (tmpl[:, 2:] - tmpl[:, :-2]) * (s / scale / 2)
+    gy[1:-1, :] = (tmpl[2:, :] - tmpl[:-2, :]) * (s / scale / 2)
+    gx, gy = gx.reshape(-1), gy.reshape(-1)
+    radial = gx * u + gy * v
+    sd = torch.stack([gx * u, gx * v, gx, gy * u, gy * v, gy, -radial * u, -radial * v, torch.ones_like(u)], dim=1)
+    inner = torch.zeros_like(tmpl, dtype=torch.bool)
+    inner[1:-1, 1:-1] = True
+    inner, t = inner.reshape(-1), tmpl.reshape(-1)
+    pts = torch.stack([u, v, torch.ones_like(u)]).double()
+    corners = torch.tensor([[-cx, cx, -cx, cx], [-cy, -cy, cy, cy], [s, s, s, s]], dtype=torch.float64) / s
+    for _ in range(max_iters):
+        # 3. sample dst at W(u; g), residual against the template (+ bias), mask pixels that leave dst
+        q = g @ pts
+        xl = ((q[0] / q[2]) * s + cx + 0.5) / scale - 0.5
+        yl = ((q[1] / q[2]) * s + cy + 0.5) / scale - 0.5
+        grid = torch.stack([(xl + 0.5) / wl * 2 - 1, (yl + 0.5) / hl * 2 - 1], -1).float().reshape(1, hl, wl, 2)
+        warped = F.grid_sample(img[None, None], grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+        err = warped.reshape(-1) - t - bias
+        valid = inner & (xl >= 0) & (xl <= wl - 1) & (yl >= 0) & (yl <= hl - 1)
+        # 4. Huber weights (scale from the median absolute residual), weighted normal equations
+        wts = _huber_weights(err, valid)
+        a = sd * wts[:, None]
+        delta = torch.linalg.solve((a.T @ sd).double() + 1e-9 * torch.eye(9, dtype=torch.float64),
+                                   (a.T @ err).double())
+        # 5. inverse-compositional update g <- g o W(dp)^-1; stop when the corners move < tol level-pixels
+        step = torch.as_tensor(_params_to_h(delta[:8].numpy()))
+        g, bias = g @ torch.linalg.inv(step), bias + float(delta[8])
+        moved = step @ corners
+        shift = ((moved[:2] / moved[2] - corners[:2]).norm(dim=0).max() * s / scale).item()
+        if shift < tol:
+            break
+    return g / g[2, 2], bias
+
+
+@contextmanager
+def _torch_threads(n: int):
+    """Temporarily run torch intra-op work on n threads."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+def _huber_weights(err: torch.Tensor, valid: torch.Tensor, k: float = 1.345) -> torch.Tensor:
+    """IRLS Huber weights (0 outside `valid`); residual scale = 1.4826 * median |err| over valid pixels."""
+    if not valid.any():
+        return valid.float()
+    sigma = 1.4826 * err[valid].abs().median().clamp(min=1e-4)
+    r = err.abs() / (k * sigma)
+    return torch.where(r <= 1, torch.ones_like(r), 1 / r.clamp(min=1e-12)) * valid.float()
