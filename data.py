@@ -372,6 +372,9 @@ def resolve_dataset(data_root: str | Path, name: str, filtered: bool = False) ->
 def load_split(spec: DatasetSpec, split: str) -> list[Sample]:
     """Read split `split` of a resolved dataset -> list of Samples (labels checked against classes)."""
     if split not in spec.splits:
+        if spec.layout == 'plain':
+            raise FileNotFoundError(f'dataset {spec.name}: list file {Path(spec.root) / (split + ".txt")} '
+                                    f'not found (expected {PLAIN_LAYOUT})')
         raise ValueError(f'dataset {spec.name}: no split {split!r}; available: '
                          f'{", ".join(spec.splits) or "none"}')
     s = spec.splits[split]

@@ -438,6 +438,23 @@ def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
     return obj
 
 
+def from_checkpoint(path: str | Path) -> nn.Module:
+    """Rebuild a model from one of train.py's self-describing checkpoints (arch, model_args, classes, weights).
+
+    The returned model is in eval mode and carries `.classes` (the class names it was trained on), `.spec`, `.arch`.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"models.from_checkpoint: no checkpoint file at {path}")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(state, dict) or not {"arch", "model", "classes"} <= set(state):
+        raise ValueError(f"models.from_checkpoint: {path} is not a train.py checkpoint (needs arch, model, classes)")
+    model = build_model(state["arch"], len(state["classes"]), **state.get("model_args", {}))
+    model.load_state_dict(state["model"])
+    model.classes = list(state["classes"])
+    return model.eval()
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # 6. Key mapping to MMAction2 (groundwork for loading MMAction2 checkpoints)
 # ----------------------------------------------------------------------------------------------------------------

@@ -251,3 +251,189 @@ def confusion_pairs(cm_before, cm_after, classes, top=5):
     rows.sort(key=lambda r: r[4])
     return {"dropped": [r for r in rows[:top] if r[4] < 0],
             "rose": [r for r in reversed(rows[-top:]) if r[4] > 0]}
+
+
+# --------------------------------------------------------------------------------------------------
+# Sec. 3.5: the camera-motion Gaussian of Eq. 2, estimated on the target videos
+# --------------------------------------------------------------------------------------------------
+
+
+def estimate_motion(data_root, target, out=None, max_videos=200, max_pairs=16, seed=0, log=print):
+    """Fit N(mu, Sigma) of inter-frame homographies on the target's training videos (Sec. 3.5).
+
+    1. Take up to `max_videos` training videos (a fixed random subset), both class-agnostic and
+       per class (their labels).
+    2. In each, decode `max_pairs` + 1 consecutive frames from a random start and estimate the
+       homography between every consecutive pair (transforms.estimate_video_motion; scene cuts and
+       failed alignments are dropped).
+    3. Express every H in normalised image coordinates (so the fit applies to web images of any
+       size) and take the maximum-likelihood Gaussian, class-agnostic ("warp-agno") and per class
+       ("warp-spec", Table 8).
+    Writes the model to `out` (default DATA_ROOT/TARGET/motion.json) and returns it.
+    """
+    import data
+    import transforms
+    spec = data.resolve_dataset(data_root, target)
+    samples = [s for s in data.load_split(spec, "train") if s.kind in ("video", "untrimmed", "frames")]
+    rng = np.random.default_rng([seed, 13])
+    samples = [samples[i] for i in rng.permutation(len(samples))[:max_videos]]
+    hs, labels = [], []
+    for n, s in enumerate(samples):
+        try:
+            total = s.num_frames or data.count_frames(s.path)
+            start = int(rng.integers(0, max(1, total - max_pairs)))
+            frames = data.read_frames(s.path, np.arange(start, min(total, start + max_pairs + 1)))
+        except Exception as err:            # a broken video only loses its own motion samples
+            log(f"estimate_motion: skipped {s.path}: {err}")
+            continue
+        size = (frames.shape[2], frames.shape[1])
+        for hmat in transforms.estimate_video_motion(frames):
+            hs.append(None if hmat is None else transforms.normalize_homography(hmat, size))
+            labels.append(s.label)
+        if (n + 1) % 20 == 0:
+            log(f"estimate_motion: {n + 1}/{len(samples)} videos, {sum(h is not None for h in hs)} homographies")
+    motion = transforms.fit_homography_gaussian(hs, labels=labels)
+    out = Path(out) if out else Path(spec.root) / "motion.json"
+    motion.save(out)
+    log(f"estimate_motion: {sum(h is not None for h in hs)} homographies from {len(samples)} videos -> {out}")
+    return motion
+
+
+# --------------------------------------------------------------------------------------------------
+# Table 1: the whole procedure in one command
+# --------------------------------------------------------------------------------------------------
+
+
+def get_args_parser():
+    p = argparse.ArgumentParser("omnisource: the three steps of Table 1 in one command",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--data-root", default="data", help="datasets folder; the demo data is generated here")
+    p.add_argument("--target", default="synth", help="target dataset (see train.py --target)")
+    p.add_argument("--sources", default="synth-web-img,synth-web-vid,synth-web-untrimmed",
+                   help="comma-separated raw web sources to filter and add (dataset names under --data-root)")
+    p.add_argument("--arch", default="tsn_tiny", help="student (and baseline) architecture")
+    p.add_argument("--teacher-arch", default=None, help="teacher architecture (default: --arch; images are "
+                   "always scored by a 2D teacher, Sec. 3.4, so a 3D --arch also trains tsn_tiny/--image-teacher)")
+    p.add_argument("--image-teacher-arch", default="tsn_tiny", help="2D teacher for image sources when the "
+                   "teacher is 3D")
+    p.add_argument("--threshold", type=float, default=0.5, help="teacher confidence threshold (Sec. 3.4)")
+    p.add_argument("--mode", choices=("query", "pseudo"), default="query", help="filter mode (see filter.py)")
+    p.add_argument("--epochs", type=int, default=None, help="epochs of every training run (default: recipe)")
+    p.add_argument("--batch-size", type=int, default=8, help="target batch per step |B_T|")
+    p.add_argument("--ratio", default="", help="batch ratio for the student (default 2:1 per source)")
+    p.add_argument("--resample", default="power:0.2", help="auxiliary class resampling (Table 10)")
+    p.add_argument("--mixup", type=float, default=0.0, help="mixup alpha for the student (0: off)")
+    p.add_argument("--inflate", default="warp-agno", help="image-to-clip transform of the student (Table 8)")
+    p.add_argument("--snippet", default="1p2n", help="untrimmed-to-snippet rule for 2D students (Table 14)")
+    p.add_argument("--also-unfiltered", action="store_true", help="also train a student on the raw (unfiltered) "
+                   "web data, the comparison of Table 12")
+    p.add_argument("--seed", type=int, default=0, help="seed of every run")
+    p.add_argument("--workers", type=int, default=2, help="DataLoader workers")
+    p.add_argument("--work-dir", default="work_dirs/omnisource", help="all runs go to sub-folders of this")
+    p.add_argument("--estimate-motion", action="store_true", help="only fit the camera-motion Gaussian of "
+                   "--target (Sec. 3.5) and write DATA_ROOT/TARGET/motion.json")
+    return p
+
+
+def run_procedure(args):
+    """Table 1, OmniSource column, on --target and --sources; returns the results table rows."""
+    import filter as web_filter
+    import train
+    work = Path(args.work_dir)
+    common = ["--data-root", args.data_root, "--target", args.target, "--batch-size", str(args.batch_size),
+              "--seed", str(args.seed), "--workers", str(args.workers)]
+    if args.epochs:
+        common += ["--epochs", str(args.epochs)]
+    sources = [s for s in args.sources.split(",") if s]
+    # 1. Train one (or more) teacher M on D_T. With the same architecture as the student it is also
+    #    the baseline ("target only") of the comparison.
+    print("== step 1: teacher / baseline on the target set", flush=True)
+    baseline = train.main(train.get_args_parser().parse_args(
+        common + ["--arch", args.arch, "--work-dir", str(work / "baseline")]))
+    teachers = {"video": work / "baseline" / "best.pth"}
+    teacher_arch = args.teacher_arch or args.arch
+    if teacher_arch != args.arch:
+        train.main(train.get_args_parser().parse_args(
+            common + ["--arch", teacher_arch, "--work-dir", str(work / "teacher")]))
+        teachers["video"] = work / "teacher" / "best.pth"
+    teachers["image"] = teachers["video"]
+    if not _is_2d(teacher_arch):                       # Sec. 3.4: web images get 2D teachers only
+        train.main(train.get_args_parser().parse_args(
+            common + ["--arch", args.image_teacher_arch, "--work-dir", str(work / "image_teacher")]))
+        teachers["image"] = work / "image_teacher" / "best.pth"
+    # 2. Run M on every U_i, drop samples under the threshold, pseudo-label the rest.
+    print("== step 2: teacher filtering of every web source", flush=True)
+    filtered = [filter_source(web_filter, args, src, teachers) for src in sources]
+    # 3. Transforms T_i: fit the camera motion of Eq. 2 on the target videos (images -> clips).
+    print("== step 3: camera-motion Gaussian for image-to-clip (Eq. 2)", flush=True)
+    estimate_motion(args.data_root, args.target, out=work / "motion.json", seed=args.seed)
+    # 4. Train M' on D_T and the auxiliary sets D_A,i (Eq. 1), one optimiser step per iteration.
+    print("== step 4: joint training of the student", flush=True)
+    student_args = common + ["--arch", args.arch, "--aux", ",".join(filtered), "--ratio", args.ratio,
+                             "--resample", args.resample, "--mixup", str(args.mixup), "--inflate", args.inflate,
+                             "--motion", str(work / "motion.json"), "--snippet", args.snippet]
+    student = train.main(train.get_args_parser().parse_args(student_args + ["--work-dir", str(work / "student")]))
+    rows = [("baseline (target only)", baseline), ("OmniSource (filtered web data)", student)]
+    if args.also_unfiltered:
+        raw_args = list(student_args)
+        raw_args[raw_args.index("--aux") + 1] = ",".join(sources)
+        unfiltered = train.main(train.get_args_parser().parse_args(raw_args + ["--work-dir", str(work / "unfiltered")]))
+        rows.insert(1, ("unfiltered web data", unfiltered))
+    write_table(work, rows, baseline, student)
+    return rows
+
+
+def filter_source(web_filter, args, source, teachers):
+    """Step 2 for one source; returns the name of the filtered dataset written under --data-root."""
+    out = f"{source}-filtered"
+    kind = _source_kind(args.data_root, source)
+    teacher = teachers["image" if kind == "image" else "video"]
+    argv = ["--data-root", args.data_root, "--source", source, "--teacher", str(teacher), "--out", out,
+            "--threshold", str(args.threshold), "--mode", args.mode, "--workers", str(args.workers),
+            "--student", "2d" if _is_2d(args.arch) else "3d"]
+    web_filter.main(web_filter.get_args_parser().parse_args(argv))
+    return out
+
+
+def write_table(work, rows, baseline, student):
+    """Print and save the comparison (results.md, results.json) and the confusion pairs of Sec. 5.2."""
+    lines = ["| run | top-1 | top-5 | mean class acc |", "| --- | --- | --- | --- |"]
+    lines += [f"| {name} | {m['top1']:.4f} | {m['top5']:.4f} | {m['mean_class_acc']:.4f} |" for name, m in rows]
+    pairs = confusion_pairs(baseline["confusion_matrix"], student["confusion_matrix"], baseline["classes"])
+    lines += ["", "Confusion pairs (Sec. 5.2, s_ij baseline -> OmniSource):"]
+    lines += [f"  {a} / {b}: {s0:.3f} -> {s1:.3f} ({d:+.3f})" for a, b, s0, s1, d in pairs["dropped"] + pairs["rose"]]
+    text = "\n".join(lines)
+    print(text, flush=True)
+    (work / "results.md").write_text(text + "\n")
+    (work / "results.json").write_text(json.dumps(
+        {"rows": [{"run": name, **{k: m[k] for k in ("top1", "top5", "mean_class_acc")}} for name, m in rows],
+         "confusion_pairs": pairs}, indent=2) + "\n")
+
+
+def _is_2d(arch):
+    import models
+    return models.ARCHS[arch][1].family == "tsn" if arch in models.ARCHS else arch.startswith("tsn")
+
+
+def _source_kind(data_root, source):
+    """'image' when the source's samples are still images (they need a 2D teacher), else 'video'."""
+    import data
+    samples = data.load_split(data.resolve_dataset(data_root, source), "train")
+    return "image" if samples and all(s.kind == "image" for s in samples[:50]) else "video"
+
+
+def main(argv=None):
+    args = get_args_parser().parse_args(argv)
+    try:
+        if args.estimate_motion:
+            estimate_motion(args.data_root, args.target)
+            return
+        import train
+        train.ensure_demo_data(args, rank=0)
+        run_procedure(args)
+    except (ValueError, FileNotFoundError, FloatingPointError) as e:
+        sys.exit(f"error: {e}")
+
+
+if __name__ == "__main__":
+    main()

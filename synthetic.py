@@ -102,9 +102,9 @@ class Style:
     blur: int            # max motion blur taps
 
 
-TARGET_STYLE = Style(radius=(0.14, 0.30), jitter=0.28, drift=0.25, spin=0.06, saturation=(0.15, 0.9),
-                     value=(0.3, 0.95), contrast=(0.25, 0.7), clean_bg=False, clutter=(2, 7), texture=0.18,
-                     pan=0.25, occlusion=0.5, noise=(0.01, 0.05), blur=3)
+TARGET_STYLE = Style(radius=(0.2, 0.36), jitter=0.22, drift=0.2, spin=0.06, saturation=(0.2, 0.9),
+                     value=(0.35, 0.95), contrast=(0.4, 0.8), clean_bg=False, clutter=(1, 4), texture=0.12,
+                     pan=0.25, occlusion=0.3, noise=(0.01, 0.04), blur=3)
 WEB_IMAGE_STYLE = Style(radius=(0.28, 0.42), jitter=0.06, drift=0.0, spin=0.0, saturation=(0.7, 1.0),
                         value=(0.65, 1.0), contrast=(0.65, 1.0), clean_bg=True, clutter=(0, 1), texture=0.0,
                         pan=0.0, occlusion=0.0, noise=(0.0, 0.0), blur=0)

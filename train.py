@@ -171,9 +171,10 @@ def setup(args, rank, world, device):
     """Datasets, model, optimiser, schedule, loaders; then --resume / --checkpoint."""
     target = data.resolve_dataset(args.data_root, args.target)
     classes = target.classes
+    random.seed(args.seed)
+    torch.manual_seed(args.seed)                   # model init and dropout
     model = build(args, len(classes), device)
     spec = model.spec
-    torch.manual_seed(args.seed)
     train_ds = make_dataset(args, target, "train", spec, test_mode=False)
     if args.label_fraction < 1.0:
         train_ds.samples = label_fraction(train_ds.samples, args.label_fraction, args.seed)

@@ -1,0 +1,193 @@
+"""train.py end to end on a small generated dataset: learning, resume, DDP, joint training, bad input."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import train
+
+ROOT = Path(__file__).resolve().parents[1]
+FAST = ["--arch", "tsn_tiny", "--batch-size", "8", "--workers", "0", "--test-clips", "3", "--test-crops", "1",
+        "--log-interval", "2"]
+
+
+def run_train(argv):
+    return train.main(train.get_args_parser().parse_args(argv))
+
+
+def cli_error(argv, capsys):
+    with pytest.raises(SystemExit) as exc:
+        train.cli(argv)
+    msg = str(exc.value.code)
+    assert msg.startswith("error: ") and "\n" not in msg, msg
+    return msg
+
+
+def test_learns_the_generated_data_well_above_chance(small_data, tmp_path):
+    m = run_train(["--data-root", str(small_data), "--target", "synth", "--epochs", "12",
+                   "--work-dir", str(tmp_path), *FAST])
+    # 4 classes: chance is 0.25
+    assert m["top1"] >= 0.6, m
+    saved = json.loads((tmp_path / "metrics.json").read_text())
+    assert {"top1", "top5", "mean_class_acc"} <= set(saved) and saved["top1"] == pytest.approx(m["top1"])
+    assert 0 <= saved["mean_class_acc"] <= 1 and saved["top5"] >= saved["top1"]
+    rows = (tmp_path / "confusion_matrix.csv").read_text().splitlines()
+    assert len(rows) == 1 + 4
+    log = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    step = next(r for r in log if r["kind"] == "train")
+    assert {"loss", "lr", "samples_per_s", "eta_s"} <= set(step)
+    assert (tmp_path / "latest.pth").exists() and (tmp_path / "best.pth").exists()
+
+
+def test_resume_continues_exactly(small_data, tmp_path, monkeypatch):
+    args = ["--data-root", str(small_data), "--target", "synth", "--epochs", "2", *FAST]
+    run_train(args + ["--work-dir", str(tmp_path / "straight")])
+    # the same run, killed after its first epoch's checkpoint, then resumed
+    real_epoch, calls = train.train_one_epoch, []
+
+    def crash_in_second_epoch(run, epoch):
+        calls.append(epoch)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real_epoch(run, epoch)
+    monkeypatch.setattr(train, "train_one_epoch", crash_in_second_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        run_train(args + ["--work-dir", str(tmp_path / "resumed")])
+    monkeypatch.setattr(train, "train_one_epoch", real_epoch)
+    assert torch.load(tmp_path / "resumed" / "latest.pth", weights_only=True)["epoch"] == 1
+    run_train(args + ["--work-dir", str(tmp_path / "resumed"), "--resume"])
+    a = torch.load(tmp_path / "straight" / "latest.pth", weights_only=True)
+    b = torch.load(tmp_path / "resumed" / "latest.pth", weights_only=True)
+    assert a["epoch"] == b["epoch"] == 2
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    assert a["optimizer"]["state"].keys() == b["optimizer"]["state"].keys()
+
+
+def test_checkpoint_is_self_describing(small_data, tmp_path):
+    run_train(["--data-root", str(small_data), "--target", "synth", "--epochs", "1", "--work-dir", str(tmp_path),
+               *FAST])
+    ckpt = torch.load(tmp_path / "latest.pth", weights_only=True)
+    assert ckpt["arch"] == "tsn_tiny" and len(ckpt["classes"]) == 4 and ckpt["epoch"] == 1
+    assert {"optimizer", "rng", "model_args", "args"} <= set(ckpt)
+    import models
+    model = models.from_checkpoint(tmp_path / "latest.pth")
+    assert model.classes == ckpt["classes"]
+
+
+def test_two_process_ddp_on_cpu(small_data, tmp_path):
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+           str(ROOT / "train.py"), "--data-root", str(small_data), "--target", "synth", "--epochs", "2",
+           "--work-dir", str(tmp_path), *FAST]
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    m = json.loads((tmp_path / "metrics.json").read_text())
+    val_videos = len((small_data / "synth" / "val.txt").read_text().split("\n")) - 1
+    assert m["num_videos"] == val_videos          # metrics reduced over both ranks: every video once
+    # only rank 0 writes: one console header, one log line per interval
+    assert out.stdout.count("tsn_tiny on synth") == 1
+    assert "x 2 rank(s)" in out.stdout
+    log = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    epochs = [r for r in log if r["kind"] == "epoch"]
+    assert [r["epoch"] for r in epochs] == [1, 2]
+    # 32 training videos, batch 8 per rank, 2 ranks -> 2 steps per epoch
+    assert max(r["steps"] for r in log if r["kind"] == "train") == 2
+
+
+def test_joint_training_with_web_sources_logs_each_source(small_data, tmp_path):
+    m = run_train(["--data-root", str(small_data), "--target", "synth", "--epochs", "1",
+                   "--aux", "synth-web-img,synth-web-vid", "--ratio", "2:1:1", "--mixup", "0.2",
+                   "--work-dir", str(tmp_path), *FAST])
+    assert 0 <= m["top1"] <= 1
+    log = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    step = next(r for r in log if r["kind"] == "train")
+    assert {"loss_synth", "loss_synth-web-img", "loss_synth-web-vid", "acc_synth-web-img"} <= set(step)
+    assert step["loss"] == pytest.approx(step["loss_synth"] * 8 / 16 + step["loss_synth-web-img"] * 4 / 16
+                                         + step["loss_synth-web-vid"] * 4 / 16, rel=1e-4)
+    # the web lists hold broken files (zero-byte, truncated, not a video): replaced, counted, logged
+    assert max(r["failed_samples"] for r in log if r["kind"] == "train") >= 0
+
+
+def test_broken_target_video_is_replaced_counted_and_logged(small_data, tmp_path):
+    root = tmp_path / "data"
+    shutil.copytree(small_data / "synth", root / "synth")
+    first = (root / "synth" / "train.txt").read_text().split()[0]
+    (root / "synth" / first).write_bytes(b"not a video at all")
+    run_train(["--data-root", str(root), "--target", "synth", "--epochs", "1", "--work-dir", str(tmp_path / "w"),
+               *FAST])
+    log = [json.loads(line) for line in (tmp_path / "w" / "log.jsonl").read_text().splitlines()]
+    assert max(r["failed_samples"] for r in log if r["kind"] == "train") == 1
+
+
+def test_schedule_follows_the_recipes():
+    args = train.get_args_parser().parse_args([])
+    tsn = train.Schedule.from_args(args, train.RECIPES["tsn"], steps_per_epoch=10, samples_per_step=256)
+    assert tsn.base_lr == pytest.approx(4e-5 * 256) and tsn.epochs == 100 and tsn.lr_steps == (40, 80)
+    assert tsn.lr(0) == pytest.approx(0.01024)
+    assert tsn.lr(40 * 10) == pytest.approx(0.001024) and tsn.lr(80 * 10) == pytest.approx(0.0001024)
+    scratch = train.Schedule.from_args(args, train.RECIPES["3d_scratch"], steps_per_epoch=10, samples_per_step=64)
+    assert scratch.base_lr == pytest.approx(1.6e-3 * 64) and scratch.warmup_epochs == 34
+    assert scratch.lr(17 * 10) == pytest.approx(scratch.base_lr / 2)               # half-way through warm-up
+    mid = (34 + (256 - 34) / 2) * 10
+    assert scratch.lr(mid) == pytest.approx(scratch.base_lr / 2)                   # cosine half-way
+    short = train.Schedule.from_args(train.get_args_parser().parse_args(["--epochs", "50"]),
+                                     train.RECIPES["3d_imagenet"], steps_per_epoch=1, samples_per_step=1)
+    assert short.lr_steps == (30, 43)                                               # 90/150 and 130/150 of 50
+
+
+def test_label_fraction_is_class_balanced():
+    class S:
+        def __init__(self, label):
+            self.label = label
+    samples = [S(c) for c in range(4) for _ in range(10)]
+    kept = train.label_fraction(samples, 0.3, seed=0)
+    assert np.bincount([s.label for s in kept]).tolist() == [3, 3, 3, 3]
+    assert np.bincount([s.label for s in train.label_fraction(samples, 0.01, 0)]).tolist() == [1, 1, 1, 1]
+
+
+def test_unknown_dataset_lists_the_known_ones(tmp_path, capsys):
+    msg = cli_error(["--data-root", str(tmp_path), "--target", "nope", "--work-dir", str(tmp_path / "w")], capsys)
+    assert "nope" in msg and "k400" in msg and "classes.txt" in msg
+
+
+def test_missing_list_file_is_named(small_data, tmp_path, capsys):
+    shutil.copytree(small_data / "synth", tmp_path / "d" / "synth")
+    (tmp_path / "d" / "synth" / "val.txt").unlink()
+    msg = cli_error(["--data-root", str(tmp_path / "d"), "--target", "synth", "--work-dir", str(tmp_path / "w"),
+                     *FAST], capsys)
+    assert "val.txt" in msg
+
+
+def test_label_out_of_range_names_the_line(small_data, tmp_path, capsys):
+    shutil.copytree(small_data / "synth", tmp_path / "d" / "synth")
+    lst = tmp_path / "d" / "synth" / "train.txt"
+    lines = lst.read_text().splitlines()
+    lines[2] = lines[2].rsplit(" ", 1)[0] + " 9"
+    lst.write_text("\n".join(lines) + "\n")
+    msg = cli_error(["--data-root", str(tmp_path / "d"), "--target", "synth", "--work-dir", str(tmp_path / "w"),
+                     *FAST], capsys)
+    assert "train.txt" in msg and ":3" in msg and "9" in msg
+
+
+def test_checkpoint_with_other_class_count_says_both(small_data, tmp_path, capsys):
+    import models
+    other = models.build_model("tsn_tiny", 7)
+    torch.save({"model": other.state_dict(), "arch": "tsn_tiny", "classes": [str(i) for i in range(7)]},
+               tmp_path / "seven.pth")
+    msg = cli_error(["--data-root", str(small_data), "--target", "synth", "--checkpoint", str(tmp_path / "seven.pth"),
+                     "--work-dir", str(tmp_path / "w"), *FAST], capsys)
+    assert "7" in msg and "4" in msg
+
+
+def test_cli_exits_non_zero_with_one_line(tmp_path):
+    out = subprocess.run([sys.executable, str(ROOT / "train.py"), "--data-root", str(tmp_path), "--target", "nope"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode != 0
+    assert out.stderr.strip().count("\n") == 0 and out.stderr.startswith("error: ")
