@@ -112,6 +112,8 @@ def get_args_parser() -> argparse.ArgumentParser:
 def main(args) -> None:
     if args.repeats < 1 or args.samples < 1 or args.batch < 1 or args.threads < 1:
         raise ValueError('--repeats, --samples, --batch and --threads must be >= 1')
+    if args.compare_venv and not (Path(args.compare_venv) / 'bin' / 'python').is_file():
+        raise FileNotFoundError(f'--compare-venv {args.compare_venv}: expected a virtualenv with bin/python')
     print(f'omnisource benchmark: python {sys.version.split()[0]}, torch {torch.__version__}, '
           f'av {av.__version__}, numpy {np.__version__}; {os.cpu_count()} cores; {_load()}')
     tmp = Path(tempfile.mkdtemp(prefix='omnisource_bench_'))
@@ -289,12 +291,15 @@ def bench_models(args) -> None:
         print('\nnote: nvidia-smi is present but this torch has no CUDA: the model part runs on the CPU only')
     print(f'\n== Model: training step (forward + backward + SGD momentum step) at batch {args.batch}, '
           f'{NUM_CLASSES} classes; torch threads {torch.get_num_threads()}; {_load()}')
+    if os.getloadavg()[0] > os.cpu_count() and torch.get_num_threads() > 1:
+        print(f'note: the load average exceeds the {os.cpu_count()} cores: {torch.get_num_threads()} OpenMP '
+              f'threads wait on each other when one is descheduled; compare with --threads 1')
     rows = []
     for device, amp in runs:
-        peak = _matmul_flops(device, torch.bfloat16 if amp else torch.float32, args.repeats)
+        peak = _matmul_flops(device, torch.bfloat16 if amp else torch.float32, max(args.repeats, 3))
         precision = 'bf16 autocast' if amp else 'fp32'
         print(f'{device} {precision}: measured matmul peak {peak / 1e9:.1f} GFLOP/s '
-              f'(torch.mm {"bf16" if amp else "fp32"}, median of {args.repeats})')
+              f'(torch.mm {"bf16" if amp else "fp32"}, median of {max(args.repeats, 3)})')
         for arch in BIG_MODELS + TINY_MODELS:
             steps = args.big_steps if (args.big_steps and arch in BIG_MODELS) else args.repeats
             r = _train_rate(arch, args.batch, device, amp, steps)
@@ -330,12 +335,10 @@ def _train_rate(arch: str, batch: int, device: str, amp: bool, steps: int) -> di
         loss.backward()
         opt.step()
 
-    # 1. warm-up, and enough steps per timed unit that a unit lasts >= 0.3 s (tiny models)
-    t0 = time.perf_counter()
+    # 1. two warm-up steps; the second sets how many steps one timed unit holds (>= 0.5 s: tiny models)
     step()
-    _sync(device)
-    inner = max(1, math.ceil(0.3 / max(time.perf_counter() - t0, 1e-6)))
-    step()
+    t0 = _time_calls(lambda _: step(), range(1), sync=device)[0]
+    inner = max(1, math.ceil(0.5 / max(t0, 1e-6)))
     # 2. timed units, median
     timing = Timing(inner * batch)
     for _ in range(steps):
@@ -373,7 +376,7 @@ def _matmul_flops(device: str, dtype: torch.dtype, repeats: int) -> float:
     b = torch.randn(n, n, device=device, dtype=dtype)
     timing = Timing(1)
     torch.mm(a, b)
-    for _ in range(max(repeats, 3)):
+    for _ in range(repeats):
         timing.add(*_time_calls(lambda _: torch.mm(a, b), range(1), sync=device))
     return 2.0 * n ** 3 * timing.rate
 
@@ -481,7 +484,7 @@ def _run_venv(venv: str, script: Path, cfg_path: Path) -> dict:
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith('BENCH_JSON ')]
     if proc.returncode != 0 or not lines:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ['no output']
-        raise RuntimeError(f'--compare-venv {venv}: comparison script failed: {tail[0]}')
+        raise ValueError(f'--compare-venv {venv}: the comparison script failed: {tail[0]}')
     return json.loads(lines[-1][len('BENCH_JSON '):])
 
 
@@ -541,7 +544,7 @@ def _generate_clip(path: Path, width: int = 340, height: int = 256, fps: int = 3
         stream.width, stream.height, stream.pix_fmt = width, height, 'yuv420p'
         stream.codec_context.gop_size = 250
         for t in range(fps * seconds):
-            dx, dy = int(2 * t) % width, int(t) % height   # camera pan
+            dx, dy = t * width // (fps * seconds), t * height // (2 * fps * seconds)   # slow pan, no wrap
             img = texture[dy:dy + height, dx:dx + width].copy()
             cx, cy = width / 2 + 100 * math.sin(t / 15), height / 2 + 60 * math.cos(t / 20)
             img[(xx - cx) ** 2 + (yy - cy) ** 2 < 900] = (220, 60, 40)

@@ -23,6 +23,14 @@ What this file implements (paper: Sec. 3.5 forms of web data, Sec. 4 datasets, a
    (classes.txt, train.txt, val.txt) or the released layouts of the paper's datasets (Table 11).
 5. `VideoDataset`: a torch Dataset over samples of any kind; reproducible per-item randomness from
    (seed, epoch, index); a sample that fails to load is replaced by another one and counted.
+6. Untrimmed web videos (Sec. 3.5, Fig. 2 right; written by filter.py):
+   - 3D students: `cut_video` cuts a long video into 10-s pieces dir/part_N.mp4 with PyAV (re-encoded,
+     exact cuts), the 'raw' list kind above; `video_fps`.
+   - 2D students (TSN snippets, Table 14): a sidecar `<list stem>_frame_scores.json` next to a list
+     (`frame_scores_path`) holds, per video line, the 1-FPS frame indices and the teacher's probability
+     of the line's label at each (`FrameScores`, `read_frame_scores` / `write_frame_scores`).
+     `read_list` attaches them to the samples (`Sample.frame_scores`) and `VideoDataset(snippet=...)`
+     builds the TSN input from those frames with a chooser such as `transforms.select_snippet`.
 
 Helpers are at the bottom of the file.
 """
@@ -34,7 +42,10 @@ import inspect
 import json
 import logging
 import math
+import os
+import shutil
 from dataclasses import dataclass, field
+from fractions import Fraction
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -49,6 +60,8 @@ VIDEO_EXTS = ('.mp4', '.avi', '.mkv', '.webm', '.mov', '.m4v', '.flv', '.mpg', '
 IMAGE_EXTS = ('.jpg', '.jpeg', '.png', '.bmp', '.webp', '.gif', '.tif', '.tiff')
 FRAME_TMPL = 'img_{:05d}.jpg'   # MMAction2 RawframeDataset filename_tmpl, 1-based (start_index=1)
 PART_TMPL = 'part_{}.mp4'       # MMAction2 RawVideoDataset clipname_tmpl, 0-based
+FRAME_SCORES_TMPL = '{stem}_frame_scores.json'   # sidecar of list STEM.txt: 1-FPS teacher scores (Sec. 3.5)
+FRAME_SCORES_FORMAT = 'omnisource-frame-scores-1'
 KINDS = ('video', 'untrimmed', 'frames', 'image', 'raw')
 
 
@@ -160,6 +173,63 @@ def count_frames(path: str | Path) -> int:
         return _count_video_frames(container, stream)
 
 
+def video_fps(path: str | Path) -> float:
+    """Frame rate of a video (average rate; else the guessed rate; else frames / duration)."""
+    path = Path(path)
+    with _open_video(path) as (container, stream):
+        return float(_stream_rate(path, stream))
+
+
+def cut_video(path: str | Path, out_dir: str | Path, seconds: float = 10.0, crf: int = 18) -> int:
+    """Sec. 3.5 (3D students): cut a video into `seconds`-long pieces out_dir/part_0.mp4, part_1.mp4, ...
+
+    Piece i holds frames [i * n, (i + 1) * n), n = round(seconds * fps); a tail shorter than n / 2 joins
+    the last piece, a video shorter than one piece is one piece. Returns the number of pieces written:
+    the layout of MMAction2's RawVideoDataset (list line 'DIR LABEL NUM_PARTS POS_IDX...').
+    The pieces are RE-ENCODED (H.264 yuv420p, libx264 `crf`, same frame rate, each piece starts with a
+    keyframe): the cuts fall on exact frame boundaries whatever the source's keyframe spacing, and every
+    piece decodes on its own. Remuxing packets (no re-encoding, faster) could only cut at keyframes,
+    which web videos place every 2-10 s, so pieces would have uneven lengths. Odd frame sizes are
+    scaled to the next even size below (yuv420p). Frames are decoded and encoded one at a time, so long
+    videos need little memory. On any error, and when the video decodes to fewer frames than its
+    container claims (a truncated download: `VideoTooShortError`), the pieces written are removed and
+    the error raised.
+    """
+    path, out_dir = Path(path), Path(out_dir)
+    if not seconds > 0:
+        raise ValueError(f'cut_video: seconds must be > 0, got {seconds}')
+    total = count_frames(path)
+    created, written, writer = not out_dir.exists(), [], None
+    try:
+        with _open_video(path) as (container, stream):
+            rate = _stream_rate(path, stream)
+            per_piece = max(1, round(seconds * float(rate)))
+            num_pieces = max(1, int(total / per_piece + 0.5))
+            out_dir.mkdir(parents=True, exist_ok=True)
+            for i, frame in enumerate(container.decode(stream)):
+                # frame i goes to piece i // n; the last piece takes the tail
+                if min(i // per_piece, num_pieces - 1) != len(written) - 1:
+                    if writer is not None:
+                        writer.close()
+                    written.append(out_dir / PART_TMPL.format(len(written)))
+                    writer = _PieceWriter(written[-1], rate, frame, crf)
+                writer.write(frame)
+            if writer is None:
+                raise ValueError(f'{path}: no decodable video frames')
+            writer.close()
+            if writer.count + (len(written) - 1) * per_piece < total:   # cut short: a truncated file
+                raise VideoTooShortError(path, total - 1, writer.count + (len(written) - 1) * per_piece)
+    except BaseException:
+        if writer is not None:
+            writer.close(flush=False)
+        for part in written:   # leave nothing half-written behind
+            part.unlink(missing_ok=True)
+        if created:
+            shutil.rmtree(out_dir, ignore_errors=True)
+        raise
+    return len(written)
+
+
 # =====================================================================================
 # 3. Annotation lists (MMAction2 formats)
 # =====================================================================================
@@ -172,6 +242,7 @@ class Sample:
     num_frames: frame count of a 'frames' folder (from the list), else None.
     pos_clips: 'raw' only: 0-based indices of the positive pieces part_{i}.mp4 (teacher filtered).
     num_parts: 'raw' only: number of pieces part_0.mp4 ... part_{num_parts-1}.mp4.
+    frame_scores: a video's 1-FPS teacher scores from the list's sidecar file (Sec. 3.5), else None.
     """
     path: Path
     label: int
@@ -179,6 +250,25 @@ class Sample:
     num_frames: int | None = None
     pos_clips: tuple = ()
     num_parts: int | None = None
+    frame_scores: FrameScores | None = None
+
+
+@dataclass(frozen=True)
+class FrameScores:
+    """Sec. 3.5 / Table 14: teacher scores of the frames of an untrimmed video extracted at a low rate (1 FPS).
+
+    frames: 0-based frame indices (as `read_frames` takes them) of the scored frames, F >= 1.
+    scores: (F,) the teacher's probability of the sample's label at each frame, in [0, 1].
+    threshold: a frame is positive when its score >= threshold (the filter's threshold).
+    """
+    frames: tuple
+    scores: tuple
+    threshold: float = 0.5
+
+    def __post_init__(self):
+        if not self.frames or len(self.frames) != len(self.scores):
+            raise ValueError(f'FrameScores: expected as many scores as frames (>= 1), got {len(self.frames)} '
+                             f'frames and {len(self.scores)} scores')
 
 
 def read_list(list_file: str | Path, prefix: str | Path, num_classes: int) -> list[Sample]:
@@ -201,6 +291,7 @@ def read_list(list_file: str | Path, prefix: str | Path, num_classes: int) -> li
     samples = [s for s in samples if s is not None]
     if not samples:
         raise ValueError(f'{list_file}: no samples (empty annotation list)')
+    _attach_frame_scores(samples, list_file, prefix)
     return samples
 
 
@@ -218,6 +309,47 @@ def read_classes(path: str | Path) -> list[str]:
         if [int(h[0]) for h in heads] == list(range(first, first + len(heads))) and first in (0, 1):
             return [h[1] for h in heads]
     return lines
+
+
+def frame_scores_path(list_file: str | Path) -> Path:
+    """The sidecar of an annotation list: DIR/train.txt -> DIR/train_frame_scores.json (Sec. 3.5)."""
+    list_file = Path(list_file)
+    return list_file.with_name(FRAME_SCORES_TMPL.format(stem=list_file.stem))
+
+
+def write_frame_scores(path: str | Path, videos: dict[str, FrameScores], fps: float = 1.0) -> None:
+    """Write a frame-score sidecar: {format, fps, videos: {LIST PATH: {frames, scores, threshold}}}.
+
+    LIST PATH is a video's path exactly as its list line writes it (relative to the data prefix).
+    """
+    head = json.dumps({'format': FRAME_SCORES_FORMAT, 'fps': fps, 'about': 'Sec. 3.5 untrimmed videos: '
+                       'teacher probability of the line label at each low-rate frame'})
+    rows = [f'  {json.dumps(k)}: ' + json.dumps({'frames': [int(f) for f in v.frames], 'threshold': float(v.threshold),
+                                                'scores': [round(float(x), 6) for x in v.scores]})
+            for k, v in videos.items()]   # one line per video
+    Path(path).write_text(head[:-1] + ', "videos": {\n' + ',\n'.join(rows) + '\n}}\n')
+
+
+def read_frame_scores(path: str | Path) -> dict[str, FrameScores]:
+    """Read a sidecar written by `write_frame_scores` -> {list path: FrameScores}; one-line errors."""
+    path = Path(path)
+    try:
+        body = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f'{path}: not a valid frame-score JSON file ({err})') from None
+    if not isinstance(body, dict) or body.get('format') != FRAME_SCORES_FORMAT or \
+            not isinstance(body.get('videos'), dict):
+        raise ValueError(f'{path}: expected a JSON object with "format": "{FRAME_SCORES_FORMAT}" and a '
+                         f'"videos" object (written by filter.py)')
+    table = {}
+    for key, e in body['videos'].items():
+        try:
+            frames = tuple(_parse_int(f, f'{path}: video {key}', 'frame index', 0) for f in e['frames'])
+            table[key] = FrameScores(frames, tuple(float(x) for x in e['scores']), float(e['threshold']))
+        except (KeyError, TypeError, ValueError) as err:
+            raise ValueError(f'{path}: video {key!r}: expected frames (ints >= 0), as many scores and a '
+                             f'threshold ({err})') from None
+    return table
 
 
 # =====================================================================================
@@ -416,6 +548,11 @@ class VideoDataset(torch.utils.data.Dataset):
     Kinds: video / untrimmed (sampled over the whole video), frames (folder, count from the list),
     image (`image_to_clip(image, clip_len * num_clips)`), raw (a random positive piece in training,
     the first positive piece in testing; MMAction2 RawVideoDataset).
+    Sec. 3.5 / Table 14: `snippet(scores (F,), label, rng=..., threshold=...) -> positions (num_clips,)`
+    (e.g. `functools.partial(transforms.select_snippet, mode='1p2n')`) builds the TSN input of a
+    sample that carries `frame_scores` (1-FPS frames of an untrimmed video, scored by filter.py's
+    teacher) from those frames: the frames at the chosen positions are decoded, in that order. It
+    applies to TSN sampling (clip_len == 1) only; without it such samples are sampled like videos.
     A sample that fails to load (missing, empty, truncated, not a video, corrupt image) is replaced
     by another sample, chosen deterministically from the index; the returned index and label are
     the replacement's. Failures are logged once per path per process (`failed_paths`, `num_replaced`)
@@ -424,11 +561,15 @@ class VideoDataset(torch.utils.data.Dataset):
     """
 
     def __init__(self, samples: Sequence[Sample], sampling: Sampling, transform: Callable | None = None,
-                 test_mode: bool = False, image_to_clip: Callable = replicate_image, seed: int = 0):
+                 test_mode: bool = False, image_to_clip: Callable = replicate_image, seed: int = 0,
+                 snippet: Callable | None = None):
         if not samples:
             raise ValueError('VideoDataset: no samples')
         if seed < 0:
             raise ValueError(f'VideoDataset: seed must be >= 0, got {seed}')
+        self.snippet = snippet if sampling.clip_len == 1 else None
+        if self.snippet is not None:
+            _check_snippet(self.snippet, sampling.num_clips)
         self.samples, self.sampling, self.test_mode = list(samples), sampling, test_mode
         self.transform, self.image_to_clip, self.seed, self.epoch = transform, image_to_clip, seed, 0
         self._transform_rng = transform is not None and _takes_rng(transform)
@@ -512,6 +653,10 @@ class VideoDataset(torch.utils.data.Dataset):
         if s.kind == 'frames':
             idx = self._sample(s.num_frames, rng)
             return read_frames(s.path, idx)
+        if s.frame_scores is not None and self.snippet is not None:   # Sec. 3.5, Table 14 snippet
+            fs = s.frame_scores
+            pos = self.snippet(np.asarray(fs.scores), s.label, rng=rng, threshold=fs.threshold)
+            return read_frames(s.path, np.asarray(fs.frames)[np.asarray(pos, dtype=np.int64)])
         path = s.path
         if s.kind == 'raw':
             part = s.pos_clips[0] if self.test_mode else int(rng.choice(s.pos_clips))
@@ -715,6 +860,43 @@ def _count_video_frames(container, stream) -> int:
     return count
 
 
+def _stream_rate(path: Path, stream) -> Fraction:
+    """Frame rate of an open video stream: average rate, else guessed rate, else frames / duration."""
+    for rate in (stream.average_rate, stream.guessed_rate):
+        if rate and rate > 0:
+            return Fraction(rate)
+    if stream.frames and stream.duration and stream.time_base:
+        return Fraction(stream.frames) / (stream.duration * stream.time_base)
+    raise ValueError(f'{path}: the video has no frame rate')
+
+
+class _PieceWriter:
+    """One piece of `cut_video`: an H.264 mp4 at `rate`, frame size of `first` rounded down to even."""
+
+    def __init__(self, path: Path, rate: Fraction, first, crf: int):
+        self.container = av.open(str(path), mode='w')
+        self.stream = self.container.add_stream('libx264', rate=rate)
+        self.width, self.height = max(2, first.width // 2 * 2), max(2, first.height // 2 * 2)
+        self.stream.width, self.stream.height, self.stream.pix_fmt = self.width, self.height, 'yuv420p'
+        self.stream.codec_context.options = {'crf': str(crf), 'preset': 'veryfast'}
+        self.time_base, self.count = 1 / Fraction(rate), 0
+
+    def write(self, frame) -> None:
+        out = frame.reformat(width=self.width, height=self.height, format='yuv420p')
+        out.pts, out.time_base = self.count, self.time_base   # piece-local timestamps from 0
+        self.count += 1
+        for packet in self.stream.encode(out):
+            self.container.mux(packet)
+
+    def close(self, flush: bool = True) -> None:
+        try:
+            if flush:
+                for packet in self.stream.encode():
+                    self.container.mux(packet)
+        finally:
+            self.container.close()
+
+
 def _check_file(path: Path) -> None:
     if not path.is_file():
         raise FileNotFoundError(f'{path}: no such file')
@@ -856,6 +1038,21 @@ def _raw_sample(path: Path, label: int, num_parts: int, pos: tuple, where: str) 
     return Sample(path, label, 'raw', pos_clips=tuple(pos), num_parts=num_parts)
 
 
+def _attach_frame_scores(samples: list[Sample], list_file: Path, prefix: Path) -> None:
+    """Give each sample its entry of the list's frame-score sidecar, if there is one (Sec. 3.5)."""
+    side = frame_scores_path(list_file)
+    if not side.is_file():
+        return
+    table = read_frame_scores(side)
+    for s in samples:
+        try:
+            key = s.path.relative_to(prefix).as_posix()
+        except ValueError:
+            key = Path(os.path.relpath(s.path, prefix)).as_posix()
+        if key in table:
+            s.frame_scores = table[key]
+
+
 def _resolve_plain(plain: Path, name: str, filtered: bool) -> DatasetSpec:
     """A plain folder NAME/ with classes.txt and {train,val,test}.txt -> DatasetSpec."""
     if filtered:
@@ -916,6 +1113,15 @@ def _web_prefix(data_root: Path, layout: dict, list_file: Path) -> Path:
 # =====================================================================================
 # Helpers: dataset
 # =====================================================================================
+
+def _check_snippet(snippet: Callable, num_clips: int) -> None:
+    """The snippet chooser must give one frame per TSN segment (probed on made-up scores)."""
+    probe = np.asarray(snippet(np.array([0.9, 0.1, 0.2, 0.8, 0.3]), 0, rng=np.random.default_rng(0),
+                               threshold=0.5))
+    if probe.shape != (num_clips,):
+        raise ValueError(f'VideoDataset: the snippet chooser returns {probe.shape} frame positions but the '
+                         f'sampling takes num_clips={num_clips} segments')
+
 
 def _coprime_stride(n: int) -> int:
     """A stride near n * 0.618 coprime with n: index + k*stride (mod n) visits every index once."""

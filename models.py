@@ -1,42 +1,57 @@
 """Video recognition networks of OmniSource (Sec. 5.1 "Video architectures"; appendix "Implementation Details").
 
-The paper trains two students (Sec. 5.1, Tables 2-3):
+The paper trains two students (Sec. 5.1, Tables 2-3), and for its best result a third (Table 7):
 
 * **2D TSN** (Temporal Segment Networks) with an ImageNet ResNet-50 backbone and 3 segments: every segment is one
   frame, each goes through the same 2D ResNet, the pooled features are averaged over segments ("average consensus"),
   then dropout 0.4 and a linear classifier.  At test time all views (25 clips x 3 crops) are fed as extra segments,
-  so the consensus averages over every view -- MMAction2's behaviour.
+  so the consensus averages over every view -- MMAction2's behaviour (TSNHead averages the pooled features of all
+  views x segments before fc_cls; `average_clips='prob'` then softmaxes that single row).
 * **3D SlowOnly** (Feichtenhofer et al., SlowFast paper) ResNet-50 (4x16, 8x8) and ResNet-101 (8x8): a ResNet whose
   layer3/layer4 bottlenecks get a temporal kernel of 3 on their first 1x1 conv, no temporal downsampling anywhere.
   It is trained from scratch or initialised from ImageNet by *inflating* the 2D weights (Sec. 1, Sec. 5.1 / Table 3
-  "ImageNet" vs "-"), see `inflate_2d_into_3d`.
+  "ImageNet" vs "-"), see `inflate_2d_into_3d`.  Test views: softmax per view, then mean (MMAction2 'prob').
+* **irCSN-152** 32x2 (Tran et al. 2019, interaction-reduced channel-separated ResNet; Sec. 5.1, Tables 3 and 7),
+  fine-tuned from IG-65M weights: the paper's best model (83.6 top-1 with OmniSource).
 
 The ImageNet-pretrained ResNet-50 frame features used for de-duplication (Sec. 3.3) are `ResNet.features`.
 
-Everything is laid out so that weights move between the three worlds key-to-key:
+Everything is laid out so that weights move between the worlds key-to-key:
 
 * the 2D `ResNet` has torchvision's exact parameter names, so a torchvision ImageNet state dict loads with
   ``strict=True``;
 * `ResNet3dSlowOnly` uses the same names (conv1, bn1, layerX.Y.conv1/bn1/..., downsample.0/.1, fc), so inflation
-  is a per-key operation;
-* `mmaction_key` / `from_mmaction_key` translate our names to MMAction2's (``backbone.conv1.conv.weight`` ...),
-  and the parameter counts equal MMAction2's (TSN-R50 24,327,632; SlowOnly-R50 32,454,096; SlowOnly-R101
-  60,359,120 for 400 classes).
+  is a per-key operation; `ResNet3dCSN` too, its depthwise conv being conv2_dw / bn2_dw;
+* `mmaction_key` / `from_mmaction_key` translate our names to MMAction2's (``backbone.conv1.conv.weight`` ...)
+  through ONE table, `MMACTION_KEY_TABLE`, and the parameter counts equal MMAction2 1.2's (400 classes: TSN-R50
+  24,327,632; SlowOnly-R50 32,454,096; SlowOnly-R101 60,359,120; irCSN-152 29,703,568);
+* `load_weights` reads our train.py checkpoints, MMAction2 0.x / 1.x recognizer checkpoints, torchvision ImageNet
+  ResNets and bare state dicts -- detected, mapped through the table, checked strictly, read with weights-only
+  unpickling (`_safe_torch_load`); `export_mmaction` writes MMAction2 1.x checkpoints.  Checked outside the suite
+  against MMAction2 1.2.0 itself (random weights, same input): class scores differ by 0.0 (max abs, float32) for
+  TSN-R50, SlowOnly-R50 4x16 / 8x8, SlowOnly-R101 8x8 and irCSN-152, both ways (load and export).
 
 Public API, top to bottom: `ResNetConfig`, `BasicBlock`, `Bottleneck`, `ResNet` (+ `resnet18..152`), `TSN`,
-`ResNet3dSlowOnly`, `tsn_resnet`, `slowonly_resnet`, `ArchSpec`, `ARCHS`, `build_model`, `LoadReport`,
-`inflate_2d_into_3d`, `load_pretrained`, `load_state_dict_file`, `mmaction_key`, `from_mmaction_key`.
+`ResNet3dSlowOnly`, `tsn_resnet`, `slowonly_resnet`, `CSNBottleneck`, `ResNet3dCSN`, `ircsn_resnet`, `ArchSpec`,
+`ARCHS`, `RECIPES`, `build_model`, `CHECKPOINT_FORMATS`, `LoadReport`, `inflate_2d_into_3d`, `load_pretrained`,
+`load_weights`, `export_mmaction`, `load_state_dict_file`, `from_checkpoint`, `MMACTION_KEY_TABLE`,
+`MMACTION_CONFIGS`, `mmaction_key`, `from_mmaction_key`.
 
 Shapes: video input is `(N, C, T, H, W)` float, normalised as in DESIGN.md; outputs are `(N, num_classes)` logits.
 """
 from __future__ import annotations
 
+import os
+import pickle
 import re
+import time
+from collections import OrderedDict
 from dataclasses import dataclass, field, fields, replace
 from functools import partial
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -286,11 +301,110 @@ def slowonly_resnet(depth: int, num_classes: int, width: int = 64, dropout: floa
 
 
 # ----------------------------------------------------------------------------------------------------------------
+# 3b. irCSN: interaction-reduced channel-separated 3D ResNet (Sec. 5.1 "more advanced architecture"; Tables 3, 7)
+# ----------------------------------------------------------------------------------------------------------------
+
+
+class CSNBottleneck(nn.Module):
+    """irCSN bottleneck (Tran et al. 2019, Fig. 2c; MMAction2 CSNBottleneck3d with bottleneck_mode='ir').
+
+    1x1x1 conv -> 3x3x3 *depthwise* conv (groups = channels, the block's only spatio-temporal conv; the stride sits
+    here) -> 1x1x1 conv (x4 channels) + identity.  The stride is applied to time AND space (MMAction2 ResNet3dCSN:
+    temporal_strides = spatial_strides = (1, 2, 2, 2)); the projection shortcut strides the same way.  BN eps 1e-3
+    (the caffe2 models the IG-65M weights come from).  The depthwise pair is named conv2_dw / bn2_dw so that no 2D
+    ResNet conv2 is ever mistaken for it.  `ndim` and `t_kernel` exist for `_make_stages` and must be 3.
+    """
+
+    expansion = 4
+    last_bn = "bn3"
+    bn_eps = 1e-3
+
+    def __init__(self, inplanes: int, planes: int, stride: int = 1, ndim: int = 3, t_kernel: int = 3):
+        super().__init__()
+        if ndim != 3 or t_kernel != 3:
+            raise ValueError(f"models.CSNBottleneck: only the 3D 3x3x3 form exists, got ndim={ndim}, "
+                             f"t_kernel={t_kernel}")
+        out = planes * self.expansion
+        self.conv1 = nn.Conv3d(inplanes, planes, 1, bias=False)
+        self.bn1 = nn.BatchNorm3d(planes, eps=self.bn_eps)
+        self.conv2_dw = nn.Conv3d(planes, planes, 3, stride, padding=1, groups=planes, bias=False)  # (planes, 1, 3,3,3)
+        self.bn2_dw = nn.BatchNorm3d(planes, eps=self.bn_eps)
+        self.conv3 = nn.Conv3d(planes, out, 1, bias=False)
+        self.bn3 = nn.BatchNorm3d(out, eps=self.bn_eps)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = None
+        if stride != 1 or inplanes != out:  # projection shortcut, stride (s, s, s)
+            self.downsample = nn.Sequential(nn.Conv3d(inplanes, out, 1, stride, bias=False),
+                                            nn.BatchNorm3d(out, eps=self.bn_eps))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2_dw(self.conv2_dw(out)))
+        out = self.bn3(self.conv3(out))
+        return self.relu(out + identity)
+
+
+class ResNet3dCSN(nn.Module):
+    """irCSN ResNet (MMAction2 ResNet3dCSN, bottleneck_mode='ir', with_pool2=False, + I3DHead), our key names.
+
+    conv1 (3,7,7) stride (1,2,2) pad (1,3,3) + BN + ReLU; maxpool (1,3,3) stride (1,2,2) pad (0,1,1); layer1..4 of
+    `CSNBottleneck` (ResNet-152: 3, 8, 36, 3 blocks) with stride (1, 2, 2, 2) in time and space, so a 32-frame
+    clip leaves layer4 with 4 frames.  No zero-init of the last BN (the IG-65M config sets zero_init_residual=False).
+    Head: global average pool over (T, H, W), dropout 0.5, fc (normal std 0.01, bias 0).
+    """
+
+    def __init__(self, cfg: ResNetConfig, num_classes: int, dropout: float = 0.5):
+        super().__init__()
+        if cfg.block != "bottleneck":
+            raise ValueError(f"models.ResNet3dCSN: irCSN needs a bottleneck ResNet depth (50, 101, 152), got {cfg}")
+        self.cfg = cfg
+        w = cfg.width
+        self.conv1 = nn.Conv3d(cfg.in_channels, w, (3, 7, 7), (1, 2, 2), padding=(1, 3, 3), bias=False)
+        self.bn1 = nn.BatchNorm3d(w, eps=CSNBottleneck.bn_eps)
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool3d(kernel_size=(1, 3, 3), stride=(1, 2, 2), padding=(0, 1, 1))
+        stages = _make_stages(CSNBottleneck, cfg, ndim=3, t_kernels=(3,) * 4)  # stride 2 (T, H, W) in layer2-4
+        self.layer1, self.layer2, self.layer3, self.layer4 = stages
+        self.feat_dim = 8 * w * CSNBottleneck.expansion
+        self.dropout = nn.Dropout(dropout)
+        self.fc = nn.Linear(self.feat_dim, num_classes)
+        _init_convs_and_bns(self)
+        _init_fc(self.fc)
+
+    def feature_map(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, C, T, H, W) -> (N, D, T/8, H/32, W/32)."""
+        _check_video(x, "ResNet3dCSN")
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))  # (N, w, T, H/4, W/4)
+        return self.layer4(self.layer3(self.layer2(self.layer1(x))))
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, C, T, H, W) -> (N, D) global average pool over (T, H, W)."""
+        return self.feature_map(x).mean(dim=(2, 3, 4))
+
+    def head(self, feats: torch.Tensor) -> torch.Tensor:
+        """(N, D) -> (N, num_classes): dropout 0.5 then fc."""
+        return self.fc(self.dropout(feats))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+def ircsn_resnet(depth: int, num_classes: int, width: int = 64, dropout: float = 0.5) -> ResNet3dCSN:
+    """irCSN on ResNet-`depth` (50, 101, 152; the paper's best model is irCSN-152, Table 7)."""
+    if depth not in RESNET_CONFIGS or RESNET_CONFIGS[depth].block != "bottleneck":
+        raise ValueError(f"models.ircsn_resnet: depth must be one of 50, 101, 152, got {depth}")
+    return ResNet3dCSN(replace(RESNET_CONFIGS[depth], width=width), num_classes, dropout)
+
+
+# ----------------------------------------------------------------------------------------------------------------
 # 4. Architecture table and build_model
 # ----------------------------------------------------------------------------------------------------------------
 
 FAMILIES = ("tsn", "3d")
-RECIPES = ("tsn", "3d_imagenet", "3d_scratch", "demo")  # schedules (appendix "Implementation Details"; demo: tiny nets)
+# schedules (appendix "Implementation Details"; train.py holds the numbers; demo: tiny nets); 'ircsn_ig65m': IG-65M
+# initialised irCSN-152, 5e-6/sample, 58 epochs, x0.1 at 32 and 48, 16 linear warm-up epochs
+RECIPES = ("tsn", "3d_imagenet", "3d_scratch", "demo", "ircsn_ig65m")
 
 
 @dataclass(frozen=True)
@@ -300,7 +414,8 @@ class ArchSpec:
     TSN: `num_clips_train` is the number of segments (3 in the paper, Sec. 5.1), clip_len 1.
     3D: one clip of `clip_len` frames taken every `frame_interval` frames ("4x16" = 4 frames, interval 16).
     Test: `num_clips_test` clips x `crops_test` crops (ThreeCrop).  `recipe` picks the schedule in train.py:
-    'tsn', '3d_imagenet' (inflated ImageNet init) or '3d_scratch' (train.py switches when no weights are given).
+    'tsn', '3d_imagenet' (inflated ImageNet init) or '3d_scratch' (train.py switches when no weights are given),
+    'ircsn_ig65m' (irCSN-152 fine-tuned from IG-65M weights).
     """
 
     family: str
@@ -334,6 +449,8 @@ ARCHS: dict[str, tuple[Callable[..., nn.Module], ArchSpec]] = {
     "slowonly_r50_4x16": (partial(slowonly_resnet, 50), ArchSpec("3d", 4, 16, 1, 10, 3, "3d_imagenet")),
     "slowonly_r50_8x8": (partial(slowonly_resnet, 50), ArchSpec("3d", 8, 8, 1, 10, 3, "3d_imagenet")),
     "slowonly_r101_8x8": (partial(slowonly_resnet, 101), ArchSpec("3d", 8, 8, 1, 10, 3, "3d_imagenet")),
+    # Table 7's best: irCSN-152, 32 frames every 2nd, IG-65M init (MMAction2 ircsn_ig65m-pretrained-r152 config)
+    "ircsn_r152_32x2": (partial(ircsn_resnet, 152), ArchSpec("3d", 32, 2, 1, 10, 3, "ircsn_ig65m")),
     # tiny demo models: width 16 (about 1/16 of the parameters of the width-64 nets), 64x64 crops
     "tsn_tiny": (partial(tsn_resnet, 18, width=16), replace(_TSN_SPEC, crop_size=64, recipe="demo")),
     "slowonly_tiny": (partial(slowonly_resnet, 18, width=16), ArchSpec("3d", 4, 4, 1, 10, 3, "demo", 64)),
@@ -351,8 +468,10 @@ def build_model(name: str, num_classes: int, **overrides) -> nn.Module:
       clip_len, frame_interval, num_clips_train (alias num_segments), num_clips_test, crops_test, recipe,
       crop_size                       -> `model.spec`;
       pretrained                      -> path or state dict: 2D weights (torchvision / our TSN / MMAction2 TSN
-                                         layout) loaded into a TSN, or inflated into a SlowOnly (see
-                                         `load_pretrained`); the report is kept in `model.pretrained_report`.
+                                         layout) loaded into a TSN, or inflated into a SlowOnly; same-shape 3D
+                                         weights, e.g. MMAction2's backbone-only IG-65M irCSN file, copied (see
+                                         `load_pretrained`, lenient); the report is kept in
+                                         `model.pretrained_report`.  Whole checkpoints: `load_weights` (strict).
     """
     if name not in ARCHS:
         raise ValueError(f"models.build_model: unknown architecture {name!r}; known: {', '.join(ARCHS)}")
@@ -376,8 +495,18 @@ def build_model(name: str, num_classes: int, **overrides) -> nn.Module:
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# 5. Loading weights: inflation (2D -> 3D), checkpoints
+# 5. Loading weights: inflation (2D -> 3D), checkpoints of every kind, export to MMAction2
 # ----------------------------------------------------------------------------------------------------------------
+
+# What `load_weights` recognises (LoadReport.format), checked in this order:
+CHECKPOINT_FORMATS = {
+    "train.py": "our train.py checkpoint: {'model': state dict, 'arch', 'classes', ...}",
+    "mmaction2-0.x": "MMAction2 0.x / mmcv 1.x: {'state_dict', 'meta' with 'mmcv_version', maybe 'optimizer'}",
+    "mmaction2-1.x": "MMAction2 1.x / mmengine: {'state_dict', 'meta', maybe 'message_hub', 'optimizer', "
+                     "'param_schedulers'} (also what export_mmaction writes)",
+    "torchvision": "a 2D ImageNet ResNet state dict in torchvision names (bare or under 'state_dict' / 'model')",
+    "state_dict": "a bare state dict (or under 'state_dict' / 'model') in our names or MMAction2's",
+}
 
 
 @dataclass
@@ -389,6 +518,8 @@ class LoadReport:
     skipped: list[str] = field(default_factory=list)  # "key: reason" (kept at their initial values)
     missing: list[str] = field(default_factory=list)  # model keys absent from the source (kept at init)
     unused: list[str] = field(default_factory=list)  # source keys the model has no place for
+    format: str = ""  # load_weights: the detected CHECKPOINT_FORMATS key ("" for load_pretrained / inflation)
+    classes: list[str] | None = None  # class names stored in the checkpoint (train.py 'classes', MMAction2 meta)
 
     @property
     def num_loaded_weights(self) -> int:
@@ -396,7 +527,8 @@ class LoadReport:
         return sum(k.endswith(".weight") for k in self.copied + self.inflated)
 
     def summary(self) -> str:
-        lines = [f"copied {len(self.copied)}, inflated {len(self.inflated)}, skipped {len(self.skipped)}, "
+        lines = [(f"format {self.format}: " if self.format else "")
+                 + f"copied {len(self.copied)}, inflated {len(self.inflated)}, skipped {len(self.skipped)}, "
                  f"missing {len(self.missing)}, unused {len(self.unused)}"]
         lines += [f"  skipped {s}" for s in self.skipped]
         lines += [f"  missing {k}" for k in self.missing[:10]] + [f"  unused {k}" for k in self.unused[:10]]
@@ -419,17 +551,72 @@ def load_pretrained(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> Lo
 
     3D weights of the same architecture are simply copied into a SlowOnly (equal shapes need no inflation); a plain
     2D `ResNet` works too (its keys are the plain layout).  Nothing is checked for completeness: read the report.
+    Use `load_weights` for whole checkpoints: it checks everything.
     """
-    family = "tsn" if isinstance(model, TSN) else "3d"
-    return _transfer_weights(state_dict, model, family)
+    return _transfer_weights(state_dict, model, _family_of(model))
+
+
+def load_weights(model: nn.Module, path: str | Path, finetune: bool = False) -> LoadReport:
+    """Load a checkpoint of any CHECKPOINT_FORMATS kind into `model` (TSN, SlowOnly, irCSN or a 2D ResNet), strictly.
+
+    1. Read it safely (`_safe_torch_load`: weights-only unpickling, nothing from the file is ever executed).
+    2. Detect the format (`_detect_format`) and take its state dict, class names and nothing else (optimizer,
+       message_hub, param_schedulers are ignored).
+    3. Map every key to the model's own name through MMACTION_KEY_TABLE (MMAction2 names, also without the
+       'backbone.' prefix of backbone-only files), our TSN's 'backbone.' prefix, torchvision's plain names, and a
+       DataParallel 'module.' prefix.  A checkpoint key that maps to no model key is an error listing the keys.
+    4. The classifier (fc): with finetune=False it must be there with the model's class count, else a ValueError
+       naming both counts; with finetune=True the backbone alone is loaded and fc keeps its fresh init
+       (report.skipped says so) -- fine-tuning / transfer (Sec. 5.1, UCF101 / HMDB51).
+    5. Every other tensor must match in shape -- a 2D conv kernel going into a 3D net is inflated (kernel / kt,
+       as in `inflate_2d_into_3d`) -- and every model tensor must be in the checkpoint (BN num_batches_tracked
+       excepted); otherwise a ValueError lists the keys.  Nothing is loaded unless all checks pass.
+    """
+    path = Path(path)
+    obj = _safe_torch_load(path, "load_weights")
+    fmt, state_dict, classes = _detect_format(obj, path)
+    mapped, unmatched = _map_to_model_keys(state_dict, model)
+    where = f"models.load_weights: {path} ({fmt})"
+    if unmatched:
+        raise ValueError(f"{where}: {len(unmatched)} checkpoint key(s) match no tensor of "
+                         f"{getattr(model, 'arch', type(model).__name__)}: {_key_list(unmatched)}")
+    report = _assign_checked(model, mapped, finetune, where)
+    report.format, report.classes = fmt, classes
+    return report
+
+
+def export_mmaction(model: nn.Module, path: str | Path, classes: list[str] | None = None) -> Path:
+    """Write `model` as an MMAction2 1.x recognizer checkpoint: {'meta': {...}, 'state_dict': {MMAction2 keys}}.
+
+    Keys go through MMACTION_KEY_TABLE (`mmaction_key`); the meta holds plain Python data only (exporter, our
+    arch, the MMAction2 config that builds the same recognizer, time, and `dataset_meta.classes` when `classes`
+    is given), so MMAction2's `load_checkpoint` -- and our `load_weights` -- read it with weights_only=True.
+    The file is written atomically.  Returns the path.
+    """
+    if not isinstance(model, (TSN, ResNet3dSlowOnly, ResNet3dCSN)):
+        raise ValueError(f"models.export_mmaction: only TSN / SlowOnly / irCSN recognizers have an MMAction2 "
+                         f"layout, got {type(model).__name__}")
+    num_classes = model.fc.out_features
+    if classes is not None and len(classes) != num_classes:
+        raise ValueError(f"models.export_mmaction: {len(classes)} class names given for a {num_classes}-class model")
+    family, arch = _family_of(model), getattr(model, "arch", None)
+    state = OrderedDict((mmaction_key(k, family), v.detach().cpu().clone()) for k, v in model.state_dict().items())
+    meta = {"exported_by": "omnisource models.export_mmaction", "arch": arch,
+            "mmaction2_config": MMACTION_CONFIGS.get(arch), "num_classes": num_classes,
+            "time": time.strftime("%Y%m%d_%H%M%S")}
+    if classes is not None:
+        meta["dataset_meta"] = {"classes": [str(c) for c in classes]}
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save({"meta": meta, "state_dict": state}, tmp)
+    os.replace(tmp, path)
+    return path
 
 
 def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
     """torch.load a checkpoint on CPU (weights only) and unwrap {'state_dict': ...} / {'model': ...}."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"models.load_state_dict_file: no checkpoint file at {path}")
-    obj = torch.load(path, map_location="cpu", weights_only=True)
+    obj = _safe_torch_load(path, "load_state_dict_file")
     for wrapper in ("state_dict", "model"):
         if isinstance(obj, dict) and isinstance(obj.get(wrapper), dict):
             obj = obj[wrapper]
@@ -444,9 +631,7 @@ def from_checkpoint(path: str | Path) -> nn.Module:
     The returned model is in eval mode and carries `.classes` (the class names it was trained on), `.spec`, `.arch`.
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"models.from_checkpoint: no checkpoint file at {path}")
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = _safe_torch_load(path, "from_checkpoint")
     if not isinstance(state, dict) or not {"arch", "model", "classes"} <= set(state):
         raise ValueError(f"models.from_checkpoint: {path} is not a train.py checkpoint (needs arch, model, classes)")
     model = build_model(state["arch"], len(state["classes"]), **state.get("model_args", {}))
@@ -456,32 +641,46 @@ def from_checkpoint(path: str | Path) -> nn.Module:
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# 6. Key mapping to MMAction2 (groundwork for loading MMAction2 checkpoints)
+# 6. Key mapping to MMAction2 -- THE table: every name translation between our models and MMAction2 is here
 # ----------------------------------------------------------------------------------------------------------------
 
 # One row per kind of tensor: (our key in the plain ResNet layout, MMAction2's key).  Placeholders: {L} stage 1-4,
 # {B} block index, {K} conv index 1-3, {P} tensor name (weight, bias, running_mean, running_var, num_batches_tracked).
-# The plain layout is the 2D ResNet's / SlowOnly's own key; a TSN adds "backbone." in front of all but fc.
+# The plain layout is the 2D ResNet's / SlowOnly's / irCSN's own key; a TSN adds "backbone." in front of all but fc.
+# Around the table (`_plain_key`): a 'module.' prefix (DataParallel) is dropped; MMAction2 backbone-only files (the
+# `pretrained=` weights, e.g. IG-65M irCSN) lack 'backbone.' and are read as if it were there; MMAction2 recognizers
+# with a torchvision backbone ('backbone.conv1.weight', 'backbone.bn1.*') are plain keys under 'backbone.'.
 MMACTION_KEY_TABLE = (
     ("conv1.weight", "backbone.conv1.conv.weight"),
     ("bn1.{P}", "backbone.conv1.bn.{P}"),
     ("layer{L}.{B}.conv{K}.weight", "backbone.layer{L}.{B}.conv{K}.conv.weight"),
     ("layer{L}.{B}.bn{K}.{P}", "backbone.layer{L}.{B}.conv{K}.bn.{P}"),
+    ("layer{L}.{B}.conv2_dw.weight", "backbone.layer{L}.{B}.conv2.0.conv.weight"),  # irCSN depthwise 3x3x3
+    ("layer{L}.{B}.bn2_dw.{P}", "backbone.layer{L}.{B}.conv2.0.bn.{P}"),  # irCSN ('ir': conv2 = Sequential(dw))
     ("layer{L}.{B}.downsample.0.weight", "backbone.layer{L}.{B}.downsample.conv.weight"),
     ("layer{L}.{B}.downsample.1.{P}", "backbone.layer{L}.{B}.downsample.bn.{P}"),
     ("fc.{P}", "cls_head.fc_cls.{P}"),
 )
 
+# The MMAction2 1.2 config that builds the same recognizer as our arch (written into exported checkpoints' meta).
+MMACTION_CONFIGS = {
+    "tsn_r50": "configs/recognition/tsn/tsn_imagenet-pretrained-r50_8xb32-1x1x3-100e_kinetics400-rgb.py",
+    "slowonly_r50_4x16": "configs/recognition/slowonly/slowonly_r50_8xb16-4x16x1-256e_kinetics400-rgb.py",
+    "slowonly_r50_8x8": "configs/recognition/slowonly/slowonly_r50_8xb16-8x8x1-256e_kinetics400-rgb.py",
+    "slowonly_r101_8x8": "configs/recognition/slowonly/slowonly_r101_8xb16-8x8x1-196e_kinetics400-rgb.py",
+    "ircsn_r152_32x2": "configs/recognition/csn/ircsn_ig65m-pretrained-r152_8xb12-32x2x1-58e_kinetics400-rgb.py",
+}
+
 
 def mmaction_key(our_key: str, family: str) -> str:
     """Our state-dict key -> MMAction2's, e.g. 'layer1.0.bn2.weight' -> 'backbone.layer1.0.conv2.bn.weight'.
 
-    `family` is 'tsn' (our keys 'backbone.<plain>' and 'fc.*') or '3d' (plain keys).
+    `family` is 'tsn' (our keys 'backbone.<plain>' and 'fc.*') or '3d' (plain keys: SlowOnly, irCSN).
     """
     plain = _strip_family_prefix(our_key, family)
     their = _translate(plain, src_col=0)
     if their is None:
-        raise ValueError(f"models.mmaction_key: {our_key!r} is not a ResNet/TSN/SlowOnly parameter name")
+        raise ValueError(f"models.mmaction_key: {our_key!r} is not a ResNet/TSN/SlowOnly/irCSN parameter name")
     return their
 
 
@@ -584,8 +783,7 @@ def _transfer_weights(source: dict[str, torch.Tensor], model: nn.Module, family:
             new_state[key] = value.to(dst.dtype)
             report.copied.append(key)
         elif _is_inflatable(value, dst):
-            kt = dst.shape[2]  # (O, I, kh, kw) -> (O, I, kt, kh, kw) / kt
-            new_state[key] = (value.unsqueeze(2).expand(-1, -1, kt, -1, -1) / kt).to(dst.dtype)
+            new_state[key] = _inflate_kernel(value, dst)
             report.inflated.append(key)
         elif plain.startswith("fc.") and value.shape[1:] == dst.shape[1:]:
             report.skipped.append(f"{key}: source has {value.shape[0]} classes, model {dst.shape[0]} "
@@ -602,18 +800,117 @@ def _is_inflatable(value: torch.Tensor, dst: torch.Tensor) -> bool:
     return value.dim() == 4 and dst.dim() == 5 and value.shape == dst.shape[:2] + dst.shape[3:]
 
 
+def _inflate_kernel(value: torch.Tensor, dst: torch.Tensor) -> torch.Tensor:
+    """(O, I, kh, kw) -> (O, I, kt, kh, kw): repeated kt times over time and divided by kt (I3D inflation)."""
+    kt = dst.shape[2]
+    return (value.unsqueeze(2).expand(-1, -1, kt, -1, -1) / kt).to(dst.dtype)
+
+
 def _to_plain_layout(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Keys of torchvision / our TSN ('backbone.') / MMAction2 / DataParallel ('module.') -> plain ResNet keys."""
-    plain = {}
+    """Keys of torchvision / our TSN ('backbone.') / MMAction2 / DataParallel ('module.') -> plain ResNet keys
+    (a key no rule translates is kept, without 'module.', and ends up in the report's `unused`)."""
+    return {_plain_key(key) or key.removeprefix("module."): value for key, value in state_dict.items()}
+
+
+def _plain_key(key: str) -> str | None:
+    """Any layout's key -> the plain ResNet key (see the comment above MMACTION_KEY_TABLE); None if untranslatable."""
+    key = key.removeprefix("module.")
+    parts = key.split(".")
+    if key.startswith("cls_head.") or "conv" in parts or "bn" in parts:  # MMAction2 names
+        return _translate(key, src_col=1) or _translate("backbone." + key, src_col=1)  # also backbone-only files
+    return key.removeprefix("backbone.")  # torchvision / our TSN / MMAction2 with a torchvision backbone
+
+
+def _family_of(model: nn.Module) -> str:
+    """'tsn' (keys 'backbone.*' + 'fc.*') for a TSN, '3d' (plain keys) for SlowOnly, irCSN and a 2D ResNet."""
+    return "tsn" if isinstance(model, TSN) else "3d"
+
+
+def _map_to_model_keys(state_dict: dict, model: nn.Module) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """Checkpoint keys -> the model's own keys; returns (mapped, checkpoint keys with no (unique) model key)."""
+    family, own = _family_of(model), model.state_dict()
+    mapped, unmatched = {}, []
     for key, value in state_dict.items():
-        key = key.removeprefix("module.")
-        parts = key.split(".")
-        if key.startswith("cls_head.") or "conv" in parts or "bn" in parts:  # MMAction2 layout
-            key = _translate(key, src_col=1) or key
+        plain = _plain_key(key)
+        ours = None if plain is None else _add_family_prefix(plain, family)
+        if ours in own and ours not in mapped and isinstance(value, torch.Tensor):
+            mapped[ours] = value
         else:
-            key = key.removeprefix("backbone.")
-        plain[key] = value
-    return plain
+            unmatched.append(key)
+    return mapped, unmatched
+
+
+def _assign_checked(model: nn.Module, mapped: dict[str, torch.Tensor], finetune: bool, where: str) -> LoadReport:
+    """load_weights steps 4-5: check the head, shapes and completeness, then load (all or nothing)."""
+    own, report, new_state, bad = model.state_dict(), LoadReport(), {}, []
+    _check_head(mapped, own, finetune, where)
+    for key, dst in own.items():
+        value = mapped.get(key)
+        if value is None:
+            report.missing.append(key)
+        elif finetune and key.startswith("fc."):
+            report.skipped.append(f"{key}: finetune -> fresh classifier for {dst.shape[0]} classes "
+                                  f"(checkpoint: {value.shape[0]})")
+        elif value.shape == dst.shape:
+            new_state[key] = value.to(dst.dtype)
+            report.copied.append(key)
+        elif _is_inflatable(value, dst):
+            new_state[key] = _inflate_kernel(value, dst)
+            report.inflated.append(key)
+        else:
+            bad.append(f"{key} {tuple(value.shape)} vs {tuple(dst.shape)}")
+    if bad:
+        raise ValueError(f"{where}: {len(bad)} tensor(s) differ in shape (checkpoint vs model): {_key_list(bad)}")
+    needed = [k for k in report.missing
+              if not k.endswith(".num_batches_tracked") and not (finetune and k.startswith("fc."))]
+    if needed:
+        raise ValueError(f"{where}: {len(needed)} model tensor(s) are not in the checkpoint: {_key_list(needed)}")
+    model.load_state_dict(new_state, strict=False)
+    return report
+
+
+def _check_head(mapped: dict, own: dict, finetune: bool, where: str) -> None:
+    """Without finetune the checkpoint's classifier must be there with the model's class count."""
+    if finetune or "fc.weight" not in own:
+        return
+    model_classes = own["fc.weight"].shape[0]
+    advice = "pass finetune=True (train.py --finetune) to load the backbone only"
+    if "fc.weight" not in mapped:
+        raise ValueError(f"{where}: has no classifier (fc) for the model's {model_classes} classes; {advice}")
+    ckpt_classes = mapped["fc.weight"].shape[0]
+    if ckpt_classes != model_classes:
+        raise ValueError(f"{where}: the checkpoint's classifier has {ckpt_classes} classes but the model has "
+                         f"{model_classes}; {advice}")
+
+
+def _key_list(keys: list[str], limit: int = 30) -> str:
+    more = f" ... and {len(keys) - limit} more" if len(keys) > limit else ""
+    return ", ".join(keys[:limit]) + more
+
+
+def _detect_format(obj, path: Path) -> tuple[str, dict, list[str] | None]:
+    """load_weights step 2 -> (CHECKPOINT_FORMATS key, state dict, class names or None)."""
+    if not isinstance(obj, dict):
+        raise ValueError(f"models.load_weights: {path} holds a {type(obj).__name__}, not a checkpoint dict")
+    if {"model", "arch", "classes"} <= obj.keys() and isinstance(obj["model"], dict):
+        return "train.py", obj["model"], [str(c) for c in obj["classes"]]
+    if isinstance(obj.get("state_dict"), dict) and isinstance(obj.get("meta"), dict):
+        meta = obj["meta"]  # mmcv 1.x's save_checkpoint always writes mmcv_version; mmengine's never does
+        dataset_meta = meta.get("dataset_meta")
+        classes = dataset_meta.get("classes") if isinstance(dataset_meta, dict) else None
+        fmt = "mmaction2-0.x" if "mmcv_version" in meta else "mmaction2-1.x"
+        return fmt, obj["state_dict"], None if classes is None else [str(c) for c in classes]
+    state = next((obj[w] for w in ("state_dict", "model") if isinstance(obj.get(w), dict)), obj)
+    if not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"models.load_weights: {path} is none of the checkpoint formats "
+                         f"{', '.join(CHECKPOINT_FORMATS)} (no state dict of tensors in it)")
+    return ("torchvision" if _is_torchvision_layout(state) else "state_dict"), state, None
+
+
+def _is_torchvision_layout(state: dict) -> bool:
+    """torchvision's 2D ResNet names: a 4-D 'conv1.weight' and 'layer1.0.conv1.weight', no prefix but 'module.'."""
+    keys = {k.removeprefix("module."): v for k, v in state.items()}
+    return "layer1.0.conv1.weight" in keys and keys.get("conv1.weight", torch.empty(0)).dim() == 4
 
 
 def _strip_family_prefix(our_key: str, family: str) -> str:
@@ -653,3 +950,85 @@ def _translate(key: str, src_col: int) -> str | None:
         if match:
             return templates[1 - src_col].format(**match.groupdict())
     return None
+
+
+# Safe checkpoint reading (load_weights step 1) ------------------------------------------------------------------
+
+_OPENMMLAB_MODULES = ("mmengine", "mmcv", "mmaction", "mmcls", "mmpretrain", "mmdet")
+
+
+class _OpenMMLabRecord:
+    """Inert stand-in for an OpenMMLab object inside a checkpoint (mmengine's HistoryBuffer in 'message_hub', ...).
+
+    It keeps what the pickle hands it as plain data; none of the original class's code exists here or runs.
+    """
+
+    def __new__(cls, *args, **kwargs):
+        return super().__new__(cls)
+
+    def __init__(self, *args, **kwargs):
+        self.args = args
+
+    def __setstate__(self, state):
+        self.state = state
+
+
+def _inert_getattr(obj, name, *default) -> _OpenMMLabRecord:
+    """Bound to 'builtins.getattr' while reading: mmengine pickles `getattr(HistoryBuffer, 'min')`; nothing is
+    looked up, a record is returned instead."""
+    return _OpenMMLabRecord("getattr", str(name))
+
+
+def _numpy_globals() -> list:
+    """numpy's array / scalar / dtype rebuilders under their numpy 1.x and 2.x pickle names: they rebuild data only."""
+    reconstruct = np.ndarray.__reduce__(np.zeros(0))[0]  # numpy.(_)core.multiarray._reconstruct
+    scalar = np.float64(0).__reduce__()[0]  # numpy.(_)core.multiarray.scalar
+    names = [(f, f"{module}.{f.__name__}") for f in (reconstruct, scalar)
+             for module in ("numpy.core.multiarray", "numpy._core.multiarray")]
+    dtype_classes = [type(np.dtype(c)) for c in "?bBhHiIlLqQefdgFDGSUVO"]  # numpy.dtypes.*DType (numpy >= 1.25)
+    return [np.ndarray, np.dtype, *names, *dtype_classes]
+
+
+def _allowed_globals(path: Path) -> list:
+    """The extra allow-list for one file: numpy rebuilders, the inert getattr, and the file's OpenMMLab names."""
+    try:
+        names = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+    except (ValueError, RuntimeError):  # not a zip checkpoint: only the fixed entries apply
+        names = []
+    records = [(_OpenMMLabRecord, n) for n in names if n.split(".")[0] in _OPENMMLAB_MODULES]
+    return [*_numpy_globals(), (_inert_getattr, "builtins.getattr"), *records]
+
+
+def _safe_torch_load(path: Path, who: str):
+    """torch.load(weights_only=True) on CPU with `_allowed_globals`; failures become one-line errors.
+
+    weights_only unpickling builds tensors and plain Python containers only.  Real MMAction2 1.x checkpoints
+    (mmengine 0.10.7's Runner + CheckpointHook, checked) also hold numpy arrays and scalars, mmengine HistoryBuffer
+    objects and `getattr(HistoryBuffer, 'min')` references in 'message_hub' and 'meta'.  Allowed for them, and only
+    them: numpy's data rebuilders; every OpenMMLab-module global found in the file, bound to the inert
+    `_OpenMMLabRecord` (no OpenMMLab code is imported or run; they are bookkeeping, never weights); and
+    'builtins.getattr' bound to `_inert_getattr`.  Anything else -- os.system, eval, any other class or function a
+    malicious __reduce__ names -- is refused: no arbitrary pickle is ever executed.
+    """
+    if not path.is_file():
+        raise FileNotFoundError(f"models.{who}: no checkpoint file at {path}")
+    try:
+        with torch.serialization.safe_globals(_allowed_globals(path)):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise ValueError(f"models.{who}: {path} cannot be read by weights-only loading ({_unpickling_reason(err)}): "
+                         f"only tensors, plain data, numpy arrays and OpenMMLab bookkeeping records are accepted, "
+                         f"never pickled code") from None
+    except (RuntimeError, EOFError) as err:
+        raise ValueError(f"models.{who}: {path} is not a readable PyTorch checkpoint "
+                         f"({str(err).splitlines()[0][:100]})") from None
+
+
+def _unpickling_reason(err: Exception) -> str:
+    """The useful line of torch's long weights-only error, e.g. 'unsupported global os.system'."""
+    message = str(err)
+    name = re.search(r"GLOBAL (\S+)", message)
+    if name:
+        return f"unsupported global {name.group(1)}"
+    found = re.search(r"WeightsUnpickler error:\s*(.+)", message)
+    return (found.group(1) if found else message.strip().splitlines()[0])[:120]

@@ -387,7 +387,9 @@ def filter_source(web_filter, args, source, teachers):
     """Step 2 for one source; returns the name of the filtered dataset written under --data-root."""
     out = f"{source}-filtered"
     kind = _source_kind(args.data_root, source)
-    teacher = teachers["image" if kind == "image" else "video"]
+    # Sec. 3.4-3.5: images, and the 1-FPS frames of untrimmed videos for a 2D student, need a 2D teacher
+    two_d = kind == "image" or (kind == "untrimmed" and _is_2d(args.arch))
+    teacher = teachers["image" if two_d else "video"]
     argv = ["--data-root", args.data_root, "--source", source, "--teacher", str(teacher), "--out", out,
             "--threshold", str(args.threshold), "--mode", args.mode, "--workers", str(args.workers),
             "--student", "2d" if _is_2d(args.arch) else "3d"]
@@ -416,10 +418,12 @@ def _is_2d(arch):
 
 
 def _source_kind(data_root, source):
-    """'image' when the source's samples are still images (they need a 2D teacher), else 'video'."""
+    """'image', 'untrimmed' or 'video': the kind of most of a source's samples (decides the teacher)."""
     import data
     samples = data.load_split(data.resolve_dataset(data_root, source), "train")
-    return "image" if samples and all(s.kind == "image" for s in samples[:50]) else "video"
+    kinds = [s.kind for s in samples]
+    top = max(set(kinds), key=kinds.count) if kinds else "video"
+    return {"image": "image", "untrimmed": "untrimmed", "raw": "untrimmed"}.get(top, "video")
 
 
 def main(argv=None):

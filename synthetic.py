@@ -48,6 +48,7 @@ import json
 import sys
 import time
 import zlib
+from fractions import Fraction
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -102,9 +103,9 @@ class Style:
     blur: int            # max motion blur taps
 
 
-TARGET_STYLE = Style(radius=(0.2, 0.36), jitter=0.22, drift=0.2, spin=0.06, saturation=(0.2, 0.9),
-                     value=(0.35, 0.95), contrast=(0.4, 0.8), clean_bg=False, clutter=(1, 4), texture=0.12,
-                     pan=0.25, occlusion=0.3, noise=(0.01, 0.04), blur=3)
+TARGET_STYLE = Style(radius=(0.28, 0.42), jitter=0.18, drift=0.2, spin=0.06, saturation=(0.2, 0.9),
+                     value=(0.35, 0.95), contrast=(0.5, 0.9), clean_bg=False, clutter=(1, 4), texture=0.1,
+                     pan=0.25, occlusion=0.3, noise=(0.01, 0.03), blur=3)
 WEB_IMAGE_STYLE = Style(radius=(0.28, 0.42), jitter=0.06, drift=0.0, spin=0.0, saturation=(0.7, 1.0),
                         value=(0.65, 1.0), contrast=(0.65, 1.0), clean_bg=True, clutter=(0, 1), texture=0.0,
                         pan=0.0, occlusion=0.0, noise=(0.0, 0.0), blur=0)
@@ -444,7 +445,7 @@ def _sample_occluder(rng, size: tuple) -> dict:
     """A solid bar that slides across the frame during the clip (people, hands, captions...)."""
     w, h = size
     vertical = rng.random() < 0.5
-    bw, bh = (rng.uniform(0.12, 0.3) * w, h * 1.2) if vertical else (w * 1.2, rng.uniform(0.12, 0.3) * h)
+    bw, bh = (rng.uniform(0.1, 0.22) * w, h * 1.2) if vertical else (w * 1.2, rng.uniform(0.1, 0.22) * h)
     a, b = rng.uniform(-0.3, 1.3, 2)
     start = np.array([a * w, h / 2]) if vertical else np.array([w / 2, a * h])
     end = np.array([b * w, h / 2]) if vertical else np.array([w / 2, b * h])
@@ -506,11 +507,12 @@ def _background(rng, style: Style, w: int, h: int) -> np.ndarray:
     canvas = np.asarray(canvas, np.float32).copy()
     for _ in range(int(rng.integers(style.clutter[0], style.clutter[1] + 1))):
         cx, cy = rng.uniform(0, w), rng.uniform(0, h)
-        rx, ry = rng.uniform(0.04, 0.25, 2) * min(w, h)
+        rx, ry = rng.uniform(0.04, 0.2, 2) * min(w, h)
         th = rng.uniform(0, np.pi)
         du, dv = xx - cx, yy - cy
         e = ((du * np.cos(th) + dv * np.sin(th)) / rx) ** 2 + ((-du * np.sin(th) + dv * np.cos(th)) / ry) ** 2
-        canvas[e < 1] = rng.uniform(0.05, 0.95, 3)
+        alpha = np.clip((1 - e) * rng.uniform(1, 5), 0, 1) * rng.uniform(0.4, 0.9)   # soft-edged, translucent
+        canvas += alpha[..., None] * (rng.uniform(0.05, 0.95, 3).astype(np.float32) - canvas)
     return np.clip(canvas, 0, 1)
 
 
@@ -571,20 +573,20 @@ def _solid(u, v):
 
 
 def _striped(u, v):
-    return (np.sin(np.pi * 3.2 * u) > 0).astype(np.float32)
+    return (np.sin(np.pi * 2.6 * u) > 0).astype(np.float32)
 
 
 def _checkered(u, v):
-    return (np.sin(np.pi * 2.6 * u) * np.sin(np.pi * 2.6 * v) > 0).astype(np.float32)
+    return (np.sin(np.pi * 2.2 * u) * np.sin(np.pi * 2.2 * v) > 0).astype(np.float32)
 
 
 def _dotted(u, v):
-    fu, fv = (u * 1.6) % 1.0 - 0.5, (v * 1.6) % 1.0 - 0.5
+    fu, fv = (u * 1.4) % 1.0 - 0.5, (v * 1.4) % 1.0 - 0.5
     return (fu * fu + fv * fv < 0.09).astype(np.float32)
 
 
 def _ringed(u, v):
-    return (np.sin(np.pi * 3.2 * np.sqrt(u * u + v * v)) > 0).astype(np.float32)
+    return (np.sin(np.pi * 2.6 * np.sqrt(u * u + v * v)) > 0).astype(np.float32)
 
 
 def _wedged(u, v):
@@ -592,7 +594,7 @@ def _wedged(u, v):
 
 
 def _gridded(u, v):
-    return ((np.abs(np.sin(np.pi * 2.2 * u)) < 0.35) | (np.abs(np.sin(np.pi * 2.2 * v)) < 0.35)).astype(np.float32)
+    return ((np.abs(np.sin(np.pi * 1.8 * u)) < 0.35) | (np.abs(np.sin(np.pi * 1.8 * v)) < 0.35)).astype(np.float32)
 
 
 def _split(u, v):
@@ -655,18 +657,21 @@ def _motion_blur(frame: np.ndarray, taps: int, axis: int) -> np.ndarray:
 
 
 def _encode_mp4(path: Path, frames: np.ndarray, cfg: SynthConfig, faststart: bool = False):
-    """H.264 yuv420p, keyframe every cfg.gop frames, single-threaded (deterministic)."""
+    """H.264 yuv420p, keyframe every cfg.gop frames, byte-for-byte deterministic: x264 macroblock-tree rate control
+    (mbtree, on in every preset but ultrafast) gave different bytes for the same frames on repeated runs in one
+    process (its SIMD code path; asm=0 also fixed it), so it is off; threads=1 for good measure."""
     import av
     with av.open(str(path), "w", options={"movflags": "faststart"} if faststart else {}) as container:
         stream = container.add_stream("libx264", rate=cfg.fps)
         stream.height, stream.width = frames.shape[1], frames.shape[2]
         stream.pix_fmt = "yuv420p"
         stream.codec_context.gop_size = cfg.gop
-        stream.codec_context.thread_count = 1
         stream.codec_context.options = {"crf": str(cfg.crf), "preset": "medium",
-                                        "x264-params": f"keyint={cfg.gop}:min-keyint={cfg.gop}:scenecut=0"}
-        for image in frames:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
+                                        "x264-params": f"keyint={cfg.gop}:min-keyint={cfg.gop}:scenecut=0:threads=1:no-mbtree=1"}
+        for i, image in enumerate(frames):
+            frame = av.VideoFrame.from_ndarray(image, format="rgb24")
+            frame.pts, frame.time_base = i, Fraction(1, cfg.fps)
+            for packet in stream.encode(frame):
                 container.mux(packet)
         for packet in stream.encode():
             container.mux(packet)

@@ -19,6 +19,7 @@ Outputs in --work-dir: log.jsonl (one JSON object per logging interval and per e
 mean_class_acc of the final evaluation with the paper's test protocol) and confusion_matrix.csv.
 """
 import argparse
+import functools
 import json
 import logging
 import math
@@ -46,6 +47,7 @@ RECIPES = {
     "tsn": dict(lr_per_sample=4e-5, epochs=100, schedule="step", lr_steps=(40, 80), warmup_epochs=0),
     "3d_imagenet": dict(lr_per_sample=1.6e-4, epochs=150, schedule="step", lr_steps=(90, 130), warmup_epochs=0),
     "3d_scratch": dict(lr_per_sample=1.6e-3, epochs=256, schedule="cosine", lr_steps=(), warmup_epochs=34),
+    "ircsn_ig65m": dict(lr_per_sample=5e-6, epochs=58, schedule="step", lr_steps=(32, 48), warmup_epochs=16),
     # not the paper's: the tiny demo nets (models.py *_tiny) learn the generated data from scratch in minutes
     "demo": dict(lr_per_sample=2.5e-3, epochs=30, schedule="cosine", lr_steps=(), warmup_epochs=1),
 }
@@ -66,8 +68,14 @@ def get_args_parser():
     g.add_argument("--arch", default="tsn_tiny", help="architecture, one of: " + ", ".join(models.ARCHS))
     g.add_argument("--pretrained", default=None, help="2D ImageNet weights (torchvision layout) to start from; "
                    "inflated for 3D nets. With them a 3D net uses the '3d_imagenet' recipe, without '3d_scratch'")
-    g.add_argument("--checkpoint", default=None, help="weights to start from (our checkpoint), or with --test "
-                   "the model to evaluate (default with --test: WORK_DIR/best.pth)")
+    g.add_argument("--checkpoint", default=None, help="weights to start from, or with --test the model to "
+                   "evaluate (default with --test: WORK_DIR/best.pth). Our checkpoints, MMAction2 0.x / 1.x recognizer "
+                   "checkpoints (e.g. the released OmniSource models), torchvision state dicts and bare state dicts "
+                   "are detected (models.load_weights)")
+    g.add_argument("--finetune", action="store_true", help="with --checkpoint: load the backbone only and keep a "
+                   "fresh classifier, for a checkpoint with another class count (transfer to UCF101 / HMDB51)")
+    g.add_argument("--export-mmaction", default=None, metavar="OUT.pth", help="only write --checkpoint (default "
+                   "WORK_DIR/best.pth) as an MMAction2 1.x checkpoint to OUT.pth and exit")
     g.add_argument("--num-segments", type=int, default=None, help="TSN training segments (default: the arch's, 3)")
     g.add_argument("--clip-len", type=int, default=None, help="3D: frames per clip (default: the arch's, e.g. 4)")
     g.add_argument("--frame-interval", type=int, default=None, help="3D: frame step inside a clip (default: the "
@@ -104,7 +112,8 @@ def get_args_parser():
     g.add_argument("--motion", default=None, help="camera-motion Gaussian file for --inflate warp-* (written by "
                    "`python omnisource.py --estimate-motion`); default DATA_ROOT/TARGET/motion.json")
     g.add_argument("--snippet", default="1p2n", choices=("1p2n", "3rand", "3pos", "2p1n"),
-                   help="TSN snippets from untrimmed videos: positive/negative frames (Table 14)")
+                   help="3-segment TSN snippets from untrimmed videos that filter.py scored at 1 FPS: which "
+                   "positive/negative frames (Table 14); other segment counts sample the whole video")
     g = p.add_argument_group("run")
     g.add_argument("--work-dir", default=None, help="output folder (default work_dirs/TARGET_ARCH)")
     g.add_argument("--resume", action="store_true", help="continue from WORK_DIR/latest.pth (weights, optimiser, "
@@ -152,6 +161,8 @@ def main(args):
         args.work_dir = str(Path("work_dirs") / f"{args.target}_{args.arch}")
     ensure_demo_data(args, rank)
     run = setup(args, rank, world, device)
+    if args.export_mmaction:
+        return export(run)
     if args.test:
         return final_test(run)
     for epoch in range(run.start_epoch, run.schedule.epochs):
@@ -199,7 +210,7 @@ def setup(args, rank, world, device):
     if args.resume:
         load_checkpoint(run, Path(args.work_dir) / "latest.pth", full=True)
     elif args.checkpoint and not args.test:
-        load_checkpoint(run, Path(args.checkpoint), full=False)
+        load_checkpoint(run, Path(args.checkpoint), full=False)      # also before --export-mmaction
     if rank == 0:
         Path(args.work_dir).mkdir(parents=True, exist_ok=True)
         print(f"{args.arch} on {args.target} ({len(classes)} classes, {len(train_ds.samples)} training videos"
@@ -295,6 +306,17 @@ def predict(net, views, spec):
     return probs.view(n, clips * v, -1).mean(dim=1)
 
 
+def export(run):
+    """--export-mmaction: our checkpoint -> MMAction2 1.x layout (models.export_mmaction)."""
+    ckpt = Path(run.args.checkpoint) if run.args.checkpoint else Path(run.args.work_dir) / "best.pth"
+    if not run.args.checkpoint:
+        load_checkpoint(run, ckpt, full=False)
+    if run.rank == 0:
+        out = models.export_mmaction(run.net, run.args.export_mmaction, classes=run.classes)
+        print(f"wrote {out} (MMAction2 1.x layout) from {ckpt}", flush=True)
+    return {}
+
+
 def final_test(run):
     """The paper's test protocol on the val split -> metrics.json and confusion_matrix.csv."""
     args, spec = run.args, run.net.spec
@@ -342,7 +364,7 @@ class Schedule:
         else:
             lr_steps = tuple(round(s * scale) for s in recipe["lr_steps"])
         warmup = args.warmup_epochs if args.warmup_epochs is not None else recipe["warmup_epochs"] * scale
-        per_sample = args.lr_per_sample or recipe["lr_per_sample"]
+        per_sample = recipe["lr_per_sample"] if args.lr_per_sample is None else args.lr_per_sample
         return Schedule(per_sample * samples_per_step, epochs, steps_per_epoch,
                         args.schedule or recipe["schedule"], lr_steps, warmup)
 
@@ -366,8 +388,8 @@ class Schedule:
 
 
 def recipe_for(args, spec):
-    """TSN -> 'tsn'; 3D -> '3d_imagenet' with ImageNet/initial weights, '3d_scratch' without; tiny -> 'demo'."""
-    if spec.recipe in ("tsn", "demo"):
+    """TSN -> 'tsn'; SlowOnly -> '3d_imagenet' with initial weights, '3d_scratch' without; irCSN, tiny: their own."""
+    if spec.recipe in ("tsn", "demo", "ircsn_ig65m"):
         return RECIPES[spec.recipe]
     return RECIPES["3d_imagenet" if (args.pretrained or args.checkpoint) else "3d_scratch"]
 
@@ -400,24 +422,24 @@ def save_checkpoint(run, epoch, name):
 
 
 def load_checkpoint(run, path, full):
-    """Weights (and with full=True optimiser, epoch, best, RNG state) from one of our checkpoints."""
+    """Weights from any checkpoint format (models.load_weights); with full=True (--resume, our own
+    latest.pth) also the optimiser, epoch, best top-1 and RNG state."""
     if not path.exists():
         raise FileNotFoundError(f"checkpoint {path} not found" + (" (--resume needs a previous run in "
                                 "--work-dir)" if full else ""))
-    state = torch.load(path, map_location="cpu", weights_only=True)     # no arbitrary pickle
-    weights = state["model"] if isinstance(state, dict) and "model" in state else state
-    fc = [k for k in weights if k.endswith("fc.weight")]
-    if fc and weights[fc[-1]].shape[0] != len(run.classes):
-        raise ValueError(f"checkpoint {path} has {weights[fc[-1]].shape[0]} classes but --target "
-                         f"{run.args.target} has {len(run.classes)}")
-    run.net.load_state_dict(weights)
-    if full:
-        run.optimizer.load_state_dict(state["optimizer"])
-        run.start_epoch = state["epoch"]
-        run.best_top1 = state.get("best_top1", -1.0)
-        torch.set_rng_state(state["rng"]["torch"])
-        run.rng.bit_generator.state = state["rng"]["numpy"]
-        random.setstate(state["rng"]["python"])
+    if not full:
+        report = models.load_weights(run.net, path, finetune=run.args.finetune and not run.args.test)
+        if run.rank == 0 and report.format != "train.py":
+            print(f"loaded {path} ({report.format}): {report.summary().splitlines()[0]}", flush=True)
+        return
+    state = torch.load(path, map_location="cpu", weights_only=True)     # our own file; no arbitrary pickle
+    run.net.load_state_dict(state["model"])
+    run.optimizer.load_state_dict(state["optimizer"])
+    run.start_epoch = state["epoch"]
+    run.best_top1 = state.get("best_top1", -1.0)
+    torch.set_rng_state(state["rng"]["torch"])
+    run.rng.bit_generator.state = state["rng"]["numpy"]
+    random.setstate(state["rng"]["python"])
 
 
 # --------------------------------------------------------------------------------------------------
@@ -453,8 +475,12 @@ def make_dataset(args, spec_ds, split, spec, test_mode, protocol="center", num_c
     sampling = data.Sampling(clip_len=spec.clip_len, frame_interval=spec.frame_interval, num_clips=clips)
     samples = data.load_split(spec_ds, split)
     image_to_clip = (make_image_to_clip(args, spec_ds) if not test_mode else None) or data.replicate_image
+    # Table 14: untrimmed videos scored frame by frame by filter.py become 3-frame TSN snippets
+    snippet = None
+    if not test_mode and spec.family == "tsn" and clips == 3:
+        snippet = functools.partial(transforms.select_snippet, mode=args.snippet)
     return data.VideoDataset(samples, sampling, test_mode=test_mode, transform=transform,
-                             image_to_clip=image_to_clip, seed=args.seed)
+                             image_to_clip=image_to_clip, seed=args.seed, snippet=snippet)
 
 
 def make_image_to_clip(args, spec_ds):

@@ -371,7 +371,7 @@ def test_resolve_plain_folder(tmp_path):
     assert spec.classes == ['a', 'b'] and sorted(spec.splits) == ['train', 'val']
     train = data.load_split(spec, 'train')
     assert train[0].path == tmp_path / 'toy' / 'videos/x.mp4' and train[1].kind == 'image'
-    with pytest.raises(ValueError, match=r"no split 'test'; available: train, val"):
+    with pytest.raises(FileNotFoundError, match=r"toy/test.txt not found"):
         data.load_split(spec, 'test')
 
 

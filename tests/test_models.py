@@ -283,14 +283,14 @@ def test_specs():
     for name in ("slowonly_r50_8x8", "slowonly_r101_8x8"):
         assert models.ARCHS[name][1].clip_len == 8 and models.ARCHS[name][1].frame_interval == 8
     tiny = models.ARCHS["slowonly_tiny"][1]
-    assert (tiny.clip_len, tiny.frame_interval, tiny.crop_size, tiny.recipe) == (4, 4, 64, "3d_imagenet")
+    assert (tiny.clip_len, tiny.frame_interval, tiny.crop_size, tiny.recipe) == (4, 4, 64, "demo")
     assert models.ARCHS["tsn_tiny"][1].crop_size == 64
 
 
 def test_overrides():
     model = models.build_model("tsn_tiny", 3, num_segments=8, dropout=0.2, width=8, crop_size=32, recipe=None)
     assert model.spec.num_clips_train == 8 and model.dropout.p == 0.2 and model.fc.in_features == 64
-    assert model.spec.crop_size == 32 and model.spec.recipe == "tsn" and model.pretrained_report is None
+    assert model.spec.crop_size == 32 and model.spec.recipe == "demo" and model.pretrained_report is None
     model = models.build_model("slowonly_tiny", 3, clip_len=8, frame_interval=2, recipe="3d_scratch")
     assert (model.spec.clip_len, model.spec.frame_interval, model.spec.recipe) == (8, 2, "3d_scratch")
     with pytest.raises(ValueError, match="unknown override"):

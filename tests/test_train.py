@@ -191,3 +191,31 @@ def test_cli_exits_non_zero_with_one_line(tmp_path):
                          capture_output=True, text=True, timeout=120)
     assert out.returncode != 0
     assert out.stderr.strip().count("\n") == 0 and out.stderr.startswith("error: ")
+
+
+def test_export_mmaction_round_trips(small_data, tmp_path):
+    run_train(["--data-root", str(small_data), "--target", "synth", "--epochs", "1", "--work-dir", str(tmp_path),
+               *FAST])
+    out = tmp_path / "mm.pth"
+    run_train(["--data-root", str(small_data), "--target", "synth", "--work-dir", str(tmp_path),
+               "--export-mmaction", str(out), *FAST])
+    mm = torch.load(out, weights_only=True)
+    assert "cls_head.fc_cls.weight" in mm["state_dict"] and mm["state_dict"]["cls_head.fc_cls.weight"].shape[0] == 4
+    # evaluating the exported MMAction2 file gives the same metrics as our own best.pth
+    a = run_train(["--data-root", str(small_data), "--target", "synth", "--work-dir", str(tmp_path / "a"), "--test",
+                   "--checkpoint", str(tmp_path / "best.pth"), *FAST])
+    b = run_train(["--data-root", str(small_data), "--target", "synth", "--work-dir", str(tmp_path / "b"), "--test",
+                   "--checkpoint", str(out), *FAST])
+    assert a["top1"] == b["top1"] and a["confusion_matrix"] == b["confusion_matrix"]
+
+
+def test_finetune_loads_the_backbone_of_another_class_count(small_data, tmp_path):
+    import models
+    other = models.build_model("tsn_tiny", 7)
+    torch.save({"model": other.state_dict(), "arch": "tsn_tiny", "classes": [str(i) for i in range(7)]},
+               tmp_path / "seven.pth")
+    run_train(["--data-root", str(small_data), "--target", "synth", "--checkpoint", str(tmp_path / "seven.pth"),
+               "--finetune", "--epochs", "1", "--lr-per-sample", "0", "--work-dir", str(tmp_path / "w"), *FAST])
+    got = torch.load(tmp_path / "w" / "latest.pth", weights_only=True)["model"]
+    assert torch.equal(got["backbone.conv1.weight"], other.state_dict()["backbone.conv1.weight"])
+    assert got["fc.weight"].shape[0] == 4
