@@ -243,7 +243,31 @@ class TSN(nn.Module):
 # ----------------------------------------------------------------------------------------------------------------
 
 
-class ResNet3dSlowOnly(nn.Module):
+class _ClipNet(nn.Module):
+    """What every 3D net here shares: stem conv1/bn1/relu/maxpool, layer1..4, global pooling, dropout + fc head.
+
+    Subclasses build those modules in __init__; the forward pass is the same for SlowOnly and irCSN.
+    """
+
+    def feature_map(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, C, T, H, W) -> (N, D, T', H/32, W/32); T' = T for SlowOnly, T/8 for irCSN."""
+        _check_video(x, type(self).__name__)
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))  # (N, w, T, H/4, W/4)
+        return self.layer4(self.layer3(self.layer2(self.layer1(x))))
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, C, T, H, W) -> (N, D) global average pool over (T, H, W)."""
+        return self.feature_map(x).mean(dim=(2, 3, 4))
+
+    def head(self, feats: torch.Tensor) -> torch.Tensor:
+        """(N, D) -> (N, num_classes): dropout (0.5) then fc."""
+        return self.fc(self.dropout(feats))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+class ResNet3dSlowOnly(_ClipNet):
     """SlowOnly ResNet (MMAction2 ResNet3dSlowOnly + I3DHead) with the 2D ResNet's parameter names.
 
     conv1 (1,7,7) stride (1,2,2) pad (0,3,3); maxpool (1,3,3) stride (1,2,2) pad (0,1,1); no temporal downsampling.
@@ -269,23 +293,6 @@ class ResNet3dSlowOnly(nn.Module):
         _init_convs_and_bns(self)
         _zero_init_last_bns(self)
         _init_fc(self.fc)
-
-    def feature_map(self, x: torch.Tensor) -> torch.Tensor:
-        """(N, C, T, H, W) -> (N, D, T, H/32, W/32)."""
-        _check_video(x, "ResNet3dSlowOnly")
-        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))  # (N, w, T, H/4, W/4)
-        return self.layer4(self.layer3(self.layer2(self.layer1(x))))
-
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        """(N, C, T, H, W) -> (N, D) global average pool over (T, H, W)."""
-        return self.feature_map(x).mean(dim=(2, 3, 4))
-
-    def head(self, feats: torch.Tensor) -> torch.Tensor:
-        """(N, D) -> (N, num_classes): dropout 0.5 then fc."""
-        return self.fc(self.dropout(feats))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x))
 
 
 def tsn_resnet(depth: int, num_classes: int, width: int = 64, dropout: float = 0.4) -> TSN:
@@ -345,7 +352,7 @@ class CSNBottleneck(nn.Module):
         return self.relu(out + identity)
 
 
-class ResNet3dCSN(nn.Module):
+class ResNet3dCSN(_ClipNet):
     """irCSN ResNet (MMAction2 ResNet3dCSN, bottleneck_mode='ir', with_pool2=False, + I3DHead), our key names.
 
     conv1 (3,7,7) stride (1,2,2) pad (1,3,3) + BN + ReLU; maxpool (1,3,3) stride (1,2,2) pad (0,1,1); layer1..4 of
@@ -371,23 +378,6 @@ class ResNet3dCSN(nn.Module):
         self.fc = nn.Linear(self.feat_dim, num_classes)
         _init_convs_and_bns(self)
         _init_fc(self.fc)
-
-    def feature_map(self, x: torch.Tensor) -> torch.Tensor:
-        """(N, C, T, H, W) -> (N, D, T/8, H/32, W/32)."""
-        _check_video(x, "ResNet3dCSN")
-        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))  # (N, w, T, H/4, W/4)
-        return self.layer4(self.layer3(self.layer2(self.layer1(x))))
-
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        """(N, C, T, H, W) -> (N, D) global average pool over (T, H, W)."""
-        return self.feature_map(x).mean(dim=(2, 3, 4))
-
-    def head(self, feats: torch.Tensor) -> torch.Tensor:
-        """(N, D) -> (N, num_classes): dropout 0.5 then fc."""
-        return self.fc(self.dropout(feats))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x))
 
 
 def ircsn_resnet(depth: int, num_classes: int, width: int = 64, dropout: float = 0.5) -> ResNet3dCSN:

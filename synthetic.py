@@ -17,7 +17,8 @@ Why the data looks as it does (the paper phenomenon each property mimics):
 - Classes are objects told apart by APPEARANCE (shape + surface pattern, e.g. "striped_square"), while motion (object
   drift and spin, camera pan, a passing occluder) is present but carries no class information: a 2D TSN that looks at
   sparse frames is the right tool (Sec. 3.5, 2D teachers for images) and the frames still change over time.
-- Large intra-class variation (colour, size, position, rotation, background colour and texture, clutter, noise,
+- Large intra-class variation (size, position, rotation, colour: half the objects have their class's typical hue,
+  as real classes have typical colours and scenes, the rest any hue; background colour and texture, clutter, noise,
   occlusion, motion blur) and FEW labeled videos per class (default 6): a model trained on D_T alone generalises only
   moderately, which is the regime where web data pays off most (Sec. 5, Fig. 7: the gain grows when labels are scarce).
 - Web data has a DOMAIN GAP (Sec. 1/3.6: "web images may focus more on objects and contain less motion blur than
@@ -36,7 +37,7 @@ Why the data looks as it does (the paper phenomenon each property mimics):
   zero-byte .mp4, an .mp4 cut before its index (cannot be opened) and an .mp4 cut mid-stream (opens, claims all its
   frames, fails while decoding); all are listed in the web lists and marked in truth.json.
 - Videos are H.264 (libx264, yuv420p) with a keyframe every `gop` frames (default 8), so that frame readers that seek
-  to keyframes have something to gain; single-threaded x264 keeps the output deterministic.
+  to keyframes have something to gain; x264 runs single-threaded without mbtree so the bytes are deterministic.
 
 Splits: synth train/val are balanced (`train_per_class` / `val_per_class` videos per class); web folders put every
 crawled sample in train.txt and have an EMPTY val.txt. Names: target `CLASS_NNN.mp4` (split is the list file), web
@@ -48,8 +49,8 @@ import json
 import sys
 import time
 import zlib
-from fractions import Fraction
 from dataclasses import asdict, dataclass
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -58,7 +59,7 @@ from PIL import Image
 
 @dataclass
 class SynthConfig:
-    """Sizes and knobs of the generated data; defaults give ~8 MB in well under a minute."""
+    """Sizes and knobs of the generated data; the defaults give ~5 MB in ~15 s (tuples: CLI does not expose)."""
     seed: int = 0
     num_classes: int = 8
     train_per_class: int = 6             # labeled target videos per class (train.txt)
@@ -100,12 +101,13 @@ class Style:
     pan: float           # max camera travel over a clip, fraction of the short side
     occlusion: float     # probability of an occluder passing through the clip
     noise: tuple         # per-pixel Gaussian noise sigma range (0..1 scale)
-    blur: int            # max motion blur taps
+    blur: int            # max motion blur taps (< 2: none)
+    class_hue: float = 0.5   # probability that the object has its class's typical hue instead of a random one
 
 
 TARGET_STYLE = Style(radius=(0.28, 0.42), jitter=0.18, drift=0.2, spin=0.06, saturation=(0.2, 0.9),
-                     value=(0.35, 0.95), contrast=(0.5, 0.9), clean_bg=False, clutter=(1, 4), texture=0.1,
-                     pan=0.25, occlusion=0.3, noise=(0.01, 0.03), blur=3)
+                     value=(0.35, 0.95), contrast=(0.5, 0.9), clean_bg=False, clutter=(0, 2), texture=0.05,
+                     pan=0.25, occlusion=0.2, noise=(0.005, 0.025), blur=2)
 WEB_IMAGE_STYLE = Style(radius=(0.28, 0.42), jitter=0.06, drift=0.0, spin=0.0, saturation=(0.7, 1.0),
                         value=(0.65, 1.0), contrast=(0.65, 1.0), clean_bg=True, clutter=(0, 1), texture=0.0,
                         pan=0.0, occlusion=0.0, noise=(0.0, 0.0), blur=0)
@@ -140,12 +142,7 @@ def generate(out_dir, config: SynthConfig = None) -> dict:
         _write_broken(out, cfg, classes, truth)
     # 7. ground truth and summary
     (out / "truth.json").write_text(json.dumps(truth, indent=1, sort_keys=True) + "\n")
-    files = [p for name in SOURCES for p in (out / name).rglob("*") if p.is_file()]
-    return {"out_dir": str(out), "classes": classes,
-            "counts": {name: {split: len(_read_list(out / name / f"{split}.txt")) for split in ("train", "val")}
-                       for name in SOURCES},
-            "num_files": len(files) + 1, "bytes": sum(p.stat().st_size for p in files) + (out / "truth.json").stat().st_size,
-            "seconds": round(time.perf_counter() - start, 2), "truth": str(out / "truth.json")}
+    return _summary(out, classes, start)
 
 
 def class_names(num_classes: int) -> list:
@@ -163,7 +160,8 @@ def get_args_parser():
                                                 "synth-web-untrimmed/ and truth.json")
     p.add_argument("--seed", type=int, default=d.seed, help="random seed; same seed gives the same data")
     p.add_argument("--num-classes", type=int, default=d.num_classes, help="number of classes (2..40)")
-    p.add_argument("--train-per-class", type=int, default=d.train_per_class, help="labeled target train videos per class")
+    p.add_argument("--train-per-class", type=int, default=d.train_per_class,
+                   help="labeled target train videos per class")
     p.add_argument("--val-per-class", type=int, default=d.val_per_class, help="target validation videos per class")
     p.add_argument("--web-images-per-class", type=int, default=d.web_images_per_class,
                    help="crawled web images per query class (mean, varies per class)")
@@ -286,22 +284,23 @@ def _write_untrimmed(root: Path, cfg: SynthConfig, classes: list) -> dict:
 
 
 def _render_untrimmed(rng, cfg: SynthConfig, query: int, size: tuple):
-    """Shots of 8-24 frames with hard cuts; shots are marked positive until ~untrimmed_pos_fraction is covered."""
-    # 1. cut the video into shots
+    """Shots of 8-32 frames with hard cuts; shots are marked positive until ~untrimmed_pos_fraction is covered."""
+    # 1. cut the video into shots (the last one takes the remaining 9-32 frames)
     total = int(rng.integers(cfg.untrimmed_frames[0], cfg.untrimmed_frames[1] + 1))
     bounds, pos = [0], 0
-    while total - pos > 24:
+    while total - pos > 32:
         pos += int(rng.integers(8, 25))
         bounds.append(pos)
     bounds.append(total)
     shots = list(zip(bounds[:-1], bounds[1:]))
-    # 2. pick positive shots in random order until enough frames show the query (at least one shot)
+    # 2. visit shots in random order; a shot becomes positive if it keeps coverage near the target (at least one)
+    target = cfg.untrimmed_pos_fraction * total
     positive, covered = set(), 0
     for i in rng.permutation(len(shots)):
-        if positive and covered >= cfg.untrimmed_pos_fraction * total:
-            break
-        positive.add(int(i))
-        covered += shots[i][1] - shots[i][0]
+        length = shots[i][1] - shots[i][0]
+        if not positive or (covered < target and covered + length <= target + 8):
+            positive.add(int(i))
+            covered += length
     # 3. negative shots show another class or clutter; render each shot as its own scene
     frames, segments = [], []
     for i, (s, e) in enumerate(shots):
@@ -315,30 +314,30 @@ def _render_untrimmed(rng, cfg: SynthConfig, query: int, size: tuple):
 
 
 def _write_broken(out: Path, cfg: SynthConfig, classes: list, truth: dict):
-    """Step 6: a text file named .jpg, a zero-byte .mp4, an .mp4 without its index, an .mp4 cut mid-stream."""
+    """Step 6: a text file named .jpg, a zero-byte .mp4, an .mp4 without its index, an .mp4 cut mid-stream.
+    They get ordinary names (next free index of a random query) and random positions in the web lists."""
     rng = _rng(cfg.seed, "broken")
-    q = [int(x) for x in rng.integers(cfg.num_classes, size=4)]
-    # 1. not an image: an HTML error page saved under the image name (a classic crawl failure)
-    img = f"images/{classes[q[0]]}_{999:03d}.jpg"
-    (out / "synth-web-img" / img).write_text("<html><body>403 Forbidden</body></html>\n")
-    # 2. zero-byte video (an aborted download)
-    vid0 = f"videos/{classes[q[1]]}_{998:03d}.mp4"
-    (out / "synth-web-vid" / vid0).write_bytes(b"")
-    # 3. truncated video whose index (moov atom, written last) is missing: it cannot be opened
-    vid1 = f"videos/{classes[q[2]]}_{999:03d}.mp4"
-    frames = _render_clip(_sample_scene(rng, WEB_VIDEO_STYLE, (cfg.web_video_size,) * 2, 24, q[2]), 24)
-    _encode_mp4(out / "synth-web-vid" / vid1, frames, cfg)
-    _truncate(out / "synth-web-vid" / vid1, 0.6)
-    # 4. truncated mid-stream with the index up front: opens, reports all frames, fails while decoding
-    unt = f"untrimmed/{classes[q[3]]}_{999:03d}.mp4"
-    frames, _ = _render_untrimmed(rng, cfg, q[3], (cfg.width, cfg.height))
-    _encode_mp4(out / "synth-web-untrimmed" / unt, frames, cfg, faststart=True)
-    _truncate(out / "synth-web-untrimmed" / unt, 0.45)
-    for source, rel, query, why in (("synth-web-img", img, q[0], "not-an-image"), ("synth-web-vid", vid0, q[1], "zero-byte"),
-                                    ("synth-web-vid", vid1, q[2], "truncated-no-index"),
-                                    ("synth-web-untrimmed", unt, q[3], "truncated-midstream")):
-        _append_list(out / source / "train.txt", f"{rel} {query}")
-        truth[source][rel] = {"query": query, "relevant": False, "true_class": None, "kind": "broken", "broken": why}
+    for source, why in (("synth-web-img", "not-an-image"), ("synth-web-vid", "zero-byte"),
+                        ("synth-web-vid", "truncated-no-index"), ("synth-web-untrimmed", "truncated-midstream")):
+        q = int(rng.integers(cfg.num_classes))
+        folder, ext = {"synth-web-img": ("images", "jpg"), "synth-web-vid": ("videos", "mp4"),
+                       "synth-web-untrimmed": ("untrimmed", "mp4")}[source]
+        index = sum(t["query"] == q for t in truth[source].values())
+        rel = f"{folder}/{classes[q]}_{index:03d}.{ext}"
+        path = out / source / rel
+        if why == "not-an-image":            # 1. an HTML error page saved under the image name
+            path.write_text("<html><body>403 Forbidden</body></html>\n")
+        elif why == "zero-byte":             # 2. an aborted download
+            path.write_bytes(b"")
+        elif why == "truncated-no-index":    # 3. the index (moov atom, written last) is missing: cannot be opened
+            size = (cfg.web_video_size, cfg.web_video_size)
+            _encode_mp4(path, _render_clip(_sample_scene(rng, WEB_VIDEO_STYLE, size, 24, q), 24), cfg)
+            _truncate(path, 0.6)
+        else:                                # 4. index up front, data cut: opens, claims all frames, fails decoding
+            _encode_mp4(path, _render_untrimmed(rng, cfg, q, (cfg.width, cfg.height))[0], cfg, faststart=True)
+            _truncate(path, 0.45)
+        _insert_line(out / source / "train.txt", f"{rel} {q}", rng)
+        truth[source][rel] = {"query": q, "relevant": False, "true_class": None, "kind": "broken", "broken": why}
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -346,9 +345,10 @@ def _write_broken(out: Path, cfg: SynthConfig, classes: list, truth: dict):
 # ----------------------------------------------------------------------------------------------------------------
 
 def _crawl_counts(cfg: SynthConfig, source: str, per_class: int) -> list:
+    """Per-query crawl sizes: per_class * U(1 - jitter, 1 + jitter), at least 1 unless per_class is 0."""
     rng = _rng(cfg.seed, source, "counts")
     j = cfg.web_count_jitter
-    return [max(1, int(round(per_class * f))) for f in rng.uniform(1 - j, 1 + j, cfg.num_classes)]
+    return [max(1, int(round(per_class * f))) if per_class else 0 for f in rng.uniform(1 - j, 1 + j, cfg.num_classes)]
 
 
 def _crawl_plan(cfg: SynthConfig, source: str, per_class: int) -> list:
@@ -429,6 +429,8 @@ def _sample_object(rng, style: Style, size: tuple, content: int) -> dict:
     start = np.clip(start, lo, hi)
     end = np.clip(start + step, lo, hi)
     hue = rng.uniform(0, 1)
+    if rng.random() < style.class_hue:                              # the class's typical colour
+        hue = (content * 0.618034 + rng.normal(0, 0.05)) % 1.0
     c1 = np.array(colorsys.hsv_to_rgb(hue, rng.uniform(*style.saturation), rng.uniform(*style.value)))
     contrast = rng.uniform(*style.contrast)
     lum = c1 @ np.array([0.299, 0.587, 0.114])
@@ -472,7 +474,7 @@ def _render_clip(scene: _Scene, num_frames: int) -> np.ndarray:
             frame[inside] = o["colour"]
         if scene.blur > 1:
             direction = np.array(scene.cam[1]) - np.array(scene.cam[0])
-            frame = _motion_blur(frame, scene.blur, 1 if abs(direction[1]) > abs(direction[0]) else 0)
+            frame = _motion_blur(frame, scene.blur, 0 if abs(direction[1]) > abs(direction[0]) else 1)  # along pan
         frame = frame * scene.gain[0] + scene.gain[1] + scene.flicker[t]
         if scene.noise > 0:
             frame = frame + noise_rng.normal(0, scene.noise, frame.shape).astype(np.float32)
@@ -666,8 +668,8 @@ def _encode_mp4(path: Path, frames: np.ndarray, cfg: SynthConfig, faststart: boo
         stream.height, stream.width = frames.shape[1], frames.shape[2]
         stream.pix_fmt = "yuv420p"
         stream.codec_context.gop_size = cfg.gop
-        stream.codec_context.options = {"crf": str(cfg.crf), "preset": "medium",
-                                        "x264-params": f"keyint={cfg.gop}:min-keyint={cfg.gop}:scenecut=0:threads=1:no-mbtree=1"}
+        params = f"keyint={cfg.gop}:min-keyint={cfg.gop}:scenecut=0:threads=1:no-mbtree=1"
+        stream.codec_context.options = {"crf": str(cfg.crf), "preset": "medium", "x264-params": params}
         for i, image in enumerate(frames):
             frame = av.VideoFrame.from_ndarray(image, format="rgb24")
             frame.pts, frame.time_base = i, Fraction(1, cfg.fps)
@@ -675,6 +677,15 @@ def _encode_mp4(path: Path, frames: np.ndarray, cfg: SynthConfig, faststart: boo
                 container.mux(packet)
         for packet in stream.encode():
             container.mux(packet)
+
+
+def _summary(out: Path, classes: list, start: float) -> dict:
+    files = [p for name in SOURCES for p in (out / name).rglob("*") if p.is_file()] + [out / "truth.json"]
+    counts = {name: {split: len(_read_list(out / name / f"{split}.txt")) for split in ("train", "val")}
+              for name in SOURCES}
+    return {"out_dir": str(out), "classes": classes, "counts": counts, "num_files": len(files),
+            "bytes": sum(p.stat().st_size for p in files), "seconds": round(time.perf_counter() - start, 2),
+            "truth": str(out / "truth.json")}
 
 
 def _truncate(path: Path, keep: float):
@@ -696,9 +707,10 @@ def _write_list(path: Path, lines: list):
     path.write_text("".join(line + "\n" for line in lines))
 
 
-def _append_list(path: Path, line: str):
-    with open(path, "a") as f:
-        f.write(line + "\n")
+def _insert_line(path: Path, line: str, rng):
+    lines = _read_list(path)
+    lines.insert(int(rng.integers(len(lines) + 1)), line)
+    _write_list(path, lines)
 
 
 def _read_list(path: Path) -> list:

@@ -49,7 +49,7 @@ RECIPES = {
     "3d_scratch": dict(lr_per_sample=1.6e-3, epochs=256, schedule="cosine", lr_steps=(), warmup_epochs=34),
     "ircsn_ig65m": dict(lr_per_sample=5e-6, epochs=58, schedule="step", lr_steps=(32, 48), warmup_epochs=16),
     # not the paper's: the tiny demo nets (models.py *_tiny) learn the generated data from scratch in minutes
-    "demo": dict(lr_per_sample=2.5e-3, epochs=30, schedule="cosine", lr_steps=(), warmup_epochs=1),
+    "demo": dict(lr_per_sample=1e-3, epochs=30, schedule="cosine", lr_steps=(), warmup_epochs=1),
 }
 
 

@@ -364,7 +364,7 @@ def test_cli_end_to_end_output_loads_in_train(tiny_root):
     assert not list(tiny_root.glob('.web-img-f.*'))                        # no staging folder left behind
     # train.py's own dataset code accepts it as --aux
     model = models.build_model('tsn_tiny', 2)
-    args = argparse.Namespace(inflate='still', seed=0, aux='web-img-f', data_root=str(tiny_root))
+    args = train.get_args_parser().parse_args(['--data-root', str(tiny_root), '--aux', 'web-img-f'])
     spec = data.resolve_dataset(tiny_root, 'web-img-f')
     ds = train.make_dataset(args, spec, 'train', model.spec, test_mode=False)
     train.check_classes(args, spec.classes, [ds])
