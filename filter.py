@@ -168,8 +168,13 @@ def one_fps_indices(num_frames: int, video_fps: float, fps: float = 1.0) -> np.n
 # 2. Teachers
 # =====================================================================================================
 
-def load_teachers(paths, device: str = 'cpu') -> list[nn.Module]:
-    """train.py checkpoints -> teachers in eval mode on `device` (same classes required)."""
+def load_teachers(paths, device: str = 'cpu', arch: str | None = None, classes=None) -> list[nn.Module]:
+    """Checkpoints -> teachers in eval mode on `device` (same classes required).
+
+    train.py checkpoints describe themselves. Any other format models.load_weights reads (MMAction2 0.x / 1.x,
+    e.g. the released OmniSource models, or a bare state dict) needs `arch` (--teacher-arch) and takes the
+    source's class names `classes`.
+    """
     for p in paths:
         if not Path(p).is_file():
             raise FileNotFoundError(f'--teacher {p}: no such file (give train.py checkpoints, e.g. '
@@ -177,9 +182,10 @@ def load_teachers(paths, device: str = 'cpu') -> list[nn.Module]:
     teachers = []
     for p in paths:
         try:
-            t = models.from_checkpoint(p)
+            t = models.from_checkpoint(p) if arch is None else _foreign_teacher(p, arch, classes)
         except Exception as err:   # unpickling, zip, key and shape errors all mean "not a checkpoint"
-            raise ValueError(f'--teacher {p}: not a usable train.py checkpoint ({_first_line(err)})') from None
+            hint = '' if arch else '; for an MMAction2 or other checkpoint give --teacher-arch'
+            raise ValueError(f'--teacher {p}: not a usable checkpoint ({_first_line(err)}){hint}') from None
         t.source = str(p)
         teachers.append(t.to(device).eval())
     check_teachers(teachers)
@@ -684,6 +690,9 @@ def get_args_parser():
     p.add_argument('--split', default='train', help='split of --source to filter')
     p.add_argument('--teacher', nargs='+', required=True, help='train.py checkpoint(s) of the teacher(s); '
                    'several are ensembled by averaging probabilities (Fig. 6); images need TSN teachers')
+    p.add_argument('--teacher-arch', default=None, help='architecture of --teacher files that are not train.py '
+                   'checkpoints (MMAction2 0.x / 1.x, bare state dicts), e.g. tsn_r50; their classes are the '
+                   "source's classes.txt")
     p.add_argument('--out', required=True, help='output dataset name: DATA_ROOT/OUT/ (replaced if it is an '
                    'earlier filter.py output)')
     p.add_argument('--threshold', type=float, default=0.5, help='T: keep when the deciding probability >= T')
@@ -716,7 +725,7 @@ def main(args) -> FilterResult:
     spec = data.resolve_dataset(data_root, args.source)
     samples = data.load_split(spec, args.split)
     final = _check_out(data_root, args.out, spec)
-    teachers = load_teachers(args.teacher, cfg.device)
+    teachers = load_teachers(args.teacher, cfg.device, args.teacher_arch, spec.classes)
     check_teachers(teachers, {s.kind for s in samples}, cfg.student)
     query = map_query_labels(samples, spec.classes, teachers[0].classes, args.source, cfg.mode)
     val = extractor = None
@@ -957,3 +966,11 @@ def _name(teacher) -> str:
 
 if __name__ == '__main__':
     cli()
+
+
+def _foreign_teacher(path, arch: str, classes) -> nn.Module:
+    """A teacher from a checkpoint that does not describe itself: build `arch`, load strictly, attach classes."""
+    model = models.build_model(arch, len(classes))
+    models.load_weights(model, path)
+    model.classes = list(classes)
+    return model.eval()

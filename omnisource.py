@@ -312,6 +312,9 @@ def get_args_parser():
     p.add_argument("--sources", default="synth-web-img,synth-web-vid,synth-web-untrimmed",
                    help="comma-separated raw web sources to filter and add (dataset names under --data-root)")
     p.add_argument("--arch", default="tsn_tiny", help="student (and baseline) architecture")
+    p.add_argument("--checkpoint", default=None, help="initial weights of every training run, any format "
+                   "models.load_weights reads (ours, MMAction2 0.x / 1.x, torchvision, bare state dict)")
+    p.add_argument("--finetune", action="store_true", help="with --checkpoint: backbone only, fresh classifier")
     p.add_argument("--teacher-arch", default=None, help="teacher architecture (default: --arch; images are "
                    "always scored by a 2D teacher, Sec. 3.4, so a 3D --arch also trains tsn_tiny/--image-teacher)")
     p.add_argument("--image-teacher-arch", default="tsn_tiny", help="2D teacher for image sources when the "
@@ -327,6 +330,8 @@ def get_args_parser():
     p.add_argument("--snippet", default="1p2n", help="untrimmed-to-snippet rule for 2D students (Table 14)")
     p.add_argument("--also-unfiltered", action="store_true", help="also train a student on the raw (unfiltered) "
                    "web data, the comparison of Table 12")
+    p.add_argument("--motion-videos", type=int, default=200, help="target videos whose camera motion is fitted "
+                   "for Eq. 2 (16 frame pairs each)")
     p.add_argument("--seed", type=int, default=0, help="seed of every run")
     p.add_argument("--workers", type=int, default=2, help="DataLoader workers")
     p.add_argument("--work-dir", default="work_dirs/omnisource", help="all runs go to sub-folders of this")
@@ -344,6 +349,9 @@ def run_procedure(args):
               "--seed", str(args.seed), "--workers", str(args.workers)]
     if args.epochs:
         common += ["--epochs", str(args.epochs)]
+    other_arch = list(common)                  # runs of another architecture do not take --checkpoint
+    if args.checkpoint:
+        common += ["--checkpoint", args.checkpoint] + (["--finetune"] if args.finetune else [])
     sources = [s for s in args.sources.split(",") if s]
     # 1. Train one (or more) teacher M on D_T. With the same architecture as the student it is also
     #    the baseline ("target only") of the comparison.
@@ -354,19 +362,24 @@ def run_procedure(args):
     teacher_arch = args.teacher_arch or args.arch
     if teacher_arch != args.arch:
         train.main(train.get_args_parser().parse_args(
-            common + ["--arch", teacher_arch, "--work-dir", str(work / "teacher")]))
+            other_arch + ["--arch", teacher_arch, "--work-dir", str(work / "teacher")]))
         teachers["video"] = work / "teacher" / "best.pth"
     teachers["image"] = teachers["video"]
     if not _is_2d(teacher_arch):                       # Sec. 3.4: web images get 2D teachers only
         train.main(train.get_args_parser().parse_args(
-            common + ["--arch", args.image_teacher_arch, "--work-dir", str(work / "image_teacher")]))
+            other_arch + ["--arch", args.image_teacher_arch, "--work-dir", str(work / "image_teacher")]))
         teachers["image"] = work / "image_teacher" / "best.pth"
     # 2. Run M on every U_i, drop samples under the threshold, pseudo-label the rest.
     print("== step 2: teacher filtering of every web source", flush=True)
     filtered = [filter_source(web_filter, args, src, teachers) for src in sources]
+    filtered = [f for f in filtered if f is not None]
+    if not filtered:
+        raise ValueError(f"the teacher kept no web sample of --sources {args.sources} at --threshold "
+                         f"{args.threshold}; lower the threshold or train a better teacher")
     # 3. Transforms T_i: fit the camera motion of Eq. 2 on the target videos (images -> clips).
     print("== step 3: camera-motion Gaussian for image-to-clip (Eq. 2)", flush=True)
-    estimate_motion(args.data_root, args.target, out=work / "motion.json", seed=args.seed)
+    estimate_motion(args.data_root, args.target, out=work / "motion.json", max_videos=args.motion_videos,
+                    seed=args.seed)
     # 4. Train M' on D_T and the auxiliary sets D_A,i (Eq. 1), one optimiser step per iteration.
     print("== step 4: joint training of the student", flush=True)
     student_args = common + ["--arch", args.arch, "--aux", ",".join(filtered), "--ratio", args.ratio,
@@ -394,6 +407,10 @@ def filter_source(web_filter, args, source, teachers):
             "--threshold", str(args.threshold), "--mode", args.mode, "--workers", str(args.workers),
             "--student", "2d" if _is_2d(args.arch) else "3d"]
     web_filter.main(web_filter.get_args_parser().parse_args(argv))
+    kept = (Path(args.data_root) / out / "train.txt").read_text().split("\n")
+    if not any(line.strip() for line in kept):
+        print(f"{source}: the teacher kept nothing; the source is left out of joint training", flush=True)
+        return None
     return out
 
 

@@ -376,7 +376,7 @@ def test_cli_errors_are_one_line(tiny_root):
     for args, needle in ((('--source', 'no-such-source', '--teacher', tiny_root / 'teacher.pth'), 'no-such-source'),
                          (('--source', 'synth-web-img', '--teacher', tiny_root / 'missing.pth'), 'missing.pth'),
                          (('--source', 'synth-web-img', '--teacher', tiny_root / 'synth' / 'classes.txt'),
-                          'not a usable train.py checkpoint')):
+                          'not a usable checkpoint')):
         proc = run_cli('--data-root', tiny_root, *args, '--out', 'x', '--quiet')
         assert proc.returncode != 0
         assert len(proc.stderr.strip().splitlines()) == 1 and proc.stderr.startswith('error: ')
@@ -398,3 +398,17 @@ def test_staged_output_is_atomic(tmp_path):
     with flt.staged_output(final) as tmp:
         (tmp / 'train.txt').write_text('new\n')
     assert (final / 'train.txt').read_text() == 'new\n' and sorted(p.name for p in tmp_path.iterdir()) == ['out']
+
+
+def test_mmaction2_checkpoint_as_teacher_with_teacher_arch(tmp_path):
+    """A released-style MMAction2 1.x checkpoint is a teacher once its architecture is named."""
+    model = models.build_model('tsn_tiny', 3)
+    path = models.export_mmaction(model, tmp_path / 'mm.pth', classes=['a', 'b', 'c'])
+    with pytest.raises(ValueError, match='--teacher-arch'):
+        flt.load_teachers([path])
+    (teacher,) = flt.load_teachers([path], arch='tsn_tiny', classes=['a', 'b', 'c'])
+    assert teacher.classes == ['a', 'b', 'c'] and not teacher.training
+    x = torch.randn(1, 3, 3, 32, 32)
+    model.eval()
+    with torch.no_grad():
+        assert torch.allclose(teacher(x), model(x))

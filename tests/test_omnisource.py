@@ -136,3 +136,22 @@ def test_confusion_score_and_pairs():
     assert pairs["dropped"][0][:2] == ("a", "b")
     assert pairs["dropped"][0][4] == pytest.approx(2 / 24 - 6 / 24)
     assert pairs["rose"][0][:2] == ("b", "c")
+
+
+def test_the_whole_procedure_runs_end_to_end(small_data, tmp_path):
+    """Table 1 in one command on the small generated set: teacher, filtering, motion, student, table."""
+    import shutil
+    root = tmp_path / "data"
+    shutil.copytree(small_data, root)
+    work = tmp_path / "work"
+    omnisource.main(["--data-root", str(root), "--sources", "synth-web-img,synth-web-untrimmed",
+                     "--epochs", "1", "--workers", "0", "--threshold", "0.0", "--motion-videos", "4",
+                     "--work-dir", str(work)])
+    rows = (work / "results.md").read_text().splitlines()
+    assert rows[2].startswith("| baseline (target only) |") and rows[3].startswith("| OmniSource (filtered")
+    for name in ("synth-web-img-filtered", "synth-web-untrimmed-filtered"):
+        assert (root / name / "train.txt").read_text().strip(), name       # threshold 0 keeps every readable file
+        assert (root / name / "report.json").exists()
+    assert (work / "motion.json").exists()
+    log = (work / "student" / "log.jsonl").read_text()
+    assert "loss_synth-web-img-filtered" in log and "loss_synth-web-untrimmed-filtered" in log
