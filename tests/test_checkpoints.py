@@ -33,13 +33,7 @@ KEY_FILES = {
 }
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Tiny inputs: one intra-op thread is as fast and avoids OpenMP spin-waiting on shared cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")   # tiny inputs (conftest.py)
 
 
 @pytest.fixture(scope="module")

@@ -72,14 +72,7 @@ MMACTION = {  # our arch -> (key file, family, parameter count)
 }
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """The inputs here are tiny: one intra-op thread is as fast, and avoids OpenMP spin-waiting, which slows these
-    tests 3-5x when other processes share the 2 cores.  Restored afterwards for the rest of the session."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")   # tiny inputs (conftest.py)
 
 
 @pytest.fixture(scope="module")
