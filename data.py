@@ -571,7 +571,9 @@ class VideoDataset(torch.utils.data.Dataset):
         if self.snippet is not None:
             _check_snippet(self.snippet, sampling.num_clips)
         self.samples, self.sampling, self.test_mode = list(samples), sampling, test_mode
-        self.transform, self.image_to_clip, self.seed, self.epoch = transform, image_to_clip, seed, 0
+        self.transform, self.image_to_clip, self.seed = transform, image_to_clip, seed
+        # the epoch lives in shared memory too: persistent DataLoader workers see set_epoch's value
+        self._epoch = torch.zeros(1, dtype=torch.int64).share_memory_()
         self._transform_rng = transform is not None and _takes_rng(transform)
         self._image_rng = _takes_rng(image_to_clip)
         self._image_label = _takes(image_to_clip, 'label')   # class-specific camera motion (Table 8)
@@ -586,9 +588,14 @@ class VideoDataset(torch.utils.data.Dataset):
         """Failed reads over this process and its DataLoader workers (a sample counts once per process)."""
         return int(self._failed.item())
 
+    @property
+    def epoch(self) -> int:
+        return int(self._epoch.item())
+
     def set_epoch(self, epoch: int) -> None:
-        """Select the epoch's randomness (call before each epoch, in the main process)."""
-        self.epoch = int(epoch)
+        """Select the epoch's randomness (call before each epoch, in the main process; workers,
+        persistent ones included, read it from shared memory)."""
+        self._epoch.fill_(int(epoch))
 
     def __len__(self) -> int:
         return len(self.samples)

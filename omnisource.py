@@ -330,6 +330,8 @@ def get_args_parser():
     p.add_argument("--snippet", default="1p2n", help="untrimmed-to-snippet rule for 2D students (Table 14)")
     p.add_argument("--also-unfiltered", action="store_true", help="also train a student on the raw (unfiltered) "
                    "web data, the comparison of Table 12")
+    p.add_argument("--also-still", action="store_true", help="also train a student whose web images become "
+                   "clips by replication (--inflate still), the comparison of Table 8")
     p.add_argument("--motion-videos", type=int, default=200, help="target videos whose camera motion is fitted "
                    "for Eq. 2 (16 frame pairs each)")
     p.add_argument("--seed", type=int, default=0, help="seed of every run")
@@ -387,12 +389,16 @@ def run_procedure(args):
                              "--motion", str(work / "motion.json"), "--snippet", args.snippet]
     student = train.main(train.get_args_parser().parse_args(student_args + ["--work-dir", str(work / "student")]))
     rows = [("baseline (target only)", baseline), ("OmniSource (filtered web data)", student)]
+    # Comparisons: Table 12's unfiltered web data, Table 8's still-image clips, with everything else equal
     if args.also_unfiltered:
-        raw_args = list(student_args)
-        raw_args[raw_args.index("--aux") + 1] = ",".join(sources)
-        unfiltered = train.main(train.get_args_parser().parse_args(raw_args + ["--work-dir", str(work / "unfiltered")]))
-        rows.insert(1, ("unfiltered web data", unfiltered))
-    write_table(work, rows, baseline, student)
+        raw = _with(student_args, "--aux", ",".join(sources))
+        rows.append(("unfiltered web data", train.main(train.get_args_parser().parse_args(
+            raw + ["--work-dir", str(work / "unfiltered")]))))
+    if args.also_still:
+        still = _with(student_args, "--inflate", "still")
+        rows.append(("filtered, still images (--inflate still)", train.main(train.get_args_parser().parse_args(
+            still + ["--work-dir", str(work / "still")]))))
+    write_table(work, rows, baseline, student, filter_quality(args.data_root, filtered))
     return rows
 
 
@@ -414,10 +420,18 @@ def filter_source(web_filter, args, source, teachers):
     return out
 
 
-def write_table(work, rows, baseline, student):
-    """Print and save the comparison (results.md, results.json) and the confusion pairs of Sec. 5.2."""
+def write_table(work, rows, baseline, student, quality=()):
+    """Print and save the comparison (results.md, results.json), the confusion pairs of Sec. 5.2 and, on the
+    generated demo data, the filter's precision and recall against the generator's truth."""
     lines = ["| run | top-1 | top-5 | mean class acc |", "| --- | --- | --- | --- |"]
     lines += [f"| {name} | {m['top1']:.4f} | {m['top5']:.4f} | {m['mean_class_acc']:.4f} |" for name, m in rows]
+    if quality:
+        lines += ["", "Teacher filtering against the generator's truth (truth.json):"]
+        lines += [f"  {q['source']}: kept {q['kept']} of {q['samples']}, precision {q['precision']:.2f} "
+                  f"(keeping all: {q['base_rate']:.2f}), recall {q['recall']:.2f}"
+                  + (f"; 1-FPS frames: kept {q['frames_kept']} of {q['frames']}, precision "
+                     f"{q['frame_precision']:.2f}, recall {q['frame_recall']:.2f}" if "frames" in q else "")
+                  for q in quality]
     pairs = confusion_pairs(baseline["confusion_matrix"], student["confusion_matrix"], baseline["classes"])
     lines += ["", "Confusion pairs (Sec. 5.2, s_ij baseline -> OmniSource):"]
     lines += [f"  {a} / {b}: {s0:.3f} -> {s1:.3f} ({d:+.3f})" for a, b, s0, s1, d in pairs["dropped"] + pairs["rose"]]
@@ -426,7 +440,20 @@ def write_table(work, rows, baseline, student):
     (work / "results.md").write_text(text + "\n")
     (work / "results.json").write_text(json.dumps(
         {"rows": [{"run": name, **{k: m[k] for k in ("top1", "top5", "mean_class_acc")}} for name, m in rows],
-         "confusion_pairs": pairs}, indent=2) + "\n")
+         "confusion_pairs": pairs, "filtering": list(quality)}, indent=2) + "\n")
+
+
+def filter_quality(data_root, filtered):
+    """Filtering precision / recall per filtered source when DATA_ROOT holds the demo's truth.json."""
+    import synthetic
+    return [q for q in (synthetic.filtering_quality(data_root, name) for name in filtered) if q is not None]
+
+
+def _with(argv, flag, value):
+    """A copy of the argument list `argv` with `flag`'s value replaced."""
+    argv = list(argv)
+    argv[argv.index(flag) + 1] = value
+    return argv
 
 
 def _is_2d(arch):

@@ -17,8 +17,8 @@ Why the data looks as it does (the paper phenomenon each property mimics):
 - Classes are objects told apart by APPEARANCE (shape + surface pattern, e.g. "striped_square"), while motion (object
   drift and spin, camera pan, a passing occluder) is present but carries no class information: a 2D TSN that looks at
   sparse frames is the right tool (Sec. 3.5, 2D teachers for images) and the frames still change over time.
-- Large intra-class variation (size, position, rotation, colour: half the objects have their class's typical hue,
-  as real classes have typical colours and scenes, the rest any hue; background colour and texture, clutter, noise,
+- Large intra-class variation (size, position, rotation, colour: 90% of the objects have their class's typical
+  hue, as real classes have typical colours and scenes, the rest any hue; background colour and texture, clutter, noise,
   occlusion, motion blur) and FEW labeled videos per class (default 6): a model trained on D_T alone generalises only
   moderately, which is the regime where web data pays off most (Sec. 5, Fig. 7: the gain grows when labels are scarce).
 - Web data has a DOMAIN GAP (Sec. 1/3.6: "web images may focus more on objects and contain less motion blur than
@@ -31,7 +31,8 @@ Why the data looks as it does (the paper phenomenon each property mimics):
   (the overall relevant fraction is kept at the configured value), so filtering leaves an uneven class distribution
   for the resampling strategies of Sec. 3.6.
 - Untrimmed videos (Sec. 3.5 "Untrimmed Videos") are several shots with hard cuts; the query object is visible in
-  only some of them (about `untrimmed_pos_fraction` of the frames), the other shots are clutter or other classes, so
+  only some of them (about `untrimmed_pos_fraction` of the frames), the other shots are mostly context without the
+  object (clutter; `untrimmed_other_fraction` of them show another class), so
   frame / clip level teacher scores have something to separate. truth.json gives the positive frame ranges.
 - Crawls contain invalid files (Sec. 3.3 "we first remove invalid or corrupted data"): a text file named .jpg, a
   zero-byte .mp4, an .mp4 cut before its index (cannot be opened) and an .mp4 cut mid-stream (opens, claims all its
@@ -72,6 +73,7 @@ class SynthConfig:
     web_count_jitter: float = 0.4        # per-class crawl size factor drawn from 1 +- this (Fig. 3 imbalance)
     relevance_jitter: float = 0.5        # per-class relevance rate factor drawn from 1 +- this (mean kept)
     untrimmed_pos_fraction: float = 0.3  # target fraction of an untrimmed video's frames that show the query class
+    untrimmed_other_fraction: float = 0.1  # of an untrimmed video's negative shots: fraction showing another class
     width: int = 96                      # target / untrimmed frame width (even)
     height: int = 72                     # target / untrimmed frame height (even)
     web_video_size: int = 80             # short web videos are square (like social-media uploads)
@@ -102,7 +104,7 @@ class Style:
     occlusion: float     # probability of an occluder passing through the clip
     noise: tuple         # per-pixel Gaussian noise sigma range (0..1 scale)
     blur: int            # max motion blur taps (< 2: none)
-    class_hue: float = 0.5   # probability that the object has its class's typical hue instead of a random one
+    class_hue: float = 0.9   # probability that the object has its class's typical hue instead of a random one
 
 
 TARGET_STYLE = Style(radius=(0.28, 0.42), jitter=0.18, drift=0.2, spin=0.06, saturation=(0.2, 0.9),
@@ -151,6 +153,45 @@ def class_names(num_classes: int) -> list:
     pairs = [(patterns[(i + 3 * (i // len(shapes))) % len(patterns)], shapes[i % len(shapes)])
              for i in range(num_classes)]
     return [f"{p}_{s}" for p, s in pairs]
+
+
+def filtering_quality(data_root, filtered: str) -> dict | None:
+    """Precision / recall of filter.py's output `DATA_ROOT/FILTERED/report.json` against truth.json (the demo only).
+
+    A kept sample is correct when its label (query or pseudo label) is the class its content really shows.
+    precision = correct kept / kept; recall = correct kept / samples that could be kept correctly (query mode: those
+    showing their query class; pseudo mode: those showing any class); base_rate = precision of keeping everything
+    with its query label (every readable sample). For untrimmed videos scored frame by frame (2D students, Sec. 3.5) the same is measured on
+    the 1-FPS frames: a frame counts as kept when its video is kept and its score reaches the threshold.
+    Returns None when the data root has no truth.json or the report belongs to another source.
+    """
+    root = Path(data_root)
+    report_file, truth_file = root / filtered / "report.json", root / "truth.json"
+    if not (report_file.exists() and truth_file.exists()):
+        return None
+    report, truth = json.loads(report_file.read_text()), json.loads(truth_file.read_text())
+    if report.get("source") not in truth:
+        return None
+    known = truth[report["source"]]
+    query_mode = report["mode"] == "query"
+    rows = [(r, known[r["path"]]) for r in report["samples"] if r["path"] in known]
+    kept = [(r, t) for r, t in rows if r["status"] == "kept"]
+    readable = [(r, t) for r, t in rows if r["status"] != "corrupt"]
+    possible = sum(t["true_class"] is not None and (t["true_class"] == t["query"] or not query_mode) for _, t in rows)
+    correct = sum(r["label"] == t["true_class"] for r, t in kept)
+    out = {"source": report["source"], "mode": report["mode"], "threshold": report["threshold"], "kept": len(kept),
+           "samples": len(rows), "precision": correct / max(1, len(kept)), "recall": correct / max(1, possible),
+           "base_rate": sum(t["true_class"] == t["query"] for _, t in readable) / max(1, len(readable))}
+    frames = [(r, t, f, s) for r, t in rows if "unit_scores" in r for f, s in zip(r["frames"], r["unit_scores"])]
+    if frames:
+        content = [_content_at(t, f) for _, t, f, _ in frames]
+        chosen = [r["status"] == "kept" and s >= report["threshold"] for r, _, _, s in frames]
+        right = [c is not None and c == (r["label"] if r["label"] is not None else t["query"])
+                 for (r, t, _, _), c in zip(frames, content)]
+        hits = sum(c and k for c, k in zip(right, chosen))
+        out.update(frames=len(frames), frames_kept=sum(chosen), frame_precision=hits / max(1, sum(chosen)),
+                   frame_recall=hits / max(1, sum(c == t["query"] for (_, t, _, _), c in zip(frames, content))))
+    return out
 
 
 def get_args_parser():
@@ -301,13 +342,15 @@ def _render_untrimmed(rng, cfg: SynthConfig, query: int, size: tuple):
         if not positive or (covered < target and covered + length <= target + 8):
             positive.add(int(i))
             covered += length
-    # 3. negative shots show another class or clutter; render each shot as its own scene
+    # 3. negative shots are mostly context without the object (clutter), as the idle parts of a real untrimmed
+    #    video are, and sometimes another class; render each shot as its own scene
     frames, segments = [], []
     for i, (s, e) in enumerate(shots):
         if i in positive:
             content = query
         else:
-            content = _other_class(rng, query, cfg.num_classes) if rng.random() < cfg.other_class_fraction else None
+            other = rng.random() < cfg.untrimmed_other_fraction
+            content = _other_class(rng, query, cfg.num_classes) if other else None
         frames.append(_render_clip(_sample_scene(rng, TARGET_STYLE, size, e - s, content), e - s))
         segments.append((s, e, content))
     return np.concatenate(frames), segments
@@ -368,6 +411,14 @@ def _crawl_plan(cfg: SynthConfig, source: str, per_class: int) -> list:
         plan.append([(kind, q if kind == "relevant" else
                       _other_class(rng, q, cfg.num_classes) if kind == "other_class" else None) for kind in kinds])
     return plan
+
+
+def _content_at(truth_entry: dict, frame: int):
+    """The class shown at 0-based `frame` of an untrimmed video (None: clutter or outside its segments)."""
+    for start, end, cls in truth_entry.get("segments", []):
+        if start <= frame < end:
+            return cls
+    return None
 
 
 def _web_truth(query: int, kind: str, true_class, **extra) -> dict:
@@ -669,7 +720,7 @@ def _encode_mp4(path: Path, frames: np.ndarray, cfg: SynthConfig, faststart: boo
         stream.pix_fmt = "yuv420p"
         stream.codec_context.gop_size = cfg.gop
         params = f"keyint={cfg.gop}:min-keyint={cfg.gop}:scenecut=0:threads=1:no-mbtree=1"
-        stream.codec_context.options = {"crf": str(cfg.crf), "preset": "medium", "x264-params": params}
+        stream.codec_context.options = {"crf": str(cfg.crf), "preset": "veryfast", "x264-params": params}
         for i, image in enumerate(frames):
             frame = av.VideoFrame.from_ndarray(image, format="rgb24")
             frame.pts, frame.time_base = i, Fraction(1, cfg.fps)

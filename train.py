@@ -49,7 +49,7 @@ RECIPES = {
     "3d_scratch": dict(lr_per_sample=1.6e-3, epochs=256, schedule="cosine", lr_steps=(), warmup_epochs=34),
     "ircsn_ig65m": dict(lr_per_sample=5e-6, epochs=58, schedule="step", lr_steps=(32, 48), warmup_epochs=16),
     # not the paper's: the tiny demo nets (models.py *_tiny) learn the generated data from scratch in minutes
-    "demo": dict(lr_per_sample=1e-3, epochs=30, schedule="cosine", lr_steps=(), warmup_epochs=1),
+    "demo": dict(lr_per_sample=1e-3, epochs=100, schedule="cosine", lr_steps=(), warmup_epochs=1),
 }
 
 
@@ -123,8 +123,9 @@ def get_args_parser():
                    "(default: the arch's, 10 for SlowOnly, 25 for TSN)")
     g.add_argument("--test-crops", type=int, choices=(1, 3, 10), default=None, help="test crops per clip: 1 "
                    "centre, 3 ThreeCrop, 10 TenCrop (default: the arch's, 3)")
-    g.add_argument("--val-every", type=int, default=1, help="quick validation (centre crop, training clip count) "
-                   "every N epochs, to pick best.pth")
+    g.add_argument("--val-every", type=int, default=None, help="quick validation (centre crop, training clip "
+                   "count) every N epochs, to pick best.pth (default: max(1, epochs // 10), about ten validations "
+                   "per run, so short epochs of small datasets are not dominated by validation)")
     g.add_argument("--log-interval", type=int, default=20, help="steps between log lines")
     g.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
     return p
@@ -152,6 +153,7 @@ class Run:
     world: int = 1
     start_epoch: int = 0
     best_top1: float = -1.0
+    val_every: int = 1
     rng: np.random.Generator = field(default_factory=np.random.default_rng)
 
 
@@ -167,7 +169,7 @@ def main(args):
         return final_test(run)
     for epoch in range(run.start_epoch, run.schedule.epochs):
         stats = train_one_epoch(run, epoch)
-        if (epoch + 1) % args.val_every == 0 or epoch + 1 == run.schedule.epochs:
+        if (epoch + 1) % run.val_every == 0 or epoch + 1 == run.schedule.epochs:
             stats["val"] = evaluate(run, run.val_loader, quick=True)
             stats["val"].pop("confusion_matrix")
             if stats["val"]["top1"] > run.best_top1:
@@ -206,7 +208,8 @@ def setup(args, rank, world, device):
             model, device_ids=[device.index] if device.type == "cuda" else None)
     run = Run(args, model, net, classes, optimizer, schedule, loader, val_loader,
               [args.target] + split_names(args.aux), [train_ds] + aux, device, rank, world,
-              rng=np.random.default_rng([args.seed, rank, 3]))
+              rng=np.random.default_rng([args.seed, rank, 3]),
+              val_every=args.val_every or max(1, schedule.epochs // 10))
     if args.resume:
         load_checkpoint(run, Path(args.work_dir) / "latest.pth", full=True)
     elif args.checkpoint and not args.test:
@@ -519,9 +522,12 @@ def make_train_loader(args, target_ds, aux, rank, world):
 
 
 def loader_for(args, ds, sampler, batch_size, drop_last):
+    """Training loader. Persistent workers: no process start-up per epoch (it dominates the short epochs of
+    small datasets), and a broken web file is reported and skipped once per worker, not once per epoch; the
+    epoch's randomness reaches them through VideoDataset's shared-memory epoch."""
     return torch.utils.data.DataLoader(ds, batch_size=batch_size, sampler=sampler, num_workers=args.workers,
                                        drop_last=drop_last, pin_memory=torch.cuda.is_available(),
-                                       persistent_workers=False)
+                                       persistent_workers=args.workers > 0)
 
 
 def make_eval_loader(args, ds, rank, world, batch_size=None):

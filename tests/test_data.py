@@ -547,6 +547,19 @@ def test_dataset_same_items_with_dataloader_workers(media_root):
         assert torch.equal(clip, c0) and int(label) == l0 and int(used) == u0
 
 
+def test_persistent_workers_follow_set_epoch(media_root):
+    """train.py keeps its workers across epochs: they must still draw the epoch's randomness."""
+    ds = make_dataset(media_root, GOOD[:3], transform=lambda frames, rng: torch.tensor(rng.random()))
+    loader = torch.utils.data.DataLoader(ds, batch_size=None, num_workers=1, persistent_workers=True)
+    seen = []
+    for epoch in (0, 1, 0):
+        ds.set_epoch(epoch)
+        via_worker = [float(clip) for clip, _, _ in loader]
+        assert via_worker == [float(ds[i][0]) for i in range(len(ds))]    # same as in this process
+        seen.append(via_worker)
+    assert seen[0] != seen[1] and seen[0] == seen[2]
+
+
 def test_dataset_recovers_from_an_optimistic_frame_count(media_root):
     """A container frame count larger than the decodable frames: recount, resample, no failure."""
     ds = make_dataset(media_root, [GOOD[0]], sampling=data.Sampling(1, 1, 25), test_mode=True)
