@@ -44,12 +44,17 @@ import transforms
 # The paper's recipes (appendix "Implementation Details"), selected by the architecture's family and
 # whether ImageNet weights are given. lr_per_sample x (samples per optimiser step) = base LR.
 RECIPES = {
-    "tsn": dict(lr_per_sample=4e-5, epochs=100, schedule="step", lr_steps=(40, 80), warmup_epochs=0),
-    "3d_imagenet": dict(lr_per_sample=1.6e-4, epochs=150, schedule="step", lr_steps=(90, 130), warmup_epochs=0),
-    "3d_scratch": dict(lr_per_sample=1.6e-3, epochs=256, schedule="cosine", lr_steps=(), warmup_epochs=34),
-    "ircsn_ig65m": dict(lr_per_sample=5e-6, epochs=58, schedule="step", lr_steps=(32, 48), warmup_epochs=16),
+    "tsn": dict(lr_per_sample=4e-5, epochs=100, schedule="step", lr_steps=(40, 80), warmup_epochs=0,
+                freeze_bn=False),
+    "3d_imagenet": dict(lr_per_sample=1.6e-4, epochs=150, schedule="step", lr_steps=(90, 130), warmup_epochs=0,
+                        freeze_bn=False),
+    "3d_scratch": dict(lr_per_sample=1.6e-3, epochs=256, schedule="cosine", lr_steps=(), warmup_epochs=34,
+                       freeze_bn=False),
+    "ircsn_ig65m": dict(lr_per_sample=5e-6, epochs=58, schedule="step", lr_steps=(32, 48), warmup_epochs=16,
+                        freeze_bn=True),
     # not the paper's: the tiny demo nets (models.py *_tiny) learn the generated data from scratch in minutes
-    "demo": dict(lr_per_sample=1e-3, epochs=100, schedule="cosine", lr_steps=(), warmup_epochs=1),
+    "demo": dict(lr_per_sample=1e-3, epochs=100, schedule="cosine", lr_steps=(), warmup_epochs=1,
+                 freeze_bn=False),
 }
 
 
@@ -96,6 +101,9 @@ def get_args_parser():
                    "like --lr-steps)")
     g.add_argument("--weight-decay", type=float, default=1e-4, help="SGD weight decay")
     g.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
+    g.add_argument("--freeze-bn", action=argparse.BooleanOptionalAction, default=None, help="batch norm in eval "
+                   "mode (running statistics fixed) with its scale and shift untrained, as MMAction2 fine-tunes the "
+                   "IG-65M irCSN (norm_eval, bn_frozen); default: the recipe's, on for ircsn_r152_32x2 only")
     g.add_argument("--clip-grad", type=float, default=40.0, help="gradient-norm clipping threshold (0: off)")
     g.add_argument("--seed", type=int, default=0, help="seed of every random choice (data, init, mixup)")
     g = p.add_argument_group("OmniSource joint training (Sec. 3.6); without --aux this trains on the target alone")
@@ -154,6 +162,7 @@ class Run:
     start_epoch: int = 0
     best_top1: float = -1.0
     val_every: int = 1
+    freeze_bn: bool = False
     rng: np.random.Generator = field(default_factory=np.random.default_rng)
 
 
@@ -198,6 +207,10 @@ def setup(args, rank, world, device):
     val_ds = make_dataset(args, target, "val", spec, test_mode=True, protocol="center")
     val_loader = make_eval_loader(args, val_ds, rank, world)
     recipe = recipe_for(args, spec)
+    freeze_bn = recipe["freeze_bn"] if args.freeze_bn is None else args.freeze_bn
+    if freeze_bn:                                   # bn_frozen: scale and shift are not trained
+        for m in _batch_norms(model):
+            m.requires_grad_(False)
     schedule = Schedule.from_args(args, recipe, steps_per_epoch=len(loader),
                                   samples_per_step=sum(sizes) * world)
     optimizer = torch.optim.SGD(model.parameters(), lr=schedule.base_lr, momentum=args.momentum,
@@ -209,7 +222,7 @@ def setup(args, rank, world, device):
     run = Run(args, model, net, classes, optimizer, schedule, loader, val_loader,
               [args.target] + split_names(args.aux), [train_ds] + aux, device, rank, world,
               rng=np.random.default_rng([args.seed, rank, 3]),
-              val_every=args.val_every or max(1, schedule.epochs // 10))
+              val_every=args.val_every or max(1, schedule.epochs // 10), freeze_bn=freeze_bn)
     if args.resume:
         load_checkpoint(run, Path(args.work_dir) / "latest.pth", full=True)
     elif args.checkpoint and not args.test:
@@ -230,6 +243,9 @@ def setup(args, rank, world, device):
 def train_one_epoch(run, epoch):
     args, model = run.args, run.model
     model.train()
+    if run.freeze_bn:                               # norm_eval: running statistics stay fixed
+        for m in _batch_norms(model):
+            m.eval()
     for ds in run.datasets:
         ds.set_epoch(epoch)
     for sampler in run.loader.samplers:
@@ -622,6 +638,10 @@ def setup_distributed(device_arg):
 def dist_barrier(run):
     if run.world > 1:
         dist.barrier()
+
+
+def _batch_norms(model):
+    return [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
 
 
 class Meter:

@@ -8,7 +8,6 @@ getattr(HistoryBuffer, 'min') reference, numpy arrays and scalars -- the globals
 0.10.7's Runner) are imitated by look-alike classes registered under mmengine's module names only while saving.
 The numeric match with MMAction2 itself (max abs difference 0) is checked outside the suite, see models.py.
 """
-import ast
 import collections
 import random
 import sys
@@ -21,16 +20,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import models  # noqa: E402
+from mmaction_reference import DATA, KEY_FILES, read_key_file  # noqa: E402
 
-DATA = Path(__file__).resolve().parent / "data"
 
-# MMAction2 1.2.0 recognizers with 400 classes: our arch -> (key file, family, parameter count)
-KEY_FILES = {
-    "tsn_r50": ("mmaction_keys_tsn_r50.txt", "tsn", 24_327_632),
-    "slowonly_r50_4x16": ("mmaction_keys_slowonly_r50.txt", "3d", 32_454_096),
-    "slowonly_r101_8x8": ("mmaction_keys_slowonly_r101.txt", "3d", 60_359_120),
-    "ircsn_r152_32x2": ("mmaction_keys_ircsn_r152.txt", "3d", 29_703_568),
-}
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")   # tiny inputs (conftest.py)
@@ -177,7 +169,7 @@ def test_unknown_files_are_refused_with_one_line(tmp_path):
 def test_mmaction2_key_lists_load_completely(arch, big_models, tmp_path):
     """A checkpoint with exactly MMAction2's keys, shapes and dtypes fills every tensor of our model."""
     filename, family, _ = KEY_FILES[arch]
-    theirs = _read_key_file(DATA / filename)
+    theirs = read_key_file(DATA / filename)
     model = big_models[arch]
     assert [models.from_mmaction_key(k, family) for k in theirs] == list(model.state_dict())
     assert [models.mmaction_key(k, family) for k in model.state_dict()] == list(theirs)
@@ -196,7 +188,7 @@ def test_mmaction2_key_lists_load_completely(arch, big_models, tmp_path):
 def test_ircsn_r152_parameter_count_and_shapes_equal_mmaction2(big_models):
     model = big_models["ircsn_r152_32x2"]
     assert sum(p.numel() for p in model.parameters()) == 29_703_568
-    theirs = _read_key_file(DATA / "mmaction_keys_ircsn_r152.txt")
+    theirs = read_key_file(DATA / "mmaction_keys_ircsn_r152.txt")
     mapped = {models.mmaction_key(k, "3d"): (tuple(v.shape), str(v.dtype).removeprefix("torch."))
               for k, v in model.state_dict().items()}
     assert len(theirs) == 932 and mapped == theirs and list(mapped) == list(theirs)
@@ -420,16 +412,6 @@ def _randomised(net: torch.nn.Module) -> torch.nn.Module:
         elif isinstance(m, torch.nn.Linear):
             m.weight.data = torch.randn(m.weight.shape, generator=gen)
     return net.eval()
-
-
-def _read_key_file(path: Path) -> dict[str, tuple]:
-    """MMAction2 key file: 'key<TAB>shape<TAB>dtype' lines -> {key: (shape, dtype)} in file order."""
-    rows = {}
-    for line in path.read_text().splitlines():
-        if line and not line.startswith("#"):
-            key, shape, dtype = line.split("\t")
-            rows[key] = (tuple(ast.literal_eval(shape)), dtype)
-    return rows
 
 
 @torch.no_grad()

@@ -4,7 +4,6 @@ Known answers come from elsewhere: torchvision's resnet18 state dict written out
 parameter counts, MMAction2 1.2.0's state-dict key files (copied into tests/data from shared/data/mmaction2), and
 2D-vs-3D / per-frame equivalences computed with the 2D network.
 """
-import ast
 import sys
 from pathlib import Path
 
@@ -13,8 +12,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import models  # noqa: E402
+from mmaction_reference import DATA, KEY_FILES, read_key_file  # noqa: E402
 
-DATA = Path(__file__).resolve().parent / "data"
 
 # torchvision resnet18 state dict, written out by hand: module name, kind, weight shape.
 TORCHVISION_RESNET18 = """
@@ -64,12 +63,8 @@ fc linear 1000 512
 # torchvision.models.resnetXX(): total parameters (published in torchvision's model docs).
 TORCHVISION_PARAMS = {18: 11_689_512, 34: 21_797_672, 50: 25_557_032, 101: 44_549_160, 152: 60_192_808}
 
-# MMAction2 1.2.0 recognizers with 400 classes (shared/data/mmaction2/README.md).
-MMACTION = {  # our arch -> (key file, family, parameter count)
-    "tsn_r50": ("mmaction_keys_tsn_r50.txt", "tsn", 24_327_632),
-    "slowonly_r50_4x16": ("mmaction_keys_slowonly_r50.txt", "3d", 32_454_096),
-    "slowonly_r101_8x8": ("mmaction_keys_slowonly_r101.txt", "3d", 60_359_120),
-}
+# MMAction2 1.2.0 recognizers with 400 classes (mmaction_reference.py); irCSN is checked in test_checkpoints.py
+MMACTION = {name: row for name, row in KEY_FILES.items() if name != "ircsn_r152_32x2"}
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")   # tiny inputs (conftest.py)
@@ -132,7 +127,7 @@ def test_parameter_counts_equal_mmaction2(arch, big_models):
 @pytest.mark.parametrize("arch", sorted(MMACTION))
 def test_keys_and_shapes_map_onto_mmaction2(arch, big_models):
     filename, family, _ = MMACTION[arch]
-    theirs = _read_key_file(DATA / filename)
+    theirs = read_key_file(DATA / filename)
     ours = big_models[arch].state_dict()
     mapped = {models.mmaction_key(k, family): (tuple(v.shape), str(v.dtype).removeprefix("torch."))
               for k, v in ours.items()}
@@ -357,16 +352,6 @@ def _torchvision_bottleneck_keys(layers) -> list[str]:
             if b == 0:
                 keys += [f"{prefix}downsample.0.weight"] + [f"{prefix}downsample.1.{p}" for p in bn]
     return keys + ["fc.weight", "fc.bias"]
-
-
-def _read_key_file(path: Path) -> dict[str, tuple]:
-    """MMAction2 key file: 'key<TAB>shape<TAB>dtype' lines -> {key: (shape, dtype)} in file order."""
-    rows = {}
-    for line in path.read_text().splitlines():
-        if line and not line.startswith("#"):
-            key, shape, dtype = line.split("\t")
-            rows[key] = (tuple(ast.literal_eval(shape)), dtype)
-    return rows
 
 
 def _randomised_eval(net: torch.nn.Module) -> torch.nn.Module:

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+import models
 import train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -147,8 +148,18 @@ def test_joint_training_with_web_sources_logs_each_source(small_data, tmp_path):
     assert {"loss_synth", "loss_synth-web-img", "loss_synth-web-vid", "acc_synth-web-img"} <= set(step)
     assert step["loss"] == pytest.approx(step["loss_synth"] * 8 / 16 + step["loss_synth-web-img"] * 4 / 16
                                          + step["loss_synth-web-vid"] * 4 / 16, rel=1e-4)
-    # the web lists hold broken files (zero-byte, truncated, not a video): replaced, counted, logged
-    assert max(r["failed_samples"] for r in log if r["kind"] == "train") >= 0
+
+
+def test_freeze_bn_keeps_batch_norm_fixed_and_trains_the_rest(small_data, tmp_path):
+    """--freeze-bn (MMAction2's norm_eval + bn_frozen, the irCSN recipe's default): BN state stays at its init."""
+    run_train(["--data-root", str(small_data), "--target", "synth", "--epochs", "1", "--freeze-bn",
+               "--work-dir", str(tmp_path), *FAST])
+    torch.manual_seed(0)                               # train.setup seeds, then builds the model
+    init = models.build_model("tsn_tiny", 4).state_dict()
+    trained = torch.load(tmp_path / "latest.pth", weights_only=False)["model"]
+    bn = [k for k in init if ".bn" in k or ".downsample.1." in k]
+    assert len(bn) > 20 and all(torch.equal(init[k], trained[k]) for k in bn if "num_batches" not in k)
+    assert not torch.equal(init["backbone.conv1.weight"], trained["backbone.conv1.weight"])
 
 
 def test_broken_target_video_is_replaced_counted_and_logged(small_data, tmp_path):
