@@ -432,7 +432,8 @@ def write_table(work, rows, baseline, student, quality=()):
         lines += [f"  {q['source']}: kept {q['kept']} of {q['samples']}, precision {q['precision']:.2f} "
                   f"(keeping all: {q['base_rate']:.2f}), recall {q['recall']:.2f}"
                   + (f"; 1-FPS frames: kept {q['frames_kept']} of {q['frames']}, precision "
-                     f"{q['frame_precision']:.2f}, recall {q['frame_recall']:.2f}" if "frames" in q else "")
+                     f"{q['frame_precision']:.2f} (all: {q['frame_base_rate']:.2f}), recall {q['frame_recall']:.2f}"
+                     if "frames" in q else "")
                   for q in quality]
     pairs = confusion_pairs(baseline["confusion_matrix"], student["confusion_matrix"], baseline["classes"])
     lines += ["", "Confusion pairs (Sec. 5.2, s_ij baseline -> OmniSource):"]

@@ -189,8 +189,9 @@ def filtering_quality(data_root, filtered: str) -> dict | None:
         right = [c is not None and c == (r["label"] if r["label"] is not None else t["query"])
                  for (r, t, _, _), c in zip(frames, content)]
         hits = sum(c and k for c, k in zip(right, chosen))
+        showing_query = sum(c == t["query"] for (_, t, _, _), c in zip(frames, content))
         out.update(frames=len(frames), frames_kept=sum(chosen), frame_precision=hits / max(1, sum(chosen)),
-                   frame_recall=hits / max(1, sum(c == t["query"] for (_, t, _, _), c in zip(frames, content))))
+                   frame_recall=hits / max(1, showing_query), frame_base_rate=showing_query / len(frames))
     return out
 
 
