@@ -4,6 +4,7 @@
     python benchmark.py --what data --compare-venv /work/venvs/bench --repeats 5
     python benchmark.py --video gen --what data           # the generated K400-like clip instead of the demo
     python benchmark.py --what model --threads 2
+    python benchmark.py --what loader                     # 2-worker training loaders, decoder threads per worker
 
 What it measures (paper context: the training recipes of the appendix "Implementation Details", TSN with
 3 segments, Sec. 5.1, and SlowOnly 4x16, Sec. 5.2; Table 11 K400-format clips, 340x256, 10 s):
@@ -16,7 +17,10 @@ What it measures (paper context: the training recipes of the appendix "Implement
    (VideoReader + get_batch) and MMAction2 1.2's PyAVInit + PyAVDecode, run by a small script in that
    virtualenv's python (third-party readers are never imported by the project). Their frames are checked
    to be the same frames as ours (nearest frame index and mean |difference|).
-2. Model: training samples/s (forward + backward + SGD step) at --batch (2) on the CPU, and on CUDA with
+2. Loader: the same training pipelines behind a DataLoader with --workers (2) persistent workers, as train.py
+   runs them: clips/s with one FFmpeg decoder thread per worker (data.WORKER_CODEC_THREADS, the default)
+   against automatic decoder threading in every worker, alternated round by round.
+3. Model: training samples/s (forward + backward + SGD step) at --batch (2) on the CPU, and on CUDA with
    and without bf16 autocast when a GPU is visible; FLOPs per sample counted analytically (conv/linear
    MACs from forward hooks, x2 FLOPs per MAC, x3 for forward + backward), and the fraction of the
    measured float32 (bf16 for AMP) matmul FLOP/s that training reaches.
@@ -97,7 +101,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                    "340x256, 30 fps, 10 s, GOP 250 clip")
     p.add_argument('--repeats', type=int, default=5, help='timed rounds per figure (the median is shown)')
     p.add_argument('--samples', type=int, default=8, help='data: distinct sampled clips per round')
-    p.add_argument('--what', choices=('data', 'model', 'all'), default='all')
+    p.add_argument('--what', choices=('data', 'loader', 'model', 'all'), default='all')
+    p.add_argument('--workers', type=int, default=2, help='loader: DataLoader worker processes')
     p.add_argument('--compare-venv', default=None, help='virtualenv with decord and mmaction2==1.2.0 '
                    '(e.g. /work/venvs/bench): their readers run there, in a subprocess')
     p.add_argument('--batch', type=int, default=2, help='model: batch size (videos per step)')
@@ -121,6 +126,8 @@ def main(args) -> None:
         if args.what in ('data', 'all'):
             video = _pick_video(args.video, tmp)
             bench_data(args, video, tmp)
+        if args.what in ('loader', 'all'):
+            bench_loader(args, _pick_video(args.video, tmp))
         if args.what in ('model', 'all'):
             bench_models(args)
     finally:
@@ -160,6 +167,43 @@ def bench_data(args, video: Path, tmp: Path) -> None:
         _print_frame_check(video, cases, tmp)
     if args.profile:
         _profile_reader(video, cases)
+
+
+def bench_loader(args, video: Path) -> None:
+    """Clips/s of train.py's loaders (persistent workers) with one decoder thread per worker vs FFmpeg's auto."""
+    torch.set_num_threads(1)
+    print(f'\n== Loader: {video}, {args.workers} persistent workers, batch 4, 48 clips per round, '
+          f'{args.repeats} rounds per setting, settings alternated')
+    default = data.WORKER_CODEC_THREADS
+    rates = {}
+    try:
+        for _ in range(args.repeats):
+            for threads in (default, 0):
+                data.WORKER_CODEC_THREADS = threads        # read by workers forked after this line
+                for label, arch in PIPELINES:
+                    rates.setdefault((label, threads), []).append(_loader_rate(arch, video, args.workers))
+    finally:
+        data.WORKER_CODEC_THREADS = default
+    print(f'| pipeline | {default} decoder thread(s) per worker | auto threads per worker | ratio |')
+    print('| --- | --- | --- | --- |')
+    for label, _ in PIPELINES:
+        ours, auto = statistics.median(rates[label, default]), statistics.median(rates[label, 0])
+        print(f'| {label} | {ours:.1f} clips/s | {auto:.1f} clips/s | {ours / auto:.2f}x |')
+
+
+def _loader_rate(arch: str, video: Path, workers: int) -> float:
+    """One warm-up pass, then one timed pass over 48 clips of `video` through a fresh DataLoader."""
+    spec = models.ARCHS[arch][1]
+    sampling = data.Sampling(spec.clip_len, spec.frame_interval, spec.num_clips_train)
+    ds = data.VideoDataset([data.Sample(video, 0, 'video')] * 48, sampling,
+                           transform=transforms.train_transform(spec.family, spec.crop_size))
+    loader = torch.utils.data.DataLoader(ds, batch_size=4, num_workers=workers, persistent_workers=workers > 0)
+    for _ in loader:
+        pass
+    ds.set_epoch(1)
+    start = time.perf_counter()
+    clips = sum(len(x) for x, _, _ in loader)
+    return clips / (time.perf_counter() - start)
 
 
 def _make_case(arch: str, video: Path, num_frames: int, args) -> dict:

@@ -63,6 +63,10 @@ PART_TMPL = 'part_{}.mp4'       # MMAction2 RawVideoDataset clipname_tmpl, 0-bas
 FRAME_SCORES_TMPL = '{stem}_frame_scores.json'   # sidecar of list STEM.txt: 1-FPS teacher scores (Sec. 3.5)
 FRAME_SCORES_FORMAT = 'omnisource-frame-scores-1'
 KINDS = ('video', 'untrimmed', 'frames', 'image', 'raw')
+# FFmpeg decoder threads inside DataLoader workers: the workers already are the parallelism, so one thread each
+# keeps them from oversubscribing the cores (2 workers on 2 cores: +11-14 % TSN, +16-24 % SlowOnly clips/s; see
+# `python benchmark.py --what loader`). 0 = FFmpeg's automatic frame + slice threading, always used outside workers.
+WORKER_CODEC_THREADS = 1
 
 
 # =====================================================================================
@@ -738,14 +742,17 @@ def _test_offsets(num_frames: int, clip_len: int, frame_interval: int, num_clips
 
 @contextlib.contextmanager
 def _open_video(path: Path):
-    """Open a video file with PyAV -> (container, first video stream), codec threading on."""
+    """Open a video file with PyAV -> (container, first video stream); codec threads: WORKER_CODEC_THREADS."""
     _check_file(path)
     container = av.open(str(path))
     try:
         if not container.streams.video:
             raise ValueError(f'{path}: no video stream')
         stream = container.streams.video[0]
-        stream.codec_context.thread_type = 'AUTO'   # frame + slice threads
+        if WORKER_CODEC_THREADS > 0 and torch.utils.data.get_worker_info() is not None:
+            stream.codec_context.thread_count = WORKER_CODEC_THREADS
+        else:
+            stream.codec_context.thread_type = 'AUTO'   # frame + slice threads
         yield container, stream
     finally:
         container.close()
