@@ -429,12 +429,7 @@ def write_table(work, rows, baseline, student, quality=()):
     lines += [f"| {name} | {m['top1']:.4f} | {m['top5']:.4f} | {m['mean_class_acc']:.4f} |" for name, m in rows]
     if quality:
         lines += ["", "Teacher filtering against the generator's truth (truth.json):"]
-        lines += [f"  {q['source']}: kept {q['kept']} of {q['samples']}, precision {q['precision']:.2f} "
-                  f"(keeping all: {q['base_rate']:.2f}), recall {q['recall']:.2f}"
-                  + (f"; 1-FPS frames: kept {q['frames_kept']} of {q['frames']}, precision "
-                     f"{q['frame_precision']:.2f} (all: {q['frame_base_rate']:.2f}), recall {q['frame_recall']:.2f}"
-                     if "frames" in q else "")
-                  for q in quality]
+        lines += [_quality_line(q) for q in quality]
     pairs = confusion_pairs(baseline["confusion_matrix"], student["confusion_matrix"], baseline["classes"])
     lines += ["", "Confusion pairs (Sec. 5.2, s_ij baseline -> OmniSource):"]
     lines += [f"  {a} / {b}: {s0:.3f} -> {s1:.3f} ({d:+.3f})" for a, b, s0, s1, d in pairs["dropped"] + pairs["rose"]]
@@ -450,6 +445,16 @@ def filter_quality(data_root, filtered):
     """Filtering precision / recall per filtered source when DATA_ROOT holds the demo's truth.json."""
     import synthetic
     return [q for q in (synthetic.filtering_quality(data_root, name) for name in filtered) if q is not None]
+
+
+def _quality_line(q):
+    """One source's filtering_quality as a line of the results table."""
+    line = (f"  {q['source']}: kept {q['kept']} of {q['samples']}, precision {q['precision']:.2f} "
+            f"(keeping all: {q['base_rate']:.2f}), recall {q['recall']:.2f}")
+    if "frames" in q:
+        line += (f"; 1-FPS frames: kept {q['frames_kept']} of {q['frames']}, precision {q['frame_precision']:.2f} "
+                 f"(all: {q['frame_base_rate']:.2f}), recall {q['frame_recall']:.2f}")
+    return line
 
 
 def _with(argv, flag, value):

@@ -160,9 +160,9 @@ def filtering_quality(data_root, filtered: str) -> dict | None:
 
     A kept sample is correct when its label (query or pseudo label) is the class its content really shows.
     precision = correct kept / kept; recall = correct kept / samples that could be kept correctly (query mode: those
-    showing their query class; pseudo mode: those showing any class); base_rate = precision of keeping everything
-    with its query label (every readable sample). For untrimmed videos scored frame by frame (2D students, Sec. 3.5) the same is measured on
-    the 1-FPS frames: a frame counts as kept when its video is kept and its score reaches the threshold.
+    showing their query class; pseudo mode: those showing any class); base_rate = precision of keeping every
+    readable sample with its query label. For untrimmed videos scored frame by frame (2D students, Sec. 3.5) the
+    same is measured on the 1-FPS frames (`_frame_quality`).
     Returns None when the data root has no truth.json or the report belongs to another source.
     """
     root = Path(data_root)
@@ -182,16 +182,8 @@ def filtering_quality(data_root, filtered: str) -> dict | None:
     out = {"source": report["source"], "mode": report["mode"], "threshold": report["threshold"], "kept": len(kept),
            "samples": len(rows), "precision": correct / max(1, len(kept)), "recall": correct / max(1, possible),
            "base_rate": sum(t["true_class"] == t["query"] for _, t in readable) / max(1, len(readable))}
-    frames = [(r, t, f, s) for r, t in rows if "unit_scores" in r for f, s in zip(r["frames"], r["unit_scores"])]
-    if frames:
-        content = [_content_at(t, f) for _, t, f, _ in frames]
-        chosen = [r["status"] == "kept" and s >= report["threshold"] for r, _, _, s in frames]
-        right = [c is not None and c == (r["label"] if r["label"] is not None else t["query"])
-                 for (r, t, _, _), c in zip(frames, content)]
-        hits = sum(c and k for c, k in zip(right, chosen))
-        showing_query = sum(c == t["query"] for (_, t, _, _), c in zip(frames, content))
-        out.update(frames=len(frames), frames_kept=sum(chosen), frame_precision=hits / max(1, sum(chosen)),
-                   frame_recall=hits / max(1, showing_query), frame_base_rate=showing_query / len(frames))
+    if any("unit_scores" in r for r, _ in rows):
+        out.update(_frame_quality(rows, report["threshold"]))
     return out
 
 
@@ -412,6 +404,22 @@ def _crawl_plan(cfg: SynthConfig, source: str, per_class: int) -> list:
         plan.append([(kind, q if kind == "relevant" else
                       _other_class(rng, q, cfg.num_classes) if kind == "other_class" else None) for kind in kinds])
     return plan
+
+
+def _frame_quality(rows: list, threshold: float) -> dict:
+    """filtering_quality on the 1-FPS frames of untrimmed videos: a frame counts as kept when its video is kept and
+    its score reaches the threshold, and as correct when it shows its video's label (the query when dropped)."""
+    frames = [(r, t, f, s) for r, t in rows if "unit_scores" in r for f, s in zip(r["frames"], r["unit_scores"])]
+    kept = hits = showing_query = 0
+    for r, t, f, score in frames:
+        shown = _content_at(t, f)
+        label = r["label"] if r["label"] is not None else t["query"]
+        chosen = r["status"] == "kept" and score >= threshold
+        kept += chosen
+        hits += chosen and shown is not None and shown == label
+        showing_query += shown == t["query"]
+    return {"frames": len(frames), "frames_kept": kept, "frame_precision": hits / max(1, kept),
+            "frame_recall": hits / max(1, showing_query), "frame_base_rate": showing_query / max(1, len(frames))}
 
 
 def _content_at(truth_entry: dict, frame: int):
