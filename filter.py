@@ -964,13 +964,13 @@ def _name(teacher) -> str:
     return str(getattr(teacher, 'source', None) or getattr(teacher, 'arch', None) or type(teacher).__name__)
 
 
-if __name__ == '__main__':
-    cli()
-
-
 def _foreign_teacher(path, arch: str, classes) -> nn.Module:
     """A teacher from a checkpoint that does not describe itself: build `arch`, load strictly, attach classes."""
     model = models.build_model(arch, len(classes))
     models.load_weights(model, path)
     model.classes = list(classes)
     return model.eval()
+
+
+if __name__ == '__main__':
+    cli()
