@@ -4,9 +4,12 @@ Section 1 -- clip augmentation. The paper does not list its augmentation (its ap
 only schedules); we follow the MMAction2 1.x Kinetics-400 configs of TSN and SlowOnly (the paper's codebase): Resize,
 MultiScaleCrop (TSN), RandomResizedCrop (3D), Flip, Normalize, and the test-time CenterCrop / ThreeCrop / TenCrop, with
 MMAction2's crop-box arithmetic and view order. A clip is uint8 numpy `(T, H, W, 3)` RGB; every random choice is drawn
-ONCE per clip from the numpy Generator passed in, so all frames get the same crop/flip. Pillow does the bilinear
-resizing (it low-pass filters when shrinking, cv2's INTER_LINEAR in MMAction2 does not: same geometry, pixel values
-differ slightly).
+ONCE per clip from the numpy Generator passed in, so all frames get the same crop/flip. Resizing reproduces cv2's
+INTER_LINEAR on uint8 as mmcv.imresize calls it (half-pixel centres, no anti-aliasing, 11-bit fixed-point weights),
+bit for bit, so released checkpoints see the pixels they were trained on; 'torch' (F.interpolate on uint8, within
+one grey level, several times faster) and 'pillow' (anti-aliased, this project's resize before) are options.
+With `uint8=True` the pipelines stop before normalisation and return uint8 tensors; `normalize` finishes them on any
+device (DataLoader workers ship 4x fewer bytes).
 
 Section 2 -- transforming web data to the target format (Sec. 3.5):
 - Eq. 2 / Table 8: inflating a still image to a pseudo clip (replication, random / constant translation, perspective
@@ -35,6 +38,9 @@ from PIL import Image
 
 MEAN = (123.675, 116.28, 103.53)  # ImageNet mean on the 0-255 scale (RGB)
 STD = (58.395, 57.12, 57.375)
+RESIZE_METHODS = ("cv2", "torch", "pillow")  # Resize.method: bit-exact cv2 INTER_LINEAR, F.interpolate uint8, Pillow
+CV2_COEF_BITS = 11  # cv2 INTER_RESIZE_COEF_BITS: bilinear weights in units of 1/2048
+_NORM_CACHE: dict = {}  # (device, mean, std) -> float32 (3, 1, 1, 1) tensors on that device (see normalize)
 
 # =====================================================================================================================
 # 1. Clip augmentation (MMAction2 1.x mmaction/datasets/transforms/processing.py, re-implemented)
@@ -46,9 +52,12 @@ class Resize:
     """MMAction2 `Resize`: short side to `short_side` keeping the ratio (scale=(-1, S)), or to a fixed `size` (w, h).
 
     (T, H, W, 3) uint8 -> (T, H', W', 3) uint8. New size as mmcv.rescale_size: int(w * S / min(h, w) + 0.5).
+    method: 'cv2' (default) equals MMAction2's cv2 INTER_LINEAR bit for bit; 'torch' is F.interpolate(bilinear,
+    antialias=False) on uint8 (same geometry, within 1 grey level, faster); 'pillow' is Pillow's anti-aliased BILINEAR.
     """
     short_side: int | None = None
     size: tuple[int, int] | None = None  # (w, h), keep_ratio=False
+    method: str = "cv2"
 
     def __call__(self, frames: np.ndarray, rng: np.random.Generator | None = None) -> np.ndarray:
         _check_clip(frames, "Resize")
@@ -60,7 +69,7 @@ class Resize:
             new_w, new_h = int(w * scale + 0.5), int(h * scale + 0.5)
         else:
             raise ValueError("transforms.Resize: expected short_side or size=(w, h)")
-        return _resize_frames(frames, new_w, new_h)
+        return _resize_frames(frames, new_w, new_h, self.method)
 
 
 @dataclass
@@ -156,6 +165,34 @@ class Normalize:
         return x.permute(*order).contiguous()
 
 
+@dataclass
+class ToUint8Tensor:
+    """The uint8 end of a pipeline: (T, H, W, 3) -> uint8 (C, T, H, W); views (V, T, H, W, 3) -> (V, C, T, H, W).
+
+    Same layout as Normalize's output, before normalisation; `normalize` turns it into Normalize's output exactly.
+    """
+
+    def __call__(self, frames: np.ndarray, rng: np.random.Generator | None = None) -> torch.Tensor:
+        if frames.ndim not in (4, 5) or frames.shape[-1] != 3 or frames.dtype != np.uint8:
+            raise ValueError(f"transforms.ToUint8Tensor: expected uint8 (T, H, W, 3) or (V, T, H, W, 3), "
+                             f"got {frames.dtype} {frames.shape}")
+        order = (3, 0, 1, 2) if frames.ndim == 4 else (0, 4, 1, 2, 3)
+        return torch.from_numpy(np.ascontiguousarray(frames)).permute(*order).contiguous()
+
+
+def normalize(x: torch.Tensor, mean=MEAN, std=STD) -> torch.Tensor:
+    """uint8 clips -> float32 (x - mean) / std on x's device, equal to Normalize's output for the same pixels.
+
+    x: uint8 (..., C, T, H, W) with the CHANNEL AT DIM -4 (C = 3, RGB): a clip (C, T, H, W), a batch (N, C, T, H, W),
+    test views (V, C, T, H, W) or a batch of them (N, V, C, T, H, W). Same float32 operations as Normalize, so the
+    values are bit-identical. mean/std live on the device once (no host copy per call, no host sync).
+    """
+    if x.dtype != torch.uint8 or x.ndim < 4 or x.shape[-4] != 3:
+        raise ValueError(f"transforms.normalize: expected uint8 (..., 3, T, H, W), got {x.dtype} {tuple(x.shape)}")
+    m, s = _norm_constants(x.device, tuple(mean), tuple(std))
+    return (x.to(torch.float32) - m) / s
+
+
 def denormalize(x: torch.Tensor, mean=MEAN, std=STD) -> np.ndarray:
     """Inverse of Normalize: (C, T, H, W) -> uint8 (T, H, W, 3) (for viewing and tests)."""
     y = x.permute(1, 2, 3, 0) * torch.tensor(std) + torch.tensor(mean)
@@ -231,36 +268,48 @@ def compose(*steps: Callable) -> Callable:
     return run
 
 
-def train_transform(family: str, crop_size: int = 224) -> Callable:
+def train_transform(family: str, crop_size: int = 224, uint8: bool = False, resize: str = "cv2") -> Callable:
     """Training pipeline f(frames uint8 (T, H, W, 3), rng) -> float (C, T, crop, crop), as MMAction2's K400 configs.
 
     'tsn': Resize(short=S) -> MultiScaleCrop -> resize (crop, crop) -> Flip -> Normalize;
     '3d':  Resize(short=S) -> RandomResizedCrop -> resize (crop, crop) -> Flip -> Normalize; S = round(crop*256/224).
+    uint8=True: the same up to Flip, then uint8 (C, T, crop, crop) without normalisation (`normalize` finishes it).
+    resize: Resize.method ('cv2' = MMAction2's pixels).
     """
     crops = {"tsn": MultiScaleCrop(input_size=crop_size), "3d": RandomResizedCrop()}
     if family not in crops:
         raise ValueError(f"transforms.train_transform: family must be one of {sorted(crops)}, got {family!r}")
-    steps = (Resize(short_side=_short_side(crop_size)), crops[family], Resize(size=(crop_size, crop_size)),
-             Flip(0.5), Normalize())
+    _check_method(resize, "train_transform")
+    steps = (Resize(short_side=short_side_for(crop_size), method=resize), crops[family],
+             Resize(size=(crop_size, crop_size), method=resize), Flip(0.5), ToUint8Tensor() if uint8 else Normalize())
     return compose(*steps)
 
 
-def test_transform(family: str, crop_size: int = 224, protocol: str = "three_crop") -> Callable:
+def test_transform(family: str, crop_size: int = 224, protocol: str = "three_crop", uint8: bool = False,
+                   resize: str = "cv2") -> Callable:
     """Test pipeline f(frames uint8 (T, H, W, 3)) -> float views (V, C, T, h, w); S = round(crop * 256 / 224).
 
     'three_crop': Resize(short=S) -> ThreeCrop(S) (V=3, h=w=S; MMAction2 SlowOnly test config);
     'ten_crop':   Resize(short=S) -> TenCrop(crop) (V=10; MMAction2 TSN test config);
     'center':     Resize(short=S) -> CenterCrop(crop) (V=1; MMAction2 val config).
+    uint8=True: uint8 views (V, C, T, h, w) before normalisation (`normalize` finishes them). resize: Resize.method.
     """
     if family not in ("tsn", "3d"):
         raise ValueError(f"transforms.test_transform: family must be 'tsn' or '3d', got {family!r}")
-    side = _short_side(crop_size)
+    _check_method(resize, "test_transform")
+    side = short_side_for(crop_size)
     views = {"three_crop": ThreeCrop(side), "ten_crop": TenCrop(crop_size),
              "center": compose(CenterCrop(crop_size), lambda f, rng: f[None])}
     if protocol not in views:
         raise ValueError(f"transforms.test_transform: protocol must be one of {sorted(views)}, got {protocol!r}")
-    pipeline = compose(Resize(short_side=side), views[protocol], Normalize())
+    pipeline = compose(Resize(short_side=side, method=resize), views[protocol],
+                       ToUint8Tensor() if uint8 else Normalize())
     return lambda frames: pipeline(frames, None)
+
+
+def short_side_for(crop_size: int) -> int:
+    """MMAction2 test/train resize: short side 256 for crop 224, scaled alike for other crops (round(crop*256/224))."""
+    return int(round(crop_size * 256 / 224))
 
 
 # =====================================================================================================================
@@ -420,17 +469,22 @@ IMAGE_TO_CLIP_MODES = ("still", "translate-random", "translate-const", "warp")  
 
 def image_to_clip(image: np.ndarray, num_frames: int, mode: str = "still", rng: np.random.Generator | None = None,
                   motion: HomographyGaussian | None = None, label: int | None = None,
-                  max_step: float = 0.02) -> np.ndarray:
-    """Eq. 2 / Table 8: inflate a still image uint8 (H, W, 3) into a pseudo clip uint8 (T, H, W, 3).
+                  max_step: float = 0.02, short_side: int | None = None) -> np.ndarray:
+    """Eq. 2 / Table 8: inflate a still image uint8 (H, W, 3) into a pseudo clip uint8 (T, H', W', 3).
 
     'still': replication. 'translate-random': each step moves by a random (dx, dy) ~ U(-m, m)^2.
     'translate-const': one random velocity (direction U(0, 2pi), speed U(0, m)) for the whole clip.
     'warp': J_1 = I, J_i = H_i(J_{i-1}) with H_i ~ motion (class-specific when label has a fit). m = max_step * short
     side (pixels per frame). Frame i is the ORIGINAL image warped once by the composed product (H_i ... H_1), so
     there is no repeated-resampling blur; borders are filled by edge replication (warp_perspective 'border').
+    short_side (web images are often 1-12 megapixels): first Resize(short_side) the image, once, so replication and
+    warping work at the size the clip pipeline resizes to anyway (its Resize is then the identity; 'still' gives the
+    same pixels as resizing every frame after). None: keep the image's size (H' = H, W' = W).
     """
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         raise ValueError(f"transforms.image_to_clip: expected uint8 (H, W, 3), got {image.dtype} {image.shape}")
+    if short_side is not None:
+        image = Resize(short_side=short_side)(image[None])[0]
     if mode not in IMAGE_TO_CLIP_MODES:
         raise ValueError(f"transforms.image_to_clip: mode must be one of {IMAGE_TO_CLIP_MODES}, got {mode!r}")
     if num_frames < 1:
@@ -464,8 +518,10 @@ def image_to_clip(image: np.ndarray, num_frames: int, mode: str = "still", rng: 
 
 
 def build_image_to_clip(mode: str = "still", motion: HomographyGaussian | None = None, class_specific: bool = False,
-                        max_step: float = 0.02) -> Callable:
-    """Bind the inflation for a dataset: f(image (H, W, 3), num_frames, rng=None, label=None) -> (T, H, W, 3) uint8.
+                        max_step: float = 0.02, short_side: int | None = None) -> Callable:
+    """Bind the inflation for a dataset: f(image (H, W, 3), num_frames, rng=None, label=None) -> (T, H', W', 3) uint8.
+
+    short_side: resize the image first (image_to_clip); pass short_side_for(crop_size) of the clip pipeline.
 
     class_specific (Table 8 "perspective warp [spec]"): sample from motion.per_class[label] when the caller passes
     the image's (pseudo-)label and that class has a fit; otherwise the class-agnostic Gaussian ("[agno]").
@@ -477,7 +533,8 @@ def build_image_to_clip(mode: str = "still", motion: HomographyGaussian | None =
 
     def inflate(image: np.ndarray, num_frames: int, rng: np.random.Generator | None = None,
                 label: int | None = None) -> np.ndarray:
-        return image_to_clip(image, num_frames, mode, rng, motion, label if class_specific else None, max_step)
+        return image_to_clip(image, num_frames, mode, rng, motion, label if class_specific else None, max_step,
+                             short_side)
     return inflate
 
 
@@ -532,22 +589,86 @@ def _pair(size) -> tuple[int, int]:
     return (int(size), int(size)) if np.isscalar(size) else (int(size[0]), int(size[1]))
 
 
-def _short_side(crop_size: int) -> int:
-    """MMAction2 test/train resize: short side 256 for crop 224, scaled alike for other crops."""
-    return int(round(crop_size * 256 / 224))
-
-
 def _crop(frames: np.ndarray, box) -> np.ndarray:
     x1, y1, x2, y2 = box
     return frames[:, y1:y2, x1:x2]
 
 
-def _resize_frames(frames: np.ndarray, new_w: int, new_h: int) -> np.ndarray:
-    """Pillow bilinear resize of every frame (T, H, W, 3) -> (T, new_h, new_w, 3); no copy when the size is equal."""
+def _check_method(method: str, where: str) -> None:
+    if method not in RESIZE_METHODS:
+        raise ValueError(f"transforms.{where}: resize must be one of {RESIZE_METHODS}, got {method!r}")
+
+
+def _resize_frames(frames: np.ndarray, new_w: int, new_h: int, method: str = "cv2") -> np.ndarray:
+    """Bilinear resize of every frame (T, H, W, 3) uint8 -> (T, new_h, new_w, 3); no copy when the size is equal."""
     if frames.shape[1:3] == (new_h, new_w):
         return frames
-    return np.stack([np.asarray(Image.fromarray(np.ascontiguousarray(f)).resize((new_w, new_h), Image.BILINEAR))
-                     for f in frames])
+    _check_method(method, "Resize")
+    if method == "pillow":
+        return np.stack([np.asarray(Image.fromarray(np.ascontiguousarray(f)).resize((new_w, new_h), Image.BILINEAR))
+                         for f in frames])
+    with _torch_threads(1):  # per-sample work in DataLoader workers (they are the parallelism)
+        x = torch.from_numpy(np.ascontiguousarray(frames))
+        if method == "torch":  # (T, 3, H, W) view in channels_last memory: the uint8 AVX kernel, no copy
+            y = F.interpolate(x.permute(0, 3, 1, 2), size=(new_h, new_w), mode="bilinear", align_corners=False,
+                              antialias=False)
+            return y.permute(0, 2, 3, 1).contiguous().numpy()
+        return _resize_cv2_linear(x, new_w, new_h).numpy()
+
+
+def _resize_cv2_linear(x: torch.Tensor, new_w: int, new_h: int) -> torch.Tensor:
+    """cv2.resize(INTER_LINEAR) of uint8 frames (T, H, W, C) -> (T, new_h, new_w, C), integer for integer.
+
+    cv2 (resize.cpp, the generic 8-bit path mmcv.imresize reaches): weights are rounded to 1/2048, the horizontal pass
+    is exact in int32, the vertical pass is its SIMD fixed-point form ((r0 >> 4) * b0 >> 16) + ((r1 >> 4) * b1 >> 16),
+    then (+ 2) >> 2. Only the source rows the output needs go through the horizontal pass.
+    """
+    t, h, w, c = x.shape
+    xs0, xs1, a0, a1 = _cv2_linear_taps(w, new_w, clamp=True)
+    ys0, ys1, b0, b1 = _cv2_linear_taps(h, new_h, clamp=False)  # cv2 clamps the rows, not their weights
+    # 1. horizontal pass on the needed source rows: (T * R, new_w, C) int32, S[x0] * a0 + S[x1] * a1
+    rows, inverse = torch.unique(torch.cat([ys0, ys1]), return_inverse=True)
+    r0, r1 = inverse[:new_h], inverse[new_h:]
+    src = (x if len(rows) == h else x.index_select(1, rows)).reshape(t * len(rows), w, c)
+    acc = src.index_select(1, xs0).to(torch.int32).mul_(a0[:, None])
+    acc.add_(src.index_select(1, xs1).to(torch.int32).mul_(a1[:, None])).bitwise_right_shift_(4)
+    acc = acc.view(t, len(rows), new_w * c)
+    # 2. vertical pass, fixed point as cv2's VResizeLinearVec_32s8u
+    out = acc.index_select(1, r0).mul_(b0[:, None]).bitwise_right_shift_(16)
+    out.add_(acc.index_select(1, r1).mul_(b1[:, None]).bitwise_right_shift_(16))
+    out.add_(2).bitwise_right_shift_(2).clamp_(0, 255)
+    return out.to(torch.uint8).view(t, new_h, new_w, c)
+
+
+def _cv2_linear_taps(src: int, dst: int, clamp: bool):
+    """cv2 INTER_LINEAR taps along one axis: source indices (i0, i1) and 11-bit weights (w0, w1), each (dst,).
+
+    Source coordinate f = (d + 0.5) * scale - 0.5 with scale = 1 / (dst / src) in double, then float32 as cv2 does;
+    clamp=True (columns): outside the image the weight goes to the edge pixel; clamp=False (rows): indices clamped only.
+    """
+    scale = 1.0 / (dst / src)
+    f = ((np.arange(dst) + 0.5) * scale - 0.5).astype(np.float32)
+    i0 = np.floor(f).astype(np.int64)
+    f = (f - i0).astype(np.float32)
+    if clamp:
+        low, high = i0 < 0, i0 >= src - 1
+        f[low | high] = 0
+        i0 = np.where(low, 0, np.where(high, src - 1, i0))
+    one = np.float32(1 << CV2_COEF_BITS)
+    w0 = np.rint((np.float32(1) - f) * one).astype(np.int32)  # saturate_cast<short>: round half to even
+    w1 = np.rint(f * one).astype(np.int32)
+    i1 = np.clip(i0 + 1, 0, src - 1)
+    i0 = np.clip(i0, 0, src - 1)
+    return tuple(torch.from_numpy(a) for a in (i0, i1, w0, w1))
+
+
+def _norm_constants(device: torch.device, mean: tuple, std: tuple) -> tuple[torch.Tensor, torch.Tensor]:
+    """mean/std float32 (3, 1, 1, 1) on `device`, made once per (device, values)."""
+    key = (str(device), mean, std)
+    if key not in _NORM_CACHE:
+        _NORM_CACHE[key] = tuple(torch.tensor(v, dtype=torch.float32).view(3, 1, 1, 1).to(device)
+                                 for v in (mean, std))
+    return _NORM_CACHE[key]
 
 
 def _fixed_offsets(w_step: int, h_step: int, num: int) -> list[tuple[int, int]]:
@@ -598,7 +719,8 @@ def _warp_batch(chw: torch.Tensor, hmats: torch.Tensor, padding: str) -> torch.T
     """Warp one image (C, H, W) float by N homographies (N, 3, 3) (pixel coords, source -> output) -> (N, C, H, W).
 
     Identity matrices return the input exactly; others inverse-map every output pixel with grid_sample (bilinear,
-    align_corners=False so that pixel centres sit at integer coordinates).
+    align_corners=False so that pixel centres sit at integer coordinates). The 3x3 inverses are float64; the per-pixel
+    grid is float32 (H, W, 2) per matrix, built from row and column vectors (no (3, H*W) coordinate matrix).
     """
     c, h, w = chw.shape
     hmats = hmats.to(torch.float64)
@@ -607,14 +729,18 @@ def _warp_batch(chw: torch.Tensor, hmats: torch.Tensor, padding: str) -> torch.T
     if not moving:
         return out
     with _torch_threads(1):  # per-sample work (data workers parallelise across samples); avoids oversubscription
-        ys, xs = torch.meshgrid(torch.arange(h, dtype=torch.float64), torch.arange(w, dtype=torch.float64),
-                                indexing="ij")
-        pts = torch.stack([xs.reshape(-1), ys.reshape(-1), torch.ones(h * w, dtype=torch.float64)])  # (3, HW)
-        src = torch.linalg.inv(hmats[moving]) @ pts  # (M, 3, HW) source pixel of every output pixel
-        z = torch.where(src[:, 2].abs() < 1e-12, torch.full_like(src[:, 2], 1e-12), src[:, 2])
-        gx = (src[:, 0] / z + 0.5) / w * 2 - 1
-        gy = (src[:, 1] / z + 0.5) / h * 2 - 1
-        grid = torch.stack([gx, gy], dim=-1).reshape(len(moving), h, w, 2).clamp(-4, 4).to(chw.dtype)
+        inv = torch.linalg.inv(hmats[moving]).to(torch.float32)  # (M, 3, 3) output pixel -> source pixel
+        xs = torch.arange(w, dtype=torch.float32).view(1, 1, w)
+        ys = torch.arange(h, dtype=torch.float32).view(1, h, 1)
+
+        def row(k):  # (M, H, W): inv[k, 0] * x + inv[k, 1] * y + inv[k, 2]
+            return inv[:, k, 0].view(-1, 1, 1) * xs + (inv[:, k, 1].view(-1, 1, 1) * ys + inv[:, k, 2].view(-1, 1, 1))
+
+        z = row(2)
+        z = torch.where(z.abs() < 1e-12, torch.full_like(z, 1e-12), z)
+        gx = (row(0) / z + 0.5) * (2.0 / w) - 1
+        gy = (row(1) / z + 0.5) * (2.0 / h) - 1
+        grid = torch.stack([gx, gy], dim=-1).clamp_(-4, 4).to(chw.dtype)  # (M, H, W, 2)
         out[moving] = F.grid_sample(chw[None].expand(len(moving), c, h, w), grid, mode="bilinear",
                                     padding_mode=padding, align_corners=False)
     return out

@@ -4,6 +4,7 @@ Golden answers are computed another way: crop boxes by hand from MMAction2's for
 against numpy slicing / point mapping, homographies against the matrix that made a synthetic warp, the Gaussian fit
 against numpy's covariance, snippets against hand-made teacher scores.
 """
+import json
 import sys
 import time
 from pathlib import Path
@@ -36,12 +37,55 @@ def test_resize_short_side_sizes_match_mmcv_rounding():
     assert T.Resize(short_side=256)(clip) is clip  # already the size: no copy
 
 
-def test_resize_is_pillow_bilinear_per_frame():
+def test_resize_pillow_method_is_pillow_bilinear_per_frame():
     clip = _random_clip(3, 60, 80)
-    out = T.Resize(size=(50, 30))(clip)
+    out = T.Resize(size=(50, 30), method="pillow")(clip)
     for t in range(3):
         want = np.asarray(Image.fromarray(clip[t]).resize((50, 30), Image.BILINEAR))
         assert np.array_equal(out[t], want)
+    with pytest.raises(ValueError, match="resize must be one of"):
+        T.Resize(size=(50, 30), method="cubic")(clip)
+
+
+@pytest.mark.parametrize("size", [(7, 5), (33, 17), (80, 60), (101, 97), (12, 250)])
+def test_resize_cv2_equals_a_per_pixel_reference(size):
+    # the vectorised fixed-point resize against a plain per-pixel loop of cv2's INTER_LINEAR formulas
+    clip = _random_clip(2, 23, 31, seed=4)
+    out = T.Resize(size=size)(clip)
+    assert out.shape == (2, size[1], size[0], 3) and out.dtype == np.uint8
+    assert np.array_equal(out[1], _cv2_linear_reference(clip[1], *size))
+
+
+def test_resize_cv2_known_answers():
+    # exact 2x shrink: every output pixel is (a + b + c + d + 2) >> 2 of its 2x2 block (weights 1024/2048 each)
+    img = _random_clip(1, 8, 10, seed=5)
+    blocks = img[0].astype(int).reshape(4, 2, 5, 2, 3).sum(axis=(1, 3))
+    assert np.array_equal(T.Resize(size=(5, 4))(img)[0], (blocks + 2) >> 2)
+    # constant images stay constant; sizes follow mmcv's rounding
+    flat = np.full((1, 37, 53, 3), 201, dtype=np.uint8)
+    assert np.all(T.Resize(short_side=16)(flat) == 201) and T.Resize(short_side=16)(flat).shape == (1, 16, 23, 3)
+    # no anti-aliasing (unlike Pillow): shrunk by exactly 3, sample points fall on pixel centres 1, 4, 7, ...
+    board = (np.indices((30, 30)).sum(0) % 2 * 255).astype(np.uint8)
+    board = np.repeat(board[None, :, :, None], 3, axis=3)
+    assert np.array_equal(T.Resize(size=(10, 10))(board), board[:, 1::3, 1::3])
+    assert T.Resize(size=(10, 10), method="pillow")(board).std() < 0.5 * board.std()  # Pillow low-pass filters
+
+
+def test_resize_matches_mmaction2_goldens_on_real_frames():
+    golden = SHARED / "data" / "mmaction2" / "mmaction_resize_golden.npz"
+    if not golden.is_file():
+        pytest.skip(f"{golden} absent")
+    meta = json.loads(golden.with_suffix(".json").read_text())
+    with np.load(golden) as z:
+        for entry in meta:  # 1280x720 -> 455x256, 640x272 -> 602x256, 176x144 -> 313x256
+            frame = _read_frames(SHARED / "data" / "real_videos" / entry["video"], entry["frame_index"] + 1)[-1:]
+            want = z[Path(entry["video"]).stem].astype(int)
+            assert frame.shape[1:3] == tuple(entry["input_hw"])
+            ours = T.Resize(short_side=256)(frame)[0].astype(int)
+            assert ours.shape == want.shape
+            assert np.abs(ours - want).max() <= 1 and np.array_equal(ours, want)  # within 1 level; in fact exact
+            fast = T.Resize(short_side=256, method="torch")(frame)[0].astype(int)
+            assert np.abs(fast - want).max() <= 1
 
 
 def test_multiscale_crop_sizes_and_fixed_offsets_340x256():
@@ -123,6 +167,36 @@ def test_normalize_values_and_round_trip():
     assert np.array_equal(T.denormalize(x), clip)
     views = np.stack([clip, clip[:, ::-1]])
     assert T.Normalize()(views).shape == (2, 3, 2, 8, 10)
+
+
+@pytest.mark.parametrize("family", ["tsn", "3d"])
+def test_uint8_train_pipeline_normalised_equals_float_pipeline(family):
+    clip = _random_clip(4, 90, 120, seed=2)
+    f32, u8 = T.train_transform(family, 64), T.train_transform(family, 64, uint8=True)
+    for seed in range(3):
+        x = u8(clip, np.random.default_rng(seed))
+        want = f32(clip, np.random.default_rng(seed))
+        assert x.dtype == torch.uint8 and x.shape == want.shape == (3, 4, 64, 64)
+        assert torch.equal(T.normalize(x), want)
+        # computed another way: float64 (x - mean) / std per channel
+        mean, std = torch.tensor(T.MEAN, dtype=torch.float64), torch.tensor(T.STD, dtype=torch.float64)
+        ref = (x.double() - mean.view(3, 1, 1, 1)) / std.view(3, 1, 1, 1)
+        assert torch.allclose(want.double(), ref, atol=1e-6)
+
+
+@pytest.mark.parametrize("protocol,views", [("three_crop", 3), ("ten_crop", 10), ("center", 1)])
+def test_uint8_test_pipeline_and_batched_normalize(protocol, views):
+    clip = _random_clip(2, 70, 90, seed=3)
+    x = T.test_transform("3d", 56, protocol, uint8=True)(clip)
+    want = T.test_transform("3d", 56, protocol)(clip)
+    assert x.dtype == torch.uint8 and x.shape == want.shape and x.shape[:2] == (views, 3)
+    assert torch.equal(T.normalize(x), want)
+    # batches: (N, V, C, T, H, W) and (N, C, T, H, W) -- the channel is dim -4 in every layout
+    batch = torch.stack([x, x.flip(-1)])
+    assert torch.equal(T.normalize(batch)[1], T.normalize(x.flip(-1)))
+    assert torch.equal(T.normalize(batch[:, 0])[0], want[0])
+    with pytest.raises(ValueError, match="uint8"):
+        T.normalize(x.float())
 
 
 def test_centre_crop_offsets():
@@ -294,6 +368,24 @@ def test_build_image_to_clip_class_specific_uses_the_label():
     assert np.array_equal(T.build_image_to_clip("still")(img, 3), still)
 
 
+def test_image_to_clip_resizes_first_and_the_pipeline_resize_is_then_identity():
+    img = _texture(300, 420, seed=10)
+    still = T.image_to_clip(img, 4, "still", short_side=128)
+    resized = T.Resize(short_side=128)(img[None])[0]
+    assert still.shape == (4, 128, 179, 3) and all(np.array_equal(f, resized) for f in still)
+    # same pixels as replicating at full size and resizing every frame (what the pipeline did before)
+    assert np.array_equal(still, T.Resize(short_side=128)(T.image_to_clip(img, 4, "still")))
+    assert T.Resize(short_side=128)(still) is still
+    # warping happens at the reduced size; the motion (normalised coordinates) is the same
+    a = np.deg2rad(2.0)
+    g = np.array([[np.cos(a), -np.sin(a), 0.03], [np.sin(a), np.cos(a), 0.0], [0, 0, 1]])
+    motion = T.HomographyGaussian(T._h_to_params(g), np.zeros((8, 8)))
+    warp = T.build_image_to_clip("warp", motion, short_side=128)(img, 3, rng=np.random.default_rng(0))
+    assert warp.shape == (3, 128, 179, 3) and np.array_equal(warp[0], resized)
+    direct = T.warp_perspective(resized, T.denormalize_homography(g, (179, 128)).numpy())
+    assert np.array_equal(warp[1], direct)
+
+
 def test_image_to_clip_translations_stay_within_max_step():
     img = _texture(100, 120, seed=8)
     m = 0.02 * 100
@@ -380,6 +472,31 @@ def test_select_snippet_fallbacks():
 # ----------------------------------------------------------------------------------------------------------------------
 # helpers
 # ----------------------------------------------------------------------------------------------------------------------
+
+
+def _cv2_linear_reference(img, out_w, out_h):
+    """cv2.resize INTER_LINEAR on uint8 (H, W, 3), one output pixel at a time (resize.cpp's formulas, 11-bit weights)."""
+    def taps(src, dst, d, clamp):
+        f = np.float32((d + 0.5) * (1.0 / (dst / src)) - 0.5)
+        i = int(np.floor(f))
+        f = np.float32(f - i)
+        if clamp and (i < 0 or i >= src - 1):
+            f, i = np.float32(0), min(max(i, 0), src - 1)
+        w0, w1 = int(np.rint((1 - f) * np.float32(2048))), int(np.rint(f * np.float32(2048)))
+        return min(max(i, 0), src - 1), min(max(i + 1, 0), src - 1), w0, w1
+
+    h, w = img.shape[:2]
+    out = np.zeros((out_h, out_w, 3), dtype=np.uint8)
+    for y in range(out_h):
+        y0, y1, b0, b1 = taps(h, out_h, y, clamp=False)
+        for x in range(out_w):
+            x0, x1, a0, a1 = taps(w, out_w, x, clamp=True)
+            for c in range(3):
+                r0 = int(img[y0, x0, c]) * a0 + int(img[y0, x1, c]) * a1
+                r1 = int(img[y1, x0, c]) * a0 + int(img[y1, x1, c]) * a1
+                v = ((((r0 >> 4) * b0) >> 16) + (((r1 >> 4) * b1) >> 16) + 2) >> 2
+                out[y, x, c] = min(max(v, 0), 255)
+    return out
 
 
 def _random_clip(t, h, w, seed=0):
