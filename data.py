@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import bisect
 import contextlib
+import dataclasses
 import inspect
 import json
 import logging
@@ -62,7 +63,8 @@ FRAME_TMPL = 'img_{:05d}.jpg'   # MMAction2 RawframeDataset filename_tmpl, 1-bas
 PART_TMPL = 'part_{}.mp4'       # MMAction2 RawVideoDataset clipname_tmpl, 0-based
 FRAME_SCORES_TMPL = '{stem}_frame_scores.json'   # sidecar of list STEM.txt: 1-FPS teacher scores (Sec. 3.5)
 FRAME_SCORES_FORMAT = 'omnisource-frame-scores-1'
-KINDS = ('video', 'untrimmed', 'frames', 'image', 'raw')
+KINDS = ('video', 'untrimmed', 'frames', 'image', 'raw', 'windows')   # codes 0..5 of `SampleList.kinds`
+WINDOW_TOL = 1e-3   # s: a frame time within 1 ms of a window bound counts as on it (lists write milliseconds)
 # FFmpeg decoder threads inside DataLoader workers: the workers already are the parallelism, so one thread each
 # keeps them from oversubscribing the cores (2 workers on 2 cores: +11-14 % TSN, +16-24 % SlowOnly clips/s; see
 # `python benchmark.py --what loader`). 0 = FFmpeg's automatic frame + slice threading, always used outside workers.
@@ -234,6 +236,22 @@ def cut_video(path: str | Path, out_dir: str | Path, seconds: float = 10.0, crf:
     return len(written)
 
 
+def window_frames(window: tuple[float, float], fps: float, num_frames: int, path: str | Path = 'video'
+                  ) -> tuple[int, int]:
+    """Sec. 3.5 windows: (start, end) seconds -> frame range [first, stop) of the frames k with
+    start <= k / fps < end (frame k is shown at k / fps, the frame numbering `cut_video` cuts by), clipped to
+    the video's `num_frames`; a bound within WINDOW_TOL of a frame time counts as on it. A window that holds
+    no frame is a one-line ValueError naming `path`.
+    """
+    start, end = window
+    first = max(0, math.ceil((start - WINDOW_TOL) * fps))
+    stop = min(int(num_frames), math.ceil((end - WINDOW_TOL) * fps))
+    if stop <= first:
+        raise ValueError(f'{path}: window {start:.3f}:{end:.3f} s holds no frame ({num_frames} frames at '
+                         f'{fps:.3f} fps)')
+    return first, stop
+
+
 # =====================================================================================
 # 3. Annotation lists (MMAction2 formats)
 # =====================================================================================
@@ -242,11 +260,12 @@ def cut_video(path: str | Path, out_dir: str | Path, seconds: float = 10.0, crf:
 class Sample:
     """One line of an annotation list, paths joined with the data prefix.
 
-    kind: 'video' | 'untrimmed' | 'frames' | 'image' | 'raw' (see the module docstring).
+    kind: 'video' | 'untrimmed' | 'frames' | 'image' | 'raw' | 'windows' (see the module docstring).
     num_frames: frame count of a 'frames' folder (from the list), else None.
     pos_clips: 'raw' only: 0-based indices of the positive pieces part_{i}.mp4 (teacher filtered).
     num_parts: 'raw' only: number of pieces part_0.mp4 ... part_{num_parts-1}.mp4.
     frame_scores: a video's 1-FPS teacher scores from the list's sidecar file (Sec. 3.5), else None.
+    windows: 'windows' only: ((start, end), ...) seconds of the untrimmed video to sample from (Sec. 3.5).
     """
     path: Path
     label: int
@@ -255,6 +274,7 @@ class Sample:
     pos_clips: tuple = ()
     num_parts: int | None = None
     frame_scores: FrameScores | None = None
+    windows: tuple = ()
 
 
 @dataclass(frozen=True)
@@ -275,12 +295,232 @@ class FrameScores:
                              f'frames and {len(self.scores)} scores')
 
 
-def read_list(list_file: str | Path, prefix: str | Path, num_classes: int) -> list[Sample]:
-    """Parse an MMAction2 annotation list (.txt lines or .json dicts) into `Sample`s.
+class SampleList:
+    """An annotation list as a few flat numpy arrays: no Python object per sample (Sec. 4 at web scale).
+
+    DataLoader workers are forked copies of the main process; reading a Python object writes its reference
+    count, so a list of per-sample objects is copied page by page into every worker that touches it. Here
+    the paths of all samples live in ONE bytes object (`buf`; for a .txt list, the file's own bytes) and
+    every per-sample field is an element of a numpy array, so reading samples writes nothing and the
+    workers share the parent's pages. Per sample: the path's bytes + 4-8 (start) + 2-4 (length) + 8
+    (label) + 1 (kind) [+ 4 (frame count / pieces) when a frames or raw sample is present]; raw positive
+    pieces, windows and sidecar frame scores are flat arrays + offsets over the samples that have them.
+
+    API (what the rest of the code may use):
+        len(sl), sl[i] -> `Sample` (built on demand), iter(sl) -> Samples, bool(sl)
+        sl[a:b], sl[index array or bool mask] -> SampleList (subset, shares the buffers)
+        sl.subset(indices, labels=None) -> SampleList (optionally with new labels, `map_labels`)
+        sl.labels   int64 (N,)    sl.kinds  uint8 (N,) codes into KINDS    sl.kind_names() -> set of str
+        sl.path(i) -> Path        sl.rel_path(i) -> str (relative to sl.prefix, as the list wrote it)
+        sl.nbytes  bytes held (buffers shared by subsets counted in full)
+        SampleList.from_samples(samples, prefix='') -> SampleList (any Samples; paths under prefix kept short)
+    """
+
+    def __init__(self, prefix: str, buf: bytes, start: np.ndarray, length: np.ndarray, labels: np.ndarray,
+                 kinds: np.ndarray, extra: np.ndarray | None = None, pos: _Ragged | None = None,
+                 windows: _Ragged | None = None, scores: _Ragged | None = None):
+        self.prefix, self.buf = prefix, buf
+        self._start, self._length = start, length        # path i = buf[start[i]:start[i] + length[i]]
+        self.labels, self.kinds = labels, kinds          # int64 (N,), uint8 (N,)
+        self._extra = extra                              # int32 (N,): num_frames ('frames'), num_parts ('raw')
+        self._pos, self._windows, self._scores = pos, windows, scores   # ragged per-sample data, or None
+
+    # 1. sizes and subsets
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @property
+    def nbytes(self) -> int:
+        arrays = [self._start, self._length, self.labels, self.kinds, self._extra]
+        return len(self.buf) + sum(a.nbytes for a in arrays if a is not None) + \
+            sum(r.nbytes for r in (self._pos, self._windows, self._scores) if r is not None)
+
+    def subset(self, indices, labels: np.ndarray | None = None) -> SampleList:
+        """Samples `indices` (int array, any order, repeats allowed; or a bool mask), optionally relabelled."""
+        idx = np.asarray(indices)
+        idx = np.flatnonzero(idx) if idx.dtype == bool else idx.astype(np.int64).reshape(-1)
+        n = len(self)
+        if idx.size and (idx.min() < -n or idx.max() >= n):
+            raise IndexError(f'SampleList: index out of range [0, {n})')
+        idx = np.where(idx < 0, idx + n, idx)
+        new = self.labels[idx] if labels is None else np.asarray(labels, dtype=np.int64).reshape(-1)
+        if len(new) != len(idx):
+            raise ValueError(f'SampleList.subset: {len(new)} labels for {len(idx)} samples')
+        take = (lambda r: None if r is None else r.take(idx))
+        return SampleList(self.prefix, self.buf, self._start[idx], self._length[idx], new, self.kinds[idx],
+                          None if self._extra is None else self._extra[idx], take(self._pos),
+                          take(self._windows), take(self._scores))
+
+    # 2. one sample, built on demand
+    def rel_path(self, i: int) -> str:
+        a = int(self._start[i])
+        return self.buf[a:a + int(self._length[i])].decode('utf-8')
+
+    def path(self, i: int) -> Path:
+        return Path(self.prefix, self.rel_path(i)) if self.prefix else Path(self.rel_path(i))
+
+    def kind_names(self) -> set:
+        return {KINDS[k] for k in np.unique(self.kinds)}
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return self.subset(np.arange(len(self))[i])
+        if not isinstance(i, (int, np.integer)):
+            return self.subset(i)
+        n = len(self)
+        if not -n <= i < n:
+            raise IndexError(f'SampleList: index {i} out of range [0, {n})')
+        i = int(i) % n
+        kind = KINDS[self.kinds[i]]
+        s = Sample(self.path(i), int(self.labels[i]), kind)
+        if kind == 'frames':
+            s.num_frames = int(self._extra[i])
+        elif kind == 'raw':
+            s.num_parts = int(self._extra[i])
+            s.pos_clips = tuple(int(p) for p in self._pos.get(i)[0])
+        elif kind == 'windows':
+            flat = self._windows.get(i)[0]
+            s.windows = tuple((float(flat[k]), float(flat[k + 1])) for k in range(0, len(flat), 2))
+        if self._scores is not None:
+            got = self._scores.get(i)
+            if got is not None:
+                frames, scores, threshold = got
+                s.frame_scores = FrameScores(tuple(int(f) for f in frames), tuple(float(x) for x in scores),
+                                             float(threshold))
+        return s
+
+    def __iter__(self):
+        return (self[i] for i in range(len(self)))
+
+    def __repr__(self) -> str:
+        return f'SampleList({len(self)} samples under {self.prefix!r}, {self.nbytes} bytes)'
+
+    # 3. building
+    @classmethod
+    def from_samples(cls, samples: Sequence[Sample], prefix: str | Path = '') -> SampleList:
+        """Compact copy of `Sample`s; paths under `prefix` are stored relative to it (all others: whole)."""
+        samples = list(samples)
+        prefix = str(prefix) if str(prefix) not in ('', '.') else ''
+        rels = []
+        for s in samples:
+            full = str(s.path)
+            rel = full[len(prefix) + 1:] if prefix and full.startswith(prefix + '/') else full
+            if prefix and not full.startswith(prefix + '/') and not Path(full).is_absolute():
+                return cls.from_samples(samples, '')   # a path outside the prefix: keep whole paths
+            rels.append(rel)
+        enc = [r.encode('utf-8') for r in rels]
+        lengths = np.array([len(e) for e in enc], dtype=np.int64)
+        start = np.zeros(len(enc), dtype=np.int64)
+        np.cumsum(lengths[:-1], out=start[1:]) if len(enc) > 1 else None
+        kinds = np.array([KINDS.index(s.kind) for s in samples], dtype=np.uint8)
+        extra = np.array([(s.num_frames if s.kind == 'frames' else s.num_parts if s.kind == 'raw' else 0) or 0
+                          for s in samples], dtype=np.int64)
+        rows = lambda pred: [i for i, s in enumerate(samples) if pred(s)]
+        raw, win = rows(lambda s: s.kind == 'raw'), rows(lambda s: s.kind == 'windows')
+        sc = rows(lambda s: s.frame_scores is not None)
+        return cls(prefix, b''.join(enc), *_narrow(start, lengths),
+                   np.array([s.label for s in samples], dtype=np.int64), kinds,
+                   _int32(extra) if extra.any() else None,
+                   _Ragged.build(raw, [[samples[i].pos_clips] for i in raw], (np.int32,)),
+                   _Ragged.build(win, [[[x for w in samples[i].windows for x in w]] for i in win], (np.float64,)),
+                   _Ragged.build(sc, [[samples[i].frame_scores.frames, samples[i].frame_scores.scores]
+                                      for i in sc], (np.int32, np.float32),
+                                 [samples[i].frame_scores.threshold for i in sc]))
+
+    def with_frame_scores(self, table: dict[str, FrameScores]) -> SampleList:
+        """Attach a sidecar's entries (keys: list paths relative to the prefix, Sec. 3.5) to their samples."""
+        if not table:
+            return self
+        base = Path(self.prefix)
+        rows = []
+        for i in range(len(self)):
+            p = self.path(i)
+            try:
+                key = p.relative_to(base).as_posix()
+            except ValueError:
+                key = Path(os.path.relpath(p, base)).as_posix()
+            if key in table:
+                rows.append((i, table[key]))
+        scores = _Ragged.build([i for i, _ in rows], [[f.frames, f.scores] for _, f in rows],
+                               (np.int32, np.float32), [f.threshold for _, f in rows])
+        return SampleList(self.prefix, self.buf, self._start, self._length, self.labels, self.kinds, self._extra,
+                          self._pos, self._windows, scores)
+
+
+class _Ragged:
+    """Variable-length data of some samples of a SampleList, flat: sample rows[k] (sorted) owns entry ptr[k],
+    whose values are values[j][off[e]:off[e + 1]] (parallel arrays) and scalar[e]. Subsets share off/values."""
+
+    def __init__(self, rows, ptr, off, values, scalar=None):
+        self.rows, self.ptr, self.off, self.values, self.scalar = rows, ptr, off, values, scalar
+
+    @classmethod
+    def build(cls, rows: list[int], seqs: list[list], dtypes: tuple, scalars: list | None = None):
+        if not rows:
+            return None
+        lengths = np.array([len(v[0]) for v in seqs], dtype=np.int64)
+        off = np.zeros(len(rows) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=off[1:])
+        values = tuple(np.array([x for v in seqs for x in v[j]], dtype=dt).reshape(-1)
+                       for j, dt in enumerate(dtypes))
+        return cls(np.array(rows, dtype=np.int64), np.arange(len(rows), dtype=np.int64), off, values,
+                   None if scalars is None else np.array(scalars, dtype=np.float64))
+
+    @property
+    def nbytes(self) -> int:
+        return sum(a.nbytes for a in (self.rows, self.ptr, self.off, *self.values) if a is not None) + \
+            (0 if self.scalar is None else self.scalar.nbytes)
+
+    def get(self, i: int):
+        """(values..., [scalar]) of sample i, or None."""
+        k = int(np.searchsorted(self.rows, i))
+        if k >= len(self.rows) or self.rows[k] != i:
+            return None
+        e = int(self.ptr[k])
+        a, b = int(self.off[e]), int(self.off[e + 1])
+        got = tuple(v[a:b] for v in self.values)
+        return got if self.scalar is None else (*got, self.scalar[e])
+
+    def take(self, idx: np.ndarray):
+        """The ragged data of the subset idx (new sample k = old sample idx[k])."""
+        if not len(self.rows) or not len(idx):
+            return None
+        k = np.minimum(np.searchsorted(self.rows, idx), len(self.rows) - 1)
+        has = self.rows[k] == idx
+        if not has.any():
+            return None
+        return _Ragged(np.flatnonzero(has), self.ptr[k[has]], self.off, self.values, self.scalar)
+
+
+def read_list(list_file: str | Path, prefix: str | Path, num_classes: int) -> SampleList:
+    """Parse an MMAction2 annotation list (.txt lines or .json dicts) into a compact `SampleList`.
+
+    Same samples, errors and rules as `read_list_samples` (the reference per-line parser), but a .txt list
+    is parsed as one bytes buffer: the dominant 'PATH LABEL' lines (printable ASCII, one space, a media
+    extension, a decimal label) are split and checked with numpy, vectorised; every other line (frame
+    folders, raw pieces, windows, comments, tabs, non-ASCII, anything malformed) goes through the per-line
+    parser, which raises the one-line 'FILE:LINE: ...' errors. The paths stay in the file's buffer.
+    """
+    list_file, prefix = Path(list_file), Path(prefix)
+    if not list_file.is_file():
+        raise FileNotFoundError(f'annotation list {list_file} not found')
+    if list_file.suffix.lower() == '.json':
+        samples = SampleList.from_samples(read_list_samples(list_file, prefix, num_classes), prefix)
+    else:
+        samples = _read_text_list(list_file, prefix, num_classes)
+    side = frame_scores_path(list_file)
+    if side.is_file() and list_file.suffix.lower() != '.json':
+        samples = samples.with_frame_scores(read_frame_scores(side))
+    return samples
+
+
+def read_list_samples(list_file: str | Path, prefix: str | Path, num_classes: int) -> list[Sample]:
+    """Reference parser: an MMAction2 annotation list (.txt lines or .json dicts) -> list of `Sample`s.
 
     Errors are one line naming the file and line (entry) and what was expected. Labels must lie in
     [0, num_classes). Blank lines and lines starting with '#' are skipped. Raw videos without
     positive pieces are skipped (MMAction2 RawVideoDataset, sampling_strategy='positive').
+    One Python object per sample: use `read_list` (same samples, compact) for real lists.
     """
     list_file, prefix = Path(list_file), Path(prefix)
     if not list_file.is_file():
@@ -517,6 +757,34 @@ def load_split(spec: DatasetSpec, split: str) -> list[Sample]:
     return read_list(s.list_file, s.prefix, len(spec.classes))
 
 
+def map_labels(samples, source_classes: Sequence[str], target_classes: Sequence[str], source: str):
+    """Translate a source's labels into the target's label space by class name -> (samples, num_left_out).
+
+    Label l of the source (class `source_classes[l]`) becomes the target label of the class with the same
+    name (compared case-insensitively, '_' as ' ', runs of spaces as one: 'air_drumming' = 'Air drumming'),
+    so K200's 200 web classes land on their places among K400's 400. Samples whose class is not a class of
+    the target are left out; their number is returned. `samples`: a `SampleList` (what `load_split` gives;
+    the result is one too, sharing nothing per sample) or a list of `Sample`s. `source` names the source
+    in the one-line ValueError raised when no class name is shared (e.g. '--aux gg').
+    """
+    index = {}
+    for i, name in enumerate(target_classes):
+        index.setdefault(_class_key(name), i)
+    table = np.array([index.get(_class_key(n), -1) for n in source_classes], dtype=np.int64)
+    if not (table >= 0).any():
+        raise ValueError(f'{source}: none of its {len(source_classes)} classes ({_preview(source_classes)}) '
+                         f'is a class of the target ({_preview(target_classes)})')
+    labels = _labels_of(samples)
+    if labels.size and not (0 <= labels.min() and labels.max() < len(source_classes)):
+        bad = int(labels[(labels < 0) | (labels >= len(source_classes))][0])
+        raise ValueError(f'{source}: label {bad} is outside its {len(source_classes)} classes')
+    mapped = table[labels]
+    keep = np.flatnonzero(mapped >= 0)
+    if isinstance(samples, SampleList):
+        return samples.subset(keep, labels=mapped[keep]), len(labels) - len(keep)
+    return [dataclasses.replace(samples[i], label=int(mapped[i])) for i in keep], len(labels) - len(keep)
+
+
 # =====================================================================================
 # 5. Dataset
 # =====================================================================================
@@ -574,23 +842,35 @@ class VideoDataset(torch.utils.data.Dataset):
         self.snippet = snippet if sampling.clip_len == 1 else None
         if self.snippet is not None:
             _check_snippet(self.snippet, sampling.num_clips)
-        self.samples, self.sampling, self.test_mode = list(samples), sampling, test_mode
+        self.samples, self.sampling, self.test_mode = samples, sampling, test_mode
         self.transform, self.image_to_clip, self.seed = transform, image_to_clip, seed
         # the epoch lives in shared memory too: persistent DataLoader workers see set_epoch's value
         self._epoch = torch.zeros(1, dtype=torch.int64).share_memory_()
         self._transform_rng = transform is not None and _takes_rng(transform)
         self._image_rng = _takes_rng(image_to_clip)
         self._image_label = _takes(image_to_clip, 'label')   # class-specific camera motion (Table 8)
-        self._failed = torch.zeros(1, dtype=torch.int64).share_memory_()   # seen by every worker
         self.failed_paths: list[str] = []
         self.num_replaced = 0
         self._bad: dict[int, str] = {}         # index -> error message, this process
         self._counts: dict[str, int] = {}      # video path -> frame count cache
 
     @property
+    def samples(self) -> SampleList:
+        """The samples as a compact `SampleList` (a list of `Sample`s assigned here is converted)."""
+        return self._samples
+
+    @samples.setter
+    def samples(self, samples) -> None:
+        self._samples = samples if isinstance(samples, SampleList) else SampleList.from_samples(samples)
+        # one byte per sample in shared memory, set (never incremented) by whichever process fails to read it:
+        # a plain store, so DataLoader workers cannot lose each other's updates, and a sample counts once
+        if getattr(self, '_failed', None) is None or len(self._failed) != len(self._samples):
+            self._failed = torch.zeros(len(self._samples), dtype=torch.uint8).share_memory_()
+
+    @property
     def num_failed(self) -> int:
-        """Failed reads over this process and its DataLoader workers (a sample counts once per process)."""
-        return int(self._failed.item())
+        """Samples that failed to load in this process or any of its DataLoader workers, each counted once."""
+        return int(torch.count_nonzero(self._failed))
 
     @property
     def epoch(self) -> int:
@@ -629,33 +909,33 @@ class VideoDataset(torch.utils.data.Dataset):
         stride = _coprime_stride(n)
         for k in range(n):
             j = (index + k * stride) % n
-            if j in self._bad:
+            if j in self._bad or self._failed[j]:   # known bad here, or in another worker
                 continue
-            rng = self._rng(j)
+            rng, sample = self._rng(j), self.samples[j]
             try:   # only reading is guarded: errors of image_to_clip / transform are bugs, raised
-                frames = self._load_sample(self.samples[j], rng)
+                frames = self._load_sample(sample, rng)
             except Exception as err:   # PyAV, Pillow and the OS raise many unrelated types
                 self._record_failure(j, err)
                 continue
-            if self.samples[j].kind == 'image':   # Sec. 3.5: image (H, W, 3) -> clip (T, H, W, 3)
+            if sample.kind == 'image':   # Sec. 3.5: image (H, W, 3) -> clip (T, H, W, 3)
                 kw = {'rng': rng} if self._image_rng else {}
                 if self._image_label:
-                    kw['label'] = self.samples[j].label
+                    kw['label'] = sample.label
                 frames = np.asarray(self.image_to_clip(frames, self.sampling.num_frames, **kw),
                                     dtype=np.uint8)
             self.num_replaced += int(j != index)
-            return frames, self.samples[j].label, j, rng
+            return frames, sample.label, j, rng
         first = self.failed_paths[0] if self.failed_paths else '?'
         raise RuntimeError(f'VideoDataset: all {n} samples failed to load (first: {first}: '
                            f'{next(iter(self._bad.values()), "?")})')
 
     def _record_failure(self, j: int, err: Exception) -> None:
-        path = str(self.samples[j].path)
+        path = str(self.samples.path(j))
         self._bad[j] = f'{type(err).__name__}: {err}'
         self.failed_paths.append(path)
-        self._failed += 1
-        logger.warning('failed to load %s (%s); it is replaced by another sample (%d failed so far '
-                       'in this process)', path, self._bad[j], len(self.failed_paths))
+        self._failed[j] = 1
+        logger.warning('failed to load %s (%s); it is replaced by another sample (%d failed so far)',
+                       path, self._bad[j], self.num_failed)
 
     def _load_sample(self, s: Sample, rng: np.random.Generator) -> np.ndarray:
         """Decode one sample: frames uint8 `(clip_len * num_clips, H, W, 3)`, an image `(H, W, 3)`."""
@@ -668,25 +948,36 @@ class VideoDataset(torch.utils.data.Dataset):
             fs = s.frame_scores
             pos = self.snippet(np.asarray(fs.scores), s.label, rng=rng, threshold=fs.threshold)
             return read_frames(s.path, np.asarray(fs.frames)[np.asarray(pos, dtype=np.int64)])
-        path = s.path
+        path, window = s.path, None
         if s.kind == 'raw':
             part = s.pos_clips[0] if self.test_mode else int(rng.choice(s.pos_clips))
             path = s.path / PART_TMPL.format(part)
-        return self._load_video(path, rng)
+        elif s.kind == 'windows':   # Sec. 3.5, 3D students: one positive window of the untrimmed video
+            window = s.windows[0] if self.test_mode else s.windows[int(rng.integers(len(s.windows)))]
+        return self._load_video(path, rng, window)
 
-    def _load_video(self, path: Path, rng: np.random.Generator) -> np.ndarray:
-        """Count (cached per path), sample and decode a video with one open container."""
+    def _load_video(self, path: Path, rng: np.random.Generator, window: tuple | None = None) -> np.ndarray:
+        """Count (cached per path), sample and decode a video with one open container.
+
+        window (start, end) seconds: sample over the frames k with start <= k / fps < end (`window_frames`)
+        only, decoded from the whole file with seeking (absolute frame indices).
+        """
         key = str(path)
         with _open_video(path) as (container, stream):
             if key not in self._counts:
                 self._counts[key] = _count_video_frames(container, stream)
+            first, stop = (0, self._counts[key]) if window is None else \
+                window_frames(window, float(_stream_rate(path, stream)), self._counts[key], path)
             try:
-                return _decode_video(container, stream, path, self._sample(self._counts[key], rng))
+                return _decode_video(container, stream, path, first + self._sample(stop - first, rng))
             except VideoTooShortError as err:   # the container's frame count was optimistic
                 true_count = err.num_frames
                 if true_count < 1:
                     raise
         self._counts[key] = true_count
+        if window is not None:
+            first, stop = window_frames(window, video_fps(path), true_count, path)
+            return read_frames(path, first + self._sample(stop - first, rng))
         return read_frames(path, self._sample(true_count, rng))
 
     def _sample(self, num_frames: int, rng: np.random.Generator) -> np.ndarray:
@@ -962,14 +1253,135 @@ def _count_folder_frames(folder: Path) -> int:
 # Helpers: annotation lists and layouts
 # =====================================================================================
 
+def _read_text_list(list_file: Path, prefix: Path, num_classes: int) -> SampleList:
+    """A .txt list -> SampleList: numpy fast path for 'PATH LABEL' lines, `_parse_line` for the rest."""
+    buf = list_file.read_bytes()
+    if not buf.strip():
+        raise ValueError(f'{list_file}: no samples (empty annotation list)')
+    if not buf.endswith(b'\n'):
+        buf += b'\n'
+    a = np.frombuffer(buf, dtype=np.uint8)
+    # 1. lines: [starts, ends) with ends at the newlines; the spaces and the other non-printable bytes
+    ends = np.flatnonzero(a == 10)
+    starts = np.concatenate(([0], ends[:-1] + 1)).astype(np.int64)
+    spaces = np.flatnonzero(a == 32)
+    other = np.flatnonzero(((a < 32) & (a != 10)) | (a > 126))   # tabs, CR, non-ASCII: per-line parser
+    if other.size and _exotic_breaks(buf, a, other):   # str.splitlines() would number the lines otherwise
+        return SampleList.from_samples(read_list_samples(list_file, prefix, num_classes), prefix)
+    n_sp = np.searchsorted(spaces, ends) - np.searchsorted(spaces, starts)
+    first_sp = spaces[np.minimum(np.searchsorted(spaces, starts), max(len(spaces) - 1, 0))] if len(spaces) \
+        else starts
+    fast = (n_sp == 1) & (np.searchsorted(other, ends) == np.searchsorted(other, starts))
+    fast &= (a[np.minimum(starts, len(a) - 1)] != ord('#')) & (a[np.minimum(starts, len(a) - 1)] != ord('.'))
+    lab_len = ends - first_sp - 1
+    fast &= (first_sp > starts) & (lab_len >= 1) & (lab_len <= 9)
+    cand = np.flatnonzero(fast)
+    st, sp, en = starts[cand], first_sp[cand], ends[cand]
+    # 2. the label: 1-9 decimal digits after the space, below num_classes
+    label, ok = np.zeros(len(cand), dtype=np.int64), np.ones(len(cand), dtype=bool)
+    for k in range(9):
+        inside = k < en - sp - 1
+        d = a[np.minimum(sp + 1 + k, en - 1)].astype(np.int64) - 48
+        ok &= ~inside | ((d >= 0) & (d <= 9))
+        label = np.where(inside, label * 10 + d, label)
+    ok &= label < num_classes
+    # 3. the kind from the extension (last 5 bytes, ASCII lower case): image, video, untrimmed/ video
+    tail = np.zeros(len(cand), dtype=np.uint64)
+    for j in range(1, 6):
+        b = a[np.maximum(sp - j, 0)].astype(np.uint64)
+        b = np.where((b >= 65) & (b <= 90), b + 32, b)
+        tail |= np.where(sp - j >= st, b, 0).astype(np.uint64) << np.uint64(8 * (j - 1))
+    kind = np.full(len(cand), 255, dtype=np.uint8)
+    for ext in VIDEO_EXTS + IMAGE_EXTS:
+        m = len(ext)
+        code = np.uint64(int.from_bytes(ext.encode()[::-1], 'big'))
+        before = a[np.maximum(sp - m - 1, 0)]
+        hit = ((tail & np.uint64((1 << 8 * m) - 1)) == code) & (sp - m - 1 >= st) & (before != 47) & \
+            (before != 46) & (kind == 255)
+        kind[hit] = KINDS.index('image') if ext in IMAGE_EXTS else KINDS.index('video')
+    video = np.flatnonzero(kind == 0)
+    if len(video):
+        lead = a[np.minimum(st[video, None] + np.arange(10), len(a) - 1)]
+        untr = (lead == np.frombuffer(b'untrimmed/', dtype=np.uint8)).all(axis=1) & (sp[video] - st[video] > 10)
+        kind[video[untr]] = KINDS.index('untrimmed')
+    ok &= kind != 255
+    fast_lines = cand[ok]
+    # 4. every other line through the per-line parser (errors: FILE:LINE); blank and '#' lines skipped
+    slow_mask = np.ones(len(ends), dtype=bool)
+    slow_mask[fast_lines] = False
+    slow_lines, slow = [], []
+    for ln in np.flatnonzero(slow_mask):
+        raw = buf[starts[ln]:ends[ln]]
+        try:
+            line = raw.decode('utf-8')
+        except UnicodeDecodeError as err:
+            raise ValueError(f'{list_file}:{ln + 1}: not UTF-8 text ({err.reason})') from None
+        if line.strip() and not line.lstrip().startswith('#'):
+            fields = line.split()
+            slow.append((fields[0], _parse_line(fields, f'{list_file}:{ln + 1}', prefix, num_classes)))
+            slow_lines.append(ln)
+    if not len(fast_lines) and not slow:
+        raise ValueError(f'{list_file}: no samples (empty annotation list)')
+    # 5. merge both in line order; slow paths are appended to the buffer
+    extra = SampleList.from_samples([smp for _, smp in slow], '')
+    rel = [r.encode('utf-8') for r, _ in slow]
+    rel_len = np.array([len(r) for r in rel], dtype=np.int64)
+    rel_start = len(buf) + np.concatenate(([0], np.cumsum(rel_len)[:-1])).astype(np.int64) if slow else rel_len
+    order = np.argsort(np.concatenate((fast_lines, np.array(slow_lines, dtype=np.int64))), kind='stable')
+    nf = len(fast_lines)
+    start = np.concatenate((starts[fast_lines], rel_start))[order]
+    length = np.concatenate((first_sp[fast_lines] - starts[fast_lines], rel_len))[order]
+    labels = np.concatenate((label[ok], extra.labels if slow else np.zeros(0, np.int64)))[order]
+    kinds = np.concatenate((kind[ok], extra.kinds if slow else np.zeros(0, np.uint8)))[order]
+    ex = None
+    if slow and extra._extra is not None:
+        ex = _int32(np.concatenate((np.zeros(nf, dtype=np.int64), extra._extra))[order])
+    # ragged data of the slow samples: their rows move from k (in `extra`) to inv[nf + k]
+    inv = np.empty(len(order), dtype=np.int64)
+    inv[order] = np.arange(len(order))
+    shift = (lambda r: None if r is None else _Ragged(inv[nf + r.rows], r.ptr, r.off, r.values, r.scalar))
+    return SampleList(str(prefix), buf + b''.join(rel), *_narrow(start, length), labels, kinds, ex,
+                      shift(extra._pos), shift(extra._windows))
+
+
+def _exotic_breaks(buf: bytes, a: np.ndarray, other: np.ndarray) -> bool:
+    """Whether str.splitlines() breaks lines where b'\n' does not (lone CR, VT, FF, FS/GS/RS, NEL, LS, PS)."""
+    o = a[other]
+    if np.isin(o, (11, 12, 28, 29, 30)).any():
+        return True
+    cr = other[o == 13]
+    if cr.size and (a[np.minimum(cr + 1, len(a) - 1)] != 10).any():
+        return True
+    if (o > 127).any():
+        text = buf.decode('utf-8', errors='replace')
+        return any(c in text for c in '\x85\u2028\u2029')
+    return False
+
+
+def _narrow(start: np.ndarray, length: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Path starts as uint32 (buffers < 4 GiB) and lengths as uint16 (< 64 KiB) when they fit."""
+    start = start.astype(np.uint32) if not len(start) or start.max() < 2 ** 32 else start.astype(np.int64)
+    length = length.astype(np.uint16) if not len(length) or length.max() < 2 ** 16 else length.astype(np.int32)
+    return start, length
+
+
+def _int32(x: np.ndarray) -> np.ndarray:
+    return x.astype(np.int32)
+
+
 def _parse_line(fields: list[str], where: str, prefix: Path, num_classes: int) -> Sample:
     """One list line -> Sample; the kind follows from the extension and the field count."""
     suffix = Path(fields[0]).suffix.lower()
+    if suffix in VIDEO_EXTS and len(fields) >= 3 and all(':' in f for f in fields[2:]):
+        # 1a. windows of an untrimmed video: 'PATH LABEL START:END [START:END ...]' (seconds, Sec. 3.5)
+        windows = tuple(_parse_window(f, where) for f in fields[2:])
+        return Sample(prefix / fields[0], _parse_label(fields[1], where, num_classes), 'windows', windows=windows)
     if suffix in VIDEO_EXTS or suffix in IMAGE_EXTS:
-        # 1. media file: 'PATH LABEL'
+        # 1b. media file: 'PATH LABEL'
         if len(fields) != 2:
-            raise ValueError(f"{where}: expected 'PATH LABEL' for a {suffix} file, got {len(fields)} "
-                             f'fields (multi-label lines are not supported)')
+            raise ValueError(f"{where}: expected 'PATH LABEL' for a {suffix} file, got {len(fields)} fields "
+                             f'(multi-label lines are not supported'
+                             + ("; windows: 'PATH LABEL START:END...' in seconds)" if suffix in VIDEO_EXTS else ')'))
         label = _parse_label(fields[1], where, num_classes)
         if suffix in IMAGE_EXTS:
             kind = 'image'
@@ -1016,11 +1428,28 @@ def _read_json_list(list_file: Path, prefix: Path, num_classes: int) -> list[Sam
         elif 'frame_dir' in e:
             total = _parse_int(e.get('total_frames'), where, 'total_frames', 1)
             samples.append(Sample(prefix / e['frame_dir'], label, 'frames', num_frames=total))
+        elif 'filename' in e and 'windows' in e:
+            wins = e['windows']
+            if not isinstance(wins, list) or not wins or not all(isinstance(w, list) and len(w) == 2 for w in wins):
+                raise ValueError(f'{where}: "windows" must be a non-empty list of [START, END] pairs in seconds')
+            samples.append(_parse_line([str(e['filename']), str(label), *(f'{a}:{b}' for a, b in wins)], where,
+                                       prefix, num_classes))
         elif 'filename' in e:
             samples.append(_parse_line([str(e['filename']), str(label)], where, prefix, num_classes))
         else:
             raise ValueError(f'{where}: expected one of the keys "video_dir", "filename", "frame_dir"')
     return samples
+
+
+def _parse_window(text: str, where: str) -> tuple[float, float]:
+    """'START:END' seconds -> (start, end) floats with 0 <= start < end, else a one-line ValueError."""
+    try:
+        start, end = (float(x) for x in str(text).split(':'))
+    except ValueError:
+        start = end = math.nan
+    if not (math.isfinite(start) and math.isfinite(end) and 0 <= start < end):
+        raise ValueError(f'{where}: window {text!r}: expected START:END in seconds with 0 <= START < END')
+    return start, end
 
 
 def _parse_int(value, where: str, what: str, minimum: int) -> int:
@@ -1065,6 +1494,22 @@ def _attach_frame_scores(samples: list[Sample], list_file: Path, prefix: Path) -
             key = Path(os.path.relpath(s.path, prefix)).as_posix()
         if key in table:
             s.frame_scores = table[key]
+
+
+def _class_key(name: str) -> str:
+    """Class name as `map_labels` compares it: lower case, '_' as ' ', single spaces."""
+    return ' '.join(str(name).replace('_', ' ').split()).lower()
+
+
+def _preview(names: Sequence[str], n: int = 4) -> str:
+    return ', '.join(list(names)[:n]) + (', ...' if len(names) > n else '')
+
+
+def _labels_of(samples) -> np.ndarray:
+    """int64 labels (N,) of a SampleList (its array) or a list of Samples."""
+    if isinstance(samples, SampleList):
+        return samples.labels
+    return np.array([s.label for s in samples], dtype=np.int64)
 
 
 def _resolve_plain(plain: Path, name: str, filtered: bool) -> DatasetSpec:
