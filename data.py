@@ -9,23 +9,33 @@ What this file implements (paper: Sec. 3.5 forms of web data, Sec. 4 datasets, a
    early stop, RGB conversion of the needed frames only); `read_frames_naive` decodes and converts
    every frame (reference and benchmark); `count_frames`. Frame folders (`img_00001.jpg`, 1-based)
    and still images are read with Pillow.
-3. Annotation lists in MMAction2's formats -> `Sample`s (`read_list`). One list may mix kinds; the
-   kind is read from each line (extension, field count; paths relative to the list's data prefix):
+3. Annotation lists in MMAction2's formats -> a compact `SampleList` (`read_list`: flat arrays, no Python
+   object per sample, so forked DataLoader workers share it; `read_list_samples` is the per-line reference
+   parser giving `Sample`s). One list may mix kinds; the kind is read from each line (extension, field
+   count; paths relative to the list's data prefix):
        videos/x.mp4 LABEL          'video'      trimmed clip (K400-tr, IG-vid)
        untrimmed/x.mp4 LABEL       'untrimmed'  long video; first path component 'untrimmed' (K400-untr)
        frames/x 300 LABEL          'frames'     frame folder and its frame count (img_00001.jpg ...)
        images/x.jpg LABEL          'image'      still web image (GG-k400, IG-img)
        dir LABEL NUM_PARTS POS...  'raw'        untrimmed video cut in 10-s pieces dir/part_0.mp4 ...
                                                 and the teacher's positive pieces (RawVideoDataset)
+       x.mp4 LABEL 10.000:20.000 40.000:50.000
+                                   'windows'    untrimmed video and the teacher's positive windows
+                                                START:END in seconds (one or more; Sec. 3.5, 3D students,
+                                                written by filter.py): decoded with seeking at training
+                                                time, frames k with START <= k / fps < END (`window_frames`)
    A `.json` list holds MMAction2's dicts (raw: video_dir/label/num_clips/positive_clip_inds;
-   video or image: filename/label; frames: frame_dir/total_frames/label).
+   video or image: filename/label; windows: filename/label/windows [[START, END], ...];
+   frames: frame_dir/total_frames/label).
+   `map_labels` translates a source's labels into a target's label space by class name.
 4. Datasets by name (`resolve_dataset`, `load_split`, `LAYOUTS`): a plain folder DATA_ROOT/NAME/
    (classes.txt, train.txt, val.txt) or the released layouts of the paper's datasets (Table 11).
 5. `VideoDataset`: a torch Dataset over samples of any kind; reproducible per-item randomness from
    (seed, epoch, index); a sample that fails to load is replaced by another one and counted.
 6. Untrimmed web videos (Sec. 3.5, Fig. 2 right; written by filter.py):
-   - 3D students: `cut_video` cuts a long video into 10-s pieces dir/part_N.mp4 with PyAV (re-encoded,
-     exact cuts), the 'raw' list kind above; `video_fps`.
+   - 3D students: the 'windows' list kind above (positive windows by time, no copy of the video); or
+     `cut_video` cuts a long video into 10-s pieces dir/part_N.mp4 with PyAV (re-encoded, exact cuts),
+     the 'raw' list kind above (MMAction2's RawVideoDataset layout); `video_fps`.
    - 2D students (TSN snippets, Table 14): a sidecar `<list stem>_frame_scores.json` next to a list
      (`frame_scores_path`) holds, per video line, the 1-FPS frame indices and the teacher's probability
      of the line's label at each (`FrameScores`, `read_frame_scores` / `write_frame_scores`).
@@ -745,8 +755,8 @@ def resolve_dataset(data_root: str | Path, name: str, filtered: bool = False) ->
     return _resolve_layout(data_root, name, filtered)
 
 
-def load_split(spec: DatasetSpec, split: str) -> list[Sample]:
-    """Read split `split` of a resolved dataset -> list of Samples (labels checked against classes)."""
+def load_split(spec: DatasetSpec, split: str) -> SampleList:
+    """Read split `split` of a resolved dataset -> compact `SampleList` (labels checked against classes)."""
     if split not in spec.splits:
         if spec.layout == 'plain':
             raise FileNotFoundError(f'dataset {spec.name}: list file {Path(spec.root) / (split + ".txt")} '
@@ -819,7 +829,10 @@ class VideoDataset(torch.utils.data.Dataset):
     changes them per epoch. Train: random sampling; test: MMAction2's deterministic test sampling.
     Kinds: video / untrimmed (sampled over the whole video), frames (folder, count from the list),
     image (`image_to_clip(image, clip_len * num_clips)`), raw (a random positive piece in training,
-    the first positive piece in testing; MMAction2 RawVideoDataset).
+    the first positive piece in testing; MMAction2 RawVideoDataset), windows (a random window in
+    training, the first in testing; sampled like a video over that window's frames only, decoded from
+    the untrimmed file with seeking). `samples`: a `SampleList` (kept as is: workers share it) or
+    `Sample`s (converted to one).
     Sec. 3.5 / Table 14: `snippet(scores (F,), label, rng=..., threshold=...) -> positions (num_clips,)`
     (e.g. `functools.partial(transforms.select_snippet, mode='1p2n')`) builds the TSN input of a
     sample that carries `frame_scores` (1-FPS frames of an untrimmed video, scored by filter.py's
@@ -827,9 +840,10 @@ class VideoDataset(torch.utils.data.Dataset):
     applies to TSN sampling (clip_len == 1) only; without it such samples are sampled like videos.
     A sample that fails to load (missing, empty, truncated, not a video, corrupt image) is replaced
     by another sample, chosen deterministically from the index; the returned index and label are
-    the replacement's. Failures are logged once per path per process (`failed_paths`, `num_replaced`)
-    and counted in `num_failed`, a counter in shared memory that the DataLoader workers all add to,
-    so the training log can report it.
+    the replacement's. Failures are logged once per path (`failed_paths`, `num_replaced`: this process)
+    and counted in `num_failed`: one byte per sample in shared memory that any process (DataLoader
+    workers included) sets when the sample fails, so each bad sample counts once, exactly, and the
+    other workers skip it without a second attempt or log line.
     """
 
     def __init__(self, samples: Sequence[Sample], sampling: Sampling, transform: Callable | None = None,
