@@ -156,7 +156,7 @@ def class_names(num_classes: int) -> list:
 
 
 def filtering_quality(data_root, filtered: str) -> dict | None:
-    """Precision / recall of filter.py's output `DATA_ROOT/FILTERED/report.json` against truth.json (the demo only).
+    """Precision / recall of filter.py's output `DATA_ROOT/FILTERED/samples.jsonl` against truth.json (the demo only).
 
     A kept sample is correct when its label (query or pseudo label) is the class its content really shows.
     precision = correct kept / kept; recall = correct kept / samples that could be kept correctly (query mode: those
@@ -174,7 +174,9 @@ def filtering_quality(data_root, filtered: str) -> dict | None:
         return None
     known = truth[report["source"]]
     query_mode = report["mode"] == "query"
-    rows = [(r, known[r["path"]]) for r in report["samples"] if r["path"] in known]
+    records = root / filtered / "samples.jsonl"   # filter.py's per-sample records, one JSON object a line
+    samples = [json.loads(line) for line in records.read_text().splitlines()] if records.exists() else report["samples"]
+    rows = [(r, known[r["path"]]) for r in samples if r["path"] in known]
     kept = [(r, t) for r, t in rows if r["status"] == "kept"]
     readable = [(r, t) for r, t in rows if r["status"] != "corrupt"]
     possible = sum(t["true_class"] is not None and (t["true_class"] == t["query"] or not query_mode) for _, t in rows)

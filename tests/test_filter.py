@@ -277,7 +277,8 @@ def test_untrimmed_3d_pieces(tmp_path):
     short = colour_video(web / 'untrimmed' / 'short.mp4', ['grey'] * 24, fps=2)
     samples = [data.Sample(long, 0, 'untrimmed'), data.Sample(short, 0, 'untrimmed')]
     out = tmp_path / 'out'
-    res = flt.filter_source(samples, [0, 0], [ColourTeacher(family='3d')], cfg(student='3d'), out, prefix=web)
+    res = flt.filter_source(samples, [0, 0], [ColourTeacher(family='3d')], cfg(student='3d', cut_pieces=True), out,
+                            prefix=web)
     assert res.lines == ['raw/untrimmed/long 0 3 1']
     parts = sorted((out / 'raw' / 'untrimmed' / 'long').iterdir())
     assert [p.name for p in parts] == ['part_0.mp4', 'part_1.mp4', 'part_2.mp4']
