@@ -142,23 +142,24 @@ class ClassResampler(torch.utils.data.Sampler):
     4. mode 'none': walk through random permutations of the source (each sample once per pass, the
        source "cycles"); otherwise draw with replacement from the weights.
     The draw is seeded by (seed, epoch, rank), so every rank draws its own stream (sharding a sampler
-    with replacement is drawing independently) and a resumed run draws the same samples.
+    with replacement is drawing independently) and a resumed run draws the same samples; `set_epoch`'s
+    `start` skips the epoch's first draws (a run resumed part-way through an epoch).
     """
 
     def __init__(self, labels, num_samples, resampling, seed=0, rank=0):
         self.labels = np.asarray(labels)
         self.num_samples = int(num_samples)
         self.resampling = resampling
-        self.seed, self.rank, self.epoch = seed, rank, 0
+        self.seed, self.rank, self.epoch, self.start = seed, rank, 0, 0
         counts = np.bincount(self.labels, minlength=self.labels.max() + 1 if len(self.labels) else 1)
         probs = resampling.class_probabilities(counts)
         self.weights = probs[self.labels] / counts[self.labels]                  # (num_samples_in_source,)
 
-    def set_epoch(self, epoch):
-        self.epoch = epoch
+    def set_epoch(self, epoch, start=0):
+        self.epoch, self.start = epoch, start
 
     def __len__(self):
-        return self.num_samples
+        return self.num_samples               # the whole epoch's, also when it starts part-way
 
     def __iter__(self):
         rng = np.random.default_rng([self.seed, self.epoch, self.rank, 7])
@@ -168,7 +169,7 @@ class ClassResampler(torch.utils.data.Sampler):
             order = np.concatenate([rng.permutation(n) for _ in range(passes)])[: self.num_samples]
         else:
             order = rng.choice(n, size=self.num_samples, replace=True, p=self.weights / self.weights.sum())
-        return iter(order.tolist())
+        return iter(order[self.start:].tolist())
 
 
 def mixup(clips, targets, alpha, rng):
@@ -192,8 +193,10 @@ class JointBatches:
     The epoch is defined by the target loader; the auxiliary loaders are sized by their samplers to
     yield exactly as many batches as the target loader (their ClassResampler draws steps x |B_Ai|
     indices per epoch), so an auxiliary source smaller than that cycles and a larger one is subsampled.
-    Yields (clips (B, C, T, H, W), labels (B,), sizes [|B_T|, |B_A1|, ...]) with the sources
-    concatenated in that order.
+    Yields ([clips_T, clips_A1, ...], [labels_T, labels_A1, ...], sizes [|B_T|, |B_A1|, ...]): one
+    (|B_i|, C, T, H, W) batch per source, NOT concatenated here. The training step copies each from its
+    loader's pinned memory to the device and concatenates them there in that order (a torch.cat on the
+    host would make an unpinned copy, and the copies to the device would wait for it).
     """
 
     def __init__(self, target_loader, aux_loaders):
@@ -212,7 +215,7 @@ class JointBatches:
                 parts.append(aux_clips)
                 targets.append(aux_labels)
                 sizes.append(aux_clips.shape[0])
-            yield torch.cat(parts), torch.cat(targets), sizes
+            yield parts, targets, sizes
 
 
 # --------------------------------------------------------------------------------------------------

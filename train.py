@@ -125,7 +125,11 @@ def get_args_parser():
     g = p.add_argument_group("run")
     g.add_argument("--work-dir", default=None, help="output folder (default work_dirs/TARGET_ARCH)")
     g.add_argument("--resume", action="store_true", help="continue from WORK_DIR/latest.pth (weights, optimiser, "
-                   "schedule position and RNG state)")
+                   "schedule position, every rank's RNG states): the same command plus --resume, after a crash or "
+                   "kill -9 at any moment, ends with the weights and metrics of an uninterrupted run")
+    g.add_argument("--save-every", type=int, default=0, metavar="N", help="also write latest.pth every N optimiser "
+                   "steps inside an epoch (0: at the end of every epoch only); --resume continues from that step "
+                   "with the same batches and random state")
     g.add_argument("--test", action="store_true", help="only evaluate --checkpoint with the test protocol")
     g.add_argument("--test-clips", type=int, default=None, help="test clips (3D) or segments (TSN) per video "
                    "(default: the arch's, 10 for SlowOnly, 25 for TSN)")
@@ -136,6 +140,20 @@ def get_args_parser():
                    "per run, so short epochs of small datasets are not dominated by validation)")
     g.add_argument("--log-interval", type=int, default=20, help="steps between log lines")
     g.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
+    g = p.add_argument_group("speed (same results, less time; README 'Speed')")
+    g.add_argument("--amp", choices=("none", "bf16", "fp16"), default=None, help="mixed precision of the forward "
+                   "and backward passes (torch.autocast on the run's device), also in evaluation; fp16 adds "
+                   "loss scaling (gradients unscaled before --clip-grad). Default: bf16 on a GPU that supports it, "
+                   "otherwise none (see `default_amp`)")
+    g.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None, help="channels-last "
+                   "memory layout of weights and input (channels_last for TSN, channels_last_3d for 3D nets). "
+                   "Default: on for CUDA, off on CPU (see `default_channels_last`)")
+    g.add_argument("--compile", action="store_true", help="torch.compile the training model (minutes of "
+                   "compilation at start, then faster steps on GPUs)")
+    g.add_argument("--eval-batch-size", type=int, default=None, help="videos per evaluation batch, every view of "
+                   "each in one forward (default: --batch-size)")
+    g.add_argument("--dump-probs", action="store_true", help="with --test: predictions.jsonl also holds every "
+                   "video's full class-probability vector (as MMAction2's --dump)")
     return p
 
 
@@ -150,20 +168,23 @@ class Run:
     model: torch.nn.Module          # the DDP-wrapped model when distributed
     net: torch.nn.Module            # the bare model (for checkpoints and evaluation)
     classes: list
-    optimizer: torch.optim.Optimizer
-    schedule: "Schedule"
-    loader: omnisource.JointBatches
-    val_loader: torch.utils.data.DataLoader
+    optimizer: torch.optim.Optimizer | None         # None with --test / --export-mmaction (nothing is trained)
+    schedule: "Schedule | None"
+    loader: omnisource.JointBatches | None
+    val_loader: torch.utils.data.DataLoader | None
     source_names: list
     datasets: list
     device: torch.device
     rank: int = 0
     world: int = 1
     start_epoch: int = 0
+    start_step: int = 0             # optimiser steps already done in epoch start_epoch (a mid-epoch latest.pth)
+    resumed_meters: list = field(default_factory=list)   # that checkpoint's meter sums (train_one_epoch restores)
     best_top1: float = -1.0
     val_every: int = 1
     freeze_bn: bool = False
     rng: np.random.Generator = field(default_factory=np.random.default_rng)
+    scaler: torch.amp.GradScaler | None = None      # --amp fp16 loss scaling (made by the first epoch)
 
 
 def main(args):
@@ -177,26 +198,38 @@ def main(args):
     if args.test:
         return final_test(run)
     for epoch in range(run.start_epoch, run.schedule.epochs):
-        stats = train_one_epoch(run, epoch)
+        stats = train_one_epoch(run, epoch, first_step=run.start_step if epoch == run.start_epoch else 0)
         if (epoch + 1) % run.val_every == 0 or epoch + 1 == run.schedule.epochs:
             stats["val"] = evaluate(run, run.val_loader, quick=True)
             stats["val"].pop("confusion_matrix")
             if stats["val"]["top1"] > run.best_top1:
                 run.best_top1 = stats["val"]["top1"]
-                save_checkpoint(run, epoch, "best.pth")
-        save_checkpoint(run, epoch, "latest.pth")
+                save_checkpoint(run, "best.pth", epoch + 1)
+        # the epoch's log line before latest.pth, which records how long log.jsonl was: a run killed in between
+        # repeats the epoch and --resume first cuts the log back, so every line is written once
         log_line(run, dict(kind="epoch", epoch=epoch + 1, **stats))
+        save_checkpoint(run, "latest.pth", epoch + 1)
     return final_test(run)
 
 
 def setup(args, rank, world, device):
-    """Datasets, model, optimiser, schedule, loaders; then --resume / --checkpoint."""
+    """Datasets, model, optimiser, schedule, loaders; then --resume / --checkpoint.
+
+    With --test or --export-mmaction only the model is built: they read the val split or the checkpoint,
+    never the training lists.
+    """
     target = data.resolve_dataset(args.data_root, args.target)
     classes = target.classes
+    # 1. the initial weights: seeded by --seed alone, the same on every rank
     random.seed(args.seed)
-    torch.manual_seed(args.seed)                   # model init and dropout
+    torch.manual_seed(args.seed)
     model = build(args, len(classes), device)
     spec = model.spec
+    # 2. then each rank its own random streams (dropout, python's random; mixup's run.rng below), so ranks do
+    #    not draw identical dropout masks
+    seed_rank(args.seed, rank)
+    if args.test or args.export_mmaction:
+        return Run(args, model, model, classes, None, None, None, None, [args.target], [], device, rank, world)
     train_ds = make_dataset(args, target, "train", spec, test_mode=False)
     if args.label_fraction < 1.0:
         train_ds.samples = label_fraction(train_ds.samples, args.label_fraction, args.seed)
@@ -219,14 +252,21 @@ def setup(args, rank, world, device):
     if world > 1:
         model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
+    if args.compile:                                # --compile: the training model only; run.net stays bare
+        model = torch.compile(model)
     run = Run(args, model, net, classes, optimizer, schedule, loader, val_loader,
               [args.target] + split_names(args.aux), [train_ds] + aux, device, rank, world,
               rng=np.random.default_rng([args.seed, rank, 3]),
               val_every=args.val_every or max(1, schedule.epochs // 10), freeze_bn=freeze_bn)
-    if args.resume:
-        load_checkpoint(run, Path(args.work_dir) / "latest.pth", full=True)
-    elif args.checkpoint and not args.test:
-        load_checkpoint(run, Path(args.checkpoint), full=False)      # also before --export-mmaction
+    latest = Path(args.work_dir) / "latest.pth"
+    if args.resume and latest.exists():
+        load_checkpoint(run, latest, full=True)
+    else:
+        if args.resume and rank == 0:               # killed before its first checkpoint: the run starts over
+            print(f"--resume: no {latest} yet, starting from the beginning", flush=True)
+            (Path(args.work_dir) / "log.jsonl").unlink(missing_ok=True)
+        if args.checkpoint:
+            load_checkpoint(run, Path(args.checkpoint), full=False)
     if rank == 0:
         Path(args.work_dir).mkdir(parents=True, exist_ok=True)
         print(f"{args.arch} on {args.target} ({len(classes)} classes, {len(train_ds.samples)} training videos"
@@ -240,45 +280,60 @@ def setup(args, rank, world, device):
 # --------------------------------------------------------------------------------------------------
 
 
-def train_one_epoch(run, epoch):
+def train_one_epoch(run, epoch, first_step=0):
+    """One epoch of optimiser steps; from step `first_step` on when resuming a mid-epoch latest.pth."""
     args, model = run.args, run.model
     model.train()
     if run.freeze_bn:                               # norm_eval: running statistics stay fixed
         for m in _batch_norms(model):
             m.eval()
-    for ds in run.datasets:
-        ds.set_epoch(epoch)
-    for sampler in run.loader.samplers:
-        sampler.set_epoch(epoch)
-    meter, epoch_meter, t0 = Meter(run.source_names), Meter(run.source_names), time.time()
+    # every item is a function of (seed, epoch, index): the samplers skip the batches of the steps already done,
+    # and the rest of the epoch is the uninterrupted run's (see set_train_epoch)
+    set_train_epoch(run, epoch, first_step)
+    if run.scaler is None:                          # fp16 loss scaling; a no-op for --amp none / bf16
+        run.scaler = torch.amp.GradScaler(run.device.type, enabled=args.amp == "fp16")
+    meter, epoch_meter = Meter(run.source_names, run.device, epoch), Meter(run.source_names, run.device, epoch)
+    if first_step:                                  # the sums of the steps done before the mid-epoch checkpoint
+        restore_meters((meter, epoch_meter), run.resumed_meters, run.device)
+    t0 = time.time()
     steps = len(run.loader)
-    for step, (clips, labels, sizes) in enumerate(run.loader):
+    for step, (clips, labels, sizes) in enumerate(run.loader, start=first_step):
         it = epoch * steps + step
         lr = run.schedule.lr(it)
         for group in run.optimizer.param_groups:
             group["lr"] = lr
-        clips = clips.to(run.device, non_blocking=True)
-        labels = labels.to(run.device, non_blocking=True)
-        # 1. targets: one-hot (soft after mixup); pseudo-labels for web samples come from filter.py
-        targets = F.one_hot(labels, len(run.classes)).float()
+        # 1. each source's batch (uint8, pinned by its loader) to the device without waiting, concatenated
+        #    there as [B_T, B_A1, ...]; float conversion and normalisation on the device (model_input)
+        clips = model_input(torch.cat([c.to(run.device, non_blocking=True) for c in clips]), args)
+        labels = torch.cat([y.to(run.device, non_blocking=True) for y in labels])   # (B,)
+        # 2. targets: the labels, soft one-hot rows after mixup; pseudo-labels for web samples come from filter.py
+        targets = labels
         if args.mixup > 0:
-            clips, targets = omnisource.mixup(clips, targets, args.mixup, run.rng)
-        # 2. one forward on the concatenated batch [B_T, B_A1, ...] and Eq. 1's summed loss
-        logits = model(clips)                                        # (sum(sizes), K)
-        loss, per_source = omnisource.joint_loss(logits, targets, sizes)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"non-finite loss {loss.item()} at epoch {epoch + 1} step {step + 1}; "
-                                     f"lower --lr-per-sample or check the data")
-        # 3. ONE optimiser step on the sum
+            clips, targets = omnisource.mixup(clips, F.one_hot(labels, len(run.classes)).float(), args.mixup,
+                                              run.rng)
+        # 3. one forward on the concatenated batch in --amp precision; Eq. 1's summed loss in float32
+        with autocast(args.amp, run.device):
+            logits = model(clips)                                    # (sum(sizes), K)
+        loss, per_source = omnisource.joint_loss(logits.float(), targets, sizes)
+        # 4. ONE optimiser step on the sum. fp16: the loss is scaled for the backward pass and the gradients
+        #    unscaled before clipping, so --clip-grad sees true norms; a step whose gradients overflowed is skipped
         run.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        run.scaler.scale(loss).backward()
         if args.clip_grad > 0:
+            run.scaler.unscale_(run.optimizer)
             torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip_grad)
-        run.optimizer.step()
+        run.scaler.step(run.optimizer)
+        run.scaler.update()
+        # 5. statistics accumulate on the device: no host sync in the step. They are read, and a non-finite
+        #    loss stops the run, once per logging interval (report_progress -> Meter.summary)
+        stats = Meter.step_stats(loss, per_source, logits, labels, sizes)
         for m in (meter, epoch_meter):
-            m.update(loss, per_source, logits.detach(), labels, sizes)
+            m.add(stats, sizes, step)
         if (step + 1) % args.log_interval == 0 or step + 1 == steps:
             report_progress(run, meter, epoch, step, steps, lr, t0)
+        # 6. --save-every: latest.pth inside the epoch (its end is saved by main, after validation)
+        if args.save_every and (it + 1) % args.save_every == 0 and step + 1 < steps:
+            save_checkpoint(run, "latest.pth", epoch, step + 1, meters=(meter, epoch_meter))
     return epoch_meter.summary()
 
 
@@ -288,48 +343,91 @@ def train_one_epoch(run, epoch):
 
 
 @torch.no_grad()
-def evaluate(run, loader, quick=False):
-    """Metrics over the whole val split, reduced over ranks.
+def evaluate(run, loader, quick=False, predictions=None):
+    """Metrics over the whole val split, reduced over ranks; with `predictions` (a path) also per-video results.
 
     Each item holds every view of a video, (V, C, T, H, W) with V the crops and T all sampled frames.
     TSN: the features of all views and segments are averaged before the classifier (MMAction2's
-    consensus); 3D: the softmax of every clip x crop view is averaged.
+    consensus); 3D: the softmax of every clip x crop view is averaged. A batch of videos goes through
+    in one forward, in --amp precision; the probabilities stay on the device until the split is done.
     """
-    net, spec = run.net, run.net.spec
+    net, spec, args = run.net, run.net.spec, run.args
     net.eval()
     k = len(run.classes)
-    cm = torch.zeros(k, k, dtype=torch.float64)
-    top5 = torch.zeros(1, dtype=torch.float64)
-    for views, labels, _ in loader:
-        probs = predict(net, views.to(run.device), spec).cpu()      # (N, K)
-        cm += confusion(probs.argmax(1), labels, k)
-        top5 += (probs.topk(min(5, k), dim=1).indices == labels[:, None]).any(1).sum()
+    probs, labels, used = [torch.zeros(0, k, device=run.device)], [torch.zeros(0, dtype=torch.long)], []
+    for views, y, u in loader:
+        probs.append(predict(net, views.to(run.device, non_blocking=True), spec, amp=args.amp))   # (N, K)
+        labels.append(y)
+        used += u.tolist()
+    probs, labels = torch.cat(probs), torch.cat(labels).to(run.device)
+    cm = confusion(probs.argmax(1), labels, k)
+    top5 = (probs.topk(min(5, k), dim=1).indices == labels[:, None]).any(1).sum().double().reshape(1)
     if run.world > 1:
-        cm, top5 = cm.to(run.device), top5.to(run.device)
         dist.all_reduce(cm)
         dist.all_reduce(top5)
-        cm, top5 = cm.cpu(), top5.cpu()
+    if predictions is not None:
+        write_predictions(run, loader, probs, labels, used, Path(predictions))
     net.train()
-    return metrics_from(cm, top5)
+    return metrics_from(cm.cpu(), top5.cpu())
 
 
-def predict(net, views, spec):
-    """views (N, V, C, T, H, W) -> class probabilities (N, K), combining views as MMAction2 does."""
+def predict(net, views, spec, amp="none"):
+    """views (N, V, C, T, H, W), uint8 or normalised -> class probabilities (N, K) float32, combining views as
+    MMAction2 does; the forward in `amp` precision (--amp) on the device of `views`."""
+    if views.dtype == torch.uint8:
+        views = transforms.normalize(views)
     n, v, c, t, h, w = views.shape
-    if spec.family == "tsn":
-        frames = views.permute(0, 2, 1, 3, 4, 5).reshape(n, c, v * t, h, w)   # all views as segments
-        return net(frames).softmax(dim=1)
-    clips = t // spec.clip_len                                             # (N, crops, C, clips*L, H, W)
-    x = views.reshape(n, v, c, clips, spec.clip_len, h, w).permute(0, 3, 1, 2, 4, 5, 6)
-    probs = net(x.reshape(n * clips * v, c, spec.clip_len, h, w)).softmax(dim=1)
+    with autocast(amp, views.device):
+        if spec.family == "tsn":
+            frames = views.permute(0, 2, 1, 3, 4, 5).reshape(n, c, v * t, h, w)   # all views as segments
+            return net(frames).float().softmax(dim=1)
+        clips = t // spec.clip_len                                             # (N, crops, C, clips*L, H, W)
+        x = views.reshape(n, v, c, clips, spec.clip_len, h, w).permute(0, 3, 1, 2, 4, 5, 6)
+        probs = net(x.reshape(n * clips * v, c, spec.clip_len, h, w)).float().softmax(dim=1)
     return probs.view(n, clips * v, -1).mean(dim=1)
+
+
+def write_predictions(run, loader, probs, labels, used, path):
+    """predictions.jsonl: one JSON line per video of the split, in the split's order (gathered from every
+    rank to rank 0): index, path, label, top-5 classes with probabilities, and with --dump-probs the whole
+    probability vector (as MMAction2's --dump), so results can be compared video by video. A video that could
+    not be read was replaced by another (data.VideoDataset); its line names the replacement ('replaced_by')."""
+    k = len(run.classes)
+    top_p, top_i = probs.topk(min(5, k), dim=1)
+    local = (list(loader.sampler), used, labels.tolist(), top_p.tolist(), top_i.tolist(),
+             probs.tolist() if run.args.dump_probs else None)
+    parts = [local]
+    if run.world > 1:
+        parts = [None] * run.world
+        dist.all_gather_object(parts, local)
+    if run.rank != 0:
+        return
+    rows = []
+    for indices, u, y, ps, cs, full in parts:
+        rows += zip(indices, u, y, ps, cs, full if full is not None else [None] * len(indices))
+    rows.sort(key=lambda r: r[0])
+    samples = loader.dataset.samples
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "w") as f:
+        for index, u, label, ps, cs, full in rows:
+            line = {"index": index, "path": str(samples[index].path), "label": label,
+                    "top5": [{"class": c, "name": run.classes[c], "prob": p} for c, p in zip(cs, ps)]}
+            if u != index:
+                line["replaced_by"] = str(samples[u].path)
+            if full is not None:
+                line["probs"] = full
+            f.write(json.dumps(line) + "\n")
+    os.replace(tmp, path)                      # atomic, like the checkpoints
 
 
 def export(run):
     """--export-mmaction: our checkpoint -> MMAction2 1.x layout (models.export_mmaction)."""
     ckpt = Path(run.args.checkpoint) if run.args.checkpoint else Path(run.args.work_dir) / "best.pth"
-    if not run.args.checkpoint:
-        load_checkpoint(run, ckpt, full=False)
+    if run.rank == 0:
+        print(f"exporting {ckpt} ({run.args.arch}, {len(run.classes)} classes of {run.args.target}) to "
+              f"{run.args.export_mmaction}", flush=True)
+    load_weights_everywhere(run, ckpt)
     if run.rank == 0:
         out = models.export_mmaction(run.net, run.args.export_mmaction, classes=run.classes)
         print(f"wrote {out} (MMAction2 1.x layout) from {ckpt}", flush=True)
@@ -337,20 +435,35 @@ def export(run):
 
 
 def final_test(run):
-    """The paper's test protocol on the val split -> metrics.json and confusion_matrix.csv."""
+    """The paper's test protocol on the val split -> metrics.json and confusion_matrix.csv.
+
+    After training: the best quick-validation weights. 1. every rank waits until rank 0 has written best.pth;
+    2. rank 0 alone decides whether it exists and sends the decision, then the weights, to the others. Ranks
+    that each looked for themselves could disagree (node-local or NFS-cached work dirs) and then wait in
+    different collectives forever.
+    """
     args, spec = run.args, run.net.spec
+    ckpt = Path(args.checkpoint) if args.test and args.checkpoint else Path(args.work_dir) / "best.pth"
     if args.test:
-        ckpt = Path(args.checkpoint) if args.checkpoint else Path(args.work_dir) / "best.pth"
-        load_checkpoint(run, ckpt, full=False)
-    elif (Path(args.work_dir) / "best.pth").exists():
+        load_weights_everywhere(run, ckpt)
+    else:
         dist_barrier(run)
-        load_checkpoint(run, Path(args.work_dir) / "best.pth", full=False)
+        found = [ckpt.exists() if run.rank == 0 else None]
+        if run.world > 1:
+            dist.broadcast_object_list(found, src=0)
+        if found[0]:
+            load_weights_everywhere(run, ckpt)
+        else:
+            ckpt = "the last weights"
     crops = args.test_crops or spec.crops_test
     protocol = {1: "center", 3: "three_crop", 10: "ten_crop"}[crops]
     target = data.resolve_dataset(args.data_root, args.target)
     ds = make_dataset(args, target, "val", spec, test_mode=True, protocol=protocol,
                       num_clips=args.test_clips or spec.num_clips_test)
-    m = evaluate(run, make_eval_loader(args, ds, run.rank, run.world, batch_size=1))
+    if run.rank == 0:
+        print(f"testing {ckpt} on the {len(ds)} val videos of {args.target}", flush=True)
+    m = evaluate(run, make_eval_loader(args, ds, run.rank, run.world),
+                 predictions=Path(args.work_dir) / "predictions.jsonl")
     m["protocol"] = f"{args.test_clips or spec.num_clips_test} {'segments' if spec.family == 'tsn' else 'clips'}" \
                     f" x {crops} crops"
     if run.rank == 0:
@@ -418,26 +531,41 @@ def recipe_for(args, spec):
 # --------------------------------------------------------------------------------------------------
 
 
-def save_checkpoint(run, epoch, name):
+def save_checkpoint(run, name, epoch, step=0, meters=()):
+    """WORK_DIR/name after `epoch` finished epochs and `step` optimiser steps of the next one (--save-every).
+
+    Every rank calls it (it gathers):
+    1. each rank's random state: torch CPU (dropout), CUDA, numpy (run.rng: mixup) and python, gathered on
+       rank 0 as a list indexed by rank; --resume gives each rank its own back;
+    2. rank 0 writes weights, optimiser, schedule position, the meters of a part-done epoch, fp16's loss
+       scale and the length of log.jsonl into a temporary file, flushes it to disk and renames it over the
+       old one: a kill at any moment leaves either the old or the new file, never a partial one.
+    """
+    rng = [rank_rng_state(run)]
+    if run.world > 1:
+        rng = [None] * run.world if run.rank == 0 else None
+        dist.gather_object(rank_rng_state(run), rng, dst=0)
     if run.rank != 0:
         return
+    log = Path(run.args.work_dir) / "log.jsonl"
     state = {
         "model": run.net.state_dict(),
         "arch": run.args.arch,
         "model_args": model_overrides(run.args),
         "spec": vars(run.net.spec) if hasattr(run.net.spec, "__dict__") else None,
         "classes": run.classes,
-        "epoch": epoch + 1,
+        "epoch": epoch,
+        "step": step,
         "optimizer": run.optimizer.state_dict(),
+        "scaler": run.scaler.state_dict() if run.scaler is not None else None,
+        "meters": [meter_state(m) for m in meters],
         "best_top1": run.best_top1,
         "args": vars(run.args),
-        "rng": {"torch": torch.get_rng_state(), "numpy": run.rng.bit_generator.state,
-                "python": random.getstate()},
+        "world": run.world,
+        "rng": rng,
+        "log_bytes": log.stat().st_size if log.exists() else 0,
     }
-    path = Path(run.args.work_dir) / name
-    tmp = path.with_suffix(".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)                      # atomic: a crash mid-write leaves the old file intact
+    atomic_save(state, Path(run.args.work_dir) / name)
 
 
 def load_checkpoint(run, path, full):
@@ -454,11 +582,31 @@ def load_checkpoint(run, path, full):
     state = torch.load(path, map_location="cpu", weights_only=True)     # our own file; no arbitrary pickle
     run.net.load_state_dict(state["model"])
     run.optimizer.load_state_dict(state["optimizer"])
-    run.start_epoch = state["epoch"]
+    if state.get("scaler"):
+        run.scaler = torch.amp.GradScaler(run.device.type, enabled=run.args.amp == "fp16")
+        run.scaler.load_state_dict(state["scaler"])
+    run.start_epoch, run.start_step = state["epoch"], state.get("step", 0)
     run.best_top1 = state.get("best_top1", -1.0)
-    torch.set_rng_state(state["rng"]["torch"])
-    run.rng.bit_generator.state = state["rng"]["numpy"]
-    random.setstate(state["rng"]["python"])
+    run.resumed_meters = state.get("meters", [])
+    rng, world = state["rng"], state.get("world", 1)
+    if isinstance(rng, dict):                      # written before per-rank states: rank 0's for every rank
+        rng = [rng] * run.world
+    if world == run.world:
+        set_rank_rng_state(run, rng[run.rank])
+    else:
+        # another number of ranks shards the epoch differently: the part-done epoch restarts from its first
+        # step and the ranks keep their fresh (seed, rank) streams; the run continues, no longer exactly
+        if run.rank == 0:
+            print(f"note: {path} was written by {world} rank(s), this run has {run.world}: random streams "
+                  f"start afresh and epoch {run.start_epoch + 1} restarts from its first step", flush=True)
+        run.start_step, run.resumed_meters = 0, []
+    log = Path(run.args.work_dir) / "log.jsonl"
+    if run.rank == 0 and log.exists() and log.stat().st_size > state.get("log_bytes", math.inf):
+        with open(log, "r+b") as f:                # lines of the steps that will now be repeated
+            f.truncate(state["log_bytes"])
+    if run.rank == 0:
+        print(f"resumed from {path}: {run.start_epoch} epoch(s)"
+              + (f" and {run.start_step} step(s)" if run.start_step else "") + " done", flush=True)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -467,9 +615,17 @@ def load_checkpoint(run, path, full):
 
 
 def build(args, num_classes, device):
+    """The model on the device; settles --amp and --channels-last (their defaults depend on the device)."""
     overrides = model_overrides(args)
     model = models.build_model(args.arch, num_classes, pretrained=args.pretrained, **overrides)
-    return model.to(device)
+    args.amp = args.amp or default_amp(device)
+    args.channels_last = default_channels_last(device) if args.channels_last is None else args.channels_last
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True       # fixed input shapes: find the fastest convolutions once
+    model = model.to(device)
+    if args.channels_last:                          # 4D weights (TSN) channels_last, 5D (3D nets) channels_last_3d
+        model = model.to(memory_format=torch.channels_last_3d if model.spec.family == "3d" else torch.channels_last)
+    return model
 
 
 def model_overrides(args):
@@ -484,13 +640,14 @@ def make_dataset(args, spec_ds, split, spec, test_mode, protocol="center", num_c
 
     Train: TSN draws num_segments single frames (clip_len 1), 3D one clip of clip_len x frame_interval.
     Test: num_clips clips (3D) or segments (TSN), every crop of the protocol.
+    Items are uint8 (normalised on the device: train.model_input, predict): 4x fewer bytes between processes.
     """
     if test_mode:
         clips = num_clips or (spec.num_clips_train if spec.family == "tsn" else 1)
-        transform = transforms.test_transform(spec.family, spec.crop_size, protocol)
+        transform = transforms.test_transform(spec.family, spec.crop_size, protocol, uint8=True)
     else:
         clips = spec.num_clips_train
-        transform = transforms.train_transform(spec.family, spec.crop_size)
+        transform = transforms.train_transform(spec.family, spec.crop_size, uint8=True)
     sampling = data.Sampling(clip_len=spec.clip_len, frame_interval=spec.frame_interval, num_clips=clips)
     samples = data.load_split(spec_ds, split)
     image_to_clip = (make_image_to_clip(args, spec_ds) if not test_mode else None) or data.replicate_image
@@ -521,35 +678,50 @@ def make_train_loader(args, target_ds, aux, rank, world):
     """Target loader (shuffled, sharded over ranks, drop_last) + one resampled loader per aux source."""
     sizes = omnisource.batch_sizes(args.batch_size, omnisource.parse_ratio(args.ratio, len(aux)))
     sampler = ShardedShuffle(len(target_ds), rank, world, args.seed)
-    target_loader = loader_for(args, target_ds, sampler, sizes[0], drop_last=True)
+    target_loader = loader_for(args, target_ds, sampler, sizes[0], drop_last=True, seed=(args.seed, rank, 0))
     if len(target_loader) == 0:
         raise ValueError(f"--batch-size {args.batch_size} x {world} rank(s) is larger than the {len(target_ds)} "
                          f"training videos of --target {args.target}")
     rules = resample_rules(args.resample, len(aux))
     samplers, aux_loaders = [sampler], []
-    for ds, size, rule in zip(aux, sizes[1:], rules):
+    for i, (ds, size, rule) in enumerate(zip(aux, sizes[1:], rules), start=1):
         s = omnisource.ClassResampler([smp.label for smp in ds.samples], len(target_loader) * size, rule,
                                       seed=args.seed, rank=rank)
         samplers.append(s)
-        aux_loaders.append(loader_for(args, ds, s, size, drop_last=True))
+        aux_loaders.append(loader_for(args, ds, s, size, drop_last=True, seed=(args.seed, rank, i)))
     loader = omnisource.JointBatches(target_loader, aux_loaders)
     loader.samplers = samplers
     return loader, sizes
 
 
-def loader_for(args, ds, sampler, batch_size, drop_last):
+def loader_for(args, ds, sampler, batch_size, drop_last, seed):
     """Training loader. Persistent workers: no process start-up per epoch (it dominates the short epochs of
     small datasets), and a broken web file is reported and skipped once per worker, not once per epoch; the
-    epoch's randomness reaches them through VideoDataset's shared-memory epoch."""
+    epoch's randomness reaches them through VideoDataset's shared-memory epoch.
+
+    The loader has its own generator, seeded by `seed` = (--seed, rank, source). A DataLoader draws its workers'
+    base seed when it starts them, from the GLOBAL torch RNG unless given a generator. With persistent workers
+    that happens once per process: a --resume'd process drew once more than the run it continues, after the
+    RNG state was restored, and every dropout mask from then on differed (the divergence issue 8 measured).
+    No item depends on that base seed (VideoDataset draws from (seed, epoch, index)); the global RNG is now
+    the model's alone.
+    """
+    generator = torch.Generator().manual_seed(_derive_seed(*seed, 23))
     return torch.utils.data.DataLoader(ds, batch_size=batch_size, sampler=sampler, num_workers=args.workers,
-                                       drop_last=drop_last, pin_memory=torch.cuda.is_available(),
-                                       persistent_workers=args.workers > 0)
+                                       drop_last=drop_last, pin_memory=pin_memory(args),
+                                       persistent_workers=args.workers > 0, generator=generator)
 
 
 def make_eval_loader(args, ds, rank, world, batch_size=None):
+    """This rank's share of the split, in order; batches of --eval-batch-size videos, pinned for a GPU."""
     sampler = list(range(rank, len(ds), world))     # every video exactly once over all ranks
-    return torch.utils.data.DataLoader(ds, batch_size=batch_size or args.batch_size, sampler=sampler,
-                                       num_workers=args.workers)
+    return torch.utils.data.DataLoader(ds, batch_size=batch_size or args.eval_batch_size or args.batch_size,
+                                       sampler=sampler, num_workers=args.workers, pin_memory=pin_memory(args))
+
+
+def pin_memory(args):
+    """Loaders pin their batches (page-locked memory: the copies to the GPU do not wait) on a CUDA run only."""
+    return torch.cuda.is_available() and (args.device or "cuda").startswith("cuda")
 
 
 class ShardedShuffle(torch.utils.data.Sampler):
@@ -559,17 +731,18 @@ class ShardedShuffle(torch.utils.data.Sampler):
     """
 
     def __init__(self, n, rank, world, seed):
-        self.n, self.rank, self.world, self.seed, self.epoch = n, rank, world, seed, 0
+        self.n, self.rank, self.world, self.seed, self.epoch, self.start = n, rank, world, seed, 0, 0
 
-    def set_epoch(self, epoch):
-        self.epoch = epoch
+    def set_epoch(self, epoch, start=0):
+        """Select the epoch's permutation; `start` > 0 skips this rank's first `start` indices (--resume)."""
+        self.epoch, self.start = epoch, start
 
     def __len__(self):
-        return self.n // self.world
+        return self.n // self.world          # the whole epoch's, also when it starts part-way
 
     def __iter__(self):
         order = np.random.default_rng([self.seed, self.epoch, 11]).permutation(self.n)
-        return iter(order[self.rank: len(self) * self.world: self.world].tolist())
+        return iter(order[self.rank: len(self) * self.world: self.world][self.start:].tolist())
 
 
 def resample_rules(text, num_aux):
@@ -640,51 +813,201 @@ def dist_barrier(run):
         dist.barrier()
 
 
+def load_weights_everywhere(run, path):
+    """Rank 0 reads the weights at `path` (any format, load_checkpoint) and sends them to the other ranks,
+    which need not see the file; a missing or unusable file is the same one-line error on every rank."""
+    error = None
+    if run.rank == 0:
+        try:
+            load_checkpoint(run, path, full=False)
+        except (ValueError, FileNotFoundError) as err:
+            error = err
+    if run.world > 1:
+        box = [None if error is None else (isinstance(error, FileNotFoundError), str(error))]
+        dist.broadcast_object_list(box, src=0)
+        if box[0] is not None:
+            raise (FileNotFoundError if box[0][0] else ValueError)(box[0][1])
+        for tensor in run.net.state_dict().values():
+            dist.broadcast(tensor, src=0)
+    elif error is not None:
+        raise error
+
+
+def failed_samples(run):
+    """Samples that failed to load so far, summed over every source and rank (one all-reduce per log line)."""
+    failed = torch.tensor([sum(ds.num_failed for ds in run.datasets)], dtype=torch.int64)
+    if run.world > 1:
+        failed = failed.to(run.device)
+        dist.all_reduce(failed)
+    return int(failed.item())
+
+
+def set_train_epoch(run, epoch, first_step=0):
+    """Select epoch `epoch`'s randomness in every dataset and sampler, starting at step `first_step`.
+
+    Resuming part-way through an epoch skips ahead in the samplers (each starts at the index of the batch
+    of step `first_step`) instead of replaying the loaders or saving their state (torchdata's
+    StatefulDataLoader, a new dependency): every index is a function of (seed, epoch, rank) and every item
+    of (seed, epoch, index), so the skipped batches need not be decoded and nothing else is needed to
+    continue exactly, whatever the workers had prefetched when the process died.
+    """
+    for ds in run.datasets:
+        ds.set_epoch(epoch)
+    loaders = [run.loader.target_loader, *run.loader.aux_loaders]
+    for sampler, loader in zip(run.loader.samplers, loaders):
+        sampler.set_epoch(epoch, start=first_step * loader.batch_size)
+
+
+def seed_rank(seed, rank):
+    """Each rank's own torch (CPU and every CUDA device) and python streams, from (seed, rank)."""
+    torch.manual_seed(_derive_seed(seed, rank, 17))
+    random.seed(_derive_seed(seed, rank, 19))
+
+
+def _derive_seed(*key):
+    """A 63-bit seed from a tuple of integers (numpy's SeedSequence hashing: nearby keys, unrelated seeds)."""
+    return int(np.random.SeedSequence(list(key)).generate_state(2, np.uint64)[0] >> np.uint64(1))
+
+
+def rank_rng_state(run):
+    """This rank's random state: torch CPU, CUDA (on a GPU), numpy (run.rng) and python."""
+    state = {"torch": torch.get_rng_state(), "numpy": run.rng.bit_generator.state, "python": random.getstate()}
+    if run.device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(run.device)
+    return state
+
+
+def set_rank_rng_state(run, state):
+    torch.set_rng_state(state["torch"])
+    if run.device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], run.device)
+    run.rng.bit_generator.state = state["numpy"]
+    random.setstate(state["python"])
+
+
+def meter_state(meter):
+    """A Meter's running sums (tensors on the CPU), for a mid-epoch checkpoint; timing is left out."""
+    return {k: v.cpu() if torch.is_tensor(v) else v for k, v in vars(meter).items()
+            if k not in ("names", "device", "t0")}
+
+
+def restore_meters(meters, states, device):
+    for meter, state in zip(meters, states):
+        vars(meter).update({k: v.to(device) if torch.is_tensor(v) else v for k, v in state.items()})
+
+
+def atomic_save(obj, path):
+    """torch.save to PATH.tmp, flushed to disk, then renamed over `path`: never a partly written file."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        torch.save(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def atomic_write_text(path, text):
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
 def _batch_norms(model):
     return [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
 
 
-class Meter:
-    """Running sums of the loss (total and per source), top-1 per source and samples seen."""
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
-    def __init__(self, names):
-        self.names = names
+
+def default_amp(device):
+    """--amp when not given: bf16 on GPUs that support it (no loss scaling needed, the usual choice); none on
+    older GPUs (fp16 is opt-in: MMAction2 users saw accuracy drops with it on 3D nets) and on CPUs."""
+    return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "none"
+
+
+def default_channels_last(device):
+    """--channels-last when not given: on for CUDA (tensor-core convolutions want NHWC), off on CPU."""
+    return device.type == "cuda"
+
+
+def autocast(amp, device):
+    """torch.autocast for --amp on the run's device (a no-op context for 'none'); the same code on CPU and GPU."""
+    return torch.autocast(device.type, dtype=AMP_DTYPES.get(amp, torch.float32), enabled=amp in AMP_DTYPES)
+
+
+def model_input(clips, args):
+    """Clips as the workers send them, uint8 (N, C, T, H, W) already on the device -> normalised float32
+    (transforms.normalize, equal to the float pipeline's output), channels_last_3d with --channels-last
+    (TSN's (N*T, C, H, W) reshape of that layout is channels_last)."""
+    if clips.dtype == torch.uint8:
+        clips = transforms.normalize(clips)
+    if args.channels_last:
+        clips = clips.contiguous(memory_format=torch.channels_last_3d)
+    return clips
+
+
+class Meter:
+    """Running sums of the loss (total and per source) and top-1 per source over a logging interval or an epoch.
+
+    The sums stay ON THE DEVICE, so the training step never waits for the host (issue 10, point 4): one
+    vector [loss, loss per source (S), correct per source (S), first non-finite step] per meter. `summary()`
+    reads it once (the only host sync of an interval) and raises FloatingPointError when a loss was not
+    finite, naming the step and the interval. Samples seen are host integers (the batch sizes are known).
+    """
+
+    def __init__(self, names, device, epoch=0):
+        self.names, self.device, self.epoch = names, device, epoch
         self.reset()
 
     def reset(self):
-        self.loss = 0.0
-        self.source_loss = [0.0] * len(self.names)
-        self.correct = [0] * len(self.names)
-        self.seen = [0] * len(self.names)
-        self.steps = 0
+        s = len(self.names)
+        self.sums = torch.zeros(2 + 2 * s, device=self.device)      # float32: exact counts up to 2^24
+        self.sums[-1] = -1                                          # 0-based step of the first non-finite loss
+        self.seen = [0] * s
+        self.steps, self.first_step, self.last_step = 0, None, None
         self.t0 = time.time()
 
-    def update(self, loss, per_source, logits, labels, sizes):
-        self.steps += 1
-        self.loss += loss.item()
-        pred = logits.argmax(1).split(sizes)
-        for s, (l, p, y) in enumerate(zip(per_source, pred, labels.split(sizes))):
-            self.source_loss[s] += l.item() * sum(sizes) / sizes[s]     # back to the source's mean CE
-            self.correct[s] += (p.cpu() == y.cpu()).sum().item()
-            self.seen[s] += sizes[s]
+    @staticmethod
+    def step_stats(loss, per_source, logits, labels, sizes):
+        """One step's (1 + 2S,) vector on the device: loss, each source's mean CE, each source's correct count."""
+        total = sum(sizes)
+        source_ce = [l.detach() * (total / n) for l, n in zip(per_source, sizes)]   # back to the source's mean CE
+        hits = (logits.detach().argmax(1) == labels).float()                         # (B,)
+        return torch.stack([loss.detach().float(), *source_ce, *[h.sum() for h in hits.split(list(sizes))]])
+
+    def add(self, stats, sizes, step):
+        finite = torch.isfinite(stats[0])
+        self.sums[:-1] += torch.where(finite, stats, 0.0)          # a bad step does not poison the other sums
+        self.sums[-1] = torch.where(finite | (self.sums[-1] >= 0), self.sums[-1], float(step))
+        self.seen = [a + b for a, b in zip(self.seen, sizes)]
+        self.first_step = step if self.first_step is None else self.first_step
+        self.steps, self.last_step = self.steps + 1, step
 
     def summary(self):
-        n = max(1, self.steps)
-        out = {"loss": self.loss / n}
-        for s, name in enumerate(self.names):
-            out[f"loss_{name}"] = self.source_loss[s] / n
-            out[f"acc_{name}"] = self.correct[s] / max(1, self.seen[s])
+        vals = self.sums.tolist()                                   # the one host sync per interval
+        if vals[-1] >= 0:
+            raise FloatingPointError(
+                f"non-finite loss at epoch {self.epoch + 1} step {int(vals[-1]) + 1} (logging interval of steps "
+                f"{self.first_step + 1}-{self.last_step + 1}); lower --lr-per-sample or check the data")
+        n, s = max(1, self.steps), len(self.names)
+        out = {"loss": vals[0] / n}
+        for i, name in enumerate(self.names):
+            out[f"loss_{name}"] = vals[1 + i] / n
+            out[f"acc_{name}"] = vals[1 + s + i] / max(1, self.seen[i])
         return out
 
 
 def report_progress(run, meter, epoch, step, steps, lr, t0):
     """One console line and one log.jsonl object per logging interval (rank 0)."""
+    s = meter.summary()                           # first: it waits for the device, so the rates below are true
     elapsed = time.time() - t0                                     # since the epoch started
     rate = sum(meter.seen) * run.world / max(time.time() - meter.t0, 1e-9)   # over this interval
     done = epoch * steps + step + 1
     remaining = (run.schedule.epochs * steps - done) * elapsed / (step + 1)
-    failed = sum(getattr(ds, "num_failed", 0) for ds in run.datasets)
-    s = meter.summary()
+    failed = failed_samples(run)
     record = dict(kind="train", epoch=epoch + 1, step=step + 1, steps=steps, lr=lr, samples_per_s=rate,
                   eta_s=remaining, failed_samples=failed, **s)
     per = " ".join(f"{n} {s['loss_' + n]:.3f}" for n in run.source_names) if len(run.source_names) > 1 else ""
@@ -721,11 +1044,9 @@ def write_results(run, m):
     work.mkdir(parents=True, exist_ok=True)
     cm = m.pop("confusion_matrix")
     m.update(arch=run.args.arch, target=run.args.target, aux=split_names(run.args.aux), classes=run.classes)
-    (work / "metrics.json").write_text(json.dumps(m, indent=2) + "\n")
-    with open(work / "confusion_matrix.csv", "w") as f:
-        f.write("true\\pred," + ",".join(run.classes) + "\n")
-        for name, row in zip(run.classes, cm):
-            f.write(name + "," + ",".join(str(v) for v in row) + "\n")
+    rows = [name + "," + ",".join(str(v) for v in row) for name, row in zip(run.classes, cm)]
+    atomic_write_text(work / "confusion_matrix.csv", "\n".join(["true\\pred," + ",".join(run.classes), *rows]) + "\n")
+    atomic_write_text(work / "metrics.json", json.dumps(m, indent=2) + "\n")     # last: the run's "done" mark
     m["confusion_matrix"] = cm
 
 
