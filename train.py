@@ -230,12 +230,18 @@ def setup(args, rank, world, device):
     seed_rank(args.seed, rank)
     if args.test or args.export_mmaction:
         return Run(args, model, model, classes, None, None, None, None, [args.target], [], device, rank, world)
-    train_ds = make_dataset(args, target, "train", spec, test_mode=False)
+    # 3. the training lists: the target's (--label-fraction of it), then every --aux source's with its labels
+    #    translated into the target's classes by name (the released web sources are labelled with K200's 200
+    #    classes, in k200_actions.txt order; the target may be K400)
+    samples = data.load_split(target, "train")
     if args.label_fraction < 1.0:
-        train_ds.samples = label_fraction(train_ds.samples, args.label_fraction, args.seed)
-    aux = [make_dataset(args, data.resolve_dataset(args.data_root, name), "train", spec, test_mode=False)
-           for name in split_names(args.aux)]
-    check_classes(args, classes, aux)
+        samples = label_fraction(samples, args.label_fraction, args.seed)
+    train_ds = make_dataset(args, target, "train", spec, test_mode=False, samples=samples)
+    aux = []
+    for name in split_names(args.aux):
+        source = data.resolve_dataset(args.data_root, name)
+        aux.append(make_dataset(args, source, "train", spec, test_mode=False,
+                                samples=aux_samples(source, target, f"--aux {name}", rank)))
     loader, sizes = make_train_loader(args, train_ds, aux, rank, world)
     val_ds = make_dataset(args, target, "val", spec, test_mode=True, protocol="center")
     val_loader = make_eval_loader(args, val_ds, rank, world)
@@ -635,8 +641,9 @@ def model_overrides(args):
             if v is not None}
 
 
-def make_dataset(args, spec_ds, split, spec, test_mode, protocol="center", num_clips=None):
-    """A data.VideoDataset over one split, sampling frames as the architecture expects.
+def make_dataset(args, spec_ds, split, spec, test_mode, protocol="center", num_clips=None, samples=None):
+    """A data.VideoDataset over one split (or the given `samples` of it), sampling frames as the architecture
+    expects.
 
     Train: TSN draws num_segments single frames (clip_len 1), 3D one clip of clip_len x frame_interval.
     Test: num_clips clips (3D) or segments (TSN), every crop of the protocol.
@@ -649,7 +656,7 @@ def make_dataset(args, spec_ds, split, spec, test_mode, protocol="center", num_c
         clips = spec.num_clips_train
         transform = transforms.train_transform(spec.family, spec.crop_size, uint8=True)
     sampling = data.Sampling(clip_len=spec.clip_len, frame_interval=spec.frame_interval, num_clips=clips)
-    samples = data.load_split(spec_ds, split)
+    samples = data.load_split(spec_ds, split) if samples is None else samples
     image_to_clip = (make_image_to_clip(args, spec_ds) if not test_mode else None) or data.replicate_image
     # Table 14: untrimmed videos scored frame by frame by filter.py become 3-frame TSN snippets
     snippet = None
@@ -685,7 +692,7 @@ def make_train_loader(args, target_ds, aux, rank, world):
     rules = resample_rules(args.resample, len(aux))
     samplers, aux_loaders = [sampler], []
     for i, (ds, size, rule) in enumerate(zip(aux, sizes[1:], rules), start=1):
-        s = omnisource.ClassResampler([smp.label for smp in ds.samples], len(target_loader) * size, rule,
+        s = omnisource.ClassResampler(labels_of(ds.samples), len(target_loader) * size, rule,
                                       seed=args.seed, rank=rank)
         samplers.append(s)
         aux_loaders.append(loader_for(args, ds, s, size, drop_last=True, seed=(args.seed, rank, i)))
@@ -760,20 +767,31 @@ def label_fraction(samples, fraction, seed):
         raise ValueError(f"--label-fraction {fraction}: expected a number in (0, 1]")
     rng = np.random.default_rng([seed, 5])
     by_class = {}
-    for i, s in enumerate(samples):
-        by_class.setdefault(s.label, []).append(i)
+    for i, label in enumerate(labels_of(samples)):
+        by_class.setdefault(int(label), []).append(i)
     keep = []
     for idx in by_class.values():
         keep += list(rng.permutation(idx)[: max(1, round(fraction * len(idx)))])
-    return [samples[i] for i in sorted(keep)]
+    keep = sorted(keep)
+    return samples.subset(np.asarray(keep)) if isinstance(samples, data.SampleList) else [samples[i] for i in keep]
 
 
-def check_classes(args, classes, aux):
-    for name, ds in zip(split_names(args.aux), aux):
-        bad = [s for s in ds.samples if not 0 <= s.label < len(classes)]
-        if bad:
-            raise ValueError(f"--aux {name}: label {bad[0].label} of {bad[0].path} is outside the target's "
-                             f"{len(classes)} classes; web sources must use the target's classes.txt")
+def aux_samples(source, target, name, rank):
+    """An auxiliary source's training list with labels in the target's label space, matched by class name
+    (data.map_labels); one printed line says how many samples were left out (class not in the target).
+    A source that shares no class name with the target is a one-line error."""
+    samples, left_out = data.map_labels(data.load_split(source, "train"), source.classes, target.classes, name)
+    if rank == 0:
+        print(f"{name}: {len(samples)} samples, labels mapped by class name onto the {len(target.classes)} "
+              f"classes of {target.name}; {left_out} left out (class not in {target.name})", flush=True)
+    if not len(samples):
+        raise ValueError(f"{name}: none of its samples belongs to a class of {target.name}")
+    return samples
+
+
+def labels_of(samples):
+    """(N,) int labels of a list of Samples or a data.SampleList."""
+    return samples.labels if isinstance(samples, data.SampleList) else np.array([s.label for s in samples], int)
 
 
 def split_names(text):

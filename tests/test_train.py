@@ -82,31 +82,6 @@ def write_colour_dataset(root, per_class, size=(64, 48), frames=12):
         (root / f"{split}.txt").write_text("\n".join(lines) + "\n")
 
 
-def test_resume_continues_exactly(small_data, tmp_path, monkeypatch):
-    args = ["--data-root", str(small_data), "--target", "synth", "--epochs", "2", *FAST]
-    run_train(args + ["--work-dir", str(tmp_path / "straight")])
-    # the same run, killed after its first epoch's checkpoint, then resumed
-    real_epoch, calls = train.train_one_epoch, []
-
-    def crash_in_second_epoch(run, epoch):
-        calls.append(epoch)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return real_epoch(run, epoch)
-    monkeypatch.setattr(train, "train_one_epoch", crash_in_second_epoch)
-    with pytest.raises(KeyboardInterrupt):
-        run_train(args + ["--work-dir", str(tmp_path / "resumed")])
-    monkeypatch.setattr(train, "train_one_epoch", real_epoch)
-    assert torch.load(tmp_path / "resumed" / "latest.pth", weights_only=True)["epoch"] == 1
-    run_train(args + ["--work-dir", str(tmp_path / "resumed"), "--resume"])
-    a = torch.load(tmp_path / "straight" / "latest.pth", weights_only=True)
-    b = torch.load(tmp_path / "resumed" / "latest.pth", weights_only=True)
-    assert a["epoch"] == b["epoch"] == 2
-    for k in a["model"]:
-        assert torch.equal(a["model"][k], b["model"][k]), k
-    assert a["optimizer"]["state"].keys() == b["optimizer"]["state"].keys()
-
-
 def test_checkpoint_is_self_describing(small_data, tmp_path):
     run_train(["--data-root", str(small_data), "--target", "synth", "--epochs", "1", "--work-dir", str(tmp_path),
                *FAST])
@@ -266,3 +241,60 @@ def test_finetune_loads_the_backbone_of_another_class_count(small_data, tmp_path
     got = torch.load(tmp_path / "w" / "latest.pth", weights_only=True)["model"]
     assert torch.equal(got["backbone.conv1.weight"], other.state_dict()["backbone.conv1.weight"])
     assert got["fc.weight"].shape[0] == 4
+
+
+def released_layout(root, small_data):
+    """A small copy of the released layouts (data.LAYOUTS): K400 with classes class_000..class_399 and a few
+    videos, the OmniSource folder with k200_actions.txt (class_399, class_398, ..., class_201 and one class
+    K400 lacks, 'unicycling': another order than K400's) and four googleimage_200 images labelled in it."""
+    from PIL import Image
+    k400 = root / "kinetics400"
+    (k400 / "videos_train").mkdir(parents=True)
+    (k400 / "videos_val").mkdir()
+    (k400 / "classes.txt").write_text("".join(f"class_{i:03d}\n" for i in range(400)))
+    videos = [line.split()[0] for line in (small_data / "synth" / "train.txt").read_text().splitlines()]
+    for split, picks in (("train", videos[:8]), ("val", videos[8:12])):
+        lines = []
+        for i, rel in enumerate(picks):
+            os.link(small_data / "synth" / rel, k400 / f"videos_{split}" / f"{i}.mp4")
+            lines.append(f"{i}.mp4 {(0, 17, 200, 399)[i % 4]}")
+        (k400 / f"kinetics400_{split}_list_videos.txt").write_text("\n".join(lines) + "\n")
+    ann = root / "OmniSource" / "annotations"
+    (ann / "googleimage_200").mkdir(parents=True)
+    (ann / "k200_actions.txt").write_text("".join(f"class_{i:03d}\n" for i in range(399, 200, -1)) + "unicycling\n")
+    (root / "OmniSource" / "googleimage_200").mkdir()
+    lines = []
+    for i, k200_label in enumerate((0, 1, 5, 199)):          # class_399, class_398, class_394, unicycling
+        Image.new("RGB", (48, 40), (40 * i, 200, 90)).save(root / "OmniSource" / "googleimage_200" / f"{i}.jpg")
+        lines.append(f"googleimage_200/{i}.jpg {k200_label}")
+    (ann / "googleimage_200" / "googleimage_200.txt").write_text("\n".join(lines) + "\n")
+    return root
+
+
+def test_web_labels_are_mapped_onto_the_target_classes_by_name(small_data, tmp_path):
+    """Issue 8 item 10: gg is labelled in k200_actions.txt order; K400 is the target. The image labelled
+    class_399 (K200 label 0) trains as K400 label 399; unicycling, not a K400 class, is left out and counted."""
+    root = released_layout(tmp_path / "data", small_data)
+    argv = ["--data-root", str(root), "--target", "k400", "--aux", "gg", "--ratio", "2:1", "--batch-size", "4",
+            "--epochs", "1", "--crop-size", "32", "--test-clips", "1", "--test-crops", "1", "--workers", "0"]
+    run = train.setup(train.get_args_parser().parse_args(argv + ["--work-dir", str(tmp_path / "a")]), 0, 1,
+                      torch.device("cpu"))
+    web = run.datasets[1]
+    names = {Path(s.path).name: s.label for s in web.samples}
+    assert names == {"0.jpg": 399, "1.jpg": 398, "2.jpg": 394}
+    _, labels, _ = next(iter(run.loader))          # what the training step receives: [target, gg] batches
+    assert set(labels[1].tolist()) <= {399, 398, 394} and labels[1].numel() == 2
+    # the command as a user types it: one line per source names what was left out, and the run trains
+    out = subprocess.run([sys.executable, str(ROOT / "train.py"), *argv, "--work-dir", str(tmp_path / "b")],
+                         capture_output=True, text=True, timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "--aux gg: 3 samples, labels mapped by class name onto the 400 classes of k400; 1 left out" in out.stdout
+    # a source that shares no class name with the target: one line, non-zero exit
+    other = root / "other"
+    other.mkdir()
+    (other / "classes.txt").write_text("juggling\nknitting\n")
+    (other / "train.txt").write_text("a.jpg 0\nb.jpg 1\n")
+    out = subprocess.run([sys.executable, str(ROOT / "train.py"), *argv[:4], "--aux", "other",
+                          "--work-dir", str(tmp_path / "c")], capture_output=True, text=True, timeout=300)
+    assert out.returncode != 0 and out.stderr.count("\n") == 1, out.stderr
+    assert out.stderr.startswith("error: --aux other:") and "juggling" in out.stderr
