@@ -298,3 +298,31 @@ def test_web_labels_are_mapped_onto_the_target_classes_by_name(small_data, tmp_p
                           "--work-dir", str(tmp_path / "c")], capture_output=True, text=True, timeout=300)
     assert out.returncode != 0 and out.stderr.count("\n") == 1, out.stderr
     assert out.stderr.startswith("error: --aux other:") and "juggling" in out.stderr
+
+
+def test_test_and_export_need_only_the_val_split_and_the_checkpoint(small_data, tmp_path):
+    """Issue 8 item 9: the README's evaluation of a released model, with only K400's val videos on disk."""
+    root = released_layout(tmp_path / "data", small_data)
+    (root / "kinetics400" / "kinetics400_train_list_videos.txt").unlink()
+    shutil.rmtree(root / "kinetics400" / "videos_train")
+    ckpt = tmp_path / "k400_tsn_tiny.pth"
+    torch.manual_seed(3)
+    net = models.build_model("tsn_tiny", 400, crop_size=32)
+    torch.save({"model": net.state_dict(), "arch": "tsn_tiny", "classes": [f"class_{i:03d}" for i in range(400)]},
+               ckpt)
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    base = [sys.executable, str(ROOT / "train.py"), "--data-root", str(root), "--target", "k400", "--arch", "tsn_tiny",
+            "--crop-size", "32", "--checkpoint", str(ckpt), "--work-dir", str(tmp_path / "w"), "--batch-size", "64"]
+    out = subprocess.run(base + ["--test", "--test-clips", "2", "--test-crops", "1"], capture_output=True, text=True,
+                         timeout=300, env=env)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "training videos" not in out.stdout and "epochs x" not in out.stdout    # no training summary
+    assert f"testing {ckpt} on the 4 val videos of k400" in out.stdout
+    m = json.loads((tmp_path / "w" / "metrics.json").read_text())
+    assert m["num_videos"] == 4 and len(m["classes"]) == 400
+    out = subprocess.run(base + ["--export-mmaction", str(tmp_path / "mm.pth")], capture_output=True, text=True,
+                         timeout=300, env=env)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.startswith(f"exporting {ckpt}") and "training videos" not in out.stdout
+    mm = torch.load(tmp_path / "mm.pth", weights_only=True)["state_dict"]
+    assert torch.equal(mm["cls_head.fc_cls.weight"], net.state_dict()["fc.weight"])
