@@ -1296,6 +1296,7 @@ def main(args) -> dict | None:
                           extractor)
     finally:
         work.close()
+    _barrier()   # every rank's records and progress are on disk
     report = None
     if shard.rank == 0:
         extra = dict(source=args.source, split=args.split, out=args.out, data_root=str(data_root), amp=cfg.amp,
