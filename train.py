@@ -888,8 +888,11 @@ def _derive_seed(*key):
 
 
 def rank_rng_state(run):
-    """This rank's random state: torch CPU, CUDA (on a GPU), numpy (run.rng) and python."""
-    state = {"torch": torch.get_rng_state(), "numpy": run.rng.bit_generator.state, "python": random.getstate()}
+    """This rank's random state: torch CPU, CUDA (on a GPU), numpy (run.rng) and python; and the indices of
+    the samples of each training source that failed to load on this rank (the replacements, the skipped
+    retries and the logged count go on as in an uninterrupted run, and no bad file is named twice)."""
+    state = {"torch": torch.get_rng_state(), "numpy": run.rng.bit_generator.state, "python": random.getstate(),
+             "failed": [torch.nonzero(ds._failed).flatten() for ds in run.datasets]}
     if run.device.type == "cuda":
         state["cuda"] = torch.cuda.get_rng_state(run.device)
     return state
@@ -901,6 +904,8 @@ def set_rank_rng_state(run, state):
         torch.cuda.set_rng_state(state["cuda"], run.device)
     run.rng.bit_generator.state = state["numpy"]
     random.setstate(state["python"])
+    for ds, failed in zip(run.datasets, state.get("failed", [])):
+        ds._failed[failed] = 1          # shared memory: the persistent workers skip them too
 
 
 def meter_state(meter):

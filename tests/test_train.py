@@ -326,3 +326,77 @@ def test_test_and_export_need_only_the_val_split_and_the_checkpoint(small_data, 
     assert out.stdout.startswith(f"exporting {ckpt}") and "training videos" not in out.stdout
     mm = torch.load(tmp_path / "mm.pth", weights_only=True)["state_dict"]
     assert torch.equal(mm["cls_head.fc_cls.weight"], net.state_dict()["fc.weight"])
+
+
+def test_dirty_files_in_every_source_are_skipped_named_once_and_counted_exactly(small_data, tmp_path):
+    """Issue 8 item 7: 20 % bad files in the target and in both web sources, default workers. Every source has
+    20 samples, all drawn once in the epoch (batch 5, ratio 1:1:1, --resample none), the bad ones last (their
+    replacement, index + 13 mod 20, is always a good one, so no two workers ever try the same bad file): the
+    log counts exactly the 12 bad files, and the warnings name each exactly once."""
+    from PIL import Image
+    root = tmp_path / "data"
+    classes = (small_data / "synth" / "classes.txt").read_text()
+    good = [line.split() for line in (small_data / "synth" / "train.txt").read_text().splitlines()]
+    src = small_data / "synth"
+    bad = {"target": ["zero.mp4", "truncated.mp4", "text.mp4", "missing.mp4"],
+           "web-img": ["page.jpg", "pixel.jpg", "zero.jpg", "missing.jpg"],
+           "web-vid": ["audio_only.mp4", "truncated.mp4", "text.mp4", "zero.mp4"]}
+    for name in bad:
+        d = root / name
+        (d / "files").mkdir(parents=True)
+        (d / "classes.txt").write_text(classes)
+        lines = []
+        for i in range(16):
+            if name == "web-img":
+                Image.new("RGB", (40, 32), (60 * (i % 4), 90, 200 - 50 * (i % 4))).save(d / "files" / f"{i}.jpg")
+                lines.append(f"files/{i}.jpg {i % 4}")
+            else:
+                rel, label = good[i if name == "target" else 16 + i]
+                os.link(src / rel, d / "files" / f"{i}.mp4")
+                lines.append(f"files/{i}.mp4 {label}")
+        for i, file in enumerate(bad[name]):
+            write_dirty(d / "files" / file, src / good[0][0])
+            lines.append(f"files/{file} {i % 4}")
+        (d / "train.txt").write_text("\n".join(lines) + "\n")
+    (root / "target" / "val.txt").write_text((src / "val.txt").read_text())
+    shutil.copytree(src / "videos", root / "target" / "videos", copy_function=os.link)
+    out = subprocess.run([sys.executable, str(ROOT / "train.py"), "--data-root", str(root), "--target", "target",
+                          "--aux", "web-img,web-vid", "--ratio", "1:1:1", "--resample", "none", "--batch-size", "5",
+                          "--epochs", "1", "--crop-size", "32", "--test-clips", "1", "--test-crops", "1",
+                          "--work-dir", str(tmp_path / "w")],
+                         capture_output=True, text=True, timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert out.returncode == 0, out.stderr[-3000:]
+    log = [json.loads(line) for line in (tmp_path / "w" / "log.jsonl").read_text().splitlines()]
+    assert [r["failed_samples"] for r in log if r["kind"] == "train"][-1] == 12
+    for name, files in bad.items():
+        for file in files:
+            path = root / name / "files" / file
+            assert out.stderr.count(f"failed to load {path} (") == 1, (path, out.stderr[-3000:])
+    assert json.loads((tmp_path / "w" / "metrics.json").read_text())["num_videos"] == 24
+
+
+def write_dirty(path, video):
+    """One bad file of the kind its name says (a crawl's usual breakage); `video` is a good .mp4 to cut."""
+    import av
+    kind = path.stem
+    if kind == "missing":
+        return
+    if kind == "zero":
+        path.write_bytes(b"")
+    elif kind == "truncated":                  # the index (moov, written last) is cut off: cannot be opened
+        path.write_bytes(Path(video).read_bytes()[: Path(video).stat().st_size * 6 // 10])
+    elif kind == "text":
+        path.write_text("this is a text file named .mp4\n")
+    elif kind == "page":
+        path.write_text("<!DOCTYPE html><html><head><title>404 Not Found</title></head><body></body></html>\n")
+    elif kind == "pixel":
+        from PIL import Image
+        Image.new("RGB", (1, 1), (255, 255, 255)).save(path)
+    elif kind == "audio_only":                 # a valid MP4 with an AAC stream and no video stream
+        with av.open(str(path), "w") as out:
+            stream = out.add_stream("aac", rate=16000)
+            for i in range(8):
+                frame = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
+                frame.sample_rate, frame.pts = 16000, i * 1024
+                out.mux(stream.encode(frame))
+            out.mux(stream.encode())
