@@ -1325,15 +1325,21 @@ def main(args) -> dict | None:
 
 def map_query_labels(samples, source_classes, teacher_classes, source: str = 'source',
                      mode: str = 'query') -> np.ndarray:
-    """Each sample's query class as a teacher class index, matched by class name (-1: not a teacher class).
+    """Each sample's query class as a teacher class index (-1: not a teacher class), matched by class name
+    exactly as data.map_labels matches an auxiliary source's classes to the target's (issue 8 item 10).
 
     No shared class name at all is a one-line error in query mode (pseudo mode needs no query class).
     """
-    index = {name: k for k, name in enumerate(teacher_classes)}
-    table = np.array([index.get(name, -1) for name in source_classes], dtype=np.int64)
-    if mode == 'query' and (table < 0).all():
-        raise ValueError(f'--source {source}: none of its classes ({", ".join(source_classes[:3])}, ...) is a '
-                         f'teacher class; query mode matches class names (or use --mode pseudo)')
+    probe = [data.Sample(Path(str(k)), k, 'image') for k in range(len(source_classes))]   # one per class
+    try:
+        mapped, _ = data.map_labels(probe, source_classes, teacher_classes, f'--source {source}')
+    except ValueError as err:
+        if mode == 'query':
+            raise ValueError(f'{_first_line(err)}; query mode matches class names (or use --mode pseudo)') from None
+        mapped = []
+    table = np.full(len(source_classes), -1, dtype=np.int64)
+    for s in mapped:
+        table[int(s.path.name)] = s.label
     return table[_labels(samples)]
 
 

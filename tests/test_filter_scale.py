@@ -242,7 +242,7 @@ def test_query_classes_matched_by_name(demo_root, tmp_path):
     shutil.copy(demo_root / 'synth-web-img' / 'train.txt', src / 'val.txt')
     names = data.read_classes(demo_root / 'synth' / 'classes.txt')
     labels = [int(ln.split()[1]) for ln in (src / 'train.txt').read_text().splitlines()]
-    (src / 'classes.txt').write_text(f'not_a_teacher_class\n{names[1]}\n')
+    (src / 'classes.txt').write_text(f'not_a_teacher_class\n{names[1].upper().replace("_", " ")}\n')   # same name
     proc = run_filter('--data-root', root, '--source', 'part', '--teacher', demo_root / 'tsn_tiny.pth',
                       '--out', 'part-f', '--threshold', '0', '--workers', '0')
     assert proc.returncode == 0, proc.stderr
@@ -255,4 +255,4 @@ def test_query_classes_matched_by_name(demo_root, tmp_path):
     proc = run_filter('--data-root', root, '--source', 'part', '--teacher', demo_root / 'tsn_tiny.pth',
                       '--out', 'part-g', '--quiet')
     assert proc.returncode != 0 and len(proc.stderr.strip().splitlines()) == 1
-    assert proc.stderr.startswith('error: --source part: none of its classes')
+    assert proc.stderr.startswith('error: --source part: none of its 2 classes (nothing_shared, none_here)')
