@@ -59,25 +59,28 @@ def test_sigkill_at_any_moment_then_resume_gives_the_uninterrupted_run(small_dat
 def test_two_ranks_resume_exactly_with_each_ranks_random_state(small_data, tmp_path):
     """2-process gloo torchrun: per-rank random streams differ, are saved per rank and each rank gets its own
     back. The uninterrupted run gives each rank its own work dir (node-local disks): only rank 0 sees
-    best.pth, and the run must end (issue 8, item 4) rather than wait in mismatched collectives."""
+    best.pth, and the run must end (issue 8, item 4) rather than wait in mismatched collectives. Two target
+    videos are broken, one read by each rank in epoch 1: the logged count is the sum over the ranks."""
+    data_root = broken_copy(small_data, tmp_path / "data")
     node_local = tmp_path / "node_local.py"
     node_local.write_text(
         "import os, runpy, sys\n"
         f"sys.argv = [{str(ROOT / 'train.py')!r}] + sys.argv[1:] + "
         f"['--work-dir', os.path.join({str(tmp_path / 'straight')!r}, 'node' + os.environ['RANK'])]\n"
         f"runpy.run_path({str(ROOT / 'train.py')!r}, run_name='__main__')\n")
-    run_group(torchrun_cmd(node_local, small_data), tmp_path / "straight.err", timeout=240)
+    run_group(torchrun_cmd(node_local, data_root), tmp_path / "straight.err", timeout=240)
     straight, shared = tmp_path / "straight" / "node0", tmp_path / "shared"
+    assert [r["failed_samples"] for r in log_records(straight) if r["kind"] == "train" and r["epoch"] == 1][-1] == 2
     assert not any((tmp_path / "straight" / "node1").glob("*.pth"))       # rank 1 never saw a checkpoint
     rng = torch.load(straight / "latest.pth", weights_only=True)["rng"]
     assert len(rng) == 2
     assert not torch.equal(rng[0]["torch"], rng[1]["torch"])              # dropout masks differ per rank
     assert rng[0]["numpy"] != rng[1]["numpy"] and rng[0]["python"] != rng[1]["python"]
     # the same command on a shared work dir, killed after a mid-epoch checkpoint, then resumed
-    cmd = torchrun_cmd(ROOT / "train.py", small_data, "--work-dir", str(shared))
+    cmd = torchrun_cmd(ROOT / "train.py", data_root, "--work-dir", str(shared))
     kill_when(cmd, lambda: checkpoint_at(shared) is not None and checkpoint_at(shared)[1] > 0, tmp_path,
               timeout=240)
-    run_group(torchrun_cmd(ROOT / "train.py", small_data, "--work-dir", str(shared), "--resume"),
+    run_group(torchrun_cmd(ROOT / "train.py", data_root, "--work-dir", str(shared), "--resume"),
               tmp_path / "resumed.err", timeout=240)
     assert_same_run(straight, shared)      # the weights depend on both ranks' dropout (gradients are averaged)
     resumed = torch.load(shared / "latest.pth", weights_only=True)["rng"]
@@ -105,6 +108,32 @@ def assert_same_run(a, b):
     assert (a / "metrics.json").read_text() == (b / "metrics.json").read_text()
     strip = [[{k: v for k, v in r.items() if k not in TIMING} for r in log_records(d)] for d in (a, b)]
     assert strip[0] == strip[1]
+
+
+def broken_copy(small_data, root):
+    """The demo target with two training videos replaced by broken files: one read by rank 0 and one by rank 1
+    in epoch 1 (train.ShardedShuffle's order), neither the other's replacement (index + stride)."""
+    import data
+    import train
+    (root / "synth").mkdir(parents=True)
+    for name in ("classes.txt", "val.txt"):
+        (root / "synth" / name).write_text((small_data / "synth" / name).read_text())
+    lines = (small_data / "synth" / "train.txt").read_text().splitlines()
+    n, stride = len(lines), data._coprime_stride(len(lines))
+    shards = [list(train.ShardedShuffle(n, rank, 2, seed=0)) for rank in (0, 1)]
+    first = [shards[0][0], next(j for j in shards[1] if stride not in ((j - shards[0][0]) % n, (shards[0][0] - j) % n))]
+    for i in first:
+        lines[i] = f"videos/broken_{i}.mp4 {lines[i].split()[1]}"
+        (root / "synth" / "videos").mkdir(exist_ok=True)
+        (root / "synth" / "videos" / f"broken_{i}.mp4").write_bytes(b"<html>not a video</html>")
+    (root / "synth" / "train.txt").write_text("\n".join(lines) + "\n")
+    for line in lines:
+        rel = line.split()[0]
+        if not (root / "synth" / rel).exists():
+            os.link(small_data / "synth" / rel, root / "synth" / rel)
+    for line in (small_data / "synth" / "val.txt").read_text().splitlines():
+        os.link(small_data / "synth" / line.split()[0], root / "synth" / line.split()[0])
+    return root
 
 
 def checkpoint_at(work):
