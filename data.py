@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import bisect
 import contextlib
+import ctypes
 import dataclasses
 import inspect
 import json
@@ -73,8 +74,10 @@ FRAME_TMPL = 'img_{:05d}.jpg'   # MMAction2 RawframeDataset filename_tmpl, 1-bas
 PART_TMPL = 'part_{}.mp4'       # MMAction2 RawVideoDataset clipname_tmpl, 0-based
 FRAME_SCORES_TMPL = '{stem}_frame_scores.json'   # sidecar of list STEM.txt: 1-FPS teacher scores (Sec. 3.5)
 FRAME_SCORES_FORMAT = 'omnisource-frame-scores-1'
+MIN_IMAGE_SIDE = 8   # px: a smaller web image (a 1x1 tracking pixel) fails to load, is replaced and counted
 KINDS = ('video', 'untrimmed', 'frames', 'image', 'raw', 'windows')   # codes 0..5 of `SampleList.kinds`
 WINDOW_TOL = 1e-3   # s: a frame time within 1 ms of a window bound counts as on it (lists write milliseconds)
+_SCAN_BLOCK, _LINE_BLOCK = 1 << 24, 1 << 18   # list parsing in blocks of bytes / lines: small temporaries
 # FFmpeg decoder threads inside DataLoader workers: the workers already are the parallelism, so one thread each
 # keeps them from oversubscribing the cores (2 workers on 2 cores: +11-14 % TSN, +16-24 % SlowOnly clips/s; see
 # `python benchmark.py --what loader`). 0 = FFmpeg's automatic frame + slice threading, always used outside workers.
@@ -521,6 +524,7 @@ def read_list(list_file: str | Path, prefix: str | Path, num_classes: int) -> Sa
     side = frame_scores_path(list_file)
     if side.is_file() and list_file.suffix.lower() != '.json':
         samples = samples.with_frame_scores(read_frame_scores(side))
+    _trim_heap()   # the parsing temporaries are freed; give their pages back
     return samples
 
 
@@ -1239,6 +1243,8 @@ def _load_image(path: Path) -> np.ndarray:
     """Image file -> uint8 `(H, W, 3)` RGB; EXIF orientation applied (as OpenCV/mmcv do)."""
     _check_file(path)
     with Image.open(path) as im:
+        if min(im.size) < MIN_IMAGE_SIDE:      # tracking pixels and broken thumbnails of a web crawl: no content
+            raise ValueError(f'{path}: {im.size[0]}x{im.size[1]} image, smaller than {MIN_IMAGE_SIDE} pixels a side')
         im = ImageOps.exif_transpose(im)
         return np.asarray(im.convert('RGB'), dtype=np.uint8)   # convert() forces a full decode
 
@@ -1275,52 +1281,25 @@ def _read_text_list(list_file: Path, prefix: Path, num_classes: int) -> SampleLi
     if not buf.endswith(b'\n'):
         buf += b'\n'
     a = np.frombuffer(buf, dtype=np.uint8)
-    # 1. lines: [starts, ends) with ends at the newlines; the spaces and the other non-printable bytes
-    ends = np.flatnonzero(a == 10)
-    starts = np.concatenate(([0], ends[:-1] + 1)).astype(np.int64)
-    spaces = np.flatnonzero(a == 32)
-    other = np.flatnonzero(((a < 32) & (a != 10)) | (a > 126))   # tabs, CR, non-ASCII: per-line parser
+    # 1. one scan (in blocks) for the bytes outside '!'..'~': newlines, spaces and the rest (tabs, CR, non-ASCII)
+    pos = np.concatenate([np.flatnonzero((a[o:o + _SCAN_BLOCK] - np.uint8(33)) > 93) + o
+                          for o in range(0, len(a), _SCAN_BLOCK)])
+    byte = a[pos]
+    ends, spaces, other = pos[byte == 10], pos[byte == 32], pos[(byte != 10) & (byte != 32)]
+    del pos, byte
     if other.size and _exotic_breaks(buf, a, other):   # str.splitlines() would number the lines otherwise
         return SampleList.from_samples(read_list_samples(list_file, prefix, num_classes), prefix)
-    n_sp = np.searchsorted(spaces, ends) - np.searchsorted(spaces, starts)
-    first_sp = spaces[np.minimum(np.searchsorted(spaces, starts), max(len(spaces) - 1, 0))] if len(spaces) \
-        else starts
-    fast = (n_sp == 1) & (np.searchsorted(other, ends) == np.searchsorted(other, starts))
-    fast &= (a[np.minimum(starts, len(a) - 1)] != ord('#')) & (a[np.minimum(starts, len(a) - 1)] != ord('.'))
-    lab_len = ends - first_sp - 1
-    fast &= (first_sp > starts) & (lab_len >= 1) & (lab_len <= 9)
-    cand = np.flatnonzero(fast)
-    st, sp, en = starts[cand], first_sp[cand], ends[cand]
-    # 2. the label: 1-9 decimal digits after the space, below num_classes
-    label, ok = np.zeros(len(cand), dtype=np.int64), np.ones(len(cand), dtype=bool)
-    for k in range(9):
-        inside = k < en - sp - 1
-        d = a[np.minimum(sp + 1 + k, en - 1)].astype(np.int64) - 48
-        ok &= ~inside | ((d >= 0) & (d <= 9))
-        label = np.where(inside, label * 10 + d, label)
-    ok &= label < num_classes
-    # 3. the kind from the extension (last 5 bytes, ASCII lower case): image, video, untrimmed/ video
-    tail = np.zeros(len(cand), dtype=np.uint64)
-    for j in range(1, 6):
-        b = a[np.maximum(sp - j, 0)].astype(np.uint64)
-        b = np.where((b >= 65) & (b <= 90), b + 32, b)
-        tail |= np.where(sp - j >= st, b, 0).astype(np.uint64) << np.uint64(8 * (j - 1))
-    kind = np.full(len(cand), 255, dtype=np.uint8)
-    for ext in VIDEO_EXTS + IMAGE_EXTS:
-        m = len(ext)
-        code = np.uint64(int.from_bytes(ext.encode()[::-1], 'big'))
-        before = a[np.maximum(sp - m - 1, 0)]
-        hit = ((tail & np.uint64((1 << 8 * m) - 1)) == code) & (sp - m - 1 >= st) & (before != 47) & \
-            (before != 46) & (kind == 255)
-        kind[hit] = KINDS.index('image') if ext in IMAGE_EXTS else KINDS.index('video')
-    video = np.flatnonzero(kind == 0)
-    if len(video):
-        lead = a[np.minimum(st[video, None] + np.arange(10), len(a) - 1)]
-        untr = (lead == np.frombuffer(b'untrimmed/', dtype=np.uint8)).all(axis=1) & (sp[video] - st[video] > 10)
-        kind[video[untr]] = KINDS.index('untrimmed')
-    ok &= kind != 255
-    fast_lines = cand[ok]
-    # 4. every other line through the per-line parser (errors: FILE:LINE); blank and '#' lines skipped
+    starts = np.concatenate(([0], ends[:-1] + 1)).astype(np.int64)
+    # 2. the dominant form, in blocks of lines: one space, printable ASCII, a media extension, a decimal label
+    fast_lines, fast_sp, fast_label, fast_kind = [], [], [], []
+    for b0 in range(0, len(ends), _LINE_BLOCK):
+        st, en = starts[b0:b0 + _LINE_BLOCK], ends[b0:b0 + _LINE_BLOCK]
+        got = _fast_lines(a, st, en, spaces, other, num_classes)
+        fast_lines.append(got[0] + b0)
+        fast_sp.append(got[1]), fast_label.append(got[2]), fast_kind.append(got[3])
+    fast_lines, fast_sp = np.concatenate(fast_lines), np.concatenate(fast_sp)
+    fast_label, fast_kind = np.concatenate(fast_label), np.concatenate(fast_kind)
+    # 3. every other line through the per-line parser (errors: FILE:LINE); blank and '#' lines skipped
     slow_mask = np.ones(len(ends), dtype=bool)
     slow_mask[fast_lines] = False
     slow_lines, slow = [], []
@@ -1336,26 +1315,73 @@ def _read_text_list(list_file: Path, prefix: Path, num_classes: int) -> SampleLi
             slow_lines.append(ln)
     if not len(fast_lines) and not slow:
         raise ValueError(f'{list_file}: no samples (empty annotation list)')
-    # 5. merge both in line order; slow paths are appended to the buffer
+    # 4. merge both in line order; the slow lines' paths are appended to the buffer
+    nf = len(fast_lines)
+    start, length = starts[fast_lines], fast_sp - starts[fast_lines]
+    if not slow:   # the common case: no copy, no reordering
+        return SampleList(str(prefix), buf, *_narrow(start, length), fast_label, fast_kind)
     extra = SampleList.from_samples([smp for _, smp in slow], '')
     rel = [r.encode('utf-8') for r, _ in slow]
     rel_len = np.array([len(r) for r in rel], dtype=np.int64)
-    rel_start = len(buf) + np.concatenate(([0], np.cumsum(rel_len)[:-1])).astype(np.int64) if slow else rel_len
+    rel_start = len(buf) + np.concatenate(([0], np.cumsum(rel_len)[:-1])).astype(np.int64)
     order = np.argsort(np.concatenate((fast_lines, np.array(slow_lines, dtype=np.int64))), kind='stable')
-    nf = len(fast_lines)
-    start = np.concatenate((starts[fast_lines], rel_start))[order]
-    length = np.concatenate((first_sp[fast_lines] - starts[fast_lines], rel_len))[order]
-    labels = np.concatenate((label[ok], extra.labels if slow else np.zeros(0, np.int64)))[order]
-    kinds = np.concatenate((kind[ok], extra.kinds if slow else np.zeros(0, np.uint8)))[order]
     ex = None
-    if slow and extra._extra is not None:
+    if extra._extra is not None:
         ex = _int32(np.concatenate((np.zeros(nf, dtype=np.int64), extra._extra))[order])
     # ragged data of the slow samples: their rows move from k (in `extra`) to inv[nf + k]
     inv = np.empty(len(order), dtype=np.int64)
     inv[order] = np.arange(len(order))
     shift = (lambda r: None if r is None else _Ragged(inv[nf + r.rows], r.ptr, r.off, r.values, r.scalar))
-    return SampleList(str(prefix), buf + b''.join(rel), *_narrow(start, length), labels, kinds, ex,
-                      shift(extra._pos), shift(extra._windows))
+    return SampleList(str(prefix), buf + b''.join(rel),
+                      *_narrow(np.concatenate((start, rel_start))[order], np.concatenate((length, rel_len))[order]),
+                      np.concatenate((fast_label, extra.labels))[order],
+                      np.concatenate((fast_kind, extra.kinds))[order], ex, shift(extra._pos), shift(extra._windows))
+
+
+def _fast_lines(a: np.ndarray, st: np.ndarray, en: np.ndarray, spaces: np.ndarray, other: np.ndarray,
+                num_classes: int):
+    """Lines [st, en) of buffer `a` in the form 'PATH LABEL' -> (line numbers in the block, space position,
+    label int64, kind code uint8) of those that are; the others are left to the per-line parser."""
+    k0 = np.searchsorted(spaces, st)
+    one_space = (np.searchsorted(spaces, en) - k0) == 1
+    plain = np.searchsorted(other, en) == np.searchsorted(other, st)   # no tab, CR, non-ASCII byte
+    sp = spaces[np.minimum(k0, max(len(spaces) - 1, 0))] if len(spaces) else st
+    lead = a[st]   # a '#' comment or a './' path goes the careful way
+    lab_len = en - sp - 1
+    cand = np.flatnonzero(one_space & plain & (lead != 35) & (lead != 46) & (sp > st) & (lab_len >= 1) &
+                          (lab_len <= 9))
+    st, sp, en, lab_len = st[cand], sp[cand], en[cand], lab_len[cand]
+    # 1. the label: 1-9 decimal digits after the space, below num_classes
+    label, ok = np.zeros(len(cand), dtype=np.int64), np.ones(len(cand), dtype=bool)
+    for k in range(int(lab_len.max()) if len(cand) else 0):
+        inside = k < lab_len
+        d = a[np.minimum(sp + 1 + k, en - 1)].astype(np.int64) - 48
+        ok &= ~inside | ((d >= 0) & (d <= 9))
+        label = np.where(inside, label * 10 + d, label)
+    ok &= label < num_classes
+    # 2. the kind from the extension (the path's last 5 bytes in ASCII lower case, last byte lowest)
+    tail = np.zeros(len(cand), dtype=np.uint64)
+    for j in range(1, 6):
+        b = a[np.maximum(sp - j, 0)]
+        b = np.where((b >= 65) & (b <= 90), b + np.uint8(32), b).astype(np.uint64)
+        tail |= np.where(sp - j >= st, b, np.uint64(0)) << np.uint64(8 * (j - 1))
+    kind = np.full(len(cand), 255, dtype=np.uint8)
+    for m in (3, 4, 5):
+        codes = {e: int.from_bytes(e.encode()[::-1], 'little') for e in VIDEO_EXTS + IMAGE_EXTS if len(e) == m}
+        img = np.array([c for e, c in codes.items() if e in IMAGE_EXTS], dtype=np.uint64)
+        vid = np.array([c for e, c in codes.items() if e in VIDEO_EXTS], dtype=np.uint64)
+        key = tail & np.uint64((1 << 8 * m) - 1)
+        before = a[np.maximum(sp - m - 1, 0)]   # the name before the extension: not empty, not hidden
+        named = (sp - m - 1 >= st) & (before != 47) & (before != 46) & (kind == 255)
+        kind[named & np.isin(key, img)] = KINDS.index('image')
+        kind[named & np.isin(key, vid)] = KINDS.index('video')
+    video = np.flatnonzero(kind == 0)
+    if len(video):   # first path component 'untrimmed'
+        head = a[np.minimum(st[video, None] + np.arange(10), len(a) - 1)]
+        untr = (head == np.frombuffer(b'untrimmed/', dtype=np.uint8)).all(axis=1) & (sp[video] - st[video] > 10)
+        kind[video[untr]] = KINDS.index('untrimmed')
+    ok &= kind != 255
+    return cand[ok], sp[ok], label[ok], kind[ok]
 
 
 def _exotic_breaks(buf: bytes, a: np.ndarray, other: np.ndarray) -> bool:
@@ -1370,6 +1396,15 @@ def _exotic_breaks(buf: bytes, a: np.ndarray, other: np.ndarray) -> bool:
         text = buf.decode('utf-8', errors='replace')
         return any(c in text for c in '\x85\u2028\u2029')
     return False
+
+
+def _trim_heap() -> None:
+    """Return freed heap pages to the OS (glibc `malloc_trim`): after freeing a large block glibc raises its
+    mmap threshold, so the next temporaries come from the heap and stay resident once freed; no-op elsewhere."""
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError, TypeError):
+        pass
 
 
 def _narrow(start: np.ndarray, length: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

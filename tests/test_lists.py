@@ -88,6 +88,16 @@ def test_random_image_list_equals_the_reference(tmp_path):
     assert list(compact) == ref
 
 
+def test_plain_lines_take_the_vectorised_path(tmp_path, monkeypatch):
+    lines = ['web/a.jpg 3', 'untrimmed/b.MP4 0', 'c/d.e.webm 1', 'x.tiff 2', 'untrimmed.mp4 1', 'v/.x.jpg 0']
+    lst = put(tmp_path / 'train.txt', '\n'.join(lines) + '\n')
+    ref = data.read_list_samples(lst, tmp_path, 4)
+    calls = []
+    monkeypatch.setattr(data, '_parse_line', lambda *a: calls.append(a))
+    assert list(data.read_list(lst, tmp_path, 4)) == ref and calls == []
+    assert [s.kind for s in ref] == ['image', 'untrimmed', 'video', 'image', 'video', 'image']
+
+
 def test_json_list_equals_the_reference(tmp_path):
     lst = put(tmp_path / 'raw.json', json.dumps([
         {'video_dir': 'rawvideo_dataset', 'label': 1, 'num_clips': 2, 'positive_clip_inds': [0]},
