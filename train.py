@@ -16,9 +16,15 @@ auxiliary source, one forward on their concatenation, one loss, ONE optimiser st
 
 Outputs in --work-dir: log.jsonl (one JSON object per logging interval and per epoch), latest.pth
 (every epoch, written atomically), best.pth (best quick validation top-1), metrics.json (top1, top5,
-mean_class_acc of the final evaluation with the paper's test protocol) and confusion_matrix.csv.
+mean_class_acc of the final evaluation with the paper's test protocol), confusion_matrix.csv and
+predictions.jsonl (per video: path, label, top-5 classes with probabilities; --dump-probs: all of them).
+
+Speed (issue 10): workers send uint8 clips, normalised on the device; the step runs in --amp precision
+(bf16 by default on GPUs that have it) and never waits for the host: losses and accuracies are summed on
+the device and read once per logging interval.
 """
 import argparse
+import contextlib
 import functools
 import json
 import logging
@@ -377,9 +383,10 @@ def evaluate(run, loader, quick=False, predictions=None):
     return metrics_from(cm.cpu(), top5.cpu())
 
 
-def predict(net, views, spec, amp="none"):
+def predict(net, views, spec, amp=None):
     """views (N, V, C, T, H, W), uint8 or normalised -> class probabilities (N, K) float32, combining views as
-    MMAction2 does; the forward in `amp` precision (--amp) on the device of `views`."""
+    MMAction2 does; the forward in `amp` precision (--amp) on the device of `views` (None: the caller's
+    autocast state, e.g. filter.py's)."""
     if views.dtype == torch.uint8:
         views = transforms.normalize(views)
     n, v, c, t, h, w = views.shape
@@ -957,7 +964,10 @@ def default_channels_last(device):
 
 
 def autocast(amp, device):
-    """torch.autocast for --amp on the run's device (a no-op context for 'none'); the same code on CPU and GPU."""
+    """torch.autocast for --amp on the run's device ('none': off; None: leave the caller's state as it is);
+    the same code on CPU and GPU."""
+    if amp is None:
+        return contextlib.nullcontext()
     return torch.autocast(device.type, dtype=AMP_DTYPES.get(amp, torch.float32), enabled=amp in AMP_DTYPES)
 
 

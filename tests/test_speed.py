@@ -214,3 +214,20 @@ def test_test_writes_per_video_predictions_gathered_in_split_order(small_data, t
     assert torch.allclose(torch.tensor([r["probs"] for r in two]), torch.tensor([r["probs"] for r in rows]),
                           atol=1e-5)
     assert json.loads((tmp_path / "two" / "metrics.json").read_text())["top1"] == pytest.approx(top1)
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+def test_predict_runs_in_the_given_precision_or_the_callers():
+    """evaluate passes --amp; filter.py calls predict inside its own autocast, which must stay in force."""
+    args = train.get_args_parser().parse_args(["--arch", "tsn_tiny"])
+    net = train.build(args, 4, torch.device("cpu")).eval()
+    views = torch.randint(0, 256, (2, 1, 3, 3, 64, 64), dtype=torch.uint8)
+    with torch.no_grad():
+        fp32 = train.predict(net, views, net.spec, amp="none")
+        bf16 = train.predict(net, views, net.spec, amp="bf16")
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            inherited = train.predict(net, views, net.spec)
+            forced_off = train.predict(net, views, net.spec, amp="none")
+    assert bf16.dtype == fp32.dtype == torch.float32 and not torch.equal(bf16, fp32)
+    assert torch.allclose(bf16, fp32, atol=0.05)
+    assert torch.equal(inherited, bf16) and torch.equal(forced_off, fp32)
