@@ -199,3 +199,66 @@ def test_map_labels_k200_web_images_land_on_k400_places(tmp_path):
                                          r"\(class_000, class_001, class_002, class_003, \.\.\.\)$"):
         data.map_labels(data.read_list(put(tmp_path / 'g2.txt', 'a.jpg 0\n'), tmp_path, 2), ['x', 'y'], k400,
                         '--aux gg')
+
+
+# -------------------------------------------------------------------------------------
+# 4. Windows of untrimmed videos (issue 9 item 4): the same frames as the cut pieces
+# -------------------------------------------------------------------------------------
+
+W_FRAMES, W_FPS = 40, 25
+
+
+def write_levels_video(path: Path, num_frames: int = W_FRAMES, fps: int = W_FPS) -> Path:
+    """Frame i is grey level 20 + 5 i (decodes back to its index whatever the encoder's rounding)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with av.open(str(path), mode='w') as container:
+        stream = container.add_stream('libx264', rate=fps)
+        stream.width, stream.height, stream.pix_fmt = 32, 32, 'yuv420p'
+        stream.options = {'x264-params': 'keyint=8:min-keyint=8:scenecut=0'}
+        for i in range(num_frames):
+            frame = av.VideoFrame.from_ndarray(np.full((32, 32, 3), 20 + 5 * i, np.uint8), format='rgb24')
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
+def frame_numbers(frames: np.ndarray) -> list[int]:
+    return [int(round((f.mean() - 20) / 5)) for f in frames]
+
+
+def test_windows_decode_the_frames_of_the_cut_pieces(tmp_path):
+    write_levels_video(tmp_path / 'untrimmed' / 'v.mp4')
+    # 0.6-s pieces of 15 frames: [0, 15), [15, 30), [30, 40) (the tail joins the last piece)
+    assert data.cut_video(tmp_path / 'untrimmed' / 'v.mp4', tmp_path / 'raw' / 'v', seconds=0.6) == 3
+    assert data.window_frames((0.6, 1.2), W_FPS, W_FRAMES) == (15, 30)
+    assert data.window_frames((1.2, 1.6), W_FPS, W_FRAMES) == (30, 40)
+    assert data.window_frames((0.5996, 1.2004), W_FPS, W_FRAMES) == (15, 30)   # milliseconds in the list
+    with pytest.raises(ValueError, match=r'v.mp4: window 2.000:3.000 s holds no frame \(40 frames'):
+        data.window_frames((2.0, 3.0), W_FPS, W_FRAMES, 'v.mp4')
+    put(tmp_path / 'pieces.txt', 'raw/v 0 3 1\nraw/v 0 3 2\n')
+    put(tmp_path / 'windows.txt', 'untrimmed/v.mp4 0 0.600:1.200\nuntrimmed/v.mp4 0 1.200:1.600 0.000:0.600\n')
+    for sampling in (data.Sampling(4, 2, 1), data.Sampling(1, 1, 5)):
+        for test_mode in (False, True):
+            kw = dict(sampling=sampling, test_mode=test_mode, seed=3)
+            pieces = data.VideoDataset(data.read_list(tmp_path / 'pieces.txt', tmp_path, 1), **kw)
+            windows = data.VideoDataset(data.read_list(tmp_path / 'windows.txt', tmp_path, 1), **kw)
+            for i in range(2):
+                # frame numbers of the untrimmed video (a piece's frames carry their original levels)
+                got, want = frame_numbers(windows.load(i)[0]), frame_numbers(pieces.load(i)[0])
+                if test_mode or i == 0:   # the first window is the piece; one window: the same random draws
+                    assert got == want, (sampling, test_mode, i)
+                if test_mode:
+                    assert all(15 * (i + 1) <= n < 15 * (i + 2) - 5 * i for n in got)
+    assert windows.num_failed == 0
+    # training draws one of the item's windows per epoch, and samples inside it only
+    seen = set()
+    windows = data.VideoDataset(data.read_list(tmp_path / 'windows.txt', tmp_path, 1), data.Sampling(4, 2, 1))
+    for epoch in range(12):
+        windows.set_epoch(epoch)
+        got = frame_numbers(windows.load(1)[0])
+        inside = [w for w, (a, b) in enumerate([(30, 40), (0, 15)]) if all(a <= n < b for n in got)]
+        assert len(inside) == 1, got
+        seen.add(inside[0])
+    assert seen == {0, 1}
