@@ -837,6 +837,8 @@ class VideoDataset(torch.utils.data.Dataset):
     training, the first in testing; sampled like a video over that window's frames only, decoded from
     the untrimmed file with seeking). `samples`: a `SampleList` (kept as is: workers share it) or
     `Sample`s (converted to one).
+    image_short_side: the short side the pipeline resizes images to (`transforms.short_side_for(crop)`):
+    large JPEGs are then decoded reduced (`read_image`, draft mode), many times faster for crawled photos.
     Sec. 3.5 / Table 14: `snippet(scores (F,), label, rng=..., threshold=...) -> positions (num_clips,)`
     (e.g. `functools.partial(transforms.select_snippet, mode='1p2n')`) builds the TSN input of a
     sample that carries `frame_scores` (1-FPS frames of an untrimmed video, scored by filter.py's
@@ -852,7 +854,7 @@ class VideoDataset(torch.utils.data.Dataset):
 
     def __init__(self, samples: Sequence[Sample], sampling: Sampling, transform: Callable | None = None,
                  test_mode: bool = False, image_to_clip: Callable = replicate_image, seed: int = 0,
-                 snippet: Callable | None = None):
+                 snippet: Callable | None = None, image_short_side: int | None = None):
         if not samples:
             raise ValueError('VideoDataset: no samples')
         if seed < 0:
@@ -862,6 +864,7 @@ class VideoDataset(torch.utils.data.Dataset):
             _check_snippet(self.snippet, sampling.num_clips)
         self.samples, self.sampling, self.test_mode = samples, sampling, test_mode
         self.transform, self.image_to_clip, self.seed = transform, image_to_clip, seed
+        self.image_short_side = image_short_side   # JPEGs decoded reduced to about this short side (`read_image`)
         # the epoch lives in shared memory too: persistent DataLoader workers see set_epoch's value
         self._epoch = torch.zeros(1, dtype=torch.int64).share_memory_()
         self._transform_rng = transform is not None and _takes_rng(transform)
@@ -958,7 +961,7 @@ class VideoDataset(torch.utils.data.Dataset):
     def _load_sample(self, s: Sample, rng: np.random.Generator) -> np.ndarray:
         """Decode one sample: frames uint8 `(clip_len * num_clips, H, W, 3)`, an image `(H, W, 3)`."""
         if s.kind == 'image':
-            return read_frames(s.path, [0])[0]
+            return read_image(s.path, self.image_short_side)
         if s.kind == 'frames':
             idx = self._sample(s.num_frames, rng)
             return read_frames(s.path, idx)

@@ -262,3 +262,27 @@ def test_windows_decode_the_frames_of_the_cut_pieces(tmp_path):
         assert len(inside) == 1, got
         seen.add(inside[0])
     assert seen == {0, 1}
+
+
+# -------------------------------------------------------------------------------------
+# 5. Crawled JPEGs decoded reduced (issue 9 item 7)
+# -------------------------------------------------------------------------------------
+
+def test_large_jpeg_decoded_reduced_is_close_to_a_full_decode(tmp_path):
+    y, x = np.mgrid[0:300, 0:400].astype(np.float32)
+    img = np.stack([x / 400 * 255, y / 300 * 255, 128 + 100 * np.sin(x / 30) * np.cos(y / 20)], -1).astype(np.uint8)
+    Image.fromarray(img).resize((4000, 3000), Image.BILINEAR).save(tmp_path / 'big.jpg', quality=90)
+    full = data.read_image(tmp_path / 'big.jpg')
+    small = data.read_image(tmp_path / 'big.jpg', short_side=256)
+    assert full.shape == (3000, 4000, 3) and small.shape == (375, 500, 3)   # 1/8 scale: short side 375 >= 256
+    # resized to the same size (short side 256), the two agree up to draft mode's DCT averaging
+    size = (341, 256)
+    a = np.asarray(Image.fromarray(full).resize(size, Image.BILINEAR, reducing_gap=None), dtype=np.float32)
+    b = np.asarray(Image.fromarray(small).resize(size, Image.BILINEAR), dtype=np.float32)
+    assert np.abs(a - b).mean() < 1.5 and np.abs(a - b).max() < 40
+    # small images and other formats are decoded in full; a short side of 8-16 px stays as it is
+    Image.fromarray(img).resize((800, 600)).save(tmp_path / 'mid.png')
+    assert data.read_image(tmp_path / 'mid.png', short_side=256).shape == (600, 800, 3)
+    with pytest.raises(ValueError, match=r'tiny.jpg: 1x1 image, smaller than 8 pixels a side'):
+        Image.new('RGB', (1, 1)).save(tmp_path / 'tiny.jpg')
+        data.read_image(tmp_path / 'tiny.jpg', short_side=256)
