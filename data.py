@@ -199,6 +199,30 @@ def video_fps(path: str | Path) -> float:
         return float(_stream_rate(path, stream))
 
 
+def read_image(path: str | Path, short_side: int | None = None) -> np.ndarray:
+    """A still (web) image -> uint8 `(H, W, 3)` RGB, EXIF orientation applied; images under MIN_IMAGE_SIDE fail.
+
+    short_side: the short side the pipeline resizes the image to next (Sec. 3.5: before replication or
+    warping). A JPEG at least twice that size is decoded reduced in the DCT domain (Pillow's draft mode: 1/2,
+    1/4 or 1/8 scale, the smallest that keeps the short side >= `short_side`), so a 12-megapixel crawl
+    image costs a fraction of a full decode; the caller's resize still makes the exact size. The result
+    differs from a full decode + resize only by draft mode's DCT averaging (an area-like filter).
+    """
+    path = Path(path)
+    if short_side is None:
+        return _load_image(path)
+    _check_file(path)
+    with Image.open(path) as im:
+        w, h = im.size
+        if min(w, h) < MIN_IMAGE_SIDE:
+            raise ValueError(f'{path}: {w}x{h} image, smaller than {MIN_IMAGE_SIDE} pixels a side')
+        if im.format == 'JPEG' and min(w, h) >= 2 * short_side:
+            scale = short_side / min(w, h)
+            im.draft('RGB', (math.ceil(w * scale), math.ceil(h * scale)))
+        im = ImageOps.exif_transpose(im)
+        return np.asarray(im.convert('RGB'), dtype=np.uint8)   # convert() forces the (reduced) decode
+
+
 def cut_video(path: str | Path, out_dir: str | Path, seconds: float = 10.0, crf: int = 18) -> int:
     """Sec. 3.5 (3D students): cut a video into `seconds`-long pieces out_dir/part_0.mp4, part_1.mp4, ...
 
