@@ -5,6 +5,12 @@
     python benchmark.py --video gen --what data           # the generated K400-like clip instead of the demo
     python benchmark.py --what model --threads 2
     python benchmark.py --what loader                     # 2-worker training loaders, decoder threads per worker
+    python benchmark.py --what model --precisions fp32,bf16 --models tsn_r50,slowonly_r50_4x16
+    python benchmark.py --what scale                      # web-scale figures (issue 9); minutes
+    python benchmark.py --what scale --scale-lines 20000 --scale-images 400 --scale-images-small 100 \
+        --dedup-web 10000 --dedup-val 1000                # the same figures in seconds
+    python benchmark.py --what soak                       # 10,000 clips through DataLoader workers; < 10 min
+    python benchmark.py --what soak --soak-clips 1000 --soak-every 100
 
 What it measures (paper context: the training recipes of the appendix "Implementation Details", TSN with
 3 segments, Sec. 5.1, and SlowOnly 4x16, Sec. 5.2; Table 11 K400-format clips, 340x256, 10 s):
@@ -20,10 +26,35 @@ What it measures (paper context: the training recipes of the appendix "Implement
 2. Loader: the same training pipelines behind a DataLoader with --workers (2) persistent workers, as train.py
    runs them: clips/s with one FFmpeg decoder thread per worker (data.WORKER_CODEC_THREADS, the default)
    against automatic decoder threading in every worker, alternated round by round.
-3. Model: training samples/s (forward + backward + SGD step) at --batch (2) on the CPU, and on CUDA with
-   and without bf16 autocast when a GPU is visible; FLOPs per sample counted analytically (conv/linear
-   MACs from forward hooks, x2 FLOPs per MAC, x3 for forward + backward), and the fraction of the
-   measured float32 (bf16 for AMP) matmul FLOP/s that training reaches.
+3. Model: training samples/s (forward + backward + SGD step) at --batch (2) for every --precisions entry
+   (fp32; bf16 and fp16 under torch.autocast, fp16 with a GradScaler; a precision the device cannot run, or
+   runs without fast kernels (fp16 on most CPUs: its matmul under a quarter of fp32's), is reported and
+   skipped), each with contiguous and channels_last weights (channels_last_3d and a channels_last_3d input
+   for 3D models), on the CPU and on CUDA when a GPU is visible; FLOPs per sample counted analytically
+   (conv/linear MACs from forward hooks, x2 FLOPs per MAC, x3 for forward + backward), and the fraction of
+   the measured matmul FLOP/s IN THE SAME DTYPE (torch.mm fp32 / bf16 / fp16) that training reaches.
+4. Scale (issue 9; only with --what scale): a synthetic crawl that costs little disk (hard links) --
+   a) data.load_split of a --scale-lines (2M) image list in a forked child: lines per CPU second and
+      resident bytes per sample (VmRSS before/after); then --readers (4) processes forked from it, as
+      DataLoader workers are, read every sample; each reports the private memory it gained per sample
+      (/proc/self/smaps_rollup Private_Clean + Private_Dirty) after reading label and path, and after also
+      turning the path into a string (what opening the file does);
+   b) filter.py run as a user runs it (subprocess, --workers, --device cpu, OMP_NUM_THREADS=1: one
+      thread per process) on --scale-images (20k) and --scale-images-small (5k) 96x128 JPEGs (hard links
+      of 64 generated photos-like images) with an untrained tsn_tiny teacher over 400 classes: CPU per image
+      of the whole process tree (resource.getrusage(RUSAGE_CHILDREN) in a wrapper process), against decode
+      + the filter's test transform alone and the teacher's forward alone (batch 16), both one thread in
+      this process; the marginal CPU per image (difference of the two runs, no start-up); peak RSS
+      (ru_maxrss of the largest process) at the two sizes and their ratio;
+   c) de-duplication: filter.find_duplicates on random float32 web (--dedup-web, 1M) x val (--dedup-val,
+      50k) features of --dedup-dim (256) with planted duplicates: wall and CPU time, ns per pair, the time
+      scaled to 1M x 50k, and the peak RSS above the inputs.
+5. Soak (issue 8; only with --what soak): --soak-clips (10,000) training clips of --soak-arch (tsn_r50)
+   through train.make_dataset (the sampling and transforms train.py uses) and a DataLoader with --workers
+   persistent workers, from 3 generated videos (one of them 640x360, so resizing runs) under distinct
+   hard-linked names; every --soak-every clips the RSS and PSS (/proc/PID/smaps_rollup) of the main process
+   and its workers; the verdict fits a line to PSS after the first fifth (warm-up) and calls it flat when
+   the growth it predicts over the run is within max(2 %, 8 MiB).
 
 Timing: time.perf_counter (wall) and time.process_time (CPU of every thread of the process), one warm-up,
 then --repeats rounds; the figure is the median over rounds. In the data part the methods are
@@ -236,7 +267,7 @@ def _loader_rate(arch: str, video: Path, workers: int) -> float:
     spec = models.ARCHS[arch][1]
     sampling = data.Sampling(spec.clip_len, spec.frame_interval, spec.num_clips_train)
     ds = data.VideoDataset([data.Sample(video, 0, 'video')] * 48, sampling,
-                           transform=transforms.train_transform(spec.family, spec.crop_size))
+                           transform=transforms.train_transform(spec.family, spec.crop_size, uint8=True))
     loader = torch.utils.data.DataLoader(ds, batch_size=4, num_workers=workers, persistent_workers=workers > 0)
     for _ in loader:
         pass
@@ -251,7 +282,7 @@ def _make_case(arch: str, video: Path, num_frames: int, args) -> dict:
     spec = models.ARCHS[arch][1]
     sampling = data.Sampling(clip_len=spec.clip_len, frame_interval=spec.frame_interval,
                              num_clips=spec.num_clips_train)          # train.py make_dataset
-    transform = transforms.train_transform(spec.family, spec.crop_size)
+    transform = transforms.train_transform(spec.family, spec.crop_size, uint8=True)
     samples = [data.Sample(video, 0, 'video')] * args.samples
     ds = data.VideoDataset(samples, sampling, transform=transform, test_mode=False, seed=args.seed)
     sets = [_item_indices(ds, j, num_frames) for j in range(args.samples)]
@@ -296,8 +327,8 @@ def _round_theirs(venv: str, script: Path, cfg: dict, timings: dict, tmp: Path) 
 
 
 def _print_pipeline_table(cases: dict, t: dict) -> None:
-    print('\nTraining pipelines (decode + sample + crop + resize + flip + normalise; data.VideoDataset '
-          'with transforms.train_transform, as train.py builds them)')
+    print('\nTraining pipelines (decode + sample + crop + resize + flip to uint8; data.VideoDataset '
+          'with transforms.train_transform(uint8=True), as train.py builds them; it normalises on the device)')
     rows = []
     for label, c in cases.items():
         ours, naive = t[(label, 'pipeline ours')], t[(label, 'pipeline naive')]
@@ -396,6 +427,10 @@ def bench_models(args) -> None:
                 continue
             peaks[p] = _matmul_flops(device, PRECISIONS[p] or torch.float32, reps)
             print(f'{device} {p}: measured matmul peak {peaks[p] / 1e9:.1f} GFLOP/s (torch.mm {p}, median of {reps})')
+        fp32 = peaks.get('fp32') or _matmul_flops(device, torch.float32, reps)
+        for p in [p for p in peaks if p != 'fp32' and peaks[p] < fp32 / 4]:
+            print(f'{device} {p}: no fast kernels here ({peaks.pop(p) / 1e9:.1f} GFLOP/s against fp32\'s '
+                  f'{fp32 / 1e9:.1f}): not timed (a training step would take minutes)')
         for arch in archs:
             steps = args.big_steps if (args.big_steps and arch in BIG_MODELS) else args.repeats
             base = None
@@ -486,12 +521,20 @@ def _count_macs(model: nn.Module, x: torch.Tensor) -> float:
 
 
 def _matmul_flops(device: str, dtype: torch.dtype, repeats: int) -> float:
-    """FLOP/s of a large square torch.mm (2 n^3 FLOPs), median of `repeats` after a warm-up."""
-    n = 2048 if device == 'cpu' else 8192
-    a = torch.randn(n, n, device=device, dtype=dtype)
-    b = torch.randn(n, n, device=device, dtype=dtype)
+    """FLOP/s of a large square torch.mm (2 n^3 FLOPs), median of `repeats` after a warm-up.
+
+    n doubles from 256 up to 2048 on the CPU (8192 on CUDA) while one product takes under 0.25 s, so a dtype
+    without fast kernels (fp16 on most CPUs) is measured at a size that finishes."""
+    largest = 2048 if device == 'cpu' else 8192
+    n = 256
+    while True:
+        a = torch.randn(n, n, device=device, dtype=dtype)
+        b = torch.randn(n, n, device=device, dtype=dtype)
+        first = _time_calls(lambda _: torch.mm(a, b), range(1), sync=device)[0]
+        if first > 0.25 or n >= largest:
+            break
+        n *= 2
     timing = Timing(1)
-    torch.mm(a, b)
     for _ in range(repeats):
         timing.add(*_time_calls(lambda _: torch.mm(a, b), range(1), sync=device))
     return 2.0 * n ** 3 * timing.rate
