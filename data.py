@@ -47,6 +47,7 @@ Helpers are at the bottom of the file.
 from __future__ import annotations
 
 import bisect
+import collections
 import contextlib
 import ctypes
 import dataclasses
@@ -82,6 +83,12 @@ _SCAN_BLOCK, _LINE_BLOCK = 1 << 24, 1 << 18   # list parsing in blocks of bytes 
 # keeps them from oversubscribing the cores (2 workers on 2 cores: +11-14 % TSN, +16-24 % SlowOnly clips/s; see
 # `python benchmark.py --what loader`). 0 = FFmpeg's automatic frame + slice threading, always used outside workers.
 WORKER_CODEC_THREADS = 1
+# Frames no index needs are sent to the decoder with skip_frame 'NONREF': it drops those no other frame refers
+# to (H.264/HEVC nal_ref_idc 0, MPEG-4/MPEG-2 B-frames) and decodes the rest bit-exactly; see `read_frames`.
+SKIP_NONREF = True
+# Per-process LRU of the pts scan of `read_frames` (workers are long-lived): at most this many frames' pts in
+# all (8 bytes each: 2M frames = 16 MiB, ~6,600 10-s clips at 30 fps); keyed by (path, size, mtime, inode).
+PTS_CACHE_FRAMES = 2_000_000
 
 
 # =====================================================================================
@@ -1096,12 +1103,22 @@ def _open_video(path: Path):
 
 def _decode_video(container, stream, path: Path, indices: np.ndarray,
                   stats: dict | None = None) -> np.ndarray:
-    """Decode `indices` from an open container (see `read_frames`); `stats` gets decoded/seeks counts."""
+    """Decode `indices` from an open container (see `read_frames`); `stats` gets the counts of frames
+    decoded (given by the decoder), skipped (dropped by it), seeks and packets sent while seeking."""
     wanted = np.unique(indices)
     stats = {} if stats is None else stats
-    stats.update(decoded=0, seeks=0, sequential=False)
-    index = _pts_index(container, stream)
-    frames = None if index is None else _decode_seeking(container, stream, wanted, index, stats)
+    stats.update(decoded=0, skipped=0, seeks=0, sent=0, sequential=False)
+    index, frames = _pts_index(container, stream), None
+    # 1. seek and skip; 2. seek only (skipping lost a frame); 3. count frames from the start. What failed
+    #    is remembered with the cached scan, so a long-lived worker tries it once per file. A frame past
+    #    the demuxed ones goes to 3 directly: only decoding tells the true length.
+    if index is not None and index.scan.seek_ok and int(wanted[-1]) < index.num_frames:
+        if index.scan.skip_ok and _can_skip(container, stream):
+            frames = _decode_seeking(container, stream, wanted, index, stats, skip=True)
+            index.scan.skip_ok = frames is not None
+        if frames is None:
+            frames = _decode_seeking(container, stream, wanted, index, stats, skip=False)
+            index.scan.seek_ok = frames is not None
     if frames is None:   # pts unusable or inconsistent: count frames in decoding order instead
         stats.update(sequential=True)
         frames = _decode_sequential(path, wanted, stats)
@@ -1115,69 +1132,199 @@ class _PtsIndex:
     keys: list[int]          # sorted presentation indices of keyframes
     key_pts: list[int]       # their pts: the seek target (FFmpeg lands exactly on it)
     key_set: frozenset = frozenset()
+    scan: _Scan | None = None   # the cached scan it was built from (records what failed on this file)
 
     @property
     def num_frames(self) -> int:
         return len(self.rank)
 
+    @classmethod
+    def from_scan(cls, scan: _Scan) -> _PtsIndex:
+        order, keys = scan.pts.tolist(), scan.keys.tolist()
+        return cls(rank=dict(zip(order, range(len(order)))), keys=keys, key_pts=[order[k] for k in keys],
+                   key_set=frozenset(keys), scan=scan)
+
+
+@dataclass
+class _Scan:
+    """What the demux pass keeps per file (the cached form): int64 arrays, 8 bytes a frame."""
+    pts: np.ndarray          # every frame's pts, sorted: the presentation order
+    keys: np.ndarray         # presentation indices of the keyframes, sorted
+    skip_ok: bool = True     # False once skipping lost a wanted frame of this file
+    seek_ok: bool = True     # False once the decoder's output contradicted the pts (seek + check failed)
+
 
 def _pts_index(container, stream) -> _PtsIndex | None:
-    """Demux every packet of the video stream (no decoding) -> `_PtsIndex`, None if pts unusable."""
+    """The `_PtsIndex` of an open video, None if its pts are unusable: one demux pass (`_scan_pts`), or
+    the per-process cache when the same file (path, size, mtime, inode unchanged) was scanned before."""
+    key = _file_key(container.name)
+    entry = _PTS_CACHE.get(key)
+    if entry is None:
+        entry = _scan_pts(container, stream)
+        _PTS_CACHE.put(key, entry)   # an unusable result is remembered too: no second scan
+    return None if entry is _UNUSABLE else _PtsIndex.from_scan(entry)
+
+
+def _scan_pts(container, stream):
+    """Demux every packet of the video stream (no decoding) -> `_Scan`, or `_UNUSABLE` (a packet without
+    pts, repeated pts, damaged file)."""
     pts, key_pts = [], []
     try:
         for packet in container.demux(stream):
             if packet.size == 0 or getattr(packet, 'is_discard', False):   # flush / edit-list cut
                 continue
             if packet.pts is None:
-                return None
+                return _UNUSABLE
             pts.append(packet.pts)
             if packet.is_keyframe:
                 key_pts.append(packet.pts)
     except av.error.FFmpegError:   # damaged file: let sequential decoding decide
-        return None
-    order = sorted(pts)
-    if not order or len(set(order)) != len(order):
-        return None
-    rank = {p: i for i, p in enumerate(order)}
-    key_pts = sorted(key_pts)
-    keys = [rank[p] for p in key_pts]
-    return _PtsIndex(rank=rank, keys=keys, key_pts=key_pts, key_set=frozenset(keys))
+        return _UNUSABLE
+    order = np.sort(np.asarray(pts, dtype=np.int64))
+    if order.size == 0 or np.any(order[1:] == order[:-1]):
+        return _UNUSABLE
+    return _Scan(order, np.searchsorted(order, np.sort(np.asarray(key_pts, dtype=np.int64))))
 
 
 def _decode_seeking(container, stream, wanted: np.ndarray, index: _PtsIndex,
-                    stats: dict) -> dict[int, np.ndarray] | None:
-    """Decode the sorted unique `wanted` frames with keyframe seeks; None if pts prove unreliable."""
-    want, out = set(int(i) for i in wanted), {}
-    frames, pos = None, -1   # decoder iterator; index of the last frame taken from it
-    for n in (int(i) for i in wanted):
-        if n >= index.num_frames:
-            return None   # past the demuxed frames: sequential decoding reports the truth
-        k = bisect.bisect_right(index.keys, n) - 1   # nearest keyframe at or before n
-        if k < 0:
-            return None
-        # 1. seek when the keyframe lies beyond the next frame the decoder would give
-        if frames is None or index.keys[k] > pos + 1:
-            container.seek(index.key_pts[k], backward=True, any_frame=False, stream=stream)
-            frames, pos = container.decode(stream), None
-            stats['seeks'] += 1
-        # 2. decode up to n, checking that indices follow each other; convert only wanted frames
-        while pos is None or pos < n:
-            frame = next(frames, None)
-            i = None if frame is None else index.rank.get(frame.pts)
-            if i is None:
+                    stats: dict, skip: bool = True) -> dict[int, np.ndarray] | None:
+    """Decode the sorted unique `wanted` frames with keyframe seeks; None if pts prove unreliable.
+
+    skip: packets of frames no index needs go to the decoder with skip_frame 'NONREF' (`_decoded_frames`);
+    the frames the decoder drops leave gaps in its output, allowed only where no wanted frame lies.
+    A run of wanted frames decoded from one keyframe ends by draining the decoder once every packet up to
+    its last frame is sent, instead of decoding the frames the decoder's reordering delay holds back.
+    """
+    want, out, order = set(int(i) for i in wanted), {}, [int(i) for i in wanted]
+    frames, pos, end = None, -1, -1   # decoder iterator; index of the last frame taken; last frame of the run
+    try:
+        for j, n in enumerate(order):
+            if n >= index.num_frames:
+                return None   # past the demuxed frames: sequential decoding reports the truth
+            k = bisect.bisect_right(index.keys, n) - 1   # nearest keyframe at or before n
+            if k < 0:
                 return None
-            stats['decoded'] += 1
-            if pos is None:   # right after a seek
-                if i > n:
-                    return None   # landed past n
-                if i not in index.key_set:
-                    continue      # open-GOP leading frame shown before the keyframe: skip it
-            elif i != pos + 1:
-                return None       # decoding order disagrees with the pts ranks
-            pos = i
-            if i in want:
-                out[i] = frame.to_ndarray(format='rgb24')
-    return out
+            # 1. seek when the keyframe lies beyond the next frame the decoder would give, or the last run
+            #    drained the decoder; the run lasts while no keyframe lies between two wanted frames
+            if frames is None or index.keys[k] > pos + 1:
+                end = _run_end(order, j, index.keys)
+                container.seek(index.key_pts[k], backward=True, any_frame=False, stream=stream)
+                frames, pos = _decoded_frames(container, stream, index.rank, want if skip else None,
+                                              range(index.keys[k], end + 1), stats), None
+                stats['seeks'] += 1
+            # 2. decode up to n, checking that indices follow each other (across skipped frames only
+            #    when none of them is wanted); convert only wanted frames
+            while pos is None or pos < n:
+                frame = next(frames, None)
+                i = None if frame is None else index.rank.get(frame.pts)
+                if i is None:
+                    return None
+                stats['decoded'] += 1
+                if pos is None:   # right after a seek
+                    if i > n:
+                        return None   # landed past n
+                    if i not in index.key_set:
+                        continue      # open-GOP leading frame shown before the keyframe: skip it
+                elif i != pos + 1:
+                    if not skip or i <= pos or bisect.bisect_right(order, pos) != bisect.bisect_left(order, i):
+                        return None   # decoding order disagrees with the pts ranks, or a wanted frame is missing
+                    stats['skipped'] += i - pos - 1
+                pos = i
+                if i in want:
+                    out[i] = frame.to_ndarray(format='rgb24')
+            if n == end:
+                frames = None   # the run drained its decoder: the next wanted frame seeks
+        return out
+    finally:
+        stream.codec_context.skip_frame = 'DEFAULT'   # the container may decode on (e.g. a retry without skip)
+
+
+def _decoded_frames(container, stream, rank: dict[int, int], want: set[int] | None, run: range,
+                    stats: dict):
+    """Frames decoded from the packets after the current position, until the decoder is drained once the
+    packets of every frame in `run` (presentation indices) have been sent. With `want`, the packet of a
+    frame no index needs (its pts' presentation index not in `want`) is sent with skip_frame 'NONREF':
+    the decoder drops it when the bitstream marks it as a frame no other frame refers to (H.264/HEVC
+    nal_ref_idc 0, MPEG-1/2 B-frames), so every frame it does decode is bit-exact. A wanted frame's packet, and any packet of unknown pts, is decoded as usual.
+    Frame threads copy the setting when each packet is submitted. stats['sent'] counts the packets."""
+    codec, mode, pending = stream.codec_context, None, set(run)
+    for packet in container.demux(stream):
+        i = rank.get(packet.pts)
+        if want is not None:
+            m = 'NONREF' if i is not None and i not in want else 'DEFAULT'
+            if m != mode:
+                codec.skip_frame = mode = m
+        stats['sent'] += 1
+        yield from codec.decode(packet)
+        pending.discard(i)
+        if not pending:   # every frame of the run is in the decoder: drain it rather than decode on
+            yield from codec.decode(None)
+            return
+
+
+def _run_end(order: list[int], j: int, keys: list[int]) -> int:
+    """Last wanted frame decoded in one pass from order[j]'s keyframe: the run stops before a wanted frame
+    with a keyframe after its predecessor + 1 (seeking there skips the frames in between)."""
+    while j + 1 < len(order) and keys[bisect.bisect_right(keys, order[j + 1]) - 1] <= order[j] + 1:
+        j += 1
+    return order[j]
+
+
+class _PtsCache:
+    """LRU of `_scan_pts` results keyed by `_file_key`, holding at most `PTS_CACHE_FRAMES` frames' pts."""
+
+    def __init__(self):
+        self.entries: collections.OrderedDict = collections.OrderedDict()
+        self.frames = 0
+
+    def get(self, key):
+        if key is None or key not in self.entries:
+            return None
+        self.entries.move_to_end(key)
+        return self.entries[key]
+
+    def put(self, key, entry) -> None:
+        if key is None:
+            return
+        self.entries[key] = entry
+        self.frames += self._size(entry)
+        while self.frames > PTS_CACHE_FRAMES and self.entries:
+            self.frames -= self._size(self.entries.popitem(last=False)[1])
+
+    def clear(self) -> None:
+        self.entries.clear()
+        self.frames = 0
+
+    @staticmethod
+    def _size(entry) -> int:
+        return 1 if entry is _UNUSABLE else len(entry.pts)
+
+
+def _can_skip(container, stream) -> bool:
+    """Whether `_decoded_frames` may drop unneeded frames: SKIP_NONREF, a codec in `_SKIP_CODECS` and a
+    container with presentation timestamps. AVI has none: FFmpeg numbers its packets in storage order,
+    so with MPEG-4 Part 2 B-frames (packed or with placeholder packets) a frame's pts is not its own;
+    decoding every frame exposes that as out-of-order ranks, but gaps from dropped frames would hide it."""
+    return (SKIP_NONREF and stream.codec_context.codec.canonical_name in _SKIP_CODECS
+            and 'avi' not in container.format.name.split(','))
+
+
+# codecs whose FFmpeg decoders drop only frames the bitstream marks as unreferenced under skip_frame 'NONREF'
+# and keep every frame's pts (tests/test_decode.py checks each against a whole-file decode). Left out: MPEG-4
+# Part 2 (packed B-frames), AV1 (libdav1d then loses frames: the checks catch it, at the cost of a fallback),
+# VP9 (libvpx marks no frame unreferenced but with temporal layers; nothing to gain, untested).
+_SKIP_CODECS = ('h264', 'hevc', 'mpeg1video', 'mpeg2video')
+_UNUSABLE = 'unusable pts'   # `_scan_pts` result: seeking by pts is not possible for this file
+_PTS_CACHE = _PtsCache()
+
+
+def _file_key(name: str):
+    """(path, size, mtime, inode) of a file: a changed or replaced file gets a new key; None if no stat."""
+    try:
+        st = os.stat(name)
+    except (OSError, ValueError):
+        return None
+    return os.path.abspath(name), st.st_size, st.st_mtime_ns, st.st_ino
 
 
 def _decode_sequential(path: Path, wanted: np.ndarray, stats: dict) -> dict[int, np.ndarray]:
