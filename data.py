@@ -6,7 +6,8 @@ What this file implements (paper: Sec. 3.5 forms of web data, Sec. 4 datasets, a
    keep_tail_frames=False, twice_sample=False, no temporal jitter): TSN segments (2D, Sec. 5.1) and
    dense clips (3D SlowOnly), train and test mode, including videos shorter than a clip.
 2. Decoding: `read_frames` decodes only what the sampled indices need with PyAV (keyframe seeking,
-   early stop, RGB conversion of the needed frames only); `read_frames_naive` decodes and converts
+   unreferenced frames no index needs dropped by the decoder, early stop, RGB conversion of the needed
+   frames only, the per-file pts scan cached in each process); `read_frames_naive` decodes and converts
    every frame (reference and benchmark); `count_frames`. Frame folders (`img_00001.jpg`, 1-based)
    and still images are read with Pillow.
 3. Annotation lists in MMAction2's formats -> a compact `SampleList` (`read_list`: flat arrays, no Python

@@ -286,3 +286,59 @@ def test_large_jpeg_decoded_reduced_is_close_to_a_full_decode(tmp_path):
     with pytest.raises(ValueError, match=r'tiny.jpg: 1x1 image, smaller than 8 pixels a side'):
         Image.new('RGB', (1, 1)).save(tmp_path / 'tiny.jpg')
         data.read_image(tmp_path / 'tiny.jpg', short_side=256)
+
+
+# -------------------------------------------------------------------------------------
+# 6. Dirty web data in DataLoader workers (issue 8 item 7): caught, named once, counted exactly
+# -------------------------------------------------------------------------------------
+
+def write_audio_only(path: Path) -> Path:
+    """An .mp4 with one AAC audio stream and no video stream."""
+    with av.open(str(path), mode='w') as container:
+        stream = container.add_stream('aac', rate=16000)
+        for i in range(4):
+            frame = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format='fltp', layout='mono')
+            frame.sample_rate, frame.pts = 16000, i * 1024
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
+def test_dirty_matrix_counted_once_across_two_workers(tmp_path):
+    good = write_levels_video(tmp_path / 'videos' / 'good.mp4')
+    (tmp_path / 'images').mkdir()
+    Image.new('RGB', (40, 30), (90, 20, 200)).save(tmp_path / 'images' / 'good.jpg')
+    bad = {'videos/zero.mp4': b'', 'videos/truncated.mp4': good.read_bytes()[:good.stat().st_size // 2],
+           'videos/text.mp4': b'this is not a video\n' * 40, 'images/page.jpg': b'<!DOCTYPE html><html>404</html>'}
+    for rel, content in bad.items():
+        (tmp_path / rel).write_bytes(content)
+    Image.new('RGB', (1, 1)).save(tmp_path / 'images' / 'pixel.jpg')
+    write_audio_only(tmp_path / 'videos' / 'audio.mp4')
+    bad_paths = [*bad, 'images/pixel.jpg', 'videos/audio.mp4', 'videos/missing.mp4']
+    # 15 items, 7 bad at (0, 1, 2, 3, 8, 9, 10): with the replacement stride 11 no bad item's first replacement
+    # is bad, so each bad file is read by exactly one worker (the one given its index) in the first epoch
+    lines, it = [], iter(bad_paths)
+    for i in range(15):
+        lines.append(f'{next(it)} 1' if i in (0, 1, 2, 3, 8, 9, 10) else
+                     ('videos/good.mp4 0' if i % 2 else 'images/good.jpg 0'))
+    put(tmp_path / 'dirty.txt', '\n'.join(lines) + '\n')
+    ds = data.VideoDataset(data.read_list(tmp_path / 'dirty.txt', tmp_path, 2), data.Sampling(1, 1, 2),
+                           image_short_side=16)
+    assert data._coprime_stride(len(ds)) == 11
+    log = tmp_path / 'log.txt'
+    handler = logging.FileHandler(log)
+    logging.getLogger('data').addHandler(handler)
+    try:
+        for epoch in range(2):   # fresh workers each epoch: the second skips the known-bad files silently
+            ds.set_epoch(epoch)
+            loader = torch.utils.data.DataLoader(ds, batch_size=None, num_workers=2)
+            items = list(loader)
+            assert len(items) == 15 and all(lines[used].endswith(' 0') for _, _, used in items)
+    finally:
+        logging.getLogger('data').removeHandler(handler)
+        handler.close()
+    assert ds.num_failed == 7
+    named = [ln for ln in log.read_text().splitlines() if 'failed to load' in ln]
+    assert sorted(next(p for p in bad_paths if str(tmp_path / p) + ' ' in ln) for ln in named) == sorted(bad_paths)
