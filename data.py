@@ -47,6 +47,7 @@ Helpers are at the bottom of the file.
 """
 from __future__ import annotations
 
+import array
 import bisect
 import collections
 import contextlib
@@ -472,22 +473,30 @@ class SampleList:
                                       for i in sc], (np.int32, np.float32),
                                  [samples[i].frame_scores.threshold for i in sc]))
 
-    def with_frame_scores(self, table: dict[str, FrameScores]) -> SampleList:
-        """Attach a sidecar's entries (keys: list paths relative to the prefix, Sec. 3.5) to their samples."""
-        if not table:
+    def with_frame_scores(self, entries) -> SampleList:
+        """Attach a sidecar's entries ((list path relative to the prefix, FrameScores) pairs, or a dict; Sec. 3.5)
+        to their samples. The scores are kept flat (int32 frames, float32 scores), one entry per video."""
+        entries = entries.items() if isinstance(entries, dict) else entries
+        index, off, frames, scores, thresholds = {}, [0], array.array('i'), array.array('f'), array.array('d')
+        for key, fs in entries:   # flat arrays as they stream in; a repeated key: the last one wins
+            index[key] = len(thresholds)
+            frames.extend(fs.frames), scores.extend(fs.scores), thresholds.append(fs.threshold)
+            off.append(len(frames))
+        if not index:
             return self
-        base = Path(self.prefix)
-        rows = []
+        base, rows, ptr = Path(self.prefix), [], []
         for i in range(len(self)):
             p = self.path(i)
             try:
                 key = p.relative_to(base).as_posix()
             except ValueError:
                 key = Path(os.path.relpath(p, base)).as_posix()
-            if key in table:
-                rows.append((i, table[key]))
-        scores = _Ragged.build([i for i, _ in rows], [[f.frames, f.scores] for _, f in rows],
-                               (np.int32, np.float32), [f.threshold for _, f in rows])
+            if key in index:
+                rows.append(i), ptr.append(index[key])
+        scores = None if not rows else _Ragged(
+            np.array(rows, dtype=np.int64), np.array(ptr, dtype=np.int64), np.array(off, dtype=np.int64),
+            (np.frombuffer(frames, dtype=np.int32).copy(), np.frombuffer(scores, dtype=np.float32).copy()),
+            np.frombuffer(thresholds, dtype=np.float64).copy())
         return SampleList(self.prefix, self.buf, self._start, self._length, self.labels, self.kinds, self._extra,
                           self._pos, self._windows, scores)
 
@@ -555,7 +564,7 @@ def read_list(list_file: str | Path, prefix: str | Path, num_classes: int) -> Sa
         samples = _read_text_list(list_file, prefix, num_classes)
     side = frame_scores_path(list_file)
     if side.is_file() and list_file.suffix.lower() != '.json':
-        samples = samples.with_frame_scores(read_frame_scores(side))
+        samples = samples.with_frame_scores(_stream_frame_scores(side))
     _trim_heap()   # the parsing temporaries are freed; give their pages back
     return samples
 
@@ -631,15 +640,41 @@ def read_frame_scores(path: str | Path) -> dict[str, FrameScores]:
             not isinstance(body.get('videos'), dict):
         raise ValueError(f'{path}: expected a JSON object with "format": "{FRAME_SCORES_FORMAT}" and a '
                          f'"videos" object (written by filter.py)')
-    table = {}
-    for key, e in body['videos'].items():
+    return {key: _frame_scores_entry(path, key, e) for key, e in body['videos'].items()}
+
+
+def _frame_scores_entry(path: Path, key: str, e) -> FrameScores:
+    """One video of a sidecar -> FrameScores, else a one-line ValueError."""
+    try:
+        frames = tuple(_parse_int(f, f'{path}: video {key}', 'frame index', 0) for f in e['frames'])
+        return FrameScores(frames, tuple(float(x) for x in e['scores']), float(e['threshold']))
+    except (KeyError, TypeError, ValueError) as err:
+        raise ValueError(f'{path}: video {key!r}: expected frames (ints >= 0), as many scores and a '
+                         f'threshold ({err})') from None
+
+
+def _stream_frame_scores(path: Path):
+    """(list path, FrameScores) of a sidecar one video at a time, in the one-video-per-line layout that
+    `write_frame_scores` writes (peak memory: one video); any other layout is read whole (`read_frame_scores`)."""
+    tail = ', "videos": {'
+    with path.open('rb') as f:
+        head = f.readline().decode('utf-8', errors='replace').rstrip('\n')
         try:
-            frames = tuple(_parse_int(f, f'{path}: video {key}', 'frame index', 0) for f in e['frames'])
-            table[key] = FrameScores(frames, tuple(float(x) for x in e['scores']), float(e['threshold']))
-        except (KeyError, TypeError, ValueError) as err:
-            raise ValueError(f'{path}: video {key!r}: expected frames (ints >= 0), as many scores and a '
-                             f'threshold ({err})') from None
-    return table
+            ok = head.endswith(tail) and json.loads(head[:-len(tail)] + '}').get('format') == FRAME_SCORES_FORMAT
+        except (json.JSONDecodeError, AttributeError):
+            ok = False
+        if ok:
+            for raw in f:
+                line = raw.decode('utf-8', errors='replace').strip()
+                if line == '}}':
+                    return
+                if line:
+                    try:
+                        (key, e), = json.loads('{' + line.rstrip(',') + '}').items()
+                    except (json.JSONDecodeError, ValueError):
+                        break   # not this layout after all: the whole-file reader decides (a consumer that
+                    yield key, _frame_scores_entry(path, key, e)   # builds a dict sees repeats harmlessly)
+    yield from read_frame_scores(path).items()
 
 
 # =====================================================================================

@@ -342,3 +342,27 @@ def test_dirty_matrix_counted_once_across_two_workers(tmp_path):
     assert ds.num_failed == 7
     named = [ln for ln in log.read_text().splitlines() if 'failed to load' in ln]
     assert sorted(next(p for p in bad_paths if str(tmp_path / p) + ' ' in ln) for ln in named) == sorted(bad_paths)
+
+
+def test_frame_score_sidecar_streamed_or_whole_gives_the_same(tmp_path):
+    videos = {f'untrimmed/{i}.mp4': data.FrameScores(tuple(range(0, 25 * (i + 1), 25)),
+                                                     tuple(np.linspace(0, 1, i + 1).round(3)), 0.5 + i / 100)
+              for i in range(5)}
+    lst = put(tmp_path / 'train.txt', ''.join(f'{k} 0\n' for k in videos) + 'untrimmed/none.mp4 1\n')
+    side = data.frame_scores_path(lst)
+    data.write_frame_scores(side, videos)
+    assert dict(data._stream_frame_scores(side)) == data.read_frame_scores(side) == \
+        {k: data.FrameScores(v.frames, tuple(float(x) for x in v.scores), v.threshold) for k, v in videos.items()}
+    streamed = list(data.read_list(lst, tmp_path, 2))
+    side.write_text(json.dumps({'format': data.FRAME_SCORES_FORMAT, 'videos': {
+        k: {'frames': list(v.frames), 'scores': list(v.scores), 'threshold': v.threshold} for k, v in videos.items()}}))
+    whole = list(data.read_list(lst, tmp_path, 2))   # another layout: read whole
+    ref = data.read_list_samples(lst, tmp_path, 2)
+    for a, b, r in zip(streamed, whole, ref):   # float32 scores: equal to 1e-7
+        assert a == b and a.path == r.path and (a.frame_scores is None) == (r.frame_scores is None)
+        if r.frame_scores is not None:
+            assert a.frame_scores.frames == r.frame_scores.frames and a.frame_scores.threshold == r.frame_scores.threshold
+            assert np.allclose(a.frame_scores.scores, r.frame_scores.scores, rtol=0, atol=1e-7)
+    side.write_text(side.read_text()[:-20])   # broken: the one-line error of the whole-file reader
+    with pytest.raises(ValueError, match='not a valid frame-score JSON file'):
+        data.read_list(lst, tmp_path, 2)
