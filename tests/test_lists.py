@@ -92,9 +92,12 @@ def test_plain_lines_take_the_vectorised_path(tmp_path, monkeypatch):
     lines = ['web/a.jpg 3', 'untrimmed/b.MP4 0', 'c/d.e.webm 1', 'x.tiff 2', 'untrimmed.mp4 1', 'v/.x.jpg 0']
     lst = put(tmp_path / 'train.txt', '\n'.join(lines) + '\n')
     ref = data.read_list_samples(lst, tmp_path, 4)
+    put(tmp_path / 'crlf.txt', '\r\n'.join(lines) + '\r\n')   # written on Windows
+    assert data.read_list_samples(tmp_path / 'crlf.txt', tmp_path, 4) == ref
     calls = []
     monkeypatch.setattr(data, '_parse_line', lambda *a: calls.append(a))
     assert list(data.read_list(lst, tmp_path, 4)) == ref and calls == []
+    assert list(data.read_list(tmp_path / 'crlf.txt', tmp_path, 4)) == ref and calls == []
     assert [s.kind for s in ref] == ['image', 'untrimmed', 'video', 'image', 'video', 'image']
 
 
