@@ -27,7 +27,7 @@ is one more reason the paper tunes it (Fig. 8).
 """
 import argparse
 import json
-import math
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -483,6 +483,12 @@ def _source_kind(data_root, source):
 
 def main(argv=None):
     args = get_args_parser().parse_args(argv)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1:
+        # the steps run one after another in this one process; under torchrun every rank would run them all
+        sys.exit(f"error: omnisource.py does not run under torchrun (WORLD_SIZE={world}): distribute each step "
+                 f"instead: torchrun ... train.py (teacher), torchrun ... filter.py --source S (each web source), "
+                 f"python omnisource.py --estimate-motion, torchrun ... train.py --aux ... (student); see README")
     try:
         if args.estimate_motion:
             estimate_motion(args.data_root, args.target)

@@ -1,0 +1,179 @@
+"""The entry points as a user types them (issue 8, item 6): every flag of train.py and omnisource.py on a
+command line run in a subprocess at least once, with answers known from the flags (summary line, learning
+rates, checkpoint contents, test protocol); omnisource.py refuses torchrun with one line; and no module
+defines anything below its `if __name__ == "__main__":` block (a function there does not exist when the
+module is imported, only when it is run: filter.py's `_foreign_teacher` was such a case).
+"""
+import ast
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import models
+import omnisource
+import train
+
+ROOT = Path(__file__).resolve().parents[1]
+ENV = dict(os.environ, OMP_NUM_THREADS="1")
+# every flag on some command line below; the exceptions and where they run
+NOT_RUN = {"--compile": "torch.compile takes minutes on a CPU; tests/test_speed.py covers the flag",
+           "--help": "argparse's own",
+           "--resume": "tests/test_resume.py: killed runs resumed, through subprocesses",
+           "--finetune": "test_omnisource_procedure_as_typed below passes it to every train.py run (subprocess)"}
+USED = {"train": set(), "omnisource": set()}
+
+
+def run(script, argv, ok=True):
+    USED[script].update(str(a) for a in argv if str(a).startswith("--"))
+    out = subprocess.run([sys.executable, str(ROOT / f"{script}.py"), *map(str, argv)], capture_output=True,
+                         text=True, timeout=600, env=ENV, cwd=ROOT)
+    if ok:
+        assert out.returncode == 0, out.stderr[-3000:]
+    return out
+
+
+@pytest.fixture(scope="module")
+def data_root(small_data, tmp_path_factory):
+    """A copy of the demo data: --estimate-motion and filtering write under DATA_ROOT."""
+    root = tmp_path_factory.mktemp("cli") / "data"
+    shutil.copytree(small_data, root)
+    return root
+
+
+def test_nothing_is_defined_below_a_main_block():
+    for path in sorted(ROOT.glob("*.py")):
+        body = ast.parse(path.read_text(), filename=str(path)).body
+        mains = [i for i, node in enumerate(body) if isinstance(node, ast.If) and _is_main_test(node.test)]
+        assert len(mains) <= 1, path.name
+        if mains:
+            below = [type(node).__name__ + f" at line {node.lineno}" for node in body[mains[0] + 1:]]
+            assert not below, f"{path.name}: {below} below the __main__ block"
+
+
+def test_train_every_flag_family(data_root, tmp_path):
+    # 1. training: data, model, optimisation, OmniSource, run and speed flags in one short run
+    work = tmp_path / "a"
+    argv = ["--data-root", data_root, "--target", "synth", "--label-fraction", "0.5", "--workers", "0",
+            "--arch", "tsn_tiny", "--num-segments", "3", "--crop-size", "32",
+            "--epochs", "2", "--batch-size", "4", "--lr-per-sample", "1e-3", "--lr-steps", "1", "--schedule", "step",
+            "--warmup-epochs", "0.5", "--weight-decay", "5e-5", "--momentum", "0.8", "--freeze-bn",
+            "--clip-grad", "20", "--seed", "3",
+            "--aux", "synth-web-img,synth-web-untrimmed", "--ratio", "2:1:1", "--resample", "power:0.5,clip:3",
+            "--mixup", "0.2", "--inflate", "translate-random", "--snippet", "3pos",
+            "--work-dir", work, "--save-every", "2", "--val-every", "1", "--log-interval", "1", "--device", "cpu",
+            "--test-clips", "2", "--test-crops", "3",
+            "--amp", "none", "--no-channels-last", "--eval-batch-size", "4"]
+    out = run("train", argv)
+    # 16 of the 32 videos (half of each class), batches 4 + 2 + 2 (2:1:1), base LR 1e-3 x 8 samples
+    assert "tsn_tiny on synth (4 classes, 16 training videos" in out.stdout
+    assert "batch 4+2+2 x 1 rank(s), 2 epochs x 4 steps, lr 0.008 step x0.1 at [1], 0.5 warm-up epochs" in out.stdout
+    lrs = [r["lr"] for r in map(json.loads, (work / "log.jsonl").read_text().splitlines()) if r["kind"] == "train"]
+    assert lrs == pytest.approx([0.0, 0.004, 0.008, 0.008, 0.0008, 0.0008, 0.0008, 0.0008])   # warm-up, x0.1
+    ckpt = torch.load(work / "latest.pth", weights_only=True)
+    assert ckpt["model_args"] == {"num_segments": 3, "crop_size": 32}
+    group = ckpt["optimizer"]["param_groups"][0]
+    assert (group["momentum"], group["weight_decay"]) == (0.8, 5e-5)
+    assert torch.equal(ckpt["model"]["backbone.bn1.running_mean"], torch.zeros_like(
+        ckpt["model"]["backbone.bn1.running_mean"]))                                 # --freeze-bn: never updated
+    metrics = json.loads((work / "metrics.json").read_text())
+    assert metrics["protocol"] == "2 segments x 3 crops" and metrics["aux"] == ["synth-web-img", "synth-web-untrimmed"]
+    # 2. --test of the best checkpoint with another protocol, full probabilities dumped
+    run("train", ["--data-root", data_root, "--target", "synth", "--crop-size", "32", "--work-dir", tmp_path / "t",
+                  "--test", "--checkpoint", work / "best.pth", "--test-clips", "1", "--test-crops", "10",
+                  "--dump-probs"])
+    assert json.loads((tmp_path / "t" / "metrics.json").read_text())["protocol"] == "1 segments x 10 crops"
+    assert len((tmp_path / "t" / "predictions.jsonl").read_text().splitlines()) == 24
+    # 3. a 3D net from the 2D weights (--pretrained, inflated; LR 0 keeps them), warped web images with the
+    #    camera motion omnisource.py --estimate-motion fitted; the tiny nets' demo recipe, 1e-3 x (4 + 2) samples
+    run("omnisource", ["--data-root", data_root, "--target", "synth", "--estimate-motion"])
+    motion = data_root / "synth" / "motion.json"
+    assert motion.exists()
+    out = run("train", ["--data-root", data_root, "--target", "synth", "--arch", "slowonly_tiny", "--clip-len", "4",
+                        "--frame-interval", "2", "--crop-size", "32", "--pretrained", work / "latest.pth",
+                        "--epochs", "1", "--batch-size", "4", "--aux", "synth-web-img", "--inflate", "warp-spec",
+                        "--lr-per-sample", "0",
+                        "--motion", motion, "--workers", "0", "--test-clips", "1", "--test-crops", "1",
+                        "--work-dir", tmp_path / "c"])
+    assert "slowonly_tiny on synth" in out.stdout and "batch 4+2 x 1 rank(s), 1 epochs x 8 steps" in out.stdout
+    c = torch.load(tmp_path / "c" / "latest.pth", weights_only=True)
+    assert c["model_args"] == {"clip_len": 4, "frame_interval": 2, "crop_size": 32}
+    # inflation spreads each 2D kernel over the temporal kernel: summed over time it is the 2D kernel again
+    assert torch.allclose(c["model"]["conv1.weight"].sum(2), ckpt["model"]["backbone.conv1.weight"],
+                          atol=1e-6)
+    # 4. --export-mmaction of the 3D run's best.pth (the default of --checkpoint)
+    out = run("train", ["--data-root", data_root, "--target", "synth", "--arch", "slowonly_tiny", "--clip-len", "4",
+                        "--frame-interval", "2", "--crop-size", "32", "--work-dir", tmp_path / "c",
+                        "--export-mmaction", tmp_path / "mm.pth"])
+    assert out.stdout.startswith(f"exporting {tmp_path / 'c' / 'best.pth'}")
+    assert "cls_head.fc_cls.weight" in torch.load(tmp_path / "mm.pth", weights_only=True)["state_dict"]
+    assert not missing_flags(train.get_args_parser(), USED["train"])
+
+
+def test_omnisource_procedure_as_typed(data_root, tmp_path):
+    """Table 1 in one command (every flag of omnisource.py): teacher, filtering, motion, student, comparisons."""
+    work = tmp_path / "work"
+    other = models.build_model("tsn_tiny", 4)
+    torch.save({"model": other.state_dict(), "arch": "tsn_tiny", "classes": list("abcd")}, tmp_path / "init.pth")
+    run("omnisource", ["--data-root", data_root, "--target", "synth", "--sources", "synth-web-img,synth-web-untrimmed",
+                       "--arch", "tsn_tiny", "--teacher-arch", "tsn_tiny", "--image-teacher-arch", "tsn_tiny",
+                       "--checkpoint", tmp_path / "init.pth", "--finetune", "--threshold", "0.0", "--mode", "query",
+                       "--epochs", "1", "--batch-size", "8", "--ratio", "2:1:1", "--resample", "none",
+                       "--mixup", "0.1", "--inflate", "warp-agno", "--snippet", "3pos", "--also-unfiltered",
+                       "--also-still", "--motion-videos", "4", "--seed", "0", "--workers", "0", "--work-dir", work])
+    rows = (work / "results.md").read_text().splitlines()
+    assert rows[2].startswith("| baseline (target only) |") and rows[3].startswith("| OmniSource (filtered")
+    assert rows[4].startswith("| unfiltered web data |") and rows[5].startswith("| filtered, still images")
+    runs = {name: torch.load(work / name / "latest.pth", weights_only=False)["args"]
+            for name in ("baseline", "student", "unfiltered", "still")}
+    assert runs["baseline"]["checkpoint"] == str(tmp_path / "init.pth") and runs["baseline"]["finetune"]
+    assert runs["student"]["inflate"] == runs["unfiltered"]["inflate"] == "warp-agno"
+    assert (runs["student"]["ratio"], runs["student"]["resample"], runs["student"]["mixup"]) == ("2:1:1", "none", 0.1)
+    assert runs["still"]["inflate"] == "still" and runs["still"]["aux"] == runs["student"]["aux"]
+    assert runs["unfiltered"]["aux"] == "synth-web-img,synth-web-untrimmed"
+    # threshold 0 keeps every readable sample with its query label: precision = the crawl's relevant rate, recall 1
+    quality = json.loads((work / "results.json").read_text())["filtering"]
+    truth = json.loads((data_root / "truth.json").read_text())["synth-web-img"]
+    readable = [t for t in truth.values() if t["kind"] != "broken"]
+    img = next(q for q in quality if q["source"] == "synth-web-img")
+    assert img["kept"] == len(readable) and img["recall"] == 1.0
+    assert img["precision"] == img["base_rate"] == sum(t["relevant"] for t in readable) / len(readable)
+    assert (work / "motion.json").exists()
+    log = (work / "student" / "log.jsonl").read_text()
+    assert "loss_synth-web-img-filtered" in log and "loss_synth-web-untrimmed-filtered" in log
+    assert not missing_flags(omnisource.get_args_parser(), USED["omnisource"] | {"--estimate-motion"})  # test above
+
+
+def test_omnisource_under_torchrun_refuses_at_once_naming_the_per_step_commands(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+                          "29533", str(ROOT / "omnisource.py"), "--data-root", str(tmp_path / "d"), "--work-dir",
+                          str(tmp_path / "w")], capture_output=True, text=True, timeout=300, env=ENV, cwd=ROOT)
+    assert out.returncode != 0
+    lines = [ln for ln in out.stderr.splitlines() if "omnisource.py does not run under torchrun" in ln]
+    assert len(lines) == 2 and all(ln.startswith("error: ") for ln in lines)      # one line from each rank
+    assert "train.py" in lines[0] and "filter.py" in lines[0]
+    assert not (tmp_path / "d").exists() and not (tmp_path / "w").exists()       # nothing generated or trained
+
+
+def missing_flags(parser, used):
+    """The parser's --flags on no command line of this file (--no-X counts for --X) and not in NOT_RUN."""
+    used = set(used) | {"--" + f[5:] for f in used if f.startswith("--no-")}
+    flags = {o for a in parser._actions for o in a.option_strings if o.startswith("--") and not o.startswith("--no-")}
+    return sorted(flags - used - set(NOT_RUN))
+
+
+def _is_main_test(test):
+    """`__name__ == "__main__"` in either order."""
+    return (isinstance(test, ast.Compare) and len(test.ops) == 1 and isinstance(test.ops[0], ast.Eq)
+            and {_name(test.left), _name(test.comparators[0])} == {"__name__", "'__main__'"})
+
+
+def _name(node):
+    if isinstance(node, ast.Name):
+        return node.id
+    return repr(node.value) if isinstance(node, ast.Constant) else None
