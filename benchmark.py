@@ -103,6 +103,7 @@ NUM_CLASSES = 400   # Kinetics-400 head for every model timed
 GOAL_VS_NAIVE = 2.0
 PRECISIONS = {'fp32': None, 'bf16': torch.bfloat16, 'fp16': torch.float16}   # model: autocast dtypes
 SCALE_CLASSES = 400   # scale: classes of the synthetic lists and of the tiny teacher (a K400 teacher)
+RAW_FEATURE_DIM = 2048   # scale: ResNet-50 frame features before the de-duplication's whitening (Sec. 3.3)
 # scale: runs a command and prints the CPU seconds and largest ru_maxrss of its whole process tree
 RUSAGE_WRAPPER = r'''
 import json, resource, subprocess, sys
@@ -157,6 +158,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                    'architectures (models.ARCHS) to time')
     p.add_argument('--precisions', default='fp32,bf16,fp16', help='model: comma list of fp32, bf16, fp16 '
                    '(autocast; a precision the device cannot run is skipped)')
+    p.add_argument('--scale-parts', default='list,filter,dedup', help='scale: comma list of the parts to run '
+                   '(list: parsing and readers, filter: filter.py CPU and peak RSS, dedup: de-duplication time)')
     p.add_argument('--scale-lines', type=int, default=2_000_000, help='scale: lines of the synthetic image list')
     p.add_argument('--readers', type=int, default=4, help='scale: forked readers touching every sample')
     p.add_argument('--scale-images', type=int, default=20_000, help='scale: images of the large filter run')
@@ -552,7 +555,19 @@ def bench_scale(args, tmp: Path) -> None:
     print(f'\n== Scale: {args.scale_lines:,} list lines, {args.readers} forked readers, filter on '
           f'{args.scale_images_small:,} and {args.scale_images:,} images (96x128 JPEG hard links, tsn_tiny '
           f'teacher, OMP_NUM_THREADS=1), de-duplication {args.dedup_web:,} web x {args.dedup_val:,} val; {_load()}')
-    # 1. list parsing and bytes per sample (in a forked child: nothing else of ours is resident there)
+    parts = set(args.scale_parts.split(','))
+    if not parts or not parts <= {'list', 'filter', 'dedup'}:
+        raise ValueError(f'--scale-parts {args.scale_parts}: expected a comma list of list, filter, dedup')
+    if 'list' in parts:
+        _list_part(args, root, classes)
+    if 'filter' in parts:
+        _filter_part(args, root, classes)
+    if 'dedup' in parts:
+        _dedup_figures(args)
+
+
+def _list_part(args, root: Path, classes: list[str]) -> None:
+    """1. list parsing and bytes per sample (in a forked child: nothing else of ours is resident there)."""
     _write_plain_dataset(root / 'biglist', classes, _image_list_lines(args.scale_lines, len(classes)))
     r = _in_fork(_list_figures, root, 'biglist', args.readers)
     n = r['samples']
@@ -569,7 +584,10 @@ def bench_scale(args, tmp: Path) -> None:
           f'string (os.fspath, as opening the file does; per reader: {", ".join(f"{g / n:.1f}" for g in gains)})')
     print(f'goals (issue 9): >= 500k lines/s (CPU): {_met(n / r["cpu"] >= 5e5)}; <= 100 bytes per sample: '
           f'{_met(r["rss_gain"] / n <= 100)}; <= 10 bytes per sample per reader: {_met(max(gains) / n <= 10)}')
-    # 2. filter.py on a crawl of small JPEGs: CPU per image against decode alone and forward alone
+
+
+def _filter_part(args, root: Path, classes: list[str]) -> None:
+    """2. filter.py on a crawl of small JPEGs: CPU per image against decode alone and forward alone; peak RSS."""
     teacher = _scale_crawl(root, classes, args.scale_images_small, args.scale_images)
     runs = {}
     for name, count in (('small', args.scale_images_small), ('large', args.scale_images)):
@@ -598,8 +616,6 @@ def bench_scale(args, tmp: Path) -> None:
           f'{args.scale_images_small:,} images, {big["maxrss"] / 2**20:.0f} MiB at {args.scale_images:,} '
           f'({ratio:.2f}x; goal within 15%: {_met(ratio <= 1.15)}); output {big["out_bytes"] / args.scale_images:.0f} '
           f'bytes per image on disk ({", ".join(big["out_files"])})')
-    # 3. de-duplication: web x val features, the filter's own functions
-    _dedup_figures(args)
 
 
 def _list_figures(root: Path, name: str, readers: int) -> dict:
@@ -721,10 +737,24 @@ def _dedup_figures(args) -> None:
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
     peak = _proc_kb('status', 'VmHWM') * 1024
     planted = len(web[::1000])
+    scale = 1e6 * 5e4 / (n * m)
     print(f'\nDe-duplication: filter.find_duplicates, web ({n:,}, {dim}) x val ({m:,}, {dim}) float32 input, '
-          f'{len(found)} found of {planted} planted: {wall:.1f} s wall, {cpu:.1f} s CPU, '
-          f'{1e9 * wall / (n * m):.2f} ns per pair; at 1M web x 50k val: {wall * 1e6 * 5e4 / (n * m) / 60:.1f} '
-          f'min (scaled by pairs); peak RSS above the inputs {max(0, peak - max(base, hwm0)) / 2**20:.0f} MiB')
+          f'{len(found)} found of {planted} planted: {wall:.1f} s wall, {cpu:.1f} s CPU (all threads), '
+          f'{1e9 * cpu / (n * m):.2f} CPU ns per pair; at 1M web x 50k val (scaled by pairs): '
+          f'{cpu * scale / 60:.1f} CPU min, {wall * scale / 60:.1f} wall min at this load; peak RSS above the '
+          f'inputs {max(0, peak - max(base, hwm0)) / 2**20:.0f} MiB')
+    del web, val
+    whitening = getattr(filter_mod, 'Whitening', None)
+    if whitening is not None and hasattr(whitening, 'apply'):   # the chunked float32 projection of web features
+        raw = torch.from_numpy(rng.standard_normal((8192, RAW_FEATURE_DIM), dtype=np.float32))
+        white = whitening.fit(raw)
+        rows = min(n, 131_072)
+        cpu = time.process_time()
+        for _ in range(0, rows, len(raw)):
+            white.apply(raw)
+        cpu = time.process_time() - cpu
+        print(f'Whitening.apply (float32, {RAW_FEATURE_DIM} -> {white.proj.shape[1]} dims) of web features in '
+              f'chunks of {len(raw)}: {1e6 * cpu / rows:.1f} CPU s per million web rows')
 
 
 # =====================================================================================
@@ -793,11 +823,12 @@ def _soak_verdict(curve: list[tuple[int, int, int]]) -> None:
 
 
 def _soak_videos(folder: Path) -> list[Path]:
-    """Three generated H.264 clips: K400-like 340x256, a 640x360 one (resized) and a 256x340 portrait one."""
+    """Three generated H.264 clips, 2 s at 30 fps with a keyframe every 15 frames (cheap to seek: the soak is
+    about memory): K400-like 340x256, a 640x360 one (resized by the pipeline) and a 256x340 portrait one."""
     folder.mkdir(parents=True, exist_ok=True)
-    return [_generate_clip(folder / 'k400_like.mp4', seconds=4),
-            _generate_clip(folder / 'wide_640x360.mp4', width=640, height=360, seconds=3),
-            _generate_clip(folder / 'portrait_256x340.mp4', width=256, height=340, seconds=3)]
+    return [_generate_clip(folder / 'k400_like.mp4', seconds=2, gop=15),
+            _generate_clip(folder / 'wide_640x360.mp4', width=640, height=360, seconds=2, gop=15),
+            _generate_clip(folder / 'portrait_256x340.mp4', width=256, height=340, seconds=2, gop=15)]
 
 
 # =====================================================================================
@@ -952,8 +983,9 @@ def _pick_video(arg: str | None, tmp: Path) -> Path:
     return _generate_clip(tmp / 'k400_like_340x256_30fps_10s_gop250.mp4')
 
 
-def _generate_clip(path: Path, width: int = 340, height: int = 256, fps: int = 30, seconds: int = 10) -> Path:
-    """A K400-like H.264 clip: a textured scene panning under moving blobs; GOP 250, B-frames on."""
+def _generate_clip(path: Path, width: int = 340, height: int = 256, fps: int = 30, seconds: int = 10,
+                   gop: int = 250) -> Path:
+    """A K400-like H.264 clip: a textured scene panning under moving blobs; GOP 250 by default, B-frames on."""
     rng = np.random.default_rng(0)
     texture = rng.integers(0, 256, (height * 2, width * 2, 3), dtype=np.uint8)
     texture = ((texture.astype(np.uint16) + np.roll(texture, 1, 0) + np.roll(texture, 1, 1)) // 3).astype(np.uint8)
@@ -961,7 +993,7 @@ def _generate_clip(path: Path, width: int = 340, height: int = 256, fps: int = 3
     with av.open(str(path), 'w') as out:
         stream = out.add_stream('libx264', rate=Fraction(fps, 1))
         stream.width, stream.height, stream.pix_fmt = width, height, 'yuv420p'
-        stream.codec_context.gop_size = 250
+        stream.codec_context.gop_size = gop
         for t in range(fps * seconds):
             dx, dy = t * width // (fps * seconds), t * height // (2 * fps * seconds)   # slow pan, no wrap
             img = texture[dy:dy + height, dx:dx + width].copy()
