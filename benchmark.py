@@ -747,7 +747,8 @@ def _dedup_figures(args) -> None:
     whitening = getattr(filter_mod, 'Whitening', None)
     if whitening is not None and hasattr(whitening, 'apply'):   # the chunked float32 projection of web features
         raw = torch.from_numpy(rng.standard_normal((8192, RAW_FEATURE_DIM), dtype=np.float32))
-        white = whitening.fit(raw)
+        dims = getattr(filter_mod, 'DEDUP_DIMS', 256)   # a projection of the fitted shape (fitting is once per run)
+        white = whitening(np.zeros(RAW_FEATURE_DIM), rng.standard_normal((RAW_FEATURE_DIM, dims)) / dims ** 0.5)
         rows = min(n, 131_072)
         cpu = time.process_time()
         for _ in range(0, rows, len(raw)):
