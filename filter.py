@@ -115,7 +115,7 @@ class FilterConfig:
     dedup_frames: int = 3          # frames per video compared in de-duplication
     batch_size: int = 16           # samples per block (one decoding batch, one teacher forward)
     workers: int = 2               # DataLoader decoding workers
-    chunk_frames: int = 512        # untrimmed videos: decoded frames per chunk (bounds the memory per video)
+    chunk_frames: int = 64         # untrimmed videos: decoded frames per chunk (bounds the memory per video)
     device: str = 'cpu'
     amp: str = 'none'              # teachers' inference precision: 'none' (fp32), 'bf16', 'fp16' (autocast)
     progress: bool = True          # progress lines on stderr
@@ -1247,8 +1247,8 @@ def get_args_parser():
     p.add_argument('--fps', type=float, default=1.0, help='--student 2d: rate of the scored frames')
     p.add_argument('--piece-seconds', type=float, default=10.0, help='--student 3d: window / piece length in '
                    'seconds')
-    p.add_argument('--chunk-frames', type=int, default=512, help='untrimmed videos: decoded frames per chunk '
-                   '(bounds the memory a long video needs)')
+    p.add_argument('--chunk-frames', type=int, default=64, help='untrimmed videos: frames decoded at once '
+                   '(full resolution: 64 frames of 1080p are 400 MB), whatever the length of the video')
     p.add_argument('--dedup-against', default=None, help="target dataset whose val split web samples are "
                    'de-duplicated against (Sec. 3.3); off when not given')
     p.add_argument('--dedup-checkpoint', default=None, help='ImageNet ResNet-50 weights for de-duplication '

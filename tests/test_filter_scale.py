@@ -256,3 +256,25 @@ def test_query_classes_matched_by_name(demo_root, tmp_path):
                       '--out', 'part-g', '--quiet')
     assert proc.returncode != 0 and len(proc.stderr.strip().splitlines()) == 1
     assert proc.stderr.startswith('error: --source part: none of its 2 classes (nothing_shared, none_here)')
+
+
+def test_untrimmed_scored_in_bounded_chunks(tmp_path):
+    """Sec. 3.5 at scale: a video's units reach the teacher in chunks of at most --chunk-frames decoded frames,
+    and the decision, unit scores and sidecar are those of one whole-video pass."""
+    import filter as flt
+    from test_filter import ColourTeacher, colour_video
+    colours = [c for s in range(8) for c in [('red' if s in (2, 5) else 'grey')] * 2]     # 2 FPS, 8 s
+    video = colour_video(tmp_path / 'web' / 'untrimmed' / 'v.mp4', colours, fps=2)
+    samples = [data.Sample(video, 0, 'untrimmed')]
+    base = dict(workers=0, progress=False, batch_size=2)
+    stream = flt._UnitStream(samples, np.array([0]), 'frames', flt.FilterConfig(chunk_frames=3, **base),
+                             flt.Scorer([ColourTeacher()], flt.FilterConfig(**base), units='frames').loads)
+    chunks = [(first, len(views[0])) for _, first, _, views, _, _ in stream]
+    assert chunks == [(0, 3), (3, 3), (6, 2)]                       # 8 one-FPS frames, 3 at a time
+    res = {k: flt.filter_source(samples, [0], [ColourTeacher()], flt.FilterConfig(chunk_frames=k, **base),
+                                tmp_path / f'out{k}') for k in (3, 64)}
+    assert res[3].lines == res[64].lines == ['../web/untrimmed/v.mp4 0']
+    assert res[3].report['samples'] == res[64].report['samples']
+    assert res[3].frame_scores == res[64].frame_scores
+    np.testing.assert_allclose(res[3].frame_scores['../web/untrimmed/v.mp4'].scores,
+                               [0.35, 0.35, 0.9, 0.35, 0.35, 0.9, 0.35, 0.35], atol=1e-4)
