@@ -1060,10 +1060,13 @@ class VideoDataset(torch.utils.data.Dataset):
         """
         key = str(path)
         with _open_video(path) as (container, stream):
-            if key not in self._counts:
-                self._counts[key] = _count_video_frames(container, stream)
-            first, stop = (0, self._counts[key]) if window is None else \
-                window_frames(window, float(_stream_rate(path, stream)), self._counts[key], path)
+            # a window needs only an upper bound: the container's count or duration x rate (counting an untrimmed
+            # .webm / .mkv by decoding would cost minutes per worker); decoding corrects an optimistic one below
+            total = self._counts.get(key) or (_metadata_frames(container, stream) if window is not None else None)
+            if total is None:
+                total = self._counts[key] = _count_video_frames(container, stream)
+            first, stop = (0, total) if window is None else \
+                window_frames(window, float(_stream_rate(path, stream)), total, path)
             try:
                 return _decode_video(container, stream, path, first + self._sample(stop - first, rng))
             except VideoTooShortError as err:   # the container's frame count was optimistic
@@ -1859,6 +1862,20 @@ def _check_snippet(snippet: Callable, num_clips: int) -> None:
     if probe.shape != (num_clips,):
         raise ValueError(f'VideoDataset: the snippet chooser returns {probe.shape} frame positions but the '
                          f'sampling takes num_clips={num_clips} segments')
+
+
+def _metadata_frames(container, stream) -> int | None:
+    """Frame count from metadata alone: `stream.frames`, else duration x average rate; None without either."""
+    if stream.frames and stream.frames > 0:
+        return int(stream.frames)
+    rate = stream.average_rate or stream.guessed_rate
+    if stream.duration and stream.time_base:
+        seconds = float(stream.duration * stream.time_base)
+    elif container.duration:
+        seconds = container.duration / av.time_base
+    else:
+        return None
+    return max(1, round(seconds * float(rate))) if rate else None
 
 
 def _coprime_stride(n: int) -> int:

@@ -255,6 +255,13 @@ def test_windows_decode_the_frames_of_the_cut_pieces(tmp_path):
                 if test_mode:
                     assert all(15 * (i + 1) <= n < 15 * (i + 2) - 5 * i for n in got)
     assert windows.num_failed == 0
+    # Matroska carries no frame count: the window's bound comes from duration x rate, same frames
+    write_levels_video(tmp_path / 'untrimmed' / 'v.mkv')
+    put(tmp_path / 'mkv.txt', 'untrimmed/v.mkv 0 0.600:1.200\nuntrimmed/v.mkv 0 1.200:9.000 0.000:0.600\n')
+    mkv = data.VideoDataset(data.read_list(tmp_path / 'mkv.txt', tmp_path, 1), data.Sampling(4, 3, 3), test_mode=True)
+    mp4 = data.VideoDataset(data.read_list(tmp_path / 'windows.txt', tmp_path, 1), data.Sampling(4, 3, 3),
+                            test_mode=True)
+    assert [frame_numbers(mkv.load(i)[0]) for i in range(2)] == [frame_numbers(mp4.load(i)[0]) for i in range(2)]
     # training draws one of the item's windows per epoch, and samples inside it only
     seen = set()
     windows = data.VideoDataset(data.read_list(tmp_path / 'windows.txt', tmp_path, 1), data.Sampling(4, 2, 1))
