@@ -9,7 +9,8 @@ What this file implements (paper: Sec. 3.5 forms of web data, Sec. 4 datasets, a
    unreferenced frames no index needs dropped by the decoder, early stop, RGB conversion of the needed
    frames only, the per-file pts scan cached in each process); `read_frames_naive` decodes and converts
    every frame (reference and benchmark); `count_frames`. Frame folders (`img_00001.jpg`, 1-based)
-   and still images are read with Pillow.
+   and still images are read with Pillow; `read_image` decodes crawled JPEGs reduced (draft mode) to
+   the short side the pipeline needs.
 3. Annotation lists in MMAction2's formats -> a compact `SampleList` (`read_list`: flat arrays, no Python
    object per sample, so forked DataLoader workers share it; `read_list_samples` is the per-line reference
    parser giving `Sample`s). One list may mix kinds; the kind is read from each line (extension, field
