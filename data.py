@@ -465,8 +465,7 @@ class SampleList:
             rels.append(rel)
         enc = [r.encode('utf-8') for r in rels]
         lengths = np.array([len(e) for e in enc], dtype=np.int64)
-        start = np.zeros(len(enc), dtype=np.int64)
-        np.cumsum(lengths[:-1], out=start[1:]) if len(enc) > 1 else None
+        start = np.concatenate(([0], np.cumsum(lengths)[:-1])).astype(np.int64) if enc else lengths
         kinds = np.array([KINDS.index(s.kind) for s in samples], dtype=np.uint8)
         extra = np.array([(s.num_frames if s.kind == 'frames' else s.num_parts if s.kind == 'raw' else 0) or 0
                           for s in samples], dtype=np.int64)
