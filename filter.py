@@ -280,7 +280,7 @@ class Scorer:
                 key = (s.family, s.clip_len, s.frame_interval, cfg.clips or DEFAULT_CLIPS[s.family], s.crop_size)
             groups.setdefault(key, []).append(t)
         self.groups = list(groups.items())
-        # worker side, one per group: (sampling, uint8 centre-crop pipeline) (picklable)
+        # worker side, one per group: (sampling, uint8 centre-crop pipeline); workers are forked (Linux)
         self.loads = [(data.Sampling(clip_len=k[1], frame_interval=k[2], num_clips=k[3]),
                        transforms.test_transform(k[0], k[4], 'center', uint8=True)) for k, _ in self.groups]
         self.dtype = {'bf16': torch.bfloat16, 'fp16': torch.float16}.get(cfg.amp)
@@ -348,6 +348,8 @@ class _Blocks(torch.utils.data.Dataset):
 def _run_blocks(samples, blocks, load, cfg, what, todo=None):
     """Decode the blocks `todo` (default all) in DataLoader workers; yields `_Blocks` items in order."""
     todo = list(range(len(blocks))) if todo is None else list(todo)
+    if not todo:   # nothing to decode: no worker processes
+        return
     ds = torch.utils.data.Subset(_Blocks(samples, blocks, load), todo)
     loader = torch.utils.data.DataLoader(ds, batch_size=None, num_workers=cfg.workers, collate_fn=_as_is,
                                          pin_memory=torch.device(cfg.device).type == 'cuda')
