@@ -71,6 +71,7 @@ untrimmed frames: one frame each. Teachers are plain objects here: any nn.Module
 from __future__ import annotations
 
 import argparse
+import array
 import contextlib
 import datetime
 import json
@@ -1072,8 +1073,12 @@ def merge_outputs(work: Work, folder, samples, query, classes, cfg: FilterConfig
     folder, n = Path(folder), len(samples)
     # 1. index: (sample, file, offset) of every record, the last one of each sample
     files = work.files('records')
-    index, number, offset = (np.fromiter(col, dtype=np.int64) for col in zip(*(
-        (_record_index(line), f, o) for f, o, line in work.lines('records')))) if files else [np.zeros(0, np.int64)] * 3
+    columns = [array.array('q') for _ in range(3)]   # 8 bytes a number, no Python object per record
+    for f, o, line in work.lines('records'):
+        columns[0].append(_record_index(line))
+        columns[1].append(f)
+        columns[2].append(o)
+    index, number, offset = (np.frombuffer(c, dtype=np.int64) if len(c) else np.zeros(0, np.int64) for c in columns)
     order = np.lexsort((np.arange(len(index)), index))
     last = np.append(index[order][1:] != index[order][:-1], True) if len(order) else np.zeros(0, bool)
     pick = np.full(n, -1, dtype=np.int64)
