@@ -858,7 +858,10 @@ def load_weights_everywhere(run, path):
         if box[0] is not None:
             raise (FileNotFoundError if box[0][0] else ValueError)(box[0][1])
         for tensor in run.net.state_dict().values():
-            dist.broadcast(tensor, src=0)
+            flat = tensor.contiguous()              # a channels_last weight is sent as a dense copy
+            dist.broadcast(flat, src=0)
+            if flat.data_ptr() != tensor.data_ptr():
+                tensor.copy_(flat)
     elif error is not None:
         raise error
 

@@ -34,8 +34,9 @@ def train_cmd(data_root, work, *extra):
 
 
 def torchrun_cmd(script, data_root, *extra):
+    """2 ranks on gloo; channels-last weights (the GPU default) also go through rank 0's broadcast of best.pth."""
     return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-            str(free_port()), str(script), "--data-root", str(data_root), *COMMON, *extra]
+            str(free_port()), str(script), "--data-root", str(data_root), *COMMON, "--channels-last", *extra]
 
 
 def test_sigkill_at_any_moment_then_resume_gives_the_uninterrupted_run(small_data, tmp_path):
