@@ -12,11 +12,13 @@ What happens to a web source, in order:
   Sec. 3.3  Invalid or corrupted files (zero-byte, truncated, an HTML page named .jpg or .mp4, a file that
             disappears mid-run) are found while decoding, recorded and left out; nothing crashes.
             De-duplication against the target's val split (--dedup-against): frame features of an
-            ImageNet-style ResNet-50, PCA whitening fitted on the val frames' crops and reduced to at most
-            256 dimensions, cosine similarity in float32 on the device, web x val in chunks keeping only each
-            web frame's best match; the threshold is the mean similarity between different crops of the same
-            val frame; web samples above it are suspicious duplicates, removed and listed in duplicates.txt
-            (`Whitening`, `dedup_threshold`, `best_match`, `find_duplicates`, `deduplicate`).
+            ImageNet-style ResNet-50, PCA whitening fitted on the val frames and a fixed, evenly spaced subset
+            of at most 10,000 web samples (so every rank and every rerun agree) and reduced to at most 256
+            dimensions, cosine similarity in float32 on the device, web x val in chunks keeping only each web
+            frame's best match (memory: the val features plus one chunk); the threshold is the mean similarity
+            between different crops of the same val frame; web samples above it are suspicious duplicates,
+            removed and listed in duplicates.txt (`Whitening`, `dedup_threshold`, `best_match`,
+            `find_duplicates`, `deduplicate`).
   Sec. 3.4  Teacher filtering (`keep_decision`): mode 'query' keeps a sample when the teacher's probability of
             its query class is >= T and labels it with that class; mode 'pseudo' keeps it when the top
             probability is >= T and labels it with the argmax (Sec. 3.2's PseudoLabel). Several teachers:
