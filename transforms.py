@@ -25,6 +25,7 @@ coordinates u = (x - (W-1)/2) / (max(W, H)/2) so one fitted model applies to ima
 """
 from __future__ import annotations
 
+import functools
 import json
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -624,20 +625,27 @@ def _resize_cv2_linear(x: torch.Tensor, new_w: int, new_h: int) -> torch.Tensor:
     then (+ 2) >> 2. Only the source rows the output needs go through the horizontal pass.
     """
     t, h, w, c = x.shape
-    xs0, xs1, a0, a1 = _cv2_linear_taps(w, new_w, clamp=True)
-    ys0, ys1, b0, b1 = _cv2_linear_taps(h, new_h, clamp=False)  # cv2 clamps the rows, not their weights
+    xs0, xs1, a0, a1, rows, r0, r1, b0, b1 = _cv2_linear_plan(h, w, new_h, new_w)
     # 1. horizontal pass on the needed source rows: (T * R, new_w, C) int32, S[x0] * a0 + S[x1] * a1
-    rows, inverse = torch.unique(torch.cat([ys0, ys1]), return_inverse=True)
-    r0, r1 = inverse[:new_h], inverse[new_h:]
-    src = (x if len(rows) == h else x.index_select(1, rows)).reshape(t * len(rows), w, c)
-    acc = src.index_select(1, xs0).to(torch.int32).mul_(a0[:, None])
-    acc.add_(src.index_select(1, xs1).to(torch.int32).mul_(a1[:, None])).bitwise_right_shift_(4)
-    acc = acc.view(t, len(rows), new_w * c)
+    src = (x if rows is None else x.index_select(1, rows)).reshape(-1, w, c)
+    acc = src.index_select(1, xs0).to(torch.int32).mul_(a0)
+    acc.add_(src.index_select(1, xs1).to(torch.int32).mul_(a1)).bitwise_right_shift_(4)
+    acc = acc.view(t, -1, new_w * c)
     # 2. vertical pass, fixed point as cv2's VResizeLinearVec_32s8u
-    out = acc.index_select(1, r0).mul_(b0[:, None]).bitwise_right_shift_(16)
-    out.add_(acc.index_select(1, r1).mul_(b1[:, None]).bitwise_right_shift_(16))
+    out = acc.index_select(1, r0).mul_(b0).bitwise_right_shift_(16)
+    out.add_(acc.index_select(1, r1).mul_(b1).bitwise_right_shift_(16))
     out.add_(2).bitwise_right_shift_(2).clamp_(0, 255)
     return out.to(torch.uint8).view(t, new_h, new_w, c)
+
+
+@functools.lru_cache(maxsize=512)
+def _cv2_linear_plan(h: int, w: int, new_h: int, new_w: int) -> tuple:
+    """Taps and weights of one (h, w) -> (new_h, new_w) resize, shaped for _resize_cv2_linear (computed once)."""
+    xs0, xs1, a0, a1 = _cv2_linear_taps(w, new_w, clamp=True)
+    ys0, ys1, b0, b1 = _cv2_linear_taps(h, new_h, clamp=False)  # cv2 clamps the rows, not their weights
+    rows, inverse = torch.unique(torch.cat([ys0, ys1]), return_inverse=True)
+    return (xs0, xs1, a0[:, None], a1[:, None], None if len(rows) == h else rows, inverse[:new_h], inverse[new_h:],
+            b0[:, None], b1[:, None])
 
 
 def _cv2_linear_taps(src: int, dst: int, clamp: bool):
