@@ -51,10 +51,13 @@ What it measures (paper context: the training recipes of the appendix "Implement
       scaled to 1M x 50k, and the peak RSS above the inputs.
 5. Soak (issue 8; only with --what soak): --soak-clips (10,000) training clips of --soak-arch (tsn_r50)
    through train.make_dataset (the sampling and transforms train.py uses) and a DataLoader with --workers
-   persistent workers, from 3 generated videos (one of them 640x360, so resizing runs) under distinct
-   hard-linked names; every --soak-every clips the RSS and PSS (/proc/PID/smaps_rollup) of the main process
-   and its workers; the verdict fits a line to PSS after the first fifth (warm-up) and calls it flat when
-   the growth it predicts over the run is within max(2 %, 8 MiB).
+   persistent workers, from 3 generated videos (one of them 640x360, so resizing runs) under --soak-files
+   (1000) distinct hard-linked names read in order, pass after pass (as epochs revisit files); every
+   --soak-every clips the RSS and PSS (/proc/PID/smaps_rollup) of the main process and its workers; the
+   verdict fits a line to PSS after the warm-up (the first pass over the files, when per-file caches are
+   full, and at least a fifth of the run) and calls it flat when the growth it predicts over the rest is
+   within max(2 %, 8 MiB). With --soak-files >= --soak-clips every clip is a new file: the curve then
+   shows how per-file caches grow with a dataset's size.
 
 Timing: time.perf_counter (wall) and time.process_time (CPU of every thread of the process), one warm-up,
 then --repeats rounds; the figure is the median over rounds. In the data part the methods are
@@ -171,6 +174,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                    'filter.find_duplicates')
     p.add_argument('--soak-clips', type=int, default=10_000, help='soak: training clips to decode')
     p.add_argument('--soak-every', type=int, default=500, help='soak: clips between memory samples')
+    p.add_argument('--soak-files', type=int, default=1000, help='soak: distinct file names (hard links) the clips '
+                   'cycle over; the verdict starts after the first pass, when per-file caches are full')
     p.add_argument('--soak-arch', default='tsn_r50', choices=sorted(models.ARCHS), help='soak: whose training '
                    'pipeline (sampling, crop size) decodes the clips')
     p.add_argument('--soak-batch', type=int, default=8, help='soak: DataLoader batch size')
@@ -183,7 +188,7 @@ def main(args) -> None:
     if args.repeats < 1 or args.samples < 1 or args.batch < 1 or args.threads < 1:
         raise ValueError('--repeats, --samples, --batch and --threads must be >= 1')
     sizes = ('scale_lines', 'readers', 'scale_images', 'scale_images_small', 'dedup_web', 'dedup_val', 'dedup_dim',
-             'soak_clips', 'soak_every', 'soak_batch')
+             'soak_clips', 'soak_every', 'soak_batch', 'soak_files')
     for name in sizes:
         if getattr(args, name) < 1:
             raise ValueError(f'--{name.replace("_", "-")} must be >= 1, got {getattr(args, name)}')
@@ -771,20 +776,22 @@ def bench_soak(args, tmp: Path) -> None:
     names = _soak_videos(root / 'src')
     classes = [f'class_{k}' for k in range(4)]
     lines = []
-    for i in range(args.soak_clips):   # distinct paths (hard links): per-path caches see a real dataset's spread
+    files = min(args.soak_files, args.soak_clips)
+    for i in range(files):   # distinct paths (hard links): per-path caches see a real dataset's spread
         rel = f'videos/v{i:06d}{names[i % len(names)].suffix}'
         (root / 'soak' / rel).parent.mkdir(parents=True, exist_ok=True)
         os.link(names[i % len(names)], root / 'soak' / rel)
         lines.append(f'{rel} {i % len(classes)}')
+    lines = [lines[i % files] for i in range(args.soak_clips)]   # later passes revisit the same files (epochs)
     _write_plain_dataset(root / 'soak', classes, lines)
     targs = train.get_args_parser().parse_args(['--data-root', str(root), '--target', 'soak', '--arch', arch])
     ds = train.make_dataset(targs, data.resolve_dataset(root, 'soak'), 'train', spec, test_mode=False)
     loader = torch.utils.data.DataLoader(ds, batch_size=args.soak_batch, num_workers=args.workers,
                                          persistent_workers=args.workers > 0, shuffle=False)
     print(f'\n== Soak: {args.soak_clips:,} training clips of {arch} (train.make_dataset: sampling + '
-          f'transforms as train.py builds them) from {len(names)} generated videos under {args.soak_clips:,} '
-          f'hard-linked names, batch {args.soak_batch}, {args.workers} persistent workers; memory every '
-          f'{args.soak_every} clips; {_load()}')
+          f'transforms as train.py builds them) from {len(names)} generated videos under {files:,} hard-linked '
+          f'names (read in order, {args.soak_clips / files:.1f} passes), batch {args.soak_batch}, {args.workers} '
+          f'persistent workers; memory every {args.soak_every} clips; {_load()}')
     print(f'{"clips":>7}  {"RSS main+workers MiB":>20}  {"PSS MiB":>8}  {"main RSS":>8}  {"workers RSS":>14}  clips/s')
     curve, done, start, last = [], 0, time.perf_counter(), 0
     it = iter(loader)
@@ -803,15 +810,17 @@ def bench_soak(args, tmp: Path) -> None:
             print(f'{done:7d}  {sum(rss) / 2**20:20.1f}  {pss / 2**20:8.1f}  {rss[0] / 2**20:8.1f}  '
                   f'{" ".join(f"{r / 2**20:.0f}" for r in rss[1:]):>14}  {done / (time.perf_counter() - start):.1f}')
     del it, loader
-    _soak_verdict(curve)
+    _soak_verdict(curve, files)
 
 
-def _soak_verdict(curve: list[tuple[int, int, int]]) -> None:
-    """Flat after warm-up: the PSS slope over the last 80% of the samples, and the growth it adds up to."""
-    if len(curve) < 3:
-        print('soak: too few samples for a verdict (raise --soak-clips or lower --soak-every)')
+def _soak_verdict(curve: list[tuple[int, int, int]], files: int) -> None:
+    """Flat after warm-up (the first pass over the files, at least a fifth of the run: per-file caches fill
+    during the first pass): the PSS slope over the rest, and the growth it adds up to."""
+    warm = [c for c in curve[max(1, len(curve) // 5):] if c[0] >= files]
+    if len(warm) < 3:
+        print(f'soak: too few samples after the first pass over the {files} files for a verdict (raise '
+              f'--soak-clips, lower --soak-files or --soak-every)')
         return
-    warm = curve[max(1, len(curve) // 5):]
     x = np.array([c[0] for c in warm], dtype=np.float64)
     y = np.array([c[2] for c in warm], dtype=np.float64)
     slope = np.polyfit(x, y, 1)[0] if len(warm) > 1 else 0.0   # bytes per clip

@@ -488,10 +488,10 @@ def test_benchmark_scale_mode_prints_its_figures():
 
 
 def test_benchmark_soak_mode_prints_the_memory_curve():
-    proc = _run_benchmark("--what", "soak", "--soak-clips", "24", "--soak-every", "8", "--soak-arch", "tsn_tiny",
-                          "--soak-batch", "4", "--workers", "1")
+    proc = _run_benchmark("--what", "soak", "--soak-clips", "32", "--soak-every", "8", "--soak-files", "8",
+                          "--soak-arch", "tsn_tiny", "--soak-batch", "4", "--workers", "1")
     rows = [ln.split() for ln in proc.stdout.splitlines() if ln.strip()[:1].isdigit()]
-    assert [int(r[0]) for r in rows] == [8, 16, 24], proc.stdout[-3000:]
+    assert [int(r[0]) for r in rows] == [8, 16, 24, 32], proc.stdout[-3000:]
     assert all(float(r[1]) > 0 and float(r[2]) > 0 for r in rows)  # RSS and PSS of main + worker, MiB
     assert "soak: after warm-up" in proc.stdout and ("FLAT" in proc.stdout or "GROWING" in proc.stdout)
 
