@@ -54,9 +54,9 @@ What it measures (paper context: the training recipes of the appendix "Implement
    persistent workers, from 3 generated videos (one of them 640x360, so resizing runs) under --soak-files
    (1000) distinct hard-linked names read in order, pass after pass (as epochs revisit files); every
    --soak-every clips the RSS and PSS (/proc/PID/smaps_rollup) of the main process and its workers; the
-   verdict fits a line to PSS after the warm-up (the first pass over the files, when per-file caches are
-   full, and at least a fifth of the run) and calls it flat when the growth it predicts over the rest is
-   within max(2 %, 8 MiB). With --soak-files >= --soak-clips every clip is a new file: the curve then
+   verdict fits a line to PSS after the warm-up (two passes over the files, so every worker has every
+   file in its caches, and at least half the run) and calls it flat when the growth it predicts over the
+   rest is within max(2 %, 8 MiB). With --soak-files >= --soak-clips every clip is a new file: the curve then
    shows how per-file caches grow with a dataset's size.
 
 Timing: time.perf_counter (wall) and time.process_time (CPU of every thread of the process), one warm-up,
@@ -175,7 +175,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument('--soak-clips', type=int, default=10_000, help='soak: training clips to decode')
     p.add_argument('--soak-every', type=int, default=500, help='soak: clips between memory samples')
     p.add_argument('--soak-files', type=int, default=1000, help='soak: distinct file names (hard links) the clips '
-                   'cycle over; the verdict starts after the first pass, when per-file caches are full')
+                   'cycle over; the verdict starts after two passes (and half the run), when per-file caches are full')
     p.add_argument('--soak-arch', default='tsn_r50', choices=sorted(models.ARCHS), help='soak: whose training '
                    'pipeline (sampling, crop size) decodes the clips')
     p.add_argument('--soak-batch', type=int, default=8, help='soak: DataLoader batch size')
@@ -814,12 +814,13 @@ def bench_soak(args, tmp: Path) -> None:
 
 
 def _soak_verdict(curve: list[tuple[int, int, int]], files: int) -> None:
-    """Flat after warm-up (the first pass over the files, at least a fifth of the run: per-file caches fill
-    during the first pass): the PSS slope over the rest, and the growth it adds up to."""
-    warm = [c for c in curve[max(1, len(curve) // 5):] if c[0] >= files]
+    """Flat after warm-up: the PSS slope over the second half of the run, once every worker has seen every file
+    (two passes over the files) and the allocators have grown to their working size, and the growth it adds up to."""
+    start = max(2 * files, curve[-1][0] // 2) if curve else 0
+    warm = [c for c in curve if c[0] >= start]
     if len(warm) < 3:
-        print(f'soak: too few samples after the first pass over the {files} files for a verdict (raise '
-              f'--soak-clips, lower --soak-files or --soak-every)')
+        print(f'soak: too few samples after the warm-up ({start} clips: two passes over the {files} files, half '
+              f'the run) for a verdict (raise --soak-clips, lower --soak-files or --soak-every)')
         return
     x = np.array([c[0] for c in warm], dtype=np.float64)
     y = np.array([c[2] for c in warm], dtype=np.float64)

@@ -499,7 +499,8 @@ def test_benchmark_soak_mode_prints_the_memory_curve():
 def test_benchmark_rejects_bad_sizes_in_one_line():
     proc = subprocess.run([sys.executable, str(REPO / "benchmark.py"), "--what", "scale", "--scale-lines", "0"],
                           capture_output=True, text=True, cwd=REPO, timeout=120)
-    assert proc.returncode != 0 and proc.stderr.strip().splitlines()[-1] == "error: --scale-lines must be >= 1, got 0"
+    last = proc.stderr.strip().splitlines()[-1]
+    assert proc.returncode != 0 and last == "error: --scale-lines must be >= 1, got 0"
 
 
 # ----------------------------------------------------------------------------------------------------------------------
