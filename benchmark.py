@@ -56,7 +56,7 @@ What it measures (paper context: the training recipes of the appendix "Implement
    --soak-every clips the RSS and PSS (/proc/PID/smaps_rollup) of the main process and its workers; the
    verdict fits a line to PSS after the warm-up (two passes over the files, so every worker has every
    file in its caches, and at least half the run) and calls it flat when the growth it predicts over the
-   rest is within max(2 %, 8 MiB). With --soak-files >= --soak-clips every clip is a new file: the curve then
+   rest is at most max(5 %, 16 MiB) (PSS moves by a few % as pages are shared and unshared). With --soak-files >= --soak-clips every clip is a new file: the curve then
    shows how per-file caches grow with a dataset's size.
 
 Timing: time.perf_counter (wall) and time.process_time (CPU of every thread of the process), one warm-up,
@@ -826,11 +826,11 @@ def _soak_verdict(curve: list[tuple[int, int, int]], files: int) -> None:
     y = np.array([c[2] for c in warm], dtype=np.float64)
     slope = np.polyfit(x, y, 1)[0] if len(warm) > 1 else 0.0   # bytes per clip
     growth = slope * (x[-1] - x[0])
-    flat = abs(growth) <= max(0.02 * y[0], 8 * 2**20)
-    print(f'soak: after warm-up ({int(warm[0][0])} clips) PSS {y[0] / 2**20:.1f} -> {y[-1] / 2**20:.1f} MiB; '
-          f'least-squares slope {slope / 1024:.2f} KiB per clip = {growth / 2**20:+.1f} MiB over '
-          f'{int(x[-1] - x[0])} clips ({slope * 1e6 / 2**30:+.2f} GiB per million clips): '
-          f'{"FLAT" if flat else "GROWING"} (flat: within max(2%, 8 MiB))')
+    flat = growth <= max(0.05 * y.mean(), 16 * 2**20)   # PSS moves by a few % as pages are shared and unshared
+    print(f'soak: after warm-up ({int(warm[0][0])} clips) PSS {y[0] / 2**20:.1f} -> {y[-1] / 2**20:.1f} MiB '
+          f'(range {y.min() / 2**20:.1f}-{y.max() / 2**20:.1f}); least-squares slope {slope / 1024:.2f} KiB per '
+          f'clip = {growth / 2**20:+.1f} MiB over {int(x[-1] - x[0])} clips ({slope * 1e6 / 2**30:+.2f} GiB per '
+          f'million clips): {"FLAT" if flat else "GROWING"} (flat: fitted growth within max(5%, 16 MiB))')
 
 
 def _soak_videos(folder: Path) -> list[Path]:

@@ -517,7 +517,7 @@ def _run_benchmark(*args):
 
 
 def _cv2_linear_reference(img, out_w, out_h):
-    """cv2.resize INTER_LINEAR on uint8 (H, W, 3), one output pixel at a time (resize.cpp's formulas, 11-bit weights)."""
+    """cv2.resize INTER_LINEAR on uint8 (H, W, 3), one output pixel at a time (resize.cpp formulas, 11-bit weights)."""
     def taps(src, dst, d, clamp):
         f = np.float32((d + 0.5) * (1.0 / (dst / src)) - 0.5)
         i = int(np.floor(f))
