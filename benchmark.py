@@ -56,8 +56,9 @@ What it measures (paper context: the training recipes of the appendix "Implement
    --soak-every clips the RSS and PSS (/proc/PID/smaps_rollup) of the main process and its workers; the
    verdict fits a line to PSS after the warm-up (two passes over the files, so every worker has every
    file in its caches, and at least half the run) and calls it flat when the growth it predicts over the
-   rest is at most max(5 %, 16 MiB) (PSS moves by a few % as pages are shared and unshared). With --soak-files >= --soak-clips every clip is a new file: the curve then
-   shows how per-file caches grow with a dataset's size.
+   rest is at most max(5 %, 16 MiB) (PSS moves by a few % as pages are shared and unshared). With
+   --soak-files >= --soak-clips every clip is a new file: the curve then shows how memory grows with the
+   number of distinct files.
 
 Timing: time.perf_counter (wall) and time.process_time (CPU of every thread of the process), one warm-up,
 then --repeats rounds; the figure is the median over rounds. In the data part the methods are
