@@ -669,19 +669,21 @@ def make_dataset(args, spec_ds, split, spec, test_mode, protocol="center", num_c
         transform = transforms.train_transform(spec.family, spec.crop_size, uint8=True)
     sampling = data.Sampling(clip_len=spec.clip_len, frame_interval=spec.frame_interval, num_clips=clips)
     samples = data.load_split(spec_ds, split) if samples is None else samples
-    image_to_clip = (make_image_to_clip(args, spec_ds) if not test_mode else None) or data.replicate_image
+    # web images: JPEGs decoded reduced to about the pipeline's short side (draft mode), resized once, then
+    # inflated into clips (Sec. 3.5); crawled images are often 1-12 megapixels
+    short_side = transforms.short_side_for(spec.crop_size)
+    image_to_clip = make_image_to_clip(args, short_side) if not test_mode else data.replicate_image
     # Table 14: untrimmed videos scored frame by frame by filter.py become 3-frame TSN snippets
     snippet = None
     if not test_mode and spec.family == "tsn" and clips == 3:
         snippet = functools.partial(transforms.select_snippet, mode=args.snippet)
     return data.VideoDataset(samples, sampling, test_mode=test_mode, transform=transform,
-                             image_to_clip=image_to_clip, seed=args.seed, snippet=snippet)
+                             image_to_clip=image_to_clip, seed=args.seed, snippet=snippet,
+                             image_short_side=short_side)
 
 
-def make_image_to_clip(args, spec_ds):
-    """Sec. 3.5, Eq. 2, Table 8: how a still image of this source becomes a clip (--inflate)."""
-    if args.inflate == "still":
-        return None
+def make_image_to_clip(args, short_side):
+    """Sec. 3.5, Eq. 2, Table 8: how a still image becomes a clip (--inflate), after resizing it to `short_side`."""
     motion = None
     if args.inflate.startswith("warp"):
         path = Path(args.motion) if args.motion else Path(args.data_root) / args.target / "motion.json"
@@ -690,7 +692,8 @@ def make_image_to_clip(args, spec_ds):
                                     f"(python omnisource.py --estimate-motion, or give --motion)")
         motion = transforms.HomographyGaussian.load(path)
     mode = "warp" if args.inflate.startswith("warp") else args.inflate
-    return transforms.build_image_to_clip(mode, motion, class_specific=args.inflate == "warp-spec")
+    return transforms.build_image_to_clip(mode, motion, class_specific=args.inflate == "warp-spec",
+                                          short_side=short_side)
 
 
 def make_train_loader(args, target_ds, aux, rank, world):

@@ -609,7 +609,8 @@ def _resize_frames(frames: np.ndarray, new_w: int, new_h: int, method: str = "cv
         return np.stack([np.asarray(Image.fromarray(np.ascontiguousarray(f)).resize((new_w, new_h), Image.BILINEAR))
                          for f in frames])
     with _torch_threads(1):  # per-sample work in DataLoader workers (they are the parallelism)
-        x = torch.from_numpy(np.ascontiguousarray(frames))
+        # read-only input (an image straight from Pillow) is copied: torch wants writable memory
+        x = torch.from_numpy(np.ascontiguousarray(frames) if frames.flags.writeable else np.array(frames))
         if method == "torch":  # (T, 3, H, W) view in channels_last memory: the uint8 AVX kernel, no copy
             y = F.interpolate(x.permute(0, 3, 1, 2), size=(new_h, new_w), mode="bilinear", align_corners=False,
                               antialias=False)
