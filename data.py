@@ -1293,7 +1293,8 @@ def _decoded_frames(container, stream, rank: dict[int, int], want: set[int] | No
     packets of every frame in `run` (presentation indices) have been sent. With `want`, the packet of a
     frame no index needs (its pts' presentation index not in `want`) is sent with skip_frame 'NONREF':
     the decoder drops it when the bitstream marks it as a frame no other frame refers to (H.264/HEVC
-    nal_ref_idc 0, MPEG-1/2 B-frames), so every frame it does decode is bit-exact. A wanted frame's packet, and any packet of unknown pts, is decoded as usual.
+    nal_ref_idc 0, MPEG-1/2 B-frames), so every frame it does decode is bit-exact. A wanted frame's packet, and any
+    packet of unknown pts, is decoded as usual.
     Frame threads copy the setting when each packet is submitted. stats['sent'] counts the packets."""
     codec, mode, pending = stream.codec_context, None, set(run)
     for packet in container.demux(stream):

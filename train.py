@@ -15,16 +15,17 @@ The training step (Sec. 3.2, Eq. 1) is in `train_one_epoch`: one target batch pl
 auxiliary source, one forward on their concatenation, one loss, ONE optimiser step.
 
 Outputs in --work-dir: log.jsonl (one JSON object per logging interval and per epoch), latest.pth
-(every epoch and every --save-every steps, written atomically), best.pth (best quick validation top-1), metrics.json (top1, top5,
-mean_class_acc of the final evaluation with the paper's test protocol), confusion_matrix.csv and
-predictions.jsonl (per video: path, label, top-5 classes with probabilities; --dump-probs: all of them).
+(every epoch and every --save-every steps, written atomically), best.pth (best quick validation top-1),
+metrics.json (top1, top5, mean_class_acc of the final evaluation with the paper's test protocol),
+confusion_matrix.csv and predictions.jsonl (per video: path, label, top-5 classes with probabilities;
+--dump-probs: all of them).
 
 Crashes: kill the run at any moment (SIGKILL included) and run the same command plus --resume: it ends
 with the weights, metrics.json and log.jsonl of an uninterrupted run, bit for bit on the same machine and
 number of ranks (latest.pth holds every rank's random state; `set_train_epoch` skips ahead in an epoch).
 On GPUs, exactly as far as two uninterrupted runs agree (cuDNN's autotuned kernels need not be deterministic).
 
-Speed (issue 10): workers send uint8 clips, normalised on the device; the step runs in --amp precision
+Speed: workers send uint8 clips, normalised on the device; the step runs in --amp precision
 (bf16 by default on GPUs that have it) and never waits for the host: losses and accuracies are summed on
 the device and read once per logging interval.
 """
