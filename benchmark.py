@@ -6,7 +6,7 @@
     python benchmark.py --what model --threads 2
     python benchmark.py --what loader                     # 2-worker training loaders, decoder threads per worker
     python benchmark.py --what model --precisions fp32,bf16 --models tsn_r50,slowonly_r50_4x16
-    python benchmark.py --what scale                      # web-scale figures (issue 9); minutes
+    python benchmark.py --what scale                      # web-scale figures; minutes
     python benchmark.py --what scale --scale-lines 20000 --scale-images 400 --scale-images-small 100 \
         --dedup-web 10000 --dedup-val 1000                # the same figures in seconds
     python benchmark.py --what soak                       # 10,000 clips through DataLoader workers; < 10 min
@@ -33,7 +33,7 @@ What it measures (paper context: the training recipes of the appendix "Implement
    for 3D models), on the CPU and on CUDA when a GPU is visible; FLOPs per sample counted analytically
    (conv/linear MACs from forward hooks, x2 FLOPs per MAC, x3 for forward + backward), and the fraction of
    the measured matmul FLOP/s IN THE SAME DTYPE (torch.mm fp32 / bf16 / fp16) that training reaches.
-4. Scale (issue 9; only with --what scale): a synthetic crawl that costs little disk (hard links) --
+4. Scale (only with --what scale): a synthetic crawl that costs little disk (hard links) --
    a) data.load_split of a --scale-lines (2M) image list in a forked child: lines per CPU second and
       resident bytes per sample (VmRSS before/after); then --readers (4) processes forked from it, as
       DataLoader workers are, read every sample; each reports the private memory it gained per sample
@@ -49,7 +49,7 @@ What it measures (paper context: the training recipes of the appendix "Implement
    c) de-duplication: filter.find_duplicates on random float32 web (--dedup-web, 1M) x val (--dedup-val,
       50k) features of --dedup-dim (256) with planted duplicates: wall and CPU time, ns per pair, the time
       scaled to 1M x 50k, and the peak RSS above the inputs.
-5. Soak (issue 8; only with --what soak): --soak-clips (10,000) training clips of --soak-arch (tsn_r50)
+5. Soak (only with --what soak): --soak-clips (10,000) training clips of --soak-arch (tsn_r50)
    through train.make_dataset (the sampling and transforms train.py uses) and a DataLoader with --workers
    persistent workers, from 3 generated videos (one of them 640x360, so resizing runs) under --soak-files
    (1000) distinct hard-linked names read in order, pass after pass (as epochs revisit files); every
@@ -550,7 +550,7 @@ def _matmul_flops(device: str, dtype: torch.dtype, repeats: int) -> float:
 
 
 # =====================================================================================
-# 3. Scale: list parsing, per-worker growth, filter CPU and peak RSS, de-duplication (issue 9)
+# 3. Scale: list parsing, per-worker growth, filter CPU and peak RSS, de-duplication
 # =====================================================================================
 
 def bench_scale(args, tmp: Path) -> None:
@@ -588,7 +588,7 @@ def _list_part(args, root: Path, classes: list[str]) -> None:
           f'Private_Clean + Private_Dirty) of {statistics.mean(fields) / n:.1f} bytes per sample each for '
           f'samples[i].label and .path, {statistics.mean(gains) / n:.1f} bytes once the path is also made a '
           f'string (os.fspath, as opening the file does; per reader: {", ".join(f"{g / n:.1f}" for g in gains)})')
-    print(f'goals (issue 9): >= 500k lines/s (CPU): {_met(n / r["cpu"] >= 5e5)}; <= 100 bytes per sample: '
+    print(f'goals: >= 500k lines/s (CPU): {_met(n / r["cpu"] >= 5e5)}; <= 100 bytes per sample: '
           f'{_met(r["rss_gain"] / n <= 100)}; <= 10 bytes per sample per reader: {_met(max(gains) / n <= 10)}')
 
 
@@ -765,7 +765,7 @@ def _dedup_figures(args) -> None:
 
 
 # =====================================================================================
-# 4. Soak: resident memory while DataLoader workers decode training clips (issue 8)
+# 4. Soak: resident memory while DataLoader workers decode training clips
 # =====================================================================================
 
 def bench_soak(args, tmp: Path) -> None:

@@ -1073,18 +1073,9 @@ def merge_outputs(work: Work, folder, samples, query, classes, cfg: FilterConfig
     classes.txt and report.json (summary with the Fig. 3 counts) in `folder`. Streams: memory is a few arrays
     of N numbers. A sample recorded twice (a block redone after a crash) takes its last record."""
     folder, n = Path(folder), len(samples)
-    # 1. index: (sample, file, offset) of every record, the last one of each sample
+    # 1. index: where the last record of every sample is (file number, offset); -1 = no record
     files = work.files('records')
-    columns = [array.array('q') for _ in range(3)]   # 8 bytes a number, no Python object per record
-    for f, o, line in work.lines('records'):
-        columns[0].append(_record_index(line))
-        columns[1].append(f)
-        columns[2].append(o)
-    index, number, offset = (np.frombuffer(c, dtype=np.int64) if len(c) else np.zeros(0, np.int64) for c in columns)
-    order = np.lexsort((np.arange(len(index)), index))
-    last = np.append(index[order][1:] != index[order][:-1], True) if len(order) else np.zeros(0, bool)
-    pick = np.full(n, -1, dtype=np.int64)
-    pick[index[order][last]] = order[last]
+    pick, number, offset = _last_records(work, n)
     expected = np.ones(n, dtype=bool) if cfg.mode == 'pseudo' else query >= 0
     if (expected & (pick < 0)).any():
         raise RuntimeError(f'filter: {int((expected & (pick < 0)).sum())} samples have no record in '
@@ -1141,24 +1132,46 @@ def merge_outputs(work: Work, folder, samples, query, classes, cfg: FilterConfig
         for f in handles:
             f.close()
         sidecar.close()
+    # 3. the summary: counts and the Fig. 3 counts per class
     (folder / 'classes.txt').write_text(''.join(f'{c}\n' for c in classes))
+    report = _summary(per, status, n, query, classes, cfg, dedup_info, extra)
+    (folder / 'report.json').write_text(json.dumps(report, indent=1) + '\n')
+    return report
+
+
+def _last_records(work: Work, n: int):
+    """(pick (n,), file number, offset) of the records in the work folder: pick[i] indexes the last record of
+    sample i (a block redone after a crash), -1 when it has none. Three int64 columns, no object per record."""
+    columns = [array.array('q') for _ in range(3)]
+    for f, o, line in work.lines('records'):
+        columns[0].append(_record_index(line))
+        columns[1].append(f)
+        columns[2].append(o)
+    index, number, offset = (np.frombuffer(c, dtype=np.int64) if len(c) else np.zeros(0, np.int64) for c in columns)
+    order = np.lexsort((np.arange(len(index)), index))
+    last = np.append(index[order][1:] != index[order][:-1], True) if len(order) else np.zeros(0, bool)
+    pick = np.full(n, -1, dtype=np.int64)
+    pick[index[order][last]] = order[last]
+    return pick, number, offset
+
+
+def _summary(per, status, n, query, classes, cfg: FilterConfig, dedup_info, extra) -> dict:
+    """report.json: the counts per status and, per class, before / kept / dropped / corrupt / duplicate / after."""
     per_class = [dict(index=c, name=classes[c], before=int(per['before'][c]), kept=int(per['kept'][c]),
                       dropped=int(per['dropped'][c]),
                       corrupt=int(per['corrupt'][c]), duplicate=int(per['duplicate'][c]), after=int(per['after'][c]))
-                 for c in range(k)]
+                 for c in range(len(classes))]
     counts = dict(total=n, kept=status.get('kept', 0), dropped=status.get('dropped', 0),
                   corrupt=status.get('corrupt', 0), duplicate=status.get('duplicate', 0),
                   unknown_query=int((query < 0).sum()))
-    report = dict(mode=cfg.mode, threshold=cfg.threshold, student=cfg.student, classes=list(classes),
-                  counts=counts, per_class=per_class,
-                  about_per_class='before: samples crawled for the class (query label); kept / dropped / corrupt / '
-                                  'duplicate: of those; after: kept samples labelled with the class (= kept in '
-                                  'query mode; pseudo-labels in pseudo mode)',
-                  about_samples='samples.jsonl: one record per sample in list order (status, label, query-class '
-                                'and top-5 probabilities, units of untrimmed videos)',
-                  dedup=dedup_info, **(extra or {}))
-    (folder / 'report.json').write_text(json.dumps(report, indent=1) + '\n')
-    return report
+    return dict(mode=cfg.mode, threshold=cfg.threshold, student=cfg.student, classes=list(classes),
+                counts=counts, per_class=per_class,
+                about_per_class='before: samples crawled for the class (query label); kept / dropped / corrupt / '
+                                'duplicate: of those; after: kept samples labelled with the class (= kept in '
+                                'query mode; pseudo-labels in pseudo mode)',
+                about_samples='samples.jsonl: one record per sample in list order (status, label, query-class '
+                              'and top-5 probabilities, units of untrimmed videos)',
+                dedup=dedup_info, **(extra or {}))
 
 
 class _SidecarWriter:
@@ -1335,7 +1348,7 @@ def main(args) -> dict | None:
 def map_query_labels(samples, source_classes, teacher_classes, source: str = 'source',
                      mode: str = 'query') -> np.ndarray:
     """Each sample's query class as a teacher class index (-1: not a teacher class), matched by class name
-    exactly as data.map_labels matches an auxiliary source's classes to the target's (issue 8 item 10).
+    exactly as data.map_labels matches an auxiliary source's classes to the target's.
 
     No shared class name at all is a one-line error in query mode (pseudo mode needs no query class).
     """

@@ -725,7 +725,7 @@ def loader_for(args, ds, sampler, batch_size, drop_last, seed):
     The loader has its own generator, seeded by `seed` = (--seed, rank, source). A DataLoader draws its workers'
     base seed when it starts them, from the GLOBAL torch RNG unless given a generator. With persistent workers
     that happens once per process: a --resume'd process drew once more than the run it continues, after the
-    RNG state was restored, and every dropout mask from then on differed (the divergence issue 8 measured).
+    RNG state was restored, and every dropout mask from then on differed; a resumed run diverged from its first epoch on.
     No item depends on that base seed (VideoDataset draws from (seed, epoch, index)); the global RNG is now
     the model's alone.
     """
@@ -999,7 +999,7 @@ def model_input(clips, args):
 class Meter:
     """Running sums of the loss (total and per source) and top-1 per source over a logging interval or an epoch.
 
-    The sums stay ON THE DEVICE, so the training step never waits for the host (issue 10, point 4): one
+    The sums stay ON THE DEVICE, so the training step never waits for the host: one
     vector [loss, loss per source (S), correct per source (S), first non-finite step] per meter. `summary()`
     reads it once (the only host sync of an interval) and raises FloatingPointError when a loss was not
     finite, naming the step and the interval. Samples seen are host integers (the batch sizes are known).
