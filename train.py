@@ -725,7 +725,7 @@ def loader_for(args, ds, sampler, batch_size, drop_last, seed):
     The loader has its own generator, seeded by `seed` = (--seed, rank, source). A DataLoader draws its workers'
     base seed when it starts them, from the GLOBAL torch RNG unless given a generator. With persistent workers
     that happens once per process: a --resume'd process drew once more than the run it continues, after the
-    RNG state was restored, and every dropout mask from then on differed; a resumed run diverged from its first epoch on.
+    RNG state was restored, and every dropout mask from then on differed.
     No item depends on that base seed (VideoDataset draws from (seed, epoch, index)); the global RNG is now
     the model's alone.
     """
