@@ -98,23 +98,23 @@ import train
 import transforms
 
 ROOT = Path(__file__).resolve().parent
-DEMO_VIDEO = ROOT.parent / 'shared' / 'data' / 'real_videos' / 'mmaction2_demo.mp4'
+DEMO_VIDEO = ROOT.parent / "shared" / "data" / "real_videos" / "mmaction2_demo.mp4"
 # the two training pipelines of the paper's target models: (label, architecture name in models.ARCHS)
-PIPELINES = (('TSN 3 seg', 'tsn_r50'), ('SlowOnly 4x16', 'slowonly_r50_4x16'))
-BIG_MODELS = ('tsn_r50', 'slowonly_r50_4x16')
-TINY_MODELS = ('tsn_tiny', 'slowonly_tiny')
+PIPELINES = (("TSN 3 seg", "tsn_r50"), ("SlowOnly 4x16", "slowonly_r50_4x16"))
+BIG_MODELS = ("tsn_r50", "slowonly_r50_4x16")
+TINY_MODELS = ("tsn_tiny", "slowonly_tiny")
 NUM_CLASSES = 400   # Kinetics-400 head for every model timed
 GOAL_VS_NAIVE = 2.0
-PRECISIONS = {'fp32': None, 'bf16': torch.bfloat16, 'fp16': torch.float16}   # model: autocast dtypes
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}   # model: autocast dtypes
 SCALE_CLASSES = 400   # scale: classes of the synthetic lists and of the tiny teacher (a K400 teacher)
 RAW_FEATURE_DIM = 2048   # scale: ResNet-50 frame features before the de-duplication's whitening (Sec. 3.3)
 # scale: runs a command and prints the CPU seconds and largest ru_maxrss of its whole process tree
-RUSAGE_WRAPPER = r'''
+RUSAGE_WRAPPER = r"""
 import json, resource, subprocess, sys
 rc = subprocess.run(sys.argv[1:]).returncode
 ru = resource.getrusage(resource.RUSAGE_CHILDREN)
 print('RUSAGE ' + json.dumps({'rc': rc, 'cpu': ru.ru_utime + ru.ru_stime, 'maxrss': ru.ru_maxrss * 1024}))
-'''
+"""
 
 
 @dataclass
@@ -143,104 +143,104 @@ class Timing:
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser('omnisource benchmark', formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument('--video', default=None, help="H.264 clip to read (default: ../shared/data/real_videos/"
+    p = argparse.ArgumentParser("omnisource benchmark", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--video", default=None, help="H.264 clip to read (default: ../shared/data/real_videos/"
                    "mmaction2_demo.mp4 when present, else a generated one); 'gen' forces the generated "
                    "340x256, 30 fps, 10 s, GOP 250 clip")
-    p.add_argument('--repeats', type=int, default=5, help='timed rounds per figure (the median is shown)')
-    p.add_argument('--samples', type=int, default=8, help='data: distinct sampled clips per round')
-    p.add_argument('--what', choices=('data', 'loader', 'model', 'scale', 'soak', 'all'), default='all',
+    p.add_argument("--repeats", type=int, default=5, help="timed rounds per figure (the median is shown)")
+    p.add_argument("--samples", type=int, default=8, help="data: distinct sampled clips per round")
+    p.add_argument("--what", choices=("data", "loader", "model", "scale", "soak", "all"), default="all",
                    help="part to run; 'all' is data + loader + model (scale and soak run only when asked)")
-    p.add_argument('--workers', type=int, default=2, help='loader: DataLoader worker processes')
-    p.add_argument('--compare-venv', default=None, help='virtualenv with decord and mmaction2==1.2.0 '
-                   '(e.g. /work/venvs/bench): their readers run there, in a subprocess')
-    p.add_argument('--batch', type=int, default=2, help='model: batch size (videos per step)')
-    p.add_argument('--threads', type=int, default=os.cpu_count(), help='model: torch.set_num_threads')
-    p.add_argument('--big-steps', type=int, default=2, help='model: timed units for the R50 models instead of '
-                   '--repeats (each of their steps takes seconds on a small CPU)')
-    p.add_argument('--models', default=','.join(BIG_MODELS + TINY_MODELS), help='model: comma list of '
-                   'architectures (models.ARCHS) to time')
-    p.add_argument('--precisions', default='fp32,bf16,fp16', help='model: comma list of fp32, bf16, fp16 '
-                   '(autocast; a precision the device cannot run is skipped)')
-    p.add_argument('--scale-parts', default='list,filter,dedup', help='scale: comma list of the parts to run '
-                   '(list: parsing and readers, filter: filter.py CPU and peak RSS, dedup: de-duplication time)')
-    p.add_argument('--scale-lines', type=int, default=2_000_000, help='scale: lines of the synthetic image list')
-    p.add_argument('--readers', type=int, default=4, help='scale: forked readers touching every sample')
-    p.add_argument('--scale-images', type=int, default=20_000, help='scale: images of the large filter run')
-    p.add_argument('--scale-images-small', type=int, default=5_000, help='scale: images of the small filter '
-                   'run (peak RSS compared with the large one)')
-    p.add_argument('--dedup-web', type=int, default=1_000_000, help='scale: web feature rows to de-duplicate')
-    p.add_argument('--dedup-val', type=int, default=50_000, help='scale: val feature rows')
-    p.add_argument('--dedup-dim', type=int, default=256, help='scale: feature dimension given to '
-                   'filter.find_duplicates')
-    p.add_argument('--soak-clips', type=int, default=10_000, help='soak: training clips to decode')
-    p.add_argument('--soak-every', type=int, default=500, help='soak: clips between memory samples')
-    p.add_argument('--soak-files', type=int, default=1000, help='soak: distinct file names (hard links) the clips '
-                   'cycle over; the verdict starts after two passes (and half the run), when per-file caches are full')
-    p.add_argument('--soak-arch', default='tsn_r50', choices=sorted(models.ARCHS), help='soak: whose training '
-                   'pipeline (sampling, crop size) decodes the clips')
-    p.add_argument('--soak-batch', type=int, default=8, help='soak: DataLoader batch size')
-    p.add_argument('--profile', action='store_true', help='data: also cProfile data.read_frames on the samples')
-    p.add_argument('--seed', type=int, default=0)
+    p.add_argument("--workers", type=int, default=2, help="loader: DataLoader worker processes")
+    p.add_argument("--compare-venv", default=None, help="virtualenv with decord and mmaction2==1.2.0 "
+                   "(e.g. /work/venvs/bench): their readers run there, in a subprocess")
+    p.add_argument("--batch", type=int, default=2, help="model: batch size (videos per step)")
+    p.add_argument("--threads", type=int, default=os.cpu_count(), help="model: torch.set_num_threads")
+    p.add_argument("--big-steps", type=int, default=2, help="model: timed units for the R50 models instead of "
+                   "--repeats (each of their steps takes seconds on a small CPU)")
+    p.add_argument("--models", default=",".join(BIG_MODELS + TINY_MODELS), help="model: comma list of "
+                   "architectures (models.ARCHS) to time")
+    p.add_argument("--precisions", default="fp32,bf16,fp16", help="model: comma list of fp32, bf16, fp16 "
+                   "(autocast; a precision the device cannot run is skipped)")
+    p.add_argument("--scale-parts", default="list,filter,dedup", help="scale: comma list of the parts to run "
+                   "(list: parsing and readers, filter: filter.py CPU and peak RSS, dedup: de-duplication time)")
+    p.add_argument("--scale-lines", type=int, default=2_000_000, help="scale: lines of the synthetic image list")
+    p.add_argument("--readers", type=int, default=4, help="scale: forked readers touching every sample")
+    p.add_argument("--scale-images", type=int, default=20_000, help="scale: images of the large filter run")
+    p.add_argument("--scale-images-small", type=int, default=5_000, help="scale: images of the small filter "
+                   "run (peak RSS compared with the large one)")
+    p.add_argument("--dedup-web", type=int, default=1_000_000, help="scale: web feature rows to de-duplicate")
+    p.add_argument("--dedup-val", type=int, default=50_000, help="scale: val feature rows")
+    p.add_argument("--dedup-dim", type=int, default=256, help="scale: feature dimension given to "
+                   "filter.find_duplicates")
+    p.add_argument("--soak-clips", type=int, default=10_000, help="soak: training clips to decode")
+    p.add_argument("--soak-every", type=int, default=500, help="soak: clips between memory samples")
+    p.add_argument("--soak-files", type=int, default=1000, help="soak: distinct file names (hard links) the clips "
+                   "cycle over; the verdict starts after two passes (and half the run), when per-file caches are full")
+    p.add_argument("--soak-arch", default="tsn_r50", choices=sorted(models.ARCHS), help="soak: whose training "
+                   "pipeline (sampling, crop size) decodes the clips")
+    p.add_argument("--soak-batch", type=int, default=8, help="soak: DataLoader batch size")
+    p.add_argument("--profile", action="store_true", help="data: also cProfile data.read_frames on the samples")
+    p.add_argument("--seed", type=int, default=0)
     return p
 
 
 def main(args) -> None:
     if args.repeats < 1 or args.samples < 1 or args.batch < 1 or args.threads < 1:
-        raise ValueError('--repeats, --samples, --batch and --threads must be >= 1')
-    sizes = ('scale_lines', 'readers', 'scale_images', 'scale_images_small', 'dedup_web', 'dedup_val', 'dedup_dim',
-             'soak_clips', 'soak_every', 'soak_batch', 'soak_files')
+        raise ValueError("--repeats, --samples, --batch and --threads must be >= 1")
+    sizes = ("scale_lines", "readers", "scale_images", "scale_images_small", "dedup_web", "dedup_val", "dedup_dim",
+             "soak_clips", "soak_every", "soak_batch", "soak_files")
     for name in sizes:
         if getattr(args, name) < 1:
             raise ValueError(f'--{name.replace("_", "-")} must be >= 1, got {getattr(args, name)}')
-    if args.compare_venv and not (Path(args.compare_venv) / 'bin' / 'python').is_file():
-        raise FileNotFoundError(f'--compare-venv {args.compare_venv}: expected a virtualenv with bin/python')
-    print(f'omnisource benchmark: python {sys.version.split()[0]}, torch {torch.__version__}, '
-          f'av {av.__version__}, numpy {np.__version__}; {os.cpu_count()} cores; {_load()}')
-    tmp = Path(tempfile.mkdtemp(prefix='omnisource_bench_'))
+    if args.compare_venv and not (Path(args.compare_venv) / "bin" / "python").is_file():
+        raise FileNotFoundError(f"--compare-venv {args.compare_venv}: expected a virtualenv with bin/python")
+    print(f"omnisource benchmark: python {sys.version.split()[0]}, torch {torch.__version__}, "
+          f"av {av.__version__}, numpy {np.__version__}; {os.cpu_count()} cores; {_load()}")
+    tmp = Path(tempfile.mkdtemp(prefix="omnisource_bench_"))
     try:
-        if args.what in ('data', 'all'):
+        if args.what in ("data", "all"):
             video = _pick_video(args.video, tmp)
             bench_data(args, video, tmp)
-        if args.what in ('loader', 'all'):
+        if args.what in ("loader", "all"):
             bench_loader(args, _pick_video(args.video, tmp))
-        if args.what in ('model', 'all'):
+        if args.what in ("model", "all"):
             bench_models(args)
-        if args.what == 'scale':
+        if args.what == "scale":
             bench_scale(args, tmp)
-        if args.what == 'soak':
+        if args.what == "soak":
             bench_soak(args, tmp)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-# =====================================================================================
+# ----------------------------------------------------------------------------------------------------------------------
 # 1. Data: training pipelines and readers on the same sampled indices
-# =====================================================================================
+# ----------------------------------------------------------------------------------------------------------------------
 
 def bench_data(args, video: Path, tmp: Path) -> None:
     """Time ours vs naive (pipelines and decode-only) and, optionally, decord / MMAction2 PyAV."""
     torch.set_num_threads(1)   # as in a DataLoader worker
     num_frames = data.count_frames(video)
-    print(f'\n== Data: {video} ({_describe_video(video)}), {args.samples} sampled clips per round, '
-          f'{args.repeats} rounds + 1 warm-up, torch threads 1')
+    print(f"\n== Data: {video} ({_describe_video(video)}), {args.samples} sampled clips per round, "
+          f"{args.repeats} rounds + 1 warm-up, torch threads 1")
     # 1. per pipeline: the dataset train.py builds, the index sets it samples, the naive twin
     cases = {label: _make_case(arch, video, num_frames, args) for label, arch in PIPELINES}
     ours, theirs = {}, {}
-    script = tmp / 'third_party.py'
+    script = tmp / "third_party.py"
     script.write_text(THIRD_PARTY_SCRIPT)
-    cfg = {'video': str(video), 'sets': {k: c['sets'] for k, c in cases.items()}}
+    cfg = {"video": str(video), "sets": {k: c["sets"] for k, c in cases.items()}}
     # 2. warm-up round (untimed): every method once on the first sample
     _round_ours(cases, ours, warmup=True)
     if args.compare_venv:
-        _round_theirs(args.compare_venv, script, cfg | {'warmup': True}, theirs, tmp)
+        _round_theirs(args.compare_venv, script, cfg | {"warmup": True}, theirs, tmp)
     # 3. timed rounds, methods interleaved
     load_before = _load()
     for _ in range(args.repeats):
         _round_ours(cases, ours, warmup=False)
         if args.compare_venv:
-            _round_theirs(args.compare_venv, script, cfg | {'warmup': False}, theirs, tmp)
-    print(f'load during the data rounds: before {load_before}; after {_load()}')
+            _round_theirs(args.compare_venv, script, cfg | {"warmup": False}, theirs, tmp)
+    print(f"load during the data rounds: before {load_before}; after {_load()}")
     _print_pipeline_table(cases, ours)
     _print_decode_table(cases, ours, theirs)
     if args.compare_venv:
@@ -252,8 +252,8 @@ def bench_data(args, video: Path, tmp: Path) -> None:
 def bench_loader(args, video: Path) -> None:
     """Clips/s of train.py's loaders (persistent workers) with one decoder thread per worker vs FFmpeg's auto."""
     torch.set_num_threads(1)
-    print(f'\n== Loader: {video}, {args.workers} persistent workers, batch 4, 48 clips per round, '
-          f'{args.repeats} rounds per setting, settings alternated')
+    print(f"\n== Loader: {video}, {args.workers} persistent workers, batch 4, 48 clips per round, "
+          f"{args.repeats} rounds per setting, settings alternated")
     default = data.WORKER_CODEC_THREADS
     rates = {}
     try:
@@ -264,18 +264,18 @@ def bench_loader(args, video: Path) -> None:
                     rates.setdefault((label, threads), []).append(_loader_rate(arch, video, args.workers))
     finally:
         data.WORKER_CODEC_THREADS = default
-    print(f'| pipeline | {default} decoder thread(s) per worker | auto threads per worker | ratio |')
-    print('| --- | --- | --- | --- |')
+    print(f"| pipeline | {default} decoder thread(s) per worker | auto threads per worker | ratio |")
+    print("| --- | --- | --- | --- |")
     for label, _ in PIPELINES:
         ours, auto = statistics.median(rates[label, default]), statistics.median(rates[label, 0])
-        print(f'| {label} | {ours:.1f} clips/s | {auto:.1f} clips/s | {ours / auto:.2f}x |')
+        print(f"| {label} | {ours:.1f} clips/s | {auto:.1f} clips/s | {ours / auto:.2f}x |")
 
 
 def _loader_rate(arch: str, video: Path, workers: int) -> float:
     """One warm-up pass, then one timed pass over 48 clips of `video` through a fresh DataLoader."""
     spec = models.ARCHS[arch][1]
     sampling = data.Sampling(spec.clip_len, spec.frame_interval, spec.num_clips_train)
-    ds = data.VideoDataset([data.Sample(video, 0, 'video')] * 48, sampling,
+    ds = data.VideoDataset([data.Sample(video, 0, "video")] * 48, sampling,
                            transform=transforms.train_transform(spec.family, spec.crop_size, uint8=True))
     loader = torch.utils.data.DataLoader(ds, batch_size=4, num_workers=workers, persistent_workers=workers > 0)
     for _ in loader:
@@ -292,28 +292,28 @@ def _make_case(arch: str, video: Path, num_frames: int, args) -> dict:
     sampling = data.Sampling(clip_len=spec.clip_len, frame_interval=spec.frame_interval,
                              num_clips=spec.num_clips_train)          # train.py make_dataset
     transform = transforms.train_transform(spec.family, spec.crop_size, uint8=True)
-    samples = [data.Sample(video, 0, 'video')] * args.samples
+    samples = [data.Sample(video, 0, "video")] * args.samples
     ds = data.VideoDataset(samples, sampling, transform=transform, test_mode=False, seed=args.seed)
     sets = [_item_indices(ds, j, num_frames) for j in range(args.samples)]
     # the naive twin: same indices, same rng stream for the crops -> must give the same tensors
     ours, naive = ds[0][0], _naive_item(ds, 0, num_frames)
     if not torch.equal(ours, naive):
-        raise RuntimeError(f'benchmark: the naive pipeline of {arch} does not reproduce the dataset item')
-    return {'arch': arch, 'family': spec.family, 'ds': ds, 'num_frames': num_frames,
-            'sets': [s.tolist() for s in sets], 'shape': tuple(ours.shape)}
+        raise RuntimeError(f"benchmark: the naive pipeline of {arch} does not reproduce the dataset item")
+    return {"arch": arch, "family": spec.family, "ds": ds, "num_frames": num_frames,
+            "sets": [s.tolist() for s in sets], "shape": tuple(ours.shape)}
 
 
 def _round_ours(cases: dict, timings: dict, warmup: bool) -> None:
     """One round of the in-process methods, every case: pipelines then decode-only."""
     for label, c in cases.items():
-        ds, video, n = c['ds'], c['ds'].samples[0].path, c['num_frames']
-        items = range(1 if warmup else len(c['sets']))
+        ds, video, n = c["ds"], c["ds"].samples[0].path, c["num_frames"]
+        items = range(1 if warmup else len(c["sets"]))
         methods = {
-            'pipeline ours': lambda j: ds[j],
-            'pipeline naive': lambda j: _naive_item(ds, j, n),
-            'decode ours': lambda j: data.read_frames(video, c['sets'][j]),
-            'decode naive': lambda j: data.read_frames_naive(video, c['sets'][j]),
-            'decode ours 1t': lambda j: _read_frames_one_thread(video, c['sets'][j]),
+            "pipeline ours": lambda j: ds[j],
+            "pipeline naive": lambda j: _naive_item(ds, j, n),
+            "decode ours": lambda j: data.read_frames(video, c["sets"][j]),
+            "decode naive": lambda j: data.read_frames_naive(video, c["sets"][j]),
+            "decode ours 1t": lambda j: _read_frames_one_thread(video, c["sets"][j]),
         }
         for name, fn in methods.items():
             t = _time_calls(fn, items)
@@ -323,140 +323,140 @@ def _round_ours(cases: dict, timings: dict, warmup: bool) -> None:
 
 def _round_theirs(venv: str, script: Path, cfg: dict, timings: dict, tmp: Path) -> None:
     """One round of decord / MMAction2 PyAV in the comparison virtualenv (a subprocess)."""
-    cfg_path = tmp / 'cfg.json'
-    cfg_path.write_text(json.dumps(cfg | {'dump': str(tmp / 'frames.npz') if cfg['warmup'] else None}))
+    cfg_path = tmp / "cfg.json"
+    cfg_path.write_text(json.dumps(cfg | {"dump": str(tmp / "frames.npz") if cfg["warmup"] else None}))
     result = _run_venv(venv, script, cfg_path)
-    timings.setdefault('_meta', {}).update(versions=result['versions'], errors=result['errors'],
-                                           labels=result['labels'])
-    if cfg['warmup']:
+    timings.setdefault("_meta", {}).update(versions=result["versions"], errors=result["errors"],
+                                           labels=result["labels"])
+    if cfg["warmup"]:
         return
-    for key, (units, wall, cpu) in result['results'].items():
-        label, method = key.split('|')
+    for key, (units, wall, cpu) in result["results"].items():
+        label, method = key.split("|")
         timings.setdefault((label, method), Timing(units)).add(wall, cpu)
 
 
 def _print_pipeline_table(cases: dict, t: dict) -> None:
-    print('\nTraining pipelines (decode + sample + crop + resize + flip to uint8; data.VideoDataset '
-          'with transforms.train_transform(uint8=True), as train.py builds them; it normalises on the device)')
+    print("\nTraining pipelines (decode + sample + crop + resize + flip to uint8; data.VideoDataset "
+          "with transforms.train_transform(uint8=True), as train.py builds them; it normalises on the device)")
     rows = []
     for label, c in cases.items():
-        ours, naive = t[(label, 'pipeline ours')], t[(label, 'pipeline naive')]
-        for name, x in (('ours (data.read_frames)', ours), ('naive (read_frames_naive)', naive)):
-            rows.append([label, name, f'{x.rate:.1f}', f'{1000 / x.rate:.0f}', f'{x.cpu_ms:.0f}',
-                         f'{x.spread:.0f}%', f'{x.rate / naive.rate:.2f}x', f'{naive.cpu_ms / x.cpu_ms:.2f}x'])
-    _table(['pipeline', 'reader', 'clips/s', 'ms/clip', 'CPU ms/clip', 'spread', 'vs naive',
-            'vs naive (CPU)'], rows)
-    shapes = ', '.join(f'{k}: clip {c["shape"]} (C, T, H, W)' for k, c in cases.items())
-    print(f'outputs: {shapes}; naive twin checked identical to the dataset item')
+        ours, naive = t[(label, "pipeline ours")], t[(label, "pipeline naive")]
+        for name, x in (("ours (data.read_frames)", ours), ("naive (read_frames_naive)", naive)):
+            rows.append([label, name, f"{x.rate:.1f}", f"{1000 / x.rate:.0f}", f"{x.cpu_ms:.0f}",
+                         f"{x.spread:.0f}%", f"{x.rate / naive.rate:.2f}x", f"{naive.cpu_ms / x.cpu_ms:.2f}x"])
+    _table(["pipeline", "reader", "clips/s", "ms/clip", "CPU ms/clip", "spread", "vs naive",
+            "vs naive (CPU)"], rows)
+    shapes = ", ".join(f'{k}: clip {c["shape"]} (C, T, H, W)' for k, c in cases.items())
+    print(f"outputs: {shapes}; naive twin checked identical to the dataset item")
     tsn = PIPELINES[0][0]
-    speedup = t[(tsn, 'pipeline ours')].rate / t[(tsn, 'pipeline naive')].rate
-    cpu = t[(tsn, 'pipeline naive')].cpu_ms / t[(tsn, 'pipeline ours')].cpu_ms
-    verdict = 'MET' if speedup >= GOAL_VS_NAIVE else 'NOT MET'
-    print(f'goal: TSN pipeline >= {GOAL_VS_NAIVE:.0f}x naive (wall clips/s): {verdict} '
-          f'({speedup:.2f}x wall, {cpu:.2f}x in CPU time)')
+    speedup = t[(tsn, "pipeline ours")].rate / t[(tsn, "pipeline naive")].rate
+    cpu = t[(tsn, "pipeline naive")].cpu_ms / t[(tsn, "pipeline ours")].cpu_ms
+    verdict = "MET" if speedup >= GOAL_VS_NAIVE else "NOT MET"
+    print(f"goal: TSN pipeline >= {GOAL_VS_NAIVE:.0f}x naive (wall clips/s): {verdict} "
+          f"({speedup:.2f}x wall, {cpu:.2f}x in CPU time)")
 
 
 def _print_decode_table(cases: dict, t: dict, theirs: dict) -> None:
-    print('\nDecode + RGB only, no transform (file open + decode + conversion to uint8 (T, H, W, 3); '
-          'same index sets for every reader)')
-    meta = theirs.get('_meta', {})
-    names = {'decode ours': 'ours data.read_frames (codec threads auto)',
-             'decode ours 1t': 'ours, codec threads off (experiment)',
-             'decode naive': 'naive read_frames_naive (1 thread)'} | meta.get('labels', {})
+    print("\nDecode + RGB only, no transform (file open + decode + conversion to uint8 (T, H, W, 3); "
+          "same index sets for every reader)")
+    meta = theirs.get("_meta", {})
+    names = {"decode ours": "ours data.read_frames (codec threads auto)",
+             "decode ours 1t": "ours, codec threads off (experiment)",
+             "decode naive": "naive read_frames_naive (1 thread)"} | meta.get("labels", {})
     rows = []
     for label in cases:
-        base, naive = t[(label, 'decode ours')], t[(label, 'decode naive')]
+        base, naive = t[(label, "decode ours")], t[(label, "decode naive")]
         for key, name in names.items():
             x = t.get((label, key)) or theirs.get((label, key))
             if x is not None:
-                rows.append([label, name, f'{x.rate:.1f}', f'{1000 / x.rate:.0f}', f'{x.cpu_ms:.0f}',
-                             f'{x.spread:.0f}%', f'{x.rate / naive.rate:.2f}x', f'{base.rate / x.rate:.2f}x'])
-    _table(['pipeline', 'reader', 'clips/s', 'ms/clip', 'CPU ms/clip', 'spread', 'vs naive',
-            'ours faster by'], rows)
-    for lib, err in meta.get('errors', {}).items():
-        print(f'{lib}: unavailable in the comparison venv ({err})')
+                rows.append([label, name, f"{x.rate:.1f}", f"{1000 / x.rate:.0f}", f"{x.cpu_ms:.0f}",
+                             f"{x.spread:.0f}%", f"{x.rate / naive.rate:.2f}x", f"{base.rate / x.rate:.2f}x"])
+    _table(["pipeline", "reader", "clips/s", "ms/clip", "CPU ms/clip", "spread", "vs naive",
+            "ours faster by"], rows)
+    for lib, err in meta.get("errors", {}).items():
+        print(f"{lib}: unavailable in the comparison venv ({err})")
     if meta:
-        print('comparison venv: ' + ', '.join(f'{k} {v}' for k, v in meta['versions'].items()))
-    decords = [k for k in meta.get('labels', {}) if k.startswith('decord')]
+        print("comparison venv: " + ", ".join(f"{k} {v}" for k, v in meta["versions"].items()))
+    decords = [k for k in meta.get("labels", {}) if k.startswith("decord")]
     for key in decords:
-        worse = [lab for lab in cases if t[(lab, 'decode ours')].rate < theirs[(lab, key)].rate]
-        verdict = 'MET' if not worse else f'NOT MET for {", ".join(worse)}'
+        worse = [lab for lab in cases if t[(lab, "decode ours")].rate < theirs[(lab, key)].rate]
+        verdict = "MET" if not worse else f'NOT MET for {", ".join(worse)}'
         print(f'goal: ours >= {meta["labels"][key]} (wall clips/s, same samples): {verdict}')
 
 
 def _print_frame_check(video: Path, cases: dict, tmp: Path) -> None:
     """Which frame each third-party reader returned for the first TSN and 3D index sets."""
-    dump = tmp / 'frames.npz'
+    dump = tmp / "frames.npz"
     if not dump.exists():
         return
     everything = data.read_frames_naive(video, range(data.count_frames(video))).astype(np.int16)
-    print('\nSame frames? (first index set of each pipeline; offset = nearest decoded frame - asked index, '
-          'mean |diff| on 0..255)')
+    print("\nSame frames? (first index set of each pipeline; offset = nearest decoded frame - asked index, "
+          "mean |diff| on 0..255)")
     with np.load(dump) as z:
         for key in sorted(z.files):
-            label, method = key.split('__')
-            idx = cases[label]['sets'][0]
+            label, method = key.split("__")
+            idx = cases[label]["sets"][0]
             offsets, diffs = _nearest_frames(z[key].astype(np.int16), idx, everything)
-            print(f'  {label:14s} {method:28s} offsets {offsets}  mean |diff| at the asked index '
-                  f'{np.mean(diffs):.2f}')
+            print(f"  {label:14s} {method:28s} offsets {offsets}  mean |diff| at the asked index "
+                  f"{np.mean(diffs):.2f}")
 
 
-# =====================================================================================
+# ----------------------------------------------------------------------------------------------------------------------
 # 2. Model: training throughput and FLOPs
-# =====================================================================================
+# ----------------------------------------------------------------------------------------------------------------------
 
 def bench_models(args) -> None:
     """Training samples/s per precision and memory layout, analytic FLOPs, fraction of the same-dtype matmul peak."""
     torch.set_num_threads(args.threads)
-    devices = ['cpu'] + (['cuda'] if torch.cuda.is_available() else [])
-    if not torch.cuda.is_available() and shutil.which('nvidia-smi'):
-        print('\nnote: nvidia-smi is present but this torch has no CUDA: the model part runs on the CPU only')
-    precisions = [p for p in args.precisions.split(',') if p]
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    if not torch.cuda.is_available() and shutil.which("nvidia-smi"):
+        print("\nnote: nvidia-smi is present but this torch has no CUDA: the model part runs on the CPU only")
+    precisions = [p for p in args.precisions.split(",") if p]
     for p in precisions:
         if p not in PRECISIONS:
             raise ValueError(f'--precisions {args.precisions}: expected a comma list of {", ".join(PRECISIONS)}')
-    archs = [a for a in args.models.split(',') if a]
+    archs = [a for a in args.models.split(",") if a]
     for a in archs:
         if a not in models.ARCHS:
-            raise ValueError(f'--models {args.models}: unknown architecture {a!r} (see models.ARCHS)')
-    print(f'\n== Model: training step (forward + backward + SGD momentum step) at batch {args.batch}, '
+            raise ValueError(f"--models {args.models}: unknown architecture {a!r} (see models.ARCHS)")
+    print(f"\n== Model: training step (forward + backward + SGD momentum step) at batch {args.batch}, "
           f'{NUM_CLASSES} classes; torch threads {torch.get_num_threads()}; precisions {", ".join(precisions)} '
-          f'(autocast; fp16 with GradScaler), each with and without channels_last (channels_last_3d for 3D); '
-          f'{_load()}')
+          f"(autocast; fp16 with GradScaler), each with and without channels_last (channels_last_3d for 3D); "
+          f"{_load()}")
     if os.getloadavg()[0] > os.cpu_count() and torch.get_num_threads() > 1:
-        print(f'note: the load average exceeds the {os.cpu_count()} cores: {torch.get_num_threads()} OpenMP '
-              f'threads wait on each other when one is descheduled; compare with --threads 1')
+        print(f"note: the load average exceeds the {os.cpu_count()} cores: {torch.get_num_threads()} OpenMP "
+              f"threads wait on each other when one is descheduled; compare with --threads 1")
     rows = []
     for device in devices:
         reps = max(args.repeats, 3)
         peaks = {}
         for p in precisions:
             if not _precision_supported(device, p):
-                print(f'{device} {p}: not supported by this torch on this device, skipped')
+                print(f"{device} {p}: not supported by this torch on this device, skipped")
                 continue
             peaks[p] = _matmul_flops(device, PRECISIONS[p] or torch.float32, reps)
-            print(f'{device} {p}: measured matmul peak {peaks[p] / 1e9:.1f} GFLOP/s (torch.mm {p}, median of {reps})')
-        fp32 = peaks.get('fp32') or _matmul_flops(device, torch.float32, reps)
-        for p in [p for p in peaks if p != 'fp32' and peaks[p] < fp32 / 4]:
-            print(f'{device} {p}: no fast kernels here ({peaks.pop(p) / 1e9:.1f} GFLOP/s against fp32\'s '
-                  f'{fp32 / 1e9:.1f}): not timed (a training step would take minutes)')
+            print(f"{device} {p}: measured matmul peak {peaks[p] / 1e9:.1f} GFLOP/s (torch.mm {p}, median of {reps})")
+        fp32 = peaks.get("fp32") or _matmul_flops(device, torch.float32, reps)
+        for p in [p for p in peaks if p != "fp32" and peaks[p] < fp32 / 4]:
+            print(f"{device} {p}: no fast kernels here ({peaks.pop(p) / 1e9:.1f} GFLOP/s against fp32's "
+                  f"{fp32 / 1e9:.1f}): not timed (a training step would take minutes)")
         for arch in archs:
             steps = args.big_steps if (args.big_steps and arch in BIG_MODELS) else args.repeats
             base = None
             for p in peaks:
                 for layout in (False, True):
                     r = _train_rate(arch, args.batch, device, PRECISIONS[p], layout, steps)
-                    rate, flops = r['rate'], r['train_flops']
+                    rate, flops = r["rate"], r["train_flops"]
                     base = base or rate
-                    rows.append([arch, device, p, r['layout'] if layout else 'contiguous', str(r['shape']),
-                                 f'{flops / 1e9:.1f}', f'{rate:.3f}' if rate < 10 else f'{rate:.1f}',
-                                 f'{rate / base:.2f}x', f'{rate * flops / 1e9:.1f}',
-                                 f'{100 * rate * flops / peaks[p]:.0f}%', f'{r["spread"]:.0f}%'])
-            print(f'  ... done {arch} on {device}; {_load()}')
+                    rows.append([arch, device, p, r["layout"] if layout else "contiguous", str(r["shape"]),
+                                 f"{flops / 1e9:.1f}", f"{rate:.3f}" if rate < 10 else f"{rate:.1f}",
+                                 f"{rate / base:.2f}x", f"{rate * flops / 1e9:.1f}",
+                                 f"{100 * rate * flops / peaks[p]:.0f}%", f'{r["spread"]:.0f}%'])
+            print(f"  ... done {arch} on {device}; {_load()}")
     print()
-    _table(['model', 'device', 'precision', 'layout', 'input per sample (C, T, H, W)', 'train GFLOP/sample',
-            'samples/s', 'vs fp32', 'achieved GFLOP/s', 'of matmul peak (same dtype)', 'spread'], rows)
-    print('train GFLOP/sample = 2 x conv/linear MACs of one forward x 3 (forward + backward); BN, ReLU, pooling '
+    _table(["model", "device", "precision", "layout", "input per sample (C, T, H, W)", "train GFLOP/sample",
+            "samples/s", "vs fp32", "achieved GFLOP/s", "of matmul peak (same dtype)", "spread"], rows)
+    print("train GFLOP/sample = 2 x conv/linear MACs of one forward x 3 (forward + backward); BN, ReLU, pooling "
           'and the optimiser are not counted. "vs fp32": samples/s over the same model\'s fp32 contiguous run.')
 
 
@@ -469,15 +469,15 @@ def _train_rate(arch: str, batch: int, device: str, dtype: torch.dtype | None, c
     torch.manual_seed(0)
     model = models.build_model(arch, NUM_CLASSES).to(device)
     spec = model.spec
-    frames = spec.num_clips_train if spec.family == 'tsn' else spec.clip_len
+    frames = spec.num_clips_train if spec.family == "tsn" else spec.clip_len
     shape = (3, frames, spec.crop_size, spec.crop_size)   # (C, T, H, W)
     x = torch.randn(batch, *shape, device=device)         # (N, C, T, H, W)
     y = torch.randint(0, NUM_CLASSES, (batch,), device=device)
     macs = _count_macs(model, x[:1])
-    layout = 'channels_last' if spec.family == 'tsn' else 'channels_last_3d'
+    layout = "channels_last" if spec.family == "tsn" else "channels_last_3d"
     if channels_last:
         model = model.to(memory_format=getattr(torch, layout))
-        if spec.family != 'tsn':
+        if spec.family != "tsn":
             x = x.contiguous(memory_format=torch.channels_last_3d)
     opt = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9, weight_decay=1e-4)
     scaler = torch.amp.GradScaler(device) if dtype == torch.float16 else None
@@ -504,8 +504,8 @@ def _train_rate(arch: str, batch: int, device: str, dtype: torch.dtype | None, c
     for _ in range(steps):
         timing.add(*_time_calls(lambda _: step(), range(inner), sync=device))
     del model, opt
-    return {'rate': timing.rate, 'macs': macs, 'train_flops': 6.0 * macs, 'shape': shape,
-            'spread': timing.spread, 'layout': layout}
+    return {"rate": timing.rate, "macs": macs, "train_flops": 6.0 * macs, "shape": shape,
+            "spread": timing.spread, "layout": layout}
 
 
 def _count_macs(model: nn.Module, x: torch.Tensor) -> float:
@@ -534,7 +534,7 @@ def _matmul_flops(device: str, dtype: torch.dtype, repeats: int) -> float:
 
     n doubles from 256 up to 2048 on the CPU (8192 on CUDA) while one product takes under 0.25 s, so a dtype
     without fast kernels (fp16 on most CPUs) is measured at a size that finishes."""
-    largest = 2048 if device == 'cpu' else 8192
+    largest = 2048 if device == "cpu" else 8192
     n = 256
     while True:
         a = torch.randn(n, n, device=device, dtype=dtype)
@@ -549,44 +549,44 @@ def _matmul_flops(device: str, dtype: torch.dtype, repeats: int) -> float:
     return 2.0 * n ** 3 * timing.rate
 
 
-# =====================================================================================
+# ----------------------------------------------------------------------------------------------------------------------
 # 3. Scale: list parsing, per-worker growth, filter CPU and peak RSS, de-duplication
-# =====================================================================================
+# ----------------------------------------------------------------------------------------------------------------------
 
 def bench_scale(args, tmp: Path) -> None:
     """The figures of the web-scale goals on a synthetic crawl of hard links (see the module docstring)."""
     torch.set_num_threads(1)
-    root = tmp / 'scale'
-    classes = [f'class_{k:03d}' for k in range(SCALE_CLASSES)]
-    print(f'\n== Scale: {args.scale_lines:,} list lines, {args.readers} forked readers, filter on '
-          f'{args.scale_images_small:,} and {args.scale_images:,} images (96x128 JPEG hard links, tsn_tiny '
-          f'teacher, OMP_NUM_THREADS=1), de-duplication {args.dedup_web:,} web x {args.dedup_val:,} val; {_load()}')
-    parts = set(args.scale_parts.split(','))
-    if not parts or not parts <= {'list', 'filter', 'dedup'}:
-        raise ValueError(f'--scale-parts {args.scale_parts}: expected a comma list of list, filter, dedup')
-    if 'list' in parts:
+    root = tmp / "scale"
+    classes = [f"class_{k:03d}" for k in range(SCALE_CLASSES)]
+    print(f"\n== Scale: {args.scale_lines:,} list lines, {args.readers} forked readers, filter on "
+          f"{args.scale_images_small:,} and {args.scale_images:,} images (96x128 JPEG hard links, tsn_tiny "
+          f"teacher, OMP_NUM_THREADS=1), de-duplication {args.dedup_web:,} web x {args.dedup_val:,} val; {_load()}")
+    parts = set(args.scale_parts.split(","))
+    if not parts or not parts <= {"list", "filter", "dedup"}:
+        raise ValueError(f"--scale-parts {args.scale_parts}: expected a comma list of list, filter, dedup")
+    if "list" in parts:
         _list_part(args, root, classes)
-    if 'filter' in parts:
+    if "filter" in parts:
         _filter_part(args, root, classes)
-    if 'dedup' in parts:
+    if "dedup" in parts:
         _dedup_figures(args)
 
 
 def _list_part(args, root: Path, classes: list[str]) -> None:
     """1. list parsing and bytes per sample (in a forked child: nothing else of ours is resident there)."""
-    _write_plain_dataset(root / 'biglist', classes, _image_list_lines(args.scale_lines, len(classes)))
-    r = _in_fork(_list_figures, root, 'biglist', args.readers)
-    n = r['samples']
+    _write_plain_dataset(root / "biglist", classes, _image_list_lines(args.scale_lines, len(classes)))
+    r = _in_fork(_list_figures, root, "biglist", args.readers)
+    n = r["samples"]
     print(f'\nList: data.load_split of a {n:,}-line image list ({r["file_bytes"] / n:.0f} bytes per line): '
           f'{n / r["cpu"] / 1e3:.0f}k lines per CPU second, {n / r["wall"] / 1e3:.0f}k per wall second '
           f'({r["cpu"]:.2f} s CPU, {r["wall"]:.2f} s wall), '
           f'{r["rss_gain"] / n:.0f} bytes resident per sample (RSS {r["rss_before"] / 2**20:.0f} -> '
           f'{r["rss_after"] / 2**20:.0f} MiB), container {r["type"]}')
-    gains = r['reader_gains']
-    fields = r['reader_gains_fields']
-    print(f'Readers: {len(gains)} forked processes reading every sample gain private memory (smaps_rollup '
-          f'Private_Clean + Private_Dirty) of {statistics.mean(fields) / n:.1f} bytes per sample each for '
-          f'samples[i].label and .path, {statistics.mean(gains) / n:.1f} bytes once the path is also made a '
+    gains = r["reader_gains"]
+    fields = r["reader_gains_fields"]
+    print(f"Readers: {len(gains)} forked processes reading every sample gain private memory (smaps_rollup "
+          f"Private_Clean + Private_Dirty) of {statistics.mean(fields) / n:.1f} bytes per sample each for "
+          f"samples[i].label and .path, {statistics.mean(gains) / n:.1f} bytes once the path is also made a "
           f'string (os.fspath, as opening the file does; per reader: {", ".join(f"{g / n:.1f}" for g in gains)})')
     print(f'goals: >= 500k lines/s (CPU): {_met(n / r["cpu"] >= 5e5)}; <= 100 bytes per sample: '
           f'{_met(r["rss_gain"] / n <= 100)}; <= 10 bytes per sample per reader: {_met(max(gains) / n <= 10)}')
@@ -596,28 +596,28 @@ def _filter_part(args, root: Path, classes: list[str]) -> None:
     """2. filter.py on a crawl of small JPEGs: CPU per image against decode alone and forward alone; peak RSS."""
     teacher = _scale_crawl(root, classes, args.scale_images_small, args.scale_images)
     runs = {}
-    for name, count in (('small', args.scale_images_small), ('large', args.scale_images)):
-        runs[name] = _filter_run(root, f'web{count}', teacher, args.workers)
-        if runs[name]['rc'] != 0:
+    for name, count in (("small", args.scale_images_small), ("large", args.scale_images)):
+        runs[name] = _filter_run(root, f"web{count}", teacher, args.workers)
+        if runs[name]["rc"] != 0:
             print(f'filter.py on {count} images failed (exit {runs[name]["rc"]}): {runs[name]["tail"]}')
             return
-    decode_ms, forward_ms, crop = _decode_and_forward_alone(root / f'web{args.scale_images}', teacher,
+    decode_ms, forward_ms, crop = _decode_and_forward_alone(root / f"web{args.scale_images}", teacher,
                                                              min(args.scale_images, 2000))
-    big = runs['large']
-    filt_ms = 1000 * big['cpu'] / args.scale_images
+    big = runs["large"]
+    filt_ms = 1000 * big["cpu"] / args.scale_images
     both = decode_ms + forward_ms
-    print(f'\nFilter: python filter.py --workers {args.workers} --device cpu on {args.scale_images:,} images: '
+    print(f"\nFilter: python filter.py --workers {args.workers} --device cpu on {args.scale_images:,} images: "
           f'{filt_ms:.2f} ms CPU per image ({big["wall"]:.1f} s wall); decode + test transform alone '
-          f'{decode_ms:.2f} ms, teacher forward alone {forward_ms:.2f} ms (batch 16, crop {crop}), sum '
-          f'{both:.2f} ms: filter = {filt_ms / both:.2f}x the sum, plumbing {100 * (1 - both / filt_ms):.0f}% '
-          f'of its CPU (goal <= 1.15x: {_met(filt_ms <= 1.15 * both)})')
-    small = runs['small']
+          f"{decode_ms:.2f} ms, teacher forward alone {forward_ms:.2f} ms (batch 16, crop {crop}), sum "
+          f"{both:.2f} ms: filter = {filt_ms / both:.2f}x the sum, plumbing {100 * (1 - both / filt_ms):.0f}% "
+          f"of its CPU (goal <= 1.15x: {_met(filt_ms <= 1.15 * both)})")
+    small = runs["small"]
     extra = args.scale_images - args.scale_images_small
     if extra > 0:
-        marginal = 1000 * (big['cpu'] - small['cpu']) / extra
-        print(f'Filter marginal CPU per image (the two runs\' difference, without start-up): {marginal:.2f} ms = '
-              f'{marginal / both:.2f}x decode + forward')
-    ratio = big['maxrss'] / small['maxrss']
+        marginal = 1000 * (big["cpu"] - small["cpu"]) / extra
+        print(f"Filter marginal CPU per image (the two runs' difference, without start-up): {marginal:.2f} ms = "
+              f"{marginal / both:.2f}x decode + forward")
+    ratio = big["maxrss"] / small["maxrss"]
     print(f'Filter peak RSS (largest process of the run, ru_maxrss): {small["maxrss"] / 2**20:.0f} MiB at '
           f'{args.scale_images_small:,} images, {big["maxrss"] / 2**20:.0f} MiB at {args.scale_images:,} '
           f'({ratio:.2f}x; goal within 15%: {_met(ratio <= 1.15)}); output {big["out_bytes"] / args.scale_images:.0f} '
@@ -627,21 +627,21 @@ def _filter_part(args, root: Path, classes: list[str]) -> None:
 def _list_figures(root: Path, name: str, readers: int) -> dict:
     """(forked child) load_split speed and resident bytes; then `readers` forked readers' private growth."""
     gc.collect()
-    rss0 = _proc_kb('status', 'VmRSS') * 1024
+    rss0 = _proc_kb("status", "VmRSS") * 1024
     wall, cpu = time.perf_counter(), time.process_time()
     spec = data.resolve_dataset(root, name)
-    samples = data.load_split(spec, 'train')
+    samples = data.load_split(spec, "train")
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
     gc.collect()
-    rss1 = _proc_kb('status', 'VmRSS') * 1024
-    out = {'samples': len(samples), 'wall': wall, 'cpu': cpu, 'rss_before': rss0, 'rss_after': rss1,
-           'rss_gain': rss1 - rss0, 'type': type(samples).__name__,
-           'file_bytes': (root / name / 'train.txt').stat().st_size}
+    rss1 = _proc_kb("status", "VmRSS") * 1024
+    out = {"samples": len(samples), "wall": wall, "cpu": cpu, "rss_before": rss0, "rss_after": rss1,
+           "rss_gain": rss1 - rss0, "type": type(samples).__name__,
+           "file_bytes": (root / name / "train.txt").stat().st_size}
     # readers fork from here, as DataLoader workers fork from the main process holding the list
     pids = [_fork_call(_touch_every_sample, samples) for _ in range(readers)]
     results = [_fork_result(p) for p in pids]
-    out['reader_gains'] = [r['gain'] for r in results]
-    out['reader_gains_fields'] = [r['gain_fields'] for r in results]
+    out["reader_gains"] = [r["gain"] for r in results]
+    out["reader_gains_fields"] = [r["gain_fields"] for r in results]
     return out
 
 
@@ -656,63 +656,63 @@ def _touch_every_sample(samples) -> dict:
     fields = _private_bytes()
     for i in range(len(samples)):
         total += len(os.fspath(samples[i].path))
-    return {'gain_fields': fields - before, 'gain': _private_bytes() - before, 'checksum': total}
+    return {"gain_fields": fields - before, "gain": _private_bytes() - before, "checksum": total}
 
 
 def _scale_crawl(root: Path, classes: list[str], small: int, large: int) -> Path:
     """web{small}/ and web{large}/ plain datasets of hard links to 64 generated 96x128 JPEGs; a tsn_tiny teacher."""
     from PIL import Image
     rng = np.random.default_rng(0)
-    src = root / 'crawl_src'
+    src = root / "crawl_src"
     src.mkdir(parents=True, exist_ok=True)
     originals = []
     for k in range(64):   # a smooth colour field + noise: compresses like a photo thumbnail
         base = rng.integers(0, 256, (6, 8, 3)).astype(np.uint8)
         img = np.asarray(Image.fromarray(base).resize((128, 96), Image.BICUBIC)).astype(np.int16)
         img = np.clip(img + rng.integers(-12, 13, img.shape), 0, 255).astype(np.uint8)
-        path = src / f'photo_{k:02d}.jpg'
+        path = src / f"photo_{k:02d}.jpg"
         Image.fromarray(img).save(path, quality=90)
         originals.append(path)
     for count in (small, large):
-        folder = root / f'web{count}'
+        folder = root / f"web{count}"
         lines = []
         for i in range(count):
-            rel = f'images/{classes[i % len(classes)]}/{i:08d}.jpg'
+            rel = f"images/{classes[i % len(classes)]}/{i:08d}.jpg"
             (folder / rel).parent.mkdir(parents=True, exist_ok=True)
             os.link(originals[i % len(originals)], folder / rel)
-            lines.append(f'{rel} {i % len(classes)}')
+            lines.append(f"{rel} {i % len(classes)}")
         _write_plain_dataset(folder, classes, lines)
-    teacher = root / 'teacher_tsn_tiny.pth'
+    teacher = root / "teacher_tsn_tiny.pth"
     torch.manual_seed(0)
-    net = models.build_model('tsn_tiny', len(classes))
-    torch.save(dict(model=net.state_dict(), arch='tsn_tiny', model_args={}, classes=classes), teacher)
+    net = models.build_model("tsn_tiny", len(classes))
+    torch.save(dict(model=net.state_dict(), arch="tsn_tiny", model_args={}, classes=classes), teacher)
     return teacher
 
 
 def _filter_run(root: Path, source: str, teacher: Path, workers: int) -> dict:
     """filter.py as a user runs it, in a fresh wrapper process: CPU of the whole tree, largest ru_maxrss."""
-    out = f'{source}-filtered'
-    cmd = [sys.executable, str(ROOT / 'filter.py'), '--data-root', str(root), '--source', source,
-           '--teacher', str(teacher), '--out', out, '--device', 'cpu', '--workers', str(workers), '--quiet']
-    env = dict(os.environ, OMP_NUM_THREADS='1', MKL_NUM_THREADS='1')
+    out = f"{source}-filtered"
+    cmd = [sys.executable, str(ROOT / "filter.py"), "--data-root", str(root), "--source", source,
+           "--teacher", str(teacher), "--out", out, "--device", "cpu", "--workers", str(workers), "--quiet"]
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     wall = time.perf_counter()
-    proc = subprocess.run([sys.executable, '-c', RUSAGE_WRAPPER, *cmd], capture_output=True, text=True, env=env,
+    proc = subprocess.run([sys.executable, "-c", RUSAGE_WRAPPER, *cmd], capture_output=True, text=True, env=env,
                           cwd=str(ROOT))
     wall = time.perf_counter() - wall
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith('RUSAGE ')]
-    r = json.loads(lines[-1][len('RUSAGE '):]) if lines else {'rc': proc.returncode, 'cpu': 0, 'maxrss': 0}
-    tail = (proc.stderr.strip().splitlines() or ['no output'])[-1]
-    files = sorted(p for p in (root / out).rglob('*') if p.is_file()) if (root / out).is_dir() else []
-    return r | {'wall': wall, 'tail': tail, 'out_bytes': sum(p.stat().st_size for p in files),
-                'out_files': [p.name for p in files if p.suffix != '.txt' or p.name == 'train.txt'][:6]}
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RUSAGE ")]
+    r = json.loads(lines[-1][len("RUSAGE "):]) if lines else {"rc": proc.returncode, "cpu": 0, "maxrss": 0}
+    tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+    files = sorted(p for p in (root / out).rglob("*") if p.is_file()) if (root / out).is_dir() else []
+    return r | {"wall": wall, "tail": tail, "out_bytes": sum(p.stat().st_size for p in files),
+                "out_files": [p.name for p in files if p.suffix != ".txt" or p.name == "train.txt"][:6]}
 
 
 def _decode_and_forward_alone(folder: Path, teacher_path: Path, count: int) -> tuple[float, float, int]:
     """CPU ms per image of (read + the filter's test transform) and of the teacher's forward, one thread."""
     teacher = models.from_checkpoint(teacher_path).eval()
     crop = teacher.spec.crop_size
-    transform = transforms.test_transform(teacher.spec.family, crop, 'center')
-    paths = [folder / line.split()[0] for line in (folder / 'train.txt').read_text().splitlines()[:count]]
+    transform = transforms.test_transform(teacher.spec.family, crop, "center")
+    paths = [folder / line.split()[0] for line in (folder / "train.txt").read_text().splitlines()[:count]]
     cpu = time.process_time()
     for p in paths:
         transform(data.read_frames(p, [0]))
@@ -732,67 +732,67 @@ def _dedup_figures(args) -> None:
     """Time the filter's de-duplication on random features: web (N, D) x val (M, D), N = --dedup-web."""
     rng = np.random.default_rng(0)
     dim, n, m = args.dedup_dim, args.dedup_web, args.dedup_val
-    find = getattr(filter_mod, 'find_duplicates')
-    hwm0 = _proc_kb('status', 'VmHWM') * 1024
+    find = getattr(filter_mod, "find_duplicates")
+    hwm0 = _proc_kb("status", "VmHWM") * 1024
     web = rng.standard_normal((n, dim), dtype=np.float32)
     val = rng.standard_normal((m, dim), dtype=np.float32)
     web[::1000] = val[rng.integers(0, m, len(web[::1000]))]   # planted duplicates: 1 in 1000 web rows
-    base = _proc_kb('status', 'VmRSS') * 1024
+    base = _proc_kb("status", "VmRSS") * 1024
     wall, cpu = time.perf_counter(), time.process_time()
     found = find(web, val, 0.9)
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-    peak = _proc_kb('status', 'VmHWM') * 1024
+    peak = _proc_kb("status", "VmHWM") * 1024
     planted = len(web[::1000])
     scale = 1e6 * 5e4 / (n * m)
-    print(f'\nDe-duplication: filter.find_duplicates, web ({n:,}, {dim}) x val ({m:,}, {dim}) float32 input, '
-          f'{len(found)} found of {planted} planted: {wall:.1f} s wall, {cpu:.1f} s CPU (all threads), '
-          f'{1e9 * cpu / (n * m):.2f} CPU ns per pair; at 1M web x 50k val (scaled by pairs): '
-          f'{cpu * scale / 60:.1f} CPU min, {wall * scale / 60:.1f} wall min at this load; peak RSS above the '
-          f'inputs {max(0, peak - max(base, hwm0)) / 2**20:.0f} MiB')
+    print(f"\nDe-duplication: filter.find_duplicates, web ({n:,}, {dim}) x val ({m:,}, {dim}) float32 input, "
+          f"{len(found)} found of {planted} planted: {wall:.1f} s wall, {cpu:.1f} s CPU (all threads), "
+          f"{1e9 * cpu / (n * m):.2f} CPU ns per pair; at 1M web x 50k val (scaled by pairs): "
+          f"{cpu * scale / 60:.1f} CPU min, {wall * scale / 60:.1f} wall min at this load; peak RSS above the "
+          f"inputs {max(0, peak - max(base, hwm0)) / 2**20:.0f} MiB")
     del web, val
-    whitening = getattr(filter_mod, 'Whitening', None)
-    if whitening is not None and hasattr(whitening, 'apply'):   # the chunked float32 projection of web features
+    whitening = getattr(filter_mod, "Whitening", None)
+    if whitening is not None and hasattr(whitening, "apply"):   # the chunked float32 projection of web features
         raw = torch.from_numpy(rng.standard_normal((8192, RAW_FEATURE_DIM), dtype=np.float32))
-        dims = getattr(filter_mod, 'DEDUP_DIMS', 256)   # a projection of the fitted shape (fitting is once per run)
+        dims = getattr(filter_mod, "DEDUP_DIMS", 256)   # a projection of the fitted shape (fitting is once per run)
         white = whitening(np.zeros(RAW_FEATURE_DIM), rng.standard_normal((RAW_FEATURE_DIM, dims)) / dims ** 0.5)
         rows = min(n, 131_072)
         cpu = time.process_time()
         for _ in range(0, rows, len(raw)):
             white.apply(raw)
         cpu = time.process_time() - cpu
-        print(f'Whitening.apply (float32, {RAW_FEATURE_DIM} -> {white.proj.shape[1]} dims) of web features in '
-              f'chunks of {len(raw)}: {1e6 * cpu / rows:.1f} CPU s per million web rows')
+        print(f"Whitening.apply (float32, {RAW_FEATURE_DIM} -> {white.proj.shape[1]} dims) of web features in "
+              f"chunks of {len(raw)}: {1e6 * cpu / rows:.1f} CPU s per million web rows")
 
 
-# =====================================================================================
+# ----------------------------------------------------------------------------------------------------------------------
 # 4. Soak: resident memory while DataLoader workers decode training clips
-# =====================================================================================
+# ----------------------------------------------------------------------------------------------------------------------
 
 def bench_soak(args, tmp: Path) -> None:
     """Decode --soak-clips training clips in persistent workers; RSS/PSS of main + workers every --soak-every."""
     torch.set_num_threads(1)
     arch = args.soak_arch
     spec = models.ARCHS[arch][1]
-    root = tmp / 'soak'
-    names = _soak_videos(root / 'src')
-    classes = [f'class_{k}' for k in range(4)]
+    root = tmp / "soak"
+    names = _soak_videos(root / "src")
+    classes = [f"class_{k}" for k in range(4)]
     lines = []
     files = min(args.soak_files, args.soak_clips)
     for i in range(files):   # distinct paths (hard links): per-path caches see a real dataset's spread
-        rel = f'videos/v{i:06d}{names[i % len(names)].suffix}'
-        (root / 'soak' / rel).parent.mkdir(parents=True, exist_ok=True)
-        os.link(names[i % len(names)], root / 'soak' / rel)
-        lines.append(f'{rel} {i % len(classes)}')
+        rel = f"videos/v{i:06d}{names[i % len(names)].suffix}"
+        (root / "soak" / rel).parent.mkdir(parents=True, exist_ok=True)
+        os.link(names[i % len(names)], root / "soak" / rel)
+        lines.append(f"{rel} {i % len(classes)}")
     lines = [lines[i % files] for i in range(args.soak_clips)]   # later passes revisit the same files (epochs)
-    _write_plain_dataset(root / 'soak', classes, lines)
-    targs = train.get_args_parser().parse_args(['--data-root', str(root), '--target', 'soak', '--arch', arch])
-    ds = train.make_dataset(targs, data.resolve_dataset(root, 'soak'), 'train', spec, test_mode=False)
+    _write_plain_dataset(root / "soak", classes, lines)
+    targs = train.get_args_parser().parse_args(["--data-root", str(root), "--target", "soak", "--arch", arch])
+    ds = train.make_dataset(targs, data.resolve_dataset(root, "soak"), "train", spec, test_mode=False)
     loader = torch.utils.data.DataLoader(ds, batch_size=args.soak_batch, num_workers=args.workers,
                                          persistent_workers=args.workers > 0, shuffle=False)
-    print(f'\n== Soak: {args.soak_clips:,} training clips of {arch} (train.make_dataset: sampling + '
-          f'transforms as train.py builds them) from {len(names)} generated videos under {files:,} hard-linked '
-          f'names (read in order, {args.soak_clips / files:.1f} passes), batch {args.soak_batch}, {args.workers} '
-          f'persistent workers; memory every {args.soak_every} clips; {_load()}')
+    print(f"\n== Soak: {args.soak_clips:,} training clips of {arch} (train.make_dataset: sampling + "
+          f"transforms as train.py builds them) from {len(names)} generated videos under {files:,} hard-linked "
+          f"names (read in order, {args.soak_clips / files:.1f} passes), batch {args.soak_batch}, {args.workers} "
+          f"persistent workers; memory every {args.soak_every} clips; {_load()}")
     print(f'{"clips":>7}  {"RSS main+workers MiB":>20}  {"PSS MiB":>8}  {"main RSS":>8}  {"workers RSS":>14}  clips/s')
     curve, done, start, last = [], 0, time.perf_counter(), 0
     it = iter(loader)
@@ -804,11 +804,11 @@ def bench_soak(args, tmp: Path) -> None:
         done += len(clips)
         if done - last >= args.soak_every or done >= args.soak_clips:
             last = done
-            pids = [os.getpid()] + [w.pid for w in getattr(it, '_workers', [])]
-            rss = [_proc_kb('status', 'VmRSS', pid) * 1024 for pid in pids]
-            pss = sum(_proc_kb('smaps_rollup', 'Pss', pid) * 1024 for pid in pids)
+            pids = [os.getpid()] + [w.pid for w in getattr(it, "_workers", [])]
+            rss = [_proc_kb("status", "VmRSS", pid) * 1024 for pid in pids]
+            pss = sum(_proc_kb("smaps_rollup", "Pss", pid) * 1024 for pid in pids)
             curve.append((done, sum(rss), pss))
-            print(f'{done:7d}  {sum(rss) / 2**20:20.1f}  {pss / 2**20:8.1f}  {rss[0] / 2**20:8.1f}  '
+            print(f"{done:7d}  {sum(rss) / 2**20:20.1f}  {pss / 2**20:8.1f}  {rss[0] / 2**20:8.1f}  "
                   f'{" ".join(f"{r / 2**20:.0f}" for r in rss[1:]):>14}  {done / (time.perf_counter() - start):.1f}')
     del it, loader
     _soak_verdict(curve, files)
@@ -820,17 +820,17 @@ def _soak_verdict(curve: list[tuple[int, int, int]], files: int) -> None:
     start = max(2 * files, curve[-1][0] // 2) if curve else 0
     warm = [c for c in curve if c[0] >= start]
     if len(warm) < 3:
-        print(f'soak: too few samples after the warm-up ({start} clips: two passes over the {files} files, half '
-              f'the run) for a verdict (raise --soak-clips, lower --soak-files or --soak-every)')
+        print(f"soak: too few samples after the warm-up ({start} clips: two passes over the {files} files, half "
+              f"the run) for a verdict (raise --soak-clips, lower --soak-files or --soak-every)")
         return
     x = np.array([c[0] for c in warm], dtype=np.float64)
     y = np.array([c[2] for c in warm], dtype=np.float64)
     slope = np.polyfit(x, y, 1)[0] if len(warm) > 1 else 0.0   # bytes per clip
     growth = slope * (x[-1] - x[0])
     flat = growth <= max(0.05 * y.mean(), 16 * 2**20)   # PSS moves by a few % as pages are shared and unshared
-    print(f'soak: after warm-up ({int(warm[0][0])} clips) PSS {y[0] / 2**20:.1f} -> {y[-1] / 2**20:.1f} MiB '
-          f'(range {y.min() / 2**20:.1f}-{y.max() / 2**20:.1f}); least-squares slope {slope / 1024:.2f} KiB per '
-          f'clip = {growth / 2**20:+.1f} MiB over {int(x[-1] - x[0])} clips ({slope * 1e6 / 2**30:+.2f} GiB per '
+    print(f"soak: after warm-up ({int(warm[0][0])} clips) PSS {y[0] / 2**20:.1f} -> {y[-1] / 2**20:.1f} MiB "
+          f"(range {y.min() / 2**20:.1f}-{y.max() / 2**20:.1f}); least-squares slope {slope / 1024:.2f} KiB per "
+          f"clip = {growth / 2**20:+.1f} MiB over {int(x[-1] - x[0])} clips ({slope * 1e6 / 2**30:+.2f} GiB per "
           f'million clips): {"FLAT" if flat else "GROWING"} (flat: fitted growth within max(5%, 16 MiB))')
 
 
@@ -838,14 +838,14 @@ def _soak_videos(folder: Path) -> list[Path]:
     """Three generated H.264 clips, 2 s at 30 fps with a keyframe every 15 frames (cheap to seek: the soak is
     about memory): K400-like 340x256, a 640x360 one (resized by the pipeline) and a 256x340 portrait one."""
     folder.mkdir(parents=True, exist_ok=True)
-    return [_generate_clip(folder / 'k400_like.mp4', seconds=2, gop=15),
-            _generate_clip(folder / 'wide_640x360.mp4', width=640, height=360, seconds=2, gop=15),
-            _generate_clip(folder / 'portrait_256x340.mp4', width=256, height=340, seconds=2, gop=15)]
+    return [_generate_clip(folder / "k400_like.mp4", seconds=2, gop=15),
+            _generate_clip(folder / "wide_640x360.mp4", width=640, height=360, seconds=2, gop=15),
+            _generate_clip(folder / "portrait_256x340.mp4", width=256, height=340, seconds=2, gop=15)]
 
 
-# =====================================================================================
+# ----------------------------------------------------------------------------------------------------------------------
 # 5. The comparison script, run by the --compare-venv python (never imported here)
-# =====================================================================================
+# ----------------------------------------------------------------------------------------------------------------------
 
 THIRD_PARTY_SCRIPT = r'''
 """Decode + RGB with decord and MMAction2 1.2 PyAVInit/PyAVDecode on given index sets; prints one JSON line."""
@@ -900,9 +900,9 @@ print('BENCH_JSON ' + json.dumps(out))
 '''
 
 
-# =====================================================================================
+# ----------------------------------------------------------------------------------------------------------------------
 # Helpers
-# =====================================================================================
+# ----------------------------------------------------------------------------------------------------------------------
 
 def _item_indices(ds: data.VideoDataset, j: int, num_frames: int) -> np.ndarray:
     """The frame indices dataset item j samples: its first draws from the item's own generator."""
@@ -935,19 +935,19 @@ def _time_calls(fn, items, sync: str | None = None) -> tuple[float, float]:
 
 
 def _sync(device: str | None) -> None:
-    if device == 'cuda':
+    if device == "cuda":
         torch.cuda.synchronize()
 
 
 def _run_venv(venv: str, script: Path, cfg_path: Path) -> dict:
-    python = Path(venv) / 'bin' / 'python'
+    python = Path(venv) / "bin" / "python"
     proc = subprocess.run([str(python), str(script), str(cfg_path)], capture_output=True, text=True,
                           cwd=str(cfg_path.parent), timeout=1800)
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith('BENCH_JSON ')]
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("BENCH_JSON ")]
     if proc.returncode != 0 or not lines:
-        tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ['no output']
-        raise ValueError(f'--compare-venv {venv}: the comparison script failed: {tail[0]}')
-    return json.loads(lines[-1][len('BENCH_JSON '):])
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
+        raise ValueError(f"--compare-venv {venv}: the comparison script failed: {tail[0]}")
+    return json.loads(lines[-1][len("BENCH_JSON "):])
 
 
 def _nearest_frames(frames: np.ndarray, idx: list[int], everything: np.ndarray):
@@ -968,31 +968,31 @@ def _profile_reader(video: Path, cases: dict) -> None:
     for label, c in cases.items():
         prof = cProfile.Profile()
         prof.enable()
-        for idx in c['sets']:
+        for idx in c["sets"]:
             data.read_frames(video, idx)
         prof.disable()
         print(f'\ncProfile of data.read_frames, {label}, {len(c["sets"])} clips (top 15 by total time):')
-        pstats.Stats(prof, stream=sys.stdout).sort_stats('tottime').print_stats(15)
+        pstats.Stats(prof, stream=sys.stdout).sort_stats("tottime").print_stats(15)
         stats = {}
         with data._open_video(video) as (container, stream):
-            for idx in c['sets']:
+            for idx in c["sets"]:
                 s = {}
                 data._decode_video(container, stream, video, np.asarray(idx), stats=s)
-                for k in ('decoded', 'seeks'):
+                for k in ("decoded", "seeks"):
                     stats[k] = stats.get(k, 0) + s[k]
         print(f'frames decoded per clip {stats["decoded"] / len(c["sets"]):.1f}, seeks per clip '
               f'{stats["seeks"] / len(c["sets"]):.1f} (of {c["num_frames"]} frames)')
 
 
 def _pick_video(arg: str | None, tmp: Path) -> Path:
-    if arg and arg != 'gen':
+    if arg and arg != "gen":
         path = Path(arg)
         if not path.is_file():
-            raise FileNotFoundError(f'--video {arg}: no such file')
+            raise FileNotFoundError(f"--video {arg}: no such file")
         return path
     if arg is None and DEMO_VIDEO.is_file():
         return DEMO_VIDEO
-    return _generate_clip(tmp / 'k400_like_340x256_30fps_10s_gop250.mp4')
+    return _generate_clip(tmp / "k400_like_340x256_30fps_10s_gop250.mp4")
 
 
 def _generate_clip(path: Path, width: int = 340, height: int = 256, fps: int = 30, seconds: int = 10,
@@ -1002,16 +1002,16 @@ def _generate_clip(path: Path, width: int = 340, height: int = 256, fps: int = 3
     texture = rng.integers(0, 256, (height * 2, width * 2, 3), dtype=np.uint8)
     texture = ((texture.astype(np.uint16) + np.roll(texture, 1, 0) + np.roll(texture, 1, 1)) // 3).astype(np.uint8)
     yy, xx = np.mgrid[0:height, 0:width]
-    with av.open(str(path), 'w') as out:
-        stream = out.add_stream('libx264', rate=Fraction(fps, 1))
-        stream.width, stream.height, stream.pix_fmt = width, height, 'yuv420p'
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("libx264", rate=Fraction(fps, 1))
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
         stream.codec_context.gop_size = gop
         for t in range(fps * seconds):
             dx, dy = t * width // (fps * seconds), t * height // (2 * fps * seconds)   # slow pan, no wrap
             img = texture[dy:dy + height, dx:dx + width].copy()
             cx, cy = width / 2 + 100 * math.sin(t / 15), height / 2 + 60 * math.cos(t / 20)
             img[(xx - cx) ** 2 + (yy - cy) ** 2 < 900] = (220, 60, 40)
-            frame = av.VideoFrame.from_ndarray(img, format='rgb24')
+            frame = av.VideoFrame.from_ndarray(img, format="rgb24")
             for packet in stream.encode(frame):
                 out.mux(packet)
         for packet in stream.encode():
@@ -1023,8 +1023,8 @@ def _describe_video(path: Path) -> str:
     with av.open(str(path)) as c:
         s = c.streams.video[0]
         keys = [i for i, p in enumerate(q for q in c.demux(s) if q.size) if p.is_keyframe]
-        return (f'{s.codec_context.name} {s.width}x{s.height}, {float(s.average_rate):.4g} fps, '
-                f'{s.frames} frames, keyframes at {keys}')
+        return (f"{s.codec_context.name} {s.width}x{s.height}, {float(s.average_rate):.4g} fps, "
+                f"{s.frames} frames, keyframes at {keys}")
 
 
 def _precision_supported(device: str, name: str) -> bool:
@@ -1043,38 +1043,38 @@ def _precision_supported(device: str, name: str) -> bool:
 
 
 def _met(ok: bool) -> str:
-    return 'MET' if ok else 'NOT MET'
+    return "MET" if ok else "NOT MET"
 
 
 def _write_plain_dataset(folder: Path, classes: list[str], lines: list[str]) -> None:
     """DATA_ROOT/NAME/ with classes.txt, train.txt (the lines) and an empty val.txt (data.py's plain layout)."""
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / 'classes.txt').write_text(''.join(c + '\n' for c in classes))
-    with open(folder / 'train.txt', 'w') as f:
+    (folder / "classes.txt").write_text("".join(c + "\n" for c in classes))
+    with open(folder / "train.txt", "w") as f:
         for s in range(0, len(lines), 100_000):
-            f.write('\n'.join(lines[s:s + 100_000]) + '\n')
-    (folder / 'val.txt').write_text('')
+            f.write("\n".join(lines[s:s + 100_000]) + "\n")
+    (folder / "val.txt").write_text("")
 
 
 def _image_list_lines(n: int, num_classes: int) -> list[str]:
     """n web-image list lines in the released lists' style: 'CLASS_FOLDER/HASH.jpg LABEL'."""
-    return [f'googleimage_200/class_{i % num_classes:03d}/{i * 2654435761 % 2**40:010x}.jpg {i % num_classes}'
+    return [f"googleimage_200/class_{i % num_classes:03d}/{i * 2654435761 % 2**40:010x}.jpg {i % num_classes}"
             for i in range(n)]
 
 
-def _proc_kb(name: str, key: str, pid: int | str = 'self') -> int:
+def _proc_kb(name: str, key: str, pid: int | str = "self") -> int:
     """A 'Key:   N kB' field of /proc/PID/status or /proc/PID/smaps_rollup, in kB (0 when absent)."""
     try:
-        for line in Path(f'/proc/{pid}/{name}').read_text().splitlines():
-            if line.startswith(key + ':'):
+        for line in Path(f"/proc/{pid}/{name}").read_text().splitlines():
+            if line.startswith(key + ":"):
                 return int(line.split()[1])
     except OSError:
         pass
     return 0
 
 
-def _private_bytes(pid: int | str = 'self') -> int:
-    return 1024 * (_proc_kb('smaps_rollup', 'Private_Clean', pid) + _proc_kb('smaps_rollup', 'Private_Dirty', pid))
+def _private_bytes(pid: int | str = "self") -> int:
+    return 1024 * (_proc_kb("smaps_rollup", "Private_Clean", pid) + _proc_kb("smaps_rollup", "Private_Dirty", pid))
 
 
 def _fork_call(fn, *args) -> tuple[int, int]:
@@ -1084,10 +1084,10 @@ def _fork_call(fn, *args) -> tuple[int, int]:
     if pid == 0:   # child: send the JSON result, never return into the caller's code
         os.close(read)
         try:
-            payload = json.dumps({'ok': fn(*args)})
+            payload = json.dumps({"ok": fn(*args)})
         except BaseException as err:   # report any failure to the parent instead of a traceback in a fork
-            payload = json.dumps({'error': f'{type(err).__name__}: {err}'})
-        with os.fdopen(write, 'w') as f:
+            payload = json.dumps({"error": f"{type(err).__name__}: {err}"})
+        with os.fdopen(write, "w") as f:
             f.write(payload)
         os._exit(0)
     os.close(write)
@@ -1099,10 +1099,10 @@ def _fork_result(handle: tuple[int, int]) -> dict:
     with os.fdopen(read) as f:
         text = f.read()
     os.waitpid(pid, 0)
-    result = json.loads(text) if text else {'error': 'the forked child died without a result'}
-    if 'error' in result:
+    result = json.loads(text) if text else {"error": "the forked child died without a result"}
+    if "error" in result:
         raise RuntimeError(f'benchmark: forked measurement failed: {result["error"]}')
-    return result['ok']
+    return result["ok"]
 
 
 def _in_fork(fn, *args) -> dict:
@@ -1110,13 +1110,13 @@ def _in_fork(fn, *args) -> dict:
 
 
 def _load() -> str:
-    return 'load average {:.2f} {:.2f} {:.2f}'.format(*os.getloadavg())
+    return "load average {:.2f} {:.2f} {:.2f}".format(*os.getloadavg())
 
 
 def _table(header: list[str], rows: list[list[str]]) -> None:
     widths = [max(len(str(r[i])) for r in [header] + rows) for i in range(len(header))]
-    for r in [header, ['-' * w for w in widths]] + rows:
-        print('  '.join(str(v).ljust(w) if i < 2 else str(v).rjust(w) for i, (v, w) in enumerate(zip(r, widths))))
+    for r in [header, ["-" * w for w in widths]] + rows:
+        print("  ".join(str(v).ljust(w) if i < 2 else str(v).rjust(w) for i, (v, w) in enumerate(zip(r, widths))))
 
 
 def cli(argv=None) -> None:
@@ -1124,8 +1124,8 @@ def cli(argv=None) -> None:
     try:
         main(args)
     except (ValueError, FileNotFoundError) as err:
-        sys.exit(f'error: {err}')
+        sys.exit(f"error: {err}")
 
 
-if __name__ == '__main__':
+if __name__ == "__main__":
     cli()

@@ -73,14 +73,14 @@ from PIL import Image, ImageOps
 
 logger = logging.getLogger(__name__)
 
-VIDEO_EXTS = ('.mp4', '.avi', '.mkv', '.webm', '.mov', '.m4v', '.flv', '.mpg', '.mpeg', '.3gp', '.ts')
-IMAGE_EXTS = ('.jpg', '.jpeg', '.png', '.bmp', '.webp', '.gif', '.tif', '.tiff')
-FRAME_TMPL = 'img_{:05d}.jpg'   # MMAction2 RawframeDataset filename_tmpl, 1-based (start_index=1)
-PART_TMPL = 'part_{}.mp4'       # MMAction2 RawVideoDataset clipname_tmpl, 0-based
-FRAME_SCORES_TMPL = '{stem}_frame_scores.json'   # sidecar of list STEM.txt: 1-FPS teacher scores (Sec. 3.5)
-FRAME_SCORES_FORMAT = 'omnisource-frame-scores-1'
+VIDEO_EXTS = (".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v", ".flv", ".mpg", ".mpeg", ".3gp", ".ts")
+IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff")
+FRAME_TMPL = "img_{:05d}.jpg"   # MMAction2 RawframeDataset filename_tmpl, 1-based (start_index=1)
+PART_TMPL = "part_{}.mp4"       # MMAction2 RawVideoDataset clipname_tmpl, 0-based
+FRAME_SCORES_TMPL = "{stem}_frame_scores.json"   # sidecar of list STEM.txt: 1-FPS teacher scores (Sec. 3.5)
+FRAME_SCORES_FORMAT = "omnisource-frame-scores-1"
 MIN_IMAGE_SIDE = 8   # px: a smaller web image (a 1x1 tracking pixel) fails to load, is replaced and counted
-KINDS = ('video', 'untrimmed', 'frames', 'image', 'raw', 'windows')   # codes 0..5 of `SampleList.kinds`
+KINDS = ("video", "untrimmed", "frames", "image", "raw", "windows")   # codes 0..5 of `SampleList.kinds`
 WINDOW_TOL = 1e-3   # s: a frame time within 1 ms of a window bound counts as on it (lists write milliseconds)
 _SCAN_BLOCK, _LINE_BLOCK = 1 << 24, 1 << 18   # list parsing in blocks of bytes / lines: small temporaries
 # FFmpeg decoder threads inside DataLoader workers: the workers already are the parallelism, so one thread each
@@ -95,9 +95,9 @@ SKIP_NONREF = True
 PTS_CACHE_FRAMES = 2_000_000
 
 
-# =====================================================================================
+# ----------------------------------------------------------------------------------------------------------------------
 # 1. Frame sampling: MMAction2 SampleFrames
-# =====================================================================================
+# ----------------------------------------------------------------------------------------------------------------------
 
 def sample_frames(num_frames: int, clip_len: int, frame_interval: int, num_clips: int,
                   test_mode: bool, rng: np.random.Generator | None = None) -> np.ndarray:
@@ -111,10 +111,10 @@ def sample_frames(num_frames: int, clip_len: int, frame_interval: int, num_clips
     `rng` (numpy Generator) replaces MMAction2's global `np.random` in training.
     """
     if num_frames < 1:
-        raise ValueError(f'sample_frames: num_frames must be >= 1, got {num_frames}')
+        raise ValueError(f"sample_frames: num_frames must be >= 1, got {num_frames}")
     if min(clip_len, frame_interval, num_clips) < 1:
-        raise ValueError(f'sample_frames: clip_len, frame_interval, num_clips must be >= 1, '
-                         f'got {clip_len}, {frame_interval}, {num_clips}')
+        raise ValueError(f"sample_frames: clip_len, frame_interval, num_clips must be >= 1, "
+                         f"got {clip_len}, {frame_interval}, {num_clips}")
     # 1. one start offset per clip (floats in the TSN test rule, truncated at the end as MMAction2 does)
     if test_mode:
         offsets = _test_offsets(num_frames, clip_len, frame_interval, num_clips)
@@ -129,16 +129,16 @@ def sample_frames(num_frames: int, clip_len: int, frame_interval: int, num_clips
     return inds.reshape(-1).astype(np.int64)
 
 
-# =====================================================================================
+# ----------------------------------------------------------------------------------------------------------------------
 # 2. Decoding: videos (PyAV), frame folders and still images (Pillow)
-# =====================================================================================
+# ----------------------------------------------------------------------------------------------------------------------
 
 class VideoTooShortError(ValueError):
     """A frame past the last decodable frame was asked for; `num_frames` is the true count."""
 
     def __init__(self, path: Path, wanted: int, num_frames: int):
-        super().__init__(f'{path}: frame {wanted} requested but the video decodes to only '
-                         f'{num_frames} frames')
+        super().__init__(f"{path}: frame {wanted} requested but the video decodes to only "
+                         f"{num_frames} frames")
         self.num_frames = num_frames
 
 
@@ -187,7 +187,7 @@ def read_frames_naive(path: str | Path, indices: Sequence[int]) -> np.ndarray:
         return read_frames(path, wanted)
     _check_file(path)
     with av.open(str(path)) as container:
-        frames = [f.to_ndarray(format='rgb24') for f in container.decode(video=0)]
+        frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
     if int(wanted.max()) >= len(frames):
         raise VideoTooShortError(path, int(wanted.max()), len(frames))
     return np.stack([frames[i] for i in wanted])
@@ -233,12 +233,12 @@ def read_image(path: str | Path, short_side: int | None = None) -> np.ndarray:
     with Image.open(path) as im:
         w, h = im.size
         if min(w, h) < MIN_IMAGE_SIDE:
-            raise ValueError(f'{path}: {w}x{h} image, smaller than {MIN_IMAGE_SIDE} pixels a side')
-        if im.format == 'JPEG' and min(w, h) >= 2 * short_side:
+            raise ValueError(f"{path}: {w}x{h} image, smaller than {MIN_IMAGE_SIDE} pixels a side")
+        if im.format == "JPEG" and min(w, h) >= 2 * short_side:
             scale = short_side / min(w, h)
-            im.draft('RGB', (math.ceil(w * scale), math.ceil(h * scale)))
+            im.draft("RGB", (math.ceil(w * scale), math.ceil(h * scale)))
         im = ImageOps.exif_transpose(im)
-        return np.asarray(im.convert('RGB'), dtype=np.uint8)   # convert() forces the (reduced) decode
+        return np.asarray(im.convert("RGB"), dtype=np.uint8)   # convert() forces the (reduced) decode
 
 
 def cut_video(path: str | Path, out_dir: str | Path, seconds: float = 10.0, crf: int = 18) -> int:
@@ -258,7 +258,7 @@ def cut_video(path: str | Path, out_dir: str | Path, seconds: float = 10.0, crf:
     """
     path, out_dir = Path(path), Path(out_dir)
     if not seconds > 0:
-        raise ValueError(f'cut_video: seconds must be > 0, got {seconds}')
+        raise ValueError(f"cut_video: seconds must be > 0, got {seconds}")
     total = count_frames(path)
     created, written, writer = not out_dir.exists(), [], None
     try:
@@ -276,7 +276,7 @@ def cut_video(path: str | Path, out_dir: str | Path, seconds: float = 10.0, crf:
                     writer = _PieceWriter(written[-1], rate, frame, crf)
                 writer.write(frame)
             if writer is None:
-                raise ValueError(f'{path}: no decodable video frames')
+                raise ValueError(f"{path}: no decodable video frames")
             writer.close()
             if writer.count + (len(written) - 1) * per_piece < total:   # cut short: a truncated file
                 raise VideoTooShortError(path, total - 1, writer.count + (len(written) - 1) * per_piece)
@@ -291,7 +291,7 @@ def cut_video(path: str | Path, out_dir: str | Path, seconds: float = 10.0, crf:
     return len(written)
 
 
-def window_frames(window: tuple[float, float], fps: float, num_frames: int, path: str | Path = 'video'
+def window_frames(window: tuple[float, float], fps: float, num_frames: int, path: str | Path = "video"
                   ) -> tuple[int, int]:
     """Sec. 3.5 windows: (start, end) seconds -> frame range [first, stop) of the frames k with
     start <= k / fps < end (frame k is shown at k / fps, the frame numbering `cut_video` cuts by), clipped to
@@ -302,14 +302,14 @@ def window_frames(window: tuple[float, float], fps: float, num_frames: int, path
     first = max(0, math.ceil((start - WINDOW_TOL) * fps))
     stop = min(int(num_frames), math.ceil((end - WINDOW_TOL) * fps))
     if stop <= first:
-        raise ValueError(f'{path}: window {start:.3f}:{end:.3f} s holds no frame ({num_frames} frames at '
-                         f'{fps:.3f} fps)')
+        raise ValueError(f"{path}: window {start:.3f}:{end:.3f} s holds no frame ({num_frames} frames at "
+                         f"{fps:.3f} fps)")
     return first, stop
 
 
-# =====================================================================================
+# ----------------------------------------------------------------------------------------------------------------------
 # 3. Annotation lists (MMAction2 formats)
-# =====================================================================================
+# ----------------------------------------------------------------------------------------------------------------------
 
 @dataclass
 class Sample:
@@ -346,8 +346,8 @@ class FrameScores:
 
     def __post_init__(self):
         if not self.frames or len(self.frames) != len(self.scores):
-            raise ValueError(f'FrameScores: expected as many scores as frames (>= 1), got {len(self.frames)} '
-                             f'frames and {len(self.scores)} scores')
+            raise ValueError(f"FrameScores: expected as many scores as frames (>= 1), got {len(self.frames)} "
+                             f"frames and {len(self.scores)} scores")
 
 
 class SampleList:
@@ -396,11 +396,11 @@ class SampleList:
         idx = np.flatnonzero(idx) if idx.dtype == bool else idx.astype(np.int64).reshape(-1)
         n = len(self)
         if idx.size and (idx.min() < -n or idx.max() >= n):
-            raise IndexError(f'SampleList: index out of range [0, {n})')
+            raise IndexError(f"SampleList: index out of range [0, {n})")
         idx = np.where(idx < 0, idx + n, idx)
         new = self.labels[idx] if labels is None else np.asarray(labels, dtype=np.int64).reshape(-1)
         if len(new) != len(idx):
-            raise ValueError(f'SampleList.subset: {len(new)} labels for {len(idx)} samples')
+            raise ValueError(f"SampleList.subset: {len(new)} labels for {len(idx)} samples")
         take = (lambda r: None if r is None else r.take(idx))
         return SampleList(self.prefix, self.buf, self._start[idx], self._length[idx], new, self.kinds[idx],
                           None if self._extra is None else self._extra[idx], take(self._pos),
@@ -409,7 +409,7 @@ class SampleList:
     # 2. one sample, built on demand
     def rel_path(self, i: int) -> str:
         a = int(self._start[i])
-        return self.buf[a:a + int(self._length[i])].decode('utf-8')
+        return self.buf[a:a + int(self._length[i])].decode("utf-8")
 
     def path(self, i: int) -> Path:
         return Path(self.prefix, self.rel_path(i)) if self.prefix else Path(self.rel_path(i))
@@ -424,16 +424,16 @@ class SampleList:
             return self.subset(i)
         n = len(self)
         if not -n <= i < n:
-            raise IndexError(f'SampleList: index {i} out of range [0, {n})')
+            raise IndexError(f"SampleList: index {i} out of range [0, {n})")
         i = int(i) % n
         kind = KINDS[self.kinds[i]]
         s = Sample(self.path(i), int(self.labels[i]), kind)
-        if kind == 'frames':
+        if kind == "frames":
             s.num_frames = int(self._extra[i])
-        elif kind == 'raw':
+        elif kind == "raw":
             s.num_parts = int(self._extra[i])
             s.pos_clips = tuple(int(p) for p in self._pos.get(i)[0])
-        elif kind == 'windows':
+        elif kind == "windows":
             flat = self._windows.get(i)[0]
             s.windows = tuple((float(flat[k]), float(flat[k + 1])) for k in range(0, len(flat), 2))
         if self._scores is not None:
@@ -448,31 +448,31 @@ class SampleList:
         return (self[i] for i in range(len(self)))
 
     def __repr__(self) -> str:
-        return f'SampleList({len(self)} samples under {self.prefix!r}, {self.nbytes} bytes)'
+        return f"SampleList({len(self)} samples under {self.prefix!r}, {self.nbytes} bytes)"
 
     # 3. building
     @classmethod
-    def from_samples(cls, samples: Sequence[Sample], prefix: str | Path = '') -> SampleList:
+    def from_samples(cls, samples: Sequence[Sample], prefix: str | Path = "") -> SampleList:
         """Compact copy of `Sample`s; paths under `prefix` are stored relative to it (all others: whole)."""
         samples = list(samples)
-        prefix = str(prefix) if str(prefix) not in ('', '.') else ''
+        prefix = str(prefix) if str(prefix) not in ("", ".") else ""
         rels = []
         for s in samples:
             full = str(s.path)
-            rel = full[len(prefix) + 1:] if prefix and full.startswith(prefix + '/') else full
-            if prefix and not full.startswith(prefix + '/') and not Path(full).is_absolute():
-                return cls.from_samples(samples, '')   # a path outside the prefix: keep whole paths
+            rel = full[len(prefix) + 1:] if prefix and full.startswith(prefix + "/") else full
+            if prefix and not full.startswith(prefix + "/") and not Path(full).is_absolute():
+                return cls.from_samples(samples, "")   # a path outside the prefix: keep whole paths
             rels.append(rel)
-        enc = [r.encode('utf-8') for r in rels]
+        enc = [r.encode("utf-8") for r in rels]
         lengths = np.array([len(e) for e in enc], dtype=np.int64)
         start = np.concatenate(([0], np.cumsum(lengths)[:-1])).astype(np.int64) if enc else lengths
         kinds = np.array([KINDS.index(s.kind) for s in samples], dtype=np.uint8)
-        extra = np.array([(s.num_frames if s.kind == 'frames' else s.num_parts if s.kind == 'raw' else 0) or 0
+        extra = np.array([(s.num_frames if s.kind == "frames" else s.num_parts if s.kind == "raw" else 0) or 0
                           for s in samples], dtype=np.int64)
         rows = lambda pred: [i for i, s in enumerate(samples) if pred(s)]
-        raw, win = rows(lambda s: s.kind == 'raw'), rows(lambda s: s.kind == 'windows')
+        raw, win = rows(lambda s: s.kind == "raw"), rows(lambda s: s.kind == "windows")
         sc = rows(lambda s: s.frame_scores is not None)
-        return cls(prefix, b''.join(enc), *_narrow(start, lengths),
+        return cls(prefix, b"".join(enc), *_narrow(start, lengths),
                    np.array([s.label for s in samples], dtype=np.int64), kinds,
                    _int32(extra) if extra.any() else None,
                    _Ragged.build(raw, [[samples[i].pos_clips] for i in raw], (np.int32,)),
@@ -485,7 +485,7 @@ class SampleList:
         """Attach a sidecar's entries ((list path relative to the prefix, FrameScores) pairs, or a dict; Sec. 3.5)
         to their samples. The scores are kept flat (int32 frames, float32 scores), one entry per video."""
         entries = entries.items() if isinstance(entries, dict) else entries
-        index, off, frames, scores, thresholds = {}, [0], array.array('i'), array.array('f'), array.array('d')
+        index, off, frames, scores, thresholds = {}, [0], array.array("i"), array.array("f"), array.array("d")
         for key, fs in entries:   # flat arrays as they stream in; a repeated key: the last one wins
             index[key] = len(thresholds)
             frames.extend(fs.frames), scores.extend(fs.scores), thresholds.append(fs.threshold)
@@ -565,13 +565,13 @@ def read_list(list_file: str | Path, prefix: str | Path, num_classes: int) -> Sa
     """
     list_file, prefix = Path(list_file), Path(prefix)
     if not list_file.is_file():
-        raise FileNotFoundError(f'annotation list {list_file} not found')
-    if list_file.suffix.lower() == '.json':
+        raise FileNotFoundError(f"annotation list {list_file} not found")
+    if list_file.suffix.lower() == ".json":
         samples = SampleList.from_samples(read_list_samples(list_file, prefix, num_classes), prefix)
     else:
         samples = _read_text_list(list_file, prefix, num_classes)
     side = frame_scores_path(list_file)
-    if side.is_file() and list_file.suffix.lower() != '.json':
+    if side.is_file() and list_file.suffix.lower() != ".json":
         samples = samples.with_frame_scores(_stream_frame_scores(side))
     _trim_heap()   # the parsing temporaries are freed; give their pages back
     return samples
@@ -587,17 +587,17 @@ def read_list_samples(list_file: str | Path, prefix: str | Path, num_classes: in
     """
     list_file, prefix = Path(list_file), Path(prefix)
     if not list_file.is_file():
-        raise FileNotFoundError(f'annotation list {list_file} not found')
-    if list_file.suffix.lower() == '.json':
+        raise FileNotFoundError(f"annotation list {list_file} not found")
+    if list_file.suffix.lower() == ".json":
         samples = _read_json_list(list_file, prefix, num_classes)
     else:
         samples = []
         for lineno, line in enumerate(list_file.read_text().splitlines(), start=1):
-            if line.strip() and not line.lstrip().startswith('#'):
-                samples.append(_parse_line(line.split(), f'{list_file}:{lineno}', prefix, num_classes))
+            if line.strip() and not line.lstrip().startswith("#"):
+                samples.append(_parse_line(line.split(), f"{list_file}:{lineno}", prefix, num_classes))
     samples = [s for s in samples if s is not None]
     if not samples:
-        raise ValueError(f'{list_file}: no samples (empty annotation list)')
+        raise ValueError(f"{list_file}: no samples (empty annotation list)")
     _attach_frame_scores(samples, list_file, prefix)
     return samples
 
@@ -606,10 +606,10 @@ def read_classes(path: str | Path) -> list[str]:
     """Class names, line i = name of label i. `INDEX NAME` lines (UCF101 classInd.txt) also work."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f'class list {path} not found')
+        raise FileNotFoundError(f"class list {path} not found")
     lines = [ln.strip() for ln in path.read_text().splitlines() if ln.strip()]
     if not lines:
-        raise ValueError(f'{path}: no class names (empty file)')
+        raise ValueError(f"{path}: no class names (empty file)")
     heads = [ln.split(maxsplit=1) for ln in lines]
     if all(len(h) == 2 and h[0].isdigit() for h in heads):   # "1 ApplyEyeMakeup" style
         first = int(heads[0][0])
@@ -629,12 +629,12 @@ def write_frame_scores(path: str | Path, videos: dict[str, FrameScores], fps: fl
 
     LIST PATH is a video's path exactly as its list line writes it (relative to the data prefix).
     """
-    head = json.dumps({'format': FRAME_SCORES_FORMAT, 'fps': fps, 'about': 'Sec. 3.5 untrimmed videos: '
-                       'teacher probability of the line label at each low-rate frame'})
-    rows = [f'  {json.dumps(k)}: ' + json.dumps({'frames': [int(f) for f in v.frames], 'threshold': float(v.threshold),
-                                                'scores': [round(float(x), 6) for x in v.scores]})
+    head = json.dumps({"format": FRAME_SCORES_FORMAT, "fps": fps, "about": "Sec. 3.5 untrimmed videos: "
+                       "teacher probability of the line label at each low-rate frame"})
+    rows = [f"  {json.dumps(k)}: " + json.dumps({"frames": [int(f) for f in v.frames], "threshold": float(v.threshold),
+                                                "scores": [round(float(x), 6) for x in v.scores]})
             for k, v in videos.items()]   # one line per video
-    Path(path).write_text(head[:-1] + ', "videos": {\n' + ',\n'.join(rows) + '\n}}\n')
+    Path(path).write_text(head[:-1] + ', "videos": {\n' + ",\n".join(rows) + "\n}}\n")
 
 
 def read_frame_scores(path: str | Path) -> dict[str, FrameScores]:
@@ -643,51 +643,51 @@ def read_frame_scores(path: str | Path) -> dict[str, FrameScores]:
     try:
         body = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(f'{path}: not a valid frame-score JSON file ({err})') from None
-    if not isinstance(body, dict) or body.get('format') != FRAME_SCORES_FORMAT or \
-            not isinstance(body.get('videos'), dict):
+        raise ValueError(f"{path}: not a valid frame-score JSON file ({err})") from None
+    if not isinstance(body, dict) or body.get("format") != FRAME_SCORES_FORMAT or \
+            not isinstance(body.get("videos"), dict):
         raise ValueError(f'{path}: expected a JSON object with "format": "{FRAME_SCORES_FORMAT}" and a '
                          f'"videos" object (written by filter.py)')
-    return {key: _frame_scores_entry(path, key, e) for key, e in body['videos'].items()}
+    return {key: _frame_scores_entry(path, key, e) for key, e in body["videos"].items()}
 
 
 def _frame_scores_entry(path: Path, key: str, e) -> FrameScores:
     """One video of a sidecar -> FrameScores, else a one-line ValueError."""
     try:
-        frames = tuple(_parse_int(f, f'{path}: video {key}', 'frame index', 0) for f in e['frames'])
-        return FrameScores(frames, tuple(float(x) for x in e['scores']), float(e['threshold']))
+        frames = tuple(_parse_int(f, f"{path}: video {key}", "frame index", 0) for f in e["frames"])
+        return FrameScores(frames, tuple(float(x) for x in e["scores"]), float(e["threshold"]))
     except (KeyError, TypeError, ValueError) as err:
-        raise ValueError(f'{path}: video {key!r}: expected frames (ints >= 0), as many scores and a '
-                         f'threshold ({err})') from None
+        raise ValueError(f"{path}: video {key!r}: expected frames (ints >= 0), as many scores and a "
+                         f"threshold ({err})") from None
 
 
 def _stream_frame_scores(path: Path):
     """(list path, FrameScores) of a sidecar one video at a time, in the one-video-per-line layout that
     `write_frame_scores` writes (peak memory: one video); any other layout is read whole (`read_frame_scores`)."""
     tail = ', "videos": {'
-    with path.open('rb') as f:
-        head = f.readline().decode('utf-8', errors='replace').rstrip('\n')
+    with path.open("rb") as f:
+        head = f.readline().decode("utf-8", errors="replace").rstrip("\n")
         try:
-            ok = head.endswith(tail) and json.loads(head[:-len(tail)] + '}').get('format') == FRAME_SCORES_FORMAT
+            ok = head.endswith(tail) and json.loads(head[:-len(tail)] + "}").get("format") == FRAME_SCORES_FORMAT
         except (json.JSONDecodeError, AttributeError):
             ok = False
         if ok:
             for raw in f:
-                line = raw.decode('utf-8', errors='replace').strip()
-                if line == '}}':
+                line = raw.decode("utf-8", errors="replace").strip()
+                if line == "}}":
                     return
                 if line:
                     try:
-                        (key, e), = json.loads('{' + line.rstrip(',') + '}').items()
+                        (key, e), = json.loads("{" + line.rstrip(",") + "}").items()
                     except (json.JSONDecodeError, ValueError):
                         break   # not this layout after all: the whole-file reader decides (a consumer that
                     yield key, _frame_scores_entry(path, key, e)   # builds a dict sees repeats harmlessly)
     yield from read_frame_scores(path).items()
 
 
-# =====================================================================================
+# ----------------------------------------------------------------------------------------------------------------------
 # 4. Datasets by name (paper Sec. 4, appendix Table 11)
-# =====================================================================================
+# ----------------------------------------------------------------------------------------------------------------------
 
 @dataclass
 class SplitSpec:
@@ -703,7 +703,7 @@ class DatasetSpec:
     root: Path
     classes: list[str]
     splits: dict[str, SplitSpec] = field(default_factory=dict)
-    layout: str = 'plain'    # 'plain' or the LAYOUTS key
+    layout: str = "plain"    # 'plain' or the LAYOUTS key
     filtered: bool = False   # the teacher-filtered list of a web source was selected
 
 
@@ -714,81 +714,81 @@ class DatasetSpec:
 # the released `*_wodup.txt` lists are also de-duplicated against k200_val), 'folder' (web source
 # folder). A data prefix of None means OmniSource/ when the list's first path starts with `folder`
 # (as in MMAction2's webimage_200 union list), else OmniSource/<folder>/.
-_ANN = 'OmniSource/annotations'
-_K200_CLASSES = (f'{_ANN}/k200_actions.txt', 'OmniSource/classes.txt')
-_K400_CLASSES = ('kinetics400/classes.txt', 'kinetics400/label_map_k400.txt',
-                 f'{_ANN}/label_map_k400.txt')
+_ANN = "OmniSource/annotations"
+_K200_CLASSES = (f"{_ANN}/k200_actions.txt", "OmniSource/classes.txt")
+_K400_CLASSES = ("kinetics400/classes.txt", "kinetics400/label_map_k400.txt",
+                 f"{_ANN}/label_map_k400.txt")
 LAYOUTS: dict[str, dict] = {
-    'k400': dict(
-        root='kinetics400',
-        about='Kinetics-400 trimmed 10-s clips, K400-tr (Sec. 4.1); MMAction2 data/kinetics400; '
-              'class names: MMAction2 tools/data/kinetics/label_map_k400.txt copied in',
+    "k400": dict(
+        root="kinetics400",
+        about="Kinetics-400 trimmed 10-s clips, K400-tr (Sec. 4.1); MMAction2 data/kinetics400; "
+              "class names: MMAction2 tools/data/kinetics/label_map_k400.txt copied in",
         classes=_K400_CLASSES,
-        splits={'train': ('kinetics400/kinetics400_train_list_videos.txt', 'kinetics400/videos_train'),
-                'val': ('kinetics400/kinetics400_val_list_videos.txt', 'kinetics400/videos_val')}),
-    'k200': dict(
-        root='OmniSource',
-        about='Mini-Kinetics (200 classes), target of the released OmniSource subset',
+        splits={"train": ("kinetics400/kinetics400_train_list_videos.txt", "kinetics400/videos_train"),
+                "val": ("kinetics400/kinetics400_val_list_videos.txt", "kinetics400/videos_val")}),
+    "k200": dict(
+        root="OmniSource",
+        about="Mini-Kinetics (200 classes), target of the released OmniSource subset",
         classes=_K200_CLASSES,
-        splits={'train': (f'{_ANN}/kinetics_200/k200_train.txt', 'OmniSource/kinetics_200_train'),
-                'val': (f'{_ANN}/kinetics_200/k200_val.txt', 'OmniSource/kinetics_200_val')}),
-    'ucf101': dict(
-        root='ucf101',
-        about='UCF101 split 1 (Table 11, transfer); MMAction2 data/ucf101',
-        classes=('ucf101/classes.txt', 'ucf101/annotations/classInd.txt'),
-        classes_from='ucf101/videos',
-        splits={'train': ('ucf101/ucf101_train_split_1_videos.txt', 'ucf101/videos'),
-                'val': ('ucf101/ucf101_val_split_1_videos.txt', 'ucf101/videos')}),
-    'hmdb51': dict(
-        root='hmdb51',
-        about='HMDB51 split 1 (transfer); MMAction2 data/hmdb51',
-        classes=('hmdb51/classes.txt',),
-        classes_from='hmdb51/videos',
-        splits={'train': ('hmdb51/hmdb51_train_split_1_videos.txt', 'hmdb51/videos'),
-                'val': ('hmdb51/hmdb51_val_split_1_videos.txt', 'hmdb51/videos')}),
-    'gg': dict(
-        root='OmniSource', folder='googleimage_200',
-        about='GoogleImage web images, GG-k400 (Sec. 4.2); released googleimage_200',
+        splits={"train": (f"{_ANN}/kinetics_200/k200_train.txt", "OmniSource/kinetics_200_train"),
+                "val": (f"{_ANN}/kinetics_200/k200_val.txt", "OmniSource/kinetics_200_val")}),
+    "ucf101": dict(
+        root="ucf101",
+        about="UCF101 split 1 (Table 11, transfer); MMAction2 data/ucf101",
+        classes=("ucf101/classes.txt", "ucf101/annotations/classInd.txt"),
+        classes_from="ucf101/videos",
+        splits={"train": ("ucf101/ucf101_train_split_1_videos.txt", "ucf101/videos"),
+                "val": ("ucf101/ucf101_val_split_1_videos.txt", "ucf101/videos")}),
+    "hmdb51": dict(
+        root="hmdb51",
+        about="HMDB51 split 1 (transfer); MMAction2 data/hmdb51",
+        classes=("hmdb51/classes.txt",),
+        classes_from="hmdb51/videos",
+        splits={"train": ("hmdb51/hmdb51_train_split_1_videos.txt", "hmdb51/videos"),
+                "val": ("hmdb51/hmdb51_val_split_1_videos.txt", "hmdb51/videos")}),
+    "gg": dict(
+        root="OmniSource", folder="googleimage_200",
+        about="GoogleImage web images, GG-k400 (Sec. 4.2); released googleimage_200",
         classes=_K200_CLASSES,
-        splits={'train': (f'{_ANN}/googleimage_200/googleimage_200.txt', None)},
-        filtered=f'{_ANN}/googleimage_200/tsn_8seg_googleimage_200_wodup.txt'),
-    'ig-img': dict(
-        root='OmniSource', folder='insimage_200',
-        about='Instagram images, IG-img (Sec. 4.2); released insimage_200',
+        splits={"train": (f"{_ANN}/googleimage_200/googleimage_200.txt", None)},
+        filtered=f"{_ANN}/googleimage_200/tsn_8seg_googleimage_200_wodup.txt"),
+    "ig-img": dict(
+        root="OmniSource", folder="insimage_200",
+        about="Instagram images, IG-img (Sec. 4.2); released insimage_200",
         classes=_K200_CLASSES,
-        splits={'train': (f'{_ANN}/insimage_200/insimage_200.txt', None)},
-        filtered=f'{_ANN}/insimage_200/tsn_8seg_insimage_200_wodup.txt'),
-    'web-img': dict(
-        root='OmniSource',
-        about='GG + IG-img union (MMAction2 webimage_200); only the filtered list is released, '
+        splits={"train": (f"{_ANN}/insimage_200/insimage_200.txt", None)},
+        filtered=f"{_ANN}/insimage_200/tsn_8seg_insimage_200_wodup.txt"),
+    "web-img": dict(
+        root="OmniSource",
+        about="GG + IG-img union (MMAction2 webimage_200); only the filtered list is released, "
               "its paths start with 'googleimage_200/' or 'insimage_200/'",
         classes=_K200_CLASSES,
-        splits={'train': (f'{_ANN}/webimage_200/tsn_8seg_webimage_200_wodup.txt', 'OmniSource')},
-        filtered=f'{_ANN}/webimage_200/tsn_8seg_webimage_200_wodup.txt'),
-    'ig-vid': dict(
-        root='OmniSource', folder='insvideo_200',
-        about='Instagram trimmed videos, IG-vid (Sec. 4.2); released insvideo_200',
+        splits={"train": (f"{_ANN}/webimage_200/tsn_8seg_webimage_200_wodup.txt", "OmniSource")},
+        filtered=f"{_ANN}/webimage_200/tsn_8seg_webimage_200_wodup.txt"),
+    "ig-vid": dict(
+        root="OmniSource", folder="insvideo_200",
+        about="Instagram trimmed videos, IG-vid (Sec. 4.2); released insvideo_200",
         classes=_K200_CLASSES,
-        splits={'train': (f'{_ANN}/insvideo_200/insvideo_200.txt', None)},
-        filtered=f'{_ANN}/insvideo_200/slowonly_8x8_insvideo_200_wodup.txt'),
-    'k200-raw': dict(
-        root='OmniSource',
-        about='Kinetics-200 untrimmed videos in 10-s pieces (Sec. 3.5, RawVideoDataset); only the '
-              'filtered JSON is released; the unfiltered list is yours to write (all pieces positive)',
+        splits={"train": (f"{_ANN}/insvideo_200/insvideo_200.txt", None)},
+        filtered=f"{_ANN}/insvideo_200/slowonly_8x8_insvideo_200_wodup.txt"),
+    "k200-raw": dict(
+        root="OmniSource",
+        about="Kinetics-200 untrimmed videos in 10-s pieces (Sec. 3.5, RawVideoDataset); only the "
+              "filtered JSON is released; the unfiltered list is yours to write (all pieces positive)",
         classes=_K200_CLASSES,
-        splits={'train': (f'{_ANN}/kinetics_raw_200/kinetics_raw_200.txt',
-                          'OmniSource/kinetics_raw_200_train')},
-        filtered=f'{_ANN}/kinetics_raw_200/slowonly_8x8_kinetics_raw_200.json'),
-    'k400-untr': dict(
-        root='OmniSource',
-        about='K400-untr, the rest of the K400 training videos (Sec. 4.1); not released: mirrors '
+        splits={"train": (f"{_ANN}/kinetics_raw_200/kinetics_raw_200.txt",
+                          "OmniSource/kinetics_raw_200_train")},
+        filtered=f"{_ANN}/kinetics_raw_200/slowonly_8x8_kinetics_raw_200.json"),
+    "k400-untr": dict(
+        root="OmniSource",
+        about="K400-untr, the rest of the K400 training videos (Sec. 4.1); not released: mirrors "
               "k200-raw; lines 'untrimmed/ID.mp4 LABEL' (whole video) or 'DIR LABEL NUM_PARTS POS...'",
         classes=_K400_CLASSES,
-        splits={'train': (f'{_ANN}/kinetics_raw_400/kinetics_raw_400.txt',
-                          'OmniSource/kinetics_raw_400_train')},
-        filtered=f'{_ANN}/kinetics_raw_400/slowonly_8x8_kinetics_raw_400.json'),
+        splits={"train": (f"{_ANN}/kinetics_raw_400/kinetics_raw_400.txt",
+                          "OmniSource/kinetics_raw_400_train")},
+        filtered=f"{_ANN}/kinetics_raw_400/slowonly_8x8_kinetics_raw_400.json"),
 }
-PLAIN_LAYOUT = 'DATA_ROOT/NAME/ with classes.txt (line i = name of label i), train.txt and val.txt'
+PLAIN_LAYOUT = "DATA_ROOT/NAME/ with classes.txt (line i = name of label i), train.txt and val.txt"
 
 
 def resolve_dataset(data_root: str | Path, name: str, filtered: bool = False) -> DatasetSpec:
@@ -819,28 +819,28 @@ def resolve_dataset(data_root: str | Path, name: str, filtered: bool = False) ->
     class folders of videos/ (hmdb51 likewise). See LAYOUTS for every candidate.
     """
     data_root = Path(data_root)
-    if name.endswith(':filtered'):
-        name, filtered = name[:-len(':filtered')], True
+    if name.endswith(":filtered"):
+        name, filtered = name[:-len(":filtered")], True
     plain = data_root / name
-    if name and (plain / 'classes.txt').is_file():
+    if name and (plain / "classes.txt").is_file():
         return _resolve_plain(plain, name, filtered)
     if name not in LAYOUTS and name and plain.is_dir():
-        raise FileNotFoundError(f'dataset {name}: {plain}/classes.txt not found (a plain dataset '
-                                f'folder needs classes.txt, train.txt and val.txt)')
+        raise FileNotFoundError(f"dataset {name}: {plain}/classes.txt not found (a plain dataset "
+                                f"folder needs classes.txt, train.txt and val.txt)")
     if name not in LAYOUTS:
-        raise ValueError(f'unknown dataset {name!r} under {data_root}: known names are '
+        raise ValueError(f"unknown dataset {name!r} under {data_root}: known names are "
                          f'{", ".join(LAYOUTS)} (web sources take filtered=True or ":filtered"), '
-                         f'or make a plain folder {PLAIN_LAYOUT}')
+                         f"or make a plain folder {PLAIN_LAYOUT}")
     return _resolve_layout(data_root, name, filtered)
 
 
 def load_split(spec: DatasetSpec, split: str) -> SampleList:
     """Read split `split` of a resolved dataset -> compact `SampleList` (labels checked against classes)."""
     if split not in spec.splits:
-        if spec.layout == 'plain':
+        if spec.layout == "plain":
             raise FileNotFoundError(f'dataset {spec.name}: list file {Path(spec.root) / (split + ".txt")} '
-                                    f'not found (expected {PLAIN_LAYOUT})')
-        raise ValueError(f'dataset {spec.name}: no split {split!r}; available: '
+                                    f"not found (expected {PLAIN_LAYOUT})")
+        raise ValueError(f"dataset {spec.name}: no split {split!r}; available: "
                          f'{", ".join(spec.splits) or "none"}')
     s = spec.splits[split]
     return read_list(s.list_file, s.prefix, len(spec.classes))
@@ -861,12 +861,12 @@ def map_labels(samples, source_classes: Sequence[str], target_classes: Sequence[
         index.setdefault(_class_key(name), i)
     table = np.array([index.get(_class_key(n), -1) for n in source_classes], dtype=np.int64)
     if not (table >= 0).any():
-        raise ValueError(f'{source}: none of its {len(source_classes)} classes ({_preview(source_classes)}) '
-                         f'is a class of the target ({_preview(target_classes)})')
+        raise ValueError(f"{source}: none of its {len(source_classes)} classes ({_preview(source_classes)}) "
+                         f"is a class of the target ({_preview(target_classes)})")
     labels = _labels_of(samples)
     if labels.size and not (0 <= labels.min() and labels.max() < len(source_classes)):
         bad = int(labels[(labels < 0) | (labels >= len(source_classes))][0])
-        raise ValueError(f'{source}: label {bad} is outside its {len(source_classes)} classes')
+        raise ValueError(f"{source}: label {bad} is outside its {len(source_classes)} classes")
     mapped = table[labels]
     keep = np.flatnonzero(mapped >= 0)
     if isinstance(samples, SampleList):
@@ -874,9 +874,9 @@ def map_labels(samples, source_classes: Sequence[str], target_classes: Sequence[
     return [dataclasses.replace(samples[i], label=int(mapped[i])) for i in keep], len(labels) - len(keep)
 
 
-# =====================================================================================
+# ----------------------------------------------------------------------------------------------------------------------
 # 5. Dataset
-# =====================================================================================
+# ----------------------------------------------------------------------------------------------------------------------
 
 @dataclass
 class Sampling:
@@ -931,9 +931,9 @@ class VideoDataset(torch.utils.data.Dataset):
                  test_mode: bool = False, image_to_clip: Callable = replicate_image, seed: int = 0,
                  snippet: Callable | None = None, image_short_side: int | None = None):
         if not samples:
-            raise ValueError('VideoDataset: no samples')
+            raise ValueError("VideoDataset: no samples")
         if seed < 0:
-            raise ValueError(f'VideoDataset: seed must be >= 0, got {seed}')
+            raise ValueError(f"VideoDataset: seed must be >= 0, got {seed}")
         self.snippet = snippet if sampling.clip_len == 1 else None
         if self.snippet is not None:
             _check_snippet(self.snippet, sampling.num_clips)
@@ -944,7 +944,7 @@ class VideoDataset(torch.utils.data.Dataset):
         self._epoch = torch.zeros(1, dtype=torch.int64).share_memory_()
         self._transform_rng = transform is not None and _takes_rng(transform)
         self._image_rng = _takes_rng(image_to_clip)
-        self._image_label = _takes(image_to_clip, 'label')   # class-specific camera motion (Table 8)
+        self._image_label = _takes(image_to_clip, "label")   # class-specific camera motion (Table 8)
         self.failed_paths: list[str] = []
         self.num_replaced = 0
         self._bad: dict[int, str] = {}         # index -> error message, this process
@@ -960,7 +960,7 @@ class VideoDataset(torch.utils.data.Dataset):
         self._samples = samples if isinstance(samples, SampleList) else SampleList.from_samples(samples)
         # one byte per sample in shared memory, set (never incremented) by whichever process fails to read it:
         # a plain store, so DataLoader workers cannot lose each other's updates, and a sample counts once
-        if getattr(self, '_failed', None) is None or len(self._failed) != len(self._samples):
+        if getattr(self, "_failed", None) is None or len(self._failed) != len(self._samples):
             self._failed = torch.zeros(len(self._samples), dtype=torch.uint8).share_memory_()
 
     @property
@@ -1001,7 +1001,7 @@ class VideoDataset(torch.utils.data.Dataset):
         """Load `index`; on failure try others in a fixed order (index + k*stride mod n)."""
         n = len(self.samples)
         if not 0 <= index < n:
-            raise IndexError(f'VideoDataset: index {index} out of range [0, {n})')
+            raise IndexError(f"VideoDataset: index {index} out of range [0, {n})")
         stride = _coprime_stride(n)
         for k in range(n):
             j = (index + k * stride) % n
@@ -1013,31 +1013,31 @@ class VideoDataset(torch.utils.data.Dataset):
             except Exception as err:   # PyAV, Pillow and the OS raise many unrelated types
                 self._record_failure(j, err)
                 continue
-            if sample.kind == 'image':   # Sec. 3.5: image (H, W, 3) -> clip (T, H, W, 3)
-                kw = {'rng': rng} if self._image_rng else {}
+            if sample.kind == "image":   # Sec. 3.5: image (H, W, 3) -> clip (T, H, W, 3)
+                kw = {"rng": rng} if self._image_rng else {}
                 if self._image_label:
-                    kw['label'] = sample.label
+                    kw["label"] = sample.label
                 frames = np.asarray(self.image_to_clip(frames, self.sampling.num_frames, **kw),
                                     dtype=np.uint8)
             self.num_replaced += int(j != index)
             return frames, sample.label, j, rng
-        first = self.failed_paths[0] if self.failed_paths else '?'
-        raise RuntimeError(f'VideoDataset: all {n} samples failed to load (first: {first}: '
+        first = self.failed_paths[0] if self.failed_paths else "?"
+        raise RuntimeError(f"VideoDataset: all {n} samples failed to load (first: {first}: "
                            f'{next(iter(self._bad.values()), "?")})')
 
     def _record_failure(self, j: int, err: Exception) -> None:
         path = str(self.samples.path(j))
-        self._bad[j] = f'{type(err).__name__}: {err}'
+        self._bad[j] = f"{type(err).__name__}: {err}"
         self.failed_paths.append(path)
         self._failed[j] = 1
-        logger.warning('failed to load %s (%s); it is replaced by another sample (%d failed so far)',
+        logger.warning("failed to load %s (%s); it is replaced by another sample (%d failed so far)",
                        path, self._bad[j], self.num_failed)
 
     def _load_sample(self, s: Sample, rng: np.random.Generator) -> np.ndarray:
         """Decode one sample: frames uint8 `(clip_len * num_clips, H, W, 3)`, an image `(H, W, 3)`."""
-        if s.kind == 'image':
+        if s.kind == "image":
             return read_image(s.path, self.image_short_side)
-        if s.kind == 'frames':
+        if s.kind == "frames":
             idx = self._sample(s.num_frames, rng)
             return read_frames(s.path, idx)
         if s.frame_scores is not None and self.snippet is not None:   # Sec. 3.5, Table 14 snippet
@@ -1045,10 +1045,10 @@ class VideoDataset(torch.utils.data.Dataset):
             pos = self.snippet(np.asarray(fs.scores), s.label, rng=rng, threshold=fs.threshold)
             return read_frames(s.path, np.asarray(fs.frames)[np.asarray(pos, dtype=np.int64)])
         path, window = s.path, None
-        if s.kind == 'raw':
+        if s.kind == "raw":
             part = s.pos_clips[0] if self.test_mode else int(rng.choice(s.pos_clips))
             path = s.path / PART_TMPL.format(part)
-        elif s.kind == 'windows':   # Sec. 3.5, 3D students: one positive window of the untrimmed video
+        elif s.kind == "windows":   # Sec. 3.5, 3D students: one positive window of the untrimmed video
             window = s.windows[0] if self.test_mode else s.windows[int(rng.integers(len(s.windows)))]
         return self._load_video(path, rng, window)
 
@@ -1085,9 +1085,9 @@ class VideoDataset(torch.utils.data.Dataset):
                              self.test_mode, rng)
 
 
-# =====================================================================================
+# ----------------------------------------------------------------------------------------------------------------------
 # Helpers: frame sampling
-# =====================================================================================
+# ----------------------------------------------------------------------------------------------------------------------
 
 def _train_offsets(num_frames: int, clip_len: int, frame_interval: int, num_clips: int,
                    rng: np.random.Generator) -> np.ndarray:
@@ -1126,9 +1126,9 @@ def _test_offsets(num_frames: int, clip_len: int, frame_interval: int, num_clips
     return np.array([max_offset // 2])
 
 
-# =====================================================================================
+# ----------------------------------------------------------------------------------------------------------------------
 # Helpers: decoding
-# =====================================================================================
+# ----------------------------------------------------------------------------------------------------------------------
 
 @contextlib.contextmanager
 def _open_video(path: Path):
@@ -1137,12 +1137,12 @@ def _open_video(path: Path):
     container = av.open(str(path))
     try:
         if not container.streams.video:
-            raise ValueError(f'{path}: no video stream')
+            raise ValueError(f"{path}: no video stream")
         stream = container.streams.video[0]
         if WORKER_CODEC_THREADS > 0 and torch.utils.data.get_worker_info() is not None:
             stream.codec_context.thread_count = WORKER_CODEC_THREADS
         else:
-            stream.codec_context.thread_type = 'AUTO'   # frame + slice threads
+            stream.codec_context.thread_type = "AUTO"   # frame + slice threads
         yield container, stream
     finally:
         container.close()
@@ -1218,7 +1218,7 @@ def _scan_pts(container, stream):
     pts, key_pts = [], []
     try:
         for packet in container.demux(stream):
-            if packet.size == 0 or getattr(packet, 'is_discard', False):   # flush / edit-list cut
+            if packet.size == 0 or getattr(packet, "is_discard", False):   # flush / edit-list cut
                 continue
             if packet.pts is None:
                 return _UNUSABLE
@@ -1259,7 +1259,7 @@ def _decode_seeking(container, stream, wanted: np.ndarray, index: _PtsIndex,
                 container.seek(index.key_pts[k], backward=True, any_frame=False, stream=stream)
                 frames, pos = _decoded_frames(container, stream, index.rank, want if skip else None,
                                               range(index.keys[k], end + 1), stats), None
-                stats['seeks'] += 1
+                stats["seeks"] += 1
             # 2. decode up to n, checking that indices follow each other (across skipped frames only
             #    when none of them is wanted); convert only wanted frames
             while pos is None or pos < n:
@@ -1267,7 +1267,7 @@ def _decode_seeking(container, stream, wanted: np.ndarray, index: _PtsIndex,
                 i = None if frame is None else index.rank.get(frame.pts)
                 if i is None:
                     return None
-                stats['decoded'] += 1
+                stats["decoded"] += 1
                 if pos is None:   # right after a seek
                     if i > n:
                         return None   # landed past n
@@ -1276,15 +1276,15 @@ def _decode_seeking(container, stream, wanted: np.ndarray, index: _PtsIndex,
                 elif i != pos + 1:
                     if not skip or i <= pos or bisect.bisect_right(order, pos) != bisect.bisect_left(order, i):
                         return None   # decoding order disagrees with the pts ranks, or a wanted frame is missing
-                    stats['skipped'] += i - pos - 1
+                    stats["skipped"] += i - pos - 1
                 pos = i
                 if i in want:   # = frame.to_ndarray(format='rgb24'), one swscale context for the clip
-                    out[i] = rgb.reformat(frame, format='rgb24').to_ndarray()
+                    out[i] = rgb.reformat(frame, format="rgb24").to_ndarray()
             if n == end:
                 frames = None   # the run drained its decoder: the next wanted frame seeks
         return out
     finally:
-        stream.codec_context.skip_frame = 'DEFAULT'   # the container may decode on (e.g. a retry without skip)
+        stream.codec_context.skip_frame = "DEFAULT"   # the container may decode on (e.g. a retry without skip)
 
 
 def _decoded_frames(container, stream, rank: dict[int, int], want: set[int] | None, run: range,
@@ -1300,10 +1300,10 @@ def _decoded_frames(container, stream, rank: dict[int, int], want: set[int] | No
     for packet in container.demux(stream):
         i = rank.get(packet.pts)
         if want is not None:
-            m = 'NONREF' if i is not None and i not in want else 'DEFAULT'
+            m = "NONREF" if i is not None and i not in want else "DEFAULT"
             if m != mode:
                 codec.skip_frame = mode = m
-        stats['sent'] += 1
+        stats["sent"] += 1
         yield from codec.decode(packet)
         pending.discard(i)
         if not pending:   # every frame of the run is in the decoder: drain it rather than decode on
@@ -1362,15 +1362,15 @@ def _can_skip(container, stream) -> bool:
     so with MPEG-4 Part 2 B-frames (packed or with placeholder packets) a frame's pts is not its own;
     decoding every frame exposes that as out-of-order ranks, but gaps from dropped frames would hide it."""
     return (SKIP_NONREF and stream.codec_context.codec.canonical_name in _SKIP_CODECS
-            and 'avi' not in container.format.name.split(','))
+            and "avi" not in container.format.name.split(","))
 
 
 # codecs whose FFmpeg decoders drop only frames the bitstream marks as unreferenced under skip_frame 'NONREF'
 # and keep every frame's pts (tests/test_decode.py checks each against a whole-file decode). Left out: MPEG-4
 # Part 2 (packed B-frames), AV1 (libdav1d then loses frames: the checks catch it, at the cost of a fallback),
 # VP9 (libvpx marks no frame unreferenced but with temporal layers; nothing to gain, untested).
-_SKIP_CODECS = ('h264', 'hevc', 'mpeg1video', 'mpeg2video')
-_UNUSABLE = 'unusable pts'   # `_scan_pts` result: seeking by pts is not possible for this file
+_SKIP_CODECS = ("h264", "hevc", "mpeg1video", "mpeg2video")
+_UNUSABLE = "unusable pts"   # `_scan_pts` result: seeking by pts is not possible for this file
 _PTS_CACHE = _PtsCache()
 
 
@@ -1390,10 +1390,10 @@ def _decode_sequential(path: Path, wanted: np.ndarray, stats: dict) -> dict[int,
         for i, frame in enumerate(container.decode(stream)):
             count = i + 1
             if i in want:
-                out[i] = frame.to_ndarray(format='rgb24')
+                out[i] = frame.to_ndarray(format="rgb24")
             if i >= last:
                 break
-    stats['decoded'] += count
+    stats["decoded"] += count
     if count <= last:
         raise VideoTooShortError(path, last, count)
     return out
@@ -1408,7 +1408,7 @@ def _count_video_frames(container, stream) -> int:
             return int(n)
     count = sum(1 for _ in container.decode(stream))
     if count == 0:
-        raise ValueError(f'{container.name}: no decodable video frames')
+        raise ValueError(f"{container.name}: no decodable video frames")
     container.seek(0)   # rewind for a caller that decodes next
     return count
 
@@ -1420,22 +1420,22 @@ def _stream_rate(path: Path, stream) -> Fraction:
             return Fraction(rate)
     if stream.frames and stream.duration and stream.time_base:
         return Fraction(stream.frames) / (stream.duration * stream.time_base)
-    raise ValueError(f'{path}: the video has no frame rate')
+    raise ValueError(f"{path}: the video has no frame rate")
 
 
 class _PieceWriter:
     """One piece of `cut_video`: an H.264 mp4 at `rate`, frame size of `first` rounded down to even."""
 
     def __init__(self, path: Path, rate: Fraction, first, crf: int):
-        self.container = av.open(str(path), mode='w')
-        self.stream = self.container.add_stream('libx264', rate=rate)
+        self.container = av.open(str(path), mode="w")
+        self.stream = self.container.add_stream("libx264", rate=rate)
         self.width, self.height = max(2, first.width // 2 * 2), max(2, first.height // 2 * 2)
-        self.stream.width, self.stream.height, self.stream.pix_fmt = self.width, self.height, 'yuv420p'
-        self.stream.codec_context.options = {'crf': str(crf), 'preset': 'veryfast'}
+        self.stream.width, self.stream.height, self.stream.pix_fmt = self.width, self.height, "yuv420p"
+        self.stream.codec_context.options = {"crf": str(crf), "preset": "veryfast"}
         self.time_base, self.count = 1 / Fraction(rate), 0
 
     def write(self, frame) -> None:
-        out = frame.reformat(width=self.width, height=self.height, format='yuv420p')
+        out = frame.reformat(width=self.width, height=self.height, format="yuv420p")
         out.pts, out.time_base = self.count, self.time_base   # piece-local timestamps from 0
         self.count += 1
         for packet in self.stream.encode(out):
@@ -1452,20 +1452,20 @@ class _PieceWriter:
 
 def _check_file(path: Path) -> None:
     if not path.is_file():
-        raise FileNotFoundError(f'{path}: no such file')
+        raise FileNotFoundError(f"{path}: no such file")
     if path.stat().st_size == 0:
-        raise ValueError(f'{path}: empty file')
+        raise ValueError(f"{path}: empty file")
 
 
 def _check_indices(indices: Sequence[int], path: Path) -> np.ndarray:
     """Indices -> int64 array; must be non-empty, integral and >= 0."""
     idx = np.asarray(indices)
     if idx.ndim != 1 or idx.size == 0:
-        raise ValueError(f'{path}: indices must be a non-empty 1-D sequence, got shape {idx.shape}')
+        raise ValueError(f"{path}: indices must be a non-empty 1-D sequence, got shape {idx.shape}")
     if not np.issubdtype(idx.dtype, np.integer):
-        raise ValueError(f'{path}: indices must be integers, got dtype {idx.dtype}')
+        raise ValueError(f"{path}: indices must be integers, got dtype {idx.dtype}")
     if idx.min() < 0:
-        raise ValueError(f'{path}: frame indices must be >= 0, got {int(idx.min())}')
+        raise ValueError(f"{path}: frame indices must be >= 0, got {int(idx.min())}")
     return idx.astype(np.int64)
 
 
@@ -1474,9 +1474,9 @@ def _load_image(path: Path) -> np.ndarray:
     _check_file(path)
     with Image.open(path) as im:
         if min(im.size) < MIN_IMAGE_SIDE:      # tracking pixels and broken thumbnails of a web crawl: no content
-            raise ValueError(f'{path}: {im.size[0]}x{im.size[1]} image, smaller than {MIN_IMAGE_SIDE} pixels a side')
+            raise ValueError(f"{path}: {im.size[0]}x{im.size[1]} image, smaller than {MIN_IMAGE_SIDE} pixels a side")
         im = ImageOps.exif_transpose(im)
-        return np.asarray(im.convert('RGB'), dtype=np.uint8)   # convert() forces a full decode
+        return np.asarray(im.convert("RGB"), dtype=np.uint8)   # convert() forces a full decode
 
 
 def _read_still(path: Path, indices: np.ndarray) -> np.ndarray:
@@ -1493,23 +1493,23 @@ def _read_frame_folder(folder: Path, indices: np.ndarray) -> np.ndarray:
 
 
 def _count_folder_frames(folder: Path) -> int:
-    n = sum(1 for _ in folder.glob('img_*.jpg'))
+    n = sum(1 for _ in folder.glob("img_*.jpg"))
     if n == 0:
-        raise ValueError(f'{folder}: frame folder without img_*.jpg frames')
+        raise ValueError(f"{folder}: frame folder without img_*.jpg frames")
     return n
 
 
-# =====================================================================================
+# ----------------------------------------------------------------------------------------------------------------------
 # Helpers: annotation lists and layouts
-# =====================================================================================
+# ----------------------------------------------------------------------------------------------------------------------
 
 def _read_text_list(list_file: Path, prefix: Path, num_classes: int) -> SampleList:
     """A .txt list -> SampleList: numpy fast path for 'PATH LABEL' lines, `_parse_line` for the rest."""
     buf = list_file.read_bytes()
     if not buf.strip():
-        raise ValueError(f'{list_file}: no samples (empty annotation list)')
-    if not buf.endswith(b'\n'):
-        buf += b'\n'
+        raise ValueError(f"{list_file}: no samples (empty annotation list)")
+    if not buf.endswith(b"\n"):
+        buf += b"\n"
     a = np.frombuffer(buf, dtype=np.uint8)
     # 1. one scan (in blocks) for the bytes outside '!'..'~': newlines, spaces and the rest (tabs, CR, non-ASCII)
     pos = np.concatenate([np.flatnonzero((a[o:o + _SCAN_BLOCK] - np.uint8(33)) > 93) + o
@@ -1540,25 +1540,25 @@ def _read_text_list(list_file: Path, prefix: Path, num_classes: int) -> SampleLi
     for ln in np.flatnonzero(slow_mask):
         raw = buf[starts[ln]:ends[ln]]
         try:
-            line = raw.decode('utf-8')
+            line = raw.decode("utf-8")
         except UnicodeDecodeError as err:
-            raise ValueError(f'{list_file}:{ln + 1}: not UTF-8 text ({err.reason})') from None
-        if line.strip() and not line.lstrip().startswith('#'):
+            raise ValueError(f"{list_file}:{ln + 1}: not UTF-8 text ({err.reason})") from None
+        if line.strip() and not line.lstrip().startswith("#"):
             fields = line.split()
-            slow.append((fields[0], _parse_line(fields, f'{list_file}:{ln + 1}', prefix, num_classes)))
+            slow.append((fields[0], _parse_line(fields, f"{list_file}:{ln + 1}", prefix, num_classes)))
             slow_lines.append(ln)
     if not len(fast_lines) and not slow:
-        raise ValueError(f'{list_file}: no samples (empty annotation list)')
+        raise ValueError(f"{list_file}: no samples (empty annotation list)")
     # 4. merge both in line order; the slow lines' paths are appended to the buffer
     nf = len(fast_lines)
     start, length = starts[fast_lines], fast_sp - starts[fast_lines]
     if not slow:   # the common case: no copy, no reordering
         return SampleList(str(prefix), buf, *_narrow(start, length), fast_label, fast_kind)
-    extra = SampleList.from_samples([smp for _, smp in slow], '')
-    rel = [r.encode('utf-8') for r, _ in slow]
+    extra = SampleList.from_samples([smp for _, smp in slow], "")
+    rel = [r.encode("utf-8") for r, _ in slow]
     rel_len = np.array([len(r) for r in rel], dtype=np.int64)
     rel_start = len(buf) + np.concatenate(([0], np.cumsum(rel_len)[:-1])).astype(np.int64)
-    order = np.argsort(np.concatenate((fast_lines, np.array(slow_lines, dtype=np.int64))), kind='stable')
+    order = np.argsort(np.concatenate((fast_lines, np.array(slow_lines, dtype=np.int64))), kind="stable")
     ex = None
     if extra._extra is not None:
         ex = _int32(np.concatenate((np.zeros(nf, dtype=np.int64), extra._extra))[order])
@@ -1566,7 +1566,7 @@ def _read_text_list(list_file: Path, prefix: Path, num_classes: int) -> SampleLi
     inv = np.empty(len(order), dtype=np.int64)
     inv[order] = np.arange(len(order))
     shift = (lambda r: None if r is None else _Ragged(inv[nf + r.rows], r.ptr, r.off, r.values, r.scalar))
-    return SampleList(str(prefix), buf + b''.join(rel),
+    return SampleList(str(prefix), buf + b"".join(rel),
                       *_narrow(np.concatenate((start, rel_start))[order], np.concatenate((length, rel_len))[order]),
                       np.concatenate((fast_label, extra.labels))[order],
                       np.concatenate((fast_kind, extra.kinds))[order], ex, shift(extra._pos), shift(extra._windows))
@@ -1601,19 +1601,19 @@ def _fast_lines(a: np.ndarray, st: np.ndarray, en: np.ndarray, spaces: np.ndarra
         tail |= np.where(sp - j >= st, b, np.uint64(0)) << np.uint64(8 * (j - 1))
     kind = np.full(len(cand), 255, dtype=np.uint8)
     for m in (3, 4, 5):
-        codes = {e: int.from_bytes(e.encode()[::-1], 'little') for e in VIDEO_EXTS + IMAGE_EXTS if len(e) == m}
+        codes = {e: int.from_bytes(e.encode()[::-1], "little") for e in VIDEO_EXTS + IMAGE_EXTS if len(e) == m}
         img = np.array([c for e, c in codes.items() if e in IMAGE_EXTS], dtype=np.uint64)
         vid = np.array([c for e, c in codes.items() if e in VIDEO_EXTS], dtype=np.uint64)
         key = tail & np.uint64((1 << 8 * m) - 1)
         before = a[np.maximum(sp - m - 1, 0)]   # the name before the extension: not empty, not hidden
         named = (sp - m - 1 >= st) & (before != 47) & (before != 46) & (kind == 255)
-        kind[named & np.isin(key, img)] = KINDS.index('image')
-        kind[named & np.isin(key, vid)] = KINDS.index('video')
+        kind[named & np.isin(key, img)] = KINDS.index("image")
+        kind[named & np.isin(key, vid)] = KINDS.index("video")
     video = np.flatnonzero(kind == 0)
     if len(video):   # first path component 'untrimmed'
         head = a[np.minimum(st[video, None] + np.arange(10), len(a) - 1)]
-        untr = (head == np.frombuffer(b'untrimmed/', dtype=np.uint8)).all(axis=1) & (sp[video] - st[video] > 10)
-        kind[video[untr]] = KINDS.index('untrimmed')
+        untr = (head == np.frombuffer(b"untrimmed/", dtype=np.uint8)).all(axis=1) & (sp[video] - st[video] > 10)
+        kind[video[untr]] = KINDS.index("untrimmed")
     ok &= kind != 255
     return cand[ok], sp[ok], label[ok], kind[ok]
 
@@ -1627,8 +1627,8 @@ def _exotic_breaks(buf: bytes, a: np.ndarray, other: np.ndarray) -> bool:
     if cr.size and (a[np.minimum(cr + 1, len(a) - 1)] != 10).any():
         return True
     if (o > 127).any():
-        text = buf.decode('utf-8', errors='replace')
-        return any(c in text for c in '\x85\u2028\u2029')
+        text = buf.decode("utf-8", errors="replace")
+        return any(c in text for c in "\x85\u2028\u2029")
     return False
 
 
@@ -1655,32 +1655,32 @@ def _int32(x: np.ndarray) -> np.ndarray:
 def _parse_line(fields: list[str], where: str, prefix: Path, num_classes: int) -> Sample:
     """One list line -> Sample; the kind follows from the extension and the field count."""
     suffix = Path(fields[0]).suffix.lower()
-    if suffix in VIDEO_EXTS and len(fields) >= 3 and all(':' in f for f in fields[2:]):
+    if suffix in VIDEO_EXTS and len(fields) >= 3 and all(":" in f for f in fields[2:]):
         # 1a. windows of an untrimmed video: 'PATH LABEL START:END [START:END ...]' (seconds, Sec. 3.5)
         windows = tuple(_parse_window(f, where) for f in fields[2:])
-        return Sample(prefix / fields[0], _parse_label(fields[1], where, num_classes), 'windows', windows=windows)
+        return Sample(prefix / fields[0], _parse_label(fields[1], where, num_classes), "windows", windows=windows)
     if suffix in VIDEO_EXTS or suffix in IMAGE_EXTS:
         # 1b. media file: 'PATH LABEL'
         if len(fields) != 2:
             raise ValueError(f"{where}: expected 'PATH LABEL' for a {suffix} file, got {len(fields)} fields "
-                             f'(multi-label lines are not supported'
-                             + ("; windows: 'PATH LABEL START:END...' in seconds)" if suffix in VIDEO_EXTS else ')'))
+                             f"(multi-label lines are not supported"
+                             + ("; windows: 'PATH LABEL START:END...' in seconds)" if suffix in VIDEO_EXTS else ")"))
         label = _parse_label(fields[1], where, num_classes)
         if suffix in IMAGE_EXTS:
-            kind = 'image'
+            kind = "image"
         else:
-            kind = 'untrimmed' if Path(fields[0]).parts[0] == 'untrimmed' else 'video'
+            kind = "untrimmed" if Path(fields[0]).parts[0] == "untrimmed" else "video"
         return Sample(prefix / fields[0], label, kind)
     if len(fields) == 3:
         # 2. frame folder: 'DIR NUM_FRAMES LABEL'
-        num_frames = _parse_int(fields[1], where, 'NUM_FRAMES', minimum=1)
-        return Sample(prefix / fields[0], _parse_label(fields[2], where, num_classes), 'frames',
+        num_frames = _parse_int(fields[1], where, "NUM_FRAMES", minimum=1)
+        return Sample(prefix / fields[0], _parse_label(fields[2], where, num_classes), "frames",
                       num_frames=num_frames)
     if len(fields) >= 4:
         # 3. raw video in pieces: 'DIR LABEL NUM_PARTS POS_IDX...'
         label = _parse_label(fields[1], where, num_classes)
-        num_parts = _parse_int(fields[2], where, 'NUM_PARTS', minimum=1)
-        pos = tuple(_parse_int(f, where, 'POS_IDX', minimum=0) for f in fields[3:])
+        num_parts = _parse_int(fields[2], where, "NUM_PARTS", minimum=1)
+        pos = tuple(_parse_int(f, where, "POS_IDX", minimum=0) for f in fields[3:])
         return _raw_sample(prefix / fields[0], label, num_parts, pos, where)
     raise ValueError(f"{where}: expected 'PATH LABEL' (video {'/'.join(VIDEO_EXTS[:3])}... or image), "
                      f"'DIR NUM_FRAMES LABEL' (frame folder) or 'DIR LABEL NUM_PARTS POS_IDX...' "
@@ -1692,33 +1692,33 @@ def _read_json_list(list_file: Path, prefix: Path, num_classes: int) -> list[Sam
     try:
         entries = json.loads(list_file.read_text())
     except json.JSONDecodeError as err:
-        raise ValueError(f'{list_file}: not valid JSON ({err})') from None
+        raise ValueError(f"{list_file}: not valid JSON ({err})") from None
     if not isinstance(entries, list):
-        raise ValueError(f'{list_file}: expected a JSON list of dicts')
+        raise ValueError(f"{list_file}: expected a JSON list of dicts")
     samples = []
     for n, e in enumerate(entries):
-        where = f'{list_file}: entry {n}'
-        if not isinstance(e, dict) or 'label' not in e:
+        where = f"{list_file}: entry {n}"
+        if not isinstance(e, dict) or "label" not in e:
             raise ValueError(f'{where}: expected a dict with "label" and one of "video_dir", '
                              f'"filename", "frame_dir"')
-        label = _parse_label(e['label'], where, num_classes)
-        if 'video_dir' in e:
-            pos = tuple(_parse_int(p, where, 'positive_clip_inds', 0)
-                        for p in e.get('positive_clip_inds', ()))
-            num_parts = _parse_int(e.get('num_clips'), where, 'num_clips', 1)
-            raw = _raw_sample(prefix / e['video_dir'], label, num_parts, pos, where)
+        label = _parse_label(e["label"], where, num_classes)
+        if "video_dir" in e:
+            pos = tuple(_parse_int(p, where, "positive_clip_inds", 0)
+                        for p in e.get("positive_clip_inds", ()))
+            num_parts = _parse_int(e.get("num_clips"), where, "num_clips", 1)
+            raw = _raw_sample(prefix / e["video_dir"], label, num_parts, pos, where)
             samples.append(raw if pos else None)   # no positive piece: skipped, like MMAction2
-        elif 'frame_dir' in e:
-            total = _parse_int(e.get('total_frames'), where, 'total_frames', 1)
-            samples.append(Sample(prefix / e['frame_dir'], label, 'frames', num_frames=total))
-        elif 'filename' in e and 'windows' in e:
-            wins = e['windows']
+        elif "frame_dir" in e:
+            total = _parse_int(e.get("total_frames"), where, "total_frames", 1)
+            samples.append(Sample(prefix / e["frame_dir"], label, "frames", num_frames=total))
+        elif "filename" in e and "windows" in e:
+            wins = e["windows"]
             if not isinstance(wins, list) or not wins or not all(isinstance(w, list) and len(w) == 2 for w in wins):
                 raise ValueError(f'{where}: "windows" must be a non-empty list of [START, END] pairs in seconds')
-            samples.append(_parse_line([str(e['filename']), str(label), *(f'{a}:{b}' for a, b in wins)], where,
+            samples.append(_parse_line([str(e["filename"]), str(label), *(f"{a}:{b}" for a, b in wins)], where,
                                        prefix, num_classes))
-        elif 'filename' in e:
-            samples.append(_parse_line([str(e['filename']), str(label)], where, prefix, num_classes))
+        elif "filename" in e:
+            samples.append(_parse_line([str(e["filename"]), str(label)], where, prefix, num_classes))
         else:
             raise ValueError(f'{where}: expected one of the keys "video_dir", "filename", "frame_dir"')
     return samples
@@ -1727,11 +1727,11 @@ def _read_json_list(list_file: Path, prefix: Path, num_classes: int) -> list[Sam
 def _parse_window(text: str, where: str) -> tuple[float, float]:
     """'START:END' seconds -> (start, end) floats with 0 <= start < end, else a one-line ValueError."""
     try:
-        start, end = (float(x) for x in str(text).split(':'))
+        start, end = (float(x) for x in str(text).split(":"))
     except ValueError:
         start = end = math.nan
     if not (math.isfinite(start) and math.isfinite(end) and 0 <= start < end):
-        raise ValueError(f'{where}: window {text!r}: expected START:END in seconds with 0 <= START < END')
+        raise ValueError(f"{where}: window {text!r}: expected START:END in seconds with 0 <= START < END")
     return start, end
 
 
@@ -1742,26 +1742,26 @@ def _parse_int(value, where: str, what: str, minimum: int) -> int:
             raise ValueError
         number = int(value)
     except ValueError:
-        raise ValueError(f'{where}: {what} must be an integer, got {value!r}') from None
+        raise ValueError(f"{where}: {what} must be an integer, got {value!r}") from None
     if number < minimum:
-        raise ValueError(f'{where}: {what} must be an integer >= {minimum}, got {value!r}')
+        raise ValueError(f"{where}: {what} must be an integer >= {minimum}, got {value!r}")
     return number
 
 
 def _parse_label(value, where: str, num_classes: int) -> int:
-    label = _parse_int(value, where, 'LABEL', minimum=-(10 ** 9))
+    label = _parse_int(value, where, "LABEL", minimum=-(10 ** 9))
     if not 0 <= label < num_classes:
-        raise ValueError(f'{where}: label {label} out of range: expected 0..{num_classes - 1} '
-                         f'({num_classes} classes)')
+        raise ValueError(f"{where}: label {label} out of range: expected 0..{num_classes - 1} "
+                         f"({num_classes} classes)")
     return label
 
 
 def _raw_sample(path: Path, label: int, num_parts: int, pos: tuple, where: str) -> Sample:
     bad = [p for p in pos if p >= num_parts]
     if bad:
-        raise ValueError(f'{where}: positive piece {bad[0]} out of range: expected 0..{num_parts - 1} '
-                         f'({num_parts} pieces part_0.mp4 ...)')
-    return Sample(path, label, 'raw', pos_clips=tuple(pos), num_parts=num_parts)
+        raise ValueError(f"{where}: positive piece {bad[0]} out of range: expected 0..{num_parts - 1} "
+                         f"({num_parts} pieces part_0.mp4 ...)")
+    return Sample(path, label, "raw", pos_clips=tuple(pos), num_parts=num_parts)
 
 
 def _attach_frame_scores(samples: list[Sample], list_file: Path, prefix: Path) -> None:
@@ -1781,11 +1781,11 @@ def _attach_frame_scores(samples: list[Sample], list_file: Path, prefix: Path) -
 
 def _class_key(name: str) -> str:
     """Class name as `map_labels` compares it: lower case, '_' as ' ', single spaces."""
-    return ' '.join(str(name).replace('_', ' ').split()).lower()
+    return " ".join(str(name).replace("_", " ").split()).lower()
 
 
 def _preview(names: Sequence[str], n: int = 4) -> str:
-    return ', '.join(list(names)[:n]) + (', ...' if len(names) > n else '')
+    return ", ".join(list(names)[:n]) + (", ..." if len(names) > n else "")
 
 
 def _labels_of(samples) -> np.ndarray:
@@ -1798,71 +1798,71 @@ def _labels_of(samples) -> np.ndarray:
 def _resolve_plain(plain: Path, name: str, filtered: bool) -> DatasetSpec:
     """A plain folder NAME/ with classes.txt and {train,val,test}.txt -> DatasetSpec."""
     if filtered:
-        raise ValueError(f'dataset {name}: filtered lists exist only for the web sources '
+        raise ValueError(f"dataset {name}: filtered lists exist only for the web sources "
                          f'{", ".join(k for k, v in LAYOUTS.items() if "filtered" in v)}')
-    splits = {s: SplitSpec(plain / f'{s}.txt', plain) for s in ('train', 'val', 'test')
-              if (plain / f'{s}.txt').is_file()}
+    splits = {s: SplitSpec(plain / f"{s}.txt", plain) for s in ("train", "val", "test")
+              if (plain / f"{s}.txt").is_file()}
     if not splits:
-        raise FileNotFoundError(f'dataset {name}: no train.txt or val.txt in {plain}')
-    return DatasetSpec(name, plain, read_classes(plain / 'classes.txt'), splits)
+        raise FileNotFoundError(f"dataset {name}: no train.txt or val.txt in {plain}")
+    return DatasetSpec(name, plain, read_classes(plain / "classes.txt"), splits)
 
 
 def _resolve_layout(data_root: Path, name: str, filtered: bool) -> DatasetSpec:
     """A LAYOUTS entry -> DatasetSpec with class names read and prefixes resolved."""
     layout = LAYOUTS[name]
-    splits = {s: (lst, pre) for s, (lst, pre) in layout['splits'].items()}
+    splits = {s: (lst, pre) for s, (lst, pre) in layout["splits"].items()}
     if filtered:
-        if 'filtered' not in layout:
-            raise ValueError(f'dataset {name}: no teacher-filtered list; filtered lists exist for '
+        if "filtered" not in layout:
+            raise ValueError(f"dataset {name}: no teacher-filtered list; filtered lists exist for "
                              f'{", ".join(k for k, v in LAYOUTS.items() if "filtered" in v)}')
-        prefix = layout['splits']['train'][1] if layout['splits'] else None
-        splits = {'train': (layout['filtered'], prefix)}
+        prefix = layout["splits"]["train"][1] if layout["splits"] else None
+        splits = {"train": (layout["filtered"], prefix)}
     resolved = {}
     for split, (lst, pre) in splits.items():
         lst = data_root / lst
         resolved[split] = SplitSpec(lst, data_root / pre if pre else _web_prefix(data_root, layout, lst))
     classes = _layout_classes(data_root, name, layout)
-    return DatasetSpec(name, data_root / layout['root'], classes, resolved, layout=name,
+    return DatasetSpec(name, data_root / layout["root"], classes, resolved, layout=name,
                        filtered=filtered)
 
 
 def _layout_classes(data_root: Path, name: str, layout: dict) -> list[str]:
     """First existing class file of a layout, else sorted sub-folders of `classes_from`."""
-    for rel in layout['classes']:
+    for rel in layout["classes"]:
         if (data_root / rel).is_file():
             return read_classes(data_root / rel)
-    folder = data_root / layout['classes_from'] if 'classes_from' in layout else None
+    folder = data_root / layout["classes_from"] if "classes_from" in layout else None
     if folder is not None and folder.is_dir():
         names = sorted(p.name for p in folder.iterdir() if p.is_dir())
         if names:
             return names
-    looked = [str(data_root / r) for r in layout['classes']] + ([f'{folder}/*/'] if folder else [])
+    looked = [str(data_root / r) for r in layout["classes"]] + ([f"{folder}/*/"] if folder else [])
     raise FileNotFoundError(f'dataset {name}: class names not found; looked for {", ".join(looked)}')
 
 
 def _web_prefix(data_root: Path, layout: dict, list_file: Path) -> Path:
     """OmniSource/ if the list's first path starts with the source folder, else OmniSource/<folder>/."""
-    base, folder = data_root / 'OmniSource', layout.get('folder')
+    base, folder = data_root / "OmniSource", layout.get("folder")
     if not folder:
         return base
-    first = ''
+    first = ""
     if list_file.is_file():
         with list_file.open() as f:
-            first = next((ln.split()[0] for ln in f if ln.strip()), '')
+            first = next((ln.split()[0] for ln in f if ln.strip()), "")
     return base if Path(first).parts[:1] == (folder,) else base / folder
 
 
-# =====================================================================================
+# ----------------------------------------------------------------------------------------------------------------------
 # Helpers: dataset
-# =====================================================================================
+# ----------------------------------------------------------------------------------------------------------------------
 
 def _check_snippet(snippet: Callable, num_clips: int) -> None:
     """The snippet chooser must give one frame per TSN segment (probed on made-up scores)."""
     probe = np.asarray(snippet(np.array([0.9, 0.1, 0.2, 0.8, 0.3]), 0, rng=np.random.default_rng(0),
                                threshold=0.5))
     if probe.shape != (num_clips,):
-        raise ValueError(f'VideoDataset: the snippet chooser returns {probe.shape} frame positions but the '
-                         f'sampling takes num_clips={num_clips} segments')
+        raise ValueError(f"VideoDataset: the snippet chooser returns {probe.shape} frame positions but the "
+                         f"sampling takes num_clips={num_clips} segments")
 
 
 def _metadata_frames(container, stream) -> int | None:
@@ -1889,7 +1889,7 @@ def _coprime_stride(n: int) -> int:
 
 def _takes_rng(fn: Callable) -> bool:
     """Whether callable `fn` accepts an `rng` keyword argument."""
-    return _takes(fn, 'rng')
+    return _takes(fn, "rng")
 
 
 def _takes(fn: Callable, name: str) -> bool:

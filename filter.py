@@ -94,23 +94,23 @@ import models
 import train
 import transforms
 
-MODES = ('query', 'pseudo')
-STUDENTS = ('2d', '3d')
-AMPS = ('none', 'bf16', 'fp16')
-DEFAULT_CLIPS = {'tsn': 8, '3d': 3}   # video scoring: TSN segments / 3D clips (cheap test protocol)
+MODES = ("query", "pseudo")
+STUDENTS = ("2d", "3d")
+AMPS = ("none", "bf16", "fp16")
+DEFAULT_CLIPS = {"tsn": 8, "3d": 3}   # video scoring: TSN segments / 3D clips (cheap test protocol)
 DEDUP_CROPS = 5                       # crops per val frame for the de-duplication threshold (Sec. 3.3)
 DEDUP_DIMS = 256                      # Sec. 3.3: whitened features reduced to at most this many dimensions
 TOP_K = 5                             # classes (and probabilities) kept per sample in samples.jsonl
-WORK_FORMAT = 'omnisource-filter-work-1'
-ROUTES = ('images', 'videos', 'frames', 'windows', 'raw')   # how a sample is scored (`_route_codes`)
+WORK_FORMAT = "omnisource-filter-work-1"
+ROUTES = ("images", "videos", "frames", "windows", "raw")   # how a sample is scored (`_route_codes`)
 
 
 @dataclass
 class FilterConfig:
     """Knobs of one filtering run (the CLI flags of the same names)."""
-    mode: str = 'query'            # 'query' | 'pseudo' (Sec. 3.4)
+    mode: str = "query"            # 'query' | 'pseudo' (Sec. 3.4)
     threshold: float = 0.5         # T: kept when the deciding probability >= T
-    student: str = '2d'            # untrimmed videos: '2d' 1-FPS frame scores, '3d' 10-s windows (Sec. 3.5)
+    student: str = "2d"            # untrimmed videos: '2d' 1-FPS frame scores, '3d' 10-s windows (Sec. 3.5)
     clips: int | None = None       # video scoring: TSN segments / 3D clips (None: DEFAULT_CLIPS)
     fps: float = 1.0               # rate of the scored frames of untrimmed videos (2d)
     piece_seconds: float = 10.0    # window / piece length of untrimmed videos (3d)
@@ -119,21 +119,21 @@ class FilterConfig:
     batch_size: int = 16           # samples per block (one decoding batch, one teacher forward)
     workers: int = 2               # DataLoader decoding workers
     chunk_frames: int = 64         # untrimmed videos: decoded frames per chunk (bounds the memory per video)
-    device: str = 'cpu'
-    amp: str = 'none'              # teachers' inference precision: 'none' (fp32), 'bf16', 'fp16' (autocast)
+    device: str = "cpu"
+    amp: str = "none"              # teachers' inference precision: 'none' (fp32), 'bf16', 'fp16' (autocast)
     progress: bool = True          # progress lines on stderr
 
     def __post_init__(self):
         if self.mode not in MODES or self.student not in STUDENTS or self.amp not in AMPS:
-            raise ValueError(f'filter: --mode must be one of {MODES}, --student one of {STUDENTS} and --amp one '
-                             f'of {AMPS}, got {self.mode!r}, {self.student!r}, {self.amp!r}')
+            raise ValueError(f"filter: --mode must be one of {MODES}, --student one of {STUDENTS} and --amp one "
+                             f"of {AMPS}, got {self.mode!r}, {self.student!r}, {self.amp!r}")
         if not 0.0 <= self.threshold <= 1.0:
-            raise ValueError(f'filter: --threshold must lie in [0, 1], got {self.threshold}')
+            raise ValueError(f"filter: --threshold must lie in [0, 1], got {self.threshold}")
         if min(self.batch_size, self.dedup_frames, self.clips or 1, self.chunk_frames) < 1 or self.workers < 0:
-            raise ValueError('filter: --batch-size, --clips, --dedup-frames and --chunk-frames must be >= 1, '
-                             '--workers >= 0')
+            raise ValueError("filter: --batch-size, --clips, --dedup-frames and --chunk-frames must be >= 1, "
+                             "--workers >= 0")
         if not (self.fps > 0 and self.piece_seconds > 0):
-            raise ValueError(f'filter: --fps and --piece-seconds must be > 0, got {self.fps}, {self.piece_seconds}')
+            raise ValueError(f"filter: --fps and --piece-seconds must be > 0, got {self.fps}, {self.piece_seconds}")
 
 
 @dataclass
@@ -147,20 +147,20 @@ class Shard:
 
 
 
-# =====================================================================================================
+# ----------------------------------------------------------------------------------------------------------------------
 # 1. Decisions (Sec. 3.4; Sec. 3.5 for untrimmed videos)
-# =====================================================================================================
+# ----------------------------------------------------------------------------------------------------------------------
 
 def ensemble(prob_list) -> np.ndarray:
     """Fig. 6: the average of several teachers' class probabilities, each (..., K) -> (..., K)."""
     arrays = [np.asarray(p, dtype=np.float64) for p in prob_list]
     if not arrays or any(a.shape != arrays[0].shape for a in arrays):
-        raise ValueError(f'filter.ensemble: expected >= 1 probability arrays of one shape, got '
-                         f'{[a.shape for a in arrays]}')
+        raise ValueError(f"filter.ensemble: expected >= 1 probability arrays of one shape, got "
+                         f"{[a.shape for a in arrays]}")
     return np.mean(arrays, axis=0)
 
 
-def keep_decision(probs, query_labels, mode: str = 'query', threshold: float = 0.5):
+def keep_decision(probs, query_labels, mode: str = "query", threshold: float = 0.5):
     """Sec. 3.4: which samples are kept and with which label.
 
     probs: (N, K) class probabilities; query_labels: (N,) the crawl query's class (-1: not a teacher class).
@@ -171,19 +171,19 @@ def keep_decision(probs, query_labels, mode: str = 'query', threshold: float = 0
     probs = np.asarray(probs, dtype=np.float64)
     query = np.asarray(query_labels, dtype=np.int64)
     if probs.ndim != 2 or query.shape != (len(probs),):
-        raise ValueError(f'filter.keep_decision: expected probs (N, K) and query_labels (N,), got '
-                         f'{probs.shape} and {query.shape}')
-    if mode == 'query':
+        raise ValueError(f"filter.keep_decision: expected probs (N, K) and query_labels (N,), got "
+                         f"{probs.shape} and {query.shape}")
+    if mode == "query":
         known = query >= 0
         score = np.where(known, probs[np.arange(len(probs)), np.maximum(query, 0)], -np.inf)
         return known & (score >= threshold), query.copy()
-    if mode == 'pseudo':
+    if mode == "pseudo":
         labels = np.nan_to_num(probs, nan=-1.0).argmax(axis=1).astype(np.int64)
         return probs.max(axis=1) >= threshold, labels
-    raise ValueError(f'filter.keep_decision: mode must be one of {MODES}, got {mode!r}')
+    raise ValueError(f"filter.keep_decision: mode must be one of {MODES}, got {mode!r}")
 
 
-def untrimmed_decision(unit_probs, query: int, mode: str = 'query', threshold: float = 0.5):
+def untrimmed_decision(unit_probs, query: int, mode: str = "query", threshold: float = 0.5):
     """Sec. 3.5: decide a video from its units (1-FPS frames or 10-s pieces), unit_probs (U, K).
 
     The video's score of each class is its most confident unit's (max over units), so `keep_decision`
@@ -204,19 +204,19 @@ def one_fps_indices(num_frames: int, video_fps: float, fps: float = 1.0) -> np.n
     centre lies past the end are left out; a video shorter than half a window gives its middle frame.
     """
     if num_frames < 1 or not video_fps > 0 or not fps > 0:
-        raise ValueError(f'filter.one_fps_indices: need num_frames >= 1 and rates > 0, got {num_frames}, '
-                         f'{video_fps}, {fps}')
+        raise ValueError(f"filter.one_fps_indices: need num_frames >= 1 and rates > 0, got {num_frames}, "
+                         f"{video_fps}, {fps}")
     step = video_fps / fps
     idx = np.floor((np.arange(int(num_frames / step + 0.5) + 1) + 0.5) * step).astype(np.int64)
     idx = idx[idx < num_frames]
     return idx if len(idx) else np.array([num_frames // 2], dtype=np.int64)
 
 
-# =====================================================================================================
+# ----------------------------------------------------------------------------------------------------------------------
 # 2. Teachers
-# =====================================================================================================
+# ----------------------------------------------------------------------------------------------------------------------
 
-def load_teachers(paths, device: str = 'cpu', arch: str | None = None, classes=None) -> list[nn.Module]:
+def load_teachers(paths, device: str = "cpu", arch: str | None = None, classes=None) -> list[nn.Module]:
     """Checkpoints -> teachers in eval mode on `device` (same classes required).
 
     train.py checkpoints describe themselves. Any other format models.load_weights reads (MMAction2 0.x / 1.x,
@@ -225,43 +225,43 @@ def load_teachers(paths, device: str = 'cpu', arch: str | None = None, classes=N
     """
     for p in paths:
         if not Path(p).is_file():
-            raise FileNotFoundError(f'--teacher {p}: no such file (give train.py checkpoints, e.g. '
-                                    f'WORK_DIR/best.pth)')
+            raise FileNotFoundError(f"--teacher {p}: no such file (give train.py checkpoints, e.g. "
+                                    f"WORK_DIR/best.pth)")
     teachers = []
     for p in paths:
         try:
             t = models.from_checkpoint(p) if arch is None else _foreign_teacher(p, arch, classes)
         except Exception as err:   # unpickling, zip, key and shape errors all mean "not a checkpoint"
-            hint = '' if arch else '; for an MMAction2 or other checkpoint give --teacher-arch'
-            raise ValueError(f'--teacher {p}: not a usable checkpoint ({_first_line(err)}){hint}') from None
+            hint = "" if arch else "; for an MMAction2 or other checkpoint give --teacher-arch"
+            raise ValueError(f"--teacher {p}: not a usable checkpoint ({_first_line(err)}){hint}") from None
         t.source = str(p)
         teachers.append(t.to(device).eval())
     check_teachers(teachers)
     return teachers
 
 
-def check_teachers(teachers, kinds=(), student: str = '2d') -> None:
+def check_teachers(teachers, kinds=(), student: str = "2d") -> None:
     """One class list for all teachers; 2D teachers only for images and for 2D-student untrimmed frames."""
     if not teachers:
-        raise ValueError('filter: at least one --teacher is needed')
+        raise ValueError("filter: at least one --teacher is needed")
     for t in teachers:
-        if not hasattr(t, 'spec') or not hasattr(t, 'classes'):
-            raise ValueError(f'filter: teacher {_name(t)} needs .spec (models.ArchSpec) and .classes')
+        if not hasattr(t, "spec") or not hasattr(t, "classes"):
+            raise ValueError(f"filter: teacher {_name(t)} needs .spec (models.ArchSpec) and .classes")
         if list(t.classes) != list(teachers[0].classes):
-            raise ValueError(f'--teacher {_name(t)}: its {len(t.classes)} classes differ from those of '
-                             f'--teacher {_name(teachers[0])}; an ensemble needs one class list')
-    three_d = [_name(t) for t in teachers if t.spec.family != 'tsn']
-    if three_d and 'image' in kinds:
-        raise ValueError(f'--teacher {three_d[0]} is a 3D teacher but the source has web images: images are '
-                         f'scored by 2D (TSN) teachers only (Sec. 3.4); give only TSN teachers')
-    if three_d and 'untrimmed' in kinds and student == '2d':
-        raise ValueError(f'--teacher {three_d[0]} is a 3D teacher but --student 2d scores untrimmed videos '
-                         f'frame by frame at 1 FPS with 2D teachers (Sec. 3.5); give TSN teachers or --student 3d')
+            raise ValueError(f"--teacher {_name(t)}: its {len(t.classes)} classes differ from those of "
+                             f"--teacher {_name(teachers[0])}; an ensemble needs one class list")
+    three_d = [_name(t) for t in teachers if t.spec.family != "tsn"]
+    if three_d and "image" in kinds:
+        raise ValueError(f"--teacher {three_d[0]} is a 3D teacher but the source has web images: images are "
+                         f"scored by 2D (TSN) teachers only (Sec. 3.4); give only TSN teachers")
+    if three_d and "untrimmed" in kinds and student == "2d":
+        raise ValueError(f"--teacher {three_d[0]} is a 3D teacher but --student 2d scores untrimmed videos "
+                         f"frame by frame at 1 FPS with 2D teachers (Sec. 3.5); give TSN teachers or --student 3d")
 
 
-# =====================================================================================================
+# ----------------------------------------------------------------------------------------------------------------------
 # 3. Scoring (Sec. 3.4, 3.5): workers decode whole uint8 batches, teachers run per batch on the device
-# =====================================================================================================
+# ----------------------------------------------------------------------------------------------------------------------
 
 class Scorer:
     """Ensemble probabilities of decoded batches: the teachers grouped by input (one decode per group).
@@ -271,13 +271,13 @@ class Scorer:
     group's teachers under cfg.amp's autocast, cfg.batch_size units per forward.
     """
 
-    def __init__(self, teachers, cfg: FilterConfig, units: str = 'clips'):
+    def __init__(self, teachers, cfg: FilterConfig, units: str = "clips"):
         self.teachers, self.cfg = teachers, cfg
         self.device = torch.device(cfg.device)
         groups: dict[tuple, list[int]] = {}
         for t, teacher in enumerate(teachers):
             s = teacher.spec
-            if units == 'frames':   # Sec. 3.5, 2D student: single 1-FPS frames
+            if units == "frames":   # Sec. 3.5, 2D student: single 1-FPS frames
                 key = (s.family, 1, 1, 1, s.crop_size)
             else:
                 key = (s.family, s.clip_len, s.frame_interval, cfg.clips or DEFAULT_CLIPS[s.family], s.crop_size)
@@ -285,8 +285,8 @@ class Scorer:
         self.groups = list(groups.items())
         # worker side, one per group: (sampling, uint8 centre-crop pipeline); workers are forked (Linux)
         self.loads = [(data.Sampling(clip_len=k[1], frame_interval=k[2], num_clips=k[3]),
-                       transforms.test_transform(k[0], k[4], 'center', uint8=True)) for k, _ in self.groups]
-        self.dtype = {'bf16': torch.bfloat16, 'fp16': torch.float16}.get(cfg.amp)
+                       transforms.test_transform(k[0], k[4], "center", uint8=True)) for k, _ in self.groups]
+        self.dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.amp)
 
     def probs(self, views) -> torch.Tensor:
         """views: one uint8 (U, V, C, T, H, W) per group -> (U, K) float32 ensemble probabilities (Fig. 6)."""
@@ -304,7 +304,7 @@ class Scorer:
         return (total / len(self.teachers)).cpu()
 
 
-def score_clips(samples, teachers, cfg: FilterConfig, what: str = 'samples'):
+def score_clips(samples, teachers, cfg: FilterConfig, what: str = "samples"):
     """Ensemble class probabilities of images, short videos or frame folders (in memory: small lists).
 
     A list should hold one kind (an image and a video give inputs of different lengths).
@@ -315,7 +315,7 @@ def score_clips(samples, teachers, cfg: FilterConfig, what: str = 'samples'):
     errors = {}
     blocks = [np.arange(s, min(s + cfg.batch_size, len(samples))) for s in range(0, len(samples), cfg.batch_size)]
     for _, ids, _, views, errs in _run_blocks(samples, blocks, _Load(_load_clip, scorer.loads), cfg,
-                                             f'scoring {what}'):
+                                             f"scoring {what}"):
         errors.update(errs)
         if len(ids):
             probs[ids] = scorer.probs(views).numpy()
@@ -339,7 +339,7 @@ class _Blocks(torch.utils.data.Dataset):
             try:
                 views = self.load(self.samples[i])                  # one (U, ...) uint8 tensor per group
             except Exception as err:   # PyAV, Pillow and the OS raise many unrelated types: all mean "unreadable"
-                errors[i] = f'{type(err).__name__}: {_first_line(err)}'
+                errors[i] = f"{type(err).__name__}: {_first_line(err)}"
                 continue
             ids.append(i)
             counts.append(len(views[0]))
@@ -355,7 +355,7 @@ def _run_blocks(samples, blocks, load, cfg, what, todo=None):
         return
     ds = torch.utils.data.Subset(_Blocks(samples, blocks, load), todo)
     loader = torch.utils.data.DataLoader(ds, batch_size=None, num_workers=cfg.workers, collate_fn=_as_is,
-                                         pin_memory=torch.device(cfg.device).type == 'cuda')
+                                         pin_memory=torch.device(cfg.device).type == "cuda")
     progress, failed = _Progress(what, sum(len(blocks[k]) for k in todo), cfg.progress), 0
     for item in loader:
         yield item
@@ -388,7 +388,7 @@ class _UnitStream(torch.utils.data.IterableDataset):
                              for g, (_, transform) in enumerate(self.loads)]
                     yield i, s, len(unit_info), views, (unit_info[s:s + self.per_chunk], rate), None
             except Exception as err:   # unreadable at any chunk: the video is corrupt (Sec. 3.3)
-                yield i, -1, 0, None, None, f'{type(err).__name__}: {_first_line(err)}'
+                yield i, -1, 0, None, None, f"{type(err).__name__}: {_first_line(err)}"
 
 
 def _unit_plan(sample, route, fps, seconds, loads):
@@ -396,14 +396,14 @@ def _unit_plan(sample, route, fps, seconds, loads):
     units' info ('frames' (F,) 1-FPS frame indices; 'windows' (P, 2) frame ranges [first, stop); 'raw' (P,)
     piece numbers) and the video's frame rate (None for raw pieces)."""
     path = Path(sample.path)
-    if route == 'raw':
+    if route == "raw":
         parts = [path / data.PART_TMPL.format(j) for j in range(sample.num_parts)]
         counts = [data.count_frames(p) for p in parts]
         plan = [[(p, _test_indices(n, sampling), n) for p, n in zip(parts, counts)] for sampling, _ in loads]
         return plan, np.arange(len(parts)), None
     n = data.count_frames(path)
     rate = data.video_fps(path)
-    if route == 'frames':
+    if route == "frames":
         idx = one_fps_indices(n, rate, fps)
         return [[(path, np.array([f]), n) for f in idx] for _ in loads], idx, rate
     ranges = window_ranges(n, rate, seconds)
@@ -454,7 +454,7 @@ def _load_clip(sample, loads):
     """Worker: image (one frame) or video (test sampling of each group) -> [uint8 (1, 1, C, T, h, w)] per group."""
     out = []
     for sampling, transform in loads:
-        if sample.kind == 'image':
+        if sample.kind == "image":
             frames = data.read_frames(sample.path, [0])                       # (1, H, W, 3)
         else:
             frames = _read_sampled(sample, sampling)                          # (clips * L, H, W, 3)
@@ -477,9 +477,9 @@ def _test_indices(n, sampling):
     return data.sample_frames(n, sampling.clip_len, sampling.frame_interval, sampling.num_clips, test_mode=True)
 
 
-# =====================================================================================================
+# ----------------------------------------------------------------------------------------------------------------------
 # 4. De-duplication against the target's val split (Sec. 3.3)
-# =====================================================================================================
+# ----------------------------------------------------------------------------------------------------------------------
 
 @dataclass
 class Whitening:
@@ -497,11 +497,11 @@ class Whitening:
     def fit(cls, feats, shrink: float = 0.1, dims: int = DEDUP_DIMS, chunk: int = 8192) -> Whitening:
         x = feats if torch.is_tensor(feats) else torch.as_tensor(np.asarray(feats))
         if x.ndim != 2 or len(x) < 2:
-            raise ValueError(f'filter.Whitening.fit: expected >= 2 feature rows (N, D), got {tuple(x.shape)}')
+            raise ValueError(f"filter.Whitening.fit: expected >= 2 feature rows (N, D), got {tuple(x.shape)}")
         n, d = x.shape
         total, outer = torch.zeros(d, dtype=torch.float64), torch.zeros(d, d, dtype=torch.float64)
         for s in range(0, n, chunk):
-            c = x[s:s + chunk].to('cpu', torch.float64)
+            c = x[s:s + chunk].to("cpu", torch.float64)
             total += c.sum(0)
             outer += c.T @ c
         mean = total / n
@@ -530,9 +530,9 @@ def dedup_threshold(crop_feats) -> float:
     """
     f = np.asarray(crop_feats, dtype=np.float64)
     if f.ndim != 3 or f.shape[1] < 2 or len(f) == 0:
-        raise ValueError(f'filter.dedup_threshold: expected (M >= 1, V >= 2, D) crop features, got {f.shape}')
+        raise ValueError(f"filter.dedup_threshold: expected (M >= 1, V >= 2, D) crop features, got {f.shape}")
     f = _l2(f)
-    sims = np.einsum('mvd,mwd->mvw', f, f)                         # (M, V, V)
+    sims = np.einsum("mvd,mwd->mvw", f, f)                         # (M, V, V)
     iu = np.triu_indices(f.shape[1], k=1)
     return float(sims[:, iu[0], iu[1]].mean())
 
@@ -549,15 +549,15 @@ def best_match(web: torch.Tensor, val: torch.Tensor, chunk_bytes: int = 128 << 2
     return sims, best
 
 
-def find_duplicates(web_feats, val_feats, threshold: float, device: str = 'cpu'):
+def find_duplicates(web_feats, val_feats, threshold: float, device: str = "cpu"):
     """Sec. 3.3: web rows whose best cosine similarity to any val row is above `threshold`.
 
     web_feats (N, D), val_feats (M, D) (whiten them first). Returns [(web row, val row, similarity)].
     """
     w, v = (torch.as_tensor(np.asarray(f, dtype=np.float32), device=device) for f in (web_feats, val_feats))
     if w.ndim != 2 or v.ndim != 2 or w.shape[1] != v.shape[1]:
-        raise ValueError(f'filter.find_duplicates: expected (N, D) and (M, D), got {tuple(w.shape)}, '
-                         f'{tuple(v.shape)}')
+        raise ValueError(f"filter.find_duplicates: expected (N, D) and (M, D), got {tuple(w.shape)}, "
+                         f"{tuple(v.shape)}")
     sims, best = best_match(torch.nn.functional.normalize(w, dim=1), torch.nn.functional.normalize(v, dim=1))
     return [(int(i), int(best[i]), float(sims[i])) for i in torch.nonzero(sims > threshold).flatten()]
 
@@ -572,35 +572,35 @@ class FrameFeatures(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if isinstance(self.net, models.ResNet):
             return self.net.features(x)
-        if hasattr(self.net, 'backbone'):
+        if hasattr(self.net, "backbone"):
             return self.net.backbone.features(x)
         return self.net.features(x[:, :, None])                     # (N, C, 1, H, W)
 
 
-def build_extractor(teachers, checkpoint: str | None = None, device: str = 'cpu') -> FrameFeatures:
+def build_extractor(teachers, checkpoint: str | None = None, device: str = "cpu") -> FrameFeatures:
     """Sec. 3.3's ImageNet ResNet-50 (`--dedup-checkpoint`: torchvision state dict or our checkpoint).
 
     Without a checkpoint (nothing can be downloaded here) the first 2D teacher's backbone (else the first
     teacher) gives the features: trained on the target, it is a reasonable stand-in.
     """
     if checkpoint is None:
-        t = next((t for t in teachers if t.spec.family == 'tsn'), teachers[0])
-        return FrameFeatures(t, t.spec.crop_size, f'teacher {_name(t)} backbone').to(device).eval()
+        t = next((t for t in teachers if t.spec.family == "tsn"), teachers[0])
+        return FrameFeatures(t, t.spec.crop_size, f"teacher {_name(t)} backbone").to(device).eval()
     path = Path(checkpoint)
     if not path.is_file():
-        raise FileNotFoundError(f'--dedup-checkpoint {path}: no such file')
+        raise FileNotFoundError(f"--dedup-checkpoint {path}: no such file")
     try:
-        state = torch.load(path, map_location='cpu', weights_only=True)
+        state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:   # pickle / zip errors of many kinds
-        raise ValueError(f'--dedup-checkpoint {path}: not a torch checkpoint ({type(err).__name__})') from None
-    if isinstance(state, dict) and {'arch', 'model', 'classes'} <= set(state):
+        raise ValueError(f"--dedup-checkpoint {path}: not a torch checkpoint ({type(err).__name__})") from None
+    if isinstance(state, dict) and {"arch", "model", "classes"} <= set(state):
         net = models.from_checkpoint(path)
-        return FrameFeatures(net, net.spec.crop_size, f'{net.arch} from {path}').to(device).eval()
+        return FrameFeatures(net, net.spec.crop_size, f"{net.arch} from {path}").to(device).eval()
     net = models.resnet50(num_classes=None)
     report = models.load_pretrained(net, models.load_state_dict_file(path))
     if report.num_loaded_weights == 0:
-        raise ValueError(f'--dedup-checkpoint {path}: no ResNet-50 weights in it (torchvision layout expected)')
-    return FrameFeatures(net, 224, f'resnet50 from {path}').to(device).eval()
+        raise ValueError(f"--dedup-checkpoint {path}: no ResNet-50 weights in it (torchvision layout expected)")
+    return FrameFeatures(net, 224, f"resnet50 from {path}").to(device).eval()
 
 
 def _features(extractor, views: torch.Tensor, cfg: FilterConfig) -> torch.Tensor:
@@ -615,7 +615,7 @@ def _features(extractor, views: torch.Tensor, cfg: FilterConfig) -> torch.Tensor
     return torch.cat(out) if out else torch.zeros(0, v, 0)
 
 
-def extract_features(samples, extractor, cfg: FilterConfig, crops: int = 1, what='frames'):
+def extract_features(samples, extractor, cfg: FilterConfig, crops: int = 1, what="frames"):
     """Frame features for de-duplication: an image is one frame, a video cfg.dedup_frames frames.
 
     crops=1: the centre crop; crops=5: the four corners and the centre (centre last).
@@ -640,10 +640,10 @@ def fit_dedup_reference(val_samples, extractor, cfg: FilterConfig, web_samples=(
     evenly spaced subset of the web source, so every rank and every rerun agree), the crop threshold, and the
     whitened val centre crops (M, d) float32 against which web frames are compared."""
     val, owner, errors = extract_features(val_samples, extractor, cfg, crops=DEDUP_CROPS,
-                                          what='de-duplication: val frames')
+                                          what="de-duplication: val frames")
     if not len(val):
-        raise ValueError(f'--dedup-against: none of the {len(val_samples)} val videos could be read')
-    web = extract_features(web_samples, extractor, cfg, what='de-duplication: web frames for the whitening')[0] \
+        raise ValueError(f"--dedup-against: none of the {len(val_samples)} val videos could be read")
+    web = extract_features(web_samples, extractor, cfg, what="de-duplication: web frames for the whitening")[0] \
         if len(web_samples) else val[:0]
     m, v, d = val.shape
     # 1. whitening fitted on the centre crops of the val frames and of the web subset's frames
@@ -651,7 +651,7 @@ def fit_dedup_reference(val_samples, extractor, cfg: FilterConfig, web_samples=(
     crops = white.apply(val.reshape(m * v, d)).reshape(m, v, -1)
     # 2. threshold: mean similarity between different crops of the same val frame
     iu = torch.triu_indices(v, v, offset=1)
-    threshold = float(torch.einsum('mvd,mwd->mvw', crops, crops)[:, iu[0], iu[1]].double().mean())
+    threshold = float(torch.einsum("mvd,mwd->mvw", crops, crops)[:, iu[0], iu[1]].double().mean())
     info = dict(extractor=extractor.name, crops=DEDUP_CROPS, frames_per_video=cfg.dedup_frames,
                 dims=int(white.proj.shape[1]), whitening_web_frames=len(web), val_videos=len(set(owner.tolist())),
                 val_unreadable=len(errors), val_frames=m, threshold=threshold)
@@ -667,12 +667,12 @@ def match_web(extractor, views, counts, reference, cfg: FilterConfig):
     """Web frames (R, 1, C, H, W) uint8 of samples with `counts` frames each -> per sample (best similarity,
     val sample index): a sample's most similar frame decides (Sec. 3.3)."""
     feats = _features(extractor, views, cfg)[:, 0]                                 # (R, D)
-    sims, best = best_match(reference['white'].apply(feats), reference['val'].to(feats.device))
+    sims, best = best_match(reference["white"].apply(feats), reference["val"].to(feats.device))
     sims, best = sims.cpu().numpy(), best.cpu().numpy()
     out, s = [], 0
     for c in counts:
         k = s + int(np.argmax(sims[s:s + c]))
-        out.append((float(sims[k]), int(reference['owner'][best[k]])))
+        out.append((float(sims[k]), int(reference["owner"][best[k]])))
         s += c
     return out
 
@@ -687,14 +687,14 @@ def deduplicate(samples, val_samples, extractor, cfg: FilterConfig):
     load = _DedupLoad(cfg.dedup_frames, extractor.crop_size, 1)
     blocks = [np.arange(s, min(s + cfg.batch_size, len(samples))) for s in range(0, len(samples), cfg.batch_size)]
     dups, errors, frames = {}, {}, 0
-    for _, ids, counts, views, errs in _run_blocks(samples, blocks, load, cfg, 'de-duplication: web frames'):
+    for _, ids, counts, views, errs in _run_blocks(samples, blocks, load, cfg, "de-duplication: web frames"):
         errors.update(errs)
         if len(ids):
             frames += int(counts.sum())
             for i, (sim, j) in zip(ids, match_web(extractor, views[0], counts, reference, cfg)):
-                if sim > reference['threshold']:
+                if sim > reference["threshold"]:
                     dups[int(i)] = (j, sim)
-    return dups, dict(reference['info'], web_frames=frames), errors
+    return dups, dict(reference["info"], web_frames=frames), errors
 
 
 class _DedupLoad:
@@ -704,11 +704,11 @@ class _DedupLoad:
         self.num_frames, self.crop, self.crops = num_frames, crop, crops
 
     def __call__(self, sample):
-        if sample.kind == 'image':
+        if sample.kind == "image":
             frames = data.read_frames(sample.path, [0])
-        elif sample.kind == 'raw':
+        elif sample.kind == "raw":
             piece = Path(sample.path) / data.PART_TMPL.format(sample.pos_clips[0] if sample.pos_clips else 0)
-            frames = _read_sampled(data.Sample(piece, sample.label, 'video'), data.Sampling(1, 1, self.num_frames))
+            frames = _read_sampled(data.Sample(piece, sample.label, "video"), data.Sampling(1, 1, self.num_frames))
         else:
             frames = _read_sampled(sample, data.Sampling(1, 1, self.num_frames))
         frames = transforms.Resize(short_side=transforms.short_side_for(self.crop))(frames)
@@ -717,9 +717,9 @@ class _DedupLoad:
         return [transforms.ToUint8Tensor()(views).permute(2, 0, 1, 3, 4)]     # (F, crops, C, H, W)
 
 
-# =====================================================================================================
+# ----------------------------------------------------------------------------------------------------------------------
 # 5. The whole filter on one source: sharded over ranks, resumable, streaming
-# =====================================================================================================
+# ----------------------------------------------------------------------------------------------------------------------
 
 class Work:
     """The work folder of a run (DATA_ROOT/.OUT.filter-work/), which survives crashes:
@@ -740,46 +740,46 @@ class Work:
 
     def claim(self, settings: dict, what: str) -> None:
         """Start or continue the run of `settings`; a run of other settings is a one-line error."""
-        path = self.folder / 'config.json'
+        path = self.folder / "config.json"
         settings = json.loads(json.dumps(dict(format=WORK_FORMAT, **settings)))
         if path.is_file():
             old = json.loads(path.read_text())
             if old != settings:
-                key = next((k for k in settings if old.get(k) != settings[k]), 'format')
-                raise ValueError(f'{what}: {self.folder} holds an unfinished run with other settings ({key}: '
-                                 f'{old.get(key)!r} there, {settings[key]!r} now); run that command again to '
-                                 f'finish it, or delete the folder to start over')
+                key = next((k for k in settings if old.get(k) != settings[k]), "format")
+                raise ValueError(f"{what}: {self.folder} holds an unfinished run with other settings ({key}: "
+                                 f"{old.get(key)!r} there, {settings[key]!r} now); run that command again to "
+                                 f"finish it, or delete the folder to start over")
         elif self.shard.rank == 0:
-            _write_atomic(path, json.dumps(settings, indent=1) + '\n')
+            _write_atomic(path, json.dumps(settings, indent=1) + "\n")
         _barrier()
 
     def append(self, kind: str, records) -> None:
         """Append records (dicts, 'i' first) to this rank's KIND file: one write, flushed (survives SIGKILL)."""
         f = self._files.get(kind)
         if f is None:
-            path = self.folder / f'{kind}-{self.shard.rank:05d}.jsonl'
+            path = self.folder / f"{kind}-{self.shard.rank:05d}.jsonl"
             _drop_torn_tail(path)
-            f = self._files[kind] = open(path, 'ab')
-        f.write(b''.join(_dump(r) for r in records))
+            f = self._files[kind] = open(path, "ab")
+        f.write(b"".join(_dump(r) for r in records))
         f.flush()
 
     def lines(self, kind: str):
         """(file number, byte offset, line) of every complete line of every rank's KIND file."""
-        for number, path in enumerate(sorted(self.folder.glob(f'{kind}-*.jsonl'))):
-            with open(path, 'rb') as f:
+        for number, path in enumerate(sorted(self.folder.glob(f"{kind}-*.jsonl"))):
+            with open(path, "rb") as f:
                 offset = 0
                 for line in f:
-                    if line.endswith(b'\n'):   # a torn last line (killed mid-write) is ignored
+                    if line.endswith(b"\n"):   # a torn last line (killed mid-write) is ignored
                         yield number, offset, line
                     offset += len(line)
 
     def files(self, kind: str) -> list[Path]:
-        return sorted(self.folder.glob(f'{kind}-*.jsonl'))
+        return sorted(self.folder.glob(f"{kind}-*.jsonl"))
 
     def done(self, num_samples: int) -> np.ndarray:
         """bool (N,): samples with a record (from any rank, any earlier run)."""
         done = np.zeros(num_samples, dtype=bool)
-        for _, _, line in self.lines('records'):
+        for _, _, line in self.lines("records"):
             done[_record_index(line)] = True
         return done
 
@@ -788,15 +788,15 @@ class Work:
             os.fsync(f.fileno())
             f.close()
         self._files = {}
-        _write_atomic(self.folder / f'progress-{self.shard.rank:05d}.json',
+        _write_atomic(self.folder / f"progress-{self.shard.rank:05d}.json",
                       json.dumps(dict(rank=self.shard.rank, world=self.shard.world, scored=self.scored)))
 
     def scored_now(self) -> int:
         """Samples scored by the ranks of the last run (their progress files)."""
         total = 0
-        for p in self.folder.glob('progress-*.json'):
+        for p in self.folder.glob("progress-*.json"):
             r = json.loads(p.read_text())
-            total += r['scored'] if r['world'] == self.shard.world else 0
+            total += r["scored"] if r["world"] == self.shard.world else 0
         return total
 
 
@@ -816,11 +816,11 @@ def filter_source(samples, query_labels, teachers, cfg: FilterConfig, out_dir, l
     prefix = Path(prefix) if prefix is not None else _common_folder(samples)
     query = np.asarray(query_labels, dtype=np.int64)
     if len(query) != len(samples) or not len(samples):
-        raise ValueError(f'filter: expected one query label per sample (>= 1), got {len(query)} for {len(samples)}')
+        raise ValueError(f"filter: expected one query label per sample (>= 1), got {len(query)} for {len(samples)}")
     check_teachers(teachers, _kind_names(samples), cfg.student)
-    work = Work(work_dir or out_dir.parent / f'.{out_dir.name}.filter-work')
+    work = Work(work_dir or out_dir.parent / f".{out_dir.name}.filter-work")
     work.claim(dict(samples=len(samples), config={k: v for k, v in vars(cfg).items()
-                                                  if k not in ('workers', 'device', 'progress')}), 'filter')
+                                                  if k not in ("workers", "device", "progress")}), "filter")
     extractor = extractor or (build_extractor(teachers, device=cfg.device) if val_samples is not None else None)
     try:
         info = run_filter(samples, query, teachers, cfg, work, prefix, list_dir, val_samples, extractor)
@@ -841,7 +841,7 @@ def run_filter(samples, query, teachers, cfg: FilterConfig, work: Work, prefix, 
     """
     n, shard = len(samples), work.shard
     routes = _route_codes(samples, cfg.student)
-    active = np.ones(n, dtype=bool) if cfg.mode == 'pseudo' else query >= 0   # query mode: needs a teacher class
+    active = np.ones(n, dtype=bool) if cfg.mode == "pseudo" else query >= 0   # query mode: needs a teacher class
     info = None
     # 1. Sec. 3.3: duplicates and unreadable files found here are recorded and left out of scoring
     if val_samples is not None:
@@ -851,26 +851,26 @@ def run_filter(samples, query, teachers, cfg: FilterConfig, work: Work, prefix, 
     done = work.done(n)
     # 2. images and short videos: blocks of cfg.batch_size, one forward each (Sec. 3.4)
     scorer = Scorer(teachers, cfg)
-    for code in (ROUTES.index('images'), ROUTES.index('videos')):
+    for code in (ROUTES.index("images"), ROUTES.index("videos")):
         idx = np.flatnonzero(active & (routes == code))
         blocks = [idx[s:s + cfg.batch_size] for s in range(0, len(idx), cfg.batch_size)]
         todo = [k for k in shard.mine(len(blocks)) if not done[blocks[k]].all()]
         load = _Load(_load_clip, scorer.loads)
-        for k, ids, _, views, errors in _run_blocks(samples, blocks, load, cfg, f'scoring {ROUTES[code]}'
-                                                    f'{_rank_tag(shard)}', todo):
+        for k, ids, _, views, errors in _run_blocks(samples, blocks, load, cfg, f"scoring {ROUTES[code]}"
+                                                    f"{_rank_tag(shard)}", todo):
             records = [_corrupt(i, samples[i], query[i], prefix, m) for i, m in errors.items()]
             if len(ids):
                 records += _clip_records(ids, scorer.probs(views), samples, query, cfg, prefix, list_dir)
-            work.append('records', sorted(records, key=lambda r: r['i']))
+            work.append("records", sorted(records, key=lambda r: r["i"]))
             work.scored += len(blocks[k])
     # 3. untrimmed videos (Sec. 3.5) and raw pieces: one video per block, units decoded in chunks
-    for route in ('frames', 'windows', 'raw'):
+    for route in ("frames", "windows", "raw"):
         idx = np.flatnonzero(active & (routes == ROUTES.index(route)))
         mine = idx[shard.rank::shard.world]
         todo = mine[~done[mine]]
         if len(todo):
             _score_untrimmed(samples, todo, route, query, teachers, cfg, work, prefix, list_dir)
-        if route == 'windows' and cfg.cut_pieces and len(mine):
+        if route == "windows" and cfg.cut_pieces and len(mine):
             _cut_kept(samples, mine, prefix, cfg, work)
     _barrier()
     return info
@@ -884,22 +884,22 @@ def _clip_records(ids, probs, samples, query, cfg, prefix, list_dir) -> list[dic
     for b, i in enumerate(ids.tolist()):
         s = samples[i]
         r = _score_record(_base_record(i, s, query[i], prefix), probs[b], top_c[b], top_p[b], int(query[i]), cfg)
-        r.update(status='kept' if keep[b] else 'dropped', label=int(labels[b]) if keep[b] else None)
+        r.update(status="kept" if keep[b] else "dropped", label=int(labels[b]) if keep[b] else None)
         if keep[b]:
-            r['line'] = f'{_rel(s.path, list_dir)} {labels[b]}'
+            r["line"] = f"{_rel(s.path, list_dir)} {labels[b]}"
         records.append(r)
     return records
 
 
 def _score_untrimmed(samples, todo, route, query, teachers, cfg, work, prefix, list_dir) -> None:
     """Sec. 3.5: score the units of untrimmed (or raw) videos chunk by chunk; one record per video."""
-    scorer = Scorer(teachers, cfg, units='frames' if route == 'frames' else 'clips')
+    scorer = Scorer(teachers, cfg, units="frames" if route == "frames" else "clips")
     stream = _UnitStream(samples, todo, route, cfg, scorer.loads)
     loader = torch.utils.data.DataLoader(stream, batch_size=None, num_workers=min(cfg.workers, len(todo)),
-                                         collate_fn=_as_is, pin_memory=torch.device(cfg.device).type == 'cuda')
-    what = {'frames': 'untrimmed 1-FPS frames', 'windows': f'untrimmed {cfg.piece_seconds:g}-s windows',
-            'raw': 'raw pieces'}[route]
-    progress, failed, pending = _Progress(f'scoring {what}{_rank_tag(work.shard)}', len(todo), cfg.progress), 0, {}
+                                         collate_fn=_as_is, pin_memory=torch.device(cfg.device).type == "cuda")
+    what = {"frames": "untrimmed 1-FPS frames", "windows": f"untrimmed {cfg.piece_seconds:g}-s windows",
+            "raw": "raw pieces"}[route]
+    progress, failed, pending = _Progress(f"scoring {what}{_rank_tag(work.shard)}", len(todo), cfg.progress), 0, {}
     for i, first, total, views, info, error in loader:
         if error is None:
             pending.setdefault(i, []).append((scorer.probs(views), info))   # (u, K) per chunk
@@ -910,7 +910,7 @@ def _score_untrimmed(samples, todo, route, query, teachers, cfg, work, prefix, l
             pending.pop(i, None)
             record = _corrupt(i, samples[i], query[i], prefix, error)
             failed += 1
-        work.append('records', [record])
+        work.append("records", [record])
         work.scored += 1
         progress.update(1, failed)
     progress.close()
@@ -924,26 +924,26 @@ def _untrimmed_record(i, chunks, route, samples, query, cfg, prefix, list_dir) -
     best = probs.max(dim=0).values
     top_p, top_c = best.topk(min(TOP_K, len(best)))
     r = _score_record(_base_record(i, s, q, prefix), best, top_c, top_p, q, cfg)
-    r.update(status='kept' if keep else 'dropped', label=label if keep else None, units=len(probs),
+    r.update(status="kept" if keep else "dropped", label=label if keep else None, units=len(probs),
              positive_units=int(positive.sum()),
              unit_scores=[round(float(p), 6) for p in probs[:, max(label, 0)].tolist()])
     pos = np.flatnonzero(positive)
-    if route == 'frames':
-        r['frames'] = np.concatenate([c[1][0] for c in chunks]).tolist()
-        line = f'{_rel(s.path, list_dir)} {label}'
-    elif route == 'windows':
+    if route == "frames":
+        r["frames"] = np.concatenate([c[1][0] for c in chunks]).tolist()
+        line = f"{_rel(s.path, list_dir)} {label}"
+    elif route == "windows":
         ranges, rate = np.concatenate([c[1][0] for c in chunks]), chunks[0][1][1]
         r.update(windows=ranges.tolist(), fps=rate)
         if cfg.cut_pieces:
-            r['piece_dir'] = _piece_name(s.path, prefix, i)
-            line = f'raw/{r["piece_dir"]} {label} {len(ranges)} ' + ' '.join(str(int(j)) for j in pos)
+            r["piece_dir"] = _piece_name(s.path, prefix, i)
+            line = f'raw/{r["piece_dir"]} {label} {len(ranges)} ' + " ".join(str(int(j)) for j in pos)
         else:   # data.py 'windows' kind: PATH LABEL START:END ... in seconds
-            line = f'{_rel(s.path, list_dir)} {label} ' + ' '.join(f'{a / rate:.3f}:{b / rate:.3f}'
+            line = f"{_rel(s.path, list_dir)} {label} " + " ".join(f"{a / rate:.3f}:{b / rate:.3f}"
                                                                    for a, b in ranges[pos].tolist())
     else:
-        line = f'{_rel(s.path, list_dir)} {label} {len(probs)} ' + ' '.join(str(int(j)) for j in pos)
+        line = f"{_rel(s.path, list_dir)} {label} {len(probs)} " + " ".join(str(int(j)) for j in pos)
     if keep:
-        r['line'] = line
+        r["line"] = line
     return r
 
 
@@ -951,23 +951,23 @@ def _cut_kept(samples, mine, prefix, cfg, work) -> None:
     """--cut-pieces: cut this rank's kept untrimmed videos into WORK/raw/NAME/part_N.mp4 (resumable)."""
     mine_set = set(mine.tolist())
     kept = {}
-    for number, offset, line in work.lines('records'):
+    for number, offset, line in work.lines("records"):
         i = _record_index(line)
         if i in mine_set:
             r = json.loads(line)
-            if r['status'] == 'kept':
-                kept[i] = r['piece_dir']
-    for _, _, line in work.lines('cut'):
-        kept.pop(json.loads(line)['i'], None)
+            if r["status"] == "kept":
+                kept[i] = r["piece_dir"]
+    for _, _, line in work.lines("cut"):
+        kept.pop(json.loads(line)["i"], None)
     todo = sorted(kept)
     if not todo:
         return
-    items = _CutItems(samples, todo, [kept[i] for i in todo], work.folder / 'raw', cfg.piece_seconds)
+    items = _CutItems(samples, todo, [kept[i] for i in todo], work.folder / "raw", cfg.piece_seconds)
     loader = torch.utils.data.DataLoader(items, batch_size=None, num_workers=cfg.workers, collate_fn=_as_is)
-    progress = _Progress(f'cutting kept untrimmed videos{_rank_tag(work.shard)}', len(todo), cfg.progress)
+    progress = _Progress(f"cutting kept untrimmed videos{_rank_tag(work.shard)}", len(todo), cfg.progress)
     failed = 0
     for i, pieces, error in loader:
-        work.append('cut', [dict(i=i, pieces=pieces) if error is None else dict(i=i, error=error)])
+        work.append("cut", [dict(i=i, pieces=pieces) if error is None else dict(i=i, error=error)])
         failed += error is not None
         progress.update(1, failed)
     progress.close()
@@ -987,61 +987,61 @@ class _CutItems(torch.utils.data.Dataset):
         try:
             return i, data.cut_video(self.samples[i].path, self.raw_dir / self.names[k], self.seconds), None
         except Exception as err:   # PyAV and the OS raise many types: all mean "could not be cut"
-            return i, None, f'{type(err).__name__}: {_first_line(err)}'
+            return i, None, f"{type(err).__name__}: {_first_line(err)}"
 
 
 def _dedup_pass(samples, idx, query, extractor, val_samples, cfg, work, prefix):
     """Sec. 3.3 over this rank's blocks of `idx`; returns (removed indices of ALL ranks, info). Resumable."""
     reference = _dedup_reference(val_samples, [samples[i] for i in _whitening_subset(idx)], extractor, cfg, work)
     blocks = [idx[s:s + cfg.batch_size] for s in range(0, len(idx), cfg.batch_size)]
-    finished = {json.loads(line)['b'] for _, _, line in work.lines('dedup')}
+    finished = {json.loads(line)["b"] for _, _, line in work.lines("dedup")}
     todo = [k for k in work.shard.mine(len(blocks)) if k not in finished]
     load = _DedupLoad(cfg.dedup_frames, extractor.crop_size, 1)
     val_base, frames = _common_folder(val_samples), 0
-    for k, ids, counts, views, errors in _run_blocks(samples, blocks, load, cfg, 'de-duplication: web frames'
-                                                     f'{_rank_tag(work.shard)}', todo):
+    for k, ids, counts, views, errors in _run_blocks(samples, blocks, load, cfg, "de-duplication: web frames"
+                                                     f"{_rank_tag(work.shard)}", todo):
         records = [_corrupt(i, samples[i], query[i], prefix, m) for i, m in errors.items()]
         if len(ids):
             frames += int(counts.sum())
             for i, (sim, j) in zip(ids.tolist(), match_web(extractor, views[0], counts, reference, cfg)):
-                if sim > reference['threshold']:
-                    records.append(dict(_base_record(i, samples[i], query[i], prefix), status='duplicate',
+                if sim > reference["threshold"]:
+                    records.append(dict(_base_record(i, samples[i], query[i], prefix), status="duplicate",
                                         duplicate_of=_rel(val_samples[j].path, val_base), val_index=j,
                                         similarity=round(sim, 4)))
-        records.sort(key=lambda r: r['i'])
-        work.append('records', records)
-        work.append('dedup', [dict(b=k, removed=[r['i'] for r in records])])
+        records.sort(key=lambda r: r["i"])
+        work.append("records", records)
+        work.append("dedup", [dict(b=k, removed=[r["i"] for r in records])])
     _barrier()
     removed, seen = [], set()
-    for _, _, line in work.lines('dedup'):
+    for _, _, line in work.lines("dedup"):
         r = json.loads(line)
-        if r['b'] not in seen:
-            seen.add(r['b'])
-            removed += r['removed']
+        if r["b"] not in seen:
+            seen.add(r["b"])
+            removed += r["removed"]
     if len(seen) < len(blocks):
-        raise RuntimeError(f'filter: de-duplication finished {len(seen)} of {len(blocks)} blocks in {work.folder}')
-    return np.asarray(removed, dtype=np.int64), reference['info']
+        raise RuntimeError(f"filter: de-duplication finished {len(seen)} of {len(blocks)} blocks in {work.folder}")
+    return np.asarray(removed, dtype=np.int64), reference["info"]
 
 
 def _dedup_reference(val_samples, web_subset, extractor, cfg, work) -> dict:
     """The val side of Sec. 3.3, computed once by rank 0 into WORK/dedup-val.pt and read by every rank."""
-    path = work.folder / 'dedup-val.pt'
+    path = work.folder / "dedup-val.pt"
     if work.shard.rank == 0 and not path.is_file():
         ref = fit_dedup_reference(val_samples, extractor, cfg, web_subset)
-        tmp = path.with_suffix('.tmp')
-        torch.save(dict(mean=torch.from_numpy(ref['white'].mean), proj=torch.from_numpy(ref['white'].proj),
-                        threshold=ref['threshold'], val=ref['val'].cpu(), owner=torch.from_numpy(ref['owner']),
-                        info=ref['info']), tmp)
+        tmp = path.with_suffix(".tmp")
+        torch.save(dict(mean=torch.from_numpy(ref["white"].mean), proj=torch.from_numpy(ref["white"].proj),
+                        threshold=ref["threshold"], val=ref["val"].cpu(), owner=torch.from_numpy(ref["owner"]),
+                        info=ref["info"]), tmp)
         os.replace(tmp, path)
     _barrier()
-    saved = torch.load(path, map_location='cpu', weights_only=True)
-    return dict(white=Whitening(saved['mean'].numpy(), saved['proj'].numpy()), threshold=saved['threshold'],
-                val=saved['val'].to(cfg.device), owner=saved['owner'].numpy(), info=saved['info'])
+    saved = torch.load(path, map_location="cpu", weights_only=True)
+    return dict(white=Whitening(saved["mean"].numpy(), saved["proj"].numpy()), threshold=saved["threshold"],
+                val=saved["val"].to(cfg.device), owner=saved["owner"].numpy(), info=saved["info"])
 
 
-# =====================================================================================================
+# ----------------------------------------------------------------------------------------------------------------------
 # 6. Outputs: merged by sample index from the records, streamed, put in place atomically
-# =====================================================================================================
+# ----------------------------------------------------------------------------------------------------------------------
 
 @dataclass
 class FilterResult:
@@ -1055,16 +1055,16 @@ class FilterResult:
     @classmethod
     def read(cls, folder) -> FilterResult:
         folder = Path(folder)
-        report = json.loads((folder / 'report.json').read_text())
-        samples = [json.loads(line) for line in (folder / 'samples.jsonl').read_text().splitlines()]
-        sidecar = data.frame_scores_path(folder / 'train.txt')
+        report = json.loads((folder / "report.json").read_text())
+        samples = [json.loads(line) for line in (folder / "samples.jsonl").read_text().splitlines()]
+        sidecar = data.frame_scores_path(folder / "train.txt")
         report.update(samples=samples,
-                      corrupt=[dict(path=r['path'], error=r['error']) for r in samples if r['status'] == 'corrupt'],
-                      duplicates=[dict(path=r['path'], val=r['duplicate_of'], similarity=r['similarity'])
-                                  for r in samples if r['status'] == 'duplicate'])
-        return cls((folder / 'train.txt').read_text().splitlines(),
+                      corrupt=[dict(path=r["path"], error=r["error"]) for r in samples if r["status"] == "corrupt"],
+                      duplicates=[dict(path=r["path"], val=r["duplicate_of"], similarity=r["similarity"])
+                                  for r in samples if r["status"] == "duplicate"])
+        return cls((folder / "train.txt").read_text().splitlines(),
                    data.read_frame_scores(sidecar) if sidecar.is_file() else {}, report,
-                   (folder / 'duplicates.txt').read_text().splitlines()[1:])
+                   (folder / "duplicates.txt").read_text().splitlines()[1:])
 
 
 def merge_outputs(work: Work, folder, samples, query, classes, cfg: FilterConfig, list_dir, prefix,
@@ -1074,76 +1074,76 @@ def merge_outputs(work: Work, folder, samples, query, classes, cfg: FilterConfig
     of N numbers. A sample recorded twice (a block redone after a crash) takes its last record."""
     folder, n = Path(folder), len(samples)
     # 1. index: where the last record of every sample is (file number, offset); -1 = no record
-    files = work.files('records')
+    files = work.files("records")
     pick, number, offset = _last_records(work, n)
-    expected = np.ones(n, dtype=bool) if cfg.mode == 'pseudo' else query >= 0
+    expected = np.ones(n, dtype=bool) if cfg.mode == "pseudo" else query >= 0
     if (expected & (pick < 0)).any():
-        raise RuntimeError(f'filter: {int((expected & (pick < 0)).sum())} samples have no record in '
-                           f'{work.folder} (a rank did not finish); run the same command again')
+        raise RuntimeError(f"filter: {int((expected & (pick < 0)).sum())} samples have no record in "
+                           f"{work.folder} (a rank did not finish); run the same command again")
     cut = {}
-    for _, _, line in work.lines('cut'):
+    for _, _, line in work.lines("cut"):
         r = json.loads(line)
-        cut[r['i']] = r
+        cut[r["i"]] = r
     # 2. stream the records in sample order into the outputs and count (Fig. 3)
     k = len(classes)
-    per = {name: np.zeros(k, dtype=np.int64) for name in ('before', 'corrupt', 'duplicate', 'kept', 'dropped',
-                                                          'after')}
+    per = {name: np.zeros(k, dtype=np.int64) for name in ("before", "corrupt", "duplicate", "kept", "dropped",
+                                                          "after")}
     status: dict[str, int] = {}
-    handles = [open(p, 'rb') for p in files]
-    sidecar = _SidecarWriter(data.frame_scores_path(folder / 'train.txt'), cfg.fps)
+    handles = [open(p, "rb") for p in files]
+    sidecar = _SidecarWriter(data.frame_scores_path(folder / "train.txt"), cfg.fps)
     try:
-        with open(folder / 'train.txt', 'w') as out, open(folder / 'samples.jsonl', 'w') as rec_out, \
-                open(folder / 'duplicates.txt', 'w') as dup_out:
-            dup_out.write('# web sample (relative to this folder)  val sample it duplicates  whitened cosine '
-                          'similarity\n' if val_samples is not None else
-                          '# de-duplication was not run (no --dedup-against)\n')
+        with open(folder / "train.txt", "w") as out, open(folder / "samples.jsonl", "w") as rec_out, \
+                open(folder / "duplicates.txt", "w") as dup_out:
+            dup_out.write("# web sample (relative to this folder)  val sample it duplicates  whitened cosine "
+                          "similarity\n" if val_samples is not None else
+                          "# de-duplication was not run (no --dedup-against)\n")
             for i in range(n):
                 if pick[i] < 0:   # query mode, query class not a teacher class: left out (Sec. 3.4)
-                    r = dict(_base_record(i, samples[i], int(query[i]), prefix), status='unknown_query')
+                    r = dict(_base_record(i, samples[i], int(query[i]), prefix), status="unknown_query")
                 else:
                     f = handles[number[pick[i]]]
                     f.seek(offset[pick[i]])
                     r = json.loads(f.readline())
-                line = r.pop('line', None)
-                if r['status'] == 'kept' and cfg.cut_pieces and 'piece_dir' in r:
+                line = r.pop("line", None)
+                if r["status"] == "kept" and cfg.cut_pieces and "piece_dir" in r:
                     c = cut.get(i)
-                    if c is None or 'error' in c:
+                    if c is None or "error" in c:
                         if c is None:
                             raise RuntimeError(f'filter: kept video {r["path"]} was not cut; run the same '
-                                               f'command again')
-                        r.update(status='corrupt', label=None, error=f'cutting failed: {c["error"]}')
+                                               f"command again")
+                        r.update(status="corrupt", label=None, error=f'cutting failed: {c["error"]}')
                         line = None
-                if r['status'] == 'kept':
-                    out.write(line + '\n')
-                    if 'frames' in r:
-                        sidecar.add(line.rsplit(' ', 1)[0], r['frames'], r['unit_scores'], cfg.threshold)
-                    per['after'][r['label']] += 1
-                if r['status'] == 'duplicate':
-                    j = r.pop('val_index')
-                    dup_out.write(f'{_rel(samples[i].path, list_dir)} {_rel(val_samples[j].path, list_dir)} '
+                if r["status"] == "kept":
+                    out.write(line + "\n")
+                    if "frames" in r:
+                        sidecar.add(line.rsplit(" ", 1)[0], r["frames"], r["unit_scores"], cfg.threshold)
+                    per["after"][r["label"]] += 1
+                if r["status"] == "duplicate":
+                    j = r.pop("val_index")
+                    dup_out.write(f"{_rel(samples[i].path, list_dir)} {_rel(val_samples[j].path, list_dir)} "
                                   f'{r["similarity"]:.4f}\n')
-                status[r['status']] = status.get(r['status'], 0) + 1
-                if r['query'] >= 0:
-                    per['before'][r['query']] += 1
-                    if r['status'] in per:
-                        per[r['status']][r['query']] += 1
-                rec_out.write(json.dumps(r) + '\n')
+                status[r["status"]] = status.get(r["status"], 0) + 1
+                if r["query"] >= 0:
+                    per["before"][r["query"]] += 1
+                    if r["status"] in per:
+                        per[r["status"]][r["query"]] += 1
+                rec_out.write(json.dumps(r) + "\n")
     finally:
         for f in handles:
             f.close()
         sidecar.close()
     # 3. the summary: counts and the Fig. 3 counts per class
-    (folder / 'classes.txt').write_text(''.join(f'{c}\n' for c in classes))
+    (folder / "classes.txt").write_text("".join(f"{c}\n" for c in classes))
     report = _summary(per, status, n, query, classes, cfg, dedup_info, extra)
-    (folder / 'report.json').write_text(json.dumps(report, indent=1) + '\n')
+    (folder / "report.json").write_text(json.dumps(report, indent=1) + "\n")
     return report
 
 
 def _last_records(work: Work, n: int):
     """(pick (n,), file number, offset) of the records in the work folder: pick[i] indexes the last record of
     sample i (a block redone after a crash), -1 when it has none. Three int64 columns, no object per record."""
-    columns = [array.array('q') for _ in range(3)]
-    for f, o, line in work.lines('records'):
+    columns = [array.array("q") for _ in range(3)]
+    for f, o, line in work.lines("records"):
         columns[0].append(_record_index(line))
         columns[1].append(f)
         columns[2].append(o)
@@ -1157,20 +1157,20 @@ def _last_records(work: Work, n: int):
 
 def _summary(per, status, n, query, classes, cfg: FilterConfig, dedup_info, extra) -> dict:
     """report.json: the counts per status and, per class, before / kept / dropped / corrupt / duplicate / after."""
-    per_class = [dict(index=c, name=classes[c], before=int(per['before'][c]), kept=int(per['kept'][c]),
-                      dropped=int(per['dropped'][c]),
-                      corrupt=int(per['corrupt'][c]), duplicate=int(per['duplicate'][c]), after=int(per['after'][c]))
+    per_class = [dict(index=c, name=classes[c], before=int(per["before"][c]), kept=int(per["kept"][c]),
+                      dropped=int(per["dropped"][c]),
+                      corrupt=int(per["corrupt"][c]), duplicate=int(per["duplicate"][c]), after=int(per["after"][c]))
                  for c in range(len(classes))]
-    counts = dict(total=n, kept=status.get('kept', 0), dropped=status.get('dropped', 0),
-                  corrupt=status.get('corrupt', 0), duplicate=status.get('duplicate', 0),
+    counts = dict(total=n, kept=status.get("kept", 0), dropped=status.get("dropped", 0),
+                  corrupt=status.get("corrupt", 0), duplicate=status.get("duplicate", 0),
                   unknown_query=int((query < 0).sum()))
     return dict(mode=cfg.mode, threshold=cfg.threshold, student=cfg.student, classes=list(classes),
                 counts=counts, per_class=per_class,
-                about_per_class='before: samples crawled for the class (query label); kept / dropped / corrupt / '
-                                'duplicate: of those; after: kept samples labelled with the class (= kept in '
-                                'query mode; pseudo-labels in pseudo mode)',
-                about_samples='samples.jsonl: one record per sample in list order (status, label, query-class '
-                              'and top-5 probabilities, units of untrimmed videos)',
+                about_per_class="before: samples crawled for the class (query label); kept / dropped / corrupt / "
+                                "duplicate: of those; after: kept samples labelled with the class (= kept in "
+                                "query mode; pseudo-labels in pseudo mode)",
+                about_samples="samples.jsonl: one record per sample in list order (status, label, query-class "
+                              "and top-5 probabilities, units of untrimmed videos)",
                 dedup=dedup_info, **(extra or {}))
 
 
@@ -1182,18 +1182,18 @@ class _SidecarWriter:
 
     def add(self, key, frames, scores, threshold) -> None:
         if self.f is None:
-            self.f = open(self.path, 'w')
-            head = json.dumps({'format': data.FRAME_SCORES_FORMAT, 'fps': self.fps, 'about': 'Sec. 3.5 untrimmed '
-                               'videos: teacher probability of the line label at each low-rate frame'})
+            self.f = open(self.path, "w")
+            head = json.dumps({"format": data.FRAME_SCORES_FORMAT, "fps": self.fps, "about": "Sec. 3.5 untrimmed "
+                               "videos: teacher probability of the line label at each low-rate frame"})
             self.f.write(head[:-1] + ', "videos": {\n')
         else:
-            self.f.write(',\n')
-        self.f.write(f'  {json.dumps(key)}: ' + json.dumps({'frames': [int(f) for f in frames],
-                     'threshold': float(threshold), 'scores': [round(float(x), 6) for x in scores]}))
+            self.f.write(",\n")
+        self.f.write(f"  {json.dumps(key)}: " + json.dumps({"frames": [int(f) for f in frames],
+                     "threshold": float(threshold), "scores": [round(float(x), 6) for x in scores]}))
 
     def close(self) -> None:
         if self.f is not None:
-            self.f.write('\n}}\n')
+            self.f.write("\n}}\n")
             self.f.close()
             self.f = None
 
@@ -1202,16 +1202,16 @@ def write_output(folder, result: FilterResult, classes) -> None:
     """A FilterResult -> classes.txt, train.txt (+ sidecar), report.json, samples.jsonl, duplicates.txt."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / 'classes.txt').write_text(''.join(f'{c}\n' for c in classes))
-    (folder / 'train.txt').write_text(''.join(f'{line}\n' for line in result.lines))
+    (folder / "classes.txt").write_text("".join(f"{c}\n" for c in classes))
+    (folder / "train.txt").write_text("".join(f"{line}\n" for line in result.lines))
     if result.frame_scores:
-        data.write_frame_scores(data.frame_scores_path(folder / 'train.txt'), result.frame_scores)
-    summary = {k: v for k, v in result.report.items() if k not in ('samples', 'corrupt', 'duplicates')}
-    (folder / 'report.json').write_text(json.dumps(summary, indent=1) + '\n')
-    (folder / 'samples.jsonl').write_text(''.join(json.dumps(r) + '\n' for r in result.report.get('samples', [])))
-    head = ('# web sample (relative to this folder)  val sample it duplicates  whitened cosine similarity'
-            if result.report.get('dedup') else '# de-duplication was not run (no --dedup-against)')
-    (folder / 'duplicates.txt').write_text('\n'.join([head] + result.duplicates) + '\n')
+        data.write_frame_scores(data.frame_scores_path(folder / "train.txt"), result.frame_scores)
+    summary = {k: v for k, v in result.report.items() if k not in ("samples", "corrupt", "duplicates")}
+    (folder / "report.json").write_text(json.dumps(summary, indent=1) + "\n")
+    (folder / "samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in result.report.get("samples", [])))
+    head = ("# web sample (relative to this folder)  val sample it duplicates  whitened cosine similarity"
+            if result.report.get("dedup") else "# de-duplication was not run (no --dedup-against)")
+    (folder / "duplicates.txt").write_text("\n".join([head] + result.duplicates) + "\n")
 
 
 @contextlib.contextmanager
@@ -1219,7 +1219,7 @@ def staged_output(final):
     """Yield a hidden temporary sibling of `final`; on success it replaces `final` by renames, on error
     (or Ctrl-C) it is removed and `final` is left as it was (the run's records stay in its work folder)."""
     final = Path(final)
-    tmp = final.parent / f'.{final.name}.tmp-{os.getpid()}'
+    tmp = final.parent / f".{final.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
@@ -1227,70 +1227,70 @@ def staged_output(final):
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    old = final.parent / f'.{final.name}.old-{os.getpid()}'
+    old = final.parent / f".{final.name}.old-{os.getpid()}"
     if final.exists():
         os.rename(final, old)
     os.rename(tmp, final)
     shutil.rmtree(old, ignore_errors=True)
 
 
-# =====================================================================================================
+# ----------------------------------------------------------------------------------------------------------------------
 # 7. Command line
-# =====================================================================================================
+# ----------------------------------------------------------------------------------------------------------------------
 
 def get_args_parser():
-    p = argparse.ArgumentParser('omnisource filter', formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-                                description='Teacher filtering of a web source (OmniSource Sec. 3.3-3.5): '
-                                            'writes DATA_ROOT/OUT/ for train.py --aux OUT. Under torchrun the '
-                                            'samples are split over the processes; rerun the same command '
-                                            'after a crash to resume.')
-    p.add_argument('--data-root', default='data', help='folder holding the datasets (DATA_ROOT/NAME/ or the '
+    p = argparse.ArgumentParser("omnisource filter", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                                description="Teacher filtering of a web source (OmniSource Sec. 3.3-3.5): "
+                                            "writes DATA_ROOT/OUT/ for train.py --aux OUT. Under torchrun the "
+                                            "samples are split over the processes; rerun the same command "
+                                            "after a crash to resume.")
+    p.add_argument("--data-root", default="data", help="folder holding the datasets (DATA_ROOT/NAME/ or the "
                    "paper's released layouts, see data.resolve_dataset)")
-    p.add_argument('--source', required=True, help='web source to filter: a folder under --data-root with '
-                   'classes.txt and train.txt (QUERY labels), or gg, ig-img, ig-vid, k200-raw, k400-untr')
-    p.add_argument('--split', default='train', help='split of --source to filter')
-    p.add_argument('--teacher', nargs='+', required=True, help='train.py checkpoint(s) of the teacher(s); '
-                   'several are ensembled by averaging probabilities (Fig. 6); images need TSN teachers')
-    p.add_argument('--teacher-arch', default=None, help='architecture of --teacher files that are not train.py '
-                   'checkpoints (MMAction2 0.x / 1.x, bare state dicts), e.g. tsn_r50; their classes are the '
+    p.add_argument("--source", required=True, help="web source to filter: a folder under --data-root with "
+                   "classes.txt and train.txt (QUERY labels), or gg, ig-img, ig-vid, k200-raw, k400-untr")
+    p.add_argument("--split", default="train", help="split of --source to filter")
+    p.add_argument("--teacher", nargs="+", required=True, help="train.py checkpoint(s) of the teacher(s); "
+                   "several are ensembled by averaging probabilities (Fig. 6); images need TSN teachers")
+    p.add_argument("--teacher-arch", default=None, help="architecture of --teacher files that are not train.py "
+                   "checkpoints (MMAction2 0.x / 1.x, bare state dicts), e.g. tsn_r50; their classes are the "
                    "source's classes.txt")
-    p.add_argument('--out', required=True, help='output dataset name: DATA_ROOT/OUT/ (replaced if it is an '
-                   'earlier filter.py output); work folder DATA_ROOT/.OUT.filter-work/ until it is done')
-    p.add_argument('--threshold', type=float, default=0.5, help='T: keep when the deciding probability >= T')
-    p.add_argument('--mode', choices=MODES, default='query', help="'query': keep when p(query class) >= T, "
+    p.add_argument("--out", required=True, help="output dataset name: DATA_ROOT/OUT/ (replaced if it is an "
+                   "earlier filter.py output); work folder DATA_ROOT/.OUT.filter-work/ until it is done")
+    p.add_argument("--threshold", type=float, default=0.5, help="T: keep when the deciding probability >= T")
+    p.add_argument("--mode", choices=MODES, default="query", help="'query': keep when p(query class) >= T, "
                    "label = query; 'pseudo': keep when max p >= T, label = argmax (Sec. 3.4)")
-    p.add_argument('--student', choices=STUDENTS, default='2d', help='untrimmed videos: 2d = 1-FPS frames '
-                   'scored by 2D teachers + snippet sidecar; 3d = 10-s windows scored as clips (Sec. 3.5)')
-    p.add_argument('--cut-pieces', action='store_true', help='--student 3d: cut kept videos into re-encoded '
-                   '10-s pieces OUT/raw/NAME/part_N.mp4 (MMAction2 RawVideoDataset lines) instead of listing '
-                   'their positive windows by time')
-    p.add_argument('--clips', type=int, default=None, help='video scoring: TSN segments / 3D clips per '
+    p.add_argument("--student", choices=STUDENTS, default="2d", help="untrimmed videos: 2d = 1-FPS frames "
+                   "scored by 2D teachers + snippet sidecar; 3d = 10-s windows scored as clips (Sec. 3.5)")
+    p.add_argument("--cut-pieces", action="store_true", help="--student 3d: cut kept videos into re-encoded "
+                   "10-s pieces OUT/raw/NAME/part_N.mp4 (MMAction2 RawVideoDataset lines) instead of listing "
+                   "their positive windows by time")
+    p.add_argument("--clips", type=int, default=None, help="video scoring: TSN segments / 3D clips per "
                    f'video, centre crop (default {DEFAULT_CLIPS["tsn"]} / {DEFAULT_CLIPS["3d"]})')
-    p.add_argument('--fps', type=float, default=1.0, help='--student 2d: rate of the scored frames')
-    p.add_argument('--piece-seconds', type=float, default=10.0, help='--student 3d: window / piece length in '
-                   'seconds')
-    p.add_argument('--chunk-frames', type=int, default=64, help='untrimmed videos: frames decoded at once '
-                   '(full resolution: 64 frames of 1080p are 400 MB), whatever the length of the video')
-    p.add_argument('--dedup-against', default=None, help="target dataset whose val split web samples are "
-                   'de-duplicated against (Sec. 3.3); off when not given')
-    p.add_argument('--dedup-checkpoint', default=None, help='ImageNet ResNet-50 weights for de-duplication '
+    p.add_argument("--fps", type=float, default=1.0, help="--student 2d: rate of the scored frames")
+    p.add_argument("--piece-seconds", type=float, default=10.0, help="--student 3d: window / piece length in "
+                   "seconds")
+    p.add_argument("--chunk-frames", type=int, default=64, help="untrimmed videos: frames decoded at once "
+                   "(full resolution: 64 frames of 1080p are 400 MB), whatever the length of the video")
+    p.add_argument("--dedup-against", default=None, help="target dataset whose val split web samples are "
+                   "de-duplicated against (Sec. 3.3); off when not given")
+    p.add_argument("--dedup-checkpoint", default=None, help="ImageNet ResNet-50 weights for de-duplication "
                    "(torchvision state dict or a train.py checkpoint); default: the teacher's backbone")
-    p.add_argument('--dedup-frames', type=int, default=3, help='frames per video compared in de-duplication')
-    p.add_argument('--batch-size', type=int, default=16, help='samples per block: one decoding batch and one '
-                   'teacher forward (changing it between a crash and the rerun starts over)')
-    p.add_argument('--workers', type=int, default=2, help='DataLoader worker processes that decode (per rank)')
-    p.add_argument('--device', default=None, help='cuda or cpu (default: cuda when available; under torchrun '
-                   'cuda:LOCAL_RANK)')
-    p.add_argument('--amp', choices=AMPS, default=None, help="teachers' inference precision (torch.autocast); "
-                   'default: bf16 on CUDA GPUs that support it, none (fp32) on the CPU')
-    p.add_argument('--quiet', action='store_true', help='no progress lines on stderr')
+    p.add_argument("--dedup-frames", type=int, default=3, help="frames per video compared in de-duplication")
+    p.add_argument("--batch-size", type=int, default=16, help="samples per block: one decoding batch and one "
+                   "teacher forward (changing it between a crash and the rerun starts over)")
+    p.add_argument("--workers", type=int, default=2, help="DataLoader worker processes that decode (per rank)")
+    p.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available; under torchrun "
+                   "cuda:LOCAL_RANK)")
+    p.add_argument("--amp", choices=AMPS, default=None, help="teachers' inference precision (torch.autocast); "
+                   "default: bf16 on CUDA GPUs that support it, none (fp32) on the CPU")
+    p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     return p
 
 
 def main(args) -> dict | None:
     """The command: returns the report (report.json's summary) on rank 0, None on the other ranks."""
     shard, device = _distributed(args.device)
-    amp = args.amp or ('bf16' if device.startswith('cuda') and torch.cuda.is_bf16_supported() else 'none')
+    amp = args.amp or ("bf16" if device.startswith("cuda") and torch.cuda.is_bf16_supported() else "none")
     cfg = FilterConfig(mode=args.mode, threshold=args.threshold, student=args.student, clips=args.clips,
                        fps=args.fps, piece_seconds=args.piece_seconds, cut_pieces=args.cut_pieces,
                        dedup_frames=args.dedup_frames, batch_size=args.batch_size, workers=args.workers,
@@ -1303,15 +1303,15 @@ def main(args) -> dict | None:
     check_teachers(teachers, _kind_names(samples), cfg.student)
     query = map_query_labels(samples, spec.classes, teachers[0].classes, args.source, cfg.mode)
     unknown = int((query < 0).sum())
-    if unknown and cfg.mode == 'query' and shard.rank == 0:
-        print(f'--source {args.source}: {unknown} of {len(query)} samples have a query class that is not a '
-              f'teacher class; left out (query mode matches class names)', file=sys.stderr)
+    if unknown and cfg.mode == "query" and shard.rank == 0:
+        print(f"--source {args.source}: {unknown} of {len(query)} samples have a query class that is not a "
+              f"teacher class; left out (query mode matches class names)", file=sys.stderr)
     val = extractor = None
     if args.dedup_against:
-        val = data.load_split(data.resolve_dataset(data_root, args.dedup_against), 'val')
+        val = data.load_split(data.resolve_dataset(data_root, args.dedup_against), "val")
         extractor = build_extractor(teachers, args.dedup_checkpoint, cfg.device)
-    work = Work(data_root / f'.{args.out}.filter-work', shard)
-    work.claim(_settings(args, cfg, len(samples)), f'--out {args.out}')
+    work = Work(data_root / f".{args.out}.filter-work", shard)
+    work.claim(_settings(args, cfg, len(samples)), f"--out {args.out}")
     start = time.time()
     try:
         info = run_filter(samples, query, teachers, cfg, work, spec.splits[args.split].prefix, final, val,
@@ -1329,35 +1329,35 @@ def main(args) -> dict | None:
                                    spec.splits[args.split].prefix, val, info, extra)
             _move_pieces(work, tmp)
         shutil.rmtree(work.folder)
-        c = report['counts']
+        c = report["counts"]
         print(f'{args.source} -> {final}: kept {c["kept"]} of {c["total"]} (dropped {c["dropped"]}, corrupt '
               f'{c["corrupt"]}, duplicates {c["duplicate"]}, query class not a teacher class '
               f'{c["unknown_query"]}) at T={cfg.threshold} ({cfg.mode} mode); scored {report["run"]["scored"]} '
-              f'in this run on {shard.world} process(es)')
-        if c['kept'] == 0:
-            print(f'warning: nothing was kept; train.py --aux {args.out} needs samples (lower --threshold)',
+              f"in this run on {shard.world} process(es)")
+        if c["kept"] == 0:
+            print(f"warning: nothing was kept; train.py --aux {args.out} needs samples (lower --threshold)",
                   file=sys.stderr)
-        if c['duplicate'] > 0.05 * c['total']:   # the paper flags 0.1% (Sec. 3.3)
+        if c["duplicate"] > 0.05 * c["total"]:   # the paper flags 0.1% (Sec. 3.3)
             print(f'warning: {c["duplicate"]} of {c["total"]} samples look like duplicates of {args.dedup_against} '
                   f'val frames; the features ({report["dedup"]["extractor"]}) may not be crop-invariant '
-                  f'enough: pass --dedup-checkpoint with ImageNet ResNet-50 weights', file=sys.stderr)
+                  f"enough: pass --dedup-checkpoint with ImageNet ResNet-50 weights", file=sys.stderr)
     _barrier()
     return report
 
 
-def map_query_labels(samples, source_classes, teacher_classes, source: str = 'source',
-                     mode: str = 'query') -> np.ndarray:
+def map_query_labels(samples, source_classes, teacher_classes, source: str = "source",
+                     mode: str = "query") -> np.ndarray:
     """Each sample's query class as a teacher class index (-1: not a teacher class), matched by class name
     exactly as data.map_labels matches an auxiliary source's classes to the target's.
 
     No shared class name at all is a one-line error in query mode (pseudo mode needs no query class).
     """
-    probe = [data.Sample(Path(str(k)), k, 'image') for k in range(len(source_classes))]   # one per class
+    probe = [data.Sample(Path(str(k)), k, "image") for k in range(len(source_classes))]   # one per class
     try:
-        mapped, _ = data.map_labels(probe, source_classes, teacher_classes, f'--source {source}')
+        mapped, _ = data.map_labels(probe, source_classes, teacher_classes, f"--source {source}")
     except ValueError as err:
-        if mode == 'query':
-            raise ValueError(f'{_first_line(err)}; query mode matches class names (or use --mode pseudo)') from None
+        if mode == "query":
+            raise ValueError(f"{_first_line(err)}; query mode matches class names (or use --mode pseudo)") from None
         mapped = []
     table = np.full(len(source_classes), -1, dtype=np.int64)
     for s in mapped:
@@ -1370,12 +1370,12 @@ def cli(argv=None):
     try:
         main(args)
     except (ValueError, FileNotFoundError) as err:
-        sys.exit(f'error: {_first_line(err) or type(err).__name__}')
+        sys.exit(f"error: {_first_line(err) or type(err).__name__}")
 
 
-# =====================================================================================================
+# ----------------------------------------------------------------------------------------------------------------------
 # Helpers
-# =====================================================================================================
+# ----------------------------------------------------------------------------------------------------------------------
 
 class _Load:
     """A picklable worker-side loader: sample -> fn(sample, loads) (one uint8 tensor per teacher group)."""
@@ -1401,9 +1401,9 @@ class _Progress:
             return
         self.last = now
         rate = self.done / max(now - self.start, 1e-6)
-        eta = time.strftime('%H:%M:%S', time.gmtime((self.total - self.done) / max(rate, 1e-6)))
-        print(f'filter: {self.what}: {self.done}/{self.total} ({failed} unreadable) {rate:.1f}/s ETA {eta}',
-              end='\r' if self.tty else '\n', file=sys.stderr, flush=True)
+        eta = time.strftime("%H:%M:%S", time.gmtime((self.total - self.done) / max(rate, 1e-6)))
+        print(f"filter: {self.what}: {self.done}/{self.total} ({failed} unreadable) {rate:.1f}/s ETA {eta}",
+              end="\r" if self.tty else "\n", file=sys.stderr, flush=True)
 
     def close(self):
         if self.enabled and self.tty:
@@ -1417,13 +1417,13 @@ def _as_is(item):
 
 def _distributed(device: str | None) -> tuple[Shard, str]:
     """torchrun's RANK / WORLD_SIZE / LOCAL_RANK -> (Shard, device); a gloo group only for the barriers."""
-    world, rank = int(os.environ.get('WORLD_SIZE', 1)), int(os.environ.get('RANK', 0))
-    local = int(os.environ.get('LOCAL_RANK', 0))
+    world, rank = int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("RANK", 0))
+    local = int(os.environ.get("LOCAL_RANK", 0))
     if world > 1 and not dist.is_initialized():
-        dist.init_process_group('gloo', timeout=datetime.timedelta(hours=24))   # rank 0 merges while others wait
-    device = device or ('cuda' if torch.cuda.is_available() else 'cpu')
-    if device == 'cuda':
-        device = f'cuda:{local}'
+        dist.init_process_group("gloo", timeout=datetime.timedelta(hours=24))   # rank 0 merges while others wait
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda":
+        device = f"cuda:{local}"
         torch.cuda.set_device(device)
     return Shard(rank, world), device
 
@@ -1437,8 +1437,8 @@ def _settings(args, cfg, num_samples) -> dict:
     """What a resumed run must share with the crashed one (not --workers, --device, --quiet or the rank count)."""
     teachers = [dict(path=str(Path(p).resolve()), bytes=Path(p).stat().st_size, mtime_ns=Path(p).stat().st_mtime_ns)
                 for p in args.teacher]
-    keep = ('source', 'split', 'teacher_arch', 'dedup_against', 'dedup_checkpoint')
-    config = {k: v for k, v in vars(cfg).items() if k not in ('workers', 'device', 'progress')}
+    keep = ("source", "split", "teacher_arch", "dedup_against", "dedup_checkpoint")
+    config = {k: v for k, v in vars(cfg).items() if k not in ("workers", "device", "progress")}
     return dict({k: getattr(args, k) for k in keep}, teachers=teachers, samples=num_samples, config=config)
 
 
@@ -1446,23 +1446,23 @@ def _route_codes(samples, student) -> np.ndarray:
     """Route (index into ROUTES) of every sample: images; short videos and frame folders; untrimmed videos as
     1-FPS frames (2d) or 10-s windows (3d); raw videos cut already."""
     kinds = list(data.KINDS)
-    table = np.array([ROUTES.index({'image': 'images', 'untrimmed': 'frames' if student == '2d' else 'windows',
-                                    'raw': 'raw'}.get(k, 'videos')) for k in kinds], dtype=np.int8)
-    codes = getattr(samples, 'kinds', None)
+    table = np.array([ROUTES.index({"image": "images", "untrimmed": "frames" if student == "2d" else "windows",
+                                    "raw": "raw"}.get(k, "videos")) for k in kinds], dtype=np.int8)
+    codes = getattr(samples, "kinds", None)
     if codes is None:
         codes = np.fromiter((kinds.index(s.kind) for s in samples), dtype=np.int64, count=len(samples))
     return table[np.asarray(codes, dtype=np.int64)]
 
 
 def _labels(samples) -> np.ndarray:
-    labels = getattr(samples, 'labels', None)
+    labels = getattr(samples, "labels", None)
     if labels is None:
         labels = np.fromiter((s.label for s in samples), dtype=np.int64, count=len(samples))
     return np.asarray(labels, dtype=np.int64)
 
 
 def _kind_names(samples) -> set:
-    codes = getattr(samples, 'kinds', None)
+    codes = getattr(samples, "kinds", None)
     if codes is None:
         return {s.kind for s in samples}
     return {data.KINDS[c] for c in np.unique(codes)}
@@ -1473,7 +1473,7 @@ def _base_record(i, sample, query, prefix) -> dict:
 
 
 def _corrupt(i, sample, query, prefix, message) -> dict:
-    return dict(_base_record(i, sample, query, prefix), status='corrupt', error=message)
+    return dict(_base_record(i, sample, query, prefix), status="corrupt", error=message)
 
 
 def _score_record(record, probs, top_c, top_p, query, cfg) -> dict:
@@ -1481,32 +1481,32 @@ def _score_record(record, probs, top_c, top_p, query, cfg) -> dict:
     q = float(probs[query]) if query >= 0 else None
     top = [[int(c), round(float(p), 4)] for c, p in zip(top_c.tolist(), top_p.tolist())]
     record.update(query_score=None if q is None else round(q, 4), top_class=top[0][0], top_score=top[0][1],
-                  score=round(q if cfg.mode == 'query' and q is not None else
-                              top[0][1] if cfg.mode == 'pseudo' else 0.0, 4), top5=top)
+                  score=round(q if cfg.mode == "query" and q is not None else
+                              top[0][1] if cfg.mode == "pseudo" else 0.0, 4), top5=top)
     return record
 
 
 def _dump(record: dict) -> bytes:
-    return (json.dumps(record, separators=(',', ':')) + '\n').encode()
+    return (json.dumps(record, separators=(",", ":")) + "\n").encode()
 
 
 def _record_index(line: bytes) -> int:
     """The sample index of a record line b'{"i":123,...}' (written by _dump, 'i' first)."""
-    return int(line[5:line.index(b',', 5)])
+    return int(line[5:line.index(b",", 5)])
 
 
 def _drop_torn_tail(path: Path) -> None:
     """Cut a file back to its last complete line (a write torn by SIGKILL or a crash)."""
     if not path.is_file() or path.stat().st_size == 0:
         return
-    with open(path, 'rb+') as f:
+    with open(path, "rb+") as f:
         size = f.seek(0, os.SEEK_END)
         pos = size
         while pos > 0:
             step = min(65536, pos)
             f.seek(pos - step)
             chunk = f.read(step)
-            k = chunk.rfind(b'\n')
+            k = chunk.rfind(b"\n")
             if k >= 0:
                 pos = pos - step + k + 1
                 break
@@ -1516,49 +1516,49 @@ def _drop_torn_tail(path: Path) -> None:
 
 
 def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f'.{path.name}.tmp-{os.getpid()}')
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     tmp.write_text(text)
     os.replace(tmp, path)
 
 
 def _move_pieces(work: Work, folder: Path) -> None:
     """--cut-pieces: the pieces of kept videos move from the work folder into the output (one rename)."""
-    raw = work.folder / 'raw'
+    raw = work.folder / "raw"
     if raw.is_dir():
         _remove_empty_folders(raw)
         if raw.is_dir():
-            os.rename(raw, Path(folder) / 'raw')
+            os.rename(raw, Path(folder) / "raw")
 
 
 def _rank_tag(shard: Shard) -> str:
-    return f' [rank {shard.rank}/{shard.world}]' if shard.world > 1 else ''
+    return f" [rank {shard.rank}/{shard.world}]" if shard.world > 1 else ""
 
 
 def _check_out(data_root, out, spec) -> Path:
     """--out: a plain folder name, not the source, and not a folder filter.py did not write."""
-    if not out or Path(out).name != out or out in ('.', '..'):
-        raise ValueError(f'--out {out!r}: expected a dataset folder name (created under --data-root)')
+    if not out or Path(out).name != out or out in (".", ".."):
+        raise ValueError(f"--out {out!r}: expected a dataset folder name (created under --data-root)")
     final = Path(data_root) / out
     if final.resolve() in (Path(spec.root).resolve(), Path(data_root).resolve()):
-        raise ValueError(f'--out {out}: that is the source folder itself; choose a new name')
-    if final.exists() and not (final / 'report.json').is_file():
-        raise ValueError(f'--out {out}: {final} exists and is not an earlier filter.py output (no '
-                         f'report.json); choose a new name')
+        raise ValueError(f"--out {out}: that is the source folder itself; choose a new name")
+    if final.exists() and not (final / "report.json").is_file():
+        raise ValueError(f"--out {out}: {final} exists and is not an earlier filter.py output (no "
+                         f"report.json); choose a new name")
     return final
 
 
 def _remove_empty_folders(root: Path) -> None:
     """Remove the folders under (and including) `root` that hold no file, deepest first."""
     if root.is_dir():
-        for folder in sorted((p for p in root.rglob('*') if p.is_dir()), key=lambda p: -len(p.parts)) + [root]:
+        for folder in sorted((p for p in root.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)) + [root]:
             if not any(folder.iterdir()):
                 folder.rmdir()
 
 
 def _piece_name(path, prefix, index) -> str:
     """Folder of a video's pieces under raw/: its path under the data prefix without the extension."""
-    rel = Path(_rel(path, prefix)).with_suffix('')
-    return rel.as_posix() if '..' not in rel.parts else f'{index:06d}_{rel.name}'
+    rel = Path(_rel(path, prefix)).with_suffix("")
+    return rel.as_posix() if ".." not in rel.parts else f"{index:06d}_{rel.name}"
 
 
 def _common_folder(samples) -> Path:
@@ -1570,7 +1570,7 @@ def _rel(path, base) -> str:
 
 
 def _first_line(err: BaseException) -> str:
-    return (str(err).splitlines() or [''])[0]
+    return (str(err).splitlines() or [""])[0]
 
 
 def _l2(x: np.ndarray) -> np.ndarray:
@@ -1578,7 +1578,7 @@ def _l2(x: np.ndarray) -> np.ndarray:
 
 
 def _name(teacher) -> str:
-    return str(getattr(teacher, 'source', None) or getattr(teacher, 'arch', None) or type(teacher).__name__)
+    return str(getattr(teacher, "source", None) or getattr(teacher, "arch", None) or type(teacher).__name__)
 
 
 def _foreign_teacher(path, arch: str, classes) -> nn.Module:
@@ -1589,5 +1589,5 @@ def _foreign_teacher(path, arch: str, classes) -> nn.Module:
     return model.eval()
 
 
-if __name__ == '__main__':
+if __name__ == "__main__":
     cli()

@@ -21,22 +21,22 @@ import torch
 
 import data
 
-SHARED = Path(__file__).resolve().parents[1].parent / 'shared'
-REAL_VIDEOS = SHARED / 'data' / 'real_videos'
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+REAL_VIDEOS = SHARED / "data" / "real_videos"
 N, W, H = 48, 64, 48
-X264 = 'keyint=12:min-keyint=12:scenecut=0:bframes=3:b-pyramid=normal'
-X265 = 'keyint=12:min-keyint=12:scenecut=0:bframes=3:b-pyramid=1:log-level=error'
+X264 = "keyint=12:min-keyint=12:scenecut=0:bframes=3:b-pyramid=normal"
+X265 = "keyint=12:min-keyint=12:scenecut=0:bframes=3:b-pyramid=1:log-level=error"
 # name: (suffix, encoder, encoder options, frame timing, whether data skips unneeded frames there)
 FORMATS = {
-    'h264_mp4': ('.mp4', 'libx264', {'x264-params': X264}, 'cfr', True),
-    'h264_vfr_mp4': ('.mp4', 'libx264', {'x264-params': X264}, 'vfr', True),
-    'h264_opengop_mkv': ('.mkv', 'libx264', {'x264-params': X264 + ':open-gop=1'}, 'cfr', True),
-    'hevc_mp4': ('.mp4', 'libx265', {'x265-params': X265}, 'cfr', True),
-    'mpeg2_mkv': ('.mkv', 'mpeg2video', {}, 'cfr', True),
-    'mpeg2_ts': ('.ts', 'mpeg2video', {}, 'cfr', True),        # pts disagree with the output: fallback
-    'mpeg4_avi': ('.avi', 'mpeg4', {}, 'cfr', False),          # AVI: no presentation timestamps
-    'mpeg4_mp4': ('.mp4', 'mpeg4', {}, 'cfr', False),          # MPEG-4 Part 2 is never skipped
-    'vp9_webm': ('.webm', 'libvpx-vp9', {'cpu-used': '8', 'lag-in-frames': '10'}, 'cfr', False),
+    "h264_mp4": (".mp4", "libx264", {"x264-params": X264}, "cfr", True),
+    "h264_vfr_mp4": (".mp4", "libx264", {"x264-params": X264}, "vfr", True),
+    "h264_opengop_mkv": (".mkv", "libx264", {"x264-params": X264 + ":open-gop=1"}, "cfr", True),
+    "hevc_mp4": (".mp4", "libx265", {"x265-params": X265}, "cfr", True),
+    "mpeg2_mkv": (".mkv", "mpeg2video", {}, "cfr", True),
+    "mpeg2_ts": (".ts", "mpeg2video", {}, "cfr", True),        # pts disagree with the output: fallback
+    "mpeg4_avi": (".avi", "mpeg4", {}, "cfr", False),          # AVI: no presentation timestamps
+    "mpeg4_mp4": (".mp4", "mpeg4", {}, "cfr", False),          # MPEG-4 Part 2 is never skipped
+    "vp9_webm": (".webm", "libvpx-vp9", {"cpu-used": "8", "lag-in-frames": "10"}, "cfr", False),
 }
 
 
@@ -46,23 +46,23 @@ def level(i: int) -> int:
 
 
 def write_video(path: Path, encoder: str, options: dict, timing: str) -> Path:
-    with av.open(str(path), mode='w') as container:
+    with av.open(str(path), mode="w") as container:
         stream = container.add_stream(encoder, rate=25)
-        stream.width, stream.height, stream.pix_fmt = W, H, 'yuv420p'
+        stream.width, stream.height, stream.pix_fmt = W, H, "yuv420p"
         if options:
             stream.options = options
-        if encoder in ('mpeg2video', 'mpeg4', 'libvpx-vp9'):
+        if encoder in ("mpeg2video", "mpeg4", "libvpx-vp9"):
             stream.codec_context.gop_size = 12
-            stream.codec_context.max_b_frames = 0 if encoder == 'libvpx-vp9' else 2
+            stream.codec_context.max_b_frames = 0 if encoder == "libvpx-vp9" else 2
             stream.codec_context.bit_rate = 4_000_000   # fine quantiser: grey levels survive
-        if timing == 'vfr':
+        if timing == "vfr":
             stream.codec_context.time_base = Fraction(1, 1000)
         t = 0
         for i in range(N):
             img = np.empty((H, W, 3), np.uint8)
             img[:H // 2], img[H // 2:] = level(i), 255 - level(i)
-            frame = av.VideoFrame.from_ndarray(img, format='rgb24')
-            if timing == 'vfr':   # frame durations 20, 40, 60 ms
+            frame = av.VideoFrame.from_ndarray(img, format="rgb24")
+            if timing == "vfr":   # frame durations 20, 40, 60 ms
                 frame.pts, frame.time_base = t, Fraction(1, 1000)
                 t += 20 * (1 + i % 3)
             for packet in stream.encode(frame):
@@ -72,10 +72,10 @@ def write_video(path: Path, encoder: str, options: dict, timing: str) -> Path:
     return path
 
 
-@pytest.fixture(scope='module')
+@pytest.fixture(scope="module")
 def videos(tmp_path_factory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp('decode')
-    return {name: write_video(root / f'{name}{suffix}', enc, opts, timing)
+    root = tmp_path_factory.mktemp("decode")
+    return {name: write_video(root / f"{name}{suffix}", enc, opts, timing)
             for name, (suffix, enc, opts, timing, _) in FORMATS.items()}
 
 
@@ -90,10 +90,10 @@ def fresh_cache():
 def index_sets(n: int, seed: int = 0) -> dict[str, np.ndarray]:
     """Training sets of the paper's two pipelines (TSN 3 segments, SlowOnly 4x16) and edge cases."""
     rng = np.random.default_rng(seed)
-    sets = {f'tsn3_{k}': data.sample_frames(n, 1, 1, 3, False, rng) for k in range(4)}
-    sets |= {f'slowonly_{k}': data.sample_frames(n, 4, 16, 1, False, rng) for k in range(3)}
-    sets |= {'tsn25_test': data.sample_frames(n, 1, 1, 25, True), 'first': np.array([0]),
-             'last': np.array([n - 1]), 'unsorted_repeated': np.array([n - 2, 3, n // 2, 3, 0, n - 2])}
+    sets = {f"tsn3_{k}": data.sample_frames(n, 1, 1, 3, False, rng) for k in range(4)}
+    sets |= {f"slowonly_{k}": data.sample_frames(n, 4, 16, 1, False, rng) for k in range(3)}
+    sets |= {"tsn25_test": data.sample_frames(n, 1, 1, 25, True), "first": np.array([0]),
+             "last": np.array([n - 1]), "unsorted_repeated": np.array([n - 2, 3, n // 2, 3, 0, n - 2])}
     return sets
 
 
@@ -109,19 +109,19 @@ def reference_frames(path: Path) -> set[int]:
         order = sorted(p.pts for p in container.demux(stream) if p.size)
     with av.open(str(path)) as container:
         stream = container.streams.video[0]
-        stream.codec_context.skip_frame = 'NONREF'
+        stream.codec_context.skip_frame = "NONREF"
         return {order.index(f.pts) for f in container.decode(stream)}
 
 
-# -------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------------------------
 # 1. Skipping: the same frames as a whole-file decode
-# -------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize('worker', [False, True], ids=['auto-threads', 'worker-1-thread'])
-@pytest.mark.parametrize('name', sorted(FORMATS))
+@pytest.mark.parametrize("worker", [False, True], ids=["auto-threads", "worker-1-thread"])
+@pytest.mark.parametrize("name", sorted(FORMATS))
 def test_skipping_equals_whole_file_decoding(name, worker, videos, monkeypatch):
     if worker:   # as in a DataLoader worker: WORKER_CODEC_THREADS decoder threads
-        monkeypatch.setattr(torch.utils.data, 'get_worker_info', lambda: object())
+        monkeypatch.setattr(torch.utils.data, "get_worker_info", lambda: object())
     path, skips = videos[name], FORMATS[name][4]
     whole = data.read_frames_naive(path, np.arange(N))
     for i, f in enumerate(whole):   # the reference shows frame i at index i
@@ -130,12 +130,12 @@ def test_skipping_equals_whole_file_decoding(name, worker, videos, monkeypatch):
     for set_name, idx in index_sets(N).items():
         stats = {}
         assert np.array_equal(decode(path, idx, stats), whole[idx]), set_name
-        skipped += stats['skipped']
+        skipped += stats["skipped"]
     with av.open(str(path)) as container:
         assert data._can_skip(container, container.streams.video[0]) == skips
     if not skips:
         assert skipped == 0
-    elif name != 'mpeg2_ts':   # (MPEG-TS: FFmpeg's pts there disagree with its output: counted instead)
+    elif name != "mpeg2_ts":   # (MPEG-TS: FFmpeg's pts there disagree with its output: counted instead)
         assert skipped > 0     # every other skippable format here has unreferenced frames to drop
 
 
@@ -143,24 +143,24 @@ def test_skipping_drops_only_unwanted_unreferenced_frames(videos):
     """From keyframe 12, frame 23 of the H.264 video: the decoder gives every reference frame of 12..23
     and the wanted one; the frames it drops are exactly the unreferenced unwanted ones (computed by a
     whole-file decode with skip_frame 'NONREF')."""
-    path = videos['h264_mp4']
+    path = videos["h264_mp4"]
     refs = reference_frames(path)
     assert 0 < len(refs) < N
     for wanted in ([23], [13, 23], [12, 14, 15, 16, 23]):
         stats = {}
         decode(path, wanted, stats)
         dropped = {i for i in range(12, 24) if i not in refs and i not in wanted}
-        assert stats['seeks'] == 1 and stats['skipped'] == len(dropped), (wanted, stats, sorted(refs))
-        assert stats['decoded'] == 12 - len(dropped)   # frames 12..23 output, the drain stops there
+        assert stats["seeks"] == 1 and stats["skipped"] == len(dropped), (wanted, stats, sorted(refs))
+        assert stats["decoded"] == 12 - len(dropped)   # frames 12..23 output, the drain stops there
 
 
-@pytest.mark.parametrize('worker', [False, True], ids=['auto-threads', 'worker-1-thread'])
+@pytest.mark.parametrize("worker", [False, True], ids=["auto-threads", "worker-1-thread"])
 def test_decoding_stops_after_the_packets_a_run_needs(worker, videos, monkeypatch):
     """A run of wanted frames ends by draining the decoder: the packets sent from keyframe 12 are those
     up to the last (in decoding order) of frames 12..max(wanted), none after it, whatever the threading."""
     if worker:
-        monkeypatch.setattr(torch.utils.data, 'get_worker_info', lambda: object())
-    path = videos['h264_mp4']
+        monkeypatch.setattr(torch.utils.data, "get_worker_info", lambda: object())
+    path = videos["h264_mp4"]
     with av.open(str(path)) as container:   # decoding order of the second GOP's frames
         order = sorted(p.pts for p in container.demux(video=0) if p.size)
     with av.open(str(path)) as container:
@@ -169,23 +169,23 @@ def test_decoding_stops_after_the_packets_a_run_needs(worker, videos, monkeypatc
         expected = max(gop.index(i) for i in range(12, max(wanted) + 1)) + 1
         stats = {}
         decode(path, wanted, stats)
-        assert stats['seeks'] == 1 and stats['sent'] == expected, (wanted, gop, stats)
+        assert stats["seeks"] == 1 and stats["sent"] == expected, (wanted, gop, stats)
 
 
 def test_skipping_decodes_fewer_frames_than_without(videos, monkeypatch):
-    path, idx = videos['h264_mp4'], [5, 20, 40]
+    path, idx = videos["h264_mp4"], [5, 20, 40]
     with_skip, without = {}, {}
     frames = decode(path, idx, with_skip)
-    monkeypatch.setattr(data, 'SKIP_NONREF', False)
+    monkeypatch.setattr(data, "SKIP_NONREF", False)
     assert np.array_equal(decode(path, idx, without), frames)
-    assert without['skipped'] == 0 and with_skip['decoded'] + with_skip['skipped'] == without['decoded']
-    assert with_skip['decoded'] < without['decoded']
+    assert without["skipped"] == 0 and with_skip["decoded"] + with_skip["skipped"] == without["decoded"]
+    assert with_skip["decoded"] < without["decoded"]
 
 
 def test_a_lost_wanted_frame_falls_back_to_decoding_without_skipping(videos, monkeypatch):
     """If the decoder dropped a wanted frame, the gap check sees it and decoding repeats without
     skipping (same frames), and the file is remembered as not skippable."""
-    path, idx = videos['h264_mp4'], np.array([2, 20, 30])
+    path, idx = videos["h264_mp4"], np.array([2, 20, 30])
     whole = data.read_frames_naive(path, np.arange(N))
     real = data._decoded_frames
 
@@ -193,34 +193,34 @@ def test_a_lost_wanted_frame_falls_back_to_decoding_without_skipping(videos, mon
         for frame in real(container, stream, rank, want, run, stats):
             if want is None or rank[frame.pts] != 20:
                 yield frame
-    monkeypatch.setattr(data, '_decoded_frames', losing)
+    monkeypatch.setattr(data, "_decoded_frames", losing)
     stats = {}
     assert np.array_equal(decode(path, idx, stats), whole[idx])
-    assert not stats['sequential'] and stats['seeks'] > 3   # skipping attempt, then one without
+    assert not stats["sequential"] and stats["seeks"] > 3   # skipping attempt, then one without
     stats = {}
     assert np.array_equal(decode(path, idx, stats), whole[idx])
-    assert stats['skipped'] == 0 and stats['seeks'] == 3   # remembered: no second skipping attempt
+    assert stats["skipped"] == 0 and stats["seeks"] == 3   # remembered: no second skipping attempt
 
 
 def test_skip_setting_does_not_leak_into_later_decoding(videos):
     """One open container decoding twice (as benchmark.py's profile does): both times the right frames."""
-    path = videos['h264_mp4']
+    path = videos["h264_mp4"]
     whole = data.read_frames_naive(path, np.arange(N))
     with data._open_video(path) as (container, stream):
         for idx in ([3, 30], [1, 2, 47]):
             assert np.array_equal(data._decode_video(container, stream, path, np.array(idx)), whole[idx])
-            assert stream.codec_context.skip_frame == 'DEFAULT'
+            assert stream.codec_context.skip_frame == "DEFAULT"
 
 
 def real_videos() -> list[Path]:
-    return sorted(REAL_VIDEOS.glob('*')) if REAL_VIDEOS.is_dir() else []
+    return sorted(REAL_VIDEOS.glob("*")) if REAL_VIDEOS.is_dir() else []
 
 
-@pytest.mark.parametrize('name', [p.name for p in real_videos()] or ['absent'])
+@pytest.mark.parametrize("name", [p.name for p in real_videos()] or ["absent"])
 def test_real_videos_training_samples_equal_whole_file(name):
     path = REAL_VIDEOS / name
     if not path.is_file():
-        pytest.skip(f'{REAL_VIDEOS} absent (real videos live in ../shared)')
+        pytest.skip(f"{REAL_VIDEOS} absent (real videos live in ../shared)")
     n = data.count_frames(path)
     sets = index_sets(n, seed=1)
     union = np.unique(np.concatenate(list(sets.values())))   # decode the reference once
@@ -229,7 +229,7 @@ def test_real_videos_training_samples_equal_whole_file(name):
     for set_name, idx in sets.items():
         stats = {}
         assert np.array_equal(decode(path, idx, stats), np.stack([whole[i] for i in idx.tolist()])), set_name
-        skipped += stats['skipped']
+        skipped += stats["skipped"]
     with av.open(str(path)) as container:
         can_skip = data._can_skip(container, container.streams.video[0])
     if not can_skip or len(reference_frames(path)) == n:   # AVI / MPEG-4, or no B-frames (bigbuckbunny)
@@ -238,19 +238,19 @@ def test_real_videos_training_samples_equal_whole_file(name):
         assert skipped > 0
 
 
-# -------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------------------------
 # 2. The pts cache
-# -------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------------------------
 
 def count_scans(monkeypatch) -> list:
     calls, real = [], data._scan_pts
-    monkeypatch.setattr(data, '_scan_pts', lambda container, stream: calls.append(container.name)
+    monkeypatch.setattr(data, "_scan_pts", lambda container, stream: calls.append(container.name)
                         or real(container, stream))
     return calls
 
 
 def test_pts_cache_returns_the_same_index(videos, monkeypatch):
-    path = videos['h264_vfr_mp4']
+    path = videos["h264_vfr_mp4"]
     calls = count_scans(monkeypatch)
     with data._open_video(path) as (container, stream):
         first = data._pts_index(container, stream)
@@ -272,12 +272,12 @@ def test_pts_cache_returns_the_same_index(videos, monkeypatch):
 def test_pts_cache_sees_a_rewritten_file(videos, tmp_path, monkeypatch):
     """Same path, new content (other frame count and timing): a new scan, the new file's frames."""
     calls = count_scans(monkeypatch)
-    path = tmp_path / 'clip.mp4'
-    path.write_bytes(videos['h264_mp4'].read_bytes())
+    path = tmp_path / "clip.mp4"
+    path.write_bytes(videos["h264_mp4"].read_bytes())
     idx = np.array([5, 40])
     old = data.read_frames(path, idx)
     assert np.array_equal(old, data.read_frames_naive(path, idx)) and len(calls) == 1
-    path.write_bytes(videos['h264_vfr_mp4'].read_bytes())   # rewritten in place: same inode
+    path.write_bytes(videos["h264_vfr_mp4"].read_bytes())   # rewritten in place: same inode
     new = data.read_frames(path, idx)
     assert len(calls) == 2 and np.array_equal(new, data.read_frames_naive(path, idx))
     # the key's other parts one at a time: a new mtime alone, then a new inode alone
@@ -285,7 +285,7 @@ def test_pts_cache_sees_a_rewritten_file(videos, tmp_path, monkeypatch):
     os.utime(path, ns=(key[2] + 10**9, key[2] + 10**9))
     data.read_frames(path, idx)
     assert len(calls) == 3   # a touched file is scanned again
-    replaced = tmp_path / 'other.mp4'
+    replaced = tmp_path / "other.mp4"
     replaced.write_bytes(path.read_bytes())
     os.utime(replaced, ns=(key[2] + 10**9, key[2] + 10**9))
     os.replace(replaced, path)   # same path, size and mtime; another inode
@@ -294,9 +294,9 @@ def test_pts_cache_sees_a_rewritten_file(videos, tmp_path, monkeypatch):
 
 
 def test_pts_cache_is_bounded_lru(videos, monkeypatch):
-    monkeypatch.setattr(data, 'PTS_CACHE_FRAMES', 2 * N)   # room for two 48-frame videos
+    monkeypatch.setattr(data, "PTS_CACHE_FRAMES", 2 * N)   # room for two 48-frame videos
     calls = count_scans(monkeypatch)
-    a, b, c = videos['h264_mp4'], videos['h264_vfr_mp4'], videos['hevc_mp4']
+    a, b, c = videos["h264_mp4"], videos["h264_vfr_mp4"], videos["hevc_mp4"]
     for path in (a, b, a, c, a, b):   # c evicts b (least recently used), then b evicts c
         data.read_frames(path, [1])
     assert calls == [str(a), str(b), str(c), str(b)]
@@ -306,7 +306,7 @@ def test_pts_cache_is_bounded_lru(videos, monkeypatch):
 def test_failed_seeking_is_remembered(videos, monkeypatch):
     """A file whose decoder output contradicts its pts (simulated: two frames swapped) is decoded from the
     start, counting frames; the next read of it goes there at once (no seek), and the frames stay right."""
-    path = videos['h264_mp4']
+    path = videos["h264_mp4"]
     whole = data.read_frames_naive(path, np.arange(N))
     real = data._decoded_frames
 
@@ -320,13 +320,13 @@ def test_failed_seeking_is_remembered(videos, monkeypatch):
             if held is not None:
                 yield held
                 held = None
-    monkeypatch.setattr(data, '_decoded_frames', swapped)
+    monkeypatch.setattr(data, "_decoded_frames", swapped)
     first, second = {}, {}
     assert np.array_equal(decode(path, [3, 9], first), whole[[3, 9]])
-    assert first['sequential'] and first['seeks'] == 2   # with skipping, then without
+    assert first["sequential"] and first["seeks"] == 2   # with skipping, then without
     assert np.array_equal(decode(path, [30, 40], second), whole[[30, 40]])
-    assert second['sequential'] and second['seeks'] == 0
+    assert second["sequential"] and second["seeks"] == 0
     data._PTS_CACHE.clear()   # a new scan (the file changed): seeking is tried again
     third = {}
     assert np.array_equal(decode(path, [30, 40], third), whole[[30, 40]])
-    assert not third['sequential'] and third['seeks'] == 2
+    assert not third["sequential"] and third["seeks"] == 2
