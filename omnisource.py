@@ -90,6 +90,9 @@ def batch_sizes(target_batch, ratio):
     return [target_batch] + [max(1, round(target_batch * r / ratio[0])) for r in ratio[1:]]
 
 
+DEFAULT_RESAMPLE = "power:0.2"    # Sec. 3.6 / Table 10: class probability proportional to N_c ** 0.2
+
+
 @dataclass
 class Resampling:
     """Sec. 3.6 "Resampling strategy" (Table 10). mode: 'none' | 'clip' | 'power'.
@@ -327,7 +330,7 @@ def get_args_parser():
     p.add_argument("--epochs", type=int, default=None, help="epochs of every training run (default: recipe)")
     p.add_argument("--batch-size", type=int, default=8, help="target batch per step |B_T|")
     p.add_argument("--ratio", default="", help="batch ratio for the student (default 2:1 per source)")
-    p.add_argument("--resample", default="power:0.2", help="auxiliary class resampling (Table 10)")
+    p.add_argument("--resample", default=DEFAULT_RESAMPLE, help="auxiliary class resampling (Table 10)")
     p.add_argument("--mixup", type=float, default=0.0, help="mixup alpha for the student (0: off)")
     p.add_argument("--inflate", default="warp-agno", help="image-to-clip transform of the student (Table 8)")
     p.add_argument("--snippet", default="3pos", help="untrimmed-to-snippet rule for 2D students (Table 14). The "

@@ -44,6 +44,8 @@ Splits: synth train/val are balanced (`train_per_class` / `val_per_class` videos
 crawled sample in train.txt and have an EMPTY val.txt. Names: target `CLASS_NNN.mp4` (split is the list file), web
 `QUERY_NNN.ext` (the crawl keyword; relevance is not readable from the name or the order).
 """
+from __future__ import annotations
+
 import argparse
 import colorsys
 import json
@@ -54,6 +56,7 @@ from dataclasses import asdict, dataclass
 from fractions import Fraction
 from pathlib import Path
 
+import av
 import numpy as np
 from PIL import Image
 
@@ -187,6 +190,18 @@ def filtering_quality(data_root, filtered: str) -> dict | None:
     if any("unit_scores" in r for r, _ in rows):
         out.update(_frame_quality(rows, report["threshold"]))
     return out
+
+
+def ensure_demo_data(data_root: str | Path, target: str) -> bool:
+    """Generate the default demo into data_root when target is "synth" and DATA_ROOT/synth/classes.txt is missing.
+
+    Returns whether it generated. Called by train.py (rank 0 only; the barrier is train.py's) and omnisource.py.
+    """
+    if target != "synth" or (Path(data_root) / "synth" / "classes.txt").exists():
+        return False
+    print(f"generating the demo dataset in {data_root}/ ...", flush=True)
+    generate(data_root, SynthConfig())
+    return True
 
 
 def get_args_parser():
@@ -724,7 +739,6 @@ def _encode_mp4(path: Path, frames: np.ndarray, cfg: SynthConfig, faststart: boo
     """H.264 yuv420p, keyframe every cfg.gop frames, byte-for-byte deterministic: x264 macroblock-tree rate control
     (mbtree, on in every preset but ultrafast) gave different bytes for the same frames on repeated runs in one
     process (its SIMD code path; asm=0 also fixed it), so it is off; threads=1 for good measure."""
-    import av
     with av.open(str(path), "w", options={"movflags": "faststart"} if faststart else {}) as container:
         stream = container.add_stream("libx264", rate=cfg.fps)
         stream.height, stream.width = frames.shape[1], frames.shape[2]
