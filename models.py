@@ -35,12 +35,16 @@ Public API, top to bottom: `ResNetConfig`, `BasicBlock`, `Bottleneck`, `ResNet` 
 `ResNet3dSlowOnly`, `tsn_resnet`, `slowonly_resnet`, `CSNBottleneck`, `ResNet3dCSN`, `ircsn_resnet`, `ArchSpec`,
 `ARCHS`, `RECIPES`, `build_model`, `CHECKPOINT_FORMATS`, `LoadReport`, `inflate_2d_into_3d`, `load_pretrained`,
 `load_weights`, `export_mmaction`, `load_state_dict_file`, `from_checkpoint`, `MMACTION_KEY_TABLE`,
-`MMACTION_CONFIGS`, `mmaction_key`, `from_mmaction_key`.
+`MMACTION_CONFIGS`, `mmaction_key`, `from_mmaction_key`, `predict` (MMAction2's combination of test views, used by
+train.py's evaluation and filter.py's teachers), `autocast`.
 
-Shapes: video input is `(N, C, T, H, W)` float, normalised as in DESIGN.md; outputs are `(N, num_classes)` logits.
+Shapes: video input is `(N, C, T, H, W)` float, normalised by `transforms.normalize` (ImageNet mean and std of
+0-255 RGB); outputs are `(N, num_classes)` logits. The training schedules that `ArchSpec.recipe` names are in
+`train.RECIPES` (their numbers are written there only).
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
 import re
@@ -54,6 +58,8 @@ from typing import Callable
 import numpy as np
 import torch
 from torch import nn
+
+import transforms
 
 # ----------------------------------------------------------------------------------------------------------------------
 # 1. ResNet building blocks (2D or 3D), torchvision layout
@@ -392,8 +398,8 @@ def ircsn_resnet(depth: int, num_classes: int, width: int = 64, dropout: float =
 # ----------------------------------------------------------------------------------------------------------------------
 
 FAMILIES = ("tsn", "3d")
-# schedules (appendix "Implementation Details"; train.py holds the numbers; demo: tiny nets); 'ircsn_ig65m': IG-65M
-# initialised irCSN-152, 5e-6/sample, 58 epochs, x0.1 at 32 and 48, 16 linear warm-up epochs
+# the training schedules by name (appendix "Implementation Details"; the numbers: train.RECIPES); 'demo': the tiny
+# nets; 'ircsn_ig65m': irCSN-152 fine-tuned from IG-65M weights
 RECIPES = ("tsn", "3d_imagenet", "3d_scratch", "demo", "ircsn_ig65m")
 
 
@@ -680,6 +686,43 @@ def from_mmaction_key(their_key: str, family: str) -> str:
     if plain is None:
         raise ValueError(f"models.from_mmaction_key: {their_key!r} is not an MMAction2 ResNet recognizer key")
     return _add_family_prefix(plain, family)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# 7. Inference: MMAction2's combination of test views (Sec. 5.1 test protocol); --amp precision
+# ----------------------------------------------------------------------------------------------------------------------
+
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def predict(net: nn.Module, views: torch.Tensor, spec: ArchSpec, amp: str | None = None) -> torch.Tensor:
+    """views (N, V, C, T, H, W), uint8 or normalised -> class probabilities (N, K) float32, combining views as
+    MMAction2 does; the forward in `amp` precision (train.py --amp) on the device of `views` (None: the caller's
+    autocast state, e.g. filter.py's).
+
+    TSN: every view's frames are extra segments, so the consensus averages the features of all views x segments
+    before the classifier (TSNHead), one softmax. 3D: the T frames of a view are T // clip_len clips; the softmax
+    of every clip x crop is averaged (average_clips='prob').
+    """
+    if views.dtype == torch.uint8:
+        views = transforms.normalize(views)
+    n, v, c, t, h, w = views.shape
+    with autocast(amp, views.device):
+        if spec.family == "tsn":
+            frames = views.permute(0, 2, 1, 3, 4, 5).reshape(n, c, v * t, h, w)   # (N, C, V*T, H, W)
+            return net(frames).float().softmax(dim=1)
+        clips = t // spec.clip_len
+        x = views.reshape(n, v, c, clips, spec.clip_len, h, w).permute(0, 3, 1, 2, 4, 5, 6)  # (N, clips, V, C, L, H, W)
+        probs = net(x.reshape(n * clips * v, c, spec.clip_len, h, w)).float().softmax(dim=1)
+    return probs.view(n, clips * v, -1).mean(dim=1)
+
+
+def autocast(amp: str | None, device: torch.device) -> contextlib.AbstractContextManager:
+    """torch.autocast for an --amp value on `device` ('none': off; None: leave the caller's state as it is);
+    the same code on CPU and GPU."""
+    if amp is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=AMP_DTYPES.get(amp, torch.float32), enabled=amp in AMP_DTYPES)
 
 
 # ----------------------------------------------------------------------------------------------------------------------

@@ -330,7 +330,7 @@ def train_one_epoch(run, epoch, first_step=0):
             clips, targets = omnisource.mixup(clips, F.one_hot(labels, len(run.classes)).float(), args.mixup,
                                               run.rng)
         # 3. one forward on the concatenated batch in --amp precision; Eq. 1's summed loss in float32
-        with autocast(args.amp, run.device):
+        with models.autocast(args.amp, run.device):
             logits = model(clips)                                    # (sum(sizes), K)
         loss, per_source = omnisource.joint_loss(logits.float(), targets, sizes)
         # 4. ONE optimiser step on the sum. fp16: the loss is scaled for the backward pass and the gradients
@@ -374,7 +374,7 @@ def evaluate(run, loader, quick=False, predictions=None):
     k = len(run.classes)
     probs, labels, used = [torch.zeros(0, k, device=run.device)], [torch.zeros(0, dtype=torch.long)], []
     for views, y, u in loader:
-        probs.append(predict(net, views.to(run.device, non_blocking=True), spec, amp=args.amp))   # (N, K)
+        probs.append(models.predict(net, views.to(run.device, non_blocking=True), spec, amp=args.amp))   # (N, K)
         labels.append(y)
         used += u.tolist()
     probs, labels = torch.cat(probs), torch.cat(labels).to(run.device)
@@ -387,23 +387,6 @@ def evaluate(run, loader, quick=False, predictions=None):
         write_predictions(run, loader, probs, labels, used, Path(predictions))
     net.train()
     return metrics_from(cm.cpu(), top5.cpu())
-
-
-def predict(net, views, spec, amp=None):
-    """views (N, V, C, T, H, W), uint8 or normalised -> class probabilities (N, K) float32, combining views as
-    MMAction2 does; the forward in `amp` precision (--amp) on the device of `views` (None: the caller's
-    autocast state, e.g. filter.py's)."""
-    if views.dtype == torch.uint8:
-        views = transforms.normalize(views)
-    n, v, c, t, h, w = views.shape
-    with autocast(amp, views.device):
-        if spec.family == "tsn":
-            frames = views.permute(0, 2, 1, 3, 4, 5).reshape(n, c, v * t, h, w)   # all views as segments
-            return net(frames).float().softmax(dim=1)
-        clips = t // spec.clip_len                                             # (N, crops, C, clips*L, H, W)
-        x = views.reshape(n, v, c, clips, spec.clip_len, h, w).permute(0, 3, 1, 2, 4, 5, 6)
-        probs = net(x.reshape(n * clips * v, c, spec.clip_len, h, w)).float().softmax(dim=1)
-    return probs.view(n, clips * v, -1).mean(dim=1)
 
 
 def write_predictions(run, loader, probs, labels, used, path):
@@ -961,9 +944,6 @@ def _batch_norms(model):
     return [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
 
 
-AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
-
-
 def default_amp(device):
     """--amp when not given: bf16 on GPUs that support it (no loss scaling needed, the usual choice); none on
     older GPUs (fp16 is opt-in: MMAction2 users saw accuracy drops with it on 3D nets) and on CPUs."""
@@ -975,14 +955,6 @@ def default_channels_last(device, amp):
     (oneDNN; one training step of TSN-R50 / SlowOnly-R50, alternated, two sessions: bf16 1.20-1.45x / 1.15-1.30x
     faster channels-last; float32 0.90-1.20x / 0.91-1.02x, no consistent gain)."""
     return device.type == "cuda" or amp == "bf16"
-
-
-def autocast(amp, device):
-    """torch.autocast for --amp on the run's device ('none': off; None: leave the caller's state as it is);
-    the same code on CPU and GPU."""
-    if amp is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=AMP_DTYPES.get(amp, torch.float32), enabled=amp in AMP_DTYPES)
 
 
 def model_input(clips, args):

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 import data
+import models
 import train
 import transforms
 
@@ -175,8 +176,8 @@ def test_uint8_batches_normalised_on_the_device_equal_the_float_pipeline(small_d
         expected = torch.stack([reference[i][0] for i in range(3)])
         if test_mode:                            # (N, V, C, T, H, W) views: predict normalises them
             with torch.no_grad():
-                assert torch.equal(train.predict(net, torch.stack(items), net.spec),
-                                   train.predict(net, expected, net.spec))
+                assert torch.equal(models.predict(net, torch.stack(items), net.spec),
+                                   models.predict(net, expected, net.spec))
         else:
             assert torch.equal(train.model_input(torch.stack(items), args), expected)
 
@@ -225,11 +226,11 @@ def test_predict_runs_in_the_given_precision_or_the_callers():
     net = train.build(args, 4, torch.device("cpu")).eval()
     views = torch.randint(0, 256, (2, 1, 3, 3, 64, 64), dtype=torch.uint8)
     with torch.no_grad():
-        fp32 = train.predict(net, views, net.spec, amp="none")
-        bf16 = train.predict(net, views, net.spec, amp="bf16")
+        fp32 = models.predict(net, views, net.spec, amp="none")
+        bf16 = models.predict(net, views, net.spec, amp="bf16")
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            inherited = train.predict(net, views, net.spec)
-            forced_off = train.predict(net, views, net.spec, amp="none")
+            inherited = models.predict(net, views, net.spec)
+            forced_off = models.predict(net, views, net.spec, amp="none")
     assert bf16.dtype == fp32.dtype == torch.float32 and not torch.equal(bf16, fp32)
     assert torch.allclose(bf16, fp32, atol=0.05)
     assert torch.equal(inherited, bf16) and torch.equal(forced_off, fp32)
