@@ -31,6 +31,7 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -200,16 +201,31 @@ class JointBatches:
     (|B_i|, C, T, H, W) batch per source, NOT concatenated here. The training step copies each from its
     loader's pinned memory to the device and concatenates them there in that order (a torch.cat on the
     host would make an unpinned copy, and the copies to the device would wait for it).
+
+    samplers: one per loader, target first, each with `set_epoch(epoch, start)` (train.ShardedShuffle,
+    ClassResampler); `set_epoch` selects the epoch in all of them. Empty: loaders whose order never changes
+    (in-memory lists in tests), and `set_epoch` has nothing to select.
     """
 
-    def __init__(self, target_loader, aux_loaders):
+    def __init__(self, target_loader: Iterable, aux_loaders: Sequence[Iterable], samplers: Sequence = ()):
         self.target_loader = target_loader
         self.aux_loaders = list(aux_loaders)
+        self.samplers = list(samplers)
+        if self.samplers and len(self.samplers) != 1 + len(self.aux_loaders):
+            raise ValueError(f"JointBatches: {len(self.samplers)} samplers for {1 + len(self.aux_loaders)} loaders "
+                             f"(one per source, target first)")
 
-    def __len__(self):
+    def set_epoch(self, epoch: int, first_step: int = 0) -> None:
+        """Select epoch `epoch` in every sampler; the epoch then starts at step `first_step` (--resume of a
+        mid-epoch latest.pth): each sampler skips the indices of the batches of the steps already done, so the
+        rest of the epoch is exactly the uninterrupted run's and the skipped batches are never decoded."""
+        for sampler, loader in zip(self.samplers, [self.target_loader, *self.aux_loaders]):
+            sampler.set_epoch(epoch, start=first_step * loader.batch_size)
+
+    def __len__(self) -> int:
         return len(self.target_loader)
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[tuple[list, list, list]]:
         aux_iters = [iter(loader) for loader in self.aux_loaders]
         for clips, labels, _ in self.target_loader:
             parts, targets, sizes = [clips], [labels], [clips.shape[0]]

@@ -51,6 +51,7 @@ import torch.nn.functional as F
 import data
 import models
 import omnisource
+import synthetic
 import transforms
 
 # The paper's recipes (appendix "Implementation Details"), selected by the architecture's family and
@@ -123,7 +124,7 @@ def get_args_parser():
                    "--data-root, e.g. the output of filter.py, or gg, ig-img, ig-vid, k200-raw, k400-untr)")
     g.add_argument("--ratio", default="", help="|B_T|:|B_A1|:|B_A2|... batch ratio, target first (default 2:1 "
                    "per source: 2:1, 2:1:1, ...; Table 2)")
-    g.add_argument("--resample", default="power:0.2", help="class resampling of every auxiliary source: none, "
+    g.add_argument("--resample", default=omnisource.DEFAULT_RESAMPLE, help="class resampling of every auxiliary source: none, "
                    "clip:N_C or power:P (Table 10); one value or one per source separated by ','")
     g.add_argument("--mixup", type=float, default=0.0, help="mixup alpha (0: off): cross-dataset with --aux, "
                    "intra-dataset without (Sec. 3.6, Table 9)")
@@ -203,7 +204,10 @@ def main(args):
     rank, world, device = setup_distributed(args.device)
     if args.work_dir is None:
         args.work_dir = str(Path("work_dirs") / f"{args.target}_{args.arch}")
-    ensure_demo_data(args, rank)
+    if rank == 0:                                   # the embedded demo's data, generated once when missing
+        synthetic.ensure_demo_data(args.data_root, args.target)
+    if dist.is_initialized():
+        dist.barrier()
     run = setup(args, rank, world, device)
     if args.export_mmaction:
         return export(run)
@@ -695,9 +699,7 @@ def make_train_loader(args, target_ds, aux, rank, world):
                                       seed=args.seed, rank=rank)
         samplers.append(s)
         aux_loaders.append(loader_for(args, ds, s, size, drop_last=True, seed=(args.seed, rank, i)))
-    loader = omnisource.JointBatches(target_loader, aux_loaders)
-    loader.samplers = samplers
-    return loader, sizes
+    return omnisource.JointBatches(target_loader, aux_loaders, samplers), sizes
 
 
 def loader_for(args, ds, sampler, batch_size, drop_last, seed):
@@ -752,7 +754,7 @@ class ShardedShuffle(torch.utils.data.Sampler):
 
 
 def resample_rules(text, num_aux):
-    parts = [t.strip() for t in text.split(",")] if text else ["power:0.2"]
+    parts = [t.strip() for t in text.split(",")] if text else [omnisource.DEFAULT_RESAMPLE]
     if len(parts) == 1:
         parts = parts * num_aux
     if len(parts) != num_aux:
@@ -795,18 +797,6 @@ def labels_of(samples):
 
 def split_names(text):
     return [t.strip() for t in text.split(",") if t.strip()] if text else []
-
-
-def ensure_demo_data(args, rank):
-    """The embedded demo: generate DATA_ROOT/synth (and its web sources) when --target synth is missing."""
-    if args.target != "synth" or (Path(args.data_root) / "synth" / "classes.txt").exists():
-        return
-    if rank == 0:
-        import synthetic
-        print(f"generating the demo dataset in {args.data_root}/ ...", flush=True)
-        synthetic.generate(args.data_root, synthetic.SynthConfig())
-    if dist.is_initialized():
-        dist.barrier()
 
 
 def setup_distributed(device_arg):
@@ -873,9 +863,7 @@ def set_train_epoch(run, epoch, first_step=0):
     """
     for ds in run.datasets:
         ds.set_epoch(epoch)
-    loaders = [run.loader.target_loader, *run.loader.aux_loaders]
-    for sampler, loader in zip(run.loader.samplers, loaders):
-        sampler.set_epoch(epoch, start=first_step * loader.batch_size)
+    run.loader.set_epoch(epoch, first_step)
 
 
 def seed_rank(seed, rank):

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+import data
 import models
 import train
 
@@ -162,6 +163,42 @@ def test_schedule_follows_the_recipes():
     short = train.Schedule.from_args(train.get_args_parser().parse_args(["--epochs", "50"]),
                                      train.RECIPES["3d_imagenet"], steps_per_epoch=1, samples_per_step=1)
     assert short.lr_steps == (30, 43)                                               # 90/150 and 130/150 of 50
+
+
+def test_joint_batches_set_epoch_skips_the_done_steps_of_the_uninterrupted_epoch():
+    """JointBatches.set_epoch(epoch, first_step) (a mid-epoch --resume) yields exactly the batches of steps
+    first_step.. of the uninterrupted epoch, in every source; the same as setting each sampler from outside
+    (start = first_step x its batch size, the path it replaces); another epoch is another order."""
+    args = train.get_args_parser().parse_args(["--batch-size", "4", "--workers", "0", "--ratio", "2:1:1"])
+    target, aux = Items(range(0, 40), 4), [Items(range(100, 130), 3), Items(range(200, 211), 2)]
+    loader, sizes = train.make_train_loader(args, target, aux, rank=0, world=1)
+    assert sizes == [4, 2, 2] and len(loader) == 10
+
+    def epoch_ids(epoch, first_step):
+        loader.set_epoch(epoch, first_step)
+        return [[c.tolist() for c in clips] for clips, _, _ in loader]
+
+    full = epoch_ids(1, 0)
+    assert len(full) == 10 and sorted(sum((b[0] for b in full), [])) == list(range(40))
+    assert epoch_ids(1, 3) == full[3:] and epoch_ids(1, 9) == full[9:]
+    for sampler, source in zip(loader.samplers, [loader.target_loader, *loader.aux_loaders]):
+        sampler.set_epoch(1, start=3 * source.batch_size)
+    assert [[c.tolist() for c in clips] for clips, _, _ in loader] == full[3:]
+    assert epoch_ids(2, 0) != full and epoch_ids(1, 0) == full
+
+
+class Items(torch.utils.data.Dataset):
+    """In-memory items (id, label, index) with ids `ids` and labels id % classes (a stub VideoDataset)."""
+
+    def __init__(self, ids, classes):
+        self.ids = list(ids)
+        self.samples = [data.Sample(Path(f"{i}.mp4"), i % classes, "video") for i in self.ids]
+
+    def __len__(self):
+        return len(self.ids)
+
+    def __getitem__(self, index):
+        return self.ids[index], self.samples[index].label, index
 
 
 def test_label_fraction_is_class_balanced():
