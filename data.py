@@ -175,6 +175,29 @@ def read_frames(path: str | Path, indices: Sequence[int]) -> np.ndarray:
         return _decode_video(container, stream, path, wanted)
 
 
+def read_frames_lenient(path: str | Path, count: int, indices_for: Callable[[int], Sequence[int]],
+                        max_missing: int | None = None, read: Callable[[np.ndarray], np.ndarray] | None = None
+                        ) -> tuple[np.ndarray, int]:
+    """Frames `indices_for(count)` of a video whose frame count `count` came from its container (or a list);
+    read again at the true count when the video decodes to fewer frames than that (an optimistic count).
+
+    1. read `indices_for(count)` with `read` (default `read_frames(path, ...)`; e.g. an already open container);
+    2. the video decodes to n < count frames (VideoTooShortError): no frame at all, or more than `max_missing`
+       frames short (None: any shortfall is a miscount), is a truncated file (Sec. 3.3) and the error is raised;
+    3. otherwise read `indices_for(n)` with `read_frames`.
+    Returns the frames and the count they were read at (`count`, or n after a retry: the caller may cache it).
+    Used by VideoDataset (training and test sampling) and filter.py (teacher scoring).
+    """
+    read = read or (lambda indices: read_frames(path, indices))
+    try:
+        return read(np.asarray(indices_for(count))), count
+    except VideoTooShortError as err:
+        n = err.num_frames
+        if n < 1 or (max_missing is not None and count - n > max_missing):
+            raise
+    return read_frames(path, indices_for(n)), n
+
+
 def read_frames_naive(path: str | Path, indices: Sequence[int]) -> np.ndarray:
     """Reference reader: decode AND convert every frame of the video, then pick `indices`.
 
@@ -1065,19 +1088,17 @@ class VideoDataset(torch.utils.data.Dataset):
             total = self._counts.get(key) or (_metadata_frames(container, stream) if window is not None else None)
             if total is None:
                 total = self._counts[key] = _count_video_frames(container, stream)
-            first, stop = (0, total) if window is None else \
-                window_frames(window, float(_stream_rate(path, stream)), total, path)
-            try:
-                return _decode_video(container, stream, path, first + self._sample(stop - first, rng))
-            except VideoTooShortError as err:   # the container's frame count was optimistic
-                true_count = err.num_frames
-                if true_count < 1:
-                    raise
-        self._counts[key] = true_count
-        if window is not None:
-            first, stop = window_frames(window, video_fps(path), true_count, path)
-            return read_frames(path, first + self._sample(stop - first, rng))
-        return read_frames(path, self._sample(true_count, rng))
+            fps = float(_stream_rate(path, stream)) if window is not None else 0.0
+
+            def indices_for(num_frames: int) -> np.ndarray:     # this item's frames of a video of num_frames
+                first, stop = (0, num_frames) if window is None else window_frames(window, fps, num_frames, path)
+                return first + self._sample(stop - first, rng)
+
+            frames, count = read_frames_lenient(path, total, indices_for,
+                                                read=lambda indices: _decode_video(container, stream, path, indices))
+        if count != total:                                       # the container's frame count was optimistic
+            self._counts[key] = count
+        return frames
 
     def _sample(self, num_frames: int, rng: np.random.Generator) -> np.ndarray:
         sp = self.sampling

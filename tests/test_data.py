@@ -271,6 +271,30 @@ def test_read_frames_past_the_end_and_bad_indices(gen_video):
         data.read_frames(gen_video, [])
 
 
+def test_read_frames_lenient_retries_at_the_true_count_within_max_missing(gen_video):
+    """A count larger than the decodable frames (an optimistic container) is read again at the true count,
+    within max_missing; beyond it the file is truncated and the error stays; `read` serves the first try."""
+    def spread(n):                      # 5 frames over the whole video, the last one included
+        return np.linspace(0, n - 1, 5).round().astype(int)
+    expected = data.read_frames_naive(gen_video, spread(GEN_FRAMES))
+    frames, n = data.read_frames_lenient(gen_video, GEN_FRAMES, spread)
+    assert n == GEN_FRAMES and np.array_equal(frames, expected)
+    for count, max_missing in ((GEN_FRAMES + 1, 1), (GEN_FRAMES + 7, None)):
+        frames, n = data.read_frames_lenient(gen_video, count, spread, max_missing=max_missing)
+        assert n == GEN_FRAMES and np.array_equal(frames, expected)
+    with pytest.raises(data.VideoTooShortError, match=f"only {GEN_FRAMES} frames"):
+        data.read_frames_lenient(gen_video, GEN_FRAMES + 2, spread, max_missing=1)
+    first_tries = []
+
+    def read(indices):
+        first_tries.append(indices.tolist())
+        return data.read_frames(gen_video, indices)
+    clamped, n = data.read_frames_lenient(gen_video, GEN_FRAMES + 1, lambda k: np.minimum([0, GEN_FRAMES], k - 1),
+                                          max_missing=1, read=read)
+    assert first_tries == [[0, GEN_FRAMES]] and n == GEN_FRAMES
+    assert np.array_equal(clamped, data.read_frames_naive(gen_video, [0, GEN_FRAMES - 1]))
+
+
 def test_frame_folder_and_still_image(tmp_path):
     folder = tmp_path / "frames" / "x"
     for i in range(1, 6):   # img_00001.jpg is index 0
