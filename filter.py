@@ -91,7 +91,6 @@ from torch import nn
 
 import data
 import models
-import train
 import transforms
 
 MODES = ("query", "pseudo")
@@ -102,7 +101,9 @@ DEDUP_CROPS = 5                       # crops per val frame for the de-duplicati
 DEDUP_DIMS = 256                      # Sec. 3.3: whitened features reduced to at most this many dimensions
 TOP_K = 5                             # classes (and probabilities) kept per sample in samples.jsonl
 WORK_FORMAT = "omnisource-filter-work-1"
-ROUTES = ("images", "videos", "frames", "windows", "raw")   # how a sample is scored (`_route_codes`)
+# how a sample is scored (`_route_codes`): images; short videos and frame folders; untrimmed videos as 1-FPS frames
+# (2D student) or as 10-s windows (3D student); raw videos already cut into pieces
+ROUTES = ("images", "videos", "one_fps", "windows", "raw")
 
 
 @dataclass
@@ -271,13 +272,13 @@ class Scorer:
     group's teachers under cfg.amp's autocast, cfg.batch_size units per forward.
     """
 
-    def __init__(self, teachers, cfg: FilterConfig, units: str = "clips"):
+    def __init__(self, teachers: list[nn.Module], cfg: FilterConfig, single_frames: bool = False):
         self.teachers, self.cfg = teachers, cfg
         self.device = torch.device(cfg.device)
         groups: dict[tuple, list[int]] = {}
         for t, teacher in enumerate(teachers):
             s = teacher.spec
-            if units == "frames":   # Sec. 3.5, 2D student: single 1-FPS frames
+            if single_frames:   # Sec. 3.5, 2D student: single 1-FPS frames
                 key = (s.family, 1, 1, 1, s.crop_size)
             else:
                 key = (s.family, s.clip_len, s.frame_interval, cfg.clips or DEFAULT_CLIPS[s.family], s.crop_size)
@@ -297,7 +298,7 @@ class Scorer:
                 for s in range(0, n, self.cfg.batch_size):
                     x = transforms.normalize(v[s:s + self.cfg.batch_size].to(self.device, non_blocking=True))
                     for t in members:
-                        p = train.predict(self.teachers[t], x, self.teachers[t].spec).float()   # (u, K)
+                        p = models.predict(self.teachers[t], x, self.teachers[t].spec).float()   # (u, K)
                         if total is None:
                             total = torch.zeros(n, p.shape[1], device=p.device)
                         total[s:s + len(p)] += p
@@ -403,7 +404,7 @@ def _unit_plan(sample, route, fps, seconds, loads):
         return plan, np.arange(len(parts)), None
     n = data.count_frames(path)
     rate = data.video_fps(path)
-    if route == "frames":
+    if route == "one_fps":
         idx = one_fps_indices(n, rate, fps)
         return [[(path, np.array([f]), n) for f in idx] for _ in loads], idx, rate
     ranges = window_ranges(n, rate, seconds)
@@ -431,23 +432,13 @@ def _load_units(units, transform):
             e += 1
         path, count = units[s][0], units[s][2]
         idx = np.concatenate([u[1] for u in units[s:e]])
-        frames = _read_corrected(path, idx, count)                              # (u * T, H, W, 3)
+        # (u * T, H, W, 3); a container count one frame too high repeats the last frame, more is a truncated file
+        frames, _ = data.read_frames_lenient(path, count, lambda n: np.minimum(idx, n - 1), max_missing=1)
         views = transform(frames)                                               # (1, C, u * T, h, w)
         c, t = views.shape[1], len(units[s][1])
         out.append(views.reshape(c, e - s, t, *views.shape[-2:]).transpose(0, 1).unsqueeze(1))
         s = e
     return torch.cat(out).contiguous()
-
-
-def _read_corrected(path, idx, count):
-    """read_frames; a container frame count one too high is corrected (indices past the end take the last
-    frame), a file that decodes to fewer frames than that is truncated: an error (Sec. 3.3)."""
-    try:
-        return data.read_frames(path, idx)
-    except data.VideoTooShortError as err:
-        if err.num_frames < count - 1 or err.num_frames < 1:
-            raise
-        return data.read_frames(path, np.minimum(idx, err.num_frames - 1))
 
 
 def _load_clip(sample, loads):
@@ -462,15 +453,11 @@ def _load_clip(sample, loads):
     return out
 
 
-def _read_sampled(sample, sampling):
-    """Test-mode sampled frames; a frame count off by one is corrected, a truncated file is an error."""
+def _read_sampled(sample: data.Sample, sampling: data.Sampling) -> np.ndarray:
+    """Test-mode sampled frames (L, H, W, 3); a frame count one too high is corrected, a file that decodes to
+    fewer frames than that is truncated: an error (Sec. 3.3)."""
     n = sample.num_frames or data.count_frames(sample.path)
-    try:
-        return data.read_frames(sample.path, _test_indices(n, sampling))
-    except data.VideoTooShortError as err:
-        if err.num_frames < n - 1:   # far fewer frames than the container claims: truncated (Sec. 3.3)
-            raise
-        return data.read_frames(sample.path, _test_indices(err.num_frames, sampling))
+    return data.read_frames_lenient(sample.path, n, lambda m: _test_indices(m, sampling), max_missing=1)[0]
 
 
 def _test_indices(n, sampling):
@@ -864,7 +851,7 @@ def run_filter(samples, query, teachers, cfg: FilterConfig, work: Work, prefix, 
             work.append("records", sorted(records, key=lambda r: r["i"]))
             work.scored += len(blocks[k])
     # 3. untrimmed videos (Sec. 3.5) and raw pieces: one video per block, units decoded in chunks
-    for route in ("frames", "windows", "raw"):
+    for route in ("one_fps", "windows", "raw"):
         idx = np.flatnonzero(active & (routes == ROUTES.index(route)))
         mine = idx[shard.rank::shard.world]
         todo = mine[~done[mine]]
@@ -893,11 +880,11 @@ def _clip_records(ids, probs, samples, query, cfg, prefix, list_dir) -> list[dic
 
 def _score_untrimmed(samples, todo, route, query, teachers, cfg, work, prefix, list_dir) -> None:
     """Sec. 3.5: score the units of untrimmed (or raw) videos chunk by chunk; one record per video."""
-    scorer = Scorer(teachers, cfg, units="frames" if route == "frames" else "clips")
+    scorer = Scorer(teachers, cfg, single_frames=route == "one_fps")
     stream = _UnitStream(samples, todo, route, cfg, scorer.loads)
     loader = torch.utils.data.DataLoader(stream, batch_size=None, num_workers=min(cfg.workers, len(todo)),
                                          collate_fn=_as_is, pin_memory=torch.device(cfg.device).type == "cuda")
-    what = {"frames": "untrimmed 1-FPS frames", "windows": f"untrimmed {cfg.piece_seconds:g}-s windows",
+    what = {"one_fps": "untrimmed 1-FPS frames", "windows": f"untrimmed {cfg.piece_seconds:g}-s windows",
             "raw": "raw pieces"}[route]
     progress, failed, pending = _Progress(f"scoring {what}{_rank_tag(work.shard)}", len(todo), cfg.progress), 0, {}
     for i, first, total, views, info, error in loader:
@@ -928,7 +915,7 @@ def _untrimmed_record(i, chunks, route, samples, query, cfg, prefix, list_dir) -
              positive_units=int(positive.sum()),
              unit_scores=[round(float(p), 6) for p in probs[:, max(label, 0)].tolist()])
     pos = np.flatnonzero(positive)
-    if route == "frames":
+    if route == "one_fps":
         r["frames"] = np.concatenate([c[1][0] for c in chunks]).tolist()
         line = f"{_rel(s.path, list_dir)} {label}"
     elif route == "windows":
@@ -1446,7 +1433,7 @@ def _route_codes(samples, student) -> np.ndarray:
     """Route (index into ROUTES) of every sample: images; short videos and frame folders; untrimmed videos as
     1-FPS frames (2d) or 10-s windows (3d); raw videos cut already."""
     kinds = list(data.KINDS)
-    table = np.array([ROUTES.index({"image": "images", "untrimmed": "frames" if student == "2d" else "windows",
+    table = np.array([ROUTES.index({"image": "images", "untrimmed": "one_fps" if student == "2d" else "windows",
                                     "raw": "raw"}.get(k, "videos")) for k in kinds], dtype=np.int8)
     codes = getattr(samples, "kinds", None)
     if codes is None:

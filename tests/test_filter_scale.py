@@ -267,8 +267,8 @@ def test_untrimmed_scored_in_bounded_chunks(tmp_path):
     video = colour_video(tmp_path / "web" / "untrimmed" / "v.mp4", colours, fps=2)
     samples = [data.Sample(video, 0, "untrimmed")]
     base = dict(workers=0, progress=False, batch_size=2)
-    stream = flt._UnitStream(samples, np.array([0]), "frames", flt.FilterConfig(chunk_frames=3, **base),
-                             flt.Scorer([ColourTeacher()], flt.FilterConfig(**base), units="frames").loads)
+    stream = flt._UnitStream(samples, np.array([0]), "one_fps", flt.FilterConfig(chunk_frames=3, **base),
+                             flt.Scorer([ColourTeacher()], flt.FilterConfig(**base), single_frames=True).loads)
     chunks = [(first, len(views[0])) for _, first, _, views, _, _ in stream]
     assert chunks == [(0, 3), (3, 3), (6, 2)]                       # 8 one-FPS frames, 3 at a time
     res = {k: flt.filter_source(samples, [0], [ColourTeacher()], flt.FilterConfig(chunk_frames=k, **base),
