@@ -4,7 +4,7 @@
     python train.py --data-root data --target k400 --arch tsn_r50 --pretrained resnet50.pth
     python train.py --target k400 --aux gg,ig-vid --ratio 2:1:1           # OmniSource joint training
     torchrun --nproc_per_node 8 train.py --target k400 --arch slowonly_r50_4x16 ...
-    python train.py --target k400 --arch tsn_r50 --checkpoint best.pth --test
+    python train.py --target k400 --arch tsn_r50 --checkpoint final.pth --test
 
 The recipes are the paper's (appendix "Implementation Details"): SGD with momentum 0.9 and weight decay
 1e-4, a learning rate linear in the number of samples per step, gradient clipping at norm 40, and per
@@ -14,9 +14,11 @@ at 90 and 130; 3D from scratch 1.6e-3/sample, cosine, 256 epochs with 34 warm-up
 The training step (Sec. 3.2, Eq. 1) is in `train_one_epoch`: one target batch plus one batch per
 auxiliary source, one forward on their concatenation, one loss, ONE optimiser step.
 
-Outputs in --work-dir: log.jsonl (one JSON object per logging interval and per epoch), latest.pth
-(every epoch and every --save-every steps, written atomically), best.pth (best quick validation top-1),
-metrics.json (top1, top5, mean_class_acc of the final evaluation with the paper's test protocol),
+Outputs in --work-dir: log.jsonl (one JSON object per logging interval and per epoch, with the quick
+validation's top-1), latest.pth (every epoch and every --save-every steps, written atomically), final.pth (the
+weights the final test evaluated: by default the last ones; --select val: best.pth, the best quick validation
+top-1, MMAction2's practice), metrics.json (top1, top5, mean_class_acc of the final test with the paper's
+protocol, and which weights it tested),
 confusion_matrix.csv and predictions.jsonl (per video: path, label, top-5 classes with probabilities;
 --dump-probs: all of them).
 
@@ -87,13 +89,13 @@ def get_args_parser():
     g.add_argument("--pretrained", default=None, help="2D ImageNet weights (torchvision layout) to start from; "
                    "inflated for 3D nets. With them a 3D net uses the '3d_imagenet' recipe, without '3d_scratch'")
     g.add_argument("--checkpoint", default=None, help="weights to start from, or with --test the model to "
-                   "evaluate (default with --test: WORK_DIR/best.pth). Our checkpoints, MMAction2 0.x / 1.x recognizer "
-                   "checkpoints (e.g. the released OmniSource models), torchvision state dicts and bare state dicts "
-                   "are detected (models.load_weights)")
+                   "evaluate (default with --test: WORK_DIR/final.pth). Our checkpoints, MMAction2 0.x / 1.x "
+                   "recognizer checkpoints (e.g. the released OmniSource models), torchvision state dicts and bare "
+                   "state dicts are detected (models.load_weights)")
     g.add_argument("--finetune", action="store_true", help="with --checkpoint: load the backbone only and keep a "
                    "fresh classifier, for a checkpoint with another class count (transfer to UCF101 / HMDB51)")
     g.add_argument("--export-mmaction", default=None, metavar="OUT.pth", help="only write --checkpoint (default "
-                   "WORK_DIR/best.pth) as an MMAction2 1.x checkpoint to OUT.pth and exit")
+                   "WORK_DIR/final.pth) as an MMAction2 1.x checkpoint to OUT.pth and exit")
     g.add_argument("--num-segments", type=int, default=None, help="TSN training segments (default: the arch's, 3)")
     g.add_argument("--clip-len", type=int, default=None, help="3D: frames per clip (default: the arch's, e.g. 4)")
     g.add_argument("--frame-interval", type=int, default=None, help="3D: frame step inside a clip (default: the "
@@ -124,8 +126,8 @@ def get_args_parser():
                    "--data-root, e.g. the output of filter.py, or gg, ig-img, ig-vid, k200-raw, k400-untr)")
     g.add_argument("--ratio", default="", help="|B_T|:|B_A1|:|B_A2|... batch ratio, target first (default 2:1 "
                    "per source: 2:1, 2:1:1, ...; Table 2)")
-    g.add_argument("--resample", default=omnisource.DEFAULT_RESAMPLE, help="class resampling of every auxiliary source: none, "
-                   "clip:N_C or power:P (Table 10); one value or one per source separated by ','")
+    g.add_argument("--resample", default=omnisource.DEFAULT_RESAMPLE, help="class resampling of every auxiliary "
+                   "source: none, clip:N_C or power:P (Table 10); one value or one per source separated by ','")
     g.add_argument("--mixup", type=float, default=0.0, help="mixup alpha (0: off): cross-dataset with --aux, "
                    "intra-dataset without (Sec. 3.6, Table 9)")
     g.add_argument("--inflate", default="still", choices=("still", "translate-random", "translate-const",
@@ -148,8 +150,13 @@ def get_args_parser():
                    "(default: the arch's, 10 for SlowOnly, 25 for TSN)")
     g.add_argument("--test-crops", type=int, choices=(1, 3, 10), default=None, help="test crops per clip: 1 "
                    "centre, 3 ThreeCrop, 10 TenCrop (default: the arch's, 3)")
+    g.add_argument("--select", choices=("last", "val"), default="last", help="the weights the final test "
+                   "reports and final.pth holds: last = after the last epoch (no choice made on the split the test "
+                   "reports); val = best.pth, the best quick validation on the val split, then tested on that same "
+                   "split (MMAction2's practice; an optimistic figure)")
     g.add_argument("--val-every", type=int, default=None, help="quick validation (centre crop, training clip "
-                   "count) every N epochs, to pick best.pth (default: max(1, epochs // 10), about ten validations "
+                   "count) every N epochs, logged; with --select val it picks best.pth (default: max(1, epochs // "
+                   "10), about ten validations "
                    "per run, so short epochs of small datasets are not dominated by validation)")
     g.add_argument("--log-interval", type=int, default=20, help="steps between log lines")
     g.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
@@ -194,6 +201,7 @@ class Run:
     start_step: int = 0             # optimiser steps already done in epoch start_epoch (a mid-epoch latest.pth)
     resumed_meters: list = field(default_factory=list)   # that checkpoint's meter sums (train_one_epoch restores)
     best_top1: float = -1.0
+    best_epoch: int = 0             # the epoch of best_top1 (1-based; 0: none yet)
     val_every: int = 1
     freeze_bn: bool = False
     rng: np.random.Generator = field(default_factory=np.random.default_rng)
@@ -216,11 +224,7 @@ def main(args):
     for epoch in range(run.start_epoch, run.schedule.epochs):
         stats = train_one_epoch(run, epoch, first_step=run.start_step if epoch == run.start_epoch else 0)
         if (epoch + 1) % run.val_every == 0 or epoch + 1 == run.schedule.epochs:
-            stats["val"] = evaluate(run, run.val_loader, quick=True)
-            stats["val"].pop("confusion_matrix")
-            if stats["val"]["top1"] > run.best_top1:
-                run.best_top1 = stats["val"]["top1"]
-                save_checkpoint(run, "best.pth", epoch + 1)
+            stats["val"] = validate(run, epoch)
         # the epoch's log line before latest.pth, which records how long log.jsonl was: a run killed in between
         # repeats the epoch and --resume first cuts the log back, so every line is written once
         log_line(run, dict(kind="epoch", epoch=epoch + 1, **stats))
@@ -365,7 +369,7 @@ def train_one_epoch(run, epoch, first_step=0):
 
 
 @torch.no_grad()
-def evaluate(run, loader, quick=False, predictions=None):
+def evaluate(run, loader, predictions=None):
     """Metrics over the whole val split, reduced over ranks; with `predictions` (a path) also per-video results.
 
     Each item holds every view of a video, (V, C, T, H, W) with V the crops and T all sampled frames.
@@ -429,7 +433,7 @@ def write_predictions(run, loader, probs, labels, used, path):
 
 def export(run):
     """--export-mmaction: our checkpoint -> MMAction2 1.x layout (models.export_mmaction)."""
-    ckpt = Path(run.args.checkpoint) if run.args.checkpoint else Path(run.args.work_dir) / "best.pth"
+    ckpt = Path(run.args.checkpoint) if run.args.checkpoint else Path(run.args.work_dir) / "final.pth"
     if run.rank == 0:
         print(f"exporting {ckpt} ({run.args.arch}, {len(run.classes)} classes of {run.args.target}) to "
               f"{run.args.export_mmaction}", flush=True)
@@ -440,43 +444,76 @@ def export(run):
     return {}
 
 
-def final_test(run):
-    """The paper's test protocol on the val split -> metrics.json and confusion_matrix.csv.
+def validate(run, epoch):
+    """Quick validation after epoch `epoch` (0-based): centre crop, the training clip count, the whole val split;
+    logged. With --select val the best top-1 so far is saved as best.pth (the first of equal ones)."""
+    m = evaluate(run, run.val_loader)
+    m.pop("confusion_matrix")
+    if m["top1"] > run.best_top1:
+        run.best_top1, run.best_epoch = m["top1"], epoch + 1
+        if run.args.select == "val":
+            save_checkpoint(run, "best.pth", epoch + 1)
+    return m
 
-    After training: the best quick-validation weights. 1. every rank waits until rank 0 has written best.pth;
-    2. rank 0 alone decides whether it exists and sends the decision, then the weights, to the others. Ranks
-    that each looked for themselves could disagree (node-local or NFS-cached work dirs) and then wait in
-    different collectives forever.
+
+def final_test(run):
+    """The paper's test protocol on the val split -> final.pth, metrics.json, confusion_matrix.csv and
+    predictions.jsonl.
+
+    1. the weights (`weights_to_test`): --test: --checkpoint; after training: --select's, written to final.pth
+       (weights only, self-describing, what models.load_weights reads) before they are tested, so final.pth is
+       exactly what metrics.json reports ("weights": "last" or "best on val (epoch N)");
+    2. the test protocol's views (--test-clips x --test-crops) of every val video, then metrics.json last (the
+       run's "done" mark).
     """
-    args, spec = run.args, run.net.spec
-    ckpt = Path(args.checkpoint) if args.test and args.checkpoint else Path(args.work_dir) / "best.pth"
-    if args.test:
-        load_weights_everywhere(run, ckpt)
-    else:
-        dist_barrier(run)
-        found = [ckpt.exists() if run.rank == 0 else None]
-        if run.world > 1:
-            dist.broadcast_object_list(found, src=0)
-        if found[0]:
-            load_weights_everywhere(run, ckpt)
-        else:
-            ckpt = "the last weights"
-    crops = args.test_crops or spec.crops_test
+    args, arch = run.args, run.net.spec
+    weights, source = weights_to_test(run)
+    if not args.test and run.rank == 0:
+        atomic_save({**describe_model(run), "weights": weights}, Path(args.work_dir) / "final.pth")
+    crops = args.test_crops or arch.crops_test
     protocol = {1: "center", 3: "three_crop", 10: "ten_crop"}[crops]
     target = data.resolve_dataset(args.data_root, args.target)
-    ds = make_dataset(args, target, "val", spec, test_mode=True, protocol=protocol,
-                      num_clips=args.test_clips or spec.num_clips_test)
+    ds = make_dataset(args, target, "val", arch, test_mode=True, protocol=protocol,
+                      num_clips=args.test_clips or arch.num_clips_test)
     if run.rank == 0:
-        print(f"testing {ckpt} on the {len(ds)} val videos of {args.target}", flush=True)
+        print(f"testing {source} on the {len(ds)} val videos of {args.target}", flush=True)
     m = evaluate(run, make_eval_loader(args, ds, run.rank, run.world),
                  predictions=Path(args.work_dir) / "predictions.jsonl")
-    m["protocol"] = f"{args.test_clips or spec.num_clips_test} {'segments' if spec.family == 'tsn' else 'clips'}" \
+    m["protocol"] = f"{args.test_clips or arch.num_clips_test} {'segments' if arch.family == 'tsn' else 'clips'}" \
                     f" x {crops} crops"
+    m["weights"] = weights
     if run.rank == 0:
         write_results(run, m)
         print(f"test ({m['protocol']}): top1 {m['top1']:.4f}  top5 {m['top5']:.4f}  "
               f"mean_class_acc {m['mean_class_acc']:.4f}", flush=True)
     return m
+
+
+def weights_to_test(run):
+    """Load the weights the final test evaluates -> (metrics.json's "weights", the "testing ..." line's words).
+
+    --test: --checkpoint (default WORK_DIR/final.pth). --select last: the weights in memory after the last epoch.
+    --select val: best.pth; 1. every rank waits until rank 0 has written it; 2. rank 0 alone decides whether it
+    exists and sends the decision, then the weights, to the others. Ranks that each looked for themselves could
+    disagree (node-local or NFS-cached work dirs) and then wait in different collectives forever.
+    """
+    args = run.args
+    if args.test:
+        ckpt = Path(args.checkpoint) if args.checkpoint else Path(args.work_dir) / "final.pth"
+        load_weights_everywhere(run, ckpt)
+        return str(ckpt), str(ckpt)
+    last = f"the last weights (epoch {run.schedule.epochs}, --select {args.select})"
+    if args.select == "last":
+        return "last", last
+    dist_barrier(run)
+    ckpt = Path(args.work_dir) / "best.pth"
+    found = [ckpt.exists() if run.rank == 0 else None]
+    if run.world > 1:
+        dist.broadcast_object_list(found, src=0)
+    if not found[0]:                                # deleted by hand: nothing else to choose from
+        return "last (no best.pth)", last + f": {ckpt} not found"
+    load_weights_everywhere(run, ckpt)
+    return f"best on val (epoch {run.best_epoch})", f"{ckpt}, the best on val (epoch {run.best_epoch}, --select val)"
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -555,23 +592,27 @@ def save_checkpoint(run, name, epoch, step=0, meters=()):
         return
     log = Path(run.args.work_dir) / "log.jsonl"
     state = {
-        "model": run.net.state_dict(),
-        "arch": run.args.arch,
-        "model_args": model_overrides(run.args),
-        "spec": vars(run.net.spec) if hasattr(run.net.spec, "__dict__") else None,
-        "classes": run.classes,
+        **describe_model(run),
         "epoch": epoch,
         "step": step,
         "optimizer": run.optimizer.state_dict(),
         "scaler": run.scaler.state_dict() if run.scaler is not None else None,
         "meters": [meter_state(m) for m in meters],
         "best_top1": run.best_top1,
+        "best_epoch": run.best_epoch,
         "args": vars(run.args),
         "world": run.world,
         "rng": rng,
         "log_bytes": log.stat().st_size if log.exists() else 0,
     }
     atomic_save(state, Path(run.args.work_dir) / name)
+
+
+def describe_model(run):
+    """What makes a checkpoint self-describing (models.load_weights, models.from_checkpoint): the weights, the
+    architecture and its command-line overrides, its spec and the class names."""
+    return {"model": run.net.state_dict(), "arch": run.args.arch, "model_args": model_overrides(run.args),
+            "spec": vars(run.net.spec) if hasattr(run.net.spec, "__dict__") else None, "classes": run.classes}
 
 
 def load_checkpoint(run, path, full):
@@ -592,7 +633,7 @@ def load_checkpoint(run, path, full):
         run.scaler = torch.amp.GradScaler(run.device.type, enabled=run.args.amp == "fp16")
         run.scaler.load_state_dict(state["scaler"])
     run.start_epoch, run.start_step = state["epoch"], state.get("step", 0)
-    run.best_top1 = state.get("best_top1", -1.0)
+    run.best_top1, run.best_epoch = state.get("best_top1", -1.0), state.get("best_epoch", 0)
     run.resumed_meters = state.get("meters", [])
     rng, world = state["rng"], state.get("world", 1)
     if isinstance(rng, dict):                      # written before per-rank states: rank 0's for every rank

@@ -66,7 +66,8 @@ def test_train_every_flag_family(data_root, tmp_path):
             "--clip-grad", "20", "--seed", "3",
             "--aux", "synth-web-img,synth-web-untrimmed", "--ratio", "2:1:1", "--resample", "power:0.5,clip:3",
             "--mixup", "0.2", "--inflate", "translate-random", "--snippet", "3pos",
-            "--work-dir", work, "--save-every", "2", "--val-every", "1", "--log-interval", "1", "--device", "cpu",
+            "--work-dir", work, "--save-every", "2", "--val-every", "1", "--select", "val", "--log-interval", "1",
+            "--device", "cpu",
             "--test-clips", "2", "--test-crops", "3",
             "--amp", "none", "--no-channels-last", "--eval-batch-size", "4"]
     out = run("train", argv)
@@ -106,11 +107,11 @@ def test_train_every_flag_family(data_root, tmp_path):
     # inflation spreads each 2D kernel over the temporal kernel: summed over time it is the 2D kernel again
     assert torch.allclose(c["model"]["conv1.weight"].sum(2), ckpt["model"]["backbone.conv1.weight"],
                           atol=1e-6)
-    # 4. --export-mmaction of the 3D run's best.pth (the default of --checkpoint)
+    # 4. --export-mmaction of the 3D run's final.pth (the default of --checkpoint)
     out = run("train", ["--data-root", data_root, "--target", "synth", "--arch", "slowonly_tiny", "--clip-len", "4",
                         "--frame-interval", "2", "--crop-size", "32", "--work-dir", tmp_path / "c",
                         "--export-mmaction", tmp_path / "mm.pth"])
-    assert out.stdout.startswith(f"exporting {tmp_path / 'c' / 'best.pth'}")
+    assert out.stdout.startswith(f"exporting {tmp_path / 'c' / 'final.pth'}")
     assert "cls_head.fc_cls.weight" in torch.load(tmp_path / "mm.pth", weights_only=True)["state_dict"]
     assert not missing_flags(train.get_args_parser(), USED["train"])
 

@@ -34,7 +34,8 @@ def train_cmd(data_root, work, *extra):
 
 
 def torchrun_cmd(script, data_root, *extra):
-    """2 ranks on gloo; channels-last weights (the GPU default) also go through rank 0's broadcast of best.pth."""
+    """2 ranks on gloo; channels-last weights (the GPU default) also go through rank 0's broadcast of best.pth
+    (with --select val)."""
     return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
             str(free_port()), str(script), "--data-root", str(data_root), *COMMON, "--channels-last", *extra]
 
@@ -48,10 +49,11 @@ def test_sigkill_at_any_moment_then_resume_gives_the_uninterrupted_run(small_dat
     kill_when(cmd, lambda: checkpoint_at(killed) is not None and checkpoint_at(killed)[1] > 0, tmp_path)
     epoch, step = checkpoint_at(killed)
     assert step > 0, (epoch, step)
-    # 2. right after epoch 1's last step: validation, best.pth, the epoch's log line and latest.pth follow
+    # 2. right after epoch 1's last step: validation, the epoch's log line and latest.pth follow
     kill_when(cmd + ["--resume"], lambda: any(r["kind"] == "train" and r["epoch"] == 1 and r["step"] == 4
                                               for r in log_records(killed)), tmp_path)
-    # 3. in the final test: training is over (latest.pth after epoch 2), metrics.json not yet written
+    # 3. in the final test: training is over (latest.pth after epoch 2), final.pth and metrics.json may not be
+    #    written yet
     kill_when(cmd + ["--resume"], lambda: checkpoint_at(killed) == (2, 0), tmp_path)
     run_group(cmd + ["--resume"], tmp_path / "last.err")
     assert_same_run(straight, killed)
@@ -59,8 +61,8 @@ def test_sigkill_at_any_moment_then_resume_gives_the_uninterrupted_run(small_dat
 
 def test_two_ranks_resume_exactly_with_each_ranks_random_state(small_data, tmp_path):
     """2-process gloo torchrun: per-rank random streams differ, are saved per rank and each rank gets its own
-    back. The uninterrupted run gives each rank its own work dir (node-local disks): only rank 0 sees
-    best.pth, and the run must end (issue 8, item 4) rather than wait in mismatched collectives. Two target
+    back. The uninterrupted run gives each rank its own work dir (node-local disks): with --select val only
+    rank 0 sees best.pth, and the run must end (issue 8, item 4) rather than wait in mismatched collectives. Two target
     videos are broken, one read by each rank in epoch 1: the logged count is the sum over the ranks."""
     data_root = broken_copy(small_data, tmp_path / "data")
     node_local = tmp_path / "node_local.py"
@@ -69,7 +71,7 @@ def test_two_ranks_resume_exactly_with_each_ranks_random_state(small_data, tmp_p
         f"sys.argv = [{str(ROOT / 'train.py')!r}] + sys.argv[1:] + "
         f"['--work-dir', os.path.join({str(tmp_path / 'straight')!r}, 'node' + os.environ['RANK'])]\n"
         f"runpy.run_path({str(ROOT / 'train.py')!r}, run_name='__main__')\n")
-    run_group(torchrun_cmd(node_local, data_root), tmp_path / "straight.err", timeout=240)
+    run_group(torchrun_cmd(node_local, data_root, "--select", "val"), tmp_path / "straight.err", timeout=240)
     straight, shared = tmp_path / "straight" / "node0", tmp_path / "shared"
     assert [r["failed_samples"] for r in log_records(straight) if r["kind"] == "train" and r["epoch"] == 1][-1] == 2
     assert not any((tmp_path / "straight" / "node1").glob("*.pth"))       # rank 1 never saw a checkpoint
@@ -78,10 +80,10 @@ def test_two_ranks_resume_exactly_with_each_ranks_random_state(small_data, tmp_p
     assert not torch.equal(rng[0]["torch"], rng[1]["torch"])              # dropout masks differ per rank
     assert rng[0]["numpy"] != rng[1]["numpy"] and rng[0]["python"] != rng[1]["python"]
     # the same command on a shared work dir, killed after a mid-epoch checkpoint, then resumed
-    cmd = torchrun_cmd(ROOT / "train.py", data_root, "--work-dir", str(shared))
+    cmd = torchrun_cmd(ROOT / "train.py", data_root, "--select", "val", "--work-dir", str(shared))
     kill_when(cmd, lambda: checkpoint_at(shared) is not None and checkpoint_at(shared)[1] > 0, tmp_path,
               timeout=240)
-    run_group(torchrun_cmd(ROOT / "train.py", data_root, "--work-dir", str(shared), "--resume"),
+    run_group(torchrun_cmd(ROOT / "train.py", data_root, "--select", "val", "--work-dir", str(shared), "--resume"),
               tmp_path / "resumed.err", timeout=240)
     assert_same_run(straight, shared)      # the weights depend on both ranks' dropout (gradients are averaged)
     resumed = torch.load(shared / "latest.pth", weights_only=True)["rng"]
@@ -96,10 +98,12 @@ def test_two_ranks_resume_exactly_with_each_ranks_random_state(small_data, tmp_p
 
 
 def assert_same_run(a, b):
-    """Bit-identical weights (latest and best), optimiser state, metrics.json and log (timing fields aside)."""
-    for name in ("latest.pth", "best.pth"):
+    """Bit-identical weights (latest, final and, with --select val, best), optimiser state, metrics.json and log
+    (timing fields aside)."""
+    assert (a / "best.pth").exists() == (b / "best.pth").exists()
+    for name in ("latest.pth", "final.pth") + (("best.pth",) if (a / "best.pth").exists() else ()):
         x, y = (torch.load(d / name, weights_only=True) for d in (a, b))
-        assert (x["epoch"], x["step"]) == (y["epoch"], y["step"]), name
+        assert (x.get("epoch"), x.get("step"), x.get("weights")) == (y.get("epoch"), y.get("step"), y.get("weights"))
         assert x["model"].keys() == y["model"].keys()
         for k in x["model"]:
             assert torch.equal(x["model"][k], y["model"][k]), (name, k)

@@ -187,7 +187,7 @@ def test_test_writes_per_video_predictions_gathered_in_split_order(small_data, t
     agreeing with metrics.json; the two-rank file (each rank tested its share) equals the one-process file."""
     train.main(train.get_args_parser().parse_args(["--data-root", str(small_data), "--target", "synth",
                                                    "--epochs", "1", "--work-dir", str(tmp_path / "train"), *FAST]))
-    ckpt = str(tmp_path / "train" / "best.pth")
+    ckpt = str(tmp_path / "train" / "final.pth")
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
     test = ["--data-root", str(small_data), "--target", "synth", "--test", "--checkpoint", ckpt, "--dump-probs",
             *FAST]

@@ -42,7 +42,7 @@ def test_learns_the_generated_data_well_above_chance(small_data, tmp_path):
     log = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
     step = next(r for r in log if r["kind"] == "train")
     assert {"loss", "lr", "samples_per_s", "eta_s"} <= set(step)
-    assert (tmp_path / "latest.pth").exists() and (tmp_path / "best.pth").exists()
+    assert (tmp_path / "latest.pth").exists() and (tmp_path / "final.pth").exists()
     # the demo data is made hard on purpose (few labels, large variation); the training data is learnt
     epochs = [r for r in log if r["kind"] == "epoch"]
     assert epochs[-1]["loss"] < epochs[0]["loss"] and epochs[-1]["acc_synth"] > 0.25
@@ -92,6 +92,45 @@ def test_checkpoint_is_self_describing(small_data, tmp_path):
     import models
     model = models.from_checkpoint(tmp_path / "latest.pth")
     assert model.classes == ckpt["classes"]
+
+
+def test_select_last_tests_the_last_weights_and_final_pth_holds_them(small_data, tmp_path):
+    """--select last (the default): the final test's figures are a `--test --checkpoint latest.pth` run's (the
+    weights after the last epoch); final.pth holds exactly those weights and says so; no best.pth is written."""
+    work = tmp_path / "w"
+    m = run_train(["--data-root", str(small_data), "--target", "synth", "--epochs", "2", "--val-every", "1",
+                   "--work-dir", str(work), *FAST])
+    latest, final = (torch.load(work / name, weights_only=True) for name in ("latest.pth", "final.pth"))
+    assert final["weights"] == "last" == json.loads((work / "metrics.json").read_text())["weights"]
+    assert final["model"].keys() == latest["model"].keys()
+    assert all(torch.equal(final["model"][k], latest["model"][k]) for k in latest["model"])
+    assert not (work / "best.pth").exists()
+    t = run_train(["--data-root", str(small_data), "--target", "synth", "--test", "--checkpoint",
+                   str(work / "latest.pth"), "--work-dir", str(tmp_path / "t"), *FAST])
+    assert (t["top1"], t["top5"], t["confusion_matrix"]) == (m["top1"], m["top5"], m["confusion_matrix"])
+    assert t["weights"] == str(work / "latest.pth")
+
+
+def test_select_val_tests_best_pth_chosen_on_val_and_says_which_epoch(small_data, tmp_path):
+    """--select val (MMAction2's practice), run as a user runs it: best.pth is the epoch of the first highest
+    quick-validation top-1 in log.jsonl; the final test reports it (a `--test --checkpoint best.pth` run's figures),
+    final.pth holds those weights, metrics.json and the "testing ..." line name the epoch."""
+    work = tmp_path / "w"
+    out = subprocess.run([sys.executable, str(ROOT / "train.py"), "--data-root", str(small_data), "--target", "synth",
+                          "--epochs", "3", "--val-every", "1", "--select", "val", "--work-dir", str(work), *FAST],
+                         capture_output=True, text=True, timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert out.returncode == 0, out.stderr[-2000:]
+    val = [r["val"]["top1"] for r in map(json.loads, (work / "log.jsonl").read_text().splitlines())
+           if r["kind"] == "epoch"]
+    epoch = 1 + val.index(max(val))
+    best, final = (torch.load(work / name, weights_only=True) for name in ("best.pth", "final.pth"))
+    assert best["epoch"] == epoch and final["weights"] == f"best on val (epoch {epoch})"
+    assert all(torch.equal(final["model"][k], best["model"][k]) for k in best["model"])
+    assert f"testing {work / 'best.pth'}, the best on val (epoch {epoch}, --select val)" in out.stdout
+    metrics = json.loads((work / "metrics.json").read_text())
+    t = run_train(["--data-root", str(small_data), "--target", "synth", "--test", "--checkpoint",
+                   str(work / "best.pth"), "--work-dir", str(tmp_path / "t"), *FAST])
+    assert (t["top1"], t["top5"]) == (metrics["top1"], metrics["top5"]) and metrics["weights"] == final["weights"]
 
 
 def test_two_process_ddp_on_cpu(small_data, tmp_path):
@@ -260,9 +299,9 @@ def test_export_mmaction_round_trips(small_data, tmp_path):
                "--export-mmaction", str(out), *FAST])
     mm = torch.load(out, weights_only=True)
     assert "cls_head.fc_cls.weight" in mm["state_dict"] and mm["state_dict"]["cls_head.fc_cls.weight"].shape[0] == 4
-    # evaluating the exported MMAction2 file gives the same metrics as our own best.pth
+    # evaluating the exported MMAction2 file gives the same metrics as our own final.pth (the default exported)
     a = run_train(["--data-root", str(small_data), "--target", "synth", "--work-dir", str(tmp_path / "a"), "--test",
-                   "--checkpoint", str(tmp_path / "best.pth"), *FAST])
+                   "--checkpoint", str(tmp_path / "final.pth"), *FAST])
     b = run_train(["--data-root", str(small_data), "--target", "synth", "--work-dir", str(tmp_path / "b"), "--test",
                    "--checkpoint", str(out), *FAST])
     assert a["top1"] == b["top1"] and a["confusion_matrix"] == b["confusion_matrix"]
