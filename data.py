@@ -71,6 +71,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
+import transforms
+
 logger = logging.getLogger(__name__)
 
 VIDEO_EXTS = (".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v", ".flv", ".mpg", ".mpeg", ".3gp", ".ts")
@@ -857,16 +859,16 @@ def resolve_dataset(data_root: str | Path, name: str, filtered: bool = False) ->
     return _resolve_layout(data_root, name, filtered)
 
 
-def load_split(spec: DatasetSpec, split: str) -> SampleList:
+def load_split(dataset: DatasetSpec, split: str) -> SampleList:
     """Read split `split` of a resolved dataset -> compact `SampleList` (labels checked against classes)."""
-    if split not in spec.splits:
-        if spec.layout == "plain":
-            raise FileNotFoundError(f'dataset {spec.name}: list file {Path(spec.root) / (split + ".txt")} '
+    if split not in dataset.splits:
+        if dataset.layout == "plain":
+            raise FileNotFoundError(f'dataset {dataset.name}: list file {Path(dataset.root) / (split + ".txt")} '
                                     f"not found (expected {PLAIN_LAYOUT})")
-        raise ValueError(f"dataset {spec.name}: no split {split!r}; available: "
-                         f'{", ".join(spec.splits) or "none"}')
-    s = spec.splits[split]
-    return read_list(s.list_file, s.prefix, len(spec.classes))
+        raise ValueError(f"dataset {dataset.name}: no split {split!r}; available: "
+                         f'{", ".join(dataset.splits) or "none"}')
+    s = dataset.splits[split]
+    return read_list(s.list_file, s.prefix, len(dataset.classes))
 
 
 def map_labels(samples, source_classes: Sequence[str], target_classes: Sequence[str], source: str):
@@ -917,11 +919,6 @@ class Sampling:
         return self.clip_len * self.num_clips
 
 
-def replicate_image(image: np.ndarray, num_frames: int) -> np.ndarray:
-    """Sec. 3.5 naive image-to-clip: repeat the image `(H, W, 3)` -> `(num_frames, H, W, 3)`."""
-    return np.repeat(image[None], num_frames, axis=0)
-
-
 class VideoDataset(torch.utils.data.Dataset):
     """Samples of any kind -> `(clip tensor, label, index)` through `transform`.
 
@@ -930,7 +927,8 @@ class VideoDataset(torch.utils.data.Dataset):
     items do not depend on DataLoader workers or on the order they are read in; `set_epoch`
     changes them per epoch. Train: random sampling; test: MMAction2's deterministic test sampling.
     Kinds: video / untrimmed (sampled over the whole video), frames (folder, count from the list),
-    image (`image_to_clip(image, clip_len * num_clips)`), raw (a random positive piece in training,
+    image (`image_to_clip(image, clip_len * num_clips)`; default `transforms.image_to_clip`, the still clip of
+    Sec. 3.5: the image repeated), raw (a random positive piece in training,
     the first positive piece in testing; MMAction2 RawVideoDataset), windows (a random window in
     training, the first in testing; sampled like a video over that window's frames only, decoded from
     the untrimmed file with seeking). `samples`: a `SampleList` (kept as is: workers share it) or
@@ -951,7 +949,7 @@ class VideoDataset(torch.utils.data.Dataset):
     """
 
     def __init__(self, samples: Sequence[Sample], sampling: Sampling, transform: Callable | None = None,
-                 test_mode: bool = False, image_to_clip: Callable = replicate_image, seed: int = 0,
+                 test_mode: bool = False, image_to_clip: Callable = transforms.image_to_clip, seed: int = 0,
                  snippet: Callable | None = None, image_short_side: int | None = None):
         if not samples:
             raise ValueError("VideoDataset: no samples")

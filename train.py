@@ -31,6 +31,8 @@ Speed: workers send uint8 clips, normalised on the device; the step runs in --am
 (bf16 by default on GPUs that have it) and never waits for the host: losses and accuracies are summed on
 the device and read once per logging interval.
 """
+from __future__ import annotations
+
 import argparse
 import contextlib
 import functools
@@ -44,6 +46,7 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -244,7 +247,7 @@ def setup(args, rank, world, device):
     random.seed(args.seed)
     torch.manual_seed(args.seed)
     model = build(args, len(classes), device)
-    spec = model.spec
+    arch = model.spec
     # 2. then each rank its own random streams (dropout, python's random; mixup's run.rng below), so ranks do
     #    not draw identical dropout masks
     seed_rank(args.seed, rank)
@@ -256,16 +259,16 @@ def setup(args, rank, world, device):
     samples = data.load_split(target, "train")
     if args.label_fraction < 1.0:
         samples = label_fraction(samples, args.label_fraction, args.seed)
-    train_ds = make_dataset(args, target, "train", spec, test_mode=False, samples=samples)
+    train_ds = make_dataset(args, target, "train", arch, test_mode=False, samples=samples)
     aux = []
     for name in split_names(args.aux):
         source = data.resolve_dataset(args.data_root, name)
-        aux.append(make_dataset(args, source, "train", spec, test_mode=False,
+        aux.append(make_dataset(args, source, "train", arch, test_mode=False,
                                 samples=aux_samples(source, target, f"--aux {name}", rank)))
     loader, sizes = make_train_loader(args, train_ds, aux, rank, world)
-    val_ds = make_dataset(args, target, "val", spec, test_mode=True, protocol="center")
+    val_ds = make_dataset(args, target, "val", arch, test_mode=True, protocol="center")
     val_loader = make_eval_loader(args, val_ds, rank, world)
-    recipe = recipe_for(args, spec)
+    recipe = recipe_for(args, arch)
     freeze_bn = recipe["freeze_bn"] if args.freeze_bn is None else args.freeze_bn
     if freeze_bn:                                   # bn_frozen: scale and shift are not trained
         for m in _batch_norms(model):
@@ -377,12 +380,12 @@ def evaluate(run, loader, predictions=None):
     consensus); 3D: the softmax of every clip x crop view is averaged. A batch of videos goes through
     in one forward, in --amp precision; the probabilities stay on the device until the split is done.
     """
-    net, spec, args = run.net, run.net.spec, run.args
+    net, arch, args = run.net, run.net.spec, run.args
     net.eval()
     k = len(run.classes)
     probs, labels, used = [torch.zeros(0, k, device=run.device)], [torch.zeros(0, dtype=torch.long)], []
     for views, y, u in loader:
-        probs.append(models.predict(net, views.to(run.device, non_blocking=True), spec, amp=args.amp))   # (N, K)
+        probs.append(models.predict(net, views.to(run.device, non_blocking=True), arch, amp=args.amp))   # (N, K)
         labels.append(y)
         used += u.tolist()
     probs, labels = torch.cat(probs), torch.cat(labels).to(run.device)
@@ -562,10 +565,10 @@ class Schedule:
         return f"{self.epochs} epochs x {self.steps_per_epoch} steps, lr {self.base_lr:.4g} {self.kind}{extra}{warm}"
 
 
-def recipe_for(args, spec):
+def recipe_for(args, arch):
     """TSN -> 'tsn'; SlowOnly -> '3d_imagenet' with initial weights, '3d_scratch' without; irCSN, tiny: their own."""
-    if spec.recipe in ("tsn", "demo", "ircsn_ig65m"):
-        return RECIPES[spec.recipe]
+    if arch.recipe in ("tsn", "demo", "ircsn_ig65m"):
+        return RECIPES[arch.recipe]
     return RECIPES["3d_imagenet" if (args.pretrained or args.checkpoint) else "3d_scratch"]
 
 
@@ -682,47 +685,50 @@ def model_overrides(args):
             if v is not None}
 
 
-def make_dataset(args, spec_ds, split, spec, test_mode, protocol="center", num_clips=None, samples=None):
-    """A data.VideoDataset over one split (or the given `samples` of it), sampling frames as the architecture
-    expects.
+def make_dataset(args: argparse.Namespace, dataset: data.DatasetSpec, split: str, arch: models.ArchSpec,
+                 test_mode: bool, protocol: str = "center", num_clips: int | None = None,
+                 samples: data.SampleList | list | None = None) -> data.VideoDataset:
+    """A data.VideoDataset over one split of `dataset` (or the given `samples` of it), sampling frames as the
+    architecture `arch` expects.
 
     Train: TSN draws num_segments single frames (clip_len 1), 3D one clip of clip_len x frame_interval.
     Test: num_clips clips (3D) or segments (TSN), every crop of the protocol.
-    Items are uint8 (normalised on the device: train.model_input, predict): 4x fewer bytes between processes.
+    Items are uint8 (normalised on the device: model_input, models.predict): 4x fewer bytes between processes.
     """
     if test_mode:
-        clips = num_clips or (spec.num_clips_train if spec.family == "tsn" else 1)
-        transform = transforms.test_transform(spec.family, spec.crop_size, protocol, uint8=True)
+        clips = num_clips or (arch.num_clips_train if arch.family == "tsn" else 1)
+        transform = transforms.test_transform(arch.family, arch.crop_size, protocol, uint8=True)
     else:
-        clips = spec.num_clips_train
-        transform = transforms.train_transform(spec.family, spec.crop_size, uint8=True)
-    sampling = data.Sampling(clip_len=spec.clip_len, frame_interval=spec.frame_interval, num_clips=clips)
-    samples = data.load_split(spec_ds, split) if samples is None else samples
+        clips = arch.num_clips_train
+        transform = transforms.train_transform(arch.family, arch.crop_size, uint8=True)
+    sampling = data.Sampling(clip_len=arch.clip_len, frame_interval=arch.frame_interval, num_clips=clips)
+    samples = data.load_split(dataset, split) if samples is None else samples
     # web images: JPEGs decoded reduced to about the pipeline's short side (draft mode), resized once, then
-    # inflated into clips (Sec. 3.5); crawled images are often 1-12 megapixels
-    short_side = transforms.short_side_for(spec.crop_size)
-    image_to_clip = make_image_to_clip(args, short_side) if not test_mode else data.replicate_image
+    # inflated into clips (Sec. 3.5; --inflate in training, still clips in testing); crawled images are often
+    # 1-12 megapixels
+    short_side = transforms.short_side_for(arch.crop_size)
+    image_to_clip = make_image_to_clip(args, "still" if test_mode else args.inflate, short_side)
     # Table 14: untrimmed videos scored frame by frame by filter.py become 3-frame TSN snippets
     snippet = None
-    if not test_mode and spec.family == "tsn" and clips == 3:
+    if not test_mode and arch.family == "tsn" and clips == 3:
         snippet = functools.partial(transforms.select_snippet, mode=args.snippet)
     return data.VideoDataset(samples, sampling, test_mode=test_mode, transform=transform,
                              image_to_clip=image_to_clip, seed=args.seed, snippet=snippet,
                              image_short_side=short_side)
 
 
-def make_image_to_clip(args, short_side):
-    """Sec. 3.5, Eq. 2, Table 8: how a still image becomes a clip (--inflate), after resizing it to `short_side`."""
+def make_image_to_clip(args: argparse.Namespace, inflate: str, short_side: int) -> Callable:
+    """Sec. 3.5, Eq. 2, Table 8: how a still image becomes a clip (an --inflate value; the warps read --motion),
+    after resizing it to `short_side`. One implementation for every mode: transforms.image_to_clip."""
     motion = None
-    if args.inflate.startswith("warp"):
+    if inflate.startswith("warp"):
         path = Path(args.motion) if args.motion else Path(args.data_root) / args.target / "motion.json"
         if not path.exists():
-            raise FileNotFoundError(f"--inflate {args.inflate} needs the camera-motion file {path} "
+            raise FileNotFoundError(f"--inflate {inflate} needs the camera-motion file {path} "
                                     f"(python omnisource.py --estimate-motion, or give --motion)")
         motion = transforms.HomographyGaussian.load(path)
-    mode = "warp" if args.inflate.startswith("warp") else args.inflate
-    return transforms.build_image_to_clip(mode, motion, class_specific=args.inflate == "warp-spec",
-                                          short_side=short_side)
+    mode = "warp" if inflate.startswith("warp") else inflate
+    return transforms.build_image_to_clip(mode, motion, class_specific=inflate == "warp-spec", short_side=short_side)
 
 
 def make_train_loader(args, target_ds, aux, rank, world):

@@ -13,6 +13,7 @@ import torch
 import data
 import models
 import train
+import transforms
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = ["--arch", "tsn_tiny", "--batch-size", "8", "--workers", "0", "--test-clips", "3", "--test-crops", "1",
@@ -224,6 +225,25 @@ def test_joint_batches_set_epoch_skips_the_done_steps_of_the_uninterrupted_epoch
         sampler.set_epoch(1, start=3 * source.batch_size)
     assert [[c.tolist() for c in clips] for clips, _, _ in loader] == full[3:]
     assert epoch_ids(2, 0) != full and epoch_ids(1, 0) == full
+
+
+def test_still_clips_come_from_one_implementation_in_training_and_testing(small_data):
+    """A web image becomes a still clip (the image, resized once to the pipeline's short side, repeated) through
+    transforms.image_to_clip alone: train.py's training path (--inflate still), its test path and
+    data.VideoDataset's default give those frames (before augmentation)."""
+    args = train.get_args_parser().parse_args(["--inflate", "still", "--data-root", str(small_data)])
+    arch = models.build_model("tsn_tiny", 4).spec
+    web = data.resolve_dataset(str(small_data), "synth-web-img")
+    short = transforms.short_side_for(arch.crop_size)
+    for test_mode in (False, True):
+        ds = train.make_dataset(args, web, "train", arch, test_mode=test_mode)
+        frames, _, used = ds.load(0)
+        image = data.read_image(ds.samples.path(used), short)
+        expected = np.repeat(transforms.Resize(short_side=short)(image[None]), arch.num_clips_train, axis=0)
+        assert np.array_equal(frames, expected), test_mode
+    plain = data.VideoDataset(data.load_split(web, "train"), data.Sampling(1, 1, 5))
+    frames, _, used = plain.load(1)
+    assert np.array_equal(frames, np.repeat(data.read_image(plain.samples.path(used))[None], 5, axis=0))
 
 
 class Items(torch.utils.data.Dataset):
