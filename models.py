@@ -695,10 +695,10 @@ def from_mmaction_key(their_key: str, family: str) -> str:
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def predict(net: nn.Module, views: torch.Tensor, spec: ArchSpec, amp: str | None = None) -> torch.Tensor:
+def predict(net: nn.Module, views: torch.Tensor, arch: ArchSpec, amp: str | None = None) -> torch.Tensor:
     """views (N, V, C, T, H, W), uint8 or normalised -> class probabilities (N, K) float32, combining views as
-    MMAction2 does; the forward in `amp` precision (train.py --amp) on the device of `views` (None: the caller's
-    autocast state, e.g. filter.py's).
+    MMAction2 does for the architecture `arch` (a model's .spec); the forward in `amp` precision (train.py --amp)
+    on the device of `views` (None: the caller's autocast state, e.g. filter.py's).
 
     TSN: every view's frames are extra segments, so the consensus averages the features of all views x segments
     before the classifier (TSNHead), one softmax. 3D: the T frames of a view are T // clip_len clips; the softmax
@@ -708,12 +708,12 @@ def predict(net: nn.Module, views: torch.Tensor, spec: ArchSpec, amp: str | None
         views = transforms.normalize(views)
     n, v, c, t, h, w = views.shape
     with autocast(amp, views.device):
-        if spec.family == "tsn":
+        if arch.family == "tsn":
             frames = views.permute(0, 2, 1, 3, 4, 5).reshape(n, c, v * t, h, w)   # (N, C, V*T, H, W)
             return net(frames).float().softmax(dim=1)
-        clips = t // spec.clip_len
-        x = views.reshape(n, v, c, clips, spec.clip_len, h, w).permute(0, 3, 1, 2, 4, 5, 6)  # (N, clips, V, C, L, H, W)
-        probs = net(x.reshape(n * clips * v, c, spec.clip_len, h, w)).float().softmax(dim=1)
+        clips = t // arch.clip_len
+        x = views.reshape(n, v, c, clips, arch.clip_len, h, w).permute(0, 3, 1, 2, 4, 5, 6)  # (N, clips, V, C, L, H, W)
+        probs = net(x.reshape(n * clips * v, c, arch.clip_len, h, w)).float().softmax(dim=1)
     return probs.view(n, clips * v, -1).mean(dim=1)
 
 
