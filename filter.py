@@ -83,6 +83,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, Collection, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -104,6 +105,11 @@ WORK_FORMAT = "omnisource-filter-work-1"
 # how a sample is scored (`_route_codes`): images; short videos and frame folders; untrimmed videos as 1-FPS frames
 # (2D student) or as 10-s windows (3D student); raw videos already cut into pieces
 ROUTES = ("images", "videos", "one_fps", "windows", "raw")
+# the signatures' types: a web source's samples (a list, or the compact list of millions, data.SampleList);
+# per group of teachers, how its input is decoded (data.Sampling) and transformed into uint8 views
+Samples = list[data.Sample] | data.SampleList
+Loads = list[tuple[data.Sampling, Callable]]
+ArrayLike = np.ndarray | Sequence
 
 
 @dataclass
@@ -124,7 +130,7 @@ class FilterConfig:
     amp: str = "none"              # teachers' inference precision: 'none' (fp32), 'bf16', 'fp16' (autocast)
     progress: bool = True          # progress lines on stderr
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         if self.mode not in MODES or self.student not in STUDENTS or self.amp not in AMPS:
             raise ValueError(f"filter: --mode must be one of {MODES}, --student one of {STUDENTS} and --amp one "
                              f"of {AMPS}, got {self.mode!r}, {self.student!r}, {self.amp!r}")
@@ -152,7 +158,7 @@ class Shard:
 # 1. Decisions (Sec. 3.4; Sec. 3.5 for untrimmed videos)
 # ----------------------------------------------------------------------------------------------------------------------
 
-def ensemble(prob_list) -> np.ndarray:
+def ensemble(prob_list: Sequence[ArrayLike]) -> np.ndarray:
     """Fig. 6: the average of several teachers' class probabilities, each (..., K) -> (..., K)."""
     arrays = [np.asarray(p, dtype=np.float64) for p in prob_list]
     if not arrays or any(a.shape != arrays[0].shape for a in arrays):
@@ -161,7 +167,8 @@ def ensemble(prob_list) -> np.ndarray:
     return np.mean(arrays, axis=0)
 
 
-def keep_decision(probs, query_labels, mode: str = "query", threshold: float = 0.5):
+def keep_decision(probs: ArrayLike, query_labels: ArrayLike, mode: str = "query",
+                  threshold: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
     """Sec. 3.4: which samples are kept and with which label.
 
     probs: (N, K) class probabilities; query_labels: (N,) the crawl query's class (-1: not a teacher class).
@@ -184,7 +191,8 @@ def keep_decision(probs, query_labels, mode: str = "query", threshold: float = 0
     raise ValueError(f"filter.keep_decision: mode must be one of {MODES}, got {mode!r}")
 
 
-def untrimmed_decision(unit_probs, query: int, mode: str = "query", threshold: float = 0.5):
+def untrimmed_decision(unit_probs: ArrayLike, query: int, mode: str = "query",
+                       threshold: float = 0.5) -> tuple[bool, int, np.ndarray]:
     """Sec. 3.5: decide a video from its units (1-FPS frames or 10-s pieces), unit_probs (U, K).
 
     The video's score of each class is its most confident unit's (max over units), so `keep_decision`
@@ -217,7 +225,8 @@ def one_fps_indices(num_frames: int, video_fps: float, fps: float = 1.0) -> np.n
 # 2. Teachers
 # ----------------------------------------------------------------------------------------------------------------------
 
-def load_teachers(paths, device: str = "cpu", arch: str | None = None, classes=None) -> list[nn.Module]:
+def load_teachers(paths: Sequence[str | Path], device: str = "cpu", arch: str | None = None,
+                  classes: list[str] | None = None) -> list[nn.Module]:
     """Checkpoints -> teachers in eval mode on `device` (same classes required).
 
     train.py checkpoints describe themselves. Any other format models.load_weights reads (MMAction2 0.x / 1.x,
@@ -241,7 +250,7 @@ def load_teachers(paths, device: str = "cpu", arch: str | None = None, classes=N
     return teachers
 
 
-def check_teachers(teachers, kinds=(), student: str = "2d") -> None:
+def check_teachers(teachers: Sequence[nn.Module], kinds: Collection[str] = (), student: str = "2d") -> None:
     """One class list for all teachers; 2D teachers only for images and for 2D-student untrimmed frames."""
     if not teachers:
         raise ValueError("filter: at least one --teacher is needed")
@@ -289,7 +298,7 @@ class Scorer:
                        transforms.test_transform(k[0], k[4], "center", uint8=True)) for k, _ in self.groups]
         self.dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.amp)
 
-    def probs(self, views) -> torch.Tensor:
+    def probs(self, views: list[torch.Tensor]) -> torch.Tensor:
         """views: one uint8 (U, V, C, T, H, W) per group -> (U, K) float32 ensemble probabilities (Fig. 6)."""
         n, total = len(views[0]), None
         with torch.inference_mode(), torch.autocast(self.device.type, dtype=self.dtype or torch.float32,
@@ -305,7 +314,8 @@ class Scorer:
         return (total / len(self.teachers)).cpu()
 
 
-def score_clips(samples, teachers, cfg: FilterConfig, what: str = "samples"):
+def score_clips(samples: Samples, teachers: list[nn.Module], cfg: FilterConfig,
+                what: str = "samples") -> tuple[np.ndarray, dict[int, str]]:
     """Ensemble class probabilities of images, short videos or frame folders (in memory: small lists).
 
     A list should hold one kind (an image and a video give inputs of different lengths).
@@ -327,13 +337,13 @@ class _Blocks(torch.utils.data.Dataset):
     """Worker side: block k (sample indices) -> (k, good ids, units per id, one collated uint8 tensor per
     load, {id: message} of the samples that could not be read). Nothing per sample crosses the queue."""
 
-    def __init__(self, samples, blocks, load):
+    def __init__(self, samples: Samples, blocks: list[np.ndarray], load: Callable):
         self.samples, self.blocks, self.load = samples, blocks, load
 
-    def __len__(self):
+    def __len__(self) -> int:
         return len(self.blocks)
 
-    def __getitem__(self, k):
+    def __getitem__(self, k: int) -> tuple:
         ids, counts, parts, errors = [], [], [], {}
         for i in self.blocks[k]:
             i = int(i)
@@ -349,7 +359,8 @@ class _Blocks(torch.utils.data.Dataset):
         return k, np.asarray(ids, dtype=np.int64), np.asarray(counts, dtype=np.int64), cat, errors
 
 
-def _run_blocks(samples, blocks, load, cfg, what, todo=None):
+def _run_blocks(samples: Samples, blocks: list[np.ndarray], load: Callable, cfg: FilterConfig, what: str,
+                todo: Iterable[int] | None = None) -> Iterator[tuple]:
     """Decode the blocks `todo` (default all) in DataLoader workers; yields `_Blocks` items in order."""
     todo = list(range(len(blocks))) if todo is None else list(todo)
     if not todo:   # nothing to decode: no worker processes
@@ -372,12 +383,12 @@ class _UnitStream(torch.utils.data.IterableDataset):
     error);
     the videos are split over the workers (video k -> worker k % workers)."""
 
-    def __init__(self, samples, todo, route, cfg: FilterConfig, loads):
+    def __init__(self, samples: Samples, todo: np.ndarray, route: str, cfg: FilterConfig, loads: Loads):
         self.samples, self.todo, self.route, self.loads = samples, todo, route, loads
         self.fps, self.seconds = cfg.fps, cfg.piece_seconds
         self.per_chunk = max(1, cfg.chunk_frames // max(s.num_frames for s, _ in loads))
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[tuple]:
         info = torch.utils.data.get_worker_info()
         worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
         for k in range(worker, len(self.todo), workers):
@@ -392,7 +403,8 @@ class _UnitStream(torch.utils.data.IterableDataset):
                 yield i, -1, 0, None, None, f"{type(err).__name__}: {_first_line(err)}"
 
 
-def _unit_plan(sample, route, fps, seconds, loads):
+def _unit_plan(sample: data.Sample, route: str, fps: float, seconds: float,
+               loads: Loads) -> tuple[list[list[tuple]], np.ndarray, float | None]:
     """Units of an untrimmed / raw video: per load a list of (path, frame indices (T,), frame count), the
     units' info ('frames' (F,) 1-FPS frame indices; 'windows' (P, 2) frame ranges [first, stop); 'raw' (P,)
     piece numbers) and the video's frame rate (None for raw pieces)."""
@@ -423,7 +435,7 @@ def window_ranges(num_frames: int, video_fps: float, seconds: float = 10.0) -> n
     return np.stack([first, stop], axis=1)
 
 
-def _load_units(units, transform):
+def _load_units(units: list[tuple], transform: Callable) -> torch.Tensor:
     """Worker: units [(path, indices (T,), frame count)] -> uint8 (u, 1, C, T, h, w); one read per file."""
     out, s = [], 0
     while s < len(units):
@@ -441,7 +453,7 @@ def _load_units(units, transform):
     return torch.cat(out).contiguous()
 
 
-def _load_clip(sample, loads):
+def _load_clip(sample: data.Sample, loads: Loads) -> list[torch.Tensor]:
     """Worker: image (one frame) or video (test sampling of each group) -> [uint8 (1, 1, C, T, h, w)] per group."""
     out = []
     for sampling, transform in loads:
@@ -460,7 +472,7 @@ def _read_sampled(sample: data.Sample, sampling: data.Sampling) -> np.ndarray:
     return data.read_frames_lenient(sample.path, n, lambda m: _test_indices(m, sampling), max_missing=1)[0]
 
 
-def _test_indices(n, sampling):
+def _test_indices(n: int, sampling: data.Sampling) -> np.ndarray:
     return data.sample_frames(n, sampling.clip_len, sampling.frame_interval, sampling.num_clips, test_mode=True)
 
 
@@ -481,7 +493,8 @@ class Whitening:
     proj: np.ndarray     # (D, k) float64, k <= dims
 
     @classmethod
-    def fit(cls, feats, shrink: float = 0.1, dims: int = DEDUP_DIMS, chunk: int = 8192) -> Whitening:
+    def fit(cls, feats: ArrayLike | torch.Tensor, shrink: float = 0.1, dims: int = DEDUP_DIMS,
+            chunk: int = 8192) -> Whitening:
         x = feats if torch.is_tensor(feats) else torch.as_tensor(np.asarray(feats))
         if x.ndim != 2 or len(x) < 2:
             raise ValueError(f"filter.Whitening.fit: expected >= 2 feature rows (N, D), got {tuple(x.shape)}")
@@ -500,7 +513,7 @@ class Whitening:
         scale = 1.0 / torch.sqrt(lam + shrink * lam.mean())
         return cls(mean.numpy(), (vec * scale)[:, :dims].numpy())
 
-    def __call__(self, feats) -> np.ndarray:
+    def __call__(self, feats: ArrayLike) -> np.ndarray:
         return _l2(((np.asarray(feats, dtype=np.float64) - self.mean) @ self.proj))
 
     def apply(self, feats: torch.Tensor) -> torch.Tensor:
@@ -510,7 +523,7 @@ class Whitening:
         return torch.nn.functional.normalize((feats.float() - mean) @ proj, dim=1, eps=1e-12)
 
 
-def dedup_threshold(crop_feats) -> float:
+def dedup_threshold(crop_feats: ArrayLike) -> float:
     """Sec. 3.3: the mean cosine similarity between different crops of the same frame.
 
     crop_feats: (M, V, D) features of V >= 2 crops of each of M frames (whitened or not).
@@ -524,7 +537,8 @@ def dedup_threshold(crop_feats) -> float:
     return float(sims[:, iu[0], iu[1]].mean())
 
 
-def best_match(web: torch.Tensor, val: torch.Tensor, chunk_bytes: int = 128 << 20):
+def best_match(web: torch.Tensor, val: torch.Tensor,
+               chunk_bytes: int = 128 << 20) -> tuple[torch.Tensor, torch.Tensor]:
     """Sec. 3.3 at scale: each web row's most similar val row, (N, d) x (M, d) L2-normalised float tensors on
     one device -> (similarity (N,), val row (N,)). The (rows, M) similarities of one chunk of web rows at a
     time (at most chunk_bytes): memory is the val features plus one chunk."""
@@ -536,7 +550,8 @@ def best_match(web: torch.Tensor, val: torch.Tensor, chunk_bytes: int = 128 << 2
     return sims, best
 
 
-def find_duplicates(web_feats, val_feats, threshold: float, device: str = "cpu"):
+def find_duplicates(web_feats: ArrayLike, val_feats: ArrayLike, threshold: float,
+                    device: str = "cpu") -> list[tuple[int, int, float]]:
     """Sec. 3.3: web rows whose best cosine similarity to any val row is above `threshold`.
 
     web_feats (N, D), val_feats (M, D) (whiten them first). Returns [(web row, val row, similarity)].
@@ -564,7 +579,7 @@ class FrameFeatures(nn.Module):
         return self.net.features(x[:, :, None])                     # (N, C, 1, H, W)
 
 
-def build_extractor(teachers, checkpoint: str | None = None, device: str = "cpu") -> FrameFeatures:
+def build_extractor(teachers: list[nn.Module], checkpoint: str | None = None, device: str = "cpu") -> FrameFeatures:
     """Sec. 3.3's ImageNet ResNet-50 (`--dedup-checkpoint`: torchvision state dict or our checkpoint).
 
     Without a checkpoint (nothing can be downloaded here) the first 2D teacher's backbone (else the first
@@ -590,7 +605,7 @@ def build_extractor(teachers, checkpoint: str | None = None, device: str = "cpu"
     return FrameFeatures(net, 224, f"resnet50 from {path}").to(device).eval()
 
 
-def _features(extractor, views: torch.Tensor, cfg: FilterConfig) -> torch.Tensor:
+def _features(extractor: FrameFeatures, views: torch.Tensor, cfg: FilterConfig) -> torch.Tensor:
     """uint8 frames (N, V, C, H, W) -> float32 features (N, V, D) on the device, cfg.batch_size frames a forward."""
     n, v = views.shape[:2]
     out = []
@@ -602,7 +617,8 @@ def _features(extractor, views: torch.Tensor, cfg: FilterConfig) -> torch.Tensor
     return torch.cat(out) if out else torch.zeros(0, v, 0)
 
 
-def extract_features(samples, extractor, cfg: FilterConfig, crops: int = 1, what="frames"):
+def extract_features(samples: Samples, extractor: FrameFeatures, cfg: FilterConfig, crops: int = 1,
+                     what: str = "frames") -> tuple[torch.Tensor, np.ndarray, dict[int, str]]:
     """Frame features for de-duplication: an image is one frame, a video cfg.dedup_frames frames.
 
     crops=1: the centre crop; crops=5: the four corners and the centre (centre last).
@@ -622,7 +638,8 @@ def extract_features(samples, extractor, cfg: FilterConfig, crops: int = 1, what
     return torch.cat(feats), np.concatenate(owner), errors
 
 
-def fit_dedup_reference(val_samples, extractor, cfg: FilterConfig, web_samples=()) -> dict:
+def fit_dedup_reference(val_samples: Samples, extractor: FrameFeatures, cfg: FilterConfig,
+                        web_samples: Samples = ()) -> dict:
     """Sec. 3.3, the val side: whitening fitted on the union of the val frames and `web_samples` (a fixed,
     evenly spaced subset of the web source, so every rank and every rerun agree), the crop threshold, and the
     whitened val centre crops (M, d) float32 against which web frames are compared."""
@@ -650,7 +667,8 @@ def _whitening_subset(idx: np.ndarray, size: int = 10000) -> np.ndarray:
     return idx if len(idx) <= size else idx[np.linspace(0, len(idx) - 1, size).round().astype(np.int64)]
 
 
-def match_web(extractor, views, counts, reference, cfg: FilterConfig):
+def match_web(extractor: FrameFeatures, views: torch.Tensor, counts: np.ndarray, reference: dict,
+              cfg: FilterConfig) -> list[tuple[float, int]]:
     """Web frames (R, 1, C, H, W) uint8 of samples with `counts` frames each -> per sample (best similarity,
     val sample index): a sample's most similar frame decides (Sec. 3.3)."""
     feats = _features(extractor, views, cfg)[:, 0]                                 # (R, D)
@@ -664,7 +682,8 @@ def match_web(extractor, views, counts, reference, cfg: FilterConfig):
     return out
 
 
-def deduplicate(samples, val_samples, extractor, cfg: FilterConfig):
+def deduplicate(samples: Samples, val_samples: Samples, extractor: FrameFeatures,
+                cfg: FilterConfig) -> tuple[dict[int, tuple[int, float]], dict, dict[int, str]]:
     """Sec. 3.3 in memory (small lists): web samples with a frame too similar to a val frame.
 
     Returns (duplicates {web index: (val index, similarity)}, info dict for the report, web read errors).
@@ -687,10 +706,10 @@ def deduplicate(samples, val_samples, extractor, cfg: FilterConfig):
 class _DedupLoad:
     """Worker: frames of a sample for de-duplication -> [uint8 views (F, crops, C, H, W)]."""
 
-    def __init__(self, num_frames, crop, crops):
+    def __init__(self, num_frames: int, crop: int, crops: int):
         self.num_frames, self.crop, self.crops = num_frames, crop, crops
 
-    def __call__(self, sample):
+    def __call__(self, sample: data.Sample) -> list[torch.Tensor]:
         if sample.kind == "image":
             frames = data.read_frames(sample.path, [0])
         elif sample.kind == "raw":
@@ -720,7 +739,7 @@ class Work:
     Every rank appends to its own files only; every rank reads all of them (any earlier number of ranks).
     """
 
-    def __init__(self, folder, shard: Shard | None = None):
+    def __init__(self, folder: str | Path, shard: Shard | None = None):
         self.folder, self.shard = Path(folder), shard or Shard()
         self.folder.mkdir(parents=True, exist_ok=True)
         self.scored, self._files = 0, {}
@@ -740,7 +759,7 @@ class Work:
             _write_atomic(path, json.dumps(settings, indent=1) + "\n")
         _barrier()
 
-    def append(self, kind: str, records) -> None:
+    def append(self, kind: str, records: Iterable[dict]) -> None:
         """Append records (dicts, 'i' first) to this rank's KIND file: one write, flushed (survives SIGKILL)."""
         f = self._files.get(kind)
         if f is None:
@@ -750,7 +769,7 @@ class Work:
         f.write(b"".join(_dump(r) for r in records))
         f.flush()
 
-    def lines(self, kind: str):
+    def lines(self, kind: str) -> Iterator[tuple[int, int, bytes]]:
         """(file number, byte offset, line) of every complete line of every rank's KIND file."""
         for number, path in enumerate(sorted(self.folder.glob(f"{kind}-*.jsonl"))):
             with open(path, "rb") as f:
@@ -787,8 +806,10 @@ class Work:
         return total
 
 
-def filter_source(samples, query_labels, teachers, cfg: FilterConfig, out_dir, list_dir=None, prefix=None,
-                  val_samples=None, extractor=None, work_dir=None) -> FilterResult:
+def filter_source(samples: Samples, query_labels: ArrayLike, teachers: list[nn.Module], cfg: FilterConfig,
+                  out_dir: str | Path, list_dir: str | Path | None = None, prefix: str | Path | None = None,
+                  val_samples: Samples | None = None, extractor: FrameFeatures | None = None,
+                  work_dir: str | Path | None = None) -> FilterResult:
     """Sec. 3.3-3.5 on one web source in one process, outputs written into out_dir (tests, small lists).
 
     samples: data.Sample list or data.SampleList; query_labels (N,): each sample's query class as a TEACHER
@@ -820,8 +841,9 @@ def filter_source(samples, query_labels, teachers, cfg: FilterConfig, out_dir, l
     return FilterResult.read(out_dir)
 
 
-def run_filter(samples, query, teachers, cfg: FilterConfig, work: Work, prefix, list_dir, val_samples=None,
-               extractor=None) -> dict | None:
+def run_filter(samples: Samples, query: np.ndarray, teachers: list[nn.Module], cfg: FilterConfig, work: Work,
+               prefix: Path, list_dir: Path, val_samples: Samples | None = None,
+               extractor: FrameFeatures | None = None) -> dict | None:
     """This rank's share of Sec. 3.3-3.5, appended to the work folder's records; resumes where they stop.
 
     Returns the de-duplication info (None without val_samples). Ends at a barrier.
@@ -863,7 +885,8 @@ def run_filter(samples, query, teachers, cfg: FilterConfig, work: Work, prefix, 
     return info
 
 
-def _clip_records(ids, probs, samples, query, cfg, prefix, list_dir) -> list[dict]:
+def _clip_records(ids: np.ndarray, probs: torch.Tensor, samples: Samples, query: np.ndarray, cfg: FilterConfig,
+                  prefix: Path, list_dir: Path) -> list[dict]:
     """Sec. 3.4: decisions and report records of a block of images or short videos, probs (B, K)."""
     keep, labels = keep_decision(probs.numpy(), query[ids], cfg.mode, cfg.threshold)
     top_p, top_c = probs.topk(min(TOP_K, probs.shape[1]), dim=1)
@@ -878,7 +901,8 @@ def _clip_records(ids, probs, samples, query, cfg, prefix, list_dir) -> list[dic
     return records
 
 
-def _score_untrimmed(samples, todo, route, query, teachers, cfg, work, prefix, list_dir) -> None:
+def _score_untrimmed(samples: Samples, todo: np.ndarray, route: str, query: np.ndarray, teachers: list[nn.Module],
+                     cfg: FilterConfig, work: Work, prefix: Path, list_dir: Path) -> None:
     """Sec. 3.5: score the units of untrimmed (or raw) videos chunk by chunk; one record per video."""
     scorer = Scorer(teachers, cfg, single_frames=route == "one_fps")
     stream = _UnitStream(samples, todo, route, cfg, scorer.loads)
@@ -903,7 +927,8 @@ def _score_untrimmed(samples, todo, route, query, teachers, cfg, work, prefix, l
     progress.close()
 
 
-def _untrimmed_record(i, chunks, route, samples, query, cfg, prefix, list_dir) -> dict:
+def _untrimmed_record(i: int, chunks: list[tuple], route: str, samples: Samples, query: np.ndarray,
+                      cfg: FilterConfig, prefix: Path, list_dir: Path) -> dict:
     """Sec. 3.5: a video's decision from its units (most confident unit), its record and its list line."""
     s, q = samples[i], int(query[i])
     probs = torch.cat([c[0] for c in chunks])                                          # (U, K)
@@ -934,7 +959,7 @@ def _untrimmed_record(i, chunks, route, samples, query, cfg, prefix, list_dir) -
     return r
 
 
-def _cut_kept(samples, mine, prefix, cfg, work) -> None:
+def _cut_kept(samples: Samples, mine: np.ndarray, prefix: Path, cfg: FilterConfig, work: Work) -> None:
     """--cut-pieces: cut this rank's kept untrimmed videos into WORK/raw/NAME/part_N.mp4 (resumable)."""
     mine_set = set(mine.tolist())
     kept = {}
@@ -963,13 +988,13 @@ def _cut_kept(samples, mine, prefix, cfg, work) -> None:
 class _CutItems(torch.utils.data.Dataset):
     """Worker: cut one untrimmed video into RAW/NAME/part_N.mp4 -> (index, pieces, None) or (index, None, error)."""
 
-    def __init__(self, samples, ids, names, raw_dir, seconds):
+    def __init__(self, samples: Samples, ids: list[int], names: list[str], raw_dir: Path, seconds: float):
         self.samples, self.ids, self.names, self.raw_dir, self.seconds = samples, ids, names, raw_dir, seconds
 
-    def __len__(self):
+    def __len__(self) -> int:
         return len(self.ids)
 
-    def __getitem__(self, k):
+    def __getitem__(self, k: int) -> tuple:
         i = self.ids[k]
         try:
             return i, data.cut_video(self.samples[i].path, self.raw_dir / self.names[k], self.seconds), None
@@ -977,7 +1002,8 @@ class _CutItems(torch.utils.data.Dataset):
             return i, None, f"{type(err).__name__}: {_first_line(err)}"
 
 
-def _dedup_pass(samples, idx, query, extractor, val_samples, cfg, work, prefix):
+def _dedup_pass(samples: Samples, idx: np.ndarray, query: np.ndarray, extractor: FrameFeatures,
+                val_samples: Samples, cfg: FilterConfig, work: Work, prefix: Path) -> tuple[np.ndarray, dict]:
     """Sec. 3.3 over this rank's blocks of `idx`; returns (removed indices of ALL ranks, info). Resumable."""
     reference = _dedup_reference(val_samples, [samples[i] for i in _whitening_subset(idx)], extractor, cfg, work)
     blocks = [idx[s:s + cfg.batch_size] for s in range(0, len(idx), cfg.batch_size)]
@@ -1010,7 +1036,8 @@ def _dedup_pass(samples, idx, query, extractor, val_samples, cfg, work, prefix):
     return np.asarray(removed, dtype=np.int64), reference["info"]
 
 
-def _dedup_reference(val_samples, web_subset, extractor, cfg, work) -> dict:
+def _dedup_reference(val_samples: Samples, web_subset: Samples, extractor: FrameFeatures, cfg: FilterConfig,
+                     work: Work) -> dict:
     """The val side of Sec. 3.3, computed once by rank 0 into WORK/dedup-val.pt and read by every rank."""
     path = work.folder / "dedup-val.pt"
     if work.shard.rank == 0 and not path.is_file():
@@ -1040,7 +1067,7 @@ class FilterResult:
     duplicates: list           # duplicates.txt lines
 
     @classmethod
-    def read(cls, folder) -> FilterResult:
+    def read(cls, folder: str | Path) -> FilterResult:
         folder = Path(folder)
         report = json.loads((folder / "report.json").read_text())
         samples = [json.loads(line) for line in (folder / "samples.jsonl").read_text().splitlines()]
@@ -1054,8 +1081,9 @@ class FilterResult:
                    (folder / "duplicates.txt").read_text().splitlines()[1:])
 
 
-def merge_outputs(work: Work, folder, samples, query, classes, cfg: FilterConfig, list_dir, prefix,
-                  val_samples=None, dedup_info=None, extra=None) -> dict:
+def merge_outputs(work: Work, folder: str | Path, samples: Samples, query: np.ndarray, classes: list[str],
+                  cfg: FilterConfig, list_dir: Path, prefix: Path, val_samples: Samples | None = None,
+                  dedup_info: dict | None = None, extra: dict | None = None) -> dict:
     """Rank 0: every rank's records, in sample order, -> train.txt (+ sidecar), samples.jsonl, duplicates.txt,
     classes.txt and report.json (summary with the Fig. 3 counts) in `folder`. Streams: memory is a few arrays
     of N numbers. A sample recorded twice (a block redone after a crash) takes its last record."""
@@ -1126,7 +1154,7 @@ def merge_outputs(work: Work, folder, samples, query, classes, cfg: FilterConfig
     return report
 
 
-def _last_records(work: Work, n: int):
+def _last_records(work: Work, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(pick (n,), file number, offset) of the records in the work folder: pick[i] indexes the last record of
     sample i (a block redone after a crash), -1 when it has none. Three int64 columns, no object per record."""
     columns = [array.array("q") for _ in range(3)]
@@ -1142,7 +1170,8 @@ def _last_records(work: Work, n: int):
     return pick, number, offset
 
 
-def _summary(per, status, n, query, classes, cfg: FilterConfig, dedup_info, extra) -> dict:
+def _summary(per: dict[str, np.ndarray], status: dict[str, int], n: int, query: np.ndarray, classes: list[str],
+             cfg: FilterConfig, dedup_info: dict | None, extra: dict | None) -> dict:
     """report.json: the counts per status and, per class, before / kept / dropped / corrupt / duplicate / after."""
     per_class = [dict(index=c, name=classes[c], before=int(per["before"][c]), kept=int(per["kept"][c]),
                       dropped=int(per["dropped"][c]),
@@ -1167,7 +1196,7 @@ class _SidecarWriter:
     def __init__(self, path: Path, fps: float):
         self.path, self.fps, self.f = Path(path), fps, None
 
-    def add(self, key, frames, scores, threshold) -> None:
+    def add(self, key: str, frames: Sequence[int], scores: Sequence[float], threshold: float) -> None:
         if self.f is None:
             self.f = open(self.path, "w")
             head = json.dumps({"format": data.FRAME_SCORES_FORMAT, "fps": self.fps, "about": "Sec. 3.5 untrimmed "
@@ -1185,7 +1214,7 @@ class _SidecarWriter:
             self.f = None
 
 
-def write_output(folder, result: FilterResult, classes) -> None:
+def write_output(folder: str | Path, result: FilterResult, classes: list[str]) -> None:
     """A FilterResult -> classes.txt, train.txt (+ sidecar), report.json, samples.jsonl, duplicates.txt."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -1202,7 +1231,7 @@ def write_output(folder, result: FilterResult, classes) -> None:
 
 
 @contextlib.contextmanager
-def staged_output(final):
+def staged_output(final: str | Path) -> Iterator[Path]:
     """Yield a hidden temporary sibling of `final`; on success it replaces `final` by renames, on error
     (or Ctrl-C) it is removed and `final` is left as it was (the run's records stay in its work folder)."""
     final = Path(final)
@@ -1225,7 +1254,7 @@ def staged_output(final):
 # 7. Command line
 # ----------------------------------------------------------------------------------------------------------------------
 
-def get_args_parser():
+def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser("omnisource filter", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
                                 description="Teacher filtering of a web source (OmniSource Sec. 3.3-3.5): "
                                             "writes DATA_ROOT/OUT/ for train.py --aux OUT. Under torchrun the "
@@ -1274,7 +1303,7 @@ def get_args_parser():
     return p
 
 
-def main(args) -> dict | None:
+def main(args: argparse.Namespace) -> dict | None:
     """The command: returns the report (report.json's summary) on rank 0, None on the other ranks."""
     shard, device = _distributed(args.device)
     amp = args.amp or ("bf16" if device.startswith("cuda") and torch.cuda.is_bf16_supported() else "none")
@@ -1332,8 +1361,8 @@ def main(args) -> dict | None:
     return report
 
 
-def map_query_labels(samples, source_classes, teacher_classes, source: str = "source",
-                     mode: str = "query") -> np.ndarray:
+def map_query_labels(samples: Samples, source_classes: list[str], teacher_classes: list[str],
+                     source: str = "source", mode: str = "query") -> np.ndarray:
     """Each sample's query class as a teacher class index (-1: not a teacher class), matched by class name
     exactly as data.map_labels matches an auxiliary source's classes to the target's.
 
@@ -1352,7 +1381,7 @@ def map_query_labels(samples, source_classes, teacher_classes, source: str = "so
     return table[_labels(samples)]
 
 
-def cli(argv=None):
+def cli(argv: list[str] | None = None) -> None:
     args = get_args_parser().parse_args(argv)
     try:
         main(args)
@@ -1367,21 +1396,21 @@ def cli(argv=None):
 class _Load:
     """A picklable worker-side loader: sample -> fn(sample, loads) (one uint8 tensor per teacher group)."""
 
-    def __init__(self, fn, loads):
+    def __init__(self, fn: Callable, loads: Loads):
         self.fn, self.loads = fn, loads
 
-    def __call__(self, sample):
+    def __call__(self, sample: data.Sample) -> list[torch.Tensor]:
         return self.fn(sample, self.loads)
 
 
 class _Progress:
     """'filter: WHAT: done/total (n unreadable) rate/s ETA' on stderr, redrawn in place on a terminal."""
 
-    def __init__(self, what, total, enabled=True, every=2.0):
+    def __init__(self, what: str, total: int, enabled: bool = True, every: float = 2.0):
         self.what, self.total, self.enabled, self.every = what, total, enabled and total > 0, every
         self.done, self.start, self.last, self.tty = 0, time.time(), 0.0, sys.stderr.isatty()
 
-    def update(self, n, failed):
+    def update(self, n: int, failed: int) -> None:
         self.done += n
         now = time.time()
         if not self.enabled or (now - self.last < self.every and self.done < self.total):
@@ -1392,12 +1421,12 @@ class _Progress:
         print(f"filter: {self.what}: {self.done}/{self.total} ({failed} unreadable) {rate:.1f}/s ETA {eta}",
               end="\r" if self.tty else "\n", file=sys.stderr, flush=True)
 
-    def close(self):
+    def close(self) -> None:
         if self.enabled and self.tty:
             print(file=sys.stderr)
 
 
-def _as_is(item):
+def _as_is(item: object) -> object:
     """DataLoader collate_fn: items pass unchanged (numpy arrays stay numpy)."""
     return item
 
@@ -1420,7 +1449,7 @@ def _barrier() -> None:
         dist.barrier()
 
 
-def _settings(args, cfg, num_samples) -> dict:
+def _settings(args: argparse.Namespace, cfg: FilterConfig, num_samples: int) -> dict:
     """What a resumed run must share with the crashed one (not --workers, --device, --quiet or the rank count)."""
     teachers = [dict(path=str(Path(p).resolve()), bytes=Path(p).stat().st_size, mtime_ns=Path(p).stat().st_mtime_ns)
                 for p in args.teacher]
@@ -1429,7 +1458,7 @@ def _settings(args, cfg, num_samples) -> dict:
     return dict({k: getattr(args, k) for k in keep}, teachers=teachers, samples=num_samples, config=config)
 
 
-def _route_codes(samples, student) -> np.ndarray:
+def _route_codes(samples: Samples, student: str) -> np.ndarray:
     """Route (index into ROUTES) of every sample: images; short videos and frame folders; untrimmed videos as
     1-FPS frames (2d) or 10-s windows (3d); raw videos cut already."""
     kinds = list(data.KINDS)
@@ -1441,29 +1470,30 @@ def _route_codes(samples, student) -> np.ndarray:
     return table[np.asarray(codes, dtype=np.int64)]
 
 
-def _labels(samples) -> np.ndarray:
+def _labels(samples: Samples) -> np.ndarray:
     labels = getattr(samples, "labels", None)
     if labels is None:
         labels = np.fromiter((s.label for s in samples), dtype=np.int64, count=len(samples))
     return np.asarray(labels, dtype=np.int64)
 
 
-def _kind_names(samples) -> set:
+def _kind_names(samples: Samples) -> set[str]:
     codes = getattr(samples, "kinds", None)
     if codes is None:
         return {s.kind for s in samples}
     return {data.KINDS[c] for c in np.unique(codes)}
 
 
-def _base_record(i, sample, query, prefix) -> dict:
+def _base_record(i: int, sample: data.Sample, query: int, prefix: Path) -> dict:
     return dict(i=int(i), path=_rel(sample.path, prefix), kind=sample.kind, query=int(query))
 
 
-def _corrupt(i, sample, query, prefix, message) -> dict:
+def _corrupt(i: int, sample: data.Sample, query: int, prefix: Path, message: str) -> dict:
     return dict(_base_record(i, sample, query, prefix), status="corrupt", error=message)
 
 
-def _score_record(record, probs, top_c, top_p, query, cfg) -> dict:
+def _score_record(record: dict, probs: torch.Tensor, top_c: torch.Tensor, top_p: torch.Tensor, query: int,
+                  cfg: FilterConfig) -> dict:
     """A sample's scores in its record: query-class and top probabilities (top-5), deciding score (Sec. 3.4)."""
     q = float(probs[query]) if query >= 0 else None
     top = [[int(c), round(float(p), 4)] for c, p in zip(top_c.tolist(), top_p.tolist())]
@@ -1521,7 +1551,7 @@ def _rank_tag(shard: Shard) -> str:
     return f" [rank {shard.rank}/{shard.world}]" if shard.world > 1 else ""
 
 
-def _check_out(data_root, out, spec) -> Path:
+def _check_out(data_root: str | Path, out: str, spec: data.DatasetSpec) -> Path:
     """--out: a plain folder name, not the source, and not a folder filter.py did not write."""
     if not out or Path(out).name != out or out in (".", ".."):
         raise ValueError(f"--out {out!r}: expected a dataset folder name (created under --data-root)")
@@ -1542,17 +1572,17 @@ def _remove_empty_folders(root: Path) -> None:
                 folder.rmdir()
 
 
-def _piece_name(path, prefix, index) -> str:
+def _piece_name(path: str | Path, prefix: Path, index: int) -> str:
     """Folder of a video's pieces under raw/: its path under the data prefix without the extension."""
     rel = Path(_rel(path, prefix)).with_suffix("")
     return rel.as_posix() if ".." not in rel.parts else f"{index:06d}_{rel.name}"
 
 
-def _common_folder(samples) -> Path:
+def _common_folder(samples: Samples) -> Path:
     return Path(os.path.commonpath([str(Path(s.path).parent) for s in samples]))
 
 
-def _rel(path, base) -> str:
+def _rel(path: str | Path, base: str | Path) -> str:
     return Path(os.path.relpath(path, base)).as_posix()
 
 
@@ -1564,11 +1594,11 @@ def _l2(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
 
 
-def _name(teacher) -> str:
+def _name(teacher: nn.Module) -> str:
     return str(getattr(teacher, "source", None) or getattr(teacher, "arch", None) or type(teacher).__name__)
 
 
-def _foreign_teacher(path, arch: str, classes) -> nn.Module:
+def _foreign_teacher(path: str | Path, arch: str, classes: list[str]) -> nn.Module:
     """A teacher from a checkpoint that does not describe itself: build `arch`, load strictly, attach classes."""
     model = models.build_model(arch, len(classes))
     models.load_weights(model, path)

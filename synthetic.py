@@ -61,6 +61,10 @@ import numpy as np
 from PIL import Image
 
 
+# ----------------------------------------------------------------------------------------------------------------------
+# 1. Configuration: sizes and knobs, and the appearance of each source (where the domain gap lives)
+# ----------------------------------------------------------------------------------------------------------------------
+
 @dataclass
 class SynthConfig:
     """Sizes and knobs of the generated data; the defaults give ~5 MB in ~15 s (tuples: CLI does not expose)."""
@@ -123,7 +127,11 @@ WEB_IMAGE_SIZES = ((96, 96), (112, 84), (84, 112), (104, 78))   # (width, height
 SOURCES = ("synth", "synth-web-img", "synth-web-vid", "synth-web-untrimmed")
 
 
-def generate(out_dir, config: SynthConfig = None) -> dict:
+# ----------------------------------------------------------------------------------------------------------------------
+# 2. Generation, the demo's truth against filter.py's output, the command line
+# ----------------------------------------------------------------------------------------------------------------------
+
+def generate(out_dir: str | Path, config: SynthConfig | None = None) -> dict:
     """Write the four dataset folders and truth.json under out_dir; return a summary dict (counts, bytes, seconds)."""
     cfg = config or SynthConfig()
     _check_config(cfg)
@@ -158,7 +166,7 @@ def class_names(num_classes: int) -> list:
     return [f"{p}_{s}" for p, s in pairs]
 
 
-def filtering_quality(data_root, filtered: str) -> dict | None:
+def filtering_quality(data_root: str | Path, filtered: str) -> dict | None:
     """Precision / recall of filter.py's output `DATA_ROOT/FILTERED/samples.jsonl` against truth.json (the demo only).
 
     A kept sample is correct when its label (query or pseudo label) is the class its content really shows.
@@ -204,7 +212,7 @@ def ensure_demo_data(data_root: str | Path, target: str) -> bool:
     return True
 
 
-def get_args_parser():
+def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="Generate the embedded OmniSource demo data (target + noisy web sources).")
     d = SynthConfig()
     p.add_argument("--out", required=True, help="output root; gets synth/, synth-web-img/, synth-web-vid/, "
@@ -233,7 +241,7 @@ def get_args_parser():
     return p
 
 
-def main(argv=None):
+def main(argv: list[str] | None = None) -> None:
     args = get_args_parser().parse_args(argv)
     cfg = SynthConfig(seed=args.seed, num_classes=args.num_classes, train_per_class=args.train_per_class,
                       val_per_class=args.val_per_class, web_images_per_class=args.web_images_per_class,
@@ -252,7 +260,7 @@ def main(argv=None):
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# Per-source writers
+# 3. Per-source writers
 # ----------------------------------------------------------------------------------------------------------------------
 
 def _write_target(root: Path, cfg: SynthConfig, classes: list) -> dict:
@@ -334,7 +342,8 @@ def _write_untrimmed(root: Path, cfg: SynthConfig, classes: list) -> dict:
     return truth
 
 
-def _render_untrimmed(rng, cfg: SynthConfig, query: int, size: tuple):
+def _render_untrimmed(rng: np.random.Generator, cfg: SynthConfig, query: int,
+                      size: tuple) -> tuple[np.ndarray, list]:
     """Shots of 8-32 frames with hard cuts; shots are marked positive until ~untrimmed_pos_fraction is covered."""
     # 1. cut the video into shots (the last one takes the remaining 9-32 frames)
     total = int(rng.integers(cfg.untrimmed_frames[0], cfg.untrimmed_frames[1] + 1))
@@ -366,7 +375,7 @@ def _render_untrimmed(rng, cfg: SynthConfig, query: int, size: tuple):
     return np.concatenate(frames), segments
 
 
-def _write_broken(out: Path, cfg: SynthConfig, classes: list, truth: dict):
+def _write_broken(out: Path, cfg: SynthConfig, classes: list, truth: dict) -> None:
     """Step 6: a text file named .jpg, a zero-byte .mp4, an .mp4 without its index, an .mp4 cut mid-stream.
     They get ordinary names (next free index of a random query) and random positions in the web lists."""
     rng = _rng(cfg.seed, "broken")
@@ -394,7 +403,7 @@ def _write_broken(out: Path, cfg: SynthConfig, classes: list, truth: dict):
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# Crawl plan: how many samples each query returns and which of them are relevant (Fig. 3 imbalance)
+# 4. Crawl plan: how many samples each query returns and which of them are relevant (Fig. 3 imbalance)
 # ----------------------------------------------------------------------------------------------------------------------
 
 def _crawl_counts(cfg: SynthConfig, source: str, per_class: int) -> list:
@@ -439,7 +448,7 @@ def _frame_quality(rows: list, threshold: float) -> dict:
             "frame_recall": hits / max(1, showing_query), "frame_base_rate": showing_query / max(1, len(frames))}
 
 
-def _content_at(truth_entry: dict, frame: int):
+def _content_at(truth_entry: dict, frame: int) -> int | None:
     """The class shown at 0-based `frame` of an untrimmed video (None: clutter or outside its segments)."""
     for start, end, cls in truth_entry.get("segments", []):
         if start <= frame < end:
@@ -447,16 +456,16 @@ def _content_at(truth_entry: dict, frame: int):
     return None
 
 
-def _web_truth(query: int, kind: str, true_class, **extra) -> dict:
+def _web_truth(query: int, kind: str, true_class: int | None, **extra: object) -> dict:
     return {"query": query, "relevant": kind == "relevant", "true_class": true_class, "kind": kind, **extra}
 
 
-def _other_class(rng, query: int, num_classes: int) -> int:
+def _other_class(rng: np.random.Generator, query: int, num_classes: int) -> int:
     return int((query + rng.integers(1, num_classes)) % num_classes)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# Rendering: a scene = background canvas larger than the frame (camera pans over it) + one patterned object
+# 5. Rendering: a scene = background canvas larger than the frame (camera pans over it) + one patterned object
 # ----------------------------------------------------------------------------------------------------------------------
 
 @dataclass
@@ -473,7 +482,8 @@ class _Scene:
     noise_seed: int = 0
 
 
-def _sample_scene(rng, style: Style, size: tuple, num_frames: int, content) -> _Scene:
+def _sample_scene(rng: np.random.Generator, style: Style, size: tuple, num_frames: int,
+                  content: int | None) -> _Scene:
     """Draw every nuisance factor of one clip; content = class index (object shown) or None (clutter only)."""
     w, h = size
     short = min(w, h)
@@ -494,7 +504,7 @@ def _sample_scene(rng, style: Style, size: tuple, num_frames: int, content) -> _
     return scene
 
 
-def _sample_object(rng, style: Style, size: tuple, content: int) -> dict:
+def _sample_object(rng: np.random.Generator, style: Style, size: tuple, content: int) -> dict:
     w, h = size
     short = min(w, h)
     shape, pattern = _class_parts(content)
@@ -520,7 +530,7 @@ def _sample_object(rng, style: Style, size: tuple, content: int) -> dict:
             "phase": rng.uniform(0, 2 * np.pi), "scale": rng.uniform(0.85, 1.15)}
 
 
-def _sample_occluder(rng, size: tuple) -> dict:
+def _sample_occluder(rng: np.random.Generator, size: tuple) -> dict:
     """A solid bar that slides across the frame during the clip (people, hands, captions...)."""
     w, h = size
     vertical = rng.random() < 0.5
@@ -559,7 +569,7 @@ def _render_clip(scene: _Scene, num_frames: int) -> np.ndarray:
     return out
 
 
-def _draw_object(frame, obj: dict, xx, yy, t: int, a: float):
+def _draw_object(frame: np.ndarray, obj: dict, xx: np.ndarray, yy: np.ndarray, t: int, a: float) -> None:
     """Paint the patterned object in place; its pattern lives in object coordinates so it rotates and scales with it."""
     centre = (1 - a) * obj["start"] + a * obj["end"]
     angle = obj["angle"] + obj["spin"] * t
@@ -572,7 +582,7 @@ def _draw_object(frame, obj: dict, xx, yy, t: int, a: float):
     frame[mask] = obj["c1"] * (1 - t_pat[:, None]) + obj["c2"] * t_pat[:, None]
 
 
-def _background(rng, style: Style, w: int, h: int) -> np.ndarray:
+def _background(rng: np.random.Generator, style: Style, w: int, h: int) -> np.ndarray:
     """Target style: smooth colour field + faint random texture + distractor blobs. Web style: plain light backdrop."""
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
     if style.clean_bg:
@@ -596,18 +606,18 @@ def _background(rng, style: Style, w: int, h: int) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# Shapes (mask from object coordinates u, v with radius ~1) and patterns (0/1 in object coordinates)
+# 6. Shapes (mask from object coordinates u, v with radius ~1) and patterns (0/1 in object coordinates)
 # ----------------------------------------------------------------------------------------------------------------------
 
-def _disc(u, v):
+def _disc(u: np.ndarray, v: np.ndarray) -> np.ndarray:
     return u * u + v * v < 1.0
 
 
-def _square(u, v):
+def _square(u: np.ndarray, v: np.ndarray) -> np.ndarray:
     return np.maximum(np.abs(u), np.abs(v)) < 0.8
 
 
-def _triangle(u, v):
+def _triangle(u: np.ndarray, v: np.ndarray) -> np.ndarray:
     m = np.ones(u.shape, bool)
     for k in range(3):
         th = np.pi / 2 + 2 * np.pi * k / 3
@@ -615,68 +625,68 @@ def _triangle(u, v):
     return m
 
 
-def _plus(u, v):
+def _plus(u: np.ndarray, v: np.ndarray) -> np.ndarray:
     au, av = np.abs(u), np.abs(v)
     return ((au < 0.33) & (av < 0.95)) | ((av < 0.33) & (au < 0.95))
 
 
-def _star(u, v):
+def _star(u: np.ndarray, v: np.ndarray) -> np.ndarray:
     r, th = np.sqrt(u * u + v * v), np.arctan2(v, u)
     saw = np.abs(((5 * th / (2 * np.pi)) % 1.0) * 2 - 1)          # 1 at the tips, 0 between them
     return r < 0.45 + 0.6 * saw
 
 
-def _ring(u, v):
+def _ring(u: np.ndarray, v: np.ndarray) -> np.ndarray:
     r2 = u * u + v * v
     return (r2 < 1.0) & (r2 > 0.3)
 
 
-def _crescent(u, v):
+def _crescent(u: np.ndarray, v: np.ndarray) -> np.ndarray:
     return (u * u + v * v < 1.0) & ((u - 0.5) ** 2 + v * v > 0.6)
 
 
-def _bar(u, v):
+def _bar(u: np.ndarray, v: np.ndarray) -> np.ndarray:
     return (np.abs(u) < 1.0) & (np.abs(v) < 0.4)
 
 
-def _lshape(u, v):
+def _lshape(u: np.ndarray, v: np.ndarray) -> np.ndarray:
     return (np.maximum(np.abs(u), np.abs(v)) < 0.85) & ~((u > -0.1) & (v > -0.1))
 
 
-def _bowtie(u, v):
+def _bowtie(u: np.ndarray, v: np.ndarray) -> np.ndarray:
     return (np.abs(u) < 0.95) & (np.abs(v) < np.abs(u) * 0.95)
 
 
-def _solid(u, v):
+def _solid(u: np.ndarray, v: np.ndarray) -> np.ndarray:
     return np.zeros(u.shape, np.float32)
 
 
-def _striped(u, v):
+def _striped(u: np.ndarray, v: np.ndarray) -> np.ndarray:
     return (np.sin(np.pi * 2.6 * u) > 0).astype(np.float32)
 
 
-def _checkered(u, v):
+def _checkered(u: np.ndarray, v: np.ndarray) -> np.ndarray:
     return (np.sin(np.pi * 2.2 * u) * np.sin(np.pi * 2.2 * v) > 0).astype(np.float32)
 
 
-def _dotted(u, v):
+def _dotted(u: np.ndarray, v: np.ndarray) -> np.ndarray:
     fu, fv = (u * 1.4) % 1.0 - 0.5, (v * 1.4) % 1.0 - 0.5
     return (fu * fu + fv * fv < 0.09).astype(np.float32)
 
 
-def _ringed(u, v):
+def _ringed(u: np.ndarray, v: np.ndarray) -> np.ndarray:
     return (np.sin(np.pi * 2.6 * np.sqrt(u * u + v * v)) > 0).astype(np.float32)
 
 
-def _wedged(u, v):
+def _wedged(u: np.ndarray, v: np.ndarray) -> np.ndarray:
     return (np.sin(6 * np.arctan2(v, u)) > 0).astype(np.float32)
 
 
-def _gridded(u, v):
+def _gridded(u: np.ndarray, v: np.ndarray) -> np.ndarray:
     return ((np.abs(np.sin(np.pi * 1.8 * u)) < 0.35) | (np.abs(np.sin(np.pi * 1.8 * v)) < 0.35)).astype(np.float32)
 
 
-def _split(u, v):
+def _split(u: np.ndarray, v: np.ndarray) -> np.ndarray:
     return (u > 0).astype(np.float32)
 
 
@@ -688,7 +698,7 @@ MAX_CLASSES = 40
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# Small helpers
+# Helpers
 # ----------------------------------------------------------------------------------------------------------------------
 
 def _class_parts(c: int) -> tuple:
@@ -699,7 +709,7 @@ def _class_parts(c: int) -> tuple:
 _CLASS_PAIRS = [tuple(name.split("_", 1)) for name in class_names(MAX_CLASSES)]
 
 
-def _rng(seed: int, *key) -> np.random.Generator:
+def _rng(seed: int, *key: int | str) -> np.random.Generator:
     """Independent stream per (seed, source, class, index): samples do not depend on generation order."""
     return np.random.default_rng([seed, zlib.crc32(repr(key).encode())])
 
@@ -708,7 +718,7 @@ def _unit(theta: float) -> np.ndarray:
     return np.array([np.cos(theta), np.sin(theta)])
 
 
-def _smooth_noise(rng, h: int, w: int, cells: int) -> np.ndarray:
+def _smooth_noise(rng: np.random.Generator, h: int, w: int, cells: int) -> np.ndarray:
     """Bilinearly upsampled random colour grid: (h, w, 3) in [0, 1]."""
     grid = rng.uniform(0.05, 0.95, (cells + 1, cells + 1, 3)).astype(np.float32)
     ys, xs = np.linspace(0, cells, h), np.linspace(0, cells, w)
@@ -719,7 +729,7 @@ def _smooth_noise(rng, h: int, w: int, cells: int) -> np.ndarray:
     return (top * (1 - fy) + bottom * fy).astype(np.float32)
 
 
-def _crop_bilinear(canvas: np.ndarray, offset, w: int, h: int) -> np.ndarray:
+def _crop_bilinear(canvas: np.ndarray, offset: np.ndarray, w: int, h: int) -> np.ndarray:
     """Sub-pixel crop (h, w, 3) at canvas offset (x, y): smooth camera pan."""
     x, y = float(offset[0]), float(offset[1])
     x0, y0 = int(np.floor(x)), int(np.floor(y))
@@ -735,7 +745,7 @@ def _motion_blur(frame: np.ndarray, taps: int, axis: int) -> np.ndarray:
     return sum(np.roll(frame, k - taps // 2, axis=axis) for k in range(taps)) / taps
 
 
-def _encode_mp4(path: Path, frames: np.ndarray, cfg: SynthConfig, faststart: bool = False):
+def _encode_mp4(path: Path, frames: np.ndarray, cfg: SynthConfig, faststart: bool = False) -> None:
     """H.264 yuv420p, keyframe every cfg.gop frames, byte-for-byte deterministic: x264 macroblock-tree rate control
     (mbtree, on in every preset but ultrafast) gave different bytes for the same frames on repeated runs in one
     process (its SIMD code path; asm=0 also fixed it), so it is off; threads=1 for good measure."""
@@ -764,7 +774,7 @@ def _summary(out: Path, classes: list, start: float) -> dict:
             "truth": str(out / "truth.json")}
 
 
-def _truncate(path: Path, keep: float):
+def _truncate(path: Path, keep: float) -> None:
     data = path.read_bytes()
     path.write_bytes(data[:int(len(data) * keep)])
 
@@ -779,11 +789,11 @@ def _merge_ranges(ranges: list) -> list:
     return merged
 
 
-def _write_list(path: Path, lines: list):
+def _write_list(path: Path, lines: list) -> None:
     path.write_text("".join(line + "\n" for line in lines))
 
 
-def _insert_line(path: Path, line: str, rng):
+def _insert_line(path: Path, line: str, rng: np.random.Generator) -> None:
     lines = _read_list(path)
     lines.insert(int(rng.integers(len(lines) + 1)), line)
     _write_list(path, lines)
@@ -793,7 +803,7 @@ def _read_list(path: Path) -> list:
     return [line for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
 
 
-def _check_config(cfg: SynthConfig):
+def _check_config(cfg: SynthConfig) -> None:
     if not 2 <= cfg.num_classes <= MAX_CLASSES:
         raise ValueError(f"--num-classes: expected 2..{MAX_CLASSES}, got {cfg.num_classes}")
     for name in ("train_per_class", "val_per_class", "web_images_per_class", "web_videos_per_class",

@@ -207,3 +207,16 @@ def _lines(path):
 def _decode(path):
     with av.open(str(path)) as c:
         return np.stack([f.to_ndarray(format="rgb24") for f in c.decode(video=0)])
+
+
+def test_ensure_demo_data_generates_the_default_demo_once_and_only_for_synth(tmp_path, monkeypatch, capsys):
+    calls = []
+    monkeypatch.setattr(synthetic, "generate", lambda root, cfg: (calls.append((root, cfg)),
+                                                                  (Path(root) / "synth").mkdir(parents=True),
+                                                                  (Path(root) / "synth" / "classes.txt").touch()))
+    assert synthetic.ensure_demo_data(tmp_path, "k400") is False and calls == []
+    assert synthetic.ensure_demo_data(tmp_path, "synth") is True
+    assert calls == [(tmp_path, synthetic.SynthConfig())]                  # the default demo, into DATA_ROOT
+    assert capsys.readouterr().out == f"generating the demo dataset in {tmp_path}/ ...\n"
+    assert synthetic.ensure_demo_data(tmp_path, "synth") is False and len(calls) == 1   # classes.txt is there
+    assert capsys.readouterr().out == ""
