@@ -2,18 +2,34 @@
 
 This file implements the method of Duan et al., "Omni-sourced Webly-supervised Learning for Video
 Recognition" (ECCV 2020), Sec. 3, on top of the plain video-recognition code in models.py, data.py and
-transforms.py:
+transforms.py, and runs the four steps of Table 1 as the train.py / filter.py commands a user would type.
+Where each part of the paper lives (module.function):
 
-    Sec. 3.2, Eq. 1   joint_loss()            one loss = sum of the cross-entropies of all mini-batches
-    Sec. 3.2          JointBatches            one target batch + one batch per auxiliary source per step
-    Sec. 3.6          parse_ratio()           |B_T| : |B_A1| : |B_A2| ... batch-size ratio (Table 2, Fig. 8)
-    Sec. 3.6          ClassResampler          clipped / power-law class resampling (Table 10)
-    Sec. 3.6          mixup()                 intra- and cross-dataset mixup (Table 9)
-    Sec. 5.2          confusion_pairs()       confusion-score analysis (Tables 18-19)
-    Table 1           run_procedure()         the whole three-step procedure, `python omnisource.py`
-
-The training step itself (forward, Eq. 1, ONE optimiser step) is written out in train.py's
-`train_one_epoch`, where a reader of the training loop sees it.
+    Sec. 3.2, Eq. 1   omnisource.joint_loss             one loss = sum of the cross-entropies of all mini-batches
+    Sec. 3.2          omnisource.JointBatches           one target batch + one batch per auxiliary source per step
+                      train.train_one_epoch             one forward on their concatenation, Eq. 1, ONE optimiser step
+    Sec. 3.3          omnisource.task_queries,          the target's class names -> search queries per source
+                      omnisource.write_queries          (Google images, Instagram hashtags, YouTube), for a crawler
+                      filter.deduplicate                web samples too similar to a val frame are removed
+                      (filter.find_duplicates)          (whitened ResNet features, cosine similarity)
+                      filter.run_filter                 invalid / corrupted files are skipped and counted
+    Sec. 3.4          filter.keep_decision              teacher filtering: query-class or pseudo labels >= T
+                      filter.ensemble                   several teachers averaged (Fig. 6)
+    Sec. 3.5          omnisource.estimate_motion        camera-motion Gaussian N(mu, Sigma) of the target videos
+                      transforms.image_to_clip          Eq. 2: a web image -> a pseudo clip warped by sampled
+                                                        homographies (Table 8)
+                      filter.one_fps_indices,           untrimmed videos: 1-FPS frames (2D students) and their
+                      filter.untrimmed_decision         decision from the most confident unit
+                      filter.window_ranges              10-s windows of untrimmed videos (3D students)
+                      data.VideoDataset(snippet=...),   snippets from the teacher-scored frames (Table 14),
+                      transforms.select_snippet         windows / cut pieces as clips (data.cut_video)
+    Sec. 3.6          omnisource.parse_ratio,           |B_T| : |B_A1| : |B_A2| ... batch-size ratio (Table 2, Fig. 8)
+                      omnisource.batch_sizes
+                      omnisource.ClassResampler         clipped / power-law class resampling (Table 10),
+                      (omnisource.Resampling)           DEFAULT_RESAMPLE = power:0.2
+                      omnisource.mixup                  intra- and cross-dataset mixup (Table 9)
+    Sec. 5.2          omnisource.confusion_pairs        confusion-score analysis (Tables 18-19)
+    Table 1           omnisource.run_procedure          the whole four-step procedure, `python omnisource.py`
 
 How batch norm sees the sources: every step concatenates the target batch and all auxiliary batches
 into ONE tensor and runs ONE forward pass. Batch norm therefore normalises target and web samples with
@@ -24,25 +40,39 @@ loss, one gradient), and under DistributedDataParallel it is one gradient all-re
 forwards would let each source's statistics normalise only itself, hiding the domain gap from the
 network during training but not at test time. The price: the batch statistics depend on the ratio, which
 is one more reason the paper tunes it (Fig. 8).
+
+The procedure (`run_procedure`) imports neither train.py nor filter.py: each step is printed and run as a
+command (`$ python train.py ...`; with --nproc N, `torchrun --standalone --nproc-per-node N train.py ...`), and
+its results come back from the run's WORK_DIR/metrics.json. Imports flow one way: train.py, filter.py ->
+omnisource.py -> data.py, models.py, transforms.py, synthetic.py.
 """
+from __future__ import annotations
+
 import argparse
 import json
 import os
+import shlex
+import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+import data
+import models
+import synthetic
+import transforms
+
 # ----------------------------------------------------------------------------------------------------------------------
-# Sec. 3.2, Eq. 1: the joint loss
+# 1. Sec. 3.2, Eq. 1: the joint loss
 # ----------------------------------------------------------------------------------------------------------------------
 
 
-def joint_loss(logits, targets, sizes):
+def joint_loss(logits: torch.Tensor, targets: torch.Tensor, sizes: list[int]) -> tuple[torch.Tensor, list]:
     """Eq. 1: the sum of the cross-entropies over the target batch and every auxiliary batch.
 
     logits:  (B, K) for the concatenated batch [B_T, B_A1, B_A2, ...], B = sum(sizes).
@@ -65,11 +95,57 @@ def joint_loss(logits, targets, sizes):
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# Sec. 3.6: batch ratio, class resampling, mixup
+# 2. Sec. 3.5: the camera-motion Gaussian of Eq. 2, estimated on the target videos
 # ----------------------------------------------------------------------------------------------------------------------
 
 
-def parse_ratio(text, num_aux):
+def estimate_motion(data_root: str | Path, target: str, out: str | Path | None = None, max_videos: int = 200,
+                    max_pairs: int = 16, seed: int = 0,
+                    log: Callable[[str], None] = print) -> transforms.HomographyGaussian:
+    """Fit N(mu, Sigma) of inter-frame homographies on the target's training videos (Sec. 3.5).
+
+    1. Take up to `max_videos` training videos (a fixed random subset), both class-agnostic and
+       per class (their labels).
+    2. In each, decode `max_pairs` + 1 consecutive frames from a random start and estimate the
+       homography between every consecutive pair (transforms.estimate_video_motion; scene cuts and
+       failed alignments are dropped).
+    3. Express every H in normalised image coordinates (so the fit applies to web images of any
+       size) and take the maximum-likelihood Gaussian, class-agnostic ("warp-agno") and per class
+       ("warp-spec", Table 8).
+    Writes the model to `out` (default DATA_ROOT/TARGET/motion.json) and returns it.
+    """
+    spec = data.resolve_dataset(data_root, target)
+    samples = [s for s in data.load_split(spec, "train") if s.kind in ("video", "untrimmed", "frames")]
+    rng = np.random.default_rng([seed, 13])
+    samples = [samples[i] for i in rng.permutation(len(samples))[:max_videos]]
+    hs, labels = [], []
+    for n, s in enumerate(samples):
+        try:
+            total = s.num_frames or data.count_frames(s.path)
+            start = int(rng.integers(0, max(1, total - max_pairs)))
+            frames = data.read_frames(s.path, np.arange(start, min(total, start + max_pairs + 1)))   # (P+1, H, W, 3)
+        except Exception as err:            # a broken video only loses its own motion samples
+            log(f"estimate_motion: skipped {s.path}: {err}")
+            continue
+        size = (frames.shape[2], frames.shape[1])
+        for hmat in transforms.estimate_video_motion(frames):
+            hs.append(None if hmat is None else transforms.normalize_homography(hmat, size))
+            labels.append(s.label)
+        if (n + 1) % 20 == 0:
+            log(f"estimate_motion: {n + 1}/{len(samples)} videos, {sum(h is not None for h in hs)} homographies")
+    motion = transforms.fit_homography_gaussian(hs, labels=labels)
+    out = Path(out) if out else Path(spec.root) / "motion.json"
+    motion.save(out)
+    log(f"estimate_motion: {sum(h is not None for h in hs)} homographies from {len(samples)} videos -> {out}")
+    return motion
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# 3. Sec. 3.6: batch ratio, class resampling, mixup
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def parse_ratio(text: str, num_aux: int) -> list[float]:
     """'2:1:1' -> [2, 1, 1]: |B_T| : |B_A1| : |B_A2| (target first, one number per auxiliary source).
 
     With no text the paper's default is used: 2:1 for one source ... 2:1:1:1 (Table 2, all sources).
@@ -86,7 +162,7 @@ def parse_ratio(text, num_aux):
     return parts
 
 
-def batch_sizes(target_batch, ratio):
+def batch_sizes(target_batch: int, ratio: list[float]) -> list[int]:
     """Per-source batch sizes from the target batch size and the ratio: |B_Ai| = round(|B_T| r_i / r_T)."""
     return [target_batch] + [max(1, round(target_batch * r / ratio[0])) for r in ratio[1:]]
 
@@ -106,7 +182,7 @@ class Resampling:
     value: float = 0.2
 
     @staticmethod
-    def parse(text):
+    def parse(text: str) -> Resampling:
         """'none' | 'clip:5000' | 'power:0.2' | 'power' (p = 0.2)."""
         name, _, val = text.partition(":")
         defaults = {"none": 0.0, "power": 0.2, "clip": None}
@@ -124,7 +200,7 @@ class Resampling:
             raise ValueError(f"--resample {text!r}: expected power:P with 0 < P <= 1 or clip:N_C with N_C >= 1")
         return Resampling(name, value)
 
-    def class_probabilities(self, counts):
+    def class_probabilities(self, counts: np.ndarray) -> np.ndarray:
         """(K,) sample counts per class -> (K,) probability of drawing each class."""
         counts = np.asarray(counts, dtype=np.float64)
         if self.mode == "none":
@@ -150,7 +226,7 @@ class ClassResampler(torch.utils.data.Sampler):
     `start` skips the epoch's first draws (a run resumed part-way through an epoch).
     """
 
-    def __init__(self, labels, num_samples, resampling, seed=0, rank=0):
+    def __init__(self, labels: np.ndarray, num_samples: int, resampling: Resampling, seed: int = 0, rank: int = 0):
         self.labels = np.asarray(labels)
         self.num_samples = int(num_samples)
         self.resampling = resampling
@@ -159,13 +235,13 @@ class ClassResampler(torch.utils.data.Sampler):
         probs = resampling.class_probabilities(counts)
         self.weights = probs[self.labels] / counts[self.labels]                  # (num_samples_in_source,)
 
-    def set_epoch(self, epoch, start=0):
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
         self.epoch, self.start = epoch, start
 
-    def __len__(self):
+    def __len__(self) -> int:
         return self.num_samples               # the whole epoch's, also when it starts part-way
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[int]:
         rng = np.random.default_rng([self.seed, self.epoch, self.rank, 7])
         n = len(self.labels)
         if self.resampling.mode == "none":
@@ -176,7 +252,8 @@ class ClassResampler(torch.utils.data.Sampler):
         return iter(order[self.start:].tolist())
 
 
-def mixup(clips, targets, alpha, rng):
+def mixup(clips: torch.Tensor, targets: torch.Tensor, alpha: float,
+          rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """Sec. 3.6 mixup (Zhang et al.): x = lam x_i + (1 - lam) x_j, y = lam y_i + (1 - lam) y_j.
 
     clips (B, C, T, H, W); targets (B, K) one-hot or soft. The partner j of every row is a random row of
@@ -238,11 +315,11 @@ class JointBatches:
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# Sec. 5.2 "Where does the performance gain come from?": confusion pairs (Tables 18-19)
+# 4. Sec. 5.2 "Where does the performance gain come from?": confusion pairs (Tables 18-19)
 # ----------------------------------------------------------------------------------------------------------------------
 
 
-def confusion_scores(cm):
+def confusion_scores(cm: np.ndarray) -> np.ndarray:
     """s_ij = (n_ij + n_ji) / (n_ij + n_ji + n_ii + n_jj) for every class pair i < j.
 
     cm: (K, K) confusion matrix, cm[i, j] = number of samples of true class i predicted as j.
@@ -257,7 +334,7 @@ def confusion_scores(cm):
     return np.triu(s, k=1) + np.tril(np.full_like(s, np.nan))
 
 
-def confusion_pairs(cm_before, cm_after, classes, top=5):
+def confusion_pairs(cm_before: np.ndarray, cm_after: np.ndarray, classes: list[str], top: int = 5) -> dict:
     """Tables 18-19: the class pairs whose confusion score dropped most and rose most from run A to B.
 
     Returns {'dropped': [(name_i, name_j, s_before, s_after, delta)...], 'rose': [...]} sorted by delta
@@ -276,75 +353,43 @@ def confusion_pairs(cm_before, cm_after, classes, top=5):
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# Sec. 3.5: the camera-motion Gaussian of Eq. 2, estimated on the target videos
+# 5. Table 1: the whole procedure, each step run as the command a user would type
 # ----------------------------------------------------------------------------------------------------------------------
 
 
-def estimate_motion(data_root, target, out=None, max_videos=200, max_pairs=16, seed=0, log=print):
-    """Fit N(mu, Sigma) of inter-frame homographies on the target's training videos (Sec. 3.5).
-
-    1. Take up to `max_videos` training videos (a fixed random subset), both class-agnostic and
-       per class (their labels).
-    2. In each, decode `max_pairs` + 1 consecutive frames from a random start and estimate the
-       homography between every consecutive pair (transforms.estimate_video_motion; scene cuts and
-       failed alignments are dropped).
-    3. Express every H in normalised image coordinates (so the fit applies to web images of any
-       size) and take the maximum-likelihood Gaussian, class-agnostic ("warp-agno") and per class
-       ("warp-spec", Table 8).
-    Writes the model to `out` (default DATA_ROOT/TARGET/motion.json) and returns it.
-    """
-    import data
-    import transforms
-    spec = data.resolve_dataset(data_root, target)
-    samples = [s for s in data.load_split(spec, "train") if s.kind in ("video", "untrimmed", "frames")]
-    rng = np.random.default_rng([seed, 13])
-    samples = [samples[i] for i in rng.permutation(len(samples))[:max_videos]]
-    hs, labels = [], []
-    for n, s in enumerate(samples):
-        try:
-            total = s.num_frames or data.count_frames(s.path)
-            start = int(rng.integers(0, max(1, total - max_pairs)))
-            frames = data.read_frames(s.path, np.arange(start, min(total, start + max_pairs + 1)))
-        except Exception as err:            # a broken video only loses its own motion samples
-            log(f"estimate_motion: skipped {s.path}: {err}")
-            continue
-        size = (frames.shape[2], frames.shape[1])
-        for hmat in transforms.estimate_video_motion(frames):
-            hs.append(None if hmat is None else transforms.normalize_homography(hmat, size))
-            labels.append(s.label)
-        if (n + 1) % 20 == 0:
-            log(f"estimate_motion: {n + 1}/{len(samples)} videos, {sum(h is not None for h in hs)} homographies")
-    motion = transforms.fit_homography_gaussian(hs, labels=labels)
-    out = Path(out) if out else Path(spec.root) / "motion.json"
-    motion.save(out)
-    log(f"estimate_motion: {sum(h is not None for h in hs)} homographies from {len(samples)} videos -> {out}")
-    return motion
+TESTED = {"last": "the final weights of each run",                  # --select: which weights are tested
+          "val": "the weights of each run chosen on that same val split (best.pth)"}
 
 
-# ----------------------------------------------------------------------------------------------------------------------
-# Table 1: the whole procedure in one command
-# ----------------------------------------------------------------------------------------------------------------------
+class StepFailed(RuntimeError):
+    """A step's command exited with a non-zero status (its own error is printed above by the command)."""
 
 
-def get_args_parser():
-    p = argparse.ArgumentParser("omnisource: the three steps of Table 1 in one command",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser("omnisource", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                                description="The four steps of Table 1 in one command: 1. teacher (and baseline) "
+                                "on the target set, 2. teacher filtering of every web source, 3. the camera motion "
+                                "of Eq. 2, 4. joint training of the student. Each step is printed and run as the "
+                                "train.py / filter.py command a user would type.")
     p.add_argument("--data-root", default="data", help="datasets folder; the demo data is generated here")
     p.add_argument("--target", default="synth", help="target dataset (see train.py --target)")
     p.add_argument("--sources", default="synth-web-img,synth-web-vid,synth-web-untrimmed",
                    help="comma-separated raw web sources to filter and add (dataset names under --data-root)")
     p.add_argument("--arch", default="tsn_tiny", help="student (and baseline) architecture")
-    p.add_argument("--checkpoint", default=None, help="initial weights of every training run, any format "
-                   "models.load_weights reads (ours, MMAction2 0.x / 1.x, torchvision, bare state dict)")
+    p.add_argument("--checkpoint", default=None, help="initial weights of every training run of --arch, any "
+                   "format models.load_weights reads (ours, MMAction2 0.x / 1.x, torchvision, bare state dict)")
     p.add_argument("--finetune", action="store_true", help="with --checkpoint: backbone only, fresh classifier")
     p.add_argument("--teacher-arch", default=None, help="teacher architecture (default: --arch; images are "
                    "always scored by a 2D teacher, Sec. 3.4, so a 3D --arch also trains tsn_tiny/--image-teacher)")
     p.add_argument("--image-teacher-arch", default="tsn_tiny", help="2D teacher for image sources when the "
                    "teacher is 3D")
+    p.add_argument("--select", choices=("last", "val"), default="last", help="weights every train.py run tests, "
+                   "reports and writes as WORK_DIR/final.pth (the teachers of step 2): last = the final weights; "
+                   "val = best.pth, chosen on the val split the test then reports (MMAction2's practice)")
     p.add_argument("--threshold", type=float, default=0.5, help="teacher confidence threshold (Sec. 3.4)")
     p.add_argument("--mode", choices=("query", "pseudo"), default="query", help="filter mode (see filter.py)")
     p.add_argument("--epochs", type=int, default=None, help="epochs of every training run (default: recipe)")
-    p.add_argument("--batch-size", type=int, default=8, help="target batch per step |B_T|")
+    p.add_argument("--batch-size", type=int, default=8, help="target batch per step and process |B_T|")
     p.add_argument("--ratio", default="", help="batch ratio for the student (default 2:1 per source)")
     p.add_argument("--resample", default=DEFAULT_RESAMPLE, help="auxiliary class resampling (Table 10)")
     p.add_argument("--mixup", type=float, default=0.0, help="mixup alpha for the student (0: off)")
@@ -358,118 +403,202 @@ def get_args_parser():
                    "clips by replication (--inflate still), the comparison of Table 8")
     p.add_argument("--motion-videos", type=int, default=200, help="target videos whose camera motion is fitted "
                    "for Eq. 2 (16 frame pairs each)")
+    p.add_argument("--motion", default=None, help="camera-motion Gaussian file (Eq. 2): written by step 3 and "
+                   "read by the student (default WORK_DIR/motion.json; with --estimate-motion "
+                   "DATA_ROOT/TARGET/motion.json, train.py's default)")
     p.add_argument("--seed", type=int, default=0, help="seed of every run")
-    p.add_argument("--workers", type=int, default=2, help="DataLoader workers")
+    p.add_argument("--workers", type=int, default=2, help="DataLoader workers (per process)")
+    p.add_argument("--nproc", type=int, default=1, help="processes per train.py / filter.py step: N > 1 launches "
+                   "each with `torchrun --standalone --nproc-per-node N` (one node; GPUs: one per process)")
     p.add_argument("--work-dir", default="work_dirs/omnisource", help="all runs go to sub-folders of this")
     p.add_argument("--estimate-motion", action="store_true", help="only fit the camera-motion Gaussian of "
-                   "--target (Sec. 3.5) and write DATA_ROOT/TARGET/motion.json")
+                   "--target (Sec. 3.5) and write it to --motion")
     return p
 
 
-def run_procedure(args):
-    """Table 1, OmniSource column, on --target and --sources; returns the results table rows."""
-    import filter as web_filter
-    import train
-    work = Path(args.work_dir)
-    common = ["--data-root", args.data_root, "--target", args.target, "--batch-size", str(args.batch_size),
-              "--seed", str(args.seed), "--workers", str(args.workers)]
-    if args.epochs:
-        common += ["--epochs", str(args.epochs)]
-    other_arch = list(common)                  # runs of another architecture do not take --checkpoint
-    if args.checkpoint:
-        common += ["--checkpoint", args.checkpoint] + (["--finetune"] if args.finetune else [])
-    sources = [s for s in args.sources.split(",") if s]
+def run_procedure(args: argparse.Namespace) -> list[tuple[str, dict]]:
+    """Table 1, OmniSource column, on --target and --sources: every step a printed command, run to its end.
+
+    Returns the rows of the results table: (run name, that run's metrics.json with its confusion matrix).
+    """
+    work, sources = Path(args.work_dir), [s for s in args.sources.split(",") if s]
+    motion = args.motion or str(work / "motion.json")
     # 1. Train one (or more) teacher M on D_T. With the same architecture as the student it is also
-    #    the baseline ("target only") of the comparison.
+    #    the baseline ("target only") of the comparison. The teachers are the weights each run reports.
     print("== step 1: teacher / baseline on the target set", flush=True)
-    baseline = train.main(train.get_args_parser().parse_args(
-        common + ["--arch", args.arch, "--work-dir", str(work / "baseline")]))
-    teachers = {"video": work / "baseline" / "best.pth"}
+    baseline = run_train(args, "baseline", args.arch)
+    teachers = {"video": work / "baseline" / "final.pth"}
     teacher_arch = args.teacher_arch or args.arch
     if teacher_arch != args.arch:
-        train.main(train.get_args_parser().parse_args(
-            other_arch + ["--arch", teacher_arch, "--work-dir", str(work / "teacher")]))
-        teachers["video"] = work / "teacher" / "best.pth"
+        run_train(args, "teacher", teacher_arch, init=False)
+        teachers["video"] = work / "teacher" / "final.pth"
     teachers["image"] = teachers["video"]
     if not _is_2d(teacher_arch):                       # Sec. 3.4: web images get 2D teachers only
-        train.main(train.get_args_parser().parse_args(
-            other_arch + ["--arch", args.image_teacher_arch, "--work-dir", str(work / "image_teacher")]))
-        teachers["image"] = work / "image_teacher" / "best.pth"
-    # 2. Run M on every U_i, drop samples under the threshold, pseudo-label the rest.
+        run_train(args, "image_teacher", args.image_teacher_arch, init=False)
+        teachers["image"] = work / "image_teacher" / "final.pth"
+    # 2. Run M on every U_i, drop samples under the threshold, pseudo-label the rest (filter.py).
     print("== step 2: teacher filtering of every web source", flush=True)
-    filtered = [filter_source(web_filter, args, src, teachers) for src in sources]
-    filtered = [f for f in filtered if f is not None]
+    filtered = []
+    for source in sources:
+        out, argv = filter_command(args, source, teachers)
+        run_step(args, "filter.py", argv)
+        if _kept_any(Path(args.data_root) / out):
+            filtered.append(out)
+        else:
+            print(f"{source}: the teacher kept nothing; the source is left out of joint training", flush=True)
     if not filtered:
         raise ValueError(f"the teacher kept no web sample of --sources {args.sources} at --threshold "
                          f"{args.threshold}; lower the threshold or train a better teacher")
-    # 3. Transforms T_i: fit the camera motion of Eq. 2 on the target videos (images -> clips).
+    # 3. Transforms T_i: fit the camera motion of Eq. 2 on the target videos (web images -> clips).
     print("== step 3: camera-motion Gaussian for image-to-clip (Eq. 2)", flush=True)
-    estimate_motion(args.data_root, args.target, out=work / "motion.json", max_videos=args.motion_videos,
-                    seed=args.seed)
+    run_step(args, "omnisource.py", ["--estimate-motion", "--data-root", args.data_root, "--target", args.target,
+                                     "--motion", motion, "--motion-videos", str(args.motion_videos),
+                                     "--seed", str(args.seed)], nproc=1)
     # 4. Train M' on D_T and the auxiliary sets D_A,i (Eq. 1), one optimiser step per iteration.
     print("== step 4: joint training of the student", flush=True)
-    student_args = common + ["--arch", args.arch, "--aux", ",".join(filtered), "--ratio", args.ratio,
-                             "--resample", args.resample, "--mixup", str(args.mixup), "--inflate", args.inflate,
-                             "--motion", str(work / "motion.json"), "--snippet", args.snippet]
-    student = train.main(train.get_args_parser().parse_args(student_args + ["--work-dir", str(work / "student")]))
-    rows = [("baseline (target only)", baseline), ("OmniSource (filtered web data)", student)]
-    # Comparisons: Table 12's unfiltered web data, Table 8's still-image clips, with everything else equal
+    joint = ["--aux", ",".join(filtered)] + (["--ratio", args.ratio] if args.ratio else []) + [
+        "--resample", args.resample, "--mixup", str(args.mixup), "--inflate", args.inflate, "--motion", motion,
+        "--snippet", args.snippet]
+    rows = [("baseline (target only)", baseline),
+            ("OmniSource (filtered web data)", run_train(args, "student", args.arch, joint))]
+    # Comparisons beside Table 1's steps, everything else equal: Table 12's unfiltered web data, Table 8's
+    # still-image clips.
     if args.also_unfiltered:
-        raw = _with(student_args, "--aux", ",".join(sources))
-        rows.append(("unfiltered web data", train.main(train.get_args_parser().parse_args(
-            raw + ["--work-dir", str(work / "unfiltered")]))))
+        rows.append(("unfiltered web data",
+                     run_train(args, "unfiltered", args.arch, _with(joint, "--aux", ",".join(sources)))))
     if args.also_still:
-        still = _with(student_args, "--inflate", "still")
-        rows.append(("filtered, still images (--inflate still)", train.main(train.get_args_parser().parse_args(
-            still + ["--work-dir", str(work / "still")]))))
-    write_table(work, rows, baseline, student, filter_quality(args.data_root, filtered))
+        rows.append(("filtered, still images (--inflate still)",
+                     run_train(args, "still", args.arch, _with(joint, "--inflate", "still"))))
+    write_table(work, rows, args.select, filter_quality(args.data_root, filtered))
     return rows
 
 
-def filter_source(web_filter, args, source, teachers):
-    """Step 2 for one source; returns the name of the filtered dataset written under --data-root."""
+def run_train(args: argparse.Namespace, name: str, arch: str, extra: list[str] | None = None,
+              init: bool = True) -> dict:
+    """One train.py run into WORK_DIR/NAME (--checkpoint only for runs with `init`); returns its metrics."""
+    argv = ["--data-root", args.data_root, "--target", args.target, "--arch", arch, "--batch-size",
+            str(args.batch_size), "--seed", str(args.seed), "--workers", str(args.workers), "--select", args.select]
+    if args.epochs:
+        argv += ["--epochs", str(args.epochs)]
+    if init and args.checkpoint:
+        argv += ["--checkpoint", args.checkpoint] + (["--finetune"] if args.finetune else [])
+    work_dir = Path(args.work_dir) / name
+    run_step(args, "train.py", argv + (extra or []) + ["--work-dir", str(work_dir)])
+    return read_metrics(work_dir)
+
+
+def filter_command(args: argparse.Namespace, source: str, teachers: dict[str, Path]) -> tuple[str, list[str]]:
+    """Step 2's filter.py command for one web source: (output dataset name under --data-root, arguments)."""
     out = f"{source}-filtered"
     kind = _source_kind(args.data_root, source)
     # Sec. 3.4-3.5: images, and the 1-FPS frames of untrimmed videos for a 2D student, need a 2D teacher
     two_d = kind == "image" or (kind == "untrimmed" and _is_2d(args.arch))
     teacher = teachers["image" if two_d else "video"]
-    argv = ["--data-root", args.data_root, "--source", source, "--teacher", str(teacher), "--out", out,
-            "--threshold", str(args.threshold), "--mode", args.mode, "--workers", str(args.workers),
-            "--student", "2d" if _is_2d(args.arch) else "3d"]
-    web_filter.main(web_filter.get_args_parser().parse_args(argv))
-    kept = (Path(args.data_root) / out / "train.txt").read_text().split("\n")
-    if not any(line.strip() for line in kept):
-        print(f"{source}: the teacher kept nothing; the source is left out of joint training", flush=True)
-        return None
-    return out
+    return out, ["--data-root", args.data_root, "--source", source, "--teacher", str(teacher), "--out", out,
+                 "--threshold", str(args.threshold), "--mode", args.mode, "--workers", str(args.workers),
+                 "--student", "2d" if _is_2d(args.arch) else "3d"]
 
 
-def write_table(work, rows, baseline, student, quality=()):
-    """Print and save the comparison (results.md, results.json), the confusion pairs of Sec. 5.2 and, on the
-    generated demo data, the filter's precision and recall against the generator's truth."""
-    lines = ["| run | top-1 | top-5 | mean class acc |", "| --- | --- | --- | --- |"]
+def run_step(args: argparse.Namespace, script: str, argv: list[str], nproc: int | None = None) -> None:
+    """Print the command a user would type for one step, run it, and raise StepFailed naming it if it fails.
+
+    nproc (default --nproc) > 1: the script runs under torchrun (`python -m torch.distributed.run`, which works
+    inside a virtual environment as the `torchrun` script may not).
+    """
+    shown, launched = step_command(script, argv, args.nproc if nproc is None else nproc)
+    print("$ " + shlex.join(shown), flush=True)
+    code = subprocess.call(launched)
+    if code != 0:
+        raise StepFailed(f"this step failed (exit status {code}): {shlex.join(shown)}")
+
+
+def step_command(script: str, argv: list[str], nproc: int = 1) -> tuple[list[str], list[str]]:
+    """(the command as a user types it, the command launched) for SCRIPT of this folder with arguments argv."""
+    path = Path(__file__).resolve().with_name(script)
+    shown = os.path.relpath(path)
+    if nproc > 1:
+        launcher = ["--standalone", "--nproc-per-node", str(nproc)]
+        return (["torchrun", *launcher, shown, *argv],
+                [sys.executable, "-m", "torch.distributed.run", *launcher, str(path), *argv])
+    return ["python", shown, *argv], [sys.executable, str(path), *argv]
+
+
+def read_metrics(work_dir: str | Path) -> dict:
+    """A finished train.py run's WORK_DIR/metrics.json, with its confusion matrix (K, K) from confusion_matrix.csv."""
+    work_dir = Path(work_dir)
+    metrics = json.loads((work_dir / "metrics.json").read_text())
+    k = len(metrics["classes"])
+    rows = (work_dir / "confusion_matrix.csv").read_text().splitlines()[1:]       # "name,n_0,...,n_K-1"
+    metrics["confusion_matrix"] = [[int(v) for v in row.split(",")[-k:]] for row in rows]
+    return metrics
+
+
+def write_table(work: Path, rows: list[tuple[str, dict]], select: str = "last", quality: list[dict] = ()) -> str:
+    """Print and save the comparison (results.md, results.json), the confusion pairs of Sec. 5.2 (first row ->
+    second row) and, on the generated demo data, the filter's precision and recall against the generator's truth.
+    Says which weights were tested (--select). Returns the text of results.md."""
+    tested = TESTED[select]
+    lines = [f"Top-1, top-5 and mean class accuracy on the val split of {tested} (--select {select}).", "",
+             "| run | top-1 | top-5 | mean class acc |", "| --- | --- | --- | --- |"]
     lines += [f"| {name} | {m['top1']:.4f} | {m['top5']:.4f} | {m['mean_class_acc']:.4f} |" for name, m in rows]
     if quality:
         lines += ["", "Teacher filtering against the generator's truth (truth.json):"]
         lines += [_quality_line(q) for q in quality]
-    pairs = confusion_pairs(baseline["confusion_matrix"], student["confusion_matrix"], baseline["classes"])
+    (_, base), (_, student) = rows[:2]
+    pairs = confusion_pairs(base["confusion_matrix"], student["confusion_matrix"], base["classes"])
     lines += ["", "Confusion pairs (Sec. 5.2, s_ij baseline -> OmniSource):"]
     lines += [f"  {a} / {b}: {s0:.3f} -> {s1:.3f} ({d:+.3f})" for a, b, s0, s1, d in pairs["dropped"] + pairs["rose"]]
     text = "\n".join(lines)
     print(text, flush=True)
     (work / "results.md").write_text(text + "\n")
     (work / "results.json").write_text(json.dumps(
-        {"rows": [{"run": name, **{k: m[k] for k in ("top1", "top5", "mean_class_acc")}} for name, m in rows],
+        {"select": select, "tested": tested,
+         "rows": [{"run": name, **{k: m[k] for k in ("top1", "top5", "mean_class_acc")}} for name, m in rows],
          "confusion_pairs": pairs, "filtering": list(quality)}, indent=2) + "\n")
+    return text
 
 
-def filter_quality(data_root, filtered):
+def filter_quality(data_root: str | Path, filtered: list[str]) -> list[dict]:
     """Filtering precision / recall per filtered source when DATA_ROOT holds the demo's truth.json."""
-    import synthetic
     return [q for q in (synthetic.filtering_quality(data_root, name) for name in filtered) if q is not None]
 
 
-def _quality_line(q):
+def main(argv: list[str] | None = None) -> None:
+    args = get_args_parser().parse_args(argv)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1:
+        # the procedure launches its steps itself; under torchrun every rank would launch them all
+        sys.exit(f"error: omnisource.py does not run under torchrun (WORLD_SIZE={world}): it launches every "
+                 f"train.py and filter.py step itself; for N processes per step run python omnisource.py --nproc N")
+    try:
+        if args.estimate_motion:
+            estimate_motion(args.data_root, args.target, out=args.motion, max_videos=args.motion_videos,
+                            seed=args.seed)
+            return
+        _check_args(args)
+        synthetic.ensure_demo_data(args.data_root, args.target)
+        run_procedure(args)
+    except (ValueError, FileNotFoundError, FloatingPointError, StepFailed) as e:
+        sys.exit(f"error: {e}")
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Helpers
+# ----------------------------------------------------------------------------------------------------------------------
+
+def _check_args(args: argparse.Namespace) -> None:
+    """Flags the last steps read, checked before hours of teacher training: one-line errors naming the flag."""
+    if args.nproc < 1:
+        raise ValueError(f"--nproc {args.nproc}: expected a number of processes >= 1")
+    num_sources = len([s for s in args.sources.split(",") if s])
+    if num_sources == 0:
+        raise ValueError("--sources: expected at least one web source name")
+    parse_ratio(args.ratio, num_sources)
+    for rule in args.resample.split(","):
+        Resampling.parse(rule.strip())
+
+
+def _quality_line(q: dict) -> str:
     """One source's filtering_quality as a line of the results table."""
     line = (f"  {q['source']}: kept {q['kept']} of {q['samples']}, precision {q['precision']:.2f} "
             f"(keeping all: {q['base_rate']:.2f}), recall {q['recall']:.2f}")
@@ -479,44 +608,32 @@ def _quality_line(q):
     return line
 
 
-def _with(argv, flag, value):
+def _kept_any(folder: Path) -> bool:
+    """Whether a filter.py output lists at least one sample (its train.txt has a non-blank line)."""
+    return any(line.strip() for line in (folder / "train.txt").read_text().splitlines())
+
+
+def _with(argv: list[str], flag: str, value: str) -> list[str]:
     """A copy of the argument list `argv` with `flag`'s value replaced."""
     argv = list(argv)
     argv[argv.index(flag) + 1] = value
     return argv
 
 
-def _is_2d(arch):
-    import models
+def _is_2d(arch: str) -> bool:
+    """Whether an architecture is a 2D TSN (scores single images and frames, Sec. 3.4-3.5)."""
     return models.ARCHS[arch][1].family == "tsn" if arch in models.ARCHS else arch.startswith("tsn")
 
 
-def _source_kind(data_root, source):
+def _source_kind(data_root: str | Path, source: str) -> str:
     """'image', 'untrimmed' or 'video': the kind of most of a source's samples (decides the teacher)."""
-    import data
     samples = data.load_split(data.resolve_dataset(data_root, source), "train")
-    kinds = [s.kind for s in samples]
-    top = max(set(kinds), key=kinds.count) if kinds else "video"
+    codes = getattr(samples, "kinds", None)                 # a compact data.SampleList: uint8 codes (N,)
+    if codes is None:
+        codes = [data.KINDS.index(s.kind) for s in samples]
+    counts = np.bincount(np.asarray(codes, dtype=np.int64), minlength=len(data.KINDS))
+    top = data.KINDS[int(counts.argmax())] if counts.sum() else "video"
     return {"image": "image", "untrimmed": "untrimmed", "raw": "untrimmed"}.get(top, "video")
-
-
-def main(argv=None):
-    args = get_args_parser().parse_args(argv)
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world > 1:
-        # the steps run one after another in this one process; under torchrun every rank would run them all
-        sys.exit(f"error: omnisource.py does not run under torchrun (WORLD_SIZE={world}): distribute each step "
-                 f"instead: torchrun ... train.py (teacher), torchrun ... filter.py --source S (each web source), "
-                 f"python omnisource.py --estimate-motion, torchrun ... train.py --aux ... (student); see README")
-    try:
-        if args.estimate_motion:
-            estimate_motion(args.data_root, args.target)
-            return
-        import train
-        train.ensure_demo_data(args, rank=0)
-        run_procedure(args)
-    except (ValueError, FileNotFoundError, FloatingPointError) as e:
-        sys.exit(f"error: {e}")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """The entry points as a user types them (issue 8, item 6): every flag of train.py and omnisource.py on a
 command line run in a subprocess at least once, with answers known from the flags (summary line, learning
-rates, checkpoint contents, test protocol); omnisource.py refuses torchrun with one line; and no module
+rates, checkpoint contents, test protocol); omnisource.py prints and runs its steps as commands (under torchrun
+with --nproc), stops at a failing one with one line naming it, and refuses torchrun itself; and no module
 defines anything below its `if __name__ == "__main__":` block (a function there does not exist when the
 module is imported, only when it is run: filter.py's `_foreign_teacher` was such a case).
 """
@@ -116,6 +117,36 @@ def test_train_every_flag_family(data_root, tmp_path):
     assert not missing_flags(train.get_args_parser(), USED["train"])
 
 
+def test_omnisource_steps_run_under_torchrun_with_nproc(data_root, tmp_path):
+    """--nproc 2: every train.py / filter.py step is printed and run as a torchrun command (gloo on the CPU)."""
+    work, motion = tmp_path / "work", tmp_path / "motion.json"
+    out = run("omnisource", ["--data-root", data_root, "--sources", "synth-web-img", "--threshold", "0.0",
+                             "--epochs", "1", "--batch-size", "4", "--motion-videos", "2", "--workers", "0",
+                             "--nproc", "2", "--select", "val", "--motion", motion, "--work-dir", work])
+    steps = [ln for ln in out.stdout.splitlines() if ln.startswith("$ ")]
+    assert [ln.split()[1:6] for ln in steps] == [
+        ["torchrun", "--standalone", "--nproc-per-node", "2", "train.py"],
+        ["torchrun", "--standalone", "--nproc-per-node", "2", "filter.py"],
+        ["python", "omnisource.py", "--estimate-motion", "--data-root", str(data_root)],
+        ["torchrun", "--standalone", "--nproc-per-node", "2", "train.py"]]
+    assert f"--work-dir {work / 'baseline'}" in steps[0] and f"--teacher {work / 'baseline' / 'final.pth'}" in steps[1]
+    assert "--select val" in steps[0] and "--select val" in steps[3] and f"--motion {motion}" in steps[3]
+    assert json.loads((data_root / "synth-web-img-filtered" / "report.json").read_text())["run"]["ranks"] == 2
+    assert "x 2 rank(s)" in out.stdout and motion.exists()
+    # the results say which weights were tested
+    assert (work / "results.md").read_text().splitlines()[0].endswith("(--select val).")
+    assert json.loads((work / "results.json").read_text())["select"] == "val"
+
+
+def test_omnisource_stops_at_a_failing_step_with_one_line_naming_it(tmp_path):
+    out = run("omnisource", ["--data-root", tmp_path / "d", "--target", "nope", "--epochs", "1",
+                             "--work-dir", tmp_path / "w"], ok=False)
+    assert out.returncode != 0 and "== step 2" not in out.stdout
+    last = out.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: this step failed (exit status ") and "train.py --data-root" in last
+    assert "--target nope" in last and f"--work-dir {tmp_path / 'w' / 'baseline'}" in last
+
+
 def test_omnisource_procedure_as_typed(data_root, tmp_path):
     """Table 1 in one command (every flag of omnisource.py): teacher, filtering, motion, student, comparisons."""
     work = tmp_path / "work"
@@ -124,12 +155,15 @@ def test_omnisource_procedure_as_typed(data_root, tmp_path):
     run("omnisource", ["--data-root", data_root, "--target", "synth", "--sources", "synth-web-img,synth-web-untrimmed",
                        "--arch", "tsn_tiny", "--teacher-arch", "tsn_tiny", "--image-teacher-arch", "tsn_tiny",
                        "--checkpoint", tmp_path / "init.pth", "--finetune", "--threshold", "0.0", "--mode", "query",
-                       "--epochs", "1", "--batch-size", "8", "--ratio", "2:1:1", "--resample", "none",
+                       "--select", "last", "--epochs", "1", "--batch-size", "8", "--ratio", "2:1:1",
+                       "--resample", "none",
                        "--mixup", "0.1", "--inflate", "warp-agno", "--snippet", "3pos", "--also-unfiltered",
                        "--also-still", "--motion-videos", "4", "--seed", "0", "--workers", "0", "--work-dir", work])
     rows = (work / "results.md").read_text().splitlines()
-    assert rows[2].startswith("| baseline (target only) |") and rows[3].startswith("| OmniSource (filtered")
-    assert rows[4].startswith("| unfiltered web data |") and rows[5].startswith("| filtered, still images")
+    assert rows[0] == ("Top-1, top-5 and mean class accuracy on the val split of the final weights of each run "
+                       "(--select last).")
+    assert rows[4].startswith("| baseline (target only) |") and rows[5].startswith("| OmniSource (filtered")
+    assert rows[6].startswith("| unfiltered web data |") and rows[7].startswith("| filtered, still images")
     runs = {name: torch.load(work / name / "latest.pth", weights_only=False)["args"]
             for name in ("baseline", "student", "unfiltered", "still")}
     assert runs["baseline"]["checkpoint"] == str(tmp_path / "init.pth") and runs["baseline"]["finetune"]
@@ -147,7 +181,8 @@ def test_omnisource_procedure_as_typed(data_root, tmp_path):
     assert (work / "motion.json").exists()
     log = (work / "student" / "log.jsonl").read_text()
     assert "loss_synth-web-img-filtered" in log and "loss_synth-web-untrimmed-filtered" in log
-    assert not missing_flags(omnisource.get_args_parser(), USED["omnisource"] | {"--estimate-motion"})  # test above
+    above = {"--estimate-motion", "--nproc", "--motion"}          # on the command lines of the tests above
+    assert not missing_flags(omnisource.get_args_parser(), USED["omnisource"] | above)
 
 
 def test_omnisource_under_torchrun_refuses_at_once_naming_the_per_step_commands(tmp_path):
@@ -156,8 +191,9 @@ def test_omnisource_under_torchrun_refuses_at_once_naming_the_per_step_commands(
                           str(tmp_path / "w")], capture_output=True, text=True, timeout=300, env=ENV, cwd=ROOT)
     assert out.returncode != 0
     lines = [ln for ln in out.stderr.splitlines() if "omnisource.py does not run under torchrun" in ln]
-    assert len(lines) == 2 and all(ln.startswith("error: ") for ln in lines)      # one line from each rank
-    assert "train.py" in lines[0] and "filter.py" in lines[0]
+    # one line from each rank that gets that far: torchrun stops the other rank when the first one exits
+    assert 1 <= len(lines) <= 2 and all(ln.startswith("error: ") for ln in lines)
+    assert "train.py" in lines[0] and "filter.py" in lines[0] and "python omnisource.py --nproc N" in lines[0]
     assert not (tmp_path / "d").exists() and not (tmp_path / "w").exists()       # nothing generated or trained
 
 

@@ -1,4 +1,11 @@
-"""Known-answer tests of the OmniSource joint-training pieces (Sec. 3.2, Eq. 1, Sec. 3.6, Sec. 5.2)."""
+"""Known-answer tests of the OmniSource joint-training pieces (Sec. 3.2, Eq. 1, Sec. 3.6, Sec. 5.2), of how the
+procedure builds its commands, and of the one-way import graph of the top-level modules."""
+import argparse
+import ast
+import copy
+import sys
+import types
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -6,6 +13,9 @@ import torch
 import torch.nn.functional as F
 
 import omnisource
+import train
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_eq1_is_the_sum_of_the_per_batch_losses():
@@ -24,31 +34,41 @@ def test_eq1_is_the_sum_of_the_per_batch_losses():
     assert torch.allclose(soft, loss)
 
 
-def test_eq1_takes_one_optimiser_step_on_the_summed_gradient():
+def test_train_one_epoch_takes_one_optimiser_step_per_iteration_on_every_source(tmp_path):
+    """train.train_one_epoch on a stub run: a linear net, a target and an auxiliary loader held in memory."""
     torch.manual_seed(0)
-    net = torch.nn.Linear(3, 4)
-    init = {k: v.detach().clone() for k, v in net.state_dict().items()}
-    x_t, x_a = torch.randn(4, 3), torch.randn(2, 3)
-    y_t, y_a = torch.randint(0, 4, (4,)), torch.randint(0, 4, (2,))
-    opt = torch.optim.SGD(net.parameters(), lr=0.1)
-    calls = []
-    orig_step = opt.step
-    opt.step = lambda *a, **k: (calls.append(1), orig_step(*a, **k))
-    loss, _ = omnisource.joint_loss(net(torch.cat([x_t, x_a])), torch.cat([y_t, y_a]), [4, 2])
-    opt.zero_grad()
-    loss.backward()
-    opt.step()
-    assert len(calls) == 1
-    # computed another way: gradients of the two mini-batch sums taken separately, added by hand
-    grads = {k: torch.zeros_like(v) for k, v in init.items()}
-    for x, y in ((x_t, y_t), (x_a, y_a)):
-        m = torch.nn.Linear(3, 4)
-        m.load_state_dict(init)
-        (F.cross_entropy(m(x), y, reduction="sum") / 6).backward()
-        grads["weight"] += m.weight.grad
-        grads["bias"] += m.bias.grad
-    for k, v in net.state_dict().items():
-        assert torch.allclose(v, init[k] - 0.1 * grads[k], atol=1e-6)
+    k, sizes, steps = 3, [4, 2], 3
+    batches = [[(torch.randn(n, 2, 1, 2, 2), torch.randint(0, k, (n,)), torch.arange(n)) for _ in range(steps)]
+               for n in sizes]
+    events = []
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(8, k))
+    net.register_forward_hook(lambda module, inputs, output: events.append(("forward", len(inputs[0]))))
+    init = copy.deepcopy(net.state_dict())
+    opt = _CountingSGD(net.parameters(), lr=0.1, events=events)
+    args = argparse.Namespace(amp="none", mixup=0.0, channels_last=False, clip_grad=0.0, log_interval=100,
+                              save_every=0, work_dir=str(tmp_path))
+    run = train.Run(args=args, model=net, net=net, classes=list("abc"), optimizer=opt,
+                    schedule=types.SimpleNamespace(lr=lambda it: 0.1, epochs=1),
+                    loader=omnisource.JointBatches(batches[0], [batches[1]]), val_loader=None,
+                    source_names=["target", "web"], datasets=[], device=torch.device("cpu"))
+    stats = train.train_one_epoch(run, 0)
+    # one forward on the concatenated sum(sizes) rows, then ONE optimiser step, every iteration
+    assert events == [("forward", sum(sizes)), ("step", None)] * steps
+    # computed another way: plain SGD on the mean cross-entropy of [target batch, aux batch] of each step
+    ref = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(8, k))
+    ref.load_state_dict(init)
+    losses = []
+    for (x_t, y_t, _), (x_a, y_a, _) in zip(*batches):
+        ref.zero_grad()
+        loss = F.cross_entropy(ref(torch.cat([x_t, x_a])), torch.cat([y_t, y_a]))
+        loss.backward()
+        losses.append(loss.item())
+        with torch.no_grad():
+            for p in ref.parameters():
+                p -= 0.1 * p.grad
+    for name, value in ref.state_dict().items():
+        assert torch.allclose(net.state_dict()[name], value, atol=1e-6), name
+    assert stats["loss"] == pytest.approx(np.mean(losses), rel=1e-5)
 
 
 def test_ratio_gives_the_stated_batch_sizes():
@@ -137,3 +157,60 @@ def test_confusion_score_and_pairs():
     assert pairs["dropped"][0][:2] == ("a", "b")
     assert pairs["dropped"][0][4] == pytest.approx(2 / 24 - 6 / 24)
     assert pairs["rose"][0][:2] == ("b", "c")
+
+
+def test_step_commands_are_printed_as_typed_and_launched_with_this_python(tmp_path):
+    shown, launched = omnisource.step_command("train.py", ["--epochs", "1"])
+    assert shown[0] == "python" and Path(shown[1]).resolve() == ROOT / "train.py" and shown[2:] == ["--epochs", "1"]
+    assert launched == [sys.executable, str(ROOT / "train.py"), "--epochs", "1"]
+    shown, launched = omnisource.step_command("filter.py", ["--out", "x"], nproc=4)
+    assert shown[:4] == ["torchrun", "--standalone", "--nproc-per-node", "4"] and shown[-2:] == ["--out", "x"]
+    assert launched == [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "4",
+                        str(ROOT / "filter.py"), "--out", "x"]
+
+
+def test_read_metrics_takes_the_confusion_matrix_from_the_csv(tmp_path):
+    (tmp_path / "metrics.json").write_text('{"top1": 0.5, "classes": ["a,b", "c"]}')
+    (tmp_path / "confusion_matrix.csv").write_text("true\\pred,a,b,c\na,b,3,1\nc,2,4\n")
+    assert omnisource.read_metrics(tmp_path)["confusion_matrix"] == [[3, 1], [2, 4]]
+
+
+# the order in which the top-level modules may import each other: only modules of a lower layer
+LAYERS = {"transforms": 0, "data": 0, "synthetic": 0, "models": 1, "omnisource": 2, "train": 3, "filter": 3,
+          "benchmark": 4}     # benchmark.py times the entry points' own functions in-process
+
+
+def test_imports_flow_one_way_and_sit_at_the_top_of_every_module():
+    modules = {p.stem: ast.parse(p.read_text(), filename=str(p)) for p in sorted(ROOT.glob("*.py"))}
+    assert set(modules) == set(LAYERS), "place every top-level module in LAYERS"
+    graph = {name: {n for node in tree.body for n in _imported(node) if n in modules} for name, tree in modules.items()}
+    for name, imported in graph.items():
+        assert all(LAYERS[n] < LAYERS[name] for n in imported), f"{name} imports {sorted(imported)}"
+    assert not graph["omnisource"] & {"train", "filter"}
+    assert [name for name, imported in graph.items() if imported & {"train", "filter"}] in ([], ["benchmark"])
+    for name, tree in modules.items():
+        inner = [f"line {sub.lineno}: {ast.unparse(sub)}" for node in ast.walk(tree)
+                 if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))
+                 for sub in ast.walk(node) if isinstance(sub, (ast.Import, ast.ImportFrom))]
+        assert not inner, f"{name}.py imports inside a function or class: {sorted(set(inner))}"
+
+
+def _imported(node: ast.AST) -> list[str]:
+    """The top-level package names an import statement names."""
+    if isinstance(node, ast.Import):
+        return [a.name.split(".")[0] for a in node.names]
+    if isinstance(node, ast.ImportFrom) and node.level == 0:
+        return [(node.module or "").split(".")[0]]
+    return []
+
+
+class _CountingSGD(torch.optim.SGD):
+    """SGD that records each step in `events` (beside the net's forwards)."""
+
+    def __init__(self, params, lr, events):
+        super().__init__(params, lr=lr)
+        self.events = events
+
+    def step(self, closure=None):
+        self.events.append(("step", None))
+        return super().step(closure)
