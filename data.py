@@ -8,9 +8,10 @@ What this file implements (paper: Sec. 3.5 forms of web data, Sec. 4 datasets, a
 2. Decoding: `read_frames` decodes only what the sampled indices need with PyAV (keyframe seeking,
    unreferenced frames no index needs dropped by the decoder, early stop, RGB conversion of the needed
    frames only, the per-file pts scan cached in each process); `read_frames_naive` decodes and converts
-   every frame (reference and benchmark); `count_frames`. Frame folders (`img_00001.jpg`, 1-based)
-   and still images are read with Pillow; `read_image` decodes crawled JPEGs reduced (draft mode) to
-   the short side the pipeline needs.
+   every frame (reference and benchmark); `count_frames`; `read_frames_lenient` reads again at the true
+   count when a video decodes to fewer frames than its container claims (the one such retry: datasets and
+   filter.py). Frame folders (`img_00001.jpg`, 1-based) and still images are read with Pillow; `read_image`
+   decodes crawled JPEGs reduced (draft mode) to the short side the pipeline needs.
 3. Annotation lists in MMAction2's formats -> a compact `SampleList` (`read_list`: flat arrays, no Python
    object per sample, so forked DataLoader workers share it; `read_list_samples` is the per-line reference
    parser giving `Sample`s). One list may mix kinds; the kind is read from each line (extension, field
@@ -33,7 +34,8 @@ What this file implements (paper: Sec. 3.5 forms of web data, Sec. 4 datasets, a
 4. Datasets by name (`resolve_dataset`, `load_split`, `LAYOUTS`): a plain folder DATA_ROOT/NAME/
    (classes.txt, train.txt, val.txt) or the released layouts of the paper's datasets (Table 11).
 5. `VideoDataset`: a torch Dataset over samples of any kind; reproducible per-item randomness from
-   (seed, epoch, index); a sample that fails to load is replaced by another one and counted.
+   (seed, epoch, index); a sample that fails to load is replaced by another one and counted. Images become
+   clips through `transforms.image_to_clip` (Sec. 3.5; still clips by default).
 6. Untrimmed web videos (Sec. 3.5, Fig. 2 right; written by filter.py):
    - 3D students: the 'windows' list kind above (positive windows by time, no copy of the video); or
      `cut_video` cuts a long video into 10-s pieces dir/part_N.mp4 with PyAV (re-encoded, exact cuts),
@@ -64,7 +66,7 @@ import threading
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import av
 import numpy as np
@@ -369,7 +371,7 @@ class FrameScores:
     scores: tuple
     threshold: float = 0.5
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         if not self.frames or len(self.frames) != len(self.scores):
             raise ValueError(f"FrameScores: expected as many scores as frames (>= 1), got {len(self.frames)} "
                              f"frames and {len(self.scores)} scores")
@@ -415,7 +417,7 @@ class SampleList:
         return len(self.buf) + sum(a.nbytes for a in arrays if a is not None) + \
             sum(r.nbytes for r in (self._pos, self._windows, self._scores) if r is not None)
 
-    def subset(self, indices, labels: np.ndarray | None = None) -> SampleList:
+    def subset(self, indices: np.ndarray | Sequence[int], labels: np.ndarray | None = None) -> SampleList:
         """Samples `indices` (int array, any order, repeats allowed; or a bool mask), optionally relabelled."""
         idx = np.asarray(indices)
         idx = np.flatnonzero(idx) if idx.dtype == bool else idx.astype(np.int64).reshape(-1)
@@ -442,7 +444,7 @@ class SampleList:
     def kind_names(self) -> set:
         return {KINDS[k] for k in np.unique(self.kinds)}
 
-    def __getitem__(self, i):
+    def __getitem__(self, i: int | slice) -> Sample | SampleList:
         if isinstance(i, slice):
             return self.subset(np.arange(len(self))[i])
         if not isinstance(i, (int, np.integer)):
@@ -469,7 +471,7 @@ class SampleList:
                                              float(threshold))
         return s
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[Sample]:
         return (self[i] for i in range(len(self)))
 
     def __repr__(self) -> str:
@@ -506,7 +508,7 @@ class SampleList:
                                       for i in sc], (np.int32, np.float32),
                                  [samples[i].frame_scores.threshold for i in sc]))
 
-    def with_frame_scores(self, entries) -> SampleList:
+    def with_frame_scores(self, entries: Iterable[tuple[str, FrameScores]]) -> SampleList:
         """Attach a sidecar's entries ((list path relative to the prefix, FrameScores) pairs, or a dict; Sec. 3.5)
         to their samples. The scores are kept flat (int32 frames, float32 scores), one entry per video."""
         entries = entries.items() if isinstance(entries, dict) else entries
@@ -538,11 +540,12 @@ class _Ragged:
     """Variable-length data of some samples of a SampleList, flat: sample rows[k] (sorted) owns entry ptr[k],
     whose values are values[j][off[e]:off[e + 1]] (parallel arrays) and scalar[e]. Subsets share off/values."""
 
-    def __init__(self, rows, ptr, off, values, scalar=None):
+    def __init__(self, rows: np.ndarray, ptr: np.ndarray, off: np.ndarray, values: tuple,
+                 scalar: np.ndarray | None = None):
         self.rows, self.ptr, self.off, self.values, self.scalar = rows, ptr, off, values, scalar
 
     @classmethod
-    def build(cls, rows: list[int], seqs: list[list], dtypes: tuple, scalars: list | None = None):
+    def build(cls, rows: list[int], seqs: list[list], dtypes: tuple, scalars: list | None = None) -> _Ragged | None:
         if not rows:
             return None
         lengths = np.array([len(v[0]) for v in seqs], dtype=np.int64)
@@ -558,7 +561,7 @@ class _Ragged:
         return sum(a.nbytes for a in (self.rows, self.ptr, self.off, *self.values) if a is not None) + \
             (0 if self.scalar is None else self.scalar.nbytes)
 
-    def get(self, i: int):
+    def get(self, i: int) -> tuple | None:
         """(values..., [scalar]) of sample i, or None."""
         k = int(np.searchsorted(self.rows, i))
         if k >= len(self.rows) or self.rows[k] != i:
@@ -568,7 +571,7 @@ class _Ragged:
         got = tuple(v[a:b] for v in self.values)
         return got if self.scalar is None else (*got, self.scalar[e])
 
-    def take(self, idx: np.ndarray):
+    def take(self, idx: np.ndarray) -> _Ragged | None:
         """The ragged data of the subset idx (new sample k = old sample idx[k])."""
         if not len(self.rows) or not len(idx):
             return None
@@ -676,7 +679,7 @@ def read_frame_scores(path: str | Path) -> dict[str, FrameScores]:
     return {key: _frame_scores_entry(path, key, e) for key, e in body["videos"].items()}
 
 
-def _frame_scores_entry(path: Path, key: str, e) -> FrameScores:
+def _frame_scores_entry(path: Path, key: str, e: object) -> FrameScores:
     """One video of a sidecar -> FrameScores, else a one-line ValueError."""
     try:
         frames = tuple(_parse_int(f, f"{path}: video {key}", "frame index", 0) for f in e["frames"])
@@ -686,7 +689,7 @@ def _frame_scores_entry(path: Path, key: str, e) -> FrameScores:
                          f"threshold ({err})") from None
 
 
-def _stream_frame_scores(path: Path):
+def _stream_frame_scores(path: Path) -> Iterator[tuple[str, FrameScores]]:
     """(list path, FrameScores) of a sidecar one video at a time, in the one-video-per-line layout that
     `write_frame_scores` writes (peak memory: one video); any other layout is read whole (`read_frame_scores`)."""
     tail = ', "videos": {'
@@ -871,7 +874,8 @@ def load_split(dataset: DatasetSpec, split: str) -> SampleList:
     return read_list(s.list_file, s.prefix, len(dataset.classes))
 
 
-def map_labels(samples, source_classes: Sequence[str], target_classes: Sequence[str], source: str):
+def map_labels(samples: SampleList, source_classes: Sequence[str], target_classes: Sequence[str], source: str
+               ) -> tuple[SampleList, int]:
     """Translate a source's labels into the target's label space by class name -> (samples, num_left_out).
 
     Label l of the source (class `source_classes[l]`) becomes the target label of the class with the same
@@ -977,7 +981,7 @@ class VideoDataset(torch.utils.data.Dataset):
         return self._samples
 
     @samples.setter
-    def samples(self, samples) -> None:
+    def samples(self, samples: SampleList | Sequence[Sample]) -> None:
         self._samples = samples if isinstance(samples, SampleList) else SampleList.from_samples(samples)
         # one byte per sample in shared memory, set (never incremented) by whichever process fails to read it:
         # a plain store, so DataLoader workers cannot lose each other's updates, and a sample counts once
@@ -1001,7 +1005,7 @@ class VideoDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, index: int):
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int, int]:
         frames, label, used, rng = self._load_with_replacement(index)
         if self.transform is None:
             clip = torch.from_numpy(np.ascontiguousarray(frames))
@@ -1018,7 +1022,7 @@ class VideoDataset(torch.utils.data.Dataset):
     def _rng(self, index: int) -> np.random.Generator:
         return np.random.default_rng([self.seed, self.epoch, index])
 
-    def _load_with_replacement(self, index: int):
+    def _load_with_replacement(self, index: int) -> tuple[np.ndarray, int, int, np.random.Generator]:
         """Load `index`; on failure try others in a fixed order (index + k*stride mod n)."""
         n = len(self.samples)
         if not 0 <= index < n:
@@ -1150,7 +1154,7 @@ def _test_offsets(num_frames: int, clip_len: int, frame_interval: int, num_clips
 # ----------------------------------------------------------------------------------------------------------------------
 
 @contextlib.contextmanager
-def _open_video(path: Path):
+def _open_video(path: Path) -> Iterator[tuple[av.container.InputContainer, av.video.stream.VideoStream]]:
     """Open a video file with PyAV -> (container, first video stream); codec threads: WORKER_CODEC_THREADS."""
     _check_file(path)
     container = av.open(str(path))
@@ -1167,7 +1171,8 @@ def _open_video(path: Path):
         container.close()
 
 
-def _decode_video(container, stream, path: Path, indices: np.ndarray,
+def _decode_video(container: av.container.InputContainer, stream: av.video.stream.VideoStream, path: Path,
+                  indices: np.ndarray,
                   stats: dict | None = None) -> np.ndarray:
     """Decode `indices` from an open container (see `read_frames`); `stats` gets the counts of frames
     decoded (given by the decoder), skipped (dropped by it), seeks and packets sent while seeking."""
@@ -1220,7 +1225,7 @@ class _Scan:
     seek_ok: bool = True     # False once the decoder's output contradicted the pts (seek + check failed)
 
 
-def _pts_index(container, stream) -> _PtsIndex | None:
+def _pts_index(container: av.container.InputContainer, stream: av.video.stream.VideoStream) -> _PtsIndex | None:
     """The `_PtsIndex` of an open video, None if its pts are unusable: one demux pass (`_scan_pts`), or
     the per-process cache when the same file (path, size, mtime, inode unchanged) was scanned before."""
     key = _file_key(container.name)
@@ -1231,7 +1236,7 @@ def _pts_index(container, stream) -> _PtsIndex | None:
     return None if entry is _UNUSABLE else _PtsIndex.from_scan(entry)
 
 
-def _scan_pts(container, stream):
+def _scan_pts(container: av.container.InputContainer, stream: av.video.stream.VideoStream) -> _Scan | str:
     """Demux every packet of the video stream (no decoding) -> `_Scan`, or `_UNUSABLE` (a packet without
     pts, repeated pts, damaged file)."""
     pts, key_pts = [], []
@@ -1252,7 +1257,8 @@ def _scan_pts(container, stream):
     return _Scan(order, np.searchsorted(order, np.sort(np.asarray(key_pts, dtype=np.int64))))
 
 
-def _decode_seeking(container, stream, wanted: np.ndarray, index: _PtsIndex,
+def _decode_seeking(container: av.container.InputContainer, stream: av.video.stream.VideoStream, wanted: np.ndarray,
+                    index: _PtsIndex,
                     stats: dict, skip: bool = True) -> dict[int, np.ndarray] | None:
     """Decode the sorted unique `wanted` frames with keyframe seeks; None if pts prove unreliable.
 
@@ -1306,8 +1312,8 @@ def _decode_seeking(container, stream, wanted: np.ndarray, index: _PtsIndex,
         stream.codec_context.skip_frame = "DEFAULT"   # the container may decode on (e.g. a retry without skip)
 
 
-def _decoded_frames(container, stream, rank: dict[int, int], want: set[int] | None, run: range,
-                    stats: dict):
+def _decoded_frames(container: av.container.InputContainer, stream: av.video.stream.VideoStream, rank: dict[int, int],
+                    want: set[int] | None, run: range, stats: dict) -> Iterator[av.VideoFrame]:
     """Frames decoded from the packets after the current position, until the decoder is drained once the
     packets of every frame in `run` (presentation indices) have been sent. With `want`, the packet of a
     frame no index needs (its pts' presentation index not in `want`) is sent with skip_frame 'NONREF':
@@ -1347,14 +1353,14 @@ class _PtsCache:
         self.frames = 0
         self.lock = threading.Lock()
 
-    def get(self, key):
+    def get(self, key: tuple | None) -> _Scan | str | None:
         with self.lock:
             if key is None or key not in self.entries:
                 return None
             self.entries.move_to_end(key)
             return self.entries[key]
 
-    def put(self, key, entry) -> None:
+    def put(self, key: tuple | None, entry: _Scan | str) -> None:
         if key is None:
             return
         with self.lock:
@@ -1371,11 +1377,11 @@ class _PtsCache:
             self.frames = 0
 
     @staticmethod
-    def _size(entry) -> int:
+    def _size(entry: _Scan | str) -> int:
         return 1 if entry is _UNUSABLE else len(entry.pts)
 
 
-def _can_skip(container, stream) -> bool:
+def _can_skip(container: av.container.InputContainer, stream: av.video.stream.VideoStream) -> bool:
     """Whether `_decoded_frames` may drop unneeded frames: SKIP_NONREF, a codec in `_SKIP_CODECS` and a
     container with presentation timestamps. AVI has none: FFmpeg numbers its packets in storage order,
     so with MPEG-4 Part 2 B-frames (packed or with placeholder packets) a frame's pts is not its own;
@@ -1393,7 +1399,7 @@ _UNUSABLE = "unusable pts"   # `_scan_pts` result: seeking by pts is not possibl
 _PTS_CACHE = _PtsCache()
 
 
-def _file_key(name: str):
+def _file_key(name: str) -> tuple[str, int, int, int] | None:
     """(path, size, mtime, inode) of a file: a changed or replaced file gets a new key; None if no stat."""
     try:
         st = os.stat(name)
@@ -1418,7 +1424,7 @@ def _decode_sequential(path: Path, wanted: np.ndarray, stats: dict) -> dict[int,
     return out
 
 
-def _count_video_frames(container, stream) -> int:
+def _count_video_frames(container: av.container.InputContainer, stream: av.video.stream.VideoStream) -> int:
     """`stream.frames` when consistent with duration x rate, else decode and count."""
     n = stream.frames
     if n > 0 and stream.duration and stream.average_rate and stream.time_base:
@@ -1432,7 +1438,7 @@ def _count_video_frames(container, stream) -> int:
     return count
 
 
-def _stream_rate(path: Path, stream) -> Fraction:
+def _stream_rate(path: Path, stream: av.video.stream.VideoStream) -> Fraction:
     """Frame rate of an open video stream: average rate, else guessed rate, else frames / duration."""
     for rate in (stream.average_rate, stream.guessed_rate):
         if rate and rate > 0:
@@ -1445,7 +1451,7 @@ def _stream_rate(path: Path, stream) -> Fraction:
 class _PieceWriter:
     """One piece of `cut_video`: an H.264 mp4 at `rate`, frame size of `first` rounded down to even."""
 
-    def __init__(self, path: Path, rate: Fraction, first, crf: int):
+    def __init__(self, path: Path, rate: Fraction, first: av.VideoFrame, crf: int):
         self.container = av.open(str(path), mode="w")
         self.stream = self.container.add_stream("libx264", rate=rate)
         self.width, self.height = max(2, first.width // 2 * 2), max(2, first.height // 2 * 2)
@@ -1453,7 +1459,7 @@ class _PieceWriter:
         self.stream.codec_context.options = {"crf": str(crf), "preset": "veryfast"}
         self.time_base, self.count = 1 / Fraction(rate), 0
 
-    def write(self, frame) -> None:
+    def write(self, frame: av.VideoFrame) -> None:
         out = frame.reformat(width=self.width, height=self.height, format="yuv420p")
         out.pts, out.time_base = self.count, self.time_base   # piece-local timestamps from 0
         self.count += 1
@@ -1592,7 +1598,7 @@ def _read_text_list(list_file: Path, prefix: Path, num_classes: int) -> SampleLi
 
 
 def _fast_lines(a: np.ndarray, st: np.ndarray, en: np.ndarray, spaces: np.ndarray, other: np.ndarray,
-                num_classes: int):
+                num_classes: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Lines [st, en) of buffer `a` in the form 'PATH LABEL' -> (line numbers in the block, space position,
     label int64, kind code uint8) of those that are; the others are left to the per-line parser."""
     k0 = np.searchsorted(spaces, st)
@@ -1754,7 +1760,7 @@ def _parse_window(text: str, where: str) -> tuple[float, float]:
     return start, end
 
 
-def _parse_int(value, where: str, what: str, minimum: int) -> int:
+def _parse_int(value: object, where: str, what: str, minimum: int) -> int:
     """An integer field of a list line / JSON entry, >= minimum, else a one-line ValueError."""
     try:
         if isinstance(value, (bool, float)) or value is None:
@@ -1767,7 +1773,7 @@ def _parse_int(value, where: str, what: str, minimum: int) -> int:
     return number
 
 
-def _parse_label(value, where: str, num_classes: int) -> int:
+def _parse_label(value: object, where: str, num_classes: int) -> int:
     label = _parse_int(value, where, "LABEL", minimum=-(10 ** 9))
     if not 0 <= label < num_classes:
         raise ValueError(f"{where}: label {label} out of range: expected 0..{num_classes - 1} "
@@ -1807,7 +1813,7 @@ def _preview(names: Sequence[str], n: int = 4) -> str:
     return ", ".join(list(names)[:n]) + (", ..." if len(names) > n else "")
 
 
-def _labels_of(samples) -> np.ndarray:
+def _labels_of(samples: SampleList | Sequence[Sample]) -> np.ndarray:
     """int64 labels (N,) of a SampleList (its array) or a list of Samples."""
     if isinstance(samples, SampleList):
         return samples.labels
@@ -1884,7 +1890,7 @@ def _check_snippet(snippet: Callable, num_clips: int) -> None:
                          f"sampling takes num_clips={num_clips} segments")
 
 
-def _metadata_frames(container, stream) -> int | None:
+def _metadata_frames(container: av.container.InputContainer, stream: av.video.stream.VideoStream) -> int | None:
     """Frame count from metadata alone: `stream.frames`, else duration x average rate; None without either."""
     if stream.frames and stream.frames > 0:
         return int(stream.frames)

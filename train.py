@@ -34,7 +34,6 @@ the device and read once per logging interval.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import functools
 import json
 import logging
@@ -46,7 +45,7 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -76,7 +75,7 @@ RECIPES = {
 }
 
 
-def get_args_parser():
+def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser("omnisource train", add_help=True,
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     g = p.add_argument_group("data")
@@ -181,22 +180,23 @@ def get_args_parser():
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# Setup: everything a run needs, built once
+# 1. Setup: everything a run needs, built once
 # ----------------------------------------------------------------------------------------------------------------------
 
 
 @dataclass
 class Run:
+    """Everything a run holds, built once by `setup`; the training state that changes lives here too."""
     args: argparse.Namespace
     model: torch.nn.Module          # the DDP-wrapped model when distributed
     net: torch.nn.Module            # the bare model (for checkpoints and evaluation)
-    classes: list
+    classes: list[str]
     optimizer: torch.optim.Optimizer | None         # None with --test / --export-mmaction (nothing is trained)
-    schedule: "Schedule | None"
-    loader: omnisource.JointBatches | None
-    val_loader: torch.utils.data.DataLoader | None
-    source_names: list
-    datasets: list
+    schedule: Schedule | None
+    loader: omnisource.JointBatches | None          # one batch of every source per step
+    val_loader: torch.utils.data.DataLoader | None  # the quick validation's
+    source_names: list[str]                         # [--target, *--aux]
+    datasets: list[data.VideoDataset]               # in the same order
     device: torch.device
     rank: int = 0
     world: int = 1
@@ -211,7 +211,25 @@ class Run:
     scaler: torch.amp.GradScaler | None = None      # --amp fp16 loss scaling (made by the first epoch)
 
 
-def main(args):
+def cli(argv: list[str] | None = None) -> None:
+    """The command line: main(), a one-line error and a non-zero exit for bad input or a non-finite loss."""
+    args = get_args_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
+    warnings.filterwarnings("ignore", message=".*(TypedStorage|pin_memory).*")
+    try:
+        main(args)
+    except (ValueError, FileNotFoundError, FloatingPointError) as e:
+        sys.exit(f"error: {e}")
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def main(args: argparse.Namespace) -> dict:
+    """One run: setup, then --export-mmaction, --test, or training epochs followed by the final test.
+
+    Returns the final test's metrics (with --export-mmaction: {}).
+    """
     rank, world, device = setup_distributed(args.device)
     if args.work_dir is None:
         args.work_dir = str(Path("work_dirs") / f"{args.target}_{args.arch}")
@@ -235,8 +253,8 @@ def main(args):
     return final_test(run)
 
 
-def setup(args, rank, world, device):
-    """Datasets, model, optimiser, schedule, loaders; then --resume / --checkpoint.
+def setup(args: argparse.Namespace, rank: int, world: int, device: torch.device) -> Run:
+    """Model, datasets, loaders, schedule, optimiser; then --resume / --checkpoint.
 
     With --test or --export-mmaction only the model is built: they read the val split or the checkpoint,
     never the training lists.
@@ -247,70 +265,101 @@ def setup(args, rank, world, device):
     random.seed(args.seed)
     torch.manual_seed(args.seed)
     model = build(args, len(classes), device)
-    arch = model.spec
     # 2. then each rank its own random streams (dropout, python's random; mixup's run.rng below), so ranks do
     #    not draw identical dropout masks
     seed_rank(args.seed, rank)
     if args.test or args.export_mmaction:
         return Run(args, model, model, classes, None, None, None, None, [args.target], [], device, rank, world)
-    # 3. the training lists: the target's (--label-fraction of it), then every --aux source's with its labels
-    #    translated into the target's classes by name (the released web sources are labelled with K200's 200
-    #    classes, in k200_actions.txt order; the target may be K400)
-    samples = data.load_split(target, "train")
-    if args.label_fraction < 1.0:
-        samples = label_fraction(samples, args.label_fraction, args.seed)
-    train_ds = make_dataset(args, target, "train", arch, test_mode=False, samples=samples)
-    aux = []
-    for name in split_names(args.aux):
-        source = data.resolve_dataset(args.data_root, name)
-        aux.append(make_dataset(args, source, "train", arch, test_mode=False,
-                                samples=aux_samples(source, target, f"--aux {name}", rank)))
-    loader, sizes = make_train_loader(args, train_ds, aux, rank, world)
-    val_ds = make_dataset(args, target, "val", arch, test_mode=True, protocol="center")
-    val_loader = make_eval_loader(args, val_ds, rank, world)
-    recipe = recipe_for(args, arch)
+    # 3. every source's training list and loader, the val loader of the quick validation
+    datasets, loader, sizes, val_loader = make_training_data(args, target, model.spec, rank, world)
+    # 4. the recipe of the architecture: schedule (LR linear in the samples per step over all ranks), SGD
+    recipe = recipe_for(args, model.spec)
     freeze_bn = recipe["freeze_bn"] if args.freeze_bn is None else args.freeze_bn
     if freeze_bn:                                   # bn_frozen: scale and shift are not trained
         for m in _batch_norms(model):
             m.requires_grad_(False)
-    schedule = Schedule.from_args(args, recipe, steps_per_epoch=len(loader),
-                                  samples_per_step=sum(sizes) * world)
+    schedule = Schedule.from_args(args, recipe, steps_per_epoch=len(loader), samples_per_step=sum(sizes) * world)
     optimizer = torch.optim.SGD(model.parameters(), lr=schedule.base_lr, momentum=args.momentum,
                                 weight_decay=args.weight_decay)
+    # 5. the training model: DDP over the ranks, --compile; run.net stays the bare model
     net = model
     if world > 1:
         model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
-    if args.compile:                                # --compile: the training model only; run.net stays bare
+    if args.compile:
         model = torch.compile(model)
     run = Run(args, model, net, classes, optimizer, schedule, loader, val_loader,
-              [args.target] + split_names(args.aux), [train_ds] + aux, device, rank, world,
+              [args.target] + split_names(args.aux), datasets, device, rank, world,
               rng=np.random.default_rng([args.seed, rank, 3]),
               val_every=args.val_every or max(1, schedule.epochs // 10), freeze_bn=freeze_bn)
-    latest = Path(args.work_dir) / "latest.pth"
-    if args.resume and latest.exists():
-        load_checkpoint(run, latest, full=True)
-    else:
-        if args.resume and rank == 0:               # killed before its first checkpoint: the run starts over
-            print(f"--resume: no {latest} yet, starting from the beginning", flush=True)
-            (Path(args.work_dir) / "log.jsonl").unlink(missing_ok=True)
-        if args.checkpoint:
-            load_checkpoint(run, Path(args.checkpoint), full=False)
+    # 6. --resume (latest.pth) or --checkpoint
+    start_or_resume(run)
     if rank == 0:
-        Path(args.work_dir).mkdir(parents=True, exist_ok=True)
-        print(f"{args.arch} on {args.target} ({len(classes)} classes, {len(train_ds.samples)} training videos"
-              + "".join(f", {n}: {len(d.samples)}" for n, d in zip(split_names(args.aux), aux))
+        print(f"{args.arch} on {args.target} ({len(classes)} classes, {len(datasets[0].samples)} training videos"
+              + "".join(f", {n}: {len(d.samples)}" for n, d in zip(split_names(args.aux), datasets[1:]))
               + f"), batch {'+'.join(map(str, sizes))} x {world} rank(s), {schedule.describe()}", flush=True)
     return run
 
 
+def build(args: argparse.Namespace, num_classes: int, device: torch.device) -> torch.nn.Module:
+    """The model on the device; settles --amp and --channels-last (their defaults depend on the device)."""
+    overrides = model_overrides(args)
+    model = models.build_model(args.arch, num_classes, pretrained=args.pretrained, **overrides)
+    args.amp = args.amp or default_amp(device)
+    args.channels_last = default_channels_last(device, args.amp) if args.channels_last is None else args.channels_last
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True       # fixed input shapes: find the fastest convolutions once
+    model = model.to(device)
+    if args.channels_last:                          # 4D weights (TSN) channels_last, 5D (3D nets) channels_last_3d
+        model = model.to(memory_format=torch.channels_last_3d if model.spec.family == "3d" else torch.channels_last)
+    return model
+
+
+def model_overrides(args: argparse.Namespace) -> dict:
+    """The architecture overrides given on the command line (stored in checkpoints as model_args)."""
+    return {k: v for k, v in dict(num_segments=args.num_segments, clip_len=args.clip_len,
+                                  frame_interval=args.frame_interval, crop_size=args.crop_size).items()
+            if v is not None}
+
+
+def setup_distributed(device_arg: str | None) -> tuple[int, int, torch.device]:
+    """torchrun sets RANK / WORLD_SIZE / LOCAL_RANK: NCCL on GPUs, gloo on CPU; else one process."""
+    cuda = torch.cuda.is_available() if device_arg is None else device_arg.startswith("cuda")
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1:
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        if cuda:
+            torch.cuda.set_device(local)
+        dist.init_process_group("nccl" if cuda else "gloo")
+        rank = dist.get_rank()
+        device = torch.device("cuda", local) if cuda else torch.device("cpu")
+    else:
+        rank, device = 0, torch.device("cuda" if cuda else "cpu")
+    return rank, world, device
+
+
 # ----------------------------------------------------------------------------------------------------------------------
-# The training epoch: Sec. 3.2, Eq. 1, one optimiser step per iteration
+# 2. The training epoch: Sec. 3.2, Eq. 1, one optimiser step per iteration
 # ----------------------------------------------------------------------------------------------------------------------
 
 
-def train_one_epoch(run, epoch, first_step=0):
-    """One epoch of optimiser steps; from step `first_step` on when resuming a mid-epoch latest.pth."""
+def train_one_epoch(run: Run, epoch: int, first_step: int = 0) -> dict:
+    """One epoch of OmniSource joint training (Sec. 3.2, Sec. 3.6): one optimiser step per iteration.
+
+    Every iteration takes one mini-batch of each source from run.loader (omnisource.JointBatches): B_T of the
+    target and B_A1, B_A2, ... of the auxiliary sources (--ratio sets their sizes, each source's ClassResampler
+    its classes, --resample), concatenated on the device in that order. ONE forward on the concatenation gives
+    the loss of Eq. 1,
+        L = sum_{(x, y) in B_T} CE(F(x; M'), y) + sum_i sum_{(x, y^) in B_Ai} CE(F(x; M'), y^),
+    y^ being the pseudo-labels filter.py gave the web samples; omnisource.joint_loss divides it by
+    |B_T| + sum_i |B_Ai| (a constant factor: the recipes' LR per sample applies unchanged). With --mixup the
+    targets are soft one-hot rows and each sample is mixed with a random partner of the same concatenated batch
+    (cross-dataset mixup with --aux, intra-dataset without; Table 9). Then ONE optimiser step on that loss
+    (SGD, --clip-grad), never one step per source. Without --aux this is plain training on the target.
+
+    first_step > 0: the epoch resumes at that step of a mid-epoch latest.pth with the same batches and random
+    state (set_train_epoch). Returns the epoch's means: loss, and loss_NAME / acc_NAME (training top-1) per source.
+    """
     args, model = run.args, run.model
     model.train()
     if run.freeze_bn:                               # norm_eval: running statistics stay fixed
@@ -366,13 +415,182 @@ def train_one_epoch(run, epoch, first_step=0):
     return epoch_meter.summary()
 
 
+def set_train_epoch(run: Run, epoch: int, first_step: int = 0) -> None:
+    """Select epoch `epoch`'s randomness in every dataset and sampler, starting at step `first_step`.
+
+    Resuming part-way through an epoch skips ahead in the samplers (each starts at the index of the batch
+    of step `first_step`) instead of replaying the loaders or saving their state (torchdata's
+    StatefulDataLoader, a new dependency): every index is a function of (seed, epoch, rank) and every item
+    of (seed, epoch, index), so the skipped batches need not be decoded and nothing else is needed to
+    continue exactly, whatever the workers had prefetched when the process died.
+    """
+    for ds in run.datasets:
+        ds.set_epoch(epoch)
+    run.loader.set_epoch(epoch, first_step)
+
+
+def model_input(clips: torch.Tensor, args: argparse.Namespace) -> torch.Tensor:
+    """Clips as the workers send them, uint8 (N, C, T, H, W) already on the device -> normalised float32
+    (transforms.normalize, equal to the float pipeline's output), channels_last_3d with --channels-last
+    (TSN's (N*T, C, H, W) reshape of that layout is channels_last)."""
+    if clips.dtype == torch.uint8:
+        clips = transforms.normalize(clips)
+    if args.channels_last:
+        clips = clips.contiguous(memory_format=torch.channels_last_3d)
+    return clips
+
+
+class Meter:
+    """Running sums of the loss (total and per source) and top-1 per source over a logging interval or an epoch.
+
+    The sums stay ON THE DEVICE, so the training step never waits for the host: one
+    vector [loss, loss per source (S), correct per source (S), first non-finite step] per meter. `summary()`
+    reads it once (the only host sync of an interval) and raises FloatingPointError when a loss was not
+    finite, naming the step and the interval. Samples seen are host integers (the batch sizes are known).
+    """
+
+    def __init__(self, names: list[str], device: torch.device, epoch: int = 0):
+        self.names, self.device, self.epoch = names, device, epoch
+        self.reset()
+
+    def reset(self) -> None:
+        s = len(self.names)
+        self.sums = torch.zeros(2 + 2 * s, device=self.device)      # float32: exact counts up to 2^24
+        self.sums[-1] = -1                                          # 0-based step of the first non-finite loss
+        self.seen = [0] * s
+        self.steps, self.first_step, self.last_step = 0, None, None
+        self.t0 = time.time()
+
+    @staticmethod
+    def step_stats(loss: torch.Tensor, per_source: list[torch.Tensor], logits: torch.Tensor, labels: torch.Tensor,
+                   sizes: list[int]) -> torch.Tensor:
+        """One step's (1 + 2S,) vector on the device: loss, each source's mean CE, each source's correct count."""
+        total = sum(sizes)
+        source_ce = [l.detach() * (total / n) for l, n in zip(per_source, sizes)]   # back to the source's mean CE
+        hits = (logits.detach().argmax(1) == labels).float()                         # (B,)
+        return torch.stack([loss.detach().float(), *source_ce, *[h.sum() for h in hits.split(list(sizes))]])
+
+    def add(self, stats: torch.Tensor, sizes: list[int], step: int) -> None:
+        finite = torch.isfinite(stats[0])
+        self.sums[:-1] += torch.where(finite, stats, 0.0)          # a bad step does not poison the other sums
+        self.sums[-1] = torch.where(finite | (self.sums[-1] >= 0), self.sums[-1], float(step))
+        self.seen = [a + b for a, b in zip(self.seen, sizes)]
+        self.first_step = step if self.first_step is None else self.first_step
+        self.steps, self.last_step = self.steps + 1, step
+
+    def summary(self) -> dict:
+        vals = self.sums.tolist()                                   # the one host sync per interval
+        if vals[-1] >= 0:
+            raise FloatingPointError(
+                f"non-finite loss at epoch {self.epoch + 1} step {int(vals[-1]) + 1} (logging interval of steps "
+                f"{self.first_step + 1}-{self.last_step + 1}); lower --lr-per-sample or check the data")
+        n, s = max(1, self.steps), len(self.names)
+        out = {"loss": vals[0] / n}
+        for i, name in enumerate(self.names):
+            out[f"loss_{name}"] = vals[1 + i] / n
+            out[f"acc_{name}"] = vals[1 + s + i] / max(1, self.seen[i])
+        return out
+
+
+def report_progress(run: Run, meter: Meter, epoch: int, step: int, steps: int, lr: float, t0: float) -> None:
+    """One console line and one log.jsonl object per logging interval (rank 0)."""
+    s = meter.summary()                           # first: it waits for the device, so the rates below are true
+    elapsed = time.time() - t0                                     # since the epoch started
+    rate = sum(meter.seen) * run.world / max(time.time() - meter.t0, 1e-9)   # over this interval
+    done = epoch * steps + step + 1
+    remaining = (run.schedule.epochs * steps - done) * elapsed / (step + 1)
+    failed = failed_samples(run)
+    record = dict(kind="train", epoch=epoch + 1, step=step + 1, steps=steps, lr=lr, samples_per_s=rate,
+                  eta_s=remaining, failed_samples=failed, **s)
+    per = " ".join(f"{n} {s['loss_' + n]:.3f}" for n in run.source_names) if len(run.source_names) > 1 else ""
+    if run.rank == 0:
+        print(f"epoch {epoch + 1}/{run.schedule.epochs} step {step + 1}/{steps} loss {s['loss']:.4f}"
+              + (f" ({per})" if per else "") + f" lr {lr:.3g} {rate:.1f} samples/s eta "
+              f"{time.strftime('%H:%M:%S', time.gmtime(remaining))}" + (f" failed {failed}" if failed else ""),
+              flush=True)
+    log_line(run, record)
+    meter.reset()
+
+
 # ----------------------------------------------------------------------------------------------------------------------
-# Evaluation: top-1, top-5, mean class accuracy, confusion matrix (test protocols of Sec. 5.1)
+# 3. Evaluation and the final test: top-1, top-5, mean class accuracy (test protocols of Sec. 5.1)
 # ----------------------------------------------------------------------------------------------------------------------
+
+
+def validate(run: Run, epoch: int) -> dict:
+    """Quick validation after epoch `epoch` (0-based): centre crop, the training clip count, the whole val split;
+    logged. With --select val the best top-1 so far is saved as best.pth (the first of equal ones)."""
+    m = evaluate(run, run.val_loader)
+    m.pop("confusion_matrix")
+    if m["top1"] > run.best_top1:
+        run.best_top1, run.best_epoch = m["top1"], epoch + 1
+        if run.args.select == "val":
+            save_checkpoint(run, "best.pth", epoch + 1)
+    return m
+
+
+def final_test(run: Run) -> dict:
+    """The paper's test protocol on the val split -> final.pth, metrics.json, confusion_matrix.csv and
+    predictions.jsonl.
+
+    1. the weights (`weights_to_test`): --test: --checkpoint; after training: --select's, written to final.pth
+       (weights only, self-describing, what models.load_weights reads) before they are tested, so final.pth is
+       exactly what metrics.json reports ("weights": "last" or "best on val (epoch N)");
+    2. the test protocol's views (--test-clips x --test-crops) of every val video, then metrics.json last (the
+       run's "done" mark).
+    """
+    args, arch = run.args, run.net.spec
+    weights, source = weights_to_test(run)
+    if not args.test and run.rank == 0:
+        atomic_save({**describe_model(run), "weights": weights}, Path(args.work_dir) / "final.pth")
+    crops = args.test_crops or arch.crops_test
+    protocol = {1: "center", 3: "three_crop", 10: "ten_crop"}[crops]
+    target = data.resolve_dataset(args.data_root, args.target)
+    ds = make_dataset(args, target, "val", arch, test_mode=True, protocol=protocol,
+                      num_clips=args.test_clips or arch.num_clips_test)
+    if run.rank == 0:
+        print(f"testing {source} on the {len(ds)} val videos of {args.target}", flush=True)
+    m = evaluate(run, make_eval_loader(args, ds, run.rank, run.world),
+                 predictions=Path(args.work_dir) / "predictions.jsonl")
+    m["protocol"] = f"{args.test_clips or arch.num_clips_test} {'segments' if arch.family == 'tsn' else 'clips'}" \
+                    f" x {crops} crops"
+    m["weights"] = weights
+    if run.rank == 0:
+        write_results(run, m)
+        print(f"test ({m['protocol']}): top1 {m['top1']:.4f}  top5 {m['top5']:.4f}  "
+              f"mean_class_acc {m['mean_class_acc']:.4f}", flush=True)
+    return m
+
+
+def weights_to_test(run: Run) -> tuple[str, str]:
+    """Load the weights the final test evaluates -> (metrics.json's "weights", the "testing ..." line's words).
+
+    --test: --checkpoint (default WORK_DIR/final.pth). --select last: the weights in memory after the last epoch.
+    --select val: best.pth; 1. every rank waits until rank 0 has written it; 2. rank 0 alone decides whether it
+    exists and sends the decision, then the weights, to the others. Ranks that each looked for themselves could
+    disagree (node-local or NFS-cached work dirs) and then wait in different collectives forever.
+    """
+    args = run.args
+    if args.test:
+        ckpt = Path(args.checkpoint) if args.checkpoint else Path(args.work_dir) / "final.pth"
+        load_weights_everywhere(run, ckpt)
+        return str(ckpt), str(ckpt)
+    last = f"the last weights (epoch {run.schedule.epochs}, --select {args.select})"
+    if args.select == "last":
+        return "last", last
+    dist_barrier(run)
+    ckpt = Path(args.work_dir) / "best.pth"
+    found = [ckpt.exists() if run.rank == 0 else None]
+    if run.world > 1:
+        dist.broadcast_object_list(found, src=0)
+    if not found[0]:                                # deleted by hand: nothing else to choose from
+        return "last (no best.pth)", last + f": {ckpt} not found"
+    load_weights_everywhere(run, ckpt)
+    return f"best on val (epoch {run.best_epoch})", f"{ckpt}, the best on val (epoch {run.best_epoch}, --select val)"
 
 
 @torch.no_grad()
-def evaluate(run, loader, predictions=None):
+def evaluate(run: Run, loader: torch.utils.data.DataLoader, predictions: Path | None = None) -> dict:
     """Metrics over the whole val split, reduced over ranks; with `predictions` (a path) also per-video results.
 
     Each item holds every view of a video, (V, C, T, H, W) with V the crops and T all sampled frames.
@@ -400,7 +618,8 @@ def evaluate(run, loader, predictions=None):
     return metrics_from(cm.cpu(), top5.cpu())
 
 
-def write_predictions(run, loader, probs, labels, used, path):
+def write_predictions(run: Run, loader: torch.utils.data.DataLoader, probs: torch.Tensor, labels: torch.Tensor,
+                      used: list[int], path: Path) -> None:
     """predictions.jsonl: one JSON line per video of the split, in the split's order (gathered from every
     rank to rank 0): index, path, label, top-5 classes with probabilities, and with --dump-probs the whole
     probability vector (as MMAction2's --dump), so results can be compared video by video. A video that could
@@ -434,7 +653,19 @@ def write_predictions(run, loader, probs, labels, used, path):
     os.replace(tmp, path)                      # atomic, like the checkpoints
 
 
-def export(run):
+def write_results(run: Run, m: dict) -> None:
+    """Rank 0: confusion_matrix.csv, then metrics.json (the run's "done" mark), both written atomically."""
+    work = Path(run.args.work_dir)
+    work.mkdir(parents=True, exist_ok=True)
+    cm = m.pop("confusion_matrix")
+    m.update(arch=run.args.arch, target=run.args.target, aux=split_names(run.args.aux), classes=run.classes)
+    rows = [name + "," + ",".join(str(v) for v in row) for name, row in zip(run.classes, cm)]
+    atomic_write_text(work / "confusion_matrix.csv", "\n".join(["true\\pred," + ",".join(run.classes), *rows]) + "\n")
+    atomic_write_text(work / "metrics.json", json.dumps(m, indent=2) + "\n")     # last: the run's "done" mark
+    m["confusion_matrix"] = cm
+
+
+def export(run: Run) -> dict:
     """--export-mmaction: our checkpoint -> MMAction2 1.x layout (models.export_mmaction)."""
     ckpt = Path(run.args.checkpoint) if run.args.checkpoint else Path(run.args.work_dir) / "final.pth"
     if run.rank == 0:
@@ -447,80 +678,8 @@ def export(run):
     return {}
 
 
-def validate(run, epoch):
-    """Quick validation after epoch `epoch` (0-based): centre crop, the training clip count, the whole val split;
-    logged. With --select val the best top-1 so far is saved as best.pth (the first of equal ones)."""
-    m = evaluate(run, run.val_loader)
-    m.pop("confusion_matrix")
-    if m["top1"] > run.best_top1:
-        run.best_top1, run.best_epoch = m["top1"], epoch + 1
-        if run.args.select == "val":
-            save_checkpoint(run, "best.pth", epoch + 1)
-    return m
-
-
-def final_test(run):
-    """The paper's test protocol on the val split -> final.pth, metrics.json, confusion_matrix.csv and
-    predictions.jsonl.
-
-    1. the weights (`weights_to_test`): --test: --checkpoint; after training: --select's, written to final.pth
-       (weights only, self-describing, what models.load_weights reads) before they are tested, so final.pth is
-       exactly what metrics.json reports ("weights": "last" or "best on val (epoch N)");
-    2. the test protocol's views (--test-clips x --test-crops) of every val video, then metrics.json last (the
-       run's "done" mark).
-    """
-    args, arch = run.args, run.net.spec
-    weights, source = weights_to_test(run)
-    if not args.test and run.rank == 0:
-        atomic_save({**describe_model(run), "weights": weights}, Path(args.work_dir) / "final.pth")
-    crops = args.test_crops or arch.crops_test
-    protocol = {1: "center", 3: "three_crop", 10: "ten_crop"}[crops]
-    target = data.resolve_dataset(args.data_root, args.target)
-    ds = make_dataset(args, target, "val", arch, test_mode=True, protocol=protocol,
-                      num_clips=args.test_clips or arch.num_clips_test)
-    if run.rank == 0:
-        print(f"testing {source} on the {len(ds)} val videos of {args.target}", flush=True)
-    m = evaluate(run, make_eval_loader(args, ds, run.rank, run.world),
-                 predictions=Path(args.work_dir) / "predictions.jsonl")
-    m["protocol"] = f"{args.test_clips or arch.num_clips_test} {'segments' if arch.family == 'tsn' else 'clips'}" \
-                    f" x {crops} crops"
-    m["weights"] = weights
-    if run.rank == 0:
-        write_results(run, m)
-        print(f"test ({m['protocol']}): top1 {m['top1']:.4f}  top5 {m['top5']:.4f}  "
-              f"mean_class_acc {m['mean_class_acc']:.4f}", flush=True)
-    return m
-
-
-def weights_to_test(run):
-    """Load the weights the final test evaluates -> (metrics.json's "weights", the "testing ..." line's words).
-
-    --test: --checkpoint (default WORK_DIR/final.pth). --select last: the weights in memory after the last epoch.
-    --select val: best.pth; 1. every rank waits until rank 0 has written it; 2. rank 0 alone decides whether it
-    exists and sends the decision, then the weights, to the others. Ranks that each looked for themselves could
-    disagree (node-local or NFS-cached work dirs) and then wait in different collectives forever.
-    """
-    args = run.args
-    if args.test:
-        ckpt = Path(args.checkpoint) if args.checkpoint else Path(args.work_dir) / "final.pth"
-        load_weights_everywhere(run, ckpt)
-        return str(ckpt), str(ckpt)
-    last = f"the last weights (epoch {run.schedule.epochs}, --select {args.select})"
-    if args.select == "last":
-        return "last", last
-    dist_barrier(run)
-    ckpt = Path(args.work_dir) / "best.pth"
-    found = [ckpt.exists() if run.rank == 0 else None]
-    if run.world > 1:
-        dist.broadcast_object_list(found, src=0)
-    if not found[0]:                                # deleted by hand: nothing else to choose from
-        return "last (no best.pth)", last + f": {ckpt} not found"
-    load_weights_everywhere(run, ckpt)
-    return f"best on val (epoch {run.best_epoch})", f"{ckpt}, the best on val (epoch {run.best_epoch}, --select val)"
-
-
 # ----------------------------------------------------------------------------------------------------------------------
-# Schedule (appendix "Implementation Details")
+# 4. Schedule (appendix "Implementation Details")
 # ----------------------------------------------------------------------------------------------------------------------
 
 
@@ -534,7 +693,8 @@ class Schedule:
     warmup_epochs: float
 
     @staticmethod
-    def from_args(args, recipe, steps_per_epoch, samples_per_step):
+    def from_args(args: argparse.Namespace, recipe: dict, steps_per_epoch: int, samples_per_step: int) -> Schedule:
+        """The recipe, overridden by the flags given; milestones and warm-up scale with --epochs."""
         epochs = args.epochs or recipe["epochs"]
         scale = epochs / recipe["epochs"]          # keep milestones at the same fraction of training
         if args.lr_steps is not None:
@@ -546,7 +706,7 @@ class Schedule:
         return Schedule(per_sample * samples_per_step, epochs, steps_per_epoch,
                         args.schedule or recipe["schedule"], lr_steps, warmup)
 
-    def lr(self, it):
+    def lr(self, it: int) -> float:
         """Learning rate at iteration `it` (0-based, counted over all epochs)."""
         epoch = it / self.steps_per_epoch
         # 1. linear warm-up from 0 to the base LR
@@ -559,13 +719,14 @@ class Schedule:
         progress = (epoch - self.warmup_epochs) / max(1e-8, self.epochs - self.warmup_epochs)
         return 0.5 * self.base_lr * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
-    def describe(self):
+    def describe(self) -> str:
+        """One line for the run's summary, e.g. "100 epochs x 10 steps, lr 0.01 step x0.1 at [40, 80]"."""
         extra = f" x0.1 at {list(self.lr_steps)}" if self.kind == "step" else ""
         warm = f", {self.warmup_epochs:g} warm-up epochs" if self.warmup_epochs else ""
         return f"{self.epochs} epochs x {self.steps_per_epoch} steps, lr {self.base_lr:.4g} {self.kind}{extra}{warm}"
 
 
-def recipe_for(args, arch):
+def recipe_for(args: argparse.Namespace, arch: models.ArchSpec) -> dict:
     """TSN -> 'tsn'; SlowOnly -> '3d_imagenet' with initial weights, '3d_scratch' without; irCSN, tiny: their own."""
     if arch.recipe in ("tsn", "demo", "ircsn_ig65m"):
         return RECIPES[arch.recipe]
@@ -573,11 +734,11 @@ def recipe_for(args, arch):
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# Checkpoints: self-describing, written atomically
+# 5. Checkpoints: self-describing, written atomically; exact resume
 # ----------------------------------------------------------------------------------------------------------------------
 
 
-def save_checkpoint(run, name, epoch, step=0, meters=()):
+def save_checkpoint(run: Run, name: str, epoch: int, step: int = 0, meters: tuple[Meter, ...] = ()) -> None:
     """WORK_DIR/name after `epoch` finished epochs and `step` optimiser steps of the next one (--save-every).
 
     Every rank calls it (it gathers):
@@ -611,14 +772,31 @@ def save_checkpoint(run, name, epoch, step=0, meters=()):
     atomic_save(state, Path(run.args.work_dir) / name)
 
 
-def describe_model(run):
+def describe_model(run: Run) -> dict:
     """What makes a checkpoint self-describing (models.load_weights, models.from_checkpoint): the weights, the
     architecture and its command-line overrides, its spec and the class names."""
     return {"model": run.net.state_dict(), "arch": run.args.arch, "model_args": model_overrides(run.args),
             "spec": vars(run.net.spec) if hasattr(run.net.spec, "__dict__") else None, "classes": run.classes}
 
 
-def load_checkpoint(run, path, full):
+def start_or_resume(run: Run) -> None:
+    """--resume: continue from WORK_DIR/latest.pth when it exists (weights, optimiser, position, random state);
+    a run killed before its first checkpoint starts over. Otherwise --checkpoint's weights, when given."""
+    args = run.args
+    latest = Path(args.work_dir) / "latest.pth"
+    if args.resume and latest.exists():
+        load_checkpoint(run, latest, full=True)
+    else:
+        if args.resume and run.rank == 0:
+            print(f"--resume: no {latest} yet, starting from the beginning", flush=True)
+            (Path(args.work_dir) / "log.jsonl").unlink(missing_ok=True)
+        if args.checkpoint:
+            load_checkpoint(run, Path(args.checkpoint), full=False)
+    if run.rank == 0:
+        Path(args.work_dir).mkdir(parents=True, exist_ok=True)
+
+
+def load_checkpoint(run: Run, path: Path, full: bool) -> None:
     """Weights from any checkpoint format (models.load_weights); with full=True (--resume, our own
     latest.pth) also the optimiser, epoch, best top-1 and RNG state."""
     if not path.exists():
@@ -659,30 +837,90 @@ def load_checkpoint(run, path, full):
               + (f" and {run.start_step} step(s)" if run.start_step else "") + " done", flush=True)
 
 
+def load_weights_everywhere(run: Run, path: Path) -> None:
+    """Rank 0 reads the weights at `path` (any format, load_checkpoint) and sends them to the other ranks,
+    which need not see the file; a missing or unusable file is the same one-line error on every rank."""
+    error = None
+    if run.rank == 0:
+        try:
+            load_checkpoint(run, path, full=False)
+        except (ValueError, FileNotFoundError) as err:
+            error = err
+    if run.world > 1:
+        box = [None if error is None else (isinstance(error, FileNotFoundError), str(error))]
+        dist.broadcast_object_list(box, src=0)
+        if box[0] is not None:
+            raise (FileNotFoundError if box[0][0] else ValueError)(box[0][1])
+        for tensor in run.net.state_dict().values():
+            flat = tensor.contiguous()              # a channels_last weight is sent as a dense copy
+            dist.broadcast(flat, src=0)
+            if flat.data_ptr() != tensor.data_ptr():
+                tensor.copy_(flat)
+    elif error is not None:
+        raise error
+
+
+def rank_rng_state(run: Run) -> dict:
+    """This rank's random state: torch CPU, CUDA (on a GPU), numpy (run.rng) and python; and the indices of
+    the samples of each training source that failed to load on this rank (the replacements, the skipped
+    retries and the logged count go on as in an uninterrupted run, and no bad file is named twice)."""
+    state = {"torch": torch.get_rng_state(), "numpy": run.rng.bit_generator.state, "python": random.getstate(),
+             "failed": [torch.nonzero(ds._failed).flatten() for ds in run.datasets]}
+    if run.device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(run.device)
+    return state
+
+
+def set_rank_rng_state(run: Run, state: dict) -> None:
+    """Restore this rank's random state (rank_rng_state) and its training sources' failed-sample marks."""
+    torch.set_rng_state(state["torch"])
+    if run.device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], run.device)
+    run.rng.bit_generator.state = state["numpy"]
+    random.setstate(state["python"])
+    for ds, failed in zip(run.datasets, state.get("failed", [])):
+        ds._failed[failed] = 1          # shared memory: the persistent workers skip them too
+
+
+def meter_state(meter: Meter) -> dict:
+    """A Meter's running sums (tensors on the CPU), for a mid-epoch checkpoint; timing is left out."""
+    return {k: v.cpu() if torch.is_tensor(v) else v for k, v in vars(meter).items()
+            if k not in ("names", "device", "t0")}
+
+
+def restore_meters(meters: tuple[Meter, ...], states: list[dict], device: torch.device) -> None:
+    """Put a mid-epoch checkpoint's meter sums (meter_state) back, on the run's device."""
+    for meter, state in zip(meters, states):
+        vars(meter).update({k: v.to(device) if torch.is_tensor(v) else v for k, v in state.items()})
+
+
 # ----------------------------------------------------------------------------------------------------------------------
-# Helpers: data, model, distributed, logging
+# 6. Data: datasets, samplers and loaders of every source (Sec. 3.5, Sec. 3.6)
 # ----------------------------------------------------------------------------------------------------------------------
 
 
-def build(args, num_classes, device):
-    """The model on the device; settles --amp and --channels-last (their defaults depend on the device)."""
-    overrides = model_overrides(args)
-    model = models.build_model(args.arch, num_classes, pretrained=args.pretrained, **overrides)
-    args.amp = args.amp or default_amp(device)
-    args.channels_last = default_channels_last(device, args.amp) if args.channels_last is None else args.channels_last
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True       # fixed input shapes: find the fastest convolutions once
-    model = model.to(device)
-    if args.channels_last:                          # 4D weights (TSN) channels_last, 5D (3D nets) channels_last_3d
-        model = model.to(memory_format=torch.channels_last_3d if model.spec.family == "3d" else torch.channels_last)
-    return model
+def make_training_data(args: argparse.Namespace, target: data.DatasetSpec, arch: models.ArchSpec, rank: int,
+                       world: int) -> tuple[list[data.VideoDataset], omnisource.JointBatches, list[int],
+                                            torch.utils.data.DataLoader]:
+    """-> (the training datasets [target, aux...], their joint loader, the batch sizes, the val loader).
 
-
-def model_overrides(args):
-    """The architecture overrides given on the command line (stored in checkpoints as model_args)."""
-    return {k: v for k, v in dict(num_segments=args.num_segments, clip_len=args.clip_len,
-                                  frame_interval=args.frame_interval, crop_size=args.crop_size).items()
-            if v is not None}
+    1. the target's training list (--label-fraction of it);
+    2. every --aux source's, its labels translated into the target's classes by name (the released web sources
+       are labelled with K200's 200 classes, in k200_actions.txt order; the target may be K400);
+    3. the joint loader (Sec. 3.6: batch ratio, class resampling) and the quick validation's loader (centre crop).
+    """
+    samples = data.load_split(target, "train")
+    if args.label_fraction < 1.0:
+        samples = label_fraction(samples, args.label_fraction, args.seed)
+    train_ds = make_dataset(args, target, "train", arch, test_mode=False, samples=samples)
+    aux = []
+    for name in split_names(args.aux):
+        source = data.resolve_dataset(args.data_root, name)
+        aux.append(make_dataset(args, source, "train", arch, test_mode=False,
+                                samples=aux_samples(source, target, f"--aux {name}", rank)))
+    loader, sizes = make_train_loader(args, train_ds, aux, rank, world)
+    val_ds = make_dataset(args, target, "val", arch, test_mode=True, protocol="center")
+    return [train_ds] + aux, loader, sizes, make_eval_loader(args, val_ds, rank, world)
 
 
 def make_dataset(args: argparse.Namespace, dataset: data.DatasetSpec, split: str, arch: models.ArchSpec,
@@ -731,7 +969,8 @@ def make_image_to_clip(args: argparse.Namespace, inflate: str, short_side: int) 
     return transforms.build_image_to_clip(mode, motion, class_specific=inflate == "warp-spec", short_side=short_side)
 
 
-def make_train_loader(args, target_ds, aux, rank, world):
+def make_train_loader(args: argparse.Namespace, target_ds: data.VideoDataset, aux: list[data.VideoDataset], rank: int,
+                      world: int) -> tuple[omnisource.JointBatches, list[int]]:
     """Target loader (shuffled, sharded over ranks, drop_last) + one resampled loader per aux source."""
     sizes = omnisource.batch_sizes(args.batch_size, omnisource.parse_ratio(args.ratio, len(aux)))
     sampler = ShardedShuffle(len(target_ds), rank, world, args.seed)
@@ -749,7 +988,8 @@ def make_train_loader(args, target_ds, aux, rank, world):
     return omnisource.JointBatches(target_loader, aux_loaders, samplers), sizes
 
 
-def loader_for(args, ds, sampler, batch_size, drop_last, seed):
+def loader_for(args: argparse.Namespace, ds: data.VideoDataset, sampler: torch.utils.data.Sampler, batch_size: int,
+               drop_last: bool, seed: tuple[int, ...]) -> torch.utils.data.DataLoader:
     """Training loader. Persistent workers: no process start-up per epoch (it dominates the short epochs of
     small datasets), and a broken web file is reported and skipped once per worker, not once per epoch; the
     epoch's randomness reaches them through VideoDataset's shared-memory epoch.
@@ -767,16 +1007,12 @@ def loader_for(args, ds, sampler, batch_size, drop_last, seed):
                                        persistent_workers=args.workers > 0, generator=generator)
 
 
-def make_eval_loader(args, ds, rank, world, batch_size=None):
+def make_eval_loader(args: argparse.Namespace, ds: data.VideoDataset, rank: int, world: int,
+                     batch_size: int | None = None) -> torch.utils.data.DataLoader:
     """This rank's share of the split, in order; batches of --eval-batch-size videos, pinned for a GPU."""
     sampler = list(range(rank, len(ds), world))     # every video exactly once over all ranks
     return torch.utils.data.DataLoader(ds, batch_size=batch_size or args.eval_batch_size or args.batch_size,
                                        sampler=sampler, num_workers=args.workers, pin_memory=pin_memory(args))
-
-
-def pin_memory(args):
-    """Loaders pin their batches (page-locked memory: the copies to the GPU do not wait) on a CUDA run only."""
-    return torch.cuda.is_available() and (args.device or "cuda").startswith("cuda")
 
 
 class ShardedShuffle(torch.utils.data.Sampler):
@@ -785,22 +1021,23 @@ class ShardedShuffle(torch.utils.data.Sampler):
     Unlike DistributedSampler it never pads with repeated samples; ranks get len // W samples each.
     """
 
-    def __init__(self, n, rank, world, seed):
+    def __init__(self, n: int, rank: int, world: int, seed: int):
         self.n, self.rank, self.world, self.seed, self.epoch, self.start = n, rank, world, seed, 0, 0
 
-    def set_epoch(self, epoch, start=0):
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
         """Select the epoch's permutation; `start` > 0 skips this rank's first `start` indices (--resume)."""
         self.epoch, self.start = epoch, start
 
-    def __len__(self):
+    def __len__(self) -> int:
         return self.n // self.world          # the whole epoch's, also when it starts part-way
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[int]:
         order = np.random.default_rng([self.seed, self.epoch, 11]).permutation(self.n)
         return iter(order[self.rank: len(self) * self.world: self.world][self.start:].tolist())
 
 
-def resample_rules(text, num_aux):
+def resample_rules(text: str, num_aux: int) -> list[omnisource.Resampling]:
+    """--resample -> one omnisource.Resampling per auxiliary source (one value applies to all)."""
     parts = [t.strip() for t in text.split(",")] if text else [omnisource.DEFAULT_RESAMPLE]
     if len(parts) == 1:
         parts = parts * num_aux
@@ -809,7 +1046,7 @@ def resample_rules(text, num_aux):
     return [omnisource.Resampling.parse(p) for p in parts]
 
 
-def label_fraction(samples, fraction, seed):
+def label_fraction(samples: data.SampleList | list, fraction: float, seed: int) -> data.SampleList | list:
     """Fig. 7: a class-balanced fraction of the labelled videos (at least one per class), fixed by seed."""
     if not 0 < fraction <= 1:
         raise ValueError(f"--label-fraction {fraction}: expected a number in (0, 1]")
@@ -824,7 +1061,7 @@ def label_fraction(samples, fraction, seed):
     return samples.subset(np.asarray(keep)) if isinstance(samples, data.SampleList) else [samples[i] for i in keep]
 
 
-def aux_samples(source, target, name, rank):
+def aux_samples(source: data.DatasetSpec, target: data.DatasetSpec, name: str, rank: int) -> data.SampleList:
     """An auxiliary source's training list with labels in the target's label space, matched by class name
     (data.map_labels); one printed line says how many samples were left out (class not in the target).
     A source that shares no class name with the target is a one-line error."""
@@ -837,60 +1074,27 @@ def aux_samples(source, target, name, rank):
     return samples
 
 
-def labels_of(samples):
+# ----------------------------------------------------------------------------------------------------------------------
+# Helpers
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def labels_of(samples: data.SampleList | list) -> np.ndarray:
     """(N,) int labels of a list of Samples or a data.SampleList."""
     return samples.labels if isinstance(samples, data.SampleList) else np.array([s.label for s in samples], int)
 
 
-def split_names(text):
+def split_names(text: str) -> list[str]:
+    """A comma-separated flag value -> its non-empty names (--aux)."""
     return [t.strip() for t in text.split(",") if t.strip()] if text else []
 
 
-def setup_distributed(device_arg):
-    """torchrun sets RANK / WORLD_SIZE / LOCAL_RANK: NCCL on GPUs, gloo on CPU; else one process."""
-    cuda = torch.cuda.is_available() if device_arg is None else device_arg.startswith("cuda")
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world > 1:
-        local = int(os.environ.get("LOCAL_RANK", "0"))
-        if cuda:
-            torch.cuda.set_device(local)
-        dist.init_process_group("nccl" if cuda else "gloo")
-        rank = dist.get_rank()
-        device = torch.device("cuda", local) if cuda else torch.device("cpu")
-    else:
-        rank, device = 0, torch.device("cuda" if cuda else "cpu")
-    return rank, world, device
-
-
-def dist_barrier(run):
+def dist_barrier(run: Run) -> None:
     if run.world > 1:
         dist.barrier()
 
 
-def load_weights_everywhere(run, path):
-    """Rank 0 reads the weights at `path` (any format, load_checkpoint) and sends them to the other ranks,
-    which need not see the file; a missing or unusable file is the same one-line error on every rank."""
-    error = None
-    if run.rank == 0:
-        try:
-            load_checkpoint(run, path, full=False)
-        except (ValueError, FileNotFoundError) as err:
-            error = err
-    if run.world > 1:
-        box = [None if error is None else (isinstance(error, FileNotFoundError), str(error))]
-        dist.broadcast_object_list(box, src=0)
-        if box[0] is not None:
-            raise (FileNotFoundError if box[0][0] else ValueError)(box[0][1])
-        for tensor in run.net.state_dict().values():
-            flat = tensor.contiguous()              # a channels_last weight is sent as a dense copy
-            dist.broadcast(flat, src=0)
-            if flat.data_ptr() != tensor.data_ptr():
-                tensor.copy_(flat)
-    elif error is not None:
-        raise error
-
-
-def failed_samples(run):
+def failed_samples(run: Run) -> int:
     """Samples that failed to load so far, summed over every source and rank (one all-reduce per log line)."""
     failed = torch.tensor([sum(ds.num_failed for ds in run.datasets)], dtype=torch.int64)
     if run.world > 1:
@@ -899,64 +1103,18 @@ def failed_samples(run):
     return int(failed.item())
 
 
-def set_train_epoch(run, epoch, first_step=0):
-    """Select epoch `epoch`'s randomness in every dataset and sampler, starting at step `first_step`.
-
-    Resuming part-way through an epoch skips ahead in the samplers (each starts at the index of the batch
-    of step `first_step`) instead of replaying the loaders or saving their state (torchdata's
-    StatefulDataLoader, a new dependency): every index is a function of (seed, epoch, rank) and every item
-    of (seed, epoch, index), so the skipped batches need not be decoded and nothing else is needed to
-    continue exactly, whatever the workers had prefetched when the process died.
-    """
-    for ds in run.datasets:
-        ds.set_epoch(epoch)
-    run.loader.set_epoch(epoch, first_step)
-
-
-def seed_rank(seed, rank):
+def seed_rank(seed: int, rank: int) -> None:
     """Each rank's own torch (CPU and every CUDA device) and python streams, from (seed, rank)."""
     torch.manual_seed(_derive_seed(seed, rank, 17))
     random.seed(_derive_seed(seed, rank, 19))
 
 
-def _derive_seed(*key):
+def _derive_seed(*key: int) -> int:
     """A 63-bit seed from a tuple of integers (numpy's SeedSequence hashing: nearby keys, unrelated seeds)."""
     return int(np.random.SeedSequence(list(key)).generate_state(2, np.uint64)[0] >> np.uint64(1))
 
 
-def rank_rng_state(run):
-    """This rank's random state: torch CPU, CUDA (on a GPU), numpy (run.rng) and python; and the indices of
-    the samples of each training source that failed to load on this rank (the replacements, the skipped
-    retries and the logged count go on as in an uninterrupted run, and no bad file is named twice)."""
-    state = {"torch": torch.get_rng_state(), "numpy": run.rng.bit_generator.state, "python": random.getstate(),
-             "failed": [torch.nonzero(ds._failed).flatten() for ds in run.datasets]}
-    if run.device.type == "cuda":
-        state["cuda"] = torch.cuda.get_rng_state(run.device)
-    return state
-
-
-def set_rank_rng_state(run, state):
-    torch.set_rng_state(state["torch"])
-    if run.device.type == "cuda" and "cuda" in state:
-        torch.cuda.set_rng_state(state["cuda"], run.device)
-    run.rng.bit_generator.state = state["numpy"]
-    random.setstate(state["python"])
-    for ds, failed in zip(run.datasets, state.get("failed", [])):
-        ds._failed[failed] = 1          # shared memory: the persistent workers skip them too
-
-
-def meter_state(meter):
-    """A Meter's running sums (tensors on the CPU), for a mid-epoch checkpoint; timing is left out."""
-    return {k: v.cpu() if torch.is_tensor(v) else v for k, v in vars(meter).items()
-            if k not in ("names", "device", "t0")}
-
-
-def restore_meters(meters, states, device):
-    for meter, state in zip(meters, states):
-        vars(meter).update({k: v.to(device) if torch.is_tensor(v) else v for k, v in state.items()})
-
-
-def atomic_save(obj, path):
+def atomic_save(obj: object, path: Path) -> None:
     """torch.save to PATH.tmp, flushed to disk, then renamed over `path`: never a partly written file."""
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "wb") as f:
@@ -966,7 +1124,7 @@ def atomic_save(obj, path):
     os.replace(tmp, path)
 
 
-def atomic_write_text(path, text):
+def atomic_write_text(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "w") as f:
         f.write(text)
@@ -975,146 +1133,47 @@ def atomic_write_text(path, text):
     os.replace(tmp, path)
 
 
-def _batch_norms(model):
+def _batch_norms(model: torch.nn.Module) -> list[torch.nn.Module]:
     return [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
 
 
-def default_amp(device):
+def default_amp(device: torch.device) -> str:
     """--amp when not given: bf16 on GPUs that support it (no loss scaling needed, the usual choice); none on
     older GPUs (fp16 is opt-in: MMAction2 users saw accuracy drops with it on 3D nets) and on CPUs."""
     return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "none"
 
 
-def default_channels_last(device, amp):
+def default_channels_last(device: torch.device, amp: str) -> bool:
     """--channels-last when not given: on for CUDA (tensor-core convolutions want NHWC); on CPU on for bf16 only
     (oneDNN; one training step of TSN-R50 / SlowOnly-R50, alternated, two sessions: bf16 1.20-1.45x / 1.15-1.30x
     faster channels-last; float32 0.90-1.20x / 0.91-1.02x, no consistent gain)."""
     return device.type == "cuda" or amp == "bf16"
 
 
-def model_input(clips, args):
-    """Clips as the workers send them, uint8 (N, C, T, H, W) already on the device -> normalised float32
-    (transforms.normalize, equal to the float pipeline's output), channels_last_3d with --channels-last
-    (TSN's (N*T, C, H, W) reshape of that layout is channels_last)."""
-    if clips.dtype == torch.uint8:
-        clips = transforms.normalize(clips)
-    if args.channels_last:
-        clips = clips.contiguous(memory_format=torch.channels_last_3d)
-    return clips
+def pin_memory(args: argparse.Namespace) -> bool:
+    """Loaders pin their batches (page-locked memory: the copies to the GPU do not wait) on a CUDA run only."""
+    return torch.cuda.is_available() and (args.device or "cuda").startswith("cuda")
 
 
-class Meter:
-    """Running sums of the loss (total and per source) and top-1 per source over a logging interval or an epoch.
-
-    The sums stay ON THE DEVICE, so the training step never waits for the host: one
-    vector [loss, loss per source (S), correct per source (S), first non-finite step] per meter. `summary()`
-    reads it once (the only host sync of an interval) and raises FloatingPointError when a loss was not
-    finite, naming the step and the interval. Samples seen are host integers (the batch sizes are known).
-    """
-
-    def __init__(self, names, device, epoch=0):
-        self.names, self.device, self.epoch = names, device, epoch
-        self.reset()
-
-    def reset(self):
-        s = len(self.names)
-        self.sums = torch.zeros(2 + 2 * s, device=self.device)      # float32: exact counts up to 2^24
-        self.sums[-1] = -1                                          # 0-based step of the first non-finite loss
-        self.seen = [0] * s
-        self.steps, self.first_step, self.last_step = 0, None, None
-        self.t0 = time.time()
-
-    @staticmethod
-    def step_stats(loss, per_source, logits, labels, sizes):
-        """One step's (1 + 2S,) vector on the device: loss, each source's mean CE, each source's correct count."""
-        total = sum(sizes)
-        source_ce = [l.detach() * (total / n) for l, n in zip(per_source, sizes)]   # back to the source's mean CE
-        hits = (logits.detach().argmax(1) == labels).float()                         # (B,)
-        return torch.stack([loss.detach().float(), *source_ce, *[h.sum() for h in hits.split(list(sizes))]])
-
-    def add(self, stats, sizes, step):
-        finite = torch.isfinite(stats[0])
-        self.sums[:-1] += torch.where(finite, stats, 0.0)          # a bad step does not poison the other sums
-        self.sums[-1] = torch.where(finite | (self.sums[-1] >= 0), self.sums[-1], float(step))
-        self.seen = [a + b for a, b in zip(self.seen, sizes)]
-        self.first_step = step if self.first_step is None else self.first_step
-        self.steps, self.last_step = self.steps + 1, step
-
-    def summary(self):
-        vals = self.sums.tolist()                                   # the one host sync per interval
-        if vals[-1] >= 0:
-            raise FloatingPointError(
-                f"non-finite loss at epoch {self.epoch + 1} step {int(vals[-1]) + 1} (logging interval of steps "
-                f"{self.first_step + 1}-{self.last_step + 1}); lower --lr-per-sample or check the data")
-        n, s = max(1, self.steps), len(self.names)
-        out = {"loss": vals[0] / n}
-        for i, name in enumerate(self.names):
-            out[f"loss_{name}"] = vals[1 + i] / n
-            out[f"acc_{name}"] = vals[1 + s + i] / max(1, self.seen[i])
-        return out
-
-
-def report_progress(run, meter, epoch, step, steps, lr, t0):
-    """One console line and one log.jsonl object per logging interval (rank 0)."""
-    s = meter.summary()                           # first: it waits for the device, so the rates below are true
-    elapsed = time.time() - t0                                     # since the epoch started
-    rate = sum(meter.seen) * run.world / max(time.time() - meter.t0, 1e-9)   # over this interval
-    done = epoch * steps + step + 1
-    remaining = (run.schedule.epochs * steps - done) * elapsed / (step + 1)
-    failed = failed_samples(run)
-    record = dict(kind="train", epoch=epoch + 1, step=step + 1, steps=steps, lr=lr, samples_per_s=rate,
-                  eta_s=remaining, failed_samples=failed, **s)
-    per = " ".join(f"{n} {s['loss_' + n]:.3f}" for n in run.source_names) if len(run.source_names) > 1 else ""
-    if run.rank == 0:
-        print(f"epoch {epoch + 1}/{run.schedule.epochs} step {step + 1}/{steps} loss {s['loss']:.4f}"
-              + (f" ({per})" if per else "") + f" lr {lr:.3g} {rate:.1f} samples/s eta "
-              f"{time.strftime('%H:%M:%S', time.gmtime(remaining))}" + (f" failed {failed}" if failed else ""),
-              flush=True)
-    log_line(run, record)
-    meter.reset()
-
-
-def log_line(run, record):
+def log_line(run: Run, record: dict) -> None:
+    """Rank 0 appends one JSON object to WORK_DIR/log.jsonl."""
     if run.rank == 0:
         with open(Path(run.args.work_dir) / "log.jsonl", "a") as f:
             f.write(json.dumps(record) + "\n")
 
 
-def confusion(pred, labels, k):
+def confusion(pred: torch.Tensor, labels: torch.Tensor, k: int) -> torch.Tensor:
     """(K, K) counts, rows = true class, columns = predicted class."""
     return torch.bincount(labels * k + pred, minlength=k * k).view(k, k).double()
 
 
-def metrics_from(cm, top5):
+def metrics_from(cm: torch.Tensor, top5: torch.Tensor) -> dict:
+    """top1, top5, mean_class_acc (over the classes with videos), num_videos and the confusion matrix."""
     total = cm.sum().item()
     per_class = (cm.diag() / cm.sum(1).clamp(min=1))[cm.sum(1) > 0]
     return {"top1": cm.diag().sum().item() / max(1, total), "top5": top5.item() / max(1, total),
             "mean_class_acc": per_class.mean().item() if len(per_class) else 0.0,
             "num_videos": int(total), "confusion_matrix": cm.long().tolist()}
-
-
-def write_results(run, m):
-    work = Path(run.args.work_dir)
-    work.mkdir(parents=True, exist_ok=True)
-    cm = m.pop("confusion_matrix")
-    m.update(arch=run.args.arch, target=run.args.target, aux=split_names(run.args.aux), classes=run.classes)
-    rows = [name + "," + ",".join(str(v) for v in row) for name, row in zip(run.classes, cm)]
-    atomic_write_text(work / "confusion_matrix.csv", "\n".join(["true\\pred," + ",".join(run.classes), *rows]) + "\n")
-    atomic_write_text(work / "metrics.json", json.dumps(m, indent=2) + "\n")     # last: the run's "done" mark
-    m["confusion_matrix"] = cm
-
-
-def cli(argv=None):
-    args = get_args_parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
-    warnings.filterwarnings("ignore", message=".*(TypedStorage|pin_memory).*")
-    try:
-        main(args)
-    except (ValueError, FileNotFoundError, FloatingPointError) as e:
-        sys.exit(f"error: {e}")
-    finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
 
 
 if __name__ == "__main__":

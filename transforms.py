@@ -30,7 +30,7 @@ import json
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -181,7 +181,7 @@ class ToUint8Tensor:
         return torch.from_numpy(np.ascontiguousarray(frames)).permute(*order).contiguous()
 
 
-def normalize(x: torch.Tensor, mean=MEAN, std=STD) -> torch.Tensor:
+def normalize(x: torch.Tensor, mean: tuple[float, ...] = MEAN, std: tuple[float, ...] = STD) -> torch.Tensor:
     """uint8 clips -> float32 (x - mean) / std on x's device, equal to Normalize's output for the same pixels.
 
     x: uint8 (..., C, T, H, W) with the CHANNEL AT DIM -4 (C = 3, RGB): a clip (C, T, H, W), a batch (N, C, T, H, W),
@@ -194,7 +194,7 @@ def normalize(x: torch.Tensor, mean=MEAN, std=STD) -> torch.Tensor:
     return (x.to(torch.float32) - m) / s
 
 
-def denormalize(x: torch.Tensor, mean=MEAN, std=STD) -> np.ndarray:
+def denormalize(x: torch.Tensor, mean: tuple[float, ...] = MEAN, std: tuple[float, ...] = STD) -> np.ndarray:
     """Inverse of Normalize: (C, T, H, W) -> uint8 (T, H, W, 3) (for viewing and tests)."""
     y = x.permute(1, 2, 3, 0) * torch.tensor(std) + torch.tensor(mean)
     return y.round().clamp(0, 255).to(torch.uint8).numpy()
@@ -262,7 +262,7 @@ class TenCrop:
 
 def compose(*steps: Callable) -> Callable:
     """Chain clip transforms: f(frames, rng) = steps[-1](... steps[0](frames, rng) ..., rng)."""
-    def run(frames: np.ndarray, rng: np.random.Generator | None = None):
+    def run(frames: np.ndarray, rng: np.random.Generator | None = None) -> np.ndarray | torch.Tensor:
         for step in steps:
             frames = step(frames, rng)
         return frames
@@ -318,7 +318,8 @@ def short_side_for(crop_size: int) -> int:
 # ----------------------------------------------------------------------------------------------------------------------
 
 
-def warp_perspective(image, H, padding: str = "border"):
+def warp_perspective(image: np.ndarray | torch.Tensor, H: np.ndarray | torch.Tensor, padding: str = "border"
+                     ) -> np.ndarray | torch.Tensor:
     """Sec. 3.5: the homographic transform F(I; H). Output pixel x' takes the source at H^-1 x' (bilinear).
 
     image: uint8 numpy (H, W, 3) or float tensor (3, H, W); H: (3, 3) mapping SOURCE pixel coords to OUTPUT pixel
@@ -337,8 +338,8 @@ def warp_perspective(image, H, padding: str = "border"):
     return _warp_batch(image, hmat[None], padding)[0]
 
 
-def estimate_homography(src, dst, max_side: int = 400, min_side: int = 20, max_iters: int = 30,
-                        tol: float = 1e-2) -> torch.Tensor:
+def estimate_homography(src: np.ndarray | torch.Tensor, dst: np.ndarray | torch.Tensor, max_side: int = 400,
+                        min_side: int = 20, max_iters: int = 30, tol: float = 1e-2) -> torch.Tensor:
     """Direct photometric alignment: H (3, 3) float64 with warp_perspective(src, H) ~ dst (pixel coords, H[2,2]=1).
 
     src, dst: uint8 (H, W, 3) / (H, W) numpy or float tensors (3, H, W) / (H, W), same size. Inverse-compositional
@@ -368,7 +369,7 @@ def estimate_homography(src, dst, max_side: int = 400, min_side: int = 20, max_i
     return hmat / hmat[2, 2]
 
 
-def estimate_video_motion(frames: np.ndarray, max_shift: float | None = 0.1, **kwargs) -> list:
+def estimate_video_motion(frames: np.ndarray, max_shift: float | None = 0.1, **kwargs: float) -> list:
     """Camera motion of a real video (Sec. 3.5: mu, Sigma are "estimated ... on the original video source").
 
     frames: uint8 (T, H, W, 3) -> T-1 entries: H_t (3, 3) pixel coords with warp(frame_t, H_t) ~ frame_t+1, or None
@@ -384,14 +385,14 @@ def estimate_video_motion(frames: np.ndarray, max_shift: float | None = 0.1, **k
     return out
 
 
-def normalize_homography(H, size: tuple[int, int]) -> torch.Tensor:
+def normalize_homography(H: np.ndarray | torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """Pixel-coordinate H of a (w, h) image -> normalised-coordinate G = N H N^-1 (H[2,2] = 1), float64 (3, 3)."""
     norm = _norm_matrix(*size)
     g = norm @ torch.as_tensor(np.asarray(H, dtype=np.float64)).reshape(3, 3) @ torch.linalg.inv(norm)
     return g / g[2, 2]
 
 
-def denormalize_homography(G, size: tuple[int, int]) -> torch.Tensor:
+def denormalize_homography(G: np.ndarray | torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """Normalised-coordinate G -> pixel-coordinate H = N^-1 G N for a (w, h) image, float64 (3, 3)."""
     norm = _norm_matrix(*size)
     hmat = torch.linalg.inv(norm) @ torch.as_tensor(np.asarray(G, dtype=np.float64)).reshape(3, 3) @ norm
@@ -409,7 +410,7 @@ class HomographyGaussian:
     sigma: np.ndarray  # (8, 8)
     per_class: dict[int, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         self.mu, self.sigma = _check_gaussian(self.mu, self.sigma)
         self.per_class = {int(k): _check_gaussian(*v) for k, v in self.per_class.items()}
 
@@ -437,7 +438,7 @@ class HomographyGaussian:
         return cls(data["mu"], data["sigma"], per_class)
 
 
-def fit_homography_gaussian(hs, size: tuple[int, int] | None = None, labels=None,
+def fit_homography_gaussian(hs: Sequence, size: tuple[int, int] | None = None, labels: Sequence[int] | None = None,
                             ridge: float = 1e-12) -> HomographyGaussian:
     """Sec. 3.5: maximum-likelihood N(mu, Sigma) of the 8 free parameters of H - I.
 
@@ -542,8 +543,8 @@ def build_image_to_clip(mode: str = "still", motion: HomographyGaussian | None =
 SNIPPET_MODES = {"1p2n": (1, 2), "2p1n": (2, 1), "3pos": (3, 0), "3rand": None}  # Table 14 rows
 
 
-def select_snippet(scores, label: int, mode: str = "1p2n", rng: np.random.Generator | None = None,
-                   threshold: float = 0.5) -> np.ndarray:
+def select_snippet(scores: np.ndarray | Sequence[float], label: int, mode: str = "1p2n",
+                   rng: np.random.Generator | None = None, threshold: float = 0.5) -> np.ndarray:
     """Table 14: pick the 3 frames of a TSN snippet from the 1-FPS frames of an untrimmed video.
 
     scores: (F, num_classes) teacher probabilities, or (F,) probability of `label`. Positives: prob >= threshold.
@@ -580,17 +581,17 @@ def select_snippet(scores, label: int, mode: str = "1p2n", rng: np.random.Genera
 # ----------------------------------------------------------------------------------------------------------------------
 
 
-def _check_clip(frames, where: str) -> None:
+def _check_clip(frames: object, where: str) -> None:
     if not isinstance(frames, np.ndarray) or frames.ndim != 4 or frames.shape[-1] != 3:
         got = getattr(frames, "shape", type(frames))
         raise ValueError(f"transforms.{where}: expected uint8 numpy (T, H, W, 3), got {got}")
 
 
-def _pair(size) -> tuple[int, int]:
+def _pair(size: int | Sequence[int]) -> tuple[int, int]:
     return (int(size), int(size)) if np.isscalar(size) else (int(size[0]), int(size[1]))
 
 
-def _crop(frames: np.ndarray, box) -> np.ndarray:
+def _crop(frames: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
     x1, y1, x2, y2 = box
     return frames[:, y1:y2, x1:x2]
 
@@ -649,7 +650,7 @@ def _cv2_linear_plan(h: int, w: int, new_h: int, new_w: int) -> tuple:
             b0[:, None], b1[:, None])
 
 
-def _cv2_linear_taps(src: int, dst: int, clamp: bool):
+def _cv2_linear_taps(src: int, dst: int, clamp: bool) -> tuple[torch.Tensor, ...]:
     """cv2 INTER_LINEAR taps along one axis: source indices (i0, i1) and 11-bit weights (w0, w1), each (dst,).
 
     Source coordinate f = (d + 0.5) * scale - 0.5 with scale = 1 / (dst / src) in double, then float32 as cv2 does;
@@ -704,19 +705,19 @@ def _translation(dx: float, dy: float) -> np.ndarray:
     return np.array([[1.0, 0.0, dx], [0.0, 1.0, dy], [0.0, 0.0, 1.0]])
 
 
-def _params_to_h(params) -> np.ndarray:
+def _params_to_h(params: np.ndarray | Sequence[float]) -> np.ndarray:
     """(..., 8) parameters of H - I (row-major, H[2,2] = 1) -> (..., 3, 3)."""
     params = np.asarray(params, dtype=np.float64)
     full = np.concatenate([params, np.zeros(params.shape[:-1] + (1,))], axis=-1)
     return full.reshape(params.shape[:-1] + (3, 3)) + np.eye(3)
 
 
-def _h_to_params(hmat) -> np.ndarray:
+def _h_to_params(hmat: np.ndarray | torch.Tensor) -> np.ndarray:
     hmat = np.asarray(hmat, dtype=np.float64)
     return (hmat / hmat[2, 2] - np.eye(3)).reshape(9)[:8]
 
 
-def _check_gaussian(mu, sigma) -> tuple[np.ndarray, np.ndarray]:
+def _check_gaussian(mu: np.ndarray | Sequence, sigma: np.ndarray | Sequence) -> tuple[np.ndarray, np.ndarray]:
     mu, sigma = np.asarray(mu, dtype=np.float64), np.asarray(sigma, dtype=np.float64)
     if mu.shape != (8,) or sigma.shape != (8, 8):
         raise ValueError(f"transforms.HomographyGaussian: expected mu (8,) and sigma (8, 8), "
@@ -742,7 +743,7 @@ def _warp_batch(chw: torch.Tensor, hmats: torch.Tensor, padding: str) -> torch.T
         xs = torch.arange(w, dtype=torch.float32).view(1, 1, w)
         ys = torch.arange(h, dtype=torch.float32).view(1, h, 1)
 
-        def row(k):  # (M, H, W): inv[k, 0] * x + inv[k, 1] * y + inv[k, 2]
+        def row(k: int) -> torch.Tensor:  # (M, H, W): inv[k, 0] * x + inv[k, 1] * y + inv[k, 2]
             return inv[:, k, 0].view(-1, 1, 1) * xs + (inv[:, k, 1].view(-1, 1, 1) * ys + inv[:, k, 2].view(-1, 1, 1))
 
         z = row(2)
@@ -755,7 +756,7 @@ def _warp_batch(chw: torch.Tensor, hmats: torch.Tensor, padding: str) -> torch.T
     return out
 
 
-def _gray(image) -> torch.Tensor:
+def _gray(image: np.ndarray | torch.Tensor) -> torch.Tensor:
     """uint8 (H, W, 3) / (H, W) numpy or float tensor (3, H, W) / (H, W) -> float32 gray (H, W) on the 0-1 scale."""
     if isinstance(image, np.ndarray):
         x = torch.from_numpy(image.astype(np.float32))
@@ -788,7 +789,8 @@ def _norm_matrix(w: int, h: int) -> torch.Tensor:
     return torch.tensor([[1 / s, 0, -(w - 1) / 2 / s], [0, 1 / s, -(h - 1) / 2 / s], [0, 0, 1]], dtype=torch.float64)
 
 
-def _align_level(tmpl, img, g, bias, level, full_size, max_iters, tol):
+def _align_level(tmpl: torch.Tensor, img: torch.Tensor, g: torch.Tensor, bias: float, level: int,
+                 full_size: tuple[int, int], max_iters: int, tol: float) -> tuple[torch.Tensor, float]:
     """Inverse-compositional Gauss-Newton at one pyramid level; g (3, 3) normalised src -> dst, returns (g, bias)."""
     hl, wl = tmpl.shape
     w, h = full_size
@@ -835,7 +837,7 @@ def _align_level(tmpl, img, g, bias, level, full_size, max_iters, tol):
 
 
 @contextmanager
-def _torch_threads(n: int):
+def _torch_threads(n: int) -> Iterator[None]:
     """Temporarily run torch intra-op work on n threads."""
     old = torch.get_num_threads()
     torch.set_num_threads(n)
