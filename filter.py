@@ -1,6 +1,6 @@
 """Teacher filtering of crawled web data (OmniSource Sec. 3.3-3.5): step 2 of the procedure in Table 1.
 
-    python filter.py --data-root data --source synth-web-img --teacher work_dirs/tsn/best.pth --out web-img-f
+    python filter.py --data-root data --source synth-web-img --teacher work_dirs/tsn/final.pth --out web-img-f
     python filter.py --data-root data --source synth-web-vid --teacher tsn.pth slowonly.pth --out web-vid-f
     python filter.py --data-root data --source synth-web-untrimmed --teacher tsn.pth --student 2d --out untr-2d
     python filter.py --data-root data --source synth-web-untrimmed --teacher slowonly.pth --student 3d --out untr-3d
@@ -236,7 +236,7 @@ def load_teachers(paths: Sequence[str | Path], device: str = "cpu", arch: str | 
     for p in paths:
         if not Path(p).is_file():
             raise FileNotFoundError(f"--teacher {p}: no such file (give train.py checkpoints, e.g. "
-                                    f"WORK_DIR/best.pth)")
+                                    f"WORK_DIR/final.pth)")
     teachers = []
     for p in paths:
         try:

@@ -43,8 +43,12 @@ is one more reason the paper tunes it (Fig. 8).
 
 The procedure (`run_procedure`) imports neither train.py nor filter.py: each step is printed and run as a
 command (`$ python train.py ...`; with --nproc N, `torchrun --standalone --nproc-per-node N train.py ...`), and
-its results come back from the run's WORK_DIR/metrics.json. Imports flow one way: train.py, filter.py ->
-omnisource.py -> data.py, models.py, transforms.py, synthetic.py.
+its results come back from the run's WORK_DIR/metrics.json. Imports flow one way (tests/test_omnisource.py):
+
+    train.py       -> omnisource.py, data.py, models.py, transforms.py, synthetic.py
+    filter.py      -> data.py, models.py, transforms.py
+    omnisource.py  -> data.py, models.py, transforms.py, synthetic.py
+    data.py, models.py -> transforms.py
 """
 from __future__ import annotations
 
