@@ -158,8 +158,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                    "split (MMAction2's practice; an optimistic figure)")
     g.add_argument("--val-every", type=int, default=None, help="quick validation (centre crop, training clip "
                    "count) every N epochs, logged; with --select val it picks best.pth (default: max(1, epochs // "
-                   "10), about ten validations "
-                   "per run, so short epochs of small datasets are not dominated by validation)")
+                   "10), about ten validations per run, so short epochs of small datasets are not dominated by "
+                   "validation)")
     g.add_argument("--log-interval", type=int, default=20, help="steps between log lines")
     g.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
     g = p.add_argument_group("speed (same results, less time; README 'Speed')")
@@ -586,7 +586,8 @@ def weights_to_test(run: Run) -> tuple[str, str]:
     if not found[0]:                                # deleted by hand: nothing else to choose from
         return "last (no best.pth)", last + f": {ckpt} not found"
     load_weights_everywhere(run, ckpt)
-    return f"best on val (epoch {run.best_epoch})", f"{ckpt}, the best on val (epoch {run.best_epoch}, --select val)"
+    epoch = f"epoch {run.best_epoch}" if run.best_epoch else "epoch not recorded"   # a latest.pth of an older train.py
+    return f"best on val ({epoch})", f"{ckpt}, the best on val ({epoch}, --select val)"
 
 
 @torch.no_grad()
