@@ -271,10 +271,10 @@ def test_read_frames_past_the_end_and_bad_indices(gen_video):
         data.read_frames(gen_video, [])
 
 
-def test_read_frames_lenient_retries_at_the_true_count_within_max_missing(gen_video):
+def test_read_frames_lenient_retries_at_the_true_count_within_max_missing(gen_video: Path) -> None:
     """A count larger than the decodable frames (an optimistic container) is read again at the true count,
     within max_missing; beyond it the file is truncated and the error stays; `read` serves the first try."""
-    def spread(n):                      # 5 frames over the whole video, the last one included
+    def spread(n: int) -> np.ndarray:   # 5 frames over the whole video, the last one included
         return np.linspace(0, n - 1, 5).round().astype(int)
     expected = data.read_frames_naive(gen_video, spread(GEN_FRAMES))
     frames, n = data.read_frames_lenient(gen_video, GEN_FRAMES, spread)
@@ -286,7 +286,7 @@ def test_read_frames_lenient_retries_at_the_true_count_within_max_missing(gen_vi
         data.read_frames_lenient(gen_video, GEN_FRAMES + 2, spread, max_missing=1)
     first_tries = []
 
-    def read(indices):
+    def read(indices: np.ndarray) -> np.ndarray:
         first_tries.append(indices.tolist())
         return data.read_frames(gen_video, indices)
     clamped, n = data.read_frames_lenient(gen_video, GEN_FRAMES + 1, lambda k: np.minimum([0, GEN_FRAMES], k - 1),

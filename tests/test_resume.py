@@ -18,6 +18,9 @@ from pathlib import Path
 import pytest
 import torch
 
+import data
+import train
+
 ROOT = Path(__file__).resolve().parents[1]
 ENV = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
 # 4 optimiser steps per epoch (32 videos, batch 8), a mid-epoch latest.pth every 3 steps (not aligned with the
@@ -118,8 +121,6 @@ def assert_same_run(a, b):
 def broken_copy(small_data, root):
     """The demo target with two training videos replaced by broken files: one read by rank 0 and one by rank 1
     in epoch 1 (train.ShardedShuffle's order), neither the other's replacement (index + stride)."""
-    import data
-    import train
     (root / "synth").mkdir(parents=True)
     for name in ("classes.txt", "val.txt"):
         (root / "synth" / name).write_text((small_data / "synth" / name).read_text())

@@ -6,9 +6,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import av
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 import data
 import models
@@ -60,7 +62,6 @@ def test_learns_an_easy_generated_set_far_above_chance(tmp_path):
 
 def write_colour_dataset(root, per_class, size=(64, 48), frames=12):
     """classes.txt, train.txt, val.txt and H.264 videos of a square of the class colour moving on noise."""
-    import av
     colours = {"red": (220, 40, 40), "green": (40, 200, 60), "blue": (40, 60, 220), "yellow": (230, 220, 40)}
     (root / "videos").mkdir(parents=True)
     (root / "classes.txt").write_text("\n".join(colours) + "\n")
@@ -90,12 +91,11 @@ def test_checkpoint_is_self_describing(small_data, tmp_path):
     ckpt = torch.load(tmp_path / "latest.pth", weights_only=True)
     assert ckpt["arch"] == "tsn_tiny" and len(ckpt["classes"]) == 4 and ckpt["epoch"] == 1
     assert {"optimizer", "rng", "model_args", "args"} <= set(ckpt)
-    import models
     model = models.from_checkpoint(tmp_path / "latest.pth")
     assert model.classes == ckpt["classes"]
 
 
-def test_select_last_tests_the_last_weights_and_final_pth_holds_them(small_data, tmp_path):
+def test_select_last_tests_the_last_weights_and_final_pth_holds_them(small_data: Path, tmp_path: Path) -> None:
     """--select last (the default): the final test's figures are a `--test --checkpoint latest.pth` run's (the
     weights after the last epoch); final.pth holds exactly those weights and says so; no best.pth is written."""
     work = tmp_path / "w"
@@ -112,7 +112,7 @@ def test_select_last_tests_the_last_weights_and_final_pth_holds_them(small_data,
     assert t["weights"] == str(work / "latest.pth")
 
 
-def test_select_val_tests_best_pth_chosen_on_val_and_says_which_epoch(small_data, tmp_path):
+def test_select_val_tests_best_pth_chosen_on_val_and_says_which_epoch(small_data: Path, tmp_path: Path) -> None:
     """--select val (MMAction2's practice), run as a user runs it: best.pth is the epoch of the first highest
     quick-validation top-1 in log.jsonl; the final test reports it (a `--test --checkpoint best.pth` run's figures),
     final.pth holds those weights, metrics.json and the "testing ..." line name the epoch."""
@@ -205,7 +205,7 @@ def test_schedule_follows_the_recipes():
     assert short.lr_steps == (30, 43)                                               # 90/150 and 130/150 of 50
 
 
-def test_joint_batches_set_epoch_skips_the_done_steps_of_the_uninterrupted_epoch():
+def test_joint_batches_set_epoch_skips_the_done_steps_of_the_uninterrupted_epoch() -> None:
     """JointBatches.set_epoch(epoch, first_step) (a mid-epoch --resume) yields exactly the batches of steps
     first_step.. of the uninterrupted epoch, in every source; the same as setting each sampler from outside
     (start = first_step x its batch size, the path it replaces); another epoch is another order."""
@@ -214,7 +214,7 @@ def test_joint_batches_set_epoch_skips_the_done_steps_of_the_uninterrupted_epoch
     loader, sizes = train.make_train_loader(args, target, aux, rank=0, world=1)
     assert sizes == [4, 2, 2] and len(loader) == 10
 
-    def epoch_ids(epoch, first_step):
+    def epoch_ids(epoch: int, first_step: int) -> list[list[list[int]]]:
         loader.set_epoch(epoch, first_step)
         return [[c.tolist() for c in clips] for clips, _, _ in loader]
 
@@ -227,7 +227,7 @@ def test_joint_batches_set_epoch_skips_the_done_steps_of_the_uninterrupted_epoch
     assert epoch_ids(2, 0) != full and epoch_ids(1, 0) == full
 
 
-def test_still_clips_come_from_one_implementation_in_training_and_testing(small_data):
+def test_still_clips_come_from_one_implementation_in_training_and_testing(small_data: Path) -> None:
     """A web image becomes a still clip (the image, resized once to the pipeline's short side, repeated) through
     transforms.image_to_clip alone: train.py's training path (--inflate still), its test path and
     data.VideoDataset's default give those frames (before augmentation)."""
@@ -249,14 +249,14 @@ def test_still_clips_come_from_one_implementation_in_training_and_testing(small_
 class Items(torch.utils.data.Dataset):
     """In-memory items (id, label, index) with ids `ids` and labels id % classes (a stub VideoDataset)."""
 
-    def __init__(self, ids, classes):
+    def __init__(self, ids: range, classes: int):
         self.ids = list(ids)
         self.samples = [data.Sample(Path(f"{i}.mp4"), i % classes, "video") for i in self.ids]
 
-    def __len__(self):
+    def __len__(self) -> int:
         return len(self.ids)
 
-    def __getitem__(self, index):
+    def __getitem__(self, index: int) -> tuple[int, int, int]:
         return self.ids[index], self.samples[index].label, index
 
 
@@ -295,7 +295,6 @@ def test_label_out_of_range_names_the_line(small_data, tmp_path, capsys):
 
 
 def test_checkpoint_with_other_class_count_says_both(small_data, tmp_path, capsys):
-    import models
     other = models.build_model("tsn_tiny", 7)
     torch.save({"model": other.state_dict(), "arch": "tsn_tiny", "classes": [str(i) for i in range(7)]},
                tmp_path / "seven.pth")
@@ -328,7 +327,6 @@ def test_export_mmaction_round_trips(small_data, tmp_path):
 
 
 def test_finetune_loads_the_backbone_of_another_class_count(small_data, tmp_path):
-    import models
     other = models.build_model("tsn_tiny", 7)
     torch.save({"model": other.state_dict(), "arch": "tsn_tiny", "classes": [str(i) for i in range(7)]},
                tmp_path / "seven.pth")
@@ -343,7 +341,6 @@ def released_layout(root, small_data):
     """A small copy of the released layouts (data.LAYOUTS): K400 with classes class_000..class_399 and a few
     videos, the OmniSource folder with k200_actions.txt (class_399, class_398, ..., class_201 and one class
     K400 lacks, 'unicycling': another order than K400's) and four googleimage_200 images labelled in it."""
-    from PIL import Image
     k400 = root / "kinetics400"
     (k400 / "videos_train").mkdir(parents=True)
     (k400 / "videos_val").mkdir()
@@ -429,7 +426,6 @@ def test_dirty_files_in_every_source_are_skipped_named_once_and_counted_exactly(
     20 samples, all drawn once in the epoch (batch 5, ratio 1:1:1, --resample none), the bad ones last (their
     replacement, index + 13 mod 20, is always a good one, so no two workers ever try the same bad file): the
     log counts exactly the 12 bad files, and the warnings name each exactly once."""
-    from PIL import Image
     root = tmp_path / "data"
     classes = (small_data / "synth" / "classes.txt").read_text()
     good = [line.split() for line in (small_data / "synth" / "train.txt").read_text().splitlines()]
@@ -473,7 +469,6 @@ def test_dirty_files_in_every_source_are_skipped_named_once_and_counted_exactly(
 
 def write_dirty(path, video):
     """One bad file of the kind its name says (a crawl's usual breakage); `video` is a good .mp4 to cut."""
-    import av
     kind = path.stem
     if kind == "missing":
         return
@@ -486,7 +481,6 @@ def write_dirty(path, video):
     elif kind == "page":
         path.write_text("<!DOCTYPE html><html><head><title>404 Not Found</title></head><body></body></html>\n")
     elif kind == "pixel":
-        from PIL import Image
         Image.new("RGB", (1, 1), (255, 255, 255)).save(path)
     elif kind == "audio_only":                 # a valid MP4 with an AAC stream and no video stream
         with av.open(str(path), "w") as out:

@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import av
 import numpy as np
 import pytest
 import torch
@@ -576,7 +577,6 @@ def _photometric_error(a, b, margin=20):
 
 
 def _read_frames(path, n):
-    import av
     with av.open(str(path)) as container:
         frames = [f.to_ndarray(format="rgb24") for _, f in zip(range(n), container.decode(video=0))]
     return np.stack(frames)
