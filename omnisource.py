@@ -362,7 +362,7 @@ def confusion_pairs(cm_before: np.ndarray, cm_after: np.ndarray, classes: list[s
 
 
 TESTED = {"last": "the final weights of each run",                  # --select: which weights are tested
-          "val": "the weights of each run chosen on that same val split (best.pth)"}
+          "val": "the weights of each run that scored best on this same split (best.pth)"}
 
 
 class StepFailed(RuntimeError):
@@ -542,7 +542,8 @@ def write_table(work: Path, rows: list[tuple[str, dict]], select: str = "last", 
     second row) and, on the generated demo data, the filter's precision and recall against the generator's truth.
     Says which weights were tested (--select). Returns the text of results.md."""
     tested = TESTED[select]
-    lines = [f"Top-1, top-5 and mean class accuracy on the val split of {tested} (--select {select}).", "",
+    lines = [f"Accuracy on the val split of {rows[0][1].get('target', 'the target')}, of {tested} "
+             f"(--select {select}).", "",
              "| run | top-1 | top-5 | mean class acc |", "| --- | --- | --- | --- |"]
     lines += [f"| {name} | {m['top1']:.4f} | {m['top5']:.4f} | {m['mean_class_acc']:.4f} |" for name, m in rows]
     if quality:

@@ -160,8 +160,7 @@ def test_omnisource_procedure_as_typed(data_root, tmp_path):
                        "--mixup", "0.1", "--inflate", "warp-agno", "--snippet", "3pos", "--also-unfiltered",
                        "--also-still", "--motion-videos", "4", "--seed", "0", "--workers", "0", "--work-dir", work])
     rows = (work / "results.md").read_text().splitlines()
-    assert rows[0] == ("Top-1, top-5 and mean class accuracy on the val split of the final weights of each run "
-                       "(--select last).")
+    assert rows[0] == "Accuracy on the val split of synth, of the final weights of each run (--select last)."
     assert rows[4].startswith("| baseline (target only) |") and rows[5].startswith("| OmniSource (filtered")
     assert rows[6].startswith("| unfiltered web data |") and rows[7].startswith("| filtered, still images")
     runs = {name: torch.load(work / name / "latest.pth", weights_only=False)["args"]
