@@ -180,6 +180,17 @@ def test_read_metrics_takes_the_confusion_matrix_from_the_csv(tmp_path):
     assert omnisource.read_metrics(tmp_path)["confusion_matrix"] == [[3, 1], [2, 4]]
 
 
+@pytest.mark.parametrize("argv,flag", [(["--ratio", "2:1"], "--ratio '2:1': expected 4 positive numbers"),
+                                       (["--resample", "power:3"], "--resample 'power:3'"),
+                                       (["--nproc", "0"], "--nproc 0: expected"),
+                                       (["--sources", ""], "--sources: expected at least one")])
+def test_bad_flags_of_the_last_steps_stop_the_procedure_before_it_starts(tmp_path, capsys, argv, flag):
+    with pytest.raises(SystemExit) as stop:
+        omnisource.main(["--data-root", str(tmp_path / "d"), "--work-dir", str(tmp_path / "w"), *argv])
+    assert str(stop.value).startswith(f"error: {flag}") and "\n" not in str(stop.value)
+    assert capsys.readouterr().out == "" and not (tmp_path / "d").exists()      # no step printed, nothing generated
+
+
 # the order in which the top-level modules may import each other: only modules of a lower layer
 LAYERS = {"transforms": 0, "synthetic": 0, "data": 1, "models": 1, "omnisource": 2, "train": 3, "filter": 3,
           "benchmark": 4}     # benchmark.py times the entry points' own functions in-process
@@ -222,12 +233,12 @@ class _CountingSGD(torch.optim.SGD):
 
 
 def test_the_docstring_index_names_functions_that_exist():
-    import_names = {"omnisource": omnisource, "train": train, "filter": filter_module, "data": data,
-                    "transforms": transforms, "models": models}
+    modules = {"omnisource": omnisource, "train": train, "filter": filter_module, "data": data,
+               "transforms": transforms, "models": models}
     index = omnisource.__doc__.split("Where each part of the paper lives")[1].split("How batch norm")[0]
     named = set(re.findall(r"\b(omnisource|train|filter|data|transforms|models)\.(?!py\b)([A-Za-z_]\w*)", index))
     assert len(named) >= 20
-    missing = sorted(f"{m}.{f}" for m, f in named if not hasattr(import_names[m], f))
+    missing = sorted(f"{m}.{f}" for m, f in named if not hasattr(modules[m], f))
     assert missing in ([], PENDING_SEC_3_3), missing
 
 
