@@ -68,16 +68,19 @@ import transforms
 
 @dataclass(frozen=True)
 class ResNetConfig:
-    """Shape of a ResNet: block type, blocks per stage, base width (64 = standard; 16 for tiny demo models)."""
+    """Shape of a ResNet: block type, blocks per stage, base width (64 = standard; 16 for tiny demo models), stem."""
 
     block: str  # 'basic' (ResNet-18/34) or 'bottleneck' (ResNet-50/101/152)
     layers: tuple[int, int, int, int]  # number of blocks in layer1..layer4
     width: int = 64  # channels after the stem; stage i has width * 2**i planes (times the block expansion)
     in_channels: int = 3  # RGB
+    stem: str = "imagenet"  # a STEMS key: 'imagenet' for 224 px crops, 'small' for the tiny nets' 64 px crops
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         if self.block not in BLOCKS:
             raise ValueError(f"models.ResNetConfig: block must be one of {sorted(BLOCKS)}, got {self.block!r}")
+        if self.stem not in STEMS:
+            raise ValueError(f"models.ResNetConfig: stem must be one of {sorted(STEMS)}, got {self.stem!r}")
         if len(self.layers) != 4 or min(self.layers) < 1 or self.width < 1:
             raise ValueError(f"models.ResNetConfig: need 4 positive stage depths and width >= 1, got {self}")
 
@@ -138,6 +141,13 @@ class Bottleneck(nn.Module):
 
 BLOCKS = {"basic": BasicBlock, "bottleneck": Bottleneck}
 
+# Stem = conv1 (kernel, stride) + BN + ReLU, then a 3x3 stride-2 max-pool or none: stem name -> (kernel, stride, pool).
+# 'imagenet' (torchvision, MMAction2) divides the input by 4: 224 -> 56 before layer1, 7x7 after layer4.
+# 'small' (the tiny demo nets) divides it by 2 and looks at every pixel first: for 64 px crops layer1 sees 32x32 and
+# layer4 4x4, where the ImageNet stem leaves 16x16 and 2x2 and its stride-2 conv skips every other pixel, too coarse
+# for a surface pattern a few pixels wide (the generated demo classes are such patterns).
+STEMS = {"imagenet": (7, 2, True), "small": (3, 1, True)}
+
 RESNET_CONFIGS = {
     18: ResNetConfig("basic", (2, 2, 2, 2)),
     34: ResNetConfig("basic", (3, 4, 6, 3)),
@@ -162,10 +172,11 @@ class ResNet(nn.Module):
         super().__init__()
         self.cfg = cfg
         block, w = BLOCKS[cfg.block], cfg.width
-        self.conv1 = _conv(2, cfg.in_channels, w, 7, 2)  # 7x7 stride 2 pad 3
+        kernel, stride, pool = STEMS[cfg.stem]
+        self.conv1 = _conv(2, cfg.in_channels, w, kernel, stride)  # 'imagenet': 7x7 stride 2 pad 3
         self.bn1 = nn.BatchNorm2d(w)
         self.relu = nn.ReLU(inplace=True)
-        self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
+        self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1) if pool else nn.Identity()
         self.layer1, self.layer2, self.layer3, self.layer4 = _make_stages(block, cfg, ndim=2, t_kernels=(1,) * 4)
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.feat_dim = 8 * w * block.expansion  # 2048 for ResNet-50, 512 for ResNet-18
@@ -173,8 +184,8 @@ class ResNet(nn.Module):
         _init_convs_and_bns(self)
 
     def feature_map(self, x: torch.Tensor) -> torch.Tensor:
-        """(N, C, H, W) -> (N, D, H/32, W/32)."""
-        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))  # (N, w, H/4, W/4)
+        """(N, C, H, W) -> (N, D, H/32, W/32) ('small' stem: H/16, W/16)."""
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))  # (N, w, H/4, W/4) ('small' stem: H/2, W/2)
         return self.layer4(self.layer3(self.layer2(self.layer1(x))))
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
@@ -186,11 +197,11 @@ class ResNet(nn.Module):
         return feats if self.fc is None else self.fc(feats)  # (N, num_classes)
 
 
-def resnet(depth: int, num_classes: int | None = 1000, width: int = 64) -> ResNet:
-    """2D ResNet-`depth` (18, 34, 50, 101, 152) at base `width`."""
+def resnet(depth: int, num_classes: int | None = 1000, width: int = 64, stem: str = "imagenet") -> ResNet:
+    """2D ResNet-`depth` (18, 34, 50, 101, 152) at base `width` with a STEMS `stem`."""
     if depth not in RESNET_CONFIGS:
         raise ValueError(f"models.resnet: depth must be one of {sorted(RESNET_CONFIGS)}, got {depth}")
-    return ResNet(replace(RESNET_CONFIGS[depth], width=width), num_classes)
+    return ResNet(replace(RESNET_CONFIGS[depth], width=width, stem=stem), num_classes)
 
 
 def resnet18(num_classes: int | None = 1000, width: int = 64) -> ResNet:
@@ -256,9 +267,9 @@ class _ClipNet(nn.Module):
     """
 
     def feature_map(self, x: torch.Tensor) -> torch.Tensor:
-        """(N, C, T, H, W) -> (N, D, T', H/32, W/32); T' = T for SlowOnly, T/8 for irCSN."""
+        """(N, C, T, H, W) -> (N, D, T', H/32, W/32), T' = T for SlowOnly, T/8 for irCSN; 'small' stem: H/16, W/16."""
         _check_video(x, type(self).__name__)
-        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))  # (N, w, T, H/4, W/4)
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))  # (N, w, T, H/4, W/4) ('small' stem: H/2, W/2)
         return self.layer4(self.layer3(self.layer2(self.layer1(x))))
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
@@ -276,7 +287,8 @@ class _ClipNet(nn.Module):
 class ResNet3dSlowOnly(_ClipNet):
     """SlowOnly ResNet (MMAction2 ResNet3dSlowOnly + I3DHead) with the 2D ResNet's parameter names.
 
-    conv1 (1,7,7) stride (1,2,2) pad (0,3,3); maxpool (1,3,3) stride (1,2,2) pad (0,1,1); no temporal downsampling.
+    conv1 (1,7,7) stride (1,2,2) pad (0,3,3); maxpool (1,3,3) stride (1,2,2) pad (0,1,1) (the 'imagenet' stem; the
+    tiny net's 'small' stem: STEMS); no temporal downsampling.
     Blocks of the stages flagged in `inflate` (layer3, layer4) have a temporal kernel 3 on conv1 (padding 1, zeros at
     the clip ends).  The last BN of every block starts at gamma = 0.  Head: global average pool over (T, H, W),
     dropout 0.5, fc (normal std 0.01, bias 0).
@@ -287,10 +299,12 @@ class ResNet3dSlowOnly(_ClipNet):
         super().__init__()
         self.cfg = cfg
         block, w = BLOCKS[cfg.block], cfg.width
-        self.conv1 = _conv(3, cfg.in_channels, w, 7, 2, t_kernel=1)  # (1,7,7) stride (1,2,2) pad (0,3,3)
+        kernel, stride, pool = STEMS[cfg.stem]
+        self.conv1 = _conv(3, cfg.in_channels, w, kernel, stride, t_kernel=1)  # 'imagenet': (1,7,7) stride (1,2,2)
         self.bn1 = nn.BatchNorm3d(w)
         self.relu = nn.ReLU(inplace=True)
-        self.maxpool = nn.MaxPool3d(kernel_size=(1, 3, 3), stride=(1, 2, 2), padding=(0, 1, 1))
+        self.maxpool = (nn.MaxPool3d(kernel_size=(1, 3, 3), stride=(1, 2, 2), padding=(0, 1, 1)) if pool
+                        else nn.Identity())
         t_kernels = tuple(3 if flag else 1 for flag in inflate)
         self.layer1, self.layer2, self.layer3, self.layer4 = _make_stages(block, cfg, ndim=3, t_kernels=t_kernels)
         self.feat_dim = 8 * w * block.expansion
@@ -301,16 +315,17 @@ class ResNet3dSlowOnly(_ClipNet):
         _init_fc(self.fc)
 
 
-def tsn_resnet(depth: int, num_classes: int, width: int = 64, dropout: float = 0.4) -> TSN:
+def tsn_resnet(depth: int, num_classes: int, width: int = 64, dropout: float = 0.4, stem: str = "imagenet") -> TSN:
     """TSN on a 2D ResNet-`depth` backbone (no backbone fc)."""
-    return TSN(resnet(depth, None, width), num_classes, dropout)
+    return TSN(resnet(depth, None, width, stem), num_classes, dropout)
 
 
-def slowonly_resnet(depth: int, num_classes: int, width: int = 64, dropout: float = 0.5) -> ResNet3dSlowOnly:
+def slowonly_resnet(depth: int, num_classes: int, width: int = 64, dropout: float = 0.5,
+                    stem: str = "imagenet") -> ResNet3dSlowOnly:
     """SlowOnly on ResNet-`depth` (50, 101; 18/34 give the BasicBlock variant used by the tiny demo model)."""
     if depth not in RESNET_CONFIGS:
         raise ValueError(f"models.slowonly_resnet: depth must be one of {sorted(RESNET_CONFIGS)}, got {depth}")
-    return ResNet3dSlowOnly(replace(RESNET_CONFIGS[depth], width=width), num_classes, dropout)
+    return ResNet3dSlowOnly(replace(RESNET_CONFIGS[depth], width=width, stem=stem), num_classes, dropout)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -447,9 +462,12 @@ ARCHS: dict[str, tuple[Callable[..., nn.Module], ArchSpec]] = {
     "slowonly_r101_8x8": (partial(slowonly_resnet, 101), ArchSpec("3d", 8, 8, 1, 10, 3, "3d_imagenet")),
     # Table 7's best: irCSN-152, 32 frames every 2nd, IG-65M init (MMAction2 ircsn_ig65m-pretrained-r152 config)
     "ircsn_r152_32x2": (partial(ircsn_resnet, 152), ArchSpec("3d", 32, 2, 1, 10, 3, "ircsn_ig65m")),
-    # tiny demo models: width 16 (about 1/16 of the parameters of the width-64 nets), 64x64 crops
-    "tsn_tiny": (partial(tsn_resnet, 18, width=16), replace(_TSN_SPEC, crop_size=64, recipe="demo")),
-    "slowonly_tiny": (partial(slowonly_resnet, 18, width=16), ArchSpec("3d", 4, 4, 1, 10, 3, "demo", 64)),
+    # tiny demo models: width 16 (about 1/16 of the parameters of the width-64 nets), 64x64 crops, the 'small' stem
+    # (3x3 stride-1 conv + max-pool: 64 -> 32 before layer1, 4x4 after layer4) and one centre crop at test time, at
+    # the training scale (ThreeCrop's full 73x73 frames look unlike the 64 px training crops to a net this small)
+    "tsn_tiny": (partial(tsn_resnet, 18, width=16, stem="small"),
+                 replace(_TSN_SPEC, crops_test=1, crop_size=64, recipe="demo")),
+    "slowonly_tiny": (partial(slowonly_resnet, 18, width=16, stem="small"), ArchSpec("3d", 4, 4, 1, 10, 1, "demo", 64)),
 }
 
 MODEL_OVERRIDES = ("width", "dropout")  # go to the factory

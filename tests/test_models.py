@@ -171,8 +171,49 @@ def test_slowonly_tiny_basic_blocks_have_temporal_conv1():
 
 
 def test_no_temporal_downsampling():
-    net = models.build_model("slowonly_tiny", 5)
-    assert net.feature_map(torch.randn(1, 3, 5, 64, 64)).shape == (1, 128, 5, 2, 2)
+    net = models.build_model("slowonly_r50_4x16", 5)
+    assert net.feature_map(torch.randn(1, 3, 5, 64, 64)).shape == (1, 2048, 5, 2, 2)
+
+
+# ---------------------------------------------------------------- the tiny nets' small-input stem
+
+
+def _resnet18_params(width: int, stem_kernel: int, num_classes: int) -> int:
+    """Parameters of a BasicBlock ResNet-18 at `width` with a `stem_kernel` stem and a linear head, by hand:
+    convs are bias-free, each BN has 2 parameters per channel, the first block of layer2-4 has a 1x1 projection."""
+    total = 3 * width * stem_kernel ** 2 + 2 * width                          # conv1 + bn1
+    total += 2 * 2 * (9 * width * width + 2 * width)                          # layer1: 2 blocks x 2 (conv + BN)
+    for i in (1, 2, 3):
+        cin, c = width * 2 ** (i - 1), width * 2 ** i
+        total += 9 * cin * c + 2 * c + 9 * c * c + 2 * c + cin * c + 2 * c    # first block + projection
+        total += 2 * (9 * c * c + 2 * c)                                      # second block
+    return total + 8 * width * num_classes + num_classes                      # fc
+
+
+def test_tiny_nets_have_the_small_input_stem():
+    kernel, stride, pool = models.STEMS["small"]
+    tsn, net3d = models.build_model("tsn_tiny", 8), models.build_model("slowonly_tiny", 8)
+    assert tsn.backbone.cfg.stem == net3d.cfg.stem == "small"
+    assert sum(p.numel() for p in tsn.parameters()) == _resnet18_params(16, kernel, 8)
+    # SlowOnly: conv1 of every layer3 / layer4 block has 3 temporal taps, 2 more 3x3 kernels per (in, out) pair
+    temporal = 2 * 9 * (32 * 64 + 64 * 64 + 64 * 128 + 128 * 128)
+    assert sum(p.numel() for p in net3d.parameters()) == _resnet18_params(16, kernel, 8) + temporal
+    # the width-64 nets keep torchvision's stem: 7x7 stride 2 + max-pool, 224 -> 7x7 after layer4
+    assert sum(p.numel() for p in models.resnet18(num_classes=1000).parameters()) == _resnet18_params(64, 7, 1000)
+    assert models.build_model("tsn_r18", 8).backbone.conv1.kernel_size == (7, 7)
+
+
+@torch.no_grad()
+def test_small_stem_output_sizes():
+    kernel, stride, pool = models.STEMS["small"]
+    down = stride * (2 if pool else 1) * 8                                    # stem, then layer2-4 stride 2 each
+    tsn = models.build_model("tsn_tiny", 8).eval()
+    assert tsn.backbone.feature_map(torch.randn(2, 3, 64, 64)).shape == (2, 128, 64 // down, 64 // down)
+    assert tsn(torch.randn(2, 3, 3, 64, 64)).shape == (2, 8)
+    net3d = models.build_model("slowonly_tiny", 8).eval()
+    assert net3d.feature_map(torch.randn(1, 3, 4, 64, 64)).shape == (1, 128, 4, 64 // down, 64 // down)
+    with pytest.raises(ValueError, match="stem must be one of"):
+        models.ResNetConfig("basic", (2, 2, 2, 2), stem="cifar")
 
 
 # ---------------------------------------------------------------- inflation (golden: 3D on a static clip == 2D)
@@ -296,7 +337,7 @@ def test_unknown_arch_error_lists_known_names():
 
 
 def test_pretrained_from_file_into_tsn_and_slowonly(tmp_path):
-    source = models.resnet18(num_classes=1000, width=16)
+    source = models.resnet(18, num_classes=1000, width=16, stem="small")   # the tiny nets' stem
     path = tmp_path / "r18w16.pth"
     torch.save({"state_dict": source.state_dict()}, path)
     tsn = models.build_model("tsn_tiny", 5, pretrained=str(path))
