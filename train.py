@@ -58,6 +58,8 @@ import omnisource
 import synthetic
 import transforms
 
+OPTIMIZERS = ("sgd", "adamw")
+
 # The paper's recipes (appendix "Implementation Details"), selected by the architecture's family and
 # whether ImageNet weights are given. lr_per_sample x (samples per optimiser step) = base LR.
 RECIPES = {
@@ -116,7 +118,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--schedule", choices=("step", "cosine"), default=None, help="LR schedule (recipe's)")
     g.add_argument("--warmup-epochs", type=float, default=None, help="linear warm-up from 0 (recipe's, scaled "
                    "like --lr-steps)")
-    g.add_argument("--weight-decay", type=float, default=1e-4, help="SGD weight decay")
+    g.add_argument("--optimizer", choices=OPTIMIZERS, default=None, help="sgd (momentum; every paper recipe) or "
+                   "adamw (decoupled weight decay); default: the recipe's ('optimizer' in RECIPES, else sgd)")
+    g.add_argument("--weight-decay", type=float, default=None, help="weight decay (default: the recipe's "
+                   "'weight_decay', else the paper's 1e-4)")
     g.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
     g.add_argument("--freeze-bn", action=argparse.BooleanOptionalAction, default=None, help="batch norm in eval "
                    "mode (running statistics fixed) with its scale and shift untrained, as MMAction2 fine-tunes the "
@@ -279,8 +284,7 @@ def setup(args: argparse.Namespace, rank: int, world: int, device: torch.device)
         for m in _batch_norms(model):
             m.requires_grad_(False)
     schedule = Schedule.from_args(args, recipe, steps_per_epoch=len(loader), samples_per_step=sum(sizes) * world)
-    optimizer = torch.optim.SGD(model.parameters(), lr=schedule.base_lr, momentum=args.momentum,
-                                weight_decay=args.weight_decay)
+    optimizer = make_optimizer(args, recipe, model, schedule.base_lr)
     # 5. the training model: DDP over the ranks, --compile; run.net stays the bare model
     net = model
     if world > 1:
@@ -725,6 +729,16 @@ class Schedule:
         extra = f" x0.1 at {list(self.lr_steps)}" if self.kind == "step" else ""
         warm = f", {self.warmup_epochs:g} warm-up epochs" if self.warmup_epochs else ""
         return f"{self.epochs} epochs x {self.steps_per_epoch} steps, lr {self.base_lr:.4g} {self.kind}{extra}{warm}"
+
+
+def make_optimizer(args: argparse.Namespace, recipe: dict, model: torch.nn.Module, lr: float) -> torch.optim.Optimizer:
+    """The recipe's optimiser (--optimizer, --weight-decay override it): SGD with --momentum, the paper's for every
+    architecture, unless the recipe names 'adamw' (a key RECIPES may set; absent: sgd, weight decay 1e-4)."""
+    kind = args.optimizer or recipe.get("optimizer", "sgd")
+    decay = args.weight_decay if args.weight_decay is not None else recipe.get("weight_decay", 1e-4)
+    if kind == "adamw":
+        return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=decay)
+    return torch.optim.SGD(model.parameters(), lr=lr, momentum=args.momentum, weight_decay=decay)
 
 
 def recipe_for(args: argparse.Namespace, arch: models.ArchSpec) -> dict:

@@ -260,6 +260,28 @@ class Items(torch.utils.data.Dataset):
         return self.ids[index], self.samples[index].label, index
 
 
+def test_optimizer_follows_the_recipe_and_the_flags() -> None:
+    """SGD with momentum and weight decay 1e-4 for the paper's recipes; a recipe may name AdamW and its decay;
+    --optimizer / --weight-decay override both. Known answer: AdamW's first step is, per weight,
+    w (1 - lr decay) - lr g / (|g| + eps) (bias-corrected moments of one gradient)."""
+    parse = train.get_args_parser().parse_args
+    net = torch.nn.Linear(3, 2)
+    sgd = train.make_optimizer(parse([]), train.RECIPES["tsn"], net, 0.1)
+    assert type(sgd) is torch.optim.SGD
+    assert (sgd.defaults["lr"], sgd.defaults["momentum"], sgd.defaults["weight_decay"]) == (0.1, 0.9, 1e-4)
+    recipe = {"optimizer": "adamw", "weight_decay": 0.05}
+    adamw = train.make_optimizer(parse([]), recipe, net, 1e-2)
+    assert type(adamw) is torch.optim.AdamW and adamw.defaults["weight_decay"] == 0.05
+    before = net.weight.detach().clone()
+    net(torch.ones(1, 3)).sum().backward()
+    grad = net.weight.grad.clone()
+    adamw.step()
+    expected = before * (1 - 1e-2 * 0.05) - 1e-2 * grad / (grad.abs() + adamw.defaults["eps"])
+    assert torch.allclose(net.weight.detach(), expected, atol=1e-7)
+    flags = train.make_optimizer(parse(["--optimizer", "sgd", "--weight-decay", "0"]), recipe, net, 1e-2)
+    assert type(flags) is torch.optim.SGD and flags.defaults["weight_decay"] == 0
+
+
 def test_label_fraction_is_class_balanced():
     class S:
         def __init__(self, label):
