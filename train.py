@@ -6,10 +6,11 @@
     torchrun --nproc_per_node 8 train.py --target k400 --arch slowonly_r50_4x16 ...
     python train.py --target k400 --arch tsn_r50 --checkpoint final.pth --test
 
-The recipes are the paper's (appendix "Implementation Details"): SGD with momentum 0.9 and weight decay
+The recipes (RECIPES) are the paper's (appendix "Implementation Details"): SGD with momentum 0.9 and weight decay
 1e-4, a learning rate linear in the number of samples per step, gradient clipping at norm 40, and per
 family TSN 4e-5/sample, 100 epochs, x0.1 at 40 and 80; 3D from ImageNet 1.6e-4/sample, 150 epochs, x0.1
-at 90 and 130; 3D from scratch 1.6e-3/sample, cosine, 256 epochs with 34 warm-up epochs.
+at 90 and 130; 3D from scratch 1.6e-3/sample, cosine, 256 epochs with 34 warm-up epochs. The tiny demo nets
+(models.py *_tiny) have their own, RECIPES["demo"], not the paper's.
 
 The training step (Sec. 3.2, Eq. 1) is in `train_one_epoch`: one target batch plus one batch per
 auxiliary source, one forward on their concatenation, one loss, ONE optimiser step.
@@ -277,7 +278,7 @@ def setup(args: argparse.Namespace, rank: int, world: int, device: torch.device)
         return Run(args, model, model, classes, None, None, None, None, [args.target], [], device, rank, world)
     # 3. every source's training list and loader, the val loader of the quick validation
     datasets, loader, sizes, val_loader = make_training_data(args, target, model.spec, rank, world)
-    # 4. the recipe of the architecture: schedule (LR linear in the samples per step over all ranks), SGD
+    # 4. the recipe of the architecture: schedule (LR linear in the samples per step over all ranks), optimiser
     recipe = recipe_for(args, model.spec)
     freeze_bn = recipe["freeze_bn"] if args.freeze_bn is None else args.freeze_bn
     if freeze_bn:                                   # bn_frozen: scale and shift are not trained
