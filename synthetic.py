@@ -67,11 +67,11 @@ from PIL import Image
 
 @dataclass
 class SynthConfig:
-    """Sizes and knobs of the generated data; the defaults give ~5 MB in ~15 s (tuples: CLI does not expose)."""
+    """Sizes and knobs of the generated data; the defaults give ~7 MB in ~25 s (tuples: CLI does not expose)."""
     seed: int = 0
     num_classes: int = 8
     train_per_class: int = 6             # labeled target videos per class (train.txt)
-    val_per_class: int = 12              # target validation videos per class (val.txt)
+    val_per_class: int = 50              # target validation videos per class (val.txt): 400, one is 0.25 points
     web_images_per_class: int = 40       # crawled images per query (mean; varies per class by +-web_count_jitter)
     web_videos_per_class: int = 12       # crawled short videos per query (mean)
     untrimmed_per_class: int = 3         # crawled untrimmed videos per query (mean)

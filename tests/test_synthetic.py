@@ -179,6 +179,24 @@ def test_no_broken_option(tmp_path):
     assert not any(t["kind"] == "broken" for s in PREFIX if s != "synth" for t in truth[s].values())
 
 
+def test_a_larger_val_split_leaves_the_training_data_unchanged(tmp_path):
+    # the default val split grew (12 -> 50 per class) so that one video is a fraction of a point; the training
+    # videos and the web crawl must stay byte for byte those of the smaller split (results stay comparable)
+    assert synthetic.SynthConfig().val_per_class * synthetic.SynthConfig().num_classes == 400
+    cfg = dict(SMALL, num_classes=2, train_per_class=1, web_images_per_class=2, web_videos_per_class=1,
+               untrimmed_per_class=1, broken_files=False)
+    for val in (1, 3):
+        synthetic.generate(tmp_path / f"val{val}", synthetic.SynthConfig(**{**cfg, "val_per_class": val}))
+    small, large = tmp_path / "val1", tmp_path / "val3"
+    assert len(_lines(small / "synth" / "val.txt")) == 2 and len(_lines(large / "synth" / "val.txt")) == 6
+    for name in ("synth/train.txt", "synth-web-img/train.txt", "synth-web-vid/train.txt"):
+        assert (small / name).read_text() == (large / name).read_text()
+        for line in _lines(small / name):
+            rel = line.split()[0]
+            assert (small / Path(name).parent / rel).read_bytes() == (large / Path(name).parent / rel).read_bytes()
+    assert set(_lines(small / "synth" / "val.txt")) < set(_lines(large / "synth" / "val.txt"))
+
+
 def test_cli_and_parser(tmp_path, capsys):
     parser = synthetic.get_args_parser()
     assert all(a.help for a in parser._actions)
