@@ -53,8 +53,10 @@ its results come back from the run's WORK_DIR/metrics.json. Imports flow one way
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -99,7 +101,109 @@ def joint_loss(logits: torch.Tensor, targets: torch.Tensor, sizes: list[int]) ->
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# 2. Sec. 3.5: the camera-motion Gaussian of Eq. 2, estimated on the target videos
+# 2. Sec. 3.3: task-specific collection -- the target's class names become each source's search queries
+# ----------------------------------------------------------------------------------------------------------------------
+# The paper crawls with the class names themselves, "with no extra query expansion": Google image search and
+# YouTube-style video search get the class name; a tag-based site (Instagram) gets hashtags made from the
+# class name's words by permutation and stemming (footnote 4: "beekeeping" -> "beekeep"). Google caps the
+# results of one query, so the paper repeats each query restricted to several periods of time (--query-years).
+# We write the queries, one JSON object per line, for a crawler to run; we do not crawl.
+
+QUERY_SOURCES = ("google", "instagram", "youtube")
+STOP_WORDS = frozenset("a an the of on in at to with or and for from by into".split())
+MAX_PERMUTED_WORDS = 2    # longer names keep their word order (the paper: 1,479 tags for 400 classes, ~4 a class)
+
+
+def task_queries(classes: list[str], sources: tuple[str, ...] = QUERY_SOURCES,
+                 years: tuple[int, int] | None = None) -> list[dict]:
+    """Sec. 3.3: every query of every source for the target's class names, in label order.
+
+    Each row: {"source", "label", "class", "query"} (+ "after" / "before", ISO dates, for Google queries when
+    `years` = (first, last) asks for one query per calendar year). Instagram rows hold one hashtag each.
+    """
+    rows = []
+    for label, name in enumerate(classes):
+        for source in sources:
+            if source == "instagram":
+                rows += [_query("instagram", label, name, "#" + tag) for tag in hashtags(name)]
+            elif source == "google" and years:
+                rows += [dict(_query("google", label, name, search_terms(name)), after=f"{y}-01-01",
+                              before=f"{y + 1}-01-01") for y in range(years[0], years[1] + 1)]
+            elif source in QUERY_SOURCES:
+                rows.append(_query(source, label, name, search_terms(name)))
+            else:
+                raise ValueError(f"unknown query source {source!r}: expected one of {', '.join(QUERY_SOURCES)}")
+    return rows
+
+
+def search_terms(name: str) -> str:
+    """A class name as a search-engine query: its words, lower case; a parenthesised note is left out.
+
+    "skiing (not slalom or crosscountry)" -> "skiing"; "ApplyEyeMakeup" (UCF101) -> "apply eye makeup".
+    """
+    return " ".join(class_words(name))
+
+
+def hashtags(name: str) -> list[str]:
+    """Instagram tags of a class name (Sec. 3.3, footnote 4), most literal first, without duplicates.
+
+    1. the content words (stop words such as "with" and "or" dropped, they do not appear in tags);
+    2. every order of them (names of more than MAX_PERMUTED_WORDS words keep theirs), joined without spaces;
+    3. the same with every word stemmed. "playing guitar" -> playingguitar, guitarplaying, playguitar,
+       guitarplay.
+    """
+    words = [w for w in class_words(name) if w not in STOP_WORDS] or class_words(name)
+    orders = itertools.permutations(words) if len(words) <= MAX_PERMUTED_WORDS else [tuple(words)]
+    orders = list(orders)
+    tags = ["".join(o) for o in orders] + ["".join(stem(w) for w in o) for o in orders]
+    return list(dict.fromkeys(t for t in tags if t))
+
+
+def class_words(name: str) -> list[str]:
+    """Lower-case words of a class name: split at spaces, '_', '-', '/' and lower-to-upper case changes;
+    apostrophes and other punctuation dropped; a parenthesised note removed."""
+    name = re.sub(r"\([^)]*\)", " ", name)
+    name = re.sub(r"(?<=[a-z0-9])(?=[A-Z])", " ", name)
+    name = re.sub(r"[’']", "", name)
+    return [w for w in re.split(r"[^a-z0-9]+", name.lower()) if w]
+
+
+def stem(word: str) -> str:
+    """A small English suffix stripper for action names (the first steps of Porter's algorithm, tuned so that
+    the stem is a word a hashtag would use): "beekeeping" -> "beekeep", "running" -> "run", "dancing" -> "dance",
+    "dribbling" -> "dribble", "riding" -> "ride", "skiing" -> "ski", "shoes" -> "shoe", "ponies" -> "pony".
+
+    1. plurals: -ies -> -y, -sses / -shes / -ches / -xes / -zes lose "es", other -s (not -ss, -us, -is) lose "s";
+    2. -ing, when at least three letters with a vowel stay: the stem is then repaired, in this order:
+       a doubled final consonant other than l, s, z is halved (runn -> run); -at, -ag, -bl, -iz, a consonant + l
+       ending of the -ble / -dle / -gle / -kle / -ple / -tle family, -c and -v take an "e" back (massag ->
+       massage); a short
+       consonant-vowel-consonant stem takes an "e" back (rid -> ride) unless it ends in w, x or y.
+    """
+    if len(word) <= 3:
+        return word
+    if word.endswith("ies") and len(word) > 4:
+        return word[:-3] + "y"
+    if word.endswith(("sses", "shes", "ches", "xes", "zes")):
+        return word[:-2]
+    if word.endswith("s") and not word.endswith(("ss", "us", "is")):
+        return word[:-1]
+    if word.endswith("ing") and len(word) >= 6 and re.search(r"[aeiouy]", word[:-3]):
+        return _repair_stem(word[:-3])
+    return word
+
+
+def write_queries(path: str | Path, rows: list[dict]) -> None:
+    """The queries as JSON lines, one per query, written atomically (a crawler reads them line by line)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    os.replace(tmp, path)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# 3. Sec. 3.5: the camera-motion Gaussian of Eq. 2, estimated on the target videos
 # ----------------------------------------------------------------------------------------------------------------------
 
 
@@ -145,7 +249,7 @@ def estimate_motion(data_root: str | Path, target: str, out: str | Path | None =
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# 3. Sec. 3.6: batch ratio, class resampling, mixup
+# 4. Sec. 3.6: batch ratio, class resampling, mixup
 # ----------------------------------------------------------------------------------------------------------------------
 
 
@@ -319,7 +423,7 @@ class JointBatches:
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# 4. Sec. 5.2 "Where does the performance gain come from?": confusion pairs (Tables 18-19)
+# 5. Sec. 5.2 "Where does the performance gain come from?": confusion pairs (Tables 18-19)
 # ----------------------------------------------------------------------------------------------------------------------
 
 
@@ -357,7 +461,7 @@ def confusion_pairs(cm_before: np.ndarray, cm_after: np.ndarray, classes: list[s
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# 5. Table 1: the whole procedure, each step run as the command a user would type
+# 6. Table 1: the whole procedure, each step run as the command a user would type
 # ----------------------------------------------------------------------------------------------------------------------
 
 
@@ -417,6 +521,15 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--work-dir", default="work_dirs/omnisource", help="all runs go to sub-folders of this")
     p.add_argument("--estimate-motion", action="store_true", help="only fit the camera-motion Gaussian of "
                    "--target (Sec. 3.5) and write it to --motion")
+    p.add_argument("--write-queries", default=None, metavar="OUT.jsonl", help="only write the Sec. 3.3 search "
+                   "queries of --target's class names (one JSON object per line: source, label, class, query) for "
+                   "a crawler, and exit")
+    p.add_argument("--query-sources", default=",".join(QUERY_SOURCES), help="with --write-queries: sources to "
+                   "write queries for (google: the class name; instagram: hashtags by permutation and stemming; "
+                   "youtube: the class name)")
+    p.add_argument("--query-years", default=None, metavar="FIRST:LAST", help="with --write-queries: one Google "
+                   "query per calendar year FIRST..LAST (after / before dates), as the paper splits queries by "
+                   "period because Google caps the results of one query; default: one query per class")
     return p
 
 
@@ -563,6 +676,15 @@ def write_table(work: Path, rows: list[tuple[str, dict]], select: str = "last", 
     return text
 
 
+def write_target_queries(args: argparse.Namespace) -> None:
+    """--write-queries: Sec. 3.3's queries for --target's class names -> OUT.jsonl."""
+    classes = data.resolve_dataset(args.data_root, args.target).classes
+    sources = tuple(s.strip() for s in args.query_sources.split(",") if s.strip())
+    rows = task_queries(classes, sources, _parse_years(args.query_years))
+    write_queries(args.write_queries, rows)
+    print(f"{len(rows)} queries for the {len(classes)} classes of {args.target} -> {args.write_queries}", flush=True)
+
+
 def filter_quality(data_root: str | Path, filtered: list[str]) -> list[dict]:
     """Filtering precision / recall per filtered source when DATA_ROOT holds the demo's truth.json."""
     return [q for q in (synthetic.filtering_quality(data_root, name) for name in filtered) if q is not None]
@@ -576,6 +698,9 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(f"error: omnisource.py does not run under torchrun (WORLD_SIZE={world}): it launches every "
                  f"train.py and filter.py step itself; for N processes per step run python omnisource.py --nproc N")
     try:
+        if args.write_queries:
+            write_target_queries(args)
+            return
         if args.estimate_motion:
             estimate_motion(args.data_root, args.target, out=args.motion, max_videos=args.motion_videos,
                             seed=args.seed)
@@ -639,6 +764,32 @@ def _source_kind(data_root: str | Path, source: str) -> str:
     counts = np.bincount(np.asarray(codes, dtype=np.int64), minlength=len(data.KINDS))
     top = data.KINDS[int(counts.argmax())] if counts.sum() else "video"
     return {"image": "image", "untrimmed": "untrimmed", "raw": "untrimmed"}.get(top, "video")
+
+
+def _parse_years(text: str | None) -> tuple[int, int] | None:
+    """--query-years FIRST:LAST -> (FIRST, LAST); None stays None."""
+    if text is None:
+        return None
+    first, sep, last = text.partition(":")
+    if not (sep and first.strip().isdigit() and last.strip().isdigit() and int(first) <= int(last)):
+        raise ValueError(f"--query-years {text}: expected FIRST:LAST calendar years, e.g. 2015:2019")
+    return int(first), int(last)
+
+
+def _query(source: str, label: int, name: str, query: str) -> dict:
+    return {"source": source, "label": label, "class": name, "query": query}
+
+
+def _repair_stem(s: str) -> str:
+    """Step 2 of `stem`: an -ing stem made back into the word's base form where the rules know it."""
+    vowels = "aeiou"
+    if len(s) >= 2 and s[-1] == s[-2] and s[-1] not in vowels + "lsz":
+        return s[:-1]
+    if s.endswith(("at", "ag", "bl", "iz", "c", "v")) and len(s) > 3 or re.search(r"[bdfgkpt]l$", s):
+        return s + "e"
+    if len(s) == 3 and s[0] not in vowels and s[1] in vowels and s[2] not in vowels + "wxy":
+        return s + "e"
+    return s
 
 
 if __name__ == "__main__":
