@@ -541,31 +541,12 @@ def run_procedure(args: argparse.Namespace) -> list[tuple[str, dict]]:
     work, sources = Path(args.work_dir), [s for s in args.sources.split(",") if s]
     motion = args.motion or str(work / "motion.json")
     # 1. Train one (or more) teacher M on D_T. With the same architecture as the student it is also
-    #    the baseline ("target only") of the comparison. The teachers are the weights each run reports.
+    #    the baseline ("target only") of the comparison.
     print("== step 1: teacher / baseline on the target set", flush=True)
-    baseline = run_train(args, "baseline", args.arch)
-    teachers = {"video": work / "baseline" / "final.pth"}
-    teacher_arch = args.teacher_arch or args.arch
-    if teacher_arch != args.arch:
-        run_train(args, "teacher", teacher_arch, init=False)
-        teachers["video"] = work / "teacher" / "final.pth"
-    teachers["image"] = teachers["video"]
-    if not _is_2d(teacher_arch):                       # Sec. 3.4: web images get 2D teachers only
-        run_train(args, "image_teacher", args.image_teacher_arch, init=False)
-        teachers["image"] = work / "image_teacher" / "final.pth"
+    baseline, teachers = train_teachers(args)
     # 2. Run M on every U_i, drop samples under the threshold, pseudo-label the rest (filter.py).
     print("== step 2: teacher filtering of every web source", flush=True)
-    filtered = []
-    for source in sources:
-        out, argv = filter_command(args, source, teachers)
-        run_step(args, "filter.py", argv)
-        if _kept_any(Path(args.data_root) / out):
-            filtered.append(out)
-        else:
-            print(f"{source}: the teacher kept nothing; the source is left out of joint training", flush=True)
-    if not filtered:
-        raise ValueError(f"the teacher kept no web sample of --sources {args.sources} at --threshold "
-                         f"{args.threshold}; lower the threshold or train a better teacher")
+    filtered = filter_sources(args, sources, teachers)
     # 3. Transforms T_i: fit the camera motion of Eq. 2 on the target videos (web images -> clips).
     print("== step 3: camera-motion Gaussian for image-to-clip (Eq. 2)", flush=True)
     run_step(args, "omnisource.py", ["--estimate-motion", "--data-root", args.data_root, "--target", args.target,
@@ -588,6 +569,39 @@ def run_procedure(args: argparse.Namespace) -> list[tuple[str, dict]]:
                      run_train(args, "still", args.arch, _with(joint, "--inflate", "still"))))
     write_table(work, rows, args.select, filter_quality(args.data_root, filtered))
     return rows
+
+
+def train_teachers(args: argparse.Namespace) -> tuple[dict, dict[str, Path]]:
+    """Step 1: the baseline (--arch on the target alone) and the teachers, the weights each run reports
+    (WORK_DIR/RUN/final.pth): {"video": ..., "image": ...}. Returns (the baseline's metrics, teachers)."""
+    work = Path(args.work_dir)
+    baseline = run_train(args, "baseline", args.arch)
+    teachers = {"video": work / "baseline" / "final.pth"}
+    teacher_arch = args.teacher_arch or args.arch
+    if teacher_arch != args.arch:
+        run_train(args, "teacher", teacher_arch, init=False)
+        teachers["video"] = work / "teacher" / "final.pth"
+    teachers["image"] = teachers["video"]
+    if not _is_2d(teacher_arch):                       # Sec. 3.4: web images get 2D teachers only
+        run_train(args, "image_teacher", args.image_teacher_arch, init=False)
+        teachers["image"] = work / "image_teacher" / "final.pth"
+    return baseline, teachers
+
+
+def filter_sources(args: argparse.Namespace, sources: list[str], teachers: dict[str, Path]) -> list[str]:
+    """Step 2: one filter.py run per web source; returns the filtered datasets that kept something."""
+    filtered = []
+    for source in sources:
+        out, argv = filter_command(args, source, teachers)
+        run_step(args, "filter.py", argv)
+        if _kept_any(Path(args.data_root) / out):
+            filtered.append(out)
+        else:
+            print(f"{source}: the teacher kept nothing; the source is left out of joint training", flush=True)
+    if not filtered:
+        raise ValueError(f"the teacher kept no web sample of --sources {args.sources} at --threshold "
+                         f"{args.threshold}; lower the threshold or train a better teacher")
+    return filtered
 
 
 def run_train(args: argparse.Namespace, name: str, arch: str, extra: list[str] | None = None,

@@ -26,7 +26,10 @@ ENV = dict(os.environ, OMP_NUM_THREADS="1")
 NOT_RUN = {"--compile": "torch.compile takes minutes on a CPU; tests/test_speed.py covers the flag",
            "--help": "argparse's own",
            "--resume": "tests/test_resume.py: killed runs resumed, through subprocesses",
-           "--finetune": "test_omnisource_procedure_as_typed below passes it to every train.py run (subprocess)"}
+           "--finetune": "test_omnisource_procedure_as_typed below passes it to every train.py run (subprocess)",
+           "--write-queries": "tests/test_queries.py runs it as a user types it (Sec. 3.3)",
+           "--query-years": "tests/test_queries.py runs it as a user types it (Sec. 3.3)",
+           "--query-sources": "Sec. 3.3; tests/test_queries.py calls task_queries with its sources in-process"}
 USED = {"train": set(), "omnisource": set()}
 
 

@@ -238,9 +238,4 @@ def test_the_docstring_index_names_functions_that_exist():
     index = omnisource.__doc__.split("Where each part of the paper lives")[1].split("How batch norm")[0]
     named = set(re.findall(r"\b(omnisource|train|filter|data|transforms|models)\.(?!py\b)([A-Za-z_]\w*)", index))
     assert len(named) >= 20
-    missing = sorted(f"{m}.{f}" for m, f in named if not hasattr(modules[m], f))
-    assert missing in ([], PENDING_SEC_3_3), missing
-
-
-# Sec. 3.3's query functions, which the index names before they are written
-PENDING_SEC_3_3 = ["omnisource.task_queries", "omnisource.write_queries"]
+    assert not sorted(f"{m}.{f}" for m, f in named if not hasattr(modules[m], f))
