@@ -11,6 +11,8 @@
         --dedup-web 10000 --dedup-val 1000                # the same figures in seconds
     python benchmark.py --what soak                       # 10,000 clips through DataLoader workers; < 10 min
     python benchmark.py --what soak --soak-clips 1000 --soak-every 100
+    python benchmark.py --what small-data                 # plain CNN vs ours on 8 clips per class; ~30 min
+    python benchmark.py --what small-data --quick         # the same table from short runs, a few minutes
 
 What it measures (paper context: the training recipes of the appendix "Implementation Details", TSN with
 3 segments, Sec. 5.1, and SlowOnly 4x16, Sec. 5.2; Table 11 K400-format clips, 340x256, 10 s):
@@ -59,6 +61,15 @@ What it measures (paper context: the training recipes of the appendix "Implement
    rest is at most max(5 %, 16 MiB) (PSS moves by a few % as pages are shared and unshared). With
    --soak-files >= --soak-clips every clip is a new file: the curve then shows how memory grows with the
    number of distinct files.
+6. Small data (only with --what small-data): does the demo recipe learn few labelled clips as well as a plain
+   CNN? It generates the dataset of the small-data comparison (synthetic.py --width 64 --height 64
+   --train-per-class 8 --val-per-class 25: 8 classes, 64 labelled clips, 200 val clips; or reuses --small-dir),
+   runs `omnisource.py --sources synth-web-img` as a user types it (baseline = teacher with train.py's defaults,
+   filter.py, the Table 1 student with the filtered web images at 2:1) and trains the plain CNN it is compared
+   with (`PlainCNN`: four 3x3 conv layers on 48x48 frames, AdamW, --small-steps steps of 8 target clips, and
+   + 4 clips of the same filtered web images per step in the "with web" run). One table: top-1 on the 200 val
+   clips, target only and with filtered web images, and the minutes each run took. The accuracies are
+   measured figures of one seed (--seed): they move by a few points from seed to seed.
 
 Timing: time.perf_counter (wall) and time.process_time (CPU of every thread of the process), one warm-up,
 then --repeats rounds; the figure is the median over rounds. In the data part the methods are
@@ -71,10 +82,12 @@ Helpers are at the bottom of the file.
 from __future__ import annotations
 
 import argparse
+import cProfile
 import gc
 import json
 import math
 import os
+import pstats
 import shutil
 import statistics
 import subprocess
@@ -90,10 +103,12 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from PIL import Image
 
 import data
 import filter as filter_mod
 import models
+import synthetic
 import train
 import transforms
 
@@ -106,6 +121,8 @@ TINY_MODELS = ("tsn_tiny", "slowonly_tiny")
 NUM_CLASSES = 400   # Kinetics-400 head for every model timed
 GOAL_VS_NAIVE = 2.0
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}   # model: autocast dtypes
+# small-data: the dataset of the comparison (synthetic.py --width 64 --height 64 --train-per-class 8 --val-per-class 25)
+SMALL_DATA = synthetic.SynthConfig(width=64, height=64, train_per_class=8, val_per_class=25)
 SCALE_CLASSES = 400   # scale: classes of the synthetic lists and of the tiny teacher (a K400 teacher)
 RAW_FEATURE_DIM = 2048   # scale: ResNet-50 frame features before the de-duplication's whitening (Sec. 3.3)
 # scale: runs a command and prints the CPU seconds and largest ru_maxrss of its whole process tree
@@ -149,8 +166,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                    "340x256, 30 fps, 10 s, GOP 250 clip")
     p.add_argument("--repeats", type=int, default=5, help="timed rounds per figure (the median is shown)")
     p.add_argument("--samples", type=int, default=8, help="data: distinct sampled clips per round")
-    p.add_argument("--what", choices=("data", "loader", "model", "scale", "soak", "all"), default="all",
-                   help="part to run; 'all' is data + loader + model (scale and soak run only when asked)")
+    p.add_argument("--what", choices=("data", "loader", "model", "scale", "soak", "small-data", "all"),
+                   default="all", help="part to run; 'all' is data + loader + model (scale, soak and small-data "
+                   "run only when asked)")
     p.add_argument("--workers", type=int, default=2, help="loader: DataLoader worker processes")
     p.add_argument("--compare-venv", default=None, help="virtualenv with decord and mmaction2==1.2.0 "
                    "(e.g. /work/venvs/bench): their readers run there, in a subprocess")
@@ -180,6 +198,14 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--soak-arch", default="tsn_r50", choices=sorted(models.ARCHS), help="soak: whose training "
                    "pipeline (sampling, crop size) decodes the clips")
     p.add_argument("--soak-batch", type=int, default=8, help="soak: DataLoader batch size")
+    p.add_argument("--small-dir", default=None, help="small-data: folder of the generated dataset (made there when "
+                   "it has no synth/classes.txt, kept afterwards; runs go to SMALL_DIR/work_seedN); default: a "
+                   "temporary folder")
+    p.add_argument("--small-steps", type=int, default=800, help="small-data: optimiser steps of the plain CNN")
+    p.add_argument("--small-epochs", type=int, default=None, help="small-data: --epochs of every train.py run "
+                   "(default: the demo recipe's)")
+    p.add_argument("--quick", action="store_true", help="small-data: a quarter of the steps and epochs (the "
+                   "table in a few minutes; lower accuracies)")
     p.add_argument("--profile", action="store_true", help="data: also cProfile data.read_frames on the samples")
     p.add_argument("--seed", type=int, default=0)
     return p
@@ -188,8 +214,8 @@ def get_args_parser() -> argparse.ArgumentParser:
 def main(args) -> None:
     if args.repeats < 1 or args.samples < 1 or args.batch < 1 or args.threads < 1:
         raise ValueError("--repeats, --samples, --batch and --threads must be >= 1")
-    sizes = ("scale_lines", "readers", "scale_images", "scale_images_small", "dedup_web", "dedup_val", "dedup_dim",
-             "soak_clips", "soak_every", "soak_batch", "soak_files")
+    sizes = ("small_steps", "scale_lines", "readers", "scale_images", "scale_images_small", "dedup_web", "dedup_val",
+             "dedup_dim", "soak_clips", "soak_every", "soak_batch", "soak_files")
     for name in sizes:
         if getattr(args, name) < 1:
             raise ValueError(f'--{name.replace("_", "-")} must be >= 1, got {getattr(args, name)}')
@@ -210,6 +236,8 @@ def main(args) -> None:
             bench_scale(args, tmp)
         if args.what == "soak":
             bench_soak(args, tmp)
+        if args.what == "small-data":
+            bench_small_data(args, tmp)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -661,7 +689,6 @@ def _touch_every_sample(samples) -> dict:
 
 def _scale_crawl(root: Path, classes: list[str], small: int, large: int) -> Path:
     """web{small}/ and web{large}/ plain datasets of hard links to 64 generated 96x128 JPEGs; a tsn_tiny teacher."""
-    from PIL import Image
     rng = np.random.default_rng(0)
     src = root / "crawl_src"
     src.mkdir(parents=True, exist_ok=True)
@@ -844,6 +871,100 @@ def _soak_videos(folder: Path) -> list[Path]:
 
 
 # ----------------------------------------------------------------------------------------------------------------------
+# 5. Small data: the demo recipe against a plain CNN on 8 labelled clips per class
+# ----------------------------------------------------------------------------------------------------------------------
+
+def bench_small_data(args, tmp: Path) -> None:
+    """Ours (omnisource.py through the command line) vs `PlainCNN`, target only and with filtered web images."""
+    epochs = args.small_epochs or (train.RECIPES["demo"]["epochs"] // 4 if args.quick else None)
+    steps = args.small_steps // 4 if args.quick else args.small_steps
+    root = Path(args.small_dir) if args.small_dir else tmp / "small"
+    # 1. the dataset of the comparison (kept and reused in --small-dir)
+    if not (root / "synth" / "classes.txt").exists():
+        print(f"\n== Small data: generating {root} ...", flush=True)
+        synthetic.generate(root, SMALL_DATA)
+    work = root / f"work_seed{args.seed}"
+    # 2. ours, as a user types it: baseline (= teacher), filter.py on the web images, the student at 2:1
+    cmd = [sys.executable, str(ROOT / "omnisource.py"), "--data-root", str(root), "--sources", "synth-web-img",
+           "--work-dir", str(work), "--seed", str(args.seed), "--workers", "1"]
+    cmd += ["--epochs", str(epochs)] if epochs else []
+    print(f"\n== Small data: {' '.join(cmd)}", flush=True)
+    start = time.perf_counter()
+    subprocess.run(cmd, check=True, cwd=ROOT)
+    ours_minutes = (time.perf_counter() - start) / 60
+    ours = [json.loads((work / run / "metrics.json").read_text())["top1"] for run in ("baseline", "student")]
+    # 3. the plain CNN on the same target clips, then with the same teacher-filtered web images
+    rows = [["plain CNN (48x48, AdamW)"], ["ours (tsn_tiny, demo recipe: the defaults of train.py / omnisource.py)"]]
+    for aux in ([], ["synth-web-img-filtered"]):
+        start = time.perf_counter()
+        top1 = _plain_cnn_top1(root, aux, steps, args.seed)
+        rows[0] += [f"{top1:.3f}", f"{(time.perf_counter() - start) / 60:.1f}"]
+        print(f"plain CNN{' + ' + aux[0] if aux else ''}: top-1 {top1:.3f}", flush=True)
+    rows[1] += [f"{ours[0]:.3f}", "-", f"{ours[1]:.3f}", f"{ours_minutes:.1f} (all steps)"]
+    print(f"\n== Small data: top-1 on the {SMALL_DATA.val_per_class * SMALL_DATA.num_classes} val clips of "
+          f"{root} (8 classes, {SMALL_DATA.train_per_class} labelled clips per class), seed {args.seed}; plain CNN "
+          f"{steps} steps, train.py epochs {epochs or 'recipe'}; {_load()}")
+    _table(["model", "", "target only", "minutes", "+ filtered web images (2:1)", "minutes"],
+           [[r[0], ""] + r[1:] for r in rows])
+
+
+class PlainCNN(nn.Module):
+    """The small-data comparison's baseline: four 3x3 conv + BN + ReLU layers (32, 64, 128, 256 channels), 2x2
+    max-pooling after the first three, per-frame global average pooling, mean over frames, dropout 0.4, linear."""
+
+    def __init__(self, num_classes: int, width: int = 32):
+        super().__init__()
+        layers, c = [], 3
+        for i, out in enumerate((width, 2 * width, 4 * width, 8 * width)):
+            layers += [nn.Conv2d(c, out, 3, padding=1, bias=False), nn.BatchNorm2d(out), nn.ReLU(inplace=True)]
+            layers += [nn.MaxPool2d(2)] if i < 3 else []
+            c = out
+        self.body, self.dropout, self.fc = nn.Sequential(*layers), nn.Dropout(0.4), nn.Linear(c, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, c, t, h, w = x.shape                                               # (N, C, T, H, W)
+        feats = self.body(x.transpose(1, 2).reshape(n * t, c, h, w)).mean(dim=(2, 3))   # (N*T, D)
+        return self.fc(self.dropout(feats.view(n, t, -1).mean(dim=1)))       # (N, K)
+
+
+def _plain_cnn_top1(root: Path, aux: list[str], steps: int, seed: int, crop: int = 48) -> float:
+    """Train `PlainCNN` for `steps` AdamW steps (lr 1e-3, weight decay 0.05, cosine) on 8 target clips (+ 4 clips
+    of each `aux` source) of 3 frames (TSN sampling, the TSN training augmentation at `crop`); top-1 on val with
+    25 frames, centre crop."""
+    torch.manual_seed(seed)
+    target = data.resolve_dataset(root, "synth")
+    sampling = data.Sampling(clip_len=1, frame_interval=1, num_clips=3)
+
+    def batches(name: str, size: int):
+        ds = data.VideoDataset(data.load_split(data.resolve_dataset(root, name), "train"), sampling, seed=seed,
+                               transform=transforms.train_transform("tsn", crop),
+                               image_short_side=transforms.short_side_for(crop))
+        sampler = torch.utils.data.RandomSampler(ds, replacement=True, num_samples=steps * size,
+                                                 generator=torch.Generator().manual_seed(seed))
+        return iter(torch.utils.data.DataLoader(ds, batch_size=size, sampler=sampler))
+
+    net = PlainCNN(len(target.classes))
+    opt = torch.optim.AdamW(net.parameters(), lr=1e-3, weight_decay=0.05)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
+    sources = [batches("synth", 8)] + [batches(name, 4) for name in aux]
+    for _ in range(steps):
+        parts = [next(it) for it in sources]                                  # [(clips, labels, index), ...]
+        loss = F.cross_entropy(net(torch.cat([p[0] for p in parts])), torch.cat([p[1] for p in parts]))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+    val = data.VideoDataset(data.load_split(target, "val"), data.Sampling(1, 1, 25), test_mode=True,
+                            transform=transforms.test_transform("tsn", crop, "center"))
+    net.eval()
+    correct = 0
+    with torch.no_grad():
+        for views, labels, _ in torch.utils.data.DataLoader(val, batch_size=25):   # views (N, 1, C, 25, h, w)
+            correct += (net(views[:, 0]).argmax(dim=1) == labels).sum().item()
+    return correct / len(val)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
 # 5. The comparison script, run by the --compare-venv python (never imported here)
 # ----------------------------------------------------------------------------------------------------------------------
 
@@ -963,8 +1084,6 @@ def _nearest_frames(frames: np.ndarray, idx: list[int], everything: np.ndarray):
 
 
 def _profile_reader(video: Path, cases: dict) -> None:
-    import cProfile
-    import pstats
     for label, c in cases.items():
         prof = cProfile.Profile()
         prof.enable()
