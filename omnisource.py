@@ -519,6 +519,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--nproc", type=int, default=1, help="processes per train.py / filter.py step: N > 1 launches "
                    "each with `torchrun --standalone --nproc-per-node N` (one node; GPUs: one per process)")
     p.add_argument("--work-dir", default="work_dirs/omnisource", help="all runs go to sub-folders of this")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted procedure (the same command plus "
+                   "--resume): steps whose command finished (WORK_DIR/steps.json) are skipped, the train.py run "
+                   "that was killed continues from its latest.pth, a filter.py run from its work folder")
     p.add_argument("--estimate-motion", action="store_true", help="only fit the camera-motion Gaussian of "
                    "--target (Sec. 3.5) and write it to --motion")
     p.add_argument("--write-queries", default=None, metavar="OUT.jsonl", help="only write the Sec. 3.3 search "
@@ -635,12 +638,25 @@ def run_step(args: argparse.Namespace, script: str, argv: list[str], nproc: int 
 
     nproc (default --nproc) > 1: the script runs under torchrun (`python -m torch.distributed.run`, which works
     inside a virtual environment as the `torchrun` script may not).
+    A crash or kill at any moment loses at most the step that was running (--resume):
+    1. a step's exact command is recorded in WORK_DIR/steps.json when it finishes, and unrecorded when it starts
+       again (a rerun that dies half-way has not finished);
+    2. with --resume a recorded command is skipped; train.py runs get --resume (each continues from its own
+       latest.pth, exactly); filter.py continues from its work folder by itself (the same command again).
     """
     shown, launched = step_command(script, argv, args.nproc if nproc is None else nproc)
+    command, record = shlex.join(shown), Path(args.work_dir) / "steps.json"
+    if args.resume and command in _finished_steps(record):
+        print(f"$ {command}\n  (finished earlier, skipped: --resume)", flush=True)
+        return
+    _mark_step(record, command, finished=False)
+    if args.resume and script == "train.py":    # continues from its latest.pth, or starts if it has none
+        shown, launched = shown + ["--resume"], launched + ["--resume"]
     print("$ " + shlex.join(shown), flush=True)
     code = subprocess.call(launched)
     if code != 0:
         raise StepFailed(f"this step failed (exit status {code}): {shlex.join(shown)}")
+    _mark_step(record, command, finished=True)
 
 
 def step_command(script: str, argv: list[str], nproc: int = 1) -> tuple[list[str], list[str]]:
@@ -750,6 +766,21 @@ def _quality_line(q: dict) -> str:
         line += (f"; 1-FPS frames: kept {q['frames_kept']} of {q['frames']}, precision {q['frame_precision']:.2f} "
                  f"(all: {q['frame_base_rate']:.2f}), recall {q['frame_recall']:.2f}")
     return line
+
+
+def _finished_steps(record: Path) -> set[str]:
+    """The commands WORK_DIR/steps.json records as finished."""
+    return set(json.loads(record.read_text())["finished"]) if record.is_file() else set()
+
+
+def _mark_step(record: Path, command: str, finished: bool) -> None:
+    """Record (finished=True) or unrecord one step's command in WORK_DIR/steps.json, atomically."""
+    done = _finished_steps(record)
+    done = done | {command} if finished else done - {command}
+    record.parent.mkdir(parents=True, exist_ok=True)
+    tmp = record.with_name(record.name + ".tmp")
+    tmp.write_text(json.dumps({"finished": sorted(done)}, indent=1) + "\n")
+    os.replace(tmp, record)
 
 
 def _kept_any(folder: Path) -> bool:

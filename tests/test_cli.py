@@ -9,8 +9,10 @@ import ast
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -184,8 +186,49 @@ def test_omnisource_procedure_as_typed(data_root, tmp_path):
     assert (work / "motion.json").exists()
     log = (work / "student" / "log.jsonl").read_text()
     assert "loss_synth-web-img-filtered" in log and "loss_synth-web-untrimmed-filtered" in log
+    # the same command again with --resume: every step finished, so every step is skipped and nothing changes
+    before = {f: (work / f).read_bytes() for f in ("results.json", "baseline/final.pth", "student/log.jsonl")}
+    again = run("omnisource", ["--data-root", data_root, "--target", "synth", "--sources",
+                               "synth-web-img,synth-web-untrimmed", "--arch", "tsn_tiny", "--teacher-arch", "tsn_tiny",
+                               "--image-teacher-arch", "tsn_tiny", "--checkpoint", tmp_path / "init.pth", "--finetune",
+                               "--threshold", "0.0", "--mode", "query", "--select", "last", "--epochs", "1",
+                               "--batch-size", "8", "--ratio", "2:1:1", "--resample", "none", "--mixup", "0.1",
+                               "--inflate", "warp-agno", "--snippet", "3pos", "--also-unfiltered", "--also-still",
+                               "--motion-videos", "4", "--seed", "0", "--workers", "0", "--work-dir", work, "--resume"])
+    assert again.stdout.count("(finished earlier, skipped: --resume)") == 1 + 2 + 1 + 3   # baseline, 2 filters, motion, 3 students
+    assert {f: (work / f).read_bytes() for f in before} == before
     above = {"--estimate-motion", "--nproc", "--motion"}          # on the command lines of the tests above
     assert not missing_flags(omnisource.get_args_parser(), USED["omnisource"] | above)
+
+
+def test_omnisource_killed_in_the_student_step_resumes_without_retraining(data_root, tmp_path):
+    """SIGKILL the whole procedure once the student has written its first latest.pth, then the same command plus
+    --resume: steps 1-3 are skipped (their outputs untouched), the student continues from its latest.pth."""
+    work = tmp_path / "work"
+    argv = [sys.executable, str(ROOT / "omnisource.py"), "--data-root", str(data_root), "--target", "synth",
+            "--sources", "synth-web-img", "--epochs", "3", "--threshold", "0.0", "--motion-videos", "4",
+            "--workers", "0", "--work-dir", str(work)]
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV, cwd=ROOT,
+                            start_new_session=True)
+    latest = work / "student" / "latest.pth"
+    try:
+        deadline = time.time() + 600
+        while not latest.exists() and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.2)
+        assert latest.exists(), "the student never wrote latest.pth"
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)        # the procedure and the train.py it launched
+        proc.wait()
+    assert not (work / "results.json").exists()
+    baseline = (work / "baseline" / "final.pth").read_bytes()
+    out = subprocess.run(argv + ["--resume"], capture_output=True, text=True, timeout=600, env=ENV, cwd=ROOT)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.count("(finished earlier, skipped: --resume)") == 3           # baseline, filter, motion
+    assert "resumed from" in out.stdout and (work / "baseline" / "final.pth").read_bytes() == baseline
+    log = [json.loads(line) for line in (work / "student" / "log.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in log if r["kind"] == "epoch"] == [1, 2, 3]          # no epoch lost or logged twice
+    rows = json.loads((work / "results.json").read_text())["rows"]
+    assert rows[0]["top1"] == json.loads((work / "baseline" / "metrics.json").read_text())["top1"]
 
 
 def test_omnisource_under_torchrun_refuses_at_once_naming_the_per_step_commands(tmp_path):
