@@ -1387,6 +1387,11 @@ def cli(argv: list[str] | None = None) -> None:
         main(args)
     except (ValueError, FileNotFoundError) as err:
         sys.exit(f"error: {_first_line(err) or type(err).__name__}")
+    if dist.is_available() and dist.is_initialized():
+        # tear the group down on every rank after the last barrier, while the interpreter is fully alive (gloo's
+        # threads outliving it can abort the process at exit)
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 # ----------------------------------------------------------------------------------------------------------------------

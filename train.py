@@ -225,10 +225,12 @@ def cli(argv: list[str] | None = None) -> None:
     try:
         main(args)
     except (ValueError, FileNotFoundError, FloatingPointError) as e:
-        sys.exit(f"error: {e}")
-    finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
+        sys.exit(f"error: {e}")            # torchrun stops the other ranks; a collective teardown could hang
+    if dist.is_initialized():
+        # every rank is done with every collective before any rank tears its connections down: a rank that
+        # destroyed its group while a peer was still finishing the final test aborted (SIGABRT) now and then
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 def main(args: argparse.Namespace) -> dict:
