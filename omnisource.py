@@ -153,8 +153,7 @@ def hashtags(name: str) -> list[str]:
        guitarplay.
     """
     words = [w for w in class_words(name) if w not in STOP_WORDS] or class_words(name)
-    orders = itertools.permutations(words) if len(words) <= MAX_PERMUTED_WORDS else [tuple(words)]
-    orders = list(orders)
+    orders = list(itertools.permutations(words)) if len(words) <= MAX_PERMUTED_WORDS else [tuple(words)]
     tags = ["".join(o) for o in orders] + ["".join(stem(w) for w in o) for o in orders]
     return list(dict.fromkeys(t for t in tags if t))
 
@@ -195,11 +194,7 @@ def stem(word: str) -> str:
 
 def write_queries(path: str | Path, rows: list[dict]) -> None:
     """The queries as JSON lines, one per query, written atomically (a crawler reads them line by line)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-    os.replace(tmp, path)
+    _write_atomically(Path(path), "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -777,10 +772,20 @@ def _mark_step(record: Path, command: str, finished: bool) -> None:
     """Record (finished=True) or unrecord one step's command in WORK_DIR/steps.json, atomically."""
     done = _finished_steps(record)
     done = done | {command} if finished else done - {command}
-    record.parent.mkdir(parents=True, exist_ok=True)
-    tmp = record.with_name(record.name + ".tmp")
-    tmp.write_text(json.dumps({"finished": sorted(done)}, indent=1) + "\n")
-    os.replace(tmp, record)
+    _write_atomically(record, json.dumps({"finished": sorted(done)}, indent=1) + "\n")
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    """Write `text` to a temporary file beside `path`, flush it to disk and rename it over `path`: a kill at any
+    moment leaves the old file or the new one, never a part (train.atomic_write_text does the same for train.py;
+    omnisource.py does not import the entry point)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
 
 
 def _kept_any(folder: Path) -> bool:
