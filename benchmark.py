@@ -5,6 +5,7 @@
     python benchmark.py --video gen --what data           # the generated K400-like clip instead of the demo
     python benchmark.py --what model --threads 2
     python benchmark.py --what loader                     # 2-worker training loaders, decoder threads per worker
+    python benchmark.py --what transforms --samples 50    # training augmentation alone, ms per frame, 1 thread
     python benchmark.py --what model --precisions fp32,bf16 --models tsn_r50,slowonly_r50_4x16
     python benchmark.py --what scale                      # web-scale figures; minutes
     python benchmark.py --what scale --scale-lines 20000 --scale-images 400 --scale-images-small 100 \
@@ -25,6 +26,9 @@ What it measures (paper context: the training recipes of the appendix "Implement
    (VideoReader + get_batch) and MMAction2 1.2's PyAVInit + PyAVDecode, run by a small script in that
    virtualenv's python (third-party readers are never imported by the project). Their frames are checked
    to be the same frames as ours (nearest frame index and mean |difference|).
+   Transforms (only with --what transforms): the training augmentation alone (no decoding) on the video's
+   first frames, one torch thread: CPU ms per output frame of train_transform(uint8=True) (TSN 3 frames,
+   SlowOnly 4x16 and 8x8) against the cv2-exact crop resize it replaced, same seeds, alternated.
 2. Loader: the same training pipelines behind a DataLoader with --workers (2) persistent workers, as train.py
    runs them: clips/s with one FFmpeg decoder thread per worker (data.WORKER_CODEC_THREADS, the default)
    against automatic decoder threading in every worker, alternated round by round.
@@ -97,6 +101,7 @@ import time
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
+from typing import Callable
 
 import av
 import numpy as np
@@ -165,10 +170,11 @@ def get_args_parser() -> argparse.ArgumentParser:
                    "mmaction2_demo.mp4 when present, else a generated one); 'gen' forces the generated "
                    "340x256, 30 fps, 10 s, GOP 250 clip")
     p.add_argument("--repeats", type=int, default=5, help="timed rounds per figure (the median is shown)")
-    p.add_argument("--samples", type=int, default=8, help="data: distinct sampled clips per round")
-    p.add_argument("--what", choices=("data", "loader", "model", "scale", "soak", "small-data", "all"),
-                   default="all", help="part to run; 'all' is data + loader + model (scale, soak and small-data "
-                   "run only when asked)")
+    p.add_argument("--samples", type=int, default=8, help="data: distinct sampled clips per round; transforms: "
+                   "clips per round")
+    p.add_argument("--what", choices=("data", "loader", "model", "transforms", "scale", "soak", "small-data", "all"),
+                   default="all", help="part to run; 'all' is data + loader + model (transforms, scale, soak and "
+                   "small-data run only when asked)")
     p.add_argument("--workers", type=int, default=2, help="loader: DataLoader worker processes")
     p.add_argument("--compare-venv", default=None, help="virtualenv with decord and mmaction2==1.2.0 "
                    "(e.g. /work/venvs/bench): their readers run there, in a subprocess")
@@ -232,6 +238,8 @@ def main(args) -> None:
             bench_loader(args, _pick_video(args.video, tmp))
         if args.what in ("model", "all"):
             bench_models(args)
+        if args.what == "transforms":
+            bench_transforms(args, _pick_video(args.video, tmp))
         if args.what == "scale":
             bench_scale(args, tmp)
         if args.what == "soak":
@@ -312,6 +320,47 @@ def _loader_rate(arch: str, video: Path, workers: int) -> float:
     start = time.perf_counter()
     clips = sum(len(x) for x, _, _ in loader)
     return clips / (time.perf_counter() - start)
+
+
+def bench_transforms(args: argparse.Namespace, video: Path) -> None:
+    """CPU ms per output frame of the training augmentation alone (no decoding), one thread: train.py's
+    transforms.train_transform(uint8=True) against the cv2-exact pipeline it replaced, alternated round by round."""
+    torch.set_num_threads(1)   # as in a DataLoader worker
+    rounds, clips = args.repeats, args.samples
+    frames = data.read_frames(video, range(8))
+    print(f"\n== Transforms: frames of {video} ({frames.shape[2]}x{frames.shape[1]}), {clips} clips per round, "
+          f"{rounds} rounds + 1 warm-up, alternated, torch threads 1; CPU ms per output frame (median round)")
+    cases = [(label, models.ARCHS[arch][1]) for label, arch in PIPELINES + (("SlowOnly 8x8", "slowonly_r50_8x8"),)]
+    timings = {}
+    for r in range(rounds + 1):
+        for label, spec in cases:
+            clip = frames[:spec.clip_len * spec.num_clips_train]
+            pipes = {"before": _exact_train_transform(spec.family, spec.crop_size),
+                     "after": transforms.train_transform(spec.family, spec.crop_size, uint8=True)}
+            for name, fn in pipes.items():
+                rng = np.random.default_rng(r)
+                t = _time_calls(lambda _: fn(clip, rng), range(clips))
+                if r:
+                    timings.setdefault((label, name), Timing(clips * len(clip))).add(*t)
+    rows = []
+    for label, spec in cases:
+        before, after = timings[label, "before"].cpu_ms, timings[label, "after"].cpu_ms
+        rows.append([label, str(spec.clip_len * spec.num_clips_train), f"{before:.3f}", f"{after:.3f}",
+                     f"{before / after:.1f}x"])
+    _table(["pipeline", "frames", "before: cv2-exact crop resize", "after: ResizedCropFlip", "faster"], rows)
+
+
+def _exact_train_transform(family: str, crop_size: int) -> Callable:
+    """The training pipeline before ResizedCropFlip: cv2-exact Resize -> crop -> cv2-exact Resize -> Flip -> uint8."""
+    box = transforms.MultiScaleCrop(input_size=crop_size).box if family == "tsn" else transforms.RandomResizedCrop().box
+    short, to_tensor = transforms.Resize(short_side=transforms.short_side_for(crop_size)), transforms.ToUint8Tensor()
+
+    def run(frames: np.ndarray, rng: np.random.Generator) -> torch.Tensor:
+        frames = short(frames)
+        x1, y1, x2, y2 = box(*frames.shape[1:3], rng)
+        out = transforms.Resize(size=(crop_size, crop_size))(frames[:, y1:y2, x1:x2])
+        return to_tensor(np.ascontiguousarray(out[:, :, ::-1]) if rng.random() < 0.5 else out)
+    return run
 
 
 def _make_case(arch: str, video: Path, num_frames: int, args) -> dict:

@@ -4,10 +4,11 @@ Section 1 -- clip augmentation. The paper does not list its augmentation (its ap
 only schedules); we follow the MMAction2 1.x Kinetics-400 configs of TSN and SlowOnly (the paper's codebase): Resize,
 MultiScaleCrop (TSN), RandomResizedCrop (3D), Flip, Normalize, and the test-time CenterCrop / ThreeCrop / TenCrop, with
 MMAction2's crop-box arithmetic and view order. A clip is uint8 numpy `(T, H, W, 3)` RGB; every random choice is drawn
-ONCE per clip from the numpy Generator passed in, so all frames get the same crop/flip. Resizing reproduces cv2's
+ONCE per clip from the numpy Generator passed in, so all frames get the same crop/flip. `Resize` reproduces cv2's
 INTER_LINEAR on uint8 as mmcv.imresize calls it (half-pixel centres, no anti-aliasing, 11-bit fixed-point weights),
-bit for bit, so released checkpoints see the pixels they were trained on; 'torch' (F.interpolate on uint8, within
-one grey level, several times faster) and 'pillow' (anti-aliased, this project's resize before) are options.
+bit for bit, so released checkpoints see the pixels they were trained on (every test pipeline, and the short-side
+resize of training). Training resizes its random crop with `ResizedCropFlip`: torch's uint8 channels-last bilinear
+kernel, the same crop boxes and geometry, within one grey level of cv2 (about 7x faster; augmentation noise).
 With `uint8=True` the pipelines stop before normalisation and return uint8 tensors; `normalize` finishes them on any
 device (DataLoader workers ship 4x fewer bytes).
 
@@ -35,11 +36,9 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 
 MEAN = (123.675, 116.28, 103.53)  # ImageNet mean on the 0-255 scale (RGB)
 STD = (58.395, 57.12, 57.375)
-RESIZE_METHODS = ("cv2", "torch", "pillow")  # Resize.method: bit-exact cv2 INTER_LINEAR, F.interpolate uint8, Pillow
 CV2_COEF_BITS = 11  # cv2 INTER_RESIZE_COEF_BITS: bilinear weights in units of 1/2048
 _NORM_CACHE: dict = {}  # (device, mean, std) -> float32 (3, 1, 1, 1) tensors on that device (see normalize)
 
@@ -53,12 +52,10 @@ class Resize:
     """MMAction2 `Resize`: short side to `short_side` keeping the ratio (scale=(-1, S)), or to a fixed `size` (w, h).
 
     (T, H, W, 3) uint8 -> (T, H', W', 3) uint8. New size as mmcv.rescale_size: int(w * S / min(h, w) + 0.5).
-    method: 'cv2' (default) equals MMAction2's cv2 INTER_LINEAR bit for bit; 'torch' is F.interpolate(bilinear,
-    antialias=False) on uint8 (same geometry, within 1 grey level, faster); 'pillow' is Pillow's anti-aliased BILINEAR.
+    Equals MMAction2's cv2 INTER_LINEAR bit for bit (see _resize_cv2_linear).
     """
     short_side: int | None = None
     size: tuple[int, int] | None = None  # (w, h), keep_ratio=False
-    method: str = "cv2"
 
     def __call__(self, frames: np.ndarray, rng: np.random.Generator | None = None) -> np.ndarray:
         _check_clip(frames, "Resize")
@@ -70,14 +67,14 @@ class Resize:
             new_w, new_h = int(w * scale + 0.5), int(h * scale + 0.5)
         else:
             raise ValueError("transforms.Resize: expected short_side or size=(w, h)")
-        return _resize_frames(frames, new_w, new_h, self.method)
+        return _resize_frames(frames, new_w, new_h)
 
 
 @dataclass
 class MultiScaleCrop:
     """MMAction2 `MultiScaleCrop` (TSN training): crop w and h from scales of the short side, then fixed offsets.
 
-    (T, H, W, 3) -> (T, crop_h, crop_w, 3); resize to `input_size` afterwards (train_transform does).
+    Gives the box; ResizedCropFlip crops the clip with it and resizes the crop to `input_size` (train_transform).
     """
     input_size: int | tuple[int, int] = 224  # (w, h) of the network input
     scales: tuple[float, ...] = (1, 0.875, 0.75, 0.66)
@@ -104,16 +101,12 @@ class MultiScaleCrop:
             x, y = offsets[int(rng.integers(len(offsets)))]
         return x, y, x + crop_w, y + crop_h
 
-    def __call__(self, frames: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        _check_clip(frames, "MultiScaleCrop")
-        return _crop(frames, self.box(*frames.shape[1:3], rng))
-
 
 @dataclass
 class RandomResizedCrop:
     """MMAction2 `RandomResizedCrop` (3D training): 10 trials of (area, log-uniform ratio); fallback centre square.
 
-    (T, H, W, 3) -> (T, h, w, 3); resize to the crop size afterwards (train_transform does).
+    Gives the box; ResizedCropFlip crops the clip with it and resizes the crop to the crop size (train_transform).
     """
     area_range: tuple[float, float] = (0.08, 1.0)
     aspect_ratio_range: tuple[float, float] = (3 / 4, 4 / 3)
@@ -137,18 +130,31 @@ class RandomResizedCrop:
         x, y = (img_w - side) // 2, (img_h - side) // 2
         return x, y, x + side, y + side
 
-    def __call__(self, frames: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        _check_clip(frames, "RandomResizedCrop")
-        return _crop(frames, self.box(*frames.shape[1:3], rng))
-
 
 @dataclass
-class Flip:
-    """Horizontal flip of the whole clip with probability p. (T, H, W, 3) -> same."""
+class ResizedCropFlip:
+    """Training: crop `box(H, W, rng)`, resize the crop to size x size, flip horizontally with probability p; fused.
+
+    (T, H, W, 3) uint8 -> uint8 (C, T, size, size), ToUint8Tensor's layout. The random draws are MMAction2's order
+    (the box, then the flip), so a Generator gives the same boxes and flips as crop -> Resize -> Flip would. The
+    resize is F.interpolate(bilinear, align_corners=False, antialias=False) on the uint8 crop in channels-last memory
+    (torch's uint8 kernel): cv2 INTER_LINEAR's sample points and edge clamping, within one grey level of Resize's
+    exact pixels (their roundings differ), about 7x faster (benchmark.py --what transforms); the flip and the
+    (C, T, H, W) layout are one numpy copy. box: MultiScaleCrop.box (TSN) or RandomResizedCrop.box (3D).
+    """
+    box: Callable[[int, int, np.random.Generator], tuple[int, int, int, int]]
+    size: int = 224
     p: float = 0.5
 
-    def __call__(self, frames: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        return np.ascontiguousarray(frames[:, :, ::-1]) if rng.random() < self.p else frames
+    def __call__(self, frames: np.ndarray, rng: np.random.Generator) -> torch.Tensor:
+        _check_clip(frames, "ResizedCropFlip")
+        crop = _crop(frames, self.box(*frames.shape[1:3], rng))
+        flip = rng.random() < self.p
+        if crop.shape[1:3] != (self.size, self.size):
+            crop = _resize_uint8(crop, self.size, self.size)
+        if flip:
+            crop = crop[:, :, ::-1]
+        return torch.from_numpy(np.ascontiguousarray(crop.transpose(3, 0, 1, 2)))  # (C, T, size, size)
 
 
 @dataclass
@@ -269,42 +275,38 @@ def compose(*steps: Callable) -> Callable:
     return run
 
 
-def train_transform(family: str, crop_size: int = 224, uint8: bool = False, resize: str = "cv2") -> Callable:
+def train_transform(family: str, crop_size: int = 224, uint8: bool = False) -> Callable:
     """Training pipeline f(frames uint8 (T, H, W, 3), rng) -> float (C, T, crop, crop), as MMAction2's K400 configs.
 
     'tsn': Resize(short=S) -> MultiScaleCrop -> resize (crop, crop) -> Flip -> Normalize;
     '3d':  Resize(short=S) -> RandomResizedCrop -> resize (crop, crop) -> Flip -> Normalize; S = round(crop*256/224).
-    uint8=True: the same up to Flip, then uint8 (C, T, crop, crop) without normalisation (`normalize` finishes it).
-    resize: Resize.method ('cv2' = MMAction2's pixels).
+    Resize is cv2-exact (an identity on K400's short side 256); crop, resize and flip are one ResizedCropFlip
+    (within one grey level of cv2, same boxes). uint8=True: uint8 (C, T, crop, crop) before normalisation
+    (`normalize` finishes it, to the float output exactly).
     """
-    crops = {"tsn": MultiScaleCrop(input_size=crop_size), "3d": RandomResizedCrop()}
-    if family not in crops:
-        raise ValueError(f"transforms.train_transform: family must be one of {sorted(crops)}, got {family!r}")
-    _check_method(resize, "train_transform")
-    steps = (Resize(short_side=short_side_for(crop_size), method=resize), crops[family],
-             Resize(size=(crop_size, crop_size), method=resize), Flip(0.5), ToUint8Tensor() if uint8 else Normalize())
-    return compose(*steps)
+    boxes = {"tsn": MultiScaleCrop(input_size=crop_size).box, "3d": RandomResizedCrop().box}
+    if family not in boxes:
+        raise ValueError(f"transforms.train_transform: family must be one of {sorted(boxes)}, got {family!r}")
+    steps = [Resize(short_side=short_side_for(crop_size)), ResizedCropFlip(boxes[family], crop_size, 0.5)]
+    return compose(*steps) if uint8 else compose(*steps, lambda x, rng: normalize(x))
 
 
-def test_transform(family: str, crop_size: int = 224, protocol: str = "three_crop", uint8: bool = False,
-                   resize: str = "cv2") -> Callable:
+def test_transform(family: str, crop_size: int = 224, protocol: str = "three_crop", uint8: bool = False) -> Callable:
     """Test pipeline f(frames uint8 (T, H, W, 3)) -> float views (V, C, T, h, w); S = round(crop * 256 / 224).
 
     'three_crop': Resize(short=S) -> ThreeCrop(S) (V=3, h=w=S; MMAction2 SlowOnly test config);
     'ten_crop':   Resize(short=S) -> TenCrop(crop) (V=10; MMAction2 TSN test config);
     'center':     Resize(short=S) -> CenterCrop(crop) (V=1; MMAction2 val config).
-    uint8=True: uint8 views (V, C, T, h, w) before normalisation (`normalize` finishes them). resize: Resize.method.
+    Resize is cv2-exact. uint8=True: uint8 views (V, C, T, h, w) before normalisation (`normalize` finishes them).
     """
     if family not in ("tsn", "3d"):
         raise ValueError(f"transforms.test_transform: family must be 'tsn' or '3d', got {family!r}")
-    _check_method(resize, "test_transform")
     side = short_side_for(crop_size)
     views = {"three_crop": ThreeCrop(side), "ten_crop": TenCrop(crop_size),
              "center": compose(CenterCrop(crop_size), lambda f, rng: f[None])}
     if protocol not in views:
         raise ValueError(f"transforms.test_transform: protocol must be one of {sorted(views)}, got {protocol!r}")
-    pipeline = compose(Resize(short_side=side, method=resize), views[protocol],
-                       ToUint8Tensor() if uint8 else Normalize())
+    pipeline = compose(Resize(short_side=side), views[protocol], ToUint8Tensor() if uint8 else Normalize())
     return lambda frames: pipeline(frames, None)
 
 
@@ -596,27 +598,26 @@ def _crop(frames: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
     return frames[:, y1:y2, x1:x2]
 
 
-def _check_method(method: str, where: str) -> None:
-    if method not in RESIZE_METHODS:
-        raise ValueError(f"transforms.{where}: resize must be one of {RESIZE_METHODS}, got {method!r}")
-
-
-def _resize_frames(frames: np.ndarray, new_w: int, new_h: int, method: str = "cv2") -> np.ndarray:
-    """Bilinear resize of every frame (T, H, W, 3) uint8 -> (T, new_h, new_w, 3); no copy when the size is equal."""
+def _resize_frames(frames: np.ndarray, new_w: int, new_h: int) -> np.ndarray:
+    """cv2-exact bilinear resize of every frame (T, H, W, 3) uint8 -> (T, new_h, new_w, 3); no copy at equal size."""
     if frames.shape[1:3] == (new_h, new_w):
         return frames
-    _check_method(method, "Resize")
-    if method == "pillow":
-        return np.stack([np.asarray(Image.fromarray(np.ascontiguousarray(f)).resize((new_w, new_h), Image.BILINEAR))
-                         for f in frames])
     with _torch_threads(1):  # per-sample work in DataLoader workers (they are the parallelism)
         # read-only input (an image straight from Pillow) is copied: torch wants writable memory
         x = torch.from_numpy(np.ascontiguousarray(frames) if frames.flags.writeable else np.array(frames))
-        if method == "torch":  # (T, 3, H, W) view in channels_last memory: the uint8 AVX kernel, no copy
-            y = F.interpolate(x.permute(0, 3, 1, 2), size=(new_h, new_w), mode="bilinear", align_corners=False,
-                              antialias=False)
-            return y.permute(0, 2, 3, 1).contiguous().numpy()
         return _resize_cv2_linear(x, new_w, new_h).numpy()
+
+
+def _resize_uint8(frames: np.ndarray, new_w: int, new_h: int) -> np.ndarray:
+    """Fast bilinear resize (T, H, W, 3) uint8 (any strides, a crop view) -> (T, new_h, new_w, 3), within 1 of cv2.
+
+    The (T, 3, H, W) view of the frames is channels-last memory: torch's uint8 kernel reads it in place (a read-only
+    crop is copied first) and writes channels-last, i.e. (T, new_h, new_w, 3) contiguous, returned without a copy.
+    """
+    with _torch_threads(1):
+        x = torch.from_numpy(frames if frames.flags.writeable else np.array(frames)).permute(0, 3, 1, 2)
+        y = F.interpolate(x, size=(new_h, new_w), mode="bilinear", align_corners=False, antialias=False)
+        return y.permute(0, 2, 3, 1).numpy()
 
 
 def _resize_cv2_linear(x: torch.Tensor, new_w: int, new_h: int) -> torch.Tensor:

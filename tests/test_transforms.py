@@ -40,16 +40,6 @@ def test_resize_short_side_sizes_match_mmcv_rounding():
     assert T.Resize(short_side=256)(clip) is clip  # already the size: no copy
 
 
-def test_resize_pillow_method_is_pillow_bilinear_per_frame():
-    clip = _random_clip(3, 60, 80)
-    out = T.Resize(size=(50, 30), method="pillow")(clip)
-    for t in range(3):
-        want = np.asarray(Image.fromarray(clip[t]).resize((50, 30), Image.BILINEAR))
-        assert np.array_equal(out[t], want)
-    with pytest.raises(ValueError, match="resize must be one of"):
-        T.Resize(size=(50, 30), method="cubic")(clip)
-
-
 @pytest.mark.parametrize("size", [(7, 5), (33, 17), (80, 60), (101, 97), (12, 250)])
 def test_resize_cv2_equals_a_per_pixel_reference(size):
     # the vectorised fixed-point resize against a plain per-pixel loop of cv2's INTER_LINEAR formulas
@@ -71,7 +61,7 @@ def test_resize_cv2_known_answers():
     board = (np.indices((30, 30)).sum(0) % 2 * 255).astype(np.uint8)
     board = np.repeat(board[None, :, :, None], 3, axis=3)
     assert np.array_equal(T.Resize(size=(10, 10))(board), board[:, 1::3, 1::3])
-    assert T.Resize(size=(10, 10), method="pillow")(board).std() < 0.5 * board.std()  # Pillow low-pass filters
+    assert np.array_equal(T._resize_uint8(board, 10, 10), board[:, 1::3, 1::3])  # the training resize: alike
 
 
 def test_resize_matches_mmaction2_goldens_on_real_frames():
@@ -87,7 +77,7 @@ def test_resize_matches_mmaction2_goldens_on_real_frames():
             ours = T.Resize(short_side=256)(frame)[0].astype(int)
             assert ours.shape == want.shape
             assert np.abs(ours - want).max() <= 1 and np.array_equal(ours, want)  # within 1 level; in fact exact
-            fast = T.Resize(short_side=256, method="torch")(frame)[0].astype(int)
+            fast = T._resize_uint8(frame, want.shape[1], want.shape[0])[0].astype(int)  # the training resize
             assert np.abs(fast - want).max() <= 1
 
 
@@ -139,11 +129,50 @@ def test_random_resized_crop_fallback_is_centre_square():
     assert rrc.box(100, 200, np.random.default_rng(0)) == (50, 0, 150, 100)
 
 
-def test_flip_equals_numpy_fliplr():
+def test_resized_crop_flip_is_the_crop_flipped_with_numpy():
     clip = _random_clip(3, 20, 30)
-    out = T.Flip(p=1.0)(clip, np.random.default_rng(0))
-    assert all(np.array_equal(out[t], np.fliplr(clip[t])) for t in range(3))
-    assert T.Flip(p=0.0)(clip, np.random.default_rng(0)) is clip
+    box = lambda h, w, rng: (5, 2, 21, 18)  # noqa: E731  a 16 x 16 crop at (5, 2)
+    kept = T.ResizedCropFlip(box, size=16, p=0.0)(clip, np.random.default_rng(0))
+    flipped = T.ResizedCropFlip(box, size=16, p=1.0)(clip, np.random.default_rng(0))
+    assert kept.dtype == torch.uint8 and kept.shape == (3, 3, 16, 16)
+    assert np.array_equal(kept.numpy(), clip[:, 2:18, 5:21].transpose(3, 0, 1, 2))  # no resize at the size
+    assert all(np.array_equal(flipped[:, t].numpy(), np.flip(kept[:, t].numpy(), axis=2)) for t in range(3))
+
+
+@pytest.mark.parametrize("family", ["tsn", "3d"])
+def test_resized_crop_flip_within_one_grey_level_of_cv2_with_the_same_boxes(family):
+    """The fast training step against crop -> cv2-exact Resize -> Flip written out here, on noise (the worst case for
+    rounding): many image sizes, crop sizes (shrinking and enlarging), boxes and flips from the same seeds."""
+    sizes = np.random.default_rng(1)
+    flips, exact = set(), 0
+    for seed in range(60):
+        h, w = (int(v) for v in sizes.integers(40, 400, size=2))
+        size = int(sizes.integers(16, 240))
+        box = T.MultiScaleCrop(input_size=size).box if family == "tsn" else T.RandomResizedCrop().box
+        clip = _random_clip(2, h, w, seed=seed)
+        rng_fast, rng_ref = np.random.default_rng(seed), np.random.default_rng(seed)
+        fast = T.ResizedCropFlip(box, size)(clip, rng_fast).numpy().astype(int)
+        x1, y1, x2, y2 = box(h, w, rng_ref)
+        want = T.Resize(size=(size, size))(clip[:, y1:y2, x1:x2])
+        flip = rng_ref.random() < 0.5
+        want = (want[:, :, ::-1] if flip else want).transpose(3, 0, 1, 2).astype(int)
+        assert fast.shape == want.shape == (3, 2, size, size)
+        assert np.abs(fast - want).max() <= 1, (h, w, size, (x1, y1, x2, y2), flip)
+        assert rng_fast.bit_generator.state == rng_ref.bit_generator.state  # the same draws: same boxes and flips
+        flips.add(flip)
+        exact += np.mean(fast == want) > 0.5
+    assert flips == {False, True} and exact >= 50  # both flips seen; most pixels are in fact exact
+
+
+@pytest.mark.parametrize("family", ["tsn", "3d"])
+def test_train_transform_is_short_side_resize_then_resized_crop_flip(family):
+    clip = _random_clip(3, 120, 160, seed=6)
+    f = T.train_transform(family, 112, uint8=True)
+    box = T.MultiScaleCrop(input_size=112).box if family == "tsn" else T.RandomResizedCrop().box
+    resized = T.Resize(short_side=128)(clip)  # short side round(112 * 256 / 224) = 128, cv2-exact
+    for seed in range(4):
+        want = T.ResizedCropFlip(box, 112)(resized, np.random.default_rng(seed))
+        assert torch.equal(f(clip, np.random.default_rng(seed)), want)
 
 
 @pytest.mark.parametrize("family", ["tsn", "3d"])
@@ -469,8 +498,18 @@ def test_select_snippet_fallbacks():
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# benchmark.py's scale and soak modes, run as a user runs them at tiny sizes (their figures print; values not checked)
+# benchmark.py's transforms, scale and soak modes, run as a user runs them at tiny sizes (their figures print; values
+# not checked)
 # ----------------------------------------------------------------------------------------------------------------------
+
+
+def test_benchmark_transforms_mode_prints_before_and_after_per_pipeline():
+    proc = _run_benchmark("--what", "transforms", "--repeats", "1", "--samples", "2")
+    rows = {ln[:13].strip(): ln[13:].split() for ln in proc.stdout.splitlines()
+            if ln.startswith(("TSN 3 seg", "SlowOnly"))}
+    assert sorted(rows) == ["SlowOnly 4x16", "SlowOnly 8x8", "TSN 3 seg"], proc.stdout[-3000:]
+    assert [r[0] for r in rows.values()] == ["3", "4", "8"]  # output frames per clip
+    assert all(float(r[1]) > 0 and float(r[2]) > 0 and r[3].endswith("x") for r in rows.values())
 
 
 def test_benchmark_scale_mode_prints_its_figures():
