@@ -1,6 +1,14 @@
-"""Clip transforms for omnisource: MMAction2-style augmentation and the paper's format transforms.
+"""Clip transforms for omnisource: the paper's format transforms and MMAction2-style augmentation.
 
-Section 1 -- clip augmentation. The paper does not list its augmentation (its appendix "Implementation Details" gives
+Section 1 -- transforming web data to the target format (Sec. 3.5):
+- Eq. 2 / Table 8: inflating a still image to a pseudo clip (replication, random / constant translation, perspective
+  warping with homographies H_i ~ N(mu, Sigma) fitted by maximum likelihood to camera motion measured on real videos);
+  `warp_perspective`, `estimate_homography` (direct photometric alignment), `estimate_video_motion`,
+  `HomographyGaussian`, `fit_homography_gaussian`, `image_to_clip`.
+- Table 14: building a 3-snippet TSN input from 1-FPS frames of an untrimmed video scored by a teacher
+  (`select_snippet`, default 1 positive + 2 negative frames).
+
+Section 2 -- clip augmentation. The paper does not list its augmentation (its appendix "Implementation Details" gives
 only schedules); we follow the MMAction2 1.x Kinetics-400 configs of TSN and SlowOnly (the paper's codebase): Resize,
 MultiScaleCrop (TSN), RandomResizedCrop (3D), Flip, Normalize, and the test-time CenterCrop / ThreeCrop / TenCrop, with
 MMAction2's crop-box arithmetic and view order. A clip is uint8 numpy `(T, H, W, 3)` RGB; every random choice is drawn
@@ -12,15 +20,10 @@ kernel, the same crop boxes and geometry, within one grey level of cv2 (about 7x
 With `uint8=True` the pipelines stop before normalisation and return uint8 tensors; `normalize` finishes them on any
 device (DataLoader workers ship 4x fewer bytes).
 
-Section 2 -- transforming web data to the target format (Sec. 3.5):
-- Eq. 2 / Table 8: inflating a still image to a pseudo clip (replication, random / constant translation, perspective
-  warping with homographies H_i ~ N(mu, Sigma) fitted by maximum likelihood to camera motion measured on real videos);
-  `warp_perspective`, `estimate_homography` (direct photometric alignment), `estimate_video_motion`,
-  `HomographyGaussian`, `fit_homography_gaussian`, `image_to_clip`.
-- Table 14: building a 3-snippet TSN input from 1-FPS frames of an untrimmed video scored by a teacher
-  (`select_snippet`, default 1 positive + 2 negative frames).
+Section 3 -- the machinery under both (a reader of the method may stop before it): `compose`, `denormalize`, the
+alignment's pyramid and Gauss-Newton steps, the cv2-exact resize taps and the other small helpers.
 
-Coordinate convention (section 2): a homography H maps PIXEL coordinates (x, y, 1) of the source image to the output
+Coordinate convention (section 1): a homography H maps PIXEL coordinates (x, y, 1) of the source image to the output
 image, pixel centres at integers (x = 0 .. W-1). `HomographyGaussian` stores motion in resolution-free normalised
 coordinates u = (x - (W-1)/2) / (max(W, H)/2) so one fitted model applies to images of any size.
 """
@@ -43,280 +46,7 @@ CV2_COEF_BITS = 11  # cv2 INTER_RESIZE_COEF_BITS: bilinear weights in units of 1
 _NORM_CACHE: dict = {}  # (device, mean, std) -> float32 (3, 1, 1, 1) tensors on that device (see normalize)
 
 # ----------------------------------------------------------------------------------------------------------------------
-# 1. Clip augmentation (MMAction2 1.x mmaction/datasets/transforms/processing.py, re-implemented)
-# ----------------------------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class Resize:
-    """MMAction2 `Resize`: short side to `short_side` keeping the ratio (scale=(-1, S)), or to a fixed `size` (w, h).
-
-    (T, H, W, 3) uint8 -> (T, H', W', 3) uint8. New size as mmcv.rescale_size: int(w * S / min(h, w) + 0.5).
-    Equals MMAction2's cv2 INTER_LINEAR bit for bit (see _resize_cv2_linear).
-    """
-    short_side: int | None = None
-    size: tuple[int, int] | None = None  # (w, h), keep_ratio=False
-
-    def __call__(self, frames: np.ndarray, rng: np.random.Generator | None = None) -> np.ndarray:
-        _check_clip(frames, "Resize")
-        h, w = frames.shape[1:3]
-        if self.size is not None:
-            new_w, new_h = self.size
-        elif self.short_side is not None:
-            scale = self.short_side / min(h, w)
-            new_w, new_h = int(w * scale + 0.5), int(h * scale + 0.5)
-        else:
-            raise ValueError("transforms.Resize: expected short_side or size=(w, h)")
-        return _resize_frames(frames, new_w, new_h)
-
-
-@dataclass
-class MultiScaleCrop:
-    """MMAction2 `MultiScaleCrop` (TSN training): crop w and h from scales of the short side, then fixed offsets.
-
-    Gives the box; ResizedCropFlip crops the clip with it and resizes the crop to `input_size` (train_transform).
-    """
-    input_size: int | tuple[int, int] = 224  # (w, h) of the network input
-    scales: tuple[float, ...] = (1, 0.875, 0.75, 0.66)
-    max_wh_scale_gap: int = 1
-    random_crop: bool = False
-    num_fixed_crops: int = 5  # 5 or 13
-
-    def box(self, img_h: int, img_w: int, rng: np.random.Generator) -> tuple[int, int, int, int]:
-        """Crop box (x1, y1, x2, y2) for an image of img_h x img_w."""
-        in_w, in_h = _pair(self.input_size)
-        # 1. candidate (w, h) sizes: pairs of scales at most max_wh_scale_gap levels apart
-        crop_sizes = [int(min(img_h, img_w) * s) for s in self.scales]
-        candidates = [[w, h] for i, h in enumerate(crop_sizes) for j, w in enumerate(crop_sizes)
-                      if abs(i - j) <= self.max_wh_scale_gap]
-        crop_w, crop_h = candidates[int(rng.integers(len(candidates)))]
-        # 2. a size within 3 px of the input size snaps to it (as MMAction2)
-        crop_w = in_w if abs(crop_w - in_w) < 3 else crop_w
-        crop_h = in_h if abs(crop_h - in_h) < 3 else crop_h
-        # 3. offset: uniform, or one of the 5 (13) fixed positions on a quarter grid
-        if self.random_crop:
-            x, y = int(rng.integers(img_w - crop_w + 1)), int(rng.integers(img_h - crop_h + 1))
-        else:
-            offsets = _fixed_offsets((img_w - crop_w) // 4, (img_h - crop_h) // 4, self.num_fixed_crops)
-            x, y = offsets[int(rng.integers(len(offsets)))]
-        return x, y, x + crop_w, y + crop_h
-
-
-@dataclass
-class RandomResizedCrop:
-    """MMAction2 `RandomResizedCrop` (3D training): 10 trials of (area, log-uniform ratio); fallback centre square.
-
-    Gives the box; ResizedCropFlip crops the clip with it and resizes the crop to the crop size (train_transform).
-    """
-    area_range: tuple[float, float] = (0.08, 1.0)
-    aspect_ratio_range: tuple[float, float] = (3 / 4, 4 / 3)
-    max_attempts: int = 10
-
-    def box(self, img_h: int, img_w: int, rng: np.random.Generator) -> tuple[int, int, int, int]:
-        """Crop box (x1, y1, x2, y2) for an image of img_h x img_w."""
-        # 1. all trials drawn at once (as MMAction2): ratio log-uniform, area uniform in area_range * H * W
-        lo, hi = np.log(self.aspect_ratio_range[0]), np.log(self.aspect_ratio_range[1])
-        ratios = np.exp(rng.uniform(lo, hi, size=self.max_attempts))
-        areas = rng.uniform(*self.area_range, size=self.max_attempts) * img_h * img_w
-        widths = np.round(np.sqrt(areas * ratios)).astype(int)
-        heights = np.round(np.sqrt(areas / ratios)).astype(int)
-        # 2. the first trial that fits gets a uniform offset
-        for crop_w, crop_h in zip(widths, heights):
-            if crop_h <= img_h and crop_w <= img_w:
-                x, y = int(rng.integers(img_w - crop_w + 1)), int(rng.integers(img_h - crop_h + 1))
-                return x, y, x + int(crop_w), y + int(crop_h)
-        # 3. fallback: centre square of the short side
-        side = min(img_h, img_w)
-        x, y = (img_w - side) // 2, (img_h - side) // 2
-        return x, y, x + side, y + side
-
-
-@dataclass
-class ResizedCropFlip:
-    """Training: crop `box(H, W, rng)`, resize the crop to size x size, flip horizontally with probability p; fused.
-
-    (T, H, W, 3) uint8 -> uint8 (C, T, size, size), ToUint8Tensor's layout. The random draws are MMAction2's order
-    (the box, then the flip), so a Generator gives the same boxes and flips as crop -> Resize -> Flip would. The
-    resize is F.interpolate(bilinear, align_corners=False, antialias=False) on the uint8 crop in channels-last memory
-    (torch's uint8 kernel): cv2 INTER_LINEAR's sample points and edge clamping, within one grey level of Resize's
-    exact pixels (their roundings differ), about 7x faster (benchmark.py --what transforms); the flip and the
-    (C, T, H, W) layout are one numpy copy. box: MultiScaleCrop.box (TSN) or RandomResizedCrop.box (3D).
-    """
-    box: Callable[[int, int, np.random.Generator], tuple[int, int, int, int]]
-    size: int = 224
-    p: float = 0.5
-
-    def __call__(self, frames: np.ndarray, rng: np.random.Generator) -> torch.Tensor:
-        _check_clip(frames, "ResizedCropFlip")
-        crop = _crop(frames, self.box(*frames.shape[1:3], rng))
-        flip = rng.random() < self.p
-        if crop.shape[1:3] != (self.size, self.size):
-            crop = _resize_uint8(crop, self.size, self.size)
-        if flip:
-            crop = crop[:, :, ::-1]
-        return torch.from_numpy(np.ascontiguousarray(crop.transpose(3, 0, 1, 2)))  # (C, T, size, size)
-
-
-@dataclass
-class Normalize:
-    """(x - mean) / std on the 0-255 scale: (T, H, W, 3) -> (C, T, H, W); views (V, T, H, W, 3) -> (V, C, T, H, W)."""
-    mean: tuple[float, float, float] = MEAN
-    std: tuple[float, float, float] = STD
-
-    def __call__(self, frames: np.ndarray, rng: np.random.Generator | None = None) -> torch.Tensor:
-        if frames.ndim not in (4, 5) or frames.shape[-1] != 3:
-            raise ValueError(f"transforms.Normalize: expected (T, H, W, 3) or (V, T, H, W, 3), got {frames.shape}")
-        x = torch.from_numpy(frames.astype(np.float32))  # a copy: read-only inputs are fine
-        x = (x - torch.tensor(self.mean)) / torch.tensor(self.std)
-        order = (3, 0, 1, 2) if frames.ndim == 4 else (0, 4, 1, 2, 3)
-        return x.permute(*order).contiguous()
-
-
-@dataclass
-class ToUint8Tensor:
-    """The uint8 end of a pipeline: (T, H, W, 3) -> uint8 (C, T, H, W); views (V, T, H, W, 3) -> (V, C, T, H, W).
-
-    Same layout as Normalize's output, before normalisation; `normalize` turns it into Normalize's output exactly.
-    """
-
-    def __call__(self, frames: np.ndarray, rng: np.random.Generator | None = None) -> torch.Tensor:
-        if frames.ndim not in (4, 5) or frames.shape[-1] != 3 or frames.dtype != np.uint8:
-            raise ValueError(f"transforms.ToUint8Tensor: expected uint8 (T, H, W, 3) or (V, T, H, W, 3), "
-                             f"got {frames.dtype} {frames.shape}")
-        order = (3, 0, 1, 2) if frames.ndim == 4 else (0, 4, 1, 2, 3)
-        return torch.from_numpy(np.ascontiguousarray(frames)).permute(*order).contiguous()
-
-
-def normalize(x: torch.Tensor, mean: tuple[float, ...] = MEAN, std: tuple[float, ...] = STD) -> torch.Tensor:
-    """uint8 clips -> float32 (x - mean) / std on x's device, equal to Normalize's output for the same pixels.
-
-    x: uint8 (..., C, T, H, W) with the CHANNEL AT DIM -4 (C = 3, RGB): a clip (C, T, H, W), a batch (N, C, T, H, W),
-    test views (V, C, T, H, W) or a batch of them (N, V, C, T, H, W). Same float32 operations as Normalize, so the
-    values are bit-identical. mean/std live on the device once (no host copy per call, no host sync).
-    """
-    if x.dtype != torch.uint8 or x.ndim < 4 or x.shape[-4] != 3:
-        raise ValueError(f"transforms.normalize: expected uint8 (..., 3, T, H, W), got {x.dtype} {tuple(x.shape)}")
-    m, s = _norm_constants(x.device, tuple(mean), tuple(std))
-    return (x.to(torch.float32) - m) / s
-
-
-def denormalize(x: torch.Tensor, mean: tuple[float, ...] = MEAN, std: tuple[float, ...] = STD) -> np.ndarray:
-    """Inverse of Normalize: (C, T, H, W) -> uint8 (T, H, W, 3) (for viewing and tests)."""
-    y = x.permute(1, 2, 3, 0) * torch.tensor(std) + torch.tensor(mean)
-    return y.round().clamp(0, 255).to(torch.uint8).numpy()
-
-
-@dataclass
-class CenterCrop:
-    """MMAction2 `CenterCrop`: offsets ((W - w) // 2, (H - h) // 2). (T, H, W, 3) -> (T, h, w, 3)."""
-    size: int | tuple[int, int]  # (w, h)
-
-    def __call__(self, frames: np.ndarray, rng: np.random.Generator | None = None) -> np.ndarray:
-        _check_clip(frames, "CenterCrop")
-        (h, w), (cw, ch) = frames.shape[1:3], _pair(self.size)
-        x, y = (w - cw) // 2, (h - ch) // 2
-        return np.ascontiguousarray(_crop(frames, (x, y, x + cw, y + ch)))
-
-
-@dataclass
-class ThreeCrop:
-    """MMAction2 `ThreeCrop`: 3 crops along the long side, ORDER left/top, right/bottom, middle (step = (L - l) // 2).
-
-    The crop must span the short side. (T, H, W, 3) -> views (3, T, h, w, 3).
-    """
-    size: int | tuple[int, int]  # (w, h)
-
-    def boxes(self, img_h: int, img_w: int) -> list[tuple[int, int, int, int]]:
-        cw, ch = _pair(self.size)
-        if ch == img_h:
-            step = (img_w - cw) // 2
-            offsets = [(0, 0), (2 * step, 0), (step, 0)]
-        elif cw == img_w:
-            step = (img_h - ch) // 2
-            offsets = [(0, 0), (0, 2 * step), (0, step)]
-        else:
-            raise ValueError(f"transforms.ThreeCrop: crop {cw}x{ch} must span the image height {img_h} or width "
-                             f"{img_w}")
-        return [(x, y, x + cw, y + ch) for x, y in offsets]
-
-    def __call__(self, frames: np.ndarray, rng: np.random.Generator | None = None) -> np.ndarray:
-        _check_clip(frames, "ThreeCrop")
-        return np.stack([_crop(frames, b) for b in self.boxes(*frames.shape[1:3])])
-
-
-@dataclass
-class TenCrop:
-    """MMAction2 `TenCrop`: for each of upper-left, upper-right, lower-left, lower-right, centre: crop, flipped crop.
-
-    (T, H, W, 3) -> views (10, T, h, w, 3), order [UL, UL-flip, UR, UR-flip, LL, LL-flip, LR, LR-flip, C, C-flip].
-    """
-    size: int | tuple[int, int]  # (w, h)
-
-    def boxes(self, img_h: int, img_w: int) -> list[tuple[int, int, int, int]]:
-        cw, ch = _pair(self.size)
-        offsets = _fixed_offsets((img_w - cw) // 4, (img_h - ch) // 4, 5)
-        return [(x, y, x + cw, y + ch) for x, y in offsets]
-
-    def __call__(self, frames: np.ndarray, rng: np.random.Generator | None = None) -> np.ndarray:
-        _check_clip(frames, "TenCrop")
-        views = []
-        for b in self.boxes(*frames.shape[1:3]):
-            crop = _crop(frames, b)
-            views += [crop, crop[:, :, ::-1]]
-        return np.stack(views)
-
-
-def compose(*steps: Callable) -> Callable:
-    """Chain clip transforms: f(frames, rng) = steps[-1](... steps[0](frames, rng) ..., rng)."""
-    def run(frames: np.ndarray, rng: np.random.Generator | None = None) -> np.ndarray | torch.Tensor:
-        for step in steps:
-            frames = step(frames, rng)
-        return frames
-    return run
-
-
-def train_transform(family: str, crop_size: int = 224, uint8: bool = False) -> Callable:
-    """Training pipeline f(frames uint8 (T, H, W, 3), rng) -> float (C, T, crop, crop), as MMAction2's K400 configs.
-
-    'tsn': Resize(short=S) -> MultiScaleCrop -> resize (crop, crop) -> Flip -> Normalize;
-    '3d':  Resize(short=S) -> RandomResizedCrop -> resize (crop, crop) -> Flip -> Normalize; S = round(crop*256/224).
-    Resize is cv2-exact (an identity on K400's short side 256); crop, resize and flip are one ResizedCropFlip
-    (within one grey level of cv2, same boxes). uint8=True: uint8 (C, T, crop, crop) before normalisation
-    (`normalize` finishes it, to the float output exactly).
-    """
-    boxes = {"tsn": MultiScaleCrop(input_size=crop_size).box, "3d": RandomResizedCrop().box}
-    if family not in boxes:
-        raise ValueError(f"transforms.train_transform: family must be one of {sorted(boxes)}, got {family!r}")
-    steps = [Resize(short_side=short_side_for(crop_size)), ResizedCropFlip(boxes[family], crop_size, 0.5)]
-    return compose(*steps) if uint8 else compose(*steps, lambda x, rng: normalize(x))
-
-
-def test_transform(family: str, crop_size: int = 224, protocol: str = "three_crop", uint8: bool = False) -> Callable:
-    """Test pipeline f(frames uint8 (T, H, W, 3)) -> float views (V, C, T, h, w); S = round(crop * 256 / 224).
-
-    'three_crop': Resize(short=S) -> ThreeCrop(S) (V=3, h=w=S; MMAction2 SlowOnly test config);
-    'ten_crop':   Resize(short=S) -> TenCrop(crop) (V=10; MMAction2 TSN test config);
-    'center':     Resize(short=S) -> CenterCrop(crop) (V=1; MMAction2 val config).
-    Resize is cv2-exact. uint8=True: uint8 views (V, C, T, h, w) before normalisation (`normalize` finishes them).
-    """
-    if family not in ("tsn", "3d"):
-        raise ValueError(f"transforms.test_transform: family must be 'tsn' or '3d', got {family!r}")
-    side = short_side_for(crop_size)
-    views = {"three_crop": ThreeCrop(side), "ten_crop": TenCrop(crop_size),
-             "center": compose(CenterCrop(crop_size), lambda f, rng: f[None])}
-    if protocol not in views:
-        raise ValueError(f"transforms.test_transform: protocol must be one of {sorted(views)}, got {protocol!r}")
-    pipeline = compose(Resize(short_side=side), views[protocol], ToUint8Tensor() if uint8 else Normalize())
-    return lambda frames: pipeline(frames, None)
-
-
-def short_side_for(crop_size: int) -> int:
-    """MMAction2 test/train resize: short side 256 for crop 224, scaled alike for other crops (round(crop*256/224))."""
-    return int(round(crop_size * 256 / 224))
-
-
-# ----------------------------------------------------------------------------------------------------------------------
-# 2. Transforming web data to the target format (Sec. 3.5)
+# 1. Transforming web data to the target format (Sec. 3.5)
 # ----------------------------------------------------------------------------------------------------------------------
 
 
@@ -579,8 +309,281 @@ def select_snippet(scores: np.ndarray | Sequence[float], label: int, mode: str =
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# helpers
+# 2. Clip augmentation (MMAction2 1.x mmaction/datasets/transforms/processing.py, re-implemented)
 # ----------------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Resize:
+    """MMAction2 `Resize`: short side to `short_side` keeping the ratio (scale=(-1, S)), or to a fixed `size` (w, h).
+
+    (T, H, W, 3) uint8 -> (T, H', W', 3) uint8. New size as mmcv.rescale_size: int(w * S / min(h, w) + 0.5).
+    Equals MMAction2's cv2 INTER_LINEAR bit for bit (see _resize_cv2_linear).
+    """
+    short_side: int | None = None
+    size: tuple[int, int] | None = None  # (w, h), keep_ratio=False
+
+    def __call__(self, frames: np.ndarray, rng: np.random.Generator | None = None) -> np.ndarray:
+        _check_clip(frames, "Resize")
+        h, w = frames.shape[1:3]
+        if self.size is not None:
+            new_w, new_h = self.size
+        elif self.short_side is not None:
+            scale = self.short_side / min(h, w)
+            new_w, new_h = int(w * scale + 0.5), int(h * scale + 0.5)
+        else:
+            raise ValueError("transforms.Resize: expected short_side or size=(w, h)")
+        return _resize_frames(frames, new_w, new_h)
+
+
+@dataclass
+class MultiScaleCrop:
+    """MMAction2 `MultiScaleCrop` (TSN training): crop w and h from scales of the short side, then fixed offsets.
+
+    Gives the box; ResizedCropFlip crops the clip with it and resizes the crop to `input_size` (train_transform).
+    """
+    input_size: int | tuple[int, int] = 224  # (w, h) of the network input
+    scales: tuple[float, ...] = (1, 0.875, 0.75, 0.66)
+    max_wh_scale_gap: int = 1
+    random_crop: bool = False
+    num_fixed_crops: int = 5  # 5 or 13
+
+    def box(self, img_h: int, img_w: int, rng: np.random.Generator) -> tuple[int, int, int, int]:
+        """Crop box (x1, y1, x2, y2) for an image of img_h x img_w."""
+        in_w, in_h = _pair(self.input_size)
+        # 1. candidate (w, h) sizes: pairs of scales at most max_wh_scale_gap levels apart
+        crop_sizes = [int(min(img_h, img_w) * s) for s in self.scales]
+        candidates = [[w, h] for i, h in enumerate(crop_sizes) for j, w in enumerate(crop_sizes)
+                      if abs(i - j) <= self.max_wh_scale_gap]
+        crop_w, crop_h = candidates[int(rng.integers(len(candidates)))]
+        # 2. a size within 3 px of the input size snaps to it (as MMAction2)
+        crop_w = in_w if abs(crop_w - in_w) < 3 else crop_w
+        crop_h = in_h if abs(crop_h - in_h) < 3 else crop_h
+        # 3. offset: uniform, or one of the 5 (13) fixed positions on a quarter grid
+        if self.random_crop:
+            x, y = int(rng.integers(img_w - crop_w + 1)), int(rng.integers(img_h - crop_h + 1))
+        else:
+            offsets = _fixed_offsets((img_w - crop_w) // 4, (img_h - crop_h) // 4, self.num_fixed_crops)
+            x, y = offsets[int(rng.integers(len(offsets)))]
+        return x, y, x + crop_w, y + crop_h
+
+
+@dataclass
+class RandomResizedCrop:
+    """MMAction2 `RandomResizedCrop` (3D training): 10 trials of (area, log-uniform ratio); fallback centre square.
+
+    Gives the box; ResizedCropFlip crops the clip with it and resizes the crop to the crop size (train_transform).
+    """
+    area_range: tuple[float, float] = (0.08, 1.0)
+    aspect_ratio_range: tuple[float, float] = (3 / 4, 4 / 3)
+    max_attempts: int = 10
+
+    def box(self, img_h: int, img_w: int, rng: np.random.Generator) -> tuple[int, int, int, int]:
+        """Crop box (x1, y1, x2, y2) for an image of img_h x img_w."""
+        # 1. all trials drawn at once (as MMAction2): ratio log-uniform, area uniform in area_range * H * W
+        lo, hi = np.log(self.aspect_ratio_range[0]), np.log(self.aspect_ratio_range[1])
+        ratios = np.exp(rng.uniform(lo, hi, size=self.max_attempts))
+        areas = rng.uniform(*self.area_range, size=self.max_attempts) * img_h * img_w
+        widths = np.round(np.sqrt(areas * ratios)).astype(int)
+        heights = np.round(np.sqrt(areas / ratios)).astype(int)
+        # 2. the first trial that fits gets a uniform offset
+        for crop_w, crop_h in zip(widths, heights):
+            if crop_h <= img_h and crop_w <= img_w:
+                x, y = int(rng.integers(img_w - crop_w + 1)), int(rng.integers(img_h - crop_h + 1))
+                return x, y, x + int(crop_w), y + int(crop_h)
+        # 3. fallback: centre square of the short side
+        side = min(img_h, img_w)
+        x, y = (img_w - side) // 2, (img_h - side) // 2
+        return x, y, x + side, y + side
+
+
+@dataclass
+class ResizedCropFlip:
+    """Training: crop `box(H, W, rng)`, resize the crop to size x size, flip horizontally with probability p; fused.
+
+    (T, H, W, 3) uint8 -> uint8 (C, T, size, size), ToUint8Tensor's layout. The random draws are MMAction2's order
+    (the box, then the flip), so a Generator gives the same boxes and flips as crop -> Resize -> Flip would. The
+    resize is F.interpolate(bilinear, align_corners=False, antialias=False) on the uint8 crop in channels-last memory
+    (torch's uint8 kernel): cv2 INTER_LINEAR's sample points and edge clamping, within one grey level of Resize's
+    exact pixels (their roundings differ), about 7x faster (benchmark.py --what transforms); the flip and the
+    (C, T, H, W) layout are one numpy copy. box: MultiScaleCrop.box (TSN) or RandomResizedCrop.box (3D).
+    """
+    box: Callable[[int, int, np.random.Generator], tuple[int, int, int, int]]
+    size: int = 224
+    p: float = 0.5
+
+    def __call__(self, frames: np.ndarray, rng: np.random.Generator) -> torch.Tensor:
+        _check_clip(frames, "ResizedCropFlip")
+        crop = _crop(frames, self.box(*frames.shape[1:3], rng))
+        flip = rng.random() < self.p
+        if crop.shape[1:3] != (self.size, self.size):
+            crop = _resize_uint8(crop, self.size, self.size)
+        if flip:
+            crop = crop[:, :, ::-1]
+        return torch.from_numpy(np.ascontiguousarray(crop.transpose(3, 0, 1, 2)))  # (C, T, size, size)
+
+
+@dataclass
+class Normalize:
+    """(x - mean) / std on the 0-255 scale: (T, H, W, 3) -> (C, T, H, W); views (V, T, H, W, 3) -> (V, C, T, H, W)."""
+    mean: tuple[float, float, float] = MEAN
+    std: tuple[float, float, float] = STD
+
+    def __call__(self, frames: np.ndarray, rng: np.random.Generator | None = None) -> torch.Tensor:
+        if frames.ndim not in (4, 5) or frames.shape[-1] != 3:
+            raise ValueError(f"transforms.Normalize: expected (T, H, W, 3) or (V, T, H, W, 3), got {frames.shape}")
+        x = torch.from_numpy(frames.astype(np.float32))  # a copy: read-only inputs are fine
+        x = (x - torch.tensor(self.mean)) / torch.tensor(self.std)
+        order = (3, 0, 1, 2) if frames.ndim == 4 else (0, 4, 1, 2, 3)
+        return x.permute(*order).contiguous()
+
+
+@dataclass
+class ToUint8Tensor:
+    """The uint8 end of a pipeline: (T, H, W, 3) -> uint8 (C, T, H, W); views (V, T, H, W, 3) -> (V, C, T, H, W).
+
+    Same layout as Normalize's output, before normalisation; `normalize` turns it into Normalize's output exactly.
+    """
+
+    def __call__(self, frames: np.ndarray, rng: np.random.Generator | None = None) -> torch.Tensor:
+        if frames.ndim not in (4, 5) or frames.shape[-1] != 3 or frames.dtype != np.uint8:
+            raise ValueError(f"transforms.ToUint8Tensor: expected uint8 (T, H, W, 3) or (V, T, H, W, 3), "
+                             f"got {frames.dtype} {frames.shape}")
+        order = (3, 0, 1, 2) if frames.ndim == 4 else (0, 4, 1, 2, 3)
+        return torch.from_numpy(np.ascontiguousarray(frames)).permute(*order).contiguous()
+
+
+def normalize(x: torch.Tensor, mean: tuple[float, ...] = MEAN, std: tuple[float, ...] = STD) -> torch.Tensor:
+    """uint8 clips -> float32 (x - mean) / std on x's device, equal to Normalize's output for the same pixels.
+
+    x: uint8 (..., C, T, H, W) with the CHANNEL AT DIM -4 (C = 3, RGB): a clip (C, T, H, W), a batch (N, C, T, H, W),
+    test views (V, C, T, H, W) or a batch of them (N, V, C, T, H, W). Same float32 operations as Normalize, so the
+    values are bit-identical. mean/std live on the device once (no host copy per call, no host sync).
+    """
+    if x.dtype != torch.uint8 or x.ndim < 4 or x.shape[-4] != 3:
+        raise ValueError(f"transforms.normalize: expected uint8 (..., 3, T, H, W), got {x.dtype} {tuple(x.shape)}")
+    m, s = _norm_constants(x.device, tuple(mean), tuple(std))
+    return (x.to(torch.float32) - m) / s
+
+
+@dataclass
+class CenterCrop:
+    """MMAction2 `CenterCrop`: offsets ((W - w) // 2, (H - h) // 2). (T, H, W, 3) -> (T, h, w, 3)."""
+    size: int | tuple[int, int]  # (w, h)
+
+    def __call__(self, frames: np.ndarray, rng: np.random.Generator | None = None) -> np.ndarray:
+        _check_clip(frames, "CenterCrop")
+        (h, w), (cw, ch) = frames.shape[1:3], _pair(self.size)
+        x, y = (w - cw) // 2, (h - ch) // 2
+        return np.ascontiguousarray(_crop(frames, (x, y, x + cw, y + ch)))
+
+
+@dataclass
+class ThreeCrop:
+    """MMAction2 `ThreeCrop`: 3 crops along the long side, ORDER left/top, right/bottom, middle (step = (L - l) // 2).
+
+    The crop must span the short side. (T, H, W, 3) -> views (3, T, h, w, 3).
+    """
+    size: int | tuple[int, int]  # (w, h)
+
+    def boxes(self, img_h: int, img_w: int) -> list[tuple[int, int, int, int]]:
+        cw, ch = _pair(self.size)
+        if ch == img_h:
+            step = (img_w - cw) // 2
+            offsets = [(0, 0), (2 * step, 0), (step, 0)]
+        elif cw == img_w:
+            step = (img_h - ch) // 2
+            offsets = [(0, 0), (0, 2 * step), (0, step)]
+        else:
+            raise ValueError(f"transforms.ThreeCrop: crop {cw}x{ch} must span the image height {img_h} or width "
+                             f"{img_w}")
+        return [(x, y, x + cw, y + ch) for x, y in offsets]
+
+    def __call__(self, frames: np.ndarray, rng: np.random.Generator | None = None) -> np.ndarray:
+        _check_clip(frames, "ThreeCrop")
+        return np.stack([_crop(frames, b) for b in self.boxes(*frames.shape[1:3])])
+
+
+@dataclass
+class TenCrop:
+    """MMAction2 `TenCrop`: for each of upper-left, upper-right, lower-left, lower-right, centre: crop, flipped crop.
+
+    (T, H, W, 3) -> views (10, T, h, w, 3), order [UL, UL-flip, UR, UR-flip, LL, LL-flip, LR, LR-flip, C, C-flip].
+    """
+    size: int | tuple[int, int]  # (w, h)
+
+    def boxes(self, img_h: int, img_w: int) -> list[tuple[int, int, int, int]]:
+        cw, ch = _pair(self.size)
+        offsets = _fixed_offsets((img_w - cw) // 4, (img_h - ch) // 4, 5)
+        return [(x, y, x + cw, y + ch) for x, y in offsets]
+
+    def __call__(self, frames: np.ndarray, rng: np.random.Generator | None = None) -> np.ndarray:
+        _check_clip(frames, "TenCrop")
+        views = []
+        for b in self.boxes(*frames.shape[1:3]):
+            crop = _crop(frames, b)
+            views += [crop, crop[:, :, ::-1]]
+        return np.stack(views)
+
+
+def train_transform(family: str, crop_size: int = 224, uint8: bool = False) -> Callable:
+    """Training pipeline f(frames uint8 (T, H, W, 3), rng) -> float (C, T, crop, crop), as MMAction2's K400 configs.
+
+    'tsn': Resize(short=S) -> MultiScaleCrop -> resize (crop, crop) -> Flip -> Normalize;
+    '3d':  Resize(short=S) -> RandomResizedCrop -> resize (crop, crop) -> Flip -> Normalize; S = round(crop*256/224).
+    Resize is cv2-exact (an identity on K400's short side 256); crop, resize and flip are one ResizedCropFlip
+    (within one grey level of cv2, same boxes). uint8=True: uint8 (C, T, crop, crop) before normalisation
+    (`normalize` finishes it, to the float output exactly).
+    """
+    boxes = {"tsn": MultiScaleCrop(input_size=crop_size).box, "3d": RandomResizedCrop().box}
+    if family not in boxes:
+        raise ValueError(f"transforms.train_transform: family must be one of {sorted(boxes)}, got {family!r}")
+    steps = [Resize(short_side=short_side_for(crop_size)), ResizedCropFlip(boxes[family], crop_size, 0.5)]
+    return compose(*steps) if uint8 else compose(*steps, lambda x, rng: normalize(x))
+
+
+def test_transform(family: str, crop_size: int = 224, protocol: str = "three_crop", uint8: bool = False) -> Callable:
+    """Test pipeline f(frames uint8 (T, H, W, 3)) -> float views (V, C, T, h, w); S = round(crop * 256 / 224).
+
+    'three_crop': Resize(short=S) -> ThreeCrop(S) (V=3, h=w=S; MMAction2 SlowOnly test config);
+    'ten_crop':   Resize(short=S) -> TenCrop(crop) (V=10; MMAction2 TSN test config);
+    'center':     Resize(short=S) -> CenterCrop(crop) (V=1; MMAction2 val config).
+    Resize is cv2-exact. uint8=True: uint8 views (V, C, T, h, w) before normalisation (`normalize` finishes them).
+    """
+    if family not in ("tsn", "3d"):
+        raise ValueError(f"transforms.test_transform: family must be 'tsn' or '3d', got {family!r}")
+    side = short_side_for(crop_size)
+    views = {"three_crop": ThreeCrop(side), "ten_crop": TenCrop(crop_size),
+             "center": compose(CenterCrop(crop_size), lambda f, rng: f[None])}
+    if protocol not in views:
+        raise ValueError(f"transforms.test_transform: protocol must be one of {sorted(views)}, got {protocol!r}")
+    pipeline = compose(Resize(short_side=side), views[protocol], ToUint8Tensor() if uint8 else Normalize())
+    return lambda frames: pipeline(frames, None)
+
+
+def short_side_for(crop_size: int) -> int:
+    """MMAction2 test/train resize: short side 256 for crop 224, scaled alike for other crops (round(crop*256/224))."""
+    return int(round(crop_size * 256 / 224))
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# 3. Machinery (a reader of the method may stop here): compose, alignment steps, cv2-exact resize taps, helpers
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def compose(*steps: Callable) -> Callable:
+    """Chain clip transforms: f(frames, rng) = steps[-1](... steps[0](frames, rng) ..., rng)."""
+    def run(frames: np.ndarray, rng: np.random.Generator | None = None) -> np.ndarray | torch.Tensor:
+        for step in steps:
+            frames = step(frames, rng)
+        return frames
+    return run
+
+
+def denormalize(x: torch.Tensor, mean: tuple[float, ...] = MEAN, std: tuple[float, ...] = STD) -> np.ndarray:
+    """Inverse of Normalize: (C, T, H, W) -> uint8 (T, H, W, 3) (for viewing and tests)."""
+    y = x.permute(1, 2, 3, 0) * torch.tensor(std) + torch.tensor(mean)
+    return y.round().clamp(0, 255).to(torch.uint8).numpy()
 
 
 def _check_clip(frames: object, where: str) -> None:
