@@ -73,7 +73,6 @@ class ResNetConfig:
     block: str  # 'basic' (ResNet-18/34) or 'bottleneck' (ResNet-50/101/152)
     layers: tuple[int, int, int, int]  # number of blocks in layer1..layer4
     width: int = 64  # channels after the stem; stage i has width * 2**i planes (times the block expansion)
-    in_channels: int = 3  # RGB
     stem: str = "imagenet"  # a STEMS key: 'imagenet' for 224 px crops, 'small' for the tiny nets' 64 px crops
 
     def __post_init__(self) -> None:
@@ -89,13 +88,17 @@ class BasicBlock(nn.Module):
     """Two 3x3 convs + identity (ResNet-18/34).  `ndim` 2 or 3; in 3D, `t_kernel` is conv1's temporal kernel.
 
     3D variant (tiny SlowOnly): conv1 (t_kernel, 3, 3), conv2 (1, 3, 3), spatial stride only (MMAction2 BasicBlock3d).
+    `branch_op` (every block here): a module run on the residual branch's input before conv1, the identity path
+    untouched -- the extension point of a backbone variant (see `BranchOp`); None: nothing (nn.Identity).
     """
 
     expansion = 1
     last_bn = "bn2"  # the BN whose gamma SlowOnly zero-initialises
 
-    def __init__(self, inplanes: int, planes: int, stride: int = 1, ndim: int = 2, t_kernel: int = 1):
+    def __init__(self, inplanes: int, planes: int, stride: int = 1, ndim: int = 2, t_kernel: int = 1,
+                 branch_op: nn.Module | None = None):
         super().__init__()
+        self.branch_op = nn.Identity() if branch_op is None else branch_op
         self.conv1 = _conv(ndim, inplanes, planes, 3, stride, t_kernel)
         self.bn1 = _bn(ndim, planes)
         self.relu = nn.ReLU(inplace=True)
@@ -105,7 +108,7 @@ class BasicBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         identity = x if self.downsample is None else self.downsample(x)
-        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn1(self.conv1(self.branch_op(x))))
         out = self.bn2(self.conv2(out))
         return self.relu(out + identity)
 
@@ -114,14 +117,17 @@ class Bottleneck(nn.Module):
     """1x1 -> 3x3 (stride here, torchvision "ResNet v1.5") -> 1x1 (x4 channels) + identity.
 
     3D variant (SlowOnly): conv1 (t_kernel, 1, 1) with temporal padding t_kernel // 2, conv2 (1, 3, 3) with stride
-    (1, s, s), conv3 (1, 1, 1); t_kernel = 3 for every block of layer3/layer4, 1 elsewhere.
+    (1, s, s), conv3 (1, 1, 1); t_kernel = 3 for every block of layer3/layer4, 1 elsewhere.  `branch_op`: as in
+    `BasicBlock`.
     """
 
     expansion = 4
     last_bn = "bn3"
 
-    def __init__(self, inplanes: int, planes: int, stride: int = 1, ndim: int = 2, t_kernel: int = 1):
+    def __init__(self, inplanes: int, planes: int, stride: int = 1, ndim: int = 2, t_kernel: int = 1,
+                 branch_op: nn.Module | None = None):
         super().__init__()
+        self.branch_op = nn.Identity() if branch_op is None else branch_op
         self.conv1 = _conv(ndim, inplanes, planes, 1, 1, t_kernel)
         self.bn1 = _bn(ndim, planes)
         self.conv2 = _conv(ndim, planes, planes, 3, stride)
@@ -133,13 +139,21 @@ class Bottleneck(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         identity = x if self.downsample is None else self.downsample(x)
-        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn1(self.conv1(self.branch_op(x))))
         out = self.relu(self.bn2(self.conv2(out)))
         out = self.bn3(self.conv3(out))
         return self.relu(out + identity)
 
 
 BLOCKS = {"basic": BasicBlock, "bottleneck": Bottleneck}
+
+# The extension point of a backbone variant (beyond the paper): BranchOp(channels, num_segments) builds the module
+# that runs on a block's residual-branch input (`channels`: the block's input channels), once per block when the
+# stages are built.  num_segments: the spec's num_clips_train, which `build_model` hands every factory -- a TSN's
+# segments, whose frames lie consecutively along the batch axis of its 2D backbone, (N * num_segments, C, H, W);
+# the 3D nets see time as an axis of (N, C, T, H, W).  A variant is then one such class plus one ARCHS entry
+# (section 4).
+BranchOp = Callable[[int, int], nn.Module]
 
 # Stem = conv1 (kernel, stride) + BN + ReLU, then a 3x3 stride-2 max-pool or none: stem name -> (kernel, stride, pool).
 # 'imagenet' (torchvision, MMAction2) divides the input by 4: 224 -> 56 before layer1, 7x7 after layer4.
@@ -165,19 +179,21 @@ class ResNet(nn.Module):
     """torchvision's ResNet: same parameter names, same init (kaiming fan_out convs, BN 1/0, default Linear).
 
     `num_classes=None` builds it without `fc` (a backbone); `forward` then returns the pooled features.
-    A torchvision ImageNet state dict loads with ``strict=True`` at width 64.
+    A torchvision ImageNet state dict loads with ``strict=True`` at width 64.  `branch_op` (+ `num_segments`, the
+    frames of one sample along the batch axis): see `BranchOp`.
     """
 
-    def __init__(self, cfg: ResNetConfig, num_classes: int | None = 1000):
+    def __init__(self, cfg: ResNetConfig, num_classes: int | None = 1000, branch_op: BranchOp | None = None,
+                 num_segments: int = 1):
         super().__init__()
-        self.cfg = cfg
         block, w = BLOCKS[cfg.block], cfg.width
         kernel, stride, pool = STEMS[cfg.stem]
-        self.conv1 = _conv(2, cfg.in_channels, w, kernel, stride)  # 'imagenet': 7x7 stride 2 pad 3
+        self.conv1 = _conv(2, 3, w, kernel, stride)  # RGB in; 'imagenet': 7x7 stride 2 pad 3
         self.bn1 = nn.BatchNorm2d(w)
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1) if pool else nn.Identity()
-        self.layer1, self.layer2, self.layer3, self.layer4 = _make_stages(block, cfg, ndim=2, t_kernels=(1,) * 4)
+        self.layer1, self.layer2, self.layer3, self.layer4 = _make_stages(block, cfg, 2, (1,) * 4, branch_op,
+                                                                          num_segments)
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.feat_dim = 8 * w * block.expansion  # 2048 for ResNet-50, 512 for ResNet-18
         self.fc = nn.Linear(self.feat_dim, num_classes) if num_classes else None
@@ -197,11 +213,12 @@ class ResNet(nn.Module):
         return feats if self.fc is None else self.fc(feats)  # (N, num_classes)
 
 
-def resnet(depth: int, num_classes: int | None = 1000, width: int = 64, stem: str = "imagenet") -> ResNet:
-    """2D ResNet-`depth` (18, 34, 50, 101, 152) at base `width` with a STEMS `stem`."""
+def resnet(depth: int, num_classes: int | None = 1000, width: int = 64, stem: str = "imagenet",
+           branch_op: BranchOp | None = None, num_segments: int = 1) -> ResNet:
+    """2D ResNet-`depth` (18, 34, 50, 101, 152) at base `width` with a STEMS `stem` (`branch_op`: see `BranchOp`)."""
     if depth not in RESNET_CONFIGS:
         raise ValueError(f"models.resnet: depth must be one of {sorted(RESNET_CONFIGS)}, got {depth}")
-    return ResNet(replace(RESNET_CONFIGS[depth], width=width, stem=stem), num_classes)
+    return ResNet(replace(RESNET_CONFIGS[depth], width=width, stem=stem), num_classes, branch_op, num_segments)
 
 
 def resnet18(num_classes: int | None = 1000, width: int = 64) -> ResNet:
@@ -254,6 +271,15 @@ class TSN(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))
 
+    def forward_views(self, views: torch.Tensor, spec: ArchSpec) -> torch.Tensor:
+        """views (N, V, C, T, H, W) normalised -> (N, K) float32 probabilities, MMAction2's TSN test protocol
+        (Sec. 5.1): every view's frames are extra segments, so the consensus averages the features of all views x
+        segments before the classifier (TSNHead), then one softmax.  Every frame is a segment, whatever
+        `spec.clip_len` says."""
+        n, v, c, t, h, w = views.shape
+        frames = views.permute(0, 2, 1, 3, 4, 5).reshape(n, c, v * t, h, w)  # (N, C, V*T, H, W)
+        return self(frames).float().softmax(dim=1)
+
 
 # ----------------------------------------------------------------------------------------------------------------------
 # 3. SlowOnly 3D ResNet (Sec. 5.1, "3D ConvNets")
@@ -283,6 +309,16 @@ class _ClipNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))
 
+    def forward_views(self, views: torch.Tensor, spec: ArchSpec) -> torch.Tensor:
+        """views (N, V, C, T, H, W) normalised -> (N, K) float32 probabilities, MMAction2's 3D test protocol
+        (Sec. 5.1): the T frames of a view are T // spec.clip_len clips; the softmax of every clip x crop is
+        averaged (average_clips='prob')."""
+        n, v, c, t, h, w = views.shape
+        clips, length = t // spec.clip_len, spec.clip_len
+        x = views.reshape(n, v, c, clips, length, h, w).permute(0, 3, 1, 2, 4, 5, 6)  # (N, clips, V, C, L, H, W)
+        probs = self(x.reshape(n * clips * v, c, length, h, w)).float().softmax(dim=1)  # (N*clips*V, K)
+        return probs.view(n, clips * v, -1).mean(dim=1)
+
 
 class ResNet3dSlowOnly(_ClipNet):
     """SlowOnly ResNet (MMAction2 ResNet3dSlowOnly + I3DHead) with the 2D ResNet's parameter names.
@@ -295,37 +331,40 @@ class ResNet3dSlowOnly(_ClipNet):
     """
 
     def __init__(self, cfg: ResNetConfig, num_classes: int, dropout: float = 0.5,
-                 inflate: tuple[bool, bool, bool, bool] = (False, False, True, True)):
+                 inflate: tuple[bool, bool, bool, bool] = (False, False, True, True),
+                 branch_op: BranchOp | None = None, num_segments: int = 1):
         super().__init__()
-        self.cfg = cfg
         block, w = BLOCKS[cfg.block], cfg.width
         kernel, stride, pool = STEMS[cfg.stem]
-        self.conv1 = _conv(3, cfg.in_channels, w, kernel, stride, t_kernel=1)  # 'imagenet': (1,7,7) stride (1,2,2)
+        self.conv1 = _conv(3, 3, w, kernel, stride, t_kernel=1)  # RGB; 'imagenet': (1,7,7) stride (1,2,2)
         self.bn1 = nn.BatchNorm3d(w)
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = (nn.MaxPool3d(kernel_size=(1, 3, 3), stride=(1, 2, 2), padding=(0, 1, 1)) if pool
                         else nn.Identity())
         t_kernels = tuple(3 if flag else 1 for flag in inflate)
-        self.layer1, self.layer2, self.layer3, self.layer4 = _make_stages(block, cfg, ndim=3, t_kernels=t_kernels)
-        self.feat_dim = 8 * w * block.expansion
+        self.layer1, self.layer2, self.layer3, self.layer4 = _make_stages(block, cfg, 3, t_kernels, branch_op,
+                                                                          num_segments)
         self.dropout = nn.Dropout(dropout)
-        self.fc = nn.Linear(self.feat_dim, num_classes)
+        self.fc = nn.Linear(8 * w * block.expansion, num_classes)
         _init_convs_and_bns(self)
         _zero_init_last_bns(self)
         _init_fc(self.fc)
 
 
-def tsn_resnet(depth: int, num_classes: int, width: int = 64, dropout: float = 0.4, stem: str = "imagenet") -> TSN:
-    """TSN on a 2D ResNet-`depth` backbone (no backbone fc)."""
-    return TSN(resnet(depth, None, width, stem), num_classes, dropout)
+def tsn_resnet(depth: int, num_classes: int, width: int = 64, dropout: float = 0.4, stem: str = "imagenet",
+               branch_op: BranchOp | None = None, num_segments: int = 3) -> TSN:
+    """TSN on a 2D ResNet-`depth` backbone (no backbone fc); `num_segments` reaches `branch_op` only."""
+    return TSN(resnet(depth, None, width, stem, branch_op, num_segments), num_classes, dropout)
 
 
-def slowonly_resnet(depth: int, num_classes: int, width: int = 64, dropout: float = 0.5,
-                    stem: str = "imagenet") -> ResNet3dSlowOnly:
-    """SlowOnly on ResNet-`depth` (50, 101; 18/34 give the BasicBlock variant used by the tiny demo model)."""
+def slowonly_resnet(depth: int, num_classes: int, width: int = 64, dropout: float = 0.5, stem: str = "imagenet",
+                    branch_op: BranchOp | None = None, num_segments: int = 1) -> ResNet3dSlowOnly:
+    """SlowOnly on ResNet-`depth` (50, 101; 18/34 give the BasicBlock variant used by the tiny demo model);
+    `num_segments` reaches `branch_op` only."""
     if depth not in RESNET_CONFIGS:
         raise ValueError(f"models.slowonly_resnet: depth must be one of {sorted(RESNET_CONFIGS)}, got {depth}")
-    return ResNet3dSlowOnly(replace(RESNET_CONFIGS[depth], width=width, stem=stem), num_classes, dropout)
+    cfg = replace(RESNET_CONFIGS[depth], width=width, stem=stem)
+    return ResNet3dSlowOnly(cfg, num_classes, dropout, branch_op=branch_op, num_segments=num_segments)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -340,19 +379,21 @@ class CSNBottleneck(nn.Module):
     here) -> 1x1x1 conv (x4 channels) + identity.  The stride is applied to time AND space (MMAction2 ResNet3dCSN:
     temporal_strides = spatial_strides = (1, 2, 2, 2)); the projection shortcut strides the same way.  BN eps 1e-3
     (the caffe2 models the IG-65M weights come from).  The depthwise pair is named conv2_dw / bn2_dw so that no 2D
-    ResNet conv2 is ever mistaken for it.  `ndim` and `t_kernel` exist for `_make_stages` and must be 3.
+    ResNet conv2 is ever mistaken for it.  `ndim` and `t_kernel` exist for `_make_stages` and must be 3;
+    `branch_op`: as in `BasicBlock`.
     """
 
     expansion = 4
-    last_bn = "bn3"
     bn_eps = 1e-3
 
-    def __init__(self, inplanes: int, planes: int, stride: int = 1, ndim: int = 3, t_kernel: int = 3):
+    def __init__(self, inplanes: int, planes: int, stride: int = 1, ndim: int = 3, t_kernel: int = 3,
+                 branch_op: nn.Module | None = None):
         super().__init__()
         if ndim != 3 or t_kernel != 3:
             raise ValueError(f"models.CSNBottleneck: only the 3D 3x3x3 form exists, got ndim={ndim}, "
                              f"t_kernel={t_kernel}")
         out = planes * self.expansion
+        self.branch_op = nn.Identity() if branch_op is None else branch_op
         self.conv1 = nn.Conv3d(inplanes, planes, 1, bias=False)
         self.bn1 = nn.BatchNorm3d(planes, eps=self.bn_eps)
         self.conv2_dw = nn.Conv3d(planes, planes, 3, stride, padding=1, groups=planes, bias=False)  # (planes, 1, 3,3,3)
@@ -367,7 +408,7 @@ class CSNBottleneck(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         identity = x if self.downsample is None else self.downsample(x)
-        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn1(self.conv1(self.branch_op(x))))
         out = self.relu(self.bn2_dw(self.conv2_dw(out)))
         out = self.bn3(self.conv3(out))
         return self.relu(out + identity)
@@ -382,30 +423,32 @@ class ResNet3dCSN(_ClipNet):
     Head: global average pool over (T, H, W), dropout 0.5, fc (normal std 0.01, bias 0).
     """
 
-    def __init__(self, cfg: ResNetConfig, num_classes: int, dropout: float = 0.5):
+    def __init__(self, cfg: ResNetConfig, num_classes: int, dropout: float = 0.5, branch_op: BranchOp | None = None,
+                 num_segments: int = 1):
         super().__init__()
         if cfg.block != "bottleneck":
             raise ValueError(f"models.ResNet3dCSN: irCSN needs a bottleneck ResNet depth (50, 101, 152), got {cfg}")
-        self.cfg = cfg
         w = cfg.width
-        self.conv1 = nn.Conv3d(cfg.in_channels, w, (3, 7, 7), (1, 2, 2), padding=(1, 3, 3), bias=False)
+        self.conv1 = nn.Conv3d(3, w, (3, 7, 7), (1, 2, 2), padding=(1, 3, 3), bias=False)
         self.bn1 = nn.BatchNorm3d(w, eps=CSNBottleneck.bn_eps)
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool3d(kernel_size=(1, 3, 3), stride=(1, 2, 2), padding=(0, 1, 1))
-        stages = _make_stages(CSNBottleneck, cfg, ndim=3, t_kernels=(3,) * 4)  # stride 2 (T, H, W) in layer2-4
+        # stride 2 in (T, H, W) in the first block of layer2-4
+        stages = _make_stages(CSNBottleneck, cfg, 3, (3,) * 4, branch_op, num_segments)
         self.layer1, self.layer2, self.layer3, self.layer4 = stages
-        self.feat_dim = 8 * w * CSNBottleneck.expansion
         self.dropout = nn.Dropout(dropout)
-        self.fc = nn.Linear(self.feat_dim, num_classes)
+        self.fc = nn.Linear(8 * w * CSNBottleneck.expansion, num_classes)
         _init_convs_and_bns(self)
         _init_fc(self.fc)
 
 
-def ircsn_resnet(depth: int, num_classes: int, width: int = 64, dropout: float = 0.5) -> ResNet3dCSN:
-    """irCSN on ResNet-`depth` (50, 101, 152; the paper's best model is irCSN-152, Table 7)."""
+def ircsn_resnet(depth: int, num_classes: int, width: int = 64, dropout: float = 0.5,
+                 branch_op: BranchOp | None = None, num_segments: int = 1) -> ResNet3dCSN:
+    """irCSN on ResNet-`depth` (50, 101, 152; the paper's best model is irCSN-152, Table 7); `num_segments` reaches
+    `branch_op` only."""
     if depth not in RESNET_CONFIGS or RESNET_CONFIGS[depth].block != "bottleneck":
         raise ValueError(f"models.ircsn_resnet: depth must be one of 50, 101, 152, got {depth}")
-    return ResNet3dCSN(replace(RESNET_CONFIGS[depth], width=width), num_classes, dropout)
+    return ResNet3dCSN(replace(RESNET_CONFIGS[depth], width=width), num_classes, dropout, branch_op, num_segments)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -450,7 +493,12 @@ class ArchSpec:
 _TSN_SPEC = ArchSpec("tsn", clip_len=1, frame_interval=1, num_clips_train=3, num_clips_test=25, crops_test=3,
                      recipe="tsn")
 
-# name -> (factory(num_classes, width=..., dropout=...), default ArchSpec)
+# name -> (factory(num_classes, num_segments=..., width=..., dropout=...), default ArchSpec); `build_model` calls the
+# factory with the spec's num_clips_train as num_segments (see `BranchOp`).  A backbone variant with an operation
+# in its residual branches is one nn.Module class Op(channels, num_segments) plus one entry, e.g. a temporal shift
+# (TSM, Lin et al. ICCV 2019; beyond the paper):
+#   "tsm_r50": (partial(tsn_resnet, 50, branch_op=TemporalShift), replace(_TSN_SPEC, num_clips_train=8)),
+# (tests/test_models_ext.py builds such an entry).  Its test views are combined by the model class (TSN here).
 ARCHS: dict[str, tuple[Callable[..., nn.Module], ArchSpec]] = {
     "tsn_r18": (partial(tsn_resnet, 18), _TSN_SPEC),
     "tsn_r34": (partial(tsn_resnet, 34), _TSN_SPEC),
@@ -484,8 +532,8 @@ def build_model(name: str, num_classes: int, **overrides) -> nn.Module:
       pretrained                      -> path or state dict: 2D weights (torchvision / our TSN / MMAction2 TSN
                                          layout) loaded into a TSN, or inflated into a SlowOnly; same-shape 3D
                                          weights, e.g. MMAction2's backbone-only IG-65M irCSN file, copied (see
-                                         `load_pretrained`, lenient); the report is kept in
-                                         `model.pretrained_report`.  Whole checkpoints: `load_weights` (strict).
+                                         `load_pretrained`, lenient; refused when no weight fits).  Whole
+                                         checkpoints: `load_weights` (strict).
     """
     if name not in ARCHS:
         raise ValueError(f"models.build_model: unknown architecture {name!r}; known: {', '.join(ARCHS)}")
@@ -499,12 +547,12 @@ def build_model(name: str, num_classes: int, **overrides) -> nn.Module:
     factory, spec = ARCHS[name]
     if "num_segments" in overrides:
         overrides["num_clips_train"] = overrides.pop("num_segments")
-    model = factory(num_classes, **{k: overrides[k] for k in MODEL_OVERRIDES if k in overrides})
-    model.spec = replace(spec, **{k: overrides[k] for k in SPEC_OVERRIDES if k in overrides})
-    model.arch = name
-    model.pretrained_report = None
+    spec = replace(spec, **{k: overrides[k] for k in SPEC_OVERRIDES if k in overrides})
+    model = factory(num_classes, num_segments=spec.num_clips_train,
+                    **{k: overrides[k] for k in MODEL_OVERRIDES if k in overrides})
+    model.spec, model.arch = spec, name
     if "pretrained" in overrides:
-        model.pretrained_report = _load_pretrained_checked(model, overrides["pretrained"], name)
+        _load_pretrained_checked(model, overrides["pretrained"], name)
     return model
 
 
@@ -714,25 +762,15 @@ AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def predict(net: nn.Module, views: torch.Tensor, arch: ArchSpec, amp: str | None = None) -> torch.Tensor:
-    """views (N, V, C, T, H, W), uint8 or normalised -> class probabilities (N, K) float32, combining views as
-    MMAction2 does for the architecture `arch` (a model's .spec); the forward in `amp` precision (train.py --amp)
-    on the device of `views` (None: the caller's autocast state, e.g. filter.py's).
-
-    TSN: every view's frames are extra segments, so the consensus averages the features of all views x segments
-    before the classifier (TSNHead), one softmax. 3D: the T frames of a view are T // clip_len clips; the softmax
-    of every clip x crop is averaged (average_clips='prob').
+    """views (N, V, C, T, H, W), uint8 or normalised, sampled as `arch` says (a model's .spec) -> class
+    probabilities (N, K) float32, the views combined by the model itself: `net.forward_views` (`TSN.forward_views`,
+    `_ClipNet.forward_views`: MMAction2's combination for each).  The forward runs in `amp` precision (train.py
+    --amp) on the device of `views` (None: the caller's autocast state, e.g. filter.py's).
     """
     if views.dtype == torch.uint8:
         views = transforms.normalize(views)
-    n, v, c, t, h, w = views.shape
     with autocast(amp, views.device):
-        if arch.family == "tsn":
-            frames = views.permute(0, 2, 1, 3, 4, 5).reshape(n, c, v * t, h, w)   # (N, C, V*T, H, W)
-            return net(frames).float().softmax(dim=1)
-        clips = t // arch.clip_len
-        x = views.reshape(n, v, c, clips, arch.clip_len, h, w).permute(0, 3, 1, 2, 4, 5, 6)  # (N, clips, V, C, L, H, W)
-        probs = net(x.reshape(n * clips * v, c, arch.clip_len, h, w)).float().softmax(dim=1)
-    return probs.view(n, clips * v, -1).mean(dim=1)
+        return net.forward_views(views, arch)
 
 
 def autocast(amp: str | None, device: torch.device) -> contextlib.AbstractContextManager:
@@ -767,15 +805,19 @@ def _downsample(ndim: int, inplanes: int, outplanes: int, stride: int) -> nn.Seq
     return nn.Sequential(_conv(ndim, inplanes, outplanes, 1, stride), _bn(ndim, outplanes))
 
 
-def _make_stages(block: type, cfg: ResNetConfig, ndim: int, t_kernels: tuple[int, ...]) -> list[nn.Sequential]:
+def _make_stages(block: type, cfg: ResNetConfig, ndim: int, t_kernels: tuple[int, ...],
+                 branch_op: BranchOp | None, num_segments: int) -> list[nn.Sequential]:
     """layer1..layer4: stage i has cfg.layers[i] blocks of width * 2**i planes; stride 2 in the first block of
-    layer2-4 (spatial only in 3D); every block of stage i gets temporal kernel t_kernels[i] on conv1."""
+    layer2-4 (spatial only in 3D); every block of stage i gets temporal kernel t_kernels[i] on conv1, and
+    branch_op(its input channels, num_segments) when a branch_op is given."""
     stages, inplanes = [], cfg.width
     for i, (num_blocks, t_kernel) in enumerate(zip(cfg.layers, t_kernels)):
         planes, stride = cfg.width * 2 ** i, 1 if i == 0 else 2
-        blocks = [block(inplanes, planes, stride, ndim, t_kernel)]
-        inplanes = planes * block.expansion
-        blocks += [block(inplanes, planes, 1, ndim, t_kernel) for _ in range(num_blocks - 1)]
+        blocks = []
+        for b in range(num_blocks):
+            op = None if branch_op is None else branch_op(inplanes, num_segments)
+            blocks.append(block(inplanes, planes, stride if b == 0 else 1, ndim, t_kernel, op))
+            inplanes = planes * block.expansion
         stages.append(nn.Sequential(*blocks))
     return stages
 
@@ -808,7 +850,7 @@ def _check_video(x: torch.Tensor, who: str) -> tuple[int, int, int, int, int]:
     return tuple(x.shape)
 
 
-def _load_pretrained_checked(model: nn.Module, pretrained, arch: str) -> LoadReport:
+def _load_pretrained_checked(model: nn.Module, pretrained: str | Path | dict, arch: str) -> None:
     """build_model's `pretrained=`: path or state dict; refuse weights that share nothing with the net."""
     state_dict = pretrained if isinstance(pretrained, dict) else load_state_dict_file(pretrained)
     report = load_pretrained(model, state_dict)
@@ -816,7 +858,6 @@ def _load_pretrained_checked(model: nn.Module, pretrained, arch: str) -> LoadRep
         source = "the given state dict" if isinstance(pretrained, dict) else str(pretrained)
         raise ValueError(f"models.build_model: pretrained weights {source} share no weight tensor with {arch} "
                          f"(wrong architecture or width?)")
-    return report
 
 
 def _transfer_weights(source: dict[str, torch.Tensor], model: nn.Module, family: str) -> LoadReport:
