@@ -221,24 +221,9 @@ def resnet(depth: int, num_classes: int | None = 1000, width: int = 64, stem: st
     return ResNet(replace(RESNET_CONFIGS[depth], width=width, stem=stem), num_classes, branch_op, num_segments)
 
 
-def resnet18(num_classes: int | None = 1000, width: int = 64) -> ResNet:
-    return resnet(18, num_classes, width)
-
-
-def resnet34(num_classes: int | None = 1000, width: int = 64) -> ResNet:
-    return resnet(34, num_classes, width)
-
-
-def resnet50(num_classes: int | None = 1000, width: int = 64) -> ResNet:
-    return resnet(50, num_classes, width)
-
-
-def resnet101(num_classes: int | None = 1000, width: int = 64) -> ResNet:
-    return resnet(101, num_classes, width)
-
-
-def resnet152(num_classes: int | None = 1000, width: int = 64) -> ResNet:
-    return resnet(152, num_classes, width)
+def resnet50(num_classes: int | None = 1000) -> ResNet:
+    """torchvision's ResNet-50: the ImageNet frame features of Sec. 3.3's de-duplication (filter.py)."""
+    return resnet(50, num_classes)
 
 
 class TSN(nn.Module):
@@ -597,25 +582,41 @@ class LoadReport:
         return "\n".join(lines)
 
 
-def inflate_2d_into_3d(state_dict_2d: dict[str, torch.Tensor], model3d: ResNet3dSlowOnly) -> LoadReport:
-    """Initialise a SlowOnly from 2D ResNet weights (I3D-style inflation; the paper's "ImageNet" 3D models).
-
-    A conv kernel (O, I, kh, kw) becomes (O, I, kt, kh, kw) by repeating it kt times and dividing by kt, so a clip
-    that is constant over time gives the 2D responses (away from the zero-padded clip ends).  BN tensors are copied;
-    fc is copied if the class count matches and otherwise skipped (the report says so).  The source may be in
-    torchvision, our TSN (``backbone.`` prefix) or MMAction2 layout; a ``module.`` prefix is ignored.
-    """
-    return _transfer_weights(state_dict_2d, model3d, family="3d")
-
-
 def load_pretrained(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> LoadReport:
-    """Load weights into a TSN (copy; fc skipped on class mismatch) or a SlowOnly (`inflate_2d_into_3d`).
+    """Copy / inflate every tensor of `state_dict` whose plain-layout key and shape fit `model`; report the rest.
 
-    3D weights of the same architecture are simply copied into a SlowOnly (equal shapes need no inflation); a plain
-    2D `ResNet` works too (its keys are the plain layout).  Nothing is checked for completeness: read the report.
-    Use `load_weights` for whole checkpoints: it checks everything.
+    Into a TSN or a 2D `ResNet` the weights are copied.  Into a SlowOnly, 2D weights are inflated (I3D-style; the
+    paper's "ImageNet" 3D models, Sec. 5.1 / Table 3): a conv kernel (O, I, kh, kw) becomes (O, I, kt, kh, kw) by
+    repeating it kt times and dividing by kt, so a clip that is constant over time gives the 2D responses (away
+    from the zero-padded clip ends); BN tensors are copied.  Same-shape 3D weights (e.g. MMAction2's IG-65M irCSN
+    backbone) are simply copied.  fc is copied if the class count matches and otherwise skipped (the report says
+    so).  The source may be in torchvision, our TSN (``backbone.`` prefix) or MMAction2 layout; a ``module.``
+    prefix is ignored.  Nothing is checked for completeness: read the report.  Use `load_weights` for whole
+    checkpoints: it checks everything.
     """
-    return _transfer_weights(state_dict, model, _family_of(model))
+    src, family = _to_plain_layout(state_dict), _family_of(model)
+    report, new_state, used = LoadReport(), {}, set()
+    for key, dst in model.state_dict().items():
+        plain = _strip_family_prefix(key, family)
+        if plain not in src:
+            report.missing.append(key)
+            continue
+        used.add(plain)
+        value = src[plain]
+        if value.shape == dst.shape:
+            new_state[key] = value.to(dst.dtype)
+            report.copied.append(key)
+        elif _is_inflatable(value, dst):
+            new_state[key] = _inflate_kernel(value, dst)
+            report.inflated.append(key)
+        elif plain.startswith("fc.") and value.shape[1:] == dst.shape[1:]:
+            report.skipped.append(f"{key}: source has {value.shape[0]} classes, model {dst.shape[0]} "
+                                  f"-> kept the fresh init (std 0.01)")
+        else:
+            report.skipped.append(f"{key}: shape {tuple(value.shape)} in source, {tuple(dst.shape)} in model")
+    model.load_state_dict(new_state, strict=False)
+    report.unused = sorted(set(src) - used)
+    return report
 
 
 def load_weights(model: nn.Module, path: str | Path, finetune: bool = False) -> LoadReport:
@@ -631,7 +632,7 @@ def load_weights(model: nn.Module, path: str | Path, finetune: bool = False) -> 
        naming both counts; with finetune=True the backbone alone is loaded and fc keeps its fresh init
        (report.skipped says so) -- fine-tuning / transfer (Sec. 5.1, UCF101 / HMDB51).
     5. Every other tensor must match in shape -- a 2D conv kernel going into a 3D net is inflated (kernel / kt,
-       as in `inflate_2d_into_3d`) -- and every model tensor must be in the checkpoint (BN num_batches_tracked
+       as in `load_pretrained`) -- and every model tensor must be in the checkpoint (BN num_batches_tracked
        excepted); otherwise a ValueError lists the keys.  Nothing is loaded unless all checks pass.
     """
     path = Path(path)
@@ -746,14 +747,6 @@ def mmaction_key(our_key: str, family: str) -> str:
     return their
 
 
-def from_mmaction_key(their_key: str, family: str) -> str:
-    """MMAction2's key -> ours (inverse of `mmaction_key`)."""
-    plain = _translate(their_key, src_col=1)
-    if plain is None:
-        raise ValueError(f"models.from_mmaction_key: {their_key!r} is not an MMAction2 ResNet recognizer key")
-    return _add_family_prefix(plain, family)
-
-
 # ----------------------------------------------------------------------------------------------------------------------
 # 7. Inference: MMAction2's combination of test views (Sec. 5.1 test protocol); --amp precision
 # ----------------------------------------------------------------------------------------------------------------------
@@ -858,33 +851,6 @@ def _load_pretrained_checked(model: nn.Module, pretrained: str | Path | dict, ar
         source = "the given state dict" if isinstance(pretrained, dict) else str(pretrained)
         raise ValueError(f"models.build_model: pretrained weights {source} share no weight tensor with {arch} "
                          f"(wrong architecture or width?)")
-
-
-def _transfer_weights(source: dict[str, torch.Tensor], model: nn.Module, family: str) -> LoadReport:
-    """Copy / inflate every source tensor whose plain-layout key and shape fit the model; report the rest."""
-    src = _to_plain_layout(source)
-    report, new_state, used = LoadReport(), {}, set()
-    for key, dst in model.state_dict().items():
-        plain = _strip_family_prefix(key, family)
-        if plain not in src:
-            report.missing.append(key)
-            continue
-        used.add(plain)
-        value = src[plain]
-        if value.shape == dst.shape:
-            new_state[key] = value.to(dst.dtype)
-            report.copied.append(key)
-        elif _is_inflatable(value, dst):
-            new_state[key] = _inflate_kernel(value, dst)
-            report.inflated.append(key)
-        elif plain.startswith("fc.") and value.shape[1:] == dst.shape[1:]:
-            report.skipped.append(f"{key}: source has {value.shape[0]} classes, model {dst.shape[0]} "
-                                  f"-> kept the fresh init (std 0.01)")
-        else:
-            report.skipped.append(f"{key}: shape {tuple(value.shape)} in source, {tuple(dst.shape)} in model")
-    model.load_state_dict(new_state, strict=False)
-    report.unused = sorted(set(src) - used)
-    return report
 
 
 def _is_inflatable(value: torch.Tensor, dst: torch.Tensor) -> bool:
@@ -1017,8 +983,6 @@ def _strip_family_prefix(our_key: str, family: str) -> str:
 
 
 def _add_family_prefix(plain: str, family: str) -> str:
-    if family not in FAMILIES:
-        raise ValueError(f"models: family must be one of {FAMILIES}, got {family!r}")
     return "backbone." + plain if family == "tsn" and not plain.startswith("fc.") else plain
 
 

@@ -81,12 +81,12 @@ def big_models():
 
 def test_resnet18_state_dict_equals_torchvision_layout():
     expected = _expand_module_list(TORCHVISION_RESNET18)
-    ours = {k: tuple(v.shape) for k, v in models.resnet18().state_dict().items()}
+    ours = {k: tuple(v.shape) for k, v in models.resnet(18).state_dict().items()}
     assert len(expected) == 122
     assert list(ours) == list(expected)  # same keys, same order
     assert ours == expected
     fake_torchvision = {k: torch.randn(s) if s else torch.tensor(0) for k, s in expected.items()}
-    models.resnet18().load_state_dict(fake_torchvision, strict=True)
+    models.resnet(18).load_state_dict(fake_torchvision, strict=True)
 
 
 def test_resnet50_keys_follow_torchvision_rule():
@@ -109,7 +109,7 @@ def test_resnet_init_is_torchvision_like():
 
 
 def test_reduced_width_resnet():
-    net = models.resnet18(num_classes=10, width=16)
+    net = models.resnet(18, num_classes=10, width=16)
     assert net.conv1.weight.shape == (16, 3, 7, 7) and net.fc.weight.shape == (10, 128)
     assert net(torch.randn(2, 3, 32, 32)).shape == (2, 10)
 
@@ -133,7 +133,6 @@ def test_keys_and_shapes_map_onto_mmaction2(arch, big_models):
               for k, v in ours.items()}
     assert list(mapped) == list(theirs)  # same keys in the same order
     assert mapped == theirs  # and the same shapes and dtypes
-    assert [models.from_mmaction_key(k, family) for k in theirs] == list(ours)
 
 
 def test_mmaction_key_examples_and_errors():
@@ -141,11 +140,8 @@ def test_mmaction_key_examples_and_errors():
     assert models.mmaction_key("layer2.0.downsample.1.bias", "3d") == "backbone.layer2.0.downsample.bn.bias"
     assert models.mmaction_key("backbone.layer4.2.bn3.weight", "tsn") == "backbone.layer4.2.conv3.bn.weight"
     assert models.mmaction_key("fc.weight", "tsn") == "cls_head.fc_cls.weight"
-    assert models.from_mmaction_key("backbone.conv1.conv.weight", "tsn") == "backbone.conv1.weight"
     with pytest.raises(ValueError, match="not a ResNet"):
         models.mmaction_key("layer1.0.relu.weight", "3d")
-    with pytest.raises(ValueError, match="not an MMAction2"):
-        models.from_mmaction_key("data_preprocessor.mean", "3d")
 
 
 # ---------------------------------------------------------------- SlowOnly architecture facts
@@ -200,7 +196,7 @@ def test_tiny_nets_have_the_small_input_stem():
     temporal = 2 * 9 * (32 * 64 + 64 * 64 + 64 * 128 + 128 * 128)
     assert sum(p.numel() for p in net3d.parameters()) == _resnet18_params(16, kernel, 8) + temporal
     # the width-64 nets keep torchvision's stem: 7x7 stride 2 + max-pool, 224 -> 7x7 after layer4
-    assert sum(p.numel() for p in models.resnet18(num_classes=1000).parameters()) == _resnet18_params(64, 7, 1000)
+    assert sum(p.numel() for p in models.resnet(18, num_classes=1000).parameters()) == _resnet18_params(64, 7, 1000)
     assert models.build_model("tsn_r18", 8).backbone.conv1.kernel_size == (7, 7)
 
 
@@ -224,7 +220,7 @@ def test_small_stem_output_sizes():
 def test_inflated_slowonly_reproduces_2d_resnet50_on_static_clip():
     net2d = _randomised_eval(models.resnet50(num_classes=1000))
     net3d = models.slowonly_resnet(50, num_classes=400).double().eval()
-    report = models.inflate_2d_into_3d(net2d.state_dict(), net3d)
+    report = models.load_pretrained(net3d, net2d.state_dict())
     assert len(report.inflated) == 53 and not report.missing and report.unused == []
     assert report.skipped == ["fc.weight: source has 1000 classes, model 400 -> kept the fresh init (std 0.01)",
                               "fc.bias: source has 1000 classes, model 400 -> kept the fresh init (std 0.01)"]
@@ -245,10 +241,10 @@ def test_inflated_slowonly_reproduces_2d_resnet50_on_static_clip():
 
 @torch.no_grad()
 def test_inflation_without_temporal_kernels_gives_equal_pooled_features():
-    net2d = _randomised_eval(models.resnet18(num_classes=7, width=16))
+    net2d = _randomised_eval(models.resnet(18, num_classes=7, width=16))
     cfg = models.ResNetConfig("basic", (2, 2, 2, 2), width=16)
     net3d = models.ResNet3dSlowOnly(cfg, num_classes=7, inflate=(False,) * 4).double().eval()
-    report = models.inflate_2d_into_3d(net2d.state_dict(), net3d)
+    report = models.load_pretrained(net3d, net2d.state_dict())
     assert not report.skipped and "fc.weight" in report.copied
     image = torch.randn(3, 3, 32, 32, dtype=torch.float64)
     clip = image.unsqueeze(2).expand(-1, -1, 4, -1, -1)
@@ -261,7 +257,7 @@ def test_inflation_accepts_mmaction2_and_tsn_layouts():
     mmaction_layout = {models.mmaction_key(k, "tsn"): v for k, v in tsn.state_dict().items()}
     for source in (tsn.state_dict(), mmaction_layout, {"module." + k: v for k, v in tsn.state_dict().items()}):
         net3d = models.build_model("slowonly_tiny", 6)
-        report = models.inflate_2d_into_3d(source, net3d)
+        report = models.load_pretrained(net3d, source)
         assert not report.missing and not report.skipped and not report.unused
         assert torch.equal(net3d.fc.weight, tsn.fc.weight)
         assert torch.allclose(net3d.layer4[1].conv1.weight.sum(2), tsn.backbone.layer4[1].conv1.weight)
