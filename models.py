@@ -10,11 +10,13 @@ The paper trains two students (Sec. 5.1, Tables 2-3), and for its best result a 
 * **3D SlowOnly** (Feichtenhofer et al., SlowFast paper) ResNet-50 (4x16, 8x8) and ResNet-101 (8x8): a ResNet whose
   layer3/layer4 bottlenecks get a temporal kernel of 3 on their first 1x1 conv, no temporal downsampling anywhere.
   It is trained from scratch or initialised from ImageNet by *inflating* the 2D weights (Sec. 1, Sec. 5.1 / Table 3
-  "ImageNet" vs "-"), see `inflate_2d_into_3d`.  Test views: softmax per view, then mean (MMAction2 'prob').
+  "ImageNet" vs "-"), see `load_pretrained`.  Test views: softmax per view, then mean (MMAction2 'prob').
 * **irCSN-152** 32x2 (Tran et al. 2019, interaction-reduced channel-separated ResNet; Sec. 5.1, Tables 3 and 7),
   fine-tuned from IG-65M weights: the paper's best model (83.6 top-1 with OmniSource).
 
-The ImageNet-pretrained ResNet-50 frame features used for de-duplication (Sec. 3.3) are `ResNet.features`.
+The ImageNet-pretrained ResNet-50 frame features used for de-duplication (Sec. 3.3) are `ResNet.features`
+(`resnet50`).  How test views are combined belongs to each model (`forward_views`; `predict` calls it), and a
+backbone variant with an operation in its residual branches is one class plus one `ARCHS` entry (`BranchOp`).
 
 Everything is laid out so that weights move between the worlds key-to-key:
 
@@ -22,8 +24,8 @@ Everything is laid out so that weights move between the worlds key-to-key:
   ``strict=True``;
 * `ResNet3dSlowOnly` uses the same names (conv1, bn1, layerX.Y.conv1/bn1/..., downsample.0/.1, fc), so inflation
   is a per-key operation; `ResNet3dCSN` too, its depthwise conv being conv2_dw / bn2_dw;
-* `mmaction_key` / `from_mmaction_key` translate our names to MMAction2's (``backbone.conv1.conv.weight`` ...)
-  through ONE table, `MMACTION_KEY_TABLE`, and the parameter counts equal MMAction2 1.2's (400 classes: TSN-R50
+* our names and MMAction2's (``backbone.conv1.conv.weight`` ...) translate both ways (`mmaction_key` for export,
+  `_plain_key` for loading) through ONE table, `MMACTION_KEY_TABLE`, and the parameter counts equal MMAction2 1.2's (400 classes: TSN-R50
   24,327,632; SlowOnly-R50 32,454,096; SlowOnly-R101 60,359,120; irCSN-152 29,703,568);
 * `load_weights` reads our train.py checkpoints, MMAction2 0.x / 1.x recognizer checkpoints, torchvision ImageNet
   ResNets and bare state dicts -- detected, mapped through the table, checked strictly, read with weights-only
@@ -31,12 +33,12 @@ Everything is laid out so that weights move between the worlds key-to-key:
   against MMAction2 1.2.0 itself (random weights, same input): class scores differ by 0.0 (max abs, float32) for
   TSN-R50, SlowOnly-R50 4x16 / 8x8, SlowOnly-R101 8x8 and irCSN-152, both ways (load and export).
 
-Public API, top to bottom: `ResNetConfig`, `BasicBlock`, `Bottleneck`, `ResNet` (+ `resnet18..152`), `TSN`,
-`ResNet3dSlowOnly`, `tsn_resnet`, `slowonly_resnet`, `CSNBottleneck`, `ResNet3dCSN`, `ircsn_resnet`, `ArchSpec`,
-`ARCHS`, `RECIPES`, `build_model`, `CHECKPOINT_FORMATS`, `LoadReport`, `inflate_2d_into_3d`, `load_pretrained`,
-`load_weights`, `export_mmaction`, `load_state_dict_file`, `from_checkpoint`, `MMACTION_KEY_TABLE`,
-`MMACTION_CONFIGS`, `mmaction_key`, `from_mmaction_key`, `predict` (MMAction2's combination of test views, used by
-train.py's evaluation and filter.py's teachers), `autocast`.
+Public API, top to bottom: `ResNetConfig`, `BasicBlock`, `Bottleneck`, `BranchOp`, `ResNet` (+ `resnet`,
+`resnet50`), `TSN`, `ResNet3dSlowOnly`, `tsn_resnet`, `slowonly_resnet`, `CSNBottleneck`, `ResNet3dCSN`,
+`ircsn_resnet`, `ArchSpec`, `ARCHS`, `RECIPES`, `build_model`, `CHECKPOINT_FORMATS`, `LoadReport`,
+`load_pretrained`, `load_weights`, `export_mmaction`, `load_state_dict_file`, `from_checkpoint`,
+`MMACTION_KEY_TABLE`, `MMACTION_CONFIGS`, `mmaction_key`, `predict` (test views through the model's
+`forward_views`, used by train.py's evaluation and filter.py's teachers), `autocast`.
 
 Shapes: video input is `(N, C, T, H, W)` float, normalised by `transforms.normalize` (ImageNet mean and std of
 0-255 RGB); outputs are `(N, num_classes)` logits. The training schedules that `ArchSpec.recipe` names are in
@@ -155,12 +157,12 @@ BLOCKS = {"basic": BasicBlock, "bottleneck": Bottleneck}
 # (section 4).
 BranchOp = Callable[[int, int], nn.Module]
 
-# Stem = conv1 (kernel, stride) + BN + ReLU, then a 3x3 stride-2 max-pool or none: stem name -> (kernel, stride, pool).
+# Stem = conv1 (kernel, stride) + BN + ReLU, then a 3x3 stride-2 max-pool: stem name -> conv1's (kernel, stride).
 # 'imagenet' (torchvision, MMAction2) divides the input by 4: 224 -> 56 before layer1, 7x7 after layer4.
 # 'small' (the tiny demo nets) divides it by 2 and looks at every pixel first: for 64 px crops layer1 sees 32x32 and
 # layer4 4x4, where the ImageNet stem leaves 16x16 and 2x2 and its stride-2 conv skips every other pixel, too coarse
 # for a surface pattern a few pixels wide (the generated demo classes are such patterns).
-STEMS = {"imagenet": (7, 2, True), "small": (3, 1, True)}
+STEMS = {"imagenet": (7, 2), "small": (3, 1)}
 
 RESNET_CONFIGS = {
     18: ResNetConfig("basic", (2, 2, 2, 2)),
@@ -187,11 +189,11 @@ class ResNet(nn.Module):
                  num_segments: int = 1):
         super().__init__()
         block, w = BLOCKS[cfg.block], cfg.width
-        kernel, stride, pool = STEMS[cfg.stem]
+        kernel, stride = STEMS[cfg.stem]
         self.conv1 = _conv(2, 3, w, kernel, stride)  # RGB in; 'imagenet': 7x7 stride 2 pad 3
         self.bn1 = nn.BatchNorm2d(w)
         self.relu = nn.ReLU(inplace=True)
-        self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1) if pool else nn.Identity()
+        self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
         self.layer1, self.layer2, self.layer3, self.layer4 = _make_stages(block, cfg, 2, (1,) * 4, branch_op,
                                                                           num_segments)
         self.avgpool = nn.AdaptiveAvgPool2d(1)
@@ -231,7 +233,7 @@ class TSN(nn.Module):
 
     Parameters: ``backbone.*`` (torchvision layout without its fc) and ``fc.*``.  If the given backbone still has
     an fc (e.g. after loading an ImageNet state dict), it is dropped: the TSN's own fc replaces it.
-    Any T works; at test time feed all views' frames along T, the consensus then averages over all views.
+    Any T works; at test time `forward_views` feeds all views' frames along T, so the consensus averages over all.
     """
 
     def __init__(self, backbone: ResNet, num_classes: int, dropout: float = 0.4):
@@ -245,12 +247,12 @@ class TSN(nn.Module):
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """(N, C, T, H, W) -> (N, D): per-frame pooled backbone features averaged over T (consensus)."""
         n, c, t, h, w = _check_video(x, "TSN")
-        frames = x.transpose(1, 2).reshape(n * t, c, h, w)  # (N*T, C, H, W), segment-major inside each sample
+        frames = x.transpose(1, 2).reshape(n * t, c, h, w)  # (N*T, C, H, W): a sample's T segments in a row
         feats = self.backbone.features(frames)  # (N*T, D)
         return feats.view(n, t, -1).mean(dim=1)  # (N, D) average consensus
 
     def head(self, feats: torch.Tensor) -> torch.Tensor:
-        """(N, D) -> (N, num_classes): dropout 0.4 then fc."""
+        """(N, D) -> (N, num_classes): dropout (0.4 by default) then fc."""
         return self.fc(self.dropout(feats))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -288,7 +290,7 @@ class _ClipNet(nn.Module):
         return self.feature_map(x).mean(dim=(2, 3, 4))
 
     def head(self, feats: torch.Tensor) -> torch.Tensor:
-        """(N, D) -> (N, num_classes): dropout (0.5) then fc."""
+        """(N, D) -> (N, num_classes): dropout (0.5 by default) then fc."""
         return self.fc(self.dropout(feats))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -320,12 +322,11 @@ class ResNet3dSlowOnly(_ClipNet):
                  branch_op: BranchOp | None = None, num_segments: int = 1):
         super().__init__()
         block, w = BLOCKS[cfg.block], cfg.width
-        kernel, stride, pool = STEMS[cfg.stem]
+        kernel, stride = STEMS[cfg.stem]
         self.conv1 = _conv(3, 3, w, kernel, stride, t_kernel=1)  # RGB; 'imagenet': (1,7,7) stride (1,2,2)
         self.bn1 = nn.BatchNorm3d(w)
         self.relu = nn.ReLU(inplace=True)
-        self.maxpool = (nn.MaxPool3d(kernel_size=(1, 3, 3), stride=(1, 2, 2), padding=(0, 1, 1)) if pool
-                        else nn.Identity())
+        self.maxpool = nn.MaxPool3d(kernel_size=(1, 3, 3), stride=(1, 2, 2), padding=(0, 1, 1))
         t_kernels = tuple(3 if flag else 1 for flag in inflate)
         self.layer1, self.layer2, self.layer3, self.layer4 = _make_stages(block, cfg, 3, t_kernels, branch_op,
                                                                           num_segments)
@@ -452,9 +453,9 @@ class ArchSpec:
 
     TSN: `num_clips_train` is the number of segments (3 in the paper, Sec. 5.1), clip_len 1.
     3D: one clip of `clip_len` frames taken every `frame_interval` frames ("4x16" = 4 frames, interval 16).
-    Test: `num_clips_test` clips x `crops_test` crops (ThreeCrop).  `recipe` picks the schedule in train.py:
-    'tsn', '3d_imagenet' (inflated ImageNet init) or '3d_scratch' (train.py switches when no weights are given),
-    'ircsn_ig65m' (irCSN-152 fine-tuned from IG-65M weights).
+    Test: `num_clips_test` clips x `crops_test` crops (3: ThreeCrop, 1: centre crop).  `recipe` names the schedule
+    in train.RECIPES: 'tsn', '3d_imagenet' (inflated ImageNet init) or '3d_scratch' (train.py switches to it when
+    no weights are given), 'demo' (the tiny nets), 'ircsn_ig65m' (irCSN-152 fine-tuned from IG-65M weights).
     """
 
     family: str
@@ -482,8 +483,10 @@ _TSN_SPEC = ArchSpec("tsn", clip_len=1, frame_interval=1, num_clips_train=3, num
 # factory with the spec's num_clips_train as num_segments (see `BranchOp`).  A backbone variant with an operation
 # in its residual branches is one nn.Module class Op(channels, num_segments) plus one entry, e.g. a temporal shift
 # (TSM, Lin et al. ICCV 2019; beyond the paper):
-#   "tsm_r50": (partial(tsn_resnet, 50, branch_op=TemporalShift), replace(_TSN_SPEC, num_clips_train=8)),
-# (tests/test_models_ext.py builds such an entry).  Its test views are combined by the model class (TSN here).
+#   "tsm_r50": (partial(tsn_resnet, 50, branch_op=TemporalShift), replace(_TSN_SPEC, num_clips_train=8,
+#                                                                           num_clips_test=8)),
+# (tests/test_models_ext.py builds such an entry).  Its test views are combined by its class (`TSN.forward_views`
+# feeds the V views' frames view after view, so with num_clips_test = num_segments each view is one group).
 ARCHS: dict[str, tuple[Callable[..., nn.Module], ArchSpec]] = {
     "tsn_r18": (partial(tsn_resnet, 18), _TSN_SPEC),
     "tsn_r34": (partial(tsn_resnet, 34), _TSN_SPEC),
@@ -565,7 +568,7 @@ class LoadReport:
     skipped: list[str] = field(default_factory=list)  # "key: reason" (kept at their initial values)
     missing: list[str] = field(default_factory=list)  # model keys absent from the source (kept at init)
     unused: list[str] = field(default_factory=list)  # source keys the model has no place for
-    format: str = ""  # load_weights: the detected CHECKPOINT_FORMATS key ("" for load_pretrained / inflation)
+    format: str = ""  # load_weights: the detected CHECKPOINT_FORMATS key ("" for load_pretrained)
     classes: list[str] | None = None  # class names stored in the checkpoint (train.py 'classes', MMAction2 meta)
 
     @property

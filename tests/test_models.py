@@ -187,7 +187,7 @@ def _resnet18_params(width: int, stem_kernel: int, num_classes: int) -> int:
 
 
 def test_tiny_nets_have_the_small_input_stem():
-    kernel, stride, pool = models.STEMS["small"]
+    kernel, stride = models.STEMS["small"]
     tsn, net3d = models.build_model("tsn_tiny", 8), models.build_model("slowonly_tiny", 8)
     assert (tsn.backbone.conv1.kernel_size, tsn.backbone.conv1.stride) == ((kernel, kernel), (stride, stride))
     assert (net3d.conv1.kernel_size, net3d.conv1.stride) == ((1, kernel, kernel), (1, stride, stride))
@@ -202,8 +202,8 @@ def test_tiny_nets_have_the_small_input_stem():
 
 @torch.no_grad()
 def test_small_stem_output_sizes():
-    kernel, stride, pool = models.STEMS["small"]
-    down = stride * (2 if pool else 1) * 8                                    # stem, then layer2-4 stride 2 each
+    kernel, stride = models.STEMS["small"]
+    down = stride * 2 * 8                             # conv1, the stem's max-pool, then layer2-4 stride 2 each
     tsn = models.build_model("tsn_tiny", 8).eval()
     assert tsn.backbone.feature_map(torch.randn(2, 3, 64, 64)).shape == (2, 128, 64 // down, 64 // down)
     assert tsn(torch.randn(2, 3, 3, 64, 64)).shape == (2, 8)
