@@ -25,20 +25,22 @@ Everything is laid out so that weights move between the worlds key-to-key:
 * `ResNet3dSlowOnly` uses the same names (conv1, bn1, layerX.Y.conv1/bn1/..., downsample.0/.1, fc), so inflation
   is a per-key operation; `ResNet3dCSN` too, its depthwise conv being conv2_dw / bn2_dw;
 * our names and MMAction2's (``backbone.conv1.conv.weight`` ...) translate both ways (`mmaction_key` for export,
-  `_plain_key` for loading) through ONE table, `MMACTION_KEY_TABLE`, and the parameter counts equal MMAction2 1.2's (400 classes: TSN-R50
-  24,327,632; SlowOnly-R50 32,454,096; SlowOnly-R101 60,359,120; irCSN-152 29,703,568);
+  `_plain_key` for loading) through ONE table, `MMACTION_KEY_TABLE`, and the parameter counts equal MMAction2
+  1.2's (400 classes: TSN-R50 24,327,632; SlowOnly-R50 32,454,096; SlowOnly-R101 60,359,120; irCSN-152
+  29,703,568);
 * `load_weights` reads our train.py checkpoints, MMAction2 0.x / 1.x recognizer checkpoints, torchvision ImageNet
   ResNets and bare state dicts -- detected, mapped through the table, checked strictly, read with weights-only
   unpickling (`_safe_torch_load`); `export_mmaction` writes MMAction2 1.x checkpoints.  Checked outside the suite
   against MMAction2 1.2.0 itself (random weights, same input): class scores differ by 0.0 (max abs, float32) for
   TSN-R50, SlowOnly-R50 4x16 / 8x8, SlowOnly-R101 8x8 and irCSN-152, both ways (load and export).
 
-Public API, top to bottom: `ResNetConfig`, `BasicBlock`, `Bottleneck`, `BranchOp`, `ResNet` (+ `resnet`,
-`resnet50`), `TSN`, `ResNet3dSlowOnly`, `tsn_resnet`, `slowonly_resnet`, `CSNBottleneck`, `ResNet3dCSN`,
-`ircsn_resnet`, `ArchSpec`, `ARCHS`, `RECIPES`, `build_model`, `CHECKPOINT_FORMATS`, `LoadReport`,
-`load_pretrained`, `load_weights`, `export_mmaction`, `load_state_dict_file`, `from_checkpoint`,
-`MMACTION_KEY_TABLE`, `MMACTION_CONFIGS`, `mmaction_key`, `predict` (test views through the model's
-`forward_views`, used by train.py's evaluation and filter.py's teachers), `autocast`.
+Public API, top to bottom.  The method (sections 1-6): `ResNetConfig`, `BasicBlock`, `Bottleneck`, `BranchOp`,
+`ResNet` (+ `resnet`, `resnet50`), `TSN`, `tsn_resnet`, `ResNet3dSlowOnly`, `slowonly_resnet`, `CSNBottleneck`,
+`ResNet3dCSN`, `ircsn_resnet`, `RECIPES`, `ArchSpec`, `ARCHS`, `build_model`, `load_pretrained` (ImageNet init,
+inflation), `predict` (test views through the model's `forward_views`, used by train.py's evaluation and
+filter.py's teachers).  Then, after a banner, the machinery (sections 7-9): `CHECKPOINT_FORMATS`, `LoadReport`,
+`load_weights`, `export_mmaction`, `load_state_dict_file`, `from_checkpoint`, `MMACTION_KEY_TABLE`,
+`MMACTION_CONFIGS`, `mmaction_key`, `autocast`; private helpers last.
 
 Shapes: video input is `(N, C, T, H, W)` float, normalised by `transforms.normalize` (ImageNet mean and std of
 0-255 RGB); outputs are `(N, num_classes)` logits. The training schedules that `ArchSpec.recipe` names are in
@@ -268,6 +270,12 @@ class TSN(nn.Module):
         return self(frames).float().softmax(dim=1)
 
 
+def tsn_resnet(depth: int, num_classes: int, width: int = 64, dropout: float = 0.4, stem: str = "imagenet",
+               branch_op: BranchOp | None = None, num_segments: int = 3) -> TSN:
+    """TSN on a 2D ResNet-`depth` backbone (no backbone fc); `num_segments` reaches `branch_op` only."""
+    return TSN(resnet(depth, None, width, stem, branch_op, num_segments), num_classes, dropout)
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 # 3. SlowOnly 3D ResNet (Sec. 5.1, "3D ConvNets")
 # ----------------------------------------------------------------------------------------------------------------------
@@ -335,12 +343,6 @@ class ResNet3dSlowOnly(_ClipNet):
         _init_convs_and_bns(self)
         _zero_init_last_bns(self)
         _init_fc(self.fc)
-
-
-def tsn_resnet(depth: int, num_classes: int, width: int = 64, dropout: float = 0.4, stem: str = "imagenet",
-               branch_op: BranchOp | None = None, num_segments: int = 3) -> TSN:
-    """TSN on a 2D ResNet-`depth` backbone (no backbone fc); `num_segments` reaches `branch_op` only."""
-    return TSN(resnet(depth, None, width, stem, branch_op, num_segments), num_classes, dropout)
 
 
 def slowonly_resnet(depth: int, num_classes: int, width: int = 64, dropout: float = 0.5, stem: str = "imagenet",
@@ -545,44 +547,8 @@ def build_model(name: str, num_classes: int, **overrides) -> nn.Module:
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# 5. Loading weights: inflation (2D -> 3D), checkpoints of every kind, export to MMAction2
+# 5. ImageNet initialisation: copied into TSN, inflated into the 3D nets (Sec. 5.1 / Table 3 "ImageNet")
 # ----------------------------------------------------------------------------------------------------------------------
-
-# What `load_weights` recognises (LoadReport.format), checked in this order:
-CHECKPOINT_FORMATS = {
-    "train.py": "our train.py checkpoint: {'model': state dict, 'arch', 'classes', ...}",
-    "mmaction2-0.x": "MMAction2 0.x / mmcv 1.x: {'state_dict', 'meta' with 'mmcv_version', maybe 'optimizer'}",
-    "mmaction2-1.x": "MMAction2 1.x / mmengine: {'state_dict', 'meta', maybe 'message_hub', 'optimizer', "
-                     "'param_schedulers'} (also what export_mmaction writes)",
-    "torchvision": "a 2D ImageNet ResNet state dict in torchvision names (bare or under 'state_dict' / 'model')",
-    "state_dict": "a bare state dict (or under 'state_dict' / 'model') in our names or MMAction2's",
-}
-
-
-@dataclass
-class LoadReport:
-    """What happened to every tensor when weights were transferred into a model."""
-
-    copied: list[str] = field(default_factory=list)  # model keys copied as they are
-    inflated: list[str] = field(default_factory=list)  # model keys filled with a 2D kernel repeated over time / kt
-    skipped: list[str] = field(default_factory=list)  # "key: reason" (kept at their initial values)
-    missing: list[str] = field(default_factory=list)  # model keys absent from the source (kept at init)
-    unused: list[str] = field(default_factory=list)  # source keys the model has no place for
-    format: str = ""  # load_weights: the detected CHECKPOINT_FORMATS key ("" for load_pretrained)
-    classes: list[str] | None = None  # class names stored in the checkpoint (train.py 'classes', MMAction2 meta)
-
-    @property
-    def num_loaded_weights(self) -> int:
-        """Number of loaded `.weight` tensors (conv, BN gamma, fc): 0 means nothing useful was loaded."""
-        return sum(k.endswith(".weight") for k in self.copied + self.inflated)
-
-    def summary(self) -> str:
-        lines = [(f"format {self.format}: " if self.format else "")
-                 + f"copied {len(self.copied)}, inflated {len(self.inflated)}, skipped {len(self.skipped)}, "
-                 f"missing {len(self.missing)}, unused {len(self.unused)}"]
-        lines += [f"  skipped {s}" for s in self.skipped]
-        lines += [f"  missing {k}" for k in self.missing[:10]] + [f"  unused {k}" for k in self.unused[:10]]
-        return "\n".join(lines)
 
 
 def load_pretrained(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> LoadReport:
@@ -620,6 +586,69 @@ def load_pretrained(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> Lo
     model.load_state_dict(new_state, strict=False)
     report.unused = sorted(set(src) - used)
     return report
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# 6. Inference: MMAction2's combination of test views (Sec. 5.1 test protocol)
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def predict(net: nn.Module, views: torch.Tensor, arch: ArchSpec, amp: str | None = None) -> torch.Tensor:
+    """views (N, V, C, T, H, W), uint8 or normalised, sampled as `arch` says (a model's .spec) -> class
+    probabilities (N, K) float32, the views combined by the model itself: `net.forward_views` (`TSN.forward_views`,
+    `_ClipNet.forward_views`: MMAction2's combination for each).  The forward runs in `amp` precision (train.py
+    --amp) on the device of `views` (None: the caller's autocast state, e.g. filter.py's).
+    """
+    if views.dtype == torch.uint8:
+        views = transforms.normalize(views)
+    with autocast(amp, views.device):
+        return net.forward_views(views, arch)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# A reader of the method may stop here.  Below is machinery: checkpoint formats and safe loading, the MMAction2
+# key table, --amp precision and the private helpers.
+# ----------------------------------------------------------------------------------------------------------------------
+
+# ----------------------------------------------------------------------------------------------------------------------
+# 7. Checkpoints of every kind, export to MMAction2
+# ----------------------------------------------------------------------------------------------------------------------
+
+# What `load_weights` recognises (LoadReport.format), checked in this order:
+CHECKPOINT_FORMATS = {
+    "train.py": "our train.py checkpoint: {'model': state dict, 'arch', 'classes', ...}",
+    "mmaction2-0.x": "MMAction2 0.x / mmcv 1.x: {'state_dict', 'meta' with 'mmcv_version', maybe 'optimizer'}",
+    "mmaction2-1.x": "MMAction2 1.x / mmengine: {'state_dict', 'meta', maybe 'message_hub', 'optimizer', "
+                     "'param_schedulers'} (also what export_mmaction writes)",
+    "torchvision": "a 2D ImageNet ResNet state dict in torchvision names (bare or under 'state_dict' / 'model')",
+    "state_dict": "a bare state dict (or under 'state_dict' / 'model') in our names or MMAction2's",
+}
+
+
+@dataclass
+class LoadReport:
+    """What happened to every tensor when weights were transferred into a model."""
+
+    copied: list[str] = field(default_factory=list)  # model keys copied as they are
+    inflated: list[str] = field(default_factory=list)  # model keys filled with a 2D kernel repeated over time / kt
+    skipped: list[str] = field(default_factory=list)  # "key: reason" (kept at their initial values)
+    missing: list[str] = field(default_factory=list)  # model keys absent from the source (kept at init)
+    unused: list[str] = field(default_factory=list)  # source keys the model has no place for
+    format: str = ""  # load_weights: the detected CHECKPOINT_FORMATS key ("" for load_pretrained)
+    classes: list[str] | None = None  # class names stored in the checkpoint (train.py 'classes', MMAction2 meta)
+
+    @property
+    def num_loaded_weights(self) -> int:
+        """Number of loaded `.weight` tensors (conv, BN gamma, fc): 0 means nothing useful was loaded."""
+        return sum(k.endswith(".weight") for k in self.copied + self.inflated)
+
+    def summary(self) -> str:
+        lines = [(f"format {self.format}: " if self.format else "")
+                 + f"copied {len(self.copied)}, inflated {len(self.inflated)}, skipped {len(self.skipped)}, "
+                 f"missing {len(self.missing)}, unused {len(self.unused)}"]
+        lines += [f"  skipped {s}" for s in self.skipped]
+        lines += [f"  missing {k}" for k in self.missing[:10]] + [f"  unused {k}" for k in self.unused[:10]]
+        return "\n".join(lines)
 
 
 def load_weights(model: nn.Module, path: str | Path, finetune: bool = False) -> LoadReport:
@@ -707,7 +736,7 @@ def from_checkpoint(path: str | Path) -> nn.Module:
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# 6. Key mapping to MMAction2 -- THE table: every name translation between our models and MMAction2 is here
+# 8. Key mapping to MMAction2 -- THE table: every name translation between our models and MMAction2 is here
 # ----------------------------------------------------------------------------------------------------------------------
 
 # One row per kind of tensor: (our key in the plain ResNet layout, MMAction2's key).  Placeholders: {L} stage 1-4,
@@ -751,22 +780,10 @@ def mmaction_key(our_key: str, family: str) -> str:
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# 7. Inference: MMAction2's combination of test views (Sec. 5.1 test protocol); --amp precision
+# 9. --amp precision
 # ----------------------------------------------------------------------------------------------------------------------
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def predict(net: nn.Module, views: torch.Tensor, arch: ArchSpec, amp: str | None = None) -> torch.Tensor:
-    """views (N, V, C, T, H, W), uint8 or normalised, sampled as `arch` says (a model's .spec) -> class
-    probabilities (N, K) float32, the views combined by the model itself: `net.forward_views` (`TSN.forward_views`,
-    `_ClipNet.forward_views`: MMAction2's combination for each).  The forward runs in `amp` precision (train.py
-    --amp) on the device of `views` (None: the caller's autocast state, e.g. filter.py's).
-    """
-    if views.dtype == torch.uint8:
-        views = transforms.normalize(views)
-    with autocast(amp, views.device):
-        return net.forward_views(views, arch)
 
 
 def autocast(amp: str | None, device: torch.device) -> contextlib.AbstractContextManager:
