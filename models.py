@@ -686,7 +686,7 @@ def export_mmaction(model: nn.Module, path: str | Path, classes: list[str] | Non
     Keys go through MMACTION_KEY_TABLE (`mmaction_key`); the meta holds plain Python data only (exporter, our
     arch, the MMAction2 config that builds the same recognizer, time, and `dataset_meta.classes` when `classes`
     is given), so MMAction2's `load_checkpoint` -- and our `load_weights` -- read it with weights_only=True.
-    The file is written atomically.  Returns the path.
+    The file is written atomically and flushed to disk.  Returns the path.
     """
     if not isinstance(model, (TSN, ResNet3dSlowOnly, ResNet3dCSN)):
         raise ValueError(f"models.export_mmaction: only TSN / SlowOnly / irCSN recognizers have an MMAction2 "
@@ -703,7 +703,10 @@ def export_mmaction(model: nn.Module, path: str | Path, classes: list[str] | Non
         meta["dataset_meta"] = {"classes": [str(c) for c in classes]}
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
-    torch.save({"meta": meta, "state_dict": state}, tmp)
+    with open(tmp, "wb") as f:  # flushed to disk, then renamed: never a partly written file (as train.atomic_save)
+        torch.save({"meta": meta, "state_dict": state}, f)
+        f.flush()
+        os.fsync(f.fileno())
     os.replace(tmp, path)
     return path
 
