@@ -10,11 +10,13 @@ The paper trains two students (Sec. 5.1, Tables 2-3), and for its best result a 
 * **3D SlowOnly** (Feichtenhofer et al., SlowFast paper) ResNet-50 (4x16, 8x8) and ResNet-101 (8x8): a ResNet whose
   layer3/layer4 bottlenecks get a temporal kernel of 3 on their first 1x1 conv, no temporal downsampling anywhere.
   It is trained from scratch or initialised from ImageNet by *inflating* the 2D weights (Sec. 1, Sec. 5.1 / Table 3
-  "ImageNet" vs "-"), see `inflate_2d_into_3d`.  Test views: softmax per view, then mean (MMAction2 'prob').
+  "ImageNet" vs "-"), see `load_pretrained`.  Test views: softmax per view, then mean (MMAction2 'prob').
 * **irCSN-152** 32x2 (Tran et al. 2019, interaction-reduced channel-separated ResNet; Sec. 5.1, Tables 3 and 7),
   fine-tuned from IG-65M weights: the paper's best model (83.6 top-1 with OmniSource).
 
-The ImageNet-pretrained ResNet-50 frame features used for de-duplication (Sec. 3.3) are `ResNet.features`.
+The ImageNet-pretrained ResNet-50 frame features used for de-duplication (Sec. 3.3) are `ResNet.features`
+(`resnet50`).  How test views are combined belongs to each model (`forward_views`; `predict` calls it), and a
+backbone variant with an operation in its residual branches is one class plus one `ARCHS` entry (`BranchOp`).
 
 Everything is laid out so that weights move between the worlds key-to-key:
 
@@ -22,21 +24,23 @@ Everything is laid out so that weights move between the worlds key-to-key:
   ``strict=True``;
 * `ResNet3dSlowOnly` uses the same names (conv1, bn1, layerX.Y.conv1/bn1/..., downsample.0/.1, fc), so inflation
   is a per-key operation; `ResNet3dCSN` too, its depthwise conv being conv2_dw / bn2_dw;
-* `mmaction_key` / `from_mmaction_key` translate our names to MMAction2's (``backbone.conv1.conv.weight`` ...)
-  through ONE table, `MMACTION_KEY_TABLE`, and the parameter counts equal MMAction2 1.2's (400 classes: TSN-R50
-  24,327,632; SlowOnly-R50 32,454,096; SlowOnly-R101 60,359,120; irCSN-152 29,703,568);
+* our names and MMAction2's (``backbone.conv1.conv.weight`` ...) translate both ways (`mmaction_key` for export,
+  `_plain_key` for loading) through ONE table, `MMACTION_KEY_TABLE`, and the parameter counts equal MMAction2
+  1.2's (400 classes: TSN-R50 24,327,632; SlowOnly-R50 32,454,096; SlowOnly-R101 60,359,120; irCSN-152
+  29,703,568);
 * `load_weights` reads our train.py checkpoints, MMAction2 0.x / 1.x recognizer checkpoints, torchvision ImageNet
   ResNets and bare state dicts -- detected, mapped through the table, checked strictly, read with weights-only
   unpickling (`_safe_torch_load`); `export_mmaction` writes MMAction2 1.x checkpoints.  Checked outside the suite
   against MMAction2 1.2.0 itself (random weights, same input): class scores differ by 0.0 (max abs, float32) for
   TSN-R50, SlowOnly-R50 4x16 / 8x8, SlowOnly-R101 8x8 and irCSN-152, both ways (load and export).
 
-Public API, top to bottom: `ResNetConfig`, `BasicBlock`, `Bottleneck`, `ResNet` (+ `resnet18..152`), `TSN`,
-`ResNet3dSlowOnly`, `tsn_resnet`, `slowonly_resnet`, `CSNBottleneck`, `ResNet3dCSN`, `ircsn_resnet`, `ArchSpec`,
-`ARCHS`, `RECIPES`, `build_model`, `CHECKPOINT_FORMATS`, `LoadReport`, `inflate_2d_into_3d`, `load_pretrained`,
+Public API, top to bottom.  The method (sections 1-6): `ResNetConfig`, `BasicBlock`, `Bottleneck`, `BranchOp`,
+`ResNet` (+ `resnet`, `resnet50`), `TSN`, `tsn_resnet`, `ResNet3dSlowOnly`, `slowonly_resnet`, `CSNBottleneck`,
+`ResNet3dCSN`, `ircsn_resnet`, `RECIPES`, `ArchSpec`, `ARCHS`, `build_model`, `load_pretrained` (ImageNet init,
+inflation), `predict` (test views through the model's `forward_views`, used by train.py's evaluation and
+filter.py's teachers).  Then, after a banner, the machinery (sections 7-9): `CHECKPOINT_FORMATS`, `LoadReport`,
 `load_weights`, `export_mmaction`, `load_state_dict_file`, `from_checkpoint`, `MMACTION_KEY_TABLE`,
-`MMACTION_CONFIGS`, `mmaction_key`, `from_mmaction_key`, `predict` (MMAction2's combination of test views, used by
-train.py's evaluation and filter.py's teachers), `autocast`.
+`MMACTION_CONFIGS`, `mmaction_key`, `autocast`; private helpers last.
 
 Shapes: video input is `(N, C, T, H, W)` float, normalised by `transforms.normalize` (ImageNet mean and std of
 0-255 RGB); outputs are `(N, num_classes)` logits. The training schedules that `ArchSpec.recipe` names are in
@@ -73,7 +77,6 @@ class ResNetConfig:
     block: str  # 'basic' (ResNet-18/34) or 'bottleneck' (ResNet-50/101/152)
     layers: tuple[int, int, int, int]  # number of blocks in layer1..layer4
     width: int = 64  # channels after the stem; stage i has width * 2**i planes (times the block expansion)
-    in_channels: int = 3  # RGB
     stem: str = "imagenet"  # a STEMS key: 'imagenet' for 224 px crops, 'small' for the tiny nets' 64 px crops
 
     def __post_init__(self) -> None:
@@ -89,13 +92,17 @@ class BasicBlock(nn.Module):
     """Two 3x3 convs + identity (ResNet-18/34).  `ndim` 2 or 3; in 3D, `t_kernel` is conv1's temporal kernel.
 
     3D variant (tiny SlowOnly): conv1 (t_kernel, 3, 3), conv2 (1, 3, 3), spatial stride only (MMAction2 BasicBlock3d).
+    `branch_op` (every block here): a module run on the residual branch's input before conv1, the identity path
+    untouched -- the extension point of a backbone variant (see `BranchOp`); None: nothing (nn.Identity).
     """
 
     expansion = 1
     last_bn = "bn2"  # the BN whose gamma SlowOnly zero-initialises
 
-    def __init__(self, inplanes: int, planes: int, stride: int = 1, ndim: int = 2, t_kernel: int = 1):
+    def __init__(self, inplanes: int, planes: int, stride: int = 1, ndim: int = 2, t_kernel: int = 1,
+                 branch_op: nn.Module | None = None):
         super().__init__()
+        self.branch_op = nn.Identity() if branch_op is None else branch_op
         self.conv1 = _conv(ndim, inplanes, planes, 3, stride, t_kernel)
         self.bn1 = _bn(ndim, planes)
         self.relu = nn.ReLU(inplace=True)
@@ -105,7 +112,7 @@ class BasicBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         identity = x if self.downsample is None else self.downsample(x)
-        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn1(self.conv1(self.branch_op(x))))
         out = self.bn2(self.conv2(out))
         return self.relu(out + identity)
 
@@ -114,14 +121,17 @@ class Bottleneck(nn.Module):
     """1x1 -> 3x3 (stride here, torchvision "ResNet v1.5") -> 1x1 (x4 channels) + identity.
 
     3D variant (SlowOnly): conv1 (t_kernel, 1, 1) with temporal padding t_kernel // 2, conv2 (1, 3, 3) with stride
-    (1, s, s), conv3 (1, 1, 1); t_kernel = 3 for every block of layer3/layer4, 1 elsewhere.
+    (1, s, s), conv3 (1, 1, 1); t_kernel = 3 for every block of layer3/layer4, 1 elsewhere.  `branch_op`: as in
+    `BasicBlock`.
     """
 
     expansion = 4
     last_bn = "bn3"
 
-    def __init__(self, inplanes: int, planes: int, stride: int = 1, ndim: int = 2, t_kernel: int = 1):
+    def __init__(self, inplanes: int, planes: int, stride: int = 1, ndim: int = 2, t_kernel: int = 1,
+                 branch_op: nn.Module | None = None):
         super().__init__()
+        self.branch_op = nn.Identity() if branch_op is None else branch_op
         self.conv1 = _conv(ndim, inplanes, planes, 1, 1, t_kernel)
         self.bn1 = _bn(ndim, planes)
         self.conv2 = _conv(ndim, planes, planes, 3, stride)
@@ -133,7 +143,7 @@ class Bottleneck(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         identity = x if self.downsample is None else self.downsample(x)
-        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn1(self.conv1(self.branch_op(x))))
         out = self.relu(self.bn2(self.conv2(out)))
         out = self.bn3(self.conv3(out))
         return self.relu(out + identity)
@@ -141,12 +151,20 @@ class Bottleneck(nn.Module):
 
 BLOCKS = {"basic": BasicBlock, "bottleneck": Bottleneck}
 
-# Stem = conv1 (kernel, stride) + BN + ReLU, then a 3x3 stride-2 max-pool or none: stem name -> (kernel, stride, pool).
+# The extension point of a backbone variant (beyond the paper): BranchOp(channels, num_segments) builds the module
+# that runs on a block's residual-branch input (`channels`: the block's input channels), once per block when the
+# stages are built.  num_segments: the spec's num_clips_train, which `build_model` hands every factory -- a TSN's
+# segments, whose frames lie consecutively along the batch axis of its 2D backbone, (N * num_segments, C, H, W);
+# the 3D nets see time as an axis of (N, C, T, H, W).  A variant is then one such class plus one ARCHS entry
+# (section 4).
+BranchOp = Callable[[int, int], nn.Module]
+
+# Stem = conv1 (kernel, stride) + BN + ReLU, then a 3x3 stride-2 max-pool: stem name -> conv1's (kernel, stride).
 # 'imagenet' (torchvision, MMAction2) divides the input by 4: 224 -> 56 before layer1, 7x7 after layer4.
 # 'small' (the tiny demo nets) divides it by 2 and looks at every pixel first: for 64 px crops layer1 sees 32x32 and
 # layer4 4x4, where the ImageNet stem leaves 16x16 and 2x2 and its stride-2 conv skips every other pixel, too coarse
 # for a surface pattern a few pixels wide (the generated demo classes are such patterns).
-STEMS = {"imagenet": (7, 2, True), "small": (3, 1, True)}
+STEMS = {"imagenet": (7, 2), "small": (3, 1)}
 
 RESNET_CONFIGS = {
     18: ResNetConfig("basic", (2, 2, 2, 2)),
@@ -165,19 +183,21 @@ class ResNet(nn.Module):
     """torchvision's ResNet: same parameter names, same init (kaiming fan_out convs, BN 1/0, default Linear).
 
     `num_classes=None` builds it without `fc` (a backbone); `forward` then returns the pooled features.
-    A torchvision ImageNet state dict loads with ``strict=True`` at width 64.
+    A torchvision ImageNet state dict loads with ``strict=True`` at width 64.  `branch_op` (+ `num_segments`, the
+    frames of one sample along the batch axis): see `BranchOp`.
     """
 
-    def __init__(self, cfg: ResNetConfig, num_classes: int | None = 1000):
+    def __init__(self, cfg: ResNetConfig, num_classes: int | None = 1000, branch_op: BranchOp | None = None,
+                 num_segments: int = 1):
         super().__init__()
-        self.cfg = cfg
         block, w = BLOCKS[cfg.block], cfg.width
-        kernel, stride, pool = STEMS[cfg.stem]
-        self.conv1 = _conv(2, cfg.in_channels, w, kernel, stride)  # 'imagenet': 7x7 stride 2 pad 3
+        kernel, stride = STEMS[cfg.stem]
+        self.conv1 = _conv(2, 3, w, kernel, stride)  # RGB in; 'imagenet': 7x7 stride 2 pad 3
         self.bn1 = nn.BatchNorm2d(w)
         self.relu = nn.ReLU(inplace=True)
-        self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1) if pool else nn.Identity()
-        self.layer1, self.layer2, self.layer3, self.layer4 = _make_stages(block, cfg, ndim=2, t_kernels=(1,) * 4)
+        self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
+        self.layer1, self.layer2, self.layer3, self.layer4 = _make_stages(block, cfg, 2, (1,) * 4, branch_op,
+                                                                          num_segments)
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.feat_dim = 8 * w * block.expansion  # 2048 for ResNet-50, 512 for ResNet-18
         self.fc = nn.Linear(self.feat_dim, num_classes) if num_classes else None
@@ -197,31 +217,17 @@ class ResNet(nn.Module):
         return feats if self.fc is None else self.fc(feats)  # (N, num_classes)
 
 
-def resnet(depth: int, num_classes: int | None = 1000, width: int = 64, stem: str = "imagenet") -> ResNet:
-    """2D ResNet-`depth` (18, 34, 50, 101, 152) at base `width` with a STEMS `stem`."""
+def resnet(depth: int, num_classes: int | None = 1000, width: int = 64, stem: str = "imagenet",
+           branch_op: BranchOp | None = None, num_segments: int = 1) -> ResNet:
+    """2D ResNet-`depth` (18, 34, 50, 101, 152) at base `width` with a STEMS `stem` (`branch_op`: see `BranchOp`)."""
     if depth not in RESNET_CONFIGS:
         raise ValueError(f"models.resnet: depth must be one of {sorted(RESNET_CONFIGS)}, got {depth}")
-    return ResNet(replace(RESNET_CONFIGS[depth], width=width, stem=stem), num_classes)
+    return ResNet(replace(RESNET_CONFIGS[depth], width=width, stem=stem), num_classes, branch_op, num_segments)
 
 
-def resnet18(num_classes: int | None = 1000, width: int = 64) -> ResNet:
-    return resnet(18, num_classes, width)
-
-
-def resnet34(num_classes: int | None = 1000, width: int = 64) -> ResNet:
-    return resnet(34, num_classes, width)
-
-
-def resnet50(num_classes: int | None = 1000, width: int = 64) -> ResNet:
-    return resnet(50, num_classes, width)
-
-
-def resnet101(num_classes: int | None = 1000, width: int = 64) -> ResNet:
-    return resnet(101, num_classes, width)
-
-
-def resnet152(num_classes: int | None = 1000, width: int = 64) -> ResNet:
-    return resnet(152, num_classes, width)
+def resnet50(num_classes: int | None = 1000) -> ResNet:
+    """torchvision's ResNet-50: the ImageNet frame features of Sec. 3.3's de-duplication (filter.py)."""
+    return resnet(50, num_classes)
 
 
 class TSN(nn.Module):
@@ -229,7 +235,7 @@ class TSN(nn.Module):
 
     Parameters: ``backbone.*`` (torchvision layout without its fc) and ``fc.*``.  If the given backbone still has
     an fc (e.g. after loading an ImageNet state dict), it is dropped: the TSN's own fc replaces it.
-    Any T works; at test time feed all views' frames along T, the consensus then averages over all views.
+    Any T works; at test time `forward_views` feeds all views' frames along T, so the consensus averages over all.
     """
 
     def __init__(self, backbone: ResNet, num_classes: int, dropout: float = 0.4):
@@ -243,16 +249,31 @@ class TSN(nn.Module):
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """(N, C, T, H, W) -> (N, D): per-frame pooled backbone features averaged over T (consensus)."""
         n, c, t, h, w = _check_video(x, "TSN")
-        frames = x.transpose(1, 2).reshape(n * t, c, h, w)  # (N*T, C, H, W), segment-major inside each sample
+        frames = x.transpose(1, 2).reshape(n * t, c, h, w)  # (N*T, C, H, W): a sample's T segments in a row
         feats = self.backbone.features(frames)  # (N*T, D)
         return feats.view(n, t, -1).mean(dim=1)  # (N, D) average consensus
 
     def head(self, feats: torch.Tensor) -> torch.Tensor:
-        """(N, D) -> (N, num_classes): dropout 0.4 then fc."""
+        """(N, D) -> (N, num_classes): dropout (0.4 by default) then fc."""
         return self.fc(self.dropout(feats))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))
+
+    def forward_views(self, views: torch.Tensor, spec: ArchSpec) -> torch.Tensor:
+        """views (N, V, C, T, H, W) normalised -> (N, K) float32 probabilities, MMAction2's TSN test protocol
+        (Sec. 5.1): every view's frames are extra segments, so the consensus averages the features of all views x
+        segments before the classifier (TSNHead), then one softmax.  Every frame is a segment, whatever
+        `spec.clip_len` says."""
+        n, v, c, t, h, w = views.shape
+        frames = views.permute(0, 2, 1, 3, 4, 5).reshape(n, c, v * t, h, w)  # (N, C, V*T, H, W)
+        return self(frames).float().softmax(dim=1)
+
+
+def tsn_resnet(depth: int, num_classes: int, width: int = 64, dropout: float = 0.4, stem: str = "imagenet",
+               branch_op: BranchOp | None = None, num_segments: int = 3) -> TSN:
+    """TSN on a 2D ResNet-`depth` backbone (no backbone fc); `num_segments` reaches `branch_op` only."""
+    return TSN(resnet(depth, None, width, stem, branch_op, num_segments), num_classes, dropout)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -277,11 +298,21 @@ class _ClipNet(nn.Module):
         return self.feature_map(x).mean(dim=(2, 3, 4))
 
     def head(self, feats: torch.Tensor) -> torch.Tensor:
-        """(N, D) -> (N, num_classes): dropout (0.5) then fc."""
+        """(N, D) -> (N, num_classes): dropout (0.5 by default) then fc."""
         return self.fc(self.dropout(feats))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))
+
+    def forward_views(self, views: torch.Tensor, spec: ArchSpec) -> torch.Tensor:
+        """views (N, V, C, T, H, W) normalised -> (N, K) float32 probabilities, MMAction2's 3D test protocol
+        (Sec. 5.1): the T frames of a view are T // spec.clip_len clips; the softmax of every clip x crop is
+        averaged (average_clips='prob')."""
+        n, v, c, t, h, w = views.shape
+        clips, length = t // spec.clip_len, spec.clip_len
+        x = views.reshape(n, v, c, clips, length, h, w).permute(0, 3, 1, 2, 4, 5, 6)  # (N, clips, V, C, L, H, W)
+        probs = self(x.reshape(n * clips * v, c, length, h, w)).float().softmax(dim=1)  # (N*clips*V, K)
+        return probs.view(n, clips * v, -1).mean(dim=1)
 
 
 class ResNet3dSlowOnly(_ClipNet):
@@ -295,37 +326,33 @@ class ResNet3dSlowOnly(_ClipNet):
     """
 
     def __init__(self, cfg: ResNetConfig, num_classes: int, dropout: float = 0.5,
-                 inflate: tuple[bool, bool, bool, bool] = (False, False, True, True)):
+                 inflate: tuple[bool, bool, bool, bool] = (False, False, True, True),
+                 branch_op: BranchOp | None = None, num_segments: int = 1):
         super().__init__()
-        self.cfg = cfg
         block, w = BLOCKS[cfg.block], cfg.width
-        kernel, stride, pool = STEMS[cfg.stem]
-        self.conv1 = _conv(3, cfg.in_channels, w, kernel, stride, t_kernel=1)  # 'imagenet': (1,7,7) stride (1,2,2)
+        kernel, stride = STEMS[cfg.stem]
+        self.conv1 = _conv(3, 3, w, kernel, stride, t_kernel=1)  # RGB; 'imagenet': (1,7,7) stride (1,2,2)
         self.bn1 = nn.BatchNorm3d(w)
         self.relu = nn.ReLU(inplace=True)
-        self.maxpool = (nn.MaxPool3d(kernel_size=(1, 3, 3), stride=(1, 2, 2), padding=(0, 1, 1)) if pool
-                        else nn.Identity())
+        self.maxpool = nn.MaxPool3d(kernel_size=(1, 3, 3), stride=(1, 2, 2), padding=(0, 1, 1))
         t_kernels = tuple(3 if flag else 1 for flag in inflate)
-        self.layer1, self.layer2, self.layer3, self.layer4 = _make_stages(block, cfg, ndim=3, t_kernels=t_kernels)
-        self.feat_dim = 8 * w * block.expansion
+        self.layer1, self.layer2, self.layer3, self.layer4 = _make_stages(block, cfg, 3, t_kernels, branch_op,
+                                                                          num_segments)
         self.dropout = nn.Dropout(dropout)
-        self.fc = nn.Linear(self.feat_dim, num_classes)
+        self.fc = nn.Linear(8 * w * block.expansion, num_classes)
         _init_convs_and_bns(self)
         _zero_init_last_bns(self)
         _init_fc(self.fc)
 
 
-def tsn_resnet(depth: int, num_classes: int, width: int = 64, dropout: float = 0.4, stem: str = "imagenet") -> TSN:
-    """TSN on a 2D ResNet-`depth` backbone (no backbone fc)."""
-    return TSN(resnet(depth, None, width, stem), num_classes, dropout)
-
-
-def slowonly_resnet(depth: int, num_classes: int, width: int = 64, dropout: float = 0.5,
-                    stem: str = "imagenet") -> ResNet3dSlowOnly:
-    """SlowOnly on ResNet-`depth` (50, 101; 18/34 give the BasicBlock variant used by the tiny demo model)."""
+def slowonly_resnet(depth: int, num_classes: int, width: int = 64, dropout: float = 0.5, stem: str = "imagenet",
+                    branch_op: BranchOp | None = None, num_segments: int = 1) -> ResNet3dSlowOnly:
+    """SlowOnly on ResNet-`depth` (50, 101; 18/34 give the BasicBlock variant used by the tiny demo model);
+    `num_segments` reaches `branch_op` only."""
     if depth not in RESNET_CONFIGS:
         raise ValueError(f"models.slowonly_resnet: depth must be one of {sorted(RESNET_CONFIGS)}, got {depth}")
-    return ResNet3dSlowOnly(replace(RESNET_CONFIGS[depth], width=width, stem=stem), num_classes, dropout)
+    cfg = replace(RESNET_CONFIGS[depth], width=width, stem=stem)
+    return ResNet3dSlowOnly(cfg, num_classes, dropout, branch_op=branch_op, num_segments=num_segments)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -340,19 +367,21 @@ class CSNBottleneck(nn.Module):
     here) -> 1x1x1 conv (x4 channels) + identity.  The stride is applied to time AND space (MMAction2 ResNet3dCSN:
     temporal_strides = spatial_strides = (1, 2, 2, 2)); the projection shortcut strides the same way.  BN eps 1e-3
     (the caffe2 models the IG-65M weights come from).  The depthwise pair is named conv2_dw / bn2_dw so that no 2D
-    ResNet conv2 is ever mistaken for it.  `ndim` and `t_kernel` exist for `_make_stages` and must be 3.
+    ResNet conv2 is ever mistaken for it.  `ndim` and `t_kernel` exist for `_make_stages` and must be 3;
+    `branch_op`: as in `BasicBlock`.
     """
 
     expansion = 4
-    last_bn = "bn3"
     bn_eps = 1e-3
 
-    def __init__(self, inplanes: int, planes: int, stride: int = 1, ndim: int = 3, t_kernel: int = 3):
+    def __init__(self, inplanes: int, planes: int, stride: int = 1, ndim: int = 3, t_kernel: int = 3,
+                 branch_op: nn.Module | None = None):
         super().__init__()
         if ndim != 3 or t_kernel != 3:
             raise ValueError(f"models.CSNBottleneck: only the 3D 3x3x3 form exists, got ndim={ndim}, "
                              f"t_kernel={t_kernel}")
         out = planes * self.expansion
+        self.branch_op = nn.Identity() if branch_op is None else branch_op
         self.conv1 = nn.Conv3d(inplanes, planes, 1, bias=False)
         self.bn1 = nn.BatchNorm3d(planes, eps=self.bn_eps)
         self.conv2_dw = nn.Conv3d(planes, planes, 3, stride, padding=1, groups=planes, bias=False)  # (planes, 1, 3,3,3)
@@ -367,7 +396,7 @@ class CSNBottleneck(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         identity = x if self.downsample is None else self.downsample(x)
-        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn1(self.conv1(self.branch_op(x))))
         out = self.relu(self.bn2_dw(self.conv2_dw(out)))
         out = self.bn3(self.conv3(out))
         return self.relu(out + identity)
@@ -382,30 +411,32 @@ class ResNet3dCSN(_ClipNet):
     Head: global average pool over (T, H, W), dropout 0.5, fc (normal std 0.01, bias 0).
     """
 
-    def __init__(self, cfg: ResNetConfig, num_classes: int, dropout: float = 0.5):
+    def __init__(self, cfg: ResNetConfig, num_classes: int, dropout: float = 0.5, branch_op: BranchOp | None = None,
+                 num_segments: int = 1):
         super().__init__()
         if cfg.block != "bottleneck":
             raise ValueError(f"models.ResNet3dCSN: irCSN needs a bottleneck ResNet depth (50, 101, 152), got {cfg}")
-        self.cfg = cfg
         w = cfg.width
-        self.conv1 = nn.Conv3d(cfg.in_channels, w, (3, 7, 7), (1, 2, 2), padding=(1, 3, 3), bias=False)
+        self.conv1 = nn.Conv3d(3, w, (3, 7, 7), (1, 2, 2), padding=(1, 3, 3), bias=False)
         self.bn1 = nn.BatchNorm3d(w, eps=CSNBottleneck.bn_eps)
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool3d(kernel_size=(1, 3, 3), stride=(1, 2, 2), padding=(0, 1, 1))
-        stages = _make_stages(CSNBottleneck, cfg, ndim=3, t_kernels=(3,) * 4)  # stride 2 (T, H, W) in layer2-4
+        # stride 2 in (T, H, W) in the first block of layer2-4
+        stages = _make_stages(CSNBottleneck, cfg, 3, (3,) * 4, branch_op, num_segments)
         self.layer1, self.layer2, self.layer3, self.layer4 = stages
-        self.feat_dim = 8 * w * CSNBottleneck.expansion
         self.dropout = nn.Dropout(dropout)
-        self.fc = nn.Linear(self.feat_dim, num_classes)
+        self.fc = nn.Linear(8 * w * CSNBottleneck.expansion, num_classes)
         _init_convs_and_bns(self)
         _init_fc(self.fc)
 
 
-def ircsn_resnet(depth: int, num_classes: int, width: int = 64, dropout: float = 0.5) -> ResNet3dCSN:
-    """irCSN on ResNet-`depth` (50, 101, 152; the paper's best model is irCSN-152, Table 7)."""
+def ircsn_resnet(depth: int, num_classes: int, width: int = 64, dropout: float = 0.5,
+                 branch_op: BranchOp | None = None, num_segments: int = 1) -> ResNet3dCSN:
+    """irCSN on ResNet-`depth` (50, 101, 152; the paper's best model is irCSN-152, Table 7); `num_segments` reaches
+    `branch_op` only."""
     if depth not in RESNET_CONFIGS or RESNET_CONFIGS[depth].block != "bottleneck":
         raise ValueError(f"models.ircsn_resnet: depth must be one of 50, 101, 152, got {depth}")
-    return ResNet3dCSN(replace(RESNET_CONFIGS[depth], width=width), num_classes, dropout)
+    return ResNet3dCSN(replace(RESNET_CONFIGS[depth], width=width), num_classes, dropout, branch_op, num_segments)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -424,9 +455,9 @@ class ArchSpec:
 
     TSN: `num_clips_train` is the number of segments (3 in the paper, Sec. 5.1), clip_len 1.
     3D: one clip of `clip_len` frames taken every `frame_interval` frames ("4x16" = 4 frames, interval 16).
-    Test: `num_clips_test` clips x `crops_test` crops (ThreeCrop).  `recipe` picks the schedule in train.py:
-    'tsn', '3d_imagenet' (inflated ImageNet init) or '3d_scratch' (train.py switches when no weights are given),
-    'ircsn_ig65m' (irCSN-152 fine-tuned from IG-65M weights).
+    Test: `num_clips_test` clips x `crops_test` crops (3: ThreeCrop, 1: centre crop).  `recipe` names the schedule
+    in train.RECIPES: 'tsn', '3d_imagenet' (inflated ImageNet init) or '3d_scratch' (train.py switches to it when
+    no weights are given), 'demo' (the tiny nets), 'ircsn_ig65m' (irCSN-152 fine-tuned from IG-65M weights).
     """
 
     family: str
@@ -450,7 +481,14 @@ class ArchSpec:
 _TSN_SPEC = ArchSpec("tsn", clip_len=1, frame_interval=1, num_clips_train=3, num_clips_test=25, crops_test=3,
                      recipe="tsn")
 
-# name -> (factory(num_classes, width=..., dropout=...), default ArchSpec)
+# name -> (factory(num_classes, num_segments=..., width=..., dropout=...), default ArchSpec); `build_model` calls the
+# factory with the spec's num_clips_train as num_segments (see `BranchOp`).  A backbone variant with an operation
+# in its residual branches is one nn.Module class Op(channels, num_segments) plus one entry, e.g. a temporal shift
+# (TSM, Lin et al. ICCV 2019; beyond the paper):
+#   "tsm_r50": (partial(tsn_resnet, 50, branch_op=TemporalShift), replace(_TSN_SPEC, num_clips_train=8,
+#                                                                           num_clips_test=8)),
+# (tests/test_models_ext.py builds such an entry).  Its test views are combined by its class (`TSN.forward_views`
+# feeds the V views' frames view after view, so with num_clips_test = num_segments each view is one group).
 ARCHS: dict[str, tuple[Callable[..., nn.Module], ArchSpec]] = {
     "tsn_r18": (partial(tsn_resnet, 18), _TSN_SPEC),
     "tsn_r34": (partial(tsn_resnet, 34), _TSN_SPEC),
@@ -484,8 +522,8 @@ def build_model(name: str, num_classes: int, **overrides) -> nn.Module:
       pretrained                      -> path or state dict: 2D weights (torchvision / our TSN / MMAction2 TSN
                                          layout) loaded into a TSN, or inflated into a SlowOnly; same-shape 3D
                                          weights, e.g. MMAction2's backbone-only IG-65M irCSN file, copied (see
-                                         `load_pretrained`, lenient); the report is kept in
-                                         `model.pretrained_report`.  Whole checkpoints: `load_weights` (strict).
+                                         `load_pretrained`, lenient; refused when no weight fits).  Whole
+                                         checkpoints: `load_weights` (strict).
     """
     if name not in ARCHS:
         raise ValueError(f"models.build_model: unknown architecture {name!r}; known: {', '.join(ARCHS)}")
@@ -499,17 +537,81 @@ def build_model(name: str, num_classes: int, **overrides) -> nn.Module:
     factory, spec = ARCHS[name]
     if "num_segments" in overrides:
         overrides["num_clips_train"] = overrides.pop("num_segments")
-    model = factory(num_classes, **{k: overrides[k] for k in MODEL_OVERRIDES if k in overrides})
-    model.spec = replace(spec, **{k: overrides[k] for k in SPEC_OVERRIDES if k in overrides})
-    model.arch = name
-    model.pretrained_report = None
+    spec = replace(spec, **{k: overrides[k] for k in SPEC_OVERRIDES if k in overrides})
+    model = factory(num_classes, num_segments=spec.num_clips_train,
+                    **{k: overrides[k] for k in MODEL_OVERRIDES if k in overrides})
+    model.spec, model.arch = spec, name
     if "pretrained" in overrides:
-        model.pretrained_report = _load_pretrained_checked(model, overrides["pretrained"], name)
+        _load_pretrained_checked(model, overrides["pretrained"], name)
     return model
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# 5. Loading weights: inflation (2D -> 3D), checkpoints of every kind, export to MMAction2
+# 5. ImageNet initialisation: copied into TSN, inflated into the 3D nets (Sec. 5.1 / Table 3 "ImageNet")
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def load_pretrained(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> LoadReport:
+    """Copy / inflate every tensor of `state_dict` whose plain-layout key and shape fit `model`; report the rest.
+
+    Into a TSN or a 2D `ResNet` the weights are copied.  Into a SlowOnly, 2D weights are inflated (I3D-style; the
+    paper's "ImageNet" 3D models, Sec. 5.1 / Table 3): a conv kernel (O, I, kh, kw) becomes (O, I, kt, kh, kw) by
+    repeating it kt times and dividing by kt, so a clip that is constant over time gives the 2D responses (away
+    from the zero-padded clip ends); BN tensors are copied.  Same-shape 3D weights (e.g. MMAction2's IG-65M irCSN
+    backbone) are simply copied.  fc is copied if the class count matches and otherwise skipped (the report says
+    so).  The source may be in torchvision, our TSN (``backbone.`` prefix) or MMAction2 layout; a ``module.``
+    prefix is ignored.  Nothing is checked for completeness: read the report.  Use `load_weights` for whole
+    checkpoints: it checks everything.
+    """
+    src, family = _to_plain_layout(state_dict), _family_of(model)
+    report, new_state, used = LoadReport(), {}, set()
+    for key, dst in model.state_dict().items():
+        plain = _strip_family_prefix(key, family)
+        if plain not in src:
+            report.missing.append(key)
+            continue
+        used.add(plain)
+        value = src[plain]
+        if value.shape == dst.shape:
+            new_state[key] = value.to(dst.dtype)
+            report.copied.append(key)
+        elif _is_inflatable(value, dst):
+            new_state[key] = _inflate_kernel(value, dst)
+            report.inflated.append(key)
+        elif plain.startswith("fc.") and value.shape[1:] == dst.shape[1:]:
+            report.skipped.append(f"{key}: source has {value.shape[0]} classes, model {dst.shape[0]} "
+                                  f"-> kept the fresh init (std 0.01)")
+        else:
+            report.skipped.append(f"{key}: shape {tuple(value.shape)} in source, {tuple(dst.shape)} in model")
+    model.load_state_dict(new_state, strict=False)
+    report.unused = sorted(set(src) - used)
+    return report
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# 6. Inference: MMAction2's combination of test views (Sec. 5.1 test protocol)
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def predict(net: nn.Module, views: torch.Tensor, arch: ArchSpec, amp: str | None = None) -> torch.Tensor:
+    """views (N, V, C, T, H, W), uint8 or normalised, sampled as `arch` says (a model's .spec) -> class
+    probabilities (N, K) float32, the views combined by the model itself: `net.forward_views` (`TSN.forward_views`,
+    `_ClipNet.forward_views`: MMAction2's combination for each).  The forward runs in `amp` precision (train.py
+    --amp) on the device of `views` (None: the caller's autocast state, e.g. filter.py's).
+    """
+    if views.dtype == torch.uint8:
+        views = transforms.normalize(views)
+    with autocast(amp, views.device):
+        return net.forward_views(views, arch)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# A reader of the method may stop here.  Below is machinery: checkpoint formats and safe loading, the MMAction2
+# key table, --amp precision and the private helpers.
+# ----------------------------------------------------------------------------------------------------------------------
+
+# ----------------------------------------------------------------------------------------------------------------------
+# 7. Checkpoints of every kind, export to MMAction2
 # ----------------------------------------------------------------------------------------------------------------------
 
 # What `load_weights` recognises (LoadReport.format), checked in this order:
@@ -532,7 +634,7 @@ class LoadReport:
     skipped: list[str] = field(default_factory=list)  # "key: reason" (kept at their initial values)
     missing: list[str] = field(default_factory=list)  # model keys absent from the source (kept at init)
     unused: list[str] = field(default_factory=list)  # source keys the model has no place for
-    format: str = ""  # load_weights: the detected CHECKPOINT_FORMATS key ("" for load_pretrained / inflation)
+    format: str = ""  # load_weights: the detected CHECKPOINT_FORMATS key ("" for load_pretrained)
     classes: list[str] | None = None  # class names stored in the checkpoint (train.py 'classes', MMAction2 meta)
 
     @property
@@ -549,27 +651,6 @@ class LoadReport:
         return "\n".join(lines)
 
 
-def inflate_2d_into_3d(state_dict_2d: dict[str, torch.Tensor], model3d: ResNet3dSlowOnly) -> LoadReport:
-    """Initialise a SlowOnly from 2D ResNet weights (I3D-style inflation; the paper's "ImageNet" 3D models).
-
-    A conv kernel (O, I, kh, kw) becomes (O, I, kt, kh, kw) by repeating it kt times and dividing by kt, so a clip
-    that is constant over time gives the 2D responses (away from the zero-padded clip ends).  BN tensors are copied;
-    fc is copied if the class count matches and otherwise skipped (the report says so).  The source may be in
-    torchvision, our TSN (``backbone.`` prefix) or MMAction2 layout; a ``module.`` prefix is ignored.
-    """
-    return _transfer_weights(state_dict_2d, model3d, family="3d")
-
-
-def load_pretrained(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> LoadReport:
-    """Load weights into a TSN (copy; fc skipped on class mismatch) or a SlowOnly (`inflate_2d_into_3d`).
-
-    3D weights of the same architecture are simply copied into a SlowOnly (equal shapes need no inflation); a plain
-    2D `ResNet` works too (its keys are the plain layout).  Nothing is checked for completeness: read the report.
-    Use `load_weights` for whole checkpoints: it checks everything.
-    """
-    return _transfer_weights(state_dict, model, _family_of(model))
-
-
 def load_weights(model: nn.Module, path: str | Path, finetune: bool = False) -> LoadReport:
     """Load a checkpoint of any CHECKPOINT_FORMATS kind into `model` (TSN, SlowOnly, irCSN or a 2D ResNet), strictly.
 
@@ -583,7 +664,7 @@ def load_weights(model: nn.Module, path: str | Path, finetune: bool = False) -> 
        naming both counts; with finetune=True the backbone alone is loaded and fc keeps its fresh init
        (report.skipped says so) -- fine-tuning / transfer (Sec. 5.1, UCF101 / HMDB51).
     5. Every other tensor must match in shape -- a 2D conv kernel going into a 3D net is inflated (kernel / kt,
-       as in `inflate_2d_into_3d`) -- and every model tensor must be in the checkpoint (BN num_batches_tracked
+       as in `load_pretrained`) -- and every model tensor must be in the checkpoint (BN num_batches_tracked
        excepted); otherwise a ValueError lists the keys.  Nothing is loaded unless all checks pass.
     """
     path = Path(path)
@@ -605,7 +686,7 @@ def export_mmaction(model: nn.Module, path: str | Path, classes: list[str] | Non
     Keys go through MMACTION_KEY_TABLE (`mmaction_key`); the meta holds plain Python data only (exporter, our
     arch, the MMAction2 config that builds the same recognizer, time, and `dataset_meta.classes` when `classes`
     is given), so MMAction2's `load_checkpoint` -- and our `load_weights` -- read it with weights_only=True.
-    The file is written atomically.  Returns the path.
+    The file is written atomically and flushed to disk.  Returns the path.
     """
     if not isinstance(model, (TSN, ResNet3dSlowOnly, ResNet3dCSN)):
         raise ValueError(f"models.export_mmaction: only TSN / SlowOnly / irCSN recognizers have an MMAction2 "
@@ -622,7 +703,10 @@ def export_mmaction(model: nn.Module, path: str | Path, classes: list[str] | Non
         meta["dataset_meta"] = {"classes": [str(c) for c in classes]}
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
-    torch.save({"meta": meta, "state_dict": state}, tmp)
+    with open(tmp, "wb") as f:  # flushed to disk, then renamed: never a partly written file (as train.atomic_save)
+        torch.save({"meta": meta, "state_dict": state}, f)
+        f.flush()
+        os.fsync(f.fileno())
     os.replace(tmp, path)
     return path
 
@@ -655,7 +739,7 @@ def from_checkpoint(path: str | Path) -> nn.Module:
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# 6. Key mapping to MMAction2 -- THE table: every name translation between our models and MMAction2 is here
+# 8. Key mapping to MMAction2 -- THE table: every name translation between our models and MMAction2 is here
 # ----------------------------------------------------------------------------------------------------------------------
 
 # One row per kind of tensor: (our key in the plain ResNet layout, MMAction2's key).  Placeholders: {L} stage 1-4,
@@ -698,41 +782,11 @@ def mmaction_key(our_key: str, family: str) -> str:
     return their
 
 
-def from_mmaction_key(their_key: str, family: str) -> str:
-    """MMAction2's key -> ours (inverse of `mmaction_key`)."""
-    plain = _translate(their_key, src_col=1)
-    if plain is None:
-        raise ValueError(f"models.from_mmaction_key: {their_key!r} is not an MMAction2 ResNet recognizer key")
-    return _add_family_prefix(plain, family)
-
-
 # ----------------------------------------------------------------------------------------------------------------------
-# 7. Inference: MMAction2's combination of test views (Sec. 5.1 test protocol); --amp precision
+# 9. --amp precision
 # ----------------------------------------------------------------------------------------------------------------------
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def predict(net: nn.Module, views: torch.Tensor, arch: ArchSpec, amp: str | None = None) -> torch.Tensor:
-    """views (N, V, C, T, H, W), uint8 or normalised -> class probabilities (N, K) float32, combining views as
-    MMAction2 does for the architecture `arch` (a model's .spec); the forward in `amp` precision (train.py --amp)
-    on the device of `views` (None: the caller's autocast state, e.g. filter.py's).
-
-    TSN: every view's frames are extra segments, so the consensus averages the features of all views x segments
-    before the classifier (TSNHead), one softmax. 3D: the T frames of a view are T // clip_len clips; the softmax
-    of every clip x crop is averaged (average_clips='prob').
-    """
-    if views.dtype == torch.uint8:
-        views = transforms.normalize(views)
-    n, v, c, t, h, w = views.shape
-    with autocast(amp, views.device):
-        if arch.family == "tsn":
-            frames = views.permute(0, 2, 1, 3, 4, 5).reshape(n, c, v * t, h, w)   # (N, C, V*T, H, W)
-            return net(frames).float().softmax(dim=1)
-        clips = t // arch.clip_len
-        x = views.reshape(n, v, c, clips, arch.clip_len, h, w).permute(0, 3, 1, 2, 4, 5, 6)  # (N, clips, V, C, L, H, W)
-        probs = net(x.reshape(n * clips * v, c, arch.clip_len, h, w)).float().softmax(dim=1)
-    return probs.view(n, clips * v, -1).mean(dim=1)
 
 
 def autocast(amp: str | None, device: torch.device) -> contextlib.AbstractContextManager:
@@ -767,15 +821,19 @@ def _downsample(ndim: int, inplanes: int, outplanes: int, stride: int) -> nn.Seq
     return nn.Sequential(_conv(ndim, inplanes, outplanes, 1, stride), _bn(ndim, outplanes))
 
 
-def _make_stages(block: type, cfg: ResNetConfig, ndim: int, t_kernels: tuple[int, ...]) -> list[nn.Sequential]:
+def _make_stages(block: type, cfg: ResNetConfig, ndim: int, t_kernels: tuple[int, ...],
+                 branch_op: BranchOp | None, num_segments: int) -> list[nn.Sequential]:
     """layer1..layer4: stage i has cfg.layers[i] blocks of width * 2**i planes; stride 2 in the first block of
-    layer2-4 (spatial only in 3D); every block of stage i gets temporal kernel t_kernels[i] on conv1."""
+    layer2-4 (spatial only in 3D); every block of stage i gets temporal kernel t_kernels[i] on conv1, and
+    branch_op(its input channels, num_segments) when a branch_op is given."""
     stages, inplanes = [], cfg.width
     for i, (num_blocks, t_kernel) in enumerate(zip(cfg.layers, t_kernels)):
         planes, stride = cfg.width * 2 ** i, 1 if i == 0 else 2
-        blocks = [block(inplanes, planes, stride, ndim, t_kernel)]
-        inplanes = planes * block.expansion
-        blocks += [block(inplanes, planes, 1, ndim, t_kernel) for _ in range(num_blocks - 1)]
+        blocks = []
+        for b in range(num_blocks):
+            op = None if branch_op is None else branch_op(inplanes, num_segments)
+            blocks.append(block(inplanes, planes, stride if b == 0 else 1, ndim, t_kernel, op))
+            inplanes = planes * block.expansion
         stages.append(nn.Sequential(*blocks))
     return stages
 
@@ -808,7 +866,7 @@ def _check_video(x: torch.Tensor, who: str) -> tuple[int, int, int, int, int]:
     return tuple(x.shape)
 
 
-def _load_pretrained_checked(model: nn.Module, pretrained, arch: str) -> LoadReport:
+def _load_pretrained_checked(model: nn.Module, pretrained: str | Path | dict, arch: str) -> None:
     """build_model's `pretrained=`: path or state dict; refuse weights that share nothing with the net."""
     state_dict = pretrained if isinstance(pretrained, dict) else load_state_dict_file(pretrained)
     report = load_pretrained(model, state_dict)
@@ -816,34 +874,6 @@ def _load_pretrained_checked(model: nn.Module, pretrained, arch: str) -> LoadRep
         source = "the given state dict" if isinstance(pretrained, dict) else str(pretrained)
         raise ValueError(f"models.build_model: pretrained weights {source} share no weight tensor with {arch} "
                          f"(wrong architecture or width?)")
-    return report
-
-
-def _transfer_weights(source: dict[str, torch.Tensor], model: nn.Module, family: str) -> LoadReport:
-    """Copy / inflate every source tensor whose plain-layout key and shape fit the model; report the rest."""
-    src = _to_plain_layout(source)
-    report, new_state, used = LoadReport(), {}, set()
-    for key, dst in model.state_dict().items():
-        plain = _strip_family_prefix(key, family)
-        if plain not in src:
-            report.missing.append(key)
-            continue
-        used.add(plain)
-        value = src[plain]
-        if value.shape == dst.shape:
-            new_state[key] = value.to(dst.dtype)
-            report.copied.append(key)
-        elif _is_inflatable(value, dst):
-            new_state[key] = _inflate_kernel(value, dst)
-            report.inflated.append(key)
-        elif plain.startswith("fc.") and value.shape[1:] == dst.shape[1:]:
-            report.skipped.append(f"{key}: source has {value.shape[0]} classes, model {dst.shape[0]} "
-                                  f"-> kept the fresh init (std 0.01)")
-        else:
-            report.skipped.append(f"{key}: shape {tuple(value.shape)} in source, {tuple(dst.shape)} in model")
-    model.load_state_dict(new_state, strict=False)
-    report.unused = sorted(set(src) - used)
-    return report
 
 
 def _is_inflatable(value: torch.Tensor, dst: torch.Tensor) -> bool:
@@ -976,8 +1006,6 @@ def _strip_family_prefix(our_key: str, family: str) -> str:
 
 
 def _add_family_prefix(plain: str, family: str) -> str:
-    if family not in FAMILIES:
-        raise ValueError(f"models: family must be one of {FAMILIES}, got {family!r}")
     return "backbone." + plain if family == "tsn" and not plain.startswith("fc.") else plain
 
 

@@ -81,12 +81,12 @@ def big_models():
 
 def test_resnet18_state_dict_equals_torchvision_layout():
     expected = _expand_module_list(TORCHVISION_RESNET18)
-    ours = {k: tuple(v.shape) for k, v in models.resnet18().state_dict().items()}
+    ours = {k: tuple(v.shape) for k, v in models.resnet(18).state_dict().items()}
     assert len(expected) == 122
     assert list(ours) == list(expected)  # same keys, same order
     assert ours == expected
     fake_torchvision = {k: torch.randn(s) if s else torch.tensor(0) for k, s in expected.items()}
-    models.resnet18().load_state_dict(fake_torchvision, strict=True)
+    models.resnet(18).load_state_dict(fake_torchvision, strict=True)
 
 
 def test_resnet50_keys_follow_torchvision_rule():
@@ -109,7 +109,7 @@ def test_resnet_init_is_torchvision_like():
 
 
 def test_reduced_width_resnet():
-    net = models.resnet18(num_classes=10, width=16)
+    net = models.resnet(18, num_classes=10, width=16)
     assert net.conv1.weight.shape == (16, 3, 7, 7) and net.fc.weight.shape == (10, 128)
     assert net(torch.randn(2, 3, 32, 32)).shape == (2, 10)
 
@@ -133,7 +133,6 @@ def test_keys_and_shapes_map_onto_mmaction2(arch, big_models):
               for k, v in ours.items()}
     assert list(mapped) == list(theirs)  # same keys in the same order
     assert mapped == theirs  # and the same shapes and dtypes
-    assert [models.from_mmaction_key(k, family) for k in theirs] == list(ours)
 
 
 def test_mmaction_key_examples_and_errors():
@@ -141,11 +140,8 @@ def test_mmaction_key_examples_and_errors():
     assert models.mmaction_key("layer2.0.downsample.1.bias", "3d") == "backbone.layer2.0.downsample.bn.bias"
     assert models.mmaction_key("backbone.layer4.2.bn3.weight", "tsn") == "backbone.layer4.2.conv3.bn.weight"
     assert models.mmaction_key("fc.weight", "tsn") == "cls_head.fc_cls.weight"
-    assert models.from_mmaction_key("backbone.conv1.conv.weight", "tsn") == "backbone.conv1.weight"
     with pytest.raises(ValueError, match="not a ResNet"):
         models.mmaction_key("layer1.0.relu.weight", "3d")
-    with pytest.raises(ValueError, match="not an MMAction2"):
-        models.from_mmaction_key("data_preprocessor.mean", "3d")
 
 
 # ---------------------------------------------------------------- SlowOnly architecture facts
@@ -191,22 +187,23 @@ def _resnet18_params(width: int, stem_kernel: int, num_classes: int) -> int:
 
 
 def test_tiny_nets_have_the_small_input_stem():
-    kernel, stride, pool = models.STEMS["small"]
+    kernel, stride = models.STEMS["small"]
     tsn, net3d = models.build_model("tsn_tiny", 8), models.build_model("slowonly_tiny", 8)
-    assert tsn.backbone.cfg.stem == net3d.cfg.stem == "small"
+    assert (tsn.backbone.conv1.kernel_size, tsn.backbone.conv1.stride) == ((kernel, kernel), (stride, stride))
+    assert (net3d.conv1.kernel_size, net3d.conv1.stride) == ((1, kernel, kernel), (1, stride, stride))
     assert sum(p.numel() for p in tsn.parameters()) == _resnet18_params(16, kernel, 8)
     # SlowOnly: conv1 of every layer3 / layer4 block has 3 temporal taps, 2 more 3x3 kernels per (in, out) pair
     temporal = 2 * 9 * (32 * 64 + 64 * 64 + 64 * 128 + 128 * 128)
     assert sum(p.numel() for p in net3d.parameters()) == _resnet18_params(16, kernel, 8) + temporal
     # the width-64 nets keep torchvision's stem: 7x7 stride 2 + max-pool, 224 -> 7x7 after layer4
-    assert sum(p.numel() for p in models.resnet18(num_classes=1000).parameters()) == _resnet18_params(64, 7, 1000)
+    assert sum(p.numel() for p in models.resnet(18, num_classes=1000).parameters()) == _resnet18_params(64, 7, 1000)
     assert models.build_model("tsn_r18", 8).backbone.conv1.kernel_size == (7, 7)
 
 
 @torch.no_grad()
 def test_small_stem_output_sizes():
-    kernel, stride, pool = models.STEMS["small"]
-    down = stride * (2 if pool else 1) * 8                                    # stem, then layer2-4 stride 2 each
+    kernel, stride = models.STEMS["small"]
+    down = stride * 2 * 8                             # conv1, the stem's max-pool, then layer2-4 stride 2 each
     tsn = models.build_model("tsn_tiny", 8).eval()
     assert tsn.backbone.feature_map(torch.randn(2, 3, 64, 64)).shape == (2, 128, 64 // down, 64 // down)
     assert tsn(torch.randn(2, 3, 3, 64, 64)).shape == (2, 8)
@@ -223,7 +220,7 @@ def test_small_stem_output_sizes():
 def test_inflated_slowonly_reproduces_2d_resnet50_on_static_clip():
     net2d = _randomised_eval(models.resnet50(num_classes=1000))
     net3d = models.slowonly_resnet(50, num_classes=400).double().eval()
-    report = models.inflate_2d_into_3d(net2d.state_dict(), net3d)
+    report = models.load_pretrained(net3d, net2d.state_dict())
     assert len(report.inflated) == 53 and not report.missing and report.unused == []
     assert report.skipped == ["fc.weight: source has 1000 classes, model 400 -> kept the fresh init (std 0.01)",
                               "fc.bias: source has 1000 classes, model 400 -> kept the fresh init (std 0.01)"]
@@ -244,10 +241,10 @@ def test_inflated_slowonly_reproduces_2d_resnet50_on_static_clip():
 
 @torch.no_grad()
 def test_inflation_without_temporal_kernels_gives_equal_pooled_features():
-    net2d = _randomised_eval(models.resnet18(num_classes=7, width=16))
+    net2d = _randomised_eval(models.resnet(18, num_classes=7, width=16))
     cfg = models.ResNetConfig("basic", (2, 2, 2, 2), width=16)
     net3d = models.ResNet3dSlowOnly(cfg, num_classes=7, inflate=(False,) * 4).double().eval()
-    report = models.inflate_2d_into_3d(net2d.state_dict(), net3d)
+    report = models.load_pretrained(net3d, net2d.state_dict())
     assert not report.skipped and "fc.weight" in report.copied
     image = torch.randn(3, 3, 32, 32, dtype=torch.float64)
     clip = image.unsqueeze(2).expand(-1, -1, 4, -1, -1)
@@ -260,7 +257,7 @@ def test_inflation_accepts_mmaction2_and_tsn_layouts():
     mmaction_layout = {models.mmaction_key(k, "tsn"): v for k, v in tsn.state_dict().items()}
     for source in (tsn.state_dict(), mmaction_layout, {"module." + k: v for k, v in tsn.state_dict().items()}):
         net3d = models.build_model("slowonly_tiny", 6)
-        report = models.inflate_2d_into_3d(source, net3d)
+        report = models.load_pretrained(net3d, source)
         assert not report.missing and not report.skipped and not report.unused
         assert torch.equal(net3d.fc.weight, tsn.fc.weight)
         assert torch.allclose(net3d.layer4[1].conv1.weight.sum(2), tsn.backbone.layer4[1].conv1.weight)
@@ -319,7 +316,7 @@ def test_specs():
 def test_overrides():
     model = models.build_model("tsn_tiny", 3, num_segments=8, dropout=0.2, width=8, crop_size=32, recipe=None)
     assert model.spec.num_clips_train == 8 and model.dropout.p == 0.2 and model.fc.in_features == 64
-    assert model.spec.crop_size == 32 and model.spec.recipe == "demo" and model.pretrained_report is None
+    assert model.spec.crop_size == 32 and model.spec.recipe == "demo"
     model = models.build_model("slowonly_tiny", 3, clip_len=8, frame_interval=2, recipe="3d_scratch")
     assert (model.spec.clip_len, model.spec.frame_interval, model.spec.recipe) == (8, 2, "3d_scratch")
     with pytest.raises(ValueError, match="unknown override"):
@@ -342,9 +339,11 @@ def test_pretrained_from_file_into_tsn_and_slowonly(tmp_path):
     torch.save({"state_dict": source.state_dict()}, path)
     tsn = models.build_model("tsn_tiny", 5, pretrained=str(path))
     assert torch.equal(tsn.backbone.layer2[0].downsample[0].weight, source.layer2[0].downsample[0].weight)
-    assert len(tsn.pretrained_report.skipped) == 2 and "1000 classes" in tsn.pretrained_report.summary()
+    assert tsn.fc.weight.shape == (5, 128) and abs(tsn.fc.weight.std().item() - 0.01) < 0.003  # fresh 5-class fc
     net3d = models.build_model("slowonly_tiny", 5, pretrained=path)
-    assert len(net3d.pretrained_report.inflated) == 20
+    w2 = source.layer3[1].conv1.weight                                          # (64, 64, 3, 3)
+    assert torch.equal(net3d.layer3[1].conv1.weight, (w2.unsqueeze(2).expand(-1, -1, 3, -1, -1) / 3))  # kernel / kt
+    assert torch.equal(net3d.layer1[0].conv1.weight[:, :, 0], source.layer1[0].conv1.weight)  # kt = 1: copied
     with pytest.raises(ValueError, match="share no weight tensor"):
         models.build_model("tsn_r18", 5, pretrained=path)  # width 64 net, width 16 weights
 
