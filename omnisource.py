@@ -56,6 +56,7 @@ its results come back from the run's WORK_DIR/metrics.json. Imports flow one way
 from __future__ import annotations
 
 import argparse
+import heapq
 import itertools
 import json
 import os
@@ -774,30 +775,33 @@ INFLATE_MODES = ("still", "translate-random", "translate-const", "warp-agno", "w
 INFLATE_FRAMES = 8   # frames of every Eq. 2 clip drawn
 INFLATE_IMAGES = 4   # web images drawn as Eq. 2 clips (the first kept image of the first classes)
 SHEET_PER_CLASS = 4  # kept and dropped thumbnails per class on a contact sheet (the highest probabilities)
+SHEET_CLASSES = 50   # classes on a contact sheet (the first ones)
 TIMELINE_VIDEOS = 6  # kept untrimmed videos drawn on a timeline
 
 
 @dataclass
 class FilterOutput:
-    """What filter.py wrote to DATA_ROOT/OUT/: report.json, the per-sample records (samples.jsonl: path relative to
-    `prefix`, status, query, label, score = the deciding teacher probability, Sec. 3.4; unit_scores / windows / fps
-    of untrimmed videos) and the kept samples of the list train.txt (with its frame-score sidecar, Sec. 3.5)."""
+    """What filter.py wrote to DATA_ROOT/OUT/: report.json, the kept samples of the list train.txt (a compact
+    data.SampleList, with its frame-score sidecar, Sec. 3.5) and, streamed by `records`, the per-sample records of
+    samples.jsonl (path relative to `prefix`, status, query, label, score = the deciding teacher probability,
+    Sec. 3.4; unit_scores / windows / fps of untrimmed videos). Memory: the list's arrays, not one object a sample."""
     folder: Path
     report: dict
-    records: list[dict]
-    kept: list[data.Sample]
+    kept: data.SampleList | list
     prefix: Path
+
+    def records(self) -> Iterator[dict]:
+        with open(self.folder / "samples.jsonl") as f:
+            yield from (json.loads(line) for line in f if line.strip())
 
 
 def read_filter_output(folder: str | Path) -> FilterOutput:
     """The one reader of a filter.py output folder for the figures (DATA_ROOT/OUT: OUT is a name under DATA_ROOT)."""
     folder = Path(folder)
     report = json.loads((folder / "report.json").read_text())
-    records = [json.loads(line) for line in (folder / "samples.jsonl").read_text().splitlines() if line.strip()]
-    kept = (data.read_list_samples(folder / "train.txt", folder, len(report["classes"])) if _kept_any(folder)
-            else [])
+    kept = data.read_list(folder / "train.txt", folder, len(report["classes"])) if _kept_any(folder) else []
     spec = data.resolve_dataset(folder.parent, report["source"])
-    return FilterOutput(folder, report, records, kept, Path(spec.splits[report.get("split", "train")].prefix))
+    return FilterOutput(folder, report, kept, Path(spec.splits[report.get("split", "train")].prefix))
 
 
 def filter_figures(folder: str | Path, out_dir: str | Path | None = None, tag: str = "", target: str | None = None,
@@ -817,7 +821,7 @@ def filter_figures(folder: str | Path, out_dir: str | Path | None = None, tag: s
     truth = json.loads(truth_file.read_text()).get(out.report["source"]) if truth_file.is_file() else None
     figures = {"contact_sheet": contact_sheet(out), "class_histogram": class_histogram(out, target),
                "filter_quality": truth and quality_chart(out, truth),
-               "timeline": any(s.frame_scores or s.windows for s in out.kept) and timeline(out)}
+               "timeline": timeline(out)}
     paths = [out_dir / f"{tag}{name}.png" for name, img in figures.items() if img]
     for path, img in zip(paths, [img for img in figures.values() if img]):
         img.save(path)
@@ -826,19 +830,21 @@ def filter_figures(folder: str | Path, out_dir: str | Path | None = None, tag: s
 
 
 def contact_sheet(out: FilterOutput) -> Image.Image:
-    """Per class (query class; a pseudo-label for kept samples in pseudo mode) the SHEET_PER_CLASS kept and dropped
-    samples of highest teacher probability: first frames of videos, images; their probability under each."""
-    classes, n = out.report["classes"], SHEET_PER_CLASS
-    by = {(c, st): [] for c in range(len(classes)) for st in ("kept", "dropped")}
-    for r in out.records:
+    """Per class (query class; a pseudo-label for kept samples in pseudo mode; the first SHEET_CLASSES) the
+    SHEET_PER_CLASS kept and dropped samples of highest teacher probability (the first of equal ones): first frames
+    of videos, images; their probability under each."""
+    classes, n = out.report["classes"][:SHEET_CLASSES], SHEET_PER_CLASS
+    by = {(c, st): [] for c in range(len(classes)) for st in ("kept", "dropped")}     # heaps of (score, -i, record)
+    for i, r in enumerate(out.records()):
         c = r["label"] if r["status"] == "kept" else r["query"]
-        if r["status"] in ("kept", "dropped") and c >= 0:
-            by[c, r["status"]].append(r)
+        if r["status"] in ("kept", "dropped") and 0 <= c < len(classes):
+            heap = by[c, r["status"]]
+            (heapq.heappush if len(heap) < n else heapq.heappushpop)(heap, (r["score"], -i, r))
     rows, failed = [], 0
     for c, name in enumerate(classes):
         cells = []
         for status in ("kept", "dropped"):
-            best = sorted(by[c, status], key=lambda r: -r["score"])[:n]
+            best = [r for _, _, r in sorted(by[c, status], key=lambda e: (-e[0], -e[1]))]
             thumbs = [(_first_frame(out.prefix / r["path"]), f"p {r['score']:.2f}") for r in best]
             failed += sum(t is None for t, _ in thumbs)
             cells += [t if t[0] is not None else None for t in thumbs] + [None] * (n - len(best))
@@ -865,7 +871,7 @@ def quality_chart(out: FilterOutput, truth: dict) -> Image.Image:
     per class: correct = kept with the class its content shows; recall over those that could be kept correctly)."""
     k, query_mode = len(out.report["classes"]), out.report["mode"] == "query"
     kept, correct, possible = np.zeros(k), np.zeros(k), np.zeros(k)
-    for r in out.records:
+    for r in out.records():
         t = truth.get(r["path"])
         if t is None:
             continue
@@ -880,22 +886,31 @@ def quality_chart(out: FilterOutput, truth: dict) -> Image.Image:
                      series, hi=1.0)
 
 
-def timeline(out: FilterOutput) -> Image.Image:
+def timeline(out: FilterOutput) -> Image.Image | None:
     """Sec. 3.5: the teacher's probability of the label over each kept untrimmed video's time (seconds, 0 to its
     length) for the first TIMELINE_VIDEOS; shaded: the positive windows of its list line (3D students), or the
-    positive 1-FPS frames of its sidecar, each over the interval it stands for (2D students, Table 14's snippets)."""
-    records = {(out.prefix / r["path"]).resolve(): r for r in out.records}
+    positive 1-FPS frames of its sidecar, each over the interval it stands for (2D students, Table 14's snippets).
+    None when the output lists no untrimmed video."""
+    if not (out.kept and (data.frame_scores_path(out.folder / "train.txt").is_file()
+                          or "windows" in out.kept.kind_names())):
+        return None
+    shown = list(itertools.islice((s for s in out.kept if s.frame_scores or s.windows), TIMELINE_VIDEOS))
+    wanted = {os.path.relpath(s.path, out.prefix) for s in shown if s.windows}
+    records = {r["path"]: r for r in out.records() if r["path"] in wanted}
     panels = []
-    for s in [s for s in out.kept if s.frame_scores or s.windows][:TIMELINE_VIDEOS]:
-        fps = data.video_fps(s.path)
-        length = data.count_frames(s.path) / fps
+    for s in shown:
+        try:
+            fps = data.video_fps(s.path)
+            length = data.count_frames(s.path) / fps
+        except (OSError, ValueError, RuntimeError):           # gone or broken since filtering: left out
+            continue
         if s.frame_scores:
             times = np.asarray(s.frame_scores.frames) / fps
             scores, threshold = np.asarray(s.frame_scores.scores), s.frame_scores.threshold
             half = (float(np.median(np.diff(times))) if len(times) > 1 else 1.0) / 2
             spans = [(t - half, t + half) for t, p in zip(times, scores) if p >= threshold]
         else:
-            r = records.get(s.path.resolve(), {})
+            r = records.get(os.path.relpath(s.path, out.prefix), {})
             windows = np.asarray(r.get("windows", np.zeros((0, 2)))) / r.get("fps", fps)
             times, scores = windows.mean(axis=1), np.asarray(r.get("unit_scores", []))
             threshold = out.report["threshold"]
@@ -903,7 +918,7 @@ def timeline(out: FilterOutput) -> Image.Image:
         title = f"{s.path.name} ({out.report['classes'][s.label]})"
         panels.append(line_chart(title, {"teacher p(label)": (times, scores)}, (0.0, length), (0.0, 1.0),
                                  spans=spans, hline=threshold, x_label="seconds"))
-    return _stack(panels, vertical=True)
+    return _stack(panels, vertical=True) if panels else None
 
 
 def inflate_figures(images: list[tuple[Path, int]], motion_path: str | Path | None, out_dir: str | Path,
@@ -958,7 +973,7 @@ def training_curves(runs: dict[str, Path]) -> Image.Image:
         steps = [r for r in records if r["kind"] == "train"]
         x = [r["epoch"] - 1 + r["step"] / r["steps"] for r in steps]
         for key in [k for k in (steps[0] if steps else {}) if k.startswith("loss_")]:
-            label = " ".join(filter(None, (name, key[5:])))
+            label = f"{name}: {key[5:]}" if name else key[5:]
             loss[label] = (x, [r[key] for r in steps])
             acc[label] = (x, [r["acc_" + key[5:]] for r in steps])
         epochs = [r for r in records if r["kind"] == "epoch" and "val" in r]
@@ -975,7 +990,8 @@ def confusion_figure(runs: list[tuple[str, dict]]) -> Image.Image:
     whose confusion score s_ij dropped and rose most from the first run to the second (confusion_pairs), or for one
     run its most confused pairs."""
     names = runs[0][1]["classes"]
-    maps = [heat_map(f"{name}: confusion matrix", m["confusion_matrix"], names) for name, m in runs]
+    hi = max(max(max(row) for row in m["confusion_matrix"]) for _, m in runs)       # one colour scale for all
+    maps = [heat_map(f"{name}: confusion matrix", m["confusion_matrix"], names, hi) for name, m in runs]
     if len(runs) > 1:
         pairs = confusion_pairs(runs[0][1]["confusion_matrix"], runs[1][1]["confusion_matrix"], names)
         lines = [f"s_ij {runs[0][0]} -> {runs[1][0]} (Sec. 5.2):"] + [
@@ -997,11 +1013,12 @@ def procedure_figures(args: argparse.Namespace, rows: list[tuple[str, dict]], fi
     out_dir, paths = work / "figures", []
     for name in filtered:
         paths += filter_figures(Path(args.data_root) / name, out_dir, f"{name}_", args.target)
-    images = {}
-    for name in filtered:
-        for s in read_filter_output(Path(args.data_root) / name).kept:
-            if s.kind == "image" and len(images) < INFLATE_IMAGES:
-                images.setdefault(s.label, s.path)
+    images = {}                                       # label -> the first kept image of that class
+    for s in (s for name in filtered for s in read_filter_output(Path(args.data_root) / name).kept):
+        if s.kind == "image":
+            images.setdefault(s.label, s.path)
+        if len(images) == INFLATE_IMAGES:
+            break
     paths += inflate_figures([(p, label) for label, p in sorted(images.items())], motion, out_dir) if images else []
     runs = {d.name: d for d in sorted(work.iterdir()) if (d / "metrics.json").is_file() and (d / "log.jsonl").is_file()}
     paths += [out_dir / "curves.png", out_dir / "confusion.png"]
@@ -1035,8 +1052,8 @@ def bar_chart(title: str, names: Sequence[str], series: dict[str, Sequence[float
 def line_chart(title: str, series: dict[str, tuple[Sequence[float], Sequence[float]]], x_range: tuple[float, float],
                y_range: tuple[float, float], spans: Sequence[tuple[float, float]] = (), hline: float | None = None,
                x_label: str = "") -> Image.Image:
-    """Lines through the points (x, y) of each series (COLOURS in order; a 5 x 5 dot at each point) on the axes
-    x_range x y_range; `spans` (x0, x1) shaded in SPAN behind them, `hline` a grey horizontal line."""
+    """Lines through the points (x, y) of each series (COLOURS in order; a 5 x 5 dot at each point of a series of at
+    most 30) on the axes x_range x y_range; `spans` (x0, x1) shaded in SPAN behind them, `hline` a grey line."""
     img = _panel(FIG_LEFT + FIG_W + 16, FIG_TOP + FIG_H + 18 + BAR_H * len(series) + 4, title)
     draw = ImageDraw.Draw(img)
     for x0, x1 in spans:
@@ -1051,7 +1068,7 @@ def line_chart(title: str, series: dict[str, tuple[Sequence[float], Sequence[flo
         colour = COLOURS[s % len(COLOURS)]
         if len(points) > 1:
             draw.line(points, fill=colour, width=1)
-        for px, py in points:
+        for px, py in points if len(points) <= 30 else ():
             draw.rectangle([px - 2, py - 2, px + 2, py + 2], fill=colour)
     for value, y in ((y_range[1], FIG_TOP), (y_range[0], FIG_TOP + FIG_H - 10)):
         draw.text((FIG_LEFT - 6, y), f"{value:.3g}", font=FONT, fill=INK, anchor="ra")
@@ -1062,22 +1079,24 @@ def line_chart(title: str, series: dict[str, tuple[Sequence[float], Sequence[flo
     return img
 
 
-def heat_map(title: str, matrix: Sequence[Sequence[float]], names: Sequence[str]) -> Image.Image:
-    """A (K, K) matrix as CELL x CELL cells from (FIG_LEFT, FIG_TOP): cell (i, j) at row i, column j, its colour
-    linear from BG (0) to HEAT (the largest value), its value written in it; row names on the left."""
+def heat_map(title: str, matrix: Sequence[Sequence[float]], names: Sequence[str],
+             hi: float | None = None) -> Image.Image:
+    """A (K, K) matrix as square cells from (FIG_LEFT, FIG_TOP): cell (i, j) at row i, column j, its colour linear
+    from BG (0) to HEAT (`hi`, default the largest value). Cells are CELL px with the value written in them and the
+    row names on the left; for K > 40 classes smaller (960 // K px, at least 1), without text."""
     m = np.asarray(matrix, dtype=np.float64)
-    k = len(m)
-    img = _panel(FIG_LEFT + CELL * k + 8, FIG_TOP + CELL * k + 8, title)
+    k, hi = len(m), hi or max(m.max(), 1e-12)
+    cell = max(1, min(CELL, 960 // k))
+    img = _panel(FIG_LEFT + cell * k + 8, FIG_TOP + cell * k + 8, title)
+    f = m / hi                                                                                  # (K, K) in [0, 1]
+    colours = np.round(np.asarray(BG) + f[..., None] * (np.asarray(HEAT) - np.asarray(BG))).astype(np.uint8)
+    img.paste(Image.fromarray(colours).resize((k * cell, k * cell), Image.Resampling.NEAREST), (FIG_LEFT, FIG_TOP))
     draw = ImageDraw.Draw(img)
-    for i in range(k):
+    for i in range(k) if cell == CELL else ():
         draw.text((4, FIG_TOP + i * CELL + 6), names[i][:20], font=FONT, fill=INK)
         for j in range(k):
-            f = m[i, j] / max(m.max(), 1e-12)
-            colour = tuple(round(b + f * (h - b)) for b, h in zip(BG, HEAT))
-            x0, y0 = FIG_LEFT + j * CELL, FIG_TOP + i * CELL
-            draw.rectangle([x0, y0, x0 + CELL - 1, y0 + CELL - 1], fill=colour)
-            draw.text((x0 + CELL // 2, y0 + CELL // 2), f"{m[i, j]:g}", font=FONT, anchor="mm",
-                      fill=BG if f > 0.5 else INK)
+            draw.text((FIG_LEFT + j * CELL + CELL // 2, FIG_TOP + i * CELL + CELL // 2), f"{m[i, j]:g}", font=FONT,
+                      anchor="mm", fill=BG if f[i, j] > 0.5 else INK)
     return img
 
 
@@ -1109,8 +1128,8 @@ def write_gif(path: str | Path, frames: Sequence[Image.Image], ms: int = 125) ->
 
 
 def _panel(width: int, height: int, title: str) -> Image.Image:
-    """A white canvas with `title` at the top left."""
-    img = Image.new("RGB", (width, height), BG)
+    """A white canvas (widened to fit `title`) with `title` at the top left."""
+    img = Image.new("RGB", (max(width, round(FONT.getlength(title)) + 8), height), BG)
     ImageDraw.Draw(img).text((4, 3), title, font=FONT, fill=INK)
     return img
 
