@@ -991,7 +991,8 @@ def confusion_figure(runs: list[tuple[str, dict]]) -> Image.Image:
     run its most confused pairs."""
     names = runs[0][1]["classes"]
     hi = max(max(max(row) for row in m["confusion_matrix"]) for _, m in runs)       # one colour scale for all
-    maps = [heat_map(f"{name}: confusion matrix", m["confusion_matrix"], names, hi) for name, m in runs]
+    maps = [heat_map(f"{name}: confusion matrix (rows true, columns predicted)", m["confusion_matrix"], names, hi)
+            for name, m in runs]
     if len(runs) > 1:
         pairs = confusion_pairs(runs[0][1]["confusion_matrix"], runs[1][1]["confusion_matrix"], names)
         lines = [f"s_ij {runs[0][0]} -> {runs[1][0]} (Sec. 5.2):"] + [
