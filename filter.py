@@ -61,7 +61,8 @@ Outputs in DATA_ROOT/OUT/ (built in a hidden sibling folder from the work folder
 place at the end, so a crash or Ctrl-C leaves any earlier output untouched): classes.txt (the teacher's
 classes), train.txt (paths relative to DATA_ROOT/OUT/; `train.py --aux OUT` reads it), train_frame_scores.json
 (2D untrimmed), raw/ (--cut-pieces), report.json (summary: counts, Fig. 3 per class), samples.jsonl (one
-record per sample, in list order) and duplicates.txt.
+record per sample, in list order) and duplicates.txt. Then rank 0 draws the step's figures beside them
+(omnisource.filter_figures: contact_sheet.png, class_histogram.png, filter_quality.png, timeline.png).
 
 Scoring protocol (a cheap version of each teacher's test protocol): resize the short side to
 round(crop * 256 / 224), one centre crop of the teacher's crop size; images: one frame (a TSN's average
@@ -92,6 +93,7 @@ from torch import nn
 
 import data
 import models
+import omnisource
 import transforms
 
 MODES = ("query", "pseudo")
@@ -1357,6 +1359,7 @@ def main(args: argparse.Namespace) -> dict | None:
             print(f'warning: {c["duplicate"]} of {c["total"]} samples look like duplicates of {args.dedup_against} '
                   f'val frames; the features ({report["dedup"]["extractor"]}) may not be crop-invariant '
                   f"enough: pass --dedup-checkpoint with ImageNet ResNet-50 weights", file=sys.stderr)
+        omnisource.filter_figures(final)           # contact sheet, Fig. 3 histogram, ... beside the outputs
     _barrier()
     return report
 

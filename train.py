@@ -21,7 +21,7 @@ weights the final test evaluated: by default the last ones; --select val: best.p
 top-1, MMAction2's practice), metrics.json (top1, top5, mean_class_acc of the final test with the paper's
 protocol, and which weights it tested),
 confusion_matrix.csv and predictions.jsonl (per video: path, label, top-5 classes with probabilities;
---dump-probs: all of them).
+--dump-probs: all of them); after training, curves.png and confusion.png (omnisource.train_figures).
 
 Crashes: kill the run at any moment (SIGKILL included) and run the same command plus --resume: it ends
 with the weights, metrics.json and log.jsonl of an uninterrupted run, bit for bit on the same machine and
@@ -258,7 +258,10 @@ def main(args: argparse.Namespace) -> dict:
         # repeats the epoch and --resume first cuts the log back, so every line is written once
         log_line(run, dict(kind="epoch", epoch=epoch + 1, **stats))
         save_checkpoint(run, "latest.pth", epoch + 1)
-    return final_test(run)
+    metrics = final_test(run)
+    if rank == 0:                                   # curves.png, confusion.png beside the run's outputs
+        omnisource.train_figures(args.work_dir)
+    return metrics
 
 
 def setup(args: argparse.Namespace, rank: int, world: int, device: torch.device) -> Run:

@@ -184,6 +184,10 @@ def test_omnisource_procedure_as_typed(data_root, tmp_path):
     assert img["kept"] == len(readable) and img["recall"] == 1.0
     assert img["precision"] == img["base_rate"] == sum(t["relevant"] for t in readable) / len(readable)
     assert (work / "motion.json").exists()
+    figures = json.loads((work / "results.json").read_text())["figures"]     # issue 17: each embedded and on disk
+    assert figures and all((work / f).is_file() and f"]({f})" in (work / "results.md").read_text() for f in figures)
+    assert (work / "baseline" / "curves.png").is_file() and (work / "student" / "confusion.png").is_file()
+    assert (data_root / "synth-web-img-filtered" / "class_histogram.png").is_file()
     log = (work / "student" / "log.jsonl").read_text()
     assert "loss_synth-web-img-filtered" in log and "loss_synth-web-untrimmed-filtered" in log
     # the same command again with --resume: every step finished, so every step is skipped and nothing changes
