@@ -2244,9 +2244,9 @@ def _transcode(src: Path, short_side: int, write: Callable[[np.ndarray, int, Fra
 
 
 def _encode_video(src: Path, dst: Path, cfg: PrepareConfig) -> None:
-    """Re-encode `src` as H.264 yuv420p in an mp4 at dst: libx264 one thread (the bytes are reproducible), CRF
-    cfg.crf, fastdecode, a keyframe every cfg.gop frames (0: all-intra), no B-frames, no scene-cut keyframes,
-    same frame rate; frame n at pts n (the frame numbering and k / fps times of windows are kept)."""
+    """Re-encode `src` as H.264 yuv420p in an mp4 at dst: libx264 in one thread without mbtree (reproducible bytes,
+    see synthetic._encode_mp4), CRF cfg.crf, fastdecode, a keyframe every cfg.gop frames (0: all-intra), no
+    B-frames, no scene-cut keyframes, same frame rate; frame n at pts n (frame numbers and k / fps times kept)."""
     keyint = cfg.gop or 1
     with av.open(str(dst), mode="w", format="mp4") as container:
         box: dict = {}
@@ -2258,7 +2258,7 @@ def _encode_video(src: Path, dst: Path, cfg: PrepareConfig) -> None:
                 stream.width, stream.height, stream.pix_fmt = rgb.shape[1], rgb.shape[0], "yuv420p"
                 stream.codec_context.options = {
                     "crf": str(cfg.crf), "preset": "veryfast", "tune": "fastdecode", "threads": "1",
-                    "x264-params": f"keyint={keyint}:min-keyint={keyint}:scenecut=0:bframes=0"}
+                    "x264-params": f"keyint={keyint}:min-keyint={keyint}:scenecut=0:bframes=0:threads=1:no-mbtree=1"}
             frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24").reformat(format="yuv420p")
             frame.pts, frame.time_base = n, 1 / Fraction(rate)
             for packet in box["stream"].encode(frame):
