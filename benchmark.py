@@ -76,9 +76,9 @@ What it measures (paper context: the training recipes of the appendix "Implement
    --video: that clip instead) as downloaded and after each `data.prepare_dataset` format (video with a keyframe
    every 16 frames, all-intra video, frame folders): CPU ms per sample in one DataLoader worker
    (`data.worker_cpu_ms`: process time, one torch thread, one decoder thread), the same samples decoded without the
-   transform (decode) and the difference (augment), whole-DataLoader samples/s with 1 and 2 workers, the disk per
-   hour of video, and the cores one GPU needs at the samples/s it trains (FEED_RATE_SOURCE) against the goals
-   (FEED_GOALS: 16 cores per GPU).
+   transform (decode) and the transform alone on decoded frames (augment), whole-DataLoader samples/s with 1 and 2
+   workers, the disk per hour of video, and the cores one GPU needs at the samples/s it trains (FEED_RATE_SOURCE)
+   against the goals (FEED_GOALS: 16 cores per GPU).
 
 Timing: time.perf_counter (wall) and time.process_time (CPU of every thread of the process), one warm-up,
 then --repeats rounds; the figure is the median over rounds. In the data part the methods are
@@ -1020,16 +1020,18 @@ def bench_feed(args, tmp: Path) -> None:
         variants[label] = (out, report["disk"]["gb_per_video_hour"])
         variants["as downloaded"] = (root, report["disk"]["source_gb_per_video_hour"])
     # 2. every pipeline on every variant
-    rows, cpu = [], {}
+    rows, cpu, augment = [], {}, {}
     for label, arch, rate in FEED_PIPELINES:
         for variant, (folder, gb) in variants.items():
             ds = _feed_dataset(folder, arch, per_clip * len(clips))
             total = statistics.mean(data.worker_cpu_ms(ds, len(ds)))
             decode = statistics.mean(data.worker_cpu_ms(data.VideoDataset(ds.samples, ds.sampling, seed=ds.seed),
                                                         len(ds)))
+            if variant == "as downloaded":   # the same for every variant: the frames are the same size in all
+                augment[label] = statistics.mean(data.worker_cpu_ms(_TransformOnly(ds), len(ds)))
             loaders = [_feed_loader_rate(_feed_dataset(folder, arch, loader_items), w) for w in (1, 2)]
             cpu[label, variant] = total
-            rows.append([label, variant, f"{total:.1f}", f"{decode:.1f}", f"{total - decode:.1f}",
+            rows.append([label, variant, f"{total:.1f}", f"{decode:.1f}", f"{augment[label]:.1f}",
                          f"{loaders[0]:.1f}", f"{loaders[1]:.1f}", f"{rate * total / 1000:.1f}",
                          "-" if gb is None else f"{gb:.2f}"])
     print(f"\nOne GPU trains (issue 16): {FEED_RATE_SOURCE}")
@@ -1037,8 +1039,9 @@ def bench_feed(args, tmp: Path) -> None:
           f"{FEED_CORES_PER_GPU} CPU cores per GPU")
     _table(["pipeline", "data", "CPU ms/sample", "decode ms", "augment ms", "loader 1 worker/s", "2 workers/s",
             "cores per GPU", "GB per video hour"], rows)
-    print("augment = the whole pipeline minus decoding alone (same samples, same frames): crops, resizes, flip, "
-          "uint8 tensor; current transforms")
+    print("decode = the same samples read without the transform (file open, seek, decode, RGB); augment = the "
+          "transform alone on those decoded frames (resize, crop, resize to 224, flip, uint8 tensor; current "
+          "transforms), measured once per pipeline; each column is measured on its own (noise: a few ms under load)")
     for label, goal in FEED_GOALS.items():
         best = min((cpu[label, v], v) for v in variants if v != "as downloaded")
         print(f"goal: {label} <= {goal:.0f} ms CPU per sample on prepared data: {_met(best[0] <= goal)} "
@@ -1052,6 +1055,19 @@ def _feed_dataset(folder: Path, arch: str, count: int) -> data.VideoDataset:
     samples = data.load_split(spec, "train")
     return train.make_dataset(targs, spec, "train", models.ARCHS[arch][1], test_mode=False,
                               samples=samples.subset(np.arange(count) % len(samples)))
+
+
+class _TransformOnly(torch.utils.data.Dataset):
+    """The training transform of `ds` alone: item i transforms item i's frames, decoded beforehand."""
+
+    def __init__(self, ds: data.VideoDataset):
+        self.frames, self.transform = [ds.load(i)[0] for i in range(len(ds))], ds.transform
+
+    def __len__(self) -> int:
+        return len(self.frames)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return self.transform(self.frames[i], rng=np.random.default_rng(i))
 
 
 def _feed_loader_rate(ds: data.VideoDataset, workers: int) -> float:
