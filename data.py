@@ -1226,29 +1226,31 @@ def worker_cpu_ms(dataset: torch.utils.data.Dataset, count: int) -> list[float]:
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser("python data.py", description="Dataset tools of omnisource (see README 'Data "
-                                "layouts').")
+    p = argparse.ArgumentParser("python data.py", description="Dataset tools of omnisource (README 'Data layouts').")
     sub = p.add_subparsers(dest="command", required=True)
-    q = sub.add_parser("prepare", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-                       help="write a dataset again so that training reads it fast (frame folders or dense H.264)",
-                       description=prepare_dataset.__doc__.split("\n")[0])
+    q = sub.add_parser("prepare", help="write a dataset again so that training reads it fast (frame folders or "
+                       "dense H.264)", description="Write a dataset again under --out in the same layout (lists, "
+                       "classes, folders), as frame folders or densely keyed H.264 at the recipes' short side, so "
+                       "that training reads it fast; broken files are reported in OUT/NAME/prepare_report.json.")
     q.add_argument("--data-root", required=True, help="folder holding the dataset (as train.py's --data-root)")
     q.add_argument("--dataset", required=True, help="dataset name under --data-root: a plain folder NAME/ or a "
                    "layout (k400, k200, ucf101, hmdb51, gg, ig-img, ig-vid, k200-raw, k400-untr; 'NAME:filtered' "
                    "for a web source's filtered list)")
-    q.add_argument("--out", required=True, help="folder to write to (train with --data-root OUT); the same command "
-                   "continues an interrupted run")
-    q.add_argument("--format", choices=PREPARE_FORMATS, default="frames", help="frames: JPEG frame folders (least "
-                   "CPU per sample, ~2 GB per hour of 340x256 video); video: H.264 re-encoded (~0.3-0.7 GB/h)")
+    q.add_argument("--out", required=True, help="folder to write to (then train with --data-root OUT); the same "
+                   "command continues an interrupted run")
+    q.add_argument("--format", choices=PREPARE_FORMATS, default="frames", help="frames (default): JPEG frame folders, "
+                   "the least CPU per sample, ~2.1 GB per hour of 340x256 video; video: H.264 re-encoded, ~0.5 GB/h "
+                   "with --gop 16, ~0.8 all-intra (README 'Feeding the GPU')")
     q.add_argument("--short-side", type=int, default=256, help="resize frames larger than this to this short side "
-                   "(256: crop 224; 320 for the --crop-size 280 models)")
-    q.add_argument("--gop", type=int, default=16, help="--format video: a keyframe every N frames (0: every frame "
-                   "is a keyframe, all-intra)")
-    q.add_argument("--quality", type=int, default=None, help=f"x264 CRF with --format video (default "
-                   f"{PREPARE_CRF}; lower = better), JPEG quality with --format frames (default {PREPARE_JPEG_QUALITY})")
-    q.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="processes")
+                   "(default %(default)s: crop 224; 320 for the --crop-size 280 models)")
+    q.add_argument("--gop", type=int, default=16, help="--format video: a keyframe every N frames, 0: every frame "
+                   "(all-intra) (default %(default)s)")
+    q.add_argument("--quality", type=int, default=None, help=f"x264 CRF with --format video (default {PREPARE_CRF}; "
+                   f"lower = better), JPEG quality with --format frames (default {PREPARE_JPEG_QUALITY})")
+    q.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="processes (default: the number of "
+                   "cores)")
     q.add_argument("--measure", type=int, default=8, help="training samples whose CPU time is measured before and "
-                   "after (0: no measurement)")
+                   "after (default %(default)s; 0: none)")
     return p
 
 
