@@ -384,8 +384,9 @@ class SampleList:
     count, so a list of per-sample objects is copied page by page into every worker that touches it. Here
     the paths of all samples live in ONE bytes object (`buf`; for a .txt list, the file's own bytes) and
     every per-sample field is an element of a numpy array, so reading samples writes nothing and the
-    workers share the parent's pages. Per sample: the path's bytes + 4-8 (start) + 2-4 (length) + 8
-    (label) + 1 (kind) [+ 4 (frame count / pieces) when a frames or raw sample is present]; raw positive
+    workers share the parent's pages. Per sample: its line's bytes (a .txt list keeps the file's own buffer:
+    path, label and newline) + 4-8 (start) + 2-4 (length) + 8 (label) + 1 (kind) [+ 4 (frame count / pieces)
+    when a frames or raw sample is present]: 60 bytes for the released image lists' 44-byte lines; raw positive
     pieces, windows and sidecar frame scores are flat arrays + offsets over the samples that have them.
 
     API (what the rest of the code may use):
@@ -642,7 +643,8 @@ def read_classes(path: str | Path) -> list[str]:
     if all(len(h) == 2 and h[0].isdigit() for h in heads):   # "1 ApplyEyeMakeup" style
         first = int(heads[0][0])
         if [int(h[0]) for h in heads] == list(range(first, first + len(heads))) and first in (0, 1):
-            return [h[1] for h in heads]
+            lines = [h[1] for h in heads]
+    _check_class_names(lines, path, file=True)
     return lines
 
 
@@ -874,20 +876,28 @@ def load_split(dataset: DatasetSpec, split: str) -> SampleList:
     return read_list(s.list_file, s.prefix, len(dataset.classes))
 
 
+def motion_path(dataset: DatasetSpec) -> Path:
+    """Where a dataset's camera-motion Gaussian of Eq. 2 lives: DATA_ROOT/<its folder>/motion.json (a plain
+    dataset's NAME/, a layout's 'root': kinetics400/ for k400, OmniSource/ for k200). `omnisource.py
+    --estimate-motion` writes it there and `train.py --inflate warp-*` reads it from there, without --motion."""
+    return Path(dataset.root) / "motion.json"
+
+
 def map_labels(samples: SampleList, source_classes: Sequence[str], target_classes: Sequence[str], source: str
                ) -> tuple[SampleList, int]:
     """Translate a source's labels into the target's label space by class name -> (samples, num_left_out).
 
     Label l of the source (class `source_classes[l]`) becomes the target label of the class with the same
-    name (compared case-insensitively, '_' as ' ', runs of spaces as one: 'air_drumming' = 'Air drumming'),
-    so K200's 200 web classes land on their places among K400's 400. Samples whose class is not a class of
+    name, ignoring case, '_' and spaces (`_class_key`: 'air drumming' = 'air_drumming' = 'airdrumming' =
+    'Air Drumming'), so K200's 200 web classes land on their places among K400's 400. Two names of one list
+    that are the same class under that rule are a one-line ValueError. Samples whose class is not a class of
     the target are left out; their number is returned. `samples`: a `SampleList` (what `load_split` gives;
     the result is one too, sharing nothing per sample) or a list of `Sample`s. `source` names the source
     in the one-line ValueError raised when no class name is shared (e.g. '--aux gg').
     """
-    index = {}
-    for i, name in enumerate(target_classes):
-        index.setdefault(_class_key(name), i)
+    _check_class_names(source_classes, source)
+    _check_class_names(target_classes, "the target")
+    index = {_class_key(name): i for i, name in enumerate(target_classes)}
     table = np.array([index.get(_class_key(n), -1) for n in source_classes], dtype=np.int64)
     if not (table >= 0).any():
         raise ValueError(f"{source}: none of its {len(source_classes)} classes ({_preview(source_classes)}) "
@@ -1697,7 +1707,12 @@ def _parse_line(fields: list[str], where: str, prefix: Path, num_classes: int) -
             kind = "untrimmed" if Path(fields[0]).parts[0] == "untrimmed" else "video"
         return Sample(prefix / fields[0], label, kind)
     if len(fields) == 3:
-        # 2. frame folder: 'DIR NUM_FRAMES LABEL'
+        # 2. frame folder: 'DIR NUM_FRAMES LABEL'. MMAction2's raw form 'DIR LABEL NUM_PARTS' without a positive
+        #    piece has the same shape: a folder of pieces part_*.mp4 on disk tells them apart
+        if (prefix / fields[0] / PART_TMPL.format(0)).is_file():
+            raise ValueError(f"{where}: {' '.join(fields)!r}: {fields[0]} holds part_*.mp4 pieces, so this is a raw "
+                             f"video 'DIR LABEL NUM_PARTS' with no positive piece; list its positive pieces after "
+                             f"NUM_PARTS ('DIR LABEL NUM_PARTS POS_IDX...'), or leave the line out")
         num_frames = _parse_int(fields[1], where, "NUM_FRAMES", minimum=1)
         return Sample(prefix / fields[0], _parse_label(fields[2], where, num_classes), "frames",
                       num_frames=num_frames)
@@ -1805,8 +1820,20 @@ def _attach_frame_scores(samples: list[Sample], list_file: Path, prefix: Path) -
 
 
 def _class_key(name: str) -> str:
-    """Class name as `map_labels` compares it: lower case, '_' as ' ', single spaces."""
-    return " ".join(str(name).replace("_", " ").split()).lower()
+    """Class name as `map_labels` compares it: lower case, without '_' and whitespace ('Air_Drumming' ->
+    'airdrumming'). No two of Kinetics-400's class names (and so of Mini-Kinetics') are equal under it."""
+    return "".join(str(name).replace("_", " ").split()).lower()
+
+
+def _check_class_names(names: Sequence[str], where: object, file: bool = False) -> None:
+    """A one-line ValueError naming `where` and both names (their lines of a `file`, else their labels) when two
+    class names are one class under `_class_key`."""
+    seen, at = {}, (lambda i: f"line {i + 1}" if file else f"label {i}")
+    for i, name in enumerate(names):
+        first = seen.setdefault(_class_key(name), i)
+        if first != i:
+            raise ValueError(f"{where}: class names {names[first]!r} ({at(first)}) and {name!r} ({at(i)}) are the "
+                             f"same class when case, '_' and spaces are ignored; rename one")
 
 
 def _preview(names: Sequence[str], n: int = 4) -> str:
@@ -1860,6 +1887,7 @@ def _layout_classes(data_root: Path, name: str, layout: dict) -> list[str]:
     if folder is not None and folder.is_dir():
         names = sorted(p.name for p in folder.iterdir() if p.is_dir())
         if names:
+            _check_class_names(names, f"{folder}/*/ (class folders)")
             return names
     looked = [str(data_root / r) for r in layout["classes"]] + ([f"{folder}/*/"] if folder else [])
     raise FileNotFoundError(f'dataset {name}: class names not found; looked for {", ".join(looked)}')
