@@ -30,6 +30,7 @@ Where each part of the paper lives (module.function):
                       omnisource.mixup                  intra- and cross-dataset mixup (Table 9)
     Sec. 5.2          omnisource.confusion_pairs        confusion-score analysis (Tables 18-19)
     Table 1           omnisource.run_procedure          the whole four-step procedure, `python omnisource.py`
+    (beyond)          omnisource.next_teachers          --rounds: the student of round r teaches round r + 1
 
 How batch norm sees the sources: every step concatenates the target batch and all auxiliary batches
 into ONE tensor and runs ONE forward pass. Batch norm therefore normalises target and web samples with
@@ -521,6 +522,10 @@ def get_args_parser() -> argparse.ArgumentParser:
                    "snippet rule for 2D students (Table 14; for N segments see train.py --snippet). The paper's best "
                    "on Kinetics, and train.py's default, is 1p2n: its negative frames add context. The generated "
                    "demo's negative shots carry none, and there 3pos measured better (README)")
+    p.add_argument("--rounds", type=int, default=1, help="teacher-student rounds, beyond the paper (Noisy Student, "
+                   "Xie et al. 2020): the student of round r becomes the teacher of round r+1, filters the web "
+                   "sources again (SOURCE-filtered-rR) and trains the next student (WORK_DIR/student_rR); "
+                   "1 = the paper's single teacher")
     p.add_argument("--also-unfiltered", action="store_true", help="also train a student on the raw (unfiltered) "
                    "web data, the comparison of Table 12")
     p.add_argument("--also-still", action="store_true", help="also train a student whose web images become "
@@ -555,6 +560,8 @@ def get_args_parser() -> argparse.ArgumentParser:
 def run_procedure(args: argparse.Namespace) -> list[tuple[str, dict]]:
     """Table 1, OmniSource column, on --target and --sources: every step a printed command, run to its end.
 
+    --rounds N > 1 goes beyond the paper (Noisy Student, Xie et al., CVPR 2020): the student of round r is the
+    teacher of round r + 1, which filters the web data again (into SOURCE-filtered-rR) and trains student_rR.
     Returns the rows of the results table: (run name, that run's metrics.json with its confusion matrix).
     """
     work, sources = Path(args.work_dir), [s for s in args.sources.split(",") if s]
@@ -563,20 +570,29 @@ def run_procedure(args: argparse.Namespace) -> list[tuple[str, dict]]:
     #    the baseline ("target only") of the comparison.
     print("== step 1: teacher / baseline on the target set", flush=True)
     baseline, teachers = train_teachers(args)
-    # 2. Run M on every U_i, drop samples under the threshold, pseudo-label the rest (filter.py).
-    print("== step 2: teacher filtering of every web source", flush=True)
-    filtered, kept = filter_sources(args, sources, teachers)
-    # 3. Transforms T_i: fit the camera motion of Eq. 2 on the target videos (web images -> clips).
-    print("== step 3: camera-motion Gaussian for image-to-clip (Eq. 2)", flush=True)
-    run_step(args, "omnisource.py", ["--estimate-motion", "--data-root", args.data_root, "--target", args.target,
-                                     "--motion", motion, "--motion-videos", str(args.motion_videos),
-                                     "--seed", str(args.seed)], nproc=1)
-    # 4. Train M' on D_T and the auxiliary sets D_A,i (Eq. 1), one optimiser step per iteration.
-    print("== step 4: joint training of the student", flush=True)
+    rows, rounds = [("baseline (target only)", baseline)], []
     same = ["--mixup", str(args.mixup), "--inflate", args.inflate, "--motion", motion, "--snippet", args.snippet]
-    joint = ["--aux", ",".join(filtered), *step4_flags(args.ratio, args.resample, kept), *same]
-    rows = [("baseline (target only)", baseline),
-            ("OmniSource (filtered web data)", run_train(args, "student", args.arch, joint))]
+    for r in range(1, args.rounds + 1):
+        tag = "" if r == 1 else f"-r{r}"
+        # 2. Run M on every U_i, drop samples under the threshold, pseudo-label the rest (filter.py).
+        print(f"== step 2: teacher filtering of every web source{_round(r, args)}", flush=True)
+        filtered, kept = filter_sources(args, sources, teachers, tag)
+        if r == 1:
+            # 3. Transforms T_i: fit the camera motion of Eq. 2 on the target videos (web images -> clips).
+            print("== step 3: camera-motion Gaussian for image-to-clip (Eq. 2)", flush=True)
+            run_step(args, "omnisource.py", ["--estimate-motion", "--data-root", args.data_root, "--target",
+                                             args.target, "--motion", motion, "--motion-videos",
+                                             str(args.motion_videos), "--seed", str(args.seed)], nproc=1)
+        # 4. Train M' on D_T and the auxiliary sets D_A,i (Eq. 1), one optimiser step per iteration.
+        print(f"== step 4: joint training of the student{_round(r, args)}", flush=True)
+        joint = ["--aux", ",".join(filtered), *step4_flags(args.ratio, args.resample, kept), *same]
+        first = joint if r == 1 else first
+        name = "student" if r == 1 else f"student_r{r}"
+        student = run_train(args, name, args.arch, joint)
+        rows.append(("OmniSource (filtered web data)" if r == 1 else
+                     f"OmniSource round {r} (teacher: the round-{r - 1} student)", student))
+        rounds.append(round_record(args, r, teachers, filtered, student))
+        teachers = next_teachers(args, teachers, work / name / "final.pth")
     # Comparisons beside Table 1's steps, everything else equal: Table 12's unfiltered web data, Table 8's
     # still-image clips.
     if args.also_unfiltered:
@@ -585,9 +601,28 @@ def run_procedure(args: argparse.Namespace) -> list[tuple[str, dict]]:
                      run_train(args, "unfiltered", args.arch, ["--aux", ",".join(sources), *every, *same])))
     if args.also_still:
         rows.append(("filtered, still images (--inflate still)",
-                     run_train(args, "still", args.arch, _with(joint, "--inflate", "still"))))
-    write_table(work, rows, args.select, filter_quality(args.data_root, filtered))
+                     run_train(args, "still", args.arch, _with(first, "--inflate", "still"))))
+    write_table(work, rows, args.select, rounds)
     return rows
+
+
+def next_teachers(args: argparse.Namespace, teachers: dict[str, Path], student: Path) -> dict[str, Path]:
+    """--rounds: the teachers of the next round. The student scores everything it can: a 2D student also images and
+    1-FPS frames; a 3D student's web images keep their 2D teacher (Sec. 3.4: images get 2D teachers only)."""
+    return {"video": student, "image": student if _is_2d(args.arch) else teachers["image"]}
+
+
+def round_record(args: argparse.Namespace, r: int, teachers: dict[str, Path], filtered: list[str],
+                 student: dict) -> dict:
+    """results.json's entry of one round: its teachers, the student's accuracy, what each filtered source kept
+    (filter.py's report.json counts) and, on the demo data, the filtering's precision and recall."""
+    kept = {}
+    for name in filtered:
+        counts = json.loads((Path(args.data_root) / name / "report.json").read_text())["counts"]
+        kept[name] = {"kept": counts["kept"], "total": counts["total"]}
+    return {"round": r, "teachers": {k: str(v) for k, v in teachers.items()},
+            **{k: student[k] for k in ("top1", "top5", "mean_class_acc")},
+            "kept": kept, "quality": filter_quality(args.data_root, filtered)}
 
 
 def train_teachers(args: argparse.Namespace) -> tuple[dict, dict[str, Path]]:
@@ -607,13 +642,13 @@ def train_teachers(args: argparse.Namespace) -> tuple[dict, dict[str, Path]]:
     return baseline, teachers
 
 
-def filter_sources(args: argparse.Namespace, sources: list[str], teachers: dict[str, Path]
+def filter_sources(args: argparse.Namespace, sources: list[str], teachers: dict[str, Path], tag: str = ""
                    ) -> tuple[list[str], list[int]]:
-    """Step 2: one filter.py run per web source; returns the filtered datasets that kept something and their
-    sources' places in `sources`."""
+    """Step 2: one filter.py run per web source (into SOURCE-filtered + `tag`); returns the filtered datasets that
+    kept something and their sources' places in `sources`."""
     filtered, kept = [], []
     for i, source in enumerate(sources):
-        out, argv = filter_command(args, source, teachers)
+        out, argv = filter_command(args, source, teachers, tag)
         run_step(args, "filter.py", argv)
         if _kept_any(Path(args.data_root) / out):
             filtered.append(out)
@@ -652,9 +687,10 @@ def step4_flags(ratio: str, resample: str, kept: list[int]) -> list[str]:
     return flags + ["--resample", ",".join(rules if len(rules) == 1 else [rules[i] for i in kept])]
 
 
-def filter_command(args: argparse.Namespace, source: str, teachers: dict[str, Path]) -> tuple[str, list[str]]:
+def filter_command(args: argparse.Namespace, source: str, teachers: dict[str, Path], tag: str = ""
+                   ) -> tuple[str, list[str]]:
     """Step 2's filter.py command for one web source: (output dataset name under --data-root, arguments)."""
-    out = f"{source}-filtered"
+    out = f"{source}-filtered{tag}"
     kind = _source_kind(args.data_root, source)
     # Sec. 3.4-3.5: images, and the 1-FPS frames of untrimmed videos for a 2D student, need a 2D teacher
     two_d = kind == "image" or (kind == "untrimmed" and _is_2d(args.arch))
@@ -711,18 +747,26 @@ def read_metrics(work_dir: str | Path) -> dict:
     return metrics
 
 
-def write_table(work: Path, rows: list[tuple[str, dict]], select: str = "last", quality: list[dict] = ()) -> str:
+def write_table(work: Path, rows: list[tuple[str, dict]], select: str = "last", rounds: list[dict] = ()) -> str:
     """Print and save the comparison (results.md, results.json), the confusion pairs of Sec. 5.2 (first row ->
-    second row) and, on the generated demo data, the filter's precision and recall against the generator's truth.
-    Says which weights were tested (--select). Returns the text of results.md."""
+    second row), each round's teachers and filtering (`round_record`; on the generated demo data with the
+    filter's precision and recall against the generator's truth). Says which weights were tested (--select).
+    Returns the text of results.md."""
     tested = TESTED[select]
     lines = [f"Accuracy on the val split of {rows[0][1].get('target', 'the target')}, of {tested} "
              f"(--select {select}).", "",
              "| run | top-1 | top-5 | mean class acc |", "| --- | --- | --- | --- |"]
     lines += [f"| {name} | {m['top1']:.4f} | {m['top5']:.4f} | {m['mean_class_acc']:.4f} |" for name, m in rows]
+    quality = rounds[0]["quality"] if rounds else []
     if quality:
         lines += ["", "Teacher filtering against the generator's truth (truth.json):"]
         lines += [_quality_line(q) for q in quality]
+    if len(rounds) > 1:
+        lines += ["", "Teacher-student rounds (--rounds; beyond the paper):"]
+        for rd in rounds:
+            kept = ", ".join(f"{name} kept {k['kept']} of {k['total']}" for name, k in rd["kept"].items())
+            lines += [f"  round {rd['round']}: teacher {rd['teachers']['video']}; {kept}; student top-1 "
+                      f"{rd['top1']:.4f}"] + [_quality_line(q) for q in rd["quality"]]
     (_, base), (_, student) = rows[:2]
     pairs = confusion_pairs(base["confusion_matrix"], student["confusion_matrix"], base["classes"])
     lines += ["", "Confusion pairs (Sec. 5.2, s_ij baseline -> OmniSource):"]
@@ -733,7 +777,7 @@ def write_table(work: Path, rows: list[tuple[str, dict]], select: str = "last", 
     (work / "results.json").write_text(json.dumps(
         {"select": select, "tested": tested,
          "rows": [{"run": name, **{k: m[k] for k in ("top1", "top5", "mean_class_acc")}} for name, m in rows],
-         "confusion_pairs": pairs, "filtering": list(quality)}, indent=2) + "\n")
+         "confusion_pairs": pairs, "filtering": list(quality), "rounds": list(rounds)}, indent=2) + "\n")
     return text
 
 
@@ -789,6 +833,8 @@ def _check_args(args: argparse.Namespace) -> None:
     """Flags the last steps read, checked before hours of teacher training: one-line errors naming the flag."""
     if args.nproc < 1:
         raise ValueError(f"--nproc {args.nproc}: expected a number of processes >= 1")
+    if args.rounds < 1:
+        raise ValueError(f"--rounds {args.rounds}: expected a number of teacher-student rounds >= 1")
     num_sources = len([s for s in args.sources.split(",") if s])
     if num_sources == 0:
         raise ValueError("--sources: expected at least one web source name")
@@ -829,6 +875,11 @@ def _write_atomically(path: Path, text: str) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+def _round(r: int, args: argparse.Namespace) -> str:
+    """' (round R of N)' in a step's banner when --rounds > 1."""
+    return f" (round {r} of {args.rounds})" if args.rounds > 1 else ""
 
 
 def _kept_any(folder: Path) -> bool:
