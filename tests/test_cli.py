@@ -202,12 +202,12 @@ def test_omnisource_procedure_as_typed(data_root, tmp_path):
     other = models.build_model("tsn_tiny", 4)
     torch.save({"model": other.state_dict(), "arch": "tsn_tiny", "classes": list("abcd")}, tmp_path / "init.pth")
     out = run("omnisource", ["--data-root", data_root, "--target", "synth", "--sources", sources,
-                             "--arch", "tsn_tiny", "--teacher-arch", "slowonly_tiny", "--image-teacher-arch", "tsn_tiny",
-                             "--checkpoint", tmp_path / "init.pth", "--finetune", "--threshold", "0.0", "--mode", "query",
-                             "--select", "last", "--epochs", "1", "--batch-size", "8", "--ratio", "2:1:1:1",
-                             "--resample", "none",
-                             "--mixup", "0.1", "--inflate", "warp-agno", "--snippet", "3pos", "--also-unfiltered",
-                             "--also-still", "--motion-videos", "4", "--seed", "0", "--workers", "0", "--work-dir", work])
+                             "--arch", "tsn_tiny", "--teacher-arch", "slowonly_tiny",
+                             "--image-teacher-arch", "tsn_tiny", "--checkpoint", tmp_path / "init.pth", "--finetune",
+                             "--threshold", "0.0", "--mode", "query", "--select", "last", "--epochs", "1",
+                             "--batch-size", "8", "--ratio", "2:1:1:1", "--resample", "none", "--mixup", "0.1",
+                             "--inflate", "warp-agno", "--snippet", "3pos", "--also-unfiltered", "--also-still",
+                             "--motion-videos", "4", "--seed", "0", "--workers", "0", "--work-dir", work])
     rows = (work / "results.md").read_text().splitlines()
     assert rows[0] == "Accuracy on the val split of synth, of the final weights of each run (--select last)."
     assert rows[4].startswith("| baseline (target only) |") and rows[5].startswith("| OmniSource (filtered")
