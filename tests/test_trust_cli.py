@@ -65,7 +65,8 @@ def test_motion_written_by_estimate_motion_is_the_one_train_reads_on_a_layout_na
     # --batch-size 5 --ratio 2:1: 5 * 1 / 2 = 2.5 rounds half up to 3 (l)
     out = run("train.py", ["--data-root", k400_root, "--target", "k400", "--arch", "tsn_tiny", "--aux",
                            "synth-web-img", "--inflate", "warp-agno", "--batch-size", "5", "--ratio", "2:1",
-                           "--epochs", "1", "--workers", "0", "--work-dir", tmp_path / "w"])
+                           "--epochs", "1", "--workers", "0", "--test-clips", "1", "--test-crops", "1",
+                           "--work-dir", tmp_path / "w"])
     assert out.returncode == 0, out.stderr[-2000:]
     assert "batch 5+3 x 1 rank(s)" in out.stdout
 
