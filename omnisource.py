@@ -835,6 +835,18 @@ def _check_args(args: argparse.Namespace) -> None:
         raise ValueError(f"--nproc {args.nproc}: expected a number of processes >= 1")
     if args.rounds < 1:
         raise ValueError(f"--rounds {args.rounds}: expected a number of teacher-student rounds >= 1")
+    for flag in ("arch", "teacher_arch", "image_teacher_arch"):
+        arch = getattr(args, flag)
+        if arch is not None and arch not in models.ARCHS:
+            raise ValueError(f"--{flag.replace('_', '-')} {arch}: expected one of {', '.join(models.ARCHS)}")
+    if not 0 <= args.threshold <= 1:
+        raise ValueError(f"--threshold {args.threshold}: expected a probability in [0, 1]")
+    for flag, value in (("--batch-size", args.batch_size), ("--epochs", args.epochs),
+                        ("--motion-videos", args.motion_videos)):
+        if value is not None and value < 1:
+            raise ValueError(f"{flag} {value}: expected a number >= 1")
+    if args.mixup < 0:
+        raise ValueError(f"--mixup {args.mixup}: expected an alpha >= 0 (0: off)")
     num_sources = len([s for s in args.sources.split(",") if s])
     if num_sources == 0:
         raise ValueError("--sources: expected at least one web source name")
@@ -896,7 +908,7 @@ def _with(argv: list[str], flag: str, value: str) -> list[str]:
 
 def _is_2d(arch: str) -> bool:
     """Whether an architecture is a 2D TSN (scores single images and frames, Sec. 3.4-3.5)."""
-    return models.ARCHS[arch][1].family == "tsn" if arch in models.ARCHS else arch.startswith("tsn")
+    return models.ARCHS[arch][1].family == "tsn"          # a name of models.ARCHS (_check_args)
 
 
 def _source_kind(data_root: str | Path, source: str) -> str:

@@ -158,8 +158,12 @@ def test_procedure_flags_without_a_valid_value_stop_before_step_1(tmp_path, flag
 
 @pytest.mark.parametrize("argv, message", [
     (["--resample", "none,none"], "--resample 'none,none': give one rule or one per source (3)"),
-    (["--sources", "a,b", "--resample", "none,power:3"], "--resample 'power:3'")])
-def test_resample_must_fit_the_sources(tmp_path, capsys, argv, message):
+    (["--sources", "a,b", "--resample", "none,power:3"], "--resample 'power:3'"),
+    (["--teacher-arch", "slowonly_r5O"], "--teacher-arch slowonly_r5O: expected one of tsn_r18, tsn_r34, tsn_r50"),
+    (["--threshold", "50"], "--threshold 50.0: expected a probability in [0, 1]"),
+    (["--epochs", "0"], "--epochs 0: expected a number >= 1"), (["--rounds", "0"], "--rounds 0: expected"),
+    (["--mixup", "-1"], "--mixup -1.0: expected an alpha >= 0")])
+def test_procedure_flags_are_checked_before_step_1(tmp_path, capsys, argv, message):
     with pytest.raises(SystemExit) as stop:
         omnisource.main(["--data-root", str(tmp_path / "d"), "--work-dir", str(tmp_path / "w"), *argv])
     assert str(stop.value).startswith(f"error: {message}") and "\n" not in str(stop.value)
