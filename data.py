@@ -387,211 +387,6 @@ class FrameScores:
                              f"frames and {len(self.scores)} scores")
 
 
-class SampleList:
-    """An annotation list as a few flat numpy arrays: no Python object per sample (Sec. 4 at web scale).
-
-    DataLoader workers are forked copies of the main process; reading a Python object writes its reference
-    count, so a list of per-sample objects is copied page by page into every worker that touches it. Here
-    the paths of all samples live in ONE bytes object (`buf`; for a .txt list, the file's own bytes) and
-    every per-sample field is an element of a numpy array, so reading samples writes nothing and the
-    workers share the parent's pages. Per sample: the path's bytes + 4-8 (start) + 2-4 (length) + 8
-    (label) + 1 (kind) [+ 4 (frame count / pieces) when a frames or raw sample is present]; raw positive
-    pieces, windows and sidecar frame scores are flat arrays + offsets over the samples that have them.
-
-    API (what the rest of the code may use):
-        len(sl), sl[i] -> `Sample` (built on demand), iter(sl) -> Samples, bool(sl)
-        sl[a:b], sl[index array or bool mask] -> SampleList (subset, shares the buffers)
-        sl.subset(indices, labels=None) -> SampleList (optionally with new labels, `map_labels`)
-        sl.labels   int64 (N,)    sl.kinds  uint8 (N,) codes into KINDS    sl.kind_names() -> set of str
-        sl.path(i) -> Path        sl.rel_path(i) -> str (relative to sl.prefix, as the list wrote it)
-        sl.nbytes  bytes held (buffers shared by subsets counted in full)
-        SampleList.from_samples(samples, prefix='') -> SampleList (any Samples; paths under prefix kept short)
-    """
-
-    def __init__(self, prefix: str, buf: bytes, start: np.ndarray, length: np.ndarray, labels: np.ndarray,
-                 kinds: np.ndarray, extra: np.ndarray | None = None, pos: _Ragged | None = None,
-                 windows: _Ragged | None = None, scores: _Ragged | None = None):
-        self.prefix, self.buf = prefix, buf
-        self._start, self._length = start, length        # path i = buf[start[i]:start[i] + length[i]]
-        self.labels, self.kinds = labels, kinds          # int64 (N,), uint8 (N,)
-        self._extra = extra                              # int32 (N,): num_frames ('frames'), num_parts ('raw')
-        self._pos, self._windows, self._scores = pos, windows, scores   # ragged per-sample data, or None
-
-    # 1. sizes and subsets
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    @property
-    def nbytes(self) -> int:
-        arrays = [self._start, self._length, self.labels, self.kinds, self._extra]
-        return len(self.buf) + sum(a.nbytes for a in arrays if a is not None) + \
-            sum(r.nbytes for r in (self._pos, self._windows, self._scores) if r is not None)
-
-    def subset(self, indices: np.ndarray | Sequence[int], labels: np.ndarray | None = None) -> SampleList:
-        """Samples `indices` (int array, any order, repeats allowed; or a bool mask), optionally relabelled."""
-        idx = np.asarray(indices)
-        idx = np.flatnonzero(idx) if idx.dtype == bool else idx.astype(np.int64).reshape(-1)
-        n = len(self)
-        if idx.size and (idx.min() < -n or idx.max() >= n):
-            raise IndexError(f"SampleList: index out of range [0, {n})")
-        idx = np.where(idx < 0, idx + n, idx)
-        new = self.labels[idx] if labels is None else np.asarray(labels, dtype=np.int64).reshape(-1)
-        if len(new) != len(idx):
-            raise ValueError(f"SampleList.subset: {len(new)} labels for {len(idx)} samples")
-        take = (lambda r: None if r is None else r.take(idx))
-        return SampleList(self.prefix, self.buf, self._start[idx], self._length[idx], new, self.kinds[idx],
-                          None if self._extra is None else self._extra[idx], take(self._pos),
-                          take(self._windows), take(self._scores))
-
-    # 2. one sample, built on demand
-    def rel_path(self, i: int) -> str:
-        a = int(self._start[i])
-        return self.buf[a:a + int(self._length[i])].decode("utf-8")
-
-    def path(self, i: int) -> Path:
-        return Path(self.prefix, self.rel_path(i)) if self.prefix else Path(self.rel_path(i))
-
-    def kind_names(self) -> set:
-        return {KINDS[k] for k in np.unique(self.kinds)}
-
-    def __getitem__(self, i: int | slice) -> Sample | SampleList:
-        if isinstance(i, slice):
-            return self.subset(np.arange(len(self))[i])
-        if not isinstance(i, (int, np.integer)):
-            return self.subset(i)
-        n = len(self)
-        if not -n <= i < n:
-            raise IndexError(f"SampleList: index {i} out of range [0, {n})")
-        i = int(i) % n
-        kind = KINDS[self.kinds[i]]
-        s = Sample(self.path(i), int(self.labels[i]), kind)
-        if kind == "frames":
-            s.num_frames = int(self._extra[i])
-        elif kind == "raw":
-            s.num_parts = int(self._extra[i])
-            s.pos_clips = tuple(int(p) for p in self._pos.get(i)[0])
-        elif kind == "windows":
-            flat = self._windows.get(i)[0]
-            s.windows = tuple((float(flat[k]), float(flat[k + 1])) for k in range(0, len(flat), 2))
-        if self._scores is not None:
-            got = self._scores.get(i)
-            if got is not None:
-                frames, scores, threshold = got
-                s.frame_scores = FrameScores(tuple(int(f) for f in frames), tuple(float(x) for x in scores),
-                                             float(threshold))
-        return s
-
-    def __iter__(self) -> Iterator[Sample]:
-        return (self[i] for i in range(len(self)))
-
-    def __repr__(self) -> str:
-        return f"SampleList({len(self)} samples under {self.prefix!r}, {self.nbytes} bytes)"
-
-    # 3. building
-    @classmethod
-    def from_samples(cls, samples: Sequence[Sample], prefix: str | Path = "") -> SampleList:
-        """Compact copy of `Sample`s; paths under `prefix` are stored relative to it (all others: whole)."""
-        samples = list(samples)
-        prefix = str(prefix) if str(prefix) not in ("", ".") else ""
-        rels = []
-        for s in samples:
-            full = str(s.path)
-            rel = full[len(prefix) + 1:] if prefix and full.startswith(prefix + "/") else full
-            if prefix and not full.startswith(prefix + "/") and not Path(full).is_absolute():
-                return cls.from_samples(samples, "")   # a path outside the prefix: keep whole paths
-            rels.append(rel)
-        enc = [r.encode("utf-8") for r in rels]
-        lengths = np.array([len(e) for e in enc], dtype=np.int64)
-        start = np.concatenate(([0], np.cumsum(lengths)[:-1])).astype(np.int64) if enc else lengths
-        kinds = np.array([KINDS.index(s.kind) for s in samples], dtype=np.uint8)
-        extra = np.array([(s.num_frames if s.kind == "frames" else s.num_parts if s.kind == "raw" else 0) or 0
-                          for s in samples], dtype=np.int64)
-        rows = lambda pred: [i for i, s in enumerate(samples) if pred(s)]
-        raw, win = rows(lambda s: s.kind == "raw"), rows(lambda s: s.kind == "windows")
-        sc = rows(lambda s: s.frame_scores is not None)
-        return cls(prefix, b"".join(enc), *_narrow(start, lengths),
-                   np.array([s.label for s in samples], dtype=np.int64), kinds,
-                   _int32(extra) if extra.any() else None,
-                   _Ragged.build(raw, [[samples[i].pos_clips] for i in raw], (np.int32,)),
-                   _Ragged.build(win, [[[x for w in samples[i].windows for x in w]] for i in win], (np.float64,)),
-                   _Ragged.build(sc, [[samples[i].frame_scores.frames, samples[i].frame_scores.scores]
-                                      for i in sc], (np.int32, np.float32),
-                                 [samples[i].frame_scores.threshold for i in sc]))
-
-    def with_frame_scores(self, entries: Iterable[tuple[str, FrameScores]]) -> SampleList:
-        """Attach a sidecar's entries ((list path relative to the prefix, FrameScores) pairs, or a dict; Sec. 3.5)
-        to their samples. The scores are kept flat (int32 frames, float32 scores), one entry per video."""
-        entries = entries.items() if isinstance(entries, dict) else entries
-        index, off, frames, scores, thresholds = {}, [0], array.array("i"), array.array("f"), array.array("d")
-        for key, fs in entries:   # flat arrays as they stream in; a repeated key: the last one wins
-            index[key] = len(thresholds)
-            frames.extend(fs.frames), scores.extend(fs.scores), thresholds.append(fs.threshold)
-            off.append(len(frames))
-        if not index:
-            return self
-        base, rows, ptr = Path(self.prefix), [], []
-        for i in range(len(self)):
-            p = self.path(i)
-            try:
-                key = p.relative_to(base).as_posix()
-            except ValueError:
-                key = Path(os.path.relpath(p, base)).as_posix()
-            if key in index:
-                rows.append(i), ptr.append(index[key])
-        scores = None if not rows else _Ragged(
-            np.array(rows, dtype=np.int64), np.array(ptr, dtype=np.int64), np.array(off, dtype=np.int64),
-            (np.frombuffer(frames, dtype=np.int32).copy(), np.frombuffer(scores, dtype=np.float32).copy()),
-            np.frombuffer(thresholds, dtype=np.float64).copy())
-        return SampleList(self.prefix, self.buf, self._start, self._length, self.labels, self.kinds, self._extra,
-                          self._pos, self._windows, scores)
-
-
-class _Ragged:
-    """Variable-length data of some samples of a SampleList, flat: sample rows[k] (sorted) owns entry ptr[k],
-    whose values are values[j][off[e]:off[e + 1]] (parallel arrays) and scalar[e]. Subsets share off/values."""
-
-    def __init__(self, rows: np.ndarray, ptr: np.ndarray, off: np.ndarray, values: tuple,
-                 scalar: np.ndarray | None = None):
-        self.rows, self.ptr, self.off, self.values, self.scalar = rows, ptr, off, values, scalar
-
-    @classmethod
-    def build(cls, rows: list[int], seqs: list[list], dtypes: tuple, scalars: list | None = None) -> _Ragged | None:
-        if not rows:
-            return None
-        lengths = np.array([len(v[0]) for v in seqs], dtype=np.int64)
-        off = np.zeros(len(rows) + 1, dtype=np.int64)
-        np.cumsum(lengths, out=off[1:])
-        values = tuple(np.array([x for v in seqs for x in v[j]], dtype=dt).reshape(-1)
-                       for j, dt in enumerate(dtypes))
-        return cls(np.array(rows, dtype=np.int64), np.arange(len(rows), dtype=np.int64), off, values,
-                   None if scalars is None else np.array(scalars, dtype=np.float64))
-
-    @property
-    def nbytes(self) -> int:
-        return sum(a.nbytes for a in (self.rows, self.ptr, self.off, *self.values) if a is not None) + \
-            (0 if self.scalar is None else self.scalar.nbytes)
-
-    def get(self, i: int) -> tuple | None:
-        """(values..., [scalar]) of sample i, or None."""
-        k = int(np.searchsorted(self.rows, i))
-        if k >= len(self.rows) or self.rows[k] != i:
-            return None
-        e = int(self.ptr[k])
-        a, b = int(self.off[e]), int(self.off[e + 1])
-        got = tuple(v[a:b] for v in self.values)
-        return got if self.scalar is None else (*got, self.scalar[e])
-
-    def take(self, idx: np.ndarray) -> _Ragged | None:
-        """The ragged data of the subset idx (new sample k = old sample idx[k])."""
-        if not len(self.rows) or not len(idx):
-            return None
-        k = np.minimum(np.searchsorted(self.rows, idx), len(self.rows) - 1)
-        has = self.rows[k] == idx
-        if not has.any():
-            return None
-        return _Ragged(np.flatnonzero(has), self.ptr[k[has]], self.off, self.values, self.scalar)
-
-
 def read_list(list_file: str | Path, prefix: str | Path, num_classes: int) -> SampleList:
     """Parse an MMAction2 annotation list (.txt lines or .json dicts) into a compact `SampleList`.
 
@@ -652,7 +447,8 @@ def read_classes(path: str | Path) -> list[str]:
     if all(len(h) == 2 and h[0].isdigit() for h in heads):   # "1 ApplyEyeMakeup" style
         first = int(heads[0][0])
         if [int(h[0]) for h in heads] == list(range(first, first + len(heads))) and first in (0, 1):
-            return [h[1] for h in heads]
+            lines = [h[1] for h in heads]
+    _check_class_names(lines, path, file=True)
     return lines
 
 
@@ -884,20 +680,28 @@ def load_split(dataset: DatasetSpec, split: str) -> SampleList:
     return read_list(s.list_file, s.prefix, len(dataset.classes))
 
 
+def motion_path(dataset: DatasetSpec) -> Path:
+    """Where a dataset's camera-motion Gaussian of Eq. 2 lives: DATA_ROOT/<its folder>/motion.json (a plain
+    dataset's NAME/, a layout's 'root': kinetics400/ for k400, OmniSource/ for k200). `omnisource.py
+    --estimate-motion` writes it there and `train.py --inflate warp-*` reads it from there, without --motion."""
+    return Path(dataset.root) / "motion.json"
+
+
 def map_labels(samples: SampleList, source_classes: Sequence[str], target_classes: Sequence[str], source: str
                ) -> tuple[SampleList, int]:
     """Translate a source's labels into the target's label space by class name -> (samples, num_left_out).
 
     Label l of the source (class `source_classes[l]`) becomes the target label of the class with the same
-    name (compared case-insensitively, '_' as ' ', runs of spaces as one: 'air_drumming' = 'Air drumming'),
-    so K200's 200 web classes land on their places among K400's 400. Samples whose class is not a class of
+    name, ignoring case, '_' and spaces (`_class_key`: 'air drumming' = 'air_drumming' = 'airdrumming' =
+    'Air Drumming'), so K200's 200 web classes land on their places among K400's 400. Two names of one list
+    that are the same class under that rule are a one-line ValueError. Samples whose class is not a class of
     the target are left out; their number is returned. `samples`: a `SampleList` (what `load_split` gives;
     the result is one too, sharing nothing per sample) or a list of `Sample`s. `source` names the source
     in the one-line ValueError raised when no class name is shared (e.g. '--aux gg').
     """
-    index = {}
-    for i, name in enumerate(target_classes):
-        index.setdefault(_class_key(name), i)
+    _check_class_names(source_classes, source)
+    _check_class_names(target_classes, "the target")
+    index = {_class_key(name): i for i, name in enumerate(target_classes)}
     table = np.array([index.get(_class_key(n), -1) for n in source_classes], dtype=np.int64)
     if not (table >= 0).any():
         raise ValueError(f"{source}: none of its {len(source_classes)} classes ({_preview(source_classes)}) "
@@ -1261,6 +1065,217 @@ def cli(argv: list[str] | None = None) -> None:
         prepare_dataset(args.data_root, args.dataset, args.out, cfg)
     except (ValueError, FileNotFoundError) as err:
         sys.exit(f"error: {err}")
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Machinery: the compact annotation list. A reader of the method may stop here: what follows is how a list of
+# millions of web samples is held (flat arrays shared by forked workers, Sec. 4 at web scale), then private helpers.
+# ----------------------------------------------------------------------------------------------------------------------
+
+class SampleList:
+    """An annotation list as a few flat numpy arrays: no Python object per sample (Sec. 4 at web scale).
+
+    DataLoader workers are forked copies of the main process; reading a Python object writes its reference
+    count, so a list of per-sample objects is copied page by page into every worker that touches it. Here
+    the paths of all samples live in ONE bytes object (`buf`; for a .txt list, the file's own bytes) and
+    every per-sample field is an element of a numpy array, so reading samples writes nothing and the
+    workers share the parent's pages. Per sample: its line's bytes (a .txt list keeps the file's own buffer:
+    path, label and newline) + 4-8 (start) + 2-4 (length) + 8 (label) + 1 (kind) [+ 4 (frame count / pieces)
+    when a frames or raw sample is present]: 60 bytes for the released image lists' 44-byte lines; raw positive
+    pieces, windows and sidecar frame scores are flat arrays + offsets over the samples that have them.
+
+    API (what the rest of the code may use):
+        len(sl), sl[i] -> `Sample` (built on demand), iter(sl) -> Samples, bool(sl)
+        sl[a:b], sl[index array or bool mask] -> SampleList (subset, shares the buffers)
+        sl.subset(indices, labels=None) -> SampleList (optionally with new labels, `map_labels`)
+        sl.labels   int64 (N,)    sl.kinds  uint8 (N,) codes into KINDS    sl.kind_names() -> set of str
+        sl.path(i) -> Path        sl.rel_path(i) -> str (relative to sl.prefix, as the list wrote it)
+        sl.nbytes  bytes held (buffers shared by subsets counted in full)
+        SampleList.from_samples(samples, prefix='') -> SampleList (any Samples; paths under prefix kept short)
+    """
+
+    def __init__(self, prefix: str, buf: bytes, start: np.ndarray, length: np.ndarray, labels: np.ndarray,
+                 kinds: np.ndarray, extra: np.ndarray | None = None, pos: _Ragged | None = None,
+                 windows: _Ragged | None = None, scores: _Ragged | None = None):
+        self.prefix, self.buf = prefix, buf
+        self._start, self._length = start, length        # path i = buf[start[i]:start[i] + length[i]]
+        self.labels, self.kinds = labels, kinds          # int64 (N,), uint8 (N,)
+        self._extra = extra                              # int32 (N,): num_frames ('frames'), num_parts ('raw')
+        self._pos, self._windows, self._scores = pos, windows, scores   # ragged per-sample data, or None
+
+    # 1. sizes and subsets
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @property
+    def nbytes(self) -> int:
+        arrays = [self._start, self._length, self.labels, self.kinds, self._extra]
+        return len(self.buf) + sum(a.nbytes for a in arrays if a is not None) + \
+            sum(r.nbytes for r in (self._pos, self._windows, self._scores) if r is not None)
+
+    def subset(self, indices: np.ndarray | Sequence[int], labels: np.ndarray | None = None) -> SampleList:
+        """Samples `indices` (int array, any order, repeats allowed; or a bool mask), optionally relabelled."""
+        idx = np.asarray(indices)
+        idx = np.flatnonzero(idx) if idx.dtype == bool else idx.astype(np.int64).reshape(-1)
+        n = len(self)
+        if idx.size and (idx.min() < -n or idx.max() >= n):
+            raise IndexError(f"SampleList: index out of range [0, {n})")
+        idx = np.where(idx < 0, idx + n, idx)
+        new = self.labels[idx] if labels is None else np.asarray(labels, dtype=np.int64).reshape(-1)
+        if len(new) != len(idx):
+            raise ValueError(f"SampleList.subset: {len(new)} labels for {len(idx)} samples")
+        take = (lambda r: None if r is None else r.take(idx))
+        return SampleList(self.prefix, self.buf, self._start[idx], self._length[idx], new, self.kinds[idx],
+                          None if self._extra is None else self._extra[idx], take(self._pos),
+                          take(self._windows), take(self._scores))
+
+    # 2. one sample, built on demand
+    def rel_path(self, i: int) -> str:
+        a = int(self._start[i])
+        return self.buf[a:a + int(self._length[i])].decode("utf-8")
+
+    def path(self, i: int) -> Path:
+        return Path(self.prefix, self.rel_path(i)) if self.prefix else Path(self.rel_path(i))
+
+    def kind_names(self) -> set:
+        return {KINDS[k] for k in np.unique(self.kinds)}
+
+    def __getitem__(self, i: int | slice) -> Sample | SampleList:
+        if isinstance(i, slice):
+            return self.subset(np.arange(len(self))[i])
+        if not isinstance(i, (int, np.integer)):
+            return self.subset(i)
+        n = len(self)
+        if not -n <= i < n:
+            raise IndexError(f"SampleList: index {i} out of range [0, {n})")
+        i = int(i) % n
+        kind = KINDS[self.kinds[i]]
+        s = Sample(self.path(i), int(self.labels[i]), kind)
+        if kind == "frames":
+            s.num_frames = int(self._extra[i])
+        elif kind == "raw":
+            s.num_parts = int(self._extra[i])
+            s.pos_clips = tuple(int(p) for p in self._pos.get(i)[0])
+        elif kind == "windows":
+            flat = self._windows.get(i)[0]
+            s.windows = tuple((float(flat[k]), float(flat[k + 1])) for k in range(0, len(flat), 2))
+        if self._scores is not None:
+            got = self._scores.get(i)
+            if got is not None:
+                frames, scores, threshold = got
+                s.frame_scores = FrameScores(tuple(int(f) for f in frames), tuple(float(x) for x in scores),
+                                             float(threshold))
+        return s
+
+    def __iter__(self) -> Iterator[Sample]:
+        return (self[i] for i in range(len(self)))
+
+    def __repr__(self) -> str:
+        return f"SampleList({len(self)} samples under {self.prefix!r}, {self.nbytes} bytes)"
+
+    # 3. building
+    @classmethod
+    def from_samples(cls, samples: Sequence[Sample], prefix: str | Path = "") -> SampleList:
+        """Compact copy of `Sample`s; paths under `prefix` are stored relative to it (all others: whole)."""
+        samples = list(samples)
+        prefix = str(prefix) if str(prefix) not in ("", ".") else ""
+        rels = []
+        for s in samples:
+            full = str(s.path)
+            rel = full[len(prefix) + 1:] if prefix and full.startswith(prefix + "/") else full
+            if prefix and not full.startswith(prefix + "/") and not Path(full).is_absolute():
+                return cls.from_samples(samples, "")   # a path outside the prefix: keep whole paths
+            rels.append(rel)
+        enc = [r.encode("utf-8") for r in rels]
+        lengths = np.array([len(e) for e in enc], dtype=np.int64)
+        start = np.concatenate(([0], np.cumsum(lengths)[:-1])).astype(np.int64) if enc else lengths
+        kinds = np.array([KINDS.index(s.kind) for s in samples], dtype=np.uint8)
+        extra = np.array([(s.num_frames if s.kind == "frames" else s.num_parts if s.kind == "raw" else 0) or 0
+                          for s in samples], dtype=np.int64)
+        rows = lambda pred: [i for i, s in enumerate(samples) if pred(s)]
+        raw, win = rows(lambda s: s.kind == "raw"), rows(lambda s: s.kind == "windows")
+        sc = rows(lambda s: s.frame_scores is not None)
+        return cls(prefix, b"".join(enc), *_narrow(start, lengths),
+                   np.array([s.label for s in samples], dtype=np.int64), kinds,
+                   _int32(extra) if extra.any() else None,
+                   _Ragged.build(raw, [[samples[i].pos_clips] for i in raw], (np.int32,)),
+                   _Ragged.build(win, [[[x for w in samples[i].windows for x in w]] for i in win], (np.float64,)),
+                   _Ragged.build(sc, [[samples[i].frame_scores.frames, samples[i].frame_scores.scores]
+                                      for i in sc], (np.int32, np.float32),
+                                 [samples[i].frame_scores.threshold for i in sc]))
+
+    def with_frame_scores(self, entries: Iterable[tuple[str, FrameScores]]) -> SampleList:
+        """Attach a sidecar's entries ((list path relative to the prefix, FrameScores) pairs, or a dict; Sec. 3.5)
+        to their samples. The scores are kept flat (int32 frames, float32 scores), one entry per video."""
+        entries = entries.items() if isinstance(entries, dict) else entries
+        index, off, frames, scores, thresholds = {}, [0], array.array("i"), array.array("f"), array.array("d")
+        for key, fs in entries:   # flat arrays as they stream in; a repeated key: the last one wins
+            index[key] = len(thresholds)
+            frames.extend(fs.frames), scores.extend(fs.scores), thresholds.append(fs.threshold)
+            off.append(len(frames))
+        if not index:
+            return self
+        base, rows, ptr = Path(self.prefix), [], []
+        for i in range(len(self)):
+            p = self.path(i)
+            try:
+                key = p.relative_to(base).as_posix()
+            except ValueError:
+                key = Path(os.path.relpath(p, base)).as_posix()
+            if key in index:
+                rows.append(i), ptr.append(index[key])
+        scores = None if not rows else _Ragged(
+            np.array(rows, dtype=np.int64), np.array(ptr, dtype=np.int64), np.array(off, dtype=np.int64),
+            (np.frombuffer(frames, dtype=np.int32).copy(), np.frombuffer(scores, dtype=np.float32).copy()),
+            np.frombuffer(thresholds, dtype=np.float64).copy())
+        return SampleList(self.prefix, self.buf, self._start, self._length, self.labels, self.kinds, self._extra,
+                          self._pos, self._windows, scores)
+
+
+class _Ragged:
+    """Variable-length data of some samples of a SampleList, flat: sample rows[k] (sorted) owns entry ptr[k],
+    whose values are values[j][off[e]:off[e + 1]] (parallel arrays) and scalar[e]. Subsets share off/values."""
+
+    def __init__(self, rows: np.ndarray, ptr: np.ndarray, off: np.ndarray, values: tuple,
+                 scalar: np.ndarray | None = None):
+        self.rows, self.ptr, self.off, self.values, self.scalar = rows, ptr, off, values, scalar
+
+    @classmethod
+    def build(cls, rows: list[int], seqs: list[list], dtypes: tuple, scalars: list | None = None) -> _Ragged | None:
+        if not rows:
+            return None
+        lengths = np.array([len(v[0]) for v in seqs], dtype=np.int64)
+        off = np.zeros(len(rows) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=off[1:])
+        values = tuple(np.array([x for v in seqs for x in v[j]], dtype=dt).reshape(-1)
+                       for j, dt in enumerate(dtypes))
+        return cls(np.array(rows, dtype=np.int64), np.arange(len(rows), dtype=np.int64), off, values,
+                   None if scalars is None else np.array(scalars, dtype=np.float64))
+
+    @property
+    def nbytes(self) -> int:
+        return sum(a.nbytes for a in (self.rows, self.ptr, self.off, *self.values) if a is not None) + \
+            (0 if self.scalar is None else self.scalar.nbytes)
+
+    def get(self, i: int) -> tuple | None:
+        """(values..., [scalar]) of sample i, or None."""
+        k = int(np.searchsorted(self.rows, i))
+        if k >= len(self.rows) or self.rows[k] != i:
+            return None
+        e = int(self.ptr[k])
+        a, b = int(self.off[e]), int(self.off[e + 1])
+        got = tuple(v[a:b] for v in self.values)
+        return got if self.scalar is None else (*got, self.scalar[e])
+
+    def take(self, idx: np.ndarray) -> _Ragged | None:
+        """The ragged data of the subset idx (new sample k = old sample idx[k])."""
+        if not len(self.rows) or not len(idx):
+            return None
+        k = np.minimum(np.searchsorted(self.rows, idx), len(self.rows) - 1)
+        has = self.rows[k] == idx
+        if not has.any():
+            return None
+        return _Ragged(np.flatnonzero(has), self.ptr[k[has]], self.off, self.values, self.scalar)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -1852,7 +1867,12 @@ def _parse_line(fields: list[str], where: str, prefix: Path, num_classes: int) -
             kind = "untrimmed" if Path(fields[0]).parts[0] == "untrimmed" else "video"
         return Sample(prefix / fields[0], label, kind)
     if len(fields) == 3:
-        # 2. frame folder: 'DIR NUM_FRAMES LABEL'
+        # 2. frame folder: 'DIR NUM_FRAMES LABEL'. MMAction2's raw form 'DIR LABEL NUM_PARTS' without a positive
+        #    piece has the same shape: a folder of pieces part_*.mp4 on disk tells them apart
+        if (prefix / fields[0] / PART_TMPL.format(0)).is_file():
+            raise ValueError(f"{where}: {' '.join(fields)!r}: {fields[0]} holds part_*.mp4 pieces, so this is a raw "
+                             f"video 'DIR LABEL NUM_PARTS' with no positive piece; list its positive pieces after "
+                             f"NUM_PARTS ('DIR LABEL NUM_PARTS POS_IDX...'), or leave the line out")
         num_frames = _parse_int(fields[1], where, "NUM_FRAMES", minimum=1)
         return Sample(prefix / fields[0], _parse_label(fields[2], where, num_classes), "frames",
                       num_frames=num_frames)
@@ -1960,8 +1980,20 @@ def _attach_frame_scores(samples: list[Sample], list_file: Path, prefix: Path) -
 
 
 def _class_key(name: str) -> str:
-    """Class name as `map_labels` compares it: lower case, '_' as ' ', single spaces."""
-    return " ".join(str(name).replace("_", " ").split()).lower()
+    """Class name as `map_labels` compares it: lower case, without '_' and whitespace ('Air_Drumming' ->
+    'airdrumming'). No two of Kinetics-400's class names (and so of Mini-Kinetics') are equal under it."""
+    return "".join(str(name).replace("_", " ").split()).lower()
+
+
+def _check_class_names(names: Sequence[str], where: object, file: bool = False) -> None:
+    """A one-line ValueError naming `where` and both names (their lines of a `file`, else their labels) when two
+    class names are one class under `_class_key`."""
+    seen, at = {}, (lambda i: f"line {i + 1}" if file else f"label {i}")
+    for i, name in enumerate(names):
+        first = seen.setdefault(_class_key(name), i)
+        if first != i:
+            raise ValueError(f"{where}: class names {names[first]!r} ({at(first)}) and {name!r} ({at(i)}) are the "
+                             f"same class when case, '_' and spaces are ignored; rename one")
 
 
 def _preview(names: Sequence[str], n: int = 4) -> str:
@@ -2015,6 +2047,7 @@ def _layout_classes(data_root: Path, name: str, layout: dict) -> list[str]:
     if folder is not None and folder.is_dir():
         names = sorted(p.name for p in folder.iterdir() if p.is_dir())
         if names:
+            _check_class_names(names, f"{folder}/*/ (class folders)")
             return names
     looked = [str(data_root / r) for r in layout["classes"]] + ([f"{folder}/*/"] if folder else [])
     raise FileNotFoundError(f'dataset {name}: class names not found; looked for {", ".join(looked)}')

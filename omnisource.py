@@ -33,6 +33,7 @@ Where each part of the paper lives (module.function):
     Figures           omnisource.filter_figures,        every step drawn with Pillow (Sec. 3.4-3.5, Fig. 3, Eq. 2,
                       inflate_figures, train_figures    Sec. 5.2) beside its outputs; procedure_figures embeds
                                                         them in results.md
+    (beyond)          omnisource.next_teachers          --rounds: the student of round r teaches round r + 1
 
 How batch norm sees the sources: every step concatenates the target batch and all auxiliary batches
 into ONE tensor and runs ONE forward pass. Batch norm therefore normalises target and web samples with
@@ -59,6 +60,7 @@ import argparse
 import heapq
 import itertools
 import json
+import math
 import os
 import re
 import shlex
@@ -207,6 +209,9 @@ def write_queries(path: str | Path, rows: list[dict]) -> None:
 # ----------------------------------------------------------------------------------------------------------------------
 
 
+INFLATE_MODES = ("still", "translate-random", "translate-const", "warp-agno", "warp-spec")   # --inflate, Table 8
+
+
 def estimate_motion(data_root: str | Path, target: str, out: str | Path | None = None, max_videos: int = 200,
                     max_pairs: int = 16, seed: int = 0,
                     log: Callable[[str], None] = print) -> transforms.HomographyGaussian:
@@ -220,7 +225,8 @@ def estimate_motion(data_root: str | Path, target: str, out: str | Path | None =
     3. Express every H in normalised image coordinates (so the fit applies to web images of any
        size) and take the maximum-likelihood Gaussian, class-agnostic ("warp-agno") and per class
        ("warp-spec", Table 8).
-    Writes the model to `out` (default DATA_ROOT/TARGET/motion.json) and returns it.
+    Writes the model to `out` (default `data.motion_path`: the target's folder, where train.py looks) and
+    returns it.
     """
     spec = data.resolve_dataset(data_root, target)
     samples = [s for s in data.load_split(spec, "train") if s.kind in ("video", "untrimmed", "frames")]
@@ -242,7 +248,7 @@ def estimate_motion(data_root: str | Path, target: str, out: str | Path | None =
         if (n + 1) % 20 == 0:
             log(f"estimate_motion: {n + 1}/{len(samples)} videos, {sum(h is not None for h in hs)} homographies")
     motion = transforms.fit_homography_gaussian(hs, labels=labels)
-    out = Path(out) if out else Path(spec.root) / "motion.json"
+    out = Path(out) if out else data.motion_path(spec)
     motion.save(out)
     log(f"estimate_motion: {sum(h is not None for h in hs)} homographies from {len(samples)} videos -> {out}")
     return motion
@@ -271,8 +277,9 @@ def parse_ratio(text: str, num_aux: int) -> list[float]:
 
 
 def batch_sizes(target_batch: int, ratio: list[float]) -> list[int]:
-    """Per-source batch sizes from the target batch size and the ratio: |B_Ai| = round(|B_T| r_i / r_T)."""
-    return [target_batch] + [max(1, round(target_batch * r / ratio[0])) for r in ratio[1:]]
+    """Per-source batch sizes from the target batch size and the ratio: |B_Ai| = floor(|B_T| r_i / r_T + 1/2),
+    at least 1 (halves round up: --batch-size 5 --ratio 2:1 gives 5+3, 7 gives 7+4; train.py prints them)."""
+    return [target_batch] + [max(1, math.floor(target_batch * r / ratio[0] + 0.5)) for r in ratio[1:]]
 
 
 DEFAULT_RESAMPLE = "power:0.2"    # Sec. 3.6 / Table 10: class probability proportional to N_c ** 0.2
@@ -318,6 +325,16 @@ class Resampling:
         else:
             mass = np.where(counts > 0, counts ** self.value, 0.0)
         return mass / mass.sum()
+
+
+def resample_rules(text: str, num_aux: int) -> list[Resampling]:
+    """--resample -> one Resampling per auxiliary source (one value applies to all, else one per source)."""
+    parts = [t.strip() for t in text.split(",")] if text else [DEFAULT_RESAMPLE]
+    if len(parts) == 1:
+        parts = parts * num_aux
+    if len(parts) != num_aux:
+        raise ValueError(f"--resample {text!r}: give one rule or one per source ({num_aux})")
+    return [Resampling.parse(p) for p in parts]
 
 
 class ClassResampler(torch.utils.data.Sampler):
@@ -474,7 +491,7 @@ class StepFailed(RuntimeError):
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser("omnisource", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    p = argparse.ArgumentParser("omnisource", formatter_class=_DefaultsOnce,
                                 description="The four steps of Table 1 in one command: 1. teacher (and baseline) "
                                 "on the target set, 2. teacher filtering of every web source, 3. the camera motion "
                                 "of Eq. 2, 4. joint training of the student. Each step is printed and run as the "
@@ -488,9 +505,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                    "format models.load_weights reads (ours, MMAction2 0.x / 1.x, torchvision, bare state dict)")
     p.add_argument("--finetune", action="store_true", help="with --checkpoint: backbone only, fresh classifier")
     p.add_argument("--teacher-arch", default=None, help="teacher architecture (default: --arch; images are "
-                   "always scored by a 2D teacher, Sec. 3.4, so a 3D --arch also trains tsn_tiny/--image-teacher)")
-    p.add_argument("--image-teacher-arch", default="tsn_tiny", help="2D teacher for image sources when the "
-                   "teacher is 3D")
+                   "always scored by a 2D teacher, Sec. 3.4, so a 3D teacher comes with a 2D --image-teacher-arch)")
+    p.add_argument("--image-teacher-arch", default="tsn_tiny", help="2D teacher of the image sources (and of the "
+                   "1-FPS frames of untrimmed videos for a 2D student) when --teacher-arch is 3D")
     p.add_argument("--select", choices=("last", "val"), default="last", help="weights every train.py run tests, "
                    "reports and writes as WORK_DIR/final.pth (the teachers of step 2): last = the final weights; "
                    "val = best.pth, chosen on the val split the test then reports (MMAction2's practice)")
@@ -498,13 +515,22 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--mode", choices=("query", "pseudo"), default="query", help="filter mode (see filter.py)")
     p.add_argument("--epochs", type=int, default=None, help="epochs of every training run (default: recipe)")
     p.add_argument("--batch-size", type=int, default=8, help="target batch per step and process |B_T|")
-    p.add_argument("--ratio", default="", help="batch ratio for the student (default 2:1 per source)")
-    p.add_argument("--resample", default=DEFAULT_RESAMPLE, help="auxiliary class resampling (Table 10)")
+    p.add_argument("--ratio", default="", help="|B_T|:|B_A1|:... batch ratio of the student, target first, one "
+                   "number per --sources entry (default: 2:1 per source); |B_Ai| = |B_T| r_i / r_T, halves rounded "
+                   "up, at least 1. A source the teacher keeps nothing of leaves step 4 with its number")
+    p.add_argument("--resample", default=DEFAULT_RESAMPLE, help="auxiliary class resampling (Table 10): one rule, or "
+                   "one per --sources entry separated by ',' (a source that keeps nothing leaves with its rule)")
     p.add_argument("--mixup", type=float, default=0.0, help="mixup alpha for the student (0: off)")
-    p.add_argument("--inflate", default="warp-agno", help="image-to-clip transform of the student (Table 8)")
-    p.add_argument("--snippet", default="3pos", help="untrimmed-to-snippet rule for 2D students (Table 14). The "
-                   "paper's best on Kinetics, and train.py's default, is 1p2n: its negative frames add context. The "
-                   "generated demo's negative shots carry none, and there 3pos measured better (README)")
+    p.add_argument("--inflate", default="warp-agno", choices=INFLATE_MODES, help="image-to-clip transform of the "
+                   "student (Table 8)")
+    p.add_argument("--snippet", default="3pos", choices=tuple(transforms.SNIPPET_MODES), help="untrimmed-to-"
+                   "snippet rule for 2D students (Table 14; for N segments see train.py --snippet). The paper's best "
+                   "on Kinetics, and train.py's default, is 1p2n: its negative frames add context. The generated "
+                   "demo's negative shots carry none, and there 3pos measured better (README)")
+    p.add_argument("--rounds", type=int, default=1, help="teacher-student rounds, beyond the paper (Noisy Student, "
+                   "Xie et al. 2020): the student of round r becomes the teacher of round r+1, filters the web "
+                   "sources again (SOURCE-filtered-rR) and trains the next student (WORK_DIR/student_rR); "
+                   "1 = the paper's single teacher")
     p.add_argument("--also-unfiltered", action="store_true", help="also train a student on the raw (unfiltered) "
                    "web data, the comparison of Table 12")
     p.add_argument("--also-still", action="store_true", help="also train a student whose web images become "
@@ -512,8 +538,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--motion-videos", type=int, default=200, help="target videos whose camera motion is fitted "
                    "for Eq. 2 (16 frame pairs each)")
     p.add_argument("--motion", default=None, help="camera-motion Gaussian file (Eq. 2): written by step 3 and "
-                   "read by the student (default WORK_DIR/motion.json; with --estimate-motion "
-                   "DATA_ROOT/TARGET/motion.json, train.py's default)")
+                   "read by the student (default WORK_DIR/motion.json; with --estimate-motion motion.json in "
+                   "--target's folder, where train.py looks: data.motion_path)")
     p.add_argument("--seed", type=int, default=0, help="seed of every run")
     p.add_argument("--workers", type=int, default=2, help="DataLoader workers (per process)")
     p.add_argument("--nproc", type=int, default=1, help="processes per train.py / filter.py step: N > 1 launches "
@@ -539,6 +565,8 @@ def get_args_parser() -> argparse.ArgumentParser:
 def run_procedure(args: argparse.Namespace) -> list[tuple[str, dict]]:
     """Table 1, OmniSource column, on --target and --sources: every step a printed command, run to its end.
 
+    --rounds N > 1 goes beyond the paper (Noisy Student, Xie et al., CVPR 2020): the student of round r is the
+    teacher of round r + 1, which filters the web data again (into SOURCE-filtered-rR) and trains student_rR.
     Returns the rows of the results table: (run name, that run's metrics.json with its confusion matrix).
     """
     work, sources = Path(args.work_dir), [s for s in args.sources.split(",") if s]
@@ -547,32 +575,59 @@ def run_procedure(args: argparse.Namespace) -> list[tuple[str, dict]]:
     #    the baseline ("target only") of the comparison.
     print("== step 1: teacher / baseline on the target set", flush=True)
     baseline, teachers = train_teachers(args)
-    # 2. Run M on every U_i, drop samples under the threshold, pseudo-label the rest (filter.py).
-    print("== step 2: teacher filtering of every web source", flush=True)
-    filtered = filter_sources(args, sources, teachers)
-    # 3. Transforms T_i: fit the camera motion of Eq. 2 on the target videos (web images -> clips).
-    print("== step 3: camera-motion Gaussian for image-to-clip (Eq. 2)", flush=True)
-    run_step(args, "omnisource.py", ["--estimate-motion", "--data-root", args.data_root, "--target", args.target,
-                                     "--motion", motion, "--motion-videos", str(args.motion_videos),
-                                     "--seed", str(args.seed)], nproc=1)
-    # 4. Train M' on D_T and the auxiliary sets D_A,i (Eq. 1), one optimiser step per iteration.
-    print("== step 4: joint training of the student", flush=True)
-    joint = ["--aux", ",".join(filtered)] + (["--ratio", args.ratio] if args.ratio else []) + [
-        "--resample", args.resample, "--mixup", str(args.mixup), "--inflate", args.inflate, "--motion", motion,
-        "--snippet", args.snippet]
-    rows = [("baseline (target only)", baseline),
-            ("OmniSource (filtered web data)", run_train(args, "student", args.arch, joint))]
+    rows, rounds = [("baseline (target only)", baseline)], []
+    same = ["--mixup", str(args.mixup), "--inflate", args.inflate, "--motion", motion, "--snippet", args.snippet]
+    for r in range(1, args.rounds + 1):
+        tag = "" if r == 1 else f"-r{r}"
+        # 2. Run M on every U_i, drop samples under the threshold, pseudo-label the rest (filter.py).
+        print(f"== step 2: teacher filtering of every web source{_round(r, args)}", flush=True)
+        filtered, kept = filter_sources(args, sources, teachers, tag)
+        if r == 1:
+            # 3. Transforms T_i: fit the camera motion of Eq. 2 on the target videos (web images -> clips).
+            print("== step 3: camera-motion Gaussian for image-to-clip (Eq. 2)", flush=True)
+            run_step(args, "omnisource.py", ["--estimate-motion", "--data-root", args.data_root, "--target",
+                                             args.target, "--motion", motion, "--motion-videos",
+                                             str(args.motion_videos), "--seed", str(args.seed)], nproc=1)
+        # 4. Train M' on D_T and the auxiliary sets D_A,i (Eq. 1), one optimiser step per iteration.
+        print(f"== step 4: joint training of the student{_round(r, args)}", flush=True)
+        joint = ["--aux", ",".join(filtered), *step4_flags(args.ratio, args.resample, kept), *same]
+        first = joint if r == 1 else first
+        name = "student" if r == 1 else f"student_r{r}"
+        student = run_train(args, name, args.arch, joint)
+        rows.append(("OmniSource (filtered web data)" if r == 1 else
+                     f"OmniSource round {r} (teacher: the round-{r - 1} student)", student))
+        rounds.append(round_record(args, r, teachers, filtered, student))
+        teachers = next_teachers(args, teachers, work / name / "final.pth")
     # Comparisons beside Table 1's steps, everything else equal: Table 12's unfiltered web data, Table 8's
     # still-image clips.
     if args.also_unfiltered:
+        every = step4_flags(args.ratio, args.resample, list(range(len(sources))))
         rows.append(("unfiltered web data",
-                     run_train(args, "unfiltered", args.arch, _with(joint, "--aux", ",".join(sources)))))
+                     run_train(args, "unfiltered", args.arch, ["--aux", ",".join(sources), *every, *same])))
     if args.also_still:
         rows.append(("filtered, still images (--inflate still)",
-                     run_train(args, "still", args.arch, _with(joint, "--inflate", "still"))))
-    write_table(work, rows, args.select, filter_quality(args.data_root, filtered),
-                procedure_figures(args, rows, filtered, motion))
+                     run_train(args, "still", args.arch, _with(first, "--inflate", "still"))))
+    write_table(work, rows, args.select, rounds, procedure_figures(args, rows, filtered, motion))
     return rows
+
+
+def next_teachers(args: argparse.Namespace, teachers: dict[str, Path], student: Path) -> dict[str, Path]:
+    """--rounds: the teachers of the next round. The student scores everything it can: a 2D student also images and
+    1-FPS frames; a 3D student's web images keep their 2D teacher (Sec. 3.4: images get 2D teachers only)."""
+    return {"video": student, "image": student if _is_2d(args.arch) else teachers["image"]}
+
+
+def round_record(args: argparse.Namespace, r: int, teachers: dict[str, Path], filtered: list[str],
+                 student: dict) -> dict:
+    """results.json's entry of one round: its teachers, the student's accuracy, what each filtered source kept
+    (filter.py's report.json counts) and, on the demo data, the filtering's precision and recall."""
+    kept = {}
+    for name in filtered:
+        counts = json.loads((Path(args.data_root) / name / "report.json").read_text())["counts"]
+        kept[name] = {"kept": counts["kept"], "total": counts["total"]}
+    return {"round": r, "teachers": {k: str(v) for k, v in teachers.items()},
+            **{k: student[k] for k in ("top1", "top5", "mean_class_acc")},
+            "kept": kept, "quality": filter_quality(args.data_root, filtered)}
 
 
 def train_teachers(args: argparse.Namespace) -> tuple[dict, dict[str, Path]]:
@@ -592,20 +647,24 @@ def train_teachers(args: argparse.Namespace) -> tuple[dict, dict[str, Path]]:
     return baseline, teachers
 
 
-def filter_sources(args: argparse.Namespace, sources: list[str], teachers: dict[str, Path]) -> list[str]:
-    """Step 2: one filter.py run per web source; returns the filtered datasets that kept something."""
-    filtered = []
-    for source in sources:
-        out, argv = filter_command(args, source, teachers)
+def filter_sources(args: argparse.Namespace, sources: list[str], teachers: dict[str, Path], tag: str = ""
+                   ) -> tuple[list[str], list[int]]:
+    """Step 2: one filter.py run per web source (into SOURCE-filtered + `tag`); returns the filtered datasets that
+    kept something and their sources' places in `sources`."""
+    filtered, kept = [], []
+    for i, source in enumerate(sources):
+        out, argv = filter_command(args, source, teachers, tag)
         run_step(args, "filter.py", argv)
         if _kept_any(Path(args.data_root) / out):
             filtered.append(out)
+            kept.append(i)
         else:
-            print(f"{source}: the teacher kept nothing; the source is left out of joint training", flush=True)
+            print(f"{source}: the teacher kept nothing; the source is left out of joint training, with its number "
+                  f"of --ratio and its rule of --resample", flush=True)
     if not filtered:
         raise ValueError(f"the teacher kept no web sample of --sources {args.sources} at --threshold "
                          f"{args.threshold}; lower the threshold or train a better teacher")
-    return filtered
+    return filtered, kept
 
 
 def run_train(args: argparse.Namespace, name: str, arch: str, extra: list[str] | None = None,
@@ -622,9 +681,21 @@ def run_train(args: argparse.Namespace, name: str, arch: str, extra: list[str] |
     return read_metrics(work_dir)
 
 
-def filter_command(args: argparse.Namespace, source: str, teachers: dict[str, Path]) -> tuple[str, list[str]]:
+def step4_flags(ratio: str, resample: str, kept: list[int]) -> list[str]:
+    """--ratio and --resample of step 4 for the sources (indices into --sources) that kept something: a source the
+    teacher kept nothing of leaves with its number of the ratio and its rule (when one is given per source)."""
+    flags = []
+    if ratio:
+        parts = ratio.split(":")
+        flags += ["--ratio", ":".join([parts[0]] + [parts[1 + i] for i in kept])]
+    rules = [r.strip() for r in resample.split(",")]
+    return flags + ["--resample", ",".join(rules if len(rules) == 1 else [rules[i] for i in kept])]
+
+
+def filter_command(args: argparse.Namespace, source: str, teachers: dict[str, Path], tag: str = ""
+                   ) -> tuple[str, list[str]]:
     """Step 2's filter.py command for one web source: (output dataset name under --data-root, arguments)."""
-    out = f"{source}-filtered"
+    out = f"{source}-filtered{tag}"
     kind = _source_kind(args.data_root, source)
     # Sec. 3.4-3.5: images, and the 1-FPS frames of untrimmed videos for a 2D student, need a 2D teacher
     two_d = kind == "image" or (kind == "untrimmed" and _is_2d(args.arch))
@@ -681,20 +752,28 @@ def read_metrics(work_dir: str | Path) -> dict:
     return metrics
 
 
-def write_table(work: Path, rows: list[tuple[str, dict]], select: str = "last", quality: list[dict] = (),
+def write_table(work: Path, rows: list[tuple[str, dict]], select: str = "last", rounds: list[dict] = (),
                 figures: list[tuple[str, str]] = ()) -> str:
     """Print and save the comparison (results.md, results.json), the confusion pairs of Sec. 5.2 (first row ->
-    second row) and, on the generated demo data, the filter's precision and recall against the generator's truth.
-    Says which weights were tested (--select); `figures` (caption, path relative to WORK_DIR) are embedded at the
-    end of results.md (procedure_figures) and listed in results.json. Returns the text of results.md."""
+    second row), each round's teachers and filtering (`round_record`; on the generated demo data with the
+    filter's precision and recall against the generator's truth). Says which weights were tested (--select);
+    `figures` (caption, path relative to WORK_DIR) are embedded at the end of results.md (procedure_figures) and
+    listed in results.json. Returns the text of results.md."""
     tested = TESTED[select]
     lines = [f"Accuracy on the val split of {rows[0][1].get('target', 'the target')}, of {tested} "
              f"(--select {select}).", "",
              "| run | top-1 | top-5 | mean class acc |", "| --- | --- | --- | --- |"]
     lines += [f"| {name} | {m['top1']:.4f} | {m['top5']:.4f} | {m['mean_class_acc']:.4f} |" for name, m in rows]
+    quality = rounds[0]["quality"] if rounds else []
     if quality:
         lines += ["", "Teacher filtering against the generator's truth (truth.json):"]
         lines += [_quality_line(q) for q in quality]
+    if len(rounds) > 1:
+        lines += ["", "Teacher-student rounds (--rounds; beyond the paper):"]
+        for rd in rounds:
+            kept = ", ".join(f"{name} kept {k['kept']} of {k['total']}" for name, k in rd["kept"].items())
+            lines += [f"  round {rd['round']}: teacher {rd['teachers']['video']}; {kept}; student top-1 "
+                      f"{rd['top1']:.4f}"] + [_quality_line(q) for q in rd["quality"]]
     (_, base), (_, student) = rows[:2]
     pairs = confusion_pairs(base["confusion_matrix"], student["confusion_matrix"], base["classes"])
     lines += ["", "Confusion pairs (Sec. 5.2, s_ij baseline -> OmniSource):"]
@@ -707,7 +786,8 @@ def write_table(work: Path, rows: list[tuple[str, dict]], select: str = "last", 
     (work / "results.json").write_text(json.dumps(
         {"select": select, "tested": tested,
          "rows": [{"run": name, **{k: m[k] for k in ("top1", "top5", "mean_class_acc")}} for name, m in rows],
-         "confusion_pairs": pairs, "filtering": list(quality), "figures": [p for _, p in figures]}, indent=2) + "\n")
+         "confusion_pairs": pairs, "filtering": list(quality), "rounds": list(rounds),
+         "figures": [p for _, p in figures]}, indent=2) + "\n")
     return text
 
 
@@ -1192,16 +1272,37 @@ def _text(lines: list[str]) -> Image.Image:
 # Helpers
 # ----------------------------------------------------------------------------------------------------------------------
 
+class _DefaultsOnce(argparse.ArgumentDefaultsHelpFormatter):
+    """argparse's '(default: X)' only where there is a value X: a flag whose default is None or empty says in its
+    own help what happens without it, and would otherwise print a second, empty default."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        return action.help if action.default in (None, "") else super()._get_help_string(action)
+
+
 def _check_args(args: argparse.Namespace) -> None:
     """Flags the last steps read, checked before hours of teacher training: one-line errors naming the flag."""
     if args.nproc < 1:
         raise ValueError(f"--nproc {args.nproc}: expected a number of processes >= 1")
+    if args.rounds < 1:
+        raise ValueError(f"--rounds {args.rounds}: expected a number of teacher-student rounds >= 1")
+    for flag in ("arch", "teacher_arch", "image_teacher_arch"):
+        arch = getattr(args, flag)
+        if arch is not None and arch not in models.ARCHS:
+            raise ValueError(f"--{flag.replace('_', '-')} {arch}: expected one of {', '.join(models.ARCHS)}")
+    if not 0 <= args.threshold <= 1:
+        raise ValueError(f"--threshold {args.threshold}: expected a probability in [0, 1]")
+    for flag, value in (("--batch-size", args.batch_size), ("--epochs", args.epochs),
+                        ("--motion-videos", args.motion_videos)):
+        if value is not None and value < 1:
+            raise ValueError(f"{flag} {value}: expected a number >= 1")
+    if args.mixup < 0:
+        raise ValueError(f"--mixup {args.mixup}: expected an alpha >= 0 (0: off)")
     num_sources = len([s for s in args.sources.split(",") if s])
     if num_sources == 0:
         raise ValueError("--sources: expected at least one web source name")
     parse_ratio(args.ratio, num_sources)
-    for rule in args.resample.split(","):
-        Resampling.parse(rule.strip())
+    resample_rules(args.resample, num_sources)
 
 
 def _quality_line(q: dict) -> str:
@@ -1239,6 +1340,11 @@ def _write_atomically(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def _round(r: int, args: argparse.Namespace) -> str:
+    """' (round R of N)' in a step's banner when --rounds > 1."""
+    return f" (round {r} of {args.rounds})" if args.rounds > 1 else ""
+
+
 def _kept_any(folder: Path) -> bool:
     """Whether a filter.py output lists at least one sample (its train.txt has a non-blank line)."""
     return any(line.strip() for line in (folder / "train.txt").read_text().splitlines())
@@ -1253,7 +1359,7 @@ def _with(argv: list[str], flag: str, value: str) -> list[str]:
 
 def _is_2d(arch: str) -> bool:
     """Whether an architecture is a 2D TSN (scores single images and frames, Sec. 3.4-3.5)."""
-    return models.ARCHS[arch][1].family == "tsn" if arch in models.ARCHS else arch.startswith("tsn")
+    return models.ARCHS[arch][1].family == "tsn"          # a name of models.ARCHS (_check_args)
 
 
 def _source_kind(data_root: str | Path, source: str) -> str:

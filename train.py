@@ -138,13 +138,15 @@ def get_args_parser() -> argparse.ArgumentParser:
                    "source: none, clip:N_C or power:P (Table 10); one value or one per source separated by ','")
     g.add_argument("--mixup", type=float, default=0.0, help="mixup alpha (0: off): cross-dataset with --aux, "
                    "intra-dataset without (Sec. 3.6, Table 9)")
-    g.add_argument("--inflate", default="still", choices=("still", "translate-random", "translate-const",
-                   "warp-agno", "warp-spec"), help="how still images become clips (Sec. 3.5, Eq. 2, Table 8)")
+    g.add_argument("--inflate", default="still", choices=omnisource.INFLATE_MODES,
+                   help="how still images become clips (Sec. 3.5, Eq. 2, Table 8)")
     g.add_argument("--motion", default=None, help="camera-motion Gaussian file for --inflate warp-* (written by "
-                   "`python omnisource.py --estimate-motion`); default DATA_ROOT/TARGET/motion.json")
-    g.add_argument("--snippet", default="1p2n", choices=("1p2n", "3rand", "3pos", "2p1n"),
-                   help="3-segment TSN snippets from untrimmed videos that filter.py scored at 1 FPS: which "
-                   "positive/negative frames (Table 14); other segment counts sample the whole video")
+                   "`python omnisource.py --estimate-motion`); default: motion.json in --target's folder "
+                   "(data.motion_path: DATA_ROOT/NAME/ or the layout's, e.g. DATA_ROOT/kinetics400/ for k400)")
+    g.add_argument("--snippet", default="1p2n", choices=tuple(transforms.SNIPPET_MODES),
+                   help="TSN snippets from untrimmed videos that filter.py scored at 1 FPS: which positive/negative "
+                   "frames (Table 14); with N segments round-half-up(N p / 3) positive frames for a row of p "
+                   "positives (1p2n, 8 segments: 3 positive + 5 negative)")
     g = p.add_argument_group("run")
     g.add_argument("--work-dir", default=None, help="output folder (default work_dirs/TARGET_ARCH)")
     g.add_argument("--resume", action="store_true", help="continue from WORK_DIR/latest.pth (weights, optimiser, "
@@ -967,10 +969,10 @@ def make_dataset(args: argparse.Namespace, dataset: data.DatasetSpec, split: str
     # 1-12 megapixels
     short_side = transforms.short_side_for(arch.crop_size)
     image_to_clip = make_image_to_clip(args, "still" if test_mode else args.inflate, short_side)
-    # Table 14: untrimmed videos scored frame by frame by filter.py become 3-frame TSN snippets
+    # Table 14: untrimmed videos scored frame by frame by filter.py become TSN snippets of one frame per segment
     snippet = None
-    if not test_mode and arch.family == "tsn" and clips == 3:
-        snippet = functools.partial(transforms.select_snippet, mode=args.snippet)
+    if not test_mode and arch.family == "tsn":
+        snippet = functools.partial(transforms.select_snippet, mode=args.snippet, num_frames=clips)
     return data.VideoDataset(samples, sampling, test_mode=test_mode, transform=transform,
                              image_to_clip=image_to_clip, seed=args.seed, snippet=snippet,
                              image_short_side=short_side)
@@ -981,7 +983,7 @@ def make_image_to_clip(args: argparse.Namespace, inflate: str, short_side: int) 
     after resizing it to `short_side`. One implementation for every mode: transforms.image_to_clip."""
     motion = None
     if inflate.startswith("warp"):
-        path = Path(args.motion) if args.motion else Path(args.data_root) / args.target / "motion.json"
+        path = Path(args.motion) if args.motion else data.motion_path(data.resolve_dataset(args.data_root, args.target))
         if not path.exists():
             raise FileNotFoundError(f"--inflate {inflate} needs the camera-motion file {path} "
                                     f"(python omnisource.py --estimate-motion, or give --motion)")
@@ -999,7 +1001,7 @@ def make_train_loader(args: argparse.Namespace, target_ds: data.VideoDataset, au
     if len(target_loader) == 0:
         raise ValueError(f"--batch-size {args.batch_size} x {world} rank(s) is larger than the {len(target_ds)} "
                          f"training videos of --target {args.target}")
-    rules = resample_rules(args.resample, len(aux))
+    rules = omnisource.resample_rules(args.resample, len(aux))
     samplers, aux_loaders = [sampler], []
     for i, (ds, size, rule) in enumerate(zip(aux, sizes[1:], rules), start=1):
         s = omnisource.ClassResampler(labels_of(ds.samples), len(target_loader) * size, rule,
@@ -1055,16 +1057,6 @@ class ShardedShuffle(torch.utils.data.Sampler):
     def __iter__(self) -> Iterator[int]:
         order = np.random.default_rng([self.seed, self.epoch, 11]).permutation(self.n)
         return iter(order[self.rank: len(self) * self.world: self.world][self.start:].tolist())
-
-
-def resample_rules(text: str, num_aux: int) -> list[omnisource.Resampling]:
-    """--resample -> one omnisource.Resampling per auxiliary source (one value applies to all)."""
-    parts = [t.strip() for t in text.split(",")] if text else [omnisource.DEFAULT_RESAMPLE]
-    if len(parts) == 1:
-        parts = parts * num_aux
-    if len(parts) != num_aux:
-        raise ValueError(f"--resample {text!r}: give one rule or one per --aux source ({num_aux})")
-    return [omnisource.Resampling.parse(p) for p in parts]
 
 
 def label_fraction(samples: data.SampleList | list, fraction: float, seed: int) -> data.SampleList | list:

@@ -272,17 +272,19 @@ def build_image_to_clip(mode: str = "still", motion: HomographyGaussian | None =
     return inflate
 
 
-SNIPPET_MODES = {"1p2n": (1, 2), "2p1n": (2, 1), "3pos": (3, 0), "3rand": None}  # Table 14 rows
+SNIPPET_MODES = {"1p2n": (1, 2), "2p1n": (2, 1), "3pos": (3, 0), "3rand": None}  # Table 14 rows: (pos, neg) of 3
 
 
 def select_snippet(scores: np.ndarray | Sequence[float], label: int, mode: str = "1p2n",
-                   rng: np.random.Generator | None = None, threshold: float = 0.5) -> np.ndarray:
-    """Table 14: pick the 3 frames of a TSN snippet from the 1-FPS frames of an untrimmed video.
+                   rng: np.random.Generator | None = None, threshold: float = 0.5, num_frames: int = 3) -> np.ndarray:
+    """Table 14: pick the frames of a TSN snippet (one per segment) from the 1-FPS frames of an untrimmed video.
 
     scores: (F, num_classes) teacher probabilities, or (F,) probability of `label`. Positives: prob >= threshold.
-    '1p2n' (paper default) 1 positive + 2 negatives, '2p1n', '3pos', '3rand' (any 3 frames). Each kind is drawn
-    without replacement; a shortfall of one kind is filled from the other kind; videos with < 3 frames repeat frames.
-    Returns sorted frame indices (3,) int64.
+    '1p2n' (paper default) 1 positive + 2 negatives, '2p1n', '3pos', '3rand' (any 3 frames). For num_frames = N
+    segments a row of p positives of 3 takes the same share: floor(N p / 3 + 1/2) positives (halves up) and the
+    rest negatives (1p2n with 8 segments: 3 + 5; 2p1n: 5 + 3). Each kind is drawn without replacement; a
+    shortfall of one kind is filled from the other kind; videos with < N frames repeat frames.
+    Returns sorted frame indices (N,) int64.
     """
     if mode not in SNIPPET_MODES:
         raise ValueError(f"transforms.select_snippet: mode must be one of {sorted(SNIPPET_MODES)}, got {mode!r}")
@@ -294,17 +296,19 @@ def select_snippet(scores: np.ndarray | Sequence[float], label: int, mode: str =
     rng = rng if rng is not None else np.random.default_rng()
     # 1. split the frames by the teacher's confidence
     pos, neg = np.flatnonzero(probs >= threshold), np.flatnonzero(probs < threshold)
-    want = SNIPPET_MODES[mode]
-    if want is None:
-        pos, neg, want = np.arange(len(probs)), np.zeros(0, dtype=int), (3, 0)
+    row = SNIPPET_MODES[mode]
+    if row is None:
+        pos, neg, row = np.arange(len(probs)), np.zeros(0, dtype=int), (3, 0)
+    n_want = int(np.floor(num_frames * row[0] / 3 + 0.5))
+    want = (n_want, num_frames - n_want)
     # 2. take what each kind has; the shortfall moves to the other kind
     n_pos = min(want[0], len(pos))
     n_neg = min(want[1] + want[0] - n_pos, len(neg))
     n_pos = min(want[0] + want[1] - n_neg, len(pos))
     picked = list(rng.choice(pos, n_pos, replace=False)) + list(rng.choice(neg, n_neg, replace=False))
-    # 3. fewer than 3 frames in the video: repeat random frames
-    if len(picked) < 3:
-        picked += list(rng.integers(len(probs), size=3 - len(picked)))
+    # 3. fewer than N frames in the video: repeat random frames
+    if len(picked) < num_frames:
+        picked += list(rng.integers(len(probs), size=num_frames - len(picked)))
     return np.sort(np.asarray(picked, dtype=np.int64))
 
 

@@ -153,29 +153,82 @@ def test_omnisource_stops_at_a_failing_step_with_one_line_naming_it(tmp_path):
     assert "--target nope" in last and f"--work-dir {tmp_path / 'w' / 'baseline'}" in last
 
 
+def test_omnisource_two_rounds_and_a_source_that_keeps_nothing(small_data, tmp_path):
+    """--rounds 2 (Noisy Student): the round-1 student filters the web data again and teaches the round-2 student;
+    a source of only unreadable files keeps nothing and leaves step 4 with its --ratio number and --resample rule
+    (issue 15 item 1i: before, step 4 failed after the teacher and the filtering); --resume covers both rounds."""
+    root, work = tmp_path / "data", tmp_path / "work"
+    shutil.copytree(small_data, root, ignore=shutil.ignore_patterns("synth-web-vid", "synth-web-untrimmed"))
+    for split in ("train", "val"):            # a third of the target: four training runs of one epoch
+        lines = (root / "synth" / f"{split}.txt").read_text().splitlines()
+        (root / "synth" / f"{split}.txt").write_text("\n".join(lines[::3]) + "\n")
+    (root / "junk" / "images").mkdir(parents=True)
+    shutil.copy(root / "synth" / "classes.txt", root / "junk" / "classes.txt")
+    for i in range(2):
+        (root / "junk" / "images" / f"{i}.jpg").write_bytes(b"not a jpeg")
+    (root / "junk" / "train.txt").write_text("images/0.jpg 0\nimages/1.jpg 1\n")
+    argv = ["--data-root", root, "--sources", "synth-web-img,junk", "--ratio", "2:1:1", "--resample",
+            "none,power:0.5", "--rounds", "2", "--threshold", "0.0", "--epochs", "1", "--motion-videos", "2",
+            "--workers", "0", "--work-dir", work]
+    out = run("omnisource", argv)
+    steps = [ln for ln in out.stdout.splitlines() if ln.startswith("$ ")]
+    assert [ln.split()[2] for ln in steps] == ["train.py", "filter.py", "filter.py", "omnisource.py", "train.py",
+                                               "filter.py", "filter.py", "train.py"]
+    assert f"--teacher {work / 'baseline' / 'final.pth'} --out synth-web-img-filtered " in steps[1]
+    assert f"--teacher {work / 'student' / 'final.pth'} --out synth-web-img-filtered-r2 " in steps[5]
+    assert "--aux synth-web-img-filtered --ratio 2:1 --resample none " in steps[4]
+    assert "--aux synth-web-img-filtered-r2 --ratio 2:1 --resample none " in steps[7]
+    assert f"--work-dir {work / 'student_r2'}" in steps[7]
+    assert out.stdout.count("junk: the teacher kept nothing") == 2
+    rounds = json.loads((work / "results.json").read_text())["rounds"]
+    assert [r["round"] for r in rounds] == [1, 2]
+    for r, name in zip(rounds, ("student", "student_r2")):
+        assert r["top1"] == json.loads((work / name / "metrics.json").read_text())["top1"]
+    assert rounds[1]["teachers"]["image"] == str(work / "student" / "final.pth")
+    report = json.loads((root / "synth-web-img-filtered-r2" / "report.json").read_text())["counts"]
+    assert rounds[1]["kept"] == {"synth-web-img-filtered-r2": {"kept": report["kept"], "total": report["total"]}}
+    rows = (work / "results.md").read_text().splitlines()
+    assert rows[6].startswith("| OmniSource round 2 (teacher: the round-1 student) |")
+    again = run("omnisource", argv + ["--resume"])
+    assert again.stdout.count("(finished earlier, skipped: --resume)") == 8
+
+
 def test_omnisource_procedure_as_typed(data_root, tmp_path):
-    """Table 1 in one command (every flag of omnisource.py): teacher, filtering, motion, student, comparisons."""
+    """Table 1 in one command (every flag of omnisource.py): teacher, filtering, motion, student, comparisons. The
+    teachers are separate runs: a 3D video teacher (--teacher-arch) for the web videos and the 2D image teacher it
+    needs (--image-teacher-arch) for the images and the untrimmed videos' 1-FPS frames of the 2D student."""
     work = tmp_path / "work"
+    sources = "synth-web-img,synth-web-vid,synth-web-untrimmed"
     other = models.build_model("tsn_tiny", 4)
     torch.save({"model": other.state_dict(), "arch": "tsn_tiny", "classes": list("abcd")}, tmp_path / "init.pth")
-    run("omnisource", ["--data-root", data_root, "--target", "synth", "--sources", "synth-web-img,synth-web-untrimmed",
-                       "--arch", "tsn_tiny", "--teacher-arch", "tsn_tiny", "--image-teacher-arch", "tsn_tiny",
-                       "--checkpoint", tmp_path / "init.pth", "--finetune", "--threshold", "0.0", "--mode", "query",
-                       "--select", "last", "--epochs", "1", "--batch-size", "8", "--ratio", "2:1:1",
-                       "--resample", "none",
-                       "--mixup", "0.1", "--inflate", "warp-agno", "--snippet", "3pos", "--also-unfiltered",
-                       "--also-still", "--motion-videos", "4", "--seed", "0", "--workers", "0", "--work-dir", work])
+    out = run("omnisource", ["--data-root", data_root, "--target", "synth", "--sources", sources,
+                             "--arch", "tsn_tiny", "--teacher-arch", "slowonly_tiny",
+                             "--image-teacher-arch", "tsn_tiny", "--checkpoint", tmp_path / "init.pth", "--finetune",
+                             "--threshold", "0.0", "--mode", "query", "--select", "last", "--epochs", "1",
+                             "--batch-size", "8", "--ratio", "2:1:1:1", "--resample", "none", "--mixup", "0.1",
+                             "--inflate", "warp-agno", "--snippet", "3pos", "--also-unfiltered", "--also-still",
+                             "--motion-videos", "4", "--seed", "0", "--workers", "0", "--work-dir", work])
     rows = (work / "results.md").read_text().splitlines()
     assert rows[0] == "Accuracy on the val split of synth, of the final weights of each run (--select last)."
     assert rows[4].startswith("| baseline (target only) |") and rows[5].startswith("| OmniSource (filtered")
     assert rows[6].startswith("| unfiltered web data |") and rows[7].startswith("| filtered, still images")
     runs = {name: torch.load(work / name / "latest.pth", weights_only=False)["args"]
-            for name in ("baseline", "student", "unfiltered", "still")}
+            for name in ("baseline", "teacher", "image_teacher", "student", "unfiltered", "still")}
     assert runs["baseline"]["checkpoint"] == str(tmp_path / "init.pth") and runs["baseline"]["finetune"]
+    assert (runs["teacher"]["arch"], runs["image_teacher"]["arch"]) == ("slowonly_tiny", "tsn_tiny")
+    assert runs["teacher"]["checkpoint"] is None                 # --checkpoint initialises runs of --arch only
+    teacher_of = {ln.split(" --source ")[1].split()[0]: ln.split(" --teacher ")[1].split()[0]
+                  for ln in out.stdout.splitlines() if ln.startswith("$ python filter.py")}
+    assert teacher_of == {"synth-web-img": str(work / "image_teacher" / "final.pth"),
+                          "synth-web-vid": str(work / "teacher" / "final.pth"),
+                          "synth-web-untrimmed": str(work / "image_teacher" / "final.pth")}
+    for source, teacher in teacher_of.items():   # filter.py ran the teacher it was given
+        report = json.loads((data_root / f"{source}-filtered" / "report.json").read_text())
+        assert [t["arch"] for t in report["teachers"]] == [torch.load(teacher, weights_only=False)["arch"]]
     assert runs["student"]["inflate"] == runs["unfiltered"]["inflate"] == "warp-agno"
-    assert (runs["student"]["ratio"], runs["student"]["resample"], runs["student"]["mixup"]) == ("2:1:1", "none", 0.1)
+    assert (runs["student"]["ratio"], runs["student"]["resample"], runs["student"]["mixup"]) == ("2:1:1:1", "none", 0.1)
     assert runs["still"]["inflate"] == "still" and runs["still"]["aux"] == runs["student"]["aux"]
-    assert runs["unfiltered"]["aux"] == "synth-web-img,synth-web-untrimmed"
+    assert runs["unfiltered"]["aux"] == sources
     # threshold 0 keeps every readable sample with its query label: precision = the crawl's relevant rate, recall 1
     quality = json.loads((work / "results.json").read_text())["filtering"]
     truth = json.loads((data_root / "truth.json").read_text())["synth-web-img"]
@@ -189,17 +242,18 @@ def test_omnisource_procedure_as_typed(data_root, tmp_path):
     assert (work / "baseline" / "curves.png").is_file() and (work / "student" / "confusion.png").is_file()
     assert (data_root / "synth-web-img-filtered" / "class_histogram.png").is_file()
     log = (work / "student" / "log.jsonl").read_text()
-    assert "loss_synth-web-img-filtered" in log and "loss_synth-web-untrimmed-filtered" in log
+    assert all(f"loss_{s}-filtered" in log for s in sources.split(","))
     # the same command again with --resume: every step finished, so every step is skipped and nothing changes
     before = {f: (work / f).read_bytes() for f in ("results.json", "baseline/final.pth", "student/log.jsonl")}
-    again = run("omnisource", ["--data-root", data_root, "--target", "synth", "--sources",
-                               "synth-web-img,synth-web-untrimmed", "--arch", "tsn_tiny", "--teacher-arch", "tsn_tiny",
+    again = run("omnisource", ["--data-root", data_root, "--target", "synth", "--sources", sources,
+                               "--arch", "tsn_tiny", "--teacher-arch", "slowonly_tiny",
                                "--image-teacher-arch", "tsn_tiny", "--checkpoint", tmp_path / "init.pth", "--finetune",
                                "--threshold", "0.0", "--mode", "query", "--select", "last", "--epochs", "1",
-                               "--batch-size", "8", "--ratio", "2:1:1", "--resample", "none", "--mixup", "0.1",
+                               "--batch-size", "8", "--ratio", "2:1:1:1", "--resample", "none", "--mixup", "0.1",
                                "--inflate", "warp-agno", "--snippet", "3pos", "--also-unfiltered", "--also-still",
                                "--motion-videos", "4", "--seed", "0", "--workers", "0", "--work-dir", work, "--resume"])
-    assert again.stdout.count("(finished earlier, skipped: --resume)") == 1 + 2 + 1 + 3   # baseline, 2 filters, motion, 3 students
+    # baseline, 2 teachers, 3 filters, motion, 3 students
+    assert again.stdout.count("(finished earlier, skipped: --resume)") == 1 + 2 + 3 + 1 + 3
     assert {f: (work / f).read_bytes() for f in before} == before
     above = {"--estimate-motion", "--nproc", "--motion"}          # on the command lines of the tests above
     assert not missing_flags(omnisource.get_args_parser(), USED["omnisource"] | above)
