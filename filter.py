@@ -291,12 +291,13 @@ def one_fps_indices(num_frames: int, video_fps: float, fps: float = 1.0) -> np.n
 # ----------------------------------------------------------------------------------------------------------------------
 
 def load_teachers(paths: Sequence[str | Path], device: str = "cpu", arch: str | None = None,
-                  classes: list[str] | None = None) -> list[nn.Module]:
-    """Checkpoints -> teachers in eval mode on `device` (same classes required).
+                  classes: list[str] | None = None, classes_from: str = "the source") -> list[nn.Module]:
+    """Checkpoints -> teachers in eval mode on `device` (the same class names required, in any order).
 
-    train.py checkpoints describe themselves. Any other format models.load_weights reads (MMAction2 0.x / 1.x,
-    e.g. the released OmniSource models, or a bare state dict) needs `arch` (--teacher-arch) and takes the
-    source's class names `classes`.
+    train.py checkpoints describe themselves, class names included (the source's query classes are matched
+    to them by name). Any other format models.load_weights reads (MMAction2 0.x / 1.x, e.g. the released
+    OmniSource models, or a bare state dict) carries no names: it needs `arch` (--teacher-arch), its outputs
+    are read against the source's class names `classes` in their order, and one line on stderr says so.
     """
     for p in paths:
         if not Path(p).is_file():
@@ -310,6 +311,9 @@ def load_teachers(paths: Sequence[str | Path], device: str = "cpu", arch: str | 
             hint = "" if arch else "; for an MMAction2 or other checkpoint give --teacher-arch"
             raise ValueError(f"--teacher {p}: not a usable checkpoint ({_first_line(err)}){hint}") from None
         t.source = str(p)
+        if arch is not None:
+            print(f"--teacher {p}: no class names in the file; its {len(classes)} outputs are read against the "
+                  f"class list of {classes_from}, in its order ({_preview(classes)})", file=sys.stderr)
         teachers.append(t.to(device).eval())
     check_teachers(teachers)
     return teachers
@@ -322,9 +326,9 @@ def check_teachers(teachers: Sequence[nn.Module], kinds: Collection[str] = (), s
     for t in teachers:
         if not hasattr(t, "spec") or not hasattr(t, "classes"):
             raise ValueError(f"filter: teacher {_name(t)} needs .spec (models.ArchSpec) and .classes")
-        if list(t.classes) != list(teachers[0].classes):
-            raise ValueError(f"--teacher {_name(t)}: its {len(t.classes)} classes differ from those of "
-                             f"--teacher {_name(teachers[0])}; an ensemble needs one class list")
+        if sorted(t.classes) != sorted(teachers[0].classes) or len(set(t.classes)) != len(t.classes):
+            raise ValueError(f"--teacher {_name(t)}: its {len(t.classes)} class names differ from those of "
+                             f"--teacher {_name(teachers[0])}; an ensemble needs the same classes (any order)")
     three_d = [_name(t) for t in teachers if t.spec.family != "tsn"]
     if three_d and "image" in kinds:
         raise ValueError(f"--teacher {three_d[0]} is a 3D teacher but the source has web images: images are "
@@ -358,6 +362,8 @@ class Scorer:
                 key = (s.family, s.clip_len, s.frame_interval, cfg.clips or DEFAULT_CLIPS[s.family], s.crop_size)
             groups.setdefault(key, []).append(t)
         self.groups = list(groups.items())
+        # every teacher's outputs in the first teacher's class order, matched by name (Fig. 6 averages classes)
+        self.order = [torch.tensor([list(t.classes).index(c) for c in teachers[0].classes]) for t in teachers]
         # worker side, one per group: (sampling, uint8 centre-crop pipeline); workers are forked (Linux)
         self.loads = [(data.Sampling(clip_len=k[1], frame_interval=k[2], num_clips=k[3]),
                        transforms.test_transform(k[0], k[4], "center", uint8=True), transforms.short_side_for(k[4]))
@@ -373,7 +379,8 @@ class Scorer:
                 for s in range(0, n, self.cfg.batch_size):
                     x = transforms.normalize(v[s:s + self.cfg.batch_size].to(self.device, non_blocking=True))
                     for t in members:
-                        per_teacher[t].append(models.predict(self.teachers[t], x, self.teachers[t].spec).float())
+                        p = models.predict(self.teachers[t], x, self.teachers[t].spec).float()    # (u, K)
+                        per_teacher[t].append(p[:, self.order[t].to(p.device)])
         return ensemble([torch.cat(p) for p in per_teacher]).cpu()                          # (U, K)
 
 
@@ -1315,10 +1322,11 @@ def main(args: argparse.Namespace) -> dict | None:
     earlier = _finished_run(final, work, settings)
     start = time.time()
     if earlier is None:
-        teachers = load_teachers(args.teacher, cfg.device, args.teacher_arch, spec.classes)
+        teachers = load_teachers(args.teacher, cfg.device, args.teacher_arch, spec.classes,
+                                 f"--source {args.source}")
         check_teachers(teachers, _kind_names(samples), cfg.student)
         classes = teachers[0].classes
-        query = map_query_labels(samples, spec.classes, classes, args.source, cfg.mode)
+        query = map_query_labels(samples, spec.classes, classes, args.source, cfg.mode, teachers[0].source)
         unknown = int((query < 0).sum())
         if unknown and cfg.mode == "query" and shard.rank == 0:
             print(f"--source {args.source}: {unknown} of {len(query)} samples have a query class that is not a "
@@ -1386,18 +1394,21 @@ def _finished_run(final: Path, work: Work, settings: dict) -> dict | None:
 
 
 def map_query_labels(samples: Samples, source_classes: list[str], teacher_classes: list[str],
-                     source: str = "source", mode: str = "query") -> np.ndarray:
+                     source: str = "source", mode: str = "query", teacher: str = "the teacher") -> np.ndarray:
     """Each sample's query class as a teacher class index (-1: not a teacher class), matched by class name
-    exactly as data.map_labels matches an auxiliary source's classes to the target's.
+    exactly as data.map_labels matches an auxiliary source's classes to the target's (the same names in
+    another order are permuted, never read by position).
 
-    No shared class name at all is a one-line error in query mode (pseudo mode needs no query class).
+    No shared class name at all is a one-line error naming the teacher's checkpoint in query mode (pseudo mode
+    needs no query class).
     """
     probe = [data.Sample(Path(str(k)), k, "image") for k in range(len(source_classes))]   # one per class
     try:
         mapped, _ = data.map_labels(probe, source_classes, teacher_classes, f"--source {source}")
     except ValueError as err:
         if mode == "query":
-            raise ValueError(f"{_first_line(err)}; query mode matches class names (or use --mode pseudo)") from None
+            raise ValueError(f"{_first_line(err)} (the classes of --teacher {teacher}); query mode matches class "
+                             f"names (or use --mode pseudo)") from None
         mapped = []
     table = np.full(len(source_classes), -1, dtype=np.int64)
     for s in mapped:
@@ -1645,6 +1656,10 @@ def _rel(path: str | Path, base: str | Path) -> str:
 
 def _first_line(err: BaseException) -> str:
     return (str(err).splitlines() or [""])[0]
+
+
+def _preview(names: Sequence[str], k: int = 3) -> str:
+    return ", ".join(list(names)[:k]) + (", ..." if len(names) > k else "")
 
 
 def _name(teacher: nn.Module) -> str:

@@ -230,6 +230,22 @@ def test_ensemble_of_teachers_averages(tmp_path, monkeypatch):
     assert [ln.split()[0].split("/")[-1] for ln in res.lines] == ["red.jpg", "blue.jpg"]
 
 
+def test_teachers_with_the_same_classes_in_another_order_are_matched_by_name(tmp_path, monkeypatch):
+    """Fig. 6 averages classes by name: a teacher whose class list is reversed (and its outputs with it) is the
+    same teacher; different names are refused in one line naming the checkpoint."""
+    image_source(tmp_path)
+    reversed_teacher = ColourTeacher({c: p[::-1] for c, p in PROBS.items()})
+    reversed_teacher.classes = CLASSES[::-1]
+    one = run_main(monkeypatch, tmp_path, "web", [ColourTeacher()], out="one")
+    both = run_main(monkeypatch, tmp_path, "web", [ColourTeacher(), reversed_teacher], out="both")
+    assert both.lines == one.lines and len(one.lines) == 2
+    np.testing.assert_allclose([r["top5"] for r in both.records], [r["top5"] for r in one.records], atol=1e-6)
+    other = ColourTeacher()
+    other.classes, other.source = ["red_thing", "green_thing", "purple_thing"], "other.pth"
+    with pytest.raises(ValueError, match="--teacher other.pth: its 3 class names differ"):
+        run_main(monkeypatch, tmp_path, "web", [ColourTeacher(), other], out="bad")
+
+
 def test_videos_with_2d_and_3d_teachers_and_3d_refused_for_images(tmp_path, monkeypatch):
     for c in ("red", "green"):
         colour_video(tmp_path / "vid" / "videos" / f"{c}.mp4", [c] * 12)
@@ -465,14 +481,17 @@ def test_staged_output_is_atomic(tmp_path):
     assert (final / "train.txt").read_text() == "new\n" and sorted(p.name for p in tmp_path.iterdir()) == ["out"]
 
 
-def test_mmaction2_checkpoint_as_teacher_with_teacher_arch(tmp_path):
-    """A released-style MMAction2 1.x checkpoint is a teacher once its architecture is named."""
+def test_mmaction2_checkpoint_as_teacher_with_teacher_arch(tmp_path, capsys):
+    """A released-style MMAction2 1.x checkpoint is a teacher once its architecture is named; it carries no
+    class names, and one line says which class list its outputs are read against."""
     model = models.build_model("tsn_tiny", 3)
     path = models.export_mmaction(model, tmp_path / "mm.pth", classes=["a", "b", "c"])
     with pytest.raises(ValueError, match="--teacher-arch"):
         flt.load_teachers([path])
-    (teacher,) = flt.load_teachers([path], arch="tsn_tiny", classes=["a", "b", "c"])
+    (teacher,) = flt.load_teachers([path], arch="tsn_tiny", classes=["a", "b", "c"], classes_from="--source web")
     assert teacher.classes == ["a", "b", "c"] and not teacher.training
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert str(path) in line and "read against the class list of --source web" in line
     x = torch.randn(1, 3, 3, 32, 32)
     model.eval()
     with torch.no_grad():

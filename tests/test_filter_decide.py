@@ -122,3 +122,32 @@ def test_another_threshold_mode_or_rule_re_decides_without_the_teacher(root):
     finally:
         os.rename(root / "teacher.away", root / "teacher.pth")
     assert proc.returncode != 0 and "teacher.pth" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_source_classes_in_another_order_give_the_same_decisions_by_name(root):
+    """The teacher's outputs are matched to the source's query classes by name: the source's classes.txt
+    shuffled (labels rewritten to the same names) keeps the same samples with the same labels."""
+    shuffled = root / "shuffled"
+    shuffled.mkdir()
+    names = data.read_classes(root / "mixed" / "classes.txt")
+    (shuffled / "classes.txt").write_text("".join(f"{c}\n" for c in names[::-1]))
+    lines = []
+    for ln in (root / "mixed" / "train.txt").read_text().splitlines():
+        path, label = ln.split()
+        lines.append(f"{path} {len(names) - 1 - int(label)}")
+        folder = path.split("/")[0]
+        if not (shuffled / folder).exists():
+            (shuffled / folder).symlink_to((root / "mixed" / folder).resolve())
+    (shuffled / "train.txt").write_text("".join(f"{ln}\n" for ln in lines))
+    (shuffled / "val.txt").write_text(lines[0] + "\n")
+    a = run(root, "--out", "by-name-a", "--threshold", "0.5", "--source", "mixed")
+    b = run(root, "--out", "by-name-b", "--threshold", "0.5", "--source", "shuffled")
+    assert a.returncode == 0 and b.returncode == 0, a.stderr + b.stderr
+    la = [ln.split(maxsplit=1)[1] for ln in (root / "by-name-a" / "train.txt").read_text().splitlines()]
+    lb = [ln.split(maxsplit=1)[1] for ln in (root / "by-name-b" / "train.txt").read_text().splitlines()]
+    assert la == lb and len(la) > 0                                   # the same samples, the same teacher labels
+    assert (root / "by-name-a" / "classes.txt").read_text() == (root / "by-name-b" / "classes.txt").read_text()
+    ra = [json.loads(x) for x in (root / "by-name-a" / "samples.jsonl").read_text().splitlines()]
+    rb = [json.loads(x) for x in (root / "by-name-b" / "samples.jsonl").read_text().splitlines()]
+    assert [(r["query"], r.get("query_score"), r["status"]) for r in ra] == \
+           [(r["query"], r.get("query_score"), r["status"]) for r in rb]
