@@ -10,21 +10,26 @@
 What happens to a web source, in order:
 
   Sec. 3.3  Invalid or corrupted files (zero-byte, truncated, an HTML page named .jpg or .mp4, a file that
-            disappears mid-run) are found while decoding, recorded and left out; nothing crashes.
+            disappears mid-run) are found while decoding, recorded and left out; nothing crashes. Only the
+            readers' errors mean "corrupt" (`DECODE_ERRORS`); any other exception stops the run.
             De-duplication against the target's val split (--dedup-against): frame features of an
-            ImageNet-style ResNet-50, PCA whitening fitted on the val frames and a fixed, evenly spaced subset
+            ImageNet-style ResNet-50 (the val frames and the whitening subset extracted by every rank for its
+            share of blocks), PCA whitening fitted on the val frames and a fixed, evenly spaced subset
             of at most 10,000 web samples (so every rank and every rerun agree) and reduced to at most 256
             dimensions, cosine similarity in float32 on the device, web x val in chunks keeping only each web
             frame's best match (memory: the val features plus one chunk); the threshold is the mean similarity
             between different crops of the same val frame; web samples above it are suspicious duplicates,
             removed and listed in duplicates.txt (`Whitening`, `dedup_threshold`, `best_match`,
             `find_duplicates`, `deduplicate`).
-  Sec. 3.4  Teacher filtering (`keep_decision`): mode 'query' keeps a sample when the teacher's probability of
-            its query class is >= T and labels it with that class; mode 'pseudo' keeps it when the top
-            probability is >= T and labels it with the argmax (Sec. 3.2's PseudoLabel). Several teachers:
-            their probabilities are averaged (`ensemble`; Fig. 6, better teachers give better students). Web
-            images are scored by 2D (TSN) teachers only ("deflating 3D teachers" hurts); short videos by 2D
-            or 3D teachers. Query classes are matched to the teachers' classes BY NAME; in query mode samples
+  Sec. 3.4  Teacher filtering, decided once over the whole crawl (`decide` -> `keep_decision`) from what the
+            teachers saw of every sample (`Scores`): mode 'query' keeps a sample when the teacher's probability
+            of its query class is >= T and labels it with that class; mode 'pseudo' keeps it when the top
+            probability is >= T and labels it with the argmax (Sec. 3.2's PseudoLabel). The threshold of each
+            class comes from a rule (`RULES`, --rule): 'fixed' (T, the paper's) or 'class-adaptive'
+            (FlexMatch-style T * beta_c). Several teachers: their probabilities are averaged (`ensemble`;
+            Fig. 6, better teachers give better students). Web images are scored by 2D (TSN) teachers only
+            ("deflating 3D teachers" hurts); short videos by 2D or 3D teachers. Query classes are matched to
+            the teachers' classes BY NAME (so are the classes of several teachers); in query mode samples
             whose query class is not a teacher class are left out and counted.
   Sec. 3.5  Untrimmed videos (Fig. 2 right), decoded and scored in bounded chunks of units, never a whole
             video in one tensor. --student 2d: frames at 1 FPS scored one by one by 2D teachers, positive
@@ -37,23 +42,30 @@ What happens to a web source, in order:
                 PATH LABEL START:END [START:END ...]      (seconds, 3 decimals; frame k is shown at k / fps)
             --cut-pieces instead cuts kept videos into re-encoded pieces (MMAction2 RawVideoDataset lines
             'raw/NAME LABEL NUM_PIECES POS_IDX...' over OUT/raw/NAME/part_N.mp4; same windows, same scores).
-            A video's decision uses its most confident unit (frame / window): `untrimmed_decision`.
+            A video's decision uses its most confident unit (frame / window): `untrimmed_scores`; its
+            positive units are those at or above the threshold it was held to: `untrimmed_decision`.
   Fig. 3    report.json (small) counts every class before and after filtering; samples.jsonl holds one
-            record per sample (query-class and top-5 probabilities, decision, units of untrimmed videos).
+            record per sample (query-class, top and top-5 probabilities, decision, units of untrimmed videos).
+  Re-deciding: the same command on a finished output with another --threshold, --mode, --rule or
+            --cut-pieces decides again from its samples.jsonl (which holds what the teachers saw, float32 as
+            they gave it): no teacher is loaded or run, and the output is what a fresh run with those flags
+            writes. Other scoring settings (teachers, --student, --clips, ...) score again.
 
 At web scale (millions of samples, many GPUs, crashes):
   - Sharding: under torchrun (RANK / WORLD_SIZE / LOCAL_RANK) the samples are cut into blocks of --batch-size
     (untrimmed videos: one video per block); block b goes to rank b % WORLD_SIZE, which runs on
     cuda:LOCAL_RANK (or the CPU). A block is one decoding batch and one teacher forward whatever the number
-    of ranks, so every number, and the output byte for byte, is the same as one process gives. Processes
-    only meet at barriers (gloo); DATA_ROOT must be shared by all nodes.
+    of ranks, so every number, and the outputs byte for byte (train.txt, its sidecar, samples.jsonl,
+    duplicates.txt, classes.txt; report.json also records the run's ranks and time), are the same as one
+    process gives. Processes only meet at barriers (gloo); DATA_ROOT must be shared by all nodes.
   - Resume: each rank appends its records (JSON lines, one write + flush per block) to its own file in the
     work folder DATA_ROOT/.OUT.filter-work/; the same command again after a crash, Ctrl-C or SIGKILL
     (with any number of ranks) skips the blocks already recorded (a torn last line is ignored) and ends with
     the output an uninterrupted run gives. A failure deletes nothing written; the work folder is removed
-    only after the output is in place. Another command with different settings refuses to touch it.
-  - Memory: per sample only the record of its block is held (query-class probability, top-5, decision);
-    rank 0 merges the records by sample index into the outputs, streaming.
+    only after the output is in place. Another command with different scoring settings refuses to touch it
+    (another --threshold, --mode, --rule or --cut-pieces is free: nothing scored depends on them).
+  - Memory: per sample only the record of its block is held (query-class and top probabilities, top-5);
+    rank 0 decides from four columns of N numbers and merges the records by sample index, streaming.
   - Speed: workers return whole collated uint8 batches (`_Blocks`), normalised on the device; teachers run
     per batch under --amp.
 
@@ -67,8 +79,10 @@ Scoring protocol (a cheap version of each teacher's test protocol): resize the s
 round(crop * 256 / 224), one centre crop of the teacher's crop size; images: one frame (a TSN's average
 consensus over identical frames is that frame's output, so this equals the image repeated to the segment
 count); videos and windows: the teacher's test sampling with 8 segments (TSN) or 3 clips (3D) (--clips);
-untrimmed frames: one frame each. Teachers are plain objects here: any nn.Module with `.spec`
-(models.ArchSpec) and `.classes` works with `filter_source` and the scoring functions, so tests can use a stub.
+untrimmed frames: one frame each. Crawled JPEGs are decoded reduced (data.read_image's draft mode) down to the
+short side the transform resizes to. Teachers are plain objects here: any nn.Module with `.spec`
+(models.ArchSpec), `.classes` and `.source` works with `run_filter` and the scoring functions, so tests can use
+a stub.
 """
 from __future__ import annotations
 
