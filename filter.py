@@ -95,7 +95,7 @@ import os
 import shutil
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Callable, Collection, Iterable, Iterator, Sequence
 
@@ -136,39 +136,6 @@ DECODE_ERRORS = (OSError, av.FFmpegError, ValueError, EOFError, Image.Decompress
 Samples = list[data.Sample] | data.SampleList
 Loads = list[tuple[data.Sampling, Callable, int]]
 ArrayLike = np.ndarray | Sequence
-
-
-@dataclass
-class FilterConfig:
-    """Knobs of one filtering run (the CLI flags of the same names)."""
-    mode: str = "query"            # 'query' | 'pseudo' (Sec. 3.4)
-    threshold: float = 0.5         # T: kept when the deciding probability >= T
-    student: str = "2d"            # untrimmed videos: '2d' 1-FPS frame scores, '3d' 10-s windows (Sec. 3.5)
-    clips: int | None = None       # video scoring: TSN segments / 3D clips (None: DEFAULT_CLIPS)
-    fps: float = 1.0               # rate of the scored frames of untrimmed videos (2d)
-    piece_seconds: float = 10.0    # window / piece length of untrimmed videos (3d)
-    cut_pieces: bool = False       # 3d: cut kept videos into re-encoded pieces (RawVideoDataset) instead of windows
-    dedup_frames: int = 3          # frames per video compared in de-duplication
-    batch_size: int = 16           # samples per block (one decoding batch, one teacher forward)
-    workers: int = 2               # DataLoader decoding workers
-    chunk_frames: int = 64         # untrimmed videos: decoded frames per chunk (bounds the memory per video)
-    device: str = "cpu"
-    amp: str = "none"              # teachers' inference precision: 'none' (fp32), 'bf16', 'fp16' (autocast)
-    progress: bool = True          # progress lines on stderr
-    rule: str = "fixed"            # per-class thresholds from T (RULES): 'fixed' (the paper's), 'class-adaptive'
-
-    def __post_init__(self) -> None:
-        if self.mode not in MODES or self.student not in STUDENTS or self.amp not in AMPS or self.rule not in RULES:
-            raise ValueError(f"filter: --mode must be one of {MODES}, --student one of {STUDENTS}, --amp one of "
-                             f"{AMPS} and --rule one of {tuple(RULES)}, got {self.mode!r}, {self.student!r}, "
-                             f"{self.amp!r}, {self.rule!r}")
-        if not 0.0 <= self.threshold <= 1.0:
-            raise ValueError(f"filter: --threshold must lie in [0, 1], got {self.threshold}")
-        if min(self.batch_size, self.dedup_frames, self.clips or 1, self.chunk_frames) < 1 or self.workers < 0:
-            raise ValueError("filter: --batch-size, --clips, --dedup-frames and --chunk-frames must be >= 1, "
-                             "--workers >= 0")
-        if not (self.fps > 0 and self.piece_seconds > 0):
-            raise ValueError(f"filter: --fps and --piece-seconds must be > 0, got {self.fps}, {self.piece_seconds}")
 
 
 @dataclass
@@ -300,6 +267,53 @@ def one_fps_indices(num_frames: int, video_fps: float, fps: float = 1.0) -> np.n
     return idx if len(idx) else np.array([num_frames // 2], dtype=np.int64)
 
 
+@dataclass
+class FilterConfig:
+    """Knobs of one filtering run. Every field with a help string is the CLI flag of the same name
+    (`get_args_parser` builds them from here; 'cli_default' is the flag's default where main resolves it)."""
+    mode: str = field(default="query", metadata=dict(choices=MODES, help="'query': keep when p(query class) >= "
+                      "T, label = query; 'pseudo': keep when max p >= T, label = argmax (Sec. 3.4)"))
+    threshold: float = field(default=0.5, metadata=dict(help="T: keep when the deciding probability >= the "
+                             "threshold of its class (--rule)"))
+    rule: str = field(default="fixed", metadata=dict(choices=tuple(RULES), help="the threshold each class is held "
+                      "to: 'fixed' = T for every class (the paper's); 'class-adaptive' = T * (the class's mean "
+                      "deciding probability / the largest class mean), after FlexMatch"))
+    student: str = field(default="2d", metadata=dict(choices=STUDENTS, help="untrimmed videos: 2d = 1-FPS frames "
+                         "scored by 2D teachers + snippet sidecar; 3d = 10-s windows scored as clips (Sec. 3.5)"))
+    cut_pieces: bool = field(default=False, metadata=dict(help="--student 3d: cut kept videos into re-encoded "
+                             "10-s pieces OUT/raw/NAME/part_N.mp4 (MMAction2 RawVideoDataset lines) instead of "
+                             "listing their positive windows by time"))
+    clips: int | None = field(default=None, metadata=dict(type=int, help="video scoring: TSN segments / 3D clips "
+                              f'per video, centre crop (None: {DEFAULT_CLIPS["tsn"]} / {DEFAULT_CLIPS["3d"]})'))
+    fps: float = field(default=1.0, metadata=dict(help="--student 2d: rate of the scored frames"))
+    piece_seconds: float = field(default=10.0, metadata=dict(help="--student 3d: window / piece length in "
+                                 "seconds"))
+    chunk_frames: int = field(default=64, metadata=dict(help="untrimmed videos: frames decoded at once (full "
+                              "resolution: 64 frames of 1080p are 400 MB), whatever the length of the video"))
+    dedup_frames: int = field(default=3, metadata=dict(help="frames per video compared in de-duplication"))
+    batch_size: int = field(default=16, metadata=dict(help="samples per block: one decoding batch and one "
+                            "teacher forward (changing it between a crash and the rerun starts over)"))
+    workers: int = field(default=2, metadata=dict(help="DataLoader worker processes that decode (per rank)"))
+    device: str = field(default="cpu", metadata=dict(cli_default=None, help="cuda or cpu (None: cuda when "
+                        "available; under torchrun cuda:LOCAL_RANK)"))
+    amp: str = field(default="none", metadata=dict(choices=AMPS, cli_default=None, help="teachers' inference "
+                     "precision (torch.autocast; None: bf16 on CUDA GPUs that support it, none (fp32) on the CPU)"))
+    progress: bool = True          # progress lines on stderr (--quiet turns them off)
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES or self.student not in STUDENTS or self.amp not in AMPS or self.rule not in RULES:
+            raise ValueError(f"filter: --mode must be one of {MODES}, --student one of {STUDENTS}, --amp one of "
+                             f"{AMPS} and --rule one of {tuple(RULES)}, got {self.mode!r}, {self.student!r}, "
+                             f"{self.amp!r}, {self.rule!r}")
+        if not 0.0 <= self.threshold <= 1.0:
+            raise ValueError(f"filter: --threshold must lie in [0, 1], got {self.threshold}")
+        if min(self.batch_size, self.dedup_frames, self.clips or 1, self.chunk_frames) < 1 or self.workers < 0:
+            raise ValueError("filter: --batch-size, --clips, --dedup-frames and --chunk-frames must be >= 1, "
+                             "--workers >= 0")
+        if not (self.fps > 0 and self.piece_seconds > 0):
+            raise ValueError(f"filter: --fps and --piece-seconds must be > 0, got {self.fps}, {self.piece_seconds}")
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 # 2. Teachers
 # ----------------------------------------------------------------------------------------------------------------------
@@ -360,8 +374,8 @@ class Scorer:
     """Ensemble probabilities of decoded batches: the teachers grouped by input (one decode per group).
 
     Teachers that take the same input (family, sampling, crop size) form a group; workers decode each sample
-    once per group (`loads`) into uint8 views, the main process normalises them on the device and runs the
-    group's teachers under cfg.amp's autocast, cfg.batch_size units per forward.
+    once per group (`loads`) into uint8 views; on the device models.predict normalises them and runs the group's
+    teachers in cfg.amp precision, cfg.batch_size units per forward.
     """
 
     def __init__(self, teachers: list[nn.Module], cfg: FilterConfig, single_frames: bool = False):
@@ -382,18 +396,18 @@ class Scorer:
         self.loads = [(data.Sampling(clip_len=k[1], frame_interval=k[2], num_clips=k[3]),
                        transforms.test_transform(k[0], k[4], "center", uint8=True), transforms.short_side_for(k[4]))
                       for k, _ in self.groups]
-        self.dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.amp)
 
     def probs(self, views: list[torch.Tensor]) -> torch.Tensor:
-        """views: one uint8 (U, V, C, T, H, W) per group -> (U, K) float32 ensemble probabilities (Fig. 6)."""
+        """views: one uint8 (U, V, C, T, H, W) per group -> (U, K) float32 ensemble probabilities (Fig. 6). Each
+        teacher combines its views as its architecture does (models.predict), in cfg.amp precision."""
         n, per_teacher = len(views[0]), [[] for _ in self.teachers]
-        with torch.inference_mode(), torch.autocast(self.device.type, dtype=self.dtype or torch.float32,
-                                                    enabled=self.dtype is not None):
+        with torch.inference_mode():
             for (_, members), v in zip(self.groups, views):
                 for s in range(0, n, self.cfg.batch_size):
-                    x = transforms.normalize(v[s:s + self.cfg.batch_size].to(self.device, non_blocking=True))
+                    x = v[s:s + self.cfg.batch_size].to(self.device, non_blocking=True)
                     for t in members:
-                        p = models.predict(self.teachers[t], x, self.teachers[t].spec).float()    # (u, K)
+                        net = self.teachers[t]
+                        p = models.predict(net, x, net.spec, self.cfg.amp)                       # (u, K)
                         per_teacher[t].append(p[:, self.order[t].to(p.device)])
         return ensemble([torch.cat(p) for p in per_teacher]).cpu()                          # (U, K)
 
@@ -1275,40 +1289,22 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--teacher", nargs="+", required=True, help="train.py checkpoint(s) of the teacher(s); "
                    "several are ensembled by averaging probabilities (Fig. 6); images need TSN teachers")
     p.add_argument("--teacher-arch", default=None, help="architecture of --teacher files that are not train.py "
-                   "checkpoints (MMAction2 0.x / 1.x, bare state dicts), e.g. tsn_r50; their classes are the "
-                   "source's classes.txt")
+                   "checkpoints (MMAction2 0.x / 1.x, bare state dicts), e.g. tsn_r50; they carry no class names: "
+                   "their outputs are read against the source's class list, in its order")
     p.add_argument("--out", required=True, help="output dataset name: DATA_ROOT/OUT/ (replaced if it is an "
                    "earlier filter.py output); work folder DATA_ROOT/.OUT.filter-work/ until it is done")
-    p.add_argument("--threshold", type=float, default=0.5, help="T: keep when the deciding probability >= T")
-    p.add_argument("--mode", choices=MODES, default="query", help="'query': keep when p(query class) >= T, "
-                   "label = query; 'pseudo': keep when max p >= T, label = argmax (Sec. 3.4)")
-    p.add_argument("--rule", choices=tuple(RULES), default="fixed", help="the threshold each class is held to: "
-                   "'fixed' = T for every class (the paper's); 'class-adaptive' = T * (the class's mean deciding "
-                   "probability / the largest class mean), after FlexMatch")
-    p.add_argument("--student", choices=STUDENTS, default="2d", help="untrimmed videos: 2d = 1-FPS frames "
-                   "scored by 2D teachers + snippet sidecar; 3d = 10-s windows scored as clips (Sec. 3.5)")
-    p.add_argument("--cut-pieces", action="store_true", help="--student 3d: cut kept videos into re-encoded "
-                   "10-s pieces OUT/raw/NAME/part_N.mp4 (MMAction2 RawVideoDataset lines) instead of listing "
-                   "their positive windows by time")
-    p.add_argument("--clips", type=int, default=None, help="video scoring: TSN segments / 3D clips per "
-                   f'video, centre crop (default {DEFAULT_CLIPS["tsn"]} / {DEFAULT_CLIPS["3d"]})')
-    p.add_argument("--fps", type=float, default=1.0, help="--student 2d: rate of the scored frames")
-    p.add_argument("--piece-seconds", type=float, default=10.0, help="--student 3d: window / piece length in "
-                   "seconds")
-    p.add_argument("--chunk-frames", type=int, default=64, help="untrimmed videos: frames decoded at once "
-                   "(full resolution: 64 frames of 1080p are 400 MB), whatever the length of the video")
     p.add_argument("--dedup-against", default=None, help="target dataset whose val split web samples are "
-                   "de-duplicated against (Sec. 3.3); off when not given")
+                   "de-duplicated against (Sec. 3.3); None: off")
     p.add_argument("--dedup-checkpoint", default=None, help="ImageNet ResNet-50 weights for de-duplication "
-                   "(torchvision state dict or a train.py checkpoint); default: the teacher's backbone")
-    p.add_argument("--dedup-frames", type=int, default=3, help="frames per video compared in de-duplication")
-    p.add_argument("--batch-size", type=int, default=16, help="samples per block: one decoding batch and one "
-                   "teacher forward (changing it between a crash and the rerun starts over)")
-    p.add_argument("--workers", type=int, default=2, help="DataLoader worker processes that decode (per rank)")
-    p.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available; under torchrun "
-                   "cuda:LOCAL_RANK)")
-    p.add_argument("--amp", choices=AMPS, default=None, help="teachers' inference precision (torch.autocast); "
-                   "default: bf16 on CUDA GPUs that support it, none (fp32) on the CPU")
+                   "(torchvision state dict or a train.py checkpoint); None: the teacher's backbone")
+    for f in fields(FilterConfig):   # the run's knobs, declared once (FilterConfig)
+        if "help" in f.metadata:
+            flag, default = "--" + f.name.replace("_", "-"), f.metadata.get("cli_default", f.default)
+            if isinstance(f.default, bool):
+                p.add_argument(flag, action="store_true", help=f.metadata["help"])
+            else:
+                p.add_argument(flag, type=f.metadata.get("type", type(f.default)), default=default,
+                               choices=f.metadata.get("choices"), help=f.metadata["help"])
     p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     return p
 
@@ -1321,10 +1317,8 @@ def main(args: argparse.Namespace) -> dict | None:
     """
     shard, device = _distributed(args.device)
     amp = args.amp or ("bf16" if device.startswith("cuda") and torch.cuda.is_bf16_supported() else "none")
-    cfg = FilterConfig(mode=args.mode, threshold=args.threshold, rule=args.rule, student=args.student,
-                       clips=args.clips, fps=args.fps, piece_seconds=args.piece_seconds, cut_pieces=args.cut_pieces,
-                       dedup_frames=args.dedup_frames, batch_size=args.batch_size, workers=args.workers,
-                       chunk_frames=args.chunk_frames, progress=not args.quiet, device=device, amp=amp)
+    knobs = {f.name: getattr(args, f.name) for f in fields(FilterConfig) if "help" in f.metadata}
+    cfg = FilterConfig(**dict(knobs, device=device, amp=amp, progress=not args.quiet))
     data_root = Path(args.data_root)
     spec = data.resolve_dataset(data_root, args.source)
     samples = data.load_split(spec, args.split)
