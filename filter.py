@@ -634,7 +634,8 @@ def find_duplicates(web_feats: ArrayLike | torch.Tensor, val_feats: ArrayLike | 
     web_feats (N, D), val_feats (M, D) (whitened: `Whitening.apply`), arrays or tensors; compared on `device`
     (default: the val features' device). Returns [(web row, val row, similarity)].
     """
-    w, v = (f if torch.is_tensor(f) else torch.as_tensor(np.asarray(f, dtype=np.float32)) for f in (web_feats, val_feats))
+    w, v = (f if torch.is_tensor(f) else torch.as_tensor(np.asarray(f, dtype=np.float32))
+            for f in (web_feats, val_feats))
     if w.ndim != 2 or v.ndim != 2 or w.shape[1] != v.shape[1]:
         raise ValueError(f"filter.find_duplicates: expected (N, D) and (M, D), got {tuple(w.shape)}, "
                          f"{tuple(v.shape)}")
@@ -724,10 +725,10 @@ def fit_dedup_reference(val_samples: Samples, web_subset: Samples, extractor: Fr
     """Sec. 3.3, the val side, computed once into WORK/dedup-val.pt and read by every rank: the whitening fitted
     on the union of the val frames and `web_subset` (a fixed, evenly spaced subset of the web source, so every
     rank and every rerun agree), the crop threshold (`dedup_threshold`) and the whitened val centre crops (M, d).
-    Every rank extracts its share of the frames (WORK/dedup-feats-RANK.pt); rank 0 joins them in block order
-    (the features one process extracts) and fits."""
+    Every rank extracts its share of the frames (WORK/dedup-feats-RANK-of-WORLD.pt); rank 0 joins them in sample
+    order (the features one process extracts) and fits."""
     path, shard = work.folder / "dedup-val.pt", work.shard
-    mine = work.folder / f"dedup-feats-{shard.rank:05d}.pt"
+    mine = work.folder / f"dedup-feats-{shard.rank:05d}-of-{shard.world:05d}.pt"   # another rank count: afresh
     if not path.is_file() and not mine.is_file():
         val = extract_features(val_samples, extractor, cfg, DEDUP_CROPS, f"de-duplication: val frames"
                                f"{_rank_tag(shard)}", shard)
@@ -738,7 +739,7 @@ def fit_dedup_reference(val_samples: Samples, web_subset: Samples, extractor: Fr
     _barrier()
     if shard.rank == 0 and not path.is_file():
         parts = [torch.load(p, map_location="cpu", weights_only=True)
-                 for p in sorted(work.folder.glob("dedup-feats-*.pt"))]
+                 for p in sorted(work.folder.glob(f"dedup-feats-*-of-{shard.world:05d}.pt"))]
         val, owner = _in_sample_order([(p["val"], p["val_owner"]) for p in parts])
         web, _ = _in_sample_order([(p["web"], p["web_owner"]) for p in parts])
         if not len(val):
@@ -798,8 +799,8 @@ def deduplicate(samples: Samples, query: np.ndarray, val_samples: Samples, extra
             for row, j, sim in find_duplicates(feats, reference["val"], reference["threshold"]):
                 if sim > best.get(owner[row], (0, -np.inf))[1]:
                     best[owner[row]] = (int(reference["owner"][j]), sim)
-            for i, (j, sim) in sorted(best.items()):
-                records.append(dict(_base_record(int(i), samples[i], query[i], prefix), status="duplicate",
+            for i, (j, sim) in sorted((int(i), m) for i, m in best.items()):
+                records.append(dict(_base_record(i, samples[i], query[i], prefix), status="duplicate",
                                     duplicate_of=_rel(val_samples[j].path, val_base), val_index=j,
                                     similarity=round(sim, 4)))
         records.sort(key=lambda r: r["i"])
@@ -848,7 +849,8 @@ class Work:
     records-RANK.jsonl     one JSON object per sample ({"i": index, ...}): what the teachers saw (no decision),
                            corrupt or duplicate; appended one block at a time
     dedup-RANK.jsonl       finished de-duplication blocks {"b": block, "removed": [indices]}
-    dedup-feats-RANK.pt    the rank's share of the val and whitening-subset features; dedup-val.pt  the val side
+    dedup-feats-RANK-of-WORLD.pt  the rank's share of the val and whitening-subset features
+    dedup-val.pt           the val side of Sec. 3.3 (whitening, threshold, whitened val centre crops)
     decision.npz           the decision over the whole crawl (`decide`), rewritten by every run
     cut-RANK.jsonl         --cut-pieces: {"i": index, "pieces": n}, {"i": index, "error": message} or
                            {"i": index, "removed": true} (the last line of a video counts)
@@ -1162,8 +1164,8 @@ def merge_outputs(work: Work, folder: str | Path, samples: Samples, classes: lis
                         sidecar.add(line.rsplit(" ", 1)[0], r["frames"], _unit_scores(r, cfg.mode), r["threshold"])
                     per["after"][r["label"]] += 1
                 if r["status"] == "duplicate":
-                    dup_out.write(f'{_rel(samples[i].path, list_dir)} {_rel(val_samples[r["val_index"]].path, list_dir)} '
-                                  f'{r["similarity"]:.4f}\n')
+                    dup_out.write(f"{_rel(samples[i].path, list_dir)} "
+                                  f'{_rel(val_samples[r["val_index"]].path, list_dir)} {r["similarity"]:.4f}\n')
                 status[r["status"]] = status.get(r["status"], 0) + 1
                 if r["query"] >= 0:
                     per["before"][r["query"]] += 1
