@@ -138,17 +138,6 @@ Loads = list[tuple[data.Sampling, Callable, int]]
 ArrayLike = np.ndarray | Sequence
 
 
-@dataclass
-class Shard:
-    """This process's part of a run: block b belongs to rank b % world (torchrun's RANK / WORLD_SIZE)."""
-    rank: int = 0
-    world: int = 1
-
-    def mine(self, num_blocks: int) -> range:
-        return range(self.rank, num_blocks, self.world)
-
-
-
 # ----------------------------------------------------------------------------------------------------------------------
 # 1. Decisions (Sec. 3.4; Sec. 3.5 for untrimmed videos), taken once over the whole crawl from what the teachers saw
 # ----------------------------------------------------------------------------------------------------------------------
@@ -267,6 +256,17 @@ def one_fps_indices(num_frames: int, video_fps: float, fps: float = 1.0) -> np.n
     return idx if len(idx) else np.array([num_frames // 2], dtype=np.int64)
 
 
+def window_ranges(num_frames: int, video_fps: float, seconds: float = 10.0) -> np.ndarray:
+    """Sec. 3.5: the 10-s windows of an untrimmed video as frame ranges [first, stop) (P, 2), exactly the frames
+    data.cut_video puts in each piece: n = round(seconds * fps) frames each, a tail shorter than n / 2 joins
+    the last window, a video shorter than one window is one window."""
+    per = max(1, round(seconds * float(video_fps)))
+    num = max(1, int(num_frames / per + 0.5))
+    first = np.arange(num, dtype=np.int64) * per
+    stop = np.append(first[1:], num_frames)
+    return np.stack([first, stop], axis=1)
+
+
 @dataclass
 class FilterConfig:
     """Knobs of one filtering run. Every field with a help string is the CLI flag of the same name
@@ -366,6 +366,37 @@ def check_teachers(teachers: Sequence[nn.Module], kinds: Collection[str] = (), s
                          f"frame by frame at 1 FPS with 2D teachers (Sec. 3.5); give TSN teachers or --student 3d")
 
 
+def map_query_labels(samples: Samples, source_classes: list[str], teacher_classes: list[str],
+                     source: str = "source", mode: str = "query", teacher: str = "the teacher") -> np.ndarray:
+    """Each sample's query class as a teacher class index (-1: not a teacher class), matched by class name
+    exactly as data.map_labels matches an auxiliary source's classes to the target's (the same names in
+    another order are permuted, never read by position).
+
+    No shared class name at all is a one-line error naming the teacher's checkpoint in query mode (pseudo mode
+    needs no query class).
+    """
+    probe = [data.Sample(Path(str(k)), k, "image") for k in range(len(source_classes))]   # one per class
+    try:
+        mapped, _ = data.map_labels(probe, source_classes, teacher_classes, f"--source {source}")
+    except ValueError as err:
+        if mode == "query":
+            raise ValueError(f"{_first_line(err)} (the classes of --teacher {teacher}); query mode matches class "
+                             f"names (or use --mode pseudo)") from None
+        mapped = []
+    table = np.full(len(source_classes), -1, dtype=np.int64)
+    for s in mapped:
+        table[int(s.path.name)] = s.label
+    return table[_labels(samples)]
+
+
+def _foreign_teacher(path: str | Path, arch: str, classes: list[str]) -> nn.Module:
+    """A teacher from a checkpoint that does not describe itself: build `arch`, load strictly, attach classes."""
+    model = models.build_model(arch, len(classes))
+    models.load_weights(model, path)
+    model.classes = list(classes)
+    return model.eval()
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 # 3. Scoring (Sec. 3.4, 3.5): workers decode whole uint8 batches, teachers run per batch on the device
 # ----------------------------------------------------------------------------------------------------------------------
@@ -412,74 +443,16 @@ class Scorer:
         return ensemble([torch.cat(p) for p in per_teacher]).cpu()                          # (U, K)
 
 
-class _Blocks(torch.utils.data.Dataset):
-    """Worker side: block k (sample indices) -> (k, good ids, units per id, one collated uint8 tensor per
-    load, {id: message} of the samples that could not be read). Nothing per sample crosses the queue."""
-
-    def __init__(self, samples: Samples, blocks: list[np.ndarray], load: Callable):
-        self.samples, self.blocks, self.load = samples, blocks, load
-
-    def __len__(self) -> int:
-        return len(self.blocks)
-
-    def __getitem__(self, k: int) -> tuple:
-        ids, counts, parts, errors = [], [], [], {}
-        for i in self.blocks[k]:
-            i = int(i)
-            try:
-                views = self.load(self.samples[i])                  # one (U, ...) uint8 tensor per group
-            except Unreadable as err:   # the file failed to decode (Sec. 3.3); any other error is a bug: raised
-                errors[i] = str(err)
-                continue
-            ids.append(i)
-            counts.append(len(views[0]))
-            parts.append(views)
-        cat = [torch.cat([p[g] for p in parts]) for g in range(len(parts[0]))] if parts else []
-        return k, np.asarray(ids, dtype=np.int64), np.asarray(counts, dtype=np.int64), cat, errors
-
-
-def _run_blocks(samples: Samples, blocks: list[np.ndarray], load: Callable, cfg: FilterConfig, what: str,
-                todo: Iterable[int] | None = None) -> Iterator[tuple]:
-    """Decode the blocks `todo` (default all) in DataLoader workers; yields `_Blocks` items in order."""
-    todo = list(range(len(blocks))) if todo is None else list(todo)
-    if not todo:   # nothing to decode: no worker processes
-        return
-    ds = torch.utils.data.Subset(_Blocks(samples, blocks, load), todo)
-    loader = torch.utils.data.DataLoader(ds, batch_size=None, num_workers=cfg.workers, collate_fn=_as_is,
-                                         pin_memory=torch.device(cfg.device).type == "cuda")
-    progress, failed = _Progress(what, sum(len(blocks[k]) for k in todo), cfg.progress), 0
-    for item in loader:
-        yield item
-        failed += len(item[4])
-        progress.update(len(blocks[item[0]]), failed)
-    progress.close()
-
-
-class _UnitStream(torch.utils.data.IterableDataset):
-    """Worker side, Sec. 3.5: untrimmed videos -> chunks of at most `per_chunk` units (1-FPS frames, 10-s
-    windows, or the pieces of a raw sample), so a long video is never one tensor. Yields
-    (index, first unit, number of units, one uint8 (u, 1, C, T, h, w) tensor per load, (unit info, frame rate),
-    error);
-    the videos are split over the workers (video k -> worker k % workers)."""
-
-    def __init__(self, samples: Samples, todo: np.ndarray, route: str, cfg: FilterConfig, loads: Loads):
-        self.samples, self.todo, self.route, self.loads = samples, todo, route, loads
-        self.fps, self.seconds = cfg.fps, cfg.piece_seconds
-        self.per_chunk = max(1, cfg.chunk_frames // max(s.num_frames for s, _, _ in loads))
-
-    def __iter__(self) -> Iterator[tuple]:
-        info = torch.utils.data.get_worker_info()
-        worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
-        for k in range(worker, len(self.todo), workers):
-            i = int(self.todo[k])
-            try:
-                plan, unit_info, rate = _unit_plan(self.samples[i], self.route, self.fps, self.seconds, self.loads)
-                for s in range(0, len(unit_info), self.per_chunk):
-                    views = [_load_units(plan[g][s:s + self.per_chunk], transform)
-                             for g, (_, transform, _) in enumerate(self.loads)]
-                    yield i, s, len(unit_info), views, (unit_info[s:s + self.per_chunk], rate), None
-            except Unreadable as err:   # unreadable at any chunk: the video is corrupt (Sec. 3.3)
-                yield i, -1, 0, None, None, str(err)
+def _load_clip(sample: data.Sample, loads: Loads) -> list[torch.Tensor]:
+    """Worker: image (one frame) or video (test sampling of each group) -> [uint8 (1, 1, C, T, h, w)] per group."""
+    out = []
+    for sampling, transform, short_side in loads:
+        if sample.kind == "image":   # draft mode: a large JPEG is decoded reduced (data.read_image)
+            frames = _decode(data.read_image, sample.path, short_side)[None]   # (1, H, W, 3)
+        else:
+            frames = _read_sampled(sample, sampling)                          # (clips * L, H, W, 3)
+        out.append(transform(frames)[None])
+    return out
 
 
 def _unit_plan(sample: data.Sample, route: str, fps: float, seconds: float,
@@ -502,17 +475,6 @@ def _unit_plan(sample: data.Sample, route: str, fps: float, seconds: float,
     return plan, ranges, rate
 
 
-def window_ranges(num_frames: int, video_fps: float, seconds: float = 10.0) -> np.ndarray:
-    """Sec. 3.5: the 10-s windows of an untrimmed video as frame ranges [first, stop) (P, 2), exactly the frames
-    data.cut_video puts in each piece: n = round(seconds * fps) frames each, a tail shorter than n / 2 joins
-    the last window, a video shorter than one window is one window."""
-    per = max(1, round(seconds * float(video_fps)))
-    num = max(1, int(num_frames / per + 0.5))
-    first = np.arange(num, dtype=np.int64) * per
-    stop = np.append(first[1:], num_frames)
-    return np.stack([first, stop], axis=1)
-
-
 def _load_units(units: list[tuple], transform: Callable) -> torch.Tensor:
     """Worker: units [(path, indices (T,), frame count)] -> uint8 (u, 1, C, T, h, w); one read per file."""
     out, s = [], 0
@@ -529,18 +491,6 @@ def _load_units(units: list[tuple], transform: Callable) -> torch.Tensor:
         out.append(views.reshape(c, e - s, t, *views.shape[-2:]).transpose(0, 1).unsqueeze(1))
         s = e
     return torch.cat(out).contiguous()
-
-
-def _load_clip(sample: data.Sample, loads: Loads) -> list[torch.Tensor]:
-    """Worker: image (one frame) or video (test sampling of each group) -> [uint8 (1, 1, C, T, h, w)] per group."""
-    out = []
-    for sampling, transform, short_side in loads:
-        if sample.kind == "image":   # draft mode: a large JPEG is decoded reduced (data.read_image)
-            frames = _decode(data.read_image, sample.path, short_side)[None]   # (1, H, W, 3)
-        else:
-            frames = _read_sampled(sample, sampling)                          # (clips * L, H, W, 3)
-        out.append(transform(frames)[None])
-    return out
 
 
 def _read_sampled(sample: data.Sample, sampling: data.Sampling) -> np.ndarray:
@@ -645,137 +595,6 @@ def find_duplicates(web_feats: ArrayLike | torch.Tensor, val_feats: ArrayLike | 
     return [(int(i), int(best[i]), float(sims[i])) for i in hits]
 
 
-class FrameFeatures(nn.Module):
-    """Frame features (N, C, H, W) -> (N, D) of a 2D ResNet, a TSN's backbone or a 3D net on 1-frame clips."""
-
-    def __init__(self, net: nn.Module, crop_size: int, name: str):
-        super().__init__()
-        self.net, self.crop_size, self.name = net, crop_size, name
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if isinstance(self.net, models.ResNet):
-            return self.net.features(x)
-        if hasattr(self.net, "backbone"):
-            return self.net.backbone.features(x)
-        return self.net.features(x[:, :, None])                     # (N, C, 1, H, W)
-
-
-def build_extractor(teachers: list[nn.Module], checkpoint: str | None = None, device: str = "cpu") -> FrameFeatures:
-    """Sec. 3.3's ImageNet ResNet-50 (`--dedup-checkpoint`: torchvision state dict or our checkpoint).
-
-    Without a checkpoint (nothing can be downloaded here) the first 2D teacher's backbone (else the first
-    teacher) gives the features: trained on the target, it is a reasonable stand-in.
-    """
-    if checkpoint is None:
-        t = next((t for t in teachers if t.spec.family == "tsn"), teachers[0])
-        return FrameFeatures(t, t.spec.crop_size, f"teacher {_name(t)} backbone").to(device).eval()
-    path = Path(checkpoint)
-    if not path.is_file():
-        raise FileNotFoundError(f"--dedup-checkpoint {path}: no such file")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:   # pickle / zip errors of many kinds
-        raise ValueError(f"--dedup-checkpoint {path}: not a torch checkpoint ({type(err).__name__})") from None
-    if isinstance(state, dict) and {"arch", "model", "classes"} <= set(state):
-        net = models.from_checkpoint(path)
-        return FrameFeatures(net, net.spec.crop_size, f"{net.arch} from {path}").to(device).eval()
-    net = models.resnet50(num_classes=None)
-    report = models.load_pretrained(net, models.load_state_dict_file(path))
-    if report.num_loaded_weights == 0:
-        raise ValueError(f"--dedup-checkpoint {path}: no ResNet-50 weights in it (torchvision layout expected)")
-    return FrameFeatures(net, 224, f"resnet50 from {path}").to(device).eval()
-
-
-def _features(extractor: FrameFeatures, views: torch.Tensor, cfg: FilterConfig) -> torch.Tensor:
-    """uint8 frames (N, V, C, H, W) -> float32 features (N, V, D) on the device, cfg.batch_size frames a forward."""
-    n, v = views.shape[:2]
-    out = []
-    with torch.inference_mode():
-        for s in range(0, n, cfg.batch_size):
-            x = views[s:s + cfg.batch_size].flatten(0, 1).to(cfg.device, non_blocking=True)       # (b*V, C, H, W)
-            x = transforms.normalize(x[:, :, None])[:, :, 0]
-            out.append(extractor(x).float().reshape(len(x) // v, v, -1))
-    return torch.cat(out) if out else torch.zeros(0, v, 0)
-
-
-def extract_features(samples: Samples, extractor: FrameFeatures, cfg: FilterConfig, crops: int = 1,
-                     what: str = "frames", shard: Shard | None = None) -> tuple[torch.Tensor, np.ndarray, dict]:
-    """Frame features for de-duplication: an image is one frame, a video cfg.dedup_frames frames.
-
-    crops=1: the centre crop; crops=5: the four corners and the centre (centre last). With `shard` only that
-    rank's blocks (block b of cfg.batch_size samples -> rank b % world). Returns (features (R, crops, D) float32
-    on the CPU, owner (R,) sample index of each frame row, errors {index: message}).
-    """
-    load = _DedupLoad(cfg.dedup_frames, extractor.crop_size, crops)
-    blocks = [np.arange(s, min(s + cfg.batch_size, len(samples))) for s in range(0, len(samples), cfg.batch_size)]
-    todo = (shard or Shard()).mine(len(blocks))
-    feats, owner, errors = [], [], {}
-    for _, ids, counts, views, errs in _run_blocks(samples, blocks, load, cfg, what, todo):
-        errors.update(errs)
-        if len(ids):
-            feats.append(_features(extractor, views[0], cfg).cpu())
-            owner.append(np.repeat(ids, counts))
-    if not feats:
-        return torch.zeros(0, crops, 0), np.zeros(0, np.int64), errors
-    return torch.cat(feats), np.concatenate(owner), errors
-
-
-def fit_dedup_reference(val_samples: Samples, web_subset: Samples, extractor: FrameFeatures, cfg: FilterConfig,
-                        work: Work) -> dict:
-    """Sec. 3.3, the val side, computed once into WORK/dedup-val.pt and read by every rank: the whitening fitted
-    on the union of the val frames and `web_subset` (a fixed, evenly spaced subset of the web source, so every
-    rank and every rerun agree), the crop threshold (`dedup_threshold`) and the whitened val centre crops (M, d).
-    Every rank extracts its share of the frames (WORK/dedup-feats-RANK-of-WORLD.pt); rank 0 joins them in sample
-    order (the features one process extracts) and fits."""
-    path, shard = work.folder / "dedup-val.pt", work.shard
-    mine = work.folder / f"dedup-feats-{shard.rank:05d}-of-{shard.world:05d}.pt"   # another rank count: afresh
-    if not path.is_file() and not mine.is_file():
-        val = extract_features(val_samples, extractor, cfg, DEDUP_CROPS, f"de-duplication: val frames"
-                               f"{_rank_tag(shard)}", shard)
-        web = extract_features(web_subset, extractor, cfg, 1, f"de-duplication: web frames for the whitening"
-                               f"{_rank_tag(shard)}", shard)
-        _save_atomic(dict(val=val[0], val_owner=torch.from_numpy(val[1]), val_errors=len(val[2]), web=web[0],
-                          web_owner=torch.from_numpy(web[1])), mine)
-    _barrier()
-    if shard.rank == 0 and not path.is_file():
-        parts = [torch.load(p, map_location="cpu", weights_only=True)
-                 for p in sorted(work.folder.glob(f"dedup-feats-*-of-{shard.world:05d}.pt"))]
-        val, owner = _in_sample_order([(p["val"], p["val_owner"]) for p in parts])
-        web, _ = _in_sample_order([(p["web"], p["web_owner"]) for p in parts])
-        if not len(val):
-            raise ValueError(f"--dedup-against: none of the {len(val_samples)} val videos could be read")
-        m, v, d = val.shape
-        white = Whitening.fit(torch.cat([web[:, -1], val[:, -1]]))     # centre crops of the web subset and val
-        crops = white.apply(val.reshape(m * v, d)).reshape(m, v, -1)
-        threshold = dedup_threshold(crops)
-        info = dict(extractor=extractor.name, crops=DEDUP_CROPS, frames_per_video=cfg.dedup_frames,
-                    dims=int(white.proj.shape[1]), whitening_web_frames=len(web),
-                    val_videos=len(set(owner.tolist())), val_unreadable=sum(int(p["val_errors"]) for p in parts),
-                    val_frames=m, threshold=threshold)
-        _save_atomic(dict(mean=torch.from_numpy(white.mean), proj=torch.from_numpy(white.proj), threshold=threshold,
-                          val=crops[:, -1].contiguous(), owner=torch.from_numpy(owner), info=info), path)
-    _barrier()
-    saved = torch.load(path, map_location="cpu", weights_only=True)
-    return dict(white=Whitening(saved["mean"].numpy(), saved["proj"].numpy()), threshold=saved["threshold"],
-                val=saved["val"].to(cfg.device), owner=saved["owner"].numpy(), info=saved["info"])
-
-
-def _in_sample_order(parts: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, np.ndarray]:
-    """Feature rows of every rank's blocks, (rows, owner sample index) each -> all rows ordered by sample (a
-    sample's frames stay in their order): the rows one process extracts."""
-    parts = [(f, o) for f, o in parts if len(o)]
-    if not parts:
-        return torch.zeros(0, DEDUP_CROPS, 0), np.zeros(0, np.int64)
-    owner = torch.cat([o for _, o in parts]).numpy()
-    order = np.argsort(owner, kind="stable")
-    return torch.cat([f for f, _ in parts])[torch.from_numpy(order)], owner[order]
-
-
-def _whitening_subset(n: int, size: int = 10000) -> np.ndarray:
-    """Evenly spaced web samples (at most `size` of n) whose frames join the val frames in the whitening fit."""
-    return np.arange(n) if n <= size else np.linspace(0, n - 1, size).round().astype(np.int64)
-
-
 def deduplicate(samples: Samples, query: np.ndarray, val_samples: Samples, extractor: FrameFeatures,
                 cfg: FilterConfig, work: Work, prefix: Path) -> dict:
     """Sec. 3.3 over this rank's blocks of the web source: samples with a frame too similar to a val frame
@@ -818,6 +637,121 @@ def deduplicate(samples: Samples, query: np.ndarray, val_samples: Samples, extra
     return dict(removed=np.asarray(removed, dtype=np.int64), info=reference["info"])
 
 
+def fit_dedup_reference(val_samples: Samples, web_subset: Samples, extractor: FrameFeatures, cfg: FilterConfig,
+                        work: Work) -> dict:
+    """Sec. 3.3, the val side, computed once into WORK/dedup-val.pt and read by every rank: the whitening fitted
+    on the union of the val frames and `web_subset` (a fixed, evenly spaced subset of the web source, so every
+    rank and every rerun agree), the crop threshold (`dedup_threshold`) and the whitened val centre crops (M, d).
+    Every rank extracts its share of the frames (WORK/dedup-feats-RANK-of-WORLD.pt); rank 0 joins them in sample
+    order (the features one process extracts) and fits."""
+    path, shard = work.folder / "dedup-val.pt", work.shard
+    mine = work.folder / f"dedup-feats-{shard.rank:05d}-of-{shard.world:05d}.pt"   # another rank count: afresh
+    if not path.is_file() and not mine.is_file():
+        val = extract_features(val_samples, extractor, cfg, DEDUP_CROPS, f"de-duplication: val frames"
+                               f"{_rank_tag(shard)}", shard)
+        web = extract_features(web_subset, extractor, cfg, 1, f"de-duplication: web frames for the whitening"
+                               f"{_rank_tag(shard)}", shard)
+        _save_atomic(dict(val=val[0], val_owner=torch.from_numpy(val[1]), val_errors=len(val[2]), web=web[0],
+                          web_owner=torch.from_numpy(web[1])), mine)
+    _barrier()
+    if shard.rank == 0 and not path.is_file():
+        parts = [torch.load(p, map_location="cpu", weights_only=True)
+                 for p in sorted(work.folder.glob(f"dedup-feats-*-of-{shard.world:05d}.pt"))]
+        val, owner = _in_sample_order([(p["val"], p["val_owner"]) for p in parts])
+        web, _ = _in_sample_order([(p["web"], p["web_owner"]) for p in parts])
+        if not len(val):
+            raise ValueError(f"--dedup-against: none of the {len(val_samples)} val videos could be read")
+        m, v, d = val.shape
+        white = Whitening.fit(torch.cat([web[:, -1], val[:, -1]]))     # centre crops of the web subset and val
+        crops = white.apply(val.reshape(m * v, d)).reshape(m, v, -1)
+        threshold = dedup_threshold(crops)
+        info = dict(extractor=extractor.name, crops=DEDUP_CROPS, frames_per_video=cfg.dedup_frames,
+                    dims=int(white.proj.shape[1]), whitening_web_frames=len(web),
+                    val_videos=len(set(owner.tolist())), val_unreadable=sum(int(p["val_errors"]) for p in parts),
+                    val_frames=m, threshold=threshold)
+        _save_atomic(dict(mean=torch.from_numpy(white.mean), proj=torch.from_numpy(white.proj), threshold=threshold,
+                          val=crops[:, -1].contiguous(), owner=torch.from_numpy(owner), info=info), path)
+    _barrier()
+    saved = torch.load(path, map_location="cpu", weights_only=True)
+    return dict(white=Whitening(saved["mean"].numpy(), saved["proj"].numpy()), threshold=saved["threshold"],
+                val=saved["val"].to(cfg.device), owner=saved["owner"].numpy(), info=saved["info"])
+
+
+class FrameFeatures(nn.Module):
+    """Frame features (N, C, H, W) -> (N, D) of a 2D ResNet, a TSN's backbone or a 3D net on 1-frame clips."""
+
+    def __init__(self, net: nn.Module, crop_size: int, name: str):
+        super().__init__()
+        self.net, self.crop_size, self.name = net, crop_size, name
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if isinstance(self.net, models.ResNet):
+            return self.net.features(x)
+        if hasattr(self.net, "backbone"):
+            return self.net.backbone.features(x)
+        return self.net.features(x[:, :, None])                     # (N, C, 1, H, W)
+
+
+def build_extractor(teachers: list[nn.Module], checkpoint: str | None = None, device: str = "cpu") -> FrameFeatures:
+    """Sec. 3.3's ImageNet ResNet-50 (`--dedup-checkpoint`: torchvision state dict or our checkpoint).
+
+    Without a checkpoint (nothing can be downloaded here) the first 2D teacher's backbone (else the first
+    teacher) gives the features: trained on the target, it is a reasonable stand-in.
+    """
+    if checkpoint is None:
+        t = next((t for t in teachers if t.spec.family == "tsn"), teachers[0])
+        return FrameFeatures(t, t.spec.crop_size, f"teacher {_name(t)} backbone").to(device).eval()
+    path = Path(checkpoint)
+    if not path.is_file():
+        raise FileNotFoundError(f"--dedup-checkpoint {path}: no such file")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:   # pickle / zip errors of many kinds
+        raise ValueError(f"--dedup-checkpoint {path}: not a torch checkpoint ({type(err).__name__})") from None
+    if isinstance(state, dict) and {"arch", "model", "classes"} <= set(state):
+        net = models.from_checkpoint(path)
+        return FrameFeatures(net, net.spec.crop_size, f"{net.arch} from {path}").to(device).eval()
+    net = models.resnet50(num_classes=None)
+    report = models.load_pretrained(net, models.load_state_dict_file(path))
+    if report.num_loaded_weights == 0:
+        raise ValueError(f"--dedup-checkpoint {path}: no ResNet-50 weights in it (torchvision layout expected)")
+    return FrameFeatures(net, 224, f"resnet50 from {path}").to(device).eval()
+
+
+def extract_features(samples: Samples, extractor: FrameFeatures, cfg: FilterConfig, crops: int = 1,
+                     what: str = "frames", shard: Shard | None = None) -> tuple[torch.Tensor, np.ndarray, dict]:
+    """Frame features for de-duplication: an image is one frame, a video cfg.dedup_frames frames.
+
+    crops=1: the centre crop; crops=5: the four corners and the centre (centre last). With `shard` only that
+    rank's blocks (block b of cfg.batch_size samples -> rank b % world). Returns (features (R, crops, D) float32
+    on the CPU, owner (R,) sample index of each frame row, errors {index: message}).
+    """
+    load = _DedupLoad(cfg.dedup_frames, extractor.crop_size, crops)
+    blocks = [np.arange(s, min(s + cfg.batch_size, len(samples))) for s in range(0, len(samples), cfg.batch_size)]
+    todo = (shard or Shard()).mine(len(blocks))
+    feats, owner, errors = [], [], {}
+    for _, ids, counts, views, errs in _run_blocks(samples, blocks, load, cfg, what, todo):
+        errors.update(errs)
+        if len(ids):
+            feats.append(_features(extractor, views[0], cfg).cpu())
+            owner.append(np.repeat(ids, counts))
+    if not feats:
+        return torch.zeros(0, crops, 0), np.zeros(0, np.int64), errors
+    return torch.cat(feats), np.concatenate(owner), errors
+
+
+def _features(extractor: FrameFeatures, views: torch.Tensor, cfg: FilterConfig) -> torch.Tensor:
+    """uint8 frames (N, V, C, H, W) -> float32 features (N, V, D) on the device, cfg.batch_size frames a forward."""
+    n, v = views.shape[:2]
+    out = []
+    with torch.inference_mode():
+        for s in range(0, n, cfg.batch_size):
+            x = views[s:s + cfg.batch_size].flatten(0, 1).to(cfg.device, non_blocking=True)       # (b*V, C, H, W)
+            x = transforms.normalize(x[:, :, None])[:, :, 0]
+            out.append(extractor(x).float().reshape(len(x) // v, v, -1))
+    return torch.cat(out) if out else torch.zeros(0, v, 0)
+
+
 class _DedupLoad:
     """Worker: frames of a sample for de-duplication -> [uint8 views (F, crops, C, H, W)]."""
 
@@ -838,93 +772,25 @@ class _DedupLoad:
         return [transforms.ToUint8Tensor()(views).permute(2, 0, 1, 3, 4)]     # (F, crops, C, H, W)
 
 
+def _whitening_subset(n: int, size: int = 10000) -> np.ndarray:
+    """Evenly spaced web samples (at most `size` of n) whose frames join the val frames in the whitening fit."""
+    return np.arange(n) if n <= size else np.linspace(0, n - 1, size).round().astype(np.int64)
+
+
+def _in_sample_order(parts: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, np.ndarray]:
+    """Feature rows of every rank's blocks, (rows, owner sample index) each -> all rows ordered by sample (a
+    sample's frames stay in their order): the rows one process extracts."""
+    parts = [(f, o) for f, o in parts if len(o)]
+    if not parts:
+        return torch.zeros(0, DEDUP_CROPS, 0), np.zeros(0, np.int64)
+    owner = torch.cat([o for _, o in parts]).numpy()
+    order = np.argsort(owner, kind="stable")
+    return torch.cat([f for f, _ in parts])[torch.from_numpy(order)], owner[order]
+
+
 # ----------------------------------------------------------------------------------------------------------------------
-# 5. The whole filter on one source: sharded over ranks, resumable, streaming
+# 5. The whole filter on one source: score, decide once, cut what is kept
 # ----------------------------------------------------------------------------------------------------------------------
-
-class Work:
-    """The work folder of a run (DATA_ROOT/.OUT.filter-work/), which survives crashes:
-
-    config.json            the scoring settings; another command refuses to reuse the folder
-    records-RANK.jsonl     one JSON object per sample ({"i": index, ...}): what the teachers saw (no decision),
-                           corrupt or duplicate; appended one block at a time
-    dedup-RANK.jsonl       finished de-duplication blocks {"b": block, "removed": [indices]}
-    dedup-feats-RANK-of-WORLD.pt  the rank's share of the val and whitening-subset features
-    dedup-val.pt           the val side of Sec. 3.3 (whitening, threshold, whitened val centre crops)
-    decision.npz           the decision over the whole crawl (`decide`), rewritten by every run
-    cut-RANK.jsonl         --cut-pieces: {"i": index, "pieces": n}, {"i": index, "error": message} or
-                           {"i": index, "removed": true} (the last line of a video counts)
-    progress-RANK.json     samples scored by the rank's last run
-    raw/                   --cut-pieces: the pieces of kept videos
-    Every rank appends to its own files only; every rank reads all of them (any earlier number of ranks).
-    """
-
-    def __init__(self, folder: str | Path, shard: Shard | None = None):
-        self.folder, self.shard = Path(folder), shard or Shard()
-        self.folder.mkdir(parents=True, exist_ok=True)
-        self.scored, self._files = 0, {}
-
-    def claim(self, settings: dict, what: str) -> None:
-        """Start or continue the run of `settings`; a run of other settings is a one-line error."""
-        path = self.folder / "config.json"
-        settings = json.loads(json.dumps(dict(format=WORK_FORMAT, **settings)))
-        if path.is_file():
-            old = json.loads(path.read_text())
-            if old != settings:
-                key = next((k for k in settings if old.get(k) != settings[k]), "format")
-                raise ValueError(f"{what}: {self.folder} holds an unfinished run with other settings ({key}: "
-                                 f"{old.get(key)!r} there, {settings[key]!r} now); run that command again to "
-                                 f"finish it, or delete the folder to start over")
-        elif self.shard.rank == 0:
-            _write_atomic(path, json.dumps(settings, indent=1) + "\n")
-        _barrier()
-
-    def append(self, kind: str, records: Iterable[dict]) -> None:
-        """Append records (dicts, 'i' first) to this rank's KIND file: one write, flushed (survives SIGKILL)."""
-        f = self._files.get(kind)
-        if f is None:
-            path = self.folder / f"{kind}-{self.shard.rank:05d}.jsonl"
-            _drop_torn_tail(path)
-            f = self._files[kind] = open(path, "ab")
-        f.write(b"".join(_dump(r) for r in records))
-        f.flush()
-
-    def lines(self, kind: str) -> Iterator[tuple[int, int, bytes]]:
-        """(file number, byte offset, line) of every complete line of every rank's KIND file."""
-        for number, path in enumerate(sorted(self.folder.glob(f"{kind}-*.jsonl"))):
-            with open(path, "rb") as f:
-                offset = 0
-                for line in f:
-                    if line.endswith(b"\n"):   # a torn last line (killed mid-write) is ignored
-                        yield number, offset, line
-                    offset += len(line)
-
-    def files(self, kind: str) -> list[Path]:
-        return sorted(self.folder.glob(f"{kind}-*.jsonl"))
-
-    def done(self, num_samples: int) -> np.ndarray:
-        """bool (N,): samples with a record (from any rank, any earlier run)."""
-        done = np.zeros(num_samples, dtype=bool)
-        for _, _, line in self.lines("records"):
-            done[_record_index(line)] = True
-        return done
-
-    def close(self) -> None:
-        for f in self._files.values():
-            os.fsync(f.fileno())
-            f.close()
-        self._files = {}
-        _write_atomic(self.folder / f"progress-{self.shard.rank:05d}.json",
-                      json.dumps(dict(rank=self.shard.rank, world=self.shard.world, scored=self.scored)))
-
-    def scored_now(self) -> int:
-        """Samples scored by the ranks of the last run (their progress files)."""
-        total = 0
-        for p in self.folder.glob("progress-*.json"):
-            r = json.loads(p.read_text())
-            total += r["scored"] if r["world"] == self.shard.world else 0
-        return total
-
 
 def run_filter(samples: Samples, query: np.ndarray, teachers: list[nn.Module], cfg: FilterConfig, work: Work,
                prefix: Path, val_samples: Samples | None = None,
@@ -1106,32 +972,6 @@ def cut_kept(samples: Samples, routes: np.ndarray, decision: dict[str, np.ndarra
     _barrier()
 
 
-def _cut_state(work: Work) -> dict[int, dict]:
-    """The last cut record of every video: {"pieces": n}, {"error": message} or {"removed": true}."""
-    state = {}
-    for _, _, line in work.lines("cut"):
-        r = json.loads(line)
-        state[r["i"]] = r
-    return state
-
-
-class _CutItems(torch.utils.data.Dataset):
-    """Worker: cut one untrimmed video into RAW/NAME/part_N.mp4 -> (index, pieces, None) or (index, None, error)."""
-
-    def __init__(self, samples: Samples, ids: list[int], names: list[str], raw_dir: Path, seconds: float):
-        self.samples, self.ids, self.names, self.raw_dir, self.seconds = samples, ids, names, raw_dir, seconds
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    def __getitem__(self, k: int) -> tuple:
-        i = self.ids[k]
-        try:
-            return i, data.cut_video(self.samples[i].path, self.raw_dir / self.names[k], self.seconds), None
-        except DECODE_ERRORS as err:   # a file that cannot be decoded or written could not be cut
-            return i, None, f"{type(err).__name__}: {_first_line(err)}"
-
-
 # ----------------------------------------------------------------------------------------------------------------------
 # 6. Outputs: merged by sample index from the records, streamed, put in place atomically
 # ----------------------------------------------------------------------------------------------------------------------
@@ -1180,35 +1020,6 @@ def merge_outputs(work: Work, folder: str | Path, samples: Samples, classes: lis
     return report
 
 
-def _records_in_order(work: Work, pick: np.ndarray, number: np.ndarray, offset: np.ndarray) -> Iterator[tuple]:
-    """(sample index, its last record as a dict) for every sample with a record, in sample order, streamed."""
-    handles = [open(p, "rb") for p in work.files("records")]
-    try:
-        for i in np.flatnonzero(pick >= 0).tolist():
-            f = handles[number[pick[i]]]
-            f.seek(offset[pick[i]])
-            yield i, json.loads(f.readline())
-    finally:
-        for f in handles:
-            f.close()
-
-
-def _last_records(work: Work, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(pick (n,), file number, offset) of the records in the work folder: pick[i] indexes the last record of
-    sample i (a block redone after a crash), -1 when it has none. Three int64 columns, no object per record."""
-    columns = [array.array("q") for _ in range(3)]
-    for f, o, line in work.lines("records"):
-        columns[0].append(_record_index(line))
-        columns[1].append(f)
-        columns[2].append(o)
-    index, number, offset = (np.frombuffer(c, dtype=np.int64) if len(c) else np.zeros(0, np.int64) for c in columns)
-    order = np.lexsort((np.arange(len(index)), index))
-    last = np.append(index[order][1:] != index[order][:-1], True) if len(order) else np.zeros(0, bool)
-    pick = np.full(n, -1, dtype=np.int64)
-    pick[index[order][last]] = order[last]
-    return pick, number, offset
-
-
 def _summary(per: dict[str, np.ndarray], status: dict[str, int], n: int, classes: list[str], cfg: FilterConfig,
              dedup_info: dict | None, extra: dict | None) -> dict:
     """report.json: the counts per status and, per class, before / kept / dropped / corrupt / duplicate / after."""
@@ -1227,50 +1038,6 @@ def _summary(per: dict[str, np.ndarray], status: dict[str, int], n: int, classes
                 about_samples="samples.jsonl: one record per sample in list order (status, label, query-class "
                               "and top-5 probabilities, units of untrimmed videos)",
                 dedup=dedup_info, **(extra or {}))
-
-
-class _SidecarWriter:
-    """Streams data.write_frame_scores's format (one line per video); no file when no video was added."""
-
-    def __init__(self, path: Path, fps: float):
-        self.path, self.fps, self.f = Path(path), fps, None
-
-    def add(self, key: str, frames: Sequence[int], scores: Sequence[float], threshold: float) -> None:
-        if self.f is None:
-            self.f = open(self.path, "w")
-            head = json.dumps({"format": data.FRAME_SCORES_FORMAT, "fps": self.fps, "about": "Sec. 3.5 untrimmed "
-                               "videos: teacher probability of the line label at each low-rate frame"})
-            self.f.write(head[:-1] + ', "videos": {\n')
-        else:
-            self.f.write(",\n")
-        self.f.write(f"  {json.dumps(key)}: " + json.dumps({"frames": [int(f) for f in frames],
-                     "threshold": float(threshold), "scores": [round(float(x), 6) for x in scores]}))
-
-    def close(self) -> None:
-        if self.f is not None:
-            self.f.write("\n}}\n")
-            self.f.close()
-            self.f = None
-
-
-@contextlib.contextmanager
-def staged_output(final: str | Path) -> Iterator[Path]:
-    """Yield a hidden temporary sibling of `final`; on success it replaces `final` by renames, on error
-    (or Ctrl-C) it is removed and `final` is left as it was (the run's records stay in its work folder)."""
-    final = Path(final)
-    tmp = final.parent / f".{final.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
-        yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    old = final.parent / f".{final.name}.old-{os.getpid()}"
-    if final.exists():
-        os.rename(final, old)
-    os.rename(tmp, final)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -1387,6 +1154,122 @@ def main(args: argparse.Namespace) -> dict | None:
     return report
 
 
+def cli(argv: list[str] | None = None) -> None:
+    args = get_args_parser().parse_args(argv)
+    try:
+        main(args)
+    except (ValueError, FileNotFoundError) as err:
+        sys.exit(f"error: {_first_line(err) or type(err).__name__}")
+    if dist.is_available() and dist.is_initialized():
+        # tear the group down on every rank after the last barrier, while the interpreter is fully alive (gloo's
+        # threads outliving it can abort the process at exit)
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# A reader of the method may stop here. What follows is the machinery: how the steps above run at web scale (the
+# work folder and its records, sharding over ranks, decoding in DataLoader workers, crash-safe files).
+# 8. The work folder: resumable records, re-deciding, the cut pieces
+# ----------------------------------------------------------------------------------------------------------------------
+
+class Work:
+    """The work folder of a run (DATA_ROOT/.OUT.filter-work/), which survives crashes:
+
+    config.json            the scoring settings; another command refuses to reuse the folder
+    records-RANK.jsonl     one JSON object per sample ({"i": index, ...}): what the teachers saw (no decision),
+                           corrupt or duplicate; appended one block at a time
+    dedup-RANK.jsonl       finished de-duplication blocks {"b": block, "removed": [indices]}
+    dedup-feats-RANK-of-WORLD.pt  the rank's share of the val and whitening-subset features
+    dedup-val.pt           the val side of Sec. 3.3 (whitening, threshold, whitened val centre crops)
+    decision.npz           the decision over the whole crawl (`decide`), rewritten by every run
+    cut-RANK.jsonl         --cut-pieces: {"i": index, "pieces": n}, {"i": index, "error": message} or
+                           {"i": index, "removed": true} (the last line of a video counts)
+    progress-RANK.json     samples scored by the rank's last run
+    raw/                   --cut-pieces: the pieces of kept videos
+    Every rank appends to its own files only; every rank reads all of them (any earlier number of ranks).
+    """
+
+    def __init__(self, folder: str | Path, shard: Shard | None = None):
+        self.folder, self.shard = Path(folder), shard or Shard()
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.scored, self._files = 0, {}
+
+    def claim(self, settings: dict, what: str) -> None:
+        """Start or continue the run of `settings`; a run of other settings is a one-line error."""
+        path = self.folder / "config.json"
+        settings = json.loads(json.dumps(dict(format=WORK_FORMAT, **settings)))
+        if path.is_file():
+            old = json.loads(path.read_text())
+            if old != settings:
+                key = next((k for k in settings if old.get(k) != settings[k]), "format")
+                raise ValueError(f"{what}: {self.folder} holds an unfinished run with other settings ({key}: "
+                                 f"{old.get(key)!r} there, {settings[key]!r} now); run that command again to "
+                                 f"finish it, or delete the folder to start over")
+        elif self.shard.rank == 0:
+            _write_atomic(path, json.dumps(settings, indent=1) + "\n")
+        _barrier()
+
+    def append(self, kind: str, records: Iterable[dict]) -> None:
+        """Append records (dicts, 'i' first) to this rank's KIND file: one write, flushed (survives SIGKILL)."""
+        f = self._files.get(kind)
+        if f is None:
+            path = self.folder / f"{kind}-{self.shard.rank:05d}.jsonl"
+            _drop_torn_tail(path)
+            f = self._files[kind] = open(path, "ab")
+        f.write(b"".join(_dump(r) for r in records))
+        f.flush()
+
+    def lines(self, kind: str) -> Iterator[tuple[int, int, bytes]]:
+        """(file number, byte offset, line) of every complete line of every rank's KIND file."""
+        for number, path in enumerate(sorted(self.folder.glob(f"{kind}-*.jsonl"))):
+            with open(path, "rb") as f:
+                offset = 0
+                for line in f:
+                    if line.endswith(b"\n"):   # a torn last line (killed mid-write) is ignored
+                        yield number, offset, line
+                    offset += len(line)
+
+    def files(self, kind: str) -> list[Path]:
+        return sorted(self.folder.glob(f"{kind}-*.jsonl"))
+
+    def done(self, num_samples: int) -> np.ndarray:
+        """bool (N,): samples with a record (from any rank, any earlier run)."""
+        done = np.zeros(num_samples, dtype=bool)
+        for _, _, line in self.lines("records"):
+            done[_record_index(line)] = True
+        return done
+
+    def close(self) -> None:
+        for f in self._files.values():
+            os.fsync(f.fileno())
+            f.close()
+        self._files = {}
+        _write_atomic(self.folder / f"progress-{self.shard.rank:05d}.json",
+                      json.dumps(dict(rank=self.shard.rank, world=self.shard.world, scored=self.scored)))
+
+    def scored_now(self) -> int:
+        """Samples scored by the ranks of the last run (their progress files)."""
+        total = 0
+        for p in self.folder.glob("progress-*.json"):
+            r = json.loads(p.read_text())
+            total += r["scored"] if r["world"] == self.shard.world else 0
+        return total
+
+
+def _settings(args: argparse.Namespace, cfg: FilterConfig, num_samples: int) -> dict:
+    """What the teachers' records depend on: a resumed run must share it with the crashed one, and a finished
+    run's records can be re-decided under it (not the decision's DECISION_KEYS, --workers, --device, --quiet or
+    the rank count). A teacher file is named by its path and, while it exists, its size and mtime."""
+    teachers = [dict(path=str(Path(p).resolve()), **({} if not Path(p).is_file() else
+                                                      dict(bytes=Path(p).stat().st_size,
+                                                           mtime_ns=Path(p).stat().st_mtime_ns)))
+                for p in args.teacher]
+    keep = ("source", "split", "teacher_arch", "dedup_against", "dedup_checkpoint")
+    config = {k: v for k, v in vars(cfg).items() if k not in ("workers", "device", "progress") + DECISION_KEYS}
+    return dict({k: getattr(args, k) for k in keep}, teachers=teachers, samples=num_samples, config=config)
+
+
 def _finished_run(final: Path, work: Work, settings: dict) -> dict | None:
     """The report of the finished output `final` when its scoring settings are `settings` (a teacher file that
     is gone is matched by its path) and no scoring run of its own is unfinished in the work folder; else None."""
@@ -1403,45 +1286,266 @@ def _finished_run(final: Path, work: Work, settings: dict) -> dict | None:
     return report if old == new else None
 
 
-def map_query_labels(samples: Samples, source_classes: list[str], teacher_classes: list[str],
-                     source: str = "source", mode: str = "query", teacher: str = "the teacher") -> np.ndarray:
-    """Each sample's query class as a teacher class index (-1: not a teacher class), matched by class name
-    exactly as data.map_labels matches an auxiliary source's classes to the target's (the same names in
-    another order are permuted, never read by position).
-
-    No shared class name at all is a one-line error naming the teacher's checkpoint in query mode (pseudo mode
-    needs no query class).
-    """
-    probe = [data.Sample(Path(str(k)), k, "image") for k in range(len(source_classes))]   # one per class
+def _records_in_order(work: Work, pick: np.ndarray, number: np.ndarray, offset: np.ndarray) -> Iterator[tuple]:
+    """(sample index, its last record as a dict) for every sample with a record, in sample order, streamed."""
+    handles = [open(p, "rb") for p in work.files("records")]
     try:
-        mapped, _ = data.map_labels(probe, source_classes, teacher_classes, f"--source {source}")
-    except ValueError as err:
-        if mode == "query":
-            raise ValueError(f"{_first_line(err)} (the classes of --teacher {teacher}); query mode matches class "
-                             f"names (or use --mode pseudo)") from None
-        mapped = []
-    table = np.full(len(source_classes), -1, dtype=np.int64)
-    for s in mapped:
-        table[int(s.path.name)] = s.label
-    return table[_labels(samples)]
+        for i in np.flatnonzero(pick >= 0).tolist():
+            f = handles[number[pick[i]]]
+            f.seek(offset[pick[i]])
+            yield i, json.loads(f.readline())
+    finally:
+        for f in handles:
+            f.close()
 
 
-def cli(argv: list[str] | None = None) -> None:
-    args = get_args_parser().parse_args(argv)
+def _last_records(work: Work, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(pick (n,), file number, offset) of the records in the work folder: pick[i] indexes the last record of
+    sample i (a block redone after a crash), -1 when it has none. Three int64 columns, no object per record."""
+    columns = [array.array("q") for _ in range(3)]
+    for f, o, line in work.lines("records"):
+        columns[0].append(_record_index(line))
+        columns[1].append(f)
+        columns[2].append(o)
+    index, number, offset = (np.frombuffer(c, dtype=np.int64) if len(c) else np.zeros(0, np.int64) for c in columns)
+    order = np.lexsort((np.arange(len(index)), index))
+    last = np.append(index[order][1:] != index[order][:-1], True) if len(order) else np.zeros(0, bool)
+    pick = np.full(n, -1, dtype=np.int64)
+    pick[index[order][last]] = order[last]
+    return pick, number, offset
+
+
+def _cut_state(work: Work) -> dict[int, dict]:
+    """The last cut record of every video: {"pieces": n}, {"error": message} or {"removed": true}."""
+    state = {}
+    for _, _, line in work.lines("cut"):
+        r = json.loads(line)
+        state[r["i"]] = r
+    return state
+
+
+class _CutItems(torch.utils.data.Dataset):
+    """Worker: cut one untrimmed video into RAW/NAME/part_N.mp4 -> (index, pieces, None) or (index, None, error)."""
+
+    def __init__(self, samples: Samples, ids: list[int], names: list[str], raw_dir: Path, seconds: float):
+        self.samples, self.ids, self.names, self.raw_dir, self.seconds = samples, ids, names, raw_dir, seconds
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, k: int) -> tuple:
+        i = self.ids[k]
+        try:
+            return i, data.cut_video(self.samples[i].path, self.raw_dir / self.names[k], self.seconds), None
+        except DECODE_ERRORS as err:   # a file that cannot be decoded or written could not be cut
+            return i, None, f"{type(err).__name__}: {_first_line(err)}"
+
+
+class _SidecarWriter:
+    """Streams data.write_frame_scores's format (one line per video); no file when no video was added."""
+
+    def __init__(self, path: Path, fps: float):
+        self.path, self.fps, self.f = Path(path), fps, None
+
+    def add(self, key: str, frames: Sequence[int], scores: Sequence[float], threshold: float) -> None:
+        if self.f is None:
+            self.f = open(self.path, "w")
+            head = json.dumps({"format": data.FRAME_SCORES_FORMAT, "fps": self.fps, "about": "Sec. 3.5 untrimmed "
+                               "videos: teacher probability of the line label at each low-rate frame"})
+            self.f.write(head[:-1] + ', "videos": {\n')
+        else:
+            self.f.write(",\n")
+        self.f.write(f"  {json.dumps(key)}: " + json.dumps({"frames": [int(f) for f in frames],
+                     "threshold": float(threshold), "scores": [round(float(x), 6) for x in scores]}))
+
+    def close(self) -> None:
+        if self.f is not None:
+            self.f.write("\n}}\n")
+            self.f.close()
+            self.f = None
+
+
+@contextlib.contextmanager
+def staged_output(final: str | Path) -> Iterator[Path]:
+    """Yield a hidden temporary sibling of `final`; on success it replaces `final` by renames, on error
+    (or Ctrl-C) it is removed and `final` is left as it was (the run's records stay in its work folder)."""
+    final = Path(final)
+    tmp = final.parent / f".{final.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
     try:
-        main(args)
-    except (ValueError, FileNotFoundError) as err:
-        sys.exit(f"error: {_first_line(err) or type(err).__name__}")
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    old = final.parent / f".{final.name}.old-{os.getpid()}"
+    if final.exists():
+        os.rename(final, old)
+    os.rename(tmp, final)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _move_pieces(work: Work, folder: Path) -> None:
+    """--cut-pieces: the pieces of kept videos move from the work folder into the output (one rename)."""
+    raw = work.folder / "raw"
+    if raw.is_dir():
+        _remove_empty_folders(raw)
+        if raw.is_dir():
+            os.rename(raw, Path(folder) / "raw")
+
+
+def _dump(record: dict) -> bytes:
+    return (json.dumps(record, separators=(",", ":")) + "\n").encode()
+
+
+def _record_index(line: bytes) -> int:
+    """The sample index of a record line b'{"i":123,...}' (written by _dump, 'i' first)."""
+    return int(line[5:line.index(b",", 5)])
+
+
+def _drop_torn_tail(path: Path) -> None:
+    """Cut a file back to its last complete line (a write torn by SIGKILL or a crash)."""
+    if not path.is_file() or path.stat().st_size == 0:
+        return
+    with open(path, "rb+") as f:
+        size = f.seek(0, os.SEEK_END)
+        pos = size
+        while pos > 0:
+            step = min(65536, pos)
+            f.seek(pos - step)
+            chunk = f.read(step)
+            k = chunk.rfind(b"\n")
+            if k >= 0:
+                pos = pos - step + k + 1
+                break
+            pos -= step
+        if pos != size:
+            f.truncate(pos)
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _save_atomic(obj: dict, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# 9. Sharding and decoding in workers
+# ----------------------------------------------------------------------------------------------------------------------
+
+@dataclass
+class Shard:
+    """This process's part of a run: block b belongs to rank b % world (torchrun's RANK / WORLD_SIZE)."""
+    rank: int = 0
+    world: int = 1
+
+    def mine(self, num_blocks: int) -> range:
+        return range(self.rank, num_blocks, self.world)
+
+
+def _distributed(device: str | None) -> tuple[Shard, str]:
+    """torchrun's RANK / WORLD_SIZE / LOCAL_RANK -> (Shard, device); a gloo group only for the barriers."""
+    world, rank = int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("RANK", 0))
+    local = int(os.environ.get("LOCAL_RANK", 0))
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("gloo", timeout=datetime.timedelta(hours=24))   # rank 0 merges while others wait
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda":
+        device = f"cuda:{local}"
+        torch.cuda.set_device(device)
+    return Shard(rank, world), device
+
+
+def _barrier() -> None:
     if dist.is_available() and dist.is_initialized():
-        # tear the group down on every rank after the last barrier, while the interpreter is fully alive (gloo's
-        # threads outliving it can abort the process at exit)
         dist.barrier()
-        dist.destroy_process_group()
 
 
-# ----------------------------------------------------------------------------------------------------------------------
-# Helpers
-# ----------------------------------------------------------------------------------------------------------------------
+class _Blocks(torch.utils.data.Dataset):
+    """Worker side: block k (sample indices) -> (k, good ids, units per id, one collated uint8 tensor per
+    load, {id: message} of the samples that could not be read). Nothing per sample crosses the queue."""
+
+    def __init__(self, samples: Samples, blocks: list[np.ndarray], load: Callable):
+        self.samples, self.blocks, self.load = samples, blocks, load
+
+    def __len__(self) -> int:
+        return len(self.blocks)
+
+    def __getitem__(self, k: int) -> tuple:
+        ids, counts, parts, errors = [], [], [], {}
+        for i in self.blocks[k]:
+            i = int(i)
+            try:
+                views = self.load(self.samples[i])                  # one (U, ...) uint8 tensor per group
+            except Unreadable as err:   # the file failed to decode (Sec. 3.3); any other error is a bug: raised
+                errors[i] = str(err)
+                continue
+            ids.append(i)
+            counts.append(len(views[0]))
+            parts.append(views)
+        cat = [torch.cat([p[g] for p in parts]) for g in range(len(parts[0]))] if parts else []
+        return k, np.asarray(ids, dtype=np.int64), np.asarray(counts, dtype=np.int64), cat, errors
+
+
+def _run_blocks(samples: Samples, blocks: list[np.ndarray], load: Callable, cfg: FilterConfig, what: str,
+                todo: Iterable[int] | None = None) -> Iterator[tuple]:
+    """Decode the blocks `todo` (default all) in DataLoader workers; yields `_Blocks` items in order."""
+    todo = list(range(len(blocks))) if todo is None else list(todo)
+    if not todo:   # nothing to decode: no worker processes
+        return
+    ds = torch.utils.data.Subset(_Blocks(samples, blocks, load), todo)
+    loader = torch.utils.data.DataLoader(ds, batch_size=None, num_workers=cfg.workers, collate_fn=_as_is,
+                                         pin_memory=torch.device(cfg.device).type == "cuda")
+    progress, failed = _Progress(what, sum(len(blocks[k]) for k in todo), cfg.progress), 0
+    for item in loader:
+        yield item
+        failed += len(item[4])
+        progress.update(len(blocks[item[0]]), failed)
+    progress.close()
+
+
+class _UnitStream(torch.utils.data.IterableDataset):
+    """Worker side, Sec. 3.5: untrimmed videos -> chunks of at most `per_chunk` units (1-FPS frames, 10-s
+    windows, or the pieces of a raw sample), so a long video is never one tensor. Yields
+    (index, first unit, number of units, one uint8 (u, 1, C, T, h, w) tensor per load, (unit info, frame rate),
+    error);
+    the videos are split over the workers (video k -> worker k % workers)."""
+
+    def __init__(self, samples: Samples, todo: np.ndarray, route: str, cfg: FilterConfig, loads: Loads):
+        self.samples, self.todo, self.route, self.loads = samples, todo, route, loads
+        self.fps, self.seconds = cfg.fps, cfg.piece_seconds
+        self.per_chunk = max(1, cfg.chunk_frames // max(s.num_frames for s, _, _ in loads))
+
+    def __iter__(self) -> Iterator[tuple]:
+        info = torch.utils.data.get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        for k in range(worker, len(self.todo), workers):
+            i = int(self.todo[k])
+            try:
+                plan, unit_info, rate = _unit_plan(self.samples[i], self.route, self.fps, self.seconds, self.loads)
+                for s in range(0, len(unit_info), self.per_chunk):
+                    views = [_load_units(plan[g][s:s + self.per_chunk], transform)
+                             for g, (_, transform, _) in enumerate(self.loads)]
+                    yield i, s, len(unit_info), views, (unit_info[s:s + self.per_chunk], rate), None
+            except Unreadable as err:   # unreadable at any chunk: the video is corrupt (Sec. 3.3)
+                yield i, -1, 0, None, None, str(err)
+
+
+class _Load:
+    """A picklable worker-side loader: sample -> fn(sample, loads) (one uint8 tensor per teacher group)."""
+
+    def __init__(self, fn: Callable, loads: Loads):
+        self.fn, self.loads = fn, loads
+
+    def __call__(self, sample: data.Sample) -> list[torch.Tensor]:
+        return self.fn(sample, self.loads)
+
 
 class Unreadable(Exception):
     """A web file that does not decode (Sec. 3.3: invalid or corrupted): recorded as corrupt and left out."""
@@ -1454,16 +1558,6 @@ def _decode(fn: Callable, *args: object) -> object:
         return fn(*args)
     except DECODE_ERRORS as err:
         raise Unreadable(f"{type(err).__name__}: {_first_line(err)}") from None
-
-
-class _Load:
-    """A picklable worker-side loader: sample -> fn(sample, loads) (one uint8 tensor per teacher group)."""
-
-    def __init__(self, fn: Callable, loads: Loads):
-        self.fn, self.loads = fn, loads
-
-    def __call__(self, sample: data.Sample) -> list[torch.Tensor]:
-        return self.fn(sample, self.loads)
 
 
 class _Progress:
@@ -1494,36 +1588,9 @@ def _as_is(item: object) -> object:
     return item
 
 
-def _distributed(device: str | None) -> tuple[Shard, str]:
-    """torchrun's RANK / WORLD_SIZE / LOCAL_RANK -> (Shard, device); a gloo group only for the barriers."""
-    world, rank = int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("RANK", 0))
-    local = int(os.environ.get("LOCAL_RANK", 0))
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group("gloo", timeout=datetime.timedelta(hours=24))   # rank 0 merges while others wait
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda":
-        device = f"cuda:{local}"
-        torch.cuda.set_device(device)
-    return Shard(rank, world), device
-
-
-def _barrier() -> None:
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
-
-
-def _settings(args: argparse.Namespace, cfg: FilterConfig, num_samples: int) -> dict:
-    """What the teachers' records depend on: a resumed run must share it with the crashed one, and a finished
-    run's records can be re-decided under it (not the decision's DECISION_KEYS, --workers, --device, --quiet or
-    the rank count). A teacher file is named by its path and, while it exists, its size and mtime."""
-    teachers = [dict(path=str(Path(p).resolve()), **({} if not Path(p).is_file() else
-                                                      dict(bytes=Path(p).stat().st_size,
-                                                           mtime_ns=Path(p).stat().st_mtime_ns)))
-                for p in args.teacher]
-    keep = ("source", "split", "teacher_arch", "dedup_against", "dedup_checkpoint")
-    config = {k: v for k, v in vars(cfg).items() if k not in ("workers", "device", "progress") + DECISION_KEYS}
-    return dict({k: getattr(args, k) for k in keep}, teachers=teachers, samples=num_samples, config=config)
-
+# ----------------------------------------------------------------------------------------------------------------------
+# Helpers
+# ----------------------------------------------------------------------------------------------------------------------
 
 def _route_codes(samples: Samples, student: str) -> np.ndarray:
     """Route (index into ROUTES) of every sample: images; short videos and frame folders; untrimmed videos as
@@ -1575,56 +1642,6 @@ def _floats(x: ArrayLike) -> float | list[float]:
     return float(str(a)) if a.ndim == 0 else [float(str(v)) for v in a]
 
 
-def _save_atomic(obj: dict, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
-def _dump(record: dict) -> bytes:
-    return (json.dumps(record, separators=(",", ":")) + "\n").encode()
-
-
-def _record_index(line: bytes) -> int:
-    """The sample index of a record line b'{"i":123,...}' (written by _dump, 'i' first)."""
-    return int(line[5:line.index(b",", 5)])
-
-
-def _drop_torn_tail(path: Path) -> None:
-    """Cut a file back to its last complete line (a write torn by SIGKILL or a crash)."""
-    if not path.is_file() or path.stat().st_size == 0:
-        return
-    with open(path, "rb+") as f:
-        size = f.seek(0, os.SEEK_END)
-        pos = size
-        while pos > 0:
-            step = min(65536, pos)
-            f.seek(pos - step)
-            chunk = f.read(step)
-            k = chunk.rfind(b"\n")
-            if k >= 0:
-                pos = pos - step + k + 1
-                break
-            pos -= step
-        if pos != size:
-            f.truncate(pos)
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def _move_pieces(work: Work, folder: Path) -> None:
-    """--cut-pieces: the pieces of kept videos move from the work folder into the output (one rename)."""
-    raw = work.folder / "raw"
-    if raw.is_dir():
-        _remove_empty_folders(raw)
-        if raw.is_dir():
-            os.rename(raw, Path(folder) / "raw")
-
-
 def _rank_tag(shard: Shard) -> str:
     return f" [rank {shard.rank}/{shard.world}]" if shard.world > 1 else ""
 
@@ -1674,14 +1691,6 @@ def _preview(names: Sequence[str], k: int = 3) -> str:
 
 def _name(teacher: nn.Module) -> str:
     return str(getattr(teacher, "source", None) or getattr(teacher, "arch", None) or type(teacher).__name__)
-
-
-def _foreign_teacher(path: str | Path, arch: str, classes: list[str]) -> nn.Module:
-    """A teacher from a checkpoint that does not describe itself: build `arch`, load strictly, attach classes."""
-    model = models.build_model(arch, len(classes))
-    models.load_weights(model, path)
-    model.classes = list(classes)
-    return model.eval()
 
 
 if __name__ == "__main__":
