@@ -129,18 +129,18 @@ def test_source_classes_in_another_order_give_the_same_decisions_by_name(root):
     shuffled (labels rewritten to the same names) keeps the same samples with the same labels."""
     shuffled = root / "shuffled"
     shuffled.mkdir()
-    names = data.read_classes(root / "mixed" / "classes.txt")
+    names = data.read_classes(root / "synth-web-img" / "classes.txt")
     (shuffled / "classes.txt").write_text("".join(f"{c}\n" for c in names[::-1]))
     lines = []
-    for ln in (root / "mixed" / "train.txt").read_text().splitlines():
+    for ln in (root / "synth-web-img" / "train.txt").read_text().splitlines():
         path, label = ln.split()
         lines.append(f"{path} {len(names) - 1 - int(label)}")
         folder = path.split("/")[0]
         if not (shuffled / folder).exists():
-            (shuffled / folder).symlink_to((root / "mixed" / folder).resolve())
+            (shuffled / folder).symlink_to(root / "synth-web-img" / folder)
     (shuffled / "train.txt").write_text("".join(f"{ln}\n" for ln in lines))
     (shuffled / "val.txt").write_text(lines[0] + "\n")
-    a = run(root, "--out", "by-name-a", "--threshold", "0.5", "--source", "mixed")
+    a = run(root, "--out", "by-name-a", "--threshold", "0.5", "--source", "synth-web-img")
     b = run(root, "--out", "by-name-b", "--threshold", "0.5", "--source", "shuffled")
     assert a.returncode == 0 and b.returncode == 0, a.stderr + b.stderr
     la = [ln.split(maxsplit=1)[1] for ln in (root / "by-name-a" / "train.txt").read_text().splitlines()]
