@@ -92,6 +92,7 @@ import contextlib
 import datetime
 import json
 import os
+import posixpath
 import shutil
 import sys
 import time
@@ -905,10 +906,11 @@ def decide(work: Work, n: int, num_classes: int, cfg: FilterConfig) -> dict[str,
         return {k: f[k] for k in ("keep", "label", "held")}
 
 
-def decide_record(r: dict, decision: dict[str, np.ndarray], cfg: FilterConfig, sample: data.Sample,
-                  list_dir: Path, prefix: Path, cut: dict[int, dict]) -> tuple[dict, str | None]:
+def decide_record(r: dict, decision: dict[str, np.ndarray], cfg: FilterConfig, base: str,
+                  cut: dict[int, dict]) -> tuple[dict, str | None]:
     """The decision applied to one record: (the record with its status, label, deciding score, threshold and
-    positive units; its list line, None unless kept). Corrupt and duplicate records pass unchanged."""
+    positive units; its list line, None unless kept). Corrupt and duplicate records pass unchanged. base: the
+    data prefix relative to the list's folder (list paths are base/record path)."""
     if "top_class" not in r:
         return r, None
     i = r["i"]
@@ -920,13 +922,13 @@ def decide_record(r: dict, decision: dict[str, np.ndarray], cfg: FilterConfig, s
     r.update(status="kept" if keep else "dropped", label=label if keep else None,
              score=r["query_score"] if cfg.mode == "query" else r["top_score"], threshold=held)
     if "units" not in r:
-        return r, f"{_rel(sample.path, list_dir)} {label}" if keep else None
+        return r, f'{_list_path(base, r["path"])} {label}' if keep else None
     pos = np.flatnonzero(untrimmed_decision(_unit_scores(r, cfg.mode), keep, held))
     r["positive_units"] = len(pos)
     if not keep:
         return r, None
     if "frames" in r or "windows" not in r:   # 2D student (the sidecar holds the frames) / raw pieces
-        return r, f"{_rel(sample.path, list_dir)} {label}" + ("" if "frames" in r else
+        return r, f'{_list_path(base, r["path"])} {label}' + ("" if "frames" in r else
                                                               f' {r["units"]} ' + " ".join(map(str, pos)))
     if cfg.cut_pieces:   # MMAction2 RawVideoDataset lines over the cut pieces
         c = cut.get(i)
@@ -935,9 +937,9 @@ def decide_record(r: dict, decision: dict[str, np.ndarray], cfg: FilterConfig, s
         if "error" in c:
             r.update(status="corrupt", label=None, cut_error=f'cutting failed: {c["error"]}')
             return r, None
-        return r, f"raw/{_piece_name(sample.path, prefix, i)} {label} {r['units']} " + " ".join(map(str, pos))
+        return r, f'raw/{_piece_name(r["path"], i)} {label} {r["units"]} ' + " ".join(map(str, pos))
     rate = r["fps"]   # data.py 'windows' kind: PATH LABEL START:END ... in seconds
-    return r, f"{_rel(sample.path, list_dir)} {label} " + " ".join(f"{a / rate:.3f}:{b / rate:.3f}"
+    return r, f'{_list_path(base, r["path"])} {label} ' + " ".join(f"{a / rate:.3f}:{b / rate:.3f}"
                                                                   for a, b in np.asarray(r["windows"])[pos].tolist())
 
 
@@ -955,11 +957,11 @@ def cut_kept(samples: Samples, routes: np.ndarray, decision: dict[str, np.ndarra
     state = _cut_state(work)
     for i in sorted(set(state) & set(idx.tolist()) - kept):
         if "removed" not in state[i]:
-            shutil.rmtree(work.folder / "raw" / _piece_name(samples[i].path, prefix, i), ignore_errors=True)
+            shutil.rmtree(work.folder / "raw" / _piece_name(_rel(samples[i].path, prefix), i), ignore_errors=True)
             work.append("cut", [dict(i=i, removed=True)])
     todo = sorted(i for i in kept if i not in state or "removed" in state[i])
     if todo:
-        items = _CutItems(samples, todo, [_piece_name(samples[i].path, prefix, i) for i in todo],
+        items = _CutItems(samples, todo, [_piece_name(_rel(samples[i].path, prefix), i) for i in todo],
                           work.folder / "raw", cfg.piece_seconds)
         loader = torch.utils.data.DataLoader(items, batch_size=None, num_workers=cfg.workers, collate_fn=_as_is)
         progress, failed = _Progress(f"cutting kept untrimmed videos{_rank_tag(work.shard)}", len(todo),
@@ -983,7 +985,7 @@ def merge_outputs(work: Work, folder: str | Path, samples: Samples, classes: lis
     samples.jsonl, duplicates.txt, classes.txt and report.json (summary with the Fig. 3 counts) in `folder`.
     Streams: memory is a few arrays of N numbers. A sample recorded twice (a block redone after a crash) takes
     its last record."""
-    folder, n = Path(folder), len(samples)
+    folder, n, base = Path(folder), len(samples), _rel(prefix, list_dir)
     pick, number, offset = _last_records(work, n)
     cut = _cut_state(work)
     per = {name: np.zeros(len(classes), dtype=np.int64) for name in ("before", "corrupt", "duplicate", "kept",
@@ -997,14 +999,14 @@ def merge_outputs(work: Work, folder: str | Path, samples: Samples, classes: lis
                           "similarity\n" if val_samples is not None else
                           "# de-duplication was not run (no --dedup-against)\n")
             for i, r in _records_in_order(work, pick, number, offset):
-                r, line = decide_record(r, decision, cfg, samples[i], list_dir, prefix, cut)
+                r, line = decide_record(r, decision, cfg, base, cut)
                 if line is not None:
                     out.write(line + "\n")
                     if "frames" in r:
                         sidecar.add(line.rsplit(" ", 1)[0], r["frames"], _unit_scores(r, cfg.mode), r["threshold"])
                     per["after"][r["label"]] += 1
                 if r["status"] == "duplicate":
-                    dup_out.write(f"{_rel(samples[i].path, list_dir)} "
+                    dup_out.write(f'{_list_path(base, r["path"])} '
                                   f'{_rel(val_samples[r["val_index"]].path, list_dir)} {r["similarity"]:.4f}\n')
                 status[r["status"]] = status.get(r["status"], 0) + 1
                 if r["query"] >= 0:
@@ -1667,14 +1669,20 @@ def _remove_empty_folders(root: Path) -> None:
                 folder.rmdir()
 
 
-def _piece_name(path: str | Path, prefix: Path, index: int) -> str:
-    """Folder of a video's pieces under raw/: its path under the data prefix without the extension."""
-    rel = Path(_rel(path, prefix)).with_suffix("")
+def _piece_name(rel_path: str, index: int) -> str:
+    """Folder of a video's pieces under raw/: its path under the data prefix (rel_path) without the extension."""
+    rel = Path(rel_path).with_suffix("")
     return rel.as_posix() if ".." not in rel.parts else f"{index:06d}_{rel.name}"
 
 
 def _common_folder(samples: Samples) -> Path:
     return Path(os.path.commonpath([str(Path(s.path).parent) for s in samples]))
+
+
+def _list_path(base: str, rel_path: str) -> str:
+    """A sample's path in the output list from its path under the data prefix: base (the prefix relative to
+    the list's folder) / rel_path, normalised as os.path.relpath would give it."""
+    return posixpath.normpath(posixpath.join(base, rel_path))
 
 
 def _rel(path: str | Path, base: str | Path) -> str:
