@@ -364,6 +364,12 @@ def test_untrimmed_3d_pieces(tmp_path, monkeypatch):
     (sample,) = ds.samples
     assert (sample.kind, sample.num_parts, sample.pos_clips) == ("raw", 3, (1,))
     assert {colour_of(f) for f in ds.load(0)[0]} == {"red"}
+    # re-decided without the teacher, the pieces follow the decision: T = 0.95 keeps nothing, T = 0.3 both
+    none = run_main(monkeypatch, tmp_path, "web", [], "--student", "3d", "--cut-pieces", "--threshold", "0.95")
+    assert none.lines == [] and none.report["run"]["redecided"] and not (out / "raw").exists()
+    both = run_main(monkeypatch, tmp_path, "web", [], "--student", "3d", "--cut-pieces", "--threshold", "0.3")
+    assert both.lines == ["raw/untrimmed/long 0 3 0 1 2", "raw/untrimmed/short 0 1 0"]
+    assert data.count_frames(out / "raw" / "untrimmed" / "short" / "part_0.mp4") == 24
     # a tail shorter than half a piece joins the last piece
     assert data.cut_video(short, tmp_path / "pieces", seconds=5) == 2
     assert [data.count_frames(tmp_path / "pieces" / f"part_{i}.mp4") for i in (0, 1)] == [10, 14]
