@@ -719,17 +719,17 @@ def build_extractor(teachers: list[nn.Module], checkpoint: str | None = None, de
     return FrameFeatures(net, 224, f"resnet50 from {path}").to(device).eval()
 
 
-def extract_features(samples: Samples, extractor: FrameFeatures, cfg: FilterConfig, crops: int = 1,
-                     what: str = "frames", shard: Shard | None = None) -> tuple[torch.Tensor, np.ndarray, dict]:
+def extract_features(samples: Samples, extractor: FrameFeatures, cfg: FilterConfig, crops: int, what: str,
+                     shard: Shard) -> tuple[torch.Tensor, np.ndarray, dict]:
     """Frame features for de-duplication: an image is one frame, a video cfg.dedup_frames frames.
 
-    crops=1: the centre crop; crops=5: the four corners and the centre (centre last). With `shard` only that
-    rank's blocks (block b of cfg.batch_size samples -> rank b % world). Returns (features (R, crops, D) float32
+    crops=1: the centre crop; crops=5: the four corners and the centre (centre last). Only `shard`'s blocks
+    (block b of cfg.batch_size samples -> rank b % world). Returns (features (R, crops, D) float32
     on the CPU, owner (R,) sample index of each frame row, errors {index: message}).
     """
     load = _DedupLoad(cfg.dedup_frames, extractor.crop_size, crops)
     blocks = [np.arange(s, min(s + cfg.batch_size, len(samples))) for s in range(0, len(samples), cfg.batch_size)]
-    todo = (shard or Shard()).mine(len(blocks))
+    todo = shard.mine(len(blocks))
     feats, owner, errors = [], [], {}
     for _, ids, counts, views, errs in _run_blocks(samples, blocks, load, cfg, what, todo):
         errors.update(errs)
@@ -1192,8 +1192,8 @@ class Work:
     Every rank appends to its own files only; every rank reads all of them (any earlier number of ranks).
     """
 
-    def __init__(self, folder: str | Path, shard: Shard | None = None):
-        self.folder, self.shard = Path(folder), shard or Shard()
+    def __init__(self, folder: str | Path, shard: Shard):
+        self.folder, self.shard = Path(folder), shard
         self.folder.mkdir(parents=True, exist_ok=True)
         self.scored, self._files = 0, {}
 
@@ -1496,9 +1496,9 @@ class _Blocks(torch.utils.data.Dataset):
 
 
 def _run_blocks(samples: Samples, blocks: list[np.ndarray], load: Callable, cfg: FilterConfig, what: str,
-                todo: Iterable[int] | None = None) -> Iterator[tuple]:
-    """Decode the blocks `todo` (default all) in DataLoader workers; yields `_Blocks` items in order."""
-    todo = list(range(len(blocks))) if todo is None else list(todo)
+                todo: Iterable[int]) -> Iterator[tuple]:
+    """Decode the blocks `todo` in DataLoader workers; yields `_Blocks` items in order."""
+    todo = list(todo)
     if not todo:   # nothing to decode: no worker processes
         return
     ds = torch.utils.data.Subset(_Blocks(samples, blocks, load), todo)
