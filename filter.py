@@ -10,21 +10,26 @@
 What happens to a web source, in order:
 
   Sec. 3.3  Invalid or corrupted files (zero-byte, truncated, an HTML page named .jpg or .mp4, a file that
-            disappears mid-run) are found while decoding, recorded and left out; nothing crashes.
+            disappears mid-run) are found while decoding, recorded and left out; nothing crashes. Only the
+            readers' errors mean "corrupt" (`DECODE_ERRORS`); any other exception stops the run.
             De-duplication against the target's val split (--dedup-against): frame features of an
-            ImageNet-style ResNet-50, PCA whitening fitted on the val frames and a fixed, evenly spaced subset
+            ImageNet-style ResNet-50 (the val frames and the whitening subset extracted by every rank for its
+            share of blocks), PCA whitening fitted on the val frames and a fixed, evenly spaced subset
             of at most 10,000 web samples (so every rank and every rerun agree) and reduced to at most 256
             dimensions, cosine similarity in float32 on the device, web x val in chunks keeping only each web
             frame's best match (memory: the val features plus one chunk); the threshold is the mean similarity
             between different crops of the same val frame; web samples above it are suspicious duplicates,
             removed and listed in duplicates.txt (`Whitening`, `dedup_threshold`, `best_match`,
             `find_duplicates`, `deduplicate`).
-  Sec. 3.4  Teacher filtering (`keep_decision`): mode 'query' keeps a sample when the teacher's probability of
-            its query class is >= T and labels it with that class; mode 'pseudo' keeps it when the top
-            probability is >= T and labels it with the argmax (Sec. 3.2's PseudoLabel). Several teachers:
-            their probabilities are averaged (`ensemble`; Fig. 6, better teachers give better students). Web
-            images are scored by 2D (TSN) teachers only ("deflating 3D teachers" hurts); short videos by 2D
-            or 3D teachers. Query classes are matched to the teachers' classes BY NAME; in query mode samples
+  Sec. 3.4  Teacher filtering, decided once over the whole crawl (`decide` -> `keep_decision`) from what the
+            teachers saw of every sample (`Scores`): mode 'query' keeps a sample when the teacher's probability
+            of its query class is >= T and labels it with that class; mode 'pseudo' keeps it when the top
+            probability is >= T and labels it with the argmax (Sec. 3.2's PseudoLabel). The threshold of each
+            class comes from a rule (`RULES`, --rule): 'fixed' (T, the paper's) or 'class-adaptive'
+            (FlexMatch-style T * beta_c). Several teachers: their probabilities are averaged (`ensemble`;
+            Fig. 6, better teachers give better students). Web images are scored by 2D (TSN) teachers only
+            ("deflating 3D teachers" hurts); short videos by 2D or 3D teachers. Query classes are matched to
+            the teachers' classes BY NAME (so are the classes of several teachers); in query mode samples
             whose query class is not a teacher class are left out and counted.
   Sec. 3.5  Untrimmed videos (Fig. 2 right), decoded and scored in bounded chunks of units, never a whole
             video in one tensor. --student 2d: frames at 1 FPS scored one by one by 2D teachers, positive
@@ -37,23 +42,30 @@ What happens to a web source, in order:
                 PATH LABEL START:END [START:END ...]      (seconds, 3 decimals; frame k is shown at k / fps)
             --cut-pieces instead cuts kept videos into re-encoded pieces (MMAction2 RawVideoDataset lines
             'raw/NAME LABEL NUM_PIECES POS_IDX...' over OUT/raw/NAME/part_N.mp4; same windows, same scores).
-            A video's decision uses its most confident unit (frame / window): `untrimmed_decision`.
+            A video's decision uses its most confident unit (frame / window): `untrimmed_scores`; its
+            positive units are those at or above the threshold it was held to: `untrimmed_decision`.
   Fig. 3    report.json (small) counts every class before and after filtering; samples.jsonl holds one
-            record per sample (query-class and top-5 probabilities, decision, units of untrimmed videos).
+            record per sample (query-class, top and top-5 probabilities, decision, units of untrimmed videos).
+  Re-deciding: the same command on a finished output with another --threshold, --mode, --rule or
+            --cut-pieces decides again from its samples.jsonl (which holds what the teachers saw, float32 as
+            they gave it): no teacher is loaded or run, and the output is what a fresh run with those flags
+            writes. Other scoring settings (teachers, --student, --clips, ...) score again.
 
 At web scale (millions of samples, many GPUs, crashes):
   - Sharding: under torchrun (RANK / WORLD_SIZE / LOCAL_RANK) the samples are cut into blocks of --batch-size
     (untrimmed videos: one video per block); block b goes to rank b % WORLD_SIZE, which runs on
     cuda:LOCAL_RANK (or the CPU). A block is one decoding batch and one teacher forward whatever the number
-    of ranks, so every number, and the output byte for byte, is the same as one process gives. Processes
-    only meet at barriers (gloo); DATA_ROOT must be shared by all nodes.
+    of ranks, so every number, and the outputs byte for byte (train.txt, its sidecar, samples.jsonl,
+    duplicates.txt, classes.txt; report.json also records the run's ranks and time), are the same as one
+    process gives. Processes only meet at barriers (gloo); DATA_ROOT must be shared by all nodes.
   - Resume: each rank appends its records (JSON lines, one write + flush per block) to its own file in the
     work folder DATA_ROOT/.OUT.filter-work/; the same command again after a crash, Ctrl-C or SIGKILL
     (with any number of ranks) skips the blocks already recorded (a torn last line is ignored) and ends with
     the output an uninterrupted run gives. A failure deletes nothing written; the work folder is removed
-    only after the output is in place. Another command with different settings refuses to touch it.
-  - Memory: per sample only the record of its block is held (query-class probability, top-5, decision);
-    rank 0 merges the records by sample index into the outputs, streaming.
+    only after the output is in place. Another command with different scoring settings refuses to touch it
+    (another --threshold, --mode, --rule or --cut-pieces is free: nothing scored depends on them).
+  - Memory: per sample only the record of its block is held (query-class and top probabilities, top-5);
+    rank 0 decides from four columns of N numbers and merges the records by sample index, streaming.
   - Speed: workers return whole collated uint8 batches (`_Blocks`), normalised on the device; teachers run
     per batch under --amp.
 
@@ -68,8 +80,10 @@ Scoring protocol (a cheap version of each teacher's test protocol): resize the s
 round(crop * 256 / 224), one centre crop of the teacher's crop size; images: one frame (a TSN's average
 consensus over identical frames is that frame's output, so this equals the image repeated to the segment
 count); videos and windows: the teacher's test sampling with 8 segments (TSN) or 3 clips (3D) (--clips);
-untrimmed frames: one frame each. Teachers are plain objects here: any nn.Module with `.spec`
-(models.ArchSpec) and `.classes` works with `filter_source` and the scoring functions, so tests can use a stub.
+untrimmed frames: one frame each. Crawled JPEGs are decoded reduced (data.read_image's draft mode) down to the
+short side the transform resizes to. Teachers are plain objects here: any nn.Module with `.spec`
+(models.ArchSpec), `.classes` and `.source` works with `run_filter` and the scoring functions, so tests can use
+a stub.
 """
 from __future__ import annotations
 
@@ -79,16 +93,19 @@ import contextlib
 import datetime
 import json
 import os
+import posixpath
 import shutil
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Callable, Collection, Iterable, Iterator, Sequence
 
+import av
 import numpy as np
 import torch
 import torch.distributed as dist
+from PIL import Image
 from torch import nn
 
 import data
@@ -103,109 +120,128 @@ DEFAULT_CLIPS = {"tsn": 8, "3d": 3}   # video scoring: TSN segments / 3D clips (
 DEDUP_CROPS = 5                       # crops per val frame for the de-duplication threshold (Sec. 3.3)
 DEDUP_DIMS = 256                      # Sec. 3.3: whitened features reduced to at most this many dimensions
 TOP_K = 5                             # classes (and probabilities) kept per sample in samples.jsonl
-WORK_FORMAT = "omnisource-filter-work-1"
+WORK_FORMAT = "omnisource-filter-work-2"
 # how a sample is scored (`_route_codes`): images; short videos and frame folders; untrimmed videos as 1-FPS frames
 # (2D student) or as 10-s windows (3D student); raw videos already cut into pieces
 ROUTES = ("images", "videos", "one_fps", "windows", "raw")
+# the settings that only the decision depends on: another value re-decides a finished run from its records
+DECISION_KEYS = ("mode", "threshold", "rule", "cut_pieces")
+# what a record gets from the decision (`decide_record`), replaced when a finished run is re-decided
+DECISION_FIELDS = ("status", "label", "score", "threshold", "positive_units", "cut_error")
+# what reading a broken file raises (Sec. 3.3): the OS (missing, unreadable; Pillow's UnidentifiedImageError and
+# truncated images are OSErrors), PyAV / FFmpeg, data.py's ValueErrors for bad files (empty, no video stream, no
+# frame, too short: VideoTooShortError, image too small) and Pillow's EOFError / DecompressionBombError. Only the
+# readers' calls are guarded (`_decode`), so a ValueError of a transform is not mistaken for a broken file.
+DECODE_ERRORS = (OSError, av.FFmpegError, ValueError, EOFError, Image.DecompressionBombError)
 # the signatures' types: a web source's samples (a list, or the compact list of millions, data.SampleList);
-# per group of teachers, how its input is decoded (data.Sampling) and transformed into uint8 views
+# per group of teachers, how its input is decoded (data.Sampling), transformed into uint8 views and the short side the
+# transform resizes to (a JPEG is decoded reduced down to it)
 Samples = list[data.Sample] | data.SampleList
-Loads = list[tuple[data.Sampling, Callable]]
+Loads = list[tuple[data.Sampling, Callable, int]]
 ArrayLike = np.ndarray | Sequence
 
 
-@dataclass
-class FilterConfig:
-    """Knobs of one filtering run (the CLI flags of the same names)."""
-    mode: str = "query"            # 'query' | 'pseudo' (Sec. 3.4)
-    threshold: float = 0.5         # T: kept when the deciding probability >= T
-    student: str = "2d"            # untrimmed videos: '2d' 1-FPS frame scores, '3d' 10-s windows (Sec. 3.5)
-    clips: int | None = None       # video scoring: TSN segments / 3D clips (None: DEFAULT_CLIPS)
-    fps: float = 1.0               # rate of the scored frames of untrimmed videos (2d)
-    piece_seconds: float = 10.0    # window / piece length of untrimmed videos (3d)
-    cut_pieces: bool = False       # 3d: cut kept videos into re-encoded pieces (RawVideoDataset) instead of windows
-    dedup_frames: int = 3          # frames per video compared in de-duplication
-    batch_size: int = 16           # samples per block (one decoding batch, one teacher forward)
-    workers: int = 2               # DataLoader decoding workers
-    chunk_frames: int = 64         # untrimmed videos: decoded frames per chunk (bounds the memory per video)
-    device: str = "cpu"
-    amp: str = "none"              # teachers' inference precision: 'none' (fp32), 'bf16', 'fp16' (autocast)
-    progress: bool = True          # progress lines on stderr
-
-    def __post_init__(self) -> None:
-        if self.mode not in MODES or self.student not in STUDENTS or self.amp not in AMPS:
-            raise ValueError(f"filter: --mode must be one of {MODES}, --student one of {STUDENTS} and --amp one "
-                             f"of {AMPS}, got {self.mode!r}, {self.student!r}, {self.amp!r}")
-        if not 0.0 <= self.threshold <= 1.0:
-            raise ValueError(f"filter: --threshold must lie in [0, 1], got {self.threshold}")
-        if min(self.batch_size, self.dedup_frames, self.clips or 1, self.chunk_frames) < 1 or self.workers < 0:
-            raise ValueError("filter: --batch-size, --clips, --dedup-frames and --chunk-frames must be >= 1, "
-                             "--workers >= 0")
-        if not (self.fps > 0 and self.piece_seconds > 0):
-            raise ValueError(f"filter: --fps and --piece-seconds must be > 0, got {self.fps}, {self.piece_seconds}")
-
-
-@dataclass
-class Shard:
-    """This process's part of a run: block b belongs to rank b % world (torchrun's RANK / WORLD_SIZE)."""
-    rank: int = 0
-    world: int = 1
-
-    def mine(self, num_blocks: int) -> range:
-        return range(self.rank, num_blocks, self.world)
-
-
-
 # ----------------------------------------------------------------------------------------------------------------------
-# 1. Decisions (Sec. 3.4; Sec. 3.5 for untrimmed videos)
+# 1. Decisions (Sec. 3.4; Sec. 3.5 for untrimmed videos), taken once over the whole crawl from what the teachers saw
 # ----------------------------------------------------------------------------------------------------------------------
 
-def ensemble(prob_list: Sequence[ArrayLike]) -> np.ndarray:
-    """Fig. 6: the average of several teachers' class probabilities, each (..., K) -> (..., K)."""
-    arrays = [np.asarray(p, dtype=np.float64) for p in prob_list]
-    if not arrays or any(a.shape != arrays[0].shape for a in arrays):
+def ensemble(prob_list: Sequence[ArrayLike | torch.Tensor]) -> torch.Tensor:
+    """Fig. 6: the average of several teachers' class probabilities, each (..., K) -> (..., K) float32."""
+    tensors = [torch.as_tensor(p, dtype=torch.float32) for p in prob_list]
+    if not tensors or any(t.shape != tensors[0].shape for t in tensors):
         raise ValueError(f"filter.ensemble: expected >= 1 probability arrays of one shape, got "
-                         f"{[a.shape for a in arrays]}")
-    return np.mean(arrays, axis=0)
+                         f"{[tuple(t.shape) for t in tensors]}")
+    return torch.stack(tensors).mean(dim=0)
 
 
-def keep_decision(probs: ArrayLike, query_labels: ArrayLike, mode: str = "query",
-                  threshold: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
-    """Sec. 3.4: which samples are kept and with which label.
+@dataclass
+class Scores:
+    """What the teachers saw of N samples, everything a rule decides from (the records' columns, float32 as
+    the teachers gave them; NaN / -1 where a sample was not scored: corrupt or a duplicate)."""
+    query: np.ndarray        # (N,) int64: the crawl query's class as a teacher class (-1: not a teacher class)
+    query_p: np.ndarray      # (N,) float32: p(query class) ('query' mode decides on it)
+    top_class: np.ndarray    # (N,) int64: argmax class ('pseudo' mode's label, Sec. 3.2's PseudoLabel)
+    top_p: np.ndarray        # (N,) float32: its probability ('pseudo' mode decides on it)
 
-    probs: (N, K) class probabilities; query_labels: (N,) the crawl query's class (-1: not a teacher class).
-    'query':  keep when probs[i, q_i] >= T, label q_i (a sample with q_i = -1 is never kept);
-    'pseudo': keep when max_k probs[i, k] >= T, label argmax_k (Sec. 3.2's PseudoLabel).
-    Returns (keep bool (N,), labels int64 (N,)); dropped samples get the label they would have had.
+    @classmethod
+    def of(cls, probs: ArrayLike | torch.Tensor, query_labels: ArrayLike) -> Scores:
+        """From (N, K) class probabilities and (N,) query classes."""
+        p = np.asarray(probs, dtype=np.float32)
+        query = np.asarray(query_labels, dtype=np.int64)
+        if p.ndim != 2 or query.shape != (len(p),):
+            raise ValueError(f"filter.Scores.of: expected probs (N, K) and query_labels (N,), got {p.shape} and "
+                             f"{query.shape}")
+        rows = np.arange(len(p))
+        top = np.nan_to_num(p, nan=-1.0).argmax(axis=1).astype(np.int64)
+        return cls(query, np.where(query >= 0, p[rows, np.maximum(query, 0)], np.float32(np.nan)), top, p[rows, top])
+
+
+def fixed_thresholds(labels: np.ndarray, p: np.ndarray, num_classes: int, threshold: float) -> np.ndarray:
+    """Sec. 3.4 (the paper's rule): every class is held to T. Returns (K,) per-class thresholds."""
+    return np.full(num_classes, float(threshold))
+
+
+def class_adaptive_thresholds(labels: np.ndarray, p: np.ndarray, num_classes: int, threshold: float) -> np.ndarray:
+    """Class-adaptive thresholds adapted from FlexMatch (Zhang et al., NeurIPS 2021): T_c = T * beta_c.
+
+    beta_c = (mean deciding probability of the samples labelled c) / (the largest such mean over classes), so
+    the class the teacher is most confident about keeps T and classes it finds hard get a lower bar. FlexMatch
+    estimates a class's learning effect from the number of confident predictions during training; here the crawl
+    is scored once, so the mean probability over all of the class's samples is the (linear) estimate. A class
+    with no scored sample keeps T (no sample is held to it). labels / p (N,): each sample's deciding label and
+    probability (NaN: not scored). Returns (K,) per-class thresholds.
     """
-    probs = np.asarray(probs, dtype=np.float64)
-    query = np.asarray(query_labels, dtype=np.int64)
-    if probs.ndim != 2 or query.shape != (len(probs),):
-        raise ValueError(f"filter.keep_decision: expected probs (N, K) and query_labels (N,), got "
-                         f"{probs.shape} and {query.shape}")
-    if mode == "query":
-        known = query >= 0
-        score = np.where(known, probs[np.arange(len(probs)), np.maximum(query, 0)], -np.inf)
-        return known & (score >= threshold), query.copy()
-    if mode == "pseudo":
-        labels = np.nan_to_num(probs, nan=-1.0).argmax(axis=1).astype(np.int64)
-        return probs.max(axis=1) >= threshold, labels
-    raise ValueError(f"filter.keep_decision: mode must be one of {MODES}, got {mode!r}")
+    ok = ~np.isnan(p) & (labels >= 0)
+    counts = np.bincount(labels[ok], minlength=num_classes)
+    sums = np.bincount(labels[ok], weights=p[ok].astype(np.float64), minlength=num_classes)
+    mean = np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
+    if not (counts > 0).any() or np.nanmax(mean) <= 0:
+        return np.full(num_classes, float(threshold))
+    return float(threshold) * np.where(counts > 0, mean / np.nanmax(mean), 1.0)
 
 
-def untrimmed_decision(unit_probs: ArrayLike, query: int, mode: str = "query",
-                       threshold: float = 0.5) -> tuple[bool, int, np.ndarray]:
-    """Sec. 3.5: decide a video from its units (1-FPS frames or 10-s pieces), unit_probs (U, K).
+# --rule: a rule maps each sample's deciding label and probability over the whole crawl to per-class thresholds
+RULES: dict[str, Callable[[np.ndarray, np.ndarray, int, float], np.ndarray]] = {
+    "fixed": fixed_thresholds, "class-adaptive": class_adaptive_thresholds}
 
-    The video's score of each class is its most confident unit's (max over units), so `keep_decision`
-    keeps it exactly when at least one unit is positive; positive units: probs[u, label] >= T.
-    Returns (keep bool, label int, positive bool (U,)).
+
+def keep_decision(scores: Scores, num_classes: int, mode: str = "query", threshold: float = 0.5,
+                  rule: str = "fixed") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Sec. 3.4: which samples are kept and with which label, decided over the whole crawl at once.
+
+    'query':  the deciding probability is p(query class), the label the query class (-1: never kept);
+    'pseudo': the deciding probability is the top probability, the label the argmax (Sec. 3.2's PseudoLabel).
+    A sample is kept when its deciding probability >= its class's threshold (`RULES[rule]`; 'fixed': T).
+    Returns (keep bool (N,), labels int64 (N,), threshold each sample was held to float64 (N,)).
     """
-    p = np.asarray(unit_probs, dtype=np.float64)
-    keep, labels = keep_decision(p.max(axis=0, keepdims=True), [query], mode, threshold)
-    label = int(labels[0])
-    positive = p[:, label] >= threshold if label >= 0 else np.zeros(len(p), dtype=bool)
-    return bool(keep[0]), label, positive
+    if mode not in MODES or rule not in RULES:
+        raise ValueError(f"filter.keep_decision: mode must be one of {MODES} and rule one of {tuple(RULES)}, got "
+                         f"{mode!r}, {rule!r}")
+    labels, p = (scores.query, scores.query_p) if mode == "query" else (scores.top_class, scores.top_p)
+    per_class = RULES[rule](labels, p, num_classes, threshold)                          # (K,)
+    held = np.where(labels >= 0, per_class[np.clip(labels, 0, num_classes - 1)], np.inf)
+    return (labels >= 0) & (p >= held), labels.copy(), held
+
+
+def untrimmed_scores(unit_probs: ArrayLike | torch.Tensor, query: int) -> tuple[np.ndarray, np.ndarray | None,
+                                                                                  np.ndarray]:
+    """Sec. 3.5: what decides an untrimmed video, from its units (1-FPS frames or 10-s windows) (U, K).
+
+    The video's probability of each class is its most confident unit's (max over units), so `keep_decision`
+    keeps it exactly when at least one unit is positive. Returns (the video's probabilities (K,), the units'
+    p(query class) (U,) (None without a query class), the units' p(the video's argmax class) (U,)).
+    """
+    p = np.asarray(unit_probs, dtype=np.float32)
+    video = p.max(axis=0)
+    top = int(np.nan_to_num(video, nan=-1.0).argmax())
+    return video, (p[:, query] if query >= 0 else None), p[:, top]
+
+
+def untrimmed_decision(unit_scores: ArrayLike, keep: bool, threshold: float) -> np.ndarray:
+    """Sec. 3.5: the positive units of a video: p(its label) >= the threshold it was held to; none when dropped.
+    unit_scores (U,) -> bool (U,)."""
+    s = np.asarray(unit_scores, dtype=np.float32)
+    return (s >= threshold) if keep else np.zeros(len(s), dtype=bool)
 
 
 def one_fps_indices(num_frames: int, video_fps: float, fps: float = 1.0) -> np.ndarray:
@@ -223,17 +259,76 @@ def one_fps_indices(num_frames: int, video_fps: float, fps: float = 1.0) -> np.n
     return idx if len(idx) else np.array([num_frames // 2], dtype=np.int64)
 
 
+def window_ranges(num_frames: int, video_fps: float, seconds: float = 10.0) -> np.ndarray:
+    """Sec. 3.5: the 10-s windows of an untrimmed video as frame ranges [first, stop) (P, 2), exactly the frames
+    data.cut_video puts in each piece: n = round(seconds * fps) frames each, a tail shorter than n / 2 joins
+    the last window, a video shorter than one window is one window."""
+    per = max(1, round(seconds * float(video_fps)))
+    num = max(1, int(num_frames / per + 0.5))
+    first = np.arange(num, dtype=np.int64) * per
+    stop = np.append(first[1:], num_frames)
+    return np.stack([first, stop], axis=1)
+
+
+@dataclass
+class FilterConfig:
+    """Knobs of one filtering run. Every field with a help string is the CLI flag of the same name
+    (`get_args_parser` builds them from here; 'cli_default' is the flag's default where main resolves it)."""
+    mode: str = field(default="query", metadata=dict(choices=MODES, help="'query': keep when p(query class) >= "
+                      "T, label = query; 'pseudo': keep when max p >= T, label = argmax (Sec. 3.4)"))
+    threshold: float = field(default=0.5, metadata=dict(help="T: keep when the deciding probability >= the "
+                             "threshold of its class (--rule)"))
+    rule: str = field(default="fixed", metadata=dict(choices=tuple(RULES), help="the threshold each class is held "
+                      "to: 'fixed' = T for every class (the paper's); 'class-adaptive' = T * (the class's mean "
+                      "deciding probability / the largest class mean), after FlexMatch"))
+    student: str = field(default="2d", metadata=dict(choices=STUDENTS, help="untrimmed videos: 2d = 1-FPS frames "
+                         "scored by 2D teachers + snippet sidecar; 3d = 10-s windows scored as clips (Sec. 3.5)"))
+    cut_pieces: bool = field(default=False, metadata=dict(help="--student 3d: cut kept videos into re-encoded "
+                             "10-s pieces OUT/raw/NAME/part_N.mp4 (MMAction2 RawVideoDataset lines) instead of "
+                             "listing their positive windows by time"))
+    clips: int | None = field(default=None, metadata=dict(type=int, help="video scoring: TSN segments / 3D clips "
+                              f'per video, centre crop (None: {DEFAULT_CLIPS["tsn"]} / {DEFAULT_CLIPS["3d"]})'))
+    fps: float = field(default=1.0, metadata=dict(help="--student 2d: rate of the scored frames"))
+    piece_seconds: float = field(default=10.0, metadata=dict(help="--student 3d: window / piece length in "
+                                 "seconds"))
+    chunk_frames: int = field(default=64, metadata=dict(help="untrimmed videos: frames decoded at once (full "
+                              "resolution: 64 frames of 1080p are 400 MB), whatever the length of the video"))
+    dedup_frames: int = field(default=3, metadata=dict(help="frames per video compared in de-duplication"))
+    batch_size: int = field(default=16, metadata=dict(help="samples per block: one decoding batch and one "
+                            "teacher forward (changing it between a crash and the rerun starts over)"))
+    workers: int = field(default=2, metadata=dict(help="DataLoader worker processes that decode (per rank)"))
+    device: str = field(default="cpu", metadata=dict(cli_default=None, help="cuda or cpu (None: cuda when "
+                        "available; under torchrun cuda:LOCAL_RANK)"))
+    amp: str = field(default="none", metadata=dict(choices=AMPS, cli_default=None, help="teachers' inference "
+                     "precision (torch.autocast; None: bf16 on CUDA GPUs that support it, none (fp32) on the CPU)"))
+    progress: bool = True          # progress lines on stderr (--quiet turns them off)
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES or self.student not in STUDENTS or self.amp not in AMPS or self.rule not in RULES:
+            raise ValueError(f"filter: --mode must be one of {MODES}, --student one of {STUDENTS}, --amp one of "
+                             f"{AMPS} and --rule one of {tuple(RULES)}, got {self.mode!r}, {self.student!r}, "
+                             f"{self.amp!r}, {self.rule!r}")
+        if not 0.0 <= self.threshold <= 1.0:
+            raise ValueError(f"filter: --threshold must lie in [0, 1], got {self.threshold}")
+        if min(self.batch_size, self.dedup_frames, self.clips or 1, self.chunk_frames) < 1 or self.workers < 0:
+            raise ValueError("filter: --batch-size, --clips, --dedup-frames and --chunk-frames must be >= 1, "
+                             "--workers >= 0")
+        if not (self.fps > 0 and self.piece_seconds > 0):
+            raise ValueError(f"filter: --fps and --piece-seconds must be > 0, got {self.fps}, {self.piece_seconds}")
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 # 2. Teachers
 # ----------------------------------------------------------------------------------------------------------------------
 
 def load_teachers(paths: Sequence[str | Path], device: str = "cpu", arch: str | None = None,
-                  classes: list[str] | None = None) -> list[nn.Module]:
-    """Checkpoints -> teachers in eval mode on `device` (same classes required).
+                  classes: list[str] | None = None, classes_from: str = "the source") -> list[nn.Module]:
+    """Checkpoints -> teachers in eval mode on `device` (the same class names required, in any order).
 
-    train.py checkpoints describe themselves. Any other format models.load_weights reads (MMAction2 0.x / 1.x,
-    e.g. the released OmniSource models, or a bare state dict) needs `arch` (--teacher-arch) and takes the
-    source's class names `classes`.
+    train.py checkpoints describe themselves, class names included (the source's query classes are matched
+    to them by name). Any other format models.load_weights reads (MMAction2 0.x / 1.x, e.g. the released
+    OmniSource models, or a bare state dict) carries no names: it needs `arch` (--teacher-arch), its outputs
+    are read against the source's class names `classes` in their order, and one line on stderr says so.
     """
     for p in paths:
         if not Path(p).is_file():
@@ -247,6 +342,9 @@ def load_teachers(paths: Sequence[str | Path], device: str = "cpu", arch: str | 
             hint = "" if arch else "; for an MMAction2 or other checkpoint give --teacher-arch"
             raise ValueError(f"--teacher {p}: not a usable checkpoint ({_first_line(err)}){hint}") from None
         t.source = str(p)
+        if arch is not None:
+            print(f"--teacher {p}: no class names in the file; its {len(classes)} outputs are read against the "
+                  f"class list of {classes_from}, in its order ({_preview(classes)})", file=sys.stderr)
         teachers.append(t.to(device).eval())
     check_teachers(teachers)
     return teachers
@@ -259,9 +357,9 @@ def check_teachers(teachers: Sequence[nn.Module], kinds: Collection[str] = (), s
     for t in teachers:
         if not hasattr(t, "spec") or not hasattr(t, "classes"):
             raise ValueError(f"filter: teacher {_name(t)} needs .spec (models.ArchSpec) and .classes")
-        if list(t.classes) != list(teachers[0].classes):
-            raise ValueError(f"--teacher {_name(t)}: its {len(t.classes)} classes differ from those of "
-                             f"--teacher {_name(teachers[0])}; an ensemble needs one class list")
+        if sorted(t.classes) != sorted(teachers[0].classes) or len(set(t.classes)) != len(t.classes):
+            raise ValueError(f"--teacher {_name(t)}: its {len(t.classes)} class names differ from those of "
+                             f"--teacher {_name(teachers[0])}; an ensemble needs the same classes (any order)")
     three_d = [_name(t) for t in teachers if t.spec.family != "tsn"]
     if three_d and "image" in kinds:
         raise ValueError(f"--teacher {three_d[0]} is a 3D teacher but the source has web images: images are "
@@ -269,6 +367,37 @@ def check_teachers(teachers: Sequence[nn.Module], kinds: Collection[str] = (), s
     if three_d and "untrimmed" in kinds and student == "2d":
         raise ValueError(f"--teacher {three_d[0]} is a 3D teacher but --student 2d scores untrimmed videos "
                          f"frame by frame at 1 FPS with 2D teachers (Sec. 3.5); give TSN teachers or --student 3d")
+
+
+def map_query_labels(samples: Samples, source_classes: list[str], teacher_classes: list[str],
+                     source: str = "source", mode: str = "query", teacher: str = "the teacher") -> np.ndarray:
+    """Each sample's query class as a teacher class index (-1: not a teacher class), matched by class name
+    exactly as data.map_labels matches an auxiliary source's classes to the target's (the same names in
+    another order are permuted, never read by position).
+
+    No shared class name at all is a one-line error naming the teacher's checkpoint in query mode (pseudo mode
+    needs no query class).
+    """
+    probe = [data.Sample(Path(str(k)), k, "image") for k in range(len(source_classes))]   # one per class
+    try:
+        mapped, _ = data.map_labels(probe, source_classes, teacher_classes, f"--source {source}")
+    except ValueError as err:
+        if mode == "query":
+            raise ValueError(f"{_first_line(err)} (the classes of --teacher {teacher}); query mode matches class "
+                             f"names (or use --mode pseudo)") from None
+        mapped = []
+    table = np.full(len(source_classes), -1, dtype=np.int64)
+    for s in mapped:
+        table[int(s.path.name)] = s.label
+    return table[_labels(samples)]
+
+
+def _foreign_teacher(path: str | Path, arch: str, classes: list[str]) -> nn.Module:
+    """A teacher from a checkpoint that does not describe itself: build `arch`, load strictly, attach classes."""
+    model = models.build_model(arch, len(classes))
+    models.load_weights(model, path)
+    model.classes = list(classes)
+    return model.eval()
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -279,8 +408,8 @@ class Scorer:
     """Ensemble probabilities of decoded batches: the teachers grouped by input (one decode per group).
 
     Teachers that take the same input (family, sampling, crop size) form a group; workers decode each sample
-    once per group (`loads`) into uint8 views, the main process normalises them on the device and runs the
-    group's teachers under cfg.amp's autocast, cfg.batch_size units per forward.
+    once per group (`loads`) into uint8 views; on the device models.predict normalises them and runs the group's
+    teachers in cfg.amp precision, cfg.batch_size units per forward.
     """
 
     def __init__(self, teachers: list[nn.Module], cfg: FilterConfig, single_frames: bool = False):
@@ -295,114 +424,38 @@ class Scorer:
                 key = (s.family, s.clip_len, s.frame_interval, cfg.clips or DEFAULT_CLIPS[s.family], s.crop_size)
             groups.setdefault(key, []).append(t)
         self.groups = list(groups.items())
+        # every teacher's outputs in the first teacher's class order, matched by name (Fig. 6 averages classes)
+        self.order = [torch.tensor([list(t.classes).index(c) for c in teachers[0].classes]) for t in teachers]
         # worker side, one per group: (sampling, uint8 centre-crop pipeline); workers are forked (Linux)
         self.loads = [(data.Sampling(clip_len=k[1], frame_interval=k[2], num_clips=k[3]),
-                       transforms.test_transform(k[0], k[4], "center", uint8=True)) for k, _ in self.groups]
-        self.dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.amp)
+                       transforms.test_transform(k[0], k[4], "center", uint8=True), transforms.short_side_for(k[4]))
+                      for k, _ in self.groups]
 
     def probs(self, views: list[torch.Tensor]) -> torch.Tensor:
-        """views: one uint8 (U, V, C, T, H, W) per group -> (U, K) float32 ensemble probabilities (Fig. 6)."""
-        n, total = len(views[0]), None
-        with torch.inference_mode(), torch.autocast(self.device.type, dtype=self.dtype or torch.float32,
-                                                    enabled=self.dtype is not None):
+        """views: one uint8 (U, V, C, T, H, W) per group -> (U, K) float32 ensemble probabilities (Fig. 6). Each
+        teacher combines its views as its architecture does (models.predict), in cfg.amp precision."""
+        n, per_teacher = len(views[0]), [[] for _ in self.teachers]
+        with torch.inference_mode():
             for (_, members), v in zip(self.groups, views):
                 for s in range(0, n, self.cfg.batch_size):
-                    x = transforms.normalize(v[s:s + self.cfg.batch_size].to(self.device, non_blocking=True))
+                    x = v[s:s + self.cfg.batch_size].to(self.device, non_blocking=True)
                     for t in members:
-                        p = models.predict(self.teachers[t], x, self.teachers[t].spec).float()   # (u, K)
-                        if total is None:
-                            total = torch.zeros(n, p.shape[1], device=p.device)
-                        total[s:s + len(p)] += p
-        return (total / len(self.teachers)).cpu()
+                        net = self.teachers[t]
+                        p = models.predict(net, x, net.spec, self.cfg.amp)                       # (u, K)
+                        per_teacher[t].append(p[:, self.order[t].to(p.device)])
+        return ensemble([torch.cat(p) for p in per_teacher]).cpu()                          # (U, K)
 
 
-def score_clips(samples: Samples, teachers: list[nn.Module], cfg: FilterConfig,
-                what: str = "samples") -> tuple[np.ndarray, dict[int, str]]:
-    """Ensemble class probabilities of images, short videos or frame folders (in memory: small lists).
-
-    A list should hold one kind (an image and a video give inputs of different lengths).
-    Returns (probs (N, K) float32 with NaN rows for samples that failed, errors {index: message}).
-    """
-    scorer = Scorer(teachers, cfg)
-    probs = np.full((len(samples), len(teachers[0].classes)), np.nan, dtype=np.float32)
-    errors = {}
-    blocks = [np.arange(s, min(s + cfg.batch_size, len(samples))) for s in range(0, len(samples), cfg.batch_size)]
-    for _, ids, _, views, errs in _run_blocks(samples, blocks, _Load(_load_clip, scorer.loads), cfg,
-                                             f"scoring {what}"):
-        errors.update(errs)
-        if len(ids):
-            probs[ids] = scorer.probs(views).numpy()
-    return probs, errors
-
-
-class _Blocks(torch.utils.data.Dataset):
-    """Worker side: block k (sample indices) -> (k, good ids, units per id, one collated uint8 tensor per
-    load, {id: message} of the samples that could not be read). Nothing per sample crosses the queue."""
-
-    def __init__(self, samples: Samples, blocks: list[np.ndarray], load: Callable):
-        self.samples, self.blocks, self.load = samples, blocks, load
-
-    def __len__(self) -> int:
-        return len(self.blocks)
-
-    def __getitem__(self, k: int) -> tuple:
-        ids, counts, parts, errors = [], [], [], {}
-        for i in self.blocks[k]:
-            i = int(i)
-            try:
-                views = self.load(self.samples[i])                  # one (U, ...) uint8 tensor per group
-            except Exception as err:   # PyAV, Pillow and the OS raise many unrelated types: all mean "unreadable"
-                errors[i] = f"{type(err).__name__}: {_first_line(err)}"
-                continue
-            ids.append(i)
-            counts.append(len(views[0]))
-            parts.append(views)
-        cat = [torch.cat([p[g] for p in parts]) for g in range(len(parts[0]))] if parts else []
-        return k, np.asarray(ids, dtype=np.int64), np.asarray(counts, dtype=np.int64), cat, errors
-
-
-def _run_blocks(samples: Samples, blocks: list[np.ndarray], load: Callable, cfg: FilterConfig, what: str,
-                todo: Iterable[int] | None = None) -> Iterator[tuple]:
-    """Decode the blocks `todo` (default all) in DataLoader workers; yields `_Blocks` items in order."""
-    todo = list(range(len(blocks))) if todo is None else list(todo)
-    if not todo:   # nothing to decode: no worker processes
-        return
-    ds = torch.utils.data.Subset(_Blocks(samples, blocks, load), todo)
-    loader = torch.utils.data.DataLoader(ds, batch_size=None, num_workers=cfg.workers, collate_fn=_as_is,
-                                         pin_memory=torch.device(cfg.device).type == "cuda")
-    progress, failed = _Progress(what, sum(len(blocks[k]) for k in todo), cfg.progress), 0
-    for item in loader:
-        yield item
-        failed += len(item[4])
-        progress.update(len(blocks[item[0]]), failed)
-    progress.close()
-
-
-class _UnitStream(torch.utils.data.IterableDataset):
-    """Worker side, Sec. 3.5: untrimmed videos -> chunks of at most `per_chunk` units (1-FPS frames, 10-s
-    windows, or the pieces of a raw sample), so a long video is never one tensor. Yields
-    (index, first unit, number of units, one uint8 (u, 1, C, T, h, w) tensor per load, (unit info, frame rate),
-    error);
-    the videos are split over the workers (video k -> worker k % workers)."""
-
-    def __init__(self, samples: Samples, todo: np.ndarray, route: str, cfg: FilterConfig, loads: Loads):
-        self.samples, self.todo, self.route, self.loads = samples, todo, route, loads
-        self.fps, self.seconds = cfg.fps, cfg.piece_seconds
-        self.per_chunk = max(1, cfg.chunk_frames // max(s.num_frames for s, _ in loads))
-
-    def __iter__(self) -> Iterator[tuple]:
-        info = torch.utils.data.get_worker_info()
-        worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
-        for k in range(worker, len(self.todo), workers):
-            i = int(self.todo[k])
-            try:
-                plan, unit_info, rate = _unit_plan(self.samples[i], self.route, self.fps, self.seconds, self.loads)
-                for s in range(0, len(unit_info), self.per_chunk):
-                    views = [_load_units(plan[g][s:s + self.per_chunk], transform)
-                             for g, (_, transform) in enumerate(self.loads)]
-                    yield i, s, len(unit_info), views, (unit_info[s:s + self.per_chunk], rate), None
-            except Exception as err:   # unreadable at any chunk: the video is corrupt (Sec. 3.3)
-                yield i, -1, 0, None, None, f"{type(err).__name__}: {_first_line(err)}"
+def _load_clip(sample: data.Sample, loads: Loads) -> list[torch.Tensor]:
+    """Worker: image (one frame) or video (test sampling of each group) -> [uint8 (1, 1, C, T, h, w)] per group."""
+    out = []
+    for sampling, transform, short_side in loads:
+        if sample.kind == "image":   # draft mode: a large JPEG is decoded reduced (data.read_image)
+            frames = _decode(data.read_image, sample.path, short_side)[None]   # (1, H, W, 3)
+        else:
+            frames = _read_sampled(sample, sampling)                          # (clips * L, H, W, 3)
+        out.append(transform(frames)[None])
+    return out
 
 
 def _unit_plan(sample: data.Sample, route: str, fps: float, seconds: float,
@@ -413,28 +466,16 @@ def _unit_plan(sample: data.Sample, route: str, fps: float, seconds: float,
     path = Path(sample.path)
     if route == "raw":
         parts = [path / data.PART_TMPL.format(j) for j in range(sample.num_parts)]
-        counts = [data.count_frames(p) for p in parts]
-        plan = [[(p, _test_indices(n, sampling), n) for p, n in zip(parts, counts)] for sampling, _ in loads]
+        counts = [_decode(data.count_frames, p) for p in parts]
+        plan = [[(p, _test_indices(n, sampling), n) for p, n in zip(parts, counts)] for sampling, _, _ in loads]
         return plan, np.arange(len(parts)), None
-    n = data.count_frames(path)
-    rate = data.video_fps(path)
+    n, rate = _decode(data.count_frames, path), _decode(data.video_fps, path)
     if route == "one_fps":
         idx = one_fps_indices(n, rate, fps)
         return [[(path, np.array([f]), n) for f in idx] for _ in loads], idx, rate
     ranges = window_ranges(n, rate, seconds)
-    plan = [[(path, a + _test_indices(b - a, sampling), n) for a, b in ranges] for sampling, _ in loads]
+    plan = [[(path, a + _test_indices(b - a, sampling), n) for a, b in ranges] for sampling, _, _ in loads]
     return plan, ranges, rate
-
-
-def window_ranges(num_frames: int, video_fps: float, seconds: float = 10.0) -> np.ndarray:
-    """Sec. 3.5: the 10-s windows of an untrimmed video as frame ranges [first, stop) (P, 2), exactly the frames
-    data.cut_video puts in each piece: n = round(seconds * fps) frames each, a tail shorter than n / 2 joins
-    the last window, a video shorter than one window is one window."""
-    per = max(1, round(seconds * float(video_fps)))
-    num = max(1, int(num_frames / per + 0.5))
-    first = np.arange(num, dtype=np.int64) * per
-    stop = np.append(first[1:], num_frames)
-    return np.stack([first, stop], axis=1)
 
 
 def _load_units(units: list[tuple], transform: Callable) -> torch.Tensor:
@@ -447,7 +488,7 @@ def _load_units(units: list[tuple], transform: Callable) -> torch.Tensor:
         path, count = units[s][0], units[s][2]
         idx = np.concatenate([u[1] for u in units[s:e]])
         # (u * T, H, W, 3); a container count one frame too high repeats the last frame, more is a truncated file
-        frames, _ = data.read_frames_lenient(path, count, lambda n: np.minimum(idx, n - 1), max_missing=1)
+        frames, _ = _decode(data.read_frames_lenient, path, count, lambda n: np.minimum(idx, n - 1), 1)
         views = transform(frames)                                               # (1, C, u * T, h, w)
         c, t = views.shape[1], len(units[s][1])
         out.append(views.reshape(c, e - s, t, *views.shape[-2:]).transpose(0, 1).unsqueeze(1))
@@ -455,23 +496,11 @@ def _load_units(units: list[tuple], transform: Callable) -> torch.Tensor:
     return torch.cat(out).contiguous()
 
 
-def _load_clip(sample: data.Sample, loads: Loads) -> list[torch.Tensor]:
-    """Worker: image (one frame) or video (test sampling of each group) -> [uint8 (1, 1, C, T, h, w)] per group."""
-    out = []
-    for sampling, transform in loads:
-        if sample.kind == "image":
-            frames = data.read_frames(sample.path, [0])                       # (1, H, W, 3)
-        else:
-            frames = _read_sampled(sample, sampling)                          # (clips * L, H, W, 3)
-        out.append(transform(frames)[None])
-    return out
-
-
 def _read_sampled(sample: data.Sample, sampling: data.Sampling) -> np.ndarray:
     """Test-mode sampled frames (L, H, W, 3); a frame count one too high is corrected, a file that decodes to
     fewer frames than that is truncated: an error (Sec. 3.3)."""
-    n = sample.num_frames or data.count_frames(sample.path)
-    return data.read_frames_lenient(sample.path, n, lambda m: _test_indices(m, sampling), max_missing=1)[0]
+    n = sample.num_frames or _decode(data.count_frames, sample.path)
+    return _decode(data.read_frames_lenient, sample.path, n, lambda m: _test_indices(m, sampling), 1)[0]
 
 
 def _test_indices(n: int, sampling: data.Sampling) -> np.ndarray:
@@ -515,9 +544,6 @@ class Whitening:
         scale = 1.0 / torch.sqrt(lam + shrink * lam.mean())
         return cls(mean.numpy(), (vec * scale)[:, :dims].numpy())
 
-    def __call__(self, feats: ArrayLike) -> np.ndarray:
-        return _l2(((np.asarray(feats, dtype=np.float64) - self.mean) @ self.proj))
-
     def apply(self, feats: torch.Tensor) -> torch.Tensor:
         """On the features' device in float32: (N, D) -> whitened, reduced, L2-normalised (N, k)."""
         mean = torch.as_tensor(self.mean, dtype=torch.float32, device=feats.device)
@@ -525,45 +551,133 @@ class Whitening:
         return torch.nn.functional.normalize((feats.float() - mean) @ proj, dim=1, eps=1e-12)
 
 
-def dedup_threshold(crop_feats: ArrayLike) -> float:
+def dedup_threshold(crop_feats: ArrayLike | torch.Tensor) -> float:
     """Sec. 3.3: the mean cosine similarity between different crops of the same frame.
 
-    crop_feats: (M, V, D) features of V >= 2 crops of each of M frames (whitened or not).
+    crop_feats: (M, V, D) features of V >= 2 crops of each of M frames (whitened or not), on any device.
     """
-    f = np.asarray(crop_feats, dtype=np.float64)
+    f = crop_feats if torch.is_tensor(crop_feats) else torch.as_tensor(np.asarray(crop_feats, dtype=np.float32))
     if f.ndim != 3 or f.shape[1] < 2 or len(f) == 0:
-        raise ValueError(f"filter.dedup_threshold: expected (M >= 1, V >= 2, D) crop features, got {f.shape}")
-    f = _l2(f)
-    sims = np.einsum("mvd,mwd->mvw", f, f)                         # (M, V, V)
-    iu = np.triu_indices(f.shape[1], k=1)
-    return float(sims[:, iu[0], iu[1]].mean())
+        raise ValueError(f"filter.dedup_threshold: expected (M >= 1, V >= 2, D) crop features, got "
+                         f"{tuple(f.shape)}")
+    f = torch.nn.functional.normalize(f.float(), dim=2, eps=1e-12)
+    iu = torch.triu_indices(f.shape[1], f.shape[1], offset=1)
+    return float(torch.einsum("mvd,mwd->mvw", f, f)[:, iu[0], iu[1]].double().mean())   # (M, V, V) -> pairs
 
 
 def best_match(web: torch.Tensor, val: torch.Tensor,
                chunk_bytes: int = 128 << 20) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sec. 3.3 at scale: each web row's most similar val row, (N, d) x (M, d) L2-normalised float tensors on
-    one device -> (similarity (N,), val row (N,)). The (rows, M) similarities of one chunk of web rows at a
-    time (at most chunk_bytes): memory is the val features plus one chunk."""
+    """Sec. 3.3 at scale: each web row's most similar val row by cosine similarity, web (N, d) float on any device
+    x val (M, d) L2-normalised on the device -> (similarity (N,), val row (N,)) on the device. One chunk of web
+    rows at a time is moved, normalised and compared ((rows, M) similarities, at most chunk_bytes): memory is the
+    val features plus one chunk, never a normalised copy of the web array."""
     rows = max(1, chunk_bytes // (4 * max(1, len(val))))
-    sims, best = torch.empty(len(web), device=web.device), torch.empty(len(web), dtype=torch.long,
-                                                                        device=web.device)
+    sims = torch.empty(len(web), device=val.device)
+    best = torch.empty(len(web), dtype=torch.long, device=val.device)
     for s in range(0, len(web), rows):
-        sims[s:s + rows], best[s:s + rows] = (web[s:s + rows] @ val.T).max(dim=1)     # (rows, M) -> (rows,)
+        w = torch.nn.functional.normalize(web[s:s + rows].to(val.device, torch.float32), dim=1, eps=1e-12)
+        sims[s:s + rows], best[s:s + rows] = (w @ val.T).max(dim=1)                  # (rows, M) -> (rows,)
     return sims, best
 
 
-def find_duplicates(web_feats: ArrayLike, val_feats: ArrayLike, threshold: float,
-                    device: str = "cpu") -> list[tuple[int, int, float]]:
+def find_duplicates(web_feats: ArrayLike | torch.Tensor, val_feats: ArrayLike | torch.Tensor, threshold: float,
+                    device: str | torch.device | None = None) -> list[tuple[int, int, float]]:
     """Sec. 3.3: web rows whose best cosine similarity to any val row is above `threshold`.
 
-    web_feats (N, D), val_feats (M, D) (whiten them first). Returns [(web row, val row, similarity)].
+    web_feats (N, D), val_feats (M, D) (whitened: `Whitening.apply`), arrays or tensors; compared on `device`
+    (default: the val features' device). Returns [(web row, val row, similarity)].
     """
-    w, v = (torch.as_tensor(np.asarray(f, dtype=np.float32), device=device) for f in (web_feats, val_feats))
+    w, v = (f if torch.is_tensor(f) else torch.as_tensor(np.asarray(f, dtype=np.float32))
+            for f in (web_feats, val_feats))
     if w.ndim != 2 or v.ndim != 2 or w.shape[1] != v.shape[1]:
         raise ValueError(f"filter.find_duplicates: expected (N, D) and (M, D), got {tuple(w.shape)}, "
                          f"{tuple(v.shape)}")
-    sims, best = best_match(torch.nn.functional.normalize(w, dim=1), torch.nn.functional.normalize(v, dim=1))
-    return [(int(i), int(best[i]), float(sims[i])) for i in torch.nonzero(sims > threshold).flatten()]
+    v = torch.nn.functional.normalize(v.to(device or v.device, torch.float32), dim=1, eps=1e-12)
+    sims, best = best_match(w, v)
+    hits = torch.nonzero(sims > threshold).flatten().cpu()
+    return [(int(i), int(best[i]), float(sims[i])) for i in hits]
+
+
+def deduplicate(samples: Samples, query: np.ndarray, val_samples: Samples, extractor: FrameFeatures,
+                cfg: FilterConfig, work: Work, prefix: Path) -> dict:
+    """Sec. 3.3 over this rank's blocks of the web source: samples with a frame too similar to a val frame
+    (`find_duplicates` on whitened features; a sample's most similar frame is reported) and unreadable samples
+    are recorded in the work folder and left out of scoring. Resumable (WORK/dedup-RANK.jsonl: finished
+    blocks). Returns (the indices removed by ALL ranks, the info for the report)."""
+    reference = fit_dedup_reference(val_samples, [samples[i] for i in _whitening_subset(len(samples))], extractor,
+                                    cfg, work)
+    idx = np.arange(len(samples))
+    blocks = [idx[s:s + cfg.batch_size] for s in range(0, len(idx), cfg.batch_size)]
+    finished = {json.loads(line)["b"] for _, _, line in work.lines("dedup")}
+    todo = [k for k in work.shard.mine(len(blocks)) if k not in finished]
+    load = _DedupLoad(cfg.dedup_frames, extractor.crop_size, 1)
+    val_base = _common_folder(val_samples)
+    for k, ids, counts, views, errors in _run_blocks(samples, blocks, load, cfg, "de-duplication: web frames"
+                                                     f"{_rank_tag(work.shard)}", todo):
+        records = [_corrupt(i, samples[i], query[i], prefix, m) for i, m in errors.items()]
+        if len(ids):
+            feats = reference["white"].apply(_features(extractor, views[0], cfg)[:, 0])        # (R, d)
+            owner, best = np.repeat(ids, counts), {}
+            for row, j, sim in find_duplicates(feats, reference["val"], reference["threshold"]):
+                if sim > best.get(owner[row], (0, -np.inf))[1]:
+                    best[owner[row]] = (int(reference["owner"][j]), sim)
+            for i, (j, sim) in sorted((int(i), m) for i, m in best.items()):
+                records.append(dict(_base_record(i, samples[i], query[i], prefix), status="duplicate",
+                                    duplicate_of=_rel(val_samples[j].path, val_base), val_index=j,
+                                    similarity=round(sim, 4)))
+        records.sort(key=lambda r: r["i"])
+        work.append("records", records)
+        work.append("dedup", [dict(b=k, removed=[r["i"] for r in records])])
+    _barrier()
+    removed, seen = [], set()
+    for _, _, line in work.lines("dedup"):
+        r = json.loads(line)
+        if r["b"] not in seen:
+            seen.add(r["b"])
+            removed += r["removed"]
+    if len(seen) < len(blocks):
+        raise RuntimeError(f"filter: de-duplication finished {len(seen)} of {len(blocks)} blocks in {work.folder}")
+    return dict(removed=np.asarray(removed, dtype=np.int64), info=reference["info"])
+
+
+def fit_dedup_reference(val_samples: Samples, web_subset: Samples, extractor: FrameFeatures, cfg: FilterConfig,
+                        work: Work) -> dict:
+    """Sec. 3.3, the val side, computed once into WORK/dedup-val.pt and read by every rank: the whitening fitted
+    on the union of the val frames and `web_subset` (a fixed, evenly spaced subset of the web source, so every
+    rank and every rerun agree), the crop threshold (`dedup_threshold`) and the whitened val centre crops (M, d).
+    Every rank extracts its share of the frames (WORK/dedup-feats-RANK-of-WORLD.pt); rank 0 joins them in sample
+    order (the features one process extracts) and fits."""
+    path, shard = work.folder / "dedup-val.pt", work.shard
+    mine = work.folder / f"dedup-feats-{shard.rank:05d}-of-{shard.world:05d}.pt"   # another rank count: afresh
+    if not path.is_file() and not mine.is_file():
+        val = extract_features(val_samples, extractor, cfg, DEDUP_CROPS, f"de-duplication: val frames"
+                               f"{_rank_tag(shard)}", shard)
+        web = extract_features(web_subset, extractor, cfg, 1, f"de-duplication: web frames for the whitening"
+                               f"{_rank_tag(shard)}", shard)
+        _save_atomic(dict(val=val[0], val_owner=torch.from_numpy(val[1]), val_errors=len(val[2]), web=web[0],
+                          web_owner=torch.from_numpy(web[1])), mine)
+    _barrier()
+    if shard.rank == 0 and not path.is_file():
+        parts = [torch.load(p, map_location="cpu", weights_only=True)
+                 for p in sorted(work.folder.glob(f"dedup-feats-*-of-{shard.world:05d}.pt"))]
+        val, owner = _in_sample_order([(p["val"], p["val_owner"]) for p in parts])
+        web, _ = _in_sample_order([(p["web"], p["web_owner"]) for p in parts])
+        if not len(val):
+            raise ValueError(f"--dedup-against: none of the {len(val_samples)} val videos could be read")
+        m, v, d = val.shape
+        white = Whitening.fit(torch.cat([web[:, -1], val[:, -1]]))     # centre crops of the web subset and val
+        crops = white.apply(val.reshape(m * v, d)).reshape(m, v, -1)
+        threshold = dedup_threshold(crops)
+        info = dict(extractor=extractor.name, crops=DEDUP_CROPS, frames_per_video=cfg.dedup_frames,
+                    dims=int(white.proj.shape[1]), whitening_web_frames=len(web),
+                    val_videos=len(set(owner.tolist())), val_unreadable=sum(int(p["val_errors"]) for p in parts),
+                    val_frames=m, threshold=threshold)
+        _save_atomic(dict(mean=torch.from_numpy(white.mean), proj=torch.from_numpy(white.proj), threshold=threshold,
+                          val=crops[:, -1].contiguous(), owner=torch.from_numpy(owner), info=info), path)
+    _barrier()
+    saved = torch.load(path, map_location="cpu", weights_only=True)
+    return dict(white=Whitening(saved["mean"].numpy(), saved["proj"].numpy()), threshold=saved["threshold"],
+                val=saved["val"].to(cfg.device), owner=saved["owner"].numpy(), info=saved["info"])
 
 
 class FrameFeatures(nn.Module):
@@ -607,6 +721,28 @@ def build_extractor(teachers: list[nn.Module], checkpoint: str | None = None, de
     return FrameFeatures(net, 224, f"resnet50 from {path}").to(device).eval()
 
 
+def extract_features(samples: Samples, extractor: FrameFeatures, cfg: FilterConfig, crops: int, what: str,
+                     shard: Shard) -> tuple[torch.Tensor, np.ndarray, dict]:
+    """Frame features for de-duplication: an image is one frame, a video cfg.dedup_frames frames.
+
+    crops=1: the centre crop; crops=5: the four corners and the centre (centre last). Only `shard`'s blocks
+    (block b of cfg.batch_size samples -> rank b % world). Returns (features (R, crops, D) float32
+    on the CPU, owner (R,) sample index of each frame row, errors {index: message}).
+    """
+    load = _DedupLoad(cfg.dedup_frames, extractor.crop_size, crops)
+    blocks = [np.arange(s, min(s + cfg.batch_size, len(samples))) for s in range(0, len(samples), cfg.batch_size)]
+    todo = shard.mine(len(blocks))
+    feats, owner, errors = [], [], {}
+    for _, ids, counts, views, errs in _run_blocks(samples, blocks, load, cfg, what, todo):
+        errors.update(errs)
+        if len(ids):
+            feats.append(_features(extractor, views[0], cfg).cpu())
+            owner.append(np.repeat(ids, counts))
+    if not feats:
+        return torch.zeros(0, crops, 0), np.zeros(0, np.int64), errors
+    return torch.cat(feats), np.concatenate(owner), errors
+
+
 def _features(extractor: FrameFeatures, views: torch.Tensor, cfg: FilterConfig) -> torch.Tensor:
     """uint8 frames (N, V, C, H, W) -> float32 features (N, V, D) on the device, cfg.batch_size frames a forward."""
     n, v = views.shape[:2]
@@ -619,92 +755,6 @@ def _features(extractor: FrameFeatures, views: torch.Tensor, cfg: FilterConfig) 
     return torch.cat(out) if out else torch.zeros(0, v, 0)
 
 
-def extract_features(samples: Samples, extractor: FrameFeatures, cfg: FilterConfig, crops: int = 1,
-                     what: str = "frames") -> tuple[torch.Tensor, np.ndarray, dict[int, str]]:
-    """Frame features for de-duplication: an image is one frame, a video cfg.dedup_frames frames.
-
-    crops=1: the centre crop; crops=5: the four corners and the centre (centre last).
-    Returns (features (R, crops, D) float32 on the device, owner (R,) sample index of each frame row,
-    errors {index: message}).
-    """
-    load = _DedupLoad(cfg.dedup_frames, extractor.crop_size, crops)
-    blocks = [np.arange(s, min(s + cfg.batch_size, len(samples))) for s in range(0, len(samples), cfg.batch_size)]
-    feats, owner, errors = [], [], {}
-    for _, ids, counts, views, errs in _run_blocks(samples, blocks, load, cfg, what):
-        errors.update(errs)
-        if len(ids):
-            feats.append(_features(extractor, views[0], cfg))
-            owner.append(np.repeat(ids, counts))
-    if not feats:
-        return torch.zeros(0, crops, 0), np.zeros(0, np.int64), errors
-    return torch.cat(feats), np.concatenate(owner), errors
-
-
-def fit_dedup_reference(val_samples: Samples, extractor: FrameFeatures, cfg: FilterConfig,
-                        web_samples: Samples = ()) -> dict:
-    """Sec. 3.3, the val side: whitening fitted on the union of the val frames and `web_samples` (a fixed,
-    evenly spaced subset of the web source, so every rank and every rerun agree), the crop threshold, and the
-    whitened val centre crops (M, d) float32 against which web frames are compared."""
-    val, owner, errors = extract_features(val_samples, extractor, cfg, crops=DEDUP_CROPS,
-                                          what="de-duplication: val frames")
-    if not len(val):
-        raise ValueError(f"--dedup-against: none of the {len(val_samples)} val videos could be read")
-    web = extract_features(web_samples, extractor, cfg, what="de-duplication: web frames for the whitening")[0] \
-        if len(web_samples) else val[:0]
-    m, v, d = val.shape
-    # 1. whitening fitted on the centre crops of the val frames and of the web subset's frames
-    white = Whitening.fit(torch.cat([web[:, -1].to(val.device), val[:, -1]]))
-    crops = white.apply(val.reshape(m * v, d)).reshape(m, v, -1)
-    # 2. threshold: mean similarity between different crops of the same val frame
-    iu = torch.triu_indices(v, v, offset=1)
-    threshold = float(torch.einsum("mvd,mwd->mvw", crops, crops)[:, iu[0], iu[1]].double().mean())
-    info = dict(extractor=extractor.name, crops=DEDUP_CROPS, frames_per_video=cfg.dedup_frames,
-                dims=int(white.proj.shape[1]), whitening_web_frames=len(web), val_videos=len(set(owner.tolist())),
-                val_unreadable=len(errors), val_frames=m, threshold=threshold)
-    return dict(white=white, threshold=threshold, val=crops[:, -1].contiguous(), owner=owner, info=info)
-
-
-def _whitening_subset(idx: np.ndarray, size: int = 10000) -> np.ndarray:
-    """Evenly spaced web samples (at most `size`) whose frames join the val frames in the whitening fit."""
-    return idx if len(idx) <= size else idx[np.linspace(0, len(idx) - 1, size).round().astype(np.int64)]
-
-
-def match_web(extractor: FrameFeatures, views: torch.Tensor, counts: np.ndarray, reference: dict,
-              cfg: FilterConfig) -> list[tuple[float, int]]:
-    """Web frames (R, 1, C, H, W) uint8 of samples with `counts` frames each -> per sample (best similarity,
-    val sample index): a sample's most similar frame decides (Sec. 3.3)."""
-    feats = _features(extractor, views, cfg)[:, 0]                                 # (R, D)
-    sims, best = best_match(reference["white"].apply(feats), reference["val"].to(feats.device))
-    sims, best = sims.cpu().numpy(), best.cpu().numpy()
-    out, s = [], 0
-    for c in counts:
-        k = s + int(np.argmax(sims[s:s + c]))
-        out.append((float(sims[k]), int(reference["owner"][best[k]])))
-        s += c
-    return out
-
-
-def deduplicate(samples: Samples, val_samples: Samples, extractor: FrameFeatures,
-                cfg: FilterConfig) -> tuple[dict[int, tuple[int, float]], dict, dict[int, str]]:
-    """Sec. 3.3 in memory (small lists): web samples with a frame too similar to a val frame.
-
-    Returns (duplicates {web index: (val index, similarity)}, info dict for the report, web read errors).
-    """
-    reference = fit_dedup_reference(val_samples, extractor, cfg,
-                                    [samples[i] for i in _whitening_subset(np.arange(len(samples)))])
-    load = _DedupLoad(cfg.dedup_frames, extractor.crop_size, 1)
-    blocks = [np.arange(s, min(s + cfg.batch_size, len(samples))) for s in range(0, len(samples), cfg.batch_size)]
-    dups, errors, frames = {}, {}, 0
-    for _, ids, counts, views, errs in _run_blocks(samples, blocks, load, cfg, "de-duplication: web frames"):
-        errors.update(errs)
-        if len(ids):
-            frames += int(counts.sum())
-            for i, (sim, j) in zip(ids, match_web(extractor, views[0], counts, reference, cfg)):
-                if sim > reference["threshold"]:
-                    dups[int(i)] = (j, sim)
-    return dups, dict(reference["info"], web_frames=frames), errors
-
-
 class _DedupLoad:
     """Worker: frames of a sample for de-duplication -> [uint8 views (F, crops, C, H, W)]."""
 
@@ -712,8 +762,8 @@ class _DedupLoad:
         self.num_frames, self.crop, self.crops = num_frames, crop, crops
 
     def __call__(self, sample: data.Sample) -> list[torch.Tensor]:
-        if sample.kind == "image":
-            frames = data.read_frames(sample.path, [0])
+        if sample.kind == "image":   # draft mode, as for scoring
+            frames = _decode(data.read_image, sample.path, transforms.short_side_for(self.crop))[None]
         elif sample.kind == "raw":
             piece = Path(sample.path) / data.PART_TMPL.format(sample.pos_clips[0] if sample.pos_clips else 0)
             frames = _read_sampled(data.Sample(piece, sample.label, "video"), data.Sampling(1, 1, self.num_frames))
@@ -725,24 +775,428 @@ class _DedupLoad:
         return [transforms.ToUint8Tensor()(views).permute(2, 0, 1, 3, 4)]     # (F, crops, C, H, W)
 
 
+def _whitening_subset(n: int, size: int = 10000) -> np.ndarray:
+    """Evenly spaced web samples (at most `size` of n) whose frames join the val frames in the whitening fit."""
+    return np.arange(n) if n <= size else np.linspace(0, n - 1, size).round().astype(np.int64)
+
+
+def _in_sample_order(parts: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, np.ndarray]:
+    """Feature rows of every rank's blocks, (rows, owner sample index) each -> all rows ordered by sample (a
+    sample's frames stay in their order): the rows one process extracts."""
+    parts = [(f, o) for f, o in parts if len(o)]
+    if not parts:
+        return torch.zeros(0, DEDUP_CROPS, 0), np.zeros(0, np.int64)
+    owner = torch.cat([o for _, o in parts]).numpy()
+    order = np.argsort(owner, kind="stable")
+    return torch.cat([f for f, _ in parts])[torch.from_numpy(order)], owner[order]
+
+
 # ----------------------------------------------------------------------------------------------------------------------
-# 5. The whole filter on one source: sharded over ranks, resumable, streaming
+# 5. The whole filter on one source: score, decide once, cut what is kept
+# ----------------------------------------------------------------------------------------------------------------------
+
+def run_filter(samples: Samples, query: np.ndarray, teachers: list[nn.Module], cfg: FilterConfig, work: Work,
+               prefix: Path, val_samples: Samples | None = None,
+               extractor: FrameFeatures | None = None) -> dict | None:
+    """This rank's share of Sec. 3.3-3.5's scoring: invalid and corrupted files (found while decoding) and
+    duplicates are recorded and left out, every other sample gets a record of what the teachers saw (its
+    query-class and top probabilities; per unit of an untrimmed video). Nothing is decided here: `decide` does
+    it once over the whole crawl. Appended to the work folder's records; resumes where they stop.
+
+    Returns the de-duplication info (None without val_samples). Ends at a barrier.
+    """
+    n, shard = len(samples), work.shard
+    routes = _route_codes(samples, cfg.student)
+    active, info = np.ones(n, dtype=bool), None
+    # 1. Sec. 3.3: duplicates and unreadable files found here are recorded and left out of scoring
+    if val_samples is not None:
+        dedup = deduplicate(samples, query, val_samples, extractor, cfg, work, prefix)
+        active[dedup["removed"]] = False
+        info = dedup["info"]
+    done = work.done(n)
+    # 2. images and short videos: blocks of cfg.batch_size, one forward each (Sec. 3.4)
+    scorer = Scorer(teachers, cfg)
+    for code in (ROUTES.index("images"), ROUTES.index("videos")):
+        idx = np.flatnonzero(active & (routes == code))
+        blocks = [idx[s:s + cfg.batch_size] for s in range(0, len(idx), cfg.batch_size)]
+        todo = [k for k in shard.mine(len(blocks)) if not done[blocks[k]].all()]
+        load = _Load(_load_clip, scorer.loads)
+        for k, ids, _, views, errors in _run_blocks(samples, blocks, load, cfg, f"scoring {ROUTES[code]}"
+                                                    f"{_rank_tag(shard)}", todo):
+            records = [_corrupt(i, samples[i], query[i], prefix, m) for i, m in errors.items()]
+            if len(ids):
+                records += [_score_record(_base_record(i, samples[i], query[i], prefix), p, int(query[i]))
+                            for i, p in zip(ids.tolist(), scorer.probs(views).numpy())]
+            work.append("records", sorted(records, key=lambda r: r["i"]))
+            work.scored += len(blocks[k])
+    # 3. untrimmed videos (Sec. 3.5) and raw pieces: one video per block, units decoded in chunks
+    for route in ("one_fps", "windows", "raw"):
+        idx = np.flatnonzero(active & (routes == ROUTES.index(route)))
+        mine = idx[shard.rank::shard.world]
+        todo = mine[~done[mine]]
+        if len(todo):
+            _score_untrimmed(samples, todo, route, query, teachers, cfg, work, prefix)
+    _barrier()
+    return info
+
+
+def _score_untrimmed(samples: Samples, todo: np.ndarray, route: str, query: np.ndarray, teachers: list[nn.Module],
+                     cfg: FilterConfig, work: Work, prefix: Path) -> None:
+    """Sec. 3.5: score the units of untrimmed (or raw) videos chunk by chunk; one record per video."""
+    scorer = Scorer(teachers, cfg, single_frames=route == "one_fps")
+    stream = _UnitStream(samples, todo, route, cfg, scorer.loads)
+    loader = torch.utils.data.DataLoader(stream, batch_size=None, num_workers=min(cfg.workers, len(todo)),
+                                         collate_fn=_as_is, pin_memory=torch.device(cfg.device).type == "cuda")
+    what = {"one_fps": "untrimmed 1-FPS frames", "windows": f"untrimmed {cfg.piece_seconds:g}-s windows",
+            "raw": "raw pieces"}[route]
+    progress, failed, pending = _Progress(f"scoring {what}{_rank_tag(work.shard)}", len(todo), cfg.progress), 0, {}
+    for i, first, total, views, info, error in loader:
+        if error is None:
+            pending.setdefault(i, []).append((scorer.probs(views), info))   # (u, K) per chunk
+            if first + len(views[0]) < total:
+                continue
+            record = _untrimmed_record(i, pending.pop(i), route, samples, query, prefix)
+        else:
+            pending.pop(i, None)
+            record = _corrupt(i, samples[i], query[i], prefix, error)
+            failed += 1
+        work.append("records", [record])
+        work.scored += 1
+        progress.update(1, failed)
+    progress.close()
+
+
+def _untrimmed_record(i: int, chunks: list[tuple], route: str, samples: Samples, query: np.ndarray,
+                      prefix: Path) -> dict:
+    """Sec. 3.5: what the teachers saw of a video: its most confident unit's probabilities (`untrimmed_scores`),
+    every unit's p(query class) and p(the video's argmax class), and where its units are."""
+    s, q = samples[i], int(query[i])
+    video, unit_query, unit_top = untrimmed_scores(torch.cat([c[0] for c in chunks]), q)     # (U, K) units
+    r = _score_record(_base_record(i, s, q, prefix), video, q)
+    r.update(units=len(unit_top), unit_query=None if unit_query is None else _floats(unit_query),
+             unit_top=_floats(unit_top))
+    if route == "one_fps":
+        r["frames"] = np.concatenate([c[1][0] for c in chunks]).tolist()
+    elif route == "windows":
+        r.update(windows=np.concatenate([c[1][0] for c in chunks]).tolist(), fps=chunks[0][1][1])
+    return r
+
+
+def decide(work: Work, n: int, num_classes: int, cfg: FilterConfig) -> dict[str, np.ndarray]:
+    """Sec. 3.4 (and 3.5) once over the whole crawl: every record's scores (`Scores`, N numbers a column) ->
+    `keep_decision` under cfg.mode, cfg.threshold and cfg.rule. Rank 0 decides into WORK/decision.npz, every rank
+    reads it. Returns {"keep": bool (N,), "label": int64 (N,), "held": float64 (N,) the threshold of each}."""
+    path = work.folder / "decision.npz"
+    if work.shard.rank == 0:
+        pick, number, offset = _last_records(work, n)
+        if (pick < 0).any():
+            raise RuntimeError(f"filter: {int((pick < 0).sum())} samples have no record in {work.folder} (a rank "
+                               f"did not finish); run the same command again")
+        scores = Scores(np.full(n, -1, np.int64), np.full(n, np.nan, np.float32), np.full(n, -1, np.int64),
+                        np.full(n, np.nan, np.float32))
+        for i, r in _records_in_order(work, pick, number, offset):
+            scores.query[i] = r["query"]
+            if "top_class" in r:   # scored (not corrupt, not a duplicate)
+                scores.top_class[i], scores.top_p[i] = r["top_class"], r["top_score"]
+                scores.query_p[i] = np.nan if r["query_score"] is None else r["query_score"]
+        keep, label, held = keep_decision(scores, num_classes, cfg.mode, cfg.threshold, cfg.rule)
+        tmp = work.folder / ".decision.tmp.npz"
+        np.savez(tmp, keep=keep, label=label, held=held)
+        os.replace(tmp, path)
+    _barrier()
+    with np.load(path) as f:
+        return {k: f[k] for k in ("keep", "label", "held")}
+
+
+def decide_record(r: dict, decision: dict[str, np.ndarray], cfg: FilterConfig, base: str,
+                  cut: dict[int, dict]) -> tuple[dict, str | None]:
+    """The decision applied to one record: (the record with its status, label, deciding score, threshold and
+    positive units; its list line, None unless kept). Corrupt and duplicate records pass unchanged. base: the
+    data prefix relative to the list's folder (list paths are base/record path)."""
+    if "top_class" not in r:
+        return r, None
+    i = r["i"]
+    r = {k: v for k, v in r.items() if k not in DECISION_FIELDS}
+    keep, label, held = bool(decision["keep"][i]), int(decision["label"][i]), float(decision["held"][i])
+    if label < 0:   # query mode, the query class is not a teacher class: left out (Sec. 3.4)
+        r.update(status="unknown_query", label=None)
+        return r, None
+    r.update(status="kept" if keep else "dropped", label=label if keep else None,
+             score=r["query_score"] if cfg.mode == "query" else r["top_score"], threshold=held)
+    if "units" not in r:
+        return r, f'{_list_path(base, r["path"])} {label}' if keep else None
+    pos = np.flatnonzero(untrimmed_decision(_unit_scores(r, cfg.mode), keep, held))
+    r["positive_units"] = len(pos)
+    if not keep:
+        return r, None
+    if "frames" in r or "windows" not in r:   # 2D student (the sidecar holds the frames) / raw pieces
+        return r, f'{_list_path(base, r["path"])} {label}' + ("" if "frames" in r else
+                                                              f' {r["units"]} ' + " ".join(map(str, pos)))
+    if cfg.cut_pieces:   # MMAction2 RawVideoDataset lines over the cut pieces
+        c = cut.get(i)
+        if c is None:
+            raise RuntimeError(f'filter: kept video {r["path"]} was not cut; run the same command again')
+        if "error" in c:
+            r.update(status="corrupt", label=None, cut_error=f'cutting failed: {c["error"]}')
+            return r, None
+        return r, f'raw/{_piece_name(r["path"], i)} {label} {r["units"]} ' + " ".join(map(str, pos))
+    rate = r["fps"]   # data.py 'windows' kind: PATH LABEL START:END ... in seconds
+    return r, f'{_list_path(base, r["path"])} {label} ' + " ".join(f"{a / rate:.3f}:{b / rate:.3f}"
+                                                                  for a, b in np.asarray(r["windows"])[pos].tolist())
+
+
+def _unit_scores(record: dict, mode: str) -> list[float]:
+    """An untrimmed video's units' p(label): the query class's ('query'), the video's argmax class's ('pseudo')."""
+    return record["unit_query"] if mode == "query" else record["unit_top"]
+
+
+def cut_kept(samples: Samples, routes: np.ndarray, decision: dict[str, np.ndarray], prefix: Path, cfg: FilterConfig,
+             work: Work) -> None:
+    """--cut-pieces, after the decision: this rank's share of the kept untrimmed videos are cut into
+    WORK/raw/NAME/part_N.mp4 (resumable); pieces of videos cut by an earlier run but not kept now are removed."""
+    idx = np.flatnonzero(routes == ROUTES.index("windows"))[work.shard.rank::work.shard.world]
+    kept = {int(i) for i in idx if decision["keep"][i]}
+    state = _cut_state(work)
+    for i in sorted(set(state) & set(idx.tolist()) - kept):
+        if "removed" not in state[i]:
+            shutil.rmtree(work.folder / "raw" / _piece_name(_rel(samples[i].path, prefix), i), ignore_errors=True)
+            work.append("cut", [dict(i=i, removed=True)])
+    todo = sorted(i for i in kept if i not in state or "removed" in state[i])
+    if todo:
+        items = _CutItems(samples, todo, [_piece_name(_rel(samples[i].path, prefix), i) for i in todo],
+                          work.folder / "raw", cfg.piece_seconds)
+        loader = torch.utils.data.DataLoader(items, batch_size=None, num_workers=cfg.workers, collate_fn=_as_is)
+        progress, failed = _Progress(f"cutting kept untrimmed videos{_rank_tag(work.shard)}", len(todo),
+                                     cfg.progress), 0
+        for i, pieces, error in loader:
+            work.append("cut", [dict(i=i, pieces=pieces) if error is None else dict(i=i, error=error)])
+            failed += error is not None
+            progress.update(1, failed)
+        progress.close()
+    _barrier()
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# 6. Outputs: merged by sample index from the records, streamed, put in place atomically
+# ----------------------------------------------------------------------------------------------------------------------
+
+def merge_outputs(work: Work, folder: str | Path, samples: Samples, classes: list[str], decision: dict,
+                  cfg: FilterConfig, list_dir: Path, prefix: Path, val_samples: Samples | None = None,
+                  dedup_info: dict | None = None, extra: dict | None = None) -> dict:
+    """Rank 0: every rank's records in sample order, each decided (`decide_record`), -> train.txt (+ sidecar),
+    samples.jsonl, duplicates.txt, classes.txt and report.json (summary with the Fig. 3 counts) in `folder`.
+    Streams: memory is a few arrays of N numbers. A sample recorded twice (a block redone after a crash) takes
+    its last record."""
+    folder, n, base = Path(folder), len(samples), _rel(prefix, list_dir)
+    pick, number, offset = _last_records(work, n)
+    cut = _cut_state(work)
+    per = {name: np.zeros(len(classes), dtype=np.int64) for name in ("before", "corrupt", "duplicate", "kept",
+                                                                      "dropped", "after")}
+    status: dict[str, int] = {}
+    sidecar = _SidecarWriter(data.frame_scores_path(folder / "train.txt"), cfg.fps)
+    try:
+        with open(folder / "train.txt", "w") as out, open(folder / "samples.jsonl", "wb") as rec_out, \
+                open(folder / "duplicates.txt", "w") as dup_out:
+            dup_out.write("# web sample (relative to this folder)  val sample it duplicates  whitened cosine "
+                          "similarity\n" if val_samples is not None else
+                          "# de-duplication was not run (no --dedup-against)\n")
+            for i, r in _records_in_order(work, pick, number, offset):
+                r, line = decide_record(r, decision, cfg, base, cut)
+                if line is not None:
+                    out.write(line + "\n")
+                    if "frames" in r:
+                        sidecar.add(line.rsplit(" ", 1)[0], r["frames"], _unit_scores(r, cfg.mode), r["threshold"])
+                    per["after"][r["label"]] += 1
+                if r["status"] == "duplicate":
+                    dup_out.write(f'{_list_path(base, r["path"])} '
+                                  f'{_rel(val_samples[r["val_index"]].path, list_dir)} {r["similarity"]:.4f}\n')
+                status[r["status"]] = status.get(r["status"], 0) + 1
+                if r["query"] >= 0:
+                    per["before"][r["query"]] += 1
+                    if r["status"] in per:
+                        per[r["status"]][r["query"]] += 1
+                rec_out.write(_dump(r))
+    finally:
+        sidecar.close()
+    (folder / "classes.txt").write_text("".join(f"{c}\n" for c in classes))
+    report = _summary(per, status, n, classes, cfg, dedup_info, extra)
+    (folder / "report.json").write_text(json.dumps(report, indent=1) + "\n")
+    return report
+
+
+def _summary(per: dict[str, np.ndarray], status: dict[str, int], n: int, classes: list[str], cfg: FilterConfig,
+             dedup_info: dict | None, extra: dict | None) -> dict:
+    """report.json: the counts per status and, per class, before / kept / dropped / corrupt / duplicate / after."""
+    per_class = [dict(index=c, name=classes[c], before=int(per["before"][c]), kept=int(per["kept"][c]),
+                      dropped=int(per["dropped"][c]),
+                      corrupt=int(per["corrupt"][c]), duplicate=int(per["duplicate"][c]), after=int(per["after"][c]))
+                 for c in range(len(classes))]
+    counts = dict(total=n, kept=status.get("kept", 0), dropped=status.get("dropped", 0),
+                  corrupt=status.get("corrupt", 0), duplicate=status.get("duplicate", 0),
+                  unknown_query=status.get("unknown_query", 0))
+    return dict(mode=cfg.mode, threshold=cfg.threshold, rule=cfg.rule, student=cfg.student, classes=list(classes),
+                counts=counts, per_class=per_class,
+                about_per_class="before: samples crawled for the class (query label); kept / dropped / corrupt / "
+                                "duplicate: of those; after: kept samples labelled with the class (= kept in "
+                                "query mode; pseudo-labels in pseudo mode)",
+                about_samples="samples.jsonl: one record per sample in list order (status, label, query-class "
+                              "and top-5 probabilities, units of untrimmed videos)",
+                dedup=dedup_info, **(extra or {}))
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# 7. Command line
+# ----------------------------------------------------------------------------------------------------------------------
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser("omnisource filter", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                                description="Teacher filtering of a web source (OmniSource Sec. 3.3-3.5): "
+                                            "writes DATA_ROOT/OUT/ for train.py --aux OUT. Under torchrun the "
+                                            "samples are split over the processes; rerun the same command "
+                                            "after a crash to resume.")
+    p.add_argument("--data-root", default="data", help="folder holding the datasets (DATA_ROOT/NAME/ or the "
+                   "paper's released layouts, see data.resolve_dataset)")
+    p.add_argument("--source", required=True, help="web source to filter: a folder under --data-root with "
+                   "classes.txt and train.txt (QUERY labels), or gg, ig-img, ig-vid, k200-raw, k400-untr")
+    p.add_argument("--split", default="train", help="split of --source to filter")
+    p.add_argument("--teacher", nargs="+", required=True, help="train.py checkpoint(s) of the teacher(s); "
+                   "several are ensembled by averaging probabilities (Fig. 6); images need TSN teachers")
+    p.add_argument("--teacher-arch", default=None, help="architecture of --teacher files that are not train.py "
+                   "checkpoints (MMAction2 0.x / 1.x, bare state dicts), e.g. tsn_r50; they carry no class names: "
+                   "their outputs are read against the source's class list, in its order")
+    p.add_argument("--out", required=True, help="output dataset name: DATA_ROOT/OUT/ (replaced if it is an "
+                   "earlier filter.py output); work folder DATA_ROOT/.OUT.filter-work/ until it is done")
+    p.add_argument("--dedup-against", default=None, help="target dataset whose val split web samples are "
+                   "de-duplicated against (Sec. 3.3); None: off")
+    p.add_argument("--dedup-checkpoint", default=None, help="ImageNet ResNet-50 weights for de-duplication "
+                   "(torchvision state dict or a train.py checkpoint); None: the teacher's backbone")
+    for f in fields(FilterConfig):   # the run's knobs, declared once (FilterConfig)
+        if "help" in f.metadata:
+            flag, default = "--" + f.name.replace("_", "-"), f.metadata.get("cli_default", f.default)
+            if isinstance(f.default, bool):
+                p.add_argument(flag, action="store_true", help=f.metadata["help"])
+            else:
+                p.add_argument(flag, type=f.metadata.get("type", type(f.default)), default=default,
+                               choices=f.metadata.get("choices"), help=f.metadata["help"])
+    p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    return p
+
+
+def main(args: argparse.Namespace) -> dict | None:
+    """The command: returns the report (report.json's summary) on rank 0, None on the other ranks.
+
+    On a finished output of the same scoring settings (another --threshold, --mode, --rule or --cut-pieces) the
+    samples are re-decided from its records (samples.jsonl): no teacher is loaded or run.
+    """
+    shard, device = _distributed(args.device)
+    amp = args.amp or ("bf16" if device.startswith("cuda") and torch.cuda.is_bf16_supported() else "none")
+    knobs = {f.name: getattr(args, f.name) for f in fields(FilterConfig) if "help" in f.metadata}
+    cfg = FilterConfig(**dict(knobs, device=device, amp=amp, progress=not args.quiet))
+    data_root = Path(args.data_root)
+    spec = data.resolve_dataset(data_root, args.source)
+    samples = data.load_split(spec, args.split)
+    final = _check_out(data_root, args.out, spec)
+    prefix = spec.splits[args.split].prefix
+    val = data.load_split(data.resolve_dataset(data_root, args.dedup_against), "val") if args.dedup_against else None
+    work = Work(data_root / f".{args.out}.filter-work", shard)
+    settings = _settings(args, cfg, len(samples))
+    earlier = _finished_run(final, work, settings)
+    start = time.time()
+    if earlier is None:
+        teachers = load_teachers(args.teacher, cfg.device, args.teacher_arch, spec.classes,
+                                 f"--source {args.source}")
+        check_teachers(teachers, _kind_names(samples), cfg.student)
+        classes = teachers[0].classes
+        query = map_query_labels(samples, spec.classes, classes, args.source, cfg.mode, teachers[0].source)
+        unknown = int((query < 0).sum())
+        if unknown and cfg.mode == "query" and shard.rank == 0:
+            print(f"--source {args.source}: {unknown} of {len(query)} samples have a query class that is not a "
+                  f"teacher class; left out (query mode matches class names)", file=sys.stderr)
+        extractor = build_extractor(teachers, args.dedup_checkpoint, cfg.device) if val is not None else None
+        work.claim(settings, f"--out {args.out}")
+        try:
+            info = run_filter(samples, query, teachers, cfg, work, prefix, val, extractor)
+        finally:
+            work.close()
+        teachers_info = [dict(path=t.source, arch=t.arch) for t in teachers]
+    else:   # Sec. 3.4 again on what the teachers saw: the records of the finished run
+        classes, info, teachers_info = data.read_classes(final / "classes.txt"), earlier["dedup"], earlier["teachers"]
+        work.claim(dict(settings, records="samples.jsonl of the finished output"), f"--out {args.out}")
+        if shard.rank == 0:
+            print(f"filter: re-deciding the {len(samples)} samples of {final} from its records (samples.jsonl), "
+                  f"no teacher is run", file=sys.stderr)
+            tmp = work.folder / ".records.tmp"
+            shutil.copyfile(final / "samples.jsonl", tmp)
+            os.replace(tmp, work.folder / "records-00000.jsonl")
+        _barrier()
+    decision = decide(work, len(samples), len(classes), cfg)
+    if cfg.cut_pieces:
+        cut_kept(samples, _route_codes(samples, cfg.student), decision, prefix, cfg, work)
+    report = None
+    if shard.rank == 0:
+        extra = dict(source=args.source, split=args.split, out=args.out, data_root=str(data_root), amp=cfg.amp,
+                     teachers=teachers_info, dedup_against=args.dedup_against, settings=settings,
+                     run=dict(ranks=shard.world, scored=work.scored_now(), redecided=earlier is not None,
+                              seconds=round(time.time() - start, 1)))
+        with staged_output(final) as tmp:
+            report = merge_outputs(work, tmp, samples, classes, decision, cfg, final, prefix, val, info, extra)
+            _move_pieces(work, tmp)
+        shutil.rmtree(work.folder)
+        c = report["counts"]
+        print(f'{args.source} -> {final}: kept {c["kept"]} of {c["total"]} (dropped {c["dropped"]}, corrupt '
+              f'{c["corrupt"]}, duplicates {c["duplicate"]}, query class not a teacher class '
+              f'{c["unknown_query"]}) at T={cfg.threshold} ({cfg.mode} mode, {cfg.rule} rule); scored '
+              f'{report["run"]["scored"]} in this run on {shard.world} process(es)')
+        if c["kept"] == 0:
+            print(f"warning: nothing was kept; train.py --aux {args.out} needs samples (lower --threshold)",
+                  file=sys.stderr)
+        if c["duplicate"] > 0.05 * c["total"]:   # the paper flags 0.1% (Sec. 3.3)
+            print(f'warning: {c["duplicate"]} of {c["total"]} samples look like duplicates of {args.dedup_against} '
+                  f'val frames; the features ({report["dedup"]["extractor"]}) may not be crop-invariant '
+                  f"enough: pass --dedup-checkpoint with ImageNet ResNet-50 weights", file=sys.stderr)
+        omnisource.filter_figures(final)           # contact sheet, Fig. 3 histogram, ... beside the outputs
+    _barrier()
+    return report
+
+
+def cli(argv: list[str] | None = None) -> None:
+    args = get_args_parser().parse_args(argv)
+    try:
+        main(args)
+    except (ValueError, FileNotFoundError) as err:
+        sys.exit(f"error: {_first_line(err) or type(err).__name__}")
+    if dist.is_available() and dist.is_initialized():
+        # tear the group down on every rank after the last barrier, while the interpreter is fully alive (gloo's
+        # threads outliving it can abort the process at exit)
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# A reader of the method may stop here. What follows is the machinery: how the steps above run at web scale (the
+# work folder and its records, sharding over ranks, decoding in DataLoader workers, crash-safe files).
+# 8. The work folder: resumable records, re-deciding, the cut pieces
 # ----------------------------------------------------------------------------------------------------------------------
 
 class Work:
     """The work folder of a run (DATA_ROOT/.OUT.filter-work/), which survives crashes:
 
-    config.json            the settings; another command refuses to reuse the folder
-    records-RANK.jsonl     one JSON object per sample ({"i": index, ...}), appended one block at a time
+    config.json            the scoring settings; another command refuses to reuse the folder
+    records-RANK.jsonl     one JSON object per sample ({"i": index, ...}): what the teachers saw (no decision),
+                           corrupt or duplicate; appended one block at a time
     dedup-RANK.jsonl       finished de-duplication blocks {"b": block, "removed": [indices]}
-    cut-RANK.jsonl         --cut-pieces: {"i": index, "pieces": n} or {"i": index, "error": message}
-    progress-RANK.json     samples scored by the rank's last run;  dedup-val.pt  the val side of Sec. 3.3
+    dedup-feats-RANK-of-WORLD.pt  the rank's share of the val and whitening-subset features
+    dedup-val.pt           the val side of Sec. 3.3 (whitening, threshold, whitened val centre crops)
+    decision.npz           the decision over the whole crawl (`decide`), rewritten by every run
+    cut-RANK.jsonl         --cut-pieces: {"i": index, "pieces": n}, {"i": index, "error": message} or
+                           {"i": index, "removed": true} (the last line of a video counts)
+    progress-RANK.json     samples scored by the rank's last run
     raw/                   --cut-pieces: the pieces of kept videos
     Every rank appends to its own files only; every rank reads all of them (any earlier number of ranks).
     """
 
-    def __init__(self, folder: str | Path, shard: Shard | None = None):
-        self.folder, self.shard = Path(folder), shard or Shard()
+    def __init__(self, folder: str | Path, shard: Shard):
+        self.folder, self.shard = Path(folder), shard
         self.folder.mkdir(parents=True, exist_ok=True)
         self.scored, self._files = 0, {}
 
@@ -808,352 +1262,46 @@ class Work:
         return total
 
 
-def filter_source(samples: Samples, query_labels: ArrayLike, teachers: list[nn.Module], cfg: FilterConfig,
-                  out_dir: str | Path, list_dir: str | Path | None = None, prefix: str | Path | None = None,
-                  val_samples: Samples | None = None, extractor: FrameFeatures | None = None,
-                  work_dir: str | Path | None = None) -> FilterResult:
-    """Sec. 3.3-3.5 on one web source in one process, outputs written into out_dir (tests, small lists).
+def _settings(args: argparse.Namespace, cfg: FilterConfig, num_samples: int) -> dict:
+    """What the teachers' records depend on: a resumed run must share it with the crashed one, and a finished
+    run's records can be re-decided under it (not the decision's DECISION_KEYS, --workers, --device, --quiet or
+    the rank count). A teacher file is named by its path and, while it exists, its size and mtime."""
+    teachers = [dict(path=str(Path(p).resolve()), **({} if not Path(p).is_file() else
+                                                      dict(bytes=Path(p).stat().st_size,
+                                                           mtime_ns=Path(p).stat().st_mtime_ns)))
+                for p in args.teacher]
+    keep = ("source", "split", "teacher_arch", "dedup_against", "dedup_checkpoint")
+    config = {k: v for k, v in vars(cfg).items() if k not in ("workers", "device", "progress") + DECISION_KEYS}
+    return dict({k: getattr(args, k) for k in keep}, teachers=teachers, samples=num_samples, config=config)
 
-    samples: data.Sample list or data.SampleList; query_labels (N,): each sample's query class as a TEACHER
-    class index (-1: none); teachers: nn.Modules with .spec and .classes; list_dir: the folder the output
-    list's paths are relative to (default out_dir); prefix: the source's data prefix (report paths and
-    piece names are relative to it; default the samples' common folder); val_samples + extractor:
-    de-duplicate against these (Sec. 3.3). work_dir (default out_dir's hidden sibling) is kept on failure
-    and resumed by the same call. Returns the outputs read back (`FilterResult.read`).
-    """
-    out_dir = Path(out_dir)
-    list_dir = Path(list_dir) if list_dir is not None else out_dir
-    prefix = Path(prefix) if prefix is not None else _common_folder(samples)
-    query = np.asarray(query_labels, dtype=np.int64)
-    if len(query) != len(samples) or not len(samples):
-        raise ValueError(f"filter: expected one query label per sample (>= 1), got {len(query)} for {len(samples)}")
-    check_teachers(teachers, _kind_names(samples), cfg.student)
-    work = Work(work_dir or out_dir.parent / f".{out_dir.name}.filter-work")
-    work.claim(dict(samples=len(samples), config={k: v for k, v in vars(cfg).items()
-                                                  if k not in ("workers", "device", "progress")}), "filter")
-    extractor = extractor or (build_extractor(teachers, device=cfg.device) if val_samples is not None else None)
+
+def _finished_run(final: Path, work: Work, settings: dict) -> dict | None:
+    """The report of the finished output `final` when its scoring settings are `settings` (a teacher file that
+    is gone is matched by its path) and no scoring run of its own is unfinished in the work folder; else None."""
+    config = work.folder / "config.json"
+    if not (final / "report.json").is_file() or not (final / "samples.jsonl").is_file() or \
+            (config.is_file() and "records" not in json.loads(config.read_text())):
+        return None
+    report = json.loads((final / "report.json").read_text())
+    old = json.loads(json.dumps(report.get("settings")))
+    new = json.loads(json.dumps(settings))
+    if not isinstance(old, dict) or len(old.get("teachers", [])) != len(new["teachers"]):
+        return None
+    old["teachers"] = [{k: t[k] for k in n if k in t} for t, n in zip(old["teachers"], new["teachers"])]
+    return report if old == new else None
+
+
+def _records_in_order(work: Work, pick: np.ndarray, number: np.ndarray, offset: np.ndarray) -> Iterator[tuple]:
+    """(sample index, its last record as a dict) for every sample with a record, in sample order, streamed."""
+    handles = [open(p, "rb") for p in work.files("records")]
     try:
-        info = run_filter(samples, query, teachers, cfg, work, prefix, list_dir, val_samples, extractor)
-    finally:
-        work.close()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    merge_outputs(work, out_dir, samples, query, teachers[0].classes, cfg, list_dir, prefix, val_samples, info)
-    _move_pieces(work, out_dir)
-    shutil.rmtree(work.folder)
-    return FilterResult.read(out_dir)
-
-
-def run_filter(samples: Samples, query: np.ndarray, teachers: list[nn.Module], cfg: FilterConfig, work: Work,
-               prefix: Path, list_dir: Path, val_samples: Samples | None = None,
-               extractor: FrameFeatures | None = None) -> dict | None:
-    """This rank's share of Sec. 3.3-3.5, appended to the work folder's records; resumes where they stop.
-
-    Returns the de-duplication info (None without val_samples). Ends at a barrier.
-    """
-    n, shard = len(samples), work.shard
-    routes = _route_codes(samples, cfg.student)
-    active = np.ones(n, dtype=bool) if cfg.mode == "pseudo" else query >= 0   # query mode: needs a teacher class
-    info = None
-    # 1. Sec. 3.3: duplicates and unreadable files found here are recorded and left out of scoring
-    if val_samples is not None:
-        removed, info = _dedup_pass(samples, np.flatnonzero(active), query, extractor, val_samples, cfg, work,
-                                    prefix)
-        active[removed] = False
-    done = work.done(n)
-    # 2. images and short videos: blocks of cfg.batch_size, one forward each (Sec. 3.4)
-    scorer = Scorer(teachers, cfg)
-    for code in (ROUTES.index("images"), ROUTES.index("videos")):
-        idx = np.flatnonzero(active & (routes == code))
-        blocks = [idx[s:s + cfg.batch_size] for s in range(0, len(idx), cfg.batch_size)]
-        todo = [k for k in shard.mine(len(blocks)) if not done[blocks[k]].all()]
-        load = _Load(_load_clip, scorer.loads)
-        for k, ids, _, views, errors in _run_blocks(samples, blocks, load, cfg, f"scoring {ROUTES[code]}"
-                                                    f"{_rank_tag(shard)}", todo):
-            records = [_corrupt(i, samples[i], query[i], prefix, m) for i, m in errors.items()]
-            if len(ids):
-                records += _clip_records(ids, scorer.probs(views), samples, query, cfg, prefix, list_dir)
-            work.append("records", sorted(records, key=lambda r: r["i"]))
-            work.scored += len(blocks[k])
-    # 3. untrimmed videos (Sec. 3.5) and raw pieces: one video per block, units decoded in chunks
-    for route in ("one_fps", "windows", "raw"):
-        idx = np.flatnonzero(active & (routes == ROUTES.index(route)))
-        mine = idx[shard.rank::shard.world]
-        todo = mine[~done[mine]]
-        if len(todo):
-            _score_untrimmed(samples, todo, route, query, teachers, cfg, work, prefix, list_dir)
-        if route == "windows" and cfg.cut_pieces and len(mine):
-            _cut_kept(samples, mine, prefix, cfg, work)
-    _barrier()
-    return info
-
-
-def _clip_records(ids: np.ndarray, probs: torch.Tensor, samples: Samples, query: np.ndarray, cfg: FilterConfig,
-                  prefix: Path, list_dir: Path) -> list[dict]:
-    """Sec. 3.4: decisions and report records of a block of images or short videos, probs (B, K)."""
-    keep, labels = keep_decision(probs.numpy(), query[ids], cfg.mode, cfg.threshold)
-    top_p, top_c = probs.topk(min(TOP_K, probs.shape[1]), dim=1)
-    records = []
-    for b, i in enumerate(ids.tolist()):
-        s = samples[i]
-        r = _score_record(_base_record(i, s, query[i], prefix), probs[b], top_c[b], top_p[b], int(query[i]), cfg)
-        r.update(status="kept" if keep[b] else "dropped", label=int(labels[b]) if keep[b] else None)
-        if keep[b]:
-            r["line"] = f"{_rel(s.path, list_dir)} {labels[b]}"
-        records.append(r)
-    return records
-
-
-def _score_untrimmed(samples: Samples, todo: np.ndarray, route: str, query: np.ndarray, teachers: list[nn.Module],
-                     cfg: FilterConfig, work: Work, prefix: Path, list_dir: Path) -> None:
-    """Sec. 3.5: score the units of untrimmed (or raw) videos chunk by chunk; one record per video."""
-    scorer = Scorer(teachers, cfg, single_frames=route == "one_fps")
-    stream = _UnitStream(samples, todo, route, cfg, scorer.loads)
-    loader = torch.utils.data.DataLoader(stream, batch_size=None, num_workers=min(cfg.workers, len(todo)),
-                                         collate_fn=_as_is, pin_memory=torch.device(cfg.device).type == "cuda")
-    what = {"one_fps": "untrimmed 1-FPS frames", "windows": f"untrimmed {cfg.piece_seconds:g}-s windows",
-            "raw": "raw pieces"}[route]
-    progress, failed, pending = _Progress(f"scoring {what}{_rank_tag(work.shard)}", len(todo), cfg.progress), 0, {}
-    for i, first, total, views, info, error in loader:
-        if error is None:
-            pending.setdefault(i, []).append((scorer.probs(views), info))   # (u, K) per chunk
-            if first + len(views[0]) < total:
-                continue
-            record = _untrimmed_record(i, pending.pop(i), route, samples, query, cfg, prefix, list_dir)
-        else:
-            pending.pop(i, None)
-            record = _corrupt(i, samples[i], query[i], prefix, error)
-            failed += 1
-        work.append("records", [record])
-        work.scored += 1
-        progress.update(1, failed)
-    progress.close()
-
-
-def _untrimmed_record(i: int, chunks: list[tuple], route: str, samples: Samples, query: np.ndarray,
-                      cfg: FilterConfig, prefix: Path, list_dir: Path) -> dict:
-    """Sec. 3.5: a video's decision from its units (most confident unit), its record and its list line."""
-    s, q = samples[i], int(query[i])
-    probs = torch.cat([c[0] for c in chunks])                                          # (U, K)
-    keep, label, positive = untrimmed_decision(probs.numpy(), q, cfg.mode, cfg.threshold)
-    best = probs.max(dim=0).values
-    top_p, top_c = best.topk(min(TOP_K, len(best)))
-    r = _score_record(_base_record(i, s, q, prefix), best, top_c, top_p, q, cfg)
-    r.update(status="kept" if keep else "dropped", label=label if keep else None, units=len(probs),
-             positive_units=int(positive.sum()),
-             unit_scores=[round(float(p), 6) for p in probs[:, max(label, 0)].tolist()])
-    pos = np.flatnonzero(positive)
-    if route == "one_fps":
-        r["frames"] = np.concatenate([c[1][0] for c in chunks]).tolist()
-        line = f"{_rel(s.path, list_dir)} {label}"
-    elif route == "windows":
-        ranges, rate = np.concatenate([c[1][0] for c in chunks]), chunks[0][1][1]
-        r.update(windows=ranges.tolist(), fps=rate)
-        if cfg.cut_pieces:
-            r["piece_dir"] = _piece_name(s.path, prefix, i)
-            line = f'raw/{r["piece_dir"]} {label} {len(ranges)} ' + " ".join(str(int(j)) for j in pos)
-        else:   # data.py 'windows' kind: PATH LABEL START:END ... in seconds
-            line = f"{_rel(s.path, list_dir)} {label} " + " ".join(f"{a / rate:.3f}:{b / rate:.3f}"
-                                                                   for a, b in ranges[pos].tolist())
-    else:
-        line = f"{_rel(s.path, list_dir)} {label} {len(probs)} " + " ".join(str(int(j)) for j in pos)
-    if keep:
-        r["line"] = line
-    return r
-
-
-def _cut_kept(samples: Samples, mine: np.ndarray, prefix: Path, cfg: FilterConfig, work: Work) -> None:
-    """--cut-pieces: cut this rank's kept untrimmed videos into WORK/raw/NAME/part_N.mp4 (resumable)."""
-    mine_set = set(mine.tolist())
-    kept = {}
-    for number, offset, line in work.lines("records"):
-        i = _record_index(line)
-        if i in mine_set:
-            r = json.loads(line)
-            if r["status"] == "kept":
-                kept[i] = r["piece_dir"]
-    for _, _, line in work.lines("cut"):
-        kept.pop(json.loads(line)["i"], None)
-    todo = sorted(kept)
-    if not todo:
-        return
-    items = _CutItems(samples, todo, [kept[i] for i in todo], work.folder / "raw", cfg.piece_seconds)
-    loader = torch.utils.data.DataLoader(items, batch_size=None, num_workers=cfg.workers, collate_fn=_as_is)
-    progress = _Progress(f"cutting kept untrimmed videos{_rank_tag(work.shard)}", len(todo), cfg.progress)
-    failed = 0
-    for i, pieces, error in loader:
-        work.append("cut", [dict(i=i, pieces=pieces) if error is None else dict(i=i, error=error)])
-        failed += error is not None
-        progress.update(1, failed)
-    progress.close()
-
-
-class _CutItems(torch.utils.data.Dataset):
-    """Worker: cut one untrimmed video into RAW/NAME/part_N.mp4 -> (index, pieces, None) or (index, None, error)."""
-
-    def __init__(self, samples: Samples, ids: list[int], names: list[str], raw_dir: Path, seconds: float):
-        self.samples, self.ids, self.names, self.raw_dir, self.seconds = samples, ids, names, raw_dir, seconds
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    def __getitem__(self, k: int) -> tuple:
-        i = self.ids[k]
-        try:
-            return i, data.cut_video(self.samples[i].path, self.raw_dir / self.names[k], self.seconds), None
-        except Exception as err:   # PyAV and the OS raise many types: all mean "could not be cut"
-            return i, None, f"{type(err).__name__}: {_first_line(err)}"
-
-
-def _dedup_pass(samples: Samples, idx: np.ndarray, query: np.ndarray, extractor: FrameFeatures,
-                val_samples: Samples, cfg: FilterConfig, work: Work, prefix: Path) -> tuple[np.ndarray, dict]:
-    """Sec. 3.3 over this rank's blocks of `idx`; returns (removed indices of ALL ranks, info). Resumable."""
-    reference = _dedup_reference(val_samples, [samples[i] for i in _whitening_subset(idx)], extractor, cfg, work)
-    blocks = [idx[s:s + cfg.batch_size] for s in range(0, len(idx), cfg.batch_size)]
-    finished = {json.loads(line)["b"] for _, _, line in work.lines("dedup")}
-    todo = [k for k in work.shard.mine(len(blocks)) if k not in finished]
-    load = _DedupLoad(cfg.dedup_frames, extractor.crop_size, 1)
-    val_base, frames = _common_folder(val_samples), 0
-    for k, ids, counts, views, errors in _run_blocks(samples, blocks, load, cfg, "de-duplication: web frames"
-                                                     f"{_rank_tag(work.shard)}", todo):
-        records = [_corrupt(i, samples[i], query[i], prefix, m) for i, m in errors.items()]
-        if len(ids):
-            frames += int(counts.sum())
-            for i, (sim, j) in zip(ids.tolist(), match_web(extractor, views[0], counts, reference, cfg)):
-                if sim > reference["threshold"]:
-                    records.append(dict(_base_record(i, samples[i], query[i], prefix), status="duplicate",
-                                        duplicate_of=_rel(val_samples[j].path, val_base), val_index=j,
-                                        similarity=round(sim, 4)))
-        records.sort(key=lambda r: r["i"])
-        work.append("records", records)
-        work.append("dedup", [dict(b=k, removed=[r["i"] for r in records])])
-    _barrier()
-    removed, seen = [], set()
-    for _, _, line in work.lines("dedup"):
-        r = json.loads(line)
-        if r["b"] not in seen:
-            seen.add(r["b"])
-            removed += r["removed"]
-    if len(seen) < len(blocks):
-        raise RuntimeError(f"filter: de-duplication finished {len(seen)} of {len(blocks)} blocks in {work.folder}")
-    return np.asarray(removed, dtype=np.int64), reference["info"]
-
-
-def _dedup_reference(val_samples: Samples, web_subset: Samples, extractor: FrameFeatures, cfg: FilterConfig,
-                     work: Work) -> dict:
-    """The val side of Sec. 3.3, computed once by rank 0 into WORK/dedup-val.pt and read by every rank."""
-    path = work.folder / "dedup-val.pt"
-    if work.shard.rank == 0 and not path.is_file():
-        ref = fit_dedup_reference(val_samples, extractor, cfg, web_subset)
-        tmp = path.with_suffix(".tmp")
-        torch.save(dict(mean=torch.from_numpy(ref["white"].mean), proj=torch.from_numpy(ref["white"].proj),
-                        threshold=ref["threshold"], val=ref["val"].cpu(), owner=torch.from_numpy(ref["owner"]),
-                        info=ref["info"]), tmp)
-        os.replace(tmp, path)
-    _barrier()
-    saved = torch.load(path, map_location="cpu", weights_only=True)
-    return dict(white=Whitening(saved["mean"].numpy(), saved["proj"].numpy()), threshold=saved["threshold"],
-                val=saved["val"].to(cfg.device), owner=saved["owner"].numpy(), info=saved["info"])
-
-
-# ----------------------------------------------------------------------------------------------------------------------
-# 6. Outputs: merged by sample index from the records, streamed, put in place atomically
-# ----------------------------------------------------------------------------------------------------------------------
-
-@dataclass
-class FilterResult:
-    """A filter output read back (small outputs: tests): list lines, sidecar, report with its samples,
-    duplicates.txt lines."""
-    lines: list                # train.txt lines, in source order
-    frame_scores: dict         # list path -> data.FrameScores (2D untrimmed videos)
-    report: dict               # report.json + samples (samples.jsonl), corrupt, duplicates
-    duplicates: list           # duplicates.txt lines
-
-    @classmethod
-    def read(cls, folder: str | Path) -> FilterResult:
-        folder = Path(folder)
-        report = json.loads((folder / "report.json").read_text())
-        samples = [json.loads(line) for line in (folder / "samples.jsonl").read_text().splitlines()]
-        sidecar = data.frame_scores_path(folder / "train.txt")
-        report.update(samples=samples,
-                      corrupt=[dict(path=r["path"], error=r["error"]) for r in samples if r["status"] == "corrupt"],
-                      duplicates=[dict(path=r["path"], val=r["duplicate_of"], similarity=r["similarity"])
-                                  for r in samples if r["status"] == "duplicate"])
-        return cls((folder / "train.txt").read_text().splitlines(),
-                   data.read_frame_scores(sidecar) if sidecar.is_file() else {}, report,
-                   (folder / "duplicates.txt").read_text().splitlines()[1:])
-
-
-def merge_outputs(work: Work, folder: str | Path, samples: Samples, query: np.ndarray, classes: list[str],
-                  cfg: FilterConfig, list_dir: Path, prefix: Path, val_samples: Samples | None = None,
-                  dedup_info: dict | None = None, extra: dict | None = None) -> dict:
-    """Rank 0: every rank's records, in sample order, -> train.txt (+ sidecar), samples.jsonl, duplicates.txt,
-    classes.txt and report.json (summary with the Fig. 3 counts) in `folder`. Streams: memory is a few arrays
-    of N numbers. A sample recorded twice (a block redone after a crash) takes its last record."""
-    folder, n = Path(folder), len(samples)
-    # 1. index: where the last record of every sample is (file number, offset); -1 = no record
-    files = work.files("records")
-    pick, number, offset = _last_records(work, n)
-    expected = np.ones(n, dtype=bool) if cfg.mode == "pseudo" else query >= 0
-    if (expected & (pick < 0)).any():
-        raise RuntimeError(f"filter: {int((expected & (pick < 0)).sum())} samples have no record in "
-                           f"{work.folder} (a rank did not finish); run the same command again")
-    cut = {}
-    for _, _, line in work.lines("cut"):
-        r = json.loads(line)
-        cut[r["i"]] = r
-    # 2. stream the records in sample order into the outputs and count (Fig. 3)
-    k = len(classes)
-    per = {name: np.zeros(k, dtype=np.int64) for name in ("before", "corrupt", "duplicate", "kept", "dropped",
-                                                          "after")}
-    status: dict[str, int] = {}
-    handles = [open(p, "rb") for p in files]
-    sidecar = _SidecarWriter(data.frame_scores_path(folder / "train.txt"), cfg.fps)
-    try:
-        with open(folder / "train.txt", "w") as out, open(folder / "samples.jsonl", "w") as rec_out, \
-                open(folder / "duplicates.txt", "w") as dup_out:
-            dup_out.write("# web sample (relative to this folder)  val sample it duplicates  whitened cosine "
-                          "similarity\n" if val_samples is not None else
-                          "# de-duplication was not run (no --dedup-against)\n")
-            for i in range(n):
-                if pick[i] < 0:   # query mode, query class not a teacher class: left out (Sec. 3.4)
-                    r = dict(_base_record(i, samples[i], int(query[i]), prefix), status="unknown_query")
-                else:
-                    f = handles[number[pick[i]]]
-                    f.seek(offset[pick[i]])
-                    r = json.loads(f.readline())
-                line = r.pop("line", None)
-                if r["status"] == "kept" and cfg.cut_pieces and "piece_dir" in r:
-                    c = cut.get(i)
-                    if c is None or "error" in c:
-                        if c is None:
-                            raise RuntimeError(f'filter: kept video {r["path"]} was not cut; run the same '
-                                               f"command again")
-                        r.update(status="corrupt", label=None, error=f'cutting failed: {c["error"]}')
-                        line = None
-                if r["status"] == "kept":
-                    out.write(line + "\n")
-                    if "frames" in r:
-                        sidecar.add(line.rsplit(" ", 1)[0], r["frames"], r["unit_scores"], cfg.threshold)
-                    per["after"][r["label"]] += 1
-                if r["status"] == "duplicate":
-                    j = r.pop("val_index")
-                    dup_out.write(f"{_rel(samples[i].path, list_dir)} {_rel(val_samples[j].path, list_dir)} "
-                                  f'{r["similarity"]:.4f}\n')
-                status[r["status"]] = status.get(r["status"], 0) + 1
-                if r["query"] >= 0:
-                    per["before"][r["query"]] += 1
-                    if r["status"] in per:
-                        per[r["status"]][r["query"]] += 1
-                rec_out.write(json.dumps(r) + "\n")
+        for i in np.flatnonzero(pick >= 0).tolist():
+            f = handles[number[pick[i]]]
+            f.seek(offset[pick[i]])
+            yield i, json.loads(f.readline())
     finally:
         for f in handles:
             f.close()
-        sidecar.close()
-    # 3. the summary: counts and the Fig. 3 counts per class
-    (folder / "classes.txt").write_text("".join(f"{c}\n" for c in classes))
-    report = _summary(per, status, n, query, classes, cfg, dedup_info, extra)
-    (folder / "report.json").write_text(json.dumps(report, indent=1) + "\n")
-    return report
 
 
 def _last_records(work: Work, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -1172,24 +1320,30 @@ def _last_records(work: Work, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarra
     return pick, number, offset
 
 
-def _summary(per: dict[str, np.ndarray], status: dict[str, int], n: int, query: np.ndarray, classes: list[str],
-             cfg: FilterConfig, dedup_info: dict | None, extra: dict | None) -> dict:
-    """report.json: the counts per status and, per class, before / kept / dropped / corrupt / duplicate / after."""
-    per_class = [dict(index=c, name=classes[c], before=int(per["before"][c]), kept=int(per["kept"][c]),
-                      dropped=int(per["dropped"][c]),
-                      corrupt=int(per["corrupt"][c]), duplicate=int(per["duplicate"][c]), after=int(per["after"][c]))
-                 for c in range(len(classes))]
-    counts = dict(total=n, kept=status.get("kept", 0), dropped=status.get("dropped", 0),
-                  corrupt=status.get("corrupt", 0), duplicate=status.get("duplicate", 0),
-                  unknown_query=int((query < 0).sum()))
-    return dict(mode=cfg.mode, threshold=cfg.threshold, student=cfg.student, classes=list(classes),
-                counts=counts, per_class=per_class,
-                about_per_class="before: samples crawled for the class (query label); kept / dropped / corrupt / "
-                                "duplicate: of those; after: kept samples labelled with the class (= kept in "
-                                "query mode; pseudo-labels in pseudo mode)",
-                about_samples="samples.jsonl: one record per sample in list order (status, label, query-class "
-                              "and top-5 probabilities, units of untrimmed videos)",
-                dedup=dedup_info, **(extra or {}))
+def _cut_state(work: Work) -> dict[int, dict]:
+    """The last cut record of every video: {"pieces": n}, {"error": message} or {"removed": true}."""
+    state = {}
+    for _, _, line in work.lines("cut"):
+        r = json.loads(line)
+        state[r["i"]] = r
+    return state
+
+
+class _CutItems(torch.utils.data.Dataset):
+    """Worker: cut one untrimmed video into RAW/NAME/part_N.mp4 -> (index, pieces, None) or (index, None, error)."""
+
+    def __init__(self, samples: Samples, ids: list[int], names: list[str], raw_dir: Path, seconds: float):
+        self.samples, self.ids, self.names, self.raw_dir, self.seconds = samples, ids, names, raw_dir, seconds
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, k: int) -> tuple:
+        i = self.ids[k]
+        try:
+            return i, data.cut_video(self.samples[i].path, self.raw_dir / self.names[k], self.seconds), None
+        except DECODE_ERRORS as err:   # a file that cannot be decoded or written could not be cut
+            return i, None, f"{type(err).__name__}: {_first_line(err)}"
 
 
 class _SidecarWriter:
@@ -1216,22 +1370,6 @@ class _SidecarWriter:
             self.f = None
 
 
-def write_output(folder: str | Path, result: FilterResult, classes: list[str]) -> None:
-    """A FilterResult -> classes.txt, train.txt (+ sidecar), report.json, samples.jsonl, duplicates.txt."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "classes.txt").write_text("".join(f"{c}\n" for c in classes))
-    (folder / "train.txt").write_text("".join(f"{line}\n" for line in result.lines))
-    if result.frame_scores:
-        data.write_frame_scores(data.frame_scores_path(folder / "train.txt"), result.frame_scores)
-    summary = {k: v for k, v in result.report.items() if k not in ("samples", "corrupt", "duplicates")}
-    (folder / "report.json").write_text(json.dumps(summary, indent=1) + "\n")
-    (folder / "samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in result.report.get("samples", [])))
-    head = ("# web sample (relative to this folder)  val sample it duplicates  whitened cosine similarity"
-            if result.report.get("dedup") else "# de-duplication was not run (no --dedup-against)")
-    (folder / "duplicates.txt").write_text("\n".join([head] + result.duplicates) + "\n")
-
-
 @contextlib.contextmanager
 def staged_output(final: str | Path) -> Iterator[Path]:
     """Yield a hidden temporary sibling of `final`; on success it replaces `final` by renames, on error
@@ -1252,263 +1390,13 @@ def staged_output(final: str | Path) -> Iterator[Path]:
     shutil.rmtree(old, ignore_errors=True)
 
 
-# ----------------------------------------------------------------------------------------------------------------------
-# 7. Command line
-# ----------------------------------------------------------------------------------------------------------------------
-
-def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser("omnisource filter", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-                                description="Teacher filtering of a web source (OmniSource Sec. 3.3-3.5): "
-                                            "writes DATA_ROOT/OUT/ for train.py --aux OUT. Under torchrun the "
-                                            "samples are split over the processes; rerun the same command "
-                                            "after a crash to resume.")
-    p.add_argument("--data-root", default="data", help="folder holding the datasets (DATA_ROOT/NAME/ or the "
-                   "paper's released layouts, see data.resolve_dataset)")
-    p.add_argument("--source", required=True, help="web source to filter: a folder under --data-root with "
-                   "classes.txt and train.txt (QUERY labels), or gg, ig-img, ig-vid, k200-raw, k400-untr")
-    p.add_argument("--split", default="train", help="split of --source to filter")
-    p.add_argument("--teacher", nargs="+", required=True, help="train.py checkpoint(s) of the teacher(s); "
-                   "several are ensembled by averaging probabilities (Fig. 6); images need TSN teachers")
-    p.add_argument("--teacher-arch", default=None, help="architecture of --teacher files that are not train.py "
-                   "checkpoints (MMAction2 0.x / 1.x, bare state dicts), e.g. tsn_r50; their classes are the "
-                   "source's classes.txt")
-    p.add_argument("--out", required=True, help="output dataset name: DATA_ROOT/OUT/ (replaced if it is an "
-                   "earlier filter.py output); work folder DATA_ROOT/.OUT.filter-work/ until it is done")
-    p.add_argument("--threshold", type=float, default=0.5, help="T: keep when the deciding probability >= T")
-    p.add_argument("--mode", choices=MODES, default="query", help="'query': keep when p(query class) >= T, "
-                   "label = query; 'pseudo': keep when max p >= T, label = argmax (Sec. 3.4)")
-    p.add_argument("--student", choices=STUDENTS, default="2d", help="untrimmed videos: 2d = 1-FPS frames "
-                   "scored by 2D teachers + snippet sidecar; 3d = 10-s windows scored as clips (Sec. 3.5)")
-    p.add_argument("--cut-pieces", action="store_true", help="--student 3d: cut kept videos into re-encoded "
-                   "10-s pieces OUT/raw/NAME/part_N.mp4 (MMAction2 RawVideoDataset lines) instead of listing "
-                   "their positive windows by time")
-    p.add_argument("--clips", type=int, default=None, help="video scoring: TSN segments / 3D clips per "
-                   f'video, centre crop (default {DEFAULT_CLIPS["tsn"]} / {DEFAULT_CLIPS["3d"]})')
-    p.add_argument("--fps", type=float, default=1.0, help="--student 2d: rate of the scored frames")
-    p.add_argument("--piece-seconds", type=float, default=10.0, help="--student 3d: window / piece length in "
-                   "seconds")
-    p.add_argument("--chunk-frames", type=int, default=64, help="untrimmed videos: frames decoded at once "
-                   "(full resolution: 64 frames of 1080p are 400 MB), whatever the length of the video")
-    p.add_argument("--dedup-against", default=None, help="target dataset whose val split web samples are "
-                   "de-duplicated against (Sec. 3.3); off when not given")
-    p.add_argument("--dedup-checkpoint", default=None, help="ImageNet ResNet-50 weights for de-duplication "
-                   "(torchvision state dict or a train.py checkpoint); default: the teacher's backbone")
-    p.add_argument("--dedup-frames", type=int, default=3, help="frames per video compared in de-duplication")
-    p.add_argument("--batch-size", type=int, default=16, help="samples per block: one decoding batch and one "
-                   "teacher forward (changing it between a crash and the rerun starts over)")
-    p.add_argument("--workers", type=int, default=2, help="DataLoader worker processes that decode (per rank)")
-    p.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available; under torchrun "
-                   "cuda:LOCAL_RANK)")
-    p.add_argument("--amp", choices=AMPS, default=None, help="teachers' inference precision (torch.autocast); "
-                   "default: bf16 on CUDA GPUs that support it, none (fp32) on the CPU")
-    p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
-    return p
-
-
-def main(args: argparse.Namespace) -> dict | None:
-    """The command: returns the report (report.json's summary) on rank 0, None on the other ranks."""
-    shard, device = _distributed(args.device)
-    amp = args.amp or ("bf16" if device.startswith("cuda") and torch.cuda.is_bf16_supported() else "none")
-    cfg = FilterConfig(mode=args.mode, threshold=args.threshold, student=args.student, clips=args.clips,
-                       fps=args.fps, piece_seconds=args.piece_seconds, cut_pieces=args.cut_pieces,
-                       dedup_frames=args.dedup_frames, batch_size=args.batch_size, workers=args.workers,
-                       chunk_frames=args.chunk_frames, progress=not args.quiet, device=device, amp=amp)
-    data_root = Path(args.data_root)
-    spec = data.resolve_dataset(data_root, args.source)
-    samples = data.load_split(spec, args.split)
-    final = _check_out(data_root, args.out, spec)
-    teachers = load_teachers(args.teacher, cfg.device, args.teacher_arch, spec.classes)
-    check_teachers(teachers, _kind_names(samples), cfg.student)
-    query = map_query_labels(samples, spec.classes, teachers[0].classes, args.source, cfg.mode)
-    unknown = int((query < 0).sum())
-    if unknown and cfg.mode == "query" and shard.rank == 0:
-        print(f"--source {args.source}: {unknown} of {len(query)} samples have a query class that is not a "
-              f"teacher class; left out (query mode matches class names)", file=sys.stderr)
-    val = extractor = None
-    if args.dedup_against:
-        val = data.load_split(data.resolve_dataset(data_root, args.dedup_against), "val")
-        extractor = build_extractor(teachers, args.dedup_checkpoint, cfg.device)
-    work = Work(data_root / f".{args.out}.filter-work", shard)
-    work.claim(_settings(args, cfg, len(samples)), f"--out {args.out}")
-    start = time.time()
-    try:
-        info = run_filter(samples, query, teachers, cfg, work, spec.splits[args.split].prefix, final, val,
-                          extractor)
-    finally:
-        work.close()
-    _barrier()   # every rank's records and progress are on disk
-    report = None
-    if shard.rank == 0:
-        extra = dict(source=args.source, split=args.split, out=args.out, data_root=str(data_root), amp=cfg.amp,
-                     teachers=[dict(path=t.source, arch=t.arch) for t in teachers], dedup_against=args.dedup_against,
-                     run=dict(ranks=shard.world, scored=work.scored_now(), seconds=round(time.time() - start, 1)))
-        with staged_output(final) as tmp:
-            report = merge_outputs(work, tmp, samples, query, teachers[0].classes, cfg, final,
-                                   spec.splits[args.split].prefix, val, info, extra)
-            _move_pieces(work, tmp)
-        shutil.rmtree(work.folder)
-        c = report["counts"]
-        print(f'{args.source} -> {final}: kept {c["kept"]} of {c["total"]} (dropped {c["dropped"]}, corrupt '
-              f'{c["corrupt"]}, duplicates {c["duplicate"]}, query class not a teacher class '
-              f'{c["unknown_query"]}) at T={cfg.threshold} ({cfg.mode} mode); scored {report["run"]["scored"]} '
-              f"in this run on {shard.world} process(es)")
-        if c["kept"] == 0:
-            print(f"warning: nothing was kept; train.py --aux {args.out} needs samples (lower --threshold)",
-                  file=sys.stderr)
-        if c["duplicate"] > 0.05 * c["total"]:   # the paper flags 0.1% (Sec. 3.3)
-            print(f'warning: {c["duplicate"]} of {c["total"]} samples look like duplicates of {args.dedup_against} '
-                  f'val frames; the features ({report["dedup"]["extractor"]}) may not be crop-invariant '
-                  f"enough: pass --dedup-checkpoint with ImageNet ResNet-50 weights", file=sys.stderr)
-        omnisource.filter_figures(final)           # contact sheet, Fig. 3 histogram, ... beside the outputs
-    _barrier()
-    return report
-
-
-def map_query_labels(samples: Samples, source_classes: list[str], teacher_classes: list[str],
-                     source: str = "source", mode: str = "query") -> np.ndarray:
-    """Each sample's query class as a teacher class index (-1: not a teacher class), matched by class name
-    exactly as data.map_labels matches an auxiliary source's classes to the target's.
-
-    No shared class name at all is a one-line error in query mode (pseudo mode needs no query class).
-    """
-    probe = [data.Sample(Path(str(k)), k, "image") for k in range(len(source_classes))]   # one per class
-    try:
-        mapped, _ = data.map_labels(probe, source_classes, teacher_classes, f"--source {source}")
-    except ValueError as err:
-        if mode == "query":
-            raise ValueError(f"{_first_line(err)}; query mode matches class names (or use --mode pseudo)") from None
-        mapped = []
-    table = np.full(len(source_classes), -1, dtype=np.int64)
-    for s in mapped:
-        table[int(s.path.name)] = s.label
-    return table[_labels(samples)]
-
-
-def cli(argv: list[str] | None = None) -> None:
-    args = get_args_parser().parse_args(argv)
-    try:
-        main(args)
-    except (ValueError, FileNotFoundError) as err:
-        sys.exit(f"error: {_first_line(err) or type(err).__name__}")
-    if dist.is_available() and dist.is_initialized():
-        # tear the group down on every rank after the last barrier, while the interpreter is fully alive (gloo's
-        # threads outliving it can abort the process at exit)
-        dist.barrier()
-        dist.destroy_process_group()
-
-
-# ----------------------------------------------------------------------------------------------------------------------
-# Helpers
-# ----------------------------------------------------------------------------------------------------------------------
-
-class _Load:
-    """A picklable worker-side loader: sample -> fn(sample, loads) (one uint8 tensor per teacher group)."""
-
-    def __init__(self, fn: Callable, loads: Loads):
-        self.fn, self.loads = fn, loads
-
-    def __call__(self, sample: data.Sample) -> list[torch.Tensor]:
-        return self.fn(sample, self.loads)
-
-
-class _Progress:
-    """'filter: WHAT: done/total (n unreadable) rate/s ETA' on stderr, redrawn in place on a terminal."""
-
-    def __init__(self, what: str, total: int, enabled: bool = True, every: float = 2.0):
-        self.what, self.total, self.enabled, self.every = what, total, enabled and total > 0, every
-        self.done, self.start, self.last, self.tty = 0, time.time(), 0.0, sys.stderr.isatty()
-
-    def update(self, n: int, failed: int) -> None:
-        self.done += n
-        now = time.time()
-        if not self.enabled or (now - self.last < self.every and self.done < self.total):
-            return
-        self.last = now
-        rate = self.done / max(now - self.start, 1e-6)
-        eta = time.strftime("%H:%M:%S", time.gmtime((self.total - self.done) / max(rate, 1e-6)))
-        print(f"filter: {self.what}: {self.done}/{self.total} ({failed} unreadable) {rate:.1f}/s ETA {eta}",
-              end="\r" if self.tty else "\n", file=sys.stderr, flush=True)
-
-    def close(self) -> None:
-        if self.enabled and self.tty:
-            print(file=sys.stderr)
-
-
-def _as_is(item: object) -> object:
-    """DataLoader collate_fn: items pass unchanged (numpy arrays stay numpy)."""
-    return item
-
-
-def _distributed(device: str | None) -> tuple[Shard, str]:
-    """torchrun's RANK / WORLD_SIZE / LOCAL_RANK -> (Shard, device); a gloo group only for the barriers."""
-    world, rank = int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("RANK", 0))
-    local = int(os.environ.get("LOCAL_RANK", 0))
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group("gloo", timeout=datetime.timedelta(hours=24))   # rank 0 merges while others wait
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda":
-        device = f"cuda:{local}"
-        torch.cuda.set_device(device)
-    return Shard(rank, world), device
-
-
-def _barrier() -> None:
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
-
-
-def _settings(args: argparse.Namespace, cfg: FilterConfig, num_samples: int) -> dict:
-    """What a resumed run must share with the crashed one (not --workers, --device, --quiet or the rank count)."""
-    teachers = [dict(path=str(Path(p).resolve()), bytes=Path(p).stat().st_size, mtime_ns=Path(p).stat().st_mtime_ns)
-                for p in args.teacher]
-    keep = ("source", "split", "teacher_arch", "dedup_against", "dedup_checkpoint")
-    config = {k: v for k, v in vars(cfg).items() if k not in ("workers", "device", "progress")}
-    return dict({k: getattr(args, k) for k in keep}, teachers=teachers, samples=num_samples, config=config)
-
-
-def _route_codes(samples: Samples, student: str) -> np.ndarray:
-    """Route (index into ROUTES) of every sample: images; short videos and frame folders; untrimmed videos as
-    1-FPS frames (2d) or 10-s windows (3d); raw videos cut already."""
-    kinds = list(data.KINDS)
-    table = np.array([ROUTES.index({"image": "images", "untrimmed": "one_fps" if student == "2d" else "windows",
-                                    "raw": "raw"}.get(k, "videos")) for k in kinds], dtype=np.int8)
-    codes = getattr(samples, "kinds", None)
-    if codes is None:
-        codes = np.fromiter((kinds.index(s.kind) for s in samples), dtype=np.int64, count=len(samples))
-    return table[np.asarray(codes, dtype=np.int64)]
-
-
-def _labels(samples: Samples) -> np.ndarray:
-    labels = getattr(samples, "labels", None)
-    if labels is None:
-        labels = np.fromiter((s.label for s in samples), dtype=np.int64, count=len(samples))
-    return np.asarray(labels, dtype=np.int64)
-
-
-def _kind_names(samples: Samples) -> set[str]:
-    codes = getattr(samples, "kinds", None)
-    if codes is None:
-        return {s.kind for s in samples}
-    return {data.KINDS[c] for c in np.unique(codes)}
-
-
-def _base_record(i: int, sample: data.Sample, query: int, prefix: Path) -> dict:
-    return dict(i=int(i), path=_rel(sample.path, prefix), kind=sample.kind, query=int(query))
-
-
-def _corrupt(i: int, sample: data.Sample, query: int, prefix: Path, message: str) -> dict:
-    return dict(_base_record(i, sample, query, prefix), status="corrupt", error=message)
-
-
-def _score_record(record: dict, probs: torch.Tensor, top_c: torch.Tensor, top_p: torch.Tensor, query: int,
-                  cfg: FilterConfig) -> dict:
-    """A sample's scores in its record: query-class and top probabilities (top-5), deciding score (Sec. 3.4)."""
-    q = float(probs[query]) if query >= 0 else None
-    top = [[int(c), round(float(p), 4)] for c, p in zip(top_c.tolist(), top_p.tolist())]
-    record.update(query_score=None if q is None else round(q, 4), top_class=top[0][0], top_score=top[0][1],
-                  score=round(q if cfg.mode == "query" and q is not None else
-                              top[0][1] if cfg.mode == "pseudo" else 0.0, 4), top5=top)
-    return record
+def _move_pieces(work: Work, folder: Path) -> None:
+    """--cut-pieces: the pieces of kept videos move from the work folder into the output (one rename)."""
+    raw = work.folder / "raw"
+    if raw.is_dir():
+        _remove_empty_folders(raw)
+        if raw.is_dir():
+            os.rename(raw, Path(folder) / "raw")
 
 
 def _dump(record: dict) -> bytes:
@@ -1546,13 +1434,217 @@ def _write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def _move_pieces(work: Work, folder: Path) -> None:
-    """--cut-pieces: the pieces of kept videos move from the work folder into the output (one rename)."""
-    raw = work.folder / "raw"
-    if raw.is_dir():
-        _remove_empty_folders(raw)
-        if raw.is_dir():
-            os.rename(raw, Path(folder) / "raw")
+def _save_atomic(obj: dict, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# 9. Sharding and decoding in workers
+# ----------------------------------------------------------------------------------------------------------------------
+
+@dataclass
+class Shard:
+    """This process's part of a run: block b belongs to rank b % world (torchrun's RANK / WORLD_SIZE)."""
+    rank: int = 0
+    world: int = 1
+
+    def mine(self, num_blocks: int) -> range:
+        return range(self.rank, num_blocks, self.world)
+
+
+def _distributed(device: str | None) -> tuple[Shard, str]:
+    """torchrun's RANK / WORLD_SIZE / LOCAL_RANK -> (Shard, device); a gloo group only for the barriers."""
+    world, rank = int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("RANK", 0))
+    local = int(os.environ.get("LOCAL_RANK", 0))
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("gloo", timeout=datetime.timedelta(hours=24))   # rank 0 merges while others wait
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda":
+        device = f"cuda:{local}"
+        torch.cuda.set_device(device)
+    return Shard(rank, world), device
+
+
+def _barrier() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+class _Blocks(torch.utils.data.Dataset):
+    """Worker side: block k (sample indices) -> (k, good ids, units per id, one collated uint8 tensor per
+    load, {id: message} of the samples that could not be read). Nothing per sample crosses the queue."""
+
+    def __init__(self, samples: Samples, blocks: list[np.ndarray], load: Callable):
+        self.samples, self.blocks, self.load = samples, blocks, load
+
+    def __len__(self) -> int:
+        return len(self.blocks)
+
+    def __getitem__(self, k: int) -> tuple:
+        ids, counts, parts, errors = [], [], [], {}
+        for i in self.blocks[k]:
+            i = int(i)
+            try:
+                views = self.load(self.samples[i])                  # one (U, ...) uint8 tensor per group
+            except Unreadable as err:   # the file failed to decode (Sec. 3.3); any other error is a bug: raised
+                errors[i] = str(err)
+                continue
+            ids.append(i)
+            counts.append(len(views[0]))
+            parts.append(views)
+        cat = [torch.cat([p[g] for p in parts]) for g in range(len(parts[0]))] if parts else []
+        return k, np.asarray(ids, dtype=np.int64), np.asarray(counts, dtype=np.int64), cat, errors
+
+
+def _run_blocks(samples: Samples, blocks: list[np.ndarray], load: Callable, cfg: FilterConfig, what: str,
+                todo: Iterable[int]) -> Iterator[tuple]:
+    """Decode the blocks `todo` in DataLoader workers; yields `_Blocks` items in order."""
+    todo = list(todo)
+    if not todo:   # nothing to decode: no worker processes
+        return
+    ds = torch.utils.data.Subset(_Blocks(samples, blocks, load), todo)
+    loader = torch.utils.data.DataLoader(ds, batch_size=None, num_workers=cfg.workers, collate_fn=_as_is,
+                                         pin_memory=torch.device(cfg.device).type == "cuda")
+    progress, failed = _Progress(what, sum(len(blocks[k]) for k in todo), cfg.progress), 0
+    for item in loader:
+        yield item
+        failed += len(item[4])
+        progress.update(len(blocks[item[0]]), failed)
+    progress.close()
+
+
+class _UnitStream(torch.utils.data.IterableDataset):
+    """Worker side, Sec. 3.5: untrimmed videos -> chunks of at most `per_chunk` units (1-FPS frames, 10-s
+    windows, or the pieces of a raw sample), so a long video is never one tensor. Yields
+    (index, first unit, number of units, one uint8 (u, 1, C, T, h, w) tensor per load, (unit info, frame rate),
+    error);
+    the videos are split over the workers (video k -> worker k % workers)."""
+
+    def __init__(self, samples: Samples, todo: np.ndarray, route: str, cfg: FilterConfig, loads: Loads):
+        self.samples, self.todo, self.route, self.loads = samples, todo, route, loads
+        self.fps, self.seconds = cfg.fps, cfg.piece_seconds
+        self.per_chunk = max(1, cfg.chunk_frames // max(s.num_frames for s, _, _ in loads))
+
+    def __iter__(self) -> Iterator[tuple]:
+        info = torch.utils.data.get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        for k in range(worker, len(self.todo), workers):
+            i = int(self.todo[k])
+            try:
+                plan, unit_info, rate = _unit_plan(self.samples[i], self.route, self.fps, self.seconds, self.loads)
+                for s in range(0, len(unit_info), self.per_chunk):
+                    views = [_load_units(plan[g][s:s + self.per_chunk], transform)
+                             for g, (_, transform, _) in enumerate(self.loads)]
+                    yield i, s, len(unit_info), views, (unit_info[s:s + self.per_chunk], rate), None
+            except Unreadable as err:   # unreadable at any chunk: the video is corrupt (Sec. 3.3)
+                yield i, -1, 0, None, None, str(err)
+
+
+class _Load:
+    """A picklable worker-side loader: sample -> fn(sample, loads) (one uint8 tensor per teacher group)."""
+
+    def __init__(self, fn: Callable, loads: Loads):
+        self.fn, self.loads = fn, loads
+
+    def __call__(self, sample: data.Sample) -> list[torch.Tensor]:
+        return self.fn(sample, self.loads)
+
+
+class Unreadable(Exception):
+    """A web file that does not decode (Sec. 3.3: invalid or corrupted): recorded as corrupt and left out."""
+
+
+def _decode(fn: Callable, *args: object) -> object:
+    """fn(*args), a reader of a file (data.py / PyAV / Pillow); the errors that mean the file is broken become
+    Unreadable. Anything else (a bug in a transform, a teacher, our code) is raised as it is."""
+    try:
+        return fn(*args)
+    except DECODE_ERRORS as err:
+        raise Unreadable(f"{type(err).__name__}: {_first_line(err)}") from None
+
+
+class _Progress:
+    """'filter: WHAT: done/total (n unreadable) rate/s ETA' on stderr, redrawn in place on a terminal."""
+
+    def __init__(self, what: str, total: int, enabled: bool = True, every: float = 2.0):
+        self.what, self.total, self.enabled, self.every = what, total, enabled and total > 0, every
+        self.done, self.start, self.last, self.tty = 0, time.time(), 0.0, sys.stderr.isatty()
+
+    def update(self, n: int, failed: int) -> None:
+        self.done += n
+        now = time.time()
+        if not self.enabled or (now - self.last < self.every and self.done < self.total):
+            return
+        self.last = now
+        rate = self.done / max(now - self.start, 1e-6)
+        eta = time.strftime("%H:%M:%S", time.gmtime((self.total - self.done) / max(rate, 1e-6)))
+        print(f"filter: {self.what}: {self.done}/{self.total} ({failed} unreadable) {rate:.1f}/s ETA {eta}",
+              end="\r" if self.tty else "\n", file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self.enabled and self.tty:
+            print(file=sys.stderr)
+
+
+def _as_is(item: object) -> object:
+    """DataLoader collate_fn: items pass unchanged (numpy arrays stay numpy)."""
+    return item
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Helpers
+# ----------------------------------------------------------------------------------------------------------------------
+
+def _route_codes(samples: Samples, student: str) -> np.ndarray:
+    """Route (index into ROUTES) of every sample: images; short videos and frame folders; untrimmed videos as
+    1-FPS frames (2d) or 10-s windows (3d); raw videos cut already."""
+    kinds = list(data.KINDS)
+    table = np.array([ROUTES.index({"image": "images", "untrimmed": "one_fps" if student == "2d" else "windows",
+                                    "raw": "raw"}.get(k, "videos")) for k in kinds], dtype=np.int8)
+    codes = getattr(samples, "kinds", None)
+    if codes is None:
+        codes = np.fromiter((kinds.index(s.kind) for s in samples), dtype=np.int64, count=len(samples))
+    return table[np.asarray(codes, dtype=np.int64)]
+
+
+def _labels(samples: Samples) -> np.ndarray:
+    labels = getattr(samples, "labels", None)
+    if labels is None:
+        labels = np.fromiter((s.label for s in samples), dtype=np.int64, count=len(samples))
+    return np.asarray(labels, dtype=np.int64)
+
+
+def _kind_names(samples: Samples) -> set[str]:
+    codes = getattr(samples, "kinds", None)
+    if codes is None:
+        return {s.kind for s in samples}
+    return {data.KINDS[c] for c in np.unique(codes)}
+
+
+def _base_record(i: int, sample: data.Sample, query: int, prefix: Path) -> dict:
+    return dict(i=int(i), path=_rel(sample.path, prefix), kind=sample.kind, query=int(query))
+
+
+def _corrupt(i: int, sample: data.Sample, query: int, prefix: Path, message: str) -> dict:
+    return dict(_base_record(i, sample, query, prefix), status="corrupt", error=message)
+
+
+def _score_record(record: dict, probs: ArrayLike, query: int) -> dict:
+    """What the teachers saw of a sample, probs (K,): p(query class), the argmax class and its probability (the
+    two modes' deciding numbers, exactly as float32 gave them) and the top-5 (the report)."""
+    p = np.asarray(probs, dtype=np.float32)
+    top = np.argsort(-np.nan_to_num(p, nan=-1.0), kind="stable")[:TOP_K]
+    record.update(query_score=_floats(p[query]) if query >= 0 else None, top_class=int(top[0]),
+                  top_score=_floats(p[top[0]]), top5=[[int(c), _floats(p[c])] for c in top])
+    return record
+
+
+def _floats(x: ArrayLike) -> float | list[float]:
+    """float32 number(s) -> JSON floats in the shortest form that reads back as the same float32."""
+    a = np.asarray(x, dtype=np.float32)
+    return float(str(a)) if a.ndim == 0 else [float(str(v)) for v in a]
 
 
 def _rank_tag(shard: Shard) -> str:
@@ -1580,14 +1672,20 @@ def _remove_empty_folders(root: Path) -> None:
                 folder.rmdir()
 
 
-def _piece_name(path: str | Path, prefix: Path, index: int) -> str:
-    """Folder of a video's pieces under raw/: its path under the data prefix without the extension."""
-    rel = Path(_rel(path, prefix)).with_suffix("")
+def _piece_name(rel_path: str, index: int) -> str:
+    """Folder of a video's pieces under raw/: its path under the data prefix (rel_path) without the extension."""
+    rel = Path(rel_path).with_suffix("")
     return rel.as_posix() if ".." not in rel.parts else f"{index:06d}_{rel.name}"
 
 
 def _common_folder(samples: Samples) -> Path:
     return Path(os.path.commonpath([str(Path(s.path).parent) for s in samples]))
+
+
+def _list_path(base: str, rel_path: str) -> str:
+    """A sample's path in the output list from its path under the data prefix: base (the prefix relative to
+    the list's folder) / rel_path, normalised as os.path.relpath would give it."""
+    return posixpath.normpath(posixpath.join(base, rel_path))
 
 
 def _rel(path: str | Path, base: str | Path) -> str:
@@ -1598,20 +1696,12 @@ def _first_line(err: BaseException) -> str:
     return (str(err).splitlines() or [""])[0]
 
 
-def _l2(x: np.ndarray) -> np.ndarray:
-    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+def _preview(names: Sequence[str], k: int = 3) -> str:
+    return ", ".join(list(names)[:k]) + (", ..." if len(names) > k else "")
 
 
 def _name(teacher: nn.Module) -> str:
     return str(getattr(teacher, "source", None) or getattr(teacher, "arch", None) or type(teacher).__name__)
-
-
-def _foreign_teacher(path: str | Path, arch: str, classes: list[str]) -> nn.Module:
-    """A teacher from a checkpoint that does not describe itself: build `arch`, load strictly, attach classes."""
-    model = models.build_model(arch, len(classes))
-    models.load_weights(model, path)
-    model.classes = list(classes)
-    return model.eval()
 
 
 if __name__ == "__main__":

@@ -14,12 +14,14 @@ Where each part of the paper lives (module.function):
                       (filter.find_duplicates)          (whitened ResNet features, cosine similarity)
                       filter.run_filter                 invalid / corrupted files are skipped and counted
     Sec. 3.4          filter.keep_decision              teacher filtering: query-class or pseudo labels >= T
+                      (filter.decide, filter.RULES)     decided once over the whole crawl; per-class thresholds
                       filter.ensemble                   several teachers averaged (Fig. 6)
     Sec. 3.5          omnisource.estimate_motion        camera-motion Gaussian N(mu, Sigma) of the target videos
                       transforms.image_to_clip          Eq. 2: a web image -> a pseudo clip warped by sampled
                                                         homographies (Table 8)
                       filter.one_fps_indices,           untrimmed videos: 1-FPS frames (2D students) and their
-                      filter.untrimmed_decision         decision from the most confident unit
+                      filter.untrimmed_scores,          decision from the most confident unit, positive units
+                      filter.untrimmed_decision
                       filter.window_ranges              10-s windows of untrimmed videos (3D students)
                       data.VideoDataset(snippet=...),   snippets from the teacher-scored frames (Table 14),
                       transforms.select_snippet         windows / cut pieces as clips (data.cut_video)

@@ -20,7 +20,7 @@ kernel, the same crop boxes and geometry, within one grey level of cv2 (about 7x
 With `uint8=True` the pipelines stop before normalisation and return uint8 tensors; `normalize` finishes them on any
 device (DataLoader workers ship 4x fewer bytes).
 
-Section 3 -- the machinery under both (a reader of the method may stop before it): `compose`, `denormalize`, the
+Section 3 -- the machinery under both (a reader of the method may stop before it): `compose`, the
 alignment's pyramid and Gauss-Newton steps, the cv2-exact resize taps and the other small helpers.
 
 Coordinate convention (section 1): a homography H maps PIXEL coordinates (x, y, 1) of the source image to the output
@@ -55,19 +55,24 @@ def warp_perspective(image: np.ndarray | torch.Tensor, H: np.ndarray | torch.Ten
     """Sec. 3.5: the homographic transform F(I; H). Output pixel x' takes the source at H^-1 x' (bilinear).
 
     image: uint8 numpy (H, W, 3) or float tensor (3, H, W); H: (3, 3) mapping SOURCE pixel coords to OUTPUT pixel
-    coords. Returns the same type/shape/dtype. padding 'border' (default) repeats the edge pixels where the inverse map
-    leaves the image, so pseudo videos have no black corners; 'zeros' and 'reflection' are grid_sample's others.
+    coords, or (N, 3, 3) for N warps of the same image (Eq. 2's frames: image_to_clip). Returns the same type and
+    dtype, (H, W, 3) / (3, H, W), or with a leading N for N matrices. padding 'border' (default) repeats the edge
+    pixels where the inverse map leaves the image, so pseudo videos have no black corners; 'zeros' and 'reflection'
+    are grid_sample's others.
     """
-    hmat = torch.as_tensor(np.asarray(H, dtype=np.float64)).reshape(3, 3)
+    hmats = torch.as_tensor(np.asarray(H, dtype=np.float64))
+    one = hmats.ndim == 2
+    hmats = hmats.reshape(-1, 3, 3)
     if isinstance(image, np.ndarray):
         if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
             raise ValueError(f"transforms.warp_perspective: expected uint8 (H, W, 3), got {image.dtype} {image.shape}")
         chw = torch.from_numpy(image.astype(np.float32)).permute(2, 0, 1)
-        out = _warp_batch(chw, hmat[None], padding)[0]
-        return out.round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
+        out = _warp_batch(chw, hmats, padding).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+        return out[0] if one else out
     if not torch.is_tensor(image) or image.ndim != 3 or not image.is_floating_point():
         raise ValueError("transforms.warp_perspective: expected uint8 numpy (H, W, 3) or float tensor (3, H, W)")
-    return _warp_batch(image, hmat[None], padding)[0]
+    out = _warp_batch(image, hmats, padding)
+    return out[0] if one else out
 
 
 def estimate_homography(src: np.ndarray | torch.Tensor, dst: np.ndarray | torch.Tensor, max_side: int = 400,
@@ -246,9 +251,7 @@ def image_to_clip(image: np.ndarray, num_frames: int, mode: str = "still", rng: 
     for step in steps:
         total = step @ total
         mats.append(total.copy())
-    chw = torch.from_numpy(image.astype(np.float32)).permute(2, 0, 1)
-    out = _warp_batch(chw, torch.as_tensor(np.stack(mats)), "border")
-    return out.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    return warp_perspective(image, np.stack(mats))             # (T, H, W, 3) uint8
 
 
 def build_image_to_clip(mode: str = "still", motion: HomographyGaussian | None = None, class_specific: bool = False,
@@ -582,12 +585,6 @@ def compose(*steps: Callable) -> Callable:
             frames = step(frames, rng)
         return frames
     return run
-
-
-def denormalize(x: torch.Tensor, mean: tuple[float, ...] = MEAN, std: tuple[float, ...] = STD) -> np.ndarray:
-    """Inverse of Normalize: (C, T, H, W) -> uint8 (T, H, W, 3) (for viewing and tests)."""
-    y = x.permute(1, 2, 3, 0) * torch.tensor(std) + torch.tensor(mean)
-    return y.round().clamp(0, 255).to(torch.uint8).numpy()
 
 
 def _check_clip(frames: object, where: str) -> None:

@@ -1,9 +1,10 @@
 """Tests for filter.py (Sec. 3.3-3.5): known answers from teachers whose outputs we set.
 
 - keep_decision / ensemble / one_fps_indices / dedup_threshold / find_duplicates / Whitening: hand-computed values.
-- Filtering with stub teachers that map each flat input colour to fixed probabilities: the kept set, labels and
-  recorded scores in 'query' and 'pseudo' mode are known exactly; two teachers average (Fig. 6); 3D teachers are
-  refused for images (Sec. 3.4).
+- The command's own path (`filter.main`, in-process with stub teachers in place of the checkpoints) with stub
+  teachers that map each flat input colour to fixed probabilities: the kept set, labels and recorded scores in
+  'query' and 'pseudo' mode are known exactly; two teachers average (Fig. 6); 3D teachers are refused for images
+  (Sec. 3.4).
 - Corrupt files (zero-byte, text named .mp4, bad jpg, truncated mp4, a file deleted mid-run) are reported, skipped.
 - De-duplication: a re-encoded, resized val frame is found, different images are spared (Sec. 3.3).
 - Untrimmed videos (Sec. 3.5): 3D cutting gives the right pieces and positive indices, loadable by data.py;
@@ -13,7 +14,7 @@
 """
 from __future__ import annotations
 
-import argparse
+import json
 import subprocess
 import sys
 from functools import partial
@@ -48,6 +49,7 @@ class ColourTeacher(nn.Module):
         clip_len = 1 if family == "tsn" else 2
         self.spec = models.ArchSpec(family, clip_len, 1, 3, 25, 1, "demo", crop_size=16)
         self.classes, self.arch, self.on_forward = list(CLASSES), f"stub_{family}", on_forward
+        self.source = self.arch
         names = list(PALETTE)
         self.register_buffer("colours", torch.tensor([PALETTE[n] for n in names], dtype=torch.float32))
         self.register_buffer("logits", torch.log(torch.tensor([table[n] for n in names], dtype=torch.float32)))
@@ -63,8 +65,38 @@ class ColourTeacher(nn.Module):
         return (models.TSN if spec.family == "tsn" else models.ResNet3dSlowOnly).forward_views(self, views, spec)
 
 
-def cfg(**kw):
-    return flt.FilterConfig(**{**dict(workers=0, progress=False, batch_size=4), **kw})
+class Output:
+    """A filter output read back: list lines, records (samples.jsonl), report, duplicates.txt, sidecar."""
+
+    def __init__(self, folder: Path):
+        self.lines = (folder / "train.txt").read_text().splitlines()
+        self.records = [json.loads(line) for line in (folder / "samples.jsonl").read_text().splitlines()]
+        self.report = json.loads((folder / "report.json").read_text())
+        self.duplicates = (folder / "duplicates.txt").read_text().splitlines()[1:]
+        sidecar = data.frame_scores_path(folder / "train.txt")
+        self.frame_scores = data.read_frame_scores(sidecar) if sidecar.is_file() else {}
+        self.corrupt = {r["path"]: r.get("error") or r.get("cut_error") for r in self.records
+                        if r["status"] == "corrupt"}
+
+
+def make_source(root: Path, name: str, lines: list[str], classes=CLASSES) -> None:
+    """A plain dataset DATA_ROOT/NAME/ (classes.txt, train.txt, val.txt) over files already under it."""
+    (root / name).mkdir(parents=True, exist_ok=True)
+    (root / name / "classes.txt").write_text("".join(f"{c}\n" for c in classes))
+    for split in ("train", "val"):
+        (root / name / f"{split}.txt").write_text("".join(f"{ln}\n" for ln in lines))
+
+
+def run_main(monkeypatch, root: Path, source: str, teachers, *flags, out: str = "out", extractor=None) -> Output:
+    """The filter.py command in-process (`filter.main`), its checkpoints replaced by the stub teachers."""
+    monkeypatch.setattr(flt, "load_teachers", lambda *args, **kw: list(teachers))
+    if extractor is not None:
+        monkeypatch.setattr(flt, "build_extractor", lambda *args, **kw: extractor)
+    args = flt.get_args_parser().parse_args(["--data-root", str(root), "--source", source, "--teacher", "stub.pth",
+                                             "--out", out, "--workers", "0", "--batch-size", "4", "--quiet",
+                                             *map(str, flags)])
+    flt.main(args)
+    return Output(root / out)
 
 
 def write_image(path: Path, colour: str, size=(40, 30)) -> Path:
@@ -96,11 +128,13 @@ def colour_of(frame: np.ndarray) -> str:
     return min(PALETTE, key=lambda n: np.linalg.norm(mean - np.array(PALETTE[n])))
 
 
-def image_source(root: Path) -> tuple[list, np.ndarray]:
-    """red/green/blue/grey images with query labels 0, 0, 2, 1."""
+def image_source(root: Path, name: str = "web") -> np.ndarray:
+    """DATA_ROOT/NAME/: red/green/blue/grey images with query labels 0, 0, 2, 1."""
     spec = [("red", 0), ("green", 0), ("blue", 2), ("grey", 1)]
-    samples = [data.Sample(write_image(root / "images" / f"{c}.jpg", c), q, "image") for c, q in spec]
-    return samples, np.array([q for _, q in spec])
+    for c, _ in spec:
+        write_image(root / name / "images" / f"{c}.jpg", c)
+    make_source(root, name, [f"images/{c}.jpg {q}" for c, q in spec])
+    return np.array([q for _, q in spec])
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -109,15 +143,15 @@ def image_source(root: Path) -> tuple[list, np.ndarray]:
 
 def test_keep_decision_query_and_pseudo():
     probs = np.array([[0.6, 0.3, 0.1], [0.2, 0.5, 0.3], [0.1, 0.1, 0.8], [0.4, 0.35, 0.25], [0.5, 0.25, 0.25]])
-    query = np.array([0, 0, 2, -1, 0])
-    keep, labels = flt.keep_decision(probs, query, "query", 0.5)
+    scores = flt.Scores.of(probs, [0, 0, 2, -1, 0])
+    keep, labels, held = flt.keep_decision(scores, 3, "query", 0.5)
     assert keep.tolist() == [True, False, True, False, True]          # p == T is kept; -1 never
-    assert labels.tolist() == [0, 0, 2, -1, 0]
-    keep, labels = flt.keep_decision(probs, query, "pseudo", 0.5)
+    assert labels.tolist() == [0, 0, 2, -1, 0] and held[[0, 1, 2, 4]].tolist() == [0.5] * 4
+    keep, labels, _ = flt.keep_decision(scores, 3, "pseudo", 0.5)
     assert keep.tolist() == [True, True, True, False, True]
     assert labels.tolist() == [0, 1, 2, 0, 0]
     with pytest.raises(ValueError, match="mode"):
-        flt.keep_decision(probs, query, "vote", 0.5)
+        flt.keep_decision(scores, 3, "vote", 0.5)
 
 
 def test_ensemble_and_untrimmed_decision():
@@ -126,11 +160,18 @@ def test_ensemble_and_untrimmed_decision():
     with pytest.raises(ValueError, match="one shape"):
         flt.ensemble([a, np.ones((2, 2))])
     units = np.array([[0.1, 0.9], [0.7, 0.3], [0.55, 0.45]])
-    assert flt.untrimmed_decision(units, 0, "query", 0.5)[:2] == (True, 0)
-    assert flt.untrimmed_decision(units, 0, "query", 0.5)[2].tolist() == [False, True, True]
-    keep, label, pos = flt.untrimmed_decision(units, 0, "pseudo", 0.8)     # best unit: class 1 at 0.9
-    assert (keep, label, pos.tolist()) == (True, 1, [True, False, False])
-    assert flt.untrimmed_decision(units, 1, "query", 0.95)[0] is False
+    video, unit_query, unit_top = flt.untrimmed_scores(units, 0)       # the most confident unit per class
+    np.testing.assert_allclose(video, [0.7, 0.9])
+    np.testing.assert_allclose(unit_query, [0.1, 0.7, 0.55])
+    np.testing.assert_allclose(unit_top, [0.9, 0.3, 0.45])            # argmax class 1
+    keep, label, _ = flt.keep_decision(flt.Scores.of(video[None], [0]), 2, "query", 0.5)
+    assert (bool(keep[0]), int(label[0])) == (True, 0)
+    assert flt.untrimmed_decision(unit_query, True, 0.5).tolist() == [False, True, True]
+    keep, label, _ = flt.keep_decision(flt.Scores.of(video[None], [0]), 2, "pseudo", 0.8)
+    assert (bool(keep[0]), int(label[0])) == (True, 1)
+    assert flt.untrimmed_decision(unit_top, True, 0.8).tolist() == [True, False, False]
+    assert not flt.keep_decision(flt.Scores.of(video[None], [1]), 2, "query", 0.95)[0][0]
+    assert flt.untrimmed_decision(unit_top, False, 0.5).tolist() == [False, False, False]   # dropped: none
 
 
 def test_one_fps_indices():
@@ -146,6 +187,11 @@ def test_dedup_maths():
     found = flt.find_duplicates([[1, 0], [0, 1], [2, 0.1]], [[1, 0.1], [-1, 0]], threshold=0.99)
     assert [(w, v) for w, v, _ in found] == [(0, 0), (2, 0)]
     assert found[0][2] == pytest.approx(1 / np.sqrt(1.01))
+    # chunked: one web row per chunk gives the same answer (each chunk normalised on its own)
+    sims, best = flt.best_match(torch.tensor([[1.0, 0], [0, 1], [2, 0.1]]),
+                                torch.nn.functional.normalize(torch.tensor([[1, 0.1], [-1, 0]]), dim=1),
+                                chunk_bytes=8)
+    assert best.tolist() == [0, 0, 0] and sims[0].item() == pytest.approx(1 / np.sqrt(1.01))
     x = np.random.default_rng(0).normal(size=(4000, 3)) @ np.array([[3, 0, 0], [1, 1, 0], [0, 0, 0.1]])
     w = flt.Whitening.fit(x, shrink=0.0)
     y = (x - w.mean) @ w.proj
@@ -153,22 +199,22 @@ def test_dedup_maths():
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# Teacher filtering with known outputs (Sec. 3.4)
+# Teacher filtering with known outputs (Sec. 3.4), through the command's own path
 # ----------------------------------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("mode, kept", [("query", {"red": 0, "blue": 2}),
                                         ("pseudo", {"red": 0, "green": 1, "blue": 2})])
-def test_filter_images_both_modes(tmp_path, mode, kept):
-    samples, query = image_source(tmp_path / "web")
-    res = flt.filter_source(samples, query, [ColourTeacher()], cfg(mode=mode), tmp_path / "out",
-                            prefix=tmp_path / "web")
+def test_filter_images_both_modes(tmp_path, monkeypatch, mode, kept):
+    query = image_source(tmp_path)
+    res = run_main(monkeypatch, tmp_path, "web", [ColourTeacher()], "--mode", mode)
     assert res.lines == [f"../web/images/{c}.jpg {label}" for c, label in kept.items()]
-    by_path = {r["path"]: r for r in res.report["samples"]}
+    by_path = {r["path"]: r for r in res.records}
     for colour, q in zip(["red", "green", "blue", "grey"], query):
         r = by_path[f"images/{colour}.jpg"]
-        assert r["query_score"] == pytest.approx(PROBS[colour][q], abs=1e-4)
-        assert r["top_score"] == pytest.approx(max(PROBS[colour]), abs=1e-4)
-        assert r["status"] == ("kept" if colour in kept else "dropped")
+        assert r["query_score"] == pytest.approx(PROBS[colour][q], abs=1e-6)
+        assert r["top_score"] == pytest.approx(max(PROBS[colour]), abs=1e-6)
+        assert r["top_class"] == int(np.argmax(PROBS[colour]))
+        assert r["status"] == ("kept" if colour in kept else "dropped") and r["threshold"] == 0.5
     per = {c["name"]: c for c in res.report["per_class"]}
     assert [per[n]["before"] for n in CLASSES] == [2, 1, 1]            # Fig. 3: by query label
     assert [per[n]["after"] for n in CLASSES] == [1, int(mode == "pseudo"), 1]
@@ -176,34 +222,51 @@ def test_filter_images_both_modes(tmp_path, mode, kept):
                                         unknown_query=0)
 
 
-def test_ensemble_of_teachers_averages(tmp_path):
-    samples, query = image_source(tmp_path / "web")
+def test_ensemble_of_teachers_averages(tmp_path, monkeypatch):
+    image_source(tmp_path)
     other = {"red": [0.3, 0.3, 0.4], "green": [0.2, 0.2, 0.6], "blue": [0.1, 0.1, 0.8], "grey": [0.6, 0.2, 0.2]}
-    probs, errors = flt.score_clips(samples, [ColourTeacher(), ColourTeacher(other)], cfg())
-    assert errors == {}
-    expect = [(np.array(PROBS[c]) + np.array(other[c])) / 2 for c in ["red", "green", "blue", "grey"]]
-    np.testing.assert_allclose(probs, expect, atol=1e-6)
+    res = run_main(monkeypatch, tmp_path, "web", [ColourTeacher(), ColourTeacher(other)])
+    for r, c in zip(res.records, ["red", "green", "blue", "grey"]):
+        mean = (np.array(PROBS[c]) + np.array(other[c])) / 2
+        assert r["top_score"] == pytest.approx(mean.max(), abs=1e-6) and r["top_class"] == int(mean.argmax())
     # the average decides: red 0.6 >= 0.5 kept; blue 0.7 kept; green (query 0) 0.15 dropped
-    res = flt.filter_source(samples, query, [ColourTeacher(), ColourTeacher(other)], cfg(), tmp_path / "out")
     assert [ln.split()[0].split("/")[-1] for ln in res.lines] == ["red.jpg", "blue.jpg"]
 
 
-def test_videos_with_2d_and_3d_teachers_and_3d_refused_for_images(tmp_path):
-    v = [data.Sample(colour_video(tmp_path / "web" / "videos" / f"{c}.mp4", [c] * 12), 0, "video")
-         for c in ("red", "green")]
-    for teacher in (ColourTeacher(family="tsn"), ColourTeacher(family="3d")):
-        probs, errors = flt.score_clips(v, [teacher], cfg())
-        np.testing.assert_allclose(probs, [PROBS["red"], PROBS["green"]], atol=1e-5)
-    images, query = image_source(tmp_path / "img")
+def test_teachers_with_the_same_classes_in_another_order_are_matched_by_name(tmp_path, monkeypatch):
+    """Fig. 6 averages classes by name: a teacher whose class list is reversed (and its outputs with it) is the
+    same teacher; different names are refused in one line naming the checkpoint."""
+    image_source(tmp_path)
+    reversed_teacher = ColourTeacher({c: p[::-1] for c, p in PROBS.items()})
+    reversed_teacher.classes = CLASSES[::-1]
+    one = run_main(monkeypatch, tmp_path, "web", [ColourTeacher()], out="one")
+    both = run_main(monkeypatch, tmp_path, "web", [ColourTeacher(), reversed_teacher], out="both")
+    assert both.lines == one.lines and len(one.lines) == 2
+    np.testing.assert_allclose([r["top5"] for r in both.records], [r["top5"] for r in one.records], atol=1e-6)
+    other = ColourTeacher()
+    other.classes, other.source = ["red_thing", "green_thing", "purple_thing"], "other.pth"
+    with pytest.raises(ValueError, match="--teacher other.pth: its 3 class names differ"):
+        run_main(monkeypatch, tmp_path, "web", [ColourTeacher(), other], out="bad")
+
+
+def test_videos_with_2d_and_3d_teachers_and_3d_refused_for_images(tmp_path, monkeypatch):
+    for c in ("red", "green"):
+        colour_video(tmp_path / "vid" / "videos" / f"{c}.mp4", [c] * 12)
+    make_source(tmp_path, "vid", ["videos/red.mp4 0", "videos/green.mp4 0"])
+    for family in ("tsn", "3d"):
+        res = run_main(monkeypatch, tmp_path, "vid", [ColourTeacher(family=family)], out=f"out-{family}")
+        assert [r["query_score"] for r in res.records] == pytest.approx([0.9, 0.1], abs=1e-5)
+        assert [r["top_class"] for r in res.records] == [0, 1]
+    image_source(tmp_path, "img")
     with pytest.raises(ValueError, match=r"3D teacher .* images are scored by 2D \(TSN\) teachers only"):
-        flt.filter_source(images, query, [ColourTeacher(family="3d")], cfg(), tmp_path / "out")
+        run_main(monkeypatch, tmp_path, "img", [ColourTeacher(family="3d")])
 
 
 # ----------------------------------------------------------------------------------------------------------------------
 # Corrupt files (Sec. 3.3)
 # ----------------------------------------------------------------------------------------------------------------------
 
-def test_corrupt_files_reported_and_skipped(tmp_path):
+def test_corrupt_files_reported_and_skipped(tmp_path, monkeypatch):
     web = tmp_path / "web"
     good = colour_video(web / "videos" / "good.mp4", ["red"] * 12)
     doomed = colour_video(web / "videos" / "doomed.mp4", ["red"] * 12)
@@ -212,22 +275,32 @@ def test_corrupt_files_reported_and_skipped(tmp_path):
     raw = colour_video(web / "videos" / "cut.mp4", ["red"] * 40).read_bytes()
     (web / "videos" / "cut.mp4").write_bytes(raw[:len(raw) // 2])
     names = ["good", "zero", "html", "cut", "doomed"]
-    videos = [data.Sample(web / "videos" / f"{n}.mp4", 0, "video") for n in names]
-    bad_jpg = web / "images" / "bad.jpg"
-    bad_jpg.parent.mkdir()
-    bad_jpg.write_bytes(b"\xff\xd8\xff\xe0" + bytes(range(256)) * 4)
-    images = [data.Sample(write_image(web / "images" / "ok.jpg", "red"), 0, "image"),
-              data.Sample(bad_jpg, 0, "image")]
+    (web / "images").mkdir()
+    (web / "images" / "bad.jpg").write_bytes(b"\xff\xd8\xff\xe0" + bytes(range(256)) * 4)
+    write_image(web / "images" / "ok.jpg", "red")
+    make_source(tmp_path, "web", [f"videos/{n}.mp4 0" for n in names] + ["images/ok.jpg 0", "images/bad.jpg 0"])
     # the teacher's first forward deletes doomed.mp4, which is decoded in a later batch: it vanishes mid-run
     teacher = ColourTeacher(on_forward=lambda: doomed.unlink(missing_ok=True))
-    res = flt.filter_source(videos + images, np.zeros(7, int), [teacher], cfg(batch_size=1), tmp_path / "out",
-                            prefix=web)
+    res = run_main(monkeypatch, tmp_path, "web", [teacher], "--batch-size", "1")
     assert res.lines == ["../web/videos/good.mp4 0", "../web/images/ok.jpg 0"]
-    corrupt = {c["path"]: c["error"] for c in res.report["corrupt"]}
-    assert set(corrupt) == {"videos/zero.mp4", "videos/html.mp4", "videos/cut.mp4", "videos/doomed.mp4",
-                            "images/bad.jpg"}
-    assert "FileNotFoundError" in corrupt["videos/doomed.mp4"]
+    assert set(res.corrupt) == {"videos/zero.mp4", "videos/html.mp4", "videos/cut.mp4", "videos/doomed.mp4",
+                                "images/bad.jpg"}
+    assert "FileNotFoundError" in res.corrupt["videos/doomed.mp4"]
     assert good.exists() and res.report["counts"]["corrupt"] == 5
+
+
+def test_a_bug_in_a_transform_stops_the_run(tmp_path, monkeypatch):
+    """Only decode and I/O failures of a file are 'corrupt': a TypeError of a transform is raised, not counted."""
+    image_source(tmp_path)
+
+    def broken_transform(*args, **kw):
+        def transform(frames):
+            raise TypeError("a bug in the transform")
+        return transform
+    monkeypatch.setattr(transforms, "test_transform", broken_transform)
+    with pytest.raises(TypeError, match="a bug in the transform"):
+        run_main(monkeypatch, tmp_path, "web", [ColourTeacher()])
+    assert not (tmp_path / "out").exists()
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -248,23 +321,24 @@ def texture(seed: int, size=(48, 40)) -> np.ndarray:
     return np.asarray(Image.fromarray(small).resize(size, Image.BILINEAR))
 
 
-def test_dedup_finds_planted_near_copy(tmp_path):
-    val = [data.Sample(write_video(tmp_path / "target" / "videos" / f"v{k}.mp4",
-                                   np.stack([texture(k)] * 9), fps=4), 0, "video") for k in range(8)]
+def test_dedup_finds_planted_near_copy(tmp_path, monkeypatch):
+    for k in range(8):
+        write_video(tmp_path / "target" / "videos" / f"v{k}.mp4", np.stack([texture(k)] * 9), fps=4)
+    make_source(tmp_path, "target", [f"videos/v{k}.mp4 0" for k in range(8)])
     web = tmp_path / "web" / "images"
     web.mkdir(parents=True)
     # a frame of val video 3, resized by 0.9 and re-encoded as JPEG: a near-copy
-    frame = data.read_frames(val[3].path, [4])[0]
+    frame = data.read_frames(tmp_path / "target" / "videos" / "v3.mp4", [4])[0]
     Image.fromarray(frame).resize((43, 36), Image.BILINEAR).save(web / "copy.jpg", quality=85)
     for k in range(100, 108):   # different images
         Image.fromarray(texture(k)).save(web / f"other{k}.jpg", quality=85)
-    samples = [data.Sample(p, 0, "image") for p in sorted(web.iterdir())]
-    dups, info, errors = flt.deduplicate(samples, val, PoolFeatures(), cfg())
-    assert errors == {} and info["val_frames"] == 8 * 3 and 0 < info["threshold"] < 1
-    assert {samples[i].path.name: j for i, (j, _) in dups.items()} == {"copy.jpg": 3}
-    res = flt.filter_source(samples, np.zeros(len(samples), int), [ColourTeacher()],
-                            cfg(threshold=0.0), tmp_path / "out", val_samples=val, extractor=PoolFeatures())
-    assert res.report["counts"]["duplicate"] == 1 and len(res.lines) == len(samples) - 1
+    make_source(tmp_path, "web", [f"images/{p.name} 0" for p in sorted(web.iterdir())])
+    res = run_main(monkeypatch, tmp_path, "web", [ColourTeacher()], "--threshold", "0", "--dedup-against", "target",
+                   extractor=PoolFeatures())
+    info = res.report["dedup"]
+    assert info["val_frames"] == 8 * 3 and 0 < info["threshold"] < 1
+    assert [r["path"] for r in res.records if r["status"] == "duplicate"] == ["images/copy.jpg"]
+    assert res.report["counts"]["duplicate"] == 1 and len(res.lines) == 8
     assert res.duplicates[0].startswith("../web/images/copy.jpg ../target/videos/v3.mp4 ")
 
 
@@ -272,48 +346,48 @@ def test_dedup_finds_planted_near_copy(tmp_path):
 # Untrimmed videos (Sec. 3.5)
 # ----------------------------------------------------------------------------------------------------------------------
 
-def test_untrimmed_3d_pieces(tmp_path):
+def test_untrimmed_3d_pieces(tmp_path, monkeypatch):
     # 2 FPS: 25 s = 50 frames; red during seconds 10-20 only. 10-s pieces of 20 frames: 2.5 -> 3 pieces
     # [0, 20), [20, 40), [40, 50); only piece 1 is red. A 12-s grey video is 1 piece (24 frames), dropped.
     web = tmp_path / "web"
-    long = colour_video(web / "untrimmed" / "long.mp4", ["grey"] * 20 + ["red"] * 20 + ["grey"] * 10, fps=2)
+    colour_video(web / "untrimmed" / "long.mp4", ["grey"] * 20 + ["red"] * 20 + ["grey"] * 10, fps=2)
     short = colour_video(web / "untrimmed" / "short.mp4", ["grey"] * 24, fps=2)
-    samples = [data.Sample(long, 0, "untrimmed"), data.Sample(short, 0, "untrimmed")]
+    make_source(tmp_path, "web", ["untrimmed/long.mp4 0", "untrimmed/short.mp4 0"])
     out = tmp_path / "out"
-    res = flt.filter_source(samples, [0, 0], [ColourTeacher(family="3d")], cfg(student="3d", cut_pieces=True), out,
-                            prefix=web)
+    res = run_main(monkeypatch, tmp_path, "web", [ColourTeacher(family="3d")], "--student", "3d", "--cut-pieces")
     assert res.lines == ["raw/untrimmed/long 0 3 1"]
     parts = sorted((out / "raw" / "untrimmed" / "long").iterdir())
     assert [p.name for p in parts] == ["part_0.mp4", "part_1.mp4", "part_2.mp4"]
     assert [data.count_frames(p) for p in parts] == [20, 20, 10]
-    assert not (out / "raw" / "untrimmed" / "short").exists()            # pieces of dropped videos removed
-    assert res.report["samples"][0]["unit_scores"] == pytest.approx([0.35, 0.9, 0.35], abs=1e-3)
+    assert not (out / "raw" / "untrimmed" / "short").exists()            # dropped videos are not cut
+    assert res.records[0]["unit_query"] == pytest.approx([0.35, 0.9, 0.35], abs=1e-6)
     # data.py reads the result as a raw (RawVideoDataset) sample whose positive piece is the red one
-    flt.write_output(out, res, CLASSES)
     ds = data.VideoDataset(data.load_split(data.resolve_dataset(tmp_path, "out"), "train"),
                            data.Sampling(clip_len=2, frame_interval=1, num_clips=1))
     (sample,) = ds.samples
     assert (sample.kind, sample.num_parts, sample.pos_clips) == ("raw", 3, (1,))
     assert {colour_of(f) for f in ds.load(0)[0]} == {"red"}
+    # re-decided without the teacher, the pieces follow the decision: T = 0.95 keeps nothing, T = 0.3 both
+    none = run_main(monkeypatch, tmp_path, "web", [], "--student", "3d", "--cut-pieces", "--threshold", "0.95")
+    assert none.lines == [] and none.report["run"]["redecided"] and not (out / "raw").exists()
+    both = run_main(monkeypatch, tmp_path, "web", [], "--student", "3d", "--cut-pieces", "--threshold", "0.3")
+    assert both.lines == ["raw/untrimmed/long 0 3 0 1 2", "raw/untrimmed/short 0 1 0"]
+    assert data.count_frames(out / "raw" / "untrimmed" / "short" / "part_0.mp4") == 24
     # a tail shorter than half a piece joins the last piece
     assert data.cut_video(short, tmp_path / "pieces", seconds=5) == 2
     assert [data.count_frames(tmp_path / "pieces" / f"part_{i}.mp4") for i in (0, 1)] == [10, 14]
 
 
-def test_untrimmed_2d_snippet_sidecar_with_video_dataset(tmp_path):
+def test_untrimmed_2d_snippet_sidecar_with_video_dataset(tmp_path, monkeypatch):
     # 2 FPS, 8 s: the 1-FPS frames are 1, 3, ..., 15; seconds 2 and 5 are red (positive), the rest grey
     colours = [c for s in range(8) for c in [("red" if s in (2, 5) else "grey")] * 2]
-    web = tmp_path / "web"
-    video = colour_video(web / "untrimmed" / "v.mp4", colours, fps=2)
-    samples = [data.Sample(video, 0, "untrimmed")]
-    out = tmp_path / "out"
-    res = flt.filter_source(samples, [0], [ColourTeacher()], cfg(), out)
+    colour_video(tmp_path / "web" / "untrimmed" / "v.mp4", colours, fps=2)
+    make_source(tmp_path, "web", ["untrimmed/v.mp4 0"])
+    res = run_main(monkeypatch, tmp_path, "web", [ColourTeacher()])
     assert res.lines == ["../web/untrimmed/v.mp4 0"]
     fs = res.frame_scores["../web/untrimmed/v.mp4"]
     assert fs.frames == (1, 3, 5, 7, 9, 11, 13, 15) and fs.threshold == 0.5
     np.testing.assert_allclose(fs.scores, [0.35, 0.35, 0.9, 0.35, 0.35, 0.9, 0.35, 0.35], atol=1e-4)
-    flt.write_output(out, res, CLASSES)
-    assert data.frame_scores_path(out / "train.txt").is_file()
     loaded = data.load_split(data.resolve_dataset(tmp_path, "out"), "train")
     got = loaded[0].frame_scores
     assert (got.frames, got.threshold) == (fs.frames, fs.threshold)
@@ -335,7 +409,8 @@ def test_untrimmed_2d_snippet_sidecar_with_video_dataset(tmp_path):
 
 @pytest.fixture(scope="module")
 def tiny_root(tmp_path_factory):
-    """Generated demo data (2 classes, a few web samples incl. broken files) and an untrained tsn_tiny teacher."""
+    """Generated demo data (2 classes, a few web samples incl. broken files), an untrained tsn_tiny teacher, and a
+    web image that is a copy of a val video's frame."""
     root = tmp_path_factory.mktemp("filter_cli")
     config = synthetic.SynthConfig(num_classes=2, train_per_class=1, val_per_class=1, web_images_per_class=3,
                                    web_videos_per_class=2, untrimmed_per_class=1, width=32, height=32,
@@ -345,6 +420,12 @@ def tiny_root(tmp_path_factory):
     model = models.build_model("tsn_tiny", 2)
     torch.save(dict(model=model.state_dict(), arch="tsn_tiny", model_args={},
                     classes=data.read_classes(root / "synth" / "classes.txt")), root / "teacher.pth")
+    val = (root / "synth" / "val.txt").read_text().split()[0]
+    middle = data.sample_frames(data.count_frames(root / "synth" / val), 1, 1, 3, test_mode=True)[1]
+    frame = data.read_frames(root / "synth" / val, [middle])[0]       # one of the frames de-duplication compares
+    Image.fromarray(frame).save(root / "synth-web-img" / "images" / "copy_of_val.png")
+    with open(root / "synth-web-img" / "train.txt", "a") as f:
+        f.write("images/copy_of_val.png 0\n")
     return root
 
 
@@ -358,12 +439,17 @@ def test_cli_end_to_end_output_loads_in_train(tiny_root):
                    "--out", "web-img-f", "--threshold", "0", "--workers", "1", "--dedup-against", "synth", "--quiet")
     assert proc.returncode == 0, proc.stderr
     out = tiny_root / "web-img-f"
-    report = (out / "report.json").read_text()
-    lines = (out / "train.txt").read_text().splitlines()
-    import json
-    counts = json.loads(report)["counts"]
-    assert counts["corrupt"] == 1 and counts["total"] == 8                 # the HTML page named .jpg
-    assert len(lines) == 8 - 1 - counts["duplicate"] and (out / "duplicates.txt").is_file()
+    res = Output(out)
+    web = [ln.split()[0] for ln in (tiny_root / "synth-web-img" / "train.txt").read_text().splitlines()]
+    html = [p for p in web if (tiny_root / "synth-web-img" / p).read_bytes().lstrip().startswith(b"<")]
+    assert list(res.corrupt) == html and len(html) == 1                      # the HTML page named .jpg
+    # the exact copy of a val frame is a duplicate of that val video (whatever the untrained features find else)
+    val = (tiny_root / "synth" / "val.txt").read_text().split()[0]
+    assert f"../synth-web-img/images/copy_of_val.png ../synth/{val}" in [d.rsplit(" ", 1)[0] for d in res.duplicates]
+    # T = 0 in query mode keeps every readable sample that is not a duplicate, in list order
+    dups = {d.split()[0] for d in res.duplicates}
+    assert [ln.split()[0] for ln in res.lines] == [f"../synth-web-img/{p}" for p in web
+                                                   if p not in html and f"../synth-web-img/{p}" not in dups]
     assert (out / "classes.txt").read_text() == (tiny_root / "synth" / "classes.txt").read_text()
     assert not list(tiny_root.glob(".web-img-f.*"))                        # no staging folder left behind
     # train.py's own dataset code accepts it as --aux
@@ -404,14 +490,17 @@ def test_staged_output_is_atomic(tmp_path):
     assert (final / "train.txt").read_text() == "new\n" and sorted(p.name for p in tmp_path.iterdir()) == ["out"]
 
 
-def test_mmaction2_checkpoint_as_teacher_with_teacher_arch(tmp_path):
-    """A released-style MMAction2 1.x checkpoint is a teacher once its architecture is named."""
+def test_mmaction2_checkpoint_as_teacher_with_teacher_arch(tmp_path, capsys):
+    """A released-style MMAction2 1.x checkpoint is a teacher once its architecture is named; it carries no
+    class names, and one line says which class list its outputs are read against."""
     model = models.build_model("tsn_tiny", 3)
     path = models.export_mmaction(model, tmp_path / "mm.pth", classes=["a", "b", "c"])
     with pytest.raises(ValueError, match="--teacher-arch"):
         flt.load_teachers([path])
-    (teacher,) = flt.load_teachers([path], arch="tsn_tiny", classes=["a", "b", "c"])
+    (teacher,) = flt.load_teachers([path], arch="tsn_tiny", classes=["a", "b", "c"], classes_from="--source web")
     assert teacher.classes == ["a", "b", "c"] and not teacher.training
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert str(path) in line and "read against the class list of --source web" in line
     x = torch.randn(1, 3, 3, 32, 32)
     model.eval()
     with torch.no_grad():

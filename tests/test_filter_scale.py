@@ -29,6 +29,7 @@ from PIL import Image
 import data
 import models
 import synthetic
+import transforms
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = dict(os.environ, OMP_NUM_THREADS="1")
@@ -84,7 +85,8 @@ def demo_root(tmp_path_factory):
 
 
 def test_bare_state_dict_teacher_through_the_command_line(demo_root):
-    """--teacher-arch with a bare state dict: same decisions as the self-describing checkpoint of the same net."""
+    """--teacher-arch with a bare state dict: the same records as the self-describing checkpoint of the same net,
+    and the probabilities are those of the net run in-process on the scoring protocol (one centre crop)."""
     outs = {}
     for name, extra in (("bare", ("--teacher", demo_root / "bare.pth", "--teacher-arch", "tsn_tiny")),
                         ("ckpt", ("--teacher", demo_root / "tsn_tiny.pth"))):
@@ -92,7 +94,18 @@ def test_bare_state_dict_teacher_through_the_command_line(demo_root):
                           "--threshold", "0.5", "--workers", "0", "--quiet")
         assert proc.returncode == 0, proc.stderr
         outs[name] = (demo_root / f"f-{name}" / "samples.jsonl").read_text()
-    assert outs["bare"] == outs["ckpt"] and '"status": "kept"' in outs["bare"] + '"status": "kept"'
+    assert outs["bare"] == outs["ckpt"]
+    net = models.from_checkpoint(demo_root / "tsn_tiny.pth").eval()
+    transform = transforms.test_transform("tsn", net.spec.crop_size, "center", uint8=True)
+    scored = [r for r in records(demo_root / "f-bare") if "top_class" in r]
+    assert len(scored) >= 4
+    for r in scored:
+        frames = data.read_frames(demo_root / "synth-web-img" / r["path"], [0])
+        with torch.inference_mode():
+            p = models.predict(net, transform(frames)[None], net.spec)[0]                # (K,)
+        assert r["top_class"] == int(p.argmax()) and r["top_score"] == pytest.approx(float(p.max()), abs=1e-5)
+        assert r["query_score"] == pytest.approx(float(p[r["query"]]), abs=1e-5)
+        assert r["status"] == ("kept" if r["query_score"] >= 0.5 else "dropped")
 
 
 def test_torchrun_two_processes_equal_one_process(demo_root):
@@ -217,8 +230,8 @@ def test_windows_hold_the_frames_of_the_cut_pieces_and_raw_lists_refilter(demo_r
     # the scores came from the same frames: identical windows' unit scores (fp32 'win'; 'cut' ran in bf16)
     rw, rc = records(demo_root / "win"), records(demo_root / "cut")
     assert [r.get("windows") for r in rw] == [r.get("windows") for r in rc]
-    np.testing.assert_allclose([s for r in rw for s in r.get("unit_scores", [])],
-                               [s for r in rc for s in r.get("unit_scores", [])], atol=0.02)
+    np.testing.assert_allclose([s for r in rw for s in r.get("unit_query", [])],
+                               [s for r in rc for s in r.get("unit_query", [])], atol=0.02)
     # the pieces' RawVideoDataset list (the released kinetics_raw_200 layout) filters again: positive pieces
     shutil.copy(demo_root / "cut" / "train.txt", demo_root / "cut" / "val.txt")
     proc = run_filter("--data-root", demo_root, "--source", "cut", "--teacher", demo_root / "slowonly_tiny.pth",
@@ -249,8 +262,12 @@ def test_query_classes_matched_by_name(demo_root, tmp_path):
     note = [ln for ln in proc.stderr.splitlines() if "not a teacher class" in ln]
     assert len(note) == 1 and f"{labels.count(0)} of {len(labels)} samples" in note[0]
     report = json.loads((root / "part-f" / "report.json").read_text())
-    assert report["counts"]["unknown_query"] == labels.count(0)
-    assert report["counts"]["kept"] + report["counts"]["corrupt"] == labels.count(1)
+    recs = records(root / "part-f")
+    assert [r["query"] < 0 for r in recs] == [label == 0 for label in labels]
+    # query class not a teacher class: left out ('unknown_query'), unless the file is broken ('corrupt')
+    assert {r["status"] for r in recs if r["query"] < 0} <= {"unknown_query", "corrupt"}
+    assert report["counts"]["unknown_query"] == sum(r["status"] == "unknown_query" for r in recs) > 0
+    assert report["counts"]["kept"] == sum(r["status"] != "corrupt" for r in recs if r["query"] >= 0)   # T = 0
     (src / "classes.txt").write_text("nothing_shared\nnone_here\n")
     proc = run_filter("--data-root", root, "--source", "part", "--teacher", demo_root / "tsn_tiny.pth",
                       "--out", "part-g", "--quiet")
@@ -258,23 +275,24 @@ def test_query_classes_matched_by_name(demo_root, tmp_path):
     assert proc.stderr.startswith("error: --source part: none of its 2 classes (nothing_shared, none_here)")
 
 
-def test_untrimmed_scored_in_bounded_chunks(tmp_path):
+def test_untrimmed_scored_in_bounded_chunks(tmp_path, monkeypatch):
     """Sec. 3.5 at scale: a video's units reach the teacher in chunks of at most --chunk-frames decoded frames,
     and the decision, unit scores and sidecar are those of one whole-video pass."""
     import filter as flt
-    from test_filter import ColourTeacher, colour_video
+    from test_filter import ColourTeacher, Output, colour_video, make_source, run_main
     colours = [c for s in range(8) for c in [("red" if s in (2, 5) else "grey")] * 2]     # 2 FPS, 8 s
     video = colour_video(tmp_path / "web" / "untrimmed" / "v.mp4", colours, fps=2)
+    make_source(tmp_path, "web", ["untrimmed/v.mp4 0"])
     samples = [data.Sample(video, 0, "untrimmed")]
     base = dict(workers=0, progress=False, batch_size=2)
     stream = flt._UnitStream(samples, np.array([0]), "one_fps", flt.FilterConfig(chunk_frames=3, **base),
                              flt.Scorer([ColourTeacher()], flt.FilterConfig(**base), single_frames=True).loads)
     chunks = [(first, len(views[0])) for _, first, _, views, _, _ in stream]
     assert chunks == [(0, 3), (3, 3), (6, 2)]                       # 8 one-FPS frames, 3 at a time
-    res = {k: flt.filter_source(samples, [0], [ColourTeacher()], flt.FilterConfig(chunk_frames=k, **base),
-                                tmp_path / f"out{k}") for k in (3, 64)}
+    res: dict[int, Output] = {k: run_main(monkeypatch, tmp_path, "web", [ColourTeacher()], "--chunk-frames", k,
+                                          out=f"out{k}") for k in (3, 64)}
     assert res[3].lines == res[64].lines == ["../web/untrimmed/v.mp4 0"]
-    assert res[3].report["samples"] == res[64].report["samples"]
+    assert res[3].records == res[64].records
     assert res[3].frame_scores == res[64].frame_scores
     np.testing.assert_allclose(res[3].frame_scores["../web/untrimmed/v.mp4"].scores,
                                [0.35, 0.35, 0.9, 0.35, 0.35, 0.9, 0.35, 0.35], atol=1e-4)

@@ -287,12 +287,7 @@ def referenced_by_the_commands(module: str, name: str) -> bool:
     return False
 
 
-MOVING = "filter helper is moving them onto the command path"
-MAP_XFAIL = {"filter.dedup_threshold", "filter.deduplicate", "filter.ensemble", "filter.find_duplicates"}
-
-
-@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.xfail(strict=True, reason=MOVING))
-                                  if n in MAP_XFAIL else n for n in mapped_names()])
+@pytest.mark.parametrize("name", mapped_names())
 def test_the_paper_map_names_only_what_the_commands_run(name):
     module, function = name.split(".")
     assert referenced_by_the_commands(module, function), f"{name} is named by the map but no command runs it"
@@ -303,4 +298,3 @@ def test_the_map_parser_reads_both_maps():
     # one of each form: docstring index, a README cell's first `module.name`, a bare name after it
     assert {"omnisource.joint_loss", "transforms.image_to_clip", "omnisource.ClassResampler", "filter.best_match",
             "train.Schedule"} <= set(names) and len(names) >= 30
-    assert not referenced_by_the_commands("transforms", "warp_perspective")   # only tests call it: not in the map
