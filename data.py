@@ -1090,6 +1090,7 @@ class SampleList:
         sl.subset(indices, labels=None) -> SampleList (optionally with new labels, `map_labels`)
         sl.labels   int64 (N,)    sl.kinds  uint8 (N,) codes into KINDS    sl.kind_names() -> set of str
         sl.path(i) -> Path        sl.rel_path(i) -> str (relative to sl.prefix, as the list wrote it)
+        sl.rel_path_bytes(indices) -> list of bytes (those rel_paths, UTF-8)
         sl.nbytes  bytes held (buffers shared by subsets counted in full)
         SampleList.from_samples(samples, prefix='') -> SampleList (any Samples; paths under prefix kept short)
     """
@@ -1136,6 +1137,11 @@ class SampleList:
 
     def path(self, i: int) -> Path:
         return Path(self.prefix, self.rel_path(i)) if self.prefix else Path(self.rel_path(i))
+
+    def rel_path_bytes(self, indices: np.ndarray) -> list[bytes]:
+        """rel_path of samples `indices` as UTF-8 bytes, slices of the one buffer (no Sample, no str built)."""
+        buf, idx = self.buf, np.asarray(indices, dtype=np.int64)
+        return [buf[a:a + n] for a, n in zip(self._start[idx].tolist(), self._length[idx].tolist())]
 
     def kind_names(self) -> set:
         return {KINDS[k] for k in np.unique(self.kinds)}

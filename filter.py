@@ -124,10 +124,13 @@ WORK_FORMAT = "omnisource-filter-work-2"
 # how a sample is scored (`_route_codes`): images; short videos and frame folders; untrimmed videos as 1-FPS frames
 # (2D student) or as 10-s windows (3D student); raw videos already cut into pieces
 ROUTES = ("images", "videos", "one_fps", "windows", "raw")
-# the settings that only the decision depends on: another value re-decides a finished run from its records
+# the settings that only the decision depends on: another value re-decides a finished run from its columns
 DECISION_KEYS = ("mode", "threshold", "rule", "cut_pieces")
-# what a record gets from the decision (`decide_record`), replaced when a finished run is re-decided
-DECISION_FIELDS = ("status", "label", "score", "threshold", "positive_units", "cut_error")
+SEEN = ("scored", "corrupt", "duplicate")                                # what the teachers saw (scores.npz 'state')
+STATUSES = ("kept", "dropped", "unknown_query", "corrupt", "duplicate")  # the decision (decision.npz 'status')
+SCORES_FORMAT = "omnisource-filter-scores-1"
+# written once when scoring ends, never rewritten by a re-decide (they hold what the teachers saw)
+SEEN_FILES = ("samples.jsonl", "scores.npz", "duplicates.txt")
 # what reading a broken file raises (Sec. 3.3): the OS (missing, unreadable; Pillow's UnidentifiedImageError and
 # truncated images are OSErrors), PyAV / FFmpeg, data.py's ValueErrors for bad files (empty, no video stream, no
 # frame, too short: VideoTooShortError, image too small) and Pillow's EOFError / DecompressionBombError. Only the
@@ -237,11 +240,11 @@ def untrimmed_scores(unit_probs: ArrayLike | torch.Tensor, query: int) -> tuple[
     return video, (p[:, query] if query >= 0 else None), p[:, top]
 
 
-def untrimmed_decision(unit_scores: ArrayLike, keep: bool, threshold: float) -> np.ndarray:
+def untrimmed_decision(unit_scores: ArrayLike, keep: bool | ArrayLike, threshold: float | ArrayLike) -> np.ndarray:
     """Sec. 3.5: the positive units of a video: p(its label) >= the threshold it was held to; none when dropped.
-    unit_scores (U,) -> bool (U,)."""
+    unit_scores (U,); keep and threshold: the video's, or (U,) those of each unit's video -> bool (U,)."""
     s = np.asarray(unit_scores, dtype=np.float32)
-    return (s >= threshold) if keep else np.zeros(len(s), dtype=bool)
+    return (s >= np.asarray(threshold)) & np.asarray(keep, dtype=bool)
 
 
 def one_fps_indices(num_frames: int, video_fps: float, fps: float = 1.0) -> np.ndarray:
@@ -882,72 +885,34 @@ def _untrimmed_record(i: int, chunks: list[tuple], route: str, samples: Samples,
     return r
 
 
-def decide(work: Work, n: int, num_classes: int, cfg: FilterConfig) -> dict[str, np.ndarray]:
-    """Sec. 3.4 (and 3.5) once over the whole crawl: every record's scores (`Scores`, N numbers a column) ->
-    `keep_decision` under cfg.mode, cfg.threshold and cfg.rule. Rank 0 decides into WORK/decision.npz, every rank
-    reads it. Returns {"keep": bool (N,), "label": int64 (N,), "held": float64 (N,) the threshold of each}."""
-    path = work.folder / "decision.npz"
-    if work.shard.rank == 0:
-        pick, number, offset = _last_records(work, n)
-        if (pick < 0).any():
-            raise RuntimeError(f"filter: {int((pick < 0).sum())} samples have no record in {work.folder} (a rank "
-                               f"did not finish); run the same command again")
-        scores = Scores(np.full(n, -1, np.int64), np.full(n, np.nan, np.float32), np.full(n, -1, np.int64),
-                        np.full(n, np.nan, np.float32))
-        for i, r in _records_in_order(work, pick, number, offset):
-            scores.query[i] = r["query"]
-            if "top_class" in r:   # scored (not corrupt, not a duplicate)
-                scores.top_class[i], scores.top_p[i] = r["top_class"], r["top_score"]
-                scores.query_p[i] = np.nan if r["query_score"] is None else r["query_score"]
-        keep, label, held = keep_decision(scores, num_classes, cfg.mode, cfg.threshold, cfg.rule)
-        tmp = work.folder / ".decision.tmp.npz"
-        np.savez(tmp, keep=keep, label=label, held=held)
-        os.replace(tmp, path)
-    _barrier()
-    with np.load(path) as f:
-        return {k: f[k] for k in ("keep", "label", "held")}
+def decide(seen: Seen, num_classes: int, cfg: FilterConfig) -> dict[str, np.ndarray]:
+    """Sec. 3.4 (and 3.5) once over the whole crawl, the one place a rule is applied: what the teachers saw of
+    every sample (`Seen`'s columns) -> `keep_decision` under cfg.mode, cfg.threshold and cfg.rule, and the
+    positive units of untrimmed videos (`untrimmed_decision`). Every rank decides the same from the same columns.
 
-
-def decide_record(r: dict, decision: dict[str, np.ndarray], cfg: FilterConfig, base: str,
-                  cut: dict[int, dict]) -> tuple[dict, str | None]:
-    """The decision applied to one record: (the record with its status, label, deciding score, threshold and
-    positive units; its list line, None unless kept). Corrupt and duplicate records pass unchanged. base: the
-    data prefix relative to the list's folder (list paths are base/record path)."""
-    if "top_class" not in r:
-        return r, None
-    i = r["i"]
-    r = {k: v for k, v in r.items() if k not in DECISION_FIELDS}
-    keep, label, held = bool(decision["keep"][i]), int(decision["label"][i]), float(decision["held"][i])
-    if label < 0:   # query mode, the query class is not a teacher class: left out (Sec. 3.4)
-        r.update(status="unknown_query", label=None)
-        return r, None
-    r.update(status="kept" if keep else "dropped", label=label if keep else None,
-             score=r["query_score"] if cfg.mode == "query" else r["top_score"], threshold=held)
-    if "units" not in r:
-        return r, f'{_list_path(base, r["path"])} {label}' if keep else None
-    pos = np.flatnonzero(untrimmed_decision(_unit_scores(r, cfg.mode), keep, held))
-    r["positive_units"] = len(pos)
-    if not keep:
-        return r, None
-    if "frames" in r or "windows" not in r:   # 2D student (the sidecar holds the frames) / raw pieces
-        return r, f'{_list_path(base, r["path"])} {label}' + ("" if "frames" in r else
-                                                              f' {r["units"]} ' + " ".join(map(str, pos)))
-    if cfg.cut_pieces:   # MMAction2 RawVideoDataset lines over the cut pieces
-        c = cut.get(i)
-        if c is None:
-            raise RuntimeError(f'filter: kept video {r["path"]} was not cut; run the same command again')
-        if "error" in c:
-            r.update(status="corrupt", label=None, cut_error=f'cutting failed: {c["error"]}')
-            return r, None
-        return r, f'raw/{_piece_name(r["path"], i)} {label} {r["units"]} ' + " ".join(map(str, pos))
-    rate = r["fps"]   # data.py 'windows' kind: PATH LABEL START:END ... in seconds
-    return r, f'{_list_path(base, r["path"])} {label} ' + " ".join(f"{a / rate:.3f}:{b / rate:.3f}"
-                                                                  for a, b in np.asarray(r["windows"])[pos].tolist())
-
-
-def _unit_scores(record: dict, mode: str) -> list[float]:
-    """An untrimmed video's units' p(label): the query class's ('query'), the video's argmax class's ('pseudo')."""
-    return record["unit_query"] if mode == "query" else record["unit_top"]
+    Returns the columns of OUT/decision.npz: status uint8 (N,) into STATUSES; label int64 (N,) (-1 unless kept);
+    score float32 (N,), the deciding probability, and threshold float64 (N,), the one it was held to (NaN unless
+    kept or dropped); positive_units int64 (N,) (-1 unless a kept or dropped video with units); unit_positive
+    bool (M,) over `Seen`'s units.
+    """
+    s, n = seen.scores, len(seen.state)
+    keep, label, held = keep_decision(s, num_classes, cfg.mode, cfg.threshold, cfg.rule)
+    scored = seen.state == SEEN.index("scored")
+    decided = scored & (label >= 0)          # query mode, the query class is not a teacher class: left out
+    keep &= decided
+    status = np.select([keep, decided, scored, seen.state == SEEN.index("corrupt")],
+                       [STATUSES.index(x) for x in ("kept", "dropped", "unknown_query", "corrupt")],
+                       STATUSES.index("duplicate")).astype(np.uint8)
+    p = s.query_p if cfg.mode == "query" else s.top_p
+    units = np.diff(seen.unit_offset)                                              # (N,)
+    owner = np.repeat(np.arange(n), units)                                         # (M,) each unit's video
+    unit_p = seen.unit_query if cfg.mode == "query" else seen.unit_top
+    unit_positive = untrimmed_decision(unit_p, keep[owner], held[owner])           # (M,)
+    count = np.concatenate(([0], np.cumsum(unit_positive)))
+    positive = count[seen.unit_offset[1:]] - count[seen.unit_offset[:-1]]
+    return dict(status=status, label=np.where(keep, label, -1), score=np.where(decided, p, np.float32(np.nan)),
+                threshold=np.where(decided, held, np.nan), positive_units=np.where(decided & (units > 0), positive, -1),
+                unit_positive=unit_positive)
 
 
 def cut_kept(samples: Samples, routes: np.ndarray, decision: dict[str, np.ndarray], prefix: Path, cfg: FilterConfig,
@@ -955,7 +920,7 @@ def cut_kept(samples: Samples, routes: np.ndarray, decision: dict[str, np.ndarra
     """--cut-pieces, after the decision: this rank's share of the kept untrimmed videos are cut into
     WORK/raw/NAME/part_N.mp4 (resumable); pieces of videos cut by an earlier run but not kept now are removed."""
     idx = np.flatnonzero(routes == ROUTES.index("windows"))[work.shard.rank::work.shard.world]
-    kept = {int(i) for i in idx if decision["keep"][i]}
+    kept = set(idx[decision["status"][idx] == STATUSES.index("kept")].tolist())
     state = _cut_state(work)
     for i in sorted(set(state) & set(idx.tolist()) - kept):
         if "removed" not in state[i]:
@@ -977,70 +942,183 @@ def cut_kept(samples: Samples, routes: np.ndarray, decision: dict[str, np.ndarra
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# 6. Outputs: merged by sample index from the records, streamed, put in place atomically
+# 6. Outputs: what the teachers saw as columns (written once), the decision's list built from them
 # ----------------------------------------------------------------------------------------------------------------------
 
-def merge_outputs(work: Work, folder: str | Path, samples: Samples, classes: list[str], decision: dict,
-                  cfg: FilterConfig, list_dir: Path, prefix: Path, val_samples: Samples | None = None,
-                  dedup_info: dict | None = None, extra: dict | None = None) -> dict:
-    """Rank 0: every rank's records in sample order, each decided (`decide_record`), -> train.txt (+ sidecar),
-    samples.jsonl, duplicates.txt, classes.txt and report.json (summary with the Fig. 3 counts) in `folder`.
-    Streams: memory is a few arrays of N numbers. A sample recorded twice (a block redone after a crash) takes
-    its last record."""
-    folder, n, base = Path(folder), len(samples), _rel(prefix, list_dir)
+@dataclass
+class Seen:
+    """What the teachers saw of a run's N samples as columns: OUT/scores.npz, written once when scoring ends
+    (`gather_records`), all that `decide` and the list lines need, so a finished run is re-decided without
+    reading a record. Units: the 1-FPS frames or 10-s windows (or raw pieces) of untrimmed videos, M in all."""
+    scores: Scores             # (N,) each: query, query_p, top_class, top_p (NaN / -1: not scored)
+    state: np.ndarray          # (N,) uint8 into SEEN: scored, corrupt or duplicate
+    unit_offset: np.ndarray    # (N + 1,) int64: sample i's units are rows unit_offset[i]:unit_offset[i + 1]
+    unit_query: np.ndarray     # (M,) float32: each unit's p(query class) (NaN: no query class)
+    unit_top: np.ndarray       # (M,) float32: each unit's p(its video's argmax class)
+    unit_frames: np.ndarray    # (M, 2) int64: the frames [first, stop) of each unit (a 1-FPS frame f: [f, f + 1);
+                               # a raw piece: -1)
+    fps: np.ndarray            # (N,) float64: the rate the frames of a 3D student's windows count at (else NaN)
+    line_offset: np.ndarray    # (N + 1,) int64: samples.jsonl's record i is bytes line_offset[i]:line_offset[i + 1]
+
+    def save(self, path: Path) -> None:
+        s = self.scores
+        columns = dict(query=s.query, query_p=s.query_p, top_class=s.top_class, top_p=s.top_p,
+                       **{f.name: getattr(self, f.name) for f in fields(self) if f.name != "scores"})
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}.npz")
+        np.savez(tmp, format=np.array(SCORES_FORMAT), seen=np.array(SEEN), **columns)
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, path: Path) -> Seen:
+        with np.load(path) as f:
+            if str(f["format"]) != SCORES_FORMAT:
+                raise ValueError(f"{path}: expected format {SCORES_FORMAT}, got {f['format']}")
+            c = {k: f[k] for k in f.files}
+        return cls(Scores(c["query"], c["query_p"], c["top_class"], c["top_p"]),
+                   **{f.name: c[f.name] for f in fields(cls) if f.name != "scores"})
+
+
+def gather_records(work: Work, n: int, base: str, list_dir: Path, val_samples: Samples | None) -> None:
+    """Rank 0, once when scoring ends: every rank's records in sample order (a sample recorded twice, a block
+    redone after a crash, takes its last record) -> WORK/samples.jsonl (the records as the ranks wrote them),
+    scores.npz (`Seen`, their columns) and duplicates.txt. Streams: memory is columns of N numbers + the units."""
     pick, number, offset = _last_records(work, n)
-    cut = _cut_state(work)
-    per = {name: np.zeros(len(classes), dtype=np.int64) for name in ("before", "corrupt", "duplicate", "kept",
-                                                                      "dropped", "after")}
-    status: dict[str, int] = {}
-    sidecar = _SidecarWriter(data.frame_scores_path(folder / "train.txt"), cfg.fps)
-    try:
-        with open(folder / "train.txt", "w") as out, open(folder / "samples.jsonl", "wb") as rec_out, \
-                open(folder / "duplicates.txt", "w") as dup_out:
-            dup_out.write("# web sample (relative to this folder)  val sample it duplicates  whitened cosine "
-                          "similarity\n" if val_samples is not None else
-                          "# de-duplication was not run (no --dedup-against)\n")
-            for i, r in _records_in_order(work, pick, number, offset):
-                r, line = decide_record(r, decision, cfg, base, cut)
-                if line is not None:
-                    out.write(line + "\n")
-                    if "frames" in r:
-                        sidecar.add(line.rsplit(" ", 1)[0], r["frames"], _unit_scores(r, cfg.mode), r["threshold"])
-                    per["after"][r["label"]] += 1
+    if (pick < 0).any():
+        raise RuntimeError(f"filter: {int((pick < 0).sum())} samples have no record in {work.folder} (a rank "
+                           f"did not finish); run the same command again")
+    scores = Scores(np.full(n, -1, np.int64), np.full(n, np.nan, np.float32), np.full(n, -1, np.int64),
+                    np.full(n, np.nan, np.float32))
+    state, fps, line_offset, units = np.zeros(n, np.uint8), np.full(n, np.nan), np.zeros(n + 1, np.int64), \
+        np.zeros(n, np.int64)
+    unit_query, unit_top, unit_frames = array.array("f"), array.array("f"), array.array("q")
+    with open(work.folder / "samples.jsonl", "wb") as rec_out, open(work.folder / "duplicates.txt", "w") as dup_out:
+        dup_out.write("# web sample (relative to this folder)  val sample it duplicates  whitened cosine "
+                      "similarity\n" if val_samples is not None else
+                      "# de-duplication was not run (no --dedup-against)\n")
+        for i, line in _records_in_order(work, pick, number, offset):
+            r = json.loads(line)
+            rec_out.write(line)
+            line_offset[i + 1] = line_offset[i] + len(line)
+            scores.query[i] = r["query"]
+            if "top_class" not in r:   # corrupt or a duplicate
+                state[i] = SEEN.index(r["status"])
                 if r["status"] == "duplicate":
                     dup_out.write(f'{_list_path(base, r["path"])} '
                                   f'{_rel(val_samples[r["val_index"]].path, list_dir)} {r["similarity"]:.4f}\n')
-                status[r["status"]] = status.get(r["status"], 0) + 1
-                if r["query"] >= 0:
-                    per["before"][r["query"]] += 1
-                    if r["status"] in per:
-                        per[r["status"]][r["query"]] += 1
-                rec_out.write(_dump(r))
-    finally:
-        sidecar.close()
+                continue
+            scores.top_class[i], scores.top_p[i] = r["top_class"], r["top_score"]
+            scores.query_p[i] = np.nan if r["query_score"] is None else r["query_score"]
+            if "units" in r:   # Sec. 3.5: an untrimmed video's units
+                units[i] = r["units"]
+                unit_query.extend([np.nan] * r["units"] if r["unit_query"] is None else r["unit_query"])
+                unit_top.extend(r["unit_top"])
+                unit_frames.extend([x for f in r["frames"] for x in (f, f + 1)] if "frames" in r else
+                                   [x for w in r["windows"] for x in w] if "windows" in r else [-1, -1] * r["units"])
+                fps[i] = r.get("fps", np.nan)
+    Seen(scores, state, np.concatenate(([0], np.cumsum(units))), np.frombuffer(unit_query, np.float32),
+         np.frombuffer(unit_top, np.float32), np.frombuffer(unit_frames, np.int64).reshape(-1, 2), fps,
+         line_offset).save(work.folder / "scores.npz")
+
+
+def write_outputs(folder: str | Path, seen_dir: Path, seen: Seen, samples: Samples, classes: list[str],
+                  decision: dict[str, np.ndarray], cfg: FilterConfig, list_dir: Path, prefix: Path,
+                  cut: dict[int, dict], dedup_info: dict | None = None, extra: dict | None = None) -> dict:
+    """Rank 0: the decision -> FOLDER/train.txt (+ sidecar), decision.npz, classes.txt and report.json (the
+    counts, Fig. 3 per class); samples.jsonl, scores.npz and duplicates.txt (what the teachers saw) come from
+    seen_dir unchanged (hard links). No record is read or written: the list lines are built from the columns
+    and the source list's paths, joined once. --cut-pieces: a kept video that could not be cut is corrupt."""
+    folder, base = Path(folder), _rel(prefix, list_dir)
+    routes = _route_codes(samples, cfg.student)
+    if cfg.cut_pieces:
+        kept_videos = (decision["status"] == STATUSES.index("kept")) & (routes == ROUTES.index("windows"))
+        cut_videos = np.flatnonzero(kept_videos)
+        missing = [i for i in cut_videos.tolist() if i not in cut]
+        if missing:
+            raise RuntimeError(f"filter: kept video {samples[missing[0]].path} was not cut; run the same command again")
+        failed = [i for i in cut_videos.tolist() if "error" in cut[i]]
+    else:
+        failed = []
+    decision = dict(decision, status=decision["status"].copy(), label=decision["label"].copy(),
+                    cut_failed=np.array(failed, dtype=np.int64),
+                    cut_error=np.array([f'cutting failed: {cut[i]["error"]}' for i in failed], dtype=str))
+    decision["status"][failed] = STATUSES.index("corrupt")
+    decision["label"][failed] = -1
+    kept = np.flatnonzero(decision["status"] == STATUSES.index("kept"))
+    paths = _list_paths(samples, kept, prefix, base)
+    lines = _list_lines(samples, routes, kept, paths, decision, seen, cfg, prefix)
+    (folder / "train.txt").write_bytes(b"".join(lines))
+    sidecar = _SidecarWriter(data.frame_scores_path(folder / "train.txt"), cfg.fps)
+    unit_p = seen.unit_query if cfg.mode == "query" else seen.unit_top
+    for k in np.flatnonzero(routes[kept] == ROUTES.index("one_fps")).tolist():
+        i = int(kept[k])
+        a, b = seen.unit_offset[i], seen.unit_offset[i + 1]
+        sidecar.add(paths[k].decode(), seen.unit_frames[a:b, 0], unit_p[a:b], decision["threshold"][i])
+    sidecar.close()
+    np.savez(folder / "decision.npz", statuses=np.array(STATUSES), **{k: v for k, v in decision.items()
+                                                                     if k != "unit_positive"})
+    for name in SEEN_FILES:
+        _link(seen_dir / name, folder / name)
     (folder / "classes.txt").write_text("".join(f"{c}\n" for c in classes))
-    report = _summary(per, status, n, classes, cfg, dedup_info, extra)
+    report = _summary(seen.scores.query, decision, classes, cfg, dedup_info, extra)
     (folder / "report.json").write_text(json.dumps(report, indent=1) + "\n")
     return report
 
 
-def _summary(per: dict[str, np.ndarray], status: dict[str, int], n: int, classes: list[str], cfg: FilterConfig,
+def _list_lines(samples: Samples, routes: np.ndarray, kept: np.ndarray, paths: list[bytes],
+                decision: dict[str, np.ndarray], seen: Seen, cfg: FilterConfig, prefix: Path) -> list[bytes]:
+    """The list line of every kept sample (paths: their list paths), in sample order: 'PATH LABEL' (images,
+    videos, 2D untrimmed videos, whose frames go to the sidecar); raw pieces and --cut-pieces 'PATH LABEL
+    NUM_PIECES POS_IDX...'; a 3D student's windows by time 'PATH LABEL START:END ...' (data.py 'windows')."""
+    labels = decision["label"][kept].tolist()
+    lines = [b"%s %d\n" % (p, label) for p, label in zip(paths, labels)]
+    for k in np.flatnonzero(np.isin(routes[kept], [ROUTES.index("windows"), ROUTES.index("raw")])).tolist():
+        i = int(kept[k])
+        a, b = seen.unit_offset[i], seen.unit_offset[i + 1]
+        pos = np.flatnonzero(decision["unit_positive"][a:b])
+        if routes[i] == ROUTES.index("raw") or cfg.cut_pieces:   # MMAction2 RawVideoDataset lines
+            head = paths[k] if routes[i] == ROUTES.index("raw") else \
+                f"raw/{_piece_name(_rel(samples[i].path, prefix), i)}".encode()
+            lines[k] = f"{head.decode()} {labels[k]} {b - a} {' '.join(map(str, pos.tolist()))}\n".encode()
+        else:
+            rate = seen.fps[i]
+            lines[k] = (f"{paths[k].decode()} {labels[k]} " + " ".join(
+                f"{x / rate:.3f}:{y / rate:.3f}" for x, y in seen.unit_frames[a:b][pos].tolist()) + "\n").encode()
+    return lines
+
+
+def _list_paths(samples: Samples, idx: np.ndarray, prefix: Path, base: str) -> list[bytes]:
+    """The list paths (`_list_path`: base / the path under the data prefix) of samples idx, UTF-8: slices of a
+    SampleList's path buffer when its paths are plain (relative, no '.' or '..' parts), else one by one."""
+    if isinstance(samples, data.SampleList) and Path(samples.prefix) == Path(prefix) and \
+            not any(x in samples.buf for x in (b"./", b"//", b"/. ", b"/.. ")):
+        rels = samples.rel_path_bytes(idx)
+        if not any(r[:1] == b"/" for r in rels):
+            head = b"" if base == "." else base.encode() + b"/"
+            return [head + r for r in rels] if head else rels
+    return [_list_path(base, _rel(samples[i].path, prefix)).encode() for i in idx.tolist()]
+
+
+def _summary(query: np.ndarray, decision: dict[str, np.ndarray], classes: list[str], cfg: FilterConfig,
              dedup_info: dict | None, extra: dict | None) -> dict:
     """report.json: the counts per status and, per class, before / kept / dropped / corrupt / duplicate / after."""
-    per_class = [dict(index=c, name=classes[c], before=int(per["before"][c]), kept=int(per["kept"][c]),
-                      dropped=int(per["dropped"][c]),
-                      corrupt=int(per["corrupt"][c]), duplicate=int(per["duplicate"][c]), after=int(per["after"][c]))
-                 for c in range(len(classes))]
-    counts = dict(total=n, kept=status.get("kept", 0), dropped=status.get("dropped", 0),
-                  corrupt=status.get("corrupt", 0), duplicate=status.get("duplicate", 0),
-                  unknown_query=status.get("unknown_query", 0))
+    k, status, known = len(classes), decision["status"], query >= 0
+    per = {name: np.bincount(query[known & (status == STATUSES.index(name))], minlength=k)
+           for name in ("kept", "dropped", "corrupt", "duplicate")}
+    before = np.bincount(query[known], minlength=k)
+    after = np.bincount(decision["label"][status == STATUSES.index("kept")], minlength=k)
+    per_class = [dict(index=c, name=classes[c], before=int(before[c]), kept=int(per["kept"][c]),
+                      dropped=int(per["dropped"][c]), corrupt=int(per["corrupt"][c]),
+                      duplicate=int(per["duplicate"][c]), after=int(after[c])) for c in range(k)]
+    counts = dict(total=len(status), **{name: int((status == STATUSES.index(name)).sum()) for name in
+                                        ("kept", "dropped", "corrupt", "duplicate", "unknown_query")})
     return dict(mode=cfg.mode, threshold=cfg.threshold, rule=cfg.rule, student=cfg.student, classes=list(classes),
                 counts=counts, per_class=per_class,
                 about_per_class="before: samples crawled for the class (query label); kept / dropped / corrupt / "
                                 "duplicate: of those; after: kept samples labelled with the class (= kept in "
                                 "query mode; pseudo-labels in pseudo mode)",
-                about_samples="samples.jsonl: one record per sample in list order (status, label, query-class "
-                              "and top-5 probabilities, units of untrimmed videos)",
+                about_samples="samples.jsonl: what the teachers saw, one record per sample in list order (query-"
+                              "class and top-5 probabilities, units of untrimmed videos), scores.npz the same as "
+                              "columns; decision.npz: each sample's status, label, deciding score and threshold",
                 dedup=dedup_info, **(extra or {}))
 
 
@@ -1086,7 +1164,7 @@ def main(args: argparse.Namespace) -> dict | None:
     """The command: returns the report (report.json's summary) on rank 0, None on the other ranks.
 
     On a finished output of the same scoring settings (another --threshold, --mode, --rule or --cut-pieces) the
-    samples are re-decided from its records (samples.jsonl): no teacher is loaded or run.
+    samples are re-decided from its columns (scores.npz): no teacher is loaded or run, no record is read.
     """
     shard, device = _distributed(args.device)
     amp = args.amp or ("bf16" if device.startswith("cuda") and torch.cuda.is_bf16_supported() else "none")
@@ -1119,17 +1197,19 @@ def main(args: argparse.Namespace) -> dict | None:
         finally:
             work.close()
         teachers_info = [dict(path=t.source, arch=t.arch) for t in teachers]
-    else:   # Sec. 3.4 again on what the teachers saw: the records of the finished run
-        classes, info, teachers_info = data.read_classes(final / "classes.txt"), earlier["dedup"], earlier["teachers"]
-        work.claim(dict(settings, records="samples.jsonl of the finished output"), f"--out {args.out}")
+        seen_dir = work.folder
         if shard.rank == 0:
-            print(f"filter: re-deciding the {len(samples)} samples of {final} from its records (samples.jsonl), "
-                  f"no teacher is run", file=sys.stderr)
-            tmp = work.folder / ".records.tmp"
-            shutil.copyfile(final / "samples.jsonl", tmp)
-            os.replace(tmp, work.folder / "records-00000.jsonl")
+            gather_records(work, len(samples), _rel(prefix, final), final, val)
         _barrier()
-    decision = decide(work, len(samples), len(classes), cfg)
+    else:   # Sec. 3.4 again on what the teachers saw: the columns of the finished run
+        classes, info, teachers_info = data.read_classes(final / "classes.txt"), earlier["dedup"], earlier["teachers"]
+        seen_dir = final
+        work.claim(dict(settings, records="scores.npz of the finished output"), f"--out {args.out}")
+        if shard.rank == 0:
+            print(f"filter: re-deciding the {len(samples)} samples of {final} from its columns (scores.npz), "
+                  f"no teacher is run", file=sys.stderr)
+    seen = Seen.load(seen_dir / "scores.npz")
+    decision = decide(seen, len(classes), cfg)
     if cfg.cut_pieces:
         cut_kept(samples, _route_codes(samples, cfg.student), decision, prefix, cfg, work)
     report = None
@@ -1139,7 +1219,8 @@ def main(args: argparse.Namespace) -> dict | None:
                      run=dict(ranks=shard.world, scored=work.scored_now(), redecided=earlier is not None,
                               seconds=round(time.time() - start, 1)))
         with staged_output(final) as tmp:
-            report = merge_outputs(work, tmp, samples, classes, decision, cfg, final, prefix, val, info, extra)
+            report = write_outputs(tmp, seen_dir, seen, samples, classes, decision, cfg, final, prefix,
+                                   _cut_state(work), info, extra)
             _move_pieces(work, tmp)
         shutil.rmtree(work.folder)
         c = report["counts"]
@@ -1187,7 +1268,8 @@ class Work:
     dedup-RANK.jsonl       finished de-duplication blocks {"b": block, "removed": [indices]}
     dedup-feats-RANK-of-WORLD.pt  the rank's share of the val and whitening-subset features
     dedup-val.pt           the val side of Sec. 3.3 (whitening, threshold, whitened val centre crops)
-    decision.npz           the decision over the whole crawl (`decide`), rewritten by every run
+    samples.jsonl, scores.npz, duplicates.txt   the records in sample order and their columns (`gather_records`),
+                           written when scoring ends; they move into the output
     cut-RANK.jsonl         --cut-pieces: {"i": index, "pieces": n}, {"i": index, "error": message} or
                            {"i": index, "removed": true} (the last line of a video counts)
     progress-RANK.json     samples scored by the rank's last run
@@ -1279,7 +1361,7 @@ def _finished_run(final: Path, work: Work, settings: dict) -> dict | None:
     """The report of the finished output `final` when its scoring settings are `settings` (a teacher file that
     is gone is matched by its path) and no scoring run of its own is unfinished in the work folder; else None."""
     config = work.folder / "config.json"
-    if not (final / "report.json").is_file() or not (final / "samples.jsonl").is_file() or \
+    if not all((final / name).is_file() for name in ("report.json",) + SEEN_FILES) or \
             (config.is_file() and "records" not in json.loads(config.read_text())):
         return None
     report = json.loads((final / "report.json").read_text())
@@ -1292,13 +1374,13 @@ def _finished_run(final: Path, work: Work, settings: dict) -> dict | None:
 
 
 def _records_in_order(work: Work, pick: np.ndarray, number: np.ndarray, offset: np.ndarray) -> Iterator[tuple]:
-    """(sample index, its last record as a dict) for every sample with a record, in sample order, streamed."""
+    """(sample index, its last record's line) for every sample with a record, in sample order, streamed."""
     handles = [open(p, "rb") for p in work.files("records")]
     try:
         for i in np.flatnonzero(pick >= 0).tolist():
             f = handles[number[pick[i]]]
             f.seek(offset[pick[i]])
-            yield i, json.loads(f.readline())
+            yield i, f.readline()
     finally:
         for f in handles:
             f.close()
@@ -1397,6 +1479,14 @@ def _move_pieces(work: Work, folder: Path) -> None:
         _remove_empty_folders(raw)
         if raw.is_dir():
             os.rename(raw, Path(folder) / "raw")
+
+
+def _link(src: Path, dst: Path) -> None:
+    """dst: the same file as src (a hard link; a copy where the file system has none)."""
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copyfile(src, dst)
 
 
 def _dump(record: dict) -> bytes:

@@ -804,7 +804,9 @@ def write_target_queries(args: argparse.Namespace) -> None:
 
 def filter_quality(data_root: str | Path, filtered: list[str]) -> list[dict]:
     """Filtering precision / recall per filtered source when DATA_ROOT holds the demo's truth.json."""
-    return [q for q in (synthetic.filtering_quality(data_root, name) for name in filtered) if q is not None]
+    quality = (synthetic.filtering_quality(data_root, name, read_filter_output(Path(data_root) / name).records())
+               for name in filtered)
+    return [q for q in quality if q is not None]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -865,16 +867,31 @@ TIMELINE_VIDEOS = 6  # kept untrimmed videos drawn on a timeline
 class FilterOutput:
     """What filter.py wrote to DATA_ROOT/OUT/: report.json, the kept samples of the list train.txt (a compact
     data.SampleList, with its frame-score sidecar, Sec. 3.5) and, streamed by `records`, the per-sample records of
-    samples.jsonl (path relative to `prefix`, status, query, label, score = the deciding teacher probability,
-    Sec. 3.4; unit_scores / windows / fps of untrimmed videos). Memory: the list's arrays, not one object a sample."""
+    samples.jsonl (what the teachers saw: path relative to `prefix`, query, windows / fps of untrimmed videos)
+    joined with their decision, decision.npz's columns (status, label, score = the deciding teacher probability,
+    Sec. 3.4; unit_scores = each unit's p(label)). Memory: the list's and the decision's arrays, not one object a
+    sample."""
     folder: Path
     report: dict
     kept: data.SampleList | list
     prefix: Path
 
     def records(self) -> Iterator[dict]:
+        with np.load(self.folder / "decision.npz") as f:
+            d = {k: f[k] for k in f.files}
+        names, cut_error = d["statuses"].tolist(), dict(zip(d["cut_failed"].tolist(), d["cut_error"].tolist()))
+        units = "unit_query" if self.report["mode"] == "query" else "unit_top"
         with open(self.folder / "samples.jsonl") as f:
-            yield from (json.loads(line) for line in f if line.strip())
+            for i, line in enumerate(f):
+                r = json.loads(line)
+                r.update(status=names[d["status"][i]], label=int(d["label"][i]) if d["label"][i] >= 0 else None)
+                if not np.isnan(d["score"][i]):
+                    r.update(score=float(d["score"][i]), threshold=float(d["threshold"][i]))
+                if d["positive_units"][i] >= 0:
+                    r.update(positive_units=int(d["positive_units"][i]), unit_scores=r[units])
+                if i in cut_error:
+                    r["cut_error"] = cut_error[i]
+                yield r
 
 
 def read_filter_output(folder: str | Path) -> FilterOutput:

@@ -55,6 +55,7 @@ import zlib
 from dataclasses import asdict, dataclass
 from fractions import Fraction
 from pathlib import Path
+from typing import Iterable
 
 import av
 import numpy as np
@@ -166,8 +167,9 @@ def class_names(num_classes: int) -> list:
     return [f"{p}_{s}" for p, s in pairs]
 
 
-def filtering_quality(data_root: str | Path, filtered: str) -> dict | None:
-    """Precision / recall of filter.py's output `DATA_ROOT/FILTERED/samples.jsonl` against truth.json (the demo only).
+def filtering_quality(data_root: str | Path, filtered: str, records: Iterable[dict]) -> dict | None:
+    """Precision / recall of filter.py's output DATA_ROOT/FILTERED against truth.json (the demo only); records: its
+    per-sample records with their decision (omnisource.read_filter_output(...).records()).
 
     A kept sample is correct when its label (query or pseudo label) is the class its content really shows.
     precision = correct kept / kept; recall = correct kept / samples that could be kept correctly (query mode: those
@@ -185,9 +187,7 @@ def filtering_quality(data_root: str | Path, filtered: str) -> dict | None:
         return None
     known = truth[report["source"]]
     query_mode = report["mode"] == "query"
-    records = root / filtered / "samples.jsonl"   # filter.py's per-sample records, one JSON object a line
-    samples = [json.loads(line) for line in records.read_text().splitlines()] if records.exists() else report["samples"]
-    rows = [(r, known[r["path"]]) for r in samples if r["path"] in known]
+    rows = [(r, known[r["path"]]) for r in records if r["path"] in known]
     kept = [(r, t) for r, t in rows if r["status"] == "kept"]
     readable = [(r, t) for r, t in rows if r["status"] != "corrupt"]
     possible = sum(t["true_class"] is not None and (t["true_class"] == t["query"] or not query_mode) for _, t in rows)

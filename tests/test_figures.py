@@ -42,7 +42,7 @@ def filtered_images(small_data, tmp_path_factory):
                          capture_output=True, text=True, cwd=REPO, timeout=300)
     assert out.returncode == 0, out.stderr
     folder = small_data / "fig-img"
-    records = [json.loads(line) for line in (folder / "samples.jsonl").read_text().splitlines()]
+    records = list(o.read_filter_output(folder).records())          # samples.jsonl with the decision
     assert {"kept", "dropped"} <= {r["status"] for r in records}
     return folder, records, classes
 
@@ -113,7 +113,7 @@ def test_precision_recall_bars_match_the_truth(filtered_images, small_data):
     png = folder / "filter_quality.png"
     assert bar_lengths(png, o.COLOURS[0]) == expected_lengths(precision.tolist(), 1.0)
     assert bar_lengths(png, o.COLOURS[1]) == expected_lengths(recall.tolist(), 1.0)
-    overall = synthetic.filtering_quality(small_data, "fig-img")            # the same truth, counted another way
+    overall = synthetic.filtering_quality(small_data, "fig-img", records)   # the same truth, counted another way
     assert correct.sum() / len(kept) == pytest.approx(overall["precision"])
     assert correct.sum() / possible.sum() == pytest.approx(overall["recall"])
 
@@ -167,9 +167,12 @@ def test_timeline_marks_the_window_times(small_data, tmp_path):
                                                      classes=classes, per_class=per_class)))
     (out / "train.txt").write_text(f"../synth-web-untrimmed/{rel} {t['query']} "
                                    + " ".join(f"{a:.3f}:{b:.3f}" for a, b in windows) + "\n")
-    (out / "samples.jsonl").write_text(json.dumps(dict(i=0, path=rel, query=t["query"], status="kept",
-                                                       label=t["query"], score=0.6, unit_scores=[0.6, 0.3],
-                                                       windows=[[0, 8], [8, 16]], fps=fps)) + "\n")
+    (out / "samples.jsonl").write_text(json.dumps(dict(i=0, path=rel, query=t["query"], units=2,
+                                                       unit_query=[0.6, 0.3], windows=[[0, 8], [8, 16]],
+                                                       fps=fps)) + "\n")
+    np.savez(out / "decision.npz", statuses=np.array(["kept"]), status=np.array([0]), label=np.array([t["query"]]),
+             score=np.array([0.6]), threshold=np.array([0.5]), positive_units=np.array([1]),
+             cut_failed=np.zeros(0, int), cut_error=np.zeros(0, str))
     paths = o.filter_figures(out, log=lambda s: None)
     assert out / "timeline.png" in paths
     row = np.asarray(Image.open(out / "timeline.png").convert("RGB"))[o.FIG_TOP + 1, o.FIG_LEFT:o.FIG_LEFT + o.FIG_W]

@@ -30,6 +30,7 @@ from torch import nn
 import data
 import filter as flt
 import models
+import omnisource
 import synthetic
 import train
 import transforms
@@ -70,7 +71,7 @@ class Output:
 
     def __init__(self, folder: Path):
         self.lines = (folder / "train.txt").read_text().splitlines()
-        self.records = [json.loads(line) for line in (folder / "samples.jsonl").read_text().splitlines()]
+        self.records = list(omnisource.read_filter_output(folder).records())   # with their decision
         self.report = json.loads((folder / "report.json").read_text())
         self.duplicates = (folder / "duplicates.txt").read_text().splitlines()[1:]
         sidecar = data.frame_scores_path(folder / "train.txt")

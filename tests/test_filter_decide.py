@@ -19,11 +19,13 @@ import torch
 import data
 import filter as flt
 import models
+import omnisource
 import synthetic
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = dict(os.environ, OMP_NUM_THREADS="1")
 OUTPUTS = ("train.txt", "samples.jsonl", "duplicates.txt", "classes.txt", "train_frame_scores.json")
+COLUMNS = ("scores.npz", "decision.npz")
 
 
 def test_class_adaptive_thresholds_by_hand():
@@ -85,7 +87,12 @@ def run(root: Path, *args) -> subprocess.CompletedProcess:
 
 
 def outputs(folder: Path) -> dict:
-    return {name: (folder / name).read_bytes() for name in OUTPUTS if (folder / name).is_file()}
+    """The output files' bytes; the columns' arrays (an .npz's zip entries carry the time they were written)."""
+    got = {name: (folder / name).read_bytes() for name in OUTPUTS if (folder / name).is_file()}
+    for name in COLUMNS:
+        with np.load(folder / name) as f:
+            got[name] = {k: (f[k].dtype.str, f[k].tobytes()) for k in f.files}
+    return got
 
 
 def test_another_threshold_mode_or_rule_re_decides_without_the_teacher(root):
@@ -107,11 +114,12 @@ def test_another_threshold_mode_or_rule_re_decides_without_the_teacher(root):
         assert report["run"]["redecided"] and report["run"]["scored"] == 0
         assert outputs(root / "f") == outputs(root / "fresh")
         assert not list(root.glob(".f.*"))                               # no work folder left behind
-    recs = [json.loads(line) for line in (root / "f" / "samples.jsonl").read_text().splitlines()]
+    recs = list(omnisource.read_filter_output(root / "f").records())    # samples.jsonl with the decision
     assert {r["status"] for r in recs} >= {"kept", "corrupt"} and {r["kind"] for r in recs} >= {"image", "untrimmed"}
     # the rule's thresholds by hand: 0.52 x the class's mean top probability / the largest class mean
     scored = [r for r in recs if "threshold" in r]
-    means = {c: np.mean([r["top_score"] for r in scored if r["top_class"] == c]) for c in {r["top_class"] for r in scored}}
+    means = {c: np.mean([r["top_score"] for r in scored if r["top_class"] == c])
+             for c in {r["top_class"] for r in scored}}
     for r in scored:
         assert r["threshold"] == pytest.approx(0.52 * means[r["top_class"]] / max(means.values()), rel=1e-6)
         assert r["status"] == ("kept" if r["top_score"] >= r["threshold"] else "dropped")
@@ -147,7 +155,6 @@ def test_source_classes_in_another_order_give_the_same_decisions_by_name(root):
     lb = [ln.split(maxsplit=1)[1] for ln in (root / "by-name-b" / "train.txt").read_text().splitlines()]
     assert la == lb and len(la) > 0                                   # the same samples, the same teacher labels
     assert (root / "by-name-a" / "classes.txt").read_text() == (root / "by-name-b" / "classes.txt").read_text()
-    ra = [json.loads(x) for x in (root / "by-name-a" / "samples.jsonl").read_text().splitlines()]
-    rb = [json.loads(x) for x in (root / "by-name-b" / "samples.jsonl").read_text().splitlines()]
+    ra, rb = (list(omnisource.read_filter_output(root / name).records()) for name in ("by-name-a", "by-name-b"))
     assert [(r["query"], r.get("query_score"), r["status"]) for r in ra] == \
            [(r["query"], r.get("query_score"), r["status"]) for r in rb]

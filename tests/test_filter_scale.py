@@ -28,12 +28,14 @@ from PIL import Image
 
 import data
 import models
+import omnisource
 import synthetic
 import transforms
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = dict(os.environ, OMP_NUM_THREADS="1")
 OUTPUTS = ("train.txt", "samples.jsonl", "duplicates.txt", "classes.txt", "train_frame_scores.json")
+COLUMNS = ("scores.npz", "decision.npz")
 
 
 def filter_cmd(*args):
@@ -45,11 +47,17 @@ def run_filter(*args, timeout=180):
 
 
 def outputs(folder: Path) -> dict:
-    return {name: (folder / name).read_bytes() for name in OUTPUTS if (folder / name).is_file()}
+    """The output files' bytes; the columns' arrays (an .npz's zip entries carry the time they were written)."""
+    got = {name: (folder / name).read_bytes() for name in OUTPUTS if (folder / name).is_file()}
+    for name in COLUMNS:
+        with np.load(folder / name) as f:
+            got[name] = {k: (f[k].dtype.str, f[k].tobytes()) for k in f.files}
+    return got
 
 
 def records(folder: Path) -> list[dict]:
-    return [json.loads(line) for line in (folder / "samples.jsonl").read_text().splitlines()]
+    """samples.jsonl's records with their decision (decision.npz), as the figures read them."""
+    return list(omnisource.read_filter_output(folder).records())
 
 
 @pytest.fixture(scope="module")
@@ -121,7 +129,7 @@ def test_torchrun_two_processes_equal_one_process(demo_root):
                          text=True, cwd=REPO, timeout=240, env=ENV)
     assert two.returncode == 0, "\n".join(ln for ln in two.stderr.splitlines() if "error" in ln.lower())
     a, b = outputs(demo_root / "one"), outputs(demo_root / "two")
-    assert set(a) == set(OUTPUTS) and a == b
+    assert set(a) == set(OUTPUTS + COLUMNS) and a == b
     recs = records(demo_root / "one")
     assert {r["kind"] for r in recs} == {"image", "video", "untrimmed"}
     assert {r["status"] for r in recs} >= {"kept", "corrupt"}        # the demo's broken files are recorded
