@@ -110,7 +110,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from fractions import Fraction
 from pathlib import Path
 from typing import Callable
@@ -210,8 +210,11 @@ def get_args_parser() -> argparse.ArgumentParser:
                    "architectures (models.ARCHS) to time")
     p.add_argument("--precisions", default="fp32,bf16,fp16", help="model: comma list of fp32, bf16, fp16 "
                    "(autocast; a precision the device cannot run is skipped)")
-    p.add_argument("--scale-parts", default="list,filter,dedup", help="scale: comma list of the parts to run "
-                   "(list: parsing and readers, filter: filter.py CPU and peak RSS, dedup: de-duplication time)")
+    p.add_argument("--scale-parts", default="list,filter,dedup,redecide", help="scale: comma list of the parts to "
+                   "run (list: parsing and readers, filter: filter.py CPU and peak RSS, dedup: de-duplication time, "
+                   "redecide: filter.py re-deciding a finished run at another threshold)")
+    p.add_argument("--scale-redecide", type=int, default=3_700_000, help="scale: records of the finished filter "
+                   "run that is re-decided")
     p.add_argument("--scale-lines", type=int, default=2_000_000, help="scale: lines of the synthetic image list")
     p.add_argument("--readers", type=int, default=4, help="scale: forked readers touching every sample")
     p.add_argument("--scale-images", type=int, default=20_000, help="scale: images of the large filter run")
@@ -666,14 +669,16 @@ def bench_scale(args, tmp: Path) -> None:
           f"{args.scale_images_small:,} and {args.scale_images:,} images (96x128 JPEG hard links, tsn_tiny "
           f"teacher, OMP_NUM_THREADS=1), de-duplication {args.dedup_web:,} web x {args.dedup_val:,} val; {_load()}")
     parts = set(args.scale_parts.split(","))
-    if not parts or not parts <= {"list", "filter", "dedup"}:
-        raise ValueError(f"--scale-parts {args.scale_parts}: expected a comma list of list, filter, dedup")
+    if not parts or not parts <= {"list", "filter", "dedup", "redecide"}:
+        raise ValueError(f"--scale-parts {args.scale_parts}: expected a comma list of list, filter, dedup, redecide")
     if "list" in parts:
         _list_part(args, root, classes)
     if "filter" in parts:
         _filter_part(args, root, classes)
     if "dedup" in parts:
         _dedup_figures(args)
+    if "redecide" in parts:
+        _redecide_part(args, root, classes)
 
 
 def _list_part(args, root: Path, classes: list[str]) -> None:
@@ -726,6 +731,59 @@ def _filter_part(args, root: Path, classes: list[str]) -> None:
           f'{args.scale_images_small:,} images, {big["maxrss"] / 2**20:.0f} MiB at {args.scale_images:,} '
           f'({ratio:.2f}x; goal within 15%: {_met(ratio <= 1.15)}); output {big["out_bytes"] / args.scale_images:.0f} '
           f'bytes per image on disk ({", ".join(big["out_files"])})')
+
+
+def _redecide_part(args, root: Path, classes: list[str]) -> None:
+    """4. filter.py re-deciding a finished run of --scale-redecide synthetic image records at another --threshold:
+    the output's columns (scores.npz) and records are written here directly, as a scoring run leaves them."""
+    n, name = args.scale_redecide, f"crawl{args.scale_redecide}"
+    rng = np.random.default_rng(0)
+    lines = _image_list_lines(n, len(classes))
+    _write_plain_dataset(root / name, classes, lines)
+    out = root / f"{name}-filtered"
+    out.mkdir(parents=True, exist_ok=True)
+    flags = ["--data-root", str(root), "--source", name, "--teacher", str(root / "gone.pth"), "--out", out.name,
+             "--device", "cpu", "--quiet"]
+    cmd = [sys.executable, str(ROOT / "filter.py"), *flags, "--threshold", "0.3"]
+    query = np.arange(n, dtype=np.int64) % len(classes)
+    probs = rng.random((n, 2), dtype=np.float32)                           # p(query), p(argmax) >= p(query)
+    top = np.where(probs[:, 1] > probs[:, 0], rng.integers(0, len(classes), n), query)
+    records = b"".join(b'{"i":%d,"path":"%s","kind":"image","query":%d,"query_score":%.7g,"top_class":%d,'
+                       b'"top_score":%.7g}\n' % (i, ln.rsplit(" ", 1)[0].encode(), q, a, c, max(a, b))
+                       for i, (ln, q, (a, b), c) in enumerate(zip(lines, query.tolist(), probs.tolist(),
+                                                                  top.tolist())))
+    (out / "samples.jsonl").write_bytes(records)
+    seen = filter_mod.Seen(filter_mod.Scores(query, probs[:, 0], top, probs.max(axis=1)), np.zeros(n, np.uint8),
+                           np.zeros(n + 1, np.int64), np.zeros(0, np.float32), np.zeros(0, np.float32),
+                           np.zeros((0, 2), np.int64), np.full(n, np.nan), np.zeros(n + 1, np.int64))
+    seen.save(out / "scores.npz")
+    (out / "duplicates.txt").write_text("# de-duplication was not run (no --dedup-against)\n")
+    (out / "classes.txt").write_text("".join(c + "\n" for c in classes))
+    (out / "train.txt").write_text("")
+    parsed = filter_mod.get_args_parser().parse_args(flags)
+    knobs = {f.name: getattr(parsed, f.name) for f in fields(filter_mod.FilterConfig) if "help" in f.metadata}
+    cfg = filter_mod.FilterConfig(**dict(knobs, device="cpu", amp="none"))
+    settings = filter_mod._settings(parsed, cfg, n)
+    (out / "report.json").write_text(json.dumps(dict(settings=settings, dedup=None, teachers=[])))
+    wall, cpu = time.perf_counter(), time.process_time()
+    data.load_split(data.resolve_dataset(root, name), "train")
+    list_wall = time.perf_counter() - wall
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    wall = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-c", RUSAGE_WRAPPER, *cmd], capture_output=True, text=True, env=env,
+                          cwd=str(ROOT))
+    wall = time.perf_counter() - wall
+    report = json.loads((out / "report.json").read_text()) if proc.returncode == 0 else {}
+    if not report.get("run", {}).get("redecided"):
+        print(f"filter.py re-deciding {n:,} records failed or scored again (exit {proc.returncode}): "
+              f"{(proc.stderr.strip().splitlines() or ['no output'])[-1]}")
+        return
+    r = json.loads([ln for ln in proc.stdout.splitlines() if ln.startswith("RUSAGE ")][-1][len("RUSAGE "):])
+    print(f"\nRe-deciding: python filter.py {' '.join(flags[6:])} --threshold 0.3 on a finished run of {n:,} image "
+          f"records (its scores.npz; the teacher file gone): {wall:.1f} s wall, {r['cpu']:.1f} s CPU = "
+          f"{wall / n * 1e6:.1f} s per million records -> {wall / n * 3.7e6:.1f} s at 3.7M (of which "
+          f"data.load_split of the source list {list_wall:.1f} s here); kept {report['counts']['kept']:,}; "
+          f"peak RSS {r['maxrss'] / 2**20:.0f} MiB")
 
 
 def _list_figures(root: Path, name: str, readers: int) -> dict:
