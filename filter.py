@@ -45,19 +45,23 @@ What happens to a web source, in order:
             A video's decision uses its most confident unit (frame / window): `untrimmed_scores`; its
             positive units are those at or above the threshold it was held to: `untrimmed_decision`.
   Fig. 3    report.json (small) counts every class before and after filtering; samples.jsonl holds one
-            record per sample (query-class, top and top-5 probabilities, decision, units of untrimmed videos).
+            record per sample of what the teachers saw (query-class, top and top-5 probabilities, units of
+            untrimmed videos), scores.npz the same as columns (`Seen`), decision.npz the decision of each.
   Re-deciding: the same command on a finished output with another --threshold, --mode, --rule or
-            --cut-pieces decides again from its samples.jsonl (which holds what the teachers saw, float32 as
-            they gave it): no teacher is loaded or run, and the output is what a fresh run with those flags
-            writes. Other scoring settings (teachers, --student, --clips, ...) score again.
+            --cut-pieces decides again from its scores.npz (what the teachers saw, float32 as they gave it,
+            written once when scoring ended): no teacher is loaded or run, no record is read or rewritten, and
+            the output is what a fresh run with those flags writes (seconds for millions of samples: the
+            decision is vectorised, the list built from the source list's path buffer in one join). Other
+            scoring settings (teachers, --student, --clips, ...) score again.
 
 At web scale (millions of samples, many GPUs, crashes):
   - Sharding: under torchrun (RANK / WORLD_SIZE / LOCAL_RANK) the samples are cut into blocks of --batch-size
     (untrimmed videos: one video per block); block b goes to rank b % WORLD_SIZE, which runs on
     cuda:LOCAL_RANK (or the CPU). A block is one decoding batch and one teacher forward whatever the number
     of ranks, so every number, and the outputs byte for byte (train.txt, its sidecar, samples.jsonl,
-    duplicates.txt, classes.txt; report.json also records the run's ranks and time), are the same as one
-    process gives. Processes only meet at barriers (gloo); DATA_ROOT must be shared by all nodes.
+    duplicates.txt, classes.txt; scores.npz and decision.npz array for array; report.json also records the
+    run's ranks and time), are the same as one process gives. Processes only meet at barriers (gloo);
+    DATA_ROOT must be shared by all nodes.
   - Resume: each rank appends its records (JSON lines, one write + flush per block) to its own file in the
     work folder DATA_ROOT/.OUT.filter-work/; the same command again after a crash, Ctrl-C or SIGKILL
     (with any number of ranks) skips the blocks already recorded (a torn last line is ignored) and ends with
@@ -65,16 +69,19 @@ At web scale (millions of samples, many GPUs, crashes):
     only after the output is in place. Another command with different scoring settings refuses to touch it
     (another --threshold, --mode, --rule or --cut-pieces is free: nothing scored depends on them).
   - Memory: per sample only the record of its block is held (query-class and top probabilities, top-5);
-    rank 0 decides from four columns of N numbers and merges the records by sample index, streaming.
+    rank 0 gathers the records by sample index once, streaming, into columns of N numbers (+ the units of
+    untrimmed videos); every rank decides from those columns.
   - Speed: workers return whole collated uint8 batches (`_Blocks`), normalised on the device; teachers run
     per batch under --amp.
 
 Outputs in DATA_ROOT/OUT/ (built in a hidden sibling folder from the work folder's records and renamed into
 place at the end, so a crash or Ctrl-C leaves any earlier output untouched): classes.txt (the teacher's
 classes), train.txt (paths relative to DATA_ROOT/OUT/; `train.py --aux OUT` reads it), train_frame_scores.json
-(2D untrimmed), raw/ (--cut-pieces), report.json (summary: counts, Fig. 3 per class), samples.jsonl (one
-record per sample, in list order) and duplicates.txt. Then rank 0 draws the step's figures beside them
-(omnisource.filter_figures: contact_sheet.png, class_histogram.png, filter_quality.png, timeline.png).
+(2D untrimmed), raw/ (--cut-pieces), report.json (summary: counts, Fig. 3 per class), decision.npz (per sample:
+status into STATUSES, label, deciding score, threshold, positive units; cut failures), and what the teachers saw,
+written once: samples.jsonl (one record per sample, in list order), scores.npz (`Seen`) and duplicates.txt.
+Then rank 0 draws the step's figures beside them (omnisource.filter_figures: contact_sheet.png,
+class_histogram.png, filter_quality.png, timeline.png).
 
 Scoring protocol (a cheap version of each teacher's test protocol): resize the short side to
 round(crop * 256 / 224), one centre crop of the teacher's crop size; images: one frame (a TSN's average
@@ -1346,7 +1353,7 @@ class Work:
 
 def _settings(args: argparse.Namespace, cfg: FilterConfig, num_samples: int) -> dict:
     """What the teachers' records depend on: a resumed run must share it with the crashed one, and a finished
-    run's records can be re-decided under it (not the decision's DECISION_KEYS, --workers, --device, --quiet or
+    run's columns can be re-decided under it (not the decision's DECISION_KEYS, --workers, --device, --quiet or
     the rank count). A teacher file is named by its path and, while it exists, its size and mtime."""
     teachers = [dict(path=str(Path(p).resolve()), **({} if not Path(p).is_file() else
                                                       dict(bytes=Path(p).stat().st_size,
