@@ -59,7 +59,7 @@ its results come back from the run's WORK_DIR/metrics.json. Imports flow one way
 from __future__ import annotations
 
 import argparse
-import heapq
+import functools
 import itertools
 import json
 import math
@@ -865,42 +865,67 @@ TIMELINE_VIDEOS = 6  # kept untrimmed videos drawn on a timeline
 
 @dataclass
 class FilterOutput:
-    """What filter.py wrote to DATA_ROOT/OUT/: report.json, the kept samples of the list train.txt (a compact
-    data.SampleList, with its frame-score sidecar, Sec. 3.5) and, streamed by `records`, the per-sample records of
-    samples.jsonl (what the teachers saw: path relative to `prefix`, query, windows / fps of untrimmed videos)
-    joined with their decision, decision.npz's columns (status, label, score = the deciding teacher probability,
-    Sec. 3.4; unit_scores = each unit's p(label)). Memory: the list's and the decision's arrays, not one object a
-    sample."""
+    """What filter.py wrote to DATA_ROOT/OUT/: report.json, the decision of every sample (decision.npz's columns:
+    status, label, score = the deciding teacher probability, Sec. 3.4), the kept samples of the list train.txt
+    (`kept`, read on first use: a compact data.SampleList, with its frame-score sidecar, Sec. 3.5) and the
+    per-sample records of samples.jsonl (what the teachers saw: path relative to `prefix`, query, windows / fps of
+    untrimmed videos), streamed by `records` or one by one by `record`, each joined with its decision (status,
+    label, score, threshold; unit_scores = each unit's p(label)). Memory: arrays, not one object a sample."""
     folder: Path
     report: dict
-    kept: data.SampleList | list
     prefix: Path
+    decision: dict[str, np.ndarray]
+
+    @functools.cached_property
+    def kept(self) -> data.SampleList | list:
+        kept_any = (self.decision["status"] == self.decision["statuses"].tolist().index("kept")).any()
+        return data.read_list(self.folder / "train.txt", self.folder, len(self.report["classes"])) if kept_any else []
+
+    def where(self, status: str) -> np.ndarray:
+        """bool (N,): the samples of a status (kept, dropped, unknown_query, corrupt, duplicate)."""
+        names = self.decision["statuses"].tolist()
+        return self.decision["status"] == names.index(status) if status in names else \
+            np.zeros(len(self.decision["status"]), dtype=bool)
 
     def records(self) -> Iterator[dict]:
-        with np.load(self.folder / "decision.npz") as f:
-            d = {k: f[k] for k in f.files}
-        names, cut_error = d["statuses"].tolist(), dict(zip(d["cut_failed"].tolist(), d["cut_error"].tolist()))
-        units = "unit_query" if self.report["mode"] == "query" else "unit_top"
         with open(self.folder / "samples.jsonl") as f:
-            for i, line in enumerate(f):
-                r = json.loads(line)
-                r.update(status=names[d["status"][i]], label=int(d["label"][i]) if d["label"][i] >= 0 else None)
-                if not np.isnan(d["score"][i]):
-                    r.update(score=float(d["score"][i]), threshold=float(d["threshold"][i]))
-                if d["positive_units"][i] >= 0:
-                    r.update(positive_units=int(d["positive_units"][i]), unit_scores=r[units])
-                if i in cut_error:
-                    r["cut_error"] = cut_error[i]
-                yield r
+            yield from (self._decided(i, json.loads(line)) for i, line in enumerate(f))
+
+    @functools.cached_property
+    def columns(self) -> dict[str, np.ndarray]:
+        """scores.npz: what the teachers saw as columns (query, query_p, top_class, top_p, line_offset, ...)."""
+        with np.load(self.folder / "scores.npz") as f:
+            return {k: f[k] for k in f.files}
+
+    def record(self, i: int) -> dict:
+        """Record i alone (scores.npz's line offsets locate it in samples.jsonl)."""
+        a, b = self.columns["line_offset"][i:i + 2].tolist()
+        with open(self.folder / "samples.jsonl", "rb") as f:
+            f.seek(a)
+            return self._decided(i, json.loads(f.read(b - a)))
+
+    def _decided(self, i: int, r: dict) -> dict:
+        d = self.decision
+        r.update(status=d["statuses"][d["status"][i]].item(), label=int(d["label"][i]) if d["label"][i] >= 0 else None)
+        if not np.isnan(d["score"][i]):
+            r.update(score=float(d["score"][i]), threshold=float(d["threshold"][i]))
+        if d["positive_units"][i] >= 0:
+            r.update(positive_units=int(d["positive_units"][i]),
+                     unit_scores=r["unit_query" if self.report["mode"] == "query" else "unit_top"])
+        failed = np.flatnonzero(d["cut_failed"] == i)
+        if len(failed):
+            r["cut_error"] = d["cut_error"][failed[0]].item()
+        return r
 
 
 def read_filter_output(folder: str | Path) -> FilterOutput:
     """The one reader of a filter.py output folder for the figures (DATA_ROOT/OUT: OUT is a name under DATA_ROOT)."""
     folder = Path(folder)
     report = json.loads((folder / "report.json").read_text())
-    kept = data.read_list(folder / "train.txt", folder, len(report["classes"])) if _kept_any(folder) else []
+    with np.load(folder / "decision.npz") as f:
+        decision = {k: f[k] for k in f.files}
     spec = data.resolve_dataset(folder.parent, report["source"])
-    return FilterOutput(folder, report, kept, Path(spec.splits[report.get("split", "train")].prefix))
+    return FilterOutput(folder, report, Path(spec.splits[report.get("split", "train")].prefix), decision)
 
 
 def filter_figures(folder: str | Path, out_dir: str | Path | None = None, tag: str = "", target: str | None = None,
@@ -933,17 +958,20 @@ def contact_sheet(out: FilterOutput) -> Image.Image:
     SHEET_PER_CLASS kept and dropped samples of highest teacher probability (the first of equal ones): first frames
     of videos, images; their probability under each."""
     classes, n = out.report["classes"][:SHEET_CLASSES], SHEET_PER_CLASS
-    by = {(c, st): [] for c in range(len(classes)) for st in ("kept", "dropped")}     # heaps of (score, -i, record)
-    for i, r in enumerate(out.records()):
-        c = r["label"] if r["status"] == "kept" else r["query"]
-        if r["status"] in ("kept", "dropped") and 0 <= c < len(classes):
-            heap = by[c, r["status"]]
-            (heapq.heappush if len(heap) < n else heapq.heappushpop)(heap, (r["score"], -i, r))
+    query = out.columns["query"]
+    by = {}                       # (class, status) -> the records of the n highest scores (the first of equal ones)
+    for status in ("kept", "dropped"):
+        c = out.decision["label"] if status == "kept" else query
+        idx = np.flatnonzero(out.where(status) & (c >= 0) & (c < len(classes)))
+        idx = idx[np.lexsort((idx, -out.decision["score"][idx], c[idx]))]     # by class, score down, index up
+        first = np.searchsorted(c[idx], c[idx], side="left")
+        for i in idx[np.arange(len(idx)) - first < n].tolist():
+            by.setdefault((int(c[i]), status), []).append(out.record(i))
     rows, failed = [], 0
     for c, name in enumerate(classes):
         cells = []
         for status in ("kept", "dropped"):
-            best = [r for _, _, r in sorted(by[c, status], key=lambda e: (-e[0], -e[1]))]
+            best = by.get((c, status), [])
             thumbs = [(_first_frame(out.prefix / r["path"]), f"p {r['score']:.2f}") for r in best]
             failed += sum(t is None for t, _ in thumbs)
             cells += [t if t[0] is not None else None for t in thumbs] + [None] * (n - len(best))
@@ -990,8 +1018,8 @@ def timeline(out: FilterOutput) -> Image.Image | None:
     length) for the first TIMELINE_VIDEOS; shaded: the positive windows of its list line (3D students), or the
     positive 1-FPS frames of its sidecar, each over the interval it stands for (2D students, Table 14's snippets).
     None when the output lists no untrimmed video."""
-    if not (out.kept and (data.frame_scores_path(out.folder / "train.txt").is_file()
-                          or "windows" in out.kept.kind_names())):
+    if not ((out.where("kept") & (out.decision["positive_units"] >= 0)).any() and
+            (data.frame_scores_path(out.folder / "train.txt").is_file() or "windows" in out.kept.kind_names())):
         return None
     shown = list(itertools.islice((s for s in out.kept if s.frame_scores or s.windows), TIMELINE_VIDEOS))
     wanted = {os.path.relpath(s.path, out.prefix) for s in shown if s.windows}

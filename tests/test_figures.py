@@ -167,9 +167,10 @@ def test_timeline_marks_the_window_times(small_data, tmp_path):
                                                      classes=classes, per_class=per_class)))
     (out / "train.txt").write_text(f"../synth-web-untrimmed/{rel} {t['query']} "
                                    + " ".join(f"{a:.3f}:{b:.3f}" for a, b in windows) + "\n")
-    (out / "samples.jsonl").write_text(json.dumps(dict(i=0, path=rel, query=t["query"], units=2,
-                                                       unit_query=[0.6, 0.3], windows=[[0, 8], [8, 16]],
-                                                       fps=fps)) + "\n")
+    record = json.dumps(dict(i=0, path=rel, query=t["query"], units=2, unit_query=[0.6, 0.3],
+                             windows=[[0, 8], [8, 16]], fps=fps)) + "\n"
+    (out / "samples.jsonl").write_text(record)
+    np.savez(out / "scores.npz", query=np.array([t["query"]]), line_offset=np.array([0, len(record)]))
     np.savez(out / "decision.npz", statuses=np.array(["kept"]), status=np.array([0]), label=np.array([t["query"]]),
              score=np.array([0.6]), threshold=np.array([0.5]), positive_units=np.array([1]),
              cut_failed=np.zeros(0, int), cut_error=np.zeros(0, str))
