@@ -136,6 +136,7 @@ DECISION_KEYS = ("mode", "threshold", "rule", "cut_pieces")
 SEEN = ("scored", "corrupt", "duplicate")                                # what the teachers saw (scores.npz 'state')
 STATUSES = ("kept", "dropped", "unknown_query", "corrupt", "duplicate")  # the decision (decision.npz 'status')
 SCORES_FORMAT = "omnisource-filter-scores-1"
+LINES_AT_ONCE = 1 << 18                   # list lines built and written at once (`write_outputs`)
 # written once when scoring ends, never rewritten by a re-decide (they hold what the teachers saw)
 SEEN_FILES = ("samples.jsonl", "scores.npz", "duplicates.txt")
 # what reading a broken file raises (Sec. 3.3): the OS (missing, unreadable; Pillow's UnidentifiedImageError and
@@ -1050,16 +1051,18 @@ def write_outputs(folder: str | Path, seen_dir: Path, seen: Seen, samples: Sampl
                     cut_error=np.array([f'cutting failed: {cut[i]["error"]}' for i in failed], dtype=str))
     decision["status"][failed] = STATUSES.index("corrupt")
     decision["label"][failed] = -1
-    kept = np.flatnonzero(decision["status"] == STATUSES.index("kept"))
-    paths = _list_paths(samples, kept, prefix, base)
-    lines = _list_lines(samples, routes, kept, paths, decision, seen, cfg, prefix)
-    (folder / "train.txt").write_bytes(b"".join(lines))
     sidecar = _SidecarWriter(data.frame_scores_path(folder / "train.txt"), cfg.fps)
     unit_p = seen.unit_query if cfg.mode == "query" else seen.unit_top
-    for k in np.flatnonzero(routes[kept] == ROUTES.index("one_fps")).tolist():
-        i = int(kept[k])
-        a, b = seen.unit_offset[i], seen.unit_offset[i + 1]
-        sidecar.add(paths[k].decode(), seen.unit_frames[a:b, 0], unit_p[a:b], decision["threshold"][i])
+    kept_all = np.flatnonzero(decision["status"] == STATUSES.index("kept"))
+    with open(folder / "train.txt", "wb") as out:
+        for s in range(0, len(kept_all), LINES_AT_ONCE):   # memory: the lines of one chunk
+            kept = kept_all[s:s + LINES_AT_ONCE]
+            paths = _list_paths(samples, kept, prefix, base)
+            out.write(b"".join(_list_lines(samples, routes, kept, paths, decision, seen, cfg, prefix)))
+            for k in np.flatnonzero(routes[kept] == ROUTES.index("one_fps")).tolist():
+                i = int(kept[k])
+                a, b = seen.unit_offset[i], seen.unit_offset[i + 1]
+                sidecar.add(paths[k].decode(), seen.unit_frames[a:b, 0], unit_p[a:b], decision["threshold"][i])
     sidecar.close()
     np.savez(folder / "decision.npz", statuses=np.array(STATUSES), **{k: v for k, v in decision.items()
                                                                      if k != "unit_positive"})
@@ -1095,11 +1098,12 @@ def _list_lines(samples: Samples, routes: np.ndarray, kept: np.ndarray, paths: l
 
 def _list_paths(samples: Samples, idx: np.ndarray, prefix: Path, base: str) -> list[bytes]:
     """The list paths (`_list_path`: base / the path under the data prefix) of samples idx, UTF-8: slices of a
-    SampleList's path buffer when its paths are plain (relative, no '.' or '..' parts), else one by one."""
-    if isinstance(samples, data.SampleList) and Path(samples.prefix) == Path(prefix) and \
-            not any(x in samples.buf for x in (b"./", b"//", b"/. ", b"/.. ")):
+    SampleList's path buffer when these paths are plain (relative, no empty part, no part starting with '.'),
+    else one by one."""
+    if isinstance(samples, data.SampleList) and Path(samples.prefix) == Path(prefix):
         rels = samples.rel_path_bytes(idx)
-        if not any(r[:1] == b"/" for r in rels):
+        joined = b"\n" + b"\n".join(rels)
+        if not any(x in joined for x in (b"\n/", b"\n.", b"/.", b"//")):
             head = b"" if base == "." else base.encode() + b"/"
             return [head + r for r in rels] if head else rels
     return [_list_path(base, _rel(samples[i].path, prefix)).encode() for i in idx.tolist()]
