@@ -195,7 +195,7 @@ def filtering_quality(data_root: str | Path, filtered: str, records: Iterable[di
     out = {"source": report["source"], "mode": report["mode"], "threshold": report["threshold"], "kept": len(kept),
            "samples": len(rows), "precision": correct / max(1, len(kept)), "recall": correct / max(1, possible),
            "base_rate": sum(t["true_class"] == t["query"] for _, t in readable) / max(1, len(readable))}
-    if any("unit_scores" in r for r, _ in rows):
+    if any("unit_scores" in r and "frames" in r for r, _ in rows):
         out.update(_frame_quality(rows, report["threshold"]))
     return out
 
@@ -435,7 +435,8 @@ def _crawl_plan(cfg: SynthConfig, source: str, per_class: int) -> list:
 def _frame_quality(rows: list, threshold: float) -> dict:
     """filtering_quality on the 1-FPS frames of untrimmed videos: a frame counts as kept when its video is kept and
     its score reaches the threshold, and as correct when it shows its video's label (the query when dropped)."""
-    frames = [(r, t, f, s) for r, t in rows if "unit_scores" in r for f, s in zip(r["frames"], r["unit_scores"])]
+    frames = [(r, t, f, s) for r, t in rows if "unit_scores" in r and "frames" in r
+              for f, s in zip(r["frames"], r["unit_scores"])]
     kept = hits = showing_query = 0
     for r, t, f, score in frames:
         shown = _content_at(t, f)
