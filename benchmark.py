@@ -9,7 +9,8 @@
     python benchmark.py --what model --precisions fp32,bf16 --models tsn_r50,slowonly_r50_4x16
     python benchmark.py --what scale                      # web-scale figures; minutes
     python benchmark.py --what scale --scale-lines 20000 --scale-images 400 --scale-images-small 100 \
-        --dedup-web 10000 --dedup-val 1000                # the same figures in seconds
+        --dedup-web 10000 --dedup-val 1000 --scale-redecide 20000   # the same figures in seconds
+    python benchmark.py --what scale --scale-parts redecide   # filter.py re-deciding 3.7M records; a minute
     python benchmark.py --what soak                       # 10,000 clips through DataLoader workers; < 10 min
     python benchmark.py --what soak --soak-clips 1000 --soak-every 100
     python benchmark.py --what small-data                 # plain CNN vs ours on 8 clips per class; ~30 min
@@ -55,7 +56,13 @@ What it measures (paper context: the training recipes of the appendix "Implement
       (ru_maxrss of the largest process) at the two sizes and their ratio;
    c) de-duplication: filter.find_duplicates on random float32 web (--dedup-web, 1M) x val (--dedup-val,
       50k) features of --dedup-dim (256) with planted duplicates: wall and CPU time, ns per pair, the time
-      scaled to 1M x 50k, and the peak RSS above the inputs.
+      scaled to 1M x 50k, and the peak RSS above the inputs;
+   d) re-deciding: a finished filter.py output of --scale-redecide (3.7M, the paper's GG-k400 crawl) image
+      records is written directly (its scores.npz columns and samples.jsonl, random probabilities, as a
+      scoring run leaves them; the teacher file does not exist), then `filter.py --threshold 0.3` on it as a
+      user runs it (subprocess, OMP_NUM_THREADS=1): wall and CPU seconds of the whole command (start-up, the
+      source list, the decision, the outputs, the figures), seconds per million records, extrapolated to
+      3.7M, and its peak RSS.
 5. Soak (only with --what soak): --soak-clips (10,000) training clips of --soak-arch (tsn_r50)
    through train.make_dataset (the sampling and transforms train.py uses) and a DataLoader with --workers
    persistent workers, from 3 generated videos (one of them 640x360, so resizing runs) under --soak-files
@@ -765,7 +772,7 @@ def _redecide_part(args, root: Path, classes: list[str]) -> None:
     cfg = filter_mod.FilterConfig(**dict(knobs, device="cpu", amp="none"))
     settings = filter_mod._settings(parsed, cfg, n)
     (out / "report.json").write_text(json.dumps(dict(settings=settings, dedup=None, teachers=[])))
-    wall, cpu = time.perf_counter(), time.process_time()
+    wall = time.perf_counter()
     data.load_split(data.resolve_dataset(root, name), "train")
     list_wall = time.perf_counter() - wall
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
@@ -779,11 +786,16 @@ def _redecide_part(args, root: Path, classes: list[str]) -> None:
               f"{(proc.stderr.strip().splitlines() or ['no output'])[-1]}")
         return
     r = json.loads([ln for ln in proc.stdout.splitlines() if ln.startswith("RUSAGE ")][-1][len("RUSAGE "):])
-    print(f"\nRe-deciding: python filter.py {' '.join(flags[6:])} --threshold 0.3 on a finished run of {n:,} image "
-          f"records (its scores.npz; the teacher file gone): {wall:.1f} s wall, {r['cpu']:.1f} s CPU = "
-          f"{wall / n * 1e6:.1f} s per million records -> {wall / n * 3.7e6:.1f} s at 3.7M (of which "
-          f"data.load_split of the source list {list_wall:.1f} s here); kept {report['counts']['kept']:,}; "
-          f"peak RSS {r['maxrss'] / 2**20:.0f} MiB")
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-c", "import filter"], env=env, cwd=str(ROOT), check=True)
+    start = time.perf_counter() - start   # the interpreter and the imports (torch): paid once, whatever N
+    per = (wall - start) / n
+    print(f"\nRe-deciding: python filter.py --source {name} --teacher gone.pth {' '.join(flags[6:])} --threshold 0.3 "
+          f"on a finished run of {n:,} image records (its scores.npz; no teacher file): {wall:.1f} s wall, "
+          f"{r['cpu']:.1f} s CPU: start-up {start:.1f} s (python + imports) + {per * 1e6:.1f} s per million "
+          f"records (data.load_split of the source list alone {list_wall / n * 1e6:.1f}) -> "
+          f"{start + per * 3.7e6:.1f} s at 3.7M; kept {report['counts']['kept']:,}; peak RSS "
+          f"{r['maxrss'] / 2**20:.0f} MiB")
 
 
 def _list_figures(root: Path, name: str, readers: int) -> dict:
