@@ -77,6 +77,11 @@ RECIPES = {
                  freeze_bn=False),
 }
 
+# The flags --resume lets change: how the run executes, where it writes, what it prints; none changes its weights,
+# log or metrics. Every other flag (a new one too) must equal latest.pth's stored args (check_resume_args).
+RESUME_FREE_FLAGS = ("workers", "log_interval", "device", "eval_batch_size", "save_every", "work_dir", "resume",
+                     "dump_probs")
+
 
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser("omnisource train", add_help=True,
@@ -245,6 +250,8 @@ def main(args: argparse.Namespace) -> dict:
         synthetic.ensure_demo_data(args.data_root, args.target)
     if dist.is_initialized():
         dist.barrier()
+    if not (args.resume or args.test or args.export_mmaction):
+        refuse_used_work_dir(Path(args.work_dir))
     run = setup(args, rank, world, device)
     if args.export_mmaction:
         return export(run)
@@ -565,7 +572,9 @@ def final_test(run: Run) -> dict:
     if run.rank == 0:
         write_results(run, m)
         print(f"test ({m['protocol']}): top1 {m['top1']:.4f}  top5 {m['top5']:.4f}  "
-              f"mean_class_acc {m['mean_class_acc']:.4f}", flush=True)
+              f"mean_class_acc {m['mean_class_acc']:.4f}" + (f" over the {m['num_videos']} readable videos; "
+              f"{m['num_unreadable']} unreadable, left out: {', '.join(m['unreadable'])}" if m["unreadable"] else ""),
+              flush=True)
     return m
 
 
@@ -605,60 +614,75 @@ def evaluate(run: Run, loader: torch.utils.data.DataLoader, predictions: Path | 
     TSN: the features of all views and segments are averaged before the classifier (MMAction2's
     consensus); 3D: the softmax of every clip x crop view is averaged. A batch of videos goes through
     in one forward, in --amp precision; the probabilities stay on the device until the split is done.
+    An unreadable video is never replaced by another (make_dataset: replace_failed=False): it is left out of
+    the metrics, counted (num_unreadable) and named (unreadable: its paths, over every rank).
     """
     net, arch, args = run.net, run.net.spec, run.args
     net.eval()
     k = len(run.classes)
-    probs, labels, used = [torch.zeros(0, k, device=run.device)], [torch.zeros(0, dtype=torch.long)], []
-    for views, y, u in loader:
-        probs.append(models.predict(net, views.to(run.device, non_blocking=True), arch, amp=args.amp))   # (N, K)
+    probs, labels, used, unreadable = [torch.zeros(0, k, device=run.device)], [torch.zeros(0, dtype=torch.long)], [], []
+    for views, y, u, bad in loader:
+        if views is not None:
+            probs.append(models.predict(net, views.to(run.device, non_blocking=True), arch, amp=args.amp))  # (N, K)
         labels.append(y)
-        used += u.tolist()
+        used += u
+        unreadable += bad
     probs, labels = torch.cat(probs), torch.cat(labels).to(run.device)
     cm = confusion(probs.argmax(1), labels, k)
     top5 = (probs.topk(min(5, k), dim=1).indices == labels[:, None]).any(1).sum().double().reshape(1)
+    every_unreadable = [unreadable]
     if run.world > 1:
         dist.all_reduce(cm)
         dist.all_reduce(top5)
+        every_unreadable = [None] * run.world
+        dist.all_gather_object(every_unreadable, unreadable)
     if predictions is not None:
-        write_predictions(run, loader, probs, labels, used, Path(predictions))
+        write_predictions(run, loader, probs, labels, used, unreadable, Path(predictions))
     net.train()
-    return metrics_from(cm.cpu(), top5.cpu())
+    samples = loader.dataset.samples
+    bad = sorted(i for part in every_unreadable for i in part)
+    return {**metrics_from(cm.cpu(), top5.cpu()), "num_unreadable": len(bad),
+            "unreadable": [str(samples.path(i)) for i in bad]}
+
+
+def collate_readable(batch: list[tuple]) -> tuple[torch.Tensor | None, torch.Tensor, list[int], list[int]]:
+    """An evaluation batch without its unreadable videos (items `(None, label, index)`, data.VideoDataset with
+    replace_failed=False) -> (views of the readable ones or None, their labels, their indices, the unreadable's)."""
+    readable = [b for b in batch if b[0] is not None]
+    views = torch.utils.data.default_collate([b[0] for b in readable]) if readable else None
+    return (views, torch.tensor([b[1] for b in readable], dtype=torch.long), [b[2] for b in readable],
+            [b[2] for b in batch if b[0] is None])
 
 
 def write_predictions(run: Run, loader: torch.utils.data.DataLoader, probs: torch.Tensor, labels: torch.Tensor,
-                      used: list[int], path: Path) -> None:
+                      used: list[int], unreadable: list[int], path: Path) -> None:
     """predictions.jsonl: one JSON line per video of the split, in the split's order (gathered from every
     rank to rank 0): index, path, label, top-5 classes with probabilities, and with --dump-probs the whole
     probability vector (as MMAction2's --dump), so results can be compared video by video. A video that could
-    not be read was replaced by another (data.VideoDataset); its line names the replacement ('replaced_by')."""
+    not be read has no prediction: its line says "unreadable": true."""
     k = len(run.classes)
     top_p, top_i = probs.topk(min(5, k), dim=1)
-    local = (list(loader.sampler), used, labels.tolist(), top_p.tolist(), top_i.tolist(),
-             probs.tolist() if run.args.dump_probs else None)
+    local = (used, labels.tolist(), top_p.tolist(), top_i.tolist(),
+             probs.tolist() if run.args.dump_probs else None, unreadable)
     parts = [local]
     if run.world > 1:
         parts = [None] * run.world
         dist.all_gather_object(parts, local)
     if run.rank != 0:
         return
-    rows = []
-    for indices, u, y, ps, cs, full in parts:
-        rows += zip(indices, u, y, ps, cs, full if full is not None else [None] * len(indices))
-    rows.sort(key=lambda r: r[0])
     samples = loader.dataset.samples
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    with open(tmp, "w") as f:
-        for index, u, label, ps, cs, full in rows:
-            line = {"index": index, "path": str(samples[index].path), "label": label,
-                    "top5": [{"class": c, "name": run.classes[c], "prob": p} for c, p in zip(cs, ps)]}
-            if u != index:
-                line["replaced_by"] = str(samples[u].path)
+    lines = {}
+    for indices, y, ps, cs, full, bad in parts:
+        for n, (index, label) in enumerate(zip(indices, y)):
+            lines[index] = {"index": index, "path": str(samples.path(index)), "label": label,
+                            "top5": [{"class": c, "name": run.classes[c], "prob": p} for c, p in zip(cs[n], ps[n])]}
             if full is not None:
-                line["probs"] = full
-            f.write(json.dumps(line) + "\n")
-    os.replace(tmp, path)                      # atomic, like the checkpoints
+                lines[index]["probs"] = full[n]
+        for index in bad:
+            lines[index] = {"index": index, "path": str(samples.path(index)), "label": int(samples.labels[index]),
+                            "unreadable": True}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, "".join(json.dumps(lines[i]) + "\n" for i in sorted(lines)))
 
 
 def write_results(run: Run, m: dict) -> None:
@@ -821,11 +845,19 @@ def load_checkpoint(run: Run, path: Path, full: bool) -> None:
         raise FileNotFoundError(f"checkpoint {path} not found" + (" (--resume needs a previous run in "
                                 "--work-dir)" if full else ""))
     if not full:
-        report = models.load_weights(run.net, path, finetune=run.args.finetune and not run.args.test)
+        finetune = run.args.finetune and not run.args.test
+        report = models.load_weights(run.net, path, finetune=finetune)
         if run.rank == 0 and report.format != "train.py":
             print(f"loaded {path} ({report.format}): {report.summary().splitlines()[0]}", flush=True)
+        if not finetune:                            # a fresh classifier has no classes to match
+            match_classes(run, report.classes, f"{path} ({report.format})")
         return
     state = torch.load(path, map_location="cpu", weights_only=True)     # our own file; no arbitrary pickle
+    check_resume_args(state.get("args", {}), run.args, path)
+    if list(state.get("classes", run.classes)) != list(run.classes):
+        raise ValueError(f"--resume: {path} was trained on other classes than the {len(run.classes)} of "
+                         f"--target {run.args.target} now ({data._preview(state['classes'])} vs "
+                         f"{data._preview(run.classes)}); give another --work-dir")
     run.net.load_state_dict(state["model"])
     run.optimizer.load_state_dict(state["optimizer"])
     if state.get("scaler"):
@@ -855,6 +887,47 @@ def load_checkpoint(run: Run, path: Path, full: bool) -> None:
               + (f" and {run.start_step} step(s)" if run.start_step else "") + " done", flush=True)
 
 
+def check_resume_args(saved: dict, args: argparse.Namespace, path: Path) -> None:
+    """--resume continues the run latest.pth holds, never another: every flag outside RESUME_FREE_FLAGS must have
+    the value stored in it (`args`, settled defaults included; a flag newer than the file is not compared).
+    Otherwise one ValueError names each changed flag with its old and new value."""
+    changed = [f"--{k.replace('_', '-')} {_shown(saved[k])} -> {_shown(v)}" for k, v in vars(args).items()
+               if k not in RESUME_FREE_FLAGS and k in saved and saved[k] != v]
+    if changed:
+        raise ValueError(f"--resume: {path} holds a run with other flags: {', '.join(changed)}; resume with the "
+                         f"run's flags, or give another --work-dir for a new run")
+
+
+def refuse_used_work_dir(work_dir: Path) -> None:
+    """A log holds one run: training without --resume into a folder that holds a run (log.jsonl or latest.pth)
+    is a one-line error, never a second run appended to its log or overwriting its checkpoints."""
+    used = [name for name in ("log.jsonl", "latest.pth") if (work_dir / name).exists()]
+    if used:
+        raise ValueError(f"--work-dir {work_dir} already holds a run ({', '.join(used)}): continue it with "
+                         f"--resume, or give another --work-dir (or delete that folder) for a new run")
+
+
+def match_classes(run: Run, checkpoint_classes: list[str] | None, where: str) -> None:
+    """Read a checkpoint's outputs against the dataset's classes by name (data.class_order): the same names in
+    another order permute the classifier's rows (fc), other names are a one-line error; a checkpoint without
+    names (MMAction2's, bare state dicts) is read in the dataset's class order, and one line says so."""
+    if checkpoint_classes is None:
+        if run.rank == 0:
+            print(f"{where} carries no class names: its {len(run.classes)} outputs are read as the classes of "
+                  f"--target {run.args.target} in its class-list order ({data._preview(run.classes)})", flush=True)
+        return
+    order = data.class_order(checkpoint_classes, run.classes, where)
+    if (order != np.arange(len(order))).any():
+        fc = run.net.fc
+        with torch.no_grad():
+            fc.weight.copy_(fc.weight[torch.from_numpy(order)])
+            fc.bias.copy_(fc.bias[torch.from_numpy(order)])
+        if run.rank == 0:
+            print(f"{where}: its classes are those of --target {run.args.target} in another order; its outputs "
+                  f"are mapped by name",
+                  flush=True)
+
+
 def load_weights_everywhere(run: Run, path: Path) -> None:
     """Rank 0 reads the weights at `path` (any format, load_checkpoint) and sends them to the other ranks,
     which need not see the file; a missing or unusable file is the same one-line error on every rank."""
@@ -879,11 +952,15 @@ def load_weights_everywhere(run: Run, path: Path) -> None:
 
 
 def rank_rng_state(run: Run) -> dict:
-    """This rank's random state: torch CPU, CUDA (on a GPU), numpy (run.rng) and python; and the indices of
-    the samples of each training source that failed to load on this rank (the replacements, the skipped
-    retries and the logged count go on as in an uninterrupted run, and no bad file is named twice)."""
+    """This rank's random state: torch CPU, CUDA (on a GPU), numpy (run.rng) and python; and the samples of
+    each training source that failed to load on this rank, {source name: [paths]} (the replacements, the skipped
+    retries and the logged count go on as in an uninterrupted run, and no bad file is named twice). Keyed by
+    source and path, not by position: a list that changed cannot mark a good sample as failed."""
+    failed = {}
+    for name, ds in zip(run.source_names, run.datasets):
+        failed.setdefault(name, []).extend(str(ds.samples.path(int(j))) for j in torch.nonzero(ds._failed).flatten())
     state = {"torch": torch.get_rng_state(), "numpy": run.rng.bit_generator.state, "python": random.getstate(),
-             "failed": [torch.nonzero(ds._failed).flatten() for ds in run.datasets]}
+             "failed": failed}
     if run.device.type == "cuda":
         state["cuda"] = torch.cuda.get_rng_state(run.device)
     return state
@@ -896,8 +973,13 @@ def set_rank_rng_state(run: Run, state: dict) -> None:
         torch.cuda.set_rng_state(state["cuda"], run.device)
     run.rng.bit_generator.state = state["numpy"]
     random.setstate(state["python"])
-    for ds, failed in zip(run.datasets, state.get("failed", [])):
-        ds._failed[failed] = 1          # shared memory: the persistent workers skip them too
+    failed = state.get("failed")
+    if not isinstance(failed, dict):    # an older train.py's marks by position: not trusted, the files are retried
+        failed = {}
+    for name, ds in zip(run.source_names, run.datasets):
+        paths = set(failed.get(name, ()))
+        if paths:                       # mapped back by path; shared memory: the persistent workers skip them too
+            ds._failed[[j for j in range(len(ds)) if str(ds.samples.path(j)) in paths]] = 1
 
 
 def meter_state(meter: Meter) -> dict:
@@ -968,9 +1050,11 @@ def make_dataset(args: argparse.Namespace, dataset: data.DatasetSpec, split: str
     snippet = None
     if not test_mode and arch.family == "tsn" and clips == 3:
         snippet = functools.partial(transforms.select_snippet, mode=args.snippet)
+    # training replaces an unreadable sample by another (dirty web data); evaluation never scores one video
+    # under another's label: it leaves the unreadable one out and counts it (evaluate)
     return data.VideoDataset(samples, sampling, test_mode=test_mode, transform=transform,
                              image_to_clip=image_to_clip, seed=args.seed, snippet=snippet,
-                             image_short_side=short_side)
+                             image_short_side=short_side, replace_failed=not test_mode)
 
 
 def make_image_to_clip(args: argparse.Namespace, inflate: str, short_side: int) -> Callable:
@@ -1027,10 +1111,12 @@ def loader_for(args: argparse.Namespace, ds: data.VideoDataset, sampler: torch.u
 
 def make_eval_loader(args: argparse.Namespace, ds: data.VideoDataset, rank: int, world: int,
                      batch_size: int | None = None) -> torch.utils.data.DataLoader:
-    """This rank's share of the split, in order; batches of --eval-batch-size videos, pinned for a GPU."""
+    """This rank's share of the split, in order; batches of --eval-batch-size videos (less the unreadable ones,
+    collate_readable), pinned for a GPU."""
     sampler = list(range(rank, len(ds), world))     # every video exactly once over all ranks
     return torch.utils.data.DataLoader(ds, batch_size=batch_size or args.eval_batch_size or args.batch_size,
-                                       sampler=sampler, num_workers=args.workers, pin_memory=pin_memory(args))
+                                       sampler=sampler, num_workers=args.workers, pin_memory=pin_memory(args),
+                                       collate_fn=collate_readable)
 
 
 class ShardedShuffle(torch.utils.data.Sampler):
@@ -1105,6 +1191,11 @@ def labels_of(samples: data.SampleList | list) -> np.ndarray:
 def split_names(text: str) -> list[str]:
     """A comma-separated flag value -> its non-empty names (--aux)."""
     return [t.strip() for t in text.split(",") if t.strip()] if text else []
+
+
+def _shown(value: object) -> str:
+    """A flag value as an error line shows it: strings quoted (an empty --aux is ''), the rest as is."""
+    return repr(value) if isinstance(value, str) else str(value)
 
 
 def dist_barrier(run: Run) -> None:
