@@ -16,17 +16,18 @@ The training step (Sec. 3.2, Eq. 1) is in `train_one_epoch`: one target batch pl
 auxiliary source, one forward on their concatenation, one loss, ONE optimiser step.
 
 Outputs in --work-dir: log.jsonl (one JSON object per logging interval and per epoch, with the quick
-validation's top-1), latest.pth (every epoch and every --save-every steps, written atomically), final.pth (the
-weights the final test evaluated: by default the last ones; --select val: best.pth, the best quick validation
-top-1, MMAction2's practice), metrics.json (top1, top5, mean_class_acc of the final test with the paper's
-protocol, and which weights it tested),
-confusion_matrix.csv and predictions.jsonl (per video: path, label, top-5 classes with probabilities;
---dump-probs: all of them).
+validation's top-1 every --val-every epochs and after the last), latest.pth (every epoch and every --save-every
+steps, written atomically), final.pth (the weights the final test evaluated: by default the last ones; --select
+val: best.pth, the best quick validation top-1, MMAction2's practice), metrics.json (top1, top5, mean_class_acc of
+the final test with the paper's protocol over the readable val videos, the unreadable ones left out and named, and
+which weights it tested), confusion_matrix.csv and predictions.jsonl (per video: path, label, top-5 classes with
+probabilities; --dump-probs: all of them).
 
 Crashes: kill the run at any moment (SIGKILL included) and run the same command plus --resume: it ends
 with the weights, metrics.json and log.jsonl of an uninterrupted run, bit for bit on the same machine and
 number of ranks (latest.pth holds every rank's random state; `set_train_epoch` skips ahead in an epoch).
 On GPUs, exactly as far as two uninterrupted runs agree (cuDNN's autotuned kernels need not be deterministic).
+The same command: a flag that changes the run (all but RESUME_FREE_FLAGS) is refused, naming its old and new value.
 
 Speed: workers send uint8 clips, normalised on the device; the step runs in --amp precision
 (bf16 by default on GPUs that have it) and never waits for the host: losses and accuracies are summed on
@@ -83,9 +84,18 @@ RESUME_FREE_FLAGS = ("workers", "log_interval", "device", "eval_batch_size", "sa
                      "dump_probs")
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """--help gives each flag's default once: the parser's value, unless the help text says the default itself (a
+    default of None is the recipe's or the arch's, explained there) or there is none to show (off, empty)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.default in (None, False, "") or "default" in (action.help or "").lower():
+            return action.help
+        return super()._get_help_string(action)
+
+
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser("omnisource train", add_help=True,
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser("omnisource train", add_help=True, formatter_class=HelpFormatter)
     g = p.add_argument_group("data")
     g.add_argument("--data-root", default="data", help="folder holding the datasets (DATA_ROOT/NAME/ or the "
                    "released layouts: see README); the embedded demo data is generated here when missing")
@@ -97,11 +107,13 @@ def get_args_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("model")
     g.add_argument("--arch", default="tsn_tiny", help="architecture, one of: " + ", ".join(models.ARCHS))
     g.add_argument("--pretrained", default=None, help="2D ImageNet weights (torchvision layout) to start from; "
-                   "inflated for 3D nets. With them a 3D net uses the '3d_imagenet' recipe, without '3d_scratch'")
+                   "inflated for 3D nets. With them (or with --checkpoint) a 3D net uses the '3d_imagenet' recipe, "
+                   "without both '3d_scratch'")
     g.add_argument("--checkpoint", default=None, help="weights to start from, or with --test the model to "
                    "evaluate (default with --test: WORK_DIR/final.pth). Our checkpoints, MMAction2 0.x / 1.x "
                    "recognizer checkpoints (e.g. the released OmniSource models), torchvision state dicts and bare "
-                   "state dicts are detected (models.load_weights)")
+                   "state dicts are detected (models.load_weights); its outputs are read by class name. A 3D net "
+                   "started from it trains with the '3d_imagenet' recipe, like --pretrained")
     g.add_argument("--finetune", action="store_true", help="with --checkpoint: load the backbone only and keep a "
                    "fresh classifier, for a checkpoint with another class count (transfer to UCF101 / HMDB51)")
     g.add_argument("--export-mmaction", default=None, metavar="OUT.pth", help="only write --checkpoint (default "
@@ -124,10 +136,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--schedule", choices=("step", "cosine"), default=None, help="LR schedule (recipe's)")
     g.add_argument("--warmup-epochs", type=float, default=None, help="linear warm-up from 0 (recipe's, scaled "
                    "like --lr-steps)")
-    g.add_argument("--optimizer", choices=OPTIMIZERS, default=None, help="sgd (momentum; every paper recipe) or "
-                   "adamw (decoupled weight decay); default: the recipe's ('optimizer' in RECIPES, else sgd)")
-    g.add_argument("--weight-decay", type=float, default=None, help="weight decay (default: the recipe's "
-                   "'weight_decay', else the paper's 1e-4)")
+    g.add_argument("--optimizer", choices=OPTIMIZERS, default="sgd", help="sgd (with --momentum; every paper "
+                   "recipe's) or adamw (decoupled weight decay)")
+    g.add_argument("--weight-decay", type=float, default=1e-4, help="weight decay (the paper's)")
     g.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
     g.add_argument("--freeze-bn", action=argparse.BooleanOptionalAction, default=None, help="batch norm in eval "
                    "mode (running statistics fixed) with its scale and shift untrained, as MMAction2 fine-tunes the "
@@ -168,9 +179,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                    "reports); val = best.pth, the best quick validation on the val split, then tested on that same "
                    "split (MMAction2's practice; an optimistic figure)")
     g.add_argument("--val-every", type=int, default=None, help="quick validation (centre crop, training clip "
-                   "count) every N epochs, logged; with --select val it picks best.pth (default: max(1, epochs // "
-                   "10), about ten validations per run, so short epochs of small datasets are not dominated by "
-                   "validation)")
+                   "count) every N epochs and after the last, logged; with --select val it picks best.pth "
+                   "(default: max(1, epochs // 10), about ten validations per run, so short epochs of small "
+                   "datasets are not dominated by validation)")
     g.add_argument("--log-interval", type=int, default=20, help="steps between log lines")
     g.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
     g = p.add_argument_group("speed (same results, less time; README 'Speed')")
@@ -294,7 +305,7 @@ def setup(args: argparse.Namespace, rank: int, world: int, device: torch.device)
         for m in _batch_norms(model):
             m.requires_grad_(False)
     schedule = Schedule.from_args(args, recipe, steps_per_epoch=len(loader), samples_per_step=sum(sizes) * world)
-    optimizer = make_optimizer(args, recipe, model, schedule.base_lr)
+    optimizer = make_optimizer(args, model, schedule.base_lr)
     # 5. the training model: DDP over the ranks, --compile; run.net stays the bare model
     net = model
     if world > 1:
@@ -758,18 +769,17 @@ class Schedule:
         return f"{self.epochs} epochs x {self.steps_per_epoch} steps, lr {self.base_lr:.4g} {self.kind}{extra}{warm}"
 
 
-def make_optimizer(args: argparse.Namespace, recipe: dict, model: torch.nn.Module, lr: float) -> torch.optim.Optimizer:
-    """The recipe's optimiser (--optimizer, --weight-decay override it): SGD with --momentum, the paper's for every
-    architecture, unless the recipe names 'adamw' (a key RECIPES may set; absent: sgd, weight decay 1e-4)."""
-    kind = args.optimizer or recipe.get("optimizer", "sgd")
-    decay = args.weight_decay if args.weight_decay is not None else recipe.get("weight_decay", 1e-4)
-    if kind == "adamw":
-        return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=decay)
-    return torch.optim.SGD(model.parameters(), lr=lr, momentum=args.momentum, weight_decay=decay)
+def make_optimizer(args: argparse.Namespace, model: torch.nn.Module, lr: float) -> torch.optim.Optimizer:
+    """--optimizer with --weight-decay: by default SGD with --momentum 0.9 and weight decay 1e-4, the paper's for
+    every architecture (the recipes set the schedule, not the optimiser); adamw: decoupled weight decay."""
+    if args.optimizer == "adamw":
+        return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=args.weight_decay)
+    return torch.optim.SGD(model.parameters(), lr=lr, momentum=args.momentum, weight_decay=args.weight_decay)
 
 
 def recipe_for(args: argparse.Namespace, arch: models.ArchSpec) -> dict:
-    """TSN -> 'tsn'; SlowOnly -> '3d_imagenet' with initial weights, '3d_scratch' without; irCSN, tiny: their own."""
+    """TSN -> 'tsn'; SlowOnly -> '3d_imagenet' with initial weights (--pretrained or --checkpoint), '3d_scratch'
+    without; irCSN, tiny: their own."""
     if arch.recipe in ("tsn", "demo", "ircsn_ig65m"):
         return RECIPES[arch.recipe]
     return RECIPES["3d_imagenet" if (args.pretrained or args.checkpoint) else "3d_scratch"]

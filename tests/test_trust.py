@@ -138,7 +138,8 @@ def test_same_command_twice_is_refused_and_the_procedure_reruns_its_runs_afresh(
     shutil.copytree(work, other)
     procedure = argparse.Namespace(resume=False, work_dir=str(tmp_path), nproc=1)
     omnisource.run_step(procedure, "train.py", argv[:-2] + ["--work-dir", str(other)])
-    assert steps(other / "log.jsonl") == steps(work / "log.jsonl") == [("train", 1, 2), ("train", 1, 4), ("epoch", 1, None)]
+    one_run = [("train", 1, 2), ("train", 1, 4), ("epoch", 1, None)]
+    assert steps(other / "log.jsonl") == steps(work / "log.jsonl") == one_run
 
 
 def test_omnisource_resume_with_another_command_is_refused(run, tmp_path):
