@@ -34,21 +34,29 @@ def cli_error(argv, capsys):
     return msg
 
 
-def test_learns_the_generated_data_well_above_chance(small_data, tmp_path):
-    m = run_train(["--data-root", str(small_data), "--target", "synth", "--epochs", "6",
-                   "--work-dir", str(tmp_path), *FAST])
-    saved = json.loads((tmp_path / "metrics.json").read_text())
+def test_learns_the_generated_data_well_above_chance(tmp_path, one_torch_thread):
+    """The demo's target data (4 classes, 24 labelled videos each): after 8 epochs the val split, never trained on,
+    is recognised well above chance (0.25) by the final test and by the quick validation; the outputs are there.
+    Measured: 0.60 and 0.60 (48 val videos; 22 or more right by chance has probability about 1e-3)."""
+    import synthetic
+    synthetic.generate(tmp_path / "data", synthetic.SynthConfig(
+        seed=1, num_classes=4, train_per_class=24, val_per_class=12, web_images_per_class=1, web_videos_per_class=1,
+        untrimmed_per_class=1, broken_files=False))
+    work = tmp_path / "w"
+    m = run_train(["--data-root", str(tmp_path / "data"), "--target", "synth", "--epochs", "8", "--work-dir",
+                   str(work), *FAST])
+    saved = json.loads((work / "metrics.json").read_text())
     assert {"top1", "top5", "mean_class_acc"} <= set(saved) and saved["top1"] == pytest.approx(m["top1"])
-    assert 0 <= saved["mean_class_acc"] <= 1 and saved["top5"] >= saved["top1"]
-    rows = (tmp_path / "confusion_matrix.csv").read_text().splitlines()
+    assert saved["num_videos"] == 48 and saved["top5"] >= saved["top1"]
+    rows = (work / "confusion_matrix.csv").read_text().splitlines()
     assert len(rows) == 1 + 4
-    log = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    log = [json.loads(line) for line in (work / "log.jsonl").read_text().splitlines()]
     step = next(r for r in log if r["kind"] == "train")
     assert {"loss", "lr", "samples_per_s", "eta_s"} <= set(step)
-    assert (tmp_path / "latest.pth").exists() and (tmp_path / "final.pth").exists()
-    # the demo data is made hard on purpose (few labels, large variation); the training data is learnt
+    assert (work / "latest.pth").exists() and (work / "final.pth").exists()
     epochs = [r for r in log if r["kind"] == "epoch"]
-    assert epochs[-1]["loss"] < epochs[0]["loss"] and epochs[-1]["acc_synth"] > 0.25
+    assert epochs[-1]["loss"] < epochs[0]["loss"]
+    assert saved["top1"] >= 0.45 and epochs[-1]["val"]["top1"] >= 0.45, (saved, epochs[-1]["val"])
 
 
 def test_learns_an_easy_generated_set_far_above_chance(tmp_path):
