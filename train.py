@@ -5,6 +5,7 @@
     python train.py --target k400 --aux gg,ig-vid --ratio 2:1:1           # OmniSource joint training
     torchrun --nproc_per_node 8 train.py --target k400 --arch slowonly_r50_4x16 ...
     python train.py --target k400 --arch tsn_r50 --checkpoint final.pth --test
+    python train.py --predict a.mp4 b.mp4 --checkpoint work_dirs/synth_tsn_tiny/final.pth    # top-5 of each video
 
 The recipes (RECIPES) are the paper's (appendix "Implementation Details"): SGD with momentum 0.9 and weight decay
 1e-4, a learning rate linear in the number of samples per step, gradient clipping at norm 40, and per
@@ -61,6 +62,7 @@ import synthetic
 import transforms
 
 OPTIMIZERS = ("sgd", "adamw")
+PROTOCOLS = {1: "center", 3: "three_crop", 10: "ten_crop"}     # test crops per clip -> transforms.test_transform's
 
 # The paper's recipes (appendix "Implementation Details"), selected by the architecture's family and
 # whether ImageNet weights are given. lr_per_sample x (samples per optimiser step) = base LR.
@@ -170,6 +172,11 @@ def get_args_parser() -> argparse.ArgumentParser:
                    "steps inside an epoch (0: at the end of every epoch only); --resume continues from that step "
                    "with the same batches and random state")
     g.add_argument("--test", action="store_true", help="only evaluate --checkpoint with the test protocol")
+    g.add_argument("--predict", nargs="+", default=None, metavar="VIDEO", help="only predict these videos' "
+                   "classes with --checkpoint (default WORK_DIR/final.pth) and the test protocol of its architecture: "
+                   "top-5 names and probabilities, printed and written to WORK_DIR/predictions.jsonl")
+    g.add_argument("--classes", default=None, metavar="FILE", help="with --predict: the class names (line i: "
+                   "label i) of a checkpoint that carries none (MMAction2's releases); default: --target's")
     g.add_argument("--test-clips", type=int, default=None, help="test clips (3D) or segments (TSN) per video "
                    "(default: the arch's, 10 for SlowOnly, 25 for TSN)")
     g.add_argument("--test-crops", type=int, choices=(1, 3, 10), default=None, help="test crops per clip: 1 "
@@ -250,13 +257,15 @@ def cli(argv: list[str] | None = None) -> None:
 
 
 def main(args: argparse.Namespace) -> dict:
-    """One run: setup, then --export-mmaction, --test, or training epochs followed by the final test.
+    """One run: setup, then --predict, --export-mmaction, --test, or training epochs followed by the final test.
 
-    Returns the final test's metrics (with --export-mmaction: {}).
+    Returns the final test's metrics (with --export-mmaction: {}; with --predict: {path: top-5}).
     """
     rank, world, device = setup_distributed(args.device)
     if args.work_dir is None:
         args.work_dir = str(Path("work_dirs") / f"{args.target}_{args.arch}")
+    if args.predict:                                # needs no dataset: the classes are the checkpoint's
+        return predict(args, rank, world, device)
     if rank == 0:                                   # the embedded demo's data, generated once when missing
         synthetic.ensure_demo_data(args.data_root, args.target)
     if dist.is_initialized():
@@ -569,9 +578,8 @@ def final_test(run: Run) -> dict:
     if not args.test and run.rank == 0:
         atomic_save({**describe_model(run), "weights": weights}, Path(args.work_dir) / "final.pth")
     crops = args.test_crops or arch.crops_test
-    protocol = {1: "center", 3: "three_crop", 10: "ten_crop"}[crops]
     target = data.resolve_dataset(args.data_root, args.target)
-    ds = make_dataset(args, target, "val", arch, test_mode=True, protocol=protocol,
+    ds = make_dataset(args, target, "val", arch, test_mode=True, protocol=PROTOCOLS[crops],
                       num_clips=args.test_clips or arch.num_clips_test)
     if run.rank == 0:
         print(f"testing {source} on the {len(ds)} val videos of {args.target}", flush=True)
@@ -628,17 +636,8 @@ def evaluate(run: Run, loader: torch.utils.data.DataLoader, predictions: Path | 
     An unreadable video is never replaced by another (make_dataset: replace_failed=False): it is left out of
     the metrics, counted (num_unreadable) and named (unreadable: its paths, over every rank).
     """
-    net, arch, args = run.net, run.net.spec, run.args
-    net.eval()
     k = len(run.classes)
-    probs, labels, used, unreadable = [torch.zeros(0, k, device=run.device)], [torch.zeros(0, dtype=torch.long)], [], []
-    for views, y, u, bad in loader:
-        if views is not None:
-            probs.append(models.predict(net, views.to(run.device, non_blocking=True), arch, amp=args.amp))  # (N, K)
-        labels.append(y)
-        used += u
-        unreadable += bad
-    probs, labels = torch.cat(probs), torch.cat(labels).to(run.device)
+    probs, labels, used, unreadable = forward_split(run, loader)
     cm = confusion(probs.argmax(1), labels, k)
     top5 = (probs.topk(min(5, k), dim=1).indices == labels[:, None]).any(1).sum().double().reshape(1)
     every_unreadable = [unreadable]
@@ -649,11 +648,29 @@ def evaluate(run: Run, loader: torch.utils.data.DataLoader, predictions: Path | 
         dist.all_gather_object(every_unreadable, unreadable)
     if predictions is not None:
         write_predictions(run, loader, probs, labels, used, unreadable, Path(predictions))
-    net.train()
+    run.net.train()
     samples = loader.dataset.samples
     bad = sorted(i for part in every_unreadable for i in part)
     return {**metrics_from(cm.cpu(), top5.cpu()), "num_unreadable": len(bad),
             "unreadable": [str(samples.path(i)) for i in bad]}
+
+
+@torch.no_grad()
+def forward_split(run: Run, loader: torch.utils.data.DataLoader) -> tuple[torch.Tensor, torch.Tensor, list[int],
+                                                                          list[int]]:
+    """The test protocol's forward over this rank's share of a split (models.predict, in --amp precision) ->
+    (probabilities (N, K) and labels (N,) on the device, the N readable videos' indices, the unreadable ones')."""
+    run.net.eval()
+    probs, labels = [torch.zeros(0, len(run.classes), device=run.device)], [torch.zeros(0, dtype=torch.long)]
+    used, unreadable = [], []
+    for views, y, u, bad in loader:
+        if views is not None:
+            probs.append(models.predict(run.net, views.to(run.device, non_blocking=True), run.net.spec,
+                                        amp=run.args.amp))                                          # (N, K)
+        labels.append(y)
+        used += u
+        unreadable += bad
+    return torch.cat(probs), torch.cat(labels).to(run.device), used, unreadable
 
 
 def collate_readable(batch: list[tuple]) -> tuple[torch.Tensor | None, torch.Tensor, list[int], list[int]]:
@@ -687,13 +704,71 @@ def write_predictions(run: Run, loader: torch.utils.data.DataLoader, probs: torc
         for n, (index, label) in enumerate(zip(indices, y)):
             lines[index] = {"index": index, "path": str(samples.path(index)), "label": label,
                             "top5": [{"class": c, "name": run.classes[c], "prob": p} for c, p in zip(cs[n], ps[n])]}
+            if label < 0:                           # --predict: a video of unknown class
+                del lines[index]["label"]
             if full is not None:
                 lines[index]["probs"] = full[n]
         for index in bad:
             lines[index] = {"index": index, "path": str(samples.path(index)), "label": int(samples.labels[index]),
                             "unreadable": True}
+            if samples.labels[index] < 0:
+                del lines[index]["label"]
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, "".join(json.dumps(lines[i]) + "\n" for i in sorted(lines)))
+
+
+def predict(args: argparse.Namespace, rank: int, world: int, device: torch.device) -> dict:
+    """--predict: each video's top-5 classes with --checkpoint (default WORK_DIR/final.pth), printed and written to
+    WORK_DIR/predictions.jsonl in --test's format (without a label), with --test's protocol and code (evaluate's
+    forward, write_predictions): the top-1 of a val video is --test's. A file that cannot be read is one warning
+    line and an "unreadable" line; the others are predicted. -> {path: top-5 [(name, probability)]}."""
+    ckpt = Path(args.checkpoint) if args.checkpoint else Path(args.work_dir) / "final.pth"
+    net, classes = predictor(args, ckpt)
+    net = net.to(device).eval()
+    args.amp = args.amp or default_amp(device)
+    arch = net.spec
+    run = Run(args, net, net, classes, None, None, None, None, [], [], device, rank, world)
+    crops = args.test_crops or arch.crops_test
+    samples = [data.Sample(Path(v), -1, "video") for v in args.predict]
+    ds = make_dataset(args, None, "val", arch, test_mode=True, protocol=PROTOCOLS[crops],
+                      num_clips=args.test_clips or arch.num_clips_test, samples=samples)
+    loader = make_eval_loader(args, ds, rank, world)
+    probs, labels, used, unreadable = forward_split(run, loader)
+    out = Path(args.work_dir) / "predictions.jsonl"
+    write_predictions(run, loader, probs, labels, used, unreadable, out)
+    if rank != 0:
+        return {}
+    top = {}
+    for line in map(json.loads, out.read_text().splitlines()):
+        if "top5" in line:
+            top[line["path"]] = [(p["name"], p["prob"]) for p in line["top5"]]
+            print(f"{line['path']}: " + ", ".join(f"{n} {p:.3f}" for n, p in top[line["path"]]), flush=True)
+    print(f"predicted {len(top)} of {len(samples)} videos with {ckpt} -> {out}", flush=True)
+    return top
+
+
+def predictor(args: argparse.Namespace, ckpt: Path) -> tuple[torch.nn.Module, list[str]]:
+    """--predict's model and class names: a train.py checkpoint rebuilds its own architecture with its classes;
+    any other format (models.load_weights) is --arch with the names it carries, else those of --classes FILE or
+    of --target (one line says which)."""
+    if not ckpt.exists():
+        raise FileNotFoundError(f"--checkpoint {ckpt} not found")
+    try:
+        net = models.from_checkpoint(ckpt)
+        return net, net.classes
+    except ValueError:                              # not train.py's: MMAction2, torchvision, bare state dict
+        pass
+    if args.classes:
+        classes, where = data.read_classes(args.classes), f"--classes {args.classes}"
+    else:
+        classes, where = data.resolve_dataset(args.data_root, args.target).classes, f"--target {args.target}"
+    net = models.build_model(args.arch, len(classes), **model_overrides(args))
+    report = models.load_weights(net, ckpt)
+    if report.classes is not None:
+        return net, list(report.classes)
+    print(f"{ckpt} ({report.format}) carries no class names: its {len(classes)} outputs are read as the classes "
+          f"of {where} in that order ({data._preview(classes)})", flush=True)
+    return net, classes
 
 
 def write_results(run: Run, m: dict) -> None:
@@ -1033,7 +1108,7 @@ def make_training_data(args: argparse.Namespace, target: data.DatasetSpec, arch:
     return [train_ds] + aux, loader, sizes, make_eval_loader(args, val_ds, rank, world)
 
 
-def make_dataset(args: argparse.Namespace, dataset: data.DatasetSpec, split: str, arch: models.ArchSpec,
+def make_dataset(args: argparse.Namespace, dataset: data.DatasetSpec | None, split: str, arch: models.ArchSpec,
                  test_mode: bool, protocol: str = "center", num_clips: int | None = None,
                  samples: data.SampleList | list | None = None) -> data.VideoDataset:
     """A data.VideoDataset over one split of `dataset` (or the given `samples` of it), sampling frames as the

@@ -211,3 +211,41 @@ def test_checkpoint_without_class_names_says_which_list_it_is_read_against(run, 
     assert out.returncode == 0, out.stderr[-2000:]
     (line,) = [s for s in out.stdout.splitlines() if "carries no class names" in s]
     assert "--target synth" in line and ", ".join(net.classes[:4]) in line
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# issue 17 item 2: --predict
+# ----------------------------------------------------------------------------------------------------------------------
+
+def test_predict_gives_the_tests_top1_and_survives_a_bad_path(run, tmp_path):
+    """Two val videos and a missing file: the two get --test's top-5 (the fixture's final test, same protocol
+    flags), printed and in predictions.jsonl; the missing one is one warning line. An MMAction2 file without
+    names reads its outputs against --classes FILE."""
+    root, work, _, _ = run
+    tested = {line["path"]: line for line in read_jsonl(work / "predictions.jsonl") if "top5" in line}
+    videos = sorted(tested)[:2]
+    missing = str(tmp_path / "missing.mp4")
+    protocol = ["--test-clips", "3", "--test-crops", "1", "--workers", "0"]
+    out = train_py("--predict", videos[0], missing, videos[1], "--checkpoint", str(work / "final.pth"), *protocol,
+                   "--work-dir", str(tmp_path / "p"))
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert [s for s in out.stderr.splitlines() if missing in s] == [next(s for s in out.stderr.splitlines()
+                                                                      if "failed to load" in s)]
+    lines = read_jsonl(tmp_path / "p" / "predictions.jsonl")
+    assert [line["path"] for line in lines] == [videos[0], missing, videos[1]] and lines[1]["unreadable"]
+    for line in (lines[0], lines[2]):
+        expected = tested[line["path"]]["top5"]
+        assert [p["name"] for p in line["top5"]] == [p["name"] for p in expected] and "label" not in line
+        assert [p["prob"] for p in line["top5"]] == pytest.approx([p["prob"] for p in expected], abs=1e-5)
+        shown = next(s for s in out.stdout.splitlines() if s.startswith(line["path"] + ": "))
+        assert shown.split(": ", 1)[1].split(", ")[0].split()[0] == expected[0]["name"]
+    # an MMAction2-format checkpoint (no class names) with the class list given as a file
+    net = models.from_checkpoint(work / "final.pth")
+    models.export_mmaction(net, tmp_path / "mm.pth")
+    (tmp_path / "classes.txt").write_text("\n".join(net.classes) + "\n")
+    out = train_py("--predict", videos[0], "--checkpoint", str(tmp_path / "mm.pth"), "--arch", "tsn_tiny",
+                   "--classes", str(tmp_path / "classes.txt"), *protocol, "--work-dir", str(tmp_path / "m"))
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert f"of --classes {tmp_path / 'classes.txt'} in that order" in out.stdout
+    (line,) = read_jsonl(tmp_path / "m" / "predictions.jsonl")
+    assert line["top5"][0]["name"] == tested[videos[0]]["top5"][0]["name"]
