@@ -861,7 +861,198 @@ def recipe_for(args: argparse.Namespace, arch: models.ArchSpec) -> dict:
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# 5. Checkpoints: self-describing, written atomically; exact resume
+# 5. Data: datasets, samplers and loaders of every source (Sec. 3.5, Sec. 3.6)
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def make_training_data(args: argparse.Namespace, target: data.DatasetSpec, arch: models.ArchSpec, rank: int,
+                       world: int) -> tuple[list[data.VideoDataset], omnisource.JointBatches, list[int],
+                                            torch.utils.data.DataLoader]:
+    """-> (the training datasets [target, aux...], their joint loader, the batch sizes, the val loader).
+
+    1. the target's training list (--label-fraction of it);
+    2. every --aux source's, its labels translated into the target's classes by name (the released web sources
+       are labelled with K200's 200 classes, in k200_actions.txt order; the target may be K400);
+    3. the joint loader (Sec. 3.6: batch ratio, class resampling) and the quick validation's loader (centre crop).
+    """
+    samples = data.load_split(target, "train")
+    if args.label_fraction < 1.0:
+        samples = label_fraction(samples, args.label_fraction, args.seed)
+    train_ds = make_dataset(args, target, "train", arch, test_mode=False, samples=samples)
+    aux = []
+    for name in split_names(args.aux):
+        source = data.resolve_dataset(args.data_root, name)
+        aux.append(make_dataset(args, source, "train", arch, test_mode=False,
+                                samples=aux_samples(source, target, f"--aux {name}", rank)))
+    loader, sizes = make_train_loader(args, train_ds, aux, rank, world)
+    val_ds = make_dataset(args, target, "val", arch, test_mode=True, protocol="center")
+    return [train_ds] + aux, loader, sizes, make_eval_loader(args, val_ds, rank, world)
+
+
+def make_dataset(args: argparse.Namespace, dataset: data.DatasetSpec | None, split: str, arch: models.ArchSpec,
+                 test_mode: bool, protocol: str = "center", num_clips: int | None = None,
+                 samples: data.SampleList | list | None = None) -> data.VideoDataset:
+    """A data.VideoDataset over one split of `dataset` (or the given `samples` of it), sampling frames as the
+    architecture `arch` expects.
+
+    Train: TSN draws num_segments single frames (clip_len 1), 3D one clip of clip_len x frame_interval.
+    Test: num_clips clips (3D) or segments (TSN), every crop of the protocol.
+    Items are uint8 (normalised on the device: model_input, models.predict): 4x fewer bytes between processes.
+    """
+    if test_mode:
+        clips = num_clips or (arch.num_clips_train if arch.family == "tsn" else 1)
+        transform = transforms.test_transform(arch.family, arch.crop_size, protocol, uint8=True)
+    else:
+        clips = arch.num_clips_train
+        transform = transforms.train_transform(arch.family, arch.crop_size, uint8=True)
+    sampling = data.Sampling(clip_len=arch.clip_len, frame_interval=arch.frame_interval, num_clips=clips)
+    samples = data.load_split(dataset, split) if samples is None else samples
+    # web images: JPEGs decoded reduced to about the pipeline's short side (draft mode), resized once, then
+    # inflated into clips (Sec. 3.5; --inflate in training, still clips in testing); crawled images are often
+    # 1-12 megapixels
+    short_side = transforms.short_side_for(arch.crop_size)
+    image_to_clip = make_image_to_clip(args, "still" if test_mode else args.inflate, short_side)
+    # Table 14: untrimmed videos scored frame by frame by filter.py become 3-frame TSN snippets
+    snippet = None
+    if not test_mode and arch.family == "tsn" and clips == 3:
+        snippet = functools.partial(transforms.select_snippet, mode=args.snippet)
+    # training replaces an unreadable sample by another (dirty web data); evaluation never scores one video
+    # under another's label: it leaves the unreadable one out and counts it (evaluate)
+    return data.VideoDataset(samples, sampling, test_mode=test_mode, transform=transform,
+                             image_to_clip=image_to_clip, seed=args.seed, snippet=snippet,
+                             image_short_side=short_side, replace_failed=not test_mode)
+
+
+def make_image_to_clip(args: argparse.Namespace, inflate: str, short_side: int) -> Callable:
+    """Sec. 3.5, Eq. 2, Table 8: how a still image becomes a clip (an --inflate value; the warps read --motion),
+    after resizing it to `short_side`. One implementation for every mode: transforms.image_to_clip."""
+    motion = None
+    if inflate.startswith("warp"):
+        path = Path(args.motion) if args.motion else Path(args.data_root) / args.target / "motion.json"
+        if not path.exists():
+            raise FileNotFoundError(f"--inflate {inflate} needs the camera-motion file {path} "
+                                    f"(python omnisource.py --estimate-motion, or give --motion)")
+        motion = transforms.HomographyGaussian.load(path)
+    mode = "warp" if inflate.startswith("warp") else inflate
+    return transforms.build_image_to_clip(mode, motion, class_specific=inflate == "warp-spec", short_side=short_side)
+
+
+def make_train_loader(args: argparse.Namespace, target_ds: data.VideoDataset, aux: list[data.VideoDataset], rank: int,
+                      world: int) -> tuple[omnisource.JointBatches, list[int]]:
+    """Target loader (shuffled, sharded over ranks, drop_last) + one resampled loader per aux source."""
+    sizes = omnisource.batch_sizes(args.batch_size, omnisource.parse_ratio(args.ratio, len(aux)))
+    sampler = ShardedShuffle(len(target_ds), rank, world, args.seed)
+    target_loader = loader_for(args, target_ds, sampler, sizes[0], drop_last=True, seed=(args.seed, rank, 0))
+    if len(target_loader) == 0:
+        raise ValueError(f"--batch-size {args.batch_size} x {world} rank(s) is larger than the {len(target_ds)} "
+                         f"training videos of --target {args.target}")
+    rules = resample_rules(args.resample, len(aux))
+    samplers, aux_loaders = [sampler], []
+    for i, (ds, size, rule) in enumerate(zip(aux, sizes[1:], rules), start=1):
+        s = omnisource.ClassResampler(labels_of(ds.samples), len(target_loader) * size, rule,
+                                      seed=args.seed, rank=rank)
+        samplers.append(s)
+        aux_loaders.append(loader_for(args, ds, s, size, drop_last=True, seed=(args.seed, rank, i)))
+    return omnisource.JointBatches(target_loader, aux_loaders, samplers), sizes
+
+
+def loader_for(args: argparse.Namespace, ds: data.VideoDataset, sampler: torch.utils.data.Sampler, batch_size: int,
+               drop_last: bool, seed: tuple[int, ...]) -> torch.utils.data.DataLoader:
+    """Training loader. Persistent workers: no process start-up per epoch (it dominates the short epochs of
+    small datasets), and a broken web file is reported and skipped once per worker, not once per epoch; the
+    epoch's randomness reaches them through VideoDataset's shared-memory epoch.
+
+    The loader has its own generator, seeded by `seed` = (--seed, rank, source). A DataLoader draws its workers'
+    base seed when it starts them, from the GLOBAL torch RNG unless given a generator. With persistent workers
+    that happens once per process: a --resume'd process drew once more than the run it continues, after the
+    RNG state was restored, and every dropout mask from then on differed.
+    No item depends on that base seed (VideoDataset draws from (seed, epoch, index)); the global RNG is now
+    the model's alone.
+    """
+    generator = torch.Generator().manual_seed(_derive_seed(*seed, 23))
+    return torch.utils.data.DataLoader(ds, batch_size=batch_size, sampler=sampler, num_workers=args.workers,
+                                       drop_last=drop_last, pin_memory=pin_memory(args),
+                                       persistent_workers=args.workers > 0, generator=generator)
+
+
+def make_eval_loader(args: argparse.Namespace, ds: data.VideoDataset, rank: int, world: int,
+                     batch_size: int | None = None) -> torch.utils.data.DataLoader:
+    """This rank's share of the split, in order; batches of --eval-batch-size videos (less the unreadable ones,
+    collate_readable), pinned for a GPU."""
+    sampler = list(range(rank, len(ds), world))     # every video exactly once over all ranks
+    return torch.utils.data.DataLoader(ds, batch_size=batch_size or args.eval_batch_size or args.batch_size,
+                                       sampler=sampler, num_workers=args.workers, pin_memory=pin_memory(args),
+                                       collate_fn=collate_readable)
+
+
+class ShardedShuffle(torch.utils.data.Sampler):
+    """The target sampler: one permutation per (seed, epoch), rank r takes positions r, r+W, ...
+
+    Unlike DistributedSampler it never pads with repeated samples; ranks get len // W samples each.
+    """
+
+    def __init__(self, n: int, rank: int, world: int, seed: int):
+        self.n, self.rank, self.world, self.seed, self.epoch, self.start = n, rank, world, seed, 0, 0
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        """Select the epoch's permutation; `start` > 0 skips this rank's first `start` indices (--resume)."""
+        self.epoch, self.start = epoch, start
+
+    def __len__(self) -> int:
+        return self.n // self.world          # the whole epoch's, also when it starts part-way
+
+    def __iter__(self) -> Iterator[int]:
+        order = np.random.default_rng([self.seed, self.epoch, 11]).permutation(self.n)
+        return iter(order[self.rank: len(self) * self.world: self.world][self.start:].tolist())
+
+
+def resample_rules(text: str, num_aux: int) -> list[omnisource.Resampling]:
+    """--resample -> one omnisource.Resampling per auxiliary source (one value applies to all)."""
+    parts = [t.strip() for t in text.split(",")] if text else [omnisource.DEFAULT_RESAMPLE]
+    if len(parts) == 1:
+        parts = parts * num_aux
+    if len(parts) != num_aux:
+        raise ValueError(f"--resample {text!r}: give one rule or one per --aux source ({num_aux})")
+    return [omnisource.Resampling.parse(p) for p in parts]
+
+
+def label_fraction(samples: data.SampleList | list, fraction: float, seed: int) -> data.SampleList | list:
+    """Fig. 7: a class-balanced fraction of the labelled videos (at least one per class), fixed by seed."""
+    if not 0 < fraction <= 1:
+        raise ValueError(f"--label-fraction {fraction}: expected a number in (0, 1]")
+    rng = np.random.default_rng([seed, 5])
+    by_class = {}
+    for i, label in enumerate(labels_of(samples)):
+        by_class.setdefault(int(label), []).append(i)
+    keep = []
+    for idx in by_class.values():
+        keep += list(rng.permutation(idx)[: max(1, round(fraction * len(idx)))])
+    keep = sorted(keep)
+    return samples.subset(np.asarray(keep)) if isinstance(samples, data.SampleList) else [samples[i] for i in keep]
+
+
+def aux_samples(source: data.DatasetSpec, target: data.DatasetSpec, name: str, rank: int) -> data.SampleList:
+    """An auxiliary source's training list with labels in the target's label space, matched by class name
+    (data.map_labels); one printed line says how many samples were left out (class not in the target).
+    A source that shares no class name with the target is a one-line error."""
+    samples, left_out = data.map_labels(data.load_split(source, "train"), source.classes, target.classes, name)
+    if rank == 0:
+        print(f"{name}: {len(samples)} samples, labels mapped by class name onto the {len(target.classes)} "
+              f"classes of {target.name}; {left_out} left out (class not in {target.name})", flush=True)
+    if not len(samples):
+        raise ValueError(f"{name}: none of its samples belongs to a class of {target.name}")
+    return samples
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Machinery: a reader of the method may stop here. Below: checkpoints (formats, atomic writes, exact resume with
+# every rank's random state), the one-line refusals of --resume and of a used --work-dir, the class-name matching
+# of loaded weights, and the helpers. None of it is a step of the method.
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# 6. Checkpoints: self-describing, written atomically; exact resume
 # ----------------------------------------------------------------------------------------------------------------------
 
 
@@ -1077,190 +1268,6 @@ def restore_meters(meters: tuple[Meter, ...], states: list[dict], device: torch.
     """Put a mid-epoch checkpoint's meter sums (meter_state) back, on the run's device."""
     for meter, state in zip(meters, states):
         vars(meter).update({k: v.to(device) if torch.is_tensor(v) else v for k, v in state.items()})
-
-
-# ----------------------------------------------------------------------------------------------------------------------
-# 6. Data: datasets, samplers and loaders of every source (Sec. 3.5, Sec. 3.6)
-# ----------------------------------------------------------------------------------------------------------------------
-
-
-def make_training_data(args: argparse.Namespace, target: data.DatasetSpec, arch: models.ArchSpec, rank: int,
-                       world: int) -> tuple[list[data.VideoDataset], omnisource.JointBatches, list[int],
-                                            torch.utils.data.DataLoader]:
-    """-> (the training datasets [target, aux...], their joint loader, the batch sizes, the val loader).
-
-    1. the target's training list (--label-fraction of it);
-    2. every --aux source's, its labels translated into the target's classes by name (the released web sources
-       are labelled with K200's 200 classes, in k200_actions.txt order; the target may be K400);
-    3. the joint loader (Sec. 3.6: batch ratio, class resampling) and the quick validation's loader (centre crop).
-    """
-    samples = data.load_split(target, "train")
-    if args.label_fraction < 1.0:
-        samples = label_fraction(samples, args.label_fraction, args.seed)
-    train_ds = make_dataset(args, target, "train", arch, test_mode=False, samples=samples)
-    aux = []
-    for name in split_names(args.aux):
-        source = data.resolve_dataset(args.data_root, name)
-        aux.append(make_dataset(args, source, "train", arch, test_mode=False,
-                                samples=aux_samples(source, target, f"--aux {name}", rank)))
-    loader, sizes = make_train_loader(args, train_ds, aux, rank, world)
-    val_ds = make_dataset(args, target, "val", arch, test_mode=True, protocol="center")
-    return [train_ds] + aux, loader, sizes, make_eval_loader(args, val_ds, rank, world)
-
-
-def make_dataset(args: argparse.Namespace, dataset: data.DatasetSpec | None, split: str, arch: models.ArchSpec,
-                 test_mode: bool, protocol: str = "center", num_clips: int | None = None,
-                 samples: data.SampleList | list | None = None) -> data.VideoDataset:
-    """A data.VideoDataset over one split of `dataset` (or the given `samples` of it), sampling frames as the
-    architecture `arch` expects.
-
-    Train: TSN draws num_segments single frames (clip_len 1), 3D one clip of clip_len x frame_interval.
-    Test: num_clips clips (3D) or segments (TSN), every crop of the protocol.
-    Items are uint8 (normalised on the device: model_input, models.predict): 4x fewer bytes between processes.
-    """
-    if test_mode:
-        clips = num_clips or (arch.num_clips_train if arch.family == "tsn" else 1)
-        transform = transforms.test_transform(arch.family, arch.crop_size, protocol, uint8=True)
-    else:
-        clips = arch.num_clips_train
-        transform = transforms.train_transform(arch.family, arch.crop_size, uint8=True)
-    sampling = data.Sampling(clip_len=arch.clip_len, frame_interval=arch.frame_interval, num_clips=clips)
-    samples = data.load_split(dataset, split) if samples is None else samples
-    # web images: JPEGs decoded reduced to about the pipeline's short side (draft mode), resized once, then
-    # inflated into clips (Sec. 3.5; --inflate in training, still clips in testing); crawled images are often
-    # 1-12 megapixels
-    short_side = transforms.short_side_for(arch.crop_size)
-    image_to_clip = make_image_to_clip(args, "still" if test_mode else args.inflate, short_side)
-    # Table 14: untrimmed videos scored frame by frame by filter.py become 3-frame TSN snippets
-    snippet = None
-    if not test_mode and arch.family == "tsn" and clips == 3:
-        snippet = functools.partial(transforms.select_snippet, mode=args.snippet)
-    # training replaces an unreadable sample by another (dirty web data); evaluation never scores one video
-    # under another's label: it leaves the unreadable one out and counts it (evaluate)
-    return data.VideoDataset(samples, sampling, test_mode=test_mode, transform=transform,
-                             image_to_clip=image_to_clip, seed=args.seed, snippet=snippet,
-                             image_short_side=short_side, replace_failed=not test_mode)
-
-
-def make_image_to_clip(args: argparse.Namespace, inflate: str, short_side: int) -> Callable:
-    """Sec. 3.5, Eq. 2, Table 8: how a still image becomes a clip (an --inflate value; the warps read --motion),
-    after resizing it to `short_side`. One implementation for every mode: transforms.image_to_clip."""
-    motion = None
-    if inflate.startswith("warp"):
-        path = Path(args.motion) if args.motion else Path(args.data_root) / args.target / "motion.json"
-        if not path.exists():
-            raise FileNotFoundError(f"--inflate {inflate} needs the camera-motion file {path} "
-                                    f"(python omnisource.py --estimate-motion, or give --motion)")
-        motion = transforms.HomographyGaussian.load(path)
-    mode = "warp" if inflate.startswith("warp") else inflate
-    return transforms.build_image_to_clip(mode, motion, class_specific=inflate == "warp-spec", short_side=short_side)
-
-
-def make_train_loader(args: argparse.Namespace, target_ds: data.VideoDataset, aux: list[data.VideoDataset], rank: int,
-                      world: int) -> tuple[omnisource.JointBatches, list[int]]:
-    """Target loader (shuffled, sharded over ranks, drop_last) + one resampled loader per aux source."""
-    sizes = omnisource.batch_sizes(args.batch_size, omnisource.parse_ratio(args.ratio, len(aux)))
-    sampler = ShardedShuffle(len(target_ds), rank, world, args.seed)
-    target_loader = loader_for(args, target_ds, sampler, sizes[0], drop_last=True, seed=(args.seed, rank, 0))
-    if len(target_loader) == 0:
-        raise ValueError(f"--batch-size {args.batch_size} x {world} rank(s) is larger than the {len(target_ds)} "
-                         f"training videos of --target {args.target}")
-    rules = resample_rules(args.resample, len(aux))
-    samplers, aux_loaders = [sampler], []
-    for i, (ds, size, rule) in enumerate(zip(aux, sizes[1:], rules), start=1):
-        s = omnisource.ClassResampler(labels_of(ds.samples), len(target_loader) * size, rule,
-                                      seed=args.seed, rank=rank)
-        samplers.append(s)
-        aux_loaders.append(loader_for(args, ds, s, size, drop_last=True, seed=(args.seed, rank, i)))
-    return omnisource.JointBatches(target_loader, aux_loaders, samplers), sizes
-
-
-def loader_for(args: argparse.Namespace, ds: data.VideoDataset, sampler: torch.utils.data.Sampler, batch_size: int,
-               drop_last: bool, seed: tuple[int, ...]) -> torch.utils.data.DataLoader:
-    """Training loader. Persistent workers: no process start-up per epoch (it dominates the short epochs of
-    small datasets), and a broken web file is reported and skipped once per worker, not once per epoch; the
-    epoch's randomness reaches them through VideoDataset's shared-memory epoch.
-
-    The loader has its own generator, seeded by `seed` = (--seed, rank, source). A DataLoader draws its workers'
-    base seed when it starts them, from the GLOBAL torch RNG unless given a generator. With persistent workers
-    that happens once per process: a --resume'd process drew once more than the run it continues, after the
-    RNG state was restored, and every dropout mask from then on differed.
-    No item depends on that base seed (VideoDataset draws from (seed, epoch, index)); the global RNG is now
-    the model's alone.
-    """
-    generator = torch.Generator().manual_seed(_derive_seed(*seed, 23))
-    return torch.utils.data.DataLoader(ds, batch_size=batch_size, sampler=sampler, num_workers=args.workers,
-                                       drop_last=drop_last, pin_memory=pin_memory(args),
-                                       persistent_workers=args.workers > 0, generator=generator)
-
-
-def make_eval_loader(args: argparse.Namespace, ds: data.VideoDataset, rank: int, world: int,
-                     batch_size: int | None = None) -> torch.utils.data.DataLoader:
-    """This rank's share of the split, in order; batches of --eval-batch-size videos (less the unreadable ones,
-    collate_readable), pinned for a GPU."""
-    sampler = list(range(rank, len(ds), world))     # every video exactly once over all ranks
-    return torch.utils.data.DataLoader(ds, batch_size=batch_size or args.eval_batch_size or args.batch_size,
-                                       sampler=sampler, num_workers=args.workers, pin_memory=pin_memory(args),
-                                       collate_fn=collate_readable)
-
-
-class ShardedShuffle(torch.utils.data.Sampler):
-    """The target sampler: one permutation per (seed, epoch), rank r takes positions r, r+W, ...
-
-    Unlike DistributedSampler it never pads with repeated samples; ranks get len // W samples each.
-    """
-
-    def __init__(self, n: int, rank: int, world: int, seed: int):
-        self.n, self.rank, self.world, self.seed, self.epoch, self.start = n, rank, world, seed, 0, 0
-
-    def set_epoch(self, epoch: int, start: int = 0) -> None:
-        """Select the epoch's permutation; `start` > 0 skips this rank's first `start` indices (--resume)."""
-        self.epoch, self.start = epoch, start
-
-    def __len__(self) -> int:
-        return self.n // self.world          # the whole epoch's, also when it starts part-way
-
-    def __iter__(self) -> Iterator[int]:
-        order = np.random.default_rng([self.seed, self.epoch, 11]).permutation(self.n)
-        return iter(order[self.rank: len(self) * self.world: self.world][self.start:].tolist())
-
-
-def resample_rules(text: str, num_aux: int) -> list[omnisource.Resampling]:
-    """--resample -> one omnisource.Resampling per auxiliary source (one value applies to all)."""
-    parts = [t.strip() for t in text.split(",")] if text else [omnisource.DEFAULT_RESAMPLE]
-    if len(parts) == 1:
-        parts = parts * num_aux
-    if len(parts) != num_aux:
-        raise ValueError(f"--resample {text!r}: give one rule or one per --aux source ({num_aux})")
-    return [omnisource.Resampling.parse(p) for p in parts]
-
-
-def label_fraction(samples: data.SampleList | list, fraction: float, seed: int) -> data.SampleList | list:
-    """Fig. 7: a class-balanced fraction of the labelled videos (at least one per class), fixed by seed."""
-    if not 0 < fraction <= 1:
-        raise ValueError(f"--label-fraction {fraction}: expected a number in (0, 1]")
-    rng = np.random.default_rng([seed, 5])
-    by_class = {}
-    for i, label in enumerate(labels_of(samples)):
-        by_class.setdefault(int(label), []).append(i)
-    keep = []
-    for idx in by_class.values():
-        keep += list(rng.permutation(idx)[: max(1, round(fraction * len(idx)))])
-    keep = sorted(keep)
-    return samples.subset(np.asarray(keep)) if isinstance(samples, data.SampleList) else [samples[i] for i in keep]
-
-
-def aux_samples(source: data.DatasetSpec, target: data.DatasetSpec, name: str, rank: int) -> data.SampleList:
-    """An auxiliary source's training list with labels in the target's label space, matched by class name
-    (data.map_labels); one printed line says how many samples were left out (class not in the target).
-    A source that shares no class name with the target is a one-line error."""
-    samples, left_out = data.map_labels(data.load_split(source, "train"), source.classes, target.classes, name)
-    if rank == 0:
-        print(f"{name}: {len(samples)} samples, labels mapped by class name onto the {len(target.classes)} "
-              f"classes of {target.name}; {left_out} left out (class not in {target.name})", flush=True)
-    if not len(samples):
-        raise ValueError(f"{name}: none of its samples belongs to a class of {target.name}")
-    return samples
 
 
 # ----------------------------------------------------------------------------------------------------------------------
