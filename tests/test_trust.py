@@ -127,7 +127,7 @@ def test_every_flag_but_the_free_ones_is_checked_on_resume():
                 train.check_resume_args(saved, changed, Path("latest.pth"))
 
 
-def test_same_command_twice_is_refused_and_the_procedure_reruns_its_runs_afresh(run, tmp_path):
+def test_same_command_twice_is_refused_and_the_procedure_reruns_its_runs_afresh(run, tmp_path, monkeypatch):
     _, work, argv, _ = run
     log = (work / "log.jsonl").read_text()
     line = one_line_error(train_py(*argv))
@@ -136,6 +136,7 @@ def test_same_command_twice_is_refused_and_the_procedure_reruns_its_runs_afresh(
     # python omnisource.py run again: its train.py step runs into the same folder, which starts afresh
     other = tmp_path / "w"
     shutil.copytree(work, other)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")             # the step's train.py inherits it
     procedure = argparse.Namespace(resume=False, work_dir=str(tmp_path), nproc=1)
     omnisource.run_step(procedure, "train.py", argv[:-2] + ["--work-dir", str(other)])
     one_run = [("train", 1, 2), ("train", 1, 4), ("epoch", 1, None)]
