@@ -717,6 +717,28 @@ def map_labels(samples: SampleList, source_classes: Sequence[str], target_classe
     return [dataclasses.replace(samples[i], label=int(mapped[i])) for i in keep], len(labels) - len(keep)
 
 
+def class_order(checkpoint_classes: Sequence[str], dataset_classes: Sequence[str], where: str) -> np.ndarray:
+    """Where each of the dataset's classes is among a checkpoint's, by name -> order (K,) int64.
+
+    order[i] is the checkpoint's output index of class `dataset_classes[i]`: a model's outputs `(N, K)` read
+    as `outputs[:, order]` (or its classifier rows `fc.weight[order]`) are in the dataset's order. Names are
+    compared as `map_labels` compares them (`_class_key`). The same names in another order are permuted;
+    names that differ, or that repeat after normalisation, are a one-line ValueError starting with `where`
+    (e.g. the checkpoint's path) naming what differs.
+    """
+    ours, theirs = [_class_key(n) for n in checkpoint_classes], [_class_key(n) for n in dataset_classes]
+    for names, what in ((ours, "the checkpoint's"), (theirs, "the dataset's")):
+        if len(set(names)) != len(names):
+            twice = sorted({n for n in names if names.count(n) > 1})
+            raise ValueError(f"{where}: {what} class names repeat after normalisation: {_preview(twice)}")
+    if set(ours) != set(theirs):
+        only_ckpt, only_data = sorted(set(ours) - set(theirs)), sorted(set(theirs) - set(ours))
+        raise ValueError(f"{where}: its {len(ours)} classes are not the dataset's {len(theirs)}: only in the "
+                         f"checkpoint: {_preview(only_ckpt) or '-'}; only in the dataset: {_preview(only_data) or '-'}")
+    index = {name: i for i, name in enumerate(ours)}
+    return np.array([index[name] for name in theirs], dtype=np.int64)
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 # 5. Dataset
 # ----------------------------------------------------------------------------------------------------------------------
@@ -760,7 +782,9 @@ class VideoDataset(torch.utils.data.Dataset):
     applies to TSN sampling (clip_len == 1) only; without it such samples are sampled like videos.
     A sample that fails to load (missing, empty, truncated, not a video, corrupt image) is replaced
     by another sample, chosen deterministically from the index; the returned index and label are
-    the replacement's. Failures are logged once per path (`failed_paths`, `num_replaced`: this process)
+    the replacement's. With replace_failed=False (evaluation: nothing is scored under another video's
+    label) it is not: the item is `(None, label, index)`, and the caller leaves it out and counts it.
+    Failures are logged once per path (`failed_paths`, `num_replaced`: this process)
     and counted in `num_failed`: one byte per sample in shared memory that any process (DataLoader
     workers included) sets when the sample fails, so each bad sample counts once, exactly, and the
     other workers skip it without a second attempt or log line.
@@ -768,7 +792,7 @@ class VideoDataset(torch.utils.data.Dataset):
 
     def __init__(self, samples: Sequence[Sample], sampling: Sampling, transform: Callable | None = None,
                  test_mode: bool = False, image_to_clip: Callable = transforms.image_to_clip, seed: int = 0,
-                 snippet: Callable | None = None, image_short_side: int | None = None):
+                 snippet: Callable | None = None, image_short_side: int | None = None, replace_failed: bool = True):
         if not samples:
             raise ValueError("VideoDataset: no samples")
         if seed < 0:
@@ -778,6 +802,7 @@ class VideoDataset(torch.utils.data.Dataset):
             _check_snippet(self.snippet, sampling.num_clips)
         self.samples, self.sampling, self.test_mode = samples, sampling, test_mode
         self.transform, self.image_to_clip, self.seed = transform, image_to_clip, seed
+        self.replace_failed = replace_failed
         self.image_short_side = image_short_side   # JPEGs decoded reduced to about this short side (`read_image`)
         # the epoch lives in shared memory too: persistent DataLoader workers see set_epoch's value
         self._epoch = torch.zeros(1, dtype=torch.int64).share_memory_()
@@ -819,17 +844,20 @@ class VideoDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int, int]:
+    def __getitem__(self, index: int) -> tuple[torch.Tensor | None, int, int]:
         frames, label, used, rng = self._load_with_replacement(index)
+        if frames is None:                  # unreadable, and replace_failed=False
+            return None, label, used
         if self.transform is None:
             clip = torch.from_numpy(np.ascontiguousarray(frames))
         else:
             clip = self.transform(frames, rng=rng) if self._transform_rng else self.transform(frames)
         return clip, label, used
 
-    def load(self, index: int) -> tuple[np.ndarray, int, int]:
+    def load(self, index: int) -> tuple[np.ndarray | None, int, int]:
         """Frames uint8 `(T, H, W, 3)` of item `index` before the transform, its label and the
-        index actually used (differs when the sample failed and was replaced)."""
+        index actually used (differs when the sample failed and was replaced; frames None when it failed
+        and replace_failed is False)."""
         frames, label, used, _ = self._load_with_replacement(index)
         return frames, label, used
 
@@ -837,12 +865,13 @@ class VideoDataset(torch.utils.data.Dataset):
         return np.random.default_rng([self.seed, self.epoch, index])
 
     def _load_with_replacement(self, index: int) -> tuple[np.ndarray, int, int, np.random.Generator]:
-        """Load `index`; on failure try others in a fixed order (index + k*stride mod n)."""
+        """Load `index`; on failure try others in a fixed order (index + k*stride mod n), or with
+        replace_failed=False none: frames None, `index`'s label."""
         n = len(self.samples)
         if not 0 <= index < n:
             raise IndexError(f"VideoDataset: index {index} out of range [0, {n})")
         stride = _coprime_stride(n)
-        for k in range(n):
+        for k in range(n if self.replace_failed else 1):
             j = (index + k * stride) % n
             if j in self._bad or self._failed[j]:   # known bad here, or in another worker
                 continue
@@ -860,6 +889,8 @@ class VideoDataset(torch.utils.data.Dataset):
                                     dtype=np.uint8)
             self.num_replaced += int(j != index)
             return frames, sample.label, j, rng
+        if not self.replace_failed:
+            return None, int(self.samples.labels[index]), index, self._rng(index)
         first = self.failed_paths[0] if self.failed_paths else "?"
         raise RuntimeError(f"VideoDataset: all {n} samples failed to load (first: {first}: "
                            f'{next(iter(self._bad.values()), "?")})')
@@ -869,8 +900,8 @@ class VideoDataset(torch.utils.data.Dataset):
         self._bad[j] = f"{type(err).__name__}: {err}"
         self.failed_paths.append(path)
         self._failed[j] = 1
-        logger.warning("failed to load %s (%s); it is replaced by another sample (%d failed so far)",
-                       path, self._bad[j], self.num_failed)
+        logger.warning("failed to load %s (%s); it is %s (%d failed so far)", path, self._bad[j],
+                       "replaced by another sample" if self.replace_failed else "left out", self.num_failed)
 
     def _load_sample(self, s: Sample, rng: np.random.Generator) -> np.ndarray:
         """Decode one sample: frames uint8 `(clip_len * num_clips, H, W, 3)`, an image `(H, W, 3)`."""
