@@ -147,12 +147,13 @@ def test_omnisource_resume_with_another_command_is_refused(run, tmp_path):
     root, _, _, _ = run
     base = [sys.executable, str(ROOT / "omnisource.py"), "--data-root", str(root), "--work-dir", str(tmp_path),
             "--workers", "0"]
-    first = subprocess.run(base + ["--arch", "no_such_arch"], capture_output=True, text=True, timeout=300,
+    # a batch larger than the target set passes the procedure's own checks and fails inside step 1's train.py
+    first = subprocess.run(base + ["--batch-size", "100000"], capture_output=True, text=True, timeout=300,
                            env=ENV, cwd=ROOT)
     assert first.returncode != 0 and (tmp_path / "steps.json").exists()     # step 1 failed; recorded as begun
-    line = one_line_error(subprocess.run(base + ["--resume", "--workers", "1", "--epochs", "2", "--arch", "tsn_tiny"],
+    line = one_line_error(subprocess.run(base + ["--resume", "--workers", "1", "--epochs", "2", "--batch-size", "4"],
                                          capture_output=True, text=True, timeout=300, env=ENV, cwd=ROOT))
-    assert "--arch 'no_such_arch' -> 'tsn_tiny'" in line and "--epochs None -> 2" in line
+    assert "--batch-size 100000 -> 4" in line and "--epochs None -> 2" in line
     assert "--workers" not in line and line.count(" -> ") == 2
 
 
