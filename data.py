@@ -726,13 +726,12 @@ def class_order(checkpoint_classes: Sequence[str], dataset_classes: Sequence[str
     names that differ, or that repeat after normalisation, are a one-line ValueError starting with `where`
     (e.g. the checkpoint's path) naming what differs.
     """
+    _check_class_names(checkpoint_classes, f"{where}: the checkpoint")
+    _check_class_names(dataset_classes, f"{where}: the dataset")
     ours, theirs = [_class_key(n) for n in checkpoint_classes], [_class_key(n) for n in dataset_classes]
-    for names, what in ((ours, "the checkpoint's"), (theirs, "the dataset's")):
-        if len(set(names)) != len(names):
-            twice = sorted({n for n in names if names.count(n) > 1})
-            raise ValueError(f"{where}: {what} class names repeat after normalisation: {_preview(twice)}")
-    if set(ours) != set(theirs):
-        only_ckpt, only_data = sorted(set(ours) - set(theirs)), sorted(set(theirs) - set(ours))
+    if set(ours) != set(theirs):                  # named as written, not as compared
+        only_ckpt = [n for n, k in zip(checkpoint_classes, ours) if k not in set(theirs)]
+        only_data = [n for n, k in zip(dataset_classes, theirs) if k not in set(ours)]
         raise ValueError(f"{where}: its {len(ours)} classes are not the dataset's {len(theirs)}: only in the "
                          f"checkpoint: {_preview(only_ckpt) or '-'}; only in the dataset: {_preview(only_data) or '-'}")
     index = {name: i for i, name in enumerate(ours)}

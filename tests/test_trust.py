@@ -201,7 +201,7 @@ def test_class_list_in_another_order_gives_the_same_predictions(run):
     # other names: refused
     copy_dataset(root / "synth", root / "renamed", classes[:-1] + ["juggling"], {i: i for i in range(k)})
     line = one_line_error(train_py(*test, "--target", "renamed", "--work-dir", str(work.parent / "renamed")))
-    assert str(work / "final.pth") in line and "juggling" in line and classes[-1].replace("_", " ") in line
+    assert str(work / "final.pth") in line and "juggling" in line and classes[-1] in line   # named as written
 
 
 def test_checkpoint_without_class_names_says_which_list_it_is_read_against(run, tmp_path):
