@@ -99,6 +99,12 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser("omnisource train", add_help=True, formatter_class=HelpFormatter)
+    for add_group in (_data_args, _model_args, _optimisation_args, _omnisource_args, _run_args, _speed_args):
+        add_group(p)
+    return p
+
+
+def _data_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("data")
     g.add_argument("--data-root", default="data", help="folder holding the datasets (DATA_ROOT/NAME/ or the "
                    "released layouts: see README); the embedded demo data is generated here when missing")
@@ -107,6 +113,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--label-fraction", type=float, default=1.0, help="train on this class-balanced fraction of "
                    "the target's labelled videos (Fig. 7: 0.03, 0.1, 0.3); at least one video per class")
     g.add_argument("--workers", type=int, default=2, help="DataLoader worker processes per source and rank")
+
+
+def _model_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model")
     g.add_argument("--arch", default="tsn_tiny", help="architecture, one of: " + ", ".join(models.ARCHS))
     g.add_argument("--pretrained", default=None, help="2D ImageNet weights (torchvision layout) to start from; "
@@ -127,6 +136,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                    "arch's, e.g. 16 for 4x16)")
     g.add_argument("--crop-size", type=int, default=None, help="training and test crop in pixels (default: the "
                    "arch's, 224); frames are first resized to a short side of round(crop * 256 / 224)")
+
+
+def _optimisation_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("optimisation (defaults: the paper's recipe for --arch, see module docstring)")
     g.add_argument("--epochs", type=int, default=None, help="epochs over the target set (recipe: 100 TSN, "
                    "150 3D ImageNet-init, 256 3D scratch)")
@@ -148,6 +160,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                    "IG-65M irCSN (norm_eval, bn_frozen); default: the recipe's, on for ircsn_r152_32x2 only")
     g.add_argument("--clip-grad", type=float, default=40.0, help="gradient-norm clipping threshold (0: off)")
     g.add_argument("--seed", type=int, default=0, help="seed of every random choice (data, init, mixup)")
+
+
+def _omnisource_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("OmniSource joint training (Sec. 3.6); without --aux this trains on the target alone")
     g.add_argument("--aux", default="", help="comma-separated auxiliary sources (dataset names under "
                    "--data-root, e.g. the output of filter.py, or gg, ig-img, ig-vid, k200-raw, k400-untr)")
@@ -166,6 +181,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="TSN snippets from untrimmed videos that filter.py scored at 1 FPS: which positive/negative "
                    "frames (Table 14); with N segments round-half-up(N p / 3) positive frames for a row of p "
                    "positives (1p2n, 8 segments: 3 positive + 5 negative)")
+
+
+def _run_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("run")
     g.add_argument("--work-dir", default=None, help="output folder (default work_dirs/TARGET_ARCH)")
     g.add_argument("--resume", action="store_true", help="continue from WORK_DIR/latest.pth (weights, optimiser, "
@@ -194,6 +212,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                    "datasets are not dominated by validation)")
     g.add_argument("--log-interval", type=int, default=20, help="steps between log lines")
     g.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
+
+
+def _speed_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("speed (same results, less time; README 'Speed')")
     g.add_argument("--amp", choices=("none", *models.AMP_DTYPES), default=None, help="mixed precision of the forward "
                    "and backward passes (torch.autocast on the run's device), also in evaluation; fp16 adds "
@@ -208,7 +229,6 @@ def get_args_parser() -> argparse.ArgumentParser:
                    "each in one forward (default: --batch-size)")
     g.add_argument("--dump-probs", action="store_true", help="with --test: predictions.jsonl also holds every "
                    "video's full class-probability vector (as MMAction2's --dump)")
-    return p
 
 
 # ----------------------------------------------------------------------------------------------------------------------
