@@ -51,7 +51,8 @@ What this file implements (paper: Sec. 3.5 forms of web data, Sec. 4 datasets, a
    files reported (DIR2/NAME/prepare_report.json) and left out; `worker_cpu_ms` measures what a DataLoader worker
    pays per training sample (before and after).
 
-Helpers are at the bottom of the file.
+After the machinery banner: `SampleList`; `labels_of`, `kinds_of` and `kind_names` of any list; `write_atomic`,
+the one writer of every command's single files (flushed to disk, then renamed). Helpers are at the bottom.
 """
 from __future__ import annotations
 
@@ -76,7 +77,7 @@ import time
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Sequence
+from typing import BinaryIO, Callable, Iterable, Iterator, Sequence
 
 import av
 import numpy as np
@@ -459,7 +460,8 @@ def frame_scores_path(list_file: str | Path) -> Path:
 
 
 def write_frame_scores(path: str | Path, videos: dict[str, FrameScores], fps: float = 1.0) -> None:
-    """Write a frame-score sidecar: {format, fps, videos: {LIST PATH: {frames, scores, threshold}}}.
+    """Write a frame-score sidecar (atomically, `write_atomic`): {format, fps, videos: {LIST PATH: {frames, scores,
+    threshold}}}.
 
     LIST PATH is a video's path exactly as its list line writes it (relative to the data prefix).
     """
@@ -468,7 +470,7 @@ def write_frame_scores(path: str | Path, videos: dict[str, FrameScores], fps: fl
     rows = [f"  {json.dumps(k)}: " + json.dumps({"frames": [int(f) for f in v.frames], "threshold": float(v.threshold),
                                                 "scores": [round(float(x), 6) for x in v.scores]})
             for k, v in videos.items()]   # one line per video
-    Path(path).write_text(head[:-1] + ', "videos": {\n' + ",\n".join(rows) + "\n}}\n")
+    write_atomic(path, head[:-1] + ', "videos": {\n' + ",\n".join(rows) + "\n}}\n")
 
 
 def read_frame_scores(path: str | Path) -> dict[str, FrameScores]:
@@ -706,7 +708,7 @@ def map_labels(samples: SampleList, source_classes: Sequence[str], target_classe
     if not (table >= 0).any():
         raise ValueError(f"{source}: none of its {len(source_classes)} classes ({_preview(source_classes)}) "
                          f"is a class of the target ({_preview(target_classes)})")
-    labels = _labels_of(samples)
+    labels = labels_of(samples)
     if labels.size and not (0 <= labels.min() and labels.max() < len(source_classes)):
         bad = int(labels[(labels < 0) | (labels >= len(source_classes))][0])
         raise ValueError(f"{source}: label {bad} is outside its {len(source_classes)} classes")
@@ -962,7 +964,7 @@ PREPARE_CRF = 18            # x264 CRF of re-encoded videos (cut_video's); --qua
 PREPARE_JPEG_QUALITY = 90   # JPEG quality of frames and web images; --quality replaces it with --format frames
 # the training pipelines `prepare` measures (models.ARCHS tsn_r50 / slowonly_r50_4x16; data.py does not import models)
 PREPARE_PIPELINES = {"TSN 3 seg": ("tsn", Sampling(1, 1, 3)), "SlowOnly 4x16": ("3d", Sampling(4, 16, 1))}
-_TMP_TAG = ".prepare-tmp-"   # .NAME.prepare-tmp-PID: an output being written; never taken for a finished one
+_TMP_TAG = ".tmp-"   # .NAME.tmp-PID: a file (`write_atomic`) or prepared output being written; never a finished one
 
 
 @dataclass
@@ -1046,7 +1048,7 @@ def prepare_dataset(data_root: str | Path, name: str, out: str | Path, cfg: Prep
               "splits": splits, "failed": [{"path": _rel(p, data_root), "reason": failed[p]} for p in sorted(failed)],
               "disk": _disk_figures(jobs, done)}
     report["cpu_ms_per_sample"] = _measure_prepared(spec, resolve_dataset(out, name), cfg, kept.get("train", []))
-    _write_atomically(report_path, json.dumps(report, indent=1) + "\n")
+    write_atomic(report_path, json.dumps(report, indent=1) + "\n")
     _print_prepare_summary(report, report_path)
     return report
 
@@ -1118,7 +1120,7 @@ class SampleList:
         len(sl), sl[i] -> `Sample` (built on demand), iter(sl) -> Samples, bool(sl)
         sl[a:b], sl[index array or bool mask] -> SampleList (subset, shares the buffers)
         sl.subset(indices, labels=None) -> SampleList (optionally with new labels, `map_labels`)
-        sl.labels   int64 (N,)    sl.kinds  uint8 (N,) codes into KINDS    sl.kind_names() -> set of str
+        sl.labels   int64 (N,)    sl.kinds  uint8 (N,) codes into KINDS (`kinds_of`, `kind_names`)
         sl.path(i) -> Path        sl.rel_path(i) -> str (relative to sl.prefix, as the list wrote it)
         sl.nbytes  bytes held (buffers shared by subsets counted in full)
         SampleList.from_samples(samples, prefix='') -> SampleList (any Samples; paths under prefix kept short)
@@ -1166,9 +1168,6 @@ class SampleList:
 
     def path(self, i: int) -> Path:
         return Path(self.prefix, self.rel_path(i)) if self.prefix else Path(self.rel_path(i))
-
-    def kind_names(self) -> set:
-        return {KINDS[k] for k in np.unique(self.kinds)}
 
     def __getitem__(self, i: int | slice) -> Sample | SampleList:
         if isinstance(i, slice):
@@ -1306,6 +1305,52 @@ class _Ragged:
         if not has.any():
             return None
         return _Ragged(np.flatnonzero(has), self.ptr[k[has]], self.off, self.values, self.scalar)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Machinery: what every command reads of any list (labels, kinds), and its one atomic file writer
+# ----------------------------------------------------------------------------------------------------------------------
+
+def labels_of(samples: SampleList | Sequence[Sample]) -> np.ndarray:
+    """int64 labels (N,) of a SampleList (its array) or a list of Samples."""
+    if isinstance(samples, SampleList):
+        return samples.labels
+    return np.array([s.label for s in samples], dtype=np.int64)
+
+
+def kinds_of(samples: SampleList | Sequence[Sample]) -> np.ndarray:
+    """int64 kind codes (N,) into KINDS of a SampleList (its array) or a list of Samples."""
+    if isinstance(samples, SampleList):
+        return samples.kinds.astype(np.int64)
+    return np.array([KINDS.index(s.kind) for s in samples], dtype=np.int64)
+
+
+def kind_names(samples: SampleList | Sequence[Sample]) -> set[str]:
+    """The kinds a list holds, e.g. {'image', 'untrimmed'}."""
+    return {KINDS[k] for k in np.unique(kinds_of(samples))}
+
+
+def write_atomic(path: str | Path, content: str | bytes | Callable[[BinaryIO], object]) -> None:
+    """Write `path` under a temporary name in its folder (.NAME.tmp-PID), flush it to disk (fsync) and rename it
+    over `path`: a reader, or a rerun after a kill (SIGKILL included), finds the old file or the new one, never a
+    part. content: text (UTF-8), bytes, or a function that writes to the open binary file (`lambda f:
+    torch.save(obj, f)`). Every command's single files (lists, reports, checkpoints, work-folder state) go through
+    here."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}{_TMP_TAG}{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            if callable(content):
+                content(f)
+            else:
+                f.write(content.encode() if isinstance(content, str) else content)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -2030,13 +2075,6 @@ def _preview(names: Sequence[str], n: int = 4) -> str:
     return ", ".join(list(names)[:n]) + (", ..." if len(names) > n else "")
 
 
-def _labels_of(samples: SampleList | Sequence[Sample]) -> np.ndarray:
-    """int64 labels (N,) of a SampleList (its array) or a list of Samples."""
-    if isinstance(samples, SampleList):
-        return samples.labels
-    return np.array([s.label for s in samples], dtype=np.int64)
-
-
 def _resolve_plain(plain: Path, name: str, filtered: bool) -> DatasetSpec:
     """A plain folder NAME/ with classes.txt and {train,val,test}.txt -> DatasetSpec."""
     if filtered:
@@ -2177,7 +2215,7 @@ def _claim_out(report_path: Path, cfg: PrepareConfig) -> None:
             raise ValueError(f"{report_path}: this --out was prepared with other settings ({old}); run with "
                              f"those or choose another --out")
         return
-    _write_atomically(report_path, json.dumps({"settings": cfg.settings(), "complete": False}) + "\n")
+    write_atomic(report_path, json.dumps({"settings": cfg.settings(), "complete": False}) + "\n")
 
 
 def _prepare_plan(spec: DatasetSpec, data_root: Path, out: Path, cfg: PrepareConfig
@@ -2382,14 +2420,10 @@ def _write_prepared_list(x: dict, done: dict[str, dict], failed: dict[str, str],
         if s.frame_scores is not None:
             scores[rel] = s.frame_scores
     text = json.dumps(rows, indent=1) + "\n" if is_json else "".join(r + "\n" for r in rows)
-    _write_atomically(x["dst_list"], text)
+    write_atomic(x["dst_list"], text)
     side = frame_scores_path(x["spec"].list_file)
     if side.is_file():
-        fps = json.loads(side.read_text()).get("fps", 1.0)
-        tmp = frame_scores_path(x["dst_list"]).with_name(f".{side.name}{_TMP_TAG}{os.getpid()}")
-        write_frame_scores(tmp, scores, fps=fps)
-        _fsync(tmp)
-        os.replace(tmp, frame_scores_path(x["dst_list"]))
+        write_frame_scores(frame_scores_path(x["dst_list"]), scores, fps=json.loads(side.read_text()).get("fps", 1.0))
     return {"list": _rel(x["dst_list"], out), "samples": len(x["samples"]), "written": len(rows), "kept": kept}
 
 
@@ -2422,12 +2456,12 @@ def _copy_dataset_files(spec: DatasetSpec, data_root: Path, out: Path, lists: li
         written = {x["dst_list"].name for x in lists} | {frame_scores_path(x["dst_list"]).name for x in lists}
         for f in sorted(Path(spec.root).iterdir()):
             if f.is_file() and f.name not in written and f.name != PREPARE_REPORT and _TMP_TAG not in f.name:
-                _write_atomically(out / spec.name / f.name, f.read_bytes())
+                write_atomic(out / spec.name / f.name, f.read_bytes())
         return
     rels = LAYOUTS[spec.layout]["classes"]
     found = next((r for r in rels if (data_root / r).is_file()), None)
     text = (data_root / found).read_bytes() if found else "".join(c + "\n" for c in spec.classes).encode()
-    _write_atomically(out / (found or rels[0]), text)
+    write_atomic(out / (found or rels[0]), text)
 
 
 def _disk_figures(jobs: dict[str, _Job], done: dict[str, dict]) -> dict:
@@ -2495,17 +2529,6 @@ def _die_with_parent() -> None:
         ctypes.CDLL(None).prctl(1, signal.SIGKILL)
     except (OSError, AttributeError, TypeError):
         pass
-
-
-def _write_atomically(path: Path, content: str | bytes) -> None:
-    """Write a file under a temporary name, fsync, rename: a reader (or a rerun after a kill) sees all or nothing."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}{_TMP_TAG}{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(content.encode() if isinstance(content, str) else content)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def _fsync(path: Path) -> None:

@@ -115,7 +115,7 @@ import transforms
 
 MODES = ("query", "pseudo")
 STUDENTS = ("2d", "3d")
-AMPS = ("none", "bf16", "fp16")
+AMPS = ("none", *models.AMP_DTYPES)
 DEFAULT_CLIPS = {"tsn": 8, "3d": 3}   # video scoring: TSN segments / 3D clips (cheap test protocol)
 DEDUP_CROPS = 5                       # crops per val frame for the de-duplication threshold (Sec. 3.3)
 DEDUP_DIMS = 256                      # Sec. 3.3: whitened features reduced to at most this many dimensions
@@ -389,7 +389,7 @@ def map_query_labels(samples: Samples, source_classes: list[str], teacher_classe
     table = np.full(len(source_classes), -1, dtype=np.int64)
     for s in mapped:
         table[int(s.path.name)] = s.label
-    return table[_labels(samples)]
+    return table[data.labels_of(samples)]
 
 
 def _foreign_teacher(path: str | Path, arch: str, classes: list[str]) -> nn.Module:
@@ -606,8 +606,7 @@ def deduplicate(samples: Samples, query: np.ndarray, val_samples: Samples, extra
     blocks). Returns (the indices removed by ALL ranks, the info for the report)."""
     reference = fit_dedup_reference(val_samples, [samples[i] for i in _whitening_subset(len(samples))], extractor,
                                     cfg, work)
-    idx = np.arange(len(samples))
-    blocks = [idx[s:s + cfg.batch_size] for s in range(0, len(idx), cfg.batch_size)]
+    blocks = _blocks(np.arange(len(samples)), cfg.batch_size)
     finished = {json.loads(line)["b"] for _, _, line in work.lines("dedup")}
     todo = [k for k in work.shard.mine(len(blocks)) if k not in finished]
     load = _DedupLoad(cfg.dedup_frames, extractor.crop_size, 1)
@@ -654,8 +653,9 @@ def fit_dedup_reference(val_samples: Samples, web_subset: Samples, extractor: Fr
                                f"{_rank_tag(shard)}", shard)
         web = extract_features(web_subset, extractor, cfg, 1, f"de-duplication: web frames for the whitening"
                                f"{_rank_tag(shard)}", shard)
-        _save_atomic(dict(val=val[0], val_owner=torch.from_numpy(val[1]), val_errors=len(val[2]), web=web[0],
-                          web_owner=torch.from_numpy(web[1])), mine)
+        feats = dict(val=val[0], val_owner=torch.from_numpy(val[1]), val_errors=len(val[2]), web=web[0],
+                     web_owner=torch.from_numpy(web[1]))
+        data.write_atomic(mine, lambda f: torch.save(feats, f))
     _barrier()
     if shard.rank == 0 and not path.is_file():
         parts = [torch.load(p, map_location="cpu", weights_only=True)
@@ -672,8 +672,9 @@ def fit_dedup_reference(val_samples: Samples, web_subset: Samples, extractor: Fr
                     dims=int(white.proj.shape[1]), whitening_web_frames=len(web),
                     val_videos=len(set(owner.tolist())), val_unreadable=sum(int(p["val_errors"]) for p in parts),
                     val_frames=m, threshold=threshold)
-        _save_atomic(dict(mean=torch.from_numpy(white.mean), proj=torch.from_numpy(white.proj), threshold=threshold,
-                          val=crops[:, -1].contiguous(), owner=torch.from_numpy(owner), info=info), path)
+        ref = dict(mean=torch.from_numpy(white.mean), proj=torch.from_numpy(white.proj), threshold=threshold,
+                   val=crops[:, -1].contiguous(), owner=torch.from_numpy(owner), info=info)
+        data.write_atomic(path, lambda f: torch.save(ref, f))
     _barrier()
     saved = torch.load(path, map_location="cpu", weights_only=True)
     return dict(white=Whitening(saved["mean"].numpy(), saved["proj"].numpy()), threshold=saved["threshold"],
@@ -730,7 +731,7 @@ def extract_features(samples: Samples, extractor: FrameFeatures, cfg: FilterConf
     on the CPU, owner (R,) sample index of each frame row, errors {index: message}).
     """
     load = _DedupLoad(cfg.dedup_frames, extractor.crop_size, crops)
-    blocks = [np.arange(s, min(s + cfg.batch_size, len(samples))) for s in range(0, len(samples), cfg.batch_size)]
+    blocks = _blocks(np.arange(len(samples)), cfg.batch_size)
     todo = shard.mine(len(blocks))
     feats, owner, errors = [], [], {}
     for _, ids, counts, views, errs in _run_blocks(samples, blocks, load, cfg, what, todo):
@@ -818,7 +819,7 @@ def run_filter(samples: Samples, query: np.ndarray, teachers: list[nn.Module], c
     scorer = Scorer(teachers, cfg)
     for code in (ROUTES.index("images"), ROUTES.index("videos")):
         idx = np.flatnonzero(active & (routes == code))
-        blocks = [idx[s:s + cfg.batch_size] for s in range(0, len(idx), cfg.batch_size)]
+        blocks = _blocks(idx, cfg.batch_size)
         todo = [k for k in shard.mine(len(blocks)) if not done[blocks[k]].all()]
         load = _Load(_load_clip, scorer.loads)
         for k, ids, _, views, errors in _run_blocks(samples, blocks, load, cfg, f"scoring {ROUTES[code]}"
@@ -1089,7 +1090,7 @@ def main(args: argparse.Namespace) -> dict | None:
     samples are re-decided from its records (samples.jsonl): no teacher is loaded or run.
     """
     shard, device = _distributed(args.device)
-    amp = args.amp or ("bf16" if device.startswith("cuda") and torch.cuda.is_bf16_supported() else "none")
+    amp = args.amp or models.default_amp(device)
     knobs = {f.name: getattr(args, f.name) for f in fields(FilterConfig) if "help" in f.metadata}
     cfg = FilterConfig(**dict(knobs, device=device, amp=amp, progress=not args.quiet))
     data_root = Path(args.data_root)
@@ -1105,7 +1106,7 @@ def main(args: argparse.Namespace) -> dict | None:
     if earlier is None:
         teachers = load_teachers(args.teacher, cfg.device, args.teacher_arch, spec.classes,
                                  f"--source {args.source}")
-        check_teachers(teachers, _kind_names(samples), cfg.student)
+        check_teachers(teachers, data.kind_names(samples), cfg.student)
         classes = teachers[0].classes
         query = map_query_labels(samples, spec.classes, classes, args.source, cfg.mode, teachers[0].source)
         unknown = int((query < 0).sum())
@@ -1212,7 +1213,7 @@ class Work:
                                  f"{old.get(key)!r} there, {settings[key]!r} now); run that command again to "
                                  f"finish it, or delete the folder to start over")
         elif self.shard.rank == 0:
-            _write_atomic(path, json.dumps(settings, indent=1) + "\n")
+            data.write_atomic(path, json.dumps(settings, indent=1) + "\n")
         _barrier()
 
     def append(self, kind: str, records: Iterable[dict]) -> None:
@@ -1250,8 +1251,8 @@ class Work:
             os.fsync(f.fileno())
             f.close()
         self._files = {}
-        _write_atomic(self.folder / f"progress-{self.shard.rank:05d}.json",
-                      json.dumps(dict(rank=self.shard.rank, world=self.shard.world, scored=self.scored)))
+        data.write_atomic(self.folder / f"progress-{self.shard.rank:05d}.json",
+                          json.dumps(dict(rank=self.shard.rank, world=self.shard.world, scored=self.scored)))
 
     def scored_now(self) -> int:
         """Samples scored by the ranks of the last run (their progress files)."""
@@ -1428,18 +1429,6 @@ def _drop_torn_tail(path: Path) -> None:
             f.truncate(pos)
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def _save_atomic(obj: dict, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
 # ----------------------------------------------------------------------------------------------------------------------
 # 9. Sharding and decoding in workers
 # ----------------------------------------------------------------------------------------------------------------------
@@ -1603,24 +1592,12 @@ def _route_codes(samples: Samples, student: str) -> np.ndarray:
     kinds = list(data.KINDS)
     table = np.array([ROUTES.index({"image": "images", "untrimmed": "one_fps" if student == "2d" else "windows",
                                     "raw": "raw"}.get(k, "videos")) for k in kinds], dtype=np.int8)
-    codes = getattr(samples, "kinds", None)
-    if codes is None:
-        codes = np.fromiter((kinds.index(s.kind) for s in samples), dtype=np.int64, count=len(samples))
-    return table[np.asarray(codes, dtype=np.int64)]
+    return table[data.kinds_of(samples)]
 
 
-def _labels(samples: Samples) -> np.ndarray:
-    labels = getattr(samples, "labels", None)
-    if labels is None:
-        labels = np.fromiter((s.label for s in samples), dtype=np.int64, count=len(samples))
-    return np.asarray(labels, dtype=np.int64)
-
-
-def _kind_names(samples: Samples) -> set[str]:
-    codes = getattr(samples, "kinds", None)
-    if codes is None:
-        return {s.kind for s in samples}
-    return {data.KINDS[c] for c in np.unique(codes)}
+def _blocks(idx: np.ndarray, size: int) -> list[np.ndarray]:
+    """Sample indices idx (N,) in blocks of `size` (the last one shorter): block b goes to rank b % world."""
+    return [idx[s:s + size] for s in range(0, len(idx), size)]
 
 
 def _base_record(i: int, sample: data.Sample, query: int, prefix: Path) -> dict:

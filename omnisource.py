@@ -204,7 +204,7 @@ def stem(word: str) -> str:
 
 def write_queries(path: str | Path, rows: list[dict]) -> None:
     """The queries as JSON lines, one per query, written atomically (a crawler reads them line by line)."""
-    _write_atomically(Path(path), "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    data.write_atomic(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -982,7 +982,7 @@ def timeline(out: FilterOutput) -> Image.Image | None:
     positive 1-FPS frames of its sidecar, each over the interval it stands for (2D students, Table 14's snippets).
     None when the output lists no untrimmed video."""
     if not (out.kept and (data.frame_scores_path(out.folder / "train.txt").is_file()
-                          or "windows" in out.kept.kind_names())):
+                          or "windows" in data.kind_names(out.kept))):
         return None
     shown = list(itertools.islice((s for s in out.kept if s.frame_scores or s.windows), TIMELINE_VIDEOS))
     wanted = {os.path.relpath(s.path, out.prefix) for s in shown if s.windows}
@@ -1340,7 +1340,7 @@ def _mark_step(record: Path, command: str, finished: bool, procedure: argparse.N
     procedure's own arguments (`procedure`: omnisource.py's, read by _check_procedure on --resume)."""
     done = _finished_steps(record)
     done = done | {command} if finished else done - {command}
-    _write_atomically(record, json.dumps({"procedure": vars(procedure), "finished": sorted(done)}, indent=1) + "\n")
+    data.write_atomic(record, json.dumps({"procedure": vars(procedure), "finished": sorted(done)}, indent=1) + "\n")
 
 
 def _check_procedure(record: Path, args: argparse.Namespace) -> None:
@@ -1352,19 +1352,6 @@ def _check_procedure(record: Path, args: argparse.Namespace) -> None:
     if changed:
         raise ValueError(f"--resume: {record} records a procedure with other flags: {', '.join(changed)}; resume "
                          f"with its flags, or give another --work-dir for a new procedure")
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    """Write `text` to a temporary file beside `path`, flush it to disk and rename it over `path`: a kill at any
-    moment leaves the old file or the new one, never a part (train.atomic_write_text does the same for train.py;
-    omnisource.py does not import the entry point)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def _round(r: int, args: argparse.Namespace) -> str:
@@ -1392,10 +1379,7 @@ def _is_2d(arch: str) -> bool:
 def _source_kind(data_root: str | Path, source: str) -> str:
     """'image', 'untrimmed' or 'video': the kind of most of a source's samples (decides the teacher)."""
     samples = data.load_split(data.resolve_dataset(data_root, source), "train")
-    codes = getattr(samples, "kinds", None)                 # a compact data.SampleList: uint8 codes (N,)
-    if codes is None:
-        codes = [data.KINDS.index(s.kind) for s in samples]
-    counts = np.bincount(np.asarray(codes, dtype=np.int64), minlength=len(data.KINDS))
+    counts = np.bincount(data.kinds_of(samples), minlength=len(data.KINDS))
     top = data.KINDS[int(counts.argmax())] if counts.sum() else "video"
     return {"image": "image", "untrimmed": "untrimmed", "raw": "untrimmed"}.get(top, "video")
 

@@ -99,6 +99,12 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser("omnisource train", add_help=True, formatter_class=HelpFormatter)
+    for add_group in (_data_args, _model_args, _optimisation_args, _omnisource_args, _run_args, _speed_args):
+        add_group(p)
+    return p
+
+
+def _data_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("data")
     g.add_argument("--data-root", default="data", help="folder holding the datasets (DATA_ROOT/NAME/ or the "
                    "released layouts: see README); the embedded demo data is generated here when missing")
@@ -107,6 +113,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--label-fraction", type=float, default=1.0, help="train on this class-balanced fraction of "
                    "the target's labelled videos (Fig. 7: 0.03, 0.1, 0.3); at least one video per class")
     g.add_argument("--workers", type=int, default=2, help="DataLoader worker processes per source and rank")
+
+
+def _model_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model")
     g.add_argument("--arch", default="tsn_tiny", help="architecture, one of: " + ", ".join(models.ARCHS))
     g.add_argument("--pretrained", default=None, help="2D ImageNet weights (torchvision layout) to start from; "
@@ -127,6 +136,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                    "arch's, e.g. 16 for 4x16)")
     g.add_argument("--crop-size", type=int, default=None, help="training and test crop in pixels (default: the "
                    "arch's, 224); frames are first resized to a short side of round(crop * 256 / 224)")
+
+
+def _optimisation_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("optimisation (defaults: the paper's recipe for --arch, see module docstring)")
     g.add_argument("--epochs", type=int, default=None, help="epochs over the target set (recipe: 100 TSN, "
                    "150 3D ImageNet-init, 256 3D scratch)")
@@ -148,6 +160,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                    "IG-65M irCSN (norm_eval, bn_frozen); default: the recipe's, on for ircsn_r152_32x2 only")
     g.add_argument("--clip-grad", type=float, default=40.0, help="gradient-norm clipping threshold (0: off)")
     g.add_argument("--seed", type=int, default=0, help="seed of every random choice (data, init, mixup)")
+
+
+def _omnisource_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("OmniSource joint training (Sec. 3.6); without --aux this trains on the target alone")
     g.add_argument("--aux", default="", help="comma-separated auxiliary sources (dataset names under "
                    "--data-root, e.g. the output of filter.py, or gg, ig-img, ig-vid, k200-raw, k400-untr)")
@@ -166,6 +181,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="TSN snippets from untrimmed videos that filter.py scored at 1 FPS: which positive/negative "
                    "frames (Table 14); with N segments round-half-up(N p / 3) positive frames for a row of p "
                    "positives (1p2n, 8 segments: 3 positive + 5 negative)")
+
+
+def _run_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("run")
     g.add_argument("--work-dir", default=None, help="output folder (default work_dirs/TARGET_ARCH)")
     g.add_argument("--resume", action="store_true", help="continue from WORK_DIR/latest.pth (weights, optimiser, "
@@ -194,11 +212,14 @@ def get_args_parser() -> argparse.ArgumentParser:
                    "datasets are not dominated by validation)")
     g.add_argument("--log-interval", type=int, default=20, help="steps between log lines")
     g.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
+
+
+def _speed_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("speed (same results, less time; README 'Speed')")
-    g.add_argument("--amp", choices=("none", "bf16", "fp16"), default=None, help="mixed precision of the forward "
+    g.add_argument("--amp", choices=("none", *models.AMP_DTYPES), default=None, help="mixed precision of the forward "
                    "and backward passes (torch.autocast on the run's device), also in evaluation; fp16 adds "
                    "loss scaling (gradients unscaled before --clip-grad). Default: bf16 on a GPU that supports it, "
-                   "otherwise none (see `default_amp`)")
+                   "otherwise none (see `models.default_amp`)")
     g.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None, help="channels-last "
                    "memory layout of weights and input (channels_last for TSN, channels_last_3d for 3D nets). "
                    "Default: on for CUDA and for bf16 on CPU, off for float32 on CPU (see `default_channels_last`)")
@@ -208,7 +229,6 @@ def get_args_parser() -> argparse.ArgumentParser:
                    "each in one forward (default: --batch-size)")
     g.add_argument("--dump-probs", action="store_true", help="with --test: predictions.jsonl also holds every "
                    "video's full class-probability vector (as MMAction2's --dump)")
-    return p
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -345,7 +365,7 @@ def build(args: argparse.Namespace, num_classes: int, device: torch.device) -> t
     """The model on the device; settles --amp and --channels-last (their defaults depend on the device)."""
     overrides = model_overrides(args)
     model = models.build_model(args.arch, num_classes, pretrained=args.pretrained, **overrides)
-    args.amp = args.amp or default_amp(device)
+    args.amp = args.amp or models.default_amp(device)
     args.channels_last = default_channels_last(device, args.amp) if args.channels_last is None else args.channels_last
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True       # fixed input shapes: find the fastest convolutions once
@@ -582,7 +602,8 @@ def final_test(run: Run) -> dict:
     args, arch = run.args, run.net.spec
     weights, source = weights_to_test(run)
     if not args.test and run.rank == 0:
-        atomic_save({**describe_model(run), "weights": weights}, Path(args.work_dir) / "final.pth")
+        final = {**describe_model(run), "weights": weights}
+        data.write_atomic(Path(args.work_dir) / "final.pth", lambda f: torch.save(final, f))
     crops = args.test_crops or arch.crops_test
     target = data.resolve_dataset(args.data_root, args.target)
     ds = make_dataset(args, target, "val", arch, test_mode=True, protocol=PROTOCOLS[crops],
@@ -719,8 +740,7 @@ def write_predictions(run: Run, loader: torch.utils.data.DataLoader, probs: torc
                             "unreadable": True}
             if samples.labels[index] < 0:
                 del lines[index]["label"]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(path, "".join(json.dumps(lines[i]) + "\n" for i in sorted(lines)))
+    data.write_atomic(path, "".join(json.dumps(lines[i]) + "\n" for i in sorted(lines)))
 
 
 def predict(args: argparse.Namespace, rank: int, world: int, device: torch.device) -> dict:
@@ -731,7 +751,7 @@ def predict(args: argparse.Namespace, rank: int, world: int, device: torch.devic
     ckpt = Path(args.checkpoint) if args.checkpoint else Path(args.work_dir) / "final.pth"
     net, classes = predictor(args, ckpt)
     net = net.to(device).eval()
-    args.amp = args.amp or default_amp(device)
+    args.amp = args.amp or models.default_amp(device)
     arch = net.spec
     run = Run(args, net, net, classes, None, None, None, None, [], [], device, rank, world)
     crops = args.test_crops or arch.crops_test
@@ -784,21 +804,22 @@ def write_results(run: Run, m: dict) -> None:
     cm = m.pop("confusion_matrix")
     m.update(arch=run.args.arch, target=run.args.target, aux=split_names(run.args.aux), classes=run.classes)
     rows = [name + "," + ",".join(str(v) for v in row) for name, row in zip(run.classes, cm)]
-    atomic_write_text(work / "confusion_matrix.csv", "\n".join(["true\\pred," + ",".join(run.classes), *rows]) + "\n")
-    atomic_write_text(work / "metrics.json", json.dumps(m, indent=2) + "\n")     # last: the run's "done" mark
+    data.write_atomic(work / "confusion_matrix.csv", "\n".join(["true\\pred," + ",".join(run.classes), *rows]) + "\n")
+    data.write_atomic(work / "metrics.json", json.dumps(m, indent=2) + "\n")     # last: the run's "done" mark
     m["confusion_matrix"] = cm
 
 
 def export(run: Run) -> dict:
-    """--export-mmaction: our checkpoint -> MMAction2 1.x layout (models.export_mmaction)."""
+    """--export-mmaction: our checkpoint -> MMAction2 1.x layout (models.mmaction_checkpoint), written atomically."""
     ckpt = Path(run.args.checkpoint) if run.args.checkpoint else Path(run.args.work_dir) / "final.pth"
     if run.rank == 0:
         print(f"exporting {ckpt} ({run.args.arch}, {len(run.classes)} classes of {run.args.target}) to "
               f"{run.args.export_mmaction}", flush=True)
     load_weights_everywhere(run, ckpt)
     if run.rank == 0:
-        out = models.export_mmaction(run.net, run.args.export_mmaction, classes=run.classes)
-        print(f"wrote {out} (MMAction2 1.x layout) from {ckpt}", flush=True)
+        mm = models.mmaction_checkpoint(run.net, run.classes)
+        data.write_atomic(run.args.export_mmaction, lambda f: torch.save(mm, f))
+        print(f"wrote {run.args.export_mmaction} (MMAction2 1.x layout) from {ckpt}", flush=True)
     return {}
 
 
@@ -955,7 +976,7 @@ def make_train_loader(args: argparse.Namespace, target_ds: data.VideoDataset, au
     rules = omnisource.resample_rules(args.resample, len(aux))
     samplers, aux_loaders = [sampler], []
     for i, (ds, size, rule) in enumerate(zip(aux, sizes[1:], rules), start=1):
-        s = omnisource.ClassResampler(labels_of(ds.samples), len(target_loader) * size, rule,
+        s = omnisource.ClassResampler(data.labels_of(ds.samples), len(target_loader) * size, rule,
                                       seed=args.seed, rank=rank)
         samplers.append(s)
         aux_loaders.append(loader_for(args, ds, s, size, drop_last=True, seed=(args.seed, rank, i)))
@@ -1018,7 +1039,7 @@ def label_fraction(samples: data.SampleList | list, fraction: float, seed: int) 
         raise ValueError(f"--label-fraction {fraction}: expected a number in (0, 1]")
     rng = np.random.default_rng([seed, 5])
     by_class = {}
-    for i, label in enumerate(labels_of(samples)):
+    for i, label in enumerate(data.labels_of(samples)):
         by_class.setdefault(int(label), []).append(i)
     keep = []
     for idx in by_class.values():
@@ -1083,7 +1104,7 @@ def save_checkpoint(run: Run, name: str, epoch: int, step: int = 0, meters: tupl
         "rng": rng,
         "log_bytes": log.stat().st_size if log.exists() else 0,
     }
-    atomic_save(state, Path(run.args.work_dir) / name)
+    data.write_atomic(Path(run.args.work_dir) / name, lambda f: torch.save(state, f))
 
 
 def describe_model(run: Run) -> dict:
@@ -1271,11 +1292,6 @@ def restore_meters(meters: tuple[Meter, ...], states: list[dict], device: torch.
 # ----------------------------------------------------------------------------------------------------------------------
 
 
-def labels_of(samples: data.SampleList | list) -> np.ndarray:
-    """(N,) int labels of a list of Samples or a data.SampleList."""
-    return samples.labels if isinstance(samples, data.SampleList) else np.array([s.label for s in samples], int)
-
-
 def split_names(text: str) -> list[str]:
     """A comma-separated flag value -> its non-empty names (--aux)."""
     return [t.strip() for t in text.split(",") if t.strip()] if text else []
@@ -1311,33 +1327,8 @@ def _derive_seed(*key: int) -> int:
     return int(np.random.SeedSequence(list(key)).generate_state(2, np.uint64)[0] >> np.uint64(1))
 
 
-def atomic_save(obj: object, path: Path) -> None:
-    """torch.save to PATH.tmp, flushed to disk, then renamed over `path`: never a partly written file."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def _batch_norms(model: torch.nn.Module) -> list[torch.nn.Module]:
     return [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
-
-
-def default_amp(device: torch.device) -> str:
-    """--amp when not given: bf16 on GPUs that support it (no loss scaling needed, the usual choice); none on
-    older GPUs (fp16 is opt-in: MMAction2 users saw accuracy drops with it on 3D nets) and on CPUs."""
-    return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "none"
 
 
 def default_channels_last(device: torch.device, amp: str) -> bool:

@@ -207,7 +207,7 @@ def test_class_list_in_another_order_gives_the_same_predictions(run):
 def test_checkpoint_without_class_names_says_which_list_it_is_read_against(run, tmp_path):
     root, work, _, _ = run
     net = models.from_checkpoint(work / "final.pth")
-    models.export_mmaction(net, tmp_path / "mm.pth")          # no classes: as the released MMAction2 files
+    torch.save(models.mmaction_checkpoint(net), tmp_path / "mm.pth")   # no classes: as the released MMAction2 files
     out = train_py("--data-root", str(root), "--target", "synth", "--checkpoint", str(tmp_path / "mm.pth"),
                    "--test", *TINY, "--test-clips", "1", "--work-dir", str(tmp_path / "w"))
     assert out.returncode == 0, out.stderr[-2000:]
@@ -243,7 +243,7 @@ def test_predict_gives_the_tests_top1_and_survives_a_bad_path(run, tmp_path):
         assert shown.split(": ", 1)[1].split(", ")[0].split()[0] == expected[0]["name"]
     # an MMAction2-format checkpoint (no class names) with the class list given as a file
     net = models.from_checkpoint(work / "final.pth")
-    models.export_mmaction(net, tmp_path / "mm.pth")
+    torch.save(models.mmaction_checkpoint(net), tmp_path / "mm.pth")
     (tmp_path / "classes.txt").write_text("\n".join(net.classes) + "\n")
     out = train_py("--predict", videos[0], "--checkpoint", str(tmp_path / "mm.pth"), "--arch", "tsn_tiny",
                    "--classes", str(tmp_path / "classes.txt"), *protocol, "--work-dir", str(tmp_path / "m"))
