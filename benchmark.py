@@ -56,10 +56,13 @@ What it measures (paper context: the training recipes of the appendix "Implement
    through train.make_dataset (the sampling and transforms train.py uses) and a DataLoader with --workers
    persistent workers, from 3 generated videos (one of them 640x360, so resizing runs) under --soak-files
    (1000) distinct hard-linked names read in order, pass after pass (as epochs revisit files); every
-   --soak-every clips the RSS and PSS (/proc/PID/smaps_rollup) of the main process and its workers; the
-   verdict fits a line to PSS after the warm-up (two passes over the files, so every worker has every
+   --soak-every clips the RSS, PSS and anonymous PSS (/proc/PID/smaps_rollup Pss_Anon: heap, arrays, decoder
+   buffers, each page shared by main and workers counted once) of the main process and its workers; the
+   verdict fits a line to the anonymous PSS after the warm-up (two passes over the files, so every worker has every
    file in its caches, and at least half the run) and calls it flat when the growth it predicts over the
-   rest is at most max(5 %, 16 MiB) (PSS moves by a few % as pages are shared and unshared). With
+   rest is at most max(5 %, 16 MiB) (the allocators' working size moves by a few %). Not PSS itself: its
+   file-backed part (the shared libraries' pages, tens of MiB) moves whenever OTHER processes of the machine map
+   or unmap the same libraries, which on a shared machine read as growth or shrinkage of ours. With
    --soak-files >= --soak-clips every clip is a new file: the curve then shows how memory grows with the
    number of distinct files.
 6. GPU (only with --what gpu; on a machine without a CUDA device it says so in one line and exits 0): each part
@@ -831,7 +834,7 @@ def _dedup_figures(args) -> None:
 # ----------------------------------------------------------------------------------------------------------------------
 
 def bench_soak(args, tmp: Path) -> None:
-    """Decode --soak-clips training clips in persistent workers; RSS/PSS of main + workers every --soak-every."""
+    """Decode --soak-clips training clips in persistent workers; memory of main + workers every --soak-every."""
     torch.set_num_threads(1)
     arch = args.soak_arch
     spec = models.ARCHS[arch][1]
@@ -855,7 +858,10 @@ def bench_soak(args, tmp: Path) -> None:
           f"transforms as train.py builds them) from {len(names)} generated videos under {files:,} hard-linked "
           f"names (read in order, {args.soak_clips / files:.1f} passes), batch {args.soak_batch}, {args.workers} "
           f"persistent workers; memory every {args.soak_every} clips; {_load()}")
-    print(f'{"clips":>7}  {"RSS main+workers MiB":>20}  {"PSS MiB":>8}  {"main RSS":>8}  {"workers RSS":>14}  clips/s')
+    if not _proc_kb("smaps_rollup", "Pss_Anon"):
+        raise ValueError("--what soak: this kernel's /proc/PID/smaps_rollup has no Pss_Anon (Linux >= 5.9 has)")
+    print(f'{"clips":>7}  {"RSS main+workers MiB":>20}  {"anon PSS MiB":>12}  {"PSS MiB":>8}  {"main RSS":>8}  '
+          f'{"workers RSS":>14}  clips/s')
     curve, done, start, last = [], 0, time.perf_counter(), 0
     it = iter(loader)
     while done < args.soak_clips:
@@ -869,16 +875,19 @@ def bench_soak(args, tmp: Path) -> None:
             pids = [os.getpid()] + [w.pid for w in getattr(it, "_workers", [])]
             rss = [_proc_kb("status", "VmRSS", pid) * 1024 for pid in pids]
             pss = sum(_proc_kb("smaps_rollup", "Pss", pid) * 1024 for pid in pids)
-            curve.append((done, sum(rss), pss))
-            print(f"{done:7d}  {sum(rss) / 2**20:20.1f}  {pss / 2**20:8.1f}  {rss[0] / 2**20:8.1f}  "
-                  f'{" ".join(f"{r / 2**20:.0f}" for r in rss[1:]):>14}  {done / (time.perf_counter() - start):.1f}')
+            anon = sum(_proc_kb("smaps_rollup", "Pss_Anon", pid) * 1024 for pid in pids)
+            curve.append((done, sum(rss), anon))
+            print(f"{done:7d}  {sum(rss) / 2**20:20.1f}  {anon / 2**20:12.1f}  {pss / 2**20:8.1f}  "
+                  f'{rss[0] / 2**20:8.1f}  {" ".join(f"{r / 2**20:.0f}" for r in rss[1:]):>14}  '
+                  f"{done / (time.perf_counter() - start):.1f}")
     del it, loader
     _soak_verdict(curve, files)
 
 
 def _soak_verdict(curve: list[tuple[int, int, int]], files: int) -> None:
-    """Flat after warm-up: the PSS slope over the second half of the run, once every worker has seen every file
-    (two passes over the files) and the allocators have grown to their working size, and the growth it adds up to."""
+    """Flat after warm-up: the slope of the anonymous PSS (curve: clips, RSS, anonymous PSS) over the second half of
+    the run, once every worker has seen every file (two passes over the files) and the allocators have grown to
+    their working size, and the growth it adds up to."""
     start = max(2 * files, curve[-1][0] // 2) if curve else 0
     warm = [c for c in curve if c[0] >= start]
     if len(warm) < 3:
@@ -889,11 +898,12 @@ def _soak_verdict(curve: list[tuple[int, int, int]], files: int) -> None:
     y = np.array([c[2] for c in warm], dtype=np.float64)
     slope = np.polyfit(x, y, 1)[0] if len(warm) > 1 else 0.0   # bytes per clip
     growth = slope * (x[-1] - x[0])
-    flat = growth <= max(0.05 * y.mean(), 16 * 2**20)   # PSS moves by a few % as pages are shared and unshared
-    print(f"soak: after warm-up ({int(warm[0][0])} clips) PSS {y[0] / 2**20:.1f} -> {y[-1] / 2**20:.1f} MiB "
-          f"(range {y.min() / 2**20:.1f}-{y.max() / 2**20:.1f}); least-squares slope {slope / 1024:.2f} KiB per "
-          f"clip = {growth / 2**20:+.1f} MiB over {int(x[-1] - x[0])} clips ({slope * 1e6 / 2**30:+.2f} GiB per "
-          f'million clips): {"FLAT" if flat else "GROWING"} (flat: fitted growth within max(5%, 16 MiB))')
+    flat = growth <= max(0.05 * y.mean(), 16 * 2**20)   # the allocators' working size moves by a few %
+    print(f"soak: after warm-up ({int(warm[0][0])} clips) anonymous PSS {y[0] / 2**20:.1f} -> "
+          f"{y[-1] / 2**20:.1f} MiB (range {y.min() / 2**20:.1f}-{y.max() / 2**20:.1f}); least-squares slope "
+          f"{slope / 1024:.2f} KiB per clip = {growth / 2**20:+.1f} MiB over {int(x[-1] - x[0])} clips "
+          f'({slope * 1e6 / 2**30:+.2f} GiB per million clips): {"FLAT" if flat else "GROWING"} (flat: fitted growth '
+          f"within max(5%, 16 MiB))")
 
 
 def _soak_videos(folder: Path) -> list[Path]:

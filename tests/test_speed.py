@@ -243,7 +243,7 @@ MiB, KiB = 2 ** 20, 2 ** 10
 
 
 def soak_curve(pss_at, clips: int = 2000, every: int = 100) -> list[tuple[int, int, int]]:
-    """A soak curve as bench_soak records it: (clips, RSS, PSS) every `every` clips; RSS = PSS + 100 MiB."""
+    """A soak curve as bench_soak records it: (clips, RSS, anonymous PSS) every `every` clips; RSS = it + 100 MiB."""
     return [(n, int(pss_at(n)) + 100 * MiB, int(pss_at(n))) for n in range(every, clips + 1, every)]
 
 
@@ -279,7 +279,7 @@ def test_soak_verdict_judges_after_two_passes_and_ignores_noise(capsys):
     curve = soak_curve(lambda n: 300 * MiB + 100 * MiB * min(n, 2000) / 2000 + 8 * MiB * (-1) ** (n // 100),
                        clips=4000)
     verdict, growth, span, out = verdict_of(curve, 1000, capsys)
-    assert "after warm-up (2000 clips) PSS 408.0 -> 408.0 MiB (range 392.0-408.0)" in out
+    assert "after warm-up (2000 clips) anonymous PSS 408.0 -> 408.0 MiB (range 392.0-408.0)" in out
     assert span == 2000 and abs(growth) < 1.0 and verdict == "FLAT"
 
 
