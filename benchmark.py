@@ -94,7 +94,7 @@ What it measures (paper context: the training recipes of the appendix "Implement
    + 4 clips of the same filtered web images per step in the "with web" run). One table: top-1 on the 200 val
    clips, target only and with filtered web images, and the minutes each run took. The accuracies are
    measured figures of one seed (--seed): they move by a few points from seed to seed.
-7. Feed (only with --what feed): the training pipelines of TSN-R50 3 segments, SlowOnly-R50 4x16 and 8x8, built by
+8. Feed (only with --what feed): the training pipelines of TSN-R50 3 segments, SlowOnly-R50 4x16 and 8x8, built by
    train.make_dataset, on the Kinetics clips of ../shared/data/real_videos/ (mmaction2_demo.mp4, mmaction2_test.mp4;
    --video: that clip instead) as downloaded and after each `data.prepare_dataset` format (video with a keyframe
    every 16 frames, all-intra video, frame folders): CPU ms per sample in one DataLoader worker
