@@ -13,6 +13,7 @@
     python benchmark.py --what scale --scale-parts redecide   # filter.py re-deciding 3.7M records; a minute
     python benchmark.py --what soak                       # 10,000 clips through DataLoader workers; < 10 min
     python benchmark.py --what soak --soak-clips 1000 --soak-every 100
+    python benchmark.py --what gpu                        # the one command on a GPU machine, < 5 min
     python benchmark.py --what small-data                 # plain CNN vs ours on 8 clips per class; ~30 min
     python benchmark.py --what small-data --quick         # the same table from short runs, a few minutes
     python benchmark.py --what feed                       # CPU per training sample, downloaded vs prepared; minutes
@@ -67,13 +68,31 @@ What it measures (paper context: the training recipes of the appendix "Implement
    through train.make_dataset (the sampling and transforms train.py uses) and a DataLoader with --workers
    persistent workers, from 3 generated videos (one of them 640x360, so resizing runs) under --soak-files
    (1000) distinct hard-linked names read in order, pass after pass (as epochs revisit files); every
-   --soak-every clips the RSS and PSS (/proc/PID/smaps_rollup) of the main process and its workers; the
-   verdict fits a line to PSS after the warm-up (two passes over the files, so every worker has every
+   --soak-every clips the RSS, PSS and anonymous PSS (/proc/PID/smaps_rollup Pss_Anon: heap, arrays, decoder
+   buffers, each page shared by main and workers counted once) of the main process and its workers; the
+   verdict fits a line to the anonymous PSS after the warm-up (two passes over the files, so every worker has every
    file in its caches, and at least half the run) and calls it flat when the growth it predicts over the
-   rest is at most max(5 %, 16 MiB) (PSS moves by a few % as pages are shared and unshared). With
+   rest is at most max(5 %, 16 MiB) (the allocators' working size moves by a few %). Not PSS itself: its
+   file-backed part (the shared libraries' pages, tens of MiB) moves whenever OTHER processes of the machine map
+   or unmap the same libraries, which on a shared machine read as growth or shrinkage of ours. With
    --soak-files >= --soak-clips every clip is a new file: the curve then shows how memory grows with the
    number of distinct files.
-6. Small data (only with --what small-data): does the demo recipe learn few labelled clips as well as a plain
+6. GPU (only with --what gpu; on a machine without a CUDA device it says so in one line and exits 0): each part
+   runs on its own (one that fails prints one line, the others still run, the exit code is 1):
+   a) the bf16 peak: NVIDIA's dense bf16 tensor-core figure for the device's name (BF16_PEAKS: A100, H100, H200)
+      and the measured torch.mm bf16 (the figure used when the name is not in the table);
+   b) TSN-R50 and SlowOnly-R50 4x16 training samples/s (as in 3, bf16 autocast, channels_last /
+      channels_last_3d, cudnn.benchmark, the README's videos per GPU: 32 and 16) and their model FLOP utilisation
+      (analytic training FLOPs x samples/s over the peak of a);
+   c) the same training pipelines behind a DataLoader with a worker on every core and pinned batches, on a
+      prepared clip (340x256, 30 fps, 10 s, a keyframe every 16 frames, generated with PyAV): samples/s against
+      the model's, and the cores that feed the GPU;
+   d) `train.py --epochs 1 --amp bf16` on generated demo data (tsn_tiny, a subprocess): the CUDA path end to end;
+   e) whether PyAV's FFmpeg decodes H.264 on the GPU (av.codec.hwaccel.HWAccel("cuda"), no software fallback):
+      frames/s and CPU ms per frame to RGB against the CPU decoder (1 thread, auto threads), on the prepared clip
+      and the demo video, and the frames' mean difference;
+   f) NCCL: torch.distributed.is_nccl_available() and a one-rank all_reduce.
+7. Small data (only with --what small-data): does the demo recipe learn few labelled clips as well as a plain
    CNN? It generates the dataset of the small-data comparison (synthetic.py --width 64 --height 64
    --train-per-class 8 --val-per-class 25: 8 classes, 64 labelled clips, 200 val clips; or reuses --small-dir),
    runs `omnisource.py --sources synth-web-img` as a user types it (baseline = teacher with train.py's defaults,
@@ -82,7 +101,7 @@ What it measures (paper context: the training recipes of the appendix "Implement
    + 4 clips of the same filtered web images per step in the "with web" run). One table: top-1 on the 200 val
    clips, target only and with filtered web images, and the minutes each run took. The accuracies are
    measured figures of one seed (--seed): they move by a few points from seed to seed.
-7. Feed (only with --what feed): the training pipelines of TSN-R50 3 segments, SlowOnly-R50 4x16 and 8x8, built by
+8. Feed (only with --what feed): the training pipelines of TSN-R50 3 segments, SlowOnly-R50 4x16 and 8x8, built by
    train.make_dataset, on the Kinetics clips of ../shared/data/real_videos/ (mmaction2_demo.mp4, mmaction2_test.mp4;
    --video: that clip instead) as downloaded and after each `data.prepare_dataset` format (video with a keyframe
    every 16 frames, all-intra video, frame folders): CPU ms per sample in one DataLoader worker
@@ -112,6 +131,7 @@ import math
 import os
 import pstats
 import shutil
+import socket
 import statistics
 import subprocess
 import sys
@@ -125,6 +145,7 @@ from typing import Callable
 import av
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 from PIL import Image
@@ -158,6 +179,15 @@ FEED_PIPELINES = (("TSN 3 seg", "tsn_r50", 1700), ("SlowOnly 4x16", "slowonly_r5
                   ("SlowOnly 8x8", "slowonly_r50_8x8", 385))   # (label, models.ARCHS name, samples/s of one GPU)
 FEED_CORES_PER_GPU = 16
 FEED_GOALS = {"TSN 3 seg": 9.0, "SlowOnly 4x16": 20.0}   # ms of CPU per sample: 16 cores feed one GPU
+# gpu: the paper's models and their videos per GPU (the README's 8-GPU commands: TSN 32, SlowOnly 16)
+GPU_MODELS = (("tsn_r50", 32), ("slowonly_r50_4x16", 16))
+# gpu: dense (no sparsity) bf16 tensor-core peaks of NVIDIA's data sheets, TFLOP/s; the first name part found in
+# torch.cuda.get_device_name wins (so the NVL and PCIe boards before their SXM namesakes)
+BF16_PEAKS = (("H200 NVL", 835.0), ("H200", 989.0), ("H100 NVL", 835.0), ("H100 PCIe", 756.0), ("H100", 989.0),
+              ("A100", 312.0))
+# gpu: the demo data of the one-epoch train.py run (the test suite's reduced demo: 4 classes, 32 train videos)
+GPU_DEMO = synthetic.SynthConfig(seed=1, num_classes=4, train_per_class=8, val_per_class=6, web_images_per_class=10,
+                                 web_videos_per_class=3, untrimmed_per_class=1)
 SCALE_CLASSES = 400   # scale: classes of the synthetic lists and of the tiny teacher (a K400 teacher)
 RAW_FEATURE_DIM = 2048   # scale: ResNet-50 frame features before the de-duplication's whitening (Sec. 3.3)
 # scale: runs a command and prints the CPU seconds and largest ru_maxrss of its whole process tree
@@ -203,9 +233,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--samples", type=int, default=8, help="data: distinct sampled clips per round; transforms: "
                    "clips per round")
     p.add_argument("--what", choices=("data", "loader", "model", "transforms", "scale", "soak", "small-data", "feed",
-                                      "all"),
-                   default="all", help="part to run; 'all' is data + loader + model (transforms, scale, soak, "
-                   "small-data and feed run only when asked)")
+                                      "gpu", "all"),
+                   default="all", help="part to run; 'all' is data + loader + model (the others run only when asked)")
     p.add_argument("--workers", type=int, default=2, help="loader: DataLoader worker processes")
     p.add_argument("--compare-venv", default=None, help="virtualenv with decord and mmaction2==1.2.0 "
                    "(e.g. /work/venvs/bench): their readers run there, in a subprocess")
@@ -262,6 +291,10 @@ def main(args) -> None:
             raise ValueError(f'--{name.replace("_", "-")} must be >= 1, got {getattr(args, name)}')
     if args.compare_venv and not (Path(args.compare_venv) / "bin" / "python").is_file():
         raise FileNotFoundError(f"--compare-venv {args.compare_venv}: expected a virtualenv with bin/python")
+    if args.what == "gpu" and not torch.cuda.is_available():
+        print(f"benchmark --what gpu: no CUDA device visible to torch {torch.__version__} (NCCL available: "
+              f"{dist.is_nccl_available()}); nothing to measure on this machine")
+        return
     print(f"omnisource benchmark: python {sys.version.split()[0]}, torch {torch.__version__}, "
           f"av {av.__version__}, numpy {np.__version__}; {os.cpu_count()} cores; {_load()}")
     tmp = Path(tempfile.mkdtemp(prefix="omnisource_bench_"))
@@ -279,6 +312,8 @@ def main(args) -> None:
             bench_scale(args, tmp)
         if args.what == "soak":
             bench_soak(args, tmp)
+        if args.what == "gpu":
+            bench_gpu(args, tmp)
         if args.what == "small-data":
             bench_small_data(args, tmp)
         if args.what == "feed":
@@ -344,13 +379,15 @@ def bench_loader(args, video: Path) -> None:
         print(f"| {label} | {ours:.1f} clips/s | {auto:.1f} clips/s | {ours / auto:.2f}x |")
 
 
-def _loader_rate(arch: str, video: Path, workers: int) -> float:
-    """One warm-up pass, then one timed pass over 48 clips of `video` through a fresh DataLoader."""
+def _loader_rate(arch: str, video: Path, workers: int, batch_size: int = 4, clips: int = 48,
+                 pin_memory: bool = False) -> float:
+    """One warm-up pass, then one timed pass over `clips` clips of `video` through a fresh DataLoader."""
     spec = models.ARCHS[arch][1]
     sampling = data.Sampling(spec.clip_len, spec.frame_interval, spec.num_clips_train)
-    ds = data.VideoDataset([data.Sample(video, 0, "video")] * 48, sampling,
+    ds = data.VideoDataset([data.Sample(video, 0, "video")] * clips, sampling,
                            transform=transforms.train_transform(spec.family, spec.crop_size, uint8=True))
-    loader = torch.utils.data.DataLoader(ds, batch_size=4, num_workers=workers, persistent_workers=workers > 0)
+    loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, num_workers=workers, pin_memory=pin_memory,
+                                         persistent_workers=workers > 0)
     for _ in loader:
         pass
     ds.set_epoch(1)
@@ -942,7 +979,7 @@ def _dedup_figures(args) -> None:
 # ----------------------------------------------------------------------------------------------------------------------
 
 def bench_soak(args, tmp: Path) -> None:
-    """Decode --soak-clips training clips in persistent workers; RSS/PSS of main + workers every --soak-every."""
+    """Decode --soak-clips training clips in persistent workers; memory of main + workers every --soak-every."""
     torch.set_num_threads(1)
     arch = args.soak_arch
     spec = models.ARCHS[arch][1]
@@ -966,7 +1003,10 @@ def bench_soak(args, tmp: Path) -> None:
           f"transforms as train.py builds them) from {len(names)} generated videos under {files:,} hard-linked "
           f"names (read in order, {args.soak_clips / files:.1f} passes), batch {args.soak_batch}, {args.workers} "
           f"persistent workers; memory every {args.soak_every} clips; {_load()}")
-    print(f'{"clips":>7}  {"RSS main+workers MiB":>20}  {"PSS MiB":>8}  {"main RSS":>8}  {"workers RSS":>14}  clips/s')
+    if not _proc_kb("smaps_rollup", "Pss_Anon"):
+        raise ValueError("--what soak: this kernel's /proc/PID/smaps_rollup has no Pss_Anon (Linux >= 5.9 has)")
+    print(f'{"clips":>7}  {"RSS main+workers MiB":>20}  {"anon PSS MiB":>12}  {"PSS MiB":>8}  {"main RSS":>8}  '
+          f'{"workers RSS":>14}  clips/s')
     curve, done, start, last = [], 0, time.perf_counter(), 0
     it = iter(loader)
     while done < args.soak_clips:
@@ -980,16 +1020,19 @@ def bench_soak(args, tmp: Path) -> None:
             pids = [os.getpid()] + [w.pid for w in getattr(it, "_workers", [])]
             rss = [_proc_kb("status", "VmRSS", pid) * 1024 for pid in pids]
             pss = sum(_proc_kb("smaps_rollup", "Pss", pid) * 1024 for pid in pids)
-            curve.append((done, sum(rss), pss))
-            print(f"{done:7d}  {sum(rss) / 2**20:20.1f}  {pss / 2**20:8.1f}  {rss[0] / 2**20:8.1f}  "
-                  f'{" ".join(f"{r / 2**20:.0f}" for r in rss[1:]):>14}  {done / (time.perf_counter() - start):.1f}')
+            anon = sum(_proc_kb("smaps_rollup", "Pss_Anon", pid) * 1024 for pid in pids)
+            curve.append((done, sum(rss), anon))
+            print(f"{done:7d}  {sum(rss) / 2**20:20.1f}  {anon / 2**20:12.1f}  {pss / 2**20:8.1f}  "
+                  f'{rss[0] / 2**20:8.1f}  {" ".join(f"{r / 2**20:.0f}" for r in rss[1:]):>14}  '
+                  f"{done / (time.perf_counter() - start):.1f}")
     del it, loader
     _soak_verdict(curve, files)
 
 
 def _soak_verdict(curve: list[tuple[int, int, int]], files: int) -> None:
-    """Flat after warm-up: the PSS slope over the second half of the run, once every worker has seen every file
-    (two passes over the files) and the allocators have grown to their working size, and the growth it adds up to."""
+    """Flat after warm-up: the slope of the anonymous PSS (curve: clips, RSS, anonymous PSS) over the second half of
+    the run, once every worker has seen every file (two passes over the files) and the allocators have grown to
+    their working size, and the growth it adds up to."""
     start = max(2 * files, curve[-1][0] // 2) if curve else 0
     warm = [c for c in curve if c[0] >= start]
     if len(warm) < 3:
@@ -1000,11 +1043,12 @@ def _soak_verdict(curve: list[tuple[int, int, int]], files: int) -> None:
     y = np.array([c[2] for c in warm], dtype=np.float64)
     slope = np.polyfit(x, y, 1)[0] if len(warm) > 1 else 0.0   # bytes per clip
     growth = slope * (x[-1] - x[0])
-    flat = growth <= max(0.05 * y.mean(), 16 * 2**20)   # PSS moves by a few % as pages are shared and unshared
-    print(f"soak: after warm-up ({int(warm[0][0])} clips) PSS {y[0] / 2**20:.1f} -> {y[-1] / 2**20:.1f} MiB "
-          f"(range {y.min() / 2**20:.1f}-{y.max() / 2**20:.1f}); least-squares slope {slope / 1024:.2f} KiB per "
-          f"clip = {growth / 2**20:+.1f} MiB over {int(x[-1] - x[0])} clips ({slope * 1e6 / 2**30:+.2f} GiB per "
-          f'million clips): {"FLAT" if flat else "GROWING"} (flat: fitted growth within max(5%, 16 MiB))')
+    flat = growth <= max(0.05 * y.mean(), 16 * 2**20)   # the allocators' working size moves by a few %
+    print(f"soak: after warm-up ({int(warm[0][0])} clips) anonymous PSS {y[0] / 2**20:.1f} -> "
+          f"{y[-1] / 2**20:.1f} MiB (range {y.min() / 2**20:.1f}-{y.max() / 2**20:.1f}); least-squares slope "
+          f"{slope / 1024:.2f} KiB per clip = {growth / 2**20:+.1f} MiB over {int(x[-1] - x[0])} clips "
+          f'({slope * 1e6 / 2**30:+.2f} GiB per million clips): {"FLAT" if flat else "GROWING"} (flat: fitted growth '
+          f"within max(5%, 16 MiB))")
 
 
 def _soak_videos(folder: Path) -> list[Path]:
@@ -1017,7 +1061,178 @@ def _soak_videos(folder: Path) -> list[Path]:
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# 5. Small data: the demo recipe against a plain CNN on 8 labelled clips per class
+# 5. GPU: the one command for the day a GPU is at hand; every part reports on its own
+# ----------------------------------------------------------------------------------------------------------------------
+
+def bench_gpu(args, tmp: Path) -> None:
+    """The parts in order (bf16 peak, models, loader, train.py, NVDEC, NCCL). A part that fails prints one line and
+    the others still run; the command exits non-zero when any part failed."""
+    torch.backends.cudnn.benchmark = True   # fixed shapes: the fastest convolutions, as train.py on CUDA
+    props = torch.cuda.get_device_properties(0)
+    print(f"\n== GPU: {props.name}, {props.total_memory / 2**30:.0f} GiB, compute capability {props.major}."
+          f"{props.minor}; torch {torch.__version__}, CUDA {torch.version.cuda}, cuDNN "
+          f"{torch.backends.cudnn.version()}, NCCL available {dist.is_nccl_available()}; {_cores()} cores; {_load()}")
+    found: dict = {}   # what one part measures for the next: "peak" FLOP/s, model samples/s per architecture
+    parts = {"peak": lambda: _gpu_peak(props.name, args.repeats, found),
+             "model": lambda: _gpu_models(args.repeats, found),
+             "loader": lambda: _gpu_loader(tmp / "gpu", found),
+             "train.py": lambda: _gpu_train_py(tmp / "gpu_train"),
+             "hwaccel": lambda: _gpu_decode(tmp / "gpu"),
+             "nccl": _gpu_nccl}
+    failed = []
+    for name, part in parts.items():
+        start = time.perf_counter()
+        try:
+            part()
+        except Exception as err:   # reported in one line; the remaining parts still run
+            failed.append(name)
+            print(f'gpu {name}: FAILED: {type(err).__name__}: {(str(err).strip().splitlines() or [""])[0]}')
+        print(f"  ({name}: {time.perf_counter() - start:.0f} s)", flush=True)
+    if failed:
+        raise SystemExit(f'error: --what gpu: {len(failed)} of {len(parts)} parts failed ({", ".join(failed)})')
+
+
+def _gpu_peak(name: str, repeats: int, found: dict) -> None:
+    """The bf16 peak MFU is measured against: NVIDIA's dense figure for a known device, else the measured torch.mm."""
+    measured = _matmul_flops("cuda", torch.bfloat16, max(repeats, 3))
+    sheet = [(part, tflops) for part, tflops in BF16_PEAKS if part.lower() in name.lower()][:1]
+    found["peak"] = sheet[0][1] * 1e12 if sheet else measured
+    against = (f"{sheet[0][1]:.0f} TFLOP/s, NVIDIA's dense bf16 figure for the {sheet[0][0]} (measured: "
+               f'{100 * measured / found["peak"]:.0f} % of it)' if sheet else "the measured torch.mm (no data-sheet "
+               "figure for this name)")
+    print(f"bf16 peak: torch.mm bf16 measured {measured / 1e12:.0f} TFLOP/s; model FLOP utilisation is against "
+          f"{against}")
+
+
+def _gpu_models(repeats: int, found: dict) -> None:
+    """Training samples/s (forward + backward + SGD) of the paper's models in bf16 autocast with channels-last."""
+    rows = []
+    for arch, batch in GPU_MODELS:
+        torch.cuda.reset_peak_memory_stats()
+        r = _train_rate(arch, batch, "cuda", torch.bfloat16, True, max(repeats, 3))
+        found[arch] = r["rate"]
+        achieved = r["rate"] * r["train_flops"]
+        mfu = f'{100 * achieved / found["peak"]:.0f}%' if "peak" in found else "-"
+        rows.append([arch, r["layout"], str(batch), str(r["shape"]), f'{r["train_flops"] / 1e9:.1f}',
+                     f'{r["rate"]:.0f}', f"{achieved / 1e12:.1f}", mfu, f'{r["spread"]:.0f}%',
+                     f"{torch.cuda.max_memory_allocated() / 2**30:.1f}"])
+        torch.cuda.empty_cache()
+    print()
+    _table(["model", "", "batch", "input per sample (C, T, H, W)", "train GFLOP/sample", "samples/s",
+            "achieved TFLOP/s", "MFU (bf16 peak)", "spread", "peak GiB"], rows)
+
+
+def _gpu_loader(folder: Path, found: dict) -> None:
+    """train.py's training loaders with a worker on every core, on a prepared clip, against the model's rate."""
+    clip = _prepared_clip(folder)
+    workers = _cores()
+    print(f'\nLoader: {workers} workers (every core), pinned batches, one prepared clip ('
+          f'{_describe_video(clip).split(", keyframes")[0]}, a keyframe every 16 frames) under every sample; '
+          f"samples/s of a pass after a warm-up pass")
+    for arch, batch in GPU_MODELS:
+        rate = _loader_rate(arch, clip, workers, batch_size=batch, clips=4 * workers * batch, pin_memory=True)
+        line = f"  {arch}: loader {rate:.0f} samples/s = {1000 * workers / rate:.1f} ms of a core per sample"
+        if arch in found:
+            line += (f"; the model trains {found[arch]:.0f} samples/s: the loader is {rate / found[arch]:.2f}x it, "
+                     f"{math.ceil(workers * found[arch] / rate)} cores of this machine feed this GPU")
+        print(line)
+
+
+def _gpu_train_py(root: Path) -> None:
+    """One epoch of `train.py --amp bf16` on generated demo data, as a user types it (a subprocess): the CUDA path
+    end to end (pinned loaders, device normalisation, autocast, evaluation, metrics.json)."""
+    synthetic.generate(root, GPU_DEMO)
+    work = root / "work"
+    cmd = [sys.executable, str(ROOT / "train.py"), "--data-root", str(root), "--epochs", "1", "--amp", "bf16",
+           "--work-dir", str(work)]
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=240)
+    wall = time.perf_counter() - start
+    if proc.returncode != 0:
+        tail = (proc.stderr.strip() or proc.stdout.strip() or "no output").splitlines()[-1]
+        raise RuntimeError(f"train.py exited with {proc.returncode}: {tail}")
+    metrics = json.loads((work / "metrics.json").read_text())
+    print(f'\ntrain.py: {" ".join(cmd[1:])}\n  exit 0 in {wall:.0f} s; top-1 {metrics["top1"]:.3f} '
+          f'(the default tsn_tiny after one epoch on the generated data)')
+
+
+def _gpu_decode(folder: Path) -> None:
+    """Whether PyAV's FFmpeg decodes H.264 on the GPU (hwaccel cuda: NVDEC) and how fast against the CPU."""
+    videos = [_prepared_clip(folder)]
+    videos += [DEMO_VIDEO] if DEMO_VIDEO.is_file() else [_generate_clip(folder / "k400_like_gop250.mp4")]
+    hwaccel = getattr(av.codec, "hwaccel", None)   # PyAV >= 14
+    types = hwaccel.hwdevices_available() if hwaccel else []
+    print(f'\nhwaccel: PyAV {av.__version__}, libavcodec {".".join(map(str, av.library_versions["libavcodec"]))}; '
+          f'hardware device types built in: {", ".join(types) or "none"}')
+    if "cuda" not in types:
+        print("  no: this PyAV " + ("has no hwaccel module (PyAV >= 14 has)" if hwaccel is None else
+                                    "was built without the cuda device type"))
+        return
+    for video in videos:
+        one, auto = _decode_rate(video, None, 1), _decode_rate(video, None, 0)
+        try:
+            gpu = _decode_rate(video, hwaccel.HWAccel(device_type="cuda", allow_software_fallback=False), 0)
+        except Exception as err:   # the answer "no" with FFmpeg's reason (no NVDEC, no driver library, ...)
+            print(f"  {video.name}: hwaccel cuda did not decode it ({type(err).__name__}: {err})")
+            continue
+        diff = float(np.abs(gpu["first"].astype(np.int16) - one["first"]).mean())
+        print(f'  {video.name} ({_describe_video(video).split(", keyframes")[0]}): CPU 1 thread {one["fps"]:.0f} '
+              f'frames/s ({one["cpu_ms"]:.2f} CPU ms per frame), CPU auto threads {auto["fps"]:.0f} frames/s; '
+              f'hwaccel cuda {"on the GPU" if gpu["hw"] else "fell back to the CPU"}: {gpu["fps"]:.0f} frames/s '
+              f'({gpu["cpu_ms"]:.2f} CPU ms per frame, {gpu["fps"] / one["fps"]:.2f}x 1 thread); first 8 frames '
+              f"mean |diff| against the CPU's {diff:.2f} grey levels")
+
+
+def _decode_rate(video: Path, hw, threads: int) -> dict:
+    """Decode every frame of `video` to RGB (hw: an av HWAccel or None; threads: FFmpeg's count on the CPU, 0 auto):
+    frames/s, CPU ms per frame, the first 8 frames and whether FFmpeg decoded on the hardware."""
+    with av.open(str(video), **({"hwaccel": hw} if hw else {})) as container:
+        stream = container.streams.video[0]
+        if hw is None:
+            stream.codec_context.thread_type, stream.codec_context.thread_count = "AUTO", threads
+        first, count = [], 0
+        wall, cpu = time.perf_counter(), time.process_time()
+        for frame in container.decode(stream):
+            rgb = frame.to_ndarray(format="rgb24")   # (H, W, 3); a GPU frame is downloaded first
+            first += [rgb] if count < 8 else []
+            count += 1
+        wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+        on_hw = hw is not None and bool(stream.codec_context.is_hwaccel)
+    return {"fps": count / wall, "cpu_ms": 1000 * cpu / count, "first": np.stack(first), "hw": on_hw}
+
+
+def _prepared_clip(folder: Path) -> Path:
+    """A Kinetics-like clip as `data.py prepare` re-encodes one: 340x256, 30 fps, 10 s, a keyframe every 16 frames
+    (B-frames on); generated once under `folder`."""
+    path = folder / "prepared_340x256_gop16.mp4"
+    if not path.exists():
+        folder.mkdir(parents=True, exist_ok=True)
+        _generate_clip(path, gop=16)
+    return path
+
+
+def _gpu_nccl() -> None:
+    """NCCL, the backend train.py and filter.py use under torchrun on CUDA: one-rank group, one all_reduce."""
+    if not dist.is_nccl_available():
+        print("\nnccl: not available in this torch build (torchrun on CUDA needs it)")
+        return
+    with socket.socket() as s:   # a free local port for the rendezvous
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    dist.init_process_group("nccl", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
+    try:
+        x = torch.full((1024,), 2.0, device="cuda")
+        dist.all_reduce(x)
+        ok = bool((x == 2.0).all())
+    finally:
+        dist.destroy_process_group()
+    if not ok:
+        raise RuntimeError("a one-rank all_reduce changed the tensor")
+    print(f"\nnccl: available (NCCL {torch.cuda.nccl.version()}); a one-rank all_reduce ran")
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# 6. Small data: the demo recipe against a plain CNN on 8 labelled clips per class
 # ----------------------------------------------------------------------------------------------------------------------
 
 def bench_small_data(args, tmp: Path) -> None:
@@ -1111,7 +1326,7 @@ def _plain_cnn_top1(root: Path, aux: list[str], steps: int, seed: int, crop: int
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# 6. Feed: CPU per training sample, as downloaded and prepared, against what one GPU trains per second
+# 7. Feed: CPU per training sample, as downloaded and prepared, against what one GPU trains per second
 # ----------------------------------------------------------------------------------------------------------------------
 
 def bench_feed(args, tmp: Path) -> None:
@@ -1202,7 +1417,7 @@ def _feed_loader_rate(ds: data.VideoDataset, workers: int) -> float:
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# 5. The comparison script, run by the --compare-venv python (never imported here)
+# 8. The comparison script, run by the --compare-venv python (never imported here)
 # ----------------------------------------------------------------------------------------------------------------------
 
 THIRD_PARTY_SCRIPT = r'''
@@ -1463,6 +1678,11 @@ def _fork_result(handle: tuple[int, int]) -> dict:
 
 def _in_fork(fn, *args) -> dict:
     return _fork_result(_fork_call(fn, *args))
+
+
+def _cores() -> int:
+    """The cores this process may run on (a container or taskset may allow fewer than os.cpu_count)."""
+    return len(os.sched_getaffinity(0))
 
 
 def _load() -> str:

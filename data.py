@@ -51,7 +51,8 @@ What this file implements (paper: Sec. 3.5 forms of web data, Sec. 4 datasets, a
    files reported (DIR2/NAME/prepare_report.json) and left out; `worker_cpu_ms` measures what a DataLoader worker
    pays per training sample (before and after).
 
-Helpers are at the bottom of the file.
+After the machinery banner: `SampleList`; `labels_of`, `kinds_of` and `kind_names` of any list; `write_atomic`,
+the one writer of every command's single files (flushed to disk, then renamed). Helpers are at the bottom.
 """
 from __future__ import annotations
 
@@ -76,7 +77,7 @@ import time
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Sequence
+from typing import BinaryIO, Callable, Iterable, Iterator, Sequence
 
 import av
 import numpy as np
@@ -459,7 +460,8 @@ def frame_scores_path(list_file: str | Path) -> Path:
 
 
 def write_frame_scores(path: str | Path, videos: dict[str, FrameScores], fps: float = 1.0) -> None:
-    """Write a frame-score sidecar: {format, fps, videos: {LIST PATH: {frames, scores, threshold}}}.
+    """Write a frame-score sidecar (atomically, `write_atomic`): {format, fps, videos: {LIST PATH: {frames, scores,
+    threshold}}}.
 
     LIST PATH is a video's path exactly as its list line writes it (relative to the data prefix).
     """
@@ -468,7 +470,7 @@ def write_frame_scores(path: str | Path, videos: dict[str, FrameScores], fps: fl
     rows = [f"  {json.dumps(k)}: " + json.dumps({"frames": [int(f) for f in v.frames], "threshold": float(v.threshold),
                                                 "scores": [round(float(x), 6) for x in v.scores]})
             for k, v in videos.items()]   # one line per video
-    Path(path).write_text(head[:-1] + ', "videos": {\n' + ",\n".join(rows) + "\n}}\n")
+    write_atomic(path, head[:-1] + ', "videos": {\n' + ",\n".join(rows) + "\n}}\n")
 
 
 def read_frame_scores(path: str | Path) -> dict[str, FrameScores]:
@@ -706,7 +708,7 @@ def map_labels(samples: SampleList, source_classes: Sequence[str], target_classe
     if not (table >= 0).any():
         raise ValueError(f"{source}: none of its {len(source_classes)} classes ({_preview(source_classes)}) "
                          f"is a class of the target ({_preview(target_classes)})")
-    labels = _labels_of(samples)
+    labels = labels_of(samples)
     if labels.size and not (0 <= labels.min() and labels.max() < len(source_classes)):
         bad = int(labels[(labels < 0) | (labels >= len(source_classes))][0])
         raise ValueError(f"{source}: label {bad} is outside its {len(source_classes)} classes")
@@ -715,6 +717,27 @@ def map_labels(samples: SampleList, source_classes: Sequence[str], target_classe
     if isinstance(samples, SampleList):
         return samples.subset(keep, labels=mapped[keep]), len(labels) - len(keep)
     return [dataclasses.replace(samples[i], label=int(mapped[i])) for i in keep], len(labels) - len(keep)
+
+
+def class_order(checkpoint_classes: Sequence[str], dataset_classes: Sequence[str], where: str) -> np.ndarray:
+    """Where each of the dataset's classes is among a checkpoint's, by name -> order (K,) int64.
+
+    order[i] is the checkpoint's output index of class `dataset_classes[i]`: a model's outputs `(N, K)` read
+    as `outputs[:, order]` (or its classifier rows `fc.weight[order]`) are in the dataset's order. Names are
+    compared as `map_labels` compares them (`_class_key`). The same names in another order are permuted;
+    names that differ, or that repeat after normalisation, are a one-line ValueError starting with `where`
+    (e.g. the checkpoint's path) naming what differs.
+    """
+    _check_class_names(checkpoint_classes, f"{where}: the checkpoint")
+    _check_class_names(dataset_classes, f"{where}: the dataset")
+    ours, theirs = [_class_key(n) for n in checkpoint_classes], [_class_key(n) for n in dataset_classes]
+    if set(ours) != set(theirs):                  # named as written, not as compared
+        only_ckpt = [n for n, k in zip(checkpoint_classes, ours) if k not in set(theirs)]
+        only_data = [n for n, k in zip(dataset_classes, theirs) if k not in set(ours)]
+        raise ValueError(f"{where}: its {len(ours)} classes are not the dataset's {len(theirs)}: only in the "
+                         f"checkpoint: {_preview(only_ckpt) or '-'}; only in the dataset: {_preview(only_data) or '-'}")
+    index = {name: i for i, name in enumerate(ours)}
+    return np.array([index[name] for name in theirs], dtype=np.int64)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -760,7 +783,9 @@ class VideoDataset(torch.utils.data.Dataset):
     applies to TSN sampling (clip_len == 1) only; without it such samples are sampled like videos.
     A sample that fails to load (missing, empty, truncated, not a video, corrupt image) is replaced
     by another sample, chosen deterministically from the index; the returned index and label are
-    the replacement's. Failures are logged once per path (`failed_paths`, `num_replaced`: this process)
+    the replacement's. With replace_failed=False (evaluation: nothing is scored under another video's
+    label) it is not: the item is `(None, label, index)`, and the caller leaves it out and counts it.
+    Failures are logged once per path (`failed_paths`, `num_replaced`: this process)
     and counted in `num_failed`: one byte per sample in shared memory that any process (DataLoader
     workers included) sets when the sample fails, so each bad sample counts once, exactly, and the
     other workers skip it without a second attempt or log line.
@@ -768,7 +793,7 @@ class VideoDataset(torch.utils.data.Dataset):
 
     def __init__(self, samples: Sequence[Sample], sampling: Sampling, transform: Callable | None = None,
                  test_mode: bool = False, image_to_clip: Callable = transforms.image_to_clip, seed: int = 0,
-                 snippet: Callable | None = None, image_short_side: int | None = None):
+                 snippet: Callable | None = None, image_short_side: int | None = None, replace_failed: bool = True):
         if not samples:
             raise ValueError("VideoDataset: no samples")
         if seed < 0:
@@ -778,6 +803,7 @@ class VideoDataset(torch.utils.data.Dataset):
             _check_snippet(self.snippet, sampling.num_clips)
         self.samples, self.sampling, self.test_mode = samples, sampling, test_mode
         self.transform, self.image_to_clip, self.seed = transform, image_to_clip, seed
+        self.replace_failed = replace_failed
         self.image_short_side = image_short_side   # JPEGs decoded reduced to about this short side (`read_image`)
         # the epoch lives in shared memory too: persistent DataLoader workers see set_epoch's value
         self._epoch = torch.zeros(1, dtype=torch.int64).share_memory_()
@@ -819,17 +845,20 @@ class VideoDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int, int]:
+    def __getitem__(self, index: int) -> tuple[torch.Tensor | None, int, int]:
         frames, label, used, rng = self._load_with_replacement(index)
+        if frames is None:                  # unreadable, and replace_failed=False
+            return None, label, used
         if self.transform is None:
             clip = torch.from_numpy(np.ascontiguousarray(frames))
         else:
             clip = self.transform(frames, rng=rng) if self._transform_rng else self.transform(frames)
         return clip, label, used
 
-    def load(self, index: int) -> tuple[np.ndarray, int, int]:
+    def load(self, index: int) -> tuple[np.ndarray | None, int, int]:
         """Frames uint8 `(T, H, W, 3)` of item `index` before the transform, its label and the
-        index actually used (differs when the sample failed and was replaced)."""
+        index actually used (differs when the sample failed and was replaced; frames None when it failed
+        and replace_failed is False)."""
         frames, label, used, _ = self._load_with_replacement(index)
         return frames, label, used
 
@@ -837,12 +866,13 @@ class VideoDataset(torch.utils.data.Dataset):
         return np.random.default_rng([self.seed, self.epoch, index])
 
     def _load_with_replacement(self, index: int) -> tuple[np.ndarray, int, int, np.random.Generator]:
-        """Load `index`; on failure try others in a fixed order (index + k*stride mod n)."""
+        """Load `index`; on failure try others in a fixed order (index + k*stride mod n), or with
+        replace_failed=False none: frames None, `index`'s label."""
         n = len(self.samples)
         if not 0 <= index < n:
             raise IndexError(f"VideoDataset: index {index} out of range [0, {n})")
         stride = _coprime_stride(n)
-        for k in range(n):
+        for k in range(n if self.replace_failed else 1):
             j = (index + k * stride) % n
             if j in self._bad or self._failed[j]:   # known bad here, or in another worker
                 continue
@@ -860,6 +890,8 @@ class VideoDataset(torch.utils.data.Dataset):
                                     dtype=np.uint8)
             self.num_replaced += int(j != index)
             return frames, sample.label, j, rng
+        if not self.replace_failed:
+            return None, int(self.samples.labels[index]), index, self._rng(index)
         first = self.failed_paths[0] if self.failed_paths else "?"
         raise RuntimeError(f"VideoDataset: all {n} samples failed to load (first: {first}: "
                            f'{next(iter(self._bad.values()), "?")})')
@@ -869,8 +901,8 @@ class VideoDataset(torch.utils.data.Dataset):
         self._bad[j] = f"{type(err).__name__}: {err}"
         self.failed_paths.append(path)
         self._failed[j] = 1
-        logger.warning("failed to load %s (%s); it is replaced by another sample (%d failed so far)",
-                       path, self._bad[j], self.num_failed)
+        logger.warning("failed to load %s (%s); it is %s (%d failed so far)", path, self._bad[j],
+                       "replaced by another sample" if self.replace_failed else "left out", self.num_failed)
 
     def _load_sample(self, s: Sample, rng: np.random.Generator) -> np.ndarray:
         """Decode one sample: frames uint8 `(clip_len * num_clips, H, W, 3)`, an image `(H, W, 3)`."""
@@ -932,7 +964,7 @@ PREPARE_CRF = 18            # x264 CRF of re-encoded videos (cut_video's); --qua
 PREPARE_JPEG_QUALITY = 90   # JPEG quality of frames and web images; --quality replaces it with --format frames
 # the training pipelines `prepare` measures (models.ARCHS tsn_r50 / slowonly_r50_4x16; data.py does not import models)
 PREPARE_PIPELINES = {"TSN 3 seg": ("tsn", Sampling(1, 1, 3)), "SlowOnly 4x16": ("3d", Sampling(4, 16, 1))}
-_TMP_TAG = ".prepare-tmp-"   # .NAME.prepare-tmp-PID: an output being written; never taken for a finished one
+_TMP_TAG = ".tmp-"   # .NAME.tmp-PID: a file (`write_atomic`) or prepared output being written; never a finished one
 
 
 @dataclass
@@ -1016,7 +1048,7 @@ def prepare_dataset(data_root: str | Path, name: str, out: str | Path, cfg: Prep
               "splits": splits, "failed": [{"path": _rel(p, data_root), "reason": failed[p]} for p in sorted(failed)],
               "disk": _disk_figures(jobs, done)}
     report["cpu_ms_per_sample"] = _measure_prepared(spec, resolve_dataset(out, name), cfg, kept.get("train", []))
-    _write_atomically(report_path, json.dumps(report, indent=1) + "\n")
+    write_atomic(report_path, json.dumps(report, indent=1) + "\n")
     _print_prepare_summary(report, report_path)
     return report
 
@@ -1088,7 +1120,7 @@ class SampleList:
         len(sl), sl[i] -> `Sample` (built on demand), iter(sl) -> Samples, bool(sl)
         sl[a:b], sl[index array or bool mask] -> SampleList (subset, shares the buffers)
         sl.subset(indices, labels=None) -> SampleList (optionally with new labels, `map_labels`)
-        sl.labels   int64 (N,)    sl.kinds  uint8 (N,) codes into KINDS    sl.kind_names() -> set of str
+        sl.labels   int64 (N,)    sl.kinds  uint8 (N,) codes into KINDS (`kinds_of`, `kind_names`)
         sl.path(i) -> Path        sl.rel_path(i) -> str (relative to sl.prefix, as the list wrote it)
         sl.rel_path_bytes(indices) -> list of bytes (those rel_paths, UTF-8)
         sl.nbytes  bytes held (buffers shared by subsets counted in full)
@@ -1142,9 +1174,6 @@ class SampleList:
         """rel_path of samples `indices` as UTF-8 bytes, slices of the one buffer (no Sample, no str built)."""
         buf, idx = self.buf, np.asarray(indices, dtype=np.int64)
         return [buf[a:a + n] for a, n in zip(self._start[idx].tolist(), self._length[idx].tolist())]
-
-    def kind_names(self) -> set:
-        return {KINDS[k] for k in np.unique(self.kinds)}
 
     def __getitem__(self, i: int | slice) -> Sample | SampleList:
         if isinstance(i, slice):
@@ -1282,6 +1311,52 @@ class _Ragged:
         if not has.any():
             return None
         return _Ragged(np.flatnonzero(has), self.ptr[k[has]], self.off, self.values, self.scalar)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Machinery: what every command reads of any list (labels, kinds), and its one atomic file writer
+# ----------------------------------------------------------------------------------------------------------------------
+
+def labels_of(samples: SampleList | Sequence[Sample]) -> np.ndarray:
+    """int64 labels (N,) of a SampleList (its array) or a list of Samples."""
+    if isinstance(samples, SampleList):
+        return samples.labels
+    return np.array([s.label for s in samples], dtype=np.int64)
+
+
+def kinds_of(samples: SampleList | Sequence[Sample]) -> np.ndarray:
+    """int64 kind codes (N,) into KINDS of a SampleList (its array) or a list of Samples."""
+    if isinstance(samples, SampleList):
+        return samples.kinds.astype(np.int64)
+    return np.array([KINDS.index(s.kind) for s in samples], dtype=np.int64)
+
+
+def kind_names(samples: SampleList | Sequence[Sample]) -> set[str]:
+    """The kinds a list holds, e.g. {'image', 'untrimmed'}."""
+    return {KINDS[k] for k in np.unique(kinds_of(samples))}
+
+
+def write_atomic(path: str | Path, content: str | bytes | Callable[[BinaryIO], object]) -> None:
+    """Write `path` under a temporary name in its folder (.NAME.tmp-PID), flush it to disk (fsync) and rename it
+    over `path`: a reader, or a rerun after a kill (SIGKILL included), finds the old file or the new one, never a
+    part. content: text (UTF-8), bytes, or a function that writes to the open binary file (`lambda f:
+    torch.save(obj, f)`). Every command's single files (lists, reports, checkpoints, work-folder state) go through
+    here."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}{_TMP_TAG}{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            if callable(content):
+                content(f)
+            else:
+                f.write(content.encode() if isinstance(content, str) else content)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -2006,13 +2081,6 @@ def _preview(names: Sequence[str], n: int = 4) -> str:
     return ", ".join(list(names)[:n]) + (", ..." if len(names) > n else "")
 
 
-def _labels_of(samples: SampleList | Sequence[Sample]) -> np.ndarray:
-    """int64 labels (N,) of a SampleList (its array) or a list of Samples."""
-    if isinstance(samples, SampleList):
-        return samples.labels
-    return np.array([s.label for s in samples], dtype=np.int64)
-
-
 def _resolve_plain(plain: Path, name: str, filtered: bool) -> DatasetSpec:
     """A plain folder NAME/ with classes.txt and {train,val,test}.txt -> DatasetSpec."""
     if filtered:
@@ -2153,7 +2221,7 @@ def _claim_out(report_path: Path, cfg: PrepareConfig) -> None:
             raise ValueError(f"{report_path}: this --out was prepared with other settings ({old}); run with "
                              f"those or choose another --out")
         return
-    _write_atomically(report_path, json.dumps({"settings": cfg.settings(), "complete": False}) + "\n")
+    write_atomic(report_path, json.dumps({"settings": cfg.settings(), "complete": False}) + "\n")
 
 
 def _prepare_plan(spec: DatasetSpec, data_root: Path, out: Path, cfg: PrepareConfig
@@ -2358,14 +2426,10 @@ def _write_prepared_list(x: dict, done: dict[str, dict], failed: dict[str, str],
         if s.frame_scores is not None:
             scores[rel] = s.frame_scores
     text = json.dumps(rows, indent=1) + "\n" if is_json else "".join(r + "\n" for r in rows)
-    _write_atomically(x["dst_list"], text)
+    write_atomic(x["dst_list"], text)
     side = frame_scores_path(x["spec"].list_file)
     if side.is_file():
-        fps = json.loads(side.read_text()).get("fps", 1.0)
-        tmp = frame_scores_path(x["dst_list"]).with_name(f".{side.name}{_TMP_TAG}{os.getpid()}")
-        write_frame_scores(tmp, scores, fps=fps)
-        _fsync(tmp)
-        os.replace(tmp, frame_scores_path(x["dst_list"]))
+        write_frame_scores(frame_scores_path(x["dst_list"]), scores, fps=json.loads(side.read_text()).get("fps", 1.0))
     return {"list": _rel(x["dst_list"], out), "samples": len(x["samples"]), "written": len(rows), "kept": kept}
 
 
@@ -2398,12 +2462,12 @@ def _copy_dataset_files(spec: DatasetSpec, data_root: Path, out: Path, lists: li
         written = {x["dst_list"].name for x in lists} | {frame_scores_path(x["dst_list"]).name for x in lists}
         for f in sorted(Path(spec.root).iterdir()):
             if f.is_file() and f.name not in written and f.name != PREPARE_REPORT and _TMP_TAG not in f.name:
-                _write_atomically(out / spec.name / f.name, f.read_bytes())
+                write_atomic(out / spec.name / f.name, f.read_bytes())
         return
     rels = LAYOUTS[spec.layout]["classes"]
     found = next((r for r in rels if (data_root / r).is_file()), None)
     text = (data_root / found).read_bytes() if found else "".join(c + "\n" for c in spec.classes).encode()
-    _write_atomically(out / (found or rels[0]), text)
+    write_atomic(out / (found or rels[0]), text)
 
 
 def _disk_figures(jobs: dict[str, _Job], done: dict[str, dict]) -> dict:
@@ -2471,17 +2535,6 @@ def _die_with_parent() -> None:
         ctypes.CDLL(None).prctl(1, signal.SIGKILL)
     except (OSError, AttributeError, TypeError):
         pass
-
-
-def _write_atomically(path: Path, content: str | bytes) -> None:
-    """Write a file under a temporary name, fsync, rename: a reader (or a rerun after a kill) sees all or nothing."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}{_TMP_TAG}{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(content.encode() if isinstance(content, str) else content)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def _fsync(path: Path) -> None:

@@ -122,7 +122,7 @@ import transforms
 
 MODES = ("query", "pseudo")
 STUDENTS = ("2d", "3d")
-AMPS = ("none", "bf16", "fp16")
+AMPS = ("none", *models.AMP_DTYPES)
 DEFAULT_CLIPS = {"tsn": 8, "3d": 3}   # video scoring: TSN segments / 3D clips (cheap test protocol)
 DEDUP_CROPS = 5                       # crops per val frame for the de-duplication threshold (Sec. 3.3)
 DEDUP_DIMS = 256                      # Sec. 3.3: whitened features reduced to at most this many dimensions
@@ -400,7 +400,7 @@ def map_query_labels(samples: Samples, source_classes: list[str], teacher_classe
     table = np.full(len(source_classes), -1, dtype=np.int64)
     for s in mapped:
         table[int(s.path.name)] = s.label
-    return table[_labels(samples)]
+    return table[data.labels_of(samples)]
 
 
 def _foreign_teacher(path: str | Path, arch: str, classes: list[str]) -> nn.Module:
@@ -617,8 +617,7 @@ def deduplicate(samples: Samples, query: np.ndarray, val_samples: Samples, extra
     blocks). Returns (the indices removed by ALL ranks, the info for the report)."""
     reference = fit_dedup_reference(val_samples, [samples[i] for i in _whitening_subset(len(samples))], extractor,
                                     cfg, work)
-    idx = np.arange(len(samples))
-    blocks = [idx[s:s + cfg.batch_size] for s in range(0, len(idx), cfg.batch_size)]
+    blocks = _blocks(np.arange(len(samples)), cfg.batch_size)
     finished = {json.loads(line)["b"] for _, _, line in work.lines("dedup")}
     todo = [k for k in work.shard.mine(len(blocks)) if k not in finished]
     load = _DedupLoad(cfg.dedup_frames, extractor.crop_size, 1)
@@ -665,8 +664,9 @@ def fit_dedup_reference(val_samples: Samples, web_subset: Samples, extractor: Fr
                                f"{_rank_tag(shard)}", shard)
         web = extract_features(web_subset, extractor, cfg, 1, f"de-duplication: web frames for the whitening"
                                f"{_rank_tag(shard)}", shard)
-        _save_atomic(dict(val=val[0], val_owner=torch.from_numpy(val[1]), val_errors=len(val[2]), web=web[0],
-                          web_owner=torch.from_numpy(web[1])), mine)
+        feats = dict(val=val[0], val_owner=torch.from_numpy(val[1]), val_errors=len(val[2]), web=web[0],
+                     web_owner=torch.from_numpy(web[1]))
+        data.write_atomic(mine, lambda f: torch.save(feats, f))
     _barrier()
     if shard.rank == 0 and not path.is_file():
         parts = [torch.load(p, map_location="cpu", weights_only=True)
@@ -683,8 +683,9 @@ def fit_dedup_reference(val_samples: Samples, web_subset: Samples, extractor: Fr
                     dims=int(white.proj.shape[1]), whitening_web_frames=len(web),
                     val_videos=len(set(owner.tolist())), val_unreadable=sum(int(p["val_errors"]) for p in parts),
                     val_frames=m, threshold=threshold)
-        _save_atomic(dict(mean=torch.from_numpy(white.mean), proj=torch.from_numpy(white.proj), threshold=threshold,
-                          val=crops[:, -1].contiguous(), owner=torch.from_numpy(owner), info=info), path)
+        ref = dict(mean=torch.from_numpy(white.mean), proj=torch.from_numpy(white.proj), threshold=threshold,
+                   val=crops[:, -1].contiguous(), owner=torch.from_numpy(owner), info=info)
+        data.write_atomic(path, lambda f: torch.save(ref, f))
     _barrier()
     saved = torch.load(path, map_location="cpu", weights_only=True)
     return dict(white=Whitening(saved["mean"].numpy(), saved["proj"].numpy()), threshold=saved["threshold"],
@@ -741,7 +742,7 @@ def extract_features(samples: Samples, extractor: FrameFeatures, cfg: FilterConf
     on the CPU, owner (R,) sample index of each frame row, errors {index: message}).
     """
     load = _DedupLoad(cfg.dedup_frames, extractor.crop_size, crops)
-    blocks = [np.arange(s, min(s + cfg.batch_size, len(samples))) for s in range(0, len(samples), cfg.batch_size)]
+    blocks = _blocks(np.arange(len(samples)), cfg.batch_size)
     todo = shard.mine(len(blocks))
     feats, owner, errors = [], [], {}
     for _, ids, counts, views, errs in _run_blocks(samples, blocks, load, cfg, what, todo):
@@ -829,7 +830,7 @@ def run_filter(samples: Samples, query: np.ndarray, teachers: list[nn.Module], c
     scorer = Scorer(teachers, cfg)
     for code in (ROUTES.index("images"), ROUTES.index("videos")):
         idx = np.flatnonzero(active & (routes == code))
-        blocks = [idx[s:s + cfg.batch_size] for s in range(0, len(idx), cfg.batch_size)]
+        blocks = _blocks(idx, cfg.batch_size)
         todo = [k for k in shard.mine(len(blocks)) if not done[blocks[k]].all()]
         load = _Load(_load_clip, scorer.loads)
         for k, ids, _, views, errors in _run_blocks(samples, blocks, load, cfg, f"scoring {ROUTES[code]}"
@@ -972,9 +973,7 @@ class Seen:
         s = self.scores
         columns = dict(query=s.query, query_p=s.query_p, top_class=s.top_class, top_p=s.top_p,
                        **{f.name: getattr(self, f.name) for f in fields(self) if f.name != "scores"})
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}.npz")
-        np.savez(tmp, format=np.array(SCORES_FORMAT), seen=np.array(SEEN), **columns)
-        os.replace(tmp, path)
+        data.write_atomic(path, lambda f: np.savez(f, format=np.array(SCORES_FORMAT), seen=np.array(SEEN), **columns))
 
     @classmethod
     def load(cls, path: Path) -> Seen:
@@ -1051,7 +1050,7 @@ def write_outputs(folder: str | Path, seen_dir: Path, seen: Seen, samples: Sampl
                     cut_error=np.array([f'cutting failed: {cut[i]["error"]}' for i in failed], dtype=str))
     decision["status"][failed] = STATUSES.index("corrupt")
     decision["label"][failed] = -1
-    sidecar = _SidecarWriter(data.frame_scores_path(folder / "train.txt"), cfg.fps)
+    frame_scores = {}                               # 2D students' kept untrimmed videos: the 1-FPS sidecar (Sec. 3.5)
     unit_p = seen.unit_query if cfg.mode == "query" else seen.unit_top
     kept_all = np.flatnonzero(decision["status"] == STATUSES.index("kept"))
     with open(folder / "train.txt", "wb") as out:
@@ -1062,8 +1061,11 @@ def write_outputs(folder: str | Path, seen_dir: Path, seen: Seen, samples: Sampl
             for k in np.flatnonzero(routes[kept] == ROUTES.index("one_fps")).tolist():
                 i = int(kept[k])
                 a, b = seen.unit_offset[i], seen.unit_offset[i + 1]
-                sidecar.add(paths[k].decode(), seen.unit_frames[a:b, 0], unit_p[a:b], decision["threshold"][i])
-    sidecar.close()
+                frame_scores[paths[k].decode()] = data.FrameScores(tuple(seen.unit_frames[a:b, 0].tolist()),
+                                                                   tuple(unit_p[a:b].tolist()),
+                                                                   float(decision["threshold"][i]))
+    if frame_scores:
+        data.write_frame_scores(data.frame_scores_path(folder / "train.txt"), frame_scores, fps=cfg.fps)
     np.savez(folder / "decision.npz", statuses=np.array(STATUSES), **{k: v for k, v in decision.items()
                                                                      if k != "unit_positive"})
     for name in SEEN_FILES:
@@ -1178,7 +1180,7 @@ def main(args: argparse.Namespace) -> dict | None:
     samples are re-decided from its columns (scores.npz): no teacher is loaded or run, no record is read.
     """
     shard, device = _distributed(args.device)
-    amp = args.amp or ("bf16" if device.startswith("cuda") and torch.cuda.is_bf16_supported() else "none")
+    amp = args.amp or models.default_amp(device)
     knobs = {f.name: getattr(args, f.name) for f in fields(FilterConfig) if "help" in f.metadata}
     cfg = FilterConfig(**dict(knobs, device=device, amp=amp, progress=not args.quiet))
     data_root = Path(args.data_root)
@@ -1194,7 +1196,7 @@ def main(args: argparse.Namespace) -> dict | None:
     if earlier is None:
         teachers = load_teachers(args.teacher, cfg.device, args.teacher_arch, spec.classes,
                                  f"--source {args.source}")
-        check_teachers(teachers, _kind_names(samples), cfg.student)
+        check_teachers(teachers, data.kind_names(samples), cfg.student)
         classes = teachers[0].classes
         query = map_query_labels(samples, spec.classes, classes, args.source, cfg.mode, teachers[0].source)
         unknown = int((query < 0).sum())
@@ -1305,7 +1307,7 @@ class Work:
                                  f"{old.get(key)!r} there, {settings[key]!r} now); run that command again to "
                                  f"finish it, or delete the folder to start over")
         elif self.shard.rank == 0:
-            _write_atomic(path, json.dumps(settings, indent=1) + "\n")
+            data.write_atomic(path, json.dumps(settings, indent=1) + "\n")
         _barrier()
 
     def append(self, kind: str, records: Iterable[dict]) -> None:
@@ -1343,8 +1345,8 @@ class Work:
             os.fsync(f.fileno())
             f.close()
         self._files = {}
-        _write_atomic(self.folder / f"progress-{self.shard.rank:05d}.json",
-                      json.dumps(dict(rank=self.shard.rank, world=self.shard.world, scored=self.scored)))
+        data.write_atomic(self.folder / f"progress-{self.shard.rank:05d}.json",
+                          json.dumps(dict(rank=self.shard.rank, world=self.shard.world, scored=self.scored)))
 
     def scored_now(self) -> int:
         """Samples scored by the ranks of the last run (their progress files)."""
@@ -1439,30 +1441,6 @@ class _CutItems(torch.utils.data.Dataset):
             return i, None, f"{type(err).__name__}: {_first_line(err)}"
 
 
-class _SidecarWriter:
-    """Streams data.write_frame_scores's format (one line per video); no file when no video was added."""
-
-    def __init__(self, path: Path, fps: float):
-        self.path, self.fps, self.f = Path(path), fps, None
-
-    def add(self, key: str, frames: Sequence[int], scores: Sequence[float], threshold: float) -> None:
-        if self.f is None:
-            self.f = open(self.path, "w")
-            head = json.dumps({"format": data.FRAME_SCORES_FORMAT, "fps": self.fps, "about": "Sec. 3.5 untrimmed "
-                               "videos: teacher probability of the line label at each low-rate frame"})
-            self.f.write(head[:-1] + ', "videos": {\n')
-        else:
-            self.f.write(",\n")
-        self.f.write(f"  {json.dumps(key)}: " + json.dumps({"frames": [int(f) for f in frames],
-                     "threshold": float(threshold), "scores": [round(float(x), 6) for x in scores]}))
-
-    def close(self) -> None:
-        if self.f is not None:
-            self.f.write("\n}}\n")
-            self.f.close()
-            self.f = None
-
-
 @contextlib.contextmanager
 def staged_output(final: str | Path) -> Iterator[Path]:
     """Yield a hidden temporary sibling of `final`; on success it replaces `final` by renames, on error
@@ -1527,18 +1505,6 @@ def _drop_torn_tail(path: Path) -> None:
             pos -= step
         if pos != size:
             f.truncate(pos)
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def _save_atomic(obj: dict, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -1704,24 +1670,12 @@ def _route_codes(samples: Samples, student: str) -> np.ndarray:
     kinds = list(data.KINDS)
     table = np.array([ROUTES.index({"image": "images", "untrimmed": "one_fps" if student == "2d" else "windows",
                                     "raw": "raw"}.get(k, "videos")) for k in kinds], dtype=np.int8)
-    codes = getattr(samples, "kinds", None)
-    if codes is None:
-        codes = np.fromiter((kinds.index(s.kind) for s in samples), dtype=np.int64, count=len(samples))
-    return table[np.asarray(codes, dtype=np.int64)]
+    return table[data.kinds_of(samples)]
 
 
-def _labels(samples: Samples) -> np.ndarray:
-    labels = getattr(samples, "labels", None)
-    if labels is None:
-        labels = np.fromiter((s.label for s in samples), dtype=np.int64, count=len(samples))
-    return np.asarray(labels, dtype=np.int64)
-
-
-def _kind_names(samples: Samples) -> set[str]:
-    codes = getattr(samples, "kinds", None)
-    if codes is None:
-        return {s.kind for s in samples}
-    return {data.KINDS[c] for c in np.unique(codes)}
+def _blocks(idx: np.ndarray, size: int) -> list[np.ndarray]:
+    """Sample indices idx (N,) in blocks of `size` (the last one shorter): block b goes to rank b % world."""
+    return [idx[s:s + size] for s in range(0, len(idx), size)]
 
 
 def _base_record(i: int, sample: data.Sample, query: int, prefix: Path) -> dict:

@@ -30,7 +30,7 @@ Everything is laid out so that weights move between the worlds key-to-key:
   29,703,568);
 * `load_weights` reads our train.py checkpoints, MMAction2 0.x / 1.x recognizer checkpoints, torchvision ImageNet
   ResNets and bare state dicts -- detected, mapped through the table, checked strictly, read with weights-only
-  unpickling (`_safe_torch_load`); `export_mmaction` writes MMAction2 1.x checkpoints.  Checked outside the suite
+  unpickling (`_safe_torch_load`); `mmaction_checkpoint` gives MMAction2 1.x checkpoints.  Checked outside the suite
   against MMAction2 1.2.0 itself (random weights, same input): class scores differ by 0.0 (max abs, float32) for
   TSN-R50, SlowOnly-R50 4x16 / 8x8, SlowOnly-R101 8x8 and irCSN-152, both ways (load and export).
 
@@ -39,8 +39,8 @@ Public API, top to bottom.  The method (sections 1-6): `ResNetConfig`, `BasicBlo
 `ResNet3dCSN`, `ircsn_resnet`, `RECIPES`, `ArchSpec`, `ARCHS`, `build_model`, `load_pretrained` (ImageNet init,
 inflation), `predict` (test views through the model's `forward_views`, used by train.py's evaluation and
 filter.py's teachers).  Then, after a banner, the machinery (sections 7-9): `CHECKPOINT_FORMATS`, `LoadReport`,
-`load_weights`, `export_mmaction`, `load_state_dict_file`, `from_checkpoint`, `MMACTION_KEY_TABLE`,
-`MMACTION_CONFIGS`, `mmaction_key`, `autocast`; private helpers last.
+`load_weights`, `mmaction_checkpoint`, `load_state_dict_file`, `from_checkpoint`, `MMACTION_KEY_TABLE`,
+`MMACTION_CONFIGS`, `mmaction_key`, `AMP_DTYPES`, `default_amp`, `autocast`; private helpers last.
 
 Shapes: video input is `(N, C, T, H, W)` float, normalised by `transforms.normalize` (ImageNet mean and std of
 0-255 RGB); outputs are `(N, num_classes)` logits. The training schedules that `ArchSpec.recipe` names are in
@@ -49,7 +49,6 @@ Shapes: video input is `(N, C, T, H, W)` float, normalised by `transforms.normal
 from __future__ import annotations
 
 import contextlib
-import os
 import pickle
 import re
 import time
@@ -619,7 +618,7 @@ CHECKPOINT_FORMATS = {
     "train.py": "our train.py checkpoint: {'model': state dict, 'arch', 'classes', ...}",
     "mmaction2-0.x": "MMAction2 0.x / mmcv 1.x: {'state_dict', 'meta' with 'mmcv_version', maybe 'optimizer'}",
     "mmaction2-1.x": "MMAction2 1.x / mmengine: {'state_dict', 'meta', maybe 'message_hub', 'optimizer', "
-                     "'param_schedulers'} (also what export_mmaction writes)",
+                     "'param_schedulers'} (also what mmaction_checkpoint gives)",
     "torchvision": "a 2D ImageNet ResNet state dict in torchvision names (bare or under 'state_dict' / 'model')",
     "state_dict": "a bare state dict (or under 'state_dict' / 'model') in our names or MMAction2's",
 }
@@ -680,35 +679,29 @@ def load_weights(model: nn.Module, path: str | Path, finetune: bool = False) -> 
     return report
 
 
-def export_mmaction(model: nn.Module, path: str | Path, classes: list[str] | None = None) -> Path:
-    """Write `model` as an MMAction2 1.x recognizer checkpoint: {'meta': {...}, 'state_dict': {MMAction2 keys}}.
+def mmaction_checkpoint(model: nn.Module, classes: list[str] | None = None) -> dict:
+    """`model` as an MMAction2 1.x recognizer checkpoint: {'meta': {...}, 'state_dict': {MMAction2 keys}}.
 
     Keys go through MMACTION_KEY_TABLE (`mmaction_key`); the meta holds plain Python data only (exporter, our
     arch, the MMAction2 config that builds the same recognizer, time, and `dataset_meta.classes` when `classes`
-    is given), so MMAction2's `load_checkpoint` -- and our `load_weights` -- read it with weights_only=True.
-    The file is written atomically and flushed to disk.  Returns the path.
+    is given), so MMAction2's `load_checkpoint` -- and our `load_weights` -- read the file torch.save writes of it
+    with weights_only=True (train.py --export-mmaction writes it with data.write_atomic).
     """
     if not isinstance(model, (TSN, ResNet3dSlowOnly, ResNet3dCSN)):
-        raise ValueError(f"models.export_mmaction: only TSN / SlowOnly / irCSN recognizers have an MMAction2 "
+        raise ValueError(f"models.mmaction_checkpoint: only TSN / SlowOnly / irCSN recognizers have an MMAction2 "
                          f"layout, got {type(model).__name__}")
     num_classes = model.fc.out_features
     if classes is not None and len(classes) != num_classes:
-        raise ValueError(f"models.export_mmaction: {len(classes)} class names given for a {num_classes}-class model")
+        raise ValueError(f"models.mmaction_checkpoint: {len(classes)} class names given for a {num_classes}-class "
+                         f"model")
     family, arch = _family_of(model), getattr(model, "arch", None)
     state = OrderedDict((mmaction_key(k, family), v.detach().cpu().clone()) for k, v in model.state_dict().items())
-    meta = {"exported_by": "omnisource models.export_mmaction", "arch": arch,
+    meta = {"exported_by": "omnisource models.mmaction_checkpoint", "arch": arch,
             "mmaction2_config": MMACTION_CONFIGS.get(arch), "num_classes": num_classes,
             "time": time.strftime("%Y%m%d_%H%M%S")}
     if classes is not None:
         meta["dataset_meta"] = {"classes": [str(c) for c in classes]}
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:  # flushed to disk, then renamed: never a partly written file (as train.atomic_save)
-        torch.save({"meta": meta, "state_dict": state}, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    return path
+    return {"meta": meta, "state_dict": state}
 
 
 def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
@@ -786,7 +779,14 @@ def mmaction_key(our_key: str, family: str) -> str:
 # 9. --amp precision
 # ----------------------------------------------------------------------------------------------------------------------
 
-AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}   # --amp choices: "none" and these
+
+
+def default_amp(device: str | torch.device) -> str:
+    """--amp when not given (train.py, filter.py): bf16 on GPUs that support it (no loss scaling needed, the usual
+    choice); none on older GPUs (fp16 is opt-in: MMAction2 users saw accuracy drops with it on 3D nets) and on
+    CPUs."""
+    return "bf16" if torch.device(device).type == "cuda" and torch.cuda.is_bf16_supported() else "none"
 
 
 def autocast(amp: str | None, device: torch.device) -> contextlib.AbstractContextManager:

@@ -66,6 +66,7 @@ import math
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -203,7 +204,7 @@ def stem(word: str) -> str:
 
 def write_queries(path: str | Path, rows: list[dict]) -> None:
     """The queries as JSON lines, one per query, written atomically (a crawler reads them line by line)."""
-    _write_atomically(Path(path), "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    data.write_atomic(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -549,7 +550,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--work-dir", default="work_dirs/omnisource", help="all runs go to sub-folders of this")
     p.add_argument("--resume", action="store_true", help="continue an interrupted procedure (the same command plus "
                    "--resume): steps whose command finished (WORK_DIR/steps.json) are skipped, the train.py run "
-                   "that was killed continues from its latest.pth, a filter.py run from its work folder")
+                   "that was killed continues from its latest.pth, a filter.py run from its work folder; other "
+                   "flags than the recorded ones (--workers excepted) are refused")
     p.add_argument("--estimate-motion", action="store_true", help="only fit the camera-motion Gaussian of "
                    "--target (Sec. 3.5) and write it to --motion")
     p.add_argument("--write-queries", default=None, metavar="OUT.jsonl", help="only write the Sec. 3.3 search "
@@ -716,21 +718,27 @@ def run_step(args: argparse.Namespace, script: str, argv: list[str], nproc: int 
     1. a step's exact command is recorded in WORK_DIR/steps.json when it finishes, and unrecorded when it starts
        again (a rerun that dies half-way has not finished);
     2. with --resume a recorded command is skipped; train.py runs get --resume (each continues from its own
-       latest.pth, exactly); filter.py continues from its work folder by itself (the same command again).
+       latest.pth, exactly); filter.py continues from its work folder by itself (the same command again);
+    3. steps.json also records the procedure's own flags, and --resume with other ones is a one-line error
+       (_check_procedure); without --resume each train.py run starts in a fresh folder (the procedure run again).
     """
     shown, launched = step_command(script, argv, args.nproc if nproc is None else nproc)
     command, record = shlex.join(shown), Path(args.work_dir) / "steps.json"
+    if args.resume:
+        _check_procedure(record, args)
     if args.resume and command in _finished_steps(record):
         print(f"$ {command}\n  (finished earlier, skipped: --resume)", flush=True)
         return
-    _mark_step(record, command, finished=False)
+    _mark_step(record, command, finished=False, procedure=args)
     if args.resume and script == "train.py":    # continues from its latest.pth, or starts if it has none
         shown, launched = shown + ["--resume"], launched + ["--resume"]
+    elif script == "train.py":                  # a new procedure: the run's folder starts afresh (train.py
+        shutil.rmtree(argv[argv.index("--work-dir") + 1], ignore_errors=True)   # refuses a used one)
     print("$ " + shlex.join(shown), flush=True)
     code = subprocess.call(launched)
     if code != 0:
         raise StepFailed(f"this step failed (exit status {code}): {shlex.join(shown)}")
-    _mark_step(record, command, finished=True)
+    _mark_step(record, command, finished=True, procedure=args)
 
 
 def step_command(script: str, argv: list[str], nproc: int = 1) -> tuple[list[str], list[str]]:
@@ -1019,7 +1027,7 @@ def timeline(out: FilterOutput) -> Image.Image | None:
     positive 1-FPS frames of its sidecar, each over the interval it stands for (2D students, Table 14's snippets).
     None when the output lists no untrimmed video."""
     if not ((out.where("kept") & (out.decision["positive_units"] >= 0)).any() and
-            (data.frame_scores_path(out.folder / "train.txt").is_file() or "windows" in out.kept.kind_names())):
+            (data.frame_scores_path(out.folder / "train.txt").is_file() or "windows" in data.kind_names(out.kept))):
         return None
     shown = list(itertools.islice((s for s in out.kept if s.frame_scores or s.windows), TIMELINE_VIDEOS))
     wanted = {os.path.relpath(s.path, out.prefix) for s in shown if s.windows}
@@ -1362,29 +1370,33 @@ def _quality_line(q: dict) -> str:
     return line
 
 
+# The procedure's flags --resume lets change (how its steps execute, not what they compute); every other flag must
+# equal the one WORK_DIR/steps.json recorded (_check_procedure).
+RESUME_FREE_FLAGS = ("workers", "resume")
+
+
 def _finished_steps(record: Path) -> set[str]:
     """The commands WORK_DIR/steps.json records as finished."""
     return set(json.loads(record.read_text())["finished"]) if record.is_file() else set()
 
 
-def _mark_step(record: Path, command: str, finished: bool) -> None:
-    """Record (finished=True) or unrecord one step's command in WORK_DIR/steps.json, atomically."""
+def _mark_step(record: Path, command: str, finished: bool, procedure: argparse.Namespace) -> None:
+    """Record (finished=True) or unrecord one step's command in WORK_DIR/steps.json, atomically, with the
+    procedure's own arguments (`procedure`: omnisource.py's, read by _check_procedure on --resume)."""
     done = _finished_steps(record)
     done = done | {command} if finished else done - {command}
-    _write_atomically(record, json.dumps({"finished": sorted(done)}, indent=1) + "\n")
+    data.write_atomic(record, json.dumps({"procedure": vars(procedure), "finished": sorted(done)}, indent=1) + "\n")
 
 
-def _write_atomically(path: Path, text: str) -> None:
-    """Write `text` to a temporary file beside `path`, flush it to disk and rename it over `path`: a kill at any
-    moment leaves the old file or the new one, never a part (train.atomic_write_text does the same for train.py;
-    omnisource.py does not import the entry point)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+def _check_procedure(record: Path, args: argparse.Namespace) -> None:
+    """--resume continues the procedure steps.json recorded, never another: one ValueError names each flag
+    outside RESUME_FREE_FLAGS whose value differs from the recorded one (old and new)."""
+    saved = json.loads(record.read_text()).get("procedure", {}) if record.is_file() else {}
+    changed = [f"--{k.replace('_', '-')} {saved[k]!r} -> {v!r}" for k, v in vars(args).items()
+               if k not in RESUME_FREE_FLAGS and k in saved and saved[k] != v]
+    if changed:
+        raise ValueError(f"--resume: {record} records a procedure with other flags: {', '.join(changed)}; resume "
+                         f"with its flags, or give another --work-dir for a new procedure")
 
 
 def _round(r: int, args: argparse.Namespace) -> str:
@@ -1412,10 +1424,7 @@ def _is_2d(arch: str) -> bool:
 def _source_kind(data_root: str | Path, source: str) -> str:
     """'image', 'untrimmed' or 'video': the kind of most of a source's samples (decides the teacher)."""
     samples = data.load_split(data.resolve_dataset(data_root, source), "train")
-    codes = getattr(samples, "kinds", None)                 # a compact data.SampleList: uint8 codes (N,)
-    if codes is None:
-        codes = [data.KINDS.index(s.kind) for s in samples]
-    counts = np.bincount(np.asarray(codes, dtype=np.int64), minlength=len(data.KINDS))
+    counts = np.bincount(data.kinds_of(samples), minlength=len(data.KINDS))
     top = data.KINDS[int(counts.argmax())] if counts.sum() else "video"
     return {"image": "image", "untrimmed": "untrimmed", "raw": "untrimmed"}.get(top, "video")
 

@@ -5,6 +5,7 @@
     python train.py --target k400 --aux gg,ig-vid --ratio 2:1:1           # OmniSource joint training
     torchrun --nproc_per_node 8 train.py --target k400 --arch slowonly_r50_4x16 ...
     python train.py --target k400 --arch tsn_r50 --checkpoint final.pth --test
+    python train.py --predict a.mp4 b.mp4 --checkpoint work_dirs/synth_tsn_tiny/final.pth    # top-5 of each video
 
 The recipes (RECIPES) are the paper's (appendix "Implementation Details"): SGD with momentum 0.9 and weight decay
 1e-4, a learning rate linear in the number of samples per step, gradient clipping at norm 40, and per
@@ -16,17 +17,19 @@ The training step (Sec. 3.2, Eq. 1) is in `train_one_epoch`: one target batch pl
 auxiliary source, one forward on their concatenation, one loss, ONE optimiser step.
 
 Outputs in --work-dir: log.jsonl (one JSON object per logging interval and per epoch, with the quick
-validation's top-1), latest.pth (every epoch and every --save-every steps, written atomically), final.pth (the
-weights the final test evaluated: by default the last ones; --select val: best.pth, the best quick validation
-top-1, MMAction2's practice), metrics.json (top1, top5, mean_class_acc of the final test with the paper's
-protocol, and which weights it tested),
-confusion_matrix.csv and predictions.jsonl (per video: path, label, top-5 classes with probabilities;
---dump-probs: all of them); after training, curves.png and confusion.png (omnisource.train_figures).
+validation's top-1 every --val-every epochs and after the last), latest.pth (every epoch and every --save-every
+steps, written atomically), final.pth (the weights the final test evaluated: by default the last ones; --select
+val: best.pth, the best quick validation top-1, MMAction2's practice), metrics.json (top1, top5, mean_class_acc of
+the final test with the paper's protocol over the readable val videos, the unreadable ones left out and named, and
+which weights it tested), confusion_matrix.csv and predictions.jsonl (per video: path, label, top-5 classes with
+probabilities; --dump-probs: all of them); after training, curves.png and confusion.png
+(omnisource.train_figures).
 
 Crashes: kill the run at any moment (SIGKILL included) and run the same command plus --resume: it ends
 with the weights, metrics.json and log.jsonl of an uninterrupted run, bit for bit on the same machine and
 number of ranks (latest.pth holds every rank's random state; `set_train_epoch` skips ahead in an epoch).
 On GPUs, exactly as far as two uninterrupted runs agree (cuDNN's autotuned kernels need not be deterministic).
+The same command: a flag that changes the run (all but RESUME_FREE_FLAGS) is refused, naming its old and new value.
 
 Speed: workers send uint8 clips, normalised on the device; the step runs in --amp precision
 (bf16 by default on GPUs that have it) and never waits for the host: losses and accuracies are summed on
@@ -60,6 +63,7 @@ import synthetic
 import transforms
 
 OPTIMIZERS = ("sgd", "adamw")
+PROTOCOLS = {1: "center", 3: "three_crop", 10: "ten_crop"}     # test crops per clip -> transforms.test_transform's
 
 # The paper's recipes (appendix "Implementation Details"), selected by the architecture's family and
 # whether ImageNet weights are given. lr_per_sample x (samples per optimiser step) = base LR.
@@ -77,10 +81,30 @@ RECIPES = {
                  freeze_bn=False),
 }
 
+# The flags --resume lets change: how the run executes, where it writes, what it prints; none changes its weights,
+# log or metrics. Every other flag (a new one too) must equal latest.pth's stored args (check_resume_args).
+RESUME_FREE_FLAGS = ("workers", "log_interval", "device", "eval_batch_size", "save_every", "work_dir", "resume",
+                     "dump_probs")
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """--help gives each flag's default once: the parser's value, unless the help text says the default itself (a
+    default of None is the recipe's or the arch's, explained there) or there is none to show (off, empty)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.default in (None, False, "") or "default" in (action.help or "").lower():
+            return action.help
+        return super()._get_help_string(action)
+
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser("omnisource train", add_help=True,
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser("omnisource train", add_help=True, formatter_class=HelpFormatter)
+    for add_group in (_data_args, _model_args, _optimisation_args, _omnisource_args, _run_args, _speed_args):
+        add_group(p)
+    return p
+
+
+def _data_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("data")
     g.add_argument("--data-root", default="data", help="folder holding the datasets (DATA_ROOT/NAME/ or the "
                    "released layouts: see README); the embedded demo data is generated here when missing")
@@ -89,14 +113,19 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--label-fraction", type=float, default=1.0, help="train on this class-balanced fraction of "
                    "the target's labelled videos (Fig. 7: 0.03, 0.1, 0.3); at least one video per class")
     g.add_argument("--workers", type=int, default=2, help="DataLoader worker processes per source and rank")
+
+
+def _model_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model")
     g.add_argument("--arch", default="tsn_tiny", help="architecture, one of: " + ", ".join(models.ARCHS))
     g.add_argument("--pretrained", default=None, help="2D ImageNet weights (torchvision layout) to start from; "
-                   "inflated for 3D nets. With them a 3D net uses the '3d_imagenet' recipe, without '3d_scratch'")
+                   "inflated for 3D nets. With them (or with --checkpoint) a 3D net uses the '3d_imagenet' recipe, "
+                   "without both '3d_scratch'")
     g.add_argument("--checkpoint", default=None, help="weights to start from, or with --test the model to "
                    "evaluate (default with --test: WORK_DIR/final.pth). Our checkpoints, MMAction2 0.x / 1.x "
                    "recognizer checkpoints (e.g. the released OmniSource models), torchvision state dicts and bare "
-                   "state dicts are detected (models.load_weights)")
+                   "state dicts are detected (models.load_weights); its outputs are read by class name. A 3D net "
+                   "started from it trains with the '3d_imagenet' recipe, like --pretrained")
     g.add_argument("--finetune", action="store_true", help="with --checkpoint: load the backbone only and keep a "
                    "fresh classifier, for a checkpoint with another class count (transfer to UCF101 / HMDB51)")
     g.add_argument("--export-mmaction", default=None, metavar="OUT.pth", help="only write --checkpoint (default "
@@ -107,6 +136,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                    "arch's, e.g. 16 for 4x16)")
     g.add_argument("--crop-size", type=int, default=None, help="training and test crop in pixels (default: the "
                    "arch's, 224); frames are first resized to a short side of round(crop * 256 / 224)")
+
+
+def _optimisation_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("optimisation (defaults: the paper's recipe for --arch, see module docstring)")
     g.add_argument("--epochs", type=int, default=None, help="epochs over the target set (recipe: 100 TSN, "
                    "150 3D ImageNet-init, 256 3D scratch)")
@@ -119,16 +151,18 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--schedule", choices=("step", "cosine"), default=None, help="LR schedule (recipe's)")
     g.add_argument("--warmup-epochs", type=float, default=None, help="linear warm-up from 0 (recipe's, scaled "
                    "like --lr-steps)")
-    g.add_argument("--optimizer", choices=OPTIMIZERS, default=None, help="sgd (momentum; every paper recipe) or "
-                   "adamw (decoupled weight decay); default: the recipe's ('optimizer' in RECIPES, else sgd)")
-    g.add_argument("--weight-decay", type=float, default=None, help="weight decay (default: the recipe's "
-                   "'weight_decay', else the paper's 1e-4)")
+    g.add_argument("--optimizer", choices=OPTIMIZERS, default="sgd", help="sgd (with --momentum; every paper "
+                   "recipe's) or adamw (decoupled weight decay)")
+    g.add_argument("--weight-decay", type=float, default=1e-4, help="weight decay (the paper's)")
     g.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
     g.add_argument("--freeze-bn", action=argparse.BooleanOptionalAction, default=None, help="batch norm in eval "
                    "mode (running statistics fixed) with its scale and shift untrained, as MMAction2 fine-tunes the "
                    "IG-65M irCSN (norm_eval, bn_frozen); default: the recipe's, on for ircsn_r152_32x2 only")
     g.add_argument("--clip-grad", type=float, default=40.0, help="gradient-norm clipping threshold (0: off)")
     g.add_argument("--seed", type=int, default=0, help="seed of every random choice (data, init, mixup)")
+
+
+def _omnisource_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("OmniSource joint training (Sec. 3.6); without --aux this trains on the target alone")
     g.add_argument("--aux", default="", help="comma-separated auxiliary sources (dataset names under "
                    "--data-root, e.g. the output of filter.py, or gg, ig-img, ig-vid, k200-raw, k400-untr)")
@@ -147,6 +181,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="TSN snippets from untrimmed videos that filter.py scored at 1 FPS: which positive/negative "
                    "frames (Table 14); with N segments round-half-up(N p / 3) positive frames for a row of p "
                    "positives (1p2n, 8 segments: 3 positive + 5 negative)")
+
+
+def _run_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("run")
     g.add_argument("--work-dir", default=None, help="output folder (default work_dirs/TARGET_ARCH)")
     g.add_argument("--resume", action="store_true", help="continue from WORK_DIR/latest.pth (weights, optimiser, "
@@ -156,6 +193,11 @@ def get_args_parser() -> argparse.ArgumentParser:
                    "steps inside an epoch (0: at the end of every epoch only); --resume continues from that step "
                    "with the same batches and random state")
     g.add_argument("--test", action="store_true", help="only evaluate --checkpoint with the test protocol")
+    g.add_argument("--predict", nargs="+", default=None, metavar="VIDEO", help="only predict these videos' "
+                   "classes with --checkpoint (default WORK_DIR/final.pth) and the test protocol of its architecture: "
+                   "top-5 names and probabilities, printed and written to WORK_DIR/predictions.jsonl")
+    g.add_argument("--classes", default=None, metavar="FILE", help="with --predict: the class names (line i: "
+                   "label i) of a checkpoint that carries none (MMAction2's releases); default: --target's")
     g.add_argument("--test-clips", type=int, default=None, help="test clips (3D) or segments (TSN) per video "
                    "(default: the arch's, 10 for SlowOnly, 25 for TSN)")
     g.add_argument("--test-crops", type=int, choices=(1, 3, 10), default=None, help="test crops per clip: 1 "
@@ -165,16 +207,19 @@ def get_args_parser() -> argparse.ArgumentParser:
                    "reports); val = best.pth, the best quick validation on the val split, then tested on that same "
                    "split (MMAction2's practice; an optimistic figure)")
     g.add_argument("--val-every", type=int, default=None, help="quick validation (centre crop, training clip "
-                   "count) every N epochs, logged; with --select val it picks best.pth (default: max(1, epochs // "
-                   "10), about ten validations per run, so short epochs of small datasets are not dominated by "
-                   "validation)")
+                   "count) every N epochs and after the last, logged; with --select val it picks best.pth "
+                   "(default: max(1, epochs // 10), about ten validations per run, so short epochs of small "
+                   "datasets are not dominated by validation)")
     g.add_argument("--log-interval", type=int, default=20, help="steps between log lines")
     g.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
+
+
+def _speed_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("speed (same results, less time; README 'Speed')")
-    g.add_argument("--amp", choices=("none", "bf16", "fp16"), default=None, help="mixed precision of the forward "
+    g.add_argument("--amp", choices=("none", *models.AMP_DTYPES), default=None, help="mixed precision of the forward "
                    "and backward passes (torch.autocast on the run's device), also in evaluation; fp16 adds "
                    "loss scaling (gradients unscaled before --clip-grad). Default: bf16 on a GPU that supports it, "
-                   "otherwise none (see `default_amp`)")
+                   "otherwise none (see `models.default_amp`)")
     g.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None, help="channels-last "
                    "memory layout of weights and input (channels_last for TSN, channels_last_3d for 3D nets). "
                    "Default: on for CUDA and for bf16 on CPU, off for float32 on CPU (see `default_channels_last`)")
@@ -184,7 +229,6 @@ def get_args_parser() -> argparse.ArgumentParser:
                    "each in one forward (default: --batch-size)")
     g.add_argument("--dump-probs", action="store_true", help="with --test: predictions.jsonl also holds every "
                    "video's full class-probability vector (as MMAction2's --dump)")
-    return p
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -236,17 +280,21 @@ def cli(argv: list[str] | None = None) -> None:
 
 
 def main(args: argparse.Namespace) -> dict:
-    """One run: setup, then --export-mmaction, --test, or training epochs followed by the final test.
+    """One run: setup, then --predict, --export-mmaction, --test, or training epochs followed by the final test.
 
-    Returns the final test's metrics (with --export-mmaction: {}).
+    Returns the final test's metrics (with --export-mmaction: {}; with --predict: {path: top-5}).
     """
     rank, world, device = setup_distributed(args.device)
     if args.work_dir is None:
         args.work_dir = str(Path("work_dirs") / f"{args.target}_{args.arch}")
+    if args.predict:                                # needs no dataset: the classes are the checkpoint's
+        return predict(args, rank, world, device)
     if rank == 0:                                   # the embedded demo's data, generated once when missing
         synthetic.ensure_demo_data(args.data_root, args.target)
     if dist.is_initialized():
         dist.barrier()
+    if not (args.resume or args.test or args.export_mmaction):
+        refuse_used_work_dir(Path(args.work_dir))
     run = setup(args, rank, world, device)
     if args.export_mmaction:
         return export(run)
@@ -292,7 +340,7 @@ def setup(args: argparse.Namespace, rank: int, world: int, device: torch.device)
         for m in _batch_norms(model):
             m.requires_grad_(False)
     schedule = Schedule.from_args(args, recipe, steps_per_epoch=len(loader), samples_per_step=sum(sizes) * world)
-    optimizer = make_optimizer(args, recipe, model, schedule.base_lr)
+    optimizer = make_optimizer(args, model, schedule.base_lr)
     # 5. the training model: DDP over the ranks, --compile; run.net stays the bare model
     net = model
     if world > 1:
@@ -317,7 +365,7 @@ def build(args: argparse.Namespace, num_classes: int, device: torch.device) -> t
     """The model on the device; settles --amp and --channels-last (their defaults depend on the device)."""
     overrides = model_overrides(args)
     model = models.build_model(args.arch, num_classes, pretrained=args.pretrained, **overrides)
-    args.amp = args.amp or default_amp(device)
+    args.amp = args.amp or models.default_amp(device)
     args.channels_last = default_channels_last(device, args.amp) if args.channels_last is None else args.channels_last
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True       # fixed input shapes: find the fastest convolutions once
@@ -554,11 +602,11 @@ def final_test(run: Run) -> dict:
     args, arch = run.args, run.net.spec
     weights, source = weights_to_test(run)
     if not args.test and run.rank == 0:
-        atomic_save({**describe_model(run), "weights": weights}, Path(args.work_dir) / "final.pth")
+        final = {**describe_model(run), "weights": weights}
+        data.write_atomic(Path(args.work_dir) / "final.pth", lambda f: torch.save(final, f))
     crops = args.test_crops or arch.crops_test
-    protocol = {1: "center", 3: "three_crop", 10: "ten_crop"}[crops]
     target = data.resolve_dataset(args.data_root, args.target)
-    ds = make_dataset(args, target, "val", arch, test_mode=True, protocol=protocol,
+    ds = make_dataset(args, target, "val", arch, test_mode=True, protocol=PROTOCOLS[crops],
                       num_clips=args.test_clips or arch.num_clips_test)
     if run.rank == 0:
         print(f"testing {source} on the {len(ds)} val videos of {args.target}", flush=True)
@@ -570,7 +618,9 @@ def final_test(run: Run) -> dict:
     if run.rank == 0:
         write_results(run, m)
         print(f"test ({m['protocol']}): top1 {m['top1']:.4f}  top5 {m['top5']:.4f}  "
-              f"mean_class_acc {m['mean_class_acc']:.4f}", flush=True)
+              f"mean_class_acc {m['mean_class_acc']:.4f}" + (f" over the {m['num_videos']} readable videos; "
+              f"{m['num_unreadable']} unreadable, left out: {', '.join(m['unreadable'])}" if m["unreadable"] else ""),
+              flush=True)
     return m
 
 
@@ -610,60 +660,141 @@ def evaluate(run: Run, loader: torch.utils.data.DataLoader, predictions: Path | 
     TSN: the features of all views and segments are averaged before the classifier (MMAction2's
     consensus); 3D: the softmax of every clip x crop view is averaged. A batch of videos goes through
     in one forward, in --amp precision; the probabilities stay on the device until the split is done.
+    An unreadable video is never replaced by another (make_dataset: replace_failed=False): it is left out of
+    the metrics, counted (num_unreadable) and named (unreadable: its paths, over every rank).
     """
-    net, arch, args = run.net, run.net.spec, run.args
-    net.eval()
     k = len(run.classes)
-    probs, labels, used = [torch.zeros(0, k, device=run.device)], [torch.zeros(0, dtype=torch.long)], []
-    for views, y, u in loader:
-        probs.append(models.predict(net, views.to(run.device, non_blocking=True), arch, amp=args.amp))   # (N, K)
-        labels.append(y)
-        used += u.tolist()
-    probs, labels = torch.cat(probs), torch.cat(labels).to(run.device)
+    probs, labels, used, unreadable = forward_split(run, loader)
     cm = confusion(probs.argmax(1), labels, k)
     top5 = (probs.topk(min(5, k), dim=1).indices == labels[:, None]).any(1).sum().double().reshape(1)
+    every_unreadable = [unreadable]
     if run.world > 1:
         dist.all_reduce(cm)
         dist.all_reduce(top5)
+        every_unreadable = [None] * run.world
+        dist.all_gather_object(every_unreadable, unreadable)
     if predictions is not None:
-        write_predictions(run, loader, probs, labels, used, Path(predictions))
-    net.train()
-    return metrics_from(cm.cpu(), top5.cpu())
+        write_predictions(run, loader, probs, labels, used, unreadable, Path(predictions))
+    run.net.train()
+    samples = loader.dataset.samples
+    bad = sorted(i for part in every_unreadable for i in part)
+    return {**metrics_from(cm.cpu(), top5.cpu()), "num_unreadable": len(bad),
+            "unreadable": [str(samples.path(i)) for i in bad]}
+
+
+@torch.no_grad()
+def forward_split(run: Run, loader: torch.utils.data.DataLoader) -> tuple[torch.Tensor, torch.Tensor, list[int],
+                                                                          list[int]]:
+    """The test protocol's forward over this rank's share of a split (models.predict, in --amp precision) ->
+    (probabilities (N, K) and labels (N,) on the device, the N readable videos' indices, the unreadable ones')."""
+    run.net.eval()
+    probs, labels = [torch.zeros(0, len(run.classes), device=run.device)], [torch.zeros(0, dtype=torch.long)]
+    used, unreadable = [], []
+    for views, y, u, bad in loader:
+        if views is not None:
+            probs.append(models.predict(run.net, views.to(run.device, non_blocking=True), run.net.spec,
+                                        amp=run.args.amp))                                          # (N, K)
+        labels.append(y)
+        used += u
+        unreadable += bad
+    return torch.cat(probs), torch.cat(labels).to(run.device), used, unreadable
+
+
+def collate_readable(batch: list[tuple]) -> tuple[torch.Tensor | None, torch.Tensor, list[int], list[int]]:
+    """An evaluation batch without its unreadable videos (items `(None, label, index)`, data.VideoDataset with
+    replace_failed=False) -> (views of the readable ones or None, their labels, their indices, the unreadable's)."""
+    readable = [b for b in batch if b[0] is not None]
+    views = torch.utils.data.default_collate([b[0] for b in readable]) if readable else None
+    return (views, torch.tensor([b[1] for b in readable], dtype=torch.long), [b[2] for b in readable],
+            [b[2] for b in batch if b[0] is None])
 
 
 def write_predictions(run: Run, loader: torch.utils.data.DataLoader, probs: torch.Tensor, labels: torch.Tensor,
-                      used: list[int], path: Path) -> None:
+                      used: list[int], unreadable: list[int], path: Path) -> None:
     """predictions.jsonl: one JSON line per video of the split, in the split's order (gathered from every
     rank to rank 0): index, path, label, top-5 classes with probabilities, and with --dump-probs the whole
     probability vector (as MMAction2's --dump), so results can be compared video by video. A video that could
-    not be read was replaced by another (data.VideoDataset); its line names the replacement ('replaced_by')."""
+    not be read has no prediction: its line says "unreadable": true."""
     k = len(run.classes)
     top_p, top_i = probs.topk(min(5, k), dim=1)
-    local = (list(loader.sampler), used, labels.tolist(), top_p.tolist(), top_i.tolist(),
-             probs.tolist() if run.args.dump_probs else None)
+    local = (used, labels.tolist(), top_p.tolist(), top_i.tolist(),
+             probs.tolist() if run.args.dump_probs else None, unreadable)
     parts = [local]
     if run.world > 1:
         parts = [None] * run.world
         dist.all_gather_object(parts, local)
     if run.rank != 0:
         return
-    rows = []
-    for indices, u, y, ps, cs, full in parts:
-        rows += zip(indices, u, y, ps, cs, full if full is not None else [None] * len(indices))
-    rows.sort(key=lambda r: r[0])
     samples = loader.dataset.samples
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    with open(tmp, "w") as f:
-        for index, u, label, ps, cs, full in rows:
-            line = {"index": index, "path": str(samples[index].path), "label": label,
-                    "top5": [{"class": c, "name": run.classes[c], "prob": p} for c, p in zip(cs, ps)]}
-            if u != index:
-                line["replaced_by"] = str(samples[u].path)
+    lines = {}
+    for indices, y, ps, cs, full, bad in parts:
+        for n, (index, label) in enumerate(zip(indices, y)):
+            lines[index] = {"index": index, "path": str(samples.path(index)), "label": label,
+                            "top5": [{"class": c, "name": run.classes[c], "prob": p} for c, p in zip(cs[n], ps[n])]}
+            if label < 0:                           # --predict: a video of unknown class
+                del lines[index]["label"]
             if full is not None:
-                line["probs"] = full
-            f.write(json.dumps(line) + "\n")
-    os.replace(tmp, path)                      # atomic, like the checkpoints
+                lines[index]["probs"] = full[n]
+        for index in bad:
+            lines[index] = {"index": index, "path": str(samples.path(index)), "label": int(samples.labels[index]),
+                            "unreadable": True}
+            if samples.labels[index] < 0:
+                del lines[index]["label"]
+    data.write_atomic(path, "".join(json.dumps(lines[i]) + "\n" for i in sorted(lines)))
+
+
+def predict(args: argparse.Namespace, rank: int, world: int, device: torch.device) -> dict:
+    """--predict: each video's top-5 classes with --checkpoint (default WORK_DIR/final.pth), printed and written to
+    WORK_DIR/predictions.jsonl in --test's format (without a label), with --test's protocol and code (evaluate's
+    forward, write_predictions): the top-1 of a val video is --test's. A file that cannot be read is one warning
+    line and an "unreadable" line; the others are predicted. -> {path: top-5 [(name, probability)]}."""
+    ckpt = Path(args.checkpoint) if args.checkpoint else Path(args.work_dir) / "final.pth"
+    net, classes = predictor(args, ckpt)
+    net = net.to(device).eval()
+    args.amp = args.amp or models.default_amp(device)
+    arch = net.spec
+    run = Run(args, net, net, classes, None, None, None, None, [], [], device, rank, world)
+    crops = args.test_crops or arch.crops_test
+    samples = [data.Sample(Path(v), -1, "video") for v in args.predict]
+    ds = make_dataset(args, None, "val", arch, test_mode=True, protocol=PROTOCOLS[crops],
+                      num_clips=args.test_clips or arch.num_clips_test, samples=samples)
+    loader = make_eval_loader(args, ds, rank, world)
+    probs, labels, used, unreadable = forward_split(run, loader)
+    out = Path(args.work_dir) / "predictions.jsonl"
+    write_predictions(run, loader, probs, labels, used, unreadable, out)
+    if rank != 0:
+        return {}
+    top = {}
+    for line in map(json.loads, out.read_text().splitlines()):
+        if "top5" in line:
+            top[line["path"]] = [(p["name"], p["prob"]) for p in line["top5"]]
+            print(f"{line['path']}: " + ", ".join(f"{n} {p:.3f}" for n, p in top[line["path"]]), flush=True)
+    print(f"predicted {len(top)} of {len(samples)} videos with {ckpt} -> {out}", flush=True)
+    return top
+
+
+def predictor(args: argparse.Namespace, ckpt: Path) -> tuple[torch.nn.Module, list[str]]:
+    """--predict's model and class names: a train.py checkpoint rebuilds its own architecture with its classes;
+    any other format (models.load_weights) is --arch with the names it carries, else those of --classes FILE or
+    of --target (one line says which)."""
+    if not ckpt.exists():
+        raise FileNotFoundError(f"--checkpoint {ckpt} not found")
+    try:
+        net = models.from_checkpoint(ckpt)
+        return net, net.classes
+    except ValueError:                              # not train.py's: MMAction2, torchvision, bare state dict
+        pass
+    if args.classes:
+        classes, where = data.read_classes(args.classes), f"--classes {args.classes}"
+    else:
+        classes, where = data.resolve_dataset(args.data_root, args.target).classes, f"--target {args.target}"
+    net = models.build_model(args.arch, len(classes), **model_overrides(args))
+    report = models.load_weights(net, ckpt)
+    if report.classes is not None:
+        return net, list(report.classes)
+    print(f"{ckpt} ({report.format}) carries no class names: its {len(classes)} outputs are read as the classes "
+          f"of {where} in that order ({data._preview(classes)})", flush=True)
+    return net, classes
 
 
 def write_results(run: Run, m: dict) -> None:
@@ -673,21 +804,22 @@ def write_results(run: Run, m: dict) -> None:
     cm = m.pop("confusion_matrix")
     m.update(arch=run.args.arch, target=run.args.target, aux=split_names(run.args.aux), classes=run.classes)
     rows = [name + "," + ",".join(str(v) for v in row) for name, row in zip(run.classes, cm)]
-    atomic_write_text(work / "confusion_matrix.csv", "\n".join(["true\\pred," + ",".join(run.classes), *rows]) + "\n")
-    atomic_write_text(work / "metrics.json", json.dumps(m, indent=2) + "\n")     # last: the run's "done" mark
+    data.write_atomic(work / "confusion_matrix.csv", "\n".join(["true\\pred," + ",".join(run.classes), *rows]) + "\n")
+    data.write_atomic(work / "metrics.json", json.dumps(m, indent=2) + "\n")     # last: the run's "done" mark
     m["confusion_matrix"] = cm
 
 
 def export(run: Run) -> dict:
-    """--export-mmaction: our checkpoint -> MMAction2 1.x layout (models.export_mmaction)."""
+    """--export-mmaction: our checkpoint -> MMAction2 1.x layout (models.mmaction_checkpoint), written atomically."""
     ckpt = Path(run.args.checkpoint) if run.args.checkpoint else Path(run.args.work_dir) / "final.pth"
     if run.rank == 0:
         print(f"exporting {ckpt} ({run.args.arch}, {len(run.classes)} classes of {run.args.target}) to "
               f"{run.args.export_mmaction}", flush=True)
     load_weights_everywhere(run, ckpt)
     if run.rank == 0:
-        out = models.export_mmaction(run.net, run.args.export_mmaction, classes=run.classes)
-        print(f"wrote {out} (MMAction2 1.x layout) from {ckpt}", flush=True)
+        mm = models.mmaction_checkpoint(run.net, run.classes)
+        data.write_atomic(run.args.export_mmaction, lambda f: torch.save(mm, f))
+        print(f"wrote {run.args.export_mmaction} (MMAction2 1.x layout) from {ckpt}", flush=True)
     return {}
 
 
@@ -739,25 +871,205 @@ class Schedule:
         return f"{self.epochs} epochs x {self.steps_per_epoch} steps, lr {self.base_lr:.4g} {self.kind}{extra}{warm}"
 
 
-def make_optimizer(args: argparse.Namespace, recipe: dict, model: torch.nn.Module, lr: float) -> torch.optim.Optimizer:
-    """The recipe's optimiser (--optimizer, --weight-decay override it): SGD with --momentum, the paper's for every
-    architecture, unless the recipe names 'adamw' (a key RECIPES may set; absent: sgd, weight decay 1e-4)."""
-    kind = args.optimizer or recipe.get("optimizer", "sgd")
-    decay = args.weight_decay if args.weight_decay is not None else recipe.get("weight_decay", 1e-4)
-    if kind == "adamw":
-        return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=decay)
-    return torch.optim.SGD(model.parameters(), lr=lr, momentum=args.momentum, weight_decay=decay)
+def make_optimizer(args: argparse.Namespace, model: torch.nn.Module, lr: float) -> torch.optim.Optimizer:
+    """--optimizer with --weight-decay: by default SGD with --momentum 0.9 and weight decay 1e-4, the paper's for
+    every architecture (the recipes set the schedule, not the optimiser); adamw: decoupled weight decay."""
+    if args.optimizer == "adamw":
+        return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=args.weight_decay)
+    return torch.optim.SGD(model.parameters(), lr=lr, momentum=args.momentum, weight_decay=args.weight_decay)
 
 
 def recipe_for(args: argparse.Namespace, arch: models.ArchSpec) -> dict:
-    """TSN -> 'tsn'; SlowOnly -> '3d_imagenet' with initial weights, '3d_scratch' without; irCSN, tiny: their own."""
+    """TSN -> 'tsn'; SlowOnly -> '3d_imagenet' with initial weights (--pretrained or --checkpoint), '3d_scratch'
+    without; irCSN, tiny: their own."""
     if arch.recipe in ("tsn", "demo", "ircsn_ig65m"):
         return RECIPES[arch.recipe]
     return RECIPES["3d_imagenet" if (args.pretrained or args.checkpoint) else "3d_scratch"]
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# 5. Checkpoints: self-describing, written atomically; exact resume
+# 5. Data: datasets, samplers and loaders of every source (Sec. 3.5, Sec. 3.6)
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def make_training_data(args: argparse.Namespace, target: data.DatasetSpec, arch: models.ArchSpec, rank: int,
+                       world: int) -> tuple[list[data.VideoDataset], omnisource.JointBatches, list[int],
+                                            torch.utils.data.DataLoader]:
+    """-> (the training datasets [target, aux...], their joint loader, the batch sizes, the val loader).
+
+    1. the target's training list (--label-fraction of it);
+    2. every --aux source's, its labels translated into the target's classes by name (the released web sources
+       are labelled with K200's 200 classes, in k200_actions.txt order; the target may be K400);
+    3. the joint loader (Sec. 3.6: batch ratio, class resampling) and the quick validation's loader (centre crop).
+    """
+    samples = data.load_split(target, "train")
+    if args.label_fraction < 1.0:
+        samples = label_fraction(samples, args.label_fraction, args.seed)
+    train_ds = make_dataset(args, target, "train", arch, test_mode=False, samples=samples)
+    aux = []
+    for name in split_names(args.aux):
+        source = data.resolve_dataset(args.data_root, name)
+        aux.append(make_dataset(args, source, "train", arch, test_mode=False,
+                                samples=aux_samples(source, target, f"--aux {name}", rank)))
+    loader, sizes = make_train_loader(args, train_ds, aux, rank, world)
+    val_ds = make_dataset(args, target, "val", arch, test_mode=True, protocol="center")
+    return [train_ds] + aux, loader, sizes, make_eval_loader(args, val_ds, rank, world)
+
+
+def make_dataset(args: argparse.Namespace, dataset: data.DatasetSpec | None, split: str, arch: models.ArchSpec,
+                 test_mode: bool, protocol: str = "center", num_clips: int | None = None,
+                 samples: data.SampleList | list | None = None) -> data.VideoDataset:
+    """A data.VideoDataset over one split of `dataset` (or the given `samples` of it), sampling frames as the
+    architecture `arch` expects.
+
+    Train: TSN draws num_segments single frames (clip_len 1), 3D one clip of clip_len x frame_interval.
+    Test: num_clips clips (3D) or segments (TSN), every crop of the protocol.
+    Items are uint8 (normalised on the device: model_input, models.predict): 4x fewer bytes between processes.
+    """
+    if test_mode:
+        clips = num_clips or (arch.num_clips_train if arch.family == "tsn" else 1)
+        transform = transforms.test_transform(arch.family, arch.crop_size, protocol, uint8=True)
+    else:
+        clips = arch.num_clips_train
+        transform = transforms.train_transform(arch.family, arch.crop_size, uint8=True)
+    sampling = data.Sampling(clip_len=arch.clip_len, frame_interval=arch.frame_interval, num_clips=clips)
+    samples = data.load_split(dataset, split) if samples is None else samples
+    # web images: JPEGs decoded reduced to about the pipeline's short side (draft mode), resized once, then
+    # inflated into clips (Sec. 3.5; --inflate in training, still clips in testing); crawled images are often
+    # 1-12 megapixels
+    short_side = transforms.short_side_for(arch.crop_size)
+    image_to_clip = make_image_to_clip(args, "still" if test_mode else args.inflate, short_side)
+    # Table 14: untrimmed videos scored frame by frame by filter.py become TSN snippets of one frame per segment
+    snippet = None
+    if not test_mode and arch.family == "tsn":
+        snippet = functools.partial(transforms.select_snippet, mode=args.snippet, num_frames=clips)
+    # training replaces an unreadable sample by another (dirty web data); evaluation never scores one video
+    # under another's label: it leaves the unreadable one out and counts it (evaluate)
+    return data.VideoDataset(samples, sampling, test_mode=test_mode, transform=transform,
+                             image_to_clip=image_to_clip, seed=args.seed, snippet=snippet,
+                             image_short_side=short_side, replace_failed=not test_mode)
+
+
+def make_image_to_clip(args: argparse.Namespace, inflate: str, short_side: int) -> Callable:
+    """Sec. 3.5, Eq. 2, Table 8: how a still image becomes a clip (an --inflate value; the warps read --motion),
+    after resizing it to `short_side`. One implementation for every mode: transforms.image_to_clip."""
+    motion = None
+    if inflate.startswith("warp"):
+        path = Path(args.motion) if args.motion else data.motion_path(data.resolve_dataset(args.data_root, args.target))
+        if not path.exists():
+            raise FileNotFoundError(f"--inflate {inflate} needs the camera-motion file {path} "
+                                    f"(python omnisource.py --estimate-motion, or give --motion)")
+        motion = transforms.HomographyGaussian.load(path)
+    mode = "warp" if inflate.startswith("warp") else inflate
+    return transforms.build_image_to_clip(mode, motion, class_specific=inflate == "warp-spec", short_side=short_side)
+
+
+def make_train_loader(args: argparse.Namespace, target_ds: data.VideoDataset, aux: list[data.VideoDataset], rank: int,
+                      world: int) -> tuple[omnisource.JointBatches, list[int]]:
+    """Target loader (shuffled, sharded over ranks, drop_last) + one resampled loader per aux source."""
+    sizes = omnisource.batch_sizes(args.batch_size, omnisource.parse_ratio(args.ratio, len(aux)))
+    sampler = ShardedShuffle(len(target_ds), rank, world, args.seed)
+    target_loader = loader_for(args, target_ds, sampler, sizes[0], drop_last=True, seed=(args.seed, rank, 0))
+    if len(target_loader) == 0:
+        raise ValueError(f"--batch-size {args.batch_size} x {world} rank(s) is larger than the {len(target_ds)} "
+                         f"training videos of --target {args.target}")
+    rules = omnisource.resample_rules(args.resample, len(aux))
+    samplers, aux_loaders = [sampler], []
+    for i, (ds, size, rule) in enumerate(zip(aux, sizes[1:], rules), start=1):
+        s = omnisource.ClassResampler(data.labels_of(ds.samples), len(target_loader) * size, rule,
+                                      seed=args.seed, rank=rank)
+        samplers.append(s)
+        aux_loaders.append(loader_for(args, ds, s, size, drop_last=True, seed=(args.seed, rank, i)))
+    return omnisource.JointBatches(target_loader, aux_loaders, samplers), sizes
+
+
+def loader_for(args: argparse.Namespace, ds: data.VideoDataset, sampler: torch.utils.data.Sampler, batch_size: int,
+               drop_last: bool, seed: tuple[int, ...]) -> torch.utils.data.DataLoader:
+    """Training loader. Persistent workers: no process start-up per epoch (it dominates the short epochs of
+    small datasets), and a broken web file is reported and skipped once per worker, not once per epoch; the
+    epoch's randomness reaches them through VideoDataset's shared-memory epoch.
+
+    The loader has its own generator, seeded by `seed` = (--seed, rank, source). A DataLoader draws its workers'
+    base seed when it starts them, from the GLOBAL torch RNG unless given a generator. With persistent workers
+    that happens once per process: a --resume'd process drew once more than the run it continues, after the
+    RNG state was restored, and every dropout mask from then on differed.
+    No item depends on that base seed (VideoDataset draws from (seed, epoch, index)); the global RNG is now
+    the model's alone.
+    """
+    generator = torch.Generator().manual_seed(_derive_seed(*seed, 23))
+    return torch.utils.data.DataLoader(ds, batch_size=batch_size, sampler=sampler, num_workers=args.workers,
+                                       drop_last=drop_last, pin_memory=pin_memory(args),
+                                       persistent_workers=args.workers > 0, generator=generator)
+
+
+def make_eval_loader(args: argparse.Namespace, ds: data.VideoDataset, rank: int, world: int,
+                     batch_size: int | None = None) -> torch.utils.data.DataLoader:
+    """This rank's share of the split, in order; batches of --eval-batch-size videos (less the unreadable ones,
+    collate_readable), pinned for a GPU."""
+    sampler = list(range(rank, len(ds), world))     # every video exactly once over all ranks
+    return torch.utils.data.DataLoader(ds, batch_size=batch_size or args.eval_batch_size or args.batch_size,
+                                       sampler=sampler, num_workers=args.workers, pin_memory=pin_memory(args),
+                                       collate_fn=collate_readable)
+
+
+class ShardedShuffle(torch.utils.data.Sampler):
+    """The target sampler: one permutation per (seed, epoch), rank r takes positions r, r+W, ...
+
+    Unlike DistributedSampler it never pads with repeated samples; ranks get len // W samples each.
+    """
+
+    def __init__(self, n: int, rank: int, world: int, seed: int):
+        self.n, self.rank, self.world, self.seed, self.epoch, self.start = n, rank, world, seed, 0, 0
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        """Select the epoch's permutation; `start` > 0 skips this rank's first `start` indices (--resume)."""
+        self.epoch, self.start = epoch, start
+
+    def __len__(self) -> int:
+        return self.n // self.world          # the whole epoch's, also when it starts part-way
+
+    def __iter__(self) -> Iterator[int]:
+        order = np.random.default_rng([self.seed, self.epoch, 11]).permutation(self.n)
+        return iter(order[self.rank: len(self) * self.world: self.world][self.start:].tolist())
+
+
+def label_fraction(samples: data.SampleList | list, fraction: float, seed: int) -> data.SampleList | list:
+    """Fig. 7: a class-balanced fraction of the labelled videos (at least one per class), fixed by seed."""
+    if not 0 < fraction <= 1:
+        raise ValueError(f"--label-fraction {fraction}: expected a number in (0, 1]")
+    rng = np.random.default_rng([seed, 5])
+    by_class = {}
+    for i, label in enumerate(data.labels_of(samples)):
+        by_class.setdefault(int(label), []).append(i)
+    keep = []
+    for idx in by_class.values():
+        keep += list(rng.permutation(idx)[: max(1, round(fraction * len(idx)))])
+    keep = sorted(keep)
+    return samples.subset(np.asarray(keep)) if isinstance(samples, data.SampleList) else [samples[i] for i in keep]
+
+
+def aux_samples(source: data.DatasetSpec, target: data.DatasetSpec, name: str, rank: int) -> data.SampleList:
+    """An auxiliary source's training list with labels in the target's label space, matched by class name
+    (data.map_labels); one printed line says how many samples were left out (class not in the target).
+    A source that shares no class name with the target is a one-line error."""
+    samples, left_out = data.map_labels(data.load_split(source, "train"), source.classes, target.classes, name)
+    if rank == 0:
+        print(f"{name}: {len(samples)} samples, labels mapped by class name onto the {len(target.classes)} "
+              f"classes of {target.name}; {left_out} left out (class not in {target.name})", flush=True)
+    if not len(samples):
+        raise ValueError(f"{name}: none of its samples belongs to a class of {target.name}")
+    return samples
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Machinery: a reader of the method may stop here. Below: checkpoints (formats, atomic writes, exact resume with
+# every rank's random state), the one-line refusals of --resume and of a used --work-dir, the class-name matching
+# of loaded weights, and the helpers. None of it is a step of the method.
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# 6. Checkpoints: self-describing, written atomically; exact resume
 # ----------------------------------------------------------------------------------------------------------------------
 
 
@@ -792,7 +1104,7 @@ def save_checkpoint(run: Run, name: str, epoch: int, step: int = 0, meters: tupl
         "rng": rng,
         "log_bytes": log.stat().st_size if log.exists() else 0,
     }
-    atomic_save(state, Path(run.args.work_dir) / name)
+    data.write_atomic(Path(run.args.work_dir) / name, lambda f: torch.save(state, f))
 
 
 def describe_model(run: Run) -> dict:
@@ -826,11 +1138,19 @@ def load_checkpoint(run: Run, path: Path, full: bool) -> None:
         raise FileNotFoundError(f"checkpoint {path} not found" + (" (--resume needs a previous run in "
                                 "--work-dir)" if full else ""))
     if not full:
-        report = models.load_weights(run.net, path, finetune=run.args.finetune and not run.args.test)
+        finetune = run.args.finetune and not run.args.test
+        report = models.load_weights(run.net, path, finetune=finetune)
         if run.rank == 0 and report.format != "train.py":
             print(f"loaded {path} ({report.format}): {report.summary().splitlines()[0]}", flush=True)
+        if not finetune:                            # a fresh classifier has no classes to match
+            match_classes(run, report.classes, f"{path} ({report.format})")
         return
     state = torch.load(path, map_location="cpu", weights_only=True)     # our own file; no arbitrary pickle
+    check_resume_args(state.get("args", {}), run.args, path)
+    if list(state.get("classes", run.classes)) != list(run.classes):
+        raise ValueError(f"--resume: {path} was trained on other classes than the {len(run.classes)} of "
+                         f"--target {run.args.target} now ({data._preview(state['classes'])} vs "
+                         f"{data._preview(run.classes)}); give another --work-dir")
     run.net.load_state_dict(state["model"])
     run.optimizer.load_state_dict(state["optimizer"])
     if state.get("scaler"):
@@ -860,6 +1180,47 @@ def load_checkpoint(run: Run, path: Path, full: bool) -> None:
               + (f" and {run.start_step} step(s)" if run.start_step else "") + " done", flush=True)
 
 
+def check_resume_args(saved: dict, args: argparse.Namespace, path: Path) -> None:
+    """--resume continues the run latest.pth holds, never another: every flag outside RESUME_FREE_FLAGS must have
+    the value stored in it (`args`, settled defaults included; a flag newer than the file is not compared).
+    Otherwise one ValueError names each changed flag with its old and new value."""
+    changed = [f"--{k.replace('_', '-')} {_shown(saved[k])} -> {_shown(v)}" for k, v in vars(args).items()
+               if k not in RESUME_FREE_FLAGS and k in saved and saved[k] != v]
+    if changed:
+        raise ValueError(f"--resume: {path} holds a run with other flags: {', '.join(changed)}; resume with the "
+                         f"run's flags, or give another --work-dir for a new run")
+
+
+def refuse_used_work_dir(work_dir: Path) -> None:
+    """A log holds one run: training without --resume into a folder that holds a run (log.jsonl or latest.pth)
+    is a one-line error, never a second run appended to its log or overwriting its checkpoints."""
+    used = [name for name in ("log.jsonl", "latest.pth") if (work_dir / name).exists()]
+    if used:
+        raise ValueError(f"--work-dir {work_dir} already holds a run ({', '.join(used)}): continue it with "
+                         f"--resume, or give another --work-dir (or delete that folder) for a new run")
+
+
+def match_classes(run: Run, checkpoint_classes: list[str] | None, where: str) -> None:
+    """Read a checkpoint's outputs against the dataset's classes by name (data.class_order): the same names in
+    another order permute the classifier's rows (fc), other names are a one-line error; a checkpoint without
+    names (MMAction2's, bare state dicts) is read in the dataset's class order, and one line says so."""
+    if checkpoint_classes is None:
+        if run.rank == 0:
+            print(f"{where} carries no class names: its {len(run.classes)} outputs are read as the classes of "
+                  f"--target {run.args.target} in its class-list order ({data._preview(run.classes)})", flush=True)
+        return
+    order = data.class_order(checkpoint_classes, run.classes, where)
+    if (order != np.arange(len(order))).any():
+        fc = run.net.fc
+        with torch.no_grad():
+            fc.weight.copy_(fc.weight[torch.from_numpy(order)])
+            fc.bias.copy_(fc.bias[torch.from_numpy(order)])
+        if run.rank == 0:
+            print(f"{where}: its classes are those of --target {run.args.target} in another order; its outputs "
+                  f"are mapped by name",
+                  flush=True)
+
+
 def load_weights_everywhere(run: Run, path: Path) -> None:
     """Rank 0 reads the weights at `path` (any format, load_checkpoint) and sends them to the other ranks,
     which need not see the file; a missing or unusable file is the same one-line error on every rank."""
@@ -884,11 +1245,15 @@ def load_weights_everywhere(run: Run, path: Path) -> None:
 
 
 def rank_rng_state(run: Run) -> dict:
-    """This rank's random state: torch CPU, CUDA (on a GPU), numpy (run.rng) and python; and the indices of
-    the samples of each training source that failed to load on this rank (the replacements, the skipped
-    retries and the logged count go on as in an uninterrupted run, and no bad file is named twice)."""
+    """This rank's random state: torch CPU, CUDA (on a GPU), numpy (run.rng) and python; and the samples of
+    each training source that failed to load on this rank, {source name: [paths]} (the replacements, the skipped
+    retries and the logged count go on as in an uninterrupted run, and no bad file is named twice). Keyed by
+    source and path, not by position: a list that changed cannot mark a good sample as failed."""
+    failed = {}
+    for name, ds in zip(run.source_names, run.datasets):
+        failed.setdefault(name, []).extend(str(ds.samples.path(int(j))) for j in torch.nonzero(ds._failed).flatten())
     state = {"torch": torch.get_rng_state(), "numpy": run.rng.bit_generator.state, "python": random.getstate(),
-             "failed": [torch.nonzero(ds._failed).flatten() for ds in run.datasets]}
+             "failed": failed}
     if run.device.type == "cuda":
         state["cuda"] = torch.cuda.get_rng_state(run.device)
     return state
@@ -901,8 +1266,13 @@ def set_rank_rng_state(run: Run, state: dict) -> None:
         torch.cuda.set_rng_state(state["cuda"], run.device)
     run.rng.bit_generator.state = state["numpy"]
     random.setstate(state["python"])
-    for ds, failed in zip(run.datasets, state.get("failed", [])):
-        ds._failed[failed] = 1          # shared memory: the persistent workers skip them too
+    failed = state.get("failed")
+    if not isinstance(failed, dict):    # an older train.py's marks by position: not trusted, the files are retried
+        failed = {}
+    for name, ds in zip(run.source_names, run.datasets):
+        paths = set(failed.get(name, ()))
+        if paths:                       # mapped back by path; shared memory: the persistent workers skip them too
+            ds._failed[[j for j in range(len(ds)) if str(ds.samples.path(j)) in paths]] = 1
 
 
 def meter_state(meter: Meter) -> dict:
@@ -918,188 +1288,18 @@ def restore_meters(meters: tuple[Meter, ...], states: list[dict], device: torch.
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# 6. Data: datasets, samplers and loaders of every source (Sec. 3.5, Sec. 3.6)
-# ----------------------------------------------------------------------------------------------------------------------
-
-
-def make_training_data(args: argparse.Namespace, target: data.DatasetSpec, arch: models.ArchSpec, rank: int,
-                       world: int) -> tuple[list[data.VideoDataset], omnisource.JointBatches, list[int],
-                                            torch.utils.data.DataLoader]:
-    """-> (the training datasets [target, aux...], their joint loader, the batch sizes, the val loader).
-
-    1. the target's training list (--label-fraction of it);
-    2. every --aux source's, its labels translated into the target's classes by name (the released web sources
-       are labelled with K200's 200 classes, in k200_actions.txt order; the target may be K400);
-    3. the joint loader (Sec. 3.6: batch ratio, class resampling) and the quick validation's loader (centre crop).
-    """
-    samples = data.load_split(target, "train")
-    if args.label_fraction < 1.0:
-        samples = label_fraction(samples, args.label_fraction, args.seed)
-    train_ds = make_dataset(args, target, "train", arch, test_mode=False, samples=samples)
-    aux = []
-    for name in split_names(args.aux):
-        source = data.resolve_dataset(args.data_root, name)
-        aux.append(make_dataset(args, source, "train", arch, test_mode=False,
-                                samples=aux_samples(source, target, f"--aux {name}", rank)))
-    loader, sizes = make_train_loader(args, train_ds, aux, rank, world)
-    val_ds = make_dataset(args, target, "val", arch, test_mode=True, protocol="center")
-    return [train_ds] + aux, loader, sizes, make_eval_loader(args, val_ds, rank, world)
-
-
-def make_dataset(args: argparse.Namespace, dataset: data.DatasetSpec, split: str, arch: models.ArchSpec,
-                 test_mode: bool, protocol: str = "center", num_clips: int | None = None,
-                 samples: data.SampleList | list | None = None) -> data.VideoDataset:
-    """A data.VideoDataset over one split of `dataset` (or the given `samples` of it), sampling frames as the
-    architecture `arch` expects.
-
-    Train: TSN draws num_segments single frames (clip_len 1), 3D one clip of clip_len x frame_interval.
-    Test: num_clips clips (3D) or segments (TSN), every crop of the protocol.
-    Items are uint8 (normalised on the device: model_input, models.predict): 4x fewer bytes between processes.
-    """
-    if test_mode:
-        clips = num_clips or (arch.num_clips_train if arch.family == "tsn" else 1)
-        transform = transforms.test_transform(arch.family, arch.crop_size, protocol, uint8=True)
-    else:
-        clips = arch.num_clips_train
-        transform = transforms.train_transform(arch.family, arch.crop_size, uint8=True)
-    sampling = data.Sampling(clip_len=arch.clip_len, frame_interval=arch.frame_interval, num_clips=clips)
-    samples = data.load_split(dataset, split) if samples is None else samples
-    # web images: JPEGs decoded reduced to about the pipeline's short side (draft mode), resized once, then
-    # inflated into clips (Sec. 3.5; --inflate in training, still clips in testing); crawled images are often
-    # 1-12 megapixels
-    short_side = transforms.short_side_for(arch.crop_size)
-    image_to_clip = make_image_to_clip(args, "still" if test_mode else args.inflate, short_side)
-    # Table 14: untrimmed videos scored frame by frame by filter.py become TSN snippets of one frame per segment
-    snippet = None
-    if not test_mode and arch.family == "tsn":
-        snippet = functools.partial(transforms.select_snippet, mode=args.snippet, num_frames=clips)
-    return data.VideoDataset(samples, sampling, test_mode=test_mode, transform=transform,
-                             image_to_clip=image_to_clip, seed=args.seed, snippet=snippet,
-                             image_short_side=short_side)
-
-
-def make_image_to_clip(args: argparse.Namespace, inflate: str, short_side: int) -> Callable:
-    """Sec. 3.5, Eq. 2, Table 8: how a still image becomes a clip (an --inflate value; the warps read --motion),
-    after resizing it to `short_side`. One implementation for every mode: transforms.image_to_clip."""
-    motion = None
-    if inflate.startswith("warp"):
-        path = Path(args.motion) if args.motion else data.motion_path(data.resolve_dataset(args.data_root, args.target))
-        if not path.exists():
-            raise FileNotFoundError(f"--inflate {inflate} needs the camera-motion file {path} "
-                                    f"(python omnisource.py --estimate-motion, or give --motion)")
-        motion = transforms.HomographyGaussian.load(path)
-    mode = "warp" if inflate.startswith("warp") else inflate
-    return transforms.build_image_to_clip(mode, motion, class_specific=inflate == "warp-spec", short_side=short_side)
-
-
-def make_train_loader(args: argparse.Namespace, target_ds: data.VideoDataset, aux: list[data.VideoDataset], rank: int,
-                      world: int) -> tuple[omnisource.JointBatches, list[int]]:
-    """Target loader (shuffled, sharded over ranks, drop_last) + one resampled loader per aux source."""
-    sizes = omnisource.batch_sizes(args.batch_size, omnisource.parse_ratio(args.ratio, len(aux)))
-    sampler = ShardedShuffle(len(target_ds), rank, world, args.seed)
-    target_loader = loader_for(args, target_ds, sampler, sizes[0], drop_last=True, seed=(args.seed, rank, 0))
-    if len(target_loader) == 0:
-        raise ValueError(f"--batch-size {args.batch_size} x {world} rank(s) is larger than the {len(target_ds)} "
-                         f"training videos of --target {args.target}")
-    rules = omnisource.resample_rules(args.resample, len(aux))
-    samplers, aux_loaders = [sampler], []
-    for i, (ds, size, rule) in enumerate(zip(aux, sizes[1:], rules), start=1):
-        s = omnisource.ClassResampler(labels_of(ds.samples), len(target_loader) * size, rule,
-                                      seed=args.seed, rank=rank)
-        samplers.append(s)
-        aux_loaders.append(loader_for(args, ds, s, size, drop_last=True, seed=(args.seed, rank, i)))
-    return omnisource.JointBatches(target_loader, aux_loaders, samplers), sizes
-
-
-def loader_for(args: argparse.Namespace, ds: data.VideoDataset, sampler: torch.utils.data.Sampler, batch_size: int,
-               drop_last: bool, seed: tuple[int, ...]) -> torch.utils.data.DataLoader:
-    """Training loader. Persistent workers: no process start-up per epoch (it dominates the short epochs of
-    small datasets), and a broken web file is reported and skipped once per worker, not once per epoch; the
-    epoch's randomness reaches them through VideoDataset's shared-memory epoch.
-
-    The loader has its own generator, seeded by `seed` = (--seed, rank, source). A DataLoader draws its workers'
-    base seed when it starts them, from the GLOBAL torch RNG unless given a generator. With persistent workers
-    that happens once per process: a --resume'd process drew once more than the run it continues, after the
-    RNG state was restored, and every dropout mask from then on differed.
-    No item depends on that base seed (VideoDataset draws from (seed, epoch, index)); the global RNG is now
-    the model's alone.
-    """
-    generator = torch.Generator().manual_seed(_derive_seed(*seed, 23))
-    return torch.utils.data.DataLoader(ds, batch_size=batch_size, sampler=sampler, num_workers=args.workers,
-                                       drop_last=drop_last, pin_memory=pin_memory(args),
-                                       persistent_workers=args.workers > 0, generator=generator)
-
-
-def make_eval_loader(args: argparse.Namespace, ds: data.VideoDataset, rank: int, world: int,
-                     batch_size: int | None = None) -> torch.utils.data.DataLoader:
-    """This rank's share of the split, in order; batches of --eval-batch-size videos, pinned for a GPU."""
-    sampler = list(range(rank, len(ds), world))     # every video exactly once over all ranks
-    return torch.utils.data.DataLoader(ds, batch_size=batch_size or args.eval_batch_size or args.batch_size,
-                                       sampler=sampler, num_workers=args.workers, pin_memory=pin_memory(args))
-
-
-class ShardedShuffle(torch.utils.data.Sampler):
-    """The target sampler: one permutation per (seed, epoch), rank r takes positions r, r+W, ...
-
-    Unlike DistributedSampler it never pads with repeated samples; ranks get len // W samples each.
-    """
-
-    def __init__(self, n: int, rank: int, world: int, seed: int):
-        self.n, self.rank, self.world, self.seed, self.epoch, self.start = n, rank, world, seed, 0, 0
-
-    def set_epoch(self, epoch: int, start: int = 0) -> None:
-        """Select the epoch's permutation; `start` > 0 skips this rank's first `start` indices (--resume)."""
-        self.epoch, self.start = epoch, start
-
-    def __len__(self) -> int:
-        return self.n // self.world          # the whole epoch's, also when it starts part-way
-
-    def __iter__(self) -> Iterator[int]:
-        order = np.random.default_rng([self.seed, self.epoch, 11]).permutation(self.n)
-        return iter(order[self.rank: len(self) * self.world: self.world][self.start:].tolist())
-
-
-def label_fraction(samples: data.SampleList | list, fraction: float, seed: int) -> data.SampleList | list:
-    """Fig. 7: a class-balanced fraction of the labelled videos (at least one per class), fixed by seed."""
-    if not 0 < fraction <= 1:
-        raise ValueError(f"--label-fraction {fraction}: expected a number in (0, 1]")
-    rng = np.random.default_rng([seed, 5])
-    by_class = {}
-    for i, label in enumerate(labels_of(samples)):
-        by_class.setdefault(int(label), []).append(i)
-    keep = []
-    for idx in by_class.values():
-        keep += list(rng.permutation(idx)[: max(1, round(fraction * len(idx)))])
-    keep = sorted(keep)
-    return samples.subset(np.asarray(keep)) if isinstance(samples, data.SampleList) else [samples[i] for i in keep]
-
-
-def aux_samples(source: data.DatasetSpec, target: data.DatasetSpec, name: str, rank: int) -> data.SampleList:
-    """An auxiliary source's training list with labels in the target's label space, matched by class name
-    (data.map_labels); one printed line says how many samples were left out (class not in the target).
-    A source that shares no class name with the target is a one-line error."""
-    samples, left_out = data.map_labels(data.load_split(source, "train"), source.classes, target.classes, name)
-    if rank == 0:
-        print(f"{name}: {len(samples)} samples, labels mapped by class name onto the {len(target.classes)} "
-              f"classes of {target.name}; {left_out} left out (class not in {target.name})", flush=True)
-    if not len(samples):
-        raise ValueError(f"{name}: none of its samples belongs to a class of {target.name}")
-    return samples
-
-
-# ----------------------------------------------------------------------------------------------------------------------
 # Helpers
 # ----------------------------------------------------------------------------------------------------------------------
-
-
-def labels_of(samples: data.SampleList | list) -> np.ndarray:
-    """(N,) int labels of a list of Samples or a data.SampleList."""
-    return samples.labels if isinstance(samples, data.SampleList) else np.array([s.label for s in samples], int)
 
 
 def split_names(text: str) -> list[str]:
     """A comma-separated flag value -> its non-empty names (--aux)."""
     return [t.strip() for t in text.split(",") if t.strip()] if text else []
+
+
+def _shown(value: object) -> str:
+    """A flag value as an error line shows it: strings quoted (an empty --aux is ''), the rest as is."""
+    return repr(value) if isinstance(value, str) else str(value)
 
 
 def dist_barrier(run: Run) -> None:
@@ -1127,33 +1327,8 @@ def _derive_seed(*key: int) -> int:
     return int(np.random.SeedSequence(list(key)).generate_state(2, np.uint64)[0] >> np.uint64(1))
 
 
-def atomic_save(obj: object, path: Path) -> None:
-    """torch.save to PATH.tmp, flushed to disk, then renamed over `path`: never a partly written file."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def _batch_norms(model: torch.nn.Module) -> list[torch.nn.Module]:
     return [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
-
-
-def default_amp(device: torch.device) -> str:
-    """--amp when not given: bf16 on GPUs that support it (no loss scaling needed, the usual choice); none on
-    older GPUs (fp16 is opt-in: MMAction2 users saw accuracy drops with it on 3D nets) and on CPUs."""
-    return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "none"
 
 
 def default_channels_last(device: torch.device, amp: str) -> bool:

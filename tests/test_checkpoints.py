@@ -1,4 +1,4 @@
-"""Tests of models.load_weights, models.export_mmaction and the irCSN-152 (Table 7's best architecture).
+"""Tests of models.load_weights, models.mmaction_checkpoint and the irCSN-152 (Table 7's best architecture).
 
 Known answers come from elsewhere: MMAction2 1.2.0's own state-dict key files (tests/data/mmaction_keys_*.txt,
 written by MMAction2 from its configs) and its irCSN-152 parameter count; the outputs of the network that wrote a
@@ -288,7 +288,8 @@ def test_export_round_trip_gives_identical_outputs(tmp_path, arch):
     def build():
         return models.ircsn_resnet(50, 4, width=8) if arch == "ircsn_small" else models.build_model(arch, 4)
     src = _randomised(build())
-    path = models.export_mmaction(src, tmp_path / "export.pth", classes=["a", "b", "c", "d"])
+    path = tmp_path / "export.pth"
+    torch.save(models.mmaction_checkpoint(src, ["a", "b", "c", "d"]), path)
     raw = torch.load(path, weights_only=True)  # plain data only: MMAction2 reads it without allow-lists
     family = "tsn" if arch == "tsn_tiny" else "3d"
     assert list(raw["state_dict"]) == [models.mmaction_key(k, family) for k in src.state_dict()]
@@ -302,13 +303,14 @@ def test_export_round_trip_gives_identical_outputs(tmp_path, arch):
 
 def test_export_names_the_mmaction2_config_and_refuses_bad_input(tmp_path):
     tsn = models.build_model("tsn_r50", 400)
-    meta = torch.load(models.export_mmaction(tsn, tmp_path / "tsn.pth"), weights_only=True)["meta"]
+    torch.save(models.mmaction_checkpoint(tsn), tmp_path / "tsn.pth")
+    meta = torch.load(tmp_path / "tsn.pth", weights_only=True)["meta"]
     assert meta["mmaction2_config"].endswith("tsn_imagenet-pretrained-r50_8xb32-1x1x3-100e_kinetics400-rgb.py")
     assert meta["arch"] == "tsn_r50" and "dataset_meta" not in meta
     with pytest.raises(ValueError, match="3 class names given for a 400-class model"):
-        models.export_mmaction(tsn, tmp_path / "x.pth", classes=["a", "b", "c"])
+        models.mmaction_checkpoint(tsn, ["a", "b", "c"])
     with pytest.raises(ValueError, match="only TSN / SlowOnly / irCSN"):
-        models.export_mmaction(models.resnet(18), tmp_path / "x.pth")
+        models.mmaction_checkpoint(models.resnet(18))
 
 
 # ---------------------------------------------------------------- weights-only safety

@@ -31,7 +31,9 @@ NOT_RUN = {"--compile": "torch.compile takes minutes on a CPU; tests/test_speed.
            "--finetune": "test_omnisource_procedure_as_typed below passes it to every train.py run (subprocess)",
            "--write-queries": "tests/test_queries.py runs it as a user types it (Sec. 3.3)",
            "--query-years": "tests/test_queries.py runs it as a user types it (Sec. 3.3)",
-           "--query-sources": "Sec. 3.3; tests/test_queries.py calls task_queries with its sources in-process"}
+           "--query-sources": "Sec. 3.3; tests/test_queries.py calls task_queries with its sources in-process",
+           "--predict": "tests/test_trust.py runs it as a user types it, on a train.py and an MMAction2 checkpoint",
+           "--classes": "tests/test_trust.py: --predict with an MMAction2 checkpoint and --classes FILE"}
 USED = {"train": set(), "omnisource": set()}
 
 

@@ -495,7 +495,8 @@ def test_mmaction2_checkpoint_as_teacher_with_teacher_arch(tmp_path, capsys):
     """A released-style MMAction2 1.x checkpoint is a teacher once its architecture is named; it carries no
     class names, and one line says which class list its outputs are read against."""
     model = models.build_model("tsn_tiny", 3)
-    path = models.export_mmaction(model, tmp_path / "mm.pth", classes=["a", "b", "c"])
+    path = tmp_path / "mm.pth"
+    torch.save(models.mmaction_checkpoint(model, ["a", "b", "c"]), path)
     with pytest.raises(ValueError, match="--teacher-arch"):
         flt.load_teachers([path])
     (teacher,) = flt.load_teachers([path], arch="tsn_tiny", classes=["a", "b", "c"], classes_from="--source web")

@@ -65,7 +65,7 @@ def test_every_txt_form_equals_the_reference(tmp_path):
                                      "video", "image", "windows", "video", "video", "video", "video"]
     assert ref[10].windows == ((10.0, 20.0), (40.5, 50.0)) and ref[8].label == 2
     assert compact.labels.dtype == np.int64 and list(compact.labels) == [s.label for s in ref]
-    assert compact.kind_names() == {"video", "untrimmed", "frames", "image", "raw", "windows"}
+    assert data.kind_names(compact) == {"video", "untrimmed", "frames", "image", "raw", "windows"}
 
 
 def test_random_image_list_equals_the_reference(tmp_path):

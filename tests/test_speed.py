@@ -1,9 +1,11 @@
 """train.py's speed work (issue 10): no host sync in the step, a non-finite loss still stops the run, fp16 loss
 scaling clips the true gradients, uint8 batches normalised on the device, batched evaluation writing
-predictions.jsonl (gathered over ranks in the split's order)."""
+predictions.jsonl (gathered over ranks in the split's order). benchmark.py's judgements: the soak verdict on
+curves whose answer is known, and `--what gpu` on a machine without a GPU."""
 import copy
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import benchmark
 import data
 import models
 import train
@@ -234,3 +237,63 @@ def test_predict_runs_in_the_given_precision_or_the_callers():
     assert bf16.dtype == fp32.dtype == torch.float32 and not torch.equal(bf16, fp32)
     assert torch.allclose(bf16, fp32, atol=0.05)
     assert torch.equal(inherited, bf16) and torch.equal(forced_off, fp32)
+
+
+MiB, KiB = 2 ** 20, 2 ** 10
+
+
+def soak_curve(pss_at, clips: int = 2000, every: int = 100) -> list[tuple[int, int, int]]:
+    """A soak curve as bench_soak records it: (clips, RSS, anonymous PSS) every `every` clips; RSS = it + 100 MiB."""
+    return [(n, int(pss_at(n)) + 100 * MiB, int(pss_at(n))) for n in range(every, clips + 1, every)]
+
+
+def verdict_of(curve, files, capsys) -> tuple[str, float, int, str]:
+    """(FLAT / GROWING, the fitted growth in MiB, the clips it spans, the line) as _soak_verdict prints them."""
+    benchmark._soak_verdict(curve, files)
+    out = capsys.readouterr().out
+    found = re.search(r"= ([+-][0-9.]+) MiB over ([0-9]+) clips .*: (FLAT|GROWING) \(flat: fitted growth within "
+                      r"max\(5%, 16 MiB\)\)$", out.strip())
+    assert found, out
+    return found[3], float(found[1]), int(found[2]), out
+
+
+@pytest.mark.parametrize("base,slope,expected", [
+    (400 * MiB, 0, "FLAT"),                  # flat
+    (400 * MiB, 40 * KiB, "GROWING"),        # +39.1 MiB over the 1000 judged clips: over 5% of ~459 MiB
+    (100 * MiB, 15 * KiB, "FLAT"),           # +14.6 MiB: within the 16 MiB floor (5% of ~122 MiB is 6.1 MiB)
+    (100 * MiB, 17 * KiB, "GROWING"),        # +16.6 MiB: over it
+    (1000 * MiB, 45 * KiB, "FLAT"),          # +43.9 MiB: within 5% of ~1066 MiB = 53.3 MiB (over the floor)
+    (1000 * MiB, 60 * KiB, "GROWING")])      # +58.6 MiB: over 5% of ~1088 MiB = 54.4 MiB
+def test_soak_verdict_on_linear_curves_with_known_growth(capsys, base, slope, expected):
+    """2000 clips over 100 files: judged from clip 1000 (half the run; two passes would be 200) to 2000, so the
+    fitted growth is the slope x 1000 clips exactly; a steep warm-up before clip 1000 does not count."""
+    curve = soak_curve(lambda n: base + slope * n - (base / 2 * (1000 - n) / 1000 if n < 1000 else 0))
+    verdict, growth, span, _ = verdict_of(curve, 100, capsys)
+    assert span == 1000 and growth == pytest.approx(slope * 1000 / MiB, abs=0.05)
+    assert verdict == expected
+
+
+def test_soak_verdict_judges_after_two_passes_and_ignores_noise(capsys):
+    """1000 files over 4000 clips: the warm-up is two passes (2000 clips), not half the run; a curve that grows
+    100 MiB during them and then alternates by +-8 MiB around a constant is flat."""
+    curve = soak_curve(lambda n: 300 * MiB + 100 * MiB * min(n, 2000) / 2000 + 8 * MiB * (-1) ** (n // 100),
+                       clips=4000)
+    verdict, growth, span, out = verdict_of(curve, 1000, capsys)
+    assert "after warm-up (2000 clips) anonymous PSS 408.0 -> 408.0 MiB (range 392.0-408.0)" in out
+    assert span == 2000 and abs(growth) < 1.0 and verdict == "FLAT"
+
+
+def test_soak_verdict_needs_three_samples_after_the_warm_up(capsys):
+    benchmark._soak_verdict(soak_curve(lambda n: 300 * MiB, clips=300), 100)   # judged from 200: samples 200, 300
+    out = capsys.readouterr().out
+    assert out.startswith("soak: too few samples after the warm-up (200 clips") and "FLAT" not in out
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="with a GPU the command measures it (minutes)")
+def test_benchmark_gpu_mode_without_a_gpu_says_so_in_one_line():
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmark.py"), "--what", "gpu"], capture_output=True,
+                          text=True, cwd=ROOT, env=dict(os.environ, OMP_NUM_THREADS="1"), timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.splitlines() == [f"benchmark --what gpu: no CUDA device visible to torch {torch.__version__} "
+                                        f"(NCCL available: {torch.distributed.is_nccl_available()}); nothing to "
+                                        f"measure on this machine"]

@@ -34,21 +34,29 @@ def cli_error(argv, capsys):
     return msg
 
 
-def test_learns_the_generated_data_well_above_chance(small_data, tmp_path):
-    m = run_train(["--data-root", str(small_data), "--target", "synth", "--epochs", "6",
-                   "--work-dir", str(tmp_path), *FAST])
-    saved = json.loads((tmp_path / "metrics.json").read_text())
+def test_learns_the_generated_data_well_above_chance(tmp_path, one_torch_thread):
+    """The demo's target data (4 classes, 24 labelled videos each): after 8 epochs the val split, never trained on,
+    is recognised well above chance (0.25) by the final test and by the quick validation; the outputs are there.
+    Measured: 0.60 and 0.60 (48 val videos; 22 or more right by chance has probability about 1e-3)."""
+    import synthetic
+    synthetic.generate(tmp_path / "data", synthetic.SynthConfig(
+        seed=1, num_classes=4, train_per_class=24, val_per_class=12, web_images_per_class=1, web_videos_per_class=1,
+        untrimmed_per_class=1, broken_files=False))
+    work = tmp_path / "w"
+    m = run_train(["--data-root", str(tmp_path / "data"), "--target", "synth", "--epochs", "8", "--work-dir",
+                   str(work), *FAST])
+    saved = json.loads((work / "metrics.json").read_text())
     assert {"top1", "top5", "mean_class_acc"} <= set(saved) and saved["top1"] == pytest.approx(m["top1"])
-    assert 0 <= saved["mean_class_acc"] <= 1 and saved["top5"] >= saved["top1"]
-    rows = (tmp_path / "confusion_matrix.csv").read_text().splitlines()
+    assert saved["num_videos"] == 48 and saved["top5"] >= saved["top1"]
+    rows = (work / "confusion_matrix.csv").read_text().splitlines()
     assert len(rows) == 1 + 4
-    log = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    log = [json.loads(line) for line in (work / "log.jsonl").read_text().splitlines()]
     step = next(r for r in log if r["kind"] == "train")
     assert {"loss", "lr", "samples_per_s", "eta_s"} <= set(step)
-    assert (tmp_path / "latest.pth").exists() and (tmp_path / "final.pth").exists()
-    # the demo data is made hard on purpose (few labels, large variation); the training data is learnt
+    assert (work / "latest.pth").exists() and (work / "final.pth").exists()
     epochs = [r for r in log if r["kind"] == "epoch"]
-    assert epochs[-1]["loss"] < epochs[0]["loss"] and epochs[-1]["acc_synth"] > 0.25
+    assert epochs[-1]["loss"] < epochs[0]["loss"]
+    assert saved["top1"] >= 0.45 and epochs[-1]["val"]["top1"] >= 0.45, (saved, epochs[-1]["val"])
 
 
 def test_learns_an_easy_generated_set_far_above_chance(tmp_path):
@@ -260,17 +268,16 @@ class Items(torch.utils.data.Dataset):
         return self.ids[index], self.samples[index].label, index
 
 
-def test_optimizer_follows_the_recipe_and_the_flags() -> None:
-    """SGD with momentum and weight decay 1e-4 for the paper's recipes; a recipe may name AdamW and its decay;
-    --optimizer / --weight-decay override both. Known answer: AdamW's first step is, per weight,
-    w (1 - lr decay) - lr g / (|g| + eps) (bias-corrected moments of one gradient)."""
+def test_optimizer_is_the_papers_unless_the_flags_say_otherwise() -> None:
+    """SGD with momentum 0.9 and weight decay 1e-4 for every architecture (the paper's); --optimizer adamw with
+    --weight-decay. Known answer: AdamW's first step is, per weight, w (1 - lr decay) - lr g / (|g| + eps)
+    (bias-corrected moments of one gradient)."""
     parse = train.get_args_parser().parse_args
     net = torch.nn.Linear(3, 2)
-    sgd = train.make_optimizer(parse([]), train.RECIPES["tsn"], net, 0.1)
+    sgd = train.make_optimizer(parse([]), net, 0.1)
     assert type(sgd) is torch.optim.SGD
     assert (sgd.defaults["lr"], sgd.defaults["momentum"], sgd.defaults["weight_decay"]) == (0.1, 0.9, 1e-4)
-    recipe = {"optimizer": "adamw", "weight_decay": 0.05}
-    adamw = train.make_optimizer(parse([]), recipe, net, 1e-2)
+    adamw = train.make_optimizer(parse(["--optimizer", "adamw", "--weight-decay", "0.05"]), net, 1e-2)
     assert type(adamw) is torch.optim.AdamW and adamw.defaults["weight_decay"] == 0.05
     before = net.weight.detach().clone()
     net(torch.ones(1, 3)).sum().backward()
@@ -278,8 +285,22 @@ def test_optimizer_follows_the_recipe_and_the_flags() -> None:
     adamw.step()
     expected = before * (1 - 1e-2 * 0.05) - 1e-2 * grad / (grad.abs() + adamw.defaults["eps"])
     assert torch.allclose(net.weight.detach(), expected, atol=1e-7)
-    flags = train.make_optimizer(parse(["--optimizer", "sgd", "--weight-decay", "0"]), recipe, net, 1e-2)
-    assert type(flags) is torch.optim.SGD and flags.defaults["weight_decay"] == 0
+
+
+def test_help_gives_every_default_once() -> None:
+    """`python train.py --help`: no flag's text names its default twice (its own words and the formatter's)."""
+    out = subprocess.run([sys.executable, str(ROOT / "train.py"), "--help"], capture_output=True, text=True,
+                         timeout=120, env=dict(os.environ, COLUMNS="100000"))
+    assert out.returncode == 0
+    flags = []                                          # each flag's entry: its line and the help lines below it
+    for line in out.stdout.splitlines():
+        if line.startswith("  --"):
+            flags.append(line)
+        elif flags and line.startswith(" " * 10):
+            flags[-1] += line
+    assert len(flags) == len(train.get_args_parser()._actions) - 1          # -h excepted
+    assert [f for f in flags if f.lower().replace("default_", "").count("default") > 1] == []
+    assert "(default: 8)" in next(f for f in flags if f.lstrip().startswith("--batch-size"))
 
 
 def test_label_fraction_is_class_balanced():
