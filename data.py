@@ -1856,9 +1856,12 @@ def _fast_lines(a: np.ndarray, st: np.ndarray, en: np.ndarray, spaces: np.ndarra
     one_space = (np.searchsorted(spaces, en) - k0) == 1
     plain = np.searchsorted(other, en) == np.searchsorted(other, st)   # no tab, CR, non-ASCII byte
     sp = spaces[np.minimum(k0, max(len(spaces) - 1, 0))] if len(spaces) else st
-    lead = a[st]   # a '#' comment or a './' path goes the careful way
+    # a '#' comment or a path starting with '.' goes the careful way ('./x' is 'x' to Path), but not '../': filter.py's
+    # outputs list their crawl as '../SOURCE/...', millions of lines that Path keeps as written
+    lead, nxt = a[st], a[np.minimum(st + 1, len(a) - 1)]
+    up = (nxt == 46) & (a[np.minimum(st + 2, len(a) - 1)] == 47) & (st + 2 < en)
     lab_len = en - sp - 1
-    cand = np.flatnonzero(one_space & plain & (lead != 35) & (lead != 46) & (sp > st) & (lab_len >= 1) &
+    cand = np.flatnonzero(one_space & plain & (lead != 35) & ((lead != 46) | up) & (sp > st) & (lab_len >= 1) &
                           (lab_len <= 9))
     st, sp, en, lab_len = st[cand], sp[cand], en[cand], lab_len[cand]
     # 1. the label: 1-9 decimal digits after the space, below num_classes

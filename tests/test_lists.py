@@ -89,7 +89,8 @@ def test_random_image_list_equals_the_reference(tmp_path):
 
 
 def test_plain_lines_take_the_vectorised_path(tmp_path, monkeypatch):
-    lines = ["web/a.jpg 3", "untrimmed/b.MP4 0", "c/d.e.webm 1", "x.tiff 2", "untrimmed.mp4 1", "v/.x.jpg 0"]
+    lines = ["web/a.jpg 3", "untrimmed/b.MP4 0", "c/d.e.webm 1", "x.tiff 2", "untrimmed.mp4 1", "v/.x.jpg 0",
+             "../web/f.jpg 1", "../../untrimmed/g.mp4 2"]   # filter.py's outputs list their crawl as '../SOURCE/...'
     lst = put(tmp_path / "train.txt", "\n".join(lines) + "\n")
     ref = data.read_list_samples(lst, tmp_path, 4)
     put(tmp_path / "crlf.txt", "\r\n".join(lines) + "\r\n")   # written on Windows
@@ -98,7 +99,7 @@ def test_plain_lines_take_the_vectorised_path(tmp_path, monkeypatch):
     monkeypatch.setattr(data, "_parse_line", lambda *a: calls.append(a))
     assert list(data.read_list(lst, tmp_path, 4)) == ref and calls == []
     assert list(data.read_list(tmp_path / "crlf.txt", tmp_path, 4)) == ref and calls == []
-    assert [s.kind for s in ref] == ["image", "untrimmed", "video", "image", "video", "image"]
+    assert [s.kind for s in ref] == ["image", "untrimmed", "video", "image", "video", "image", "image", "video"]
 
 
 def test_json_list_equals_the_reference(tmp_path):
