@@ -489,6 +489,9 @@ TESTED = {"last": "the final weights of each run",                  # --select: 
           "val": "the weights of each run that scored best on this same split (best.pth)"}
 
 
+FILTER_RULES = ("fixed", "class-adaptive")      # filter.RULES' names (this file imports no entry point; a test checks)
+
+
 class StepFailed(RuntimeError):
     """A step's command exited with a non-zero status (its own error is printed above by the command)."""
 
@@ -516,6 +519,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                    "val = best.pth, chosen on the val split the test then reports (MMAction2's practice)")
     p.add_argument("--threshold", type=float, default=0.5, help="teacher confidence threshold (Sec. 3.4)")
     p.add_argument("--mode", choices=("query", "pseudo"), default="query", help="filter mode (see filter.py)")
+    p.add_argument("--rule", choices=FILTER_RULES, default="fixed", help="filter.py --rule: one threshold T for every "
+                   "class (the paper's) or class-adaptive thresholds T_c (FlexMatch-style; beyond the paper)")
     p.add_argument("--epochs", type=int, default=None, help="epochs of every training run (default: recipe)")
     p.add_argument("--batch-size", type=int, default=8, help="target batch per step and process |B_T|")
     p.add_argument("--ratio", default="", help="|B_T|:|B_A1|:... batch ratio of the student, target first, one "
@@ -705,7 +710,8 @@ def filter_command(args: argparse.Namespace, source: str, teachers: dict[str, Pa
     two_d = kind == "image" or (kind == "untrimmed" and _is_2d(args.arch))
     teacher = teachers["image" if two_d else "video"]
     return out, ["--data-root", args.data_root, "--source", source, "--teacher", str(teacher), "--out", out,
-                 "--threshold", str(args.threshold), "--mode", args.mode, "--workers", str(args.workers),
+                 "--threshold", str(args.threshold), "--mode", args.mode, "--rule", args.rule,
+                 "--workers", str(args.workers),
                  "--student", "2d" if _is_2d(args.arch) else "3d"]
 
 

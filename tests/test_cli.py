@@ -206,7 +206,8 @@ def test_omnisource_procedure_as_typed(data_root, tmp_path):
     out = run("omnisource", ["--data-root", data_root, "--target", "synth", "--sources", sources,
                              "--arch", "tsn_tiny", "--teacher-arch", "slowonly_tiny",
                              "--image-teacher-arch", "tsn_tiny", "--checkpoint", tmp_path / "init.pth", "--finetune",
-                             "--threshold", "0.0", "--mode", "query", "--select", "last", "--epochs", "1",
+                             "--threshold", "0.0", "--mode", "query", "--rule", "class-adaptive", "--select", "last",
+                             "--epochs", "1",
                              "--batch-size", "8", "--ratio", "2:1:1:1", "--resample", "none", "--mixup", "0.1",
                              "--inflate", "warp-agno", "--snippet", "3pos", "--also-unfiltered", "--also-still",
                              "--motion-videos", "4", "--seed", "0", "--workers", "0", "--work-dir", work])
@@ -227,6 +228,7 @@ def test_omnisource_procedure_as_typed(data_root, tmp_path):
     for source, teacher in teacher_of.items():   # filter.py ran the teacher it was given
         report = json.loads((data_root / f"{source}-filtered" / "report.json").read_text())
         assert [t["arch"] for t in report["teachers"]] == [torch.load(teacher, weights_only=False)["arch"]]
+        assert report["rule"] == "class-adaptive"                  # --rule reached filter.py
     assert runs["student"]["inflate"] == runs["unfiltered"]["inflate"] == "warp-agno"
     assert (runs["student"]["ratio"], runs["student"]["resample"], runs["student"]["mixup"]) == ("2:1:1:1", "none", 0.1)
     assert runs["still"]["inflate"] == "still" and runs["still"]["aux"] == runs["student"]["aux"]
@@ -250,7 +252,8 @@ def test_omnisource_procedure_as_typed(data_root, tmp_path):
     again = run("omnisource", ["--data-root", data_root, "--target", "synth", "--sources", sources,
                                "--arch", "tsn_tiny", "--teacher-arch", "slowonly_tiny",
                                "--image-teacher-arch", "tsn_tiny", "--checkpoint", tmp_path / "init.pth", "--finetune",
-                               "--threshold", "0.0", "--mode", "query", "--select", "last", "--epochs", "1",
+                               "--threshold", "0.0", "--mode", "query", "--rule", "class-adaptive", "--select", "last",
+                             "--epochs", "1",
                                "--batch-size", "8", "--ratio", "2:1:1:1", "--resample", "none", "--mixup", "0.1",
                                "--inflate", "warp-agno", "--snippet", "3pos", "--also-unfiltered", "--also-still",
                                "--motion-videos", "4", "--seed", "0", "--workers", "0", "--work-dir", work, "--resume"])

@@ -298,3 +298,10 @@ def test_the_map_parser_reads_both_maps():
     # one of each form: docstring index, a README cell's first `module.name`, a bare name after it
     assert {"omnisource.joint_loss", "transforms.image_to_clip", "omnisource.ClassResampler", "filter.best_match",
             "train.Schedule"} <= set(names) and len(names) >= 30
+
+
+def test_the_procedures_rule_choices_are_filters_rules():
+    """omnisource.py imports no entry point, so it names filter.RULES' keys itself: the two must agree."""
+    import_free = ast.parse((ROOT / "omnisource.py").read_text())
+    assert not any(isinstance(n, ast.Import) and any(a.name == "filter" for a in n.names) for n in ast.walk(import_free))
+    assert omnisource.FILTER_RULES == tuple(filter_module.RULES)
