@@ -203,14 +203,14 @@ def test_omnisource_procedure_as_typed(data_root, tmp_path):
     sources = "synth-web-img,synth-web-vid,synth-web-untrimmed"
     other = models.build_model("tsn_tiny", 4)
     torch.save({"model": other.state_dict(), "arch": "tsn_tiny", "classes": list("abcd")}, tmp_path / "init.pth")
-    out = run("omnisource", ["--data-root", data_root, "--target", "synth", "--sources", sources,
-                             "--arch", "tsn_tiny", "--teacher-arch", "slowonly_tiny",
-                             "--image-teacher-arch", "tsn_tiny", "--checkpoint", tmp_path / "init.pth", "--finetune",
-                             "--threshold", "0.0", "--mode", "query", "--rule", "class-adaptive", "--select", "last",
-                             "--epochs", "1",
-                             "--batch-size", "8", "--ratio", "2:1:1:1", "--resample", "none", "--mixup", "0.1",
-                             "--inflate", "warp-agno", "--snippet", "3pos", "--also-unfiltered", "--also-still",
-                             "--motion-videos", "4", "--seed", "0", "--workers", "0", "--work-dir", work])
+    argv = ["--data-root", data_root, "--target", "synth", "--sources", sources, "--arch", "tsn_tiny",
+            "--teacher-arch", "slowonly_tiny", "--image-teacher-arch", "tsn_tiny",
+            "--checkpoint", tmp_path / "init.pth",
+            "--finetune", "--threshold", "0.0", "--mode", "query", "--rule", "class-adaptive", "--select", "last",
+            "--epochs", "1", "--batch-size", "8", "--ratio", "2:1:1:1", "--resample", "none", "--mixup", "0.1",
+            "--inflate", "warp-agno", "--snippet", "3pos", "--also-unfiltered", "--also-still", "--motion-videos", "4",
+            "--seed", "0", "--workers", "0", "--work-dir", work]
+    out = run("omnisource", argv)
     rows = (work / "results.md").read_text().splitlines()
     assert rows[0] == "Accuracy on the val split of synth, of the final weights of each run (--select last)."
     assert rows[4].startswith("| baseline (target only) |") and rows[5].startswith("| OmniSource (filtered")
@@ -249,14 +249,7 @@ def test_omnisource_procedure_as_typed(data_root, tmp_path):
     assert all(f"loss_{s}-filtered" in log for s in sources.split(","))
     # the same command again with --resume: every step finished, so every step is skipped and nothing changes
     before = {f: (work / f).read_bytes() for f in ("results.json", "baseline/final.pth", "student/log.jsonl")}
-    again = run("omnisource", ["--data-root", data_root, "--target", "synth", "--sources", sources,
-                               "--arch", "tsn_tiny", "--teacher-arch", "slowonly_tiny",
-                               "--image-teacher-arch", "tsn_tiny", "--checkpoint", tmp_path / "init.pth", "--finetune",
-                               "--threshold", "0.0", "--mode", "query", "--rule", "class-adaptive", "--select", "last",
-                             "--epochs", "1",
-                               "--batch-size", "8", "--ratio", "2:1:1:1", "--resample", "none", "--mixup", "0.1",
-                               "--inflate", "warp-agno", "--snippet", "3pos", "--also-unfiltered", "--also-still",
-                               "--motion-videos", "4", "--seed", "0", "--workers", "0", "--work-dir", work, "--resume"])
+    again = run("omnisource", argv + ["--resume"])
     # baseline, 2 teachers, 3 filters, motion, 3 students
     assert again.stdout.count("(finished earlier, skipped: --resume)") == 1 + 2 + 3 + 1 + 3
     assert {f: (work / f).read_bytes() for f in before} == before

@@ -516,10 +516,11 @@ def test_benchmark_transforms_mode_prints_before_and_after_per_pipeline():
 def test_benchmark_scale_mode_prints_its_figures():
     proc = _run_benchmark("--what", "scale", "--scale-lines", "3000", "--readers", "2", "--scale-images", "40",
                           "--scale-images-small", "20", "--dedup-web", "400", "--dedup-val", "100",
-                          "--dedup-dim", "32", "--workers", "0")
+                          "--dedup-dim", "32", "--scale-redecide", "2000", "--workers", "0")
     for needle in ("List: data.load_split of a 3,000-line image list", "bytes resident per sample",
                    "Readers: 2 forked processes", "Filter: python filter.py", "ms CPU per image",
-                   "Filter peak RSS", "De-duplication: filter.find_duplicates", "ns per pair"):
+                   "Filter peak RSS", "De-duplication: filter.find_duplicates", "ns per pair",
+                   "Re-deciding: python filter.py"):
         assert needle in proc.stdout, f"{needle!r} missing from:\n{proc.stdout[-3000:]}"
 
 
