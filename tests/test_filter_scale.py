@@ -27,10 +27,12 @@ import torch
 from PIL import Image
 
 import data
+import filter as flt
 import models
 import omnisource
 import synthetic
 import transforms
+from test_filter import ColourTeacher, Output, colour_video, make_source, run_main
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = dict(os.environ, OMP_NUM_THREADS="1")
@@ -286,8 +288,6 @@ def test_query_classes_matched_by_name(demo_root, tmp_path):
 def test_untrimmed_scored_in_bounded_chunks(tmp_path, monkeypatch):
     """Sec. 3.5 at scale: a video's units reach the teacher in chunks of at most --chunk-frames decoded frames,
     and the decision, unit scores and sidecar are those of one whole-video pass."""
-    import filter as flt
-    from test_filter import ColourTeacher, Output, colour_video, make_source, run_main
     colours = [c for s in range(8) for c in [("red" if s in (2, 5) else "grey")] * 2]     # 2 FPS, 8 s
     video = colour_video(tmp_path / "web" / "untrimmed" / "v.mp4", colours, fps=2)
     make_source(tmp_path, "web", ["untrimmed/v.mp4 0"])

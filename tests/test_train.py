@@ -14,6 +14,7 @@ from PIL import Image
 
 import data
 import models
+import synthetic
 import train
 import transforms
 
@@ -38,7 +39,6 @@ def test_learns_the_generated_data_well_above_chance(tmp_path, one_torch_thread)
     """The demo's target data (4 classes, 24 labelled videos each): after 8 epochs the val split, never trained on,
     is recognised well above chance (0.25) by the final test and by the quick validation; the outputs are there.
     Measured: 0.60 and 0.60 (48 val videos; 22 or more right by chance has probability about 1e-3)."""
-    import synthetic
     synthetic.generate(tmp_path / "data", synthetic.SynthConfig(
         seed=1, num_classes=4, train_per_class=24, val_per_class=12, web_images_per_class=1, web_videos_per_class=1,
         untrimmed_per_class=1, broken_files=False))
