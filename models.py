@@ -571,13 +571,9 @@ def load_pretrained(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> Lo
             continue
         used.add(plain)
         value = src[plain]
-        if value.shape == dst.shape:
-            new_state[key] = value.to(dst.dtype)
-            report.copied.append(key)
-        elif _is_inflatable(value, dst):
-            new_state[key] = _inflate_kernel(value, dst)
-            report.inflated.append(key)
-        elif plain.startswith("fc.") and value.shape[1:] == dst.shape[1:]:
+        if _copy_or_inflate(key, value, dst, new_state, report):
+            continue
+        if plain.startswith("fc.") and value.shape[1:] == dst.shape[1:]:
             report.skipped.append(f"{key}: source has {value.shape[0]} classes, model {dst.shape[0]} "
                                   f"-> kept the fresh init (std 0.01)")
         else:
@@ -876,6 +872,20 @@ def _load_pretrained_checked(model: nn.Module, pretrained: str | Path | dict, ar
                          f"(wrong architecture or width?)")
 
 
+def _copy_or_inflate(key: str, value: torch.Tensor, dst: torch.Tensor, new_state: dict, report: LoadReport) -> bool:
+    """Put `value` into new_state[key] as `dst`'s shape takes it: the same shape copied, a 2D kernel inflated to
+    `dst`'s 3D one (recorded in the report); False when neither fits (the caller says why)."""
+    if value.shape == dst.shape:
+        new_state[key] = value.to(dst.dtype)
+        report.copied.append(key)
+    elif _is_inflatable(value, dst):
+        new_state[key] = _inflate_kernel(value, dst)
+        report.inflated.append(key)
+    else:
+        return False
+    return True
+
+
 def _is_inflatable(value: torch.Tensor, dst: torch.Tensor) -> bool:
     """A 2D conv kernel (O, I, kh, kw) fits a 3D one (O, I, kt, kh, kw)."""
     return value.dim() == 4 and dst.dim() == 5 and value.shape == dst.shape[:2] + dst.shape[3:]
@@ -932,13 +942,7 @@ def _assign_checked(model: nn.Module, mapped: dict[str, torch.Tensor], finetune:
         elif finetune and key.startswith("fc."):
             report.skipped.append(f"{key}: finetune -> fresh classifier for {dst.shape[0]} classes "
                                   f"(checkpoint: {value.shape[0]})")
-        elif value.shape == dst.shape:
-            new_state[key] = value.to(dst.dtype)
-            report.copied.append(key)
-        elif _is_inflatable(value, dst):
-            new_state[key] = _inflate_kernel(value, dst)
-            report.inflated.append(key)
-        else:
+        elif not _copy_or_inflate(key, value, dst, new_state, report):
             bad.append(f"{key} {tuple(value.shape)} vs {tuple(dst.shape)}")
     if bad:
         raise ValueError(f"{where}: {len(bad)} tensor(s) differ in shape (checkpoint vs model): {_key_list(bad)}")
