@@ -955,10 +955,9 @@ def filter_figures(folder: str | Path, out_dir: str | Path | None = None, tag: s
     out_dir = Path(out_dir or out.folder)
     out_dir.mkdir(parents=True, exist_ok=True)
     target = target or out.report.get("dedup_against")
-    truth_file = out.folder.parent / "truth.json"
-    truth = json.loads(truth_file.read_text()).get(out.report["source"]) if truth_file.is_file() else None
+    quality = synthetic.filtering_quality(out.folder.parent, out.folder.name, out.records())   # None: no truth
     figures = {"contact_sheet": contact_sheet(out), "class_histogram": class_histogram(out, target),
-               "filter_quality": truth and quality_chart(out, truth),
+               "filter_quality": quality and quality_chart(out, quality),
                "timeline": timeline(out)}
     paths = [out_dir / f"{tag}{name}.png" for name, img in figures.items() if img]
     for path, img in zip(paths, [img for img in figures.values() if img]):
@@ -1007,24 +1006,13 @@ def class_histogram(out: FilterOutput, target: str | None = None) -> Image.Image
     return bar_chart(f"Fig. 3: samples per class of {out.report['source']}", out.report["classes"], series)
 
 
-def quality_chart(out: FilterOutput, truth: dict) -> Image.Image:
-    """Per-class precision and recall of the kept samples against the generator's truth (synthetic.filtering_quality
-    per class: correct = kept with the class its content shows; recall over those that could be kept correctly)."""
-    k, query_mode = len(out.report["classes"]), out.report["mode"] == "query"
-    kept, correct, possible = np.zeros(k), np.zeros(k), np.zeros(k)
-    for r in out.records():
-        t = truth.get(r["path"])
-        if t is None:
-            continue
-        if r["status"] == "kept":
-            kept[r["label"]] += 1
-            correct[r["label"]] += r["label"] == t["true_class"]
-        if t["true_class"] is not None and (t["true_class"] == t["query"] or not query_mode):
-            possible[t["true_class"]] += 1
-    series = {"precision": (correct / np.maximum(kept, 1)).tolist(),
-              "recall": (correct / np.maximum(possible, 1)).tolist()}
-    return bar_chart(f"{out.report['source']}: precision / recall per class (truth.json)", out.report["classes"],
-                     series, hi=1.0)
+def quality_chart(out: FilterOutput, quality: dict) -> Image.Image:
+    """Per-class precision and recall of the kept samples against the generator's truth: the class_precision and
+    class_recall of synthetic.filtering_quality (correct = kept with the class its content shows; recall over those
+    that could be kept correctly)."""
+    series = {"precision": quality["class_precision"], "recall": quality["class_recall"]}
+    return bar_chart(f"{out.report['source']}: precision / recall per class (truth.json, --rule {quality['rule']}, "
+                     f"worst recall {quality['worst_class_recall']:.2f})", out.report["classes"], series, hi=1.0)
 
 
 def timeline(out: FilterOutput) -> Image.Image | None:
@@ -1369,7 +1357,8 @@ def _check_args(args: argparse.Namespace) -> None:
 def _quality_line(q: dict) -> str:
     """One source's filtering_quality as a line of the results table."""
     line = (f"  {q['source']}: kept {q['kept']} of {q['samples']}, precision {q['precision']:.2f} "
-            f"(keeping all: {q['base_rate']:.2f}), recall {q['recall']:.2f}")
+            f"(keeping all: {q['base_rate']:.2f}), recall {q['recall']:.2f}, worst class recall "
+            f"{q['worst_class_recall']:.2f} ({q['worst_class']})")
     if "frames" in q:
         line += (f"; 1-FPS frames: kept {q['frames_kept']} of {q['frames']}, precision {q['frame_precision']:.2f} "
                  f"(all: {q['frame_base_rate']:.2f}), recall {q['frame_recall']:.2f}")

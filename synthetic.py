@@ -174,8 +174,11 @@ def filtering_quality(data_root: str | Path, filtered: str, records: Iterable[di
     A kept sample is correct when its label (query or pseudo label) is the class its content really shows.
     precision = correct kept / kept; recall = correct kept / samples that could be kept correctly (query mode: those
     showing their query class; pseudo mode: those showing any class); base_rate = precision of keeping every
-    readable sample with its query label. For untrimmed videos scored frame by frame (2D students, Sec. 3.5) the
-    same is measured on the 1-FPS frames (`_frame_quality`).
+    readable sample with its query label. The same per class (K,) lists: class_precision over the samples kept with
+    label c, class_recall over those that could be kept correctly as c; worst_class_recall / worst_class: the
+    lowest class_recall among classes with such samples (what a single threshold costs the unsure classes,
+    --rule). For untrimmed videos scored frame by frame (2D students, Sec. 3.5) the same is measured on the 1-FPS
+    frames (`_frame_quality`).
     Returns None when the data root has no truth.json or the report belongs to another source.
     """
     root = Path(data_root)
@@ -185,18 +188,28 @@ def filtering_quality(data_root: str | Path, filtered: str, records: Iterable[di
     report, truth = json.loads(report_file.read_text()), json.loads(truth_file.read_text())
     if report.get("source") not in truth:
         return None
-    known = truth[report["source"]]
+    known, k = truth[report["source"]], len(report["classes"])
     query_mode = report["mode"] == "query"
     rows = [(r, known[r["path"]]) for r in records if r["path"] in known]
     kept = [(r, t) for r, t in rows if r["status"] == "kept"]
     readable = [(r, t) for r, t in rows if r["status"] != "corrupt"]
-    possible = sum(t["true_class"] is not None and (t["true_class"] == t["query"] or not query_mode) for _, t in rows)
-    correct = sum(r["label"] == t["true_class"] for r, t in kept)
-    out = {"source": report["source"], "mode": report["mode"], "threshold": report["threshold"], "kept": len(kept),
-           "samples": len(rows), "precision": correct / max(1, len(kept)), "recall": correct / max(1, possible),
-           "base_rate": sum(t["true_class"] == t["query"] for _, t in readable) / max(1, len(readable))}
+    # per class c: kept with label c, of those correct, and the samples that could be kept correctly as c
+    kept_c = np.bincount([r["label"] for r, _ in kept], minlength=k)
+    correct_c = np.bincount([r["label"] for r, t in kept if r["label"] == t["true_class"]], minlength=k)
+    possible_c = np.bincount([t["true_class"] for _, t in rows
+                              if t["true_class"] is not None and (t["true_class"] == t["query"] or not query_mode)],
+                             minlength=k)
+    class_recall = correct_c / np.maximum(possible_c, 1)
+    worst = int(np.argmin(np.where(possible_c > 0, class_recall, np.inf)))
+    out = {"source": report["source"], "mode": report["mode"], "threshold": report["threshold"],
+           "rule": report.get("rule", "fixed"), "kept": len(kept), "samples": len(rows),
+           "precision": int(correct_c.sum()) / max(1, len(kept)),
+           "recall": int(correct_c.sum()) / max(1, int(possible_c.sum())),
+           "base_rate": sum(t["true_class"] == t["query"] for _, t in readable) / max(1, len(readable)),
+           "class_precision": (correct_c / np.maximum(kept_c, 1)).tolist(), "class_recall": class_recall.tolist(),
+           "worst_class_recall": float(class_recall[worst]), "worst_class": report["classes"][worst]}
     if any("unit_scores" in r and "frames" in r for r, _ in rows):
-        out.update(_frame_quality(rows, report["threshold"]))
+        out.update(_frame_quality(rows))
     return out
 
 
@@ -432,16 +445,17 @@ def _crawl_plan(cfg: SynthConfig, source: str, per_class: int) -> list:
     return plan
 
 
-def _frame_quality(rows: list, threshold: float) -> dict:
+def _frame_quality(rows: list) -> dict:
     """filtering_quality on the 1-FPS frames of untrimmed videos: a frame counts as kept when its video is kept and
-    its score reaches the threshold, and as correct when it shows its video's label (the query when dropped)."""
+    its score reaches the threshold its video was held to (--rule), and as correct when it shows its video's label
+    (the query when dropped)."""
     frames = [(r, t, f, s) for r, t in rows if "unit_scores" in r and "frames" in r
               for f, s in zip(r["frames"], r["unit_scores"])]
     kept = hits = showing_query = 0
     for r, t, f, score in frames:
         shown = _content_at(t, f)
         label = r["label"] if r["label"] is not None else t["query"]
-        chosen = r["status"] == "kept" and score >= threshold
+        chosen = r["status"] == "kept" and score >= r["threshold"]
         kept += chosen
         hits += chosen and shown is not None and shown == label
         showing_query += shown == t["query"]

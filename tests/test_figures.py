@@ -116,6 +116,8 @@ def test_precision_recall_bars_match_the_truth(filtered_images, small_data):
     overall = synthetic.filtering_quality(small_data, "fig-img", records)   # the same truth, counted another way
     assert correct.sum() / len(kept) == pytest.approx(overall["precision"])
     assert correct.sum() / possible.sum() == pytest.approx(overall["recall"])
+    worst = np.where(possible > 0, recall, np.inf).argmin()                # --rule's figure: the worst class
+    assert (overall["worst_class"], overall["worst_class_recall"]) == (classes[worst], pytest.approx(recall[worst]))
 
 
 def test_eq2_gif_frames_are_image_to_clip_output(small_data, tmp_path):
