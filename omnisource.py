@@ -584,13 +584,14 @@ def run_procedure(args: argparse.Namespace) -> list[tuple[str, dict]]:
     #    the baseline ("target only") of the comparison.
     print("== step 1: teacher / baseline on the target set", flush=True)
     baseline, teachers = train_teachers(args)
-    rows, rounds = [("baseline (target only)", baseline)], []
+    rows, rounds, every_filtered = [("baseline (target only)", baseline)], [], []
     same = ["--mixup", str(args.mixup), "--inflate", args.inflate, "--motion", motion, "--snippet", args.snippet]
     for r in range(1, args.rounds + 1):
         tag = "" if r == 1 else f"-r{r}"
         # 2. Run M on every U_i, drop samples under the threshold, pseudo-label the rest (filter.py).
         print(f"== step 2: teacher filtering of every web source{_round(r, args)}", flush=True)
         filtered, kept = filter_sources(args, sources, teachers, tag)
+        every_filtered += filtered
         if r == 1:
             # 3. Transforms T_i: fit the camera motion of Eq. 2 on the target videos (web images -> clips).
             print("== step 3: camera-motion Gaussian for image-to-clip (Eq. 2)", flush=True)
@@ -616,7 +617,7 @@ def run_procedure(args: argparse.Namespace) -> list[tuple[str, dict]]:
     if args.also_still:
         rows.append(("filtered, still images (--inflate still)",
                      run_train(args, "still", args.arch, _with(first, "--inflate", "still"))))
-    write_table(work, rows, args.select, rounds, procedure_figures(args, rows, filtered, motion))
+    write_table(work, rows, args.select, rounds, procedure_figures(args, rows, every_filtered, motion))
     return rows
 
 
@@ -1136,8 +1137,8 @@ def confusion_figure(runs: list[tuple[str, dict]]) -> Image.Image:
 
 def procedure_figures(args: argparse.Namespace, rows: list[tuple[str, dict]], filtered: list[str],
                       motion: str) -> list[tuple[str, str]]:
-    """The procedure's figures in WORK_DIR/figures/: each filtered source's (filter_figures, beside --target's
-    class counts), Eq. 2's clips of its first kept web images (inflate_figures), every run's curves together and
+    """The procedure's figures in WORK_DIR/figures/: each filtered source's of every round (filter_figures, beside
+    --target's class counts), Eq. 2's clips of its first kept web images (inflate_figures), every run's curves together and
     the confusion matrices of the first two rows (baseline, student). Returns (caption, path relative to WORK_DIR)."""
     work = Path(args.work_dir)
     out_dir, paths = work / "figures", []

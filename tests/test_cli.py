@@ -191,6 +191,8 @@ def test_omnisource_two_rounds_and_a_source_that_keeps_nothing(small_data, tmp_p
     assert rounds[1]["kept"] == {"synth-web-img-filtered-r2": {"kept": report["kept"], "total": report["total"]}}
     rows = (work / "results.md").read_text().splitlines()
     assert rows[6].startswith("| OmniSource round 2 (teacher: the round-1 student) |")
+    figures = json.loads((work / "results.json").read_text())["figures"]       # both rounds' filtering is shown
+    assert {f"figures/synth-web-img-filtered{tag}_contact_sheet.png" for tag in ("", "-r2")} <= set(figures)
     again = run("omnisource", argv + ["--resume"])
     assert again.stdout.count("(finished earlier, skipped: --resume)") == 8
 
