@@ -1138,8 +1138,9 @@ def confusion_figure(runs: list[tuple[str, dict]]) -> Image.Image:
 def procedure_figures(args: argparse.Namespace, rows: list[tuple[str, dict]], filtered: list[str],
                       motion: str) -> list[tuple[str, str]]:
     """The procedure's figures in WORK_DIR/figures/: each filtered source's of every round (filter_figures, beside
-    --target's class counts), Eq. 2's clips of its first kept web images (inflate_figures), every run's curves together and
-    the confusion matrices of the first two rows (baseline, student). Returns (caption, path relative to WORK_DIR)."""
+    --target's class counts), Eq. 2's clips of its first kept web images (inflate_figures), every run's curves
+    together and the confusion matrices of the first two rows (baseline, student). Returns (caption, path relative
+    to WORK_DIR)."""
     work = Path(args.work_dir)
     out_dir, paths = work / "figures", []
     for name in filtered:
