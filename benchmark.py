@@ -1193,7 +1193,7 @@ def _decode_rate(video: Path, hw, threads: int) -> dict:
         first, count = [], 0
         wall, cpu = time.perf_counter(), time.process_time()
         for frame in container.decode(stream):
-            rgb = frame.to_ndarray(format="rgb24")   # (H, W, 3); a GPU frame is downloaded first
+            rgb = data.to_rgb(frame)   # (H, W, 3); a GPU frame is downloaded first
             first += [rgb] if count < 8 else []
             count += 1
         wall, cpu = time.perf_counter() - wall, time.process_time() - cpu

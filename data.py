@@ -157,6 +157,26 @@ class VideoTooShortError(ValueError):
         self.num_frames = num_frames
 
 
+def reformat(frame: av.VideoFrame, format: str = "rgb24", width: int | None = None, height: int | None = None
+             ) -> av.VideoFrame:
+    """`frame.reformat(...)` through this process's own swscale context: every frame conversion of the project.
+
+    PyAV's default conversion (`frame.to_ndarray(format=...)`, `frame.reformat(...)`) reuses one context per
+    thread, and a forked child inherits it: with PyAV 18.1.1 the child's first default conversion then waits
+    forever for the parent's swscale slice threads, which do not exist in the child. A context keyed by the
+    process id is never shared across a fork (the parent's stays referenced, never freed, in the child).
+    """
+    own = _REFORMATTERS.get(os.getpid())
+    if own is None:
+        own = _REFORMATTERS[os.getpid()] = av.video.reformatter.VideoReformatter()
+    return own.reformat(frame, format=format, width=width, height=height)
+
+
+def to_rgb(frame: av.VideoFrame) -> np.ndarray:
+    """A decoded frame -> uint8 `(H, W, 3)` RGB (`reformat`, fork-safe)."""
+    return reformat(frame).to_ndarray()
+
+
 def read_frames(path: str | Path, indices: Sequence[int]) -> np.ndarray:
     """Frames `indices` (0-based, any order, repeats allowed) as uint8 `(len(indices), H, W, 3)` RGB.
 
@@ -225,7 +245,7 @@ def read_frames_naive(path: str | Path, indices: Sequence[int]) -> np.ndarray:
         return read_frames(path, wanted)
     _check_file(path)
     with av.open(str(path)) as container:
-        frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+        frames = [to_rgb(f) for f in container.decode(video=0)]
     if int(wanted.max()) >= len(frames):
         raise VideoTooShortError(path, int(wanted.max()), len(frames))
     return np.stack([frames[i] for i in wanted])
@@ -665,7 +685,7 @@ def resolve_dataset(data_root: str | Path, name: str, filtered: bool = False) ->
                                 f"folder needs classes.txt, train.txt and val.txt)")
     if name not in LAYOUTS:
         raise ValueError(f"unknown dataset {name!r} under {data_root}: known names are "
-                         f'{", ".join(LAYOUTS)} (web sources take filtered=True or ":filtered"), '
+                         f'{", ".join(LAYOUTS)} (a web source\'s teacher-filtered list: NAME:filtered), '
                          f"or make a plain folder {PLAIN_LAYOUT}")
     return _resolve_layout(data_root, name, filtered)
 
@@ -1070,7 +1090,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                        "that training reads it fast; broken files are reported in OUT/NAME/prepare_report.json.")
     q.add_argument("--data-root", required=True, help="folder holding the dataset (as train.py's --data-root)")
     q.add_argument("--dataset", required=True, help="dataset name under --data-root: a plain folder NAME/ or a "
-                   "layout (k400, k200, ucf101, hmdb51, gg, ig-img, ig-vid, k200-raw, k400-untr; 'NAME:filtered' "
+                   "layout (k400, k200, ucf101, hmdb51, gg, ig-img, web-img, ig-vid, k200-raw, k400-untr; 'NAME:filtered' "
                    "for a web source's filtered list)")
     q.add_argument("--out", required=True, help="folder to write to (then train with --data-root OUT); the same "
                    "command continues an interrupted run")
@@ -1520,7 +1540,6 @@ def _decode_seeking(container: av.container.InputContainer, stream: av.video.str
     """
     want, out, order = set(int(i) for i in wanted), {}, [int(i) for i in wanted]
     frames, pos, end = None, -1, -1   # decoder iterator; index of the last frame taken; last frame of the run
-    rgb = av.video.reformatter.VideoReformatter()
     try:
         for j, n in enumerate(order):
             if n >= index.num_frames:
@@ -1554,8 +1573,8 @@ def _decode_seeking(container: av.container.InputContainer, stream: av.video.str
                         return None   # decoding order disagrees with the pts ranks, or a wanted frame is missing
                     stats["skipped"] += i - pos - 1
                 pos = i
-                if i in want:   # = frame.to_ndarray(format='rgb24'), one swscale context for the clip
-                    out[i] = rgb.reformat(frame, format="rgb24").to_ndarray()
+                if i in want:
+                    out[i] = to_rgb(frame)
             if n == end:
                 frames = None   # the run drained its decoder: the next wanted frame seeks
         return out
@@ -1648,6 +1667,7 @@ def _can_skip(container: av.container.InputContainer, stream: av.video.stream.Vi
 _SKIP_CODECS = ("h264", "hevc", "mpeg1video", "mpeg2video")
 _UNUSABLE = "unusable pts"   # `_scan_pts` result: seeking by pts is not possible for this file
 _PTS_CACHE = _PtsCache()
+_REFORMATTERS: dict[int, av.video.reformatter.VideoReformatter] = {}   # `reformat`: one swscale context per process
 
 
 def _file_key(name: str) -> tuple[str, int, int, int] | None:
@@ -1666,7 +1686,7 @@ def _decode_sequential(path: Path, wanted: np.ndarray, stats: dict) -> dict[int,
         for i, frame in enumerate(container.decode(stream)):
             count = i + 1
             if i in want:
-                out[i] = frame.to_ndarray(format="rgb24")
+                out[i] = to_rgb(frame)
             if i >= last:
                 break
     stats["decoded"] += count
@@ -1711,7 +1731,7 @@ class _PieceWriter:
         self.time_base, self.count = 1 / Fraction(rate), 0
 
     def write(self, frame: av.VideoFrame) -> None:
-        out = frame.reformat(width=self.width, height=self.height, format="yuv420p")
+        out = reformat(frame, "yuv420p", self.width, self.height)
         out.pts, out.time_base = self.count, self.time_base   # piece-local timestamps from 0
         self.count += 1
         for packet in self.stream.encode(out):
@@ -2346,7 +2366,7 @@ def _transcode(src: Path, short_side: int, write: Callable[[np.ndarray, int, Fra
         slack = 1 if stream.frames else max(1, claimed // 50)
         n = 0
         for frame in container.decode(stream):
-            write(_fit_short_side(frame.to_ndarray(format="rgb24"), short_side), n, rate)
+            write(_fit_short_side(to_rgb(frame), short_side), n, rate)
             n += 1
     if n == 0:
         raise ValueError(f"{src}: no decodable video frames")
@@ -2371,7 +2391,7 @@ def _encode_video(src: Path, dst: Path, cfg: PrepareConfig) -> None:
                 stream.codec_context.options = {
                     "crf": str(cfg.crf), "preset": "veryfast", "tune": "fastdecode", "threads": "1",
                     "x264-params": f"keyint={keyint}:min-keyint={keyint}:scenecut=0:bframes=0:threads=1:no-mbtree=1"}
-            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24").reformat(format="yuv420p")
+            frame = reformat(av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24"), "yuv420p")
             frame.pts, frame.time_base = n, 1 / Fraction(rate)
             for packet in box["stream"].encode(frame):
                 container.mux(packet)

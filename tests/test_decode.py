@@ -1,4 +1,4 @@
-"""Tests for data.py's selective decoding: skipped frames and the cached pts scan (issue 10, item 8).
+"""Tests for data.py's selective decoding: skipped frames, the cached pts scan, fork-safe frame conversion.
 
 Known answers computed another way: every frame `read_frames` returns must equal the same frame of a
 whole-file decode (`read_frames_naive`: every frame decoded and converted, default settings), on videos
@@ -11,6 +11,8 @@ Which frames the decoder may drop is measured another way too: a whole-file deco
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from fractions import Fraction
 from pathlib import Path
 
@@ -330,3 +332,41 @@ def test_failed_seeking_is_remembered(videos, monkeypatch):
     third = {}
     assert np.array_equal(decode(path, [30, 40], third), whole[[30, 40]])
     assert not third["sequential"] and third["seeks"] == 2
+
+
+FORK_SCRIPT = r'''
+import multiprocessing, sys
+import av, numpy as np
+sys.path.insert(0, sys.argv[1])
+import data
+# 1. a default PyAV conversion in the parent, as a user's script or notebook may do (its swscale context has threads)
+f = av.VideoFrame.from_ndarray(np.zeros((64, 64, 3), np.uint8), format="rgb24")
+f.reformat(format="yuv420p").to_ndarray(format="rgb24")
+# 2. forked workers read an MPEG-4 .avi (the path that converts every frame) and an H.264 .mp4
+paths = sys.argv[3:]
+with multiprocessing.get_context("fork").Pool(2) as pool:
+    shapes = pool.starmap(data.read_frames, [(p, [0, 5, 9]) for p in paths])
+print("read", [s.shape for s in shapes], flush=True)
+# 3. prepare, in-process: its pool of forked workers decodes and encodes every video
+data.prepare_dataset(sys.argv[2], "forkset", sys.argv[2] + "/prepared", data.PrepareConfig(workers=2, measure=0))
+print("prepared", flush=True)
+'''
+
+
+def test_decode_forked_workers_convert_after_a_default_conversion_in_the_parent(videos, tmp_path):
+    """PyAV 18.1.1: after a default conversion in a process, its forked children hung at their first default
+    conversion (swscale threads inherited). Every conversion goes through data.reformat, which a child never
+    inherits: the workers' reads and prepare's pool finish (a hang fails at the timeout)."""
+    root = tmp_path / "forkset"
+    (root / "videos").mkdir(parents=True)
+    for name in ("mpeg4_avi", "h264_mp4"):
+        (root / "videos" / videos[name].name).write_bytes(videos[name].read_bytes())
+    (root / "classes.txt").write_text("a\nb\n")
+    (root / "train.txt").write_text(f"videos/{videos['mpeg4_avi'].name} 0\nvideos/{videos['h264_mp4'].name} 1\n")
+    (root / "val.txt").write_text(f"videos/{videos['h264_mp4'].name} 1\n")
+    paths = [str(root / "videos" / videos[n].name) for n in ("mpeg4_avi", "h264_mp4")]
+    out = subprocess.run([sys.executable, "-c", FORK_SCRIPT, str(Path(data.__file__).parent), str(tmp_path), *paths],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "read [(3, 48, 64, 3), (3, 48, 64, 3)]" in out.stdout and "prepared" in out.stdout
+    assert len(list((tmp_path / "prepared" / "forkset").rglob("img_*.jpg"))) == 2 * N

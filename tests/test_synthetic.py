@@ -9,6 +9,7 @@ import pytest
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import data  # noqa: E402
 import synthetic  # noqa: E402
 
 SMALL = dict(seed=3, num_classes=3, train_per_class=2, val_per_class=2, web_images_per_class=8,
@@ -224,7 +225,7 @@ def _lines(path):
 
 def _decode(path):
     with av.open(str(path)) as c:
-        return np.stack([f.to_ndarray(format="rgb24") for f in c.decode(video=0)])
+        return np.stack([data.to_rgb(f) for f in c.decode(video=0)])
 
 
 def test_ensure_demo_data_generates_the_default_demo_once_and_only_for_synth(tmp_path, monkeypatch, capsys):

@@ -17,6 +17,7 @@ import torch
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import data  # noqa: E402
 import transforms as T  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -472,16 +473,16 @@ def test_select_snippet_known_answers():
     probs = np.array([0.9, 0.1, 0.2, 0.8, 0.05, 0.6])  # positives (>= 0.5): 0, 3, 5; negatives: 1, 2, 4
     pos, neg = {0, 3, 5}, {1, 2, 4}
     rng = np.random.default_rng(0)
-    assert T.select_snippet(probs, 0, "3pos", rng).tolist() == [0, 3, 5]
+    assert T.select_snippet(probs, 0, "3pos", rng, threshold=0.5).tolist() == [0, 3, 5]
     for mode, (n_pos, n_neg) in {"1p2n": (1, 2), "2p1n": (2, 1)}.items():
         for _ in range(50):
-            idx = T.select_snippet(probs, 0, mode, rng)
+            idx = T.select_snippet(probs, 0, mode, rng, threshold=0.5)
             assert len(set(idx.tolist())) == 3 and list(idx) == sorted(idx)
             assert len(pos & set(idx.tolist())) == n_pos and len(neg & set(idx.tolist())) == n_neg
-    assert len(set(T.select_snippet(probs, 0, "3rand", rng).tolist())) == 3
+    assert len(set(T.select_snippet(probs, 0, "3rand", rng, threshold=0.5).tolist())) == 3
     # (F, C) teacher scores: the label's column decides; exactly one positive + two negatives -> all three
     scores = np.array([[0.7, 0.3], [0.2, 0.8], [0.1, 0.9]])
-    assert T.select_snippet(scores, 0, "1p2n", rng).tolist() == [0, 1, 2]
+    assert T.select_snippet(scores, 0, "1p2n", rng, threshold=0.5).tolist() == [0, 1, 2]
     assert T.select_snippet(scores, 1, "1p2n", rng, threshold=0.85).tolist() == [0, 1, 2]
 
 
@@ -489,13 +490,14 @@ def test_select_snippet_fallbacks():
     rng = np.random.default_rng(1)
     one_pos = np.array([0.9, 0.1, 0.2, 0.3])
     for _ in range(20):  # '3pos' with one positive: the positive + two negatives
-        idx = T.select_snippet(one_pos, 0, "3pos", rng).tolist()
+        idx = T.select_snippet(one_pos, 0, "3pos", rng, threshold=0.5).tolist()
         assert 0 in idx and len(set(idx)) == 3
-    assert T.select_snippet(np.array([0.9, 0.8, 0.7]), 0, "1p2n", rng).tolist() == [0, 1, 2]  # no negatives
-    short = T.select_snippet(np.array([0.9, 0.1]), 0, "1p2n", rng)
+    no_negatives = np.array([0.9, 0.8, 0.7])
+    assert T.select_snippet(no_negatives, 0, "1p2n", rng, threshold=0.5).tolist() == [0, 1, 2]
+    short = T.select_snippet(np.array([0.9, 0.1]), 0, "1p2n", rng, threshold=0.5)
     assert len(short) == 3 and set(short.tolist()) <= {0, 1} and {0, 1} <= set(short.tolist())
     with pytest.raises(ValueError, match="mode"):
-        T.select_snippet(one_pos, 0, "4pos", rng)
+        T.select_snippet(one_pos, 0, "4pos", rng, threshold=0.5)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -626,5 +628,5 @@ def _photometric_error(a, b, margin=20):
 
 def _read_frames(path, n):
     with av.open(str(path)) as container:
-        frames = [f.to_ndarray(format="rgb24") for _, f in zip(range(n), container.decode(video=0))]
+        frames = [data.to_rgb(f) for _, f in zip(range(n), container.decode(video=0))]
     return np.stack(frames)
