@@ -118,6 +118,7 @@ from torch import nn
 import data
 import models
 import omnisource
+import synthetic
 import transforms
 
 MODES = ("query", "pseudo")
@@ -1148,7 +1149,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-root", default="data", help="folder holding the datasets (DATA_ROOT/NAME/ or the "
                    "paper's released layouts, see data.resolve_dataset)")
     p.add_argument("--source", required=True, help="web source to filter: a folder under --data-root with "
-                   "classes.txt and train.txt (QUERY labels), or gg, ig-img, ig-vid, k200-raw, k400-untr")
+                   "classes.txt and train.txt (QUERY labels), or gg, ig-img, web-img, ig-vid, k200-raw, k400-untr")
     p.add_argument("--split", default="train", help="split of --source to filter")
     p.add_argument("--teacher", nargs="+", required=True, help="train.py checkpoint(s) of the teacher(s); "
                    "several are ensembled by averaging probabilities (Fig. 6); images need TSN teachers")
@@ -1204,6 +1205,11 @@ def main(args: argparse.Namespace) -> dict | None:
             print(f"--source {args.source}: {unknown} of {len(query)} samples have a query class that is not a "
                   f"teacher class; left out (query mode matches class names)", file=sys.stderr)
         extractor = build_extractor(teachers, args.dedup_checkpoint, cfg.device) if val is not None else None
+        if extractor is not None and args.dedup_checkpoint is None and shard.rank == 0:
+            print(f"de-duplication features: {extractor.name}" + (
+                ", fine on the generated demo" if args.dedup_against == synthetic.DEMO_TARGET else
+                ", not the paper's ImageNet ResNet-50 (Sec. 3.3): pass --dedup-checkpoint with its weights"),
+                file=sys.stderr)
         work.claim(settings, f"--out {args.out}")
         try:
             info = run_filter(samples, query, teachers, cfg, work, prefix, val, extractor)

@@ -213,47 +213,67 @@ def write_queries(path: str | Path, rows: list[dict]) -> None:
 
 
 INFLATE_MODES = ("still", "translate-random", "translate-const", "warp-agno", "warp-spec")   # --inflate, Table 8
+MOTION_STEPS = 32       # consecutive frame pairs aligned per video (at least two windows of the stride)
+MIN_CLASS_FIT = 9       # homographies a class needs for its own Gaussian ('warp-spec'): more than its 8 dimensions
 
 
-def estimate_motion(data_root: str | Path, target: str, out: str | Path | None = None, max_videos: int = 200,
-                    max_pairs: int = 16, seed: int = 0,
+def motion_stride(spec: models.ArchSpec) -> str:
+    """What one step H_i of a pseudo clip (Eq. 2) stands for: the distance between the frames the architecture
+    samples from a real clip. A 3D net takes a frame every `frame_interval` ("16 frames" for SlowOnly 4x16); a TSN
+    takes one frame per segment, so its frames lie a segment apart: 1 / num_segments of the video ("1/3 video").
+    The motion file records it; train.py refuses a file fitted at another stride than its --arch samples."""
+    if spec.family == "tsn":
+        return f"1/{spec.num_clips_train} video"
+    return f"{spec.frame_interval} frames"
+
+
+def stride_frames(spec: models.ArchSpec, num_frames: int) -> int:
+    """`motion_stride` in native frames of a video of `num_frames` frames (a TSN's segment length)."""
+    return max(1, num_frames // spec.num_clips_train) if spec.family == "tsn" else spec.frame_interval
+
+
+def estimate_motion(data_root: str | Path, target: str, arch: str, out: str | Path | None = None,
+                    videos_per_class: int = 5, seed: int = 0, workers: int = 0,
                     log: Callable[[str], None] = print) -> transforms.HomographyGaussian:
-    """Fit N(mu, Sigma) of inter-frame homographies on the target's training videos (Sec. 3.5).
+    """Fit N(mu, Sigma) of the camera motion of the target's training videos at `arch`'s stride (Sec. 3.5).
 
-    1. Take up to `max_videos` training videos (a fixed random subset), both class-agnostic and
-       per class (their labels).
-    2. In each, decode `max_pairs` + 1 consecutive frames from a random start and estimate the
-       homography between every consecutive pair (transforms.estimate_video_motion; scene cuts and
-       failed alignments are dropped).
-    3. Express every H in normalised image coordinates (so the fit applies to web images of any
-       size) and take the maximum-likelihood Gaussian, class-agnostic ("warp-agno") and per class
-       ("warp-spec", Table 8).
-    Writes the model to `out` (default `data.motion_path`: the target's folder, where train.py looks) and
-    returns it.
+    1. Take `videos_per_class` training videos of every class (a fixed random subset).
+    2. In each, decode a run of consecutive frames from a random start and take the homography of every window
+       of `stride_frames` frames: the product of its consecutive steps (transforms.estimate_video_motion; a
+       window with a scene cut or a failed alignment is dropped). Windows per video: MOTION_STEPS // stride, at
+       least 2, as many as the video holds. Videos are read in `workers` DataLoader processes.
+    3. Express every H in normalised image coordinates (so the fit applies to web images of any size) and take the
+       maximum-likelihood Gaussian, class-agnostic ("warp-agno") and per class ("warp-spec", Table 8) for the
+       classes with at least MIN_CLASS_FIT homographies; the others sample the class-agnostic one (printed).
+    Writes the model with its stride (`motion_stride`) to `out` (default `data.motion_path`: the target's folder,
+    where train.py looks) and returns it.
     """
     spec = data.resolve_dataset(data_root, target)
+    arch_spec = _arch_spec(arch)
     samples = [s for s in data.load_split(spec, "train") if s.kind in ("video", "untrimmed", "frames")]
     rng = np.random.default_rng([seed, 13])
-    samples = [samples[i] for i in rng.permutation(len(samples))[:max_videos]]
+    by_class: dict[int, list] = {}
+    for i in rng.permutation(len(samples)):
+        by_class.setdefault(samples[i].label, []).append(samples[i])
+    chosen = [s for label in sorted(by_class) for s in by_class[label][:videos_per_class]]
+    videos = _MotionVideos(chosen, arch_spec, seed)
+    loader = torch.utils.data.DataLoader(videos, batch_size=None, num_workers=workers, collate_fn=_as_is)
     hs, labels = [], []
-    for n, s in enumerate(samples):
-        try:
-            total = s.num_frames or data.count_frames(s.path)
-            start = int(rng.integers(0, max(1, total - max_pairs)))
-            frames = data.read_frames(s.path, np.arange(start, min(total, start + max_pairs + 1)))   # (P+1, H, W, 3)
-        except Exception as err:            # a broken video only loses its own motion samples
-            log(f"estimate_motion: skipped {s.path}: {err}")
-            continue
-        size = (frames.shape[2], frames.shape[1])
-        for hmat in transforms.estimate_video_motion(frames):
-            hs.append(None if hmat is None else transforms.normalize_homography(hmat, size))
-            labels.append(s.label)
-        if (n + 1) % 20 == 0:
-            log(f"estimate_motion: {n + 1}/{len(samples)} videos, {sum(h is not None for h in hs)} homographies")
-    motion = transforms.fit_homography_gaussian(hs, labels=labels)
+    for n, (found, label, error) in enumerate(loader):
+        if error:                           # a broken video only loses its own motion samples
+            log(f"estimate_motion: skipped {chosen[n].path}: {error}")
+        hs += found
+        labels += [label] * len(found)
+        if (n + 1) % 50 == 0:
+            log(f"estimate_motion: {n + 1}/{len(chosen)} videos, {sum(h is not None for h in hs)} homographies")
+    stride = motion_stride(arch_spec)
+    motion = transforms.fit_homography_gaussian(hs, labels=labels, min_class=MIN_CLASS_FIT, stride=stride)
     out = Path(out) if out else data.motion_path(spec)
     motion.save(out)
-    log(f"estimate_motion: {sum(h is not None for h in hs)} homographies from {len(samples)} videos -> {out}")
+    log(f"estimate_motion: {sum(h is not None for h in hs)} homographies at a stride of {stride} ({arch}) from "
+        f"{len(chosen)} videos -> {out}; warp-spec: {len(motion.per_class)} of {len(spec.classes)} classes have "
+        f"their own fit (>= {MIN_CLASS_FIT} homographies), {len(spec.classes) - len(motion.per_class)} use the "
+        f"class-agnostic one")
     return motion
 
 
@@ -384,10 +404,13 @@ def mixup(clips: torch.Tensor, targets: torch.Tensor, alpha: float,
           rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """Sec. 3.6 mixup (Zhang et al.): x = lam x_i + (1 - lam) x_j, y = lam y_i + (1 - lam) y_j.
 
-    clips (B, C, T, H, W); targets (B, K) one-hot or soft. The partner j of every row is a random row of
-    the SAME concatenated batch: when the batch holds target and auxiliary samples this is the paper's
-    cross-dataset mixup (a pair drawn from both datasets); with the target alone it is intra-dataset
-    mixup. One lam ~ Beta(alpha, alpha) per batch, as in the original mixup.
+    clips (B, C, T, H, W); targets (B, K) one-hot or soft. Rows are paired by ONE random permutation of the
+    whole concatenated batch [B_T, B_A1, ...] (row i with row perm[i]), so the partner of a row is any row of
+    the batch, whatever its source: at 2:1:1 a target row meets a target row half the time and a web row the
+    other half. That is the paper's cross-dataset mixup, "samples randomly chosen from both datasets": the
+    pair is drawn from the union of the sources, not one from each, and every pairing across and within
+    sources occurs in proportion to the batch ratio. With the target alone it is intra-dataset mixup.
+    One lam ~ Beta(alpha, alpha) per batch, as in the original mixup.
     Returns (mixed clips, mixed targets); each target row still sums to one.
     """
     lam = float(rng.beta(alpha, alpha))
@@ -490,6 +513,44 @@ TESTED = {"last": "the final weights of each run",                  # --select: 
 
 
 FILTER_RULES = ("fixed", "class-adaptive")      # filter.RULES' names (this file imports no entry point; a test checks)
+# The defaults a run on real data gets (train.py's and this file's flags of the same names), where the generated demo
+# gets synthetic.DEMO_SETTINGS: TSN-R50 is the paper's 2D model (Sec. 5.1), 1 positive + 2 negative frames its
+# snippets (Sec. 3.5, Table 14), web data is de-duplicated against the target's val split (Sec. 3.3), and the web
+# sources are the user's to name (none by default: a one-line refusal asks for them).
+PAPER_SETTINGS = {"arch": "tsn_r50", "sources": None, "snippet": "1p2n", "dedup": True}
+# Sec. 3.4: "we do not use 3D ConvNet teachers for web images": a 3D student's images (and a 2D student's 1-FPS
+# frames under a 3D teacher) are scored by the 2D network of the same backbone and recipe
+IMAGE_TEACHERS = {"slowonly_r50_4x16": "tsn_r50", "slowonly_r50_8x8": "tsn_r50", "slowonly_r101_8x8": "tsn_r101",
+                  "ircsn_r152_32x2": "tsn_r152", "slowonly_tiny": "tsn_tiny"}
+
+
+class SettlingParser(argparse.ArgumentParser):
+    """argparse's parser for train.py and omnisource.py: parsing also settles the flags `settle` left unset (None):
+    the demo's value (synthetic.DEMO_SETTINGS) when --target is the generated demo, else the paper's
+    (PAPER_SETTINGS). `args.demo_settings` lists the flags that took the demo's value, for the run's first line
+    (`demo_settings_line`); every caller of parse_args gets complete arguments."""
+
+    def __init__(self, *args: object, settle: Sequence[str] = (), **kwargs: object):
+        super().__init__(*args, **kwargs)
+        self.settle = tuple(settle)
+
+    def parse_known_args(self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+                         ) -> tuple[argparse.Namespace, list[str]]:
+        ns, rest = super().parse_known_args(args, namespace)
+        demo = ns.target == synthetic.DEMO_TARGET
+        ns.demo_settings = [k for k in self.settle if getattr(ns, k) is None] if demo else []
+        for k in self.settle:
+            if getattr(ns, k) is None:
+                setattr(ns, k, (synthetic.DEMO_SETTINGS if demo else PAPER_SETTINGS)[k])
+        return ns, rest
+
+
+def demo_settings_line(args: argparse.Namespace, keys: Sequence[str] | None = None) -> str:
+    """The line a command prints first when demo settings are in force (those of `keys`, default all); "" if none."""
+    shown = [f"--{k.replace('_', '-')} {_flag_value(synthetic.DEMO_SETTINGS[k])} "
+             f"(paper: {_flag_value(PAPER_SETTINGS[k])})" for k in args.demo_settings if keys is None or k in keys]
+    return (f"demo settings, because --target {args.target} is the generated demo (any other target gets the "
+            f"paper's): {', '.join(shown)}") if shown else ""
 
 
 class StepFailed(RuntimeError):
@@ -497,23 +558,25 @@ class StepFailed(RuntimeError):
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser("omnisource", formatter_class=_DefaultsOnce,
+    p = SettlingParser("omnisource", settle=list(PAPER_SETTINGS), formatter_class=_DefaultsOnce,
                                 description="The four steps of Table 1 in one command: 1. teacher (and baseline) "
                                 "on the target set, 2. teacher filtering of every web source, 3. the camera motion "
                                 "of Eq. 2, 4. joint training of the student. Each step is printed and run as the "
                                 "train.py / filter.py command a user would type.")
     p.add_argument("--data-root", default="data", help="datasets folder; the demo data is generated here")
     p.add_argument("--target", default="synth", help="target dataset (see train.py --target)")
-    p.add_argument("--sources", default="synth-web-img,synth-web-vid,synth-web-untrimmed",
-                   help="comma-separated raw web sources to filter and add (dataset names under --data-root)")
-    p.add_argument("--arch", default="tsn_tiny", help="student (and baseline) architecture")
+    p.add_argument("--sources", default=None, help="comma-separated raw web sources to filter and add (dataset "
+                   "names under --data-root, e.g. gg,ig-vid,k400-untr); required but on the demo target")
+    p.add_argument("--arch", default=None, help="student (and baseline) architecture (default: the paper's tsn_r50; "
+                   "tsn_tiny on the demo target)")
     p.add_argument("--checkpoint", default=None, help="initial weights of every training run of --arch, any "
                    "format models.load_weights reads (ours, MMAction2 0.x / 1.x, torchvision, bare state dict)")
     p.add_argument("--finetune", action="store_true", help="with --checkpoint: backbone only, fresh classifier")
     p.add_argument("--teacher-arch", default=None, help="teacher architecture (default: --arch; images are "
                    "always scored by a 2D teacher, Sec. 3.4, so a 3D teacher comes with a 2D --image-teacher-arch)")
-    p.add_argument("--image-teacher-arch", default="tsn_tiny", help="2D teacher of the image sources (and of the "
-                   "1-FPS frames of untrimmed videos for a 2D student) when --teacher-arch is 3D")
+    p.add_argument("--image-teacher-arch", default=None, help="2D teacher of the image sources (and of the 1-FPS "
+                   "frames of untrimmed videos for a 2D student) when --teacher-arch is 3D (default: the 2D network "
+                   "of the same backbone, IMAGE_TEACHERS: slowonly_r50_4x16 -> tsn_r50, slowonly_tiny -> tsn_tiny)")
     p.add_argument("--select", choices=("last", "val"), default="last", help="weights every train.py run tests, "
                    "reports and writes as WORK_DIR/final.pth (the teachers of step 2): last = the final weights; "
                    "val = best.pth, chosen on the val split the test then reports (MMAction2's practice)")
@@ -531,10 +594,16 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--mixup", type=float, default=0.0, help="mixup alpha for the student (0: off)")
     p.add_argument("--inflate", default="warp-agno", choices=INFLATE_MODES, help="image-to-clip transform of the "
                    "student (Table 8)")
-    p.add_argument("--snippet", default="3pos", choices=tuple(transforms.SNIPPET_MODES), help="untrimmed-to-"
-                   "snippet rule for 2D students (Table 14; for N segments see train.py --snippet). The paper's best "
-                   "on Kinetics, and train.py's default, is 1p2n: its negative frames add context. The generated "
-                   "demo's negative shots carry none, and there 3pos measured better (README)")
+    p.add_argument("--snippet", default=None, choices=tuple(transforms.SNIPPET_MODES), help="untrimmed-to-"
+                   "snippet rule for 2D students (Table 14; for N segments see train.py --snippet). Default: the "
+                   "paper's 1p2n, its negative frames add context; 3pos on the demo target, whose negative shots "
+                   "carry none (synthetic.DEMO_SETTINGS)")
+    p.add_argument("--dedup", action=argparse.BooleanOptionalAction, default=None, help="step 2 de-duplicates every "
+                   "web source against the target's val split (Sec. 3.3; filter.py --dedup-against). Default: on; off "
+                   "on the demo target, whose generated crawl shares no frame with its val split")
+    p.add_argument("--dedup-checkpoint", default=None, help="the paper's ImageNet ResNet-50 weights for "
+                   "de-duplication (filter.py --dedup-checkpoint; torchvision layout); without them the teacher's "
+                   "backbone gives the features, and filter.py says so")
     p.add_argument("--rounds", type=int, default=1, help="teacher-student rounds, beyond the paper (Noisy Student, "
                    "Xie et al. 2020): the student of round r becomes the teacher of round r+1, filters the web "
                    "sources again (SOURCE-filtered-rR) and trains the next student (WORK_DIR/student_rR); "
@@ -543,8 +612,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                    "web data, the comparison of Table 12")
     p.add_argument("--also-still", action="store_true", help="also train a student whose web images become "
                    "clips by replication (--inflate still), the comparison of Table 8")
-    p.add_argument("--motion-videos", type=int, default=200, help="target videos whose camera motion is fitted "
-                   "for Eq. 2 (16 frame pairs each)")
+    p.add_argument("--motion-videos", type=int, default=5, help="target videos per class whose camera motion is "
+                   "fitted for Eq. 2, at the stride --arch samples frames (omnisource.motion_stride); a class with "
+                   f"fewer than {MIN_CLASS_FIT} homographies uses the class-agnostic fit under warp-spec (printed)")
     p.add_argument("--motion", default=None, help="camera-motion Gaussian file (Eq. 2): written by step 3 and "
                    "read by the student (default WORK_DIR/motion.json; with --estimate-motion motion.json in "
                    "--target's folder, where train.py looks: data.motion_path)")
@@ -557,8 +627,10 @@ def get_args_parser() -> argparse.ArgumentParser:
                    "--resume): steps whose command finished (WORK_DIR/steps.json) are skipped, the train.py run "
                    "that was killed continues from its latest.pth, a filter.py run from its work folder; other "
                    "flags than the recorded ones (--workers excepted) are refused")
+    p.add_argument("--dry-run", action="store_true", help="print every step's command as it would run (train.py, "
+                   "filter.py, torchrun lines with their work folders; with --resume, which are skipped) and run none")
     p.add_argument("--estimate-motion", action="store_true", help="only fit the camera-motion Gaussian of "
-                   "--target (Sec. 3.5) and write it to --motion")
+                   "--target (Sec. 3.5) at the stride --arch samples frames, and write it to --motion")
     p.add_argument("--write-queries", default=None, metavar="OUT.jsonl", help="only write the Sec. 3.3 search "
                    "queries of --target's class names (one JSON object per line: source, label, class, query) for "
                    "a crawler, and exit")
@@ -576,9 +648,10 @@ def run_procedure(args: argparse.Namespace) -> list[tuple[str, dict]]:
 
     --rounds N > 1 goes beyond the paper (Noisy Student, Xie et al., CVPR 2020): the student of round r is the
     teacher of round r + 1, which filters the web data again (into SOURCE-filtered-rR) and trains student_rR.
+    --dry-run prints every command and runs none (each filter.py step is assumed to keep something).
     Returns the rows of the results table: (run name, that run's metrics.json with its confusion matrix).
     """
-    work, sources = Path(args.work_dir), [s for s in args.sources.split(",") if s]
+    work, sources = Path(args.work_dir), args.sources.split(",")
     motion = args.motion or str(work / "motion.json")
     # 1. Train one (or more) teacher M on D_T. With the same architecture as the student it is also
     #    the baseline ("target only") of the comparison.
@@ -593,11 +666,13 @@ def run_procedure(args: argparse.Namespace) -> list[tuple[str, dict]]:
         filtered, kept = filter_sources(args, sources, teachers, tag)
         every_filtered += filtered
         if r == 1:
-            # 3. Transforms T_i: fit the camera motion of Eq. 2 on the target videos (web images -> clips).
+            # 3. Transforms T_i: fit the camera motion of Eq. 2 on the target videos (web images -> clips), at the
+            #    stride the student samples frames (motion_stride).
             print("== step 3: camera-motion Gaussian for image-to-clip (Eq. 2)", flush=True)
             run_step(args, "omnisource.py", ["--estimate-motion", "--data-root", args.data_root, "--target",
-                                             args.target, "--motion", motion, "--motion-videos",
-                                             str(args.motion_videos), "--seed", str(args.seed)], nproc=1)
+                                             args.target, "--arch", args.arch, "--motion", motion, "--motion-videos",
+                                             str(args.motion_videos), "--seed", str(args.seed), "--workers",
+                                             str(args.workers)], nproc=1)
         # 4. Train M' on D_T and the auxiliary sets D_A,i (Eq. 1), one optimiser step per iteration.
         print(f"== step 4: joint training of the student{_round(r, args)}", flush=True)
         joint = ["--aux", ",".join(filtered), *step4_flags(args.ratio, args.resample, kept), *same]
@@ -606,7 +681,8 @@ def run_procedure(args: argparse.Namespace) -> list[tuple[str, dict]]:
         student = run_train(args, name, args.arch, joint)
         rows.append(("OmniSource (filtered web data)" if r == 1 else
                      f"OmniSource round {r} (teacher: the round-{r - 1} student)", student))
-        rounds.append(round_record(args, r, teachers, filtered, student))
+        if not args.dry_run:
+            rounds.append(round_record(args, r, teachers, filtered, student))
         teachers = next_teachers(args, teachers, work / name / "final.pth")
     # Comparisons beside Table 1's steps, everything else equal: Table 12's unfiltered web data, Table 8's
     # still-image clips.
@@ -617,7 +693,8 @@ def run_procedure(args: argparse.Namespace) -> list[tuple[str, dict]]:
     if args.also_still:
         rows.append(("filtered, still images (--inflate still)",
                      run_train(args, "still", args.arch, _with(first, "--inflate", "still"))))
-    write_table(work, rows, args.select, rounds, procedure_figures(args, rows, every_filtered, motion))
+    if not args.dry_run:
+        write_table(work, rows, args.select, rounds, procedure_figures(args, rows, every_filtered, motion))
     return rows
 
 
@@ -646,12 +723,11 @@ def train_teachers(args: argparse.Namespace) -> tuple[dict, dict[str, Path]]:
     work = Path(args.work_dir)
     baseline = run_train(args, "baseline", args.arch)
     teachers = {"video": work / "baseline" / "final.pth"}
-    teacher_arch = args.teacher_arch or args.arch
-    if teacher_arch != args.arch:
-        run_train(args, "teacher", teacher_arch, init=False)
+    if args.teacher_arch != args.arch:
+        run_train(args, "teacher", args.teacher_arch, init=False)
         teachers["video"] = work / "teacher" / "final.pth"
     teachers["image"] = teachers["video"]
-    if not _is_2d(teacher_arch):                       # Sec. 3.4: web images get 2D teachers only
+    if not _is_2d(args.teacher_arch):                  # Sec. 3.4: web images get 2D teachers only
         run_train(args, "image_teacher", args.image_teacher_arch, init=False)
         teachers["image"] = work / "image_teacher" / "final.pth"
     return baseline, teachers
@@ -665,7 +741,7 @@ def filter_sources(args: argparse.Namespace, sources: list[str], teachers: dict[
     for i, source in enumerate(sources):
         out, argv = filter_command(args, source, teachers, tag)
         run_step(args, "filter.py", argv)
-        if _kept_any(Path(args.data_root) / out):
+        if args.dry_run or _kept_any(Path(args.data_root) / out):
             filtered.append(out)
             kept.append(i)
         else:
@@ -679,7 +755,8 @@ def filter_sources(args: argparse.Namespace, sources: list[str], teachers: dict[
 
 def run_train(args: argparse.Namespace, name: str, arch: str, extra: list[str] | None = None,
               init: bool = True) -> dict:
-    """One train.py run into WORK_DIR/NAME (--checkpoint only for runs with `init`); returns its metrics."""
+    """One train.py run into WORK_DIR/NAME (--checkpoint only for runs with `init`); returns its metrics ({} with
+    --dry-run)."""
     argv = ["--data-root", args.data_root, "--target", args.target, "--arch", arch, "--batch-size",
             str(args.batch_size), "--seed", str(args.seed), "--workers", str(args.workers), "--select", args.select]
     if args.epochs:
@@ -688,7 +765,7 @@ def run_train(args: argparse.Namespace, name: str, arch: str, extra: list[str] |
         argv += ["--checkpoint", args.checkpoint] + (["--finetune"] if args.finetune else [])
     work_dir = Path(args.work_dir) / name
     run_step(args, "train.py", argv + (extra or []) + ["--work-dir", str(work_dir)])
-    return read_metrics(work_dir)
+    return {} if args.dry_run else read_metrics(work_dir)
 
 
 def step4_flags(ratio: str, resample: str, kept: list[int]) -> list[str]:
@@ -710,10 +787,13 @@ def filter_command(args: argparse.Namespace, source: str, teachers: dict[str, Pa
     # Sec. 3.4-3.5: images, and the 1-FPS frames of untrimmed videos for a 2D student, need a 2D teacher
     two_d = kind == "image" or (kind == "untrimmed" and _is_2d(args.arch))
     teacher = teachers["image" if two_d else "video"]
-    return out, ["--data-root", args.data_root, "--source", source, "--teacher", str(teacher), "--out", out,
-                 "--threshold", str(args.threshold), "--mode", args.mode, "--rule", args.rule,
-                 "--workers", str(args.workers),
-                 "--student", "2d" if _is_2d(args.arch) else "3d"]
+    argv = ["--data-root", args.data_root, "--source", source, "--teacher", str(teacher), "--out", out,
+            "--threshold", str(args.threshold), "--mode", args.mode, "--rule", args.rule,
+            "--workers", str(args.workers), "--student", "2d" if _is_2d(args.arch) else "3d"]
+    if args.dedup:                                  # Sec. 3.3: web samples too close to a val frame are removed
+        argv += ["--dedup-against", args.target]
+        argv += ["--dedup-checkpoint", args.dedup_checkpoint] if args.dedup_checkpoint else []
+    return out, argv
 
 
 def run_step(args: argparse.Namespace, script: str, argv: list[str], nproc: int | None = None) -> None:
@@ -728,6 +808,7 @@ def run_step(args: argparse.Namespace, script: str, argv: list[str], nproc: int 
        latest.pth, exactly); filter.py continues from its work folder by itself (the same command again);
     3. steps.json also records the procedure's own flags, and --resume with other ones is a one-line error
        (_check_procedure); without --resume each train.py run starts in a fresh folder (the procedure run again).
+    --dry-run: the command is printed as it would run (after the same --resume checks) and nothing else happens.
     """
     shown, launched = step_command(script, argv, args.nproc if nproc is None else nproc)
     command, record = shlex.join(shown), Path(args.work_dir) / "steps.json"
@@ -736,12 +817,14 @@ def run_step(args: argparse.Namespace, script: str, argv: list[str], nproc: int 
     if args.resume and command in _finished_steps(record):
         print(f"$ {command}\n  (finished earlier, skipped: --resume)", flush=True)
         return
-    _mark_step(record, command, finished=False, procedure=args)
     if args.resume and script == "train.py":    # continues from its latest.pth, or starts if it has none
         shown, launched = shown + ["--resume"], launched + ["--resume"]
-    elif script == "train.py":                  # a new procedure: the run's folder starts afresh (train.py
-        shutil.rmtree(argv[argv.index("--work-dir") + 1], ignore_errors=True)   # refuses a used one)
     print("$ " + shlex.join(shown), flush=True)
+    if args.dry_run:
+        return
+    _mark_step(record, command, finished=False, procedure=args)
+    if not args.resume and script == "train.py":    # a new procedure: the run's folder starts afresh (train.py
+        shutil.rmtree(argv[argv.index("--work-dir") + 1], ignore_errors=True)   # refuses a used one)
     code = subprocess.call(launched)
     if code != 0:
         raise StepFailed(f"this step failed (exit status {code}): {shlex.join(shown)}")
@@ -835,11 +918,15 @@ def main(argv: list[str] | None = None) -> None:
         if args.write_queries:
             write_target_queries(args)
             return
+        if not args.estimate_motion:
+            _check_args(args)
+        settled = demo_settings_line(args, ["arch"] if args.estimate_motion else None)
+        if settled:
+            print(settled, flush=True)
         if args.estimate_motion:
-            estimate_motion(args.data_root, args.target, out=args.motion, max_videos=args.motion_videos,
-                            seed=args.seed)
+            estimate_motion(args.data_root, args.target, args.arch, out=args.motion,
+                            videos_per_class=args.motion_videos, seed=args.seed, workers=args.workers)
             return
-        _check_args(args)
         synthetic.ensure_demo_data(args.data_root, args.target)
         run_procedure(args)
     except (ValueError, FileNotFoundError, FloatingPointError, StepFailed) as e:
@@ -1337,10 +1424,22 @@ def _check_args(args: argparse.Namespace) -> None:
         raise ValueError(f"--nproc {args.nproc}: expected a number of processes >= 1")
     if args.rounds < 1:
         raise ValueError(f"--rounds {args.rounds}: expected a number of teacher-student rounds >= 1")
+    if args.sources is None:
+        raise ValueError(f"--sources: name the web sources to filter and add for --target {args.target} (dataset "
+                         f"names under --data-root, e.g. gg,ig-vid,k400-untr)")
     for flag in ("arch", "teacher_arch", "image_teacher_arch"):
         arch = getattr(args, flag)
         if arch is not None and arch not in models.ARCHS:
             raise ValueError(f"--{flag.replace('_', '-')} {arch}: expected one of {', '.join(models.ARCHS)}")
+    args.teacher_arch = args.teacher_arch or args.arch
+    if args.image_teacher_arch is None and not _is_2d(args.teacher_arch):
+        if args.teacher_arch not in IMAGE_TEACHERS:
+            raise ValueError(f"--teacher-arch {args.teacher_arch} is 3D and has no 2D counterpart in IMAGE_TEACHERS "
+                             f"to score web images (Sec. 3.4): give --image-teacher-arch")
+        args.image_teacher_arch = IMAGE_TEACHERS[args.teacher_arch]
+    if args.image_teacher_arch is not None and not _is_2d(args.image_teacher_arch):
+        raise ValueError(f"--image-teacher-arch {args.image_teacher_arch}: expected a 2D (tsn_*) architecture, web "
+                         f"images get 2D teachers only (Sec. 3.4)")
     if not 0 <= args.threshold <= 1:
         raise ValueError(f"--threshold {args.threshold}: expected a probability in [0, 1]")
     for flag, value in (("--batch-size", args.batch_size), ("--epochs", args.epochs),
@@ -1349,11 +1448,18 @@ def _check_args(args: argparse.Namespace) -> None:
             raise ValueError(f"{flag} {value}: expected a number >= 1")
     if args.mixup < 0:
         raise ValueError(f"--mixup {args.mixup}: expected an alpha >= 0 (0: off)")
-    num_sources = len([s for s in args.sources.split(",") if s])
-    if num_sources == 0:
-        raise ValueError("--sources: expected at least one web source name")
+    names = args.sources.split(",")
+    if not all(names):
+        raise ValueError("--sources: expected at least one web source name" if not any(names) else
+                         f"--sources {args.sources}: an empty name between two ','")
+    num_sources = len(names)
     parse_ratio(args.ratio, num_sources)
     resample_rules(args.resample, num_sources)
+
+
+def _flag_value(value: object) -> str:
+    """A setting as demo_settings_line shows it: on / off for switches, 'required' for no default."""
+    return {True: "on", False: "off", None: "required"}.get(value, str(value)) if not isinstance(value, str) else value
 
 
 def _quality_line(q: dict) -> str:
@@ -1369,7 +1475,7 @@ def _quality_line(q: dict) -> str:
 
 # The procedure's flags --resume lets change (how its steps execute, not what they compute); every other flag must
 # equal the one WORK_DIR/steps.json recorded (_check_procedure).
-RESUME_FREE_FLAGS = ("workers", "resume")
+RESUME_FREE_FLAGS = ("workers", "resume", "dry_run", "demo_settings")
 
 
 def _finished_steps(record: Path) -> set[str]:
@@ -1415,7 +1521,46 @@ def _with(argv: list[str], flag: str, value: str) -> list[str]:
 
 def _is_2d(arch: str) -> bool:
     """Whether an architecture is a 2D TSN (scores single images and frames, Sec. 3.4-3.5)."""
-    return models.ARCHS[arch][1].family == "tsn"          # a name of models.ARCHS (_check_args)
+    return _arch_spec(arch).family == "tsn"
+
+
+def _arch_spec(arch: str) -> models.ArchSpec:
+    """The default ArchSpec of an architecture name; an unknown name is a one-line ValueError naming the choices."""
+    if arch not in models.ARCHS:
+        raise ValueError(f"--arch {arch}: expected one of {', '.join(models.ARCHS)}")
+    return models.ARCHS[arch][1]
+
+
+def _as_is(item: object) -> object:
+    """A DataLoader collate that leaves an item as the dataset made it."""
+    return item
+
+
+class _MotionVideos(torch.utils.data.Dataset):
+    """estimate_motion's videos, one item each: (normalised homographies of its windows, None where rejected; its
+    label; the error that made it unreadable, else ""). The start of each video's run is drawn from (seed, index)."""
+
+    def __init__(self, samples: list[data.Sample], spec: models.ArchSpec, seed: int):
+        self.samples, self.spec, self.seed = samples, spec, seed
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int) -> tuple[list, int, str]:
+        s = self.samples[i]
+        try:
+            total = s.num_frames or data.count_frames(s.path)
+            stride = stride_frames(self.spec, total)
+            windows = min(max(2, MOTION_STEPS // stride), (total - 1) // stride)
+            if windows < 1:
+                return [], s.label, f"{total} frames: shorter than one step of {stride} frames"
+            start = int(np.random.default_rng([self.seed, 13, i]).integers(0, total - windows * stride))
+            frames = data.read_frames(s.path, np.arange(start, start + windows * stride + 1))   # (F, H, W, 3)
+        except Exception as err:            # a broken video only loses its own motion samples
+            return [], s.label, str(err).splitlines()[0] if str(err) else type(err).__name__
+        size = (frames.shape[2], frames.shape[1])
+        hs = transforms.estimate_video_motion(frames, stride)
+        return [None if h is None else transforms.normalize_homography(h, size) for h in hs], s.label, ""
 
 
 def _source_kind(data_root: str | Path, source: str) -> str:

@@ -84,7 +84,7 @@ RECIPES = {
 # The flags --resume lets change: how the run executes, where it writes, what it prints; none changes its weights,
 # log or metrics. Every other flag (a new one too) must equal latest.pth's stored args (check_resume_args).
 RESUME_FREE_FLAGS = ("workers", "log_interval", "device", "eval_batch_size", "save_every", "work_dir", "resume",
-                     "dump_probs")
+                     "dump_probs", "demo_settings")
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -98,7 +98,7 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser("omnisource train", add_help=True, formatter_class=HelpFormatter)
+    p = omnisource.SettlingParser("omnisource train", settle=("arch", "snippet"), formatter_class=HelpFormatter)
     for add_group in (_data_args, _model_args, _optimisation_args, _omnisource_args, _run_args, _speed_args):
         add_group(p)
     return p
@@ -117,7 +117,8 @@ def _data_args(p: argparse.ArgumentParser) -> None:
 
 def _model_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model")
-    g.add_argument("--arch", default="tsn_tiny", help="architecture, one of: " + ", ".join(models.ARCHS))
+    g.add_argument("--arch", default=None, help="architecture, one of: " + ", ".join(models.ARCHS) + " (default: "
+                   "the paper's tsn_r50; tsn_tiny on the demo target)")
     g.add_argument("--pretrained", default=None, help="2D ImageNet weights (torchvision layout) to start from; "
                    "inflated for 3D nets. With them (or with --checkpoint) a 3D net uses the '3d_imagenet' recipe, "
                    "without both '3d_scratch'")
@@ -165,22 +166,25 @@ def _optimisation_args(p: argparse.ArgumentParser) -> None:
 def _omnisource_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("OmniSource joint training (Sec. 3.6); without --aux this trains on the target alone")
     g.add_argument("--aux", default="", help="comma-separated auxiliary sources (dataset names under "
-                   "--data-root, e.g. the output of filter.py, or gg, ig-img, ig-vid, k200-raw, k400-untr)")
+                   "--data-root, e.g. the output of filter.py, or gg, ig-img, web-img, ig-vid, k200-raw, k400-untr; "
+                   "NAME:filtered for a released teacher-filtered list)")
     g.add_argument("--ratio", default="", help="|B_T|:|B_A1|:|B_A2|... batch ratio, target first (default 2:1 "
                    "per source: 2:1, 2:1:1, ...; Table 2)")
     g.add_argument("--resample", default=omnisource.DEFAULT_RESAMPLE, help="class resampling of every auxiliary "
                    "source: none, clip:N_C or power:P (Table 10); one value or one per source separated by ','")
     g.add_argument("--mixup", type=float, default=0.0, help="mixup alpha (0: off): cross-dataset with --aux, "
                    "intra-dataset without (Sec. 3.6, Table 9)")
-    g.add_argument("--inflate", default="still", choices=omnisource.INFLATE_MODES,
-                   help="how still images become clips (Sec. 3.5, Eq. 2, Table 8)")
+    g.add_argument("--inflate", default="warp-agno", choices=omnisource.INFLATE_MODES,
+                   help="how still images become clips (Sec. 3.5, Eq. 2, Table 8): the paper's best, warp-agno, "
+                   "warps by camera motion fitted on the target (--motion); still replicates the image")
     g.add_argument("--motion", default=None, help="camera-motion Gaussian file for --inflate warp-* (written by "
                    "`python omnisource.py --estimate-motion`); default: motion.json in --target's folder "
                    "(data.motion_path: DATA_ROOT/NAME/ or the layout's, e.g. DATA_ROOT/kinetics400/ for k400)")
-    g.add_argument("--snippet", default="1p2n", choices=tuple(transforms.SNIPPET_MODES),
+    g.add_argument("--snippet", default=None, choices=tuple(transforms.SNIPPET_MODES),
                    help="TSN snippets from untrimmed videos that filter.py scored at 1 FPS: which positive/negative "
                    "frames (Table 14); with N segments round-half-up(N p / 3) positive frames for a row of p "
-                   "positives (1p2n, 8 segments: 3 positive + 5 negative)")
+                   "positives (1p2n, 8 segments: 3 positive + 5 negative). Default: the paper's 1p2n; 3pos on the "
+                   "demo target (synthetic.DEMO_SETTINGS)")
 
 
 def _run_args(p: argparse.ArgumentParser) -> None:
@@ -285,6 +289,9 @@ def main(args: argparse.Namespace) -> dict:
     Returns the final test's metrics (with --export-mmaction: {}; with --predict: {path: top-5}).
     """
     rank, world, device = setup_distributed(args.device)
+    settled = omnisource.demo_settings_line(args, None if training(args) else ["arch"])
+    if settled and rank == 0:
+        print(settled, flush=True)
     if args.work_dir is None:
         args.work_dir = str(Path("work_dirs") / f"{args.target}_{args.arch}")
     if args.predict:                                # needs no dataset: the classes are the checkpoint's
@@ -312,6 +319,11 @@ def main(args: argparse.Namespace) -> dict:
     if rank == 0:                                   # curves.png, confusion.png beside the run's outputs
         omnisource.train_figures(args.work_dir)
     return metrics
+
+
+def training(args: argparse.Namespace) -> bool:
+    """Whether the command trains (not --test, --export-mmaction or --predict)."""
+    return not (args.test or args.export_mmaction or args.predict)
 
 
 def setup(args: argparse.Namespace, rank: int, world: int, device: torch.device) -> Run:
@@ -938,7 +950,9 @@ def make_dataset(args: argparse.Namespace, dataset: data.DatasetSpec | None, spl
     # inflated into clips (Sec. 3.5; --inflate in training, still clips in testing); crawled images are often
     # 1-12 megapixels
     short_side = transforms.short_side_for(arch.crop_size)
-    image_to_clip = make_image_to_clip(args, "still" if test_mode else args.inflate, short_side)
+    image_to_clip = transforms.image_to_clip                    # never called: the split holds no image
+    if "image" in data.kind_names(samples):
+        image_to_clip = make_image_to_clip(args, "still" if test_mode else args.inflate, short_side, arch)
     # Table 14: untrimmed videos scored frame by frame by filter.py become TSN snippets of one frame per segment
     snippet = None
     if not test_mode and arch.family == "tsn":
@@ -950,16 +964,25 @@ def make_dataset(args: argparse.Namespace, dataset: data.DatasetSpec | None, spl
                              image_short_side=short_side, replace_failed=not test_mode)
 
 
-def make_image_to_clip(args: argparse.Namespace, inflate: str, short_side: int) -> Callable:
+def make_image_to_clip(args: argparse.Namespace, inflate: str, short_side: int, arch: models.ArchSpec) -> Callable:
     """Sec. 3.5, Eq. 2, Table 8: how a still image becomes a clip (an --inflate value; the warps read --motion),
-    after resizing it to `short_side`. One implementation for every mode: transforms.image_to_clip."""
+    after resizing it to `short_side`. One implementation for every mode: transforms.image_to_clip.
+    A motion file fitted at another stride than `arch` samples frames (omnisource.motion_stride) is refused: each
+    of its steps would move the image by another amount than real clips of this network move per frame."""
     motion = None
     if inflate.startswith("warp"):
         path = Path(args.motion) if args.motion else data.motion_path(data.resolve_dataset(args.data_root, args.target))
+        fit = (f"python omnisource.py --estimate-motion --data-root {args.data_root} --target {args.target} "
+               f"--arch {args.arch}")
         if not path.exists():
-            raise FileNotFoundError(f"--inflate {inflate} needs the camera-motion file {path} "
-                                    f"(python omnisource.py --estimate-motion, or give --motion)")
+            raise FileNotFoundError(f"--inflate {inflate} needs the camera-motion file {path}: fit it with `{fit}` "
+                                    f"(or give --motion, or --inflate still)")
         motion = transforms.HomographyGaussian.load(path)
+        stride = omnisource.motion_stride(arch)
+        if motion.stride != stride:
+            fitted = motion.stride or "unknown (the file records none)"
+            raise ValueError(f"--motion {path} was fitted at a stride of {fitted}, but the frames --arch "
+                             f"{args.arch} samples lie {stride} apart: fit it again with `{fit}`")
     mode = "warp" if inflate.startswith("warp") else inflate
     return transforms.build_image_to_clip(mode, motion, class_specific=inflate == "warp-spec", short_side=short_side)
 

@@ -33,7 +33,10 @@ NOT_RUN = {"--compile": "torch.compile takes minutes on a CPU; tests/test_speed.
            "--query-years": "tests/test_queries.py runs it as a user types it (Sec. 3.3)",
            "--query-sources": "Sec. 3.3; tests/test_queries.py calls task_queries with its sources in-process",
            "--predict": "tests/test_trust.py runs it as a user types it, on a train.py and an MMAction2 checkpoint",
-           "--classes": "tests/test_trust.py: --predict with an MMAction2 checkpoint and --classes FILE"}
+           "--classes": "tests/test_trust.py: --predict with an MMAction2 checkpoint and --classes FILE",
+           "--dry-run": "tests/test_procedure_settings.py: the printed procedure on real layouts, as typed",
+           "--dedup": "tests/test_procedure_settings.py: --no-dedup and the default in dry runs, as typed",
+           "--dedup-checkpoint": "tests/test_procedure_settings.py: passed to every filter.py step (dry run)"}
 USED = {"train": set(), "omnisource": set()}
 
 
@@ -101,24 +104,24 @@ def test_train_every_flag_family(data_root, tmp_path):
     assert len((tmp_path / "t" / "predictions.jsonl").read_text().splitlines()) == 24
     # 3. a 3D net from the 2D weights (--pretrained, inflated; LR 0 keeps them), warped web images with the
     #    camera motion omnisource.py --estimate-motion fitted; the tiny nets' demo recipe, 1e-3 x (4 + 2) samples
-    run("omnisource", ["--data-root", data_root, "--target", "synth", "--estimate-motion"])
+    run("omnisource", ["--data-root", data_root, "--target", "synth", "--estimate-motion", "--arch", "slowonly_tiny"])
     motion = data_root / "synth" / "motion.json"
     assert motion.exists()
     out = run("train", ["--data-root", data_root, "--target", "synth", "--arch", "slowonly_tiny", "--clip-len", "4",
-                        "--frame-interval", "2", "--crop-size", "32", "--pretrained", work / "latest.pth",
+                        "--frame-interval", "4", "--crop-size", "32", "--pretrained", work / "latest.pth",
                         "--epochs", "1", "--batch-size", "4", "--aux", "synth-web-img", "--inflate", "warp-spec",
                         "--lr-per-sample", "0",
                         "--motion", motion, "--workers", "0", "--test-clips", "1", "--test-crops", "1",
                         "--work-dir", tmp_path / "c"])
     assert "slowonly_tiny on synth" in out.stdout and "batch 4+2 x 1 rank(s), 1 epochs x 8 steps" in out.stdout
     c = torch.load(tmp_path / "c" / "latest.pth", weights_only=True)
-    assert c["model_args"] == {"clip_len": 4, "frame_interval": 2, "crop_size": 32}
+    assert c["model_args"] == {"clip_len": 4, "frame_interval": 4, "crop_size": 32}
     # inflation spreads each 2D kernel over the temporal kernel: summed over time it is the 2D kernel again
     assert torch.allclose(c["model"]["conv1.weight"].sum(2), ckpt["model"]["backbone.conv1.weight"],
                           atol=1e-6)
     # 4. --export-mmaction of the 3D run's final.pth (the default of --checkpoint)
     out = run("train", ["--data-root", data_root, "--target", "synth", "--arch", "slowonly_tiny", "--clip-len", "4",
-                        "--frame-interval", "2", "--crop-size", "32", "--work-dir", tmp_path / "c",
+                        "--frame-interval", "4", "--crop-size", "32", "--work-dir", tmp_path / "c",
                         "--export-mmaction", tmp_path / "mm.pth"])
     assert out.stdout.startswith(f"exporting {tmp_path / 'c' / 'final.pth'}")
     assert "cls_head.fc_cls.weight" in torch.load(tmp_path / "mm.pth", weights_only=True)["state_dict"]
@@ -147,7 +150,7 @@ def test_omnisource_steps_run_under_torchrun_with_nproc(data_root, tmp_path):
 
 
 def test_omnisource_stops_at_a_failing_step_with_one_line_naming_it(tmp_path):
-    out = run("omnisource", ["--data-root", tmp_path / "d", "--target", "nope", "--epochs", "1",
+    out = run("omnisource", ["--data-root", tmp_path / "d", "--target", "nope", "--sources", "web", "--epochs", "1",
                              "--work-dir", tmp_path / "w"], ok=False)
     assert out.returncode != 0 and "== step 2" not in out.stdout
     last = out.stderr.strip().splitlines()[-1]

@@ -455,7 +455,8 @@ def test_cli_end_to_end_output_loads_in_train(tiny_root):
     assert not list(tiny_root.glob(".web-img-f.*"))                        # no staging folder left behind
     # train.py's own dataset code accepts it as --aux
     model = models.build_model("tsn_tiny", 2)
-    args = train.get_args_parser().parse_args(["--data-root", str(tiny_root), "--aux", "web-img-f"])
+    args = train.get_args_parser().parse_args(["--data-root", str(tiny_root), "--aux", "web-img-f", "--inflate",
+                                               "still"])
     spec = data.resolve_dataset(tiny_root, "web-img-f")
     samples = train.aux_samples(spec, data.resolve_dataset(tiny_root, "synth"), "web-img-f", rank=0)
     ds = train.make_dataset(args, spec, "train", model.spec, test_mode=False, samples=samples)

@@ -137,7 +137,7 @@ def test_same_command_twice_is_refused_and_the_procedure_reruns_its_runs_afresh(
     other = tmp_path / "w"
     shutil.copytree(work, other)
     monkeypatch.setenv("OMP_NUM_THREADS", "1")             # the step's train.py inherits it
-    procedure = argparse.Namespace(resume=False, work_dir=str(tmp_path), nproc=1)
+    procedure = argparse.Namespace(resume=False, dry_run=False, work_dir=str(tmp_path), nproc=1)
     omnisource.run_step(procedure, "train.py", argv[:-2] + ["--work-dir", str(other)])
     one_run = [("train", 1, 2), ("train", 1, 4), ("epoch", 1, None)]
     assert steps(other / "log.jsonl") == steps(work / "log.jsonl") == one_run

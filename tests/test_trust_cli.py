@@ -187,7 +187,7 @@ def test_snippet_of_n_segments_keeps_the_tables_share_of_positive_frames(mode, n
     # by hand: round half up of n * p / 3 positive frames (8 * 1/3 = 2.67 -> 3, 5 * 1/3 = 1.67 -> 2,
     # 8 * 2/3 = 5.33 -> 5, 1 * 1/3 -> 0, 1 * 2/3 -> 1), the rest negative; 20 positive and 20 negative frames
     scores = np.array([0.9, 0.1] * 20)
-    picked = transforms.select_snippet(scores, 0, mode, np.random.default_rng(0), num_frames=n)
+    picked = transforms.select_snippet(scores, 0, mode, np.random.default_rng(0), threshold=0.5, num_frames=n)
     assert picked.shape == (n,) and len(set(picked.tolist())) == n and (np.diff(picked) > 0).all()
     assert int((scores[picked] >= 0.5).sum()) == positives
 
