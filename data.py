@@ -705,7 +705,7 @@ def load_split(dataset: DatasetSpec, split: str) -> SampleList:
 def motion_path(dataset: DatasetSpec) -> Path:
     """Where a dataset's camera-motion Gaussian of Eq. 2 lives: DATA_ROOT/<its folder>/motion.json (a plain
     dataset's NAME/, a layout's 'root': kinetics400/ for k400, OmniSource/ for k200). `omnisource.py
-    --estimate-motion` writes it there and `train.py --inflate warp-*` reads it from there, without --motion."""
+    --estimate-motion` writes it there and `train.py --image-to-clip warp-*` reads it from there, without --motion."""
     return Path(dataset.root) / "motion.json"
 
 

@@ -80,7 +80,7 @@ classes), train.txt (paths relative to DATA_ROOT/OUT/; `train.py --aux OUT` read
 (2D untrimmed), raw/ (--cut-pieces), report.json (summary: counts, Fig. 3 per class), decision.npz (per sample:
 status into STATUSES, label, deciding score, threshold, positive units; cut failures), and what the teachers saw,
 written once: samples.jsonl (one record per sample, in list order), scores.npz (`Seen`) and duplicates.txt.
-Then rank 0 draws the step's figures beside them (omnisource.filter_figures: contact_sheet.png,
+Then rank 0 draws the step's figures beside them (figures.filter_figures: contact_sheet.png,
 class_histogram.png, filter_quality.png, timeline.png).
 
 Scoring protocol (a cheap version of each teacher's test protocol): resize the short side to
@@ -116,8 +116,8 @@ from PIL import Image
 from torch import nn
 
 import data
+import figures
 import models
-import omnisource
 import synthetic
 import transforms
 
@@ -1254,7 +1254,7 @@ def main(args: argparse.Namespace) -> dict | None:
             print(f'warning: {c["duplicate"]} of {c["total"]} samples look like duplicates of {args.dedup_against} '
                   f'val frames; the features ({report["dedup"]["extractor"]}) may not be crop-invariant '
                   f"enough: pass --dedup-checkpoint with ImageNet ResNet-50 weights", file=sys.stderr)
-        omnisource.filter_figures(final)           # contact sheet, Fig. 3 histogram, ... beside the outputs
+        figures.filter_figures(final)           # contact sheet, Fig. 3 histogram, ... beside the outputs
     _barrier()
     return report
 

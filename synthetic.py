@@ -178,7 +178,7 @@ def class_names(num_classes: int) -> list:
 
 def filtering_quality(data_root: str | Path, filtered: str, records: Iterable[dict]) -> dict | None:
     """Precision / recall of filter.py's output DATA_ROOT/FILTERED against truth.json (the demo only); records: its
-    per-sample records with their decision (omnisource.read_filter_output(...).records()).
+    per-sample records with their decision (figures.read_filter_output(...).records()).
 
     A kept sample is correct when its label (query or pseudo label) is the class its content really shows.
     precision = correct kept / kept; recall = correct kept / samples that could be kept correctly (query mode: those

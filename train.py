@@ -23,7 +23,7 @@ val: best.pth, the best quick validation top-1, MMAction2's practice), metrics.j
 the final test with the paper's protocol over the readable val videos, the unreadable ones left out and named, and
 which weights it tested), confusion_matrix.csv and predictions.jsonl (per video: path, label, top-5 classes with
 probabilities; --dump-probs: all of them); after training, curves.png and confusion.png
-(omnisource.train_figures).
+(figures.train_figures).
 
 Crashes: kill the run at any moment (SIGKILL included) and run the same command plus --resume: it ends
 with the weights, metrics.json and log.jsonl of an uninterrupted run, bit for bit on the same machine and
@@ -57,6 +57,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 import data
+import figures
 import models
 import omnisource
 import synthetic
@@ -174,10 +175,11 @@ def _omnisource_args(p: argparse.ArgumentParser) -> None:
                    "source: none, clip:N_C or power:P (Table 10); one value or one per source separated by ','")
     g.add_argument("--mixup", type=float, default=0.0, help="mixup alpha (0: off): cross-dataset with --aux, "
                    "intra-dataset without (Sec. 3.6, Table 9)")
-    g.add_argument("--inflate", default="warp-agno", choices=omnisource.INFLATE_MODES,
+    g.add_argument("--image-to-clip", default="warp-agno", choices=transforms.IMAGE_TO_CLIP_MODES,
                    help="how still images become clips (Sec. 3.5, Eq. 2, Table 8): the paper's best, warp-agno, "
                    "warps by camera motion fitted on the target (--motion); still replicates the image")
-    g.add_argument("--motion", default=None, help="camera-motion Gaussian file for --inflate warp-* (written by "
+    g.add_argument("--inflate", action=omnisource.Renamed, new="--image-to-clip", help=argparse.SUPPRESS)
+    g.add_argument("--motion", default=None, help="camera-motion Gaussian file for --image-to-clip warp-* (written by "
                    "`python omnisource.py --estimate-motion`); default: motion.json in --target's folder "
                    "(data.motion_path: DATA_ROOT/NAME/ or the layout's, e.g. DATA_ROOT/kinetics400/ for k400)")
     g.add_argument("--snippet", default=None, choices=tuple(transforms.SNIPPET_MODES),
@@ -317,7 +319,7 @@ def main(args: argparse.Namespace) -> dict:
         save_checkpoint(run, "latest.pth", epoch + 1)
     metrics = final_test(run)
     if rank == 0:                                   # curves.png, confusion.png beside the run's outputs
-        omnisource.train_figures(args.work_dir)
+        figures.train_figures(args.work_dir, metrics)
     return metrics
 
 
@@ -952,7 +954,7 @@ def make_dataset(args: argparse.Namespace, dataset: data.DatasetSpec | None, spl
     short_side = transforms.short_side_for(arch.crop_size)
     image_to_clip = transforms.image_to_clip                    # never called: the split holds no image
     if "image" in data.kind_names(samples):
-        image_to_clip = make_image_to_clip(args, "still" if test_mode else args.inflate, short_side, arch)
+        image_to_clip = make_image_to_clip(args, "still" if test_mode else args.image_to_clip, short_side, arch)
     # Table 14: untrimmed videos scored frame by frame by filter.py become TSN snippets of one frame per segment
     snippet = None
     if not test_mode and arch.family == "tsn":
@@ -964,27 +966,26 @@ def make_dataset(args: argparse.Namespace, dataset: data.DatasetSpec | None, spl
                              image_short_side=short_side, replace_failed=not test_mode)
 
 
-def make_image_to_clip(args: argparse.Namespace, inflate: str, short_side: int, arch: models.ArchSpec) -> Callable:
-    """Sec. 3.5, Eq. 2, Table 8: how a still image becomes a clip (an --inflate value; the warps read --motion),
-    after resizing it to `short_side`. One implementation for every mode: transforms.image_to_clip.
+def make_image_to_clip(args: argparse.Namespace, mode: str, short_side: int, arch: models.ArchSpec) -> Callable:
+    """Sec. 3.5, Eq. 2, Table 8: how a still image becomes a clip (an --image-to-clip mode; the warps read --motion),
+    after resizing it to `short_side`: transforms.image_to_clip.
     A motion file fitted at another stride than `arch` samples frames (omnisource.motion_stride) is refused: each
     of its steps would move the image by another amount than real clips of this network move per frame."""
     motion = None
-    if inflate.startswith("warp"):
+    if mode.startswith("warp"):
         path = Path(args.motion) if args.motion else data.motion_path(data.resolve_dataset(args.data_root, args.target))
         fit = (f"python omnisource.py --estimate-motion --data-root {args.data_root} --target {args.target} "
                f"--arch {args.arch}")
         if not path.exists():
-            raise FileNotFoundError(f"--inflate {inflate} needs the camera-motion file {path}: fit it with `{fit}` "
-                                    f"(or give --motion, or --inflate still)")
+            raise FileNotFoundError(f"--image-to-clip {mode} needs the camera-motion file {path}: fit it with "
+                                    f"`{fit}` (or give --motion, or --image-to-clip still)")
         motion = transforms.HomographyGaussian.load(path)
         stride = omnisource.motion_stride(arch)
         if motion.stride != stride:
             fitted = motion.stride or "unknown (the file records none)"
             raise ValueError(f"--motion {path} was fitted at a stride of {fitted}, but the frames --arch "
                              f"{args.arch} samples lie {stride} apart: fit it again with `{fit}`")
-    mode = "warp" if inflate.startswith("warp") else inflate
-    return transforms.build_image_to_clip(mode, motion, class_specific=inflate == "warp-spec", short_side=short_side)
+    return transforms.build_image_to_clip(mode, motion, short_side=short_side)
 
 
 def make_train_loader(args: argparse.Namespace, target_ds: data.VideoDataset, aux: list[data.VideoDataset], rank: int,

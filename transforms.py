@@ -224,29 +224,29 @@ def fit_homography_gaussian(hs: Sequence, size: tuple[int, int] | None = None, l
     return HomographyGaussian(*ml(params), per_class, stride)
 
 
-IMAGE_TO_CLIP_MODES = ("still", "translate-random", "translate-const", "warp")  # Table 8 rows
+IMAGE_TO_CLIP_MODES = ("still", "translate-random", "translate-const", "warp-agno", "warp-spec")   # Table 8's rows
 
 
 def image_to_clip(image: np.ndarray, num_frames: int, mode: str = "still", rng: np.random.Generator | None = None,
                   motion: HomographyGaussian | None = None, label: int | None = None,
                   max_step: float = 0.02, short_side: int | None = None) -> np.ndarray:
-    """Eq. 2 / Table 8: inflate a still image uint8 (H, W, 3) into a pseudo clip uint8 (T, H', W', 3).
+    """Eq. 2 / Table 8: a still image uint8 (H, W, 3) as a pseudo clip uint8 (T, H', W', 3).
 
     'still': replication. 'translate-random': each step moves by a random (dx, dy) ~ U(-m, m)^2.
     'translate-const': one random velocity (direction U(0, 2pi), speed U(0, m)) for the whole clip.
-    'warp': J_1 = I, J_i = H_i(J_{i-1}) with H_i ~ motion (class-specific when label has a fit). m = max_step * short
-    side (pixels per frame). Frame i is the ORIGINAL image warped once by the composed product (H_i ... H_1), so
-    there is no repeated-resampling blur; borders are filled by edge replication (warp_perspective 'border').
-    short_side (web images are often 1-12 megapixels): first Resize(short_side) the image, once, so replication and
-    warping work at the size the clip pipeline resizes to anyway (its Resize is then the identity; 'still' gives the
-    same pixels as resizing every frame after). None: keep the image's size (H' = H, W' = W).
+    'warp-agno': J_1 = I, J_i = H_i(J_{i-1}) with H_i ~ the class-agnostic Gaussian of `motion`; 'warp-spec': the
+    Gaussian of the image's (pseudo-)`label` where that class has its own fit (HomographyGaussian.sample).
+    m = max_step * short side (pixels per frame). Frame i is the ORIGINAL image warped once by the composed product
+    (H_i ... H_1), so there is no repeated-resampling blur; borders are filled by edge replication
+    (warp_perspective 'border'). short_side (web images are often 1-12 megapixels): first Resize(short_side) the
+    image, once, so replication and warping work at the size the clip pipeline resizes to anyway (its Resize is
+    then the identity; 'still' gives the same pixels as resizing every frame after). None: keep the image's size.
     """
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         raise ValueError(f"transforms.image_to_clip: expected uint8 (H, W, 3), got {image.dtype} {image.shape}")
+    _check_image_to_clip(mode, motion)
     if short_side is not None:
         image = Resize(short_side=short_side)(image[None])[0]
-    if mode not in IMAGE_TO_CLIP_MODES:
-        raise ValueError(f"transforms.image_to_clip: mode must be one of {IMAGE_TO_CLIP_MODES}, got {mode!r}")
     if num_frames < 1:
         raise ValueError(f"transforms.image_to_clip: expected num_frames >= 1, got {num_frames}")
     if mode == "still":
@@ -254,11 +254,9 @@ def image_to_clip(image: np.ndarray, num_frames: int, mode: str = "still", rng: 
     rng = rng if rng is not None else np.random.default_rng()
     h, w = image.shape[:2]
     # 1. per-step homographies (num_frames - 1, 3, 3) in pixel coordinates
-    if mode == "warp":
-        if motion is None:
-            raise ValueError("transforms.image_to_clip: mode 'warp' needs motion=HomographyGaussian "
-                             "(fit_homography_gaussian on estimate_video_motion of real videos)")
-        steps = [denormalize_homography(g, (w, h)).numpy() for g in motion.sample(num_frames - 1, rng, label)]
+    if mode.startswith("warp"):
+        sampled = motion.sample(num_frames - 1, rng, label if mode == "warp-spec" else None)
+        steps = [denormalize_homography(g, (w, h)).numpy() for g in sampled]
     else:
         m = max_step * min(h, w)
         if mode == "translate-random":
@@ -275,25 +273,16 @@ def image_to_clip(image: np.ndarray, num_frames: int, mode: str = "still", rng: 
     return warp_perspective(image, np.stack(mats))             # (T, H, W, 3) uint8
 
 
-def build_image_to_clip(mode: str = "still", motion: HomographyGaussian | None = None, class_specific: bool = False,
-                        max_step: float = 0.02, short_side: int | None = None) -> Callable:
-    """Bind the inflation for a dataset: f(image (H, W, 3), num_frames, rng=None, label=None) -> (T, H', W', 3) uint8.
+def build_image_to_clip(mode: str = "still", motion: HomographyGaussian | None = None, max_step: float = 0.02,
+                        short_side: int | None = None) -> Callable:
+    """`image_to_clip` bound for a dataset: f(image (H, W, 3), num_frames, rng=None, label=None) -> (T, H', W', 3)
+    uint8. short_side: resize the image first; pass short_side_for(crop_size) of the clip pipeline."""
+    _check_image_to_clip(mode, motion)
 
-    short_side: resize the image first (image_to_clip); pass short_side_for(crop_size) of the clip pipeline.
-
-    class_specific (Table 8 "perspective warp [spec]"): sample from motion.per_class[label] when the caller passes
-    the image's (pseudo-)label and that class has a fit; otherwise the class-agnostic Gaussian ("[agno]").
-    """
-    if mode not in IMAGE_TO_CLIP_MODES:
-        raise ValueError(f"transforms.build_image_to_clip: mode must be one of {IMAGE_TO_CLIP_MODES}, got {mode!r}")
-    if mode == "warp" and motion is None:
-        raise ValueError("transforms.build_image_to_clip: mode 'warp' needs motion=HomographyGaussian")
-
-    def inflate(image: np.ndarray, num_frames: int, rng: np.random.Generator | None = None,
+    def to_clip(image: np.ndarray, num_frames: int, rng: np.random.Generator | None = None,
                 label: int | None = None) -> np.ndarray:
-        return image_to_clip(image, num_frames, mode, rng, motion, label if class_specific else None, max_step,
-                             short_side)
-    return inflate
+        return image_to_clip(image, num_frames, mode, rng, motion, label, max_step, short_side)
+    return to_clip
 
 
 SNIPPET_MODES = {"1p2n": (1, 2), "2p1n": (2, 1), "3pos": (3, 0), "3rand": None}  # Table 14 rows: (pos, neg) of 3
@@ -742,6 +731,14 @@ def _params_to_h(params: np.ndarray | Sequence[float]) -> np.ndarray:
 def _h_to_params(hmat: np.ndarray | torch.Tensor) -> np.ndarray:
     hmat = np.asarray(hmat, dtype=np.float64)
     return (hmat / hmat[2, 2] - np.eye(3)).reshape(9)[:8]
+
+
+def _check_image_to_clip(mode: str, motion: HomographyGaussian | None) -> None:
+    if mode not in IMAGE_TO_CLIP_MODES:
+        raise ValueError(f"transforms.image_to_clip: mode must be one of {IMAGE_TO_CLIP_MODES}, got {mode!r}")
+    if mode.startswith("warp") and motion is None:
+        raise ValueError(f"transforms.image_to_clip: mode {mode!r} needs motion=HomographyGaussian "
+                         f"(fit_homography_gaussian on estimate_video_motion of real videos)")
 
 
 def _check_gaussian(mu: np.ndarray | Sequence, sigma: np.ndarray | Sequence) -> tuple[np.ndarray, np.ndarray]:

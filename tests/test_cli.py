@@ -77,7 +77,7 @@ def test_train_every_flag_family(data_root, tmp_path):
             "--freeze-bn",
             "--clip-grad", "20", "--seed", "3",
             "--aux", "synth-web-img,synth-web-untrimmed", "--ratio", "2:1:1", "--resample", "power:0.5,clip:3",
-            "--mixup", "0.2", "--inflate", "translate-random", "--snippet", "3pos",
+            "--mixup", "0.2", "--image-to-clip", "translate-random", "--snippet", "3pos",
             "--work-dir", work, "--save-every", "2", "--val-every", "1", "--select", "val", "--log-interval", "1",
             "--device", "cpu",
             "--test-clips", "2", "--test-crops", "3",
@@ -109,7 +109,7 @@ def test_train_every_flag_family(data_root, tmp_path):
     assert motion.exists()
     out = run("train", ["--data-root", data_root, "--target", "synth", "--arch", "slowonly_tiny", "--clip-len", "4",
                         "--frame-interval", "4", "--crop-size", "32", "--pretrained", work / "latest.pth",
-                        "--epochs", "1", "--batch-size", "4", "--aux", "synth-web-img", "--inflate", "warp-spec",
+                        "--epochs", "1", "--batch-size", "4", "--aux", "synth-web-img", "--image-to-clip", "warp-spec",
                         "--lr-per-sample", "0",
                         "--motion", motion, "--workers", "0", "--test-clips", "1", "--test-crops", "1",
                         "--work-dir", tmp_path / "c"])
@@ -213,7 +213,7 @@ def test_omnisource_procedure_as_typed(data_root, tmp_path):
             "--checkpoint", tmp_path / "init.pth",
             "--finetune", "--threshold", "0.0", "--mode", "query", "--rule", "class-adaptive", "--select", "last",
             "--epochs", "1", "--batch-size", "8", "--ratio", "2:1:1:1", "--resample", "none", "--mixup", "0.1",
-            "--inflate", "warp-agno", "--snippet", "3pos", "--also-unfiltered", "--also-still", "--motion-videos", "4",
+            "--image-to-clip", "warp-agno", "--snippet", "3pos", "--also-unfiltered", "--also-still", "--motion-videos", "4",
             "--seed", "0", "--workers", "0", "--work-dir", work]
     out = run("omnisource", argv)
     rows = (work / "results.md").read_text().splitlines()
@@ -234,9 +234,9 @@ def test_omnisource_procedure_as_typed(data_root, tmp_path):
         report = json.loads((data_root / f"{source}-filtered" / "report.json").read_text())
         assert [t["arch"] for t in report["teachers"]] == [torch.load(teacher, weights_only=False)["arch"]]
         assert report["rule"] == "class-adaptive"                  # --rule reached filter.py
-    assert runs["student"]["inflate"] == runs["unfiltered"]["inflate"] == "warp-agno"
+    assert runs["student"]["image_to_clip"] == runs["unfiltered"]["image_to_clip"] == "warp-agno"
     assert (runs["student"]["ratio"], runs["student"]["resample"], runs["student"]["mixup"]) == ("2:1:1:1", "none", 0.1)
-    assert runs["still"]["inflate"] == "still" and runs["still"]["aux"] == runs["student"]["aux"]
+    assert runs["still"]["image_to_clip"] == "still" and runs["still"]["aux"] == runs["student"]["aux"]
     assert runs["unfiltered"]["aux"] == sources
     # threshold 0 keeps every readable sample with its query label: precision = the crawl's relevant rate, recall 1
     quality = json.loads((work / "results.json").read_text())["filtering"]

@@ -21,7 +21,7 @@ from PIL import Image
 
 import data
 import models
-import omnisource as o
+import figures as o
 import synthetic
 import transforms
 
@@ -128,15 +128,14 @@ def test_eq2_gif_frames_are_image_to_clip_output(small_data, tmp_path):
     motion = transforms.HomographyGaussian(np.zeros(8), np.diag(rng.uniform(1e-4, 4e-4, 8)),
                                            per_class={1: (np.full(8, 0.01), np.eye(8) * 1e-4)})
     motion.save(tmp_path / "motion.json")
-    paths = o.inflate_figures(images, tmp_path / "motion.json", tmp_path / "figs", seed=3, log=lambda s: None)
-    assert [p.name for p in paths] == [f"eq2_{m}.gif" for m in o.INFLATE_MODES] + ["eq2_filmstrip.png"]
-    for mode in o.INFLATE_MODES:
-        clips = [transforms.image_to_clip(data.read_image(p, o.THUMB), o.INFLATE_FRAMES,
-                                          "warp" if mode.startswith("warp") else mode, np.random.default_rng([3, i]),
-                                          motion, label if mode == "warp-spec" else None, short_side=o.THUMB)
+    paths = o.eq2_figures(images, tmp_path / "motion.json", tmp_path / "figs", seed=3, log=lambda s: None)
+    assert [p.name for p in paths] == [f"eq2_{m}.gif" for m in transforms.IMAGE_TO_CLIP_MODES] + ["eq2_filmstrip.png"]
+    for mode in transforms.IMAGE_TO_CLIP_MODES:
+        clips = [transforms.image_to_clip(data.read_image(p, o.THUMB), o.EQ2_FRAMES, mode,
+                                          np.random.default_rng([3, i]), motion, label, short_side=o.THUMB)
                  for i, (p, label) in enumerate(images)]
         gif = Image.open(tmp_path / "figs" / f"eq2_{mode}.gif")
-        assert gif.n_frames == (1 if mode == "still" else o.INFLATE_FRAMES)   # Pillow merges identical frames
+        assert gif.n_frames == (1 if mode == "still" else o.EQ2_FRAMES)   # Pillow merges identical frames
         shown = []
         for t in range(gif.n_frames):
             gif.seek(t)
@@ -148,7 +147,7 @@ def test_eq2_gif_frames_are_image_to_clip_output(small_data, tmp_path):
             errors = np.array([[np.abs(p - c.astype(int)).mean() for c in clip] for p in part])   # (shown, true)
             assert errors.min(axis=1).max() < 4                  # GIF's palette: a few levels
             if mode != "still":                                  # each shown frame is its own frame of the clip
-                assert (errors.argmin(axis=1) == np.arange(o.INFLATE_FRAMES)).all()
+                assert (errors.argmin(axis=1) == np.arange(o.EQ2_FRAMES)).all()
             x += w + o.PAD
 
 
@@ -195,10 +194,7 @@ def test_training_curves_and_heat_map(tmp_path):
     (run / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in log))
     cm = [[5, 1, 0], [2, 3, 4], [0, 7, 1]]
     classes = ["a", "b", "c"]
-    (run / "metrics.json").write_text(json.dumps(dict(classes=classes)))
-    (run / "confusion_matrix.csv").write_text("true\\pred,a,b,c\n" + "".join(
-        f"{n}," + ",".join(map(str, r)) + "\n" for n, r in zip(classes, cm)))
-    curves, heat = o.train_figures(run, log=lambda s: None)
+    curves, heat = o.train_figures(run, dict(classes=classes, confusion_matrix=cm), log=lambda s: None)
     # the third panel (quick validation) starts after two panels of FIG_LEFT + FIG_W + 16 px and PAD
     a = np.asarray(Image.open(curves).convert("RGB"))
     left = 2 * (o.FIG_LEFT + o.FIG_W + 16 + o.PAD)

@@ -28,9 +28,9 @@ from PIL import Image
 from torch import nn
 
 import data
+import figures
 import filter as flt
 import models
-import omnisource
 import synthetic
 import train
 import transforms
@@ -71,7 +71,7 @@ class Output:
 
     def __init__(self, folder: Path):
         self.lines = (folder / "train.txt").read_text().splitlines()
-        self.records = list(omnisource.read_filter_output(folder).records())   # with their decision
+        self.records = list(figures.read_filter_output(folder).records())   # with their decision
         self.report = json.loads((folder / "report.json").read_text())
         self.duplicates = (folder / "duplicates.txt").read_text().splitlines()[1:]
         sidecar = data.frame_scores_path(folder / "train.txt")
@@ -455,7 +455,7 @@ def test_cli_end_to_end_output_loads_in_train(tiny_root):
     assert not list(tiny_root.glob(".web-img-f.*"))                        # no staging folder left behind
     # train.py's own dataset code accepts it as --aux
     model = models.build_model("tsn_tiny", 2)
-    args = train.get_args_parser().parse_args(["--data-root", str(tiny_root), "--aux", "web-img-f", "--inflate",
+    args = train.get_args_parser().parse_args(["--data-root", str(tiny_root), "--aux", "web-img-f", "--image-to-clip",
                                                "still"])
     spec = data.resolve_dataset(tiny_root, "web-img-f")
     samples = train.aux_samples(spec, data.resolve_dataset(tiny_root, "synth"), "web-img-f", rank=0)

@@ -17,9 +17,9 @@ import pytest
 import torch
 
 import data
+import figures
 import filter as flt
 import models
-import omnisource
 import synthetic
 
 REPO = Path(__file__).resolve().parents[1]
@@ -114,7 +114,7 @@ def test_another_threshold_mode_or_rule_re_decides_without_the_teacher(root):
         assert report["run"]["redecided"] and report["run"]["scored"] == 0
         assert outputs(root / "f") == outputs(root / "fresh")
         assert not list(root.glob(".f.*"))                               # no work folder left behind
-    recs = list(omnisource.read_filter_output(root / "f").records())    # samples.jsonl with the decision
+    recs = list(figures.read_filter_output(root / "f").records())    # samples.jsonl with the decision
     assert {r["status"] for r in recs} >= {"kept", "corrupt"} and {r["kind"] for r in recs} >= {"image", "untrimmed"}
     # the rule's thresholds by hand: 0.52 x the class's mean top probability / the largest class mean
     scored = [r for r in recs if "threshold" in r]
@@ -155,7 +155,7 @@ def test_source_classes_in_another_order_give_the_same_decisions_by_name(root):
     lb = [ln.split(maxsplit=1)[1] for ln in (root / "by-name-b" / "train.txt").read_text().splitlines()]
     assert la == lb and len(la) > 0                                   # the same samples, the same teacher labels
     assert (root / "by-name-a" / "classes.txt").read_text() == (root / "by-name-b" / "classes.txt").read_text()
-    ra, rb = (list(omnisource.read_filter_output(root / name).records()) for name in ("by-name-a", "by-name-b"))
+    ra, rb = (list(figures.read_filter_output(root / name).records()) for name in ("by-name-a", "by-name-b"))
     assert [(r["query"], r.get("query_score"), r["status"]) for r in ra] == \
            [(r["query"], r.get("query_score"), r["status"]) for r in rb]
 
@@ -172,7 +172,7 @@ def test_re_deciding_reads_no_record_and_no_teacher(root, monkeypatch):
             if r.get("query_score") is not None and r["query_score"] >= 0.3]
     assert 0 < len(want) < len(recs)
     (root / "h" / "samples.jsonl").write_text("")
-    monkeypatch.setattr(omnisource, "filter_figures", lambda folder: None)
+    monkeypatch.setattr(figures, "filter_figures", lambda folder: None)
     os.rename(root / "teacher.pth", root / "teacher.away")
     try:
         report = flt.main(flt.get_args_parser().parse_args(

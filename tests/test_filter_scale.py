@@ -27,9 +27,9 @@ import torch
 from PIL import Image
 
 import data
+import figures
 import filter as flt
 import models
-import omnisource
 import synthetic
 import transforms
 from test_filter import ColourTeacher, Output, colour_video, make_source, run_main
@@ -59,7 +59,7 @@ def outputs(folder: Path) -> dict:
 
 def records(folder: Path) -> list[dict]:
     """samples.jsonl's records with their decision (decision.npz), as the figures read them."""
-    return list(omnisource.read_filter_output(folder).records())
+    return list(figures.read_filter_output(folder).records())
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import logging
 import pickle
-from fractions import Fraction
 from pathlib import Path
 
 import av

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 import data
+import figures
 import filter as filter_module
 import models
 import omnisource
@@ -154,11 +155,11 @@ def test_mixup_targets_sum_to_one_and_interpolate():
 def test_confusion_score_and_pairs():
     # class 0 and 1 are confused 4 + 2 times, with 10 and 8 correct: s_01 = 6 / 24
     cm = np.array([[10, 4, 0], [2, 8, 0], [0, 0, 5]])
-    s = omnisource.confusion_scores(cm)
+    s = figures.confusion_scores(cm)
     assert s[0, 1] == pytest.approx(6 / 24)
     assert s[0, 2] == 0
     better = np.array([[13, 1, 0], [1, 9, 0], [0, 1, 4]])
-    pairs = omnisource.confusion_pairs(cm, better, ["a", "b", "c"])
+    pairs = figures.confusion_pairs(cm, better, ["a", "b", "c"])
     assert pairs["dropped"][0][:2] == ("a", "b")
     assert pairs["dropped"][0][4] == pytest.approx(2 / 24 - 6 / 24)
     assert pairs["rose"][0][:2] == ("b", "c")
@@ -192,8 +193,8 @@ def test_bad_flags_of_the_last_steps_stop_the_procedure_before_it_starts(tmp_pat
 
 
 # the order in which the top-level modules may import each other: only modules of a lower layer
-LAYERS = {"transforms": 0, "synthetic": 0, "data": 1, "models": 1, "omnisource": 2, "train": 3, "filter": 3,
-          "benchmark": 4}     # benchmark.py times the entry points' own functions in-process
+LAYERS = {"transforms": 0, "synthetic": 0, "data": 1, "models": 1, "figures": 2, "omnisource": 3, "train": 4,
+          "filter": 4, "benchmark": 5}     # benchmark.py times the entry points' own functions in-process
 
 
 def test_imports_flow_one_way_and_sit_at_the_top_of_every_module():

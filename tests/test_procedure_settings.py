@@ -83,7 +83,7 @@ def test_dry_run_of_a_3d_student_on_real_data_is_the_papers_procedure(layout, tm
     motion = next(c for c in commands if "--estimate-motion" in c)
     assert flag(motion, "--arch") == "slowonly_r50_4x16"
     assert flag(train[2], "--aux") == "gg-filtered,k400-untr-filtered"
-    assert flag(train[2], "--inflate") == "warp-agno" and flag(train[2], "--snippet") == "1p2n"
+    assert flag(train[2], "--image-to-clip") == "warp-agno" and flag(train[2], "--snippet") == "1p2n"
     assert flag(train[2], "--motion") == flag(motion, "--motion")
 
 
@@ -194,7 +194,7 @@ def test_train_refuses_a_motion_file_of_another_stride(pan_root, small_data, tmp
     assert run("omnisource.py", ["--estimate-motion", "--data-root", pan_root, "--target", "pan", "--arch",
                                  "slowonly_tiny", "--motion", motion, "--workers", "0"]).returncode == 0
     out = run("train.py", ["--data-root", small_data, "--target", "synth", "--arch", "tsn_tiny", "--aux",
-                           "synth-web-img", "--inflate", "warp-agno", "--motion", motion, "--epochs", "1",
+                           "synth-web-img", "--image-to-clip", "warp-agno", "--motion", motion, "--epochs", "1",
                            "--workers", "0", "--work-dir", tmp_path / "w"])
     assert out.returncode != 0
     last = out.stderr.strip().splitlines()[-1]

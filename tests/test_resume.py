@@ -44,7 +44,7 @@ def torchrun_cmd(script, data_root, *extra):
 
 
 def test_sigkill_at_any_moment_then_resume_gives_the_uninterrupted_run(small_data, tmp_path):
-    aux = ["--aux", "synth-web-img", "--inflate", "still"]   # a second loader whose ClassResampler must skip ahead
+    aux = ["--aux", "synth-web-img", "--image-to-clip", "still"]   # a second loader whose ClassResampler must skip ahead
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     run_group(train_cmd(small_data, straight, *aux), tmp_path / "straight.err")
     cmd = train_cmd(small_data, killed, *aux)

@@ -70,7 +70,7 @@ class SyncCounter:
 @pytest.mark.parametrize("amp", ["none", "bf16"])         # bf16: also channels-last, the GPU defaults' code path
 def test_the_training_step_never_waits_for_the_host(small_data, tmp_path, monkeypatch, amp):
     """Three sources, 4 steps, a log line every 2: no sync between the logging points, one read at each."""
-    run = make_run(small_data, tmp_path, "--aux", "synth-web-img,synth-web-vid", "--inflate", "still", "--ratio",
+    run = make_run(small_data, tmp_path, "--aux", "synth-web-img,synth-web-vid", "--image-to-clip", "still", "--ratio",
                    "2:1:1",
                    "--log-interval", "2", "--amp", amp)
     assert run.args.channels_last == (amp == "bf16")

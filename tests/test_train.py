@@ -164,7 +164,7 @@ def test_two_process_ddp_on_cpu(small_data, tmp_path):
 
 def test_joint_training_with_web_sources_logs_each_source(small_data, tmp_path):
     m = run_train(["--data-root", str(small_data), "--target", "synth", "--epochs", "1",
-                   "--aux", "synth-web-img,synth-web-vid", "--ratio", "2:1:1", "--mixup", "0.2", "--inflate", "still",
+                   "--aux", "synth-web-img,synth-web-vid", "--ratio", "2:1:1", "--mixup", "0.2", "--image-to-clip", "still",
                    "--work-dir", str(tmp_path), *FAST])
     assert 0 <= m["top1"] <= 1
     log = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
@@ -237,9 +237,9 @@ def test_joint_batches_set_epoch_skips_the_done_steps_of_the_uninterrupted_epoch
 
 def test_still_clips_come_from_one_implementation_in_training_and_testing(small_data: Path) -> None:
     """A web image becomes a still clip (the image, resized once to the pipeline's short side, repeated) through
-    transforms.image_to_clip alone: train.py's training path (--inflate still), its test path and
+    transforms.image_to_clip alone: train.py's training path (--image-to-clip still), its test path and
     data.VideoDataset's default give those frames (before augmentation)."""
-    args = train.get_args_parser().parse_args(["--inflate", "still", "--data-root", str(small_data)])
+    args = train.get_args_parser().parse_args(["--image-to-clip", "still", "--data-root", str(small_data)])
     arch = models.build_model("tsn_tiny", 4).spec
     web = data.resolve_dataset(str(small_data), "synth-web-img")
     short = transforms.short_side_for(arch.crop_size)
@@ -411,7 +411,7 @@ def test_web_labels_are_mapped_onto_the_target_classes_by_name(small_data, tmp_p
     """Issue 8 item 10: gg is labelled in k200_actions.txt order; K400 is the target. The image labelled
     class_399 (K200 label 0) trains as K400 label 399; unicycling, not a K400 class, is left out and counted."""
     root = released_layout(tmp_path / "data", small_data)
-    argv = ["--data-root", str(root), "--target", "k400", "--aux", "gg", "--inflate", "still", "--ratio", "2:1",
+    argv = ["--data-root", str(root), "--target", "k400", "--aux", "gg", "--image-to-clip", "still", "--ratio", "2:1",
             "--batch-size", "4",
             "--epochs", "1", "--crop-size", "32", "--test-clips", "1", "--test-crops", "1", "--workers", "0"]
     run = train.setup(train.get_args_parser().parse_args(argv + ["--work-dir", str(tmp_path / "a")]), 0, 1,
@@ -497,7 +497,7 @@ def test_dirty_files_in_every_source_are_skipped_named_once_and_counted_exactly(
     (root / "target" / "val.txt").write_text((src / "val.txt").read_text())
     shutil.copytree(src / "videos", root / "target" / "videos", copy_function=os.link)
     out = subprocess.run([sys.executable, str(ROOT / "train.py"), "--data-root", str(root), "--target", "target",
-                          "--aux", "web-img,web-vid", "--inflate", "still", "--ratio", "1:1:1", "--resample", "none",
+                          "--aux", "web-img,web-vid", "--image-to-clip", "still", "--ratio", "1:1:1", "--resample", "none",
                           "--batch-size", "5",
                           "--epochs", "1", "--crop-size", "32", "--test-clips", "1", "--test-crops", "1",
                           "--work-dir", str(tmp_path / "w")],

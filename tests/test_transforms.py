@@ -368,9 +368,9 @@ def test_image_to_clip_still_and_zero_gaussian_warp():
     still = T.image_to_clip(img, 4, "still")
     assert still.shape == (4, 30, 40, 3) and all(np.array_equal(f, img) for f in still)
     zero = T.HomographyGaussian(np.zeros(8), np.zeros((8, 8)))
-    assert np.array_equal(T.image_to_clip(img, 4, "warp", np.random.default_rng(0), zero), still)
+    assert np.array_equal(T.image_to_clip(img, 4, "warp-agno", np.random.default_rng(0), zero), still)
     with pytest.raises(ValueError, match="motion"):
-        T.image_to_clip(img, 4, "warp", np.random.default_rng(0))
+        T.image_to_clip(img, 4, "warp-agno", np.random.default_rng(0))
 
 
 def test_image_to_clip_warp_composes_eq2_on_the_original():
@@ -378,19 +378,19 @@ def test_image_to_clip_warp_composes_eq2_on_the_original():
     a = np.deg2rad(3.0)
     g = np.array([[np.cos(a), -np.sin(a), 0.02], [np.sin(a), np.cos(a), -0.01], [0, 0, 1]])
     motion = T.HomographyGaussian(T._h_to_params(g), np.zeros((8, 8)))
-    clip = T.image_to_clip(img, 4, "warp", np.random.default_rng(0), motion)
+    clip = T.image_to_clip(img, 4, "warp-agno", np.random.default_rng(0), motion)
     assert np.array_equal(clip[0], img)  # J_1 = I
     for i in range(1, 4):  # J_i = (H_i o ... o H_1)(I) with every H = g: one warp of the original by g^i
         direct = T.warp_perspective(img, T.denormalize_homography(np.linalg.matrix_power(g, i), (80, 64)).numpy())
         assert np.abs(clip[i].astype(int) - direct.astype(int)).max() <= 1
 
 
-def test_build_image_to_clip_class_specific_uses_the_label():
+def test_build_image_to_clip_warp_spec_uses_the_label_and_warp_agno_ignores_it():
     img = _texture(30, 40, seed=9)
     moving = (np.array([0, 0, 0.1, 0, 0, 0, 0, 0]), np.zeros((8, 8)))
     motion = T.HomographyGaussian(np.zeros(8), np.zeros((8, 8)), per_class={2: moving})
-    spec = T.build_image_to_clip("warp", motion, class_specific=True)
-    agno = T.build_image_to_clip("warp", motion, class_specific=False)
+    spec = T.build_image_to_clip("warp-spec", motion)
+    agno = T.build_image_to_clip("warp-agno", motion)
     still = np.repeat(img[None], 3, axis=0)
     assert np.array_equal(spec(img, 3, rng=np.random.default_rng(0), label=1), still)  # no fit for class 1
     assert not np.array_equal(spec(img, 3, rng=np.random.default_rng(0), label=2), still)
@@ -410,7 +410,7 @@ def test_image_to_clip_resizes_first_and_the_pipeline_resize_is_then_identity():
     a = np.deg2rad(2.0)
     g = np.array([[np.cos(a), -np.sin(a), 0.03], [np.sin(a), np.cos(a), 0.0], [0, 0, 1]])
     motion = T.HomographyGaussian(T._h_to_params(g), np.zeros((8, 8)))
-    warp = T.build_image_to_clip("warp", motion, short_side=128)(img, 3, rng=np.random.default_rng(0))
+    warp = T.build_image_to_clip("warp-agno", motion, short_side=128)(img, 3, rng=np.random.default_rng(0))
     assert warp.shape == (3, 128, 179, 3) and np.array_equal(warp[0], resized)
     direct = T.warp_perspective(resized, T.denormalize_homography(g, (179, 128)).numpy())
     assert np.array_equal(warp[1], direct)

@@ -64,7 +64,7 @@ def test_motion_written_by_estimate_motion_is_the_one_train_reads_on_a_layout_na
     # the README's step 4 without --motion; the web images' 'solid_disc' is the target's 'soliddisc' (j);
     # --batch-size 5 --ratio 2:1: 5 * 1 / 2 = 2.5 rounds half up to 3 (l)
     out = run("train.py", ["--data-root", k400_root, "--target", "k400", "--arch", "tsn_tiny", "--aux",
-                           "synth-web-img", "--inflate", "warp-agno", "--batch-size", "5", "--ratio", "2:1",
+                           "synth-web-img", "--image-to-clip", "warp-agno", "--batch-size", "5", "--ratio", "2:1",
                            "--epochs", "1", "--workers", "0", "--test-clips", "1", "--test-crops", "1",
                            "--work-dir", tmp_path / "w"])
     assert out.returncode == 0, out.stderr[-2000:]
@@ -148,7 +148,7 @@ def test_three_field_lines_are_read_from_what_is_on_disk(tmp_path):
 # i. omnisource.py checks every flag before step 1
 # ----------------------------------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("flag, value", [("--inflate", "warp-agnostic"), ("--snippet", "4pos")])
+@pytest.mark.parametrize("flag, value", [("--image-to-clip", "warp-agnostic"), ("--snippet", "4pos")])
 def test_procedure_flags_without_a_valid_value_stop_before_step_1(tmp_path, flag, value):
     out = run("omnisource.py", ["--data-root", tmp_path / "d", "--work-dir", tmp_path / "w", flag, value])
     assert out.returncode != 0 and "== step 1" not in out.stdout
@@ -200,7 +200,7 @@ def test_train_builds_snippets_of_every_segment_count(tmp_path):
                             {"untrimmed/v.mp4": data.FrameScores(tuple(range(0, 40, 2)), (0.9, 0.1) * 10, 0.5)})
     spec = data.resolve_dataset(tmp_path, "u")
     arch = dataclasses.replace(models.ARCHS["tsn_tiny"][1], num_clips_train=8)      # --num-segments 8
-    args = argparse.Namespace(inflate="still", motion=None, data_root=str(tmp_path), target="u", seed=0,
+    args = argparse.Namespace(image_to_clip="still", motion=None, data_root=str(tmp_path), target="u", seed=0,
                               snippet="1p2n")
     ds = train.make_dataset(args, spec, "train", arch, test_mode=False)
     assert ds.snippet is not None
