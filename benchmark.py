@@ -33,7 +33,7 @@ What it measures (paper context: the training recipes of the appendix "Implement
    first frames, one torch thread: CPU ms per output frame of train_transform(uint8=True) (TSN 3 frames,
    SlowOnly 4x16 and 8x8) against the cv2-exact crop resize it replaced, same seeds, alternated.
 2. Loader: the same training pipelines behind a DataLoader with --workers (2) persistent workers, as train.py
-   runs them: clips/s with one FFmpeg decoder thread per worker (data.WORKER_CODEC_THREADS, the default)
+   runs them: clips/s with one FFmpeg decoder thread per worker (webscale.WORKER_CODEC_THREADS, the default)
    against automatic decoder threading in every worker, alternated round by round.
 3. Model: training samples/s (forward + backward + SGD step) at --batch (2) for every --precisions entry
    (fp32; bf16 and fp16 under torch.autocast, fp16 with a GradScaler; a precision the device cannot run, or
@@ -156,6 +156,7 @@ import models
 import synthetic
 import train
 import transforms
+import webscale
 
 ROOT = Path(__file__).resolve().parent
 DEMO_VIDEO = ROOT.parent / "shared" / "data" / "real_videos" / "mmaction2_demo.mp4"
@@ -362,16 +363,16 @@ def bench_loader(args, video: Path) -> None:
     torch.set_num_threads(1)
     print(f"\n== Loader: {video}, {args.workers} persistent workers, batch 4, 48 clips per round, "
           f"{args.repeats} rounds per setting, settings alternated")
-    default = data.WORKER_CODEC_THREADS
+    default = webscale.WORKER_CODEC_THREADS
     rates = {}
     try:
         for _ in range(args.repeats):
             for threads in (default, 0):
-                data.WORKER_CODEC_THREADS = threads        # read by workers forked after this line
+                webscale.WORKER_CODEC_THREADS = threads        # read by workers forked after this line
                 for label, arch in PIPELINES:
                     rates.setdefault((label, threads), []).append(_loader_rate(arch, video, args.workers))
     finally:
-        data.WORKER_CODEC_THREADS = default
+        webscale.WORKER_CODEC_THREADS = default
     print(f"| pipeline | {default} decoder thread(s) per worker | auto threads per worker | ratio |")
     print("| --- | --- | --- | --- |")
     for label, _ in PIPELINES:
@@ -384,7 +385,7 @@ def _loader_rate(arch: str, video: Path, workers: int, batch_size: int = 4, clip
     """One warm-up pass, then one timed pass over `clips` clips of `video` through a fresh DataLoader."""
     spec = models.ARCHS[arch][1]
     sampling = data.Sampling(spec.clip_len, spec.frame_interval, spec.num_clips_train)
-    ds = data.VideoDataset([data.Sample(video, 0, "video")] * clips, sampling,
+    ds = data.VideoDataset([webscale.Sample(video, 0, "video")] * clips, sampling,
                            transform=transforms.train_transform(spec.family, spec.crop_size, uint8=True))
     loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, num_workers=workers, pin_memory=pin_memory,
                                          persistent_workers=workers > 0)
@@ -443,7 +444,7 @@ def _make_case(arch: str, video: Path, num_frames: int, args) -> dict:
     sampling = data.Sampling(clip_len=spec.clip_len, frame_interval=spec.frame_interval,
                              num_clips=spec.num_clips_train)          # train.py make_dataset
     transform = transforms.train_transform(spec.family, spec.crop_size, uint8=True)
-    samples = [data.Sample(video, 0, "video")] * args.samples
+    samples = [webscale.Sample(video, 0, "video")] * args.samples
     ds = data.VideoDataset(samples, sampling, transform=transform, test_mode=False, seed=args.seed)
     sets = [_item_indices(ds, j, num_frames) for j in range(args.samples)]
     # the naive twin: same indices, same rng stream for the crops -> must give the same tensors
@@ -1193,7 +1194,7 @@ def _decode_rate(video: Path, hw, threads: int) -> dict:
         first, count = [], 0
         wall, cpu = time.perf_counter(), time.process_time()
         for frame in container.decode(stream):
-            rgb = data.to_rgb(frame)   # (H, W, 3); a GPU frame is downloaded first
+            rgb = webscale.to_rgb(frame)   # (H, W, 3); a GPU frame is downloaded first
             first += [rgb] if count < 8 else []
             count += 1
         wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
@@ -1337,7 +1338,7 @@ def bench_feed(args, tmp: Path) -> None:
         [_pick_video(None, tmp)]
     per_clip, loader_items = (1, 4) if args.quick else (args.samples, 4 * args.samples)
     print(f"\n== Feed: {', '.join(f'{c.name} ({_describe_video(c)})' for c in clips)}; {per_clip * len(clips)} "
-          f"training samples per figure in one DataLoader worker (1 torch thread, {data.WORKER_CODEC_THREADS} decoder "
+          f"training samples per figure in one DataLoader worker (1 torch thread, {webscale.WORKER_CODEC_THREADS} decoder "
           f"thread), process CPU time; loaders: {loader_items} samples, batch 4, after a warm-up pass; {_load()}")
     # 1. the clips as a plain dataset, then written again by `python data.py prepare` in every format
     root = tmp / "feed_downloaded"
@@ -1495,7 +1496,7 @@ def _read_frames_one_thread(path: Path, idx: list[int]) -> np.ndarray:
     for oversubscribed machines (DataLoader workers >= cores), not a reader of the project."""
     with av.open(str(path)) as container:
         stream = container.streams.video[0]
-        return data._decode_video(container, stream, Path(path), np.asarray(idx, dtype=np.int64))
+        return webscale.decode_video(container, stream, Path(path), np.asarray(idx, dtype=np.int64))
 
 
 def _time_calls(fn, items, sync: str | None = None) -> tuple[float, float]:
@@ -1545,10 +1546,10 @@ def _profile_reader(video: Path, cases: dict) -> None:
         print(f'\ncProfile of data.read_frames, {label}, {len(c["sets"])} clips (top 15 by total time):')
         pstats.Stats(prof, stream=sys.stdout).sort_stats("tottime").print_stats(15)
         stats = {}
-        with data._open_video(video) as (container, stream):
+        with webscale.open_video(video) as (container, stream):
             for idx in c["sets"]:
                 s = {}
-                data._decode_video(container, stream, video, np.asarray(idx), stats=s)
+                webscale.decode_video(container, stream, video, np.asarray(idx), stats=s)
                 for k in ("decoded", "seeks"):
                     stats[k] = stats.get(k, 0) + s[k]
         print(f'frames decoded per clip {stats["decoded"] / len(c["sets"]):.1f}, seeks per clip '

@@ -32,6 +32,7 @@ from PIL import Image, ImageDraw, ImageFont
 import data
 import synthetic
 import transforms
+import webscale
 
 
 def confusion_scores(cm: np.ndarray) -> np.ndarray:
@@ -114,7 +115,7 @@ TIMELINE_VIDEOS = 6  # kept untrimmed videos drawn on a timeline
 class FilterOutput:
     """What filter.py wrote to DATA_ROOT/OUT/: report.json, the decision of every sample (decision.npz's columns:
     status, label, score = the deciding teacher probability, Sec. 3.4), the kept samples of the list train.txt
-    (`kept`, read on first use: a compact data.SampleList, with its frame-score sidecar, Sec. 3.5) and the
+    (`kept`, read on first use: a compact webscale.SampleList, with its frame-score sidecar, Sec. 3.5) and the
     per-sample records of samples.jsonl (what the teachers saw: path relative to `prefix`, query, windows / fps of
     untrimmed videos), streamed by `records` or one by one by `record`, each joined with its decision (status,
     label, score, threshold; unit_scores = each unit's p(label)). Memory: arrays, not one object a sample."""
@@ -124,9 +125,9 @@ class FilterOutput:
     decision: dict[str, np.ndarray]
 
     @functools.cached_property
-    def kept(self) -> data.SampleList | list:
+    def kept(self) -> webscale.SampleList | list:
         kept_any = (self.decision["status"] == self.decision["statuses"].tolist().index("kept")).any()
-        return data.read_list(self.folder / "train.txt", self.folder, len(self.report["classes"])) if kept_any else []
+        return webscale.read_list(self.folder / "train.txt", self.folder, len(self.report["classes"])) if kept_any else []
 
     def where(self, status: str) -> np.ndarray:
         """bool (N,): the samples of a status (kept, dropped, unknown_query, corrupt, duplicate)."""
@@ -254,7 +255,7 @@ def timeline(out: FilterOutput) -> Image.Image | None:
     positive 1-FPS frames of its sidecar, each over the interval it stands for (2D students, Table 14's snippets).
     None when the output lists no untrimmed video."""
     if not ((out.where("kept") & (out.decision["positive_units"] >= 0)).any() and
-            (data.frame_scores_path(out.folder / "train.txt").is_file() or "windows" in data.kind_names(out.kept))):
+            (webscale.frame_scores_path(out.folder / "train.txt").is_file() or "windows" in webscale.kind_names(out.kept))):
         return None
     shown = list(itertools.islice((s for s in out.kept if s.frame_scores or s.windows), TIMELINE_VIDEOS))
     wanted = {os.path.relpath(s.path, out.prefix) for s in shown if s.windows}
@@ -521,7 +522,7 @@ def _fit(image: Image.Image) -> Image.Image:
 def _first_frame(path: Path) -> Image.Image | None:
     """The first frame of a video, or an image; None when it cannot be read (dirty web data is counted)."""
     try:
-        return Image.fromarray(data.read_image(path, THUMB) if path.suffix.lower() in data.IMAGE_EXTS
+        return Image.fromarray(data.read_image(path, THUMB) if path.suffix.lower() in webscale.IMAGE_EXTS
                                else data.read_frames(path, [0])[0])
     except (OSError, ValueError, RuntimeError):
         return None

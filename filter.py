@@ -120,6 +120,7 @@ import figures
 import models
 import synthetic
 import transforms
+import webscale
 
 MODES = ("query", "pseudo")
 STUDENTS = ("2d", "3d")
@@ -145,10 +146,10 @@ SEEN_FILES = ("samples.jsonl", "scores.npz", "duplicates.txt")
 # frame, too short: VideoTooShortError, image too small) and Pillow's EOFError / DecompressionBombError. Only the
 # readers' calls are guarded (`_decode`), so a ValueError of a transform is not mistaken for a broken file.
 DECODE_ERRORS = (OSError, av.FFmpegError, ValueError, EOFError, Image.DecompressionBombError)
-# the signatures' types: a web source's samples (a list, or the compact list of millions, data.SampleList);
+# the signatures' types: a web source's samples (a list, or the compact list of millions, webscale.SampleList);
 # per group of teachers, how its input is decoded (data.Sampling), transformed into uint8 views and the short side the
 # transform resizes to (a JPEG is decoded reduced down to it)
-Samples = list[data.Sample] | data.SampleList
+Samples = list[webscale.Sample] | webscale.SampleList
 Loads = list[tuple[data.Sampling, Callable, int]]
 ArrayLike = np.ndarray | Sequence
 
@@ -390,7 +391,7 @@ def map_query_labels(samples: Samples, source_classes: list[str], teacher_classe
     No shared class name at all is a one-line error naming the teacher's checkpoint in query mode (pseudo mode
     needs no query class).
     """
-    probe = [data.Sample(Path(str(k)), k, "image") for k in range(len(source_classes))]   # one per class
+    probe = [webscale.Sample(Path(str(k)), k, "image") for k in range(len(source_classes))]   # one per class
     try:
         mapped, _ = data.map_labels(probe, source_classes, teacher_classes, f"--source {source}")
     except ValueError as err:
@@ -401,7 +402,7 @@ def map_query_labels(samples: Samples, source_classes: list[str], teacher_classe
     table = np.full(len(source_classes), -1, dtype=np.int64)
     for s in mapped:
         table[int(s.path.name)] = s.label
-    return table[data.labels_of(samples)]
+    return table[webscale.labels_of(samples)]
 
 
 def _foreign_teacher(path: str | Path, arch: str, classes: list[str]) -> nn.Module:
@@ -458,7 +459,7 @@ class Scorer:
         return ensemble([torch.cat(p) for p in per_teacher]).cpu()                          # (U, K)
 
 
-def _load_clip(sample: data.Sample, loads: Loads) -> list[torch.Tensor]:
+def _load_clip(sample: webscale.Sample, loads: Loads) -> list[torch.Tensor]:
     """Worker: image (one frame) or video (test sampling of each group) -> [uint8 (1, 1, C, T, h, w)] per group."""
     out = []
     for sampling, transform, short_side in loads:
@@ -470,14 +471,14 @@ def _load_clip(sample: data.Sample, loads: Loads) -> list[torch.Tensor]:
     return out
 
 
-def _unit_plan(sample: data.Sample, route: str, fps: float, seconds: float,
+def _unit_plan(sample: webscale.Sample, route: str, fps: float, seconds: float,
                loads: Loads) -> tuple[list[list[tuple]], np.ndarray, float | None]:
     """Units of an untrimmed / raw video: per load a list of (path, frame indices (T,), frame count), the
     units' info ('frames' (F,) 1-FPS frame indices; 'windows' (P, 2) frame ranges [first, stop); 'raw' (P,)
     piece numbers) and the video's frame rate (None for raw pieces)."""
     path = Path(sample.path)
     if route == "raw":
-        parts = [path / data.PART_TMPL.format(j) for j in range(sample.num_parts)]
+        parts = [path / webscale.PART_TMPL.format(j) for j in range(sample.num_parts)]
         counts = [_decode(data.count_frames, p) for p in parts]
         plan = [[(p, _test_indices(n, sampling), n) for p, n in zip(parts, counts)] for sampling, _, _ in loads]
         return plan, np.arange(len(parts)), None
@@ -508,7 +509,7 @@ def _load_units(units: list[tuple], transform: Callable) -> torch.Tensor:
     return torch.cat(out).contiguous()
 
 
-def _read_sampled(sample: data.Sample, sampling: data.Sampling) -> np.ndarray:
+def _read_sampled(sample: webscale.Sample, sampling: data.Sampling) -> np.ndarray:
     """Test-mode sampled frames (L, H, W, 3); a frame count one too high is corrected, a file that decodes to
     fewer frames than that is truncated: an error (Sec. 3.3)."""
     n = sample.num_frames or _decode(data.count_frames, sample.path)
@@ -667,7 +668,7 @@ def fit_dedup_reference(val_samples: Samples, web_subset: Samples, extractor: Fr
                                f"{_rank_tag(shard)}", shard)
         feats = dict(val=val[0], val_owner=torch.from_numpy(val[1]), val_errors=len(val[2]), web=web[0],
                      web_owner=torch.from_numpy(web[1]))
-        data.write_atomic(mine, lambda f: torch.save(feats, f))
+        webscale.write_atomic(mine, lambda f: torch.save(feats, f))
     _barrier()
     if shard.rank == 0 and not path.is_file():
         parts = [torch.load(p, map_location="cpu", weights_only=True)
@@ -686,7 +687,7 @@ def fit_dedup_reference(val_samples: Samples, web_subset: Samples, extractor: Fr
                     val_frames=m, threshold=threshold)
         ref = dict(mean=torch.from_numpy(white.mean), proj=torch.from_numpy(white.proj), threshold=threshold,
                    val=crops[:, -1].contiguous(), owner=torch.from_numpy(owner), info=info)
-        data.write_atomic(path, lambda f: torch.save(ref, f))
+        webscale.write_atomic(path, lambda f: torch.save(ref, f))
     _barrier()
     saved = torch.load(path, map_location="cpu", weights_only=True)
     return dict(white=Whitening(saved["mean"].numpy(), saved["proj"].numpy()), threshold=saved["threshold"],
@@ -774,12 +775,12 @@ class _DedupLoad:
     def __init__(self, num_frames: int, crop: int, crops: int):
         self.num_frames, self.crop, self.crops = num_frames, crop, crops
 
-    def __call__(self, sample: data.Sample) -> list[torch.Tensor]:
+    def __call__(self, sample: webscale.Sample) -> list[torch.Tensor]:
         if sample.kind == "image":   # draft mode, as for scoring
             frames = _decode(data.read_image, sample.path, transforms.short_side_for(self.crop))[None]
         elif sample.kind == "raw":
-            piece = Path(sample.path) / data.PART_TMPL.format(sample.pos_clips[0] if sample.pos_clips else 0)
-            frames = _read_sampled(data.Sample(piece, sample.label, "video"), data.Sampling(1, 1, self.num_frames))
+            piece = Path(sample.path) / webscale.PART_TMPL.format(sample.pos_clips[0] if sample.pos_clips else 0)
+            frames = _read_sampled(webscale.Sample(piece, sample.label, "video"), data.Sampling(1, 1, self.num_frames))
         else:
             frames = _read_sampled(sample, data.Sampling(1, 1, self.num_frames))
         frames = transforms.Resize(short_side=transforms.short_side_for(self.crop))(frames)
@@ -974,7 +975,7 @@ class Seen:
         s = self.scores
         columns = dict(query=s.query, query_p=s.query_p, top_class=s.top_class, top_p=s.top_p,
                        **{f.name: getattr(self, f.name) for f in fields(self) if f.name != "scores"})
-        data.write_atomic(path, lambda f: np.savez(f, format=np.array(SCORES_FORMAT), seen=np.array(SEEN), **columns))
+        webscale.write_atomic(path, lambda f: np.savez(f, format=np.array(SCORES_FORMAT), seen=np.array(SEEN), **columns))
 
     @classmethod
     def load(cls, path: Path) -> Seen:
@@ -1062,11 +1063,11 @@ def write_outputs(folder: str | Path, seen_dir: Path, seen: Seen, samples: Sampl
             for k in np.flatnonzero(routes[kept] == ROUTES.index("one_fps")).tolist():
                 i = int(kept[k])
                 a, b = seen.unit_offset[i], seen.unit_offset[i + 1]
-                frame_scores[paths[k].decode()] = data.FrameScores(tuple(seen.unit_frames[a:b, 0].tolist()),
+                frame_scores[paths[k].decode()] = webscale.FrameScores(tuple(seen.unit_frames[a:b, 0].tolist()),
                                                                    tuple(unit_p[a:b].tolist()),
                                                                    float(decision["threshold"][i]))
     if frame_scores:
-        data.write_frame_scores(data.frame_scores_path(folder / "train.txt"), frame_scores, fps=cfg.fps)
+        webscale.write_frame_scores(webscale.frame_scores_path(folder / "train.txt"), frame_scores, fps=cfg.fps)
     np.savez(folder / "decision.npz", statuses=np.array(STATUSES), **{k: v for k, v in decision.items()
                                                                      if k != "unit_positive"})
     for name in SEEN_FILES:
@@ -1103,7 +1104,7 @@ def _list_paths(samples: Samples, idx: np.ndarray, prefix: Path, base: str) -> l
     """The list paths (`_list_path`: base / the path under the data prefix) of samples idx, UTF-8: slices of a
     SampleList's path buffer when these paths are plain (relative, no empty part, no part starting with '.'),
     else one by one."""
-    if isinstance(samples, data.SampleList) and Path(samples.prefix) == Path(prefix):
+    if isinstance(samples, webscale.SampleList) and Path(samples.prefix) == Path(prefix):
         rels = samples.rel_path_bytes(idx)
         joined = b"\n" + b"\n".join(rels)
         if not any(x in joined for x in (b"\n/", b"\n.", b"/.", b"//")):
@@ -1197,7 +1198,7 @@ def main(args: argparse.Namespace) -> dict | None:
     if earlier is None:
         teachers = load_teachers(args.teacher, cfg.device, args.teacher_arch, spec.classes,
                                  f"--source {args.source}")
-        check_teachers(teachers, data.kind_names(samples), cfg.student)
+        check_teachers(teachers, webscale.kind_names(samples), cfg.student)
         classes = teachers[0].classes
         query = map_query_labels(samples, spec.classes, classes, args.source, cfg.mode, teachers[0].source)
         unknown = int((query < 0).sum())
@@ -1313,7 +1314,7 @@ class Work:
                                  f"{old.get(key)!r} there, {settings[key]!r} now); run that command again to "
                                  f"finish it, or delete the folder to start over")
         elif self.shard.rank == 0:
-            data.write_atomic(path, json.dumps(settings, indent=1) + "\n")
+            webscale.write_atomic(path, json.dumps(settings, indent=1) + "\n")
         _barrier()
 
     def append(self, kind: str, records: Iterable[dict]) -> None:
@@ -1351,7 +1352,7 @@ class Work:
             os.fsync(f.fileno())
             f.close()
         self._files = {}
-        data.write_atomic(self.folder / f"progress-{self.shard.rank:05d}.json",
+        webscale.write_atomic(self.folder / f"progress-{self.shard.rank:05d}.json",
                           json.dumps(dict(rank=self.shard.rank, world=self.shard.world, scored=self.scored)))
 
     def scored_now(self) -> int:
@@ -1621,7 +1622,7 @@ class _Load:
     def __init__(self, fn: Callable, loads: Loads):
         self.fn, self.loads = fn, loads
 
-    def __call__(self, sample: data.Sample) -> list[torch.Tensor]:
+    def __call__(self, sample: webscale.Sample) -> list[torch.Tensor]:
         return self.fn(sample, self.loads)
 
 
@@ -1673,10 +1674,10 @@ def _as_is(item: object) -> object:
 def _route_codes(samples: Samples, student: str) -> np.ndarray:
     """Route (index into ROUTES) of every sample: images; short videos and frame folders; untrimmed videos as
     1-FPS frames (2d) or 10-s windows (3d); raw videos cut already."""
-    kinds = list(data.KINDS)
+    kinds = list(webscale.KINDS)
     table = np.array([ROUTES.index({"image": "images", "untrimmed": "one_fps" if student == "2d" else "windows",
                                     "raw": "raw"}.get(k, "videos")) for k in kinds], dtype=np.int8)
-    return table[data.kinds_of(samples)]
+    return table[webscale.kinds_of(samples)]
 
 
 def _blocks(idx: np.ndarray, size: int) -> list[np.ndarray]:
@@ -1684,11 +1685,11 @@ def _blocks(idx: np.ndarray, size: int) -> list[np.ndarray]:
     return [idx[s:s + size] for s in range(0, len(idx), size)]
 
 
-def _base_record(i: int, sample: data.Sample, query: int, prefix: Path) -> dict:
+def _base_record(i: int, sample: webscale.Sample, query: int, prefix: Path) -> dict:
     return dict(i=int(i), path=_rel(sample.path, prefix), kind=sample.kind, query=int(query))
 
 
-def _corrupt(i: int, sample: data.Sample, query: int, prefix: Path, message: str) -> dict:
+def _corrupt(i: int, sample: webscale.Sample, query: int, prefix: Path, message: str) -> dict:
     return dict(_base_record(i, sample, query, prefix), status="corrupt", error=message)
 
 

@@ -681,7 +681,7 @@ def mmaction_checkpoint(model: nn.Module, classes: list[str] | None = None) -> d
     Keys go through MMACTION_KEY_TABLE (`mmaction_key`); the meta holds plain Python data only (exporter, our
     arch, the MMAction2 config that builds the same recognizer, time, and `dataset_meta.classes` when `classes`
     is given), so MMAction2's `load_checkpoint` -- and our `load_weights` -- read the file torch.save writes of it
-    with weights_only=True (train.py --export-mmaction writes it with data.write_atomic).
+    with weights_only=True (train.py --export-mmaction writes it with webscale.write_atomic).
     """
     if not isinstance(model, (TSN, ResNet3dSlowOnly, ResNet3dCSN)):
         raise ValueError(f"models.mmaction_checkpoint: only TSN / SlowOnly / irCSN recognizers have an MMAction2 "

@@ -33,7 +33,7 @@ Where each part of the paper lives (module.function):
     Sec. 5.2          figures.confusion_pairs        confusion-score analysis (Tables 18-19)
     Table 1           omnisource.run_procedure          the whole four-step procedure, `python omnisource.py`
     Figures           figures.filter_figures,        every step drawn with Pillow (Sec. 3.4-3.5, Fig. 3, Eq. 2,
-                      inflate_figures, train_figures    Sec. 5.2) beside its outputs; procedure_figures embeds
+                      eq2_figures, train_figures        Sec. 5.2) beside its outputs; procedure_figures embeds
                                                         them in results.md
     (beyond)          omnisource.next_teachers          --rounds: the student of round r teaches round r + 1
 
@@ -81,6 +81,7 @@ import figures
 import models
 import synthetic
 import transforms
+import webscale
 
 # ----------------------------------------------------------------------------------------------------------------------
 # 1. Sec. 3.2, Eq. 1: the joint loss
@@ -203,7 +204,7 @@ def stem(word: str) -> str:
 
 def write_queries(path: str | Path, rows: list[dict]) -> None:
     """The queries as JSON lines, one per query, written atomically (a crawler reads them line by line)."""
-    data.write_atomic(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    webscale.write_atomic(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -827,11 +828,11 @@ def read_metrics(work_dir: str | Path) -> dict:
 
 
 def write_table(work: Path, rows: list[tuple[str, dict]], select: str = "last", rounds: list[dict] = (),
-                figures: list[tuple[str, str]] = ()) -> str:
+                embedded: list[tuple[str, str]] = ()) -> str:
     """Print and save the comparison (results.md, results.json), the confusion pairs of Sec. 5.2 (first row ->
     second row), each round's teachers and filtering (`round_record`; on the generated demo data with the
     filter's precision and recall against the generator's truth). Says which weights were tested (--select);
-    `figures` (caption, path relative to WORK_DIR) are embedded at the end of results.md (procedure_figures) and
+    `embedded` (caption, path relative to WORK_DIR) are embedded at the end of results.md (procedure_figures) and
     listed in results.json. Returns the text of results.md."""
     tested = TESTED[select]
     lines = [f"Accuracy on the val split of {rows[0][1].get('target', 'the target')}, of {tested} "
@@ -852,8 +853,8 @@ def write_table(work: Path, rows: list[tuple[str, dict]], select: str = "last", 
     pairs = figures.confusion_pairs(base["confusion_matrix"], student["confusion_matrix"], base["classes"])
     lines += ["", "Confusion pairs (Sec. 5.2, s_ij baseline -> OmniSource):"]
     lines += [f"  {a} / {b}: {s0:.3f} -> {s1:.3f} ({d:+.3f})" for a, b, s0, s1, d in pairs["dropped"] + pairs["rose"]]
-    if figures:
-        lines += ["", "Figures:"] + [part for caption, path in figures for part in ("", f"![{caption}]({path})")]
+    if embedded:
+        lines += ["", "Figures:"] + [part for caption, path in embedded for part in ("", f"![{caption}]({path})")]
     text = "\n".join(lines)
     print(text, flush=True)
     (work / "results.md").write_text(text + "\n")
@@ -861,7 +862,7 @@ def write_table(work: Path, rows: list[tuple[str, dict]], select: str = "last", 
         {"select": select, "tested": tested,
          "rows": [{"run": name, **{k: m[k] for k in ("top1", "top5", "mean_class_acc")}} for name, m in rows],
          "confusion_pairs": pairs, "filtering": list(quality), "rounds": list(rounds),
-         "figures": [p for _, p in figures]}, indent=2) + "\n")
+         "figures": [p for _, p in embedded]}, indent=2) + "\n")
     return text
 
 
@@ -989,7 +990,7 @@ def _mark_step(record: Path, command: str, finished: bool, procedure: argparse.N
     procedure's own arguments (`procedure`: omnisource.py's, read by _check_procedure on --resume)."""
     done = _finished_steps(record)
     done = done | {command} if finished else done - {command}
-    data.write_atomic(record, json.dumps({"procedure": vars(procedure), "finished": sorted(done)}, indent=1) + "\n")
+    webscale.write_atomic(record, json.dumps({"procedure": vars(procedure), "finished": sorted(done)}, indent=1) + "\n")
 
 
 def _check_procedure(record: Path, args: argparse.Namespace) -> None:
@@ -1041,7 +1042,7 @@ class _MotionVideos(torch.utils.data.Dataset):
     """estimate_motion's videos, one item each: (normalised homographies of its windows, None where rejected; its
     label; the error that made it unreadable, else ""). The start of each video's run is drawn from (seed, index)."""
 
-    def __init__(self, samples: list[data.Sample], spec: models.ArchSpec, seed: int):
+    def __init__(self, samples: list[webscale.Sample], spec: models.ArchSpec, seed: int):
         self.samples, self.spec, self.seed = samples, spec, seed
 
     def __len__(self) -> int:
@@ -1067,8 +1068,8 @@ class _MotionVideos(torch.utils.data.Dataset):
 def _source_kind(data_root: str | Path, source: str) -> str:
     """'image', 'untrimmed' or 'video': the kind of most of a source's samples (decides the teacher)."""
     samples = data.load_split(data.resolve_dataset(data_root, source), "train")
-    counts = np.bincount(data.kinds_of(samples), minlength=len(data.KINDS))
-    top = data.KINDS[int(counts.argmax())] if counts.sum() else "video"
+    counts = np.bincount(webscale.kinds_of(samples), minlength=len(webscale.KINDS))
+    top = webscale.KINDS[int(counts.argmax())] if counts.sum() else "video"
     return {"image": "image", "untrimmed": "untrimmed", "raw": "untrimmed"}.get(top, "video")
 
 

@@ -62,6 +62,7 @@ import models
 import omnisource
 import synthetic
 import transforms
+import webscale
 
 OPTIMIZERS = ("sgd", "adamw")
 PROTOCOLS = {1: "center", 3: "three_crop", 10: "ten_crop"}     # test crops per clip -> transforms.test_transform's
@@ -617,7 +618,7 @@ def final_test(run: Run) -> dict:
     weights, source = weights_to_test(run)
     if not args.test and run.rank == 0:
         final = {**describe_model(run), "weights": weights}
-        data.write_atomic(Path(args.work_dir) / "final.pth", lambda f: torch.save(final, f))
+        webscale.write_atomic(Path(args.work_dir) / "final.pth", lambda f: torch.save(final, f))
     crops = args.test_crops or arch.crops_test
     target = data.resolve_dataset(args.data_root, args.target)
     ds = make_dataset(args, target, "val", arch, test_mode=True, protocol=PROTOCOLS[crops],
@@ -754,7 +755,7 @@ def write_predictions(run: Run, loader: torch.utils.data.DataLoader, probs: torc
                             "unreadable": True}
             if samples.labels[index] < 0:
                 del lines[index]["label"]
-    data.write_atomic(path, "".join(json.dumps(lines[i]) + "\n" for i in sorted(lines)))
+    webscale.write_atomic(path, "".join(json.dumps(lines[i]) + "\n" for i in sorted(lines)))
 
 
 def predict(args: argparse.Namespace, rank: int, world: int, device: torch.device) -> dict:
@@ -769,7 +770,7 @@ def predict(args: argparse.Namespace, rank: int, world: int, device: torch.devic
     arch = net.spec
     run = Run(args, net, net, classes, None, None, None, None, [], [], device, rank, world)
     crops = args.test_crops or arch.crops_test
-    samples = [data.Sample(Path(v), -1, "video") for v in args.predict]
+    samples = [webscale.Sample(Path(v), -1, "video") for v in args.predict]
     ds = make_dataset(args, None, "val", arch, test_mode=True, protocol=PROTOCOLS[crops],
                       num_clips=args.test_clips or arch.num_clips_test, samples=samples)
     loader = make_eval_loader(args, ds, rank, world)
@@ -818,8 +819,8 @@ def write_results(run: Run, m: dict) -> None:
     cm = m.pop("confusion_matrix")
     m.update(arch=run.args.arch, target=run.args.target, aux=split_names(run.args.aux), classes=run.classes)
     rows = [name + "," + ",".join(str(v) for v in row) for name, row in zip(run.classes, cm)]
-    data.write_atomic(work / "confusion_matrix.csv", "\n".join(["true\\pred," + ",".join(run.classes), *rows]) + "\n")
-    data.write_atomic(work / "metrics.json", json.dumps(m, indent=2) + "\n")     # last: the run's "done" mark
+    webscale.write_atomic(work / "confusion_matrix.csv", "\n".join(["true\\pred," + ",".join(run.classes), *rows]) + "\n")
+    webscale.write_atomic(work / "metrics.json", json.dumps(m, indent=2) + "\n")     # last: the run's "done" mark
     m["confusion_matrix"] = cm
 
 
@@ -832,7 +833,7 @@ def export(run: Run) -> dict:
     load_weights_everywhere(run, ckpt)
     if run.rank == 0:
         mm = models.mmaction_checkpoint(run.net, run.classes)
-        data.write_atomic(run.args.export_mmaction, lambda f: torch.save(mm, f))
+        webscale.write_atomic(run.args.export_mmaction, lambda f: torch.save(mm, f))
         print(f"wrote {run.args.export_mmaction} (MMAction2 1.x layout) from {ckpt}", flush=True)
     return {}
 
@@ -932,7 +933,7 @@ def make_training_data(args: argparse.Namespace, target: data.DatasetSpec, arch:
 
 def make_dataset(args: argparse.Namespace, dataset: data.DatasetSpec | None, split: str, arch: models.ArchSpec,
                  test_mode: bool, protocol: str = "center", num_clips: int | None = None,
-                 samples: data.SampleList | list | None = None) -> data.VideoDataset:
+                 samples: webscale.SampleList | list | None = None) -> data.VideoDataset:
     """A data.VideoDataset over one split of `dataset` (or the given `samples` of it), sampling frames as the
     architecture `arch` expects.
 
@@ -953,7 +954,7 @@ def make_dataset(args: argparse.Namespace, dataset: data.DatasetSpec | None, spl
     # 1-12 megapixels
     short_side = transforms.short_side_for(arch.crop_size)
     image_to_clip = transforms.image_to_clip                    # never called: the split holds no image
-    if "image" in data.kind_names(samples):
+    if "image" in webscale.kind_names(samples):
         image_to_clip = make_image_to_clip(args, "still" if test_mode else args.image_to_clip, short_side, arch)
     # Table 14: untrimmed videos scored frame by frame by filter.py become TSN snippets of one frame per segment
     snippet = None
@@ -1000,7 +1001,7 @@ def make_train_loader(args: argparse.Namespace, target_ds: data.VideoDataset, au
     rules = omnisource.resample_rules(args.resample, len(aux))
     samplers, aux_loaders = [sampler], []
     for i, (ds, size, rule) in enumerate(zip(aux, sizes[1:], rules), start=1):
-        s = omnisource.ClassResampler(data.labels_of(ds.samples), len(target_loader) * size, rule,
+        s = omnisource.ClassResampler(webscale.labels_of(ds.samples), len(target_loader) * size, rule,
                                       seed=args.seed, rank=rank)
         samplers.append(s)
         aux_loaders.append(loader_for(args, ds, s, size, drop_last=True, seed=(args.seed, rank, i)))
@@ -1057,22 +1058,22 @@ class ShardedShuffle(torch.utils.data.Sampler):
         return iter(order[self.rank: len(self) * self.world: self.world][self.start:].tolist())
 
 
-def label_fraction(samples: data.SampleList | list, fraction: float, seed: int) -> data.SampleList | list:
+def label_fraction(samples: webscale.SampleList | list, fraction: float, seed: int) -> webscale.SampleList | list:
     """Fig. 7: a class-balanced fraction of the labelled videos (at least one per class), fixed by seed."""
     if not 0 < fraction <= 1:
         raise ValueError(f"--label-fraction {fraction}: expected a number in (0, 1]")
     rng = np.random.default_rng([seed, 5])
     by_class = {}
-    for i, label in enumerate(data.labels_of(samples)):
+    for i, label in enumerate(webscale.labels_of(samples)):
         by_class.setdefault(int(label), []).append(i)
     keep = []
     for idx in by_class.values():
         keep += list(rng.permutation(idx)[: max(1, round(fraction * len(idx)))])
     keep = sorted(keep)
-    return samples.subset(np.asarray(keep)) if isinstance(samples, data.SampleList) else [samples[i] for i in keep]
+    return samples.subset(np.asarray(keep)) if isinstance(samples, webscale.SampleList) else [samples[i] for i in keep]
 
 
-def aux_samples(source: data.DatasetSpec, target: data.DatasetSpec, name: str, rank: int) -> data.SampleList:
+def aux_samples(source: data.DatasetSpec, target: data.DatasetSpec, name: str, rank: int) -> webscale.SampleList:
     """An auxiliary source's training list with labels in the target's label space, matched by class name
     (data.map_labels); one printed line says how many samples were left out (class not in the target).
     A source that shares no class name with the target is a one-line error."""
@@ -1128,7 +1129,7 @@ def save_checkpoint(run: Run, name: str, epoch: int, step: int = 0, meters: tupl
         "rng": rng,
         "log_bytes": log.stat().st_size if log.exists() else 0,
     }
-    data.write_atomic(Path(run.args.work_dir) / name, lambda f: torch.save(state, f))
+    webscale.write_atomic(Path(run.args.work_dir) / name, lambda f: torch.save(state, f))
 
 
 def describe_model(run: Run) -> dict:

@@ -293,7 +293,7 @@ def select_snippet(scores: np.ndarray | Sequence[float], label: int, mode: str =
     """Table 14: pick the frames of a TSN snippet (one per segment) from the 1-FPS frames of an untrimmed video.
 
     scores: (F, num_classes) teacher probabilities, or (F,) probability of `label`. Positives: prob >= threshold,
-    the threshold the filter held the video to (data.FrameScores.threshold; no default: there is no other).
+    the threshold the filter held the video to (webscale.FrameScores.threshold; no default: there is no other).
     '1p2n' (paper default) 1 positive + 2 negatives, '2p1n', '3pos', '3rand' (any 3 frames). For num_frames = N
     segments a row of p positives of 3 takes the same share: floor(N p / 3 + 1/2) positives (halves up) and the
     rest negatives (1p2n with 8 segments: 3 + 5; 2p1n: 5 + 3). Each kind is drawn without replacement; a

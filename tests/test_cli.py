@@ -5,6 +5,7 @@ with --nproc), stops at a failing one with one line naming it, and refuses torch
 defines anything below its `if __name__ == "__main__":` block (a function there does not exist when the
 module is imported, only when it is run: filter.py's `_foreign_teacher` was such a case).
 """
+import argparse
 import ast
 import json
 import os
@@ -307,7 +308,8 @@ def test_omnisource_under_torchrun_refuses_at_once_naming_the_per_step_commands(
 def missing_flags(parser, used):
     """The parser's --flags on no command line of this file (--no-X counts for --X) and not in NOT_RUN."""
     used = set(used) | {"--" + f[5:] for f in used if f.startswith("--no-")}
-    flags = {o for a in parser._actions for o in a.option_strings if o.startswith("--") and not o.startswith("--no-")}
+    flags = {o for a in parser._actions for o in a.option_strings if o.startswith("--") and not o.startswith("--no-")
+             and a.help != argparse.SUPPRESS}                      # a renamed flag's refusal is not a feature
     return sorted(flags - used - set(NOT_RUN))
 
 

@@ -24,6 +24,7 @@ import torch
 from PIL import Image
 
 import data
+import webscale
 
 HERE = Path(__file__).resolve().parent
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
@@ -222,15 +223,15 @@ def test_read_frames_seeks_and_stops_early(gen_video):
     """A late clip seeks to the keyframe before it; an early frame stops decoding early."""
     for idx, max_decoded in (([33, 35, 37], 6), ([1], 2), ([2, 30], 3 + 7)):
         stats = {}
-        with data._open_video(gen_video) as (container, stream):
-            data._decode_video(container, stream, gen_video, np.array(idx), stats)
+        with webscale.open_video(gen_video) as (container, stream):
+            webscale.decode_video(container, stream, gen_video, np.array(idx), stats)
         assert not stats["sequential"] and stats["decoded"] <= max_decoded, (idx, stats)
     assert stats["seeks"] == 2   # [2, 30]: start, then keyframe 24
 
 
 def test_read_frames_sequential_fallback(gen_videos, monkeypatch):
     """With pts declared unusable, decoding counts frames from the start: same frames."""
-    monkeypatch.setattr(data, "_pts_index", lambda container, stream: None)
+    monkeypatch.setattr(webscale, "_pts_index", lambda container, stream: None)
     for path in gen_videos.values():
         whole = data.read_frames_naive(path, np.arange(GEN_FRAMES))
         for name, idx in index_sets(GEN_FRAMES).items():
@@ -263,7 +264,7 @@ def test_every_real_video_is_in_the_table():
 
 
 def test_read_frames_past_the_end_and_bad_indices(gen_video):
-    with pytest.raises(data.VideoTooShortError, match=f"only {GEN_FRAMES} frames"):
+    with pytest.raises(webscale.VideoTooShortError, match=f"only {GEN_FRAMES} frames"):
         data.read_frames(gen_video, [3, GEN_FRAMES])
     with pytest.raises(ValueError, match=">= 0"):
         data.read_frames(gen_video, [-1])
@@ -282,7 +283,7 @@ def test_read_frames_lenient_retries_at_the_true_count_within_max_missing(gen_vi
     for count, max_missing in ((GEN_FRAMES + 1, 1), (GEN_FRAMES + 7, None)):
         frames, n = data.read_frames_lenient(gen_video, count, spread, max_missing=max_missing)
         assert n == GEN_FRAMES and np.array_equal(frames, expected)
-    with pytest.raises(data.VideoTooShortError, match=f"only {GEN_FRAMES} frames"):
+    with pytest.raises(webscale.VideoTooShortError, match=f"only {GEN_FRAMES} frames"):
         data.read_frames_lenient(gen_video, GEN_FRAMES + 2, spread, max_missing=1)
     first_tries = []
 
@@ -307,7 +308,7 @@ def test_frame_folder_and_still_image(tmp_path):
     image = write_jpg(tmp_path / "a.jpg", 90)
     assert data.count_frames(image) == 1
     assert np.array_equal(data.read_frames(image, [0, 0])[1], np.asarray(Image.open(image)))
-    with pytest.raises(data.VideoTooShortError):
+    with pytest.raises(webscale.VideoTooShortError):
         data.read_frames(image, [1])
 
 
@@ -324,9 +325,9 @@ def test_read_list_every_kind(tmp_path):
                    "images/y.JPG 1\n"
                    "raw/D32_1gwq35E 2 10 0 1 2\n"
                    "# a comment\n")
-    s = data.read_list(lst, tmp_path / "prefix", num_classes=3)
+    s = webscale.read_list(lst, tmp_path / "prefix", num_classes=3)
     assert [x.kind for x in s] == ["video", "untrimmed", "frames", "image", "raw"]
-    assert s[0] == data.Sample(tmp_path / "prefix" / "videos/a.mp4", 0, "video")
+    assert s[0] == webscale.Sample(tmp_path / "prefix" / "videos/a.mp4", 0, "video")
     assert s[2].num_frames == 300 and s[2].label == 2
     assert s[3].path == tmp_path / "prefix" / "images/y.JPG"
     assert s[4].pos_clips == (0, 1, 2) and s[4].num_parts == 10 and s[4].label == 2
@@ -339,9 +340,9 @@ def test_read_list_json_raw_videos(tmp_path):
         {"video_dir": "rawvideo_dataset", "label": 1, "num_clips": 2, "positive_clip_inds": [0]},
         {"video_dir": "empty", "label": 0, "num_clips": 3, "positive_clip_inds": []},
         {"filename": "v.mp4", "label": 0}, {"frame_dir": "f", "total_frames": 7, "label": 1}]))
-    s = data.read_list(lst, tmp_path, 2)
+    s = webscale.read_list(lst, tmp_path, 2)
     assert [x.kind for x in s] == ["raw", "video", "frames"]
-    assert s[0] == data.Sample(tmp_path / "rawvideo_dataset", 1, "raw", pos_clips=(0,), num_parts=2)
+    assert s[0] == webscale.Sample(tmp_path / "rawvideo_dataset", 1, "raw", pos_clips=(0,), num_parts=2)
 
 
 @pytest.mark.parametrize("line, message", [
@@ -358,16 +359,16 @@ def test_read_list_errors_name_file_and_line(tmp_path, line, message):
     lst = tmp_path / "train.txt"
     lst.write_text(f"videos/ok.mp4 0\n{line}\n")
     with pytest.raises(ValueError, match=message) as err:
-        data.read_list(lst, tmp_path, 3)
+        webscale.read_list(lst, tmp_path, 3)
     assert "\n" not in str(err.value)
 
 
 def test_read_list_missing_and_empty(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"annotation list .*nope\.txt not found"):
-        data.read_list(tmp_path / "nope.txt", tmp_path, 3)
+        webscale.read_list(tmp_path / "nope.txt", tmp_path, 3)
     (tmp_path / "empty.txt").write_text("\n")
     with pytest.raises(ValueError, match="no samples"):
-        data.read_list(tmp_path / "empty.txt", tmp_path, 3)
+        webscale.read_list(tmp_path / "empty.txt", tmp_path, 3)
 
 
 def test_read_classes_plain_and_indexed(tmp_path):
@@ -499,7 +500,7 @@ BROKEN = ["videos/zero.mp4", "videos/truncated.mp4", "videos/text.mp4", "images/
 
 def make_dataset(root: Path, lines: list[str], **kw) -> data.VideoDataset:
     put(root / "list.txt", "\n".join(lines) + "\n")
-    return data.VideoDataset(data.read_list(root / "list.txt", root, 3),
+    return data.VideoDataset(webscale.read_list(root / "list.txt", root, 3),
                              kw.pop("sampling", data.Sampling(1, 1, 3)), **kw)
 
 
@@ -598,7 +599,7 @@ def test_dataset_recovers_from_an_optimistic_frame_count(media_root):
 def test_dataset_on_every_generated_variant(gen_videos, variant):
     """Count (container count or decode-count for Matroska), sample and decode through the dataset."""
     for sampling in (data.Sampling(1, 1, 25), data.Sampling(4, 4, 3)):
-        ds = data.VideoDataset([data.Sample(gen_videos[variant], 0, "video")], sampling, test_mode=True)
+        ds = data.VideoDataset([webscale.Sample(gen_videos[variant], 0, "video")], sampling, test_mode=True)
         inds = data.sample_frames(GEN_FRAMES, sampling.clip_len, sampling.frame_interval,
                                   sampling.num_clips, True)
         expected = data.read_frames_naive(gen_videos[variant], inds)

@@ -22,6 +22,7 @@ import pytest
 import torch
 
 import data
+import webscale
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 REAL_VIDEOS = SHARED / "data" / "real_videos"
@@ -84,9 +85,9 @@ def videos(tmp_path_factory) -> dict[str, Path]:
 @pytest.fixture(autouse=True)
 def fresh_cache():
     """Each test starts with an empty pts cache (no result of another test's reads)."""
-    data._PTS_CACHE.clear()
+    webscale.PTS_CACHE.clear()
     yield
-    data._PTS_CACHE.clear()
+    webscale.PTS_CACHE.clear()
 
 
 def index_sets(n: int, seed: int = 0) -> dict[str, np.ndarray]:
@@ -100,8 +101,8 @@ def index_sets(n: int, seed: int = 0) -> dict[str, np.ndarray]:
 
 
 def decode(path: Path, idx, stats: dict | None = None) -> np.ndarray:
-    with data._open_video(path) as (container, stream):
-        return data._decode_video(container, stream, path, np.asarray(idx), stats)
+    with webscale.open_video(path) as (container, stream):
+        return webscale.decode_video(container, stream, path, np.asarray(idx), stats)
 
 
 def reference_frames(path: Path) -> set[int]:
@@ -134,7 +135,7 @@ def test_skipping_equals_whole_file_decoding(name, worker, videos, monkeypatch):
         assert np.array_equal(decode(path, idx, stats), whole[idx]), set_name
         skipped += stats["skipped"]
     with av.open(str(path)) as container:
-        assert data._can_skip(container, container.streams.video[0]) == skips
+        assert webscale._can_skip(container, container.streams.video[0]) == skips
     if not skips:
         assert skipped == 0
     elif name != "mpeg2_ts":   # (MPEG-TS: FFmpeg's pts there disagree with its output: counted instead)
@@ -178,7 +179,7 @@ def test_skipping_decodes_fewer_frames_than_without(videos, monkeypatch):
     path, idx = videos["h264_mp4"], [5, 20, 40]
     with_skip, without = {}, {}
     frames = decode(path, idx, with_skip)
-    monkeypatch.setattr(data, "SKIP_NONREF", False)
+    monkeypatch.setattr(webscale, "SKIP_NONREF", False)
     assert np.array_equal(decode(path, idx, without), frames)
     assert without["skipped"] == 0 and with_skip["decoded"] + with_skip["skipped"] == without["decoded"]
     assert with_skip["decoded"] < without["decoded"]
@@ -189,13 +190,13 @@ def test_a_lost_wanted_frame_falls_back_to_decoding_without_skipping(videos, mon
     skipping (same frames), and the file is remembered as not skippable."""
     path, idx = videos["h264_mp4"], np.array([2, 20, 30])
     whole = data.read_frames_naive(path, np.arange(N))
-    real = data._decoded_frames
+    real = webscale._decoded_frames
 
     def losing(container, stream, rank, want, run, stats):   # drops wanted frame 20 when skipping
         for frame in real(container, stream, rank, want, run, stats):
             if want is None or rank[frame.pts] != 20:
                 yield frame
-    monkeypatch.setattr(data, "_decoded_frames", losing)
+    monkeypatch.setattr(webscale, "_decoded_frames", losing)
     stats = {}
     assert np.array_equal(decode(path, idx, stats), whole[idx])
     assert not stats["sequential"] and stats["seeks"] > 3   # skipping attempt, then one without
@@ -208,9 +209,9 @@ def test_skip_setting_does_not_leak_into_later_decoding(videos):
     """One open container decoding twice (as benchmark.py's profile does): both times the right frames."""
     path = videos["h264_mp4"]
     whole = data.read_frames_naive(path, np.arange(N))
-    with data._open_video(path) as (container, stream):
+    with webscale.open_video(path) as (container, stream):
         for idx in ([3, 30], [1, 2, 47]):
-            assert np.array_equal(data._decode_video(container, stream, path, np.array(idx)), whole[idx])
+            assert np.array_equal(webscale.decode_video(container, stream, path, np.array(idx)), whole[idx])
             assert stream.codec_context.skip_frame == "DEFAULT"
 
 
@@ -233,7 +234,7 @@ def test_real_videos_training_samples_equal_whole_file(name):
         assert np.array_equal(decode(path, idx, stats), np.stack([whole[i] for i in idx.tolist()])), set_name
         skipped += stats["skipped"]
     with av.open(str(path)) as container:
-        can_skip = data._can_skip(container, container.streams.video[0])
+        can_skip = webscale._can_skip(container, container.streams.video[0])
     if not can_skip or len(reference_frames(path)) == n:   # AVI / MPEG-4, or no B-frames (bigbuckbunny)
         assert skipped == 0
     else:
@@ -245,8 +246,8 @@ def test_real_videos_training_samples_equal_whole_file(name):
 # ----------------------------------------------------------------------------------------------------------------------
 
 def count_scans(monkeypatch) -> list:
-    calls, real = [], data._scan_pts
-    monkeypatch.setattr(data, "_scan_pts", lambda container, stream: calls.append(container.name)
+    calls, real = [], webscale._scan_pts
+    monkeypatch.setattr(webscale, "_scan_pts", lambda container, stream: calls.append(container.name)
                         or real(container, stream))
     return calls
 
@@ -254,10 +255,10 @@ def count_scans(monkeypatch) -> list:
 def test_pts_cache_returns_the_same_index(videos, monkeypatch):
     path = videos["h264_vfr_mp4"]
     calls = count_scans(monkeypatch)
-    with data._open_video(path) as (container, stream):
-        first = data._pts_index(container, stream)
-    with data._open_video(path) as (container, stream):
-        second = data._pts_index(container, stream)
+    with webscale.open_video(path) as (container, stream):
+        first = webscale._pts_index(container, stream)
+    with webscale.open_video(path) as (container, stream):
+        second = webscale._pts_index(container, stream)
     assert len(calls) == 1   # the second open reads the cache
     assert first.rank == second.rank and first.keys == second.keys and first.key_pts == second.key_pts
     # against a scan computed another way: sorted packet pts, keyframe ranks
@@ -283,7 +284,7 @@ def test_pts_cache_sees_a_rewritten_file(videos, tmp_path, monkeypatch):
     new = data.read_frames(path, idx)
     assert len(calls) == 2 and np.array_equal(new, data.read_frames_naive(path, idx))
     # the key's other parts one at a time: a new mtime alone, then a new inode alone
-    key = data._file_key(str(path))
+    key = webscale._file_key(str(path))
     os.utime(path, ns=(key[2] + 10**9, key[2] + 10**9))
     data.read_frames(path, idx)
     assert len(calls) == 3   # a touched file is scanned again
@@ -296,13 +297,13 @@ def test_pts_cache_sees_a_rewritten_file(videos, tmp_path, monkeypatch):
 
 
 def test_pts_cache_is_bounded_lru(videos, monkeypatch):
-    monkeypatch.setattr(data, "PTS_CACHE_FRAMES", 2 * N)   # room for two 48-frame videos
+    monkeypatch.setattr(webscale, "PTS_CACHE_FRAMES", 2 * N)   # room for two 48-frame videos
     calls = count_scans(monkeypatch)
     a, b, c = videos["h264_mp4"], videos["h264_vfr_mp4"], videos["hevc_mp4"]
     for path in (a, b, a, c, a, b):   # c evicts b (least recently used), then b evicts c
         data.read_frames(path, [1])
     assert calls == [str(a), str(b), str(c), str(b)]
-    assert data._PTS_CACHE.frames == 2 * N and len(data._PTS_CACHE.entries) == 2
+    assert webscale.PTS_CACHE.frames == 2 * N and len(webscale.PTS_CACHE.entries) == 2
 
 
 def test_failed_seeking_is_remembered(videos, monkeypatch):
@@ -310,7 +311,7 @@ def test_failed_seeking_is_remembered(videos, monkeypatch):
     start, counting frames; the next read of it goes there at once (no seek), and the frames stay right."""
     path = videos["h264_mp4"]
     whole = data.read_frames_naive(path, np.arange(N))
-    real = data._decoded_frames
+    real = webscale._decoded_frames
 
     def swapped(*args):   # the decoder gives frames 6 and 7 in the wrong order
         held = None
@@ -322,13 +323,13 @@ def test_failed_seeking_is_remembered(videos, monkeypatch):
             if held is not None:
                 yield held
                 held = None
-    monkeypatch.setattr(data, "_decoded_frames", swapped)
+    monkeypatch.setattr(webscale, "_decoded_frames", swapped)
     first, second = {}, {}
     assert np.array_equal(decode(path, [3, 9], first), whole[[3, 9]])
     assert first["sequential"] and first["seeks"] == 2   # with skipping, then without
     assert np.array_equal(decode(path, [30, 40], second), whole[[30, 40]])
     assert second["sequential"] and second["seeks"] == 0
-    data._PTS_CACHE.clear()   # a new scan (the file changed): seeking is tried again
+    webscale.PTS_CACHE.clear()   # a new scan (the file changed): seeking is tried again
     third = {}
     assert np.array_equal(decode(path, [30, 40], third), whole[[30, 40]])
     assert not third["sequential"] and third["seeks"] == 2
@@ -339,6 +340,7 @@ import multiprocessing, sys
 import av, numpy as np
 sys.path.insert(0, sys.argv[1])
 import data
+import webscale
 # 1. a default PyAV conversion in the parent, as a user's script or notebook may do (its swscale context has threads)
 f = av.VideoFrame.from_ndarray(np.zeros((64, 64, 3), np.uint8), format="rgb24")
 f.reformat(format="yuv420p").to_ndarray(format="rgb24")
@@ -355,7 +357,7 @@ print("prepared", flush=True)
 
 def test_decode_forked_workers_convert_after_a_default_conversion_in_the_parent(videos, tmp_path):
     """PyAV 18.1.1: after a default conversion in a process, its forked children hung at their first default
-    conversion (swscale threads inherited). Every conversion goes through data.reformat, which a child never
+    conversion (swscale threads inherited). Every conversion goes through webscale.reformat, which a child never
     inherits: the workers' reads and prepare's pool finish (a hang fails at the timeout)."""
     root = tmp_path / "forkset"
     (root / "videos").mkdir(parents=True)

@@ -34,6 +34,7 @@ import models
 import synthetic
 import train
 import transforms
+import webscale
 
 REPO = Path(__file__).resolve().parents[1]
 CLASSES = ["red_thing", "green_thing", "blue_thing"]
@@ -74,8 +75,8 @@ class Output:
         self.records = list(figures.read_filter_output(folder).records())   # with their decision
         self.report = json.loads((folder / "report.json").read_text())
         self.duplicates = (folder / "duplicates.txt").read_text().splitlines()[1:]
-        sidecar = data.frame_scores_path(folder / "train.txt")
-        self.frame_scores = data.read_frame_scores(sidecar) if sidecar.is_file() else {}
+        sidecar = webscale.frame_scores_path(folder / "train.txt")
+        self.frame_scores = webscale.read_frame_scores(sidecar) if sidecar.is_file() else {}
         self.corrupt = {r["path"]: r.get("error") or r.get("cut_error") for r in self.records
                         if r["status"] == "corrupt"}
 

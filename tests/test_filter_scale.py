@@ -32,6 +32,7 @@ import filter as flt
 import models
 import synthetic
 import transforms
+import webscale
 from test_filter import ColourTeacher, Output, colour_video, make_source, run_main
 
 REPO = Path(__file__).resolve().parents[1]
@@ -227,7 +228,7 @@ def test_windows_hold_the_frames_of_the_cut_pieces_and_raw_lists_refilter(demo_r
         n, fps = data.count_frames(w.path), data.video_fps(w.path)
         for j, window in enumerate(w.windows):
             first, stop = data.window_frames(window, fps, n, w.path)
-            piece = c.path / data.PART_TMPL.format(j)
+            piece = c.path / webscale.PART_TMPL.format(j)
             assert stop - first == data.count_frames(piece)                # the same frames ...
             a = data.read_frames(w.path, range(first, stop)).astype(np.float32)
             b = data.read_frames(piece, range(stop - first)).astype(np.float32)
@@ -291,7 +292,7 @@ def test_untrimmed_scored_in_bounded_chunks(tmp_path, monkeypatch):
     colours = [c for s in range(8) for c in [("red" if s in (2, 5) else "grey")] * 2]     # 2 FPS, 8 s
     video = colour_video(tmp_path / "web" / "untrimmed" / "v.mp4", colours, fps=2)
     make_source(tmp_path, "web", ["untrimmed/v.mp4 0"])
-    samples = [data.Sample(video, 0, "untrimmed")]
+    samples = [webscale.Sample(video, 0, "untrimmed")]
     base = dict(workers=0, progress=False, batch_size=2)
     stream = flt._UnitStream(samples, np.array([0]), "one_fps", flt.FilterConfig(chunk_frames=3, **base),
                              flt.Scorer([ColourTeacher()], flt.FilterConfig(**base), single_frames=True).loads)

@@ -1,8 +1,8 @@
 """Compact annotation lists (issue 9 item 6), labels by class name (issue 8 item 10), windows of untrimmed
 videos (issue 9 item 4), dirty web data in DataLoader workers (issue 8 item 7), reduced JPEG decoding.
 
-Known answers: `data.read_list` (vectorised, compact) must give exactly what the per-line reference parser
-`data.read_list_samples` gives, on every list format, with the same one-line errors.
+Known answers: `webscale.read_list` (vectorised, compact) must give exactly what the per-line reference parser
+`webscale.read_list_samples` gives, on every list format, with the same one-line errors.
 """
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ import torch
 from PIL import Image
 
 import data
+import webscale
 
 
 def put(path: Path, text: str) -> Path:
@@ -28,7 +29,7 @@ def put(path: Path, text: str) -> Path:
 
 def both(lst: Path, prefix: Path, num_classes: int):
     """(compact list, reference Samples) of one list file."""
-    return data.read_list(lst, prefix, num_classes), data.read_list_samples(lst, prefix, num_classes)
+    return webscale.read_list(lst, prefix, num_classes), webscale.read_list_samples(lst, prefix, num_classes)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -58,18 +59,18 @@ MIXED = ("videos/a.mp4 0\n"
 def test_every_txt_form_equals_the_reference(tmp_path):
     lst = put(tmp_path / "train.txt", MIXED)
     compact, ref = both(lst, tmp_path / "prefix", 3)
-    assert isinstance(compact, data.SampleList) and len(compact) == len(ref) == 15
+    assert isinstance(compact, webscale.SampleList) and len(compact) == len(ref) == 15
     assert list(compact) == ref
     assert [s.kind for s in ref] == ["video", "untrimmed", "frames", "image", "raw", "image", "image", "untrimmed",
                                      "video", "image", "windows", "video", "video", "video", "video"]
     assert ref[10].windows == ((10.0, 20.0), (40.5, 50.0)) and ref[8].label == 2
     assert compact.labels.dtype == np.int64 and list(compact.labels) == [s.label for s in ref]
-    assert data.kind_names(compact) == {"video", "untrimmed", "frames", "image", "raw", "windows"}
+    assert webscale.kind_names(compact) == {"video", "untrimmed", "frames", "image", "raw", "windows"}
 
 
 def test_random_image_list_equals_the_reference(tmp_path):
     rng = np.random.default_rng(0)
-    exts = data.VIDEO_EXTS + data.IMAGE_EXTS + (".JPG", ".Mp4", ".txt", "")
+    exts = webscale.VIDEO_EXTS + webscale.IMAGE_EXTS + (".JPG", ".Mp4", ".txt", "")
     lines = []
     for i in range(3000):
         name = "".join(rng.choice(list("abcXYZ019_-./"), size=rng.integers(1, 12)))
@@ -77,7 +78,7 @@ def test_random_image_list_equals_the_reference(tmp_path):
     good = []
     for ln in lines:   # keep the lines the reference accepts (the others are tested for their errors below)
         try:
-            data._parse_line(ln.split(), "line", tmp_path, 5)   # the reference parser's line rule
+            webscale._parse_line(ln.split(), "line", tmp_path, 5)   # the reference parser's line rule
             good.append(ln)
         except ValueError:
             pass
@@ -91,13 +92,13 @@ def test_plain_lines_take_the_vectorised_path(tmp_path, monkeypatch):
     lines = ["web/a.jpg 3", "untrimmed/b.MP4 0", "c/d.e.webm 1", "x.tiff 2", "untrimmed.mp4 1", "v/.x.jpg 0",
              "../web/f.jpg 1", "../../untrimmed/g.mp4 2"]   # filter.py's outputs list their crawl as '../SOURCE/...'
     lst = put(tmp_path / "train.txt", "\n".join(lines) + "\n")
-    ref = data.read_list_samples(lst, tmp_path, 4)
+    ref = webscale.read_list_samples(lst, tmp_path, 4)
     put(tmp_path / "crlf.txt", "\r\n".join(lines) + "\r\n")   # written on Windows
-    assert data.read_list_samples(tmp_path / "crlf.txt", tmp_path, 4) == ref
+    assert webscale.read_list_samples(tmp_path / "crlf.txt", tmp_path, 4) == ref
     calls = []
-    monkeypatch.setattr(data, "_parse_line", lambda *a: calls.append(a))
-    assert list(data.read_list(lst, tmp_path, 4)) == ref and calls == []
-    assert list(data.read_list(tmp_path / "crlf.txt", tmp_path, 4)) == ref and calls == []
+    monkeypatch.setattr(webscale, "_parse_line", lambda *a: calls.append(a))
+    assert list(webscale.read_list(lst, tmp_path, 4)) == ref and calls == []
+    assert list(webscale.read_list(tmp_path / "crlf.txt", tmp_path, 4)) == ref and calls == []
     assert [s.kind for s in ref] == ["image", "untrimmed", "video", "image", "video", "image", "image", "video"]
 
 
@@ -114,9 +115,9 @@ def test_json_list_equals_the_reference(tmp_path):
 
 def test_frame_score_sidecar_equals_the_reference(tmp_path):
     lst = put(tmp_path / "train.txt", "untrimmed/a.mp4 1\nuntrimmed/b.mp4 0\nimages/c.jpg 1\n")
-    data.write_frame_scores(data.frame_scores_path(lst), {
-        "untrimmed/a.mp4": data.FrameScores((0, 25, 50), (0.25, 0.5, 0.125), 0.5),
-        "images/c.jpg": data.FrameScores((0,), (0.75,), 0.4)})
+    webscale.write_frame_scores(webscale.frame_scores_path(lst), {
+        "untrimmed/a.mp4": webscale.FrameScores((0, 25, 50), (0.25, 0.5, 0.125), 0.5),
+        "images/c.jpg": webscale.FrameScores((0,), (0.75,), 0.4)})
     compact, ref = both(lst, tmp_path, 2)
     assert list(compact) == ref   # these scores are exact in float32
     assert ref[0].frame_scores.frames == (0, 25, 50) and ref[1].frame_scores is None
@@ -134,19 +135,19 @@ def test_subset_slicing_pickling_and_from_samples(tmp_path):
     relabelled = compact.subset([4, 10], labels=[7, 8])
     assert [s.label for s in relabelled] == [7, 8] and relabelled[0].pos_clips == (0, 1, 2)
     assert list(pickle.loads(pickle.dumps(compact))) == ref
-    assert list(data.SampleList.from_samples(ref)) == ref
-    assert list(data.SampleList.from_samples(ref, tmp_path)) == ref
+    assert list(webscale.SampleList.from_samples(ref)) == ref
+    assert list(webscale.SampleList.from_samples(ref, tmp_path)) == ref
     with pytest.raises(IndexError):
         compact[15]
 
 
 def test_dataset_keeps_a_sample_list_and_converts_samples(tmp_path):
     lst = put(tmp_path / "train.txt", "images/a.jpg 0\nimages/b.jpg 1\n")
-    compact = data.read_list(lst, tmp_path, 2)
+    compact = webscale.read_list(lst, tmp_path, 2)
     ds = data.VideoDataset(compact, data.Sampling())
     assert ds.samples is compact
     ds.samples = [compact[1]]   # e.g. train.py's label_fraction
-    assert isinstance(ds.samples, data.SampleList) and list(ds.samples) == [compact[1]] and ds.num_failed == 0
+    assert isinstance(ds.samples, webscale.SampleList) and list(ds.samples) == [compact[1]] and ds.num_failed == 0
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -161,23 +162,23 @@ def test_dataset_keeps_a_sample_list_and_converts_samples(tmp_path):
 def test_bad_lines_keep_their_one_line_errors(tmp_path, line):
     lst = put(tmp_path / "train.txt", f"videos/ok.mp4 0\n{line}\n")
     try:
-        expected = list(data.read_list_samples(lst, tmp_path, 3))
+        expected = list(webscale.read_list_samples(lst, tmp_path, 3))
     except ValueError as err:
         with pytest.raises(ValueError) as got:
-            data.read_list(lst, tmp_path, 3)
+            webscale.read_list(lst, tmp_path, 3)
         assert str(got.value) == str(err) and f"train.txt:2: " in str(err) and "\n" not in str(err)
     else:   # accepted by both ('a.mp4/ 1' is the video a.mp4)
-        assert list(data.read_list(lst, tmp_path, 3)) == expected
+        assert list(webscale.read_list(lst, tmp_path, 3)) == expected
 
 
 def test_window_errors_and_empty_lists(tmp_path):
     lst = put(tmp_path / "train.txt", "v.mp4 0 3.0:2.0\n")
     with pytest.raises(ValueError, match=r"train.txt:1: window '3.0:2.0': expected START:END in seconds"):
-        data.read_list(lst, tmp_path, 1)
+        webscale.read_list(lst, tmp_path, 1)
     for text in ("", "\n\n", "# only a comment\n"):
         put(tmp_path / "empty.txt", text)
         with pytest.raises(ValueError, match="no samples"):
-            data.read_list(tmp_path / "empty.txt", tmp_path, 1)
+            webscale.read_list(tmp_path / "empty.txt", tmp_path, 1)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -189,18 +190,18 @@ def test_map_labels_k200_web_images_land_on_k400_places(tmp_path):
     k200 = [k400[i] for i in np.random.default_rng(0).permutation(400)[:199]] + ["class_399"]
     k200 = k200[::-1]   # another order: class_399 is web label 0
     lst = put(tmp_path / "gg.txt", "a.jpg 0\nb.jpg 1\nc.jpg 199\nd.jpg 0\n")
-    for samples in (data.read_list(lst, tmp_path, 200), data.read_list_samples(lst, tmp_path, 200)):
+    for samples in (webscale.read_list(lst, tmp_path, 200), webscale.read_list_samples(lst, tmp_path, 200)):
         mapped, left_out = data.map_labels(samples, k200, k400, "--aux gg")
         assert left_out == 0 and [s.label for s in mapped] == [399, k400.index(k200[1]), k400.index(k200[199]), 399]
         assert [s.path.name for s in mapped] == ["a.jpg", "b.jpg", "c.jpg", "d.jpg"]
     # names compared case-insensitively with '_' as ' '; classes missing from the target are left out
-    mapped, left_out = data.map_labels(data.read_list(lst, tmp_path, 200), ["Class 399", "nope"] + k200[2:],
+    mapped, left_out = data.map_labels(webscale.read_list(lst, tmp_path, 200), ["Class 399", "nope"] + k200[2:],
                                        k400, "--aux gg")
     assert left_out == 1 and [s.label for s in mapped] == [399, k400.index(k200[199]), 399]
-    assert isinstance(mapped, data.SampleList) and mapped.labels.tolist() == [399, k400.index(k200[199]), 399]
+    assert isinstance(mapped, webscale.SampleList) and mapped.labels.tolist() == [399, k400.index(k200[199]), 399]
     with pytest.raises(ValueError, match=r"^--aux gg: none of its 2 classes \(x, y\) is a class of the target "
                                          r"\(class_000, class_001, class_002, class_003, \.\.\.\)$"):
-        data.map_labels(data.read_list(put(tmp_path / "g2.txt", "a.jpg 0\n"), tmp_path, 2), ["x", "y"], k400,
+        data.map_labels(webscale.read_list(put(tmp_path / "g2.txt", "a.jpg 0\n"), tmp_path, 2), ["x", "y"], k400,
                         "--aux gg")
 
 
@@ -245,8 +246,8 @@ def test_windows_decode_the_frames_of_the_cut_pieces(tmp_path):
     for sampling in (data.Sampling(4, 2, 1), data.Sampling(1, 1, 5)):
         for test_mode in (False, True):
             kw = dict(sampling=sampling, test_mode=test_mode, seed=3)
-            pieces = data.VideoDataset(data.read_list(tmp_path / "pieces.txt", tmp_path, 1), **kw)
-            windows = data.VideoDataset(data.read_list(tmp_path / "windows.txt", tmp_path, 1), **kw)
+            pieces = data.VideoDataset(webscale.read_list(tmp_path / "pieces.txt", tmp_path, 1), **kw)
+            windows = data.VideoDataset(webscale.read_list(tmp_path / "windows.txt", tmp_path, 1), **kw)
             for i in range(2):
                 # frame numbers of the untrimmed video (a piece's frames carry their original levels)
                 got, want = frame_numbers(windows.load(i)[0]), frame_numbers(pieces.load(i)[0])
@@ -258,13 +259,13 @@ def test_windows_decode_the_frames_of_the_cut_pieces(tmp_path):
     # Matroska carries no frame count: the window's bound comes from duration x rate, same frames
     write_levels_video(tmp_path / "untrimmed" / "v.mkv")
     put(tmp_path / "mkv.txt", "untrimmed/v.mkv 0 0.600:1.200\nuntrimmed/v.mkv 0 1.200:9.000 0.000:0.600\n")
-    mkv = data.VideoDataset(data.read_list(tmp_path / "mkv.txt", tmp_path, 1), data.Sampling(4, 3, 3), test_mode=True)
-    mp4 = data.VideoDataset(data.read_list(tmp_path / "windows.txt", tmp_path, 1), data.Sampling(4, 3, 3),
+    mkv = data.VideoDataset(webscale.read_list(tmp_path / "mkv.txt", tmp_path, 1), data.Sampling(4, 3, 3), test_mode=True)
+    mp4 = data.VideoDataset(webscale.read_list(tmp_path / "windows.txt", tmp_path, 1), data.Sampling(4, 3, 3),
                             test_mode=True)
     assert [frame_numbers(mkv.load(i)[0]) for i in range(2)] == [frame_numbers(mp4.load(i)[0]) for i in range(2)]
     # training draws one of the item's windows per epoch, and samples inside it only
     seen = set()
-    windows = data.VideoDataset(data.read_list(tmp_path / "windows.txt", tmp_path, 1), data.Sampling(4, 2, 1))
+    windows = data.VideoDataset(webscale.read_list(tmp_path / "windows.txt", tmp_path, 1), data.Sampling(4, 2, 1))
     for epoch in range(12):
         windows.set_epoch(epoch)
         got = frame_numbers(windows.load(1)[0])
@@ -334,7 +335,7 @@ def test_dirty_matrix_counted_once_across_two_workers(tmp_path):
         lines.append(f"{next(it)} 1" if i in (0, 1, 2, 3, 8, 9, 10) else
                      ("videos/good.mp4 0" if i % 2 else "images/good.jpg 0"))
     put(tmp_path / "dirty.txt", "\n".join(lines) + "\n")
-    ds = data.VideoDataset(data.read_list(tmp_path / "dirty.txt", tmp_path, 2), data.Sampling(1, 1, 2),
+    ds = data.VideoDataset(webscale.read_list(tmp_path / "dirty.txt", tmp_path, 2), data.Sampling(1, 1, 2),
                            image_short_side=16)
     assert data._coprime_stride(len(ds)) == 11
     log = tmp_path / "log.txt"
@@ -355,19 +356,19 @@ def test_dirty_matrix_counted_once_across_two_workers(tmp_path):
 
 
 def test_frame_score_sidecar_streamed_or_whole_gives_the_same(tmp_path):
-    videos = {f"untrimmed/{i}.mp4": data.FrameScores(tuple(range(0, 25 * (i + 1), 25)),
+    videos = {f"untrimmed/{i}.mp4": webscale.FrameScores(tuple(range(0, 25 * (i + 1), 25)),
                                                      tuple(np.linspace(0, 1, i + 1).round(3)), 0.5 + i / 100)
               for i in range(5)}
     lst = put(tmp_path / "train.txt", "".join(f"{k} 0\n" for k in videos) + "untrimmed/none.mp4 1\n")
-    side = data.frame_scores_path(lst)
-    data.write_frame_scores(side, videos)
-    assert dict(data._stream_frame_scores(side)) == data.read_frame_scores(side) == \
-        {k: data.FrameScores(v.frames, tuple(float(x) for x in v.scores), v.threshold) for k, v in videos.items()}
-    streamed = list(data.read_list(lst, tmp_path, 2))
-    side.write_text(json.dumps({"format": data.FRAME_SCORES_FORMAT, "videos": {
+    side = webscale.frame_scores_path(lst)
+    webscale.write_frame_scores(side, videos)
+    assert dict(webscale._stream_frame_scores(side)) == webscale.read_frame_scores(side) == \
+        {k: webscale.FrameScores(v.frames, tuple(float(x) for x in v.scores), v.threshold) for k, v in videos.items()}
+    streamed = list(webscale.read_list(lst, tmp_path, 2))
+    side.write_text(json.dumps({"format": webscale.FRAME_SCORES_FORMAT, "videos": {
         k: {"frames": list(v.frames), "scores": list(v.scores), "threshold": v.threshold} for k, v in videos.items()}}))
-    whole = list(data.read_list(lst, tmp_path, 2))   # another layout: read whole
-    ref = data.read_list_samples(lst, tmp_path, 2)
+    whole = list(webscale.read_list(lst, tmp_path, 2))   # another layout: read whole
+    ref = webscale.read_list_samples(lst, tmp_path, 2)
     for a, b, r in zip(streamed, whole, ref):   # float32 scores: equal to 1e-7
         assert a == b and a.path == r.path and (a.frame_scores is None) == (r.frame_scores is None)
         if r.frame_scores is not None:
@@ -375,4 +376,4 @@ def test_frame_score_sidecar_streamed_or_whole_gives_the_same(tmp_path):
             assert np.allclose(a.frame_scores.scores, r.frame_scores.scores, rtol=0, atol=1e-7)
     side.write_text(side.read_text()[:-20])   # broken: the one-line error of the whole-file reader
     with pytest.raises(ValueError, match="not a valid frame-score JSON file"):
-        data.read_list(lst, tmp_path, 2)
+        webscale.read_list(lst, tmp_path, 2)

@@ -22,6 +22,7 @@ from PIL import Image
 import data
 import train
 import transforms
+import webscale
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = ["--arch", "tsn_tiny", "--batch-size", "4", "--workers", "0", "--test-clips", "3", "--test-crops", "1",
@@ -187,7 +188,7 @@ def test_sigkill_mid_run_and_the_same_command_again_equals_an_uninterrupted_run(
     prepare(*args, "--out", str(killed))
     data.cli(["prepare", *args, "--out", str(whole)])
     a, b = tree(killed), tree(whole)
-    assert not [p for p in a if data._TMP_TAG in p]
+    assert not [p for p in a if webscale.TMP_TAG in p]
     report = f"synth-web-vid/{data.PREPARE_REPORT}"   # holds --out: compared without it
     a.pop(report), b.pop(report)
     failed = [json.loads((r / report).read_text())["failed"] for r in (killed, whole)]
@@ -205,7 +206,7 @@ def test_every_list_form_is_written_back(tmp_path):
     for i, f in enumerate(moving_frames(5, 48, 40, 3)):
         Image.fromarray(f).save(d / "frames" / "f" / data.FRAME_TMPL.format(i + 1))
     for k in range(2):
-        write_video(d / "raw" / "r" / data.PART_TMPL.format(k), moving_frames(16, 48, 40, 4 + k))
+        write_video(d / "raw" / "r" / webscale.PART_TMPL.format(k), moving_frames(16, 48, 40, 4 + k))
     write_video(d / "untrimmed" / "u.mp4", moving_frames(40, 48, 40, 6))
     write_video(d / "untrimmed" / "s.mp4", moving_frames(24, 48, 40, 7))
     (d / "classes.txt").write_text("a\nb\n")
@@ -213,8 +214,8 @@ def test_every_list_form_is_written_back(tmp_path):
     (d / "train.txt").write_text("images/big.png 0\nimages/small.jpg 1\nframes/f 5 0\nraw/r 1 2 1\n"
                                  "untrimmed/u.mp4 1 0.5:1.75 3.0:4.0\nuntrimmed/s.mp4 0\n")
     (d / "val.txt").write_text("")
-    scores = data.FrameScores((0, 8, 16), (0.9, 0.2, 0.7), 0.5)
-    data.write_frame_scores(data.frame_scores_path(d / "train.txt"), {"untrimmed/s.mp4": scores})
+    scores = webscale.FrameScores((0, 8, 16), (0.9, 0.2, 0.7), 0.5)
+    webscale.write_frame_scores(webscale.frame_scores_path(d / "train.txt"), {"untrimmed/s.mp4": scores})
     out = tmp_path / "out"
     data.cli(["prepare", "--data-root", str(root), "--dataset", name, "--out", str(out), "--short-side", "32",
               "--workers", "2", "--measure", "0"])
@@ -222,13 +223,13 @@ def test_every_list_form_is_written_back(tmp_path):
     assert (o / "train.txt").read_text() == ("images/big.jpg 0\nimages/small.jpg 1\nframes/f 5 0\nraw/r 1 2 1\n"
                                             "untrimmed/u.mp4 1 0.5:1.75 3.0:4.0\nuntrimmed/s.mp4 0\n")
     assert (o / "val.txt").read_text() == "" and (o / "motion.json").read_text() == "{}\n"
-    assert data.read_frame_scores(data.frame_scores_path(o / "train.txt")) == {"untrimmed/s.mp4": scores}
+    assert webscale.read_frame_scores(webscale.frame_scores_path(o / "train.txt")) == {"untrimmed/s.mp4": scores}
     assert Image.open(o / "images" / "big.jpg").size == (43, 32)                  # 200x150 -> short side 32
     assert (o / "images" / "small.jpg").read_bytes() == (d / "images" / "small.jpg").read_bytes()  # 40x30: as is
     assert data.count_frames(o / "frames" / "f") == 5 and Image.open(o / "frames" / "f" / "img_00001.jpg").size == (38, 32)
     assert data.count_frames(o / "raw" / "r" / "part_1.mp4") == 16
     assert data.count_frames(o / "untrimmed" / "u.mp4") == 40 and data.video_fps(o / "untrimmed" / "u.mp4") == 8
-    samples = data.read_list(o / "train.txt", o, 2)
+    samples = webscale.read_list(o / "train.txt", o, 2)
     assert [s.kind for s in samples] == ["image", "image", "frames", "raw", "windows", "untrimmed"]
 
 

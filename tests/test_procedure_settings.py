@@ -201,3 +201,10 @@ def test_train_refuses_a_motion_file_of_another_stride(pan_root, small_data, tmp
     assert last.startswith(f"error: --motion {motion} was fitted at a stride of 4 frames, but the frames --arch "
                            f"tsn_tiny samples lie 1/3 video apart")
     assert "--estimate-motion" in last and "--arch tsn_tiny" in last
+
+
+def test_the_renamed_inflate_flag_is_refused_with_a_pointer(tmp_path):
+    for script in ("train.py", "omnisource.py"):
+        out = run(script, ["--data-root", tmp_path / "d", "--inflate", "still"])
+        assert out.returncode == 2 and "--inflate is now --image-to-clip" in out.stderr.splitlines()[-1], script
+        assert not (tmp_path / "d").exists()

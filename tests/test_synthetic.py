@@ -9,8 +9,8 @@ import pytest
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import data  # noqa: E402
 import synthetic  # noqa: E402
+import webscale
 
 SMALL = dict(seed=3, num_classes=3, train_per_class=2, val_per_class=2, web_images_per_class=8,
              web_videos_per_class=2, untrimmed_per_class=1, clip_frames=(16, 20), web_video_frames=(12, 16),
@@ -225,7 +225,7 @@ def _lines(path):
 
 def _decode(path):
     with av.open(str(path)) as c:
-        return np.stack([data.to_rgb(f) for f in c.decode(video=0)])
+        return np.stack([webscale.to_rgb(f) for f in c.decode(video=0)])
 
 
 def test_ensure_demo_data_generates_the_default_demo_once_and_only_for_synth(tmp_path, monkeypatch, capsys):

@@ -17,8 +17,8 @@ import torch
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import data  # noqa: E402
 import transforms as T  # noqa: E402
+import webscale
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
@@ -628,5 +628,5 @@ def _photometric_error(a, b, margin=20):
 
 def _read_frames(path, n):
     with av.open(str(path)) as container:
-        frames = [data.to_rgb(f) for _, f in zip(range(n), container.decode(video=0))]
+        frames = [webscale.to_rgb(f) for _, f in zip(range(n), container.decode(video=0))]
     return np.stack(frames)

@@ -19,6 +19,7 @@ import data
 import models
 import omnisource
 import train
+import webscale
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = dict(os.environ, OMP_NUM_THREADS="1")
@@ -165,7 +166,7 @@ def test_failure_marks_follow_the_source_and_path_not_the_position(tmp_path):
     """A bad file of source 'web' marked in one run lands on that file of 'web' in a resumed run whose lists
     differ (another order, another source before it), and on nothing else."""
     def dataset(paths: list[str]) -> data.VideoDataset:
-        return data.VideoDataset([data.Sample(tmp_path / p, 0, "video") for p in paths], data.Sampling())
+        return data.VideoDataset([webscale.Sample(tmp_path / p, 0, "video") for p in paths], data.Sampling())
 
     def run_of(sources: dict[str, list[str]]) -> argparse.Namespace:
         return argparse.Namespace(source_names=list(sources), datasets=[dataset(p) for p in sources.values()],

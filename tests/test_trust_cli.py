@@ -17,6 +17,7 @@ import models
 import omnisource
 import train
 import transforms
+import webscale
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = dict(os.environ, OMP_NUM_THREADS="1")
@@ -106,10 +107,10 @@ def test_class_names_that_collide_are_refused_naming_the_file_and_both(tmp_path)
 def test_class_key_ignores_case_underscores_and_spaces():
     target = ["air drumming", "abseiling", "Playing Guitar"]
     for name in ("air drumming", "air_drumming", "airdrumming", "Air Drumming", " AIR  drumming "):
-        samples = [data.Sample(Path("x.jpg"), 0, "image")]
+        samples = [webscale.Sample(Path("x.jpg"), 0, "image")]
         mapped, left_out = data.map_labels(samples, [name], target, "--aux web")
         assert (mapped[0].label, left_out) == (0, 0), name
-    mapped, left_out = data.map_labels([data.Sample(Path("x.jpg"), 0, "image")], ["playingguitar"], target, "x")
+    mapped, left_out = data.map_labels([webscale.Sample(Path("x.jpg"), 0, "image")], ["playingguitar"], target, "x")
     assert mapped[0].label == 2
     with pytest.raises(ValueError, match=r"--aux web: class names 'a b' .* and 'ab' .* are the same class"):
         data.map_labels([], ["a b", "ab"], target, "--aux web")
@@ -135,11 +136,11 @@ def test_three_field_lines_are_read_from_what_is_on_disk(tmp_path):
     put(tmp_path / "frames" / "y" / "img_00001.jpg", "")
     put(tmp_path / "raw" / "x" / "part_0.mp4", "")
     put(tmp_path / "l.txt", "frames/y 3 12\nnowhere/z 5 2\n")
-    for parse in (data.read_list, data.read_list_samples):
+    for parse in (webscale.read_list, webscale.read_list_samples):
         got = list(parse(tmp_path / "l.txt", tmp_path, 20))
         assert [(s.kind, s.num_frames, s.label) for s in got] == [("frames", 3, 12), ("frames", 5, 2)]
     put(tmp_path / "r.txt", "frames/y 3 12\nraw/x 3 12\n")
-    for parse in (data.read_list, data.read_list_samples):
+    for parse in (webscale.read_list, webscale.read_list_samples):
         with pytest.raises(ValueError, match=r"r.txt:2: 'raw/x 3 12': raw/x holds part_\*.mp4"):
             parse(tmp_path / "r.txt", tmp_path, 20)
 
@@ -196,8 +197,8 @@ def test_train_builds_snippets_of_every_segment_count(tmp_path):
     """A TSN student with --num-segments 8 gets 8-frame snippets from the teacher-scored frames (train.make_dataset)."""
     put(tmp_path / "u" / "classes.txt", "a\nb\n")
     put(tmp_path / "u" / "train.txt", "untrimmed/v.mp4 1\n")
-    data.write_frame_scores(tmp_path / "u" / "train_frame_scores.json",
-                            {"untrimmed/v.mp4": data.FrameScores(tuple(range(0, 40, 2)), (0.9, 0.1) * 10, 0.5)})
+    webscale.write_frame_scores(tmp_path / "u" / "train_frame_scores.json",
+                            {"untrimmed/v.mp4": webscale.FrameScores(tuple(range(0, 40, 2)), (0.9, 0.1) * 10, 0.5)})
     spec = data.resolve_dataset(tmp_path, "u")
     arch = dataclasses.replace(models.ARCHS["tsn_tiny"][1], num_clips_train=8)      # --num-segments 8
     args = argparse.Namespace(image_to_clip="still", motion=None, data_root=str(tmp_path), target="u", seed=0,
