@@ -103,9 +103,9 @@ What it measures (paper context: the training recipes of the appendix "Implement
    measured figures of one seed (--seed): they move by a few points from seed to seed.
 8. Feed (only with --what feed): the training pipelines of TSN-R50 3 segments, SlowOnly-R50 4x16 and 8x8, built by
    train.make_dataset, on the Kinetics clips of ../shared/data/real_videos/ (mmaction2_demo.mp4, mmaction2_test.mp4;
-   --video: that clip instead) as downloaded and after each `data.prepare_dataset` format (video with a keyframe
+   --video: that clip instead) as downloaded and after each `prepare.prepare_dataset` format (video with a keyframe
    every 16 frames, all-intra video, frame folders): CPU ms per sample in one DataLoader worker
-   (`data.worker_cpu_ms`: process time, one torch thread, one decoder thread), the same samples decoded without the
+   (`prepare.worker_cpu_ms`: process time, one torch thread, one decoder thread), the same samples decoded without the
    transform (decode) and the transform alone on decoded frames (augment), whole-DataLoader samples/s with 1 and 2
    workers, the disk per hour of video, and the cores one GPU needs at the samples/s it trains (FEED_RATE_SOURCE)
    against the goals (FEED_GOALS: 16 cores per GPU).
@@ -153,6 +153,7 @@ from PIL import Image
 import data
 import filter as filter_mod
 import models
+import prepare
 import synthetic
 import train
 import transforms
@@ -171,8 +172,8 @@ PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}   # m
 SMALL_DATA = synthetic.SynthConfig(width=64, height=64, train_per_class=8, val_per_class=25)
 # feed: the real Kinetics-400 clips, the prepare formats, what one GPU trains per second and the CPU goals (issue 16)
 REAL_VIDEOS = (DEMO_VIDEO, DEMO_VIDEO.with_name("mmaction2_test.mp4"))
-FEED_FORMATS = (("video, keyframe every 16", data.PrepareConfig("video", gop=16)),
-                ("video, all-intra", data.PrepareConfig("video", gop=0)), ("frames", data.PrepareConfig("frames")))
+FEED_FORMATS = (("video, keyframe every 16", prepare.PrepareConfig("video", gop=16)),
+                ("video, all-intra", prepare.PrepareConfig("video", gop=0)), ("frames", prepare.PrepareConfig("frames")))
 FEED_RATE_SOURCE = ("an A100 trains ResNet-50 at ~2,600 images/s with AMP and channels-last (timm issue 1491), an "
                     "H100/H200 about twice that: TSN-R50 with 3 segments (3 images per sample) ~1,700 samples/s, "
                     "SlowOnly-R50 4x16 (2.2x TSN's FLOPs per sample) ~770, 8x8 (twice 4x16's frames) ~385")
@@ -1203,7 +1204,7 @@ def _decode_rate(video: Path, hw, threads: int) -> dict:
 
 
 def _prepared_clip(folder: Path) -> Path:
-    """A Kinetics-like clip as `data.py prepare` re-encodes one: 340x256, 30 fps, 10 s, a keyframe every 16 frames
+    """A Kinetics-like clip as `prepare.py` re-encodes one: 340x256, 30 fps, 10 s, a keyframe every 16 frames
     (B-frames on); generated once under `folder`."""
     path = folder / "prepared_340x256_gop16.mp4"
     if not path.exists():
@@ -1340,7 +1341,7 @@ def bench_feed(args, tmp: Path) -> None:
     print(f"\n== Feed: {', '.join(f'{c.name} ({_describe_video(c)})' for c in clips)}; {per_clip * len(clips)} "
           f"training samples per figure in one DataLoader worker (1 torch thread, {webscale.WORKER_CODEC_THREADS} decoder "
           f"thread), process CPU time; loaders: {loader_items} samples, batch 4, after a warm-up pass; {_load()}")
-    # 1. the clips as a plain dataset, then written again by `python data.py prepare` in every format
+    # 1. the clips as a plain dataset, then written again by `python prepare.py` in every format
     root = tmp / "feed_downloaded"
     (root / "clips" / "videos").mkdir(parents=True)
     for c in clips:
@@ -1352,7 +1353,7 @@ def bench_feed(args, tmp: Path) -> None:
     for label, cfg in FEED_FORMATS:
         out = tmp / f"feed_{len(variants)}"
         with contextlib.redirect_stdout(io.StringIO()):
-            report = data.prepare_dataset(root, "clips", out, dataclasses.replace(cfg, workers=2, measure=0))
+            report = prepare.prepare_dataset(root, "clips", out, dataclasses.replace(cfg, workers=2, measure=0))
         variants[label] = (out, report["disk"]["gb_per_video_hour"])
         variants["as downloaded"] = (root, report["disk"]["source_gb_per_video_hour"])
     # 2. every pipeline on every variant
@@ -1360,11 +1361,11 @@ def bench_feed(args, tmp: Path) -> None:
     for label, arch, rate in FEED_PIPELINES:
         for variant, (folder, gb) in variants.items():
             ds = _feed_dataset(folder, arch, per_clip * len(clips))
-            total = statistics.mean(data.worker_cpu_ms(ds, len(ds)))
-            decode = statistics.mean(data.worker_cpu_ms(data.VideoDataset(ds.samples, ds.sampling, seed=ds.seed),
+            total = statistics.mean(prepare.worker_cpu_ms(ds, len(ds)))
+            decode = statistics.mean(prepare.worker_cpu_ms(data.VideoDataset(ds.samples, ds.sampling, seed=ds.seed),
                                                         len(ds)))
             if variant == "as downloaded":   # the same for every variant: the frames are the same size in all
-                augment[label] = statistics.mean(data.worker_cpu_ms(_TransformOnly(ds), len(ds)))
+                augment[label] = statistics.mean(prepare.worker_cpu_ms(_TransformOnly(ds), len(ds)))
             loaders = [_feed_loader_rate(_feed_dataset(folder, arch, loader_items), w) for w in (1, 2)]
             cpu[label, variant] = total
             rows.append([label, variant, f"{total:.1f}", f"{decode:.1f}", f"{augment[label]:.1f}",

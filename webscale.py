@@ -16,6 +16,7 @@ files) and one swscale context per process (`_REFORMATTERS`, see `reformat`).
 """
 from __future__ import annotations
 
+import argparse
 import array
 import bisect
 import collections
@@ -24,6 +25,7 @@ import ctypes
 import json
 import math
 import os
+import sys
 import threading
 from dataclasses import dataclass
 from fractions import Fraction
@@ -1149,3 +1151,28 @@ def fsync(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Command lines: every command's help formatter and one-line errors
+# ----------------------------------------------------------------------------------------------------------------------
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Every command's --help gives each flag's default once: the parser's value, unless the help text says the
+    default itself (a default of None is explained there: the recipe's, the arch's, ...) or there is none to show."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.default in (None, False, "") or "default" in (action.help or "").lower():
+            return action.help
+        return super()._get_help_string(action)
+
+
+def run_command(main: Callable[[argparse.Namespace], object], parser: argparse.ArgumentParser,
+                argv: Sequence[str] | None = None) -> object:
+    """`main(parser.parse_args(argv))`; bad input (ValueError, FileNotFoundError, FloatingPointError: a non-finite
+    loss) ends the process with one line 'error: ...' and exit status 1."""
+    args = parser.parse_args(argv)
+    try:
+        return main(args)
+    except (ValueError, FileNotFoundError, FloatingPointError) as err:
+        sys.exit(f"error: {str(err).splitlines()[0] if str(err) else type(err).__name__}")

@@ -340,7 +340,7 @@ import multiprocessing, sys
 import av, numpy as np
 sys.path.insert(0, sys.argv[1])
 import data
-import webscale
+import prepare
 # 1. a default PyAV conversion in the parent, as a user's script or notebook may do (its swscale context has threads)
 f = av.VideoFrame.from_ndarray(np.zeros((64, 64, 3), np.uint8), format="rgb24")
 f.reformat(format="yuv420p").to_ndarray(format="rgb24")
@@ -350,7 +350,7 @@ with multiprocessing.get_context("fork").Pool(2) as pool:
     shapes = pool.starmap(data.read_frames, [(p, [0, 5, 9]) for p in paths])
 print("read", [s.shape for s in shapes], flush=True)
 # 3. prepare, in-process: its pool of forked workers decodes and encodes every video
-data.prepare_dataset(sys.argv[2], "forkset", sys.argv[2] + "/prepared", data.PrepareConfig(workers=2, measure=0))
+prepare.prepare_dataset(sys.argv[2], "forkset", sys.argv[2] + "/prepared", prepare.PrepareConfig(workers=2, measure=0))
 print("prepared", flush=True)
 '''
 

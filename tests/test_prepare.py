@@ -1,4 +1,4 @@
-"""`python data.py prepare`: the same dataset written again for fast training (frame folders or dense H.264).
+"""`python prepare.py`: the same dataset written again for fast training (frame folders or dense H.264).
 
 Through the command line as a user runs it: on the demo data and on a generated Kinetics-400 layout in both formats,
 train.py on the result, a broken file reported and left out, SIGKILL mid-run and the same command again equal to an
@@ -20,6 +20,7 @@ import pytest
 from PIL import Image
 
 import data
+import prepare
 import train
 import transforms
 import webscale
@@ -29,12 +30,17 @@ FAST = ["--arch", "tsn_tiny", "--batch-size", "4", "--workers", "0", "--test-cli
         "--epochs", "1", "--log-interval", "2"]
 
 
-def prepare(*argv: str, check: bool = True) -> subprocess.CompletedProcess:
-    out = subprocess.run([sys.executable, str(ROOT / "data.py"), "prepare", *argv], capture_output=True, text=True,
+def run_prepare(*argv: str, check: bool = True) -> subprocess.CompletedProcess:
+    out = subprocess.run([sys.executable, str(ROOT / "prepare.py"), *argv], capture_output=True, text=True,
                          timeout=300, env=os.environ | {"OMP_NUM_THREADS": "1"})
     if check:
         assert out.returncode == 0, out.stderr[-3000:]
     return out
+
+
+def cli(argv: list) -> dict:
+    """prepare.py in-process, as its __main__ runs it (one-line errors: SystemExit)."""
+    return webscale.run_command(prepare.main, prepare.get_args_parser(), argv)
 
 
 def tree(root: Path) -> dict:
@@ -106,14 +112,14 @@ def test_k400_layout_is_written_in_its_layout_resized_and_the_broken_clip_is_rep
     argv = ["--data-root", str(root), "--dataset", "k400", "--out", str(out), "--format", fmt, "--short-side", "64",
             "--gop", "4", "--workers", "2", "--measure", "0"]
     if fmt == "frames":   # as a user runs it
-        stdout = prepare(*argv).stdout
+        stdout = run_prepare(*argv).stdout
     else:                 # the same entry point in-process (the subprocess costs seconds of start-up)
-        data.cli(["prepare", *argv])
+        cli([*argv])
         stdout = capsys.readouterr().out
     assert tree(root) == before   # nothing of DIR changed
     k = out / "kinetics400"
     assert (k / "classes.txt").read_text() == (root / "kinetics400" / "classes.txt").read_text()
-    report = json.loads((out / "k400" / data.PREPARE_REPORT).read_text())
+    report = json.loads((out / "k400" / prepare.PREPARE_REPORT).read_text())
     assert [f["path"] for f in report["failed"]] == ["kinetics400/videos_train/zumba/cut.mp4"]
     assert "truncated" in report["failed"][0]["reason"] or "Invalid" in report["failed"][0]["reason"]
     assert "1 source(s) failed" in stdout and "/s, ETA" in stdout
@@ -151,7 +157,7 @@ def test_k400_layout_is_written_in_its_layout_resized_and_the_broken_clip_is_rep
 def test_demo_data_becomes_frame_folders_of_every_frame_and_the_cpu_per_sample_is_printed(small_data, tmp_path):
     before = tree(small_data / "synth")
     out = tmp_path / "prepared"
-    res = prepare("--data-root", str(small_data), "--dataset", "synth", "--out", str(out), "--workers", "2",
+    res = run_prepare("--data-root", str(small_data), "--dataset", "synth", "--out", str(out), "--workers", "2",
                   "--measure", "2")
     assert tree(small_data / "synth") == before
     truth = json.loads((small_data / "truth.json").read_text())["synth"]
@@ -161,7 +167,7 @@ def test_demo_data_becomes_frame_folders_of_every_frame_and_the_cpu_per_sample_i
         assert got == [f"{p[:-4]} {truth[p]['num_frames']} {lab}" for p, lab in zip(src[::2], src[1::2])]
     assert (out / "synth" / "classes.txt").read_bytes() == (small_data / "synth" / "classes.txt").read_bytes()
     assert "TSN 3 seg (one DataLoader worker, current transforms)" in res.stdout and "ms prepared" in res.stdout
-    report = json.loads((out / "synth" / data.PREPARE_REPORT).read_text())
+    report = json.loads((out / "synth" / prepare.PREPARE_REPORT).read_text())
     assert report["failed"] == [] and set(report["cpu_ms_per_sample"]) == {"TSN 3 seg", "SlowOnly 4x16"}
     video = "videos/solid_disc_000.mp4"   # every frame, in order, within JPEG's loss of the decoded video
     frames = data.read_frames(out / "synth" / video[:-4], range(truth[video]["num_frames"]))
@@ -173,7 +179,7 @@ def test_sigkill_mid_run_and_the_same_command_again_equals_an_uninterrupted_run(
     args = ["--data-root", str(small_data), "--dataset", "synth-web-vid", "--format", "video", "--workers", "1",
             "--measure", "0"]
     killed, whole = tmp_path / "killed", tmp_path / "whole"
-    cmd = [sys.executable, str(ROOT / "data.py"), "prepare", *args, "--out", str(killed)]
+    cmd = [sys.executable, str(ROOT / "prepare.py"), *args, "--out", str(killed)]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
                             env=os.environ | {"OMP_NUM_THREADS": "1"})
     videos = killed / "synth-web-vid" / "videos"
@@ -185,11 +191,11 @@ def test_sigkill_mid_run_and_the_same_command_again_equals_an_uninterrupted_run(
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     assert not (killed / "synth-web-vid" / "train.txt").exists()   # killed mid-run: the lists come last
-    prepare(*args, "--out", str(killed))
-    data.cli(["prepare", *args, "--out", str(whole)])
+    run_prepare(*args, "--out", str(killed))
+    cli([*args, "--out", str(whole)])
     a, b = tree(killed), tree(whole)
     assert not [p for p in a if webscale.TMP_TAG in p]
-    report = f"synth-web-vid/{data.PREPARE_REPORT}"   # holds --out: compared without it
+    report = f"synth-web-vid/{prepare.PREPARE_REPORT}"   # holds --out: compared without it
     a.pop(report), b.pop(report)
     failed = [json.loads((r / report).read_text())["failed"] for r in (killed, whole)]
     assert a == b and len(a) == 11 + 3 and failed[0] == failed[1] and len(failed[0]) == 2
@@ -217,7 +223,7 @@ def test_every_list_form_is_written_back(tmp_path):
     scores = webscale.FrameScores((0, 8, 16), (0.9, 0.2, 0.7), 0.5)
     webscale.write_frame_scores(webscale.frame_scores_path(d / "train.txt"), {"untrimmed/s.mp4": scores})
     out = tmp_path / "out"
-    data.cli(["prepare", "--data-root", str(root), "--dataset", name, "--out", str(out), "--short-side", "32",
+    cli(["--data-root", str(root), "--dataset", name, "--out", str(out), "--short-side", "32",
               "--workers", "2", "--measure", "0"])
     o = out / name
     assert (o / "train.txt").read_text() == ("images/big.jpg 0\nimages/small.jpg 1\nframes/f 5 0\nraw/r 1 2 1\n"
@@ -235,7 +241,7 @@ def test_every_list_form_is_written_back(tmp_path):
 
 def cli_error(argv: list, capsys) -> str:
     with pytest.raises(SystemExit) as exc:
-        data.cli(["prepare", *argv])
+        cli([*argv])
     msg = str(exc.value.code)
     assert msg.startswith("error: ") and "\n" not in msg, msg
     return msg
@@ -248,6 +254,6 @@ def test_bad_flags_and_other_settings_into_the_same_out_are_one_line_errors(smal
         "error: --gop must be an integer >= 0, got -1"
     assert "--quality must be" in cli_error([*common, "--out", str(tmp_path), "--quality", "0"], capsys)
     (tmp_path / "synth").mkdir()
-    (tmp_path / "synth" / data.PREPARE_REPORT).write_text(json.dumps({"settings": {"format": "video"}}))
+    (tmp_path / "synth" / prepare.PREPARE_REPORT).write_text(json.dumps({"settings": {"format": "video"}}))
     assert "prepared with other settings" in cli_error([*common, "--out", str(tmp_path)], capsys)
     assert not (tmp_path / "synth" / "videos").exists()
