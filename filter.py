@@ -115,6 +115,7 @@ import torch.distributed as dist
 from PIL import Image
 from torch import nn
 
+import checkpoints
 import data
 import figures
 import models
@@ -729,7 +730,7 @@ def build_extractor(teachers: list[nn.Module], checkpoint: str | None = None, de
         net = models.from_checkpoint(path)
         return FrameFeatures(net, net.spec.crop_size, f"{net.arch} from {path}").to(device).eval()
     net = models.resnet50(num_classes=None)
-    report = models.load_pretrained(net, models.load_state_dict_file(path))
+    report = models.load_pretrained(net, checkpoints.load_state_dict_file(path))
     if report.num_loaded_weights == 0:
         raise ValueError(f"--dedup-checkpoint {path}: no ResNet-50 weights in it (torchvision layout expected)")
     return FrameFeatures(net, 224, f"resnet50 from {path}").to(device).eval()

@@ -49,8 +49,6 @@ Shapes: video input is `(N, C, T, H, W)` float, normalised by `transforms.normal
 from __future__ import annotations
 
 import contextlib
-import pickle
-import re
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field, fields, replace
@@ -58,10 +56,10 @@ from functools import partial
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 import torch
 from torch import nn
 
+import checkpoints
 import transforms
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -562,10 +560,10 @@ def load_pretrained(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> Lo
     prefix is ignored.  Nothing is checked for completeness: read the report.  Use `load_weights` for whole
     checkpoints: it checks everything.
     """
-    src, family = _to_plain_layout(state_dict), _family_of(model)
+    src, family = checkpoints.to_plain_layout(state_dict), _family_of(model)
     report, new_state, used = LoadReport(), {}, set()
     for key, dst in model.state_dict().items():
-        plain = _strip_family_prefix(key, family)
+        plain = checkpoints.strip_family_prefix(key, family)
         if plain not in src:
             report.missing.append(key)
             continue
@@ -609,16 +607,6 @@ def predict(net: nn.Module, views: torch.Tensor, arch: ArchSpec, amp: str | None
 # 7. Checkpoints of every kind, export to MMAction2
 # ----------------------------------------------------------------------------------------------------------------------
 
-# What `load_weights` recognises (LoadReport.format), checked in this order:
-CHECKPOINT_FORMATS = {
-    "train.py": "our train.py checkpoint: {'model': state dict, 'arch', 'classes', ...}",
-    "mmaction2-0.x": "MMAction2 0.x / mmcv 1.x: {'state_dict', 'meta' with 'mmcv_version', maybe 'optimizer'}",
-    "mmaction2-1.x": "MMAction2 1.x / mmengine: {'state_dict', 'meta', maybe 'message_hub', 'optimizer', "
-                     "'param_schedulers'} (also what mmaction_checkpoint gives)",
-    "torchvision": "a 2D ImageNet ResNet state dict in torchvision names (bare or under 'state_dict' / 'model')",
-    "state_dict": "a bare state dict (or under 'state_dict' / 'model') in our names or MMAction2's",
-}
-
 
 @dataclass
 class LoadReport:
@@ -649,8 +637,8 @@ class LoadReport:
 def load_weights(model: nn.Module, path: str | Path, finetune: bool = False) -> LoadReport:
     """Load a checkpoint of any CHECKPOINT_FORMATS kind into `model` (TSN, SlowOnly, irCSN or a 2D ResNet), strictly.
 
-    1. Read it safely (`_safe_torch_load`: weights-only unpickling, nothing from the file is ever executed).
-    2. Detect the format (`_detect_format`) and take its state dict, class names and nothing else (optimizer,
+    1. Read it safely (`checkpoints.safe_load`: weights-only unpickling, nothing from the file is ever executed).
+    2. Detect the format (`checkpoints.detect_format`) and take its state dict, class names and nothing else (optimizer,
        message_hub, param_schedulers are ignored).
     3. Map every key to the model's own name through MMACTION_KEY_TABLE (MMAction2 names, also without the
        'backbone.' prefix of backbone-only files), our TSN's 'backbone.' prefix, torchvision's plain names, and a
@@ -663,13 +651,13 @@ def load_weights(model: nn.Module, path: str | Path, finetune: bool = False) -> 
        excepted); otherwise a ValueError lists the keys.  Nothing is loaded unless all checks pass.
     """
     path = Path(path)
-    obj = _safe_torch_load(path, "load_weights")
-    fmt, state_dict, classes = _detect_format(obj, path)
+    obj = checkpoints.safe_load(path, "load_weights")
+    fmt, state_dict, classes = checkpoints.detect_format(obj, path)
     mapped, unmatched = _map_to_model_keys(state_dict, model)
     where = f"models.load_weights: {path} ({fmt})"
     if unmatched:
         raise ValueError(f"{where}: {len(unmatched)} checkpoint key(s) match no tensor of "
-                         f"{getattr(model, 'arch', type(model).__name__)}: {_key_list(unmatched)}")
+                         f"{getattr(model, 'arch', type(model).__name__)}: {checkpoints.key_list(unmatched)}")
     report = _assign_checked(model, mapped, finetune, where)
     report.format, report.classes = fmt, classes
     return report
@@ -678,7 +666,7 @@ def load_weights(model: nn.Module, path: str | Path, finetune: bool = False) -> 
 def mmaction_checkpoint(model: nn.Module, classes: list[str] | None = None) -> dict:
     """`model` as an MMAction2 1.x recognizer checkpoint: {'meta': {...}, 'state_dict': {MMAction2 keys}}.
 
-    Keys go through MMACTION_KEY_TABLE (`mmaction_key`); the meta holds plain Python data only (exporter, our
+    Keys go through MMACTION_KEY_TABLE (`checkpoints.mmaction_key`); the meta holds plain Python data only (exporter, our
     arch, the MMAction2 config that builds the same recognizer, time, and `dataset_meta.classes` when `classes`
     is given), so MMAction2's `load_checkpoint` -- and our `load_weights` -- read the file torch.save writes of it
     with weights_only=True (train.py --export-mmaction writes it with webscale.write_atomic).
@@ -691,25 +679,13 @@ def mmaction_checkpoint(model: nn.Module, classes: list[str] | None = None) -> d
         raise ValueError(f"models.mmaction_checkpoint: {len(classes)} class names given for a {num_classes}-class "
                          f"model")
     family, arch = _family_of(model), getattr(model, "arch", None)
-    state = OrderedDict((mmaction_key(k, family), v.detach().cpu().clone()) for k, v in model.state_dict().items())
+    state = OrderedDict((checkpoints.mmaction_key(k, family), v.detach().cpu().clone()) for k, v in model.state_dict().items())
     meta = {"exported_by": "omnisource models.mmaction_checkpoint", "arch": arch,
-            "mmaction2_config": MMACTION_CONFIGS.get(arch), "num_classes": num_classes,
+            "mmaction2_config": checkpoints.MMACTION_CONFIGS.get(arch), "num_classes": num_classes,
             "time": time.strftime("%Y%m%d_%H%M%S")}
     if classes is not None:
         meta["dataset_meta"] = {"classes": [str(c) for c in classes]}
     return {"meta": meta, "state_dict": state}
-
-
-def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
-    """torch.load a checkpoint on CPU (weights only) and unwrap {'state_dict': ...} / {'model': ...}."""
-    path = Path(path)
-    obj = _safe_torch_load(path, "load_state_dict_file")
-    for wrapper in ("state_dict", "model"):
-        if isinstance(obj, dict) and isinstance(obj.get(wrapper), dict):
-            obj = obj[wrapper]
-    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise ValueError(f"models.load_state_dict_file: {path} does not hold a state dict of tensors")
-    return obj
 
 
 def from_checkpoint(path: str | Path) -> nn.Module:
@@ -718,7 +694,7 @@ def from_checkpoint(path: str | Path) -> nn.Module:
     The returned model is in eval mode and carries `.classes` (the class names it was trained on), `.spec`, `.arch`.
     """
     path = Path(path)
-    state = _safe_torch_load(path, "from_checkpoint")
+    state = checkpoints.safe_load(path, "from_checkpoint")
     if not isinstance(state, dict) or not {"arch", "model", "classes"} <= set(state):
         raise ValueError(f"models.from_checkpoint: {path} is not a train.py checkpoint (needs arch, model, classes)")
     model = build_model(state["arch"], len(state["classes"]), **state.get("model_args", {}))
@@ -730,45 +706,6 @@ def from_checkpoint(path: str | Path) -> nn.Module:
 # ----------------------------------------------------------------------------------------------------------------------
 # 8. Key mapping to MMAction2 -- THE table: every name translation between our models and MMAction2 is here
 # ----------------------------------------------------------------------------------------------------------------------
-
-# One row per kind of tensor: (our key in the plain ResNet layout, MMAction2's key).  Placeholders: {L} stage 1-4,
-# {B} block index, {K} conv index 1-3, {P} tensor name (weight, bias, running_mean, running_var, num_batches_tracked).
-# The plain layout is the 2D ResNet's / SlowOnly's / irCSN's own key; a TSN adds "backbone." in front of all but fc.
-# Around the table (`_plain_key`): a 'module.' prefix (DataParallel) is dropped; MMAction2 backbone-only files (the
-# `pretrained=` weights, e.g. IG-65M irCSN) lack 'backbone.' and are read as if it were there; MMAction2 recognizers
-# with a torchvision backbone ('backbone.conv1.weight', 'backbone.bn1.*') are plain keys under 'backbone.'.
-MMACTION_KEY_TABLE = (
-    ("conv1.weight", "backbone.conv1.conv.weight"),
-    ("bn1.{P}", "backbone.conv1.bn.{P}"),
-    ("layer{L}.{B}.conv{K}.weight", "backbone.layer{L}.{B}.conv{K}.conv.weight"),
-    ("layer{L}.{B}.bn{K}.{P}", "backbone.layer{L}.{B}.conv{K}.bn.{P}"),
-    ("layer{L}.{B}.conv2_dw.weight", "backbone.layer{L}.{B}.conv2.0.conv.weight"),  # irCSN depthwise 3x3x3
-    ("layer{L}.{B}.bn2_dw.{P}", "backbone.layer{L}.{B}.conv2.0.bn.{P}"),  # irCSN ('ir': conv2 = Sequential(dw))
-    ("layer{L}.{B}.downsample.0.weight", "backbone.layer{L}.{B}.downsample.conv.weight"),
-    ("layer{L}.{B}.downsample.1.{P}", "backbone.layer{L}.{B}.downsample.bn.{P}"),
-    ("fc.{P}", "cls_head.fc_cls.{P}"),
-)
-
-# The MMAction2 1.2 config that builds the same recognizer as our arch (written into exported checkpoints' meta).
-MMACTION_CONFIGS = {
-    "tsn_r50": "configs/recognition/tsn/tsn_imagenet-pretrained-r50_8xb32-1x1x3-100e_kinetics400-rgb.py",
-    "slowonly_r50_4x16": "configs/recognition/slowonly/slowonly_r50_8xb16-4x16x1-256e_kinetics400-rgb.py",
-    "slowonly_r50_8x8": "configs/recognition/slowonly/slowonly_r50_8xb16-8x8x1-256e_kinetics400-rgb.py",
-    "slowonly_r101_8x8": "configs/recognition/slowonly/slowonly_r101_8xb16-8x8x1-196e_kinetics400-rgb.py",
-    "ircsn_r152_32x2": "configs/recognition/csn/ircsn_ig65m-pretrained-r152_8xb12-32x2x1-58e_kinetics400-rgb.py",
-}
-
-
-def mmaction_key(our_key: str, family: str) -> str:
-    """Our state-dict key -> MMAction2's, e.g. 'layer1.0.bn2.weight' -> 'backbone.layer1.0.conv2.bn.weight'.
-
-    `family` is 'tsn' (our keys 'backbone.<plain>' and 'fc.*') or '3d' (plain keys: SlowOnly, irCSN).
-    """
-    plain = _strip_family_prefix(our_key, family)
-    their = _translate(plain, src_col=0)
-    if their is None:
-        raise ValueError(f"models.mmaction_key: {our_key!r} is not a ResNet/TSN/SlowOnly/irCSN parameter name")
-    return their
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -864,7 +801,7 @@ def _check_video(x: torch.Tensor, who: str) -> tuple[int, int, int, int, int]:
 
 def _load_pretrained_checked(model: nn.Module, pretrained: str | Path | dict, arch: str) -> None:
     """build_model's `pretrained=`: path or state dict; refuse weights that share nothing with the net."""
-    state_dict = pretrained if isinstance(pretrained, dict) else load_state_dict_file(pretrained)
+    state_dict = pretrained if isinstance(pretrained, dict) else checkpoints.load_state_dict_file(pretrained)
     report = load_pretrained(model, state_dict)
     if report.num_loaded_weights == 0:
         source = "the given state dict" if isinstance(pretrained, dict) else str(pretrained)
@@ -897,21 +834,6 @@ def _inflate_kernel(value: torch.Tensor, dst: torch.Tensor) -> torch.Tensor:
     return (value.unsqueeze(2).expand(-1, -1, kt, -1, -1) / kt).to(dst.dtype)
 
 
-def _to_plain_layout(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Keys of torchvision / our TSN ('backbone.') / MMAction2 / DataParallel ('module.') -> plain ResNet keys
-    (a key no rule translates is kept, without 'module.', and ends up in the report's `unused`)."""
-    return {_plain_key(key) or key.removeprefix("module."): value for key, value in state_dict.items()}
-
-
-def _plain_key(key: str) -> str | None:
-    """Any layout's key -> the plain ResNet key (see the comment above MMACTION_KEY_TABLE); None if untranslatable."""
-    key = key.removeprefix("module.")
-    parts = key.split(".")
-    if key.startswith("cls_head.") or "conv" in parts or "bn" in parts:  # MMAction2 names
-        return _translate(key, src_col=1) or _translate("backbone." + key, src_col=1)  # also backbone-only files
-    return key.removeprefix("backbone.")  # torchvision / our TSN / MMAction2 with a torchvision backbone
-
-
 def _family_of(model: nn.Module) -> str:
     """'tsn' (keys 'backbone.*' + 'fc.*') for a TSN, '3d' (plain keys) for SlowOnly, irCSN and a 2D ResNet."""
     return "tsn" if isinstance(model, TSN) else "3d"
@@ -922,8 +844,8 @@ def _map_to_model_keys(state_dict: dict, model: nn.Module) -> tuple[dict[str, to
     family, own = _family_of(model), model.state_dict()
     mapped, unmatched = {}, []
     for key, value in state_dict.items():
-        plain = _plain_key(key)
-        ours = None if plain is None else _add_family_prefix(plain, family)
+        plain = checkpoints.plain_key(key)
+        ours = None if plain is None else checkpoints.add_family_prefix(plain, family)
         if ours in own and ours not in mapped and isinstance(value, torch.Tensor):
             mapped[ours] = value
         else:
@@ -945,11 +867,11 @@ def _assign_checked(model: nn.Module, mapped: dict[str, torch.Tensor], finetune:
         elif not _copy_or_inflate(key, value, dst, new_state, report):
             bad.append(f"{key} {tuple(value.shape)} vs {tuple(dst.shape)}")
     if bad:
-        raise ValueError(f"{where}: {len(bad)} tensor(s) differ in shape (checkpoint vs model): {_key_list(bad)}")
+        raise ValueError(f"{where}: {len(bad)} tensor(s) differ in shape (checkpoint vs model): {checkpoints.key_list(bad)}")
     needed = [k for k in report.missing
               if not k.endswith(".num_batches_tracked") and not (finetune and k.startswith("fc."))]
     if needed:
-        raise ValueError(f"{where}: {len(needed)} model tensor(s) are not in the checkpoint: {_key_list(needed)}")
+        raise ValueError(f"{where}: {len(needed)} model tensor(s) are not in the checkpoint: {checkpoints.key_list(needed)}")
     model.load_state_dict(new_state, strict=False)
     return report
 
@@ -968,150 +890,6 @@ def _check_head(mapped: dict, own: dict, finetune: bool, where: str) -> None:
                          f"{model_classes}; {advice}")
 
 
-def _key_list(keys: list[str], limit: int = 30) -> str:
-    more = f" ... and {len(keys) - limit} more" if len(keys) > limit else ""
-    return ", ".join(keys[:limit]) + more
-
-
-def _detect_format(obj, path: Path) -> tuple[str, dict, list[str] | None]:
-    """load_weights step 2 -> (CHECKPOINT_FORMATS key, state dict, class names or None)."""
-    if not isinstance(obj, dict):
-        raise ValueError(f"models.load_weights: {path} holds a {type(obj).__name__}, not a checkpoint dict")
-    if {"model", "arch", "classes"} <= obj.keys() and isinstance(obj["model"], dict):
-        return "train.py", obj["model"], [str(c) for c in obj["classes"]]
-    if isinstance(obj.get("state_dict"), dict) and isinstance(obj.get("meta"), dict):
-        meta = obj["meta"]  # mmcv 1.x's save_checkpoint always writes mmcv_version; mmengine's never does
-        dataset_meta = meta.get("dataset_meta")
-        classes = dataset_meta.get("classes") if isinstance(dataset_meta, dict) else None
-        fmt = "mmaction2-0.x" if "mmcv_version" in meta else "mmaction2-1.x"
-        return fmt, obj["state_dict"], None if classes is None else [str(c) for c in classes]
-    state = next((obj[w] for w in ("state_dict", "model") if isinstance(obj.get(w), dict)), obj)
-    if not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ValueError(f"models.load_weights: {path} is none of the checkpoint formats "
-                         f"{', '.join(CHECKPOINT_FORMATS)} (no state dict of tensors in it)")
-    return ("torchvision" if _is_torchvision_layout(state) else "state_dict"), state, None
-
-
-def _is_torchvision_layout(state: dict) -> bool:
-    """torchvision's 2D ResNet names: a 4-D 'conv1.weight' and 'layer1.0.conv1.weight', no prefix but 'module.'."""
-    keys = {k.removeprefix("module."): v for k, v in state.items()}
-    return "layer1.0.conv1.weight" in keys and keys.get("conv1.weight", torch.empty(0)).dim() == 4
-
-
-def _strip_family_prefix(our_key: str, family: str) -> str:
-    """TSN keys are 'backbone.<plain>' or 'fc.*'; SlowOnly keys are plain."""
-    if family not in FAMILIES:
-        raise ValueError(f"models: family must be one of {FAMILIES}, got {family!r}")
-    if family == "tsn" and not our_key.startswith("fc."):
-        if not our_key.startswith("backbone."):
-            raise ValueError(f"models: TSN key {our_key!r} should start with 'backbone.' or 'fc.'")
-        return our_key.removeprefix("backbone.")
-    return our_key
-
-
-def _add_family_prefix(plain: str, family: str) -> str:
-    return "backbone." + plain if family == "tsn" and not plain.startswith("fc.") else plain
-
-
-_PLACEHOLDERS = {"L": r"(?P<L>[1-4])", "B": r"(?P<B>\d+)", "K": r"(?P<K>[1-3])", "P": r"(?P<P>[a-z_]+)"}
-
-
-def _template_regex(template: str) -> re.Pattern:
-    pattern = re.escape(template)
-    for name, group in _PLACEHOLDERS.items():
-        pattern = pattern.replace(re.escape("{" + name + "}"), group)
-    return re.compile(pattern + r"\Z")
-
-
-_KEY_REGEXES = [(_template_regex(ours), _template_regex(theirs)) for ours, theirs in MMACTION_KEY_TABLE]
-
-
-def _translate(key: str, src_col: int) -> str | None:
-    """Map `key` through MMACTION_KEY_TABLE from column src_col (0 ours, 1 MMAction2) to the other; None if no row."""
-    for regexes, templates in zip(_KEY_REGEXES, MMACTION_KEY_TABLE):
-        match = regexes[src_col].match(key)
-        if match:
-            return templates[1 - src_col].format(**match.groupdict())
-    return None
-
-
 # Safe checkpoint reading (load_weights step 1) ------------------------------------------------------------------
 
-_OPENMMLAB_MODULES = ("mmengine", "mmcv", "mmaction", "mmcls", "mmpretrain", "mmdet")
 
-
-class _OpenMMLabRecord:
-    """Inert stand-in for an OpenMMLab object inside a checkpoint (mmengine's HistoryBuffer in 'message_hub', ...).
-
-    It keeps what the pickle hands it as plain data; none of the original class's code exists here or runs.
-    """
-
-    def __new__(cls, *args, **kwargs):
-        return super().__new__(cls)
-
-    def __init__(self, *args, **kwargs):
-        self.args = args
-
-    def __setstate__(self, state):
-        self.state = state
-
-
-def _inert_getattr(obj, name, *default) -> _OpenMMLabRecord:
-    """Bound to 'builtins.getattr' while reading: mmengine pickles `getattr(HistoryBuffer, 'min')`; nothing is
-    looked up, a record is returned instead."""
-    return _OpenMMLabRecord("getattr", str(name))
-
-
-def _numpy_globals() -> list:
-    """numpy's array / scalar / dtype rebuilders under their numpy 1.x and 2.x pickle names: they rebuild data only."""
-    reconstruct = np.ndarray.__reduce__(np.zeros(0))[0]  # numpy.(_)core.multiarray._reconstruct
-    scalar = np.float64(0).__reduce__()[0]  # numpy.(_)core.multiarray.scalar
-    names = [(f, f"{module}.{f.__name__}") for f in (reconstruct, scalar)
-             for module in ("numpy.core.multiarray", "numpy._core.multiarray")]
-    dtype_classes = [type(np.dtype(c)) for c in "?bBhHiIlLqQefdgFDGSUVO"]  # numpy.dtypes.*DType (numpy >= 1.25)
-    return [np.ndarray, np.dtype, *names, *dtype_classes]
-
-
-def _allowed_globals(path: Path) -> list:
-    """The extra allow-list for one file: numpy rebuilders, the inert getattr, and the file's OpenMMLab names."""
-    try:
-        names = torch.serialization.get_unsafe_globals_in_checkpoint(path)
-    except (ValueError, RuntimeError):  # not a zip checkpoint: only the fixed entries apply
-        names = []
-    records = [(_OpenMMLabRecord, n) for n in names if n.split(".")[0] in _OPENMMLAB_MODULES]
-    return [*_numpy_globals(), (_inert_getattr, "builtins.getattr"), *records]
-
-
-def _safe_torch_load(path: Path, who: str):
-    """torch.load(weights_only=True) on CPU with `_allowed_globals`; failures become one-line errors.
-
-    weights_only unpickling builds tensors and plain Python containers only.  Real MMAction2 1.x checkpoints
-    (mmengine 0.10.7's Runner + CheckpointHook, checked) also hold numpy arrays and scalars, mmengine HistoryBuffer
-    objects and `getattr(HistoryBuffer, 'min')` references in 'message_hub' and 'meta'.  Allowed for them, and only
-    them: numpy's data rebuilders; every OpenMMLab-module global found in the file, bound to the inert
-    `_OpenMMLabRecord` (no OpenMMLab code is imported or run; they are bookkeeping, never weights); and
-    'builtins.getattr' bound to `_inert_getattr`.  Anything else -- os.system, eval, any other class or function a
-    malicious __reduce__ names -- is refused: no arbitrary pickle is ever executed.
-    """
-    if not path.is_file():
-        raise FileNotFoundError(f"models.{who}: no checkpoint file at {path}")
-    try:
-        with torch.serialization.safe_globals(_allowed_globals(path)):
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        raise ValueError(f"models.{who}: {path} cannot be read by weights-only loading ({_unpickling_reason(err)}): "
-                         f"only tensors, plain data, numpy arrays and OpenMMLab bookkeeping records are accepted, "
-                         f"never pickled code") from None
-    except (RuntimeError, EOFError) as err:
-        raise ValueError(f"models.{who}: {path} is not a readable PyTorch checkpoint "
-                         f"({str(err).splitlines()[0][:100]})") from None
-
-
-def _unpickling_reason(err: Exception) -> str:
-    """The useful line of torch's long weights-only error, e.g. 'unsupported global os.system'."""
-    message = str(err)
-    name = re.search(r"GLOBAL (\S+)", message)
-    if name:
-        return f"unsupported global {name.group(1)}"
-    found = re.search(r"WeightsUnpickler error:\s*(.+)", message)
-    return (found.group(1) if found else message.strip().splitlines()[0])[:120]

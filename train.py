@@ -29,7 +29,7 @@ Crashes: kill the run at any moment (SIGKILL included) and run the same command 
 with the weights, metrics.json and log.jsonl of an uninterrupted run, bit for bit on the same machine and
 number of ranks (latest.pth holds every rank's random state; `set_train_epoch` skips ahead in an epoch).
 On GPUs, exactly as far as two uninterrupted runs agree (cuDNN's autotuned kernels need not be deterministic).
-The same command: a flag that changes the run (all but RESUME_FREE_FLAGS) is refused, naming its old and new value.
+The same command: a flag that changes the run (all but checkpoints.RESUME_FREE_FLAGS) is refused, naming its old and new value.
 
 Speed: workers send uint8 clips, normalised on the device; the step runs in --amp precision
 (bf16 by default on GPUs that have it) and never waits for the host: losses and accuracies are summed on
@@ -56,6 +56,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+import checkpoints
 import data
 import figures
 import models
@@ -82,11 +83,6 @@ RECIPES = {
     "demo": dict(lr_per_sample=1e-3, epochs=100, schedule="cosine", lr_steps=(), warmup_epochs=1,
                  freeze_bn=False),
 }
-
-# The flags --resume lets change: how the run executes, where it writes, what it prints; none changes its weights,
-# log or metrics. Every other flag (a new one too) must equal latest.pth's stored args (check_resume_args).
-RESUME_FREE_FLAGS = ("workers", "log_interval", "device", "eval_batch_size", "save_every", "work_dir", "resume",
-                     "dump_probs", "demo_settings")
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -269,6 +265,12 @@ class Run:
     rng: np.random.Generator = field(default_factory=np.random.default_rng)
     scaler: torch.amp.GradScaler | None = None      # --amp fp16 loss scaling (made by the first epoch)
 
+    def describe(self) -> dict:
+        """What makes a checkpoint self-describing (models.load_weights, models.from_checkpoint): the weights, the
+        architecture and its command-line overrides, its spec and the class names."""
+        return {"model": self.net.state_dict(), "arch": self.args.arch, "model_args": model_overrides(self.args),
+                "spec": vars(self.net.spec), "classes": self.classes}
+
 
 def cli(argv: list[str] | None = None) -> None:
     """The command line: main(), a one-line error and a non-zero exit for bad input or a non-finite loss."""
@@ -304,7 +306,7 @@ def main(args: argparse.Namespace) -> dict:
     if dist.is_initialized():
         dist.barrier()
     if not (args.resume or args.test or args.export_mmaction):
-        refuse_used_work_dir(Path(args.work_dir))
+        checkpoints.refuse_used_work_dir(Path(args.work_dir))
     run = setup(args, rank, world, device)
     if args.export_mmaction:
         return export(run)
@@ -317,7 +319,7 @@ def main(args: argparse.Namespace) -> dict:
         # the epoch's log line before latest.pth, which records how long log.jsonl was: a run killed in between
         # repeats the epoch and --resume first cuts the log back, so every line is written once
         log_line(run, dict(kind="epoch", epoch=epoch + 1, **stats))
-        save_checkpoint(run, "latest.pth", epoch + 1)
+        checkpoints.save_checkpoint(run, "latest.pth", epoch + 1)
     metrics = final_test(run)
     if rank == 0:                                   # curves.png, confusion.png beside the run's outputs
         figures.train_figures(args.work_dir, metrics)
@@ -447,7 +449,7 @@ def train_one_epoch(run: Run, epoch: int, first_step: int = 0) -> dict:
         run.scaler = torch.amp.GradScaler(run.device.type, enabled=args.amp == "fp16")
     meter, epoch_meter = Meter(run.source_names, run.device, epoch), Meter(run.source_names, run.device, epoch)
     if first_step:                                  # the sums of the steps done before the mid-epoch checkpoint
-        restore_meters((meter, epoch_meter), run.resumed_meters, run.device)
+        checkpoints.restore_meters((meter, epoch_meter), run.resumed_meters, run.device)
     t0 = time.time()
     steps = len(run.loader)
     for step, (clips, labels, sizes) in enumerate(run.loader, start=first_step):
@@ -486,7 +488,7 @@ def train_one_epoch(run: Run, epoch: int, first_step: int = 0) -> dict:
             report_progress(run, meter, epoch, step, steps, lr, t0)
         # 6. --save-every: latest.pth inside the epoch (its end is saved by main, after validation)
         if args.save_every and (it + 1) % args.save_every == 0 and step + 1 < steps:
-            save_checkpoint(run, "latest.pth", epoch, step + 1, meters=(meter, epoch_meter))
+            checkpoints.save_checkpoint(run, "latest.pth", epoch, step + 1, meters=(meter, epoch_meter))
     return epoch_meter.summary()
 
 
@@ -600,7 +602,7 @@ def validate(run: Run, epoch: int) -> dict:
     if m["top1"] > run.best_top1:
         run.best_top1, run.best_epoch = m["top1"], epoch + 1
         if run.args.select == "val":
-            save_checkpoint(run, "best.pth", epoch + 1)
+            checkpoints.save_checkpoint(run, "best.pth", epoch + 1)
     return m
 
 
@@ -617,7 +619,7 @@ def final_test(run: Run) -> dict:
     args, arch = run.args, run.net.spec
     weights, source = weights_to_test(run)
     if not args.test and run.rank == 0:
-        final = {**describe_model(run), "weights": weights}
+        final = {**run.describe(), "weights": weights}
         webscale.write_atomic(Path(args.work_dir) / "final.pth", lambda f: torch.save(final, f))
     crops = args.test_crops or arch.crops_test
     target = data.resolve_dataset(args.data_root, args.target)
@@ -1098,47 +1100,6 @@ def aux_samples(source: data.DatasetSpec, target: data.DatasetSpec, name: str, r
 # ----------------------------------------------------------------------------------------------------------------------
 
 
-def save_checkpoint(run: Run, name: str, epoch: int, step: int = 0, meters: tuple[Meter, ...] = ()) -> None:
-    """WORK_DIR/name after `epoch` finished epochs and `step` optimiser steps of the next one (--save-every).
-
-    Every rank calls it (it gathers):
-    1. each rank's random state: torch CPU (dropout), CUDA, numpy (run.rng: mixup) and python, gathered on
-       rank 0 as a list indexed by rank; --resume gives each rank its own back;
-    2. rank 0 writes weights, optimiser, schedule position, the meters of a part-done epoch, fp16's loss
-       scale and the length of log.jsonl into a temporary file, flushes it to disk and renames it over the
-       old one: a kill at any moment leaves either the old or the new file, never a partial one.
-    """
-    rng = [rank_rng_state(run)]
-    if run.world > 1:
-        rng = [None] * run.world if run.rank == 0 else None
-        dist.gather_object(rank_rng_state(run), rng, dst=0)
-    if run.rank != 0:
-        return
-    log = Path(run.args.work_dir) / "log.jsonl"
-    state = {
-        **describe_model(run),
-        "epoch": epoch,
-        "step": step,
-        "optimizer": run.optimizer.state_dict(),
-        "scaler": run.scaler.state_dict() if run.scaler is not None else None,
-        "meters": [meter_state(m) for m in meters],
-        "best_top1": run.best_top1,
-        "best_epoch": run.best_epoch,
-        "args": vars(run.args),
-        "world": run.world,
-        "rng": rng,
-        "log_bytes": log.stat().st_size if log.exists() else 0,
-    }
-    webscale.write_atomic(Path(run.args.work_dir) / name, lambda f: torch.save(state, f))
-
-
-def describe_model(run: Run) -> dict:
-    """What makes a checkpoint self-describing (models.load_weights, models.from_checkpoint): the weights, the
-    architecture and its command-line overrides, its spec and the class names."""
-    return {"model": run.net.state_dict(), "arch": run.args.arch, "model_args": model_overrides(run.args),
-            "spec": vars(run.net.spec) if hasattr(run.net.spec, "__dict__") else None, "classes": run.classes}
-
-
 def start_or_resume(run: Run) -> None:
     """--resume: continue from WORK_DIR/latest.pth when it exists (weights, optimiser, position, random state);
     a run killed before its first checkpoint starts over. Otherwise --checkpoint's weights, when given."""
@@ -1171,7 +1132,7 @@ def load_checkpoint(run: Run, path: Path, full: bool) -> None:
             match_classes(run, report.classes, f"{path} ({report.format})")
         return
     state = torch.load(path, map_location="cpu", weights_only=True)     # our own file; no arbitrary pickle
-    check_resume_args(state.get("args", {}), run.args, path)
+    checkpoints.check_resume_args(state.get("args", {}), run.args, path)
     if list(state.get("classes", run.classes)) != list(run.classes):
         raise ValueError(f"--resume: {path} was trained on other classes than the {len(run.classes)} of "
                          f"--target {run.args.target} now ({data._preview(state['classes'])} vs "
@@ -1188,7 +1149,7 @@ def load_checkpoint(run: Run, path: Path, full: bool) -> None:
     if isinstance(rng, dict):                      # written before per-rank states: rank 0's for every rank
         rng = [rng] * run.world
     if world == run.world:
-        set_rank_rng_state(run, rng[run.rank])
+        checkpoints.set_rank_rng_state(run, rng[run.rank])
     else:
         # another number of ranks shards the epoch differently: the part-done epoch restarts from its first
         # step and the ranks keep their fresh (seed, rank) streams; the run continues, no longer exactly
@@ -1203,26 +1164,6 @@ def load_checkpoint(run: Run, path: Path, full: bool) -> None:
     if run.rank == 0:
         print(f"resumed from {path}: {run.start_epoch} epoch(s)"
               + (f" and {run.start_step} step(s)" if run.start_step else "") + " done", flush=True)
-
-
-def check_resume_args(saved: dict, args: argparse.Namespace, path: Path) -> None:
-    """--resume continues the run latest.pth holds, never another: every flag outside RESUME_FREE_FLAGS must have
-    the value stored in it (`args`, settled defaults included; a flag newer than the file is not compared).
-    Otherwise one ValueError names each changed flag with its old and new value."""
-    changed = [f"--{k.replace('_', '-')} {_shown(saved[k])} -> {_shown(v)}" for k, v in vars(args).items()
-               if k not in RESUME_FREE_FLAGS and k in saved and saved[k] != v]
-    if changed:
-        raise ValueError(f"--resume: {path} holds a run with other flags: {', '.join(changed)}; resume with the "
-                         f"run's flags, or give another --work-dir for a new run")
-
-
-def refuse_used_work_dir(work_dir: Path) -> None:
-    """A log holds one run: training without --resume into a folder that holds a run (log.jsonl or latest.pth)
-    is a one-line error, never a second run appended to its log or overwriting its checkpoints."""
-    used = [name for name in ("log.jsonl", "latest.pth") if (work_dir / name).exists()]
-    if used:
-        raise ValueError(f"--work-dir {work_dir} already holds a run ({', '.join(used)}): continue it with "
-                         f"--resume, or give another --work-dir (or delete that folder) for a new run")
 
 
 def match_classes(run: Run, checkpoint_classes: list[str] | None, where: str) -> None:
@@ -1269,49 +1210,6 @@ def load_weights_everywhere(run: Run, path: Path) -> None:
         raise error
 
 
-def rank_rng_state(run: Run) -> dict:
-    """This rank's random state: torch CPU, CUDA (on a GPU), numpy (run.rng) and python; and the samples of
-    each training source that failed to load on this rank, {source name: [paths]} (the replacements, the skipped
-    retries and the logged count go on as in an uninterrupted run, and no bad file is named twice). Keyed by
-    source and path, not by position: a list that changed cannot mark a good sample as failed."""
-    failed = {}
-    for name, ds in zip(run.source_names, run.datasets):
-        failed.setdefault(name, []).extend(str(ds.samples.path(int(j))) for j in torch.nonzero(ds._failed).flatten())
-    state = {"torch": torch.get_rng_state(), "numpy": run.rng.bit_generator.state, "python": random.getstate(),
-             "failed": failed}
-    if run.device.type == "cuda":
-        state["cuda"] = torch.cuda.get_rng_state(run.device)
-    return state
-
-
-def set_rank_rng_state(run: Run, state: dict) -> None:
-    """Restore this rank's random state (rank_rng_state) and its training sources' failed-sample marks."""
-    torch.set_rng_state(state["torch"])
-    if run.device.type == "cuda" and "cuda" in state:
-        torch.cuda.set_rng_state(state["cuda"], run.device)
-    run.rng.bit_generator.state = state["numpy"]
-    random.setstate(state["python"])
-    failed = state.get("failed")
-    if not isinstance(failed, dict):    # an older train.py's marks by position: not trusted, the files are retried
-        failed = {}
-    for name, ds in zip(run.source_names, run.datasets):
-        paths = set(failed.get(name, ()))
-        if paths:                       # mapped back by path; shared memory: the persistent workers skip them too
-            ds._failed[[j for j in range(len(ds)) if str(ds.samples.path(j)) in paths]] = 1
-
-
-def meter_state(meter: Meter) -> dict:
-    """A Meter's running sums (tensors on the CPU), for a mid-epoch checkpoint; timing is left out."""
-    return {k: v.cpu() if torch.is_tensor(v) else v for k, v in vars(meter).items()
-            if k not in ("names", "device", "t0")}
-
-
-def restore_meters(meters: tuple[Meter, ...], states: list[dict], device: torch.device) -> None:
-    """Put a mid-epoch checkpoint's meter sums (meter_state) back, on the run's device."""
-    for meter, state in zip(meters, states):
-        vars(meter).update({k: v.to(device) if torch.is_tensor(v) else v for k, v in state.items()})
-
-
 # ----------------------------------------------------------------------------------------------------------------------
 # Helpers
 # ----------------------------------------------------------------------------------------------------------------------
@@ -1320,11 +1218,6 @@ def restore_meters(meters: tuple[Meter, ...], states: list[dict], device: torch.
 def split_names(text: str) -> list[str]:
     """A comma-separated flag value -> its non-empty names (--aux)."""
     return [t.strip() for t in text.split(",") if t.strip()] if text else []
-
-
-def _shown(value: object) -> str:
-    """A flag value as an error line shows it: strings quoted (an empty --aux is ''), the rest as is."""
-    return repr(value) if isinstance(value, str) else str(value)
 
 
 def dist_barrier(run: Run) -> None:

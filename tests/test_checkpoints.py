@@ -19,6 +19,7 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import checkpoints
 import models  # noqa: E402
 from mmaction_reference import DATA, KEY_FILES, read_key_file  # noqa: E402
 
@@ -171,7 +172,7 @@ def test_mmaction2_key_lists_load_completely(arch, big_models, tmp_path):
     filename, family, _ = KEY_FILES[arch]
     theirs = read_key_file(DATA / filename)
     model = big_models[arch]
-    assert [models.mmaction_key(k, family) for k in model.state_dict()] == list(theirs)
+    assert [checkpoints.mmaction_key(k, family) for k in model.state_dict()] == list(theirs)
     dtypes = {"float32": torch.float32, "int64": torch.int64}
     state = {k: torch.full((), 0.5 if dtype == "float32" else 3, dtype=dtypes[dtype]).expand(shape)
              for k, (shape, dtype) in theirs.items()}  # stride-0 tensors: the file stays a few KB
@@ -188,10 +189,10 @@ def test_ircsn_r152_parameter_count_and_shapes_equal_mmaction2(big_models):
     model = big_models["ircsn_r152_32x2"]
     assert sum(p.numel() for p in model.parameters()) == 29_703_568
     theirs = read_key_file(DATA / "mmaction_keys_ircsn_r152.txt")
-    mapped = {models.mmaction_key(k, "3d"): (tuple(v.shape), str(v.dtype).removeprefix("torch."))
+    mapped = {checkpoints.mmaction_key(k, "3d"): (tuple(v.shape), str(v.dtype).removeprefix("torch."))
               for k, v in model.state_dict().items()}
     assert len(theirs) == 932 and mapped == theirs and list(mapped) == list(theirs)
-    assert models.mmaction_key("layer3.35.bn2_dw.running_var", "3d") == "backbone.layer3.35.conv2.0.bn.running_var"
+    assert checkpoints.mmaction_key("layer3.35.bn2_dw.running_var", "3d") == "backbone.layer3.35.conv2.0.bn.running_var"
 
 
 def test_ircsn_layout_facts(big_models):
@@ -292,7 +293,7 @@ def test_export_round_trip_gives_identical_outputs(tmp_path, arch):
     torch.save(models.mmaction_checkpoint(src, ["a", "b", "c", "d"]), path)
     raw = torch.load(path, weights_only=True)  # plain data only: MMAction2 reads it without allow-lists
     family = "tsn" if arch == "tsn_tiny" else "3d"
-    assert list(raw["state_dict"]) == [models.mmaction_key(k, family) for k in src.state_dict()]
+    assert list(raw["state_dict"]) == [checkpoints.mmaction_key(k, family) for k in src.state_dict()]
     assert raw["meta"]["dataset_meta"] == {"classes": ["a", "b", "c", "d"]}
     dst = build().eval()
     report = models.load_weights(dst, path)
@@ -360,7 +361,7 @@ def test_openmmlab_names_become_inert_records(tmp_path, monkeypatch):
     monkeypatch.delitem(sys.modules, "mmengine.evil")
     assert models.load_weights(model, path).format == "mmaction2-1.x"
     assert not target.exists()
-    record = models._safe_torch_load(path, "test")["message_hub"]
+    record = checkpoints.safe_load(path, "test")["message_hub"]
     assert type(record).__name__ == "_OpenMMLabRecord" and record.args == (str(target),)
 
 
@@ -397,7 +398,7 @@ def _register_fake_mmengine(monkeypatch):
 
 def _mmaction_layout(model: torch.nn.Module) -> dict:
     family = "tsn" if isinstance(model, models.TSN) else "3d"
-    return {models.mmaction_key(k, family): v for k, v in model.state_dict().items()}
+    return {checkpoints.mmaction_key(k, family): v for k, v in model.state_dict().items()}
 
 
 def _randomised(net: torch.nn.Module) -> torch.nn.Module:

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import checkpoints
 import models  # noqa: E402
 from mmaction_reference import DATA, KEY_FILES, read_key_file  # noqa: E402
 
@@ -129,19 +130,19 @@ def test_keys_and_shapes_map_onto_mmaction2(arch, big_models):
     filename, family, _ = MMACTION[arch]
     theirs = read_key_file(DATA / filename)
     ours = big_models[arch].state_dict()
-    mapped = {models.mmaction_key(k, family): (tuple(v.shape), str(v.dtype).removeprefix("torch."))
+    mapped = {checkpoints.mmaction_key(k, family): (tuple(v.shape), str(v.dtype).removeprefix("torch."))
               for k, v in ours.items()}
     assert list(mapped) == list(theirs)  # same keys in the same order
     assert mapped == theirs  # and the same shapes and dtypes
 
 
 def test_mmaction_key_examples_and_errors():
-    assert models.mmaction_key("bn1.running_var", "3d") == "backbone.conv1.bn.running_var"
-    assert models.mmaction_key("layer2.0.downsample.1.bias", "3d") == "backbone.layer2.0.downsample.bn.bias"
-    assert models.mmaction_key("backbone.layer4.2.bn3.weight", "tsn") == "backbone.layer4.2.conv3.bn.weight"
-    assert models.mmaction_key("fc.weight", "tsn") == "cls_head.fc_cls.weight"
+    assert checkpoints.mmaction_key("bn1.running_var", "3d") == "backbone.conv1.bn.running_var"
+    assert checkpoints.mmaction_key("layer2.0.downsample.1.bias", "3d") == "backbone.layer2.0.downsample.bn.bias"
+    assert checkpoints.mmaction_key("backbone.layer4.2.bn3.weight", "tsn") == "backbone.layer4.2.conv3.bn.weight"
+    assert checkpoints.mmaction_key("fc.weight", "tsn") == "cls_head.fc_cls.weight"
     with pytest.raises(ValueError, match="not a ResNet"):
-        models.mmaction_key("layer1.0.relu.weight", "3d")
+        checkpoints.mmaction_key("layer1.0.relu.weight", "3d")
 
 
 # ---------------------------------------------------------------- SlowOnly architecture facts
@@ -254,7 +255,7 @@ def test_inflation_without_temporal_kernels_gives_equal_pooled_features():
 
 def test_inflation_accepts_mmaction2_and_tsn_layouts():
     tsn = models.build_model("tsn_tiny", 6)
-    mmaction_layout = {models.mmaction_key(k, "tsn"): v for k, v in tsn.state_dict().items()}
+    mmaction_layout = {checkpoints.mmaction_key(k, "tsn"): v for k, v in tsn.state_dict().items()}
     for source in (tsn.state_dict(), mmaction_layout, {"module." + k: v for k, v in tsn.state_dict().items()}):
         net3d = models.build_model("slowonly_tiny", 6)
         report = models.load_pretrained(net3d, source)
@@ -351,9 +352,9 @@ def test_pretrained_from_file_into_tsn_and_slowonly(tmp_path):
 def test_load_state_dict_file_unwraps_and_reports_missing(tmp_path):
     state = {"w": torch.ones(2)}
     torch.save({"model": state}, tmp_path / "a.pth")
-    assert torch.equal(models.load_state_dict_file(tmp_path / "a.pth")["w"], state["w"])
+    assert torch.equal(checkpoints.load_state_dict_file(tmp_path / "a.pth")["w"], state["w"])
     with pytest.raises(FileNotFoundError, match="no checkpoint file"):
-        models.load_state_dict_file(tmp_path / "missing.pth")
+        checkpoints.load_state_dict_file(tmp_path / "missing.pth")
 
 
 # ---------------------------------------------------------------- helpers

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 
+import checkpoints
 import data
 import models
 import omnisource
@@ -121,11 +122,11 @@ def test_every_flag_but_the_free_ones_is_checked_on_resume():
     saved = dict(vars(args))
     for key, value in vars(args).items():
         changed = argparse.Namespace(**{**saved, key: "another value"})
-        if key in train.RESUME_FREE_FLAGS:
-            train.check_resume_args(saved, changed, Path("latest.pth"))
+        if key in checkpoints.RESUME_FREE_FLAGS:
+            checkpoints.check_resume_args(saved, changed, Path("latest.pth"))
         else:
             with pytest.raises(ValueError, match=f"--{key.replace('_', '-')} .* -> 'another value'"):
-                train.check_resume_args(saved, changed, Path("latest.pth"))
+                checkpoints.check_resume_args(saved, changed, Path("latest.pth"))
 
 
 def test_same_command_twice_is_refused_and_the_procedure_reruns_its_runs_afresh(run, tmp_path, monkeypatch):
@@ -174,9 +175,9 @@ def test_failure_marks_follow_the_source_and_path_not_the_position(tmp_path):
 
     before = run_of({"target": ["t0", "t1", "t2"], "web": ["w0", "w1", "w2", "w3"]})
     before.datasets[1]._failed[2] = 1                       # web's w2
-    state = train.rank_rng_state(before)
+    state = checkpoints.rank_rng_state(before)
     after = run_of({"target": ["t0", "t1", "t2"], "other": ["o0", "o1", "o2"], "web": ["w3", "w2", "w1", "w0"]})
-    train.set_rank_rng_state(after, state)
+    checkpoints.set_rank_rng_state(after, state)
     assert [ds._failed.tolist() for ds in after.datasets] == [[0, 0, 0], [0, 0, 0], [0, 1, 0, 0]]
 
 
