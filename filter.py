@@ -96,8 +96,6 @@ from __future__ import annotations
 
 import argparse
 import array
-import contextlib
-import datetime
 import json
 import os
 import posixpath
@@ -106,13 +104,11 @@ import sys
 import time
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Callable, Collection, Iterable, Iterator, Sequence
+from typing import Callable, Collection, Iterator, Sequence
 
-import av
 import numpy as np
 import torch
 import torch.distributed as dist
-from PIL import Image
 from torch import nn
 
 import checkpoints
@@ -130,7 +126,6 @@ DEFAULT_CLIPS = {"tsn": 8, "3d": 3}   # video scoring: TSN segments / 3D clips (
 DEDUP_CROPS = 5                       # crops per val frame for the de-duplication threshold (Sec. 3.3)
 DEDUP_DIMS = 256                      # Sec. 3.3: whitened features reduced to at most this many dimensions
 TOP_K = 5                             # classes (and probabilities) kept per sample in samples.jsonl
-WORK_FORMAT = "omnisource-filter-work-2"
 # how a sample is scored (`_route_codes`): images; short videos and frame folders; untrimmed videos as 1-FPS frames
 # (2D student) or as 10-s windows (3D student); raw videos already cut into pieces
 ROUTES = ("images", "videos", "one_fps", "windows", "raw")
@@ -142,11 +137,6 @@ SCORES_FORMAT = "omnisource-filter-scores-1"
 LINES_AT_ONCE = 1 << 18                   # list lines built and written at once (`write_outputs`)
 # written once when scoring ends, never rewritten by a re-decide (they hold what the teachers saw)
 SEEN_FILES = ("samples.jsonl", "scores.npz", "duplicates.txt")
-# what reading a broken file raises (Sec. 3.3): the OS (missing, unreadable; Pillow's UnidentifiedImageError and
-# truncated images are OSErrors), PyAV / FFmpeg, data.py's ValueErrors for bad files (empty, no video stream, no
-# frame, too short: VideoTooShortError, image too small) and Pillow's EOFError / DecompressionBombError. Only the
-# readers' calls are guarded (`_decode`), so a ValueError of a transform is not mistaken for a broken file.
-DECODE_ERRORS = (OSError, av.FFmpegError, ValueError, EOFError, Image.DecompressionBombError)
 # the signatures' types: a web source's samples (a list, or the compact list of millions, webscale.SampleList);
 # per group of teachers, how its input is decoded (data.Sampling), transformed into uint8 views and the short side the
 # transform resizes to (a JPEG is decoded reduced down to it)
@@ -354,7 +344,7 @@ def load_teachers(paths: Sequence[str | Path], device: str = "cpu", arch: str | 
             t = models.from_checkpoint(p) if arch is None else _foreign_teacher(p, arch, classes)
         except Exception as err:   # unpickling, zip, key and shape errors all mean "not a checkpoint"
             hint = "" if arch else "; for an MMAction2 or other checkpoint give --teacher-arch"
-            raise ValueError(f"--teacher {p}: not a usable checkpoint ({_first_line(err)}){hint}") from None
+            raise ValueError(f"--teacher {p}: not a usable checkpoint ({webscale.first_line(err)}){hint}") from None
         t.source = str(p)
         if arch is not None:
             print(f"--teacher {p}: no class names in the file; its {len(classes)} outputs are read against the "
@@ -397,7 +387,7 @@ def map_query_labels(samples: Samples, source_classes: list[str], teacher_classe
         mapped, _ = data.map_labels(probe, source_classes, teacher_classes, f"--source {source}")
     except ValueError as err:
         if mode == "query":
-            raise ValueError(f"{_first_line(err)} (the classes of --teacher {teacher}); query mode matches class "
+            raise ValueError(f"{webscale.first_line(err)} (the classes of --teacher {teacher}); query mode matches class "
                              f"names (or use --mode pseudo)") from None
         mapped = []
     table = np.full(len(source_classes), -1, dtype=np.int64)
@@ -465,7 +455,7 @@ def _load_clip(sample: webscale.Sample, loads: Loads) -> list[torch.Tensor]:
     out = []
     for sampling, transform, short_side in loads:
         if sample.kind == "image":   # draft mode: a large JPEG is decoded reduced (data.read_image)
-            frames = _decode(data.read_image, sample.path, short_side)[None]   # (1, H, W, 3)
+            frames = webscale.decode(data.read_image, sample.path, short_side)[None]   # (1, H, W, 3)
         else:
             frames = _read_sampled(sample, sampling)                          # (clips * L, H, W, 3)
         out.append(transform(frames)[None])
@@ -480,10 +470,10 @@ def _unit_plan(sample: webscale.Sample, route: str, fps: float, seconds: float,
     path = Path(sample.path)
     if route == "raw":
         parts = [path / webscale.PART_TMPL.format(j) for j in range(sample.num_parts)]
-        counts = [_decode(data.count_frames, p) for p in parts]
+        counts = [webscale.decode(data.count_frames, p) for p in parts]
         plan = [[(p, _test_indices(n, sampling), n) for p, n in zip(parts, counts)] for sampling, _, _ in loads]
         return plan, np.arange(len(parts)), None
-    n, rate = _decode(data.count_frames, path), _decode(data.video_fps, path)
+    n, rate = webscale.decode(data.count_frames, path), webscale.decode(data.video_fps, path)
     if route == "one_fps":
         idx = one_fps_indices(n, rate, fps)
         return [[(path, np.array([f]), n) for f in idx] for _ in loads], idx, rate
@@ -502,7 +492,7 @@ def _load_units(units: list[tuple], transform: Callable) -> torch.Tensor:
         path, count = units[s][0], units[s][2]
         idx = np.concatenate([u[1] for u in units[s:e]])
         # (u * T, H, W, 3); a container count one frame too high repeats the last frame, more is a truncated file
-        frames, _ = _decode(data.read_frames_lenient, path, count, lambda n: np.minimum(idx, n - 1), 1)
+        frames, _ = webscale.decode(data.read_frames_lenient, path, count, lambda n: np.minimum(idx, n - 1), 1)
         views = transform(frames)                                               # (1, C, u * T, h, w)
         c, t = views.shape[1], len(units[s][1])
         out.append(views.reshape(c, e - s, t, *views.shape[-2:]).transpose(0, 1).unsqueeze(1))
@@ -513,8 +503,8 @@ def _load_units(units: list[tuple], transform: Callable) -> torch.Tensor:
 def _read_sampled(sample: webscale.Sample, sampling: data.Sampling) -> np.ndarray:
     """Test-mode sampled frames (L, H, W, 3); a frame count one too high is corrected, a file that decodes to
     fewer frames than that is truncated: an error (Sec. 3.3)."""
-    n = sample.num_frames or _decode(data.count_frames, sample.path)
-    return _decode(data.read_frames_lenient, sample.path, n, lambda m: _test_indices(m, sampling), 1)[0]
+    n = sample.num_frames or webscale.decode(data.count_frames, sample.path)
+    return webscale.decode(data.read_frames_lenient, sample.path, n, lambda m: _test_indices(m, sampling), 1)[0]
 
 
 def _test_indices(n: int, sampling: data.Sampling) -> np.ndarray:
@@ -613,7 +603,7 @@ def find_duplicates(web_feats: ArrayLike | torch.Tensor, val_feats: ArrayLike | 
 
 
 def deduplicate(samples: Samples, query: np.ndarray, val_samples: Samples, extractor: FrameFeatures,
-                cfg: FilterConfig, work: Work, prefix: Path) -> dict:
+                cfg: FilterConfig, work: webscale.Work, prefix: Path) -> dict:
     """Sec. 3.3 over this rank's blocks of the web source: samples with a frame too similar to a val frame
     (`find_duplicates` on whitened features; a sample's most similar frame is reported) and unreadable samples
     are recorded in the work folder and left out of scoring. Resumable (WORK/dedup-RANK.jsonl: finished
@@ -625,7 +615,7 @@ def deduplicate(samples: Samples, query: np.ndarray, val_samples: Samples, extra
     todo = [k for k in work.shard.mine(len(blocks)) if k not in finished]
     load = _DedupLoad(cfg.dedup_frames, extractor.crop_size, 1)
     val_base = _common_folder(val_samples)
-    for k, ids, counts, views, errors in _run_blocks(samples, blocks, load, cfg, "de-duplication: web frames"
+    for k, ids, counts, views, errors in webscale.run_blocks(samples, blocks, load, cfg, "de-duplication: web frames"
                                                      f"{_rank_tag(work.shard)}", todo):
         records = [_corrupt(i, samples[i], query[i], prefix, m) for i, m in errors.items()]
         if len(ids):
@@ -641,7 +631,7 @@ def deduplicate(samples: Samples, query: np.ndarray, val_samples: Samples, extra
         records.sort(key=lambda r: r["i"])
         work.append("records", records)
         work.append("dedup", [dict(b=k, removed=[r["i"] for r in records])])
-    _barrier()
+    webscale.barrier()
     removed, seen = [], set()
     for _, _, line in work.lines("dedup"):
         r = json.loads(line)
@@ -654,7 +644,7 @@ def deduplicate(samples: Samples, query: np.ndarray, val_samples: Samples, extra
 
 
 def fit_dedup_reference(val_samples: Samples, web_subset: Samples, extractor: FrameFeatures, cfg: FilterConfig,
-                        work: Work) -> dict:
+                        work: webscale.Work) -> dict:
     """Sec. 3.3, the val side, computed once into WORK/dedup-val.pt and read by every rank: the whitening fitted
     on the union of the val frames and `web_subset` (a fixed, evenly spaced subset of the web source, so every
     rank and every rerun agree), the crop threshold (`dedup_threshold`) and the whitened val centre crops (M, d).
@@ -670,7 +660,7 @@ def fit_dedup_reference(val_samples: Samples, web_subset: Samples, extractor: Fr
         feats = dict(val=val[0], val_owner=torch.from_numpy(val[1]), val_errors=len(val[2]), web=web[0],
                      web_owner=torch.from_numpy(web[1]))
         webscale.write_atomic(mine, lambda f: torch.save(feats, f))
-    _barrier()
+    webscale.barrier()
     if shard.rank == 0 and not path.is_file():
         parts = [torch.load(p, map_location="cpu", weights_only=True)
                  for p in sorted(work.folder.glob(f"dedup-feats-*-of-{shard.world:05d}.pt"))]
@@ -689,7 +679,7 @@ def fit_dedup_reference(val_samples: Samples, web_subset: Samples, extractor: Fr
         ref = dict(mean=torch.from_numpy(white.mean), proj=torch.from_numpy(white.proj), threshold=threshold,
                    val=crops[:, -1].contiguous(), owner=torch.from_numpy(owner), info=info)
         webscale.write_atomic(path, lambda f: torch.save(ref, f))
-    _barrier()
+    webscale.barrier()
     saved = torch.load(path, map_location="cpu", weights_only=True)
     return dict(white=Whitening(saved["mean"].numpy(), saved["proj"].numpy()), threshold=saved["threshold"],
                 val=saved["val"].to(cfg.device), owner=saved["owner"].numpy(), info=saved["info"])
@@ -737,7 +727,7 @@ def build_extractor(teachers: list[nn.Module], checkpoint: str | None = None, de
 
 
 def extract_features(samples: Samples, extractor: FrameFeatures, cfg: FilterConfig, crops: int, what: str,
-                     shard: Shard) -> tuple[torch.Tensor, np.ndarray, dict]:
+                     shard: webscale.Shard) -> tuple[torch.Tensor, np.ndarray, dict]:
     """Frame features for de-duplication: an image is one frame, a video cfg.dedup_frames frames.
 
     crops=1: the centre crop; crops=5: the four corners and the centre (centre last). Only `shard`'s blocks
@@ -748,7 +738,7 @@ def extract_features(samples: Samples, extractor: FrameFeatures, cfg: FilterConf
     blocks = _blocks(np.arange(len(samples)), cfg.batch_size)
     todo = shard.mine(len(blocks))
     feats, owner, errors = [], [], {}
-    for _, ids, counts, views, errs in _run_blocks(samples, blocks, load, cfg, what, todo):
+    for _, ids, counts, views, errs in webscale.run_blocks(samples, blocks, load, cfg, what, todo):
         errors.update(errs)
         if len(ids):
             feats.append(_features(extractor, views[0], cfg).cpu())
@@ -778,7 +768,7 @@ class _DedupLoad:
 
     def __call__(self, sample: webscale.Sample) -> list[torch.Tensor]:
         if sample.kind == "image":   # draft mode, as for scoring
-            frames = _decode(data.read_image, sample.path, transforms.short_side_for(self.crop))[None]
+            frames = webscale.decode(data.read_image, sample.path, transforms.short_side_for(self.crop))[None]
         elif sample.kind == "raw":
             piece = Path(sample.path) / webscale.PART_TMPL.format(sample.pos_clips[0] if sample.pos_clips else 0)
             frames = _read_sampled(webscale.Sample(piece, sample.label, "video"), data.Sampling(1, 1, self.num_frames))
@@ -810,7 +800,7 @@ def _in_sample_order(parts: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[to
 # 5. The whole filter on one source: score, decide once, cut what is kept
 # ----------------------------------------------------------------------------------------------------------------------
 
-def run_filter(samples: Samples, query: np.ndarray, teachers: list[nn.Module], cfg: FilterConfig, work: Work,
+def run_filter(samples: Samples, query: np.ndarray, teachers: list[nn.Module], cfg: FilterConfig, work: webscale.Work,
                prefix: Path, val_samples: Samples | None = None,
                extractor: FrameFeatures | None = None) -> dict | None:
     """This rank's share of Sec. 3.3-3.5's scoring: invalid and corrupted files (found while decoding) and
@@ -836,7 +826,7 @@ def run_filter(samples: Samples, query: np.ndarray, teachers: list[nn.Module], c
         blocks = _blocks(idx, cfg.batch_size)
         todo = [k for k in shard.mine(len(blocks)) if not done[blocks[k]].all()]
         load = _Load(_load_clip, scorer.loads)
-        for k, ids, _, views, errors in _run_blocks(samples, blocks, load, cfg, f"scoring {ROUTES[code]}"
+        for k, ids, _, views, errors in webscale.run_blocks(samples, blocks, load, cfg, f"scoring {ROUTES[code]}"
                                                     f"{_rank_tag(shard)}", todo):
             records = [_corrupt(i, samples[i], query[i], prefix, m) for i, m in errors.items()]
             if len(ids):
@@ -851,20 +841,20 @@ def run_filter(samples: Samples, query: np.ndarray, teachers: list[nn.Module], c
         todo = mine[~done[mine]]
         if len(todo):
             _score_untrimmed(samples, todo, route, query, teachers, cfg, work, prefix)
-    _barrier()
+    webscale.barrier()
     return info
 
 
 def _score_untrimmed(samples: Samples, todo: np.ndarray, route: str, query: np.ndarray, teachers: list[nn.Module],
-                     cfg: FilterConfig, work: Work, prefix: Path) -> None:
+                     cfg: FilterConfig, work: webscale.Work, prefix: Path) -> None:
     """Sec. 3.5: score the units of untrimmed (or raw) videos chunk by chunk; one record per video."""
     scorer = Scorer(teachers, cfg, single_frames=route == "one_fps")
     stream = _UnitStream(samples, todo, route, cfg, scorer.loads)
     loader = torch.utils.data.DataLoader(stream, batch_size=None, num_workers=min(cfg.workers, len(todo)),
-                                         collate_fn=_as_is, pin_memory=torch.device(cfg.device).type == "cuda")
+                                         collate_fn=webscale.as_is, pin_memory=torch.device(cfg.device).type == "cuda")
     what = {"one_fps": "untrimmed 1-FPS frames", "windows": f"untrimmed {cfg.piece_seconds:g}-s windows",
             "raw": "raw pieces"}[route]
-    progress, failed, pending = _Progress(f"scoring {what}{_rank_tag(work.shard)}", len(todo), cfg.progress), 0, {}
+    progress, failed, pending = webscale.Progress(f"scoring {what}{_rank_tag(work.shard)}", len(todo), cfg.progress), 0, {}
     for i, first, total, views, info, error in loader:
         if error is None:
             pending.setdefault(i, []).append((scorer.probs(views), info))   # (u, K) per chunk
@@ -928,7 +918,7 @@ def decide(seen: Seen, num_classes: int, cfg: FilterConfig) -> dict[str, np.ndar
 
 
 def cut_kept(samples: Samples, routes: np.ndarray, decision: dict[str, np.ndarray], prefix: Path, cfg: FilterConfig,
-             work: Work) -> None:
+             work: webscale.Work) -> None:
     """--cut-pieces, after the decision: this rank's share of the kept untrimmed videos are cut into
     WORK/raw/NAME/part_N.mp4 (resumable); pieces of videos cut by an earlier run but not kept now are removed."""
     idx = np.flatnonzero(routes == ROUTES.index("windows"))[work.shard.rank::work.shard.world]
@@ -942,15 +932,15 @@ def cut_kept(samples: Samples, routes: np.ndarray, decision: dict[str, np.ndarra
     if todo:
         items = _CutItems(samples, todo, [_piece_name(_rel(samples[i].path, prefix), i) for i in todo],
                           work.folder / "raw", cfg.piece_seconds)
-        loader = torch.utils.data.DataLoader(items, batch_size=None, num_workers=cfg.workers, collate_fn=_as_is)
-        progress, failed = _Progress(f"cutting kept untrimmed videos{_rank_tag(work.shard)}", len(todo),
+        loader = torch.utils.data.DataLoader(items, batch_size=None, num_workers=cfg.workers, collate_fn=webscale.as_is)
+        progress, failed = webscale.Progress(f"cutting kept untrimmed videos{_rank_tag(work.shard)}", len(todo),
                                      cfg.progress), 0
         for i, pieces, error in loader:
             work.append("cut", [dict(i=i, pieces=pieces) if error is None else dict(i=i, error=error)])
             failed += error is not None
             progress.update(1, failed)
         progress.close()
-    _barrier()
+    webscale.barrier()
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -988,11 +978,11 @@ class Seen:
                    **{f.name: c[f.name] for f in fields(cls) if f.name != "scores"})
 
 
-def gather_records(work: Work, n: int, base: str, list_dir: Path, val_samples: Samples | None) -> None:
+def gather_records(work: webscale.Work, n: int, base: str, list_dir: Path, val_samples: Samples | None) -> None:
     """Rank 0, once when scoring ends: every rank's records in sample order (a sample recorded twice, a block
     redone after a crash, takes its last record) -> WORK/samples.jsonl (the records as the ranks wrote them),
     scores.npz (`Seen`, their columns) and duplicates.txt. Streams: memory is columns of N numbers + the units."""
-    pick, number, offset = _last_records(work, n)
+    pick, number, offset = webscale.last_records(work, n)
     if (pick < 0).any():
         raise RuntimeError(f"filter: {int((pick < 0).sum())} samples have no record in {work.folder} (a rank "
                            f"did not finish); run the same command again")
@@ -1005,7 +995,7 @@ def gather_records(work: Work, n: int, base: str, list_dir: Path, val_samples: S
         dup_out.write("# web sample (relative to this folder)  val sample it duplicates  whitened cosine "
                       "similarity\n" if val_samples is not None else
                       "# de-duplication was not run (no --dedup-against)\n")
-        for i, line in _records_in_order(work, pick, number, offset):
+        for i, line in webscale.records_in_order(work, pick, number, offset):
             r = json.loads(line)
             rec_out.write(line)
             line_offset[i + 1] = line_offset[i] + len(line)
@@ -1072,7 +1062,7 @@ def write_outputs(folder: str | Path, seen_dir: Path, seen: Seen, samples: Sampl
     np.savez(folder / "decision.npz", statuses=np.array(STATUSES), **{k: v for k, v in decision.items()
                                                                      if k != "unit_positive"})
     for name in SEEN_FILES:
-        _link(seen_dir / name, folder / name)
+        webscale.link(seen_dir / name, folder / name)
     (folder / "classes.txt").write_text("".join(f"{c}\n" for c in classes))
     report = _summary(seen.scores.query, decision, classes, cfg, dedup_info, extra)
     (folder / "report.json").write_text(json.dumps(report, indent=1) + "\n")
@@ -1182,7 +1172,7 @@ def main(args: argparse.Namespace) -> dict | None:
     On a finished output of the same scoring settings (another --threshold, --mode, --rule or --cut-pieces) the
     samples are re-decided from its columns (scores.npz): no teacher is loaded or run, no record is read.
     """
-    shard, device = _distributed(args.device)
+    shard, device = webscale.distributed(args.device)
     amp = args.amp or models.default_amp(device)
     knobs = {f.name: getattr(args, f.name) for f in fields(FilterConfig) if "help" in f.metadata}
     cfg = FilterConfig(**dict(knobs, device=device, amp=amp, progress=not args.quiet))
@@ -1192,7 +1182,7 @@ def main(args: argparse.Namespace) -> dict | None:
     final = _check_out(data_root, args.out, spec)
     prefix = spec.splits[args.split].prefix
     val = data.load_split(data.resolve_dataset(data_root, args.dedup_against), "val") if args.dedup_against else None
-    work = Work(data_root / f".{args.out}.filter-work", shard)
+    work = webscale.Work(data_root / f".{args.out}.filter-work", shard)
     settings = _settings(args, cfg, len(samples))
     earlier = _finished_run(final, work, settings)
     start = time.time()
@@ -1221,7 +1211,7 @@ def main(args: argparse.Namespace) -> dict | None:
         seen_dir = work.folder
         if shard.rank == 0:
             gather_records(work, len(samples), _rel(prefix, final), final, val)
-        _barrier()
+        webscale.barrier()
     else:   # Sec. 3.4 again on what the teachers saw: the columns of the finished run
         classes, info, teachers_info = data.read_classes(final / "classes.txt"), earlier["dedup"], earlier["teachers"]
         seen_dir = final
@@ -1239,7 +1229,7 @@ def main(args: argparse.Namespace) -> dict | None:
                      teachers=teachers_info, dedup_against=args.dedup_against, settings=settings,
                      run=dict(ranks=shard.world, scored=work.scored_now(), redecided=earlier is not None,
                               seconds=round(time.time() - start, 1)))
-        with staged_output(final) as tmp:
+        with webscale.staged_output(final) as tmp:
             report = write_outputs(tmp, seen_dir, seen, samples, classes, decision, cfg, final, prefix,
                                    _cut_state(work), info, extra)
             _move_pieces(work, tmp)
@@ -1257,7 +1247,7 @@ def main(args: argparse.Namespace) -> dict | None:
                   f'val frames; the features ({report["dedup"]["extractor"]}) may not be crop-invariant '
                   f"enough: pass --dedup-checkpoint with ImageNet ResNet-50 weights", file=sys.stderr)
         figures.filter_figures(final)           # contact sheet, Fig. 3 histogram, ... beside the outputs
-    _barrier()
+    webscale.barrier()
     return report
 
 
@@ -1266,7 +1256,7 @@ def cli(argv: list[str] | None = None) -> None:
     try:
         main(args)
     except (ValueError, FileNotFoundError) as err:
-        sys.exit(f"error: {_first_line(err) or type(err).__name__}")
+        sys.exit(f"error: {webscale.first_line(err) or type(err).__name__}")
     if dist.is_available() and dist.is_initialized():
         # tear the group down on every rank after the last barrier, while the interpreter is fully alive (gloo's
         # threads outliving it can abort the process at exit)
@@ -1279,90 +1269,6 @@ def cli(argv: list[str] | None = None) -> None:
 # work folder and its records, sharding over ranks, decoding in DataLoader workers, crash-safe files).
 # 8. The work folder: resumable records, re-deciding, the cut pieces
 # ----------------------------------------------------------------------------------------------------------------------
-
-class Work:
-    """The work folder of a run (DATA_ROOT/.OUT.filter-work/), which survives crashes:
-
-    config.json            the scoring settings; another command refuses to reuse the folder
-    records-RANK.jsonl     one JSON object per sample ({"i": index, ...}): what the teachers saw (no decision),
-                           corrupt or duplicate; appended one block at a time
-    dedup-RANK.jsonl       finished de-duplication blocks {"b": block, "removed": [indices]}
-    dedup-feats-RANK-of-WORLD.pt  the rank's share of the val and whitening-subset features
-    dedup-val.pt           the val side of Sec. 3.3 (whitening, threshold, whitened val centre crops)
-    samples.jsonl, scores.npz, duplicates.txt   the records in sample order and their columns (`gather_records`),
-                           written when scoring ends; they move into the output
-    cut-RANK.jsonl         --cut-pieces: {"i": index, "pieces": n}, {"i": index, "error": message} or
-                           {"i": index, "removed": true} (the last line of a video counts)
-    progress-RANK.json     samples scored by the rank's last run
-    raw/                   --cut-pieces: the pieces of kept videos
-    Every rank appends to its own files only; every rank reads all of them (any earlier number of ranks).
-    """
-
-    def __init__(self, folder: str | Path, shard: Shard):
-        self.folder, self.shard = Path(folder), shard
-        self.folder.mkdir(parents=True, exist_ok=True)
-        self.scored, self._files = 0, {}
-
-    def claim(self, settings: dict, what: str) -> None:
-        """Start or continue the run of `settings`; a run of other settings is a one-line error."""
-        path = self.folder / "config.json"
-        settings = json.loads(json.dumps(dict(format=WORK_FORMAT, **settings)))
-        if path.is_file():
-            old = json.loads(path.read_text())
-            if old != settings:
-                key = next((k for k in settings if old.get(k) != settings[k]), "format")
-                raise ValueError(f"{what}: {self.folder} holds an unfinished run with other settings ({key}: "
-                                 f"{old.get(key)!r} there, {settings[key]!r} now); run that command again to "
-                                 f"finish it, or delete the folder to start over")
-        elif self.shard.rank == 0:
-            webscale.write_atomic(path, json.dumps(settings, indent=1) + "\n")
-        _barrier()
-
-    def append(self, kind: str, records: Iterable[dict]) -> None:
-        """Append records (dicts, 'i' first) to this rank's KIND file: one write, flushed (survives SIGKILL)."""
-        f = self._files.get(kind)
-        if f is None:
-            path = self.folder / f"{kind}-{self.shard.rank:05d}.jsonl"
-            _drop_torn_tail(path)
-            f = self._files[kind] = open(path, "ab")
-        f.write(b"".join(_dump(r) for r in records))
-        f.flush()
-
-    def lines(self, kind: str) -> Iterator[tuple[int, int, bytes]]:
-        """(file number, byte offset, line) of every complete line of every rank's KIND file."""
-        for number, path in enumerate(sorted(self.folder.glob(f"{kind}-*.jsonl"))):
-            with open(path, "rb") as f:
-                offset = 0
-                for line in f:
-                    if line.endswith(b"\n"):   # a torn last line (killed mid-write) is ignored
-                        yield number, offset, line
-                    offset += len(line)
-
-    def files(self, kind: str) -> list[Path]:
-        return sorted(self.folder.glob(f"{kind}-*.jsonl"))
-
-    def done(self, num_samples: int) -> np.ndarray:
-        """bool (N,): samples with a record (from any rank, any earlier run)."""
-        done = np.zeros(num_samples, dtype=bool)
-        for _, _, line in self.lines("records"):
-            done[_record_index(line)] = True
-        return done
-
-    def close(self) -> None:
-        for f in self._files.values():
-            os.fsync(f.fileno())
-            f.close()
-        self._files = {}
-        webscale.write_atomic(self.folder / f"progress-{self.shard.rank:05d}.json",
-                          json.dumps(dict(rank=self.shard.rank, world=self.shard.world, scored=self.scored)))
-
-    def scored_now(self) -> int:
-        """Samples scored by the ranks of the last run (their progress files)."""
-        total = 0
-        for p in self.folder.glob("progress-*.json"):
-            r = json.loads(p.read_text())
-            total += r["scored"] if r["world"] == self.shard.world else 0
-        return total
 
 
 def _settings(args: argparse.Namespace, cfg: FilterConfig, num_samples: int) -> dict:
@@ -1378,7 +1284,7 @@ def _settings(args: argparse.Namespace, cfg: FilterConfig, num_samples: int) -> 
     return dict({k: getattr(args, k) for k in keep}, teachers=teachers, samples=num_samples, config=config)
 
 
-def _finished_run(final: Path, work: Work, settings: dict) -> dict | None:
+def _finished_run(final: Path, work: webscale.Work, settings: dict) -> dict | None:
     """The report of the finished output `final` when its scoring settings are `settings` (a teacher file that
     is gone is matched by its path) and no scoring run of its own is unfinished in the work folder; else None."""
     config = work.folder / "config.json"
@@ -1394,36 +1300,7 @@ def _finished_run(final: Path, work: Work, settings: dict) -> dict | None:
     return report if old == new else None
 
 
-def _records_in_order(work: Work, pick: np.ndarray, number: np.ndarray, offset: np.ndarray) -> Iterator[tuple]:
-    """(sample index, its last record's line) for every sample with a record, in sample order, streamed."""
-    handles = [open(p, "rb") for p in work.files("records")]
-    try:
-        for i in np.flatnonzero(pick >= 0).tolist():
-            f = handles[number[pick[i]]]
-            f.seek(offset[pick[i]])
-            yield i, f.readline()
-    finally:
-        for f in handles:
-            f.close()
-
-
-def _last_records(work: Work, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(pick (n,), file number, offset) of the records in the work folder: pick[i] indexes the last record of
-    sample i (a block redone after a crash), -1 when it has none. Three int64 columns, no object per record."""
-    columns = [array.array("q") for _ in range(3)]
-    for f, o, line in work.lines("records"):
-        columns[0].append(_record_index(line))
-        columns[1].append(f)
-        columns[2].append(o)
-    index, number, offset = (np.frombuffer(c, dtype=np.int64) if len(c) else np.zeros(0, np.int64) for c in columns)
-    order = np.lexsort((np.arange(len(index)), index))
-    last = np.append(index[order][1:] != index[order][:-1], True) if len(order) else np.zeros(0, bool)
-    pick = np.full(n, -1, dtype=np.int64)
-    pick[index[order][last]] = order[last]
-    return pick, number, offset
-
-
-def _cut_state(work: Work) -> dict[int, dict]:
+def _cut_state(work: webscale.Work) -> dict[int, dict]:
     """The last cut record of every video: {"pieces": n}, {"error": message} or {"removed": true}."""
     state = {}
     for _, _, line in work.lines("cut"):
@@ -1445,149 +1322,22 @@ class _CutItems(torch.utils.data.Dataset):
         i = self.ids[k]
         try:
             return i, data.cut_video(self.samples[i].path, self.raw_dir / self.names[k], self.seconds), None
-        except DECODE_ERRORS as err:   # a file that cannot be decoded or written could not be cut
-            return i, None, f"{type(err).__name__}: {_first_line(err)}"
+        except webscale.DECODE_ERRORS as err:   # a file that cannot be decoded or written could not be cut
+            return i, None, f"{type(err).__name__}: {webscale.first_line(err)}"
 
 
-@contextlib.contextmanager
-def staged_output(final: str | Path) -> Iterator[Path]:
-    """Yield a hidden temporary sibling of `final`; on success it replaces `final` by renames, on error
-    (or Ctrl-C) it is removed and `final` is left as it was (the run's records stay in its work folder)."""
-    final = Path(final)
-    tmp = final.parent / f".{final.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
-        yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    old = final.parent / f".{final.name}.old-{os.getpid()}"
-    if final.exists():
-        os.rename(final, old)
-    os.rename(tmp, final)
-    shutil.rmtree(old, ignore_errors=True)
-
-
-def _move_pieces(work: Work, folder: Path) -> None:
+def _move_pieces(work: webscale.Work, folder: Path) -> None:
     """--cut-pieces: the pieces of kept videos move from the work folder into the output (one rename)."""
     raw = work.folder / "raw"
     if raw.is_dir():
-        _remove_empty_folders(raw)
+        webscale.remove_empty_folders(raw)
         if raw.is_dir():
             os.rename(raw, Path(folder) / "raw")
-
-
-def _link(src: Path, dst: Path) -> None:
-    """dst: the same file as src (a hard link; a copy where the file system has none)."""
-    try:
-        os.link(src, dst)
-    except OSError:
-        shutil.copyfile(src, dst)
-
-
-def _dump(record: dict) -> bytes:
-    return (json.dumps(record, separators=(",", ":")) + "\n").encode()
-
-
-def _record_index(line: bytes) -> int:
-    """The sample index of a record line b'{"i":123,...}' (written by _dump, 'i' first)."""
-    return int(line[5:line.index(b",", 5)])
-
-
-def _drop_torn_tail(path: Path) -> None:
-    """Cut a file back to its last complete line (a write torn by SIGKILL or a crash)."""
-    if not path.is_file() or path.stat().st_size == 0:
-        return
-    with open(path, "rb+") as f:
-        size = f.seek(0, os.SEEK_END)
-        pos = size
-        while pos > 0:
-            step = min(65536, pos)
-            f.seek(pos - step)
-            chunk = f.read(step)
-            k = chunk.rfind(b"\n")
-            if k >= 0:
-                pos = pos - step + k + 1
-                break
-            pos -= step
-        if pos != size:
-            f.truncate(pos)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
 # 9. Sharding and decoding in workers
 # ----------------------------------------------------------------------------------------------------------------------
-
-@dataclass
-class Shard:
-    """This process's part of a run: block b belongs to rank b % world (torchrun's RANK / WORLD_SIZE)."""
-    rank: int = 0
-    world: int = 1
-
-    def mine(self, num_blocks: int) -> range:
-        return range(self.rank, num_blocks, self.world)
-
-
-def _distributed(device: str | None) -> tuple[Shard, str]:
-    """torchrun's RANK / WORLD_SIZE / LOCAL_RANK -> (Shard, device); a gloo group only for the barriers."""
-    world, rank = int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("RANK", 0))
-    local = int(os.environ.get("LOCAL_RANK", 0))
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group("gloo", timeout=datetime.timedelta(hours=24))   # rank 0 merges while others wait
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda":
-        device = f"cuda:{local}"
-        torch.cuda.set_device(device)
-    return Shard(rank, world), device
-
-
-def _barrier() -> None:
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
-
-
-class _Blocks(torch.utils.data.Dataset):
-    """Worker side: block k (sample indices) -> (k, good ids, units per id, one collated uint8 tensor per
-    load, {id: message} of the samples that could not be read). Nothing per sample crosses the queue."""
-
-    def __init__(self, samples: Samples, blocks: list[np.ndarray], load: Callable):
-        self.samples, self.blocks, self.load = samples, blocks, load
-
-    def __len__(self) -> int:
-        return len(self.blocks)
-
-    def __getitem__(self, k: int) -> tuple:
-        ids, counts, parts, errors = [], [], [], {}
-        for i in self.blocks[k]:
-            i = int(i)
-            try:
-                views = self.load(self.samples[i])                  # one (U, ...) uint8 tensor per group
-            except Unreadable as err:   # the file failed to decode (Sec. 3.3); any other error is a bug: raised
-                errors[i] = str(err)
-                continue
-            ids.append(i)
-            counts.append(len(views[0]))
-            parts.append(views)
-        cat = [torch.cat([p[g] for p in parts]) for g in range(len(parts[0]))] if parts else []
-        return k, np.asarray(ids, dtype=np.int64), np.asarray(counts, dtype=np.int64), cat, errors
-
-
-def _run_blocks(samples: Samples, blocks: list[np.ndarray], load: Callable, cfg: FilterConfig, what: str,
-                todo: Iterable[int]) -> Iterator[tuple]:
-    """Decode the blocks `todo` in DataLoader workers; yields `_Blocks` items in order."""
-    todo = list(todo)
-    if not todo:   # nothing to decode: no worker processes
-        return
-    ds = torch.utils.data.Subset(_Blocks(samples, blocks, load), todo)
-    loader = torch.utils.data.DataLoader(ds, batch_size=None, num_workers=cfg.workers, collate_fn=_as_is,
-                                         pin_memory=torch.device(cfg.device).type == "cuda")
-    progress, failed = _Progress(what, sum(len(blocks[k]) for k in todo), cfg.progress), 0
-    for item in loader:
-        yield item
-        failed += len(item[4])
-        progress.update(len(blocks[item[0]]), failed)
-    progress.close()
 
 
 class _UnitStream(torch.utils.data.IterableDataset):
@@ -1613,7 +1363,7 @@ class _UnitStream(torch.utils.data.IterableDataset):
                     views = [_load_units(plan[g][s:s + self.per_chunk], transform)
                              for g, (_, transform, _) in enumerate(self.loads)]
                     yield i, s, len(unit_info), views, (unit_info[s:s + self.per_chunk], rate), None
-            except Unreadable as err:   # unreadable at any chunk: the video is corrupt (Sec. 3.3)
+            except webscale.Unreadable as err:   # unreadable at any chunk: the video is corrupt (Sec. 3.3)
                 yield i, -1, 0, None, None, str(err)
 
 
@@ -1625,47 +1375,6 @@ class _Load:
 
     def __call__(self, sample: webscale.Sample) -> list[torch.Tensor]:
         return self.fn(sample, self.loads)
-
-
-class Unreadable(Exception):
-    """A web file that does not decode (Sec. 3.3: invalid or corrupted): recorded as corrupt and left out."""
-
-
-def _decode(fn: Callable, *args: object) -> object:
-    """fn(*args), a reader of a file (data.py / PyAV / Pillow); the errors that mean the file is broken become
-    Unreadable. Anything else (a bug in a transform, a teacher, our code) is raised as it is."""
-    try:
-        return fn(*args)
-    except DECODE_ERRORS as err:
-        raise Unreadable(f"{type(err).__name__}: {_first_line(err)}") from None
-
-
-class _Progress:
-    """'filter: WHAT: done/total (n unreadable) rate/s ETA' on stderr, redrawn in place on a terminal."""
-
-    def __init__(self, what: str, total: int, enabled: bool = True, every: float = 2.0):
-        self.what, self.total, self.enabled, self.every = what, total, enabled and total > 0, every
-        self.done, self.start, self.last, self.tty = 0, time.time(), 0.0, sys.stderr.isatty()
-
-    def update(self, n: int, failed: int) -> None:
-        self.done += n
-        now = time.time()
-        if not self.enabled or (now - self.last < self.every and self.done < self.total):
-            return
-        self.last = now
-        rate = self.done / max(now - self.start, 1e-6)
-        eta = time.strftime("%H:%M:%S", time.gmtime((self.total - self.done) / max(rate, 1e-6)))
-        print(f"filter: {self.what}: {self.done}/{self.total} ({failed} unreadable) {rate:.1f}/s ETA {eta}",
-              end="\r" if self.tty else "\n", file=sys.stderr, flush=True)
-
-    def close(self) -> None:
-        if self.enabled and self.tty:
-            print(file=sys.stderr)
-
-
-def _as_is(item: object) -> object:
-    """DataLoader collate_fn: items pass unchanged (numpy arrays stay numpy)."""
-    return item
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -1710,7 +1419,7 @@ def _floats(x: ArrayLike) -> float | list[float]:
     return float(str(a)) if a.ndim == 0 else [float(str(v)) for v in a]
 
 
-def _rank_tag(shard: Shard) -> str:
+def _rank_tag(shard: webscale.Shard) -> str:
     return f" [rank {shard.rank}/{shard.world}]" if shard.world > 1 else ""
 
 
@@ -1725,14 +1434,6 @@ def _check_out(data_root: str | Path, out: str, spec: data.DatasetSpec) -> Path:
         raise ValueError(f"--out {out}: {final} exists and is not an earlier filter.py output (no "
                          f"report.json); choose a new name")
     return final
-
-
-def _remove_empty_folders(root: Path) -> None:
-    """Remove the folders under (and including) `root` that hold no file, deepest first."""
-    if root.is_dir():
-        for folder in sorted((p for p in root.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)) + [root]:
-            if not any(folder.iterdir()):
-                folder.rmdir()
 
 
 def _piece_name(rel_path: str, index: int) -> str:
@@ -1753,10 +1454,6 @@ def _list_path(base: str, rel_path: str) -> str:
 
 def _rel(path: str | Path, base: str | Path) -> str:
     return Path(os.path.relpath(path, base)).as_posix()
-
-
-def _first_line(err: BaseException) -> str:
-    return (str(err).splitlines() or [""])[0]
 
 
 def _preview(names: Sequence[str], k: int = 3) -> str:

@@ -22,19 +22,24 @@ import bisect
 import collections
 import contextlib
 import ctypes
+import datetime
 import json
 import math
 import os
+import shutil
 import sys
 import threading
+import time
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import BinaryIO, Callable, Iterable, Iterator, Sequence
+from typing import Any, BinaryIO, Callable, Iterable, Iterator, Sequence
 
 import av
 import numpy as np
 import torch
+import torch.distributed as dist
+from PIL import Image
 
 
 VIDEO_EXTS = (".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v", ".flv", ".mpg", ".mpeg", ".3gp", ".ts")
@@ -1151,6 +1156,316 @@ def fsync(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Work folders of a sharded, resumable command (filter.py): records per rank, blocks decoded in workers
+# ----------------------------------------------------------------------------------------------------------------------
+
+WORK_FORMAT = "omnisource-filter-work-2"
+
+
+# what reading a broken file raises (Sec. 3.3): the OS (missing, unreadable; Pillow's UnidentifiedImageError and
+# truncated images are OSErrors), PyAV / FFmpeg, data.py's ValueErrors for bad files (empty, no video stream, no
+# frame, too short: VideoTooShortError, image too small) and Pillow's EOFError / DecompressionBombError. Only the
+# readers' calls are guarded (`decode`), so a ValueError of a transform is not mistaken for a broken file.
+DECODE_ERRORS = (OSError, av.FFmpegError, ValueError, EOFError, Image.DecompressionBombError)
+
+
+class Work:
+    """The work folder of a run (DATA_ROOT/.OUT.filter-work/), which survives crashes:
+
+    config.json            the scoring settings; another command refuses to reuse the folder
+    records-RANK.jsonl     one JSON object per sample ({"i": index, ...}): what the teachers saw (no decision),
+                           corrupt or duplicate; appended one block at a time
+    dedup-RANK.jsonl       finished de-duplication blocks {"b": block, "removed": [indices]}
+    dedup-feats-RANK-of-WORLD.pt  the rank's share of the val and whitening-subset features
+    dedup-val.pt           the val side of Sec. 3.3 (whitening, threshold, whitened val centre crops)
+    samples.jsonl, scores.npz, duplicates.txt   the records in sample order and their columns (`gather_records`),
+                           written when scoring ends; they move into the output
+    cut-RANK.jsonl         --cut-pieces: {"i": index, "pieces": n}, {"i": index, "error": message} or
+                           {"i": index, "removed": true} (the last line of a video counts)
+    progress-RANK.json     samples scored by the rank's last run
+    raw/                   --cut-pieces: the pieces of kept videos
+    Every rank appends to its own files only; every rank reads all of them (any earlier number of ranks).
+    """
+
+    def __init__(self, folder: str | Path, shard: Shard):
+        self.folder, self.shard = Path(folder), shard
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.scored, self._files = 0, {}
+
+    def claim(self, settings: dict, what: str) -> None:
+        """Start or continue the run of `settings`; a run of other settings is a one-line error."""
+        path = self.folder / "config.json"
+        settings = json.loads(json.dumps(dict(format=WORK_FORMAT, **settings)))
+        if path.is_file():
+            old = json.loads(path.read_text())
+            if old != settings:
+                key = next((k for k in settings if old.get(k) != settings[k]), "format")
+                raise ValueError(f"{what}: {self.folder} holds an unfinished run with other settings ({key}: "
+                                 f"{old.get(key)!r} there, {settings[key]!r} now); run that command again to "
+                                 f"finish it, or delete the folder to start over")
+        elif self.shard.rank == 0:
+            write_atomic(path, json.dumps(settings, indent=1) + "\n")
+        barrier()
+
+    def append(self, kind: str, records: Iterable[dict]) -> None:
+        """Append records (dicts, 'i' first) to this rank's KIND file: one write, flushed (survives SIGKILL)."""
+        f = self._files.get(kind)
+        if f is None:
+            path = self.folder / f"{kind}-{self.shard.rank:05d}.jsonl"
+            drop_torn_tail(path)
+            f = self._files[kind] = open(path, "ab")
+        f.write(b"".join(dump(r) for r in records))
+        f.flush()
+
+    def lines(self, kind: str) -> Iterator[tuple[int, int, bytes]]:
+        """(file number, byte offset, line) of every complete line of every rank's KIND file."""
+        for number, path in enumerate(sorted(self.folder.glob(f"{kind}-*.jsonl"))):
+            with open(path, "rb") as f:
+                offset = 0
+                for line in f:
+                    if line.endswith(b"\n"):   # a torn last line (killed mid-write) is ignored
+                        yield number, offset, line
+                    offset += len(line)
+
+    def files(self, kind: str) -> list[Path]:
+        return sorted(self.folder.glob(f"{kind}-*.jsonl"))
+
+    def done(self, num_samples: int) -> np.ndarray:
+        """bool (N,): samples with a record (from any rank, any earlier run)."""
+        done = np.zeros(num_samples, dtype=bool)
+        for _, _, line in self.lines("records"):
+            done[record_index(line)] = True
+        return done
+
+    def close(self) -> None:
+        for f in self._files.values():
+            os.fsync(f.fileno())
+            f.close()
+        self._files = {}
+        write_atomic(self.folder / f"progress-{self.shard.rank:05d}.json",
+                          json.dumps(dict(rank=self.shard.rank, world=self.shard.world, scored=self.scored)))
+
+    def scored_now(self) -> int:
+        """Samples scored by the ranks of the last run (their progress files)."""
+        total = 0
+        for p in self.folder.glob("progress-*.json"):
+            r = json.loads(p.read_text())
+            total += r["scored"] if r["world"] == self.shard.world else 0
+        return total
+
+
+def records_in_order(work: Work, pick: np.ndarray, number: np.ndarray, offset: np.ndarray) -> Iterator[tuple]:
+    """(sample index, its last record's line) for every sample with a record, in sample order, streamed."""
+    handles = [open(p, "rb") for p in work.files("records")]
+    try:
+        for i in np.flatnonzero(pick >= 0).tolist():
+            f = handles[number[pick[i]]]
+            f.seek(offset[pick[i]])
+            yield i, f.readline()
+    finally:
+        for f in handles:
+            f.close()
+
+
+def last_records(work: Work, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(pick (n,), file number, offset) of the records in the work folder: pick[i] indexes the last record of
+    sample i (a block redone after a crash), -1 when it has none. Three int64 columns, no object per record."""
+    columns = [array.array("q") for _ in range(3)]
+    for f, o, line in work.lines("records"):
+        columns[0].append(record_index(line))
+        columns[1].append(f)
+        columns[2].append(o)
+    index, number, offset = (np.frombuffer(c, dtype=np.int64) if len(c) else np.zeros(0, np.int64) for c in columns)
+    order = np.lexsort((np.arange(len(index)), index))
+    last = np.append(index[order][1:] != index[order][:-1], True) if len(order) else np.zeros(0, bool)
+    pick = np.full(n, -1, dtype=np.int64)
+    pick[index[order][last]] = order[last]
+    return pick, number, offset
+
+
+@contextlib.contextmanager
+def staged_output(final: str | Path) -> Iterator[Path]:
+    """Yield a hidden temporary sibling of `final`; on success it replaces `final` by renames, on error
+    (or Ctrl-C) it is removed and `final` is left as it was (the run's records stay in its work folder)."""
+    final = Path(final)
+    tmp = final.parent / f".{final.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    old = final.parent / f".{final.name}.old-{os.getpid()}"
+    if final.exists():
+        os.rename(final, old)
+    os.rename(tmp, final)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def link(src: Path, dst: Path) -> None:
+    """dst: the same file as src (a hard link; a copy where the file system has none)."""
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copyfile(src, dst)
+
+
+def dump(record: dict) -> bytes:
+    return (json.dumps(record, separators=(",", ":")) + "\n").encode()
+
+
+def record_index(line: bytes) -> int:
+    """The sample index of a record line b'{"i":123,...}' (written by dump, 'i' first)."""
+    return int(line[5:line.index(b",", 5)])
+
+
+def drop_torn_tail(path: Path) -> None:
+    """Cut a file back to its last complete line (a write torn by SIGKILL or a crash)."""
+    if not path.is_file() or path.stat().st_size == 0:
+        return
+    with open(path, "rb+") as f:
+        size = f.seek(0, os.SEEK_END)
+        pos = size
+        while pos > 0:
+            step = min(65536, pos)
+            f.seek(pos - step)
+            chunk = f.read(step)
+            k = chunk.rfind(b"\n")
+            if k >= 0:
+                pos = pos - step + k + 1
+                break
+            pos -= step
+        if pos != size:
+            f.truncate(pos)
+
+
+@dataclass
+class Shard:
+    """This process's part of a run: block b belongs to rank b % world (torchrun's RANK / WORLD_SIZE)."""
+    rank: int = 0
+    world: int = 1
+
+    def mine(self, num_blocks: int) -> range:
+        return range(self.rank, num_blocks, self.world)
+
+
+def distributed(device: str | None) -> tuple[Shard, str]:
+    """torchrun's RANK / WORLD_SIZE / LOCAL_RANK -> (Shard, device); a gloo group only for the barriers."""
+    world, rank = int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("RANK", 0))
+    local = int(os.environ.get("LOCAL_RANK", 0))
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("gloo", timeout=datetime.timedelta(hours=24))   # rank 0 merges while others wait
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda":
+        device = f"cuda:{local}"
+        torch.cuda.set_device(device)
+    return Shard(rank, world), device
+
+
+def barrier() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+class Blocks(torch.utils.data.Dataset):
+    """Worker side: block k (sample indices) -> (k, good ids, units per id, one collated uint8 tensor per
+    load, {id: message} of the samples that could not be read). Nothing per sample crosses the queue."""
+
+    def __init__(self, samples: SampleList | list[Sample], blocks: list[np.ndarray], load: Callable):
+        self.samples, self.blocks, self.load = samples, blocks, load
+
+    def __len__(self) -> int:
+        return len(self.blocks)
+
+    def __getitem__(self, k: int) -> tuple:
+        ids, counts, parts, errors = [], [], [], {}
+        for i in self.blocks[k]:
+            i = int(i)
+            try:
+                views = self.load(self.samples[i])                  # one (U, ...) uint8 tensor per group
+            except Unreadable as err:   # the file failed to decode (Sec. 3.3); any other error is a bug: raised
+                errors[i] = str(err)
+                continue
+            ids.append(i)
+            counts.append(len(views[0]))
+            parts.append(views)
+        cat = [torch.cat([p[g] for p in parts]) for g in range(len(parts[0]))] if parts else []
+        return k, np.asarray(ids, dtype=np.int64), np.asarray(counts, dtype=np.int64), cat, errors
+
+
+def run_blocks(samples: SampleList | list[Sample], blocks: list[np.ndarray], load: Callable, cfg: Any, what: str,
+                todo: Iterable[int]) -> Iterator[tuple]:
+    """Decode the blocks `todo` in cfg.workers DataLoader workers; yields `Blocks` items in order (a progress line
+    when cfg.progress; pinned memory when cfg.device is a GPU). cfg: filter.FilterConfig."""
+    todo = list(todo)
+    if not todo:   # nothing to decode: no worker processes
+        return
+    ds = torch.utils.data.Subset(Blocks(samples, blocks, load), todo)
+    loader = torch.utils.data.DataLoader(ds, batch_size=None, num_workers=cfg.workers, collate_fn=as_is,
+                                         pin_memory=torch.device(cfg.device).type == "cuda")
+    progress, failed = Progress(what, sum(len(blocks[k]) for k in todo), cfg.progress), 0
+    for item in loader:
+        yield item
+        failed += len(item[4])
+        progress.update(len(blocks[item[0]]), failed)
+    progress.close()
+
+
+class Unreadable(Exception):
+    """A web file that does not decode (Sec. 3.3: invalid or corrupted): recorded as corrupt and left out."""
+
+
+def decode(fn: Callable, *args: object) -> object:
+    """fn(*args), a reader of a file (data.py / PyAV / Pillow); the errors that mean the file is broken become
+    Unreadable. Anything else (a bug in a transform, a teacher, our code) is raised as it is."""
+    try:
+        return fn(*args)
+    except DECODE_ERRORS as err:
+        raise Unreadable(f"{type(err).__name__}: {first_line(err)}") from None
+
+
+class Progress:
+    """'filter: WHAT: done/total (n unreadable) rate/s ETA' on stderr, redrawn in place on a terminal."""
+
+    def __init__(self, what: str, total: int, enabled: bool = True, every: float = 2.0):
+        self.what, self.total, self.enabled, self.every = what, total, enabled and total > 0, every
+        self.done, self.start, self.last, self.tty = 0, time.time(), 0.0, sys.stderr.isatty()
+
+    def update(self, n: int, failed: int) -> None:
+        self.done += n
+        now = time.time()
+        if not self.enabled or (now - self.last < self.every and self.done < self.total):
+            return
+        self.last = now
+        rate = self.done / max(now - self.start, 1e-6)
+        eta = time.strftime("%H:%M:%S", time.gmtime((self.total - self.done) / max(rate, 1e-6)))
+        print(f"filter: {self.what}: {self.done}/{self.total} ({failed} unreadable) {rate:.1f}/s ETA {eta}",
+              end="\r" if self.tty else "\n", file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self.enabled and self.tty:
+            print(file=sys.stderr)
+
+
+def as_is(item: object) -> object:
+    """DataLoader collate_fn: items pass unchanged (numpy arrays stay numpy)."""
+    return item
+
+
+def remove_empty_folders(root: Path) -> None:
+    """Remove the folders under (and including) `root` that hold no file, deepest first."""
+    if root.is_dir():
+        for folder in sorted((p for p in root.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)) + [root]:
+            if not any(folder.iterdir()):
+                folder.rmdir()
+
+
+def first_line(err: BaseException) -> str:
+    return (str(err).splitlines() or [""])[0]
 
 
 # ----------------------------------------------------------------------------------------------------------------------

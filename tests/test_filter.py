@@ -484,11 +484,11 @@ def test_staged_output_is_atomic(tmp_path):
     final.mkdir()
     (final / "train.txt").write_text("old\n")
     with pytest.raises(RuntimeError):
-        with flt.staged_output(final) as tmp:
+        with webscale.staged_output(final) as tmp:
             (tmp / "train.txt").write_text("half")
             raise RuntimeError("crash mid-run")
     assert (final / "train.txt").read_text() == "old\n" and sorted(p.name for p in tmp_path.iterdir()) == ["out"]
-    with flt.staged_output(final) as tmp:
+    with webscale.staged_output(final) as tmp:
         (tmp / "train.txt").write_text("new\n")
     assert (final / "train.txt").read_text() == "new\n" and sorted(p.name for p in tmp_path.iterdir()) == ["out"]
 
