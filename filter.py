@@ -7,108 +7,78 @@
     torchrun --nnodes N --nproc_per_node G filter.py ...      (the same command, split over N x G processes)
     python train.py --data-root data --target synth --aux web-img-f,untr-2d
 
-What happens to a web source, in order:
+Sec. 3.3  Invalid or corrupted files (zero-byte, truncated, an HTML page named .jpg or .mp4, a file gone mid-run) are
+          found while decoding, recorded and left out; only the readers' errors mean "corrupt"
+          (webscale.DECODE_ERRORS), any other exception stops the run. --dedup-against: web samples with a frame too
+          similar to a val frame of the target are removed and listed in duplicates.txt (`deduplicate`): frame
+          features of an ImageNet ResNet-50, PCA whitening (`Whitening`, fitted on the val frames and a fixed, evenly
+          spaced subset of at most 10,000 web samples, at most 256 dimensions), each web frame's best cosine match
+          among the val frames (`best_match`, `find_duplicates`), above the mean similarity between different crops of
+          the same val frame (`dedup_threshold`).
+Sec. 3.4  Teacher filtering, decided once over the whole crawl (`decide` -> `keep_decision`) from what the teachers
+          saw of every sample (webscale.Seen): mode 'query' keeps a sample when p(query class) >= T_c and labels it with its
+          query class; mode 'pseudo' when the top probability >= T_c, labelled with the argmax (Sec. 3.2's
+          PseudoLabel). T_c comes from --rule (`RULES`): 'fixed' (T for every class, the paper's) or 'class-adaptive'
+          (FlexMatch-style). Several teachers are averaged (`ensemble`, Fig. 6: better teachers, better students).
+          Web images are scored by 2D (TSN) teachers only ("deflating 3D teachers" hurts), short videos by 2D or 3D
+          teachers. Query classes are matched to the teachers' classes BY NAME; in query mode a sample whose query
+          class is not a teacher class is left out and counted.
+Sec. 3.5  Untrimmed videos (Fig. 2 right), the whole policy (other modules point here):
+          units     --student 2d: frames at 1 FPS (--fps; `one_fps_indices`, the centre frame of each second);
+                    --student 3d: 10-s windows (--piece-seconds; `window_ranges`, the frames data.cut_video puts in
+                    each piece); a 'raw' source (videos cut already, RawVideoDataset): its pieces.
+          scoring   a frame: one frame through 2D teachers; a window or a piece: like a short video, the teachers'
+                    test sampling over its frames. Decoded and scored in chunks of units (--chunk-frames), never a
+                    whole video in one tensor.
+          decision  a video's class probabilities are those of its most confident unit (`untrimmed_scores`), so
+                    `keep_decision` keeps it when at least one unit reaches T_c (default T = 0.5) for its label;
+                    its positive units are those whose p(label) >= the threshold it was held to
+                    (`untrimmed_decision`); a dropped video has none.
+          training  2D student: the line 'PATH LABEL' and, in the sidecar train_frame_scores.json
+                    (webscale.FrameScores), the 1-FPS frame indices, their p(label) and the threshold;
+                    data.VideoDataset(snippet=...) with transforms.select_snippet builds Table 14's TSN snippets from
+                    them (1 positive + 2 negative frames by default). 3D student: the line names the positive windows
+                    by time, data.py's 'windows' kind 'PATH LABEL START:END [START:END ...]' (seconds, 3 decimals;
+                    frame k is shown at k / fps, data.window_frames), decoded with seeking (a random positive window
+                    per training item); --cut-pieces instead cuts kept videos into re-encoded pieces
+                    OUT/raw/NAME/part_N.mp4 listed as MMAction2 RawVideoDataset lines 'raw/NAME LABEL NUM_PIECES
+                    POS_IDX...' (same windows, same scores).
 
-  Sec. 3.3  Invalid or corrupted files (zero-byte, truncated, an HTML page named .jpg or .mp4, a file that
-            disappears mid-run) are found while decoding, recorded and left out; nothing crashes. Only the
-            readers' errors mean "corrupt" (`DECODE_ERRORS`); any other exception stops the run.
-            De-duplication against the target's val split (--dedup-against): frame features of an
-            ImageNet-style ResNet-50 (the val frames and the whitening subset extracted by every rank for its
-            share of blocks), PCA whitening fitted on the val frames and a fixed, evenly spaced subset
-            of at most 10,000 web samples (so every rank and every rerun agree) and reduced to at most 256
-            dimensions, cosine similarity in float32 on the device, web x val in chunks keeping only each web
-            frame's best match (memory: the val features plus one chunk); the threshold is the mean similarity
-            between different crops of the same val frame; web samples above it are suspicious duplicates,
-            removed and listed in duplicates.txt (`Whitening`, `dedup_threshold`, `best_match`,
-            `find_duplicates`, `deduplicate`).
-  Sec. 3.4  Teacher filtering, decided once over the whole crawl (`decide` -> `keep_decision`) from what the
-            teachers saw of every sample (`Scores`): mode 'query' keeps a sample when the teacher's probability
-            of its query class is >= T and labels it with that class; mode 'pseudo' keeps it when the top
-            probability is >= T and labels it with the argmax (Sec. 3.2's PseudoLabel). The threshold of each
-            class comes from a rule (`RULES`, --rule): 'fixed' (T, the paper's) or 'class-adaptive'
-            (FlexMatch-style T * beta_c). Several teachers: their probabilities are averaged (`ensemble`;
-            Fig. 6, better teachers give better students). Web images are scored by 2D (TSN) teachers only
-            ("deflating 3D teachers" hurts); short videos by 2D or 3D teachers. Query classes are matched to
-            the teachers' classes BY NAME (so are the classes of several teachers); in query mode samples
-            whose query class is not a teacher class are left out and counted.
-  Sec. 3.5  Untrimmed videos (Fig. 2 right), decoded and scored in bounded chunks of units, never a whole
-            video in one tensor. --student 2d: frames at 1 FPS scored one by one by 2D teachers, positive
-            when p(label) >= T; a video with at least one positive frame is kept, its frame indices and
-            scores go to the sidecar train_frame_scores.json, from which data.VideoDataset(snippet=...)
-            builds the snippets of Table 14 (1 positive + 2 negative frames by default).
-            --student 3d: the video's 10-s windows (the frames data.cut_video would put in each piece) are
-            scored like short videos; a kept video's line names its positive windows BY TIME, decoded with
-            seeking at training time (data.py's 'windows' kind):
-                PATH LABEL START:END [START:END ...]      (seconds, 3 decimals; frame k is shown at k / fps)
-            --cut-pieces instead cuts kept videos into re-encoded pieces (MMAction2 RawVideoDataset lines
-            'raw/NAME LABEL NUM_PIECES POS_IDX...' over OUT/raw/NAME/part_N.mp4; same windows, same scores).
-            A video's decision uses its most confident unit (frame / window): `untrimmed_scores`; its
-            positive units are those at or above the threshold it was held to: `untrimmed_decision`.
-  Fig. 3    report.json (small) counts every class before and after filtering; samples.jsonl holds one
-            record per sample of what the teachers saw (query-class, top and top-5 probabilities, units of
-            untrimmed videos), scores.npz the same as columns (`Seen`), decision.npz the decision of each.
-  Re-deciding: the same command on a finished output with another --threshold, --mode, --rule or
-            --cut-pieces decides again from its scores.npz (what the teachers saw, float32 as they gave it,
-            written once when scoring ended): no teacher is loaded or run, no record is read or rewritten, and
-            the output is what a fresh run with those flags writes (seconds for millions of samples: the
-            decision is vectorised, the list built from the source list's path buffer in one join). Other
-            scoring settings (teachers, --student, --clips, ...) score again.
-
-At web scale (millions of samples, many GPUs, crashes):
-  - Sharding: under torchrun (RANK / WORLD_SIZE / LOCAL_RANK) the samples are cut into blocks of --batch-size
-    (untrimmed videos: one video per block); block b goes to rank b % WORLD_SIZE, which runs on
-    cuda:LOCAL_RANK (or the CPU). A block is one decoding batch and one teacher forward whatever the number
-    of ranks, so every number, and the outputs byte for byte (train.txt, its sidecar, samples.jsonl,
-    duplicates.txt, classes.txt; scores.npz and decision.npz array for array; report.json also records the
-    run's ranks and time), are the same as one process gives. Processes only meet at barriers (gloo);
-    DATA_ROOT must be shared by all nodes.
-  - Resume: each rank appends its records (JSON lines, one write + flush per block) to its own file in the
-    work folder DATA_ROOT/.OUT.filter-work/; the same command again after a crash, Ctrl-C or SIGKILL
-    (with any number of ranks) skips the blocks already recorded (a torn last line is ignored) and ends with
-    the output an uninterrupted run gives. A failure deletes nothing written; the work folder is removed
-    only after the output is in place. Another command with different scoring settings refuses to touch it
-    (another --threshold, --mode, --rule or --cut-pieces is free: nothing scored depends on them).
-  - Memory: per sample only the record of its block is held (query-class and top probabilities, top-5);
-    rank 0 gathers the records by sample index once, streaming, into columns of N numbers (+ the units of
-    untrimmed videos); every rank decides from those columns.
-  - Speed: workers return whole collated uint8 batches (`_Blocks`), normalised on the device; teachers run
-    per batch under --amp.
-
-Outputs in DATA_ROOT/OUT/ (built in a hidden sibling folder from the work folder's records and renamed into
-place at the end, so a crash or Ctrl-C leaves any earlier output untouched): classes.txt (the teacher's
-classes), train.txt (paths relative to DATA_ROOT/OUT/; `train.py --aux OUT` reads it), train_frame_scores.json
-(2D untrimmed), raw/ (--cut-pieces), report.json (summary: counts, Fig. 3 per class), decision.npz (per sample:
-status into STATUSES, label, deciding score, threshold, positive units; cut failures), and what the teachers saw,
-written once: samples.jsonl (one record per sample, in list order), scores.npz (`Seen`) and duplicates.txt.
-Then rank 0 draws the step's figures beside them (figures.filter_figures: contact_sheet.png,
-class_histogram.png, filter_quality.png, timeline.png).
-
-Scoring protocol (a cheap version of each teacher's test protocol): resize the short side to
-round(crop * 256 / 224), one centre crop of the teacher's crop size; images: one frame (a TSN's average
-consensus over identical frames is that frame's output, so this equals the image repeated to the segment
-count); videos and windows: the teacher's test sampling with 8 segments (TSN) or 3 clips (3D) (--clips);
-untrimmed frames: one frame each. Crawled JPEGs are decoded reduced (data.read_image's draft mode) down to the
-short side the transform resizes to. Teachers are plain objects here: any nn.Module with `.spec`
-(models.ArchSpec), `.classes` and `.source` works with `run_filter` and the scoring functions, so tests can use
-a stub.
+Outputs in DATA_ROOT/OUT/ (built in a hidden sibling and renamed into place, so a crash leaves an earlier output as it
+was): train.txt (paths relative to OUT/; `train.py --aux OUT` reads it), train_frame_scores.json, raw/, classes.txt
+(the teachers' classes), report.json (counts; Fig. 3 per class), decision.npz (per sample: status into STATUSES, label,
+deciding score, threshold, positive units; cut failures) and what the teachers saw, written once: samples.jsonl (one
+record per sample, in list order), scores.npz (the same as columns, webscale.Seen) and duplicates.txt. Then rank 0 draws the
+step's figures beside them (figures.filter_figures).
+Re-deciding: the same command on a finished output with another --threshold, --mode, --rule (or rule VALUE) or
+--cut-pieces decides again from its scores.npz: no teacher is loaded, no record is read or rewritten, and the output is
+what a fresh run with those flags writes. Other scoring settings (teachers, --student, --clips, ...) score again.
+At web scale (webscale.py, "Work folders"): under torchrun the samples are cut into blocks of --batch-size (untrimmed
+videos: one per block), block b goes to rank b % WORLD_SIZE on cuda:LOCAL_RANK (or the CPU), and every output is byte
+for byte what one process writes (report.json also records the ranks and time); each rank appends its records to the
+work folder DATA_ROOT/.OUT.filter-work/, so the same command after a crash or SIGKILL resumes where they stop (with any
+number of ranks); rank 0 gathers them once into columns, every rank decides from them. DATA_ROOT is shared by all nodes.
+Scoring protocol (a cheap version of each teacher's test protocol): short side resized to round(crop * 256 / 224), one
+centre crop; an image is one frame (a TSN's average over identical frames is that frame's output), crawled JPEGs
+decoded reduced (draft mode); a video, window or piece: 8 segments (TSN) or 3 clips (3D) (--clips); a 1-FPS frame: one
+frame. A teacher is any nn.Module with `.spec` (models.ArchSpec), `.classes` and `.source` (tests use stubs).
+Global state: torchrun's process group (webscale.distributed), torn down at the end of `main`.
 """
 from __future__ import annotations
 
 import argparse
-import array
 import json
 import os
-import posixpath
 import shutil
 import sys
 import time
 from dataclasses import dataclass, field, fields
+from functools import partial
 from pathlib import Path
 from typing import Callable, Collection, Iterator, Sequence
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from torch import nn
 
 import checkpoints
@@ -125,21 +95,18 @@ AMPS = ("none", *models.AMP_DTYPES)
 DEFAULT_CLIPS = {"tsn": 8, "3d": 3}   # video scoring: TSN segments / 3D clips (cheap test protocol)
 DEDUP_CROPS = 5                       # crops per val frame for the de-duplication threshold (Sec. 3.3)
 DEDUP_DIMS = 256                      # Sec. 3.3: whitened features reduced to at most this many dimensions
+DEDUP_WHITENING = 10000               # web samples (evenly spaced) whose frames join the val frames in the whitening
 TOP_K = 5                             # classes (and probabilities) kept per sample in samples.jsonl
 # how a sample is scored (`_route_codes`): images; short videos and frame folders; untrimmed videos as 1-FPS frames
 # (2D student) or as 10-s windows (3D student); raw videos already cut into pieces
 ROUTES = ("images", "videos", "one_fps", "windows", "raw")
 # the settings that only the decision depends on: another value re-decides a finished run from its columns
 DECISION_KEYS = ("mode", "threshold", "rule", "cut_pieces")
-SEEN = ("scored", "corrupt", "duplicate")                                # what the teachers saw (scores.npz 'state')
 STATUSES = ("kept", "dropped", "unknown_query", "corrupt", "duplicate")  # the decision (decision.npz 'status')
-SCORES_FORMAT = "omnisource-filter-scores-1"
 LINES_AT_ONCE = 1 << 18                   # list lines built and written at once (`write_outputs`)
-# written once when scoring ends, never rewritten by a re-decide (they hold what the teachers saw)
-SEEN_FILES = ("samples.jsonl", "scores.npz", "duplicates.txt")
-# the signatures' types: a web source's samples (a list, or the compact list of millions, webscale.SampleList);
-# per group of teachers, how its input is decoded (data.Sampling), transformed into uint8 views and the short side the
-# transform resizes to (a JPEG is decoded reduced down to it)
+SEEN_FILES = ("samples.jsonl", "scores.npz", "duplicates.txt")   # written once, never rewritten by a re-decide
+# a web source's samples (a list, or the compact list of millions); per group of teachers, how its input is decoded,
+# transformed into uint8 views and the short side the transform resizes to (a JPEG is decoded reduced down to it)
 Samples = list[webscale.Sample] | webscale.SampleList
 Loads = list[tuple[data.Sampling, Callable, int]]
 ArrayLike = np.ndarray | Sequence
@@ -160,8 +127,8 @@ def ensemble(prob_list: Sequence[ArrayLike | torch.Tensor]) -> torch.Tensor:
 
 @dataclass
 class Scores:
-    """What the teachers saw of N samples, everything a rule decides from (the records' columns, float32 as
-    the teachers gave them; NaN / -1 where a sample was not scored: corrupt or a duplicate)."""
+    """What the teachers saw of N samples, all a rule decides from (float32 as the teachers gave them; NaN / -1
+    where a sample was not scored: corrupt or a duplicate)."""
     query: np.ndarray        # (N,) int64: the crawl query's class as a teacher class (-1: not a teacher class)
     query_p: np.ndarray      # (N,) float32: p(query class) ('query' mode decides on it)
     top_class: np.ndarray    # (N,) int64: argmax class ('pseudo' mode's label, Sec. 3.2's PseudoLabel)
@@ -188,12 +155,10 @@ def fixed_thresholds(labels: np.ndarray, p: np.ndarray, num_classes: int, thresh
 def class_adaptive_thresholds(labels: np.ndarray, p: np.ndarray, num_classes: int, threshold: float) -> np.ndarray:
     """Class-adaptive thresholds adapted from FlexMatch (Zhang et al., NeurIPS 2021): T_c = T * beta_c.
 
-    beta_c = (mean deciding probability of the samples labelled c) / (the largest such mean over classes), so
-    the class the teacher is most confident about keeps T and classes it finds hard get a lower bar. FlexMatch
-    estimates a class's learning effect from the number of confident predictions during training; here the crawl
-    is scored once, so the mean probability over all of the class's samples is the (linear) estimate. A class
-    with no scored sample keeps T (no sample is held to it). labels / p (N,): each sample's deciding label and
-    probability (NaN: not scored). Returns (K,) per-class thresholds.
+    beta_c = (mean deciding probability of the samples labelled c) / (the largest such mean), so the class the
+    teacher is most confident about keeps T and hard classes get a lower bar (FlexMatch counts confident predictions
+    during training; the crawl is scored once, so the class's mean probability is the estimate). A class with no
+    scored sample keeps T. labels / p (N,): each sample's deciding label and probability (NaN: not scored).
     """
     ok = ~np.isnan(p) & (labels >= 0)
     counts = np.bincount(labels[ok], minlength=num_classes)
@@ -204,37 +169,52 @@ def class_adaptive_thresholds(labels: np.ndarray, p: np.ndarray, num_classes: in
     return float(threshold) * np.where(counts > 0, mean / np.nanmax(mean), 1.0)
 
 
-# --rule: a rule maps each sample's deciding label and probability over the whole crawl to per-class thresholds
-RULES: dict[str, Callable[[np.ndarray, np.ndarray, int, float], np.ndarray]] = {
-    "fixed": fixed_thresholds, "class-adaptive": class_adaptive_thresholds}
+# --rule NAME or NAME:VALUE: NAME -> (rule, the type of its VALUE, None for a rule without one). A rule maps every
+# sample's deciding label and probability (N,) over the whole crawl, K, T (and VALUE) to the threshold of each class
+# (K,). A new rule is one function and one entry here; its VALUE is part of the decision (another re-decides).
+RULES: dict[str, tuple[Callable[..., np.ndarray], type | None]] = {
+    "fixed": (fixed_thresholds, None), "class-adaptive": (class_adaptive_thresholds, None)}
+
+
+def parse_rule(text: str) -> tuple[Callable[..., np.ndarray], tuple]:
+    """--rule NAME[:VALUE] -> (the rule, its extra arguments: () or (VALUE,)); else a one-line ValueError. The rule
+    runs once on an empty crawl, so a VALUE it refuses is refused here (omnisource.py checks its --rule with this)."""
+    name, colon, value = str(text).partition(":")
+    rule, kind = RULES.get(name, (None, None))
+    try:
+        if rule is not None and (kind is None) != bool(colon):
+            extra = () if kind is None else (kind(value),)
+            rule(np.zeros(0, np.int64), np.zeros(0, np.float32), 1, 0.5, *extra)
+            return rule, extra
+        problem = ""
+    except ValueError as err:
+        problem = f" ({webscale.first_line(err)})"
+    names = ", ".join(n if k is None else f"{n}:{k.__name__.upper()}" for n, (_, k) in RULES.items())
+    raise ValueError(f"--rule {text}: expected one of {names}{problem}")
 
 
 def keep_decision(scores: Scores, num_classes: int, mode: str = "query", threshold: float = 0.5,
                   rule: str = "fixed") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Sec. 3.4: which samples are kept and with which label, decided over the whole crawl at once.
 
-    'query':  the deciding probability is p(query class), the label the query class (-1: never kept);
-    'pseudo': the deciding probability is the top probability, the label the argmax (Sec. 3.2's PseudoLabel).
-    A sample is kept when its deciding probability >= its class's threshold (`RULES[rule]`; 'fixed': T).
+    'query': the deciding probability is p(query class), the label the query class (-1: never kept); 'pseudo': the
+    top probability and the argmax. Kept when the deciding probability >= its class's threshold (--rule `rule`).
     Returns (keep bool (N,), labels int64 (N,), threshold each sample was held to float64 (N,)).
     """
-    if mode not in MODES or rule not in RULES:
-        raise ValueError(f"filter.keep_decision: mode must be one of {MODES} and rule one of {tuple(RULES)}, got "
-                         f"{mode!r}, {rule!r}")
+    if mode not in MODES:
+        raise ValueError(f"filter.keep_decision: mode must be one of {MODES}, got {mode!r}")
+    thresholds, extra = parse_rule(rule)
     labels, p = (scores.query, scores.query_p) if mode == "query" else (scores.top_class, scores.top_p)
-    per_class = RULES[rule](labels, p, num_classes, threshold)                          # (K,)
+    per_class = thresholds(labels, p, num_classes, threshold, *extra)                          # (K,)
     held = np.where(labels >= 0, per_class[np.clip(labels, 0, num_classes - 1)], np.inf)
     return (labels >= 0) & (p >= held), labels.copy(), held
 
 
 def untrimmed_scores(unit_probs: ArrayLike | torch.Tensor, query: int) -> tuple[np.ndarray, np.ndarray | None,
                                                                                   np.ndarray]:
-    """Sec. 3.5: what decides an untrimmed video, from its units (1-FPS frames or 10-s windows) (U, K).
-
-    The video's probability of each class is its most confident unit's (max over units), so `keep_decision`
-    keeps it exactly when at least one unit is positive. Returns (the video's probabilities (K,), the units'
-    p(query class) (U,) (None without a query class), the units' p(the video's argmax class) (U,)).
-    """
+    """Sec. 3.5 (policy: the module docstring): an untrimmed video's units (U, K) -> (the video's probabilities
+    (K,): its most confident unit's, the units' p(query class) (U,) (None without a query class), the units'
+    p(the video's argmax class) (U,))."""
     p = np.asarray(unit_probs, dtype=np.float32)
     video = p.max(axis=0)
     top = int(np.nan_to_num(video, nan=-1.0).argmax())
@@ -249,11 +229,9 @@ def untrimmed_decision(unit_scores: ArrayLike, keep: bool | ArrayLike, threshold
 
 
 def one_fps_indices(num_frames: int, video_fps: float, fps: float = 1.0) -> np.ndarray:
-    """Sec. 3.5: frames "extracted at a low frame rate": the centre frame of each 1/fps-second window.
-
-    Window k covers [k, k + 1) / fps seconds; its frame is floor((k + 0.5) * video_fps / fps). Windows whose
-    centre lies past the end are left out; a video shorter than half a window gives its middle frame.
-    """
+    """Sec. 3.5: frames "extracted at a low frame rate": window k covers [k, k + 1) / fps seconds, its frame is
+    floor((k + 0.5) * video_fps / fps); windows whose centre lies past the end are left out; a video shorter than
+    half a window gives its middle frame."""
     if num_frames < 1 or not video_fps > 0 or not fps > 0:
         raise ValueError(f"filter.one_fps_indices: need num_frames >= 1 and rates > 0, got {num_frames}, "
                          f"{video_fps}, {fps}")
@@ -265,53 +243,85 @@ def one_fps_indices(num_frames: int, video_fps: float, fps: float = 1.0) -> np.n
 
 def window_ranges(num_frames: int, video_fps: float, seconds: float = 10.0) -> np.ndarray:
     """Sec. 3.5: the 10-s windows of an untrimmed video as frame ranges [first, stop) (P, 2), exactly the frames
-    data.cut_video puts in each piece: n = round(seconds * fps) frames each, a tail shorter than n / 2 joins
-    the last window, a video shorter than one window is one window."""
+    data.cut_video puts in each piece: round(seconds * fps) frames each, a tail shorter than half joins the last
+    window, a video shorter than one window is one window."""
     per = max(1, round(seconds * float(video_fps)))
     num = max(1, int(num_frames / per + 0.5))
     first = np.arange(num, dtype=np.int64) * per
-    stop = np.append(first[1:], num_frames)
-    return np.stack([first, stop], axis=1)
+    return np.stack([first, np.append(first[1:], num_frames)], axis=1)
+
+
+def decide(seen: webscale.Seen, num_classes: int, cfg: FilterConfig) -> dict[str, np.ndarray]:
+    """Sec. 3.4 and 3.5 once over the whole crawl, the one place a rule is applied: what the teachers saw
+    (webscale.Seen: the records' columns, scores.npz) -> `keep_decision` under cfg.mode / threshold / rule and the
+    positive units of untrimmed videos (`untrimmed_decision`). Every rank decides the same from the same columns.
+
+    Returns decision.npz's columns: status uint8 (N,) into STATUSES; label int64 (N,) (-1 unless kept); score
+    float32 (N,), the deciding probability, and threshold float64 (N,), the one it was held to (NaN unless kept or
+    dropped); positive_units int64 (N,) (-1 unless a decided video with units); unit_positive bool (M,).
+    """
+    s, n = Scores(seen.query, seen.query_p, seen.top_class, seen.top_p), len(seen.state)
+    keep, label, held = keep_decision(s, num_classes, cfg.mode, cfg.threshold, cfg.rule)
+    scored = seen.state == webscale.SEEN.index("scored")
+    decided = scored & (label >= 0)          # query mode, the query class is not a teacher class: left out
+    keep &= decided
+    status = np.select([keep, decided, scored, seen.state == webscale.SEEN.index("corrupt")],
+                       [STATUSES.index(x) for x in ("kept", "dropped", "unknown_query", "corrupt")],
+                       STATUSES.index("duplicate")).astype(np.uint8)
+    p = s.query_p if cfg.mode == "query" else s.top_p
+    units = np.diff(seen.unit_offset)                                              # (N,)
+    owner = np.repeat(np.arange(n), units)                                         # (M,) each unit's video
+    unit_p = seen.unit_query if cfg.mode == "query" else seen.unit_top
+    unit_positive = untrimmed_decision(unit_p, keep[owner], held[owner])           # (M,)
+    count = np.concatenate(([0], np.cumsum(unit_positive)))
+    positive = count[seen.unit_offset[1:]] - count[seen.unit_offset[:-1]]
+    return dict(status=status, label=np.where(keep, label, -1), score=np.where(decided, p, np.float32(np.nan)),
+                threshold=np.where(decided, held, np.nan), positive_units=np.where(decided & (units > 0), positive, -1),
+                unit_positive=unit_positive)
 
 
 @dataclass
 class FilterConfig:
-    """Knobs of one filtering run. Every field with a help string is the CLI flag of the same name
-    (`get_args_parser` builds them from here; 'cli_default' is the flag's default where main resolves it)."""
-    mode: str = field(default="query", metadata=dict(choices=MODES, help="'query': keep when p(query class) >= "
-                      "T, label = query; 'pseudo': keep when max p >= T, label = argmax (Sec. 3.4)"))
-    threshold: float = field(default=0.5, metadata=dict(help="T: keep when the deciding probability >= the "
-                             "threshold of its class (--rule)"))
-    rule: str = field(default="fixed", metadata=dict(choices=tuple(RULES), help="the threshold each class is held "
-                      "to: 'fixed' = T for every class (the paper's); 'class-adaptive' = T * (the class's mean "
-                      "deciding probability / the largest class mean), after FlexMatch"))
-    student: str = field(default="2d", metadata=dict(choices=STUDENTS, help="untrimmed videos: 2d = 1-FPS frames "
-                         "scored by 2D teachers + snippet sidecar; 3d = 10-s windows scored as clips (Sec. 3.5)"))
-    cut_pieces: bool = field(default=False, metadata=dict(help="--student 3d: cut kept videos into re-encoded "
-                             "10-s pieces OUT/raw/NAME/part_N.mp4 (MMAction2 RawVideoDataset lines) instead of "
-                             "listing their positive windows by time"))
-    clips: int | None = field(default=None, metadata=dict(type=int, help="video scoring: TSN segments / 3D clips "
-                              f'per video, centre crop (None: {DEFAULT_CLIPS["tsn"]} / {DEFAULT_CLIPS["3d"]})'))
-    fps: float = field(default=1.0, metadata=dict(help="--student 2d: rate of the scored frames"))
-    piece_seconds: float = field(default=10.0, metadata=dict(help="--student 3d: window / piece length in "
-                                 "seconds"))
-    chunk_frames: int = field(default=64, metadata=dict(help="untrimmed videos: frames decoded at once (full "
-                              "resolution: 64 frames of 1080p are 400 MB), whatever the length of the video"))
-    dedup_frames: int = field(default=3, metadata=dict(help="frames per video compared in de-duplication"))
-    batch_size: int = field(default=16, metadata=dict(help="samples per block: one decoding batch and one "
-                            "teacher forward (changing it between a crash and the rerun starts over)"))
-    workers: int = field(default=2, metadata=dict(help="DataLoader worker processes that decode (per rank)"))
-    device: str = field(default="cpu", metadata=dict(cli_default=None, help="cuda or cpu (None: cuda when "
-                        "available; under torchrun cuda:LOCAL_RANK)"))
-    amp: str = field(default="none", metadata=dict(choices=AMPS, cli_default=None, help="teachers' inference "
-                     "precision (torch.autocast; None: bf16 on CUDA GPUs that support it, none (fp32) on the CPU)"))
+    """Knobs of one run. A field with a help string is the flag of the same name in the metadata's group
+    (`get_args_parser`; 'cli_default' is the flag's default where main resolves it)."""
+    mode: str = field(default="query", metadata=dict(group="decision", choices=MODES, help="'query': keep when "
+                      "p(query class) >= T, label = query; 'pseudo': keep when max p >= T, label = argmax (Sec. 3.4)"))
+    threshold: float = field(default=0.5, metadata=dict(group="decision", help="T: keep when the deciding "
+                             "probability >= the threshold of its class (--rule)"))
+    rule: str = field(default="fixed", metadata=dict(group="decision", help="NAME or NAME:VALUE of RULES, the "
+                      "threshold each class is held to: 'fixed' = T for every class (the paper's); 'class-adaptive' = "
+                      "T * (the class's mean deciding probability / the largest class mean), after FlexMatch"))
+    cut_pieces: bool = field(default=False, metadata=dict(group="decision", help="--student 3d: cut kept videos "
+                             "into re-encoded pieces OUT/raw/NAME/part_N.mp4 (MMAction2 RawVideoDataset lines) "
+                             "instead of listing their positive windows by time"))
+    student: str = field(default="2d", metadata=dict(group="scoring", choices=STUDENTS, help="untrimmed videos: 2d = "
+                         "1-FPS frames scored by 2D teachers + snippet sidecar; 3d = 10-s windows scored as clips "
+                         "(Sec. 3.5)"))
+    clips: int | None = field(default=None, metadata=dict(group="scoring", type=int, help="video scoring: TSN "
+                              f'segments / 3D clips per video, centre crop (default: {DEFAULT_CLIPS["tsn"]} / '
+                              f'{DEFAULT_CLIPS["3d"]})'))
+    fps: float = field(default=1.0, metadata=dict(group="scoring", help="--student 2d: rate of the scored frames"))
+    piece_seconds: float = field(default=10.0, metadata=dict(group="scoring", help="--student 3d: window / piece "
+                                 "length in seconds"))
+    chunk_frames: int = field(default=64, metadata=dict(group="scoring", help="untrimmed videos: frames decoded at "
+                              "once (full resolution: 64 frames of 1080p are 400 MB), whatever the video's length"))
+    amp: str = field(default="none", metadata=dict(group="scoring", choices=AMPS, cli_default=None, help="teachers' "
+                     "inference precision (torch.autocast; default: bf16 on CUDA GPUs that support it, else none)"))
+    dedup_frames: int = field(default=3, metadata=dict(group="dedup", help="frames per video compared in "
+                              "de-duplication"))
+    batch_size: int = field(default=16, metadata=dict(group="run", help="samples per block: one decoding batch and "
+                            "one teacher forward (changing it between a crash and the rerun starts over)"))
+    workers: int = field(default=2, metadata=dict(group="run", help="DataLoader worker processes that decode (per "
+                         "rank)"))
+    device: str = field(default="cpu", metadata=dict(group="run", cli_default=None, help="cuda or cpu (default: cuda "
+                        "when available; under torchrun cuda:LOCAL_RANK)"))
     progress: bool = True          # progress lines on stderr (--quiet turns them off)
 
     def __post_init__(self) -> None:
-        if self.mode not in MODES or self.student not in STUDENTS or self.amp not in AMPS or self.rule not in RULES:
-            raise ValueError(f"filter: --mode must be one of {MODES}, --student one of {STUDENTS}, --amp one of "
-                             f"{AMPS} and --rule one of {tuple(RULES)}, got {self.mode!r}, {self.student!r}, "
-                             f"{self.amp!r}, {self.rule!r}")
+        if self.mode not in MODES or self.student not in STUDENTS or self.amp not in AMPS:
+            raise ValueError(f"filter: --mode must be one of {MODES}, --student one of {STUDENTS} and --amp one of "
+                             f"{AMPS}, got {self.mode!r}, {self.student!r}, {self.amp!r}")
+        parse_rule(self.rule)
         if not 0.0 <= self.threshold <= 1.0:
             raise ValueError(f"filter: --threshold must lie in [0, 1], got {self.threshold}")
         if min(self.batch_size, self.dedup_frames, self.clips or 1, self.chunk_frames) < 1 or self.workers < 0:
@@ -329,10 +339,10 @@ def load_teachers(paths: Sequence[str | Path], device: str = "cpu", arch: str | 
                   classes: list[str] | None = None, classes_from: str = "the source") -> list[nn.Module]:
     """Checkpoints -> teachers in eval mode on `device` (the same class names required, in any order).
 
-    train.py checkpoints describe themselves, class names included (the source's query classes are matched
-    to them by name). Any other format models.load_weights reads (MMAction2 0.x / 1.x, e.g. the released
-    OmniSource models, or a bare state dict) carries no names: it needs `arch` (--teacher-arch), its outputs
-    are read against the source's class names `classes` in their order, and one line on stderr says so.
+    train.py checkpoints carry their class names (the source's query classes are matched to them by name). Any
+    other format models.load_weights reads (MMAction2 0.x / 1.x, e.g. the released OmniSource models, a bare state
+    dict) needs `arch` (--teacher-arch); its outputs are read against the source's class names `classes` in their
+    order, and one line on stderr says so.
     """
     for p in paths:
         if not Path(p).is_file():
@@ -341,7 +351,12 @@ def load_teachers(paths: Sequence[str | Path], device: str = "cpu", arch: str | 
     teachers = []
     for p in paths:
         try:
-            t = models.from_checkpoint(p) if arch is None else _foreign_teacher(p, arch, classes)
+            if arch is None:
+                t = models.from_checkpoint(p)
+            else:
+                t = models.build_model(arch, len(classes))
+                models.load_weights(t, p)
+                t.classes = list(classes)
         except Exception as err:   # unpickling, zip, key and shape errors all mean "not a checkpoint"
             hint = "" if arch else "; for an MMAction2 or other checkpoint give --teacher-arch"
             raise ValueError(f"--teacher {p}: not a usable checkpoint ({webscale.first_line(err)}){hint}") from None
@@ -375,20 +390,16 @@ def check_teachers(teachers: Sequence[nn.Module], kinds: Collection[str] = (), s
 
 def map_query_labels(samples: Samples, source_classes: list[str], teacher_classes: list[str],
                      source: str = "source", mode: str = "query", teacher: str = "the teacher") -> np.ndarray:
-    """Each sample's query class as a teacher class index (-1: not a teacher class), matched by class name
-    exactly as data.map_labels matches an auxiliary source's classes to the target's (the same names in
-    another order are permuted, never read by position).
-
-    No shared class name at all is a one-line error naming the teacher's checkpoint in query mode (pseudo mode
-    needs no query class).
-    """
+    """Each sample's query class as a teacher class index (-1: not a teacher class), matched by name as
+    data.map_labels matches an auxiliary source's classes to the target's. No shared class name is a one-line
+    error naming the teacher in query mode (pseudo mode needs no query class)."""
     probe = [webscale.Sample(Path(str(k)), k, "image") for k in range(len(source_classes))]   # one per class
     try:
         mapped, _ = data.map_labels(probe, source_classes, teacher_classes, f"--source {source}")
     except ValueError as err:
         if mode == "query":
-            raise ValueError(f"{webscale.first_line(err)} (the classes of --teacher {teacher}); query mode matches class "
-                             f"names (or use --mode pseudo)") from None
+            raise ValueError(f"{webscale.first_line(err)} (the classes of --teacher {teacher}); query mode matches "
+                             f"class names (or use --mode pseudo)") from None
         mapped = []
     table = np.full(len(source_classes), -1, dtype=np.int64)
     for s in mapped:
@@ -396,25 +407,14 @@ def map_query_labels(samples: Samples, source_classes: list[str], teacher_classe
     return table[webscale.labels_of(samples)]
 
 
-def _foreign_teacher(path: str | Path, arch: str, classes: list[str]) -> nn.Module:
-    """A teacher from a checkpoint that does not describe itself: build `arch`, load strictly, attach classes."""
-    model = models.build_model(arch, len(classes))
-    models.load_weights(model, path)
-    model.classes = list(classes)
-    return model.eval()
-
-
 # ----------------------------------------------------------------------------------------------------------------------
 # 3. Scoring (Sec. 3.4, 3.5): workers decode whole uint8 batches, teachers run per batch on the device
 # ----------------------------------------------------------------------------------------------------------------------
 
 class Scorer:
-    """Ensemble probabilities of decoded batches: the teachers grouped by input (one decode per group).
-
-    Teachers that take the same input (family, sampling, crop size) form a group; workers decode each sample
-    once per group (`loads`) into uint8 views; on the device models.predict normalises them and runs the group's
-    teachers in cfg.amp precision, cfg.batch_size units per forward.
-    """
+    """Ensemble probabilities of decoded batches, the teachers grouped by input (family, sampling, crop size):
+    workers decode each sample once per group (`loads`) into uint8 views; models.predict normalises them on the
+    device and runs the group's teachers in cfg.amp precision, cfg.batch_size units per forward."""
 
     def __init__(self, teachers: list[nn.Module], cfg: FilterConfig, single_frames: bool = False):
         self.teachers, self.cfg = teachers, cfg
@@ -430,14 +430,14 @@ class Scorer:
         self.groups = list(groups.items())
         # every teacher's outputs in the first teacher's class order, matched by name (Fig. 6 averages classes)
         self.order = [torch.tensor([list(t.classes).index(c) for c in teachers[0].classes]) for t in teachers]
-        # worker side, one per group: (sampling, uint8 centre-crop pipeline); workers are forked (Linux)
+        # worker side, one per group: (sampling, uint8 centre-crop pipeline, short side); workers are forked (Linux)
         self.loads = [(data.Sampling(clip_len=k[1], frame_interval=k[2], num_clips=k[3]),
                        transforms.test_transform(k[0], k[4], "center", uint8=True), transforms.short_side_for(k[4]))
                       for k, _ in self.groups]
 
     def probs(self, views: list[torch.Tensor]) -> torch.Tensor:
-        """views: one uint8 (U, V, C, T, H, W) per group -> (U, K) float32 ensemble probabilities (Fig. 6). Each
-        teacher combines its views as its architecture does (models.predict), in cfg.amp precision."""
+        """views: one uint8 (U, V, C, T, H, W) per group -> (U, K) float32 ensemble probabilities (Fig. 6), each
+        teacher combining its views as its architecture does (models.predict)."""
         n, per_teacher = len(views[0]), [[] for _ in self.teachers]
         with torch.inference_mode():
             for (_, members), v in zip(self.groups, views):
@@ -448,6 +448,80 @@ class Scorer:
                         p = models.predict(net, x, net.spec, self.cfg.amp)                       # (u, K)
                         per_teacher[t].append(p[:, self.order[t].to(p.device)])
         return ensemble([torch.cat(p) for p in per_teacher]).cpu()                          # (U, K)
+
+
+def run_filter(samples: Samples, query: np.ndarray, teachers: list[nn.Module], cfg: FilterConfig, work: webscale.Work,
+               prefix: Path, val_samples: Samples | None = None,
+               extractor: FrameFeatures | None = None) -> dict | None:
+    """This rank's share of Sec. 3.3-3.5's scoring: corrupted files (found while decoding) and duplicates are
+    recorded and left out, every other sample gets a record of what the teachers saw (query-class and top
+    probabilities; per unit of an untrimmed video). Nothing is decided here (`decide`). Appended to the work folder's
+    records; resumes where they stop. Returns the de-duplication info (None without val_samples); ends at a barrier.
+    """
+    n, shard = len(samples), work.shard
+    routes = _route_codes(samples, cfg.student)
+    active, info = np.ones(n, dtype=bool), None
+    if val_samples is not None:   # Sec. 3.3: duplicates (and unreadable files found there) are left out of scoring
+        dedup = deduplicate(samples, query, val_samples, extractor, cfg, work, prefix)
+        active[dedup["removed"]] = False
+        info = dedup["info"]
+    done = work.done(n)
+    scorer = Scorer(teachers, cfg)
+    for code in (ROUTES.index("images"), ROUTES.index("videos")):   # blocks of cfg.batch_size, one forward each
+        blocks = webscale.blocks(np.flatnonzero(active & (routes == code)), cfg.batch_size)
+        todo = [k for k in shard.mine(len(blocks)) if not done[blocks[k]].all()]
+        load = partial(_load_clip, loads=scorer.loads)
+        for k, ids, _, views, errors in webscale.run_blocks(samples, blocks, load, cfg,
+                                                            f"scoring {ROUTES[code]}{shard.tag}", todo):
+            records = [_corrupt(i, samples[i], query[i], prefix, m) for i, m in errors.items()]
+            if len(ids):
+                records += [_score_record(_base_record(i, samples[i], query[i], prefix), p, int(query[i]))
+                            for i, p in zip(ids.tolist(), scorer.probs(views).numpy())]
+            work.append("records", sorted(records, key=lambda r: r["i"]))
+            work.scored += len(blocks[k])
+    for route in ("one_fps", "windows", "raw"):   # Sec. 3.5: one video per block, its units decoded in chunks
+        mine = np.flatnonzero(active & (routes == ROUTES.index(route)))[shard.rank::shard.world]
+        todo = mine[~done[mine]]
+        if len(todo):
+            _score_untrimmed(samples, todo, route, query, teachers, cfg, work, prefix)
+    webscale.barrier()
+    return info
+
+
+def _score_untrimmed(samples: Samples, todo: np.ndarray, route: str, query: np.ndarray, teachers: list[nn.Module],
+                     cfg: FilterConfig, work: webscale.Work, prefix: Path) -> None:
+    """Sec. 3.5: the units of untrimmed (or raw) videos scored chunk by chunk; one record per video: its most
+    confident unit's probabilities (`untrimmed_scores`), every unit's p(query class) and p(the video's argmax
+    class), and where its units are."""
+    scorer = Scorer(teachers, cfg, single_frames=route == "one_fps")
+    loader = torch.utils.data.DataLoader(_UnitStream(samples, todo, route, cfg, scorer.loads), batch_size=None,
+                                         num_workers=min(cfg.workers, len(todo)), collate_fn=webscale.as_is,
+                                         pin_memory=torch.device(cfg.device).type == "cuda")
+    what = {"one_fps": "untrimmed 1-FPS frames", "windows": f"untrimmed {cfg.piece_seconds:g}-s windows",
+            "raw": "raw pieces"}[route]
+    progress, failed, pending = webscale.Progress(f"scoring {what}{work.shard.tag}", len(todo), cfg.progress), 0, {}
+    for i, first, total, views, info, error in loader:
+        if error is not None:
+            pending.pop(i, None)
+            record = _corrupt(i, samples[i], query[i], prefix, error)
+            failed += 1
+        else:
+            pending.setdefault(i, []).append((scorer.probs(views), info))   # (u, K) per chunk
+            if first + len(views[0]) < total:
+                continue
+            chunks, q = pending.pop(i), int(query[i])
+            video, unit_query, unit_top = untrimmed_scores(torch.cat([c[0] for c in chunks]), q)   # (U, K) units
+            record = _score_record(_base_record(i, samples[i], q, prefix), video, q)
+            record.update(units=len(unit_top), unit_query=None if unit_query is None else _floats(unit_query),
+                          unit_top=_floats(unit_top))
+            if route == "one_fps":
+                record["frames"] = np.concatenate([c[1][0] for c in chunks]).tolist()
+            elif route == "windows":
+                record.update(windows=np.concatenate([c[1][0] for c in chunks]).tolist(), fps=chunks[0][1][1])
+        work.append("records", [record])
+        work.scored += 1
+        progress.update(1, failed)
+    progress.close()
 
 
 def _load_clip(sample: webscale.Sample, loads: Loads) -> list[torch.Tensor]:
@@ -462,11 +536,36 @@ def _load_clip(sample: webscale.Sample, loads: Loads) -> list[torch.Tensor]:
     return out
 
 
+class _UnitStream(torch.utils.data.IterableDataset):
+    """Worker side, Sec. 3.5: untrimmed videos (video k -> worker k % workers) -> chunks of at most `per_chunk` units.
+    Yields (index, first unit, number of units, one uint8 (u, 1, C, T, h, w) per load, (unit info, frame rate),
+    error)."""
+
+    def __init__(self, samples: Samples, todo: np.ndarray, route: str, cfg: FilterConfig, loads: Loads):
+        self.samples, self.todo, self.route, self.loads = samples, todo, route, loads
+        self.fps, self.seconds = cfg.fps, cfg.piece_seconds
+        self.per_chunk = max(1, cfg.chunk_frames // max(s.num_frames for s, _, _ in loads))
+
+    def __iter__(self) -> Iterator[tuple]:
+        info = torch.utils.data.get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        for k in range(worker, len(self.todo), workers):
+            i = int(self.todo[k])
+            try:
+                plan, unit_info, rate = _unit_plan(self.samples[i], self.route, self.fps, self.seconds, self.loads)
+                for s in range(0, len(unit_info), self.per_chunk):
+                    views = [_load_units(plan[g][s:s + self.per_chunk], transform)
+                             for g, (_, transform, _) in enumerate(self.loads)]
+                    yield i, s, len(unit_info), views, (unit_info[s:s + self.per_chunk], rate), None
+            except webscale.Unreadable as err:   # unreadable at any chunk: the video is corrupt (Sec. 3.3)
+                yield i, -1, 0, None, None, str(err)
+
+
 def _unit_plan(sample: webscale.Sample, route: str, fps: float, seconds: float,
                loads: Loads) -> tuple[list[list[tuple]], np.ndarray, float | None]:
-    """Units of an untrimmed / raw video: per load a list of (path, frame indices (T,), frame count), the
-    units' info ('frames' (F,) 1-FPS frame indices; 'windows' (P, 2) frame ranges [first, stop); 'raw' (P,)
-    piece numbers) and the video's frame rate (None for raw pieces)."""
+    """Units of an untrimmed / raw video: per load a list of (path, frame indices (T,), frame count), the units'
+    info (1-FPS frame indices (F,); windows' frame ranges (P, 2); piece numbers (P,)) and the frame rate (None for
+    raw pieces)."""
     path = Path(sample.path)
     if route == "raw":
         parts = [path / webscale.PART_TMPL.format(j) for j in range(sample.num_parts)]
@@ -501,8 +600,8 @@ def _load_units(units: list[tuple], transform: Callable) -> torch.Tensor:
 
 
 def _read_sampled(sample: webscale.Sample, sampling: data.Sampling) -> np.ndarray:
-    """Test-mode sampled frames (L, H, W, 3); a frame count one too high is corrected, a file that decodes to
-    fewer frames than that is truncated: an error (Sec. 3.3)."""
+    """Test-mode sampled frames (L, H, W, 3); a frame count one too high is corrected, a file that decodes to fewer
+    frames than that is truncated: an error (Sec. 3.3)."""
     n = sample.num_frames or webscale.decode(data.count_frames, sample.path)
     return webscale.decode(data.read_frames_lenient, sample.path, n, lambda m: _test_indices(m, sampling), 1)[0]
 
@@ -520,9 +619,8 @@ class Whitening:
     """PCA whitening x -> (x - mean) @ proj, then L2-normalised (for cosine similarity), at most `dims` dims.
 
     proj = U diag(1 / sqrt(lambda + shrink * mean(lambda))) over the leading principal directions with
-    lambda > 1e-6 * max(lambda). With fewer samples than dimensions the smallest directions would be
-    amplified without bound; the shrinkage keeps them at most 1/sqrt(shrink) times the average.
-    Fitted from the moments (mean, covariance) accumulated in float64 chunks: memory D x D, not N x D.
+    lambda > 1e-6 * max(lambda): with fewer samples than dimensions the shrinkage keeps the smallest directions at
+    most 1/sqrt(shrink) times the average. Fitted from moments accumulated in float64 chunks (memory D x D).
     """
     mean: np.ndarray     # (D,) float64
     proj: np.ndarray     # (D, k) float64, k <= dims
@@ -556,10 +654,8 @@ class Whitening:
 
 
 def dedup_threshold(crop_feats: ArrayLike | torch.Tensor) -> float:
-    """Sec. 3.3: the mean cosine similarity between different crops of the same frame.
-
-    crop_feats: (M, V, D) features of V >= 2 crops of each of M frames (whitened or not), on any device.
-    """
+    """Sec. 3.3: the mean cosine similarity between different crops of the same frame; crop_feats (M, V, D): V >= 2
+    crops of each of M frames (whitened or not), on any device."""
     f = crop_feats if torch.is_tensor(crop_feats) else torch.as_tensor(np.asarray(crop_feats, dtype=np.float32))
     if f.ndim != 3 or f.shape[1] < 2 or len(f) == 0:
         raise ValueError(f"filter.dedup_threshold: expected (M >= 1, V >= 2, D) crop features, got "
@@ -571,10 +667,9 @@ def dedup_threshold(crop_feats: ArrayLike | torch.Tensor) -> float:
 
 def best_match(web: torch.Tensor, val: torch.Tensor,
                chunk_bytes: int = 128 << 20) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sec. 3.3 at scale: each web row's most similar val row by cosine similarity, web (N, d) float on any device
-    x val (M, d) L2-normalised on the device -> (similarity (N,), val row (N,)) on the device. One chunk of web
-    rows at a time is moved, normalised and compared ((rows, M) similarities, at most chunk_bytes): memory is the
-    val features plus one chunk, never a normalised copy of the web array."""
+    """Sec. 3.3 at scale: each web row's most similar val row, web (N, d) float on any device x val (M, d)
+    L2-normalised on the device -> (cosine similarity (N,), val row (N,)) on the device. One chunk of web rows at a
+    time is moved, normalised and compared ((rows, M) at most chunk_bytes): memory is the val features + one chunk."""
     rows = max(1, chunk_bytes // (4 * max(1, len(val))))
     sims = torch.empty(len(web), device=val.device)
     best = torch.empty(len(web), dtype=torch.long, device=val.device)
@@ -586,11 +681,8 @@ def best_match(web: torch.Tensor, val: torch.Tensor,
 
 def find_duplicates(web_feats: ArrayLike | torch.Tensor, val_feats: ArrayLike | torch.Tensor, threshold: float,
                     device: str | torch.device | None = None) -> list[tuple[int, int, float]]:
-    """Sec. 3.3: web rows whose best cosine similarity to any val row is above `threshold`.
-
-    web_feats (N, D), val_feats (M, D) (whitened: `Whitening.apply`), arrays or tensors; compared on `device`
-    (default: the val features' device). Returns [(web row, val row, similarity)].
-    """
+    """Sec. 3.3: web rows (N, D) whose best cosine similarity to a val row (M, D) (whitened: `Whitening.apply`) is
+    above `threshold`, compared on `device` (default: the val features') -> [(web row, val row, similarity)]."""
     w, v = (f if torch.is_tensor(f) else torch.as_tensor(np.asarray(f, dtype=np.float32))
             for f in (web_feats, val_feats))
     if w.ndim != 2 or v.ndim != 2 or w.shape[1] != v.shape[1]:
@@ -604,66 +696,61 @@ def find_duplicates(web_feats: ArrayLike | torch.Tensor, val_feats: ArrayLike | 
 
 def deduplicate(samples: Samples, query: np.ndarray, val_samples: Samples, extractor: FrameFeatures,
                 cfg: FilterConfig, work: webscale.Work, prefix: Path) -> dict:
-    """Sec. 3.3 over this rank's blocks of the web source: samples with a frame too similar to a val frame
-    (`find_duplicates` on whitened features; a sample's most similar frame is reported) and unreadable samples
-    are recorded in the work folder and left out of scoring. Resumable (WORK/dedup-RANK.jsonl: finished
-    blocks). Returns (the indices removed by ALL ranks, the info for the report)."""
-    reference = fit_dedup_reference(val_samples, [samples[i] for i in _whitening_subset(len(samples))], extractor,
-                                    cfg, work)
-    blocks = _blocks(np.arange(len(samples)), cfg.batch_size)
-    finished = {json.loads(line)["b"] for _, _, line in work.lines("dedup")}
+    """Sec. 3.3 over this rank's blocks: samples with a frame too similar to a val frame (`find_duplicates` on
+    whitened features; the most similar frame is reported) and unreadable samples are recorded and left out of
+    scoring. Resumable (finished blocks: WORK/dedup-RANK.jsonl). Returns the indices removed by ALL ranks and the
+    report's info."""
+    n = len(samples)
+    subset = np.arange(n) if n <= DEDUP_WHITENING else np.linspace(0, n - 1, DEDUP_WHITENING).round().astype(np.int64)
+    ref = fit_dedup_reference(val_samples, [samples[i] for i in subset], extractor, cfg, work)
+    blocks = webscale.blocks(np.arange(n), cfg.batch_size)
+    finished = work.latest("dedup", "b")
     todo = [k for k in work.shard.mine(len(blocks)) if k not in finished]
-    load = _DedupLoad(cfg.dedup_frames, extractor.crop_size, 1)
     val_base = _common_folder(val_samples)
-    for k, ids, counts, views, errors in webscale.run_blocks(samples, blocks, load, cfg, "de-duplication: web frames"
-                                                     f"{_rank_tag(work.shard)}", todo):
-        records = [_corrupt(i, samples[i], query[i], prefix, m) for i, m in errors.items()]
-        if len(ids):
-            feats = reference["white"].apply(_features(extractor, views[0], cfg)[:, 0])        # (R, d)
-            owner, best = np.repeat(ids, counts), {}
-            for row, j, sim in find_duplicates(feats, reference["val"], reference["threshold"]):
+    for k, owner, feats, errors in extract_features(samples, blocks, todo, extractor, cfg, 1,
+                                                    f"de-duplication: web frames{work.shard.tag}"):
+        records, best = [_corrupt(i, samples[i], query[i], prefix, m) for i, m in errors.items()], {}
+        if len(owner):
+            for row, j, sim in find_duplicates(ref["white"].apply(feats[:, 0]), ref["val"], ref["threshold"]):
                 if sim > best.get(owner[row], (0, -np.inf))[1]:
-                    best[owner[row]] = (int(reference["owner"][j]), sim)
-            for i, (j, sim) in sorted((int(i), m) for i, m in best.items()):
-                records.append(dict(_base_record(i, samples[i], query[i], prefix), status="duplicate",
-                                    duplicate_of=_rel(val_samples[j].path, val_base), val_index=j,
-                                    similarity=round(sim, 4)))
+                    best[owner[row]] = (int(ref["owner"][j]), sim)
+        for i, (j, sim) in sorted((int(i), m) for i, m in best.items()):
+            records.append(dict(_base_record(i, samples[i], query[i], prefix), status="duplicate",
+                                duplicate_of=webscale.rel_path(val_samples[j].path, val_base), val_index=j,
+                                similarity=round(sim, 4)))
         records.sort(key=lambda r: r["i"])
         work.append("records", records)
         work.append("dedup", [dict(b=k, removed=[r["i"] for r in records])])
     webscale.barrier()
-    removed, seen = [], set()
-    for _, _, line in work.lines("dedup"):
-        r = json.loads(line)
-        if r["b"] not in seen:
-            seen.add(r["b"])
-            removed += r["removed"]
-    if len(seen) < len(blocks):
-        raise RuntimeError(f"filter: de-duplication finished {len(seen)} of {len(blocks)} blocks in {work.folder}")
-    return dict(removed=np.asarray(removed, dtype=np.int64), info=reference["info"])
+    finished = work.latest("dedup", "b")
+    if len(finished) < len(blocks):
+        raise RuntimeError(f"filter: de-duplication finished {len(finished)} of {len(blocks)} blocks in {work.folder}")
+    removed = [i for r in finished.values() for i in r["removed"]]
+    return dict(removed=np.asarray(removed, dtype=np.int64), info=ref["info"])
 
 
 def fit_dedup_reference(val_samples: Samples, web_subset: Samples, extractor: FrameFeatures, cfg: FilterConfig,
                         work: webscale.Work) -> dict:
-    """Sec. 3.3, the val side, computed once into WORK/dedup-val.pt and read by every rank: the whitening fitted
-    on the union of the val frames and `web_subset` (a fixed, evenly spaced subset of the web source, so every
-    rank and every rerun agree), the crop threshold (`dedup_threshold`) and the whitened val centre crops (M, d).
-    Every rank extracts its share of the frames (WORK/dedup-feats-RANK-of-WORLD.pt); rank 0 joins them in sample
-    order (the features one process extracts) and fits."""
-    path, shard = work.folder / "dedup-val.pt", work.shard
-    mine = work.folder / f"dedup-feats-{shard.rank:05d}-of-{shard.world:05d}.pt"   # another rank count: afresh
-    if not path.is_file() and not mine.is_file():
-        val = extract_features(val_samples, extractor, cfg, DEDUP_CROPS, f"de-duplication: val frames"
-                               f"{_rank_tag(shard)}", shard)
-        web = extract_features(web_subset, extractor, cfg, 1, f"de-duplication: web frames for the whitening"
-                               f"{_rank_tag(shard)}", shard)
-        feats = dict(val=val[0], val_owner=torch.from_numpy(val[1]), val_errors=len(val[2]), web=web[0],
-                     web_owner=torch.from_numpy(web[1]))
-        webscale.write_atomic(mine, lambda f: torch.save(feats, f))
-    webscale.barrier()
-    if shard.rank == 0 and not path.is_file():
-        parts = [torch.load(p, map_location="cpu", weights_only=True)
-                 for p in sorted(work.folder.glob(f"dedup-feats-*-of-{shard.world:05d}.pt"))]
+    """Sec. 3.3, the val side, computed once (WORK/dedup-val.pt) and read by every rank: the whitening fitted on the
+    val frames and `web_subset` (a fixed subset of the web source, so every rank and every rerun agree), the crop
+    threshold (`dedup_threshold`) and the whitened val centre crops (M, d). Every rank extracts its share of the
+    frames; rank 0 joins them in sample order (the features one process extracts) and fits."""
+    def extract() -> dict:   # this rank's share (WORK/dedup-feats-RANK-of-WORLD.pt)
+        part = {}
+        for name, subset, crops, what in (("val", val_samples, DEDUP_CROPS, "val frames"),
+                                          ("web", web_subset, 1, "web frames for the whitening")):
+            blocks = webscale.blocks(np.arange(len(subset)), cfg.batch_size)
+            feats, owner, errors = [torch.zeros(0, crops, 0)], [np.zeros(0, np.int64)], 0
+            for _, own, f, errs in extract_features(subset, blocks, work.shard.mine(len(blocks)), extractor, cfg,
+                                                    crops, f"de-duplication: {what}{work.shard.tag}"):
+                errors += len(errs)
+                if len(own):
+                    feats, owner = feats + [f.cpu()], owner + [own]
+            part.update({name: torch.cat(feats[1:] or feats), f"{name}_owner": torch.from_numpy(np.concatenate(owner)),
+                         f"{name}_errors": errors})
+        return part
+
+    def fit(parts: list[dict]) -> dict:   # rank 0
         val, owner = _in_sample_order([(p["val"], p["val_owner"]) for p in parts])
         web, _ = _in_sample_order([(p["web"], p["web_owner"]) for p in parts])
         if not len(val):
@@ -676,13 +763,12 @@ def fit_dedup_reference(val_samples: Samples, web_subset: Samples, extractor: Fr
                     dims=int(white.proj.shape[1]), whitening_web_frames=len(web),
                     val_videos=len(set(owner.tolist())), val_unreadable=sum(int(p["val_errors"]) for p in parts),
                     val_frames=m, threshold=threshold)
-        ref = dict(mean=torch.from_numpy(white.mean), proj=torch.from_numpy(white.proj), threshold=threshold,
-                   val=crops[:, -1].contiguous(), owner=torch.from_numpy(owner), info=info)
-        webscale.write_atomic(path, lambda f: torch.save(ref, f))
-    webscale.barrier()
-    saved = torch.load(path, map_location="cpu", weights_only=True)
-    return dict(white=Whitening(saved["mean"].numpy(), saved["proj"].numpy()), threshold=saved["threshold"],
-                val=saved["val"].to(cfg.device), owner=saved["owner"].numpy(), info=saved["info"])
+        return dict(mean=torch.from_numpy(white.mean), proj=torch.from_numpy(white.proj), threshold=threshold,
+                    val=crops[:, -1].contiguous(), owner=torch.from_numpy(owner), info=info)
+
+    ref = work.share("dedup-val.pt", "dedup-feats", extract, fit)
+    return dict(white=Whitening(ref["mean"].numpy(), ref["proj"].numpy()), threshold=ref["threshold"],
+                val=ref["val"].to(cfg.device), owner=ref["owner"].numpy(), info=ref["info"])
 
 
 class FrameFeatures(nn.Module):
@@ -701,11 +787,8 @@ class FrameFeatures(nn.Module):
 
 
 def build_extractor(teachers: list[nn.Module], checkpoint: str | None = None, device: str = "cpu") -> FrameFeatures:
-    """Sec. 3.3's ImageNet ResNet-50 (`--dedup-checkpoint`: torchvision state dict or our checkpoint).
-
-    Without a checkpoint (nothing can be downloaded here) the first 2D teacher's backbone (else the first
-    teacher) gives the features: trained on the target, it is a reasonable stand-in.
-    """
+    """Sec. 3.3's ImageNet ResNet-50 (--dedup-checkpoint: torchvision state dict or a train.py checkpoint); without
+    one (nothing is downloaded) the first 2D teacher's backbone (else the first teacher's): a fair stand-in."""
     if checkpoint is None:
         t = next((t for t in teachers if t.spec.family == "tsn"), teachers[0])
         return FrameFeatures(t, t.spec.crop_size, f"teacher {_name(t)} backbone").to(device).eval()
@@ -720,74 +803,45 @@ def build_extractor(teachers: list[nn.Module], checkpoint: str | None = None, de
         net = models.from_checkpoint(path)
         return FrameFeatures(net, net.spec.crop_size, f"{net.arch} from {path}").to(device).eval()
     net = models.resnet50(num_classes=None)
-    report = models.load_pretrained(net, checkpoints.load_state_dict_file(path))
-    if report.num_loaded_weights == 0:
+    if models.load_pretrained(net, checkpoints.load_state_dict_file(path)).num_loaded_weights == 0:
         raise ValueError(f"--dedup-checkpoint {path}: no ResNet-50 weights in it (torchvision layout expected)")
     return FrameFeatures(net, 224, f"resnet50 from {path}").to(device).eval()
 
 
-def extract_features(samples: Samples, extractor: FrameFeatures, cfg: FilterConfig, crops: int, what: str,
-                     shard: webscale.Shard) -> tuple[torch.Tensor, np.ndarray, dict]:
-    """Frame features for de-duplication: an image is one frame, a video cfg.dedup_frames frames.
-
-    crops=1: the centre crop; crops=5: the four corners and the centre (centre last). Only `shard`'s blocks
-    (block b of cfg.batch_size samples -> rank b % world). Returns (features (R, crops, D) float32
-    on the CPU, owner (R,) sample index of each frame row, errors {index: message}).
-    """
-    load = _DedupLoad(cfg.dedup_frames, extractor.crop_size, crops)
-    blocks = _blocks(np.arange(len(samples)), cfg.batch_size)
-    todo = shard.mine(len(blocks))
-    feats, owner, errors = [], [], {}
-    for _, ids, counts, views, errs in webscale.run_blocks(samples, blocks, load, cfg, what, todo):
-        errors.update(errs)
-        if len(ids):
-            feats.append(_features(extractor, views[0], cfg).cpu())
-            owner.append(np.repeat(ids, counts))
-    if not feats:
-        return torch.zeros(0, crops, 0), np.zeros(0, np.int64), errors
-    return torch.cat(feats), np.concatenate(owner), errors
+def extract_features(samples: Samples, blocks: list[np.ndarray], todo: Sequence[int], extractor: FrameFeatures,
+                     cfg: FilterConfig, crops: int, what: str) -> Iterator[tuple]:
+    """Frame features of the blocks `todo` for de-duplication: an image is one frame, a video cfg.dedup_frames
+    frames; crops=1: the centre crop; 5: the four corners and the centre (centre last). Yields per block (block,
+    owner (R,) the sample of each frame row, features (R, crops, D) float32 on the device, {index: error})."""
+    load = partial(_dedup_views, num_frames=cfg.dedup_frames, crop=extractor.crop_size, crops=crops)
+    for k, ids, counts, views, errors in webscale.run_blocks(samples, blocks, load, cfg, what, todo):
+        feats = []
+        with torch.inference_mode():   # cfg.batch_size frames a forward
+            for s in range(0, len(ids) and len(views[0]), cfg.batch_size):
+                x = views[0][s:s + cfg.batch_size].flatten(0, 1).to(cfg.device, non_blocking=True)   # (b*V, C, H, W)
+                x = transforms.normalize(x[:, :, None])[:, :, 0]
+                feats.append(extractor(x).float().reshape(len(x) // crops, crops, -1))
+        yield k, np.repeat(ids, counts), torch.cat(feats) if feats else torch.zeros(0, crops, 0), errors
 
 
-def _features(extractor: FrameFeatures, views: torch.Tensor, cfg: FilterConfig) -> torch.Tensor:
-    """uint8 frames (N, V, C, H, W) -> float32 features (N, V, D) on the device, cfg.batch_size frames a forward."""
-    n, v = views.shape[:2]
-    out = []
-    with torch.inference_mode():
-        for s in range(0, n, cfg.batch_size):
-            x = views[s:s + cfg.batch_size].flatten(0, 1).to(cfg.device, non_blocking=True)       # (b*V, C, H, W)
-            x = transforms.normalize(x[:, :, None])[:, :, 0]
-            out.append(extractor(x).float().reshape(len(x) // v, v, -1))
-    return torch.cat(out) if out else torch.zeros(0, v, 0)
-
-
-class _DedupLoad:
-    """Worker: frames of a sample for de-duplication -> [uint8 views (F, crops, C, H, W)]."""
-
-    def __init__(self, num_frames: int, crop: int, crops: int):
-        self.num_frames, self.crop, self.crops = num_frames, crop, crops
-
-    def __call__(self, sample: webscale.Sample) -> list[torch.Tensor]:
-        if sample.kind == "image":   # draft mode, as for scoring
-            frames = webscale.decode(data.read_image, sample.path, transforms.short_side_for(self.crop))[None]
-        elif sample.kind == "raw":
-            piece = Path(sample.path) / webscale.PART_TMPL.format(sample.pos_clips[0] if sample.pos_clips else 0)
-            frames = _read_sampled(webscale.Sample(piece, sample.label, "video"), data.Sampling(1, 1, self.num_frames))
-        else:
-            frames = _read_sampled(sample, data.Sampling(1, 1, self.num_frames))
-        frames = transforms.Resize(short_side=transforms.short_side_for(self.crop))(frames)
-        views = transforms.TenCrop(self.crop)(frames)[::2]                     # UL, UR, LL, LR, centre
-        views = views[-1:] if self.crops == 1 else views
-        return [transforms.ToUint8Tensor()(views).permute(2, 0, 1, 3, 4)]     # (F, crops, C, H, W)
-
-
-def _whitening_subset(n: int, size: int = 10000) -> np.ndarray:
-    """Evenly spaced web samples (at most `size` of n) whose frames join the val frames in the whitening fit."""
-    return np.arange(n) if n <= size else np.linspace(0, n - 1, size).round().astype(np.int64)
+def _dedup_views(sample: webscale.Sample, num_frames: int, crop: int, crops: int) -> list[torch.Tensor]:
+    """Worker: the frames of a sample for de-duplication -> [uint8 views (F, crops, C, H, W)]."""
+    if sample.kind == "image":   # draft mode, as for scoring
+        frames = webscale.decode(data.read_image, sample.path, transforms.short_side_for(crop))[None]
+    elif sample.kind == "raw":
+        piece = Path(sample.path) / webscale.PART_TMPL.format(sample.pos_clips[0] if sample.pos_clips else 0)
+        frames = _read_sampled(webscale.Sample(piece, sample.label, "video"), data.Sampling(1, 1, num_frames))
+    else:
+        frames = _read_sampled(sample, data.Sampling(1, 1, num_frames))
+    frames = transforms.Resize(short_side=transforms.short_side_for(crop))(frames)
+    views = transforms.TenCrop(crop)(frames)[::2]                     # UL, UR, LL, LR, centre
+    views = views[-1:] if crops == 1 else views
+    return [transforms.ToUint8Tensor()(views).permute(2, 0, 1, 3, 4)]     # (F, crops, C, H, W)
 
 
 def _in_sample_order(parts: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, np.ndarray]:
-    """Feature rows of every rank's blocks, (rows, owner sample index) each -> all rows ordered by sample (a
-    sample's frames stay in their order): the rows one process extracts."""
+    """Every rank's feature rows, (rows, owner sample index) each -> all rows ordered by sample (a sample's frames
+    in their order): the rows one process extracts."""
     parts = [(f, o) for f, o in parts if len(o)]
     if not parts:
         return torch.zeros(0, DEDUP_CROPS, 0), np.zeros(0, np.int64)
@@ -797,125 +851,8 @@ def _in_sample_order(parts: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[to
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# 5. The whole filter on one source: score, decide once, cut what is kept
+# 5. After scoring: cut what is kept, gather what the teachers saw, write the decision's list
 # ----------------------------------------------------------------------------------------------------------------------
-
-def run_filter(samples: Samples, query: np.ndarray, teachers: list[nn.Module], cfg: FilterConfig, work: webscale.Work,
-               prefix: Path, val_samples: Samples | None = None,
-               extractor: FrameFeatures | None = None) -> dict | None:
-    """This rank's share of Sec. 3.3-3.5's scoring: invalid and corrupted files (found while decoding) and
-    duplicates are recorded and left out, every other sample gets a record of what the teachers saw (its
-    query-class and top probabilities; per unit of an untrimmed video). Nothing is decided here: `decide` does
-    it once over the whole crawl. Appended to the work folder's records; resumes where they stop.
-
-    Returns the de-duplication info (None without val_samples). Ends at a barrier.
-    """
-    n, shard = len(samples), work.shard
-    routes = _route_codes(samples, cfg.student)
-    active, info = np.ones(n, dtype=bool), None
-    # 1. Sec. 3.3: duplicates and unreadable files found here are recorded and left out of scoring
-    if val_samples is not None:
-        dedup = deduplicate(samples, query, val_samples, extractor, cfg, work, prefix)
-        active[dedup["removed"]] = False
-        info = dedup["info"]
-    done = work.done(n)
-    # 2. images and short videos: blocks of cfg.batch_size, one forward each (Sec. 3.4)
-    scorer = Scorer(teachers, cfg)
-    for code in (ROUTES.index("images"), ROUTES.index("videos")):
-        idx = np.flatnonzero(active & (routes == code))
-        blocks = _blocks(idx, cfg.batch_size)
-        todo = [k for k in shard.mine(len(blocks)) if not done[blocks[k]].all()]
-        load = _Load(_load_clip, scorer.loads)
-        for k, ids, _, views, errors in webscale.run_blocks(samples, blocks, load, cfg, f"scoring {ROUTES[code]}"
-                                                    f"{_rank_tag(shard)}", todo):
-            records = [_corrupt(i, samples[i], query[i], prefix, m) for i, m in errors.items()]
-            if len(ids):
-                records += [_score_record(_base_record(i, samples[i], query[i], prefix), p, int(query[i]))
-                            for i, p in zip(ids.tolist(), scorer.probs(views).numpy())]
-            work.append("records", sorted(records, key=lambda r: r["i"]))
-            work.scored += len(blocks[k])
-    # 3. untrimmed videos (Sec. 3.5) and raw pieces: one video per block, units decoded in chunks
-    for route in ("one_fps", "windows", "raw"):
-        idx = np.flatnonzero(active & (routes == ROUTES.index(route)))
-        mine = idx[shard.rank::shard.world]
-        todo = mine[~done[mine]]
-        if len(todo):
-            _score_untrimmed(samples, todo, route, query, teachers, cfg, work, prefix)
-    webscale.barrier()
-    return info
-
-
-def _score_untrimmed(samples: Samples, todo: np.ndarray, route: str, query: np.ndarray, teachers: list[nn.Module],
-                     cfg: FilterConfig, work: webscale.Work, prefix: Path) -> None:
-    """Sec. 3.5: score the units of untrimmed (or raw) videos chunk by chunk; one record per video."""
-    scorer = Scorer(teachers, cfg, single_frames=route == "one_fps")
-    stream = _UnitStream(samples, todo, route, cfg, scorer.loads)
-    loader = torch.utils.data.DataLoader(stream, batch_size=None, num_workers=min(cfg.workers, len(todo)),
-                                         collate_fn=webscale.as_is, pin_memory=torch.device(cfg.device).type == "cuda")
-    what = {"one_fps": "untrimmed 1-FPS frames", "windows": f"untrimmed {cfg.piece_seconds:g}-s windows",
-            "raw": "raw pieces"}[route]
-    progress, failed, pending = webscale.Progress(f"scoring {what}{_rank_tag(work.shard)}", len(todo), cfg.progress), 0, {}
-    for i, first, total, views, info, error in loader:
-        if error is None:
-            pending.setdefault(i, []).append((scorer.probs(views), info))   # (u, K) per chunk
-            if first + len(views[0]) < total:
-                continue
-            record = _untrimmed_record(i, pending.pop(i), route, samples, query, prefix)
-        else:
-            pending.pop(i, None)
-            record = _corrupt(i, samples[i], query[i], prefix, error)
-            failed += 1
-        work.append("records", [record])
-        work.scored += 1
-        progress.update(1, failed)
-    progress.close()
-
-
-def _untrimmed_record(i: int, chunks: list[tuple], route: str, samples: Samples, query: np.ndarray,
-                      prefix: Path) -> dict:
-    """Sec. 3.5: what the teachers saw of a video: its most confident unit's probabilities (`untrimmed_scores`),
-    every unit's p(query class) and p(the video's argmax class), and where its units are."""
-    s, q = samples[i], int(query[i])
-    video, unit_query, unit_top = untrimmed_scores(torch.cat([c[0] for c in chunks]), q)     # (U, K) units
-    r = _score_record(_base_record(i, s, q, prefix), video, q)
-    r.update(units=len(unit_top), unit_query=None if unit_query is None else _floats(unit_query),
-             unit_top=_floats(unit_top))
-    if route == "one_fps":
-        r["frames"] = np.concatenate([c[1][0] for c in chunks]).tolist()
-    elif route == "windows":
-        r.update(windows=np.concatenate([c[1][0] for c in chunks]).tolist(), fps=chunks[0][1][1])
-    return r
-
-
-def decide(seen: Seen, num_classes: int, cfg: FilterConfig) -> dict[str, np.ndarray]:
-    """Sec. 3.4 (and 3.5) once over the whole crawl, the one place a rule is applied: what the teachers saw of
-    every sample (`Seen`'s columns) -> `keep_decision` under cfg.mode, cfg.threshold and cfg.rule, and the
-    positive units of untrimmed videos (`untrimmed_decision`). Every rank decides the same from the same columns.
-
-    Returns the columns of OUT/decision.npz: status uint8 (N,) into STATUSES; label int64 (N,) (-1 unless kept);
-    score float32 (N,), the deciding probability, and threshold float64 (N,), the one it was held to (NaN unless
-    kept or dropped); positive_units int64 (N,) (-1 unless a kept or dropped video with units); unit_positive
-    bool (M,) over `Seen`'s units.
-    """
-    s, n = seen.scores, len(seen.state)
-    keep, label, held = keep_decision(s, num_classes, cfg.mode, cfg.threshold, cfg.rule)
-    scored = seen.state == SEEN.index("scored")
-    decided = scored & (label >= 0)          # query mode, the query class is not a teacher class: left out
-    keep &= decided
-    status = np.select([keep, decided, scored, seen.state == SEEN.index("corrupt")],
-                       [STATUSES.index(x) for x in ("kept", "dropped", "unknown_query", "corrupt")],
-                       STATUSES.index("duplicate")).astype(np.uint8)
-    p = s.query_p if cfg.mode == "query" else s.top_p
-    units = np.diff(seen.unit_offset)                                              # (N,)
-    owner = np.repeat(np.arange(n), units)                                         # (M,) each unit's video
-    unit_p = seen.unit_query if cfg.mode == "query" else seen.unit_top
-    unit_positive = untrimmed_decision(unit_p, keep[owner], held[owner])           # (M,)
-    count = np.concatenate(([0], np.cumsum(unit_positive)))
-    positive = count[seen.unit_offset[1:]] - count[seen.unit_offset[:-1]]
-    return dict(status=status, label=np.where(keep, label, -1), score=np.where(decided, p, np.float32(np.nan)),
-                threshold=np.where(decided, held, np.nan), positive_units=np.where(decided & (units > 0), positive, -1),
-                unit_positive=unit_positive)
-
 
 def cut_kept(samples: Samples, routes: np.ndarray, decision: dict[str, np.ndarray], prefix: Path, cfg: FilterConfig,
              work: webscale.Work) -> None:
@@ -923,121 +860,35 @@ def cut_kept(samples: Samples, routes: np.ndarray, decision: dict[str, np.ndarra
     WORK/raw/NAME/part_N.mp4 (resumable); pieces of videos cut by an earlier run but not kept now are removed."""
     idx = np.flatnonzero(routes == ROUTES.index("windows"))[work.shard.rank::work.shard.world]
     kept = set(idx[decision["status"][idx] == STATUSES.index("kept")].tolist())
-    state = _cut_state(work)
+    state = work.latest("cut")
     for i in sorted(set(state) & set(idx.tolist()) - kept):
         if "removed" not in state[i]:
-            shutil.rmtree(work.folder / "raw" / _piece_name(_rel(samples[i].path, prefix), i), ignore_errors=True)
+            shutil.rmtree(work.folder / "raw" / _piece_name(samples, i, prefix), ignore_errors=True)
             work.append("cut", [dict(i=i, removed=True)])
     todo = sorted(i for i in kept if i not in state or "removed" in state[i])
-    if todo:
-        items = _CutItems(samples, todo, [_piece_name(_rel(samples[i].path, prefix), i) for i in todo],
-                          work.folder / "raw", cfg.piece_seconds)
-        loader = torch.utils.data.DataLoader(items, batch_size=None, num_workers=cfg.workers, collate_fn=webscale.as_is)
-        progress, failed = webscale.Progress(f"cutting kept untrimmed videos{_rank_tag(work.shard)}", len(todo),
-                                     cfg.progress), 0
-        for i, pieces, error in loader:
-            work.append("cut", [dict(i=i, pieces=pieces) if error is None else dict(i=i, error=error)])
-            failed += error is not None
-            progress.update(1, failed)
-        progress.close()
+    calls = [(samples[i].path, work.folder / "raw" / _piece_name(samples, i, prefix), cfg.piece_seconds) for i in todo]
+    for k, pieces, error in webscale.run_calls(data.cut_video, calls, cfg.workers, cfg.progress,
+                                               f"cutting kept untrimmed videos{work.shard.tag}"):
+        work.append("cut", [dict(i=todo[k], pieces=pieces) if error is None else dict(i=todo[k], error=error)])
     webscale.barrier()
 
 
-# ----------------------------------------------------------------------------------------------------------------------
-# 6. Outputs: what the teachers saw as columns (written once), the decision's list built from them
-# ----------------------------------------------------------------------------------------------------------------------
-
-@dataclass
-class Seen:
-    """What the teachers saw of a run's N samples as columns: OUT/scores.npz, written once when scoring ends
-    (`gather_records`), all that `decide` and the list lines need, so a finished run is re-decided without
-    reading a record. Units: the 1-FPS frames or 10-s windows (or raw pieces) of untrimmed videos, M in all."""
-    scores: Scores             # (N,) each: query, query_p, top_class, top_p (NaN / -1: not scored)
-    state: np.ndarray          # (N,) uint8 into SEEN: scored, corrupt or duplicate
-    unit_offset: np.ndarray    # (N + 1,) int64: sample i's units are rows unit_offset[i]:unit_offset[i + 1]
-    unit_query: np.ndarray     # (M,) float32: each unit's p(query class) (NaN: no query class)
-    unit_top: np.ndarray       # (M,) float32: each unit's p(its video's argmax class)
-    unit_frames: np.ndarray    # (M, 2) int64: the frames [first, stop) of each unit (a 1-FPS frame f: [f, f + 1);
-                               # a raw piece: -1)
-    fps: np.ndarray            # (N,) float64: the rate the frames of a 3D student's windows count at (else NaN)
-    line_offset: np.ndarray    # (N + 1,) int64: samples.jsonl's record i is bytes line_offset[i]:line_offset[i + 1]
-
-    def save(self, path: Path) -> None:
-        s = self.scores
-        columns = dict(query=s.query, query_p=s.query_p, top_class=s.top_class, top_p=s.top_p,
-                       **{f.name: getattr(self, f.name) for f in fields(self) if f.name != "scores"})
-        webscale.write_atomic(path, lambda f: np.savez(f, format=np.array(SCORES_FORMAT), seen=np.array(SEEN), **columns))
-
-    @classmethod
-    def load(cls, path: Path) -> Seen:
-        with np.load(path) as f:
-            if str(f["format"]) != SCORES_FORMAT:
-                raise ValueError(f"{path}: expected format {SCORES_FORMAT}, got {f['format']}")
-            c = {k: f[k] for k in f.files}
-        return cls(Scores(c["query"], c["query_p"], c["top_class"], c["top_p"]),
-                   **{f.name: c[f.name] for f in fields(cls) if f.name != "scores"})
-
-
-def gather_records(work: webscale.Work, n: int, base: str, list_dir: Path, val_samples: Samples | None) -> None:
-    """Rank 0, once when scoring ends: every rank's records in sample order (a sample recorded twice, a block
-    redone after a crash, takes its last record) -> WORK/samples.jsonl (the records as the ranks wrote them),
-    scores.npz (`Seen`, their columns) and duplicates.txt. Streams: memory is columns of N numbers + the units."""
-    pick, number, offset = webscale.last_records(work, n)
-    if (pick < 0).any():
-        raise RuntimeError(f"filter: {int((pick < 0).sum())} samples have no record in {work.folder} (a rank "
-                           f"did not finish); run the same command again")
-    scores = Scores(np.full(n, -1, np.int64), np.full(n, np.nan, np.float32), np.full(n, -1, np.int64),
-                    np.full(n, np.nan, np.float32))
-    state, fps, line_offset, units = np.zeros(n, np.uint8), np.full(n, np.nan), np.zeros(n + 1, np.int64), \
-        np.zeros(n, np.int64)
-    unit_query, unit_top, unit_frames = array.array("f"), array.array("f"), array.array("q")
-    with open(work.folder / "samples.jsonl", "wb") as rec_out, open(work.folder / "duplicates.txt", "w") as dup_out:
-        dup_out.write("# web sample (relative to this folder)  val sample it duplicates  whitened cosine "
-                      "similarity\n" if val_samples is not None else
-                      "# de-duplication was not run (no --dedup-against)\n")
-        for i, line in webscale.records_in_order(work, pick, number, offset):
-            r = json.loads(line)
-            rec_out.write(line)
-            line_offset[i + 1] = line_offset[i] + len(line)
-            scores.query[i] = r["query"]
-            if "top_class" not in r:   # corrupt or a duplicate
-                state[i] = SEEN.index(r["status"])
-                if r["status"] == "duplicate":
-                    dup_out.write(f'{_list_path(base, r["path"])} '
-                                  f'{_rel(val_samples[r["val_index"]].path, list_dir)} {r["similarity"]:.4f}\n')
-                continue
-            scores.top_class[i], scores.top_p[i] = r["top_class"], r["top_score"]
-            scores.query_p[i] = np.nan if r["query_score"] is None else r["query_score"]
-            if "units" in r:   # Sec. 3.5: an untrimmed video's units
-                units[i] = r["units"]
-                unit_query.extend([np.nan] * r["units"] if r["unit_query"] is None else r["unit_query"])
-                unit_top.extend(r["unit_top"])
-                unit_frames.extend([x for f in r["frames"] for x in (f, f + 1)] if "frames" in r else
-                                   [x for w in r["windows"] for x in w] if "windows" in r else [-1, -1] * r["units"])
-                fps[i] = r.get("fps", np.nan)
-    Seen(scores, state, np.concatenate(([0], np.cumsum(units))), np.frombuffer(unit_query, np.float32),
-         np.frombuffer(unit_top, np.float32), np.frombuffer(unit_frames, np.int64).reshape(-1, 2), fps,
-         line_offset).save(work.folder / "scores.npz")
-
-
-def write_outputs(folder: str | Path, seen_dir: Path, seen: Seen, samples: Samples, classes: list[str],
+def write_outputs(folder: Path, seen_dir: Path, seen: webscale.Seen, samples: Samples, classes: list[str],
                   decision: dict[str, np.ndarray], cfg: FilterConfig, list_dir: Path, prefix: Path,
-                  cut: dict[int, dict], dedup_info: dict | None = None, extra: dict | None = None) -> dict:
-    """Rank 0: the decision -> FOLDER/train.txt (+ sidecar), decision.npz, classes.txt and report.json (the
-    counts, Fig. 3 per class); samples.jsonl, scores.npz and duplicates.txt (what the teachers saw) come from
-    seen_dir unchanged (hard links). No record is read or written: the list lines are built from the columns
-    and the source list's paths, joined once. --cut-pieces: a kept video that could not be cut is corrupt."""
-    folder, base = Path(folder), _rel(prefix, list_dir)
-    routes = _route_codes(samples, cfg.student)
+                  cut: dict[int, dict], report: dict) -> dict:
+    """Rank 0: the decision -> FOLDER/train.txt (+ sidecar), decision.npz, classes.txt and report.json (`report`
+    + the counts and Fig. 3 per class); samples.jsonl, scores.npz and duplicates.txt come from seen_dir unchanged
+    (hard links). The list lines are built from the columns and the source list's paths, joined once; no record is
+    read. --cut-pieces: a kept video that could not be cut is corrupt."""
+    base, routes = webscale.rel_path(prefix, list_dir), _route_codes(samples, cfg.student)
+    failed = []
     if cfg.cut_pieces:
-        kept_videos = (decision["status"] == STATUSES.index("kept")) & (routes == ROUTES.index("windows"))
-        cut_videos = np.flatnonzero(kept_videos)
-        missing = [i for i in cut_videos.tolist() if i not in cut]
+        cut_videos = np.flatnonzero((decision["status"] == STATUSES.index("kept")) &
+                                    (routes == ROUTES.index("windows"))).tolist()
+        missing = [i for i in cut_videos if i not in cut]
         if missing:
             raise RuntimeError(f"filter: kept video {samples[missing[0]].path} was not cut; run the same command again")
-        failed = [i for i in cut_videos.tolist() if "error" in cut[i]]
-    else:
-        failed = []
+        failed = [i for i in cut_videos if "error" in cut[i]]
     decision = dict(decision, status=decision["status"].copy(), label=decision["label"].copy(),
                     cut_failed=np.array(failed, dtype=np.int64),
                     cut_error=np.array([f'cutting failed: {cut[i]["error"]}' for i in failed], dtype=str))
@@ -1049,31 +900,31 @@ def write_outputs(folder: str | Path, seen_dir: Path, seen: Seen, samples: Sampl
     with open(folder / "train.txt", "wb") as out:
         for s in range(0, len(kept_all), LINES_AT_ONCE):   # memory: the lines of one chunk
             kept = kept_all[s:s + LINES_AT_ONCE]
-            paths = _list_paths(samples, kept, prefix, base)
+            paths = webscale.list_paths(samples, kept, prefix, base)
             out.write(b"".join(_list_lines(samples, routes, kept, paths, decision, seen, cfg, prefix)))
             for k in np.flatnonzero(routes[kept] == ROUTES.index("one_fps")).tolist():
                 i = int(kept[k])
                 a, b = seen.unit_offset[i], seen.unit_offset[i + 1]
-                frame_scores[paths[k].decode()] = webscale.FrameScores(tuple(seen.unit_frames[a:b, 0].tolist()),
-                                                                   tuple(unit_p[a:b].tolist()),
-                                                                   float(decision["threshold"][i]))
+                frame_scores[paths[k].decode()] = webscale.FrameScores(
+                    tuple(seen.unit_frames[a:b, 0].tolist()), tuple(unit_p[a:b].tolist()),
+                    float(decision["threshold"][i]))
     if frame_scores:
         webscale.write_frame_scores(webscale.frame_scores_path(folder / "train.txt"), frame_scores, fps=cfg.fps)
-    np.savez(folder / "decision.npz", statuses=np.array(STATUSES), **{k: v for k, v in decision.items()
-                                                                     if k != "unit_positive"})
+    np.savez(folder / "decision.npz", statuses=np.array(STATUSES),
+             **{k: v for k, v in decision.items() if k != "unit_positive"})
     for name in SEEN_FILES:
         webscale.link(seen_dir / name, folder / name)
     (folder / "classes.txt").write_text("".join(f"{c}\n" for c in classes))
-    report = _summary(seen.scores.query, decision, classes, cfg, dedup_info, extra)
+    report = dict(_summary(seen.query, decision, classes, cfg), **report)
     (folder / "report.json").write_text(json.dumps(report, indent=1) + "\n")
     return report
 
 
 def _list_lines(samples: Samples, routes: np.ndarray, kept: np.ndarray, paths: list[bytes],
-                decision: dict[str, np.ndarray], seen: Seen, cfg: FilterConfig, prefix: Path) -> list[bytes]:
-    """The list line of every kept sample (paths: their list paths), in sample order: 'PATH LABEL' (images,
-    videos, 2D untrimmed videos, whose frames go to the sidecar); raw pieces and --cut-pieces 'PATH LABEL
-    NUM_PIECES POS_IDX...'; a 3D student's windows by time 'PATH LABEL START:END ...' (data.py 'windows')."""
+                decision: dict[str, np.ndarray], seen: webscale.Seen, cfg: FilterConfig, prefix: Path) -> list[bytes]:
+    """The list line of every kept sample (paths: their list paths), in sample order: 'PATH LABEL' (images, videos,
+    2D untrimmed videos: their frames go to the sidecar); raw pieces and --cut-pieces 'PATH LABEL NUM_PIECES
+    POS_IDX...'; a 3D student's windows by time 'PATH LABEL START:END ...' (data.py 'windows')."""
     labels = decision["label"][kept].tolist()
     lines = [b"%s %d\n" % (p, label) for p, label in zip(paths, labels)]
     for k in np.flatnonzero(np.isin(routes[kept], [ROUTES.index("windows"), ROUTES.index("raw")])).tolist():
@@ -1081,9 +932,8 @@ def _list_lines(samples: Samples, routes: np.ndarray, kept: np.ndarray, paths: l
         a, b = seen.unit_offset[i], seen.unit_offset[i + 1]
         pos = np.flatnonzero(decision["unit_positive"][a:b])
         if routes[i] == ROUTES.index("raw") or cfg.cut_pieces:   # MMAction2 RawVideoDataset lines
-            head = paths[k] if routes[i] == ROUTES.index("raw") else \
-                f"raw/{_piece_name(_rel(samples[i].path, prefix), i)}".encode()
-            lines[k] = f"{head.decode()} {labels[k]} {b - a} {' '.join(map(str, pos.tolist()))}\n".encode()
+            head = paths[k].decode() if routes[i] == ROUTES.index("raw") else f"raw/{_piece_name(samples, i, prefix)}"
+            lines[k] = f"{head} {labels[k]} {b - a} {' '.join(map(str, pos.tolist()))}\n".encode()
         else:
             rate = seen.fps[i]
             lines[k] = (f"{paths[k].decode()} {labels[k]} " + " ".join(
@@ -1091,30 +941,16 @@ def _list_lines(samples: Samples, routes: np.ndarray, kept: np.ndarray, paths: l
     return lines
 
 
-def _list_paths(samples: Samples, idx: np.ndarray, prefix: Path, base: str) -> list[bytes]:
-    """The list paths (`_list_path`: base / the path under the data prefix) of samples idx, UTF-8: slices of a
-    SampleList's path buffer when these paths are plain (relative, no empty part, no part starting with '.'),
-    else one by one."""
-    if isinstance(samples, webscale.SampleList) and Path(samples.prefix) == Path(prefix):
-        rels = samples.rel_path_bytes(idx)
-        joined = b"\n" + b"\n".join(rels)
-        if not any(x in joined for x in (b"\n/", b"\n.", b"/.", b"//")):
-            head = b"" if base == "." else base.encode() + b"/"
-            return [head + r for r in rels] if head else rels
-    return [_list_path(base, _rel(samples[i].path, prefix)).encode() for i in idx.tolist()]
-
-
-def _summary(query: np.ndarray, decision: dict[str, np.ndarray], classes: list[str], cfg: FilterConfig,
-             dedup_info: dict | None, extra: dict | None) -> dict:
-    """report.json: the counts per status and, per class, before / kept / dropped / corrupt / duplicate / after."""
+def _summary(query: np.ndarray, decision: dict[str, np.ndarray], classes: list[str], cfg: FilterConfig) -> dict:
+    """report.json's decision: the counts per status and, per class (Fig. 3), before / kept / dropped / corrupt /
+    duplicate / after."""
     k, status, known = len(classes), decision["status"], query >= 0
     per = {name: np.bincount(query[known & (status == STATUSES.index(name))], minlength=k)
            for name in ("kept", "dropped", "corrupt", "duplicate")}
     before = np.bincount(query[known], minlength=k)
     after = np.bincount(decision["label"][status == STATUSES.index("kept")], minlength=k)
-    per_class = [dict(index=c, name=classes[c], before=int(before[c]), kept=int(per["kept"][c]),
-                      dropped=int(per["dropped"][c]), corrupt=int(per["corrupt"][c]),
-                      duplicate=int(per["duplicate"][c]), after=int(after[c])) for c in range(k)]
+    per_class = [dict(index=c, name=classes[c], before=int(before[c]), **{s: int(per[s][c]) for s in per},
+                      after=int(after[c])) for c in range(k)]
     counts = dict(total=len(status), **{name: int((status == STATUSES.index(name)).sum()) for name in
                                         ("kept", "dropped", "corrupt", "duplicate", "unknown_query")})
     return dict(mode=cfg.mode, threshold=cfg.threshold, rule=cfg.rule, student=cfg.student, classes=list(classes),
@@ -1124,71 +960,81 @@ def _summary(query: np.ndarray, decision: dict[str, np.ndarray], classes: list[s
                                 "query mode; pseudo-labels in pseudo mode)",
                 about_samples="samples.jsonl: what the teachers saw, one record per sample in list order (query-"
                               "class and top-5 probabilities, units of untrimmed videos), scores.npz the same as "
-                              "columns; decision.npz: each sample's status, label, deciding score and threshold",
-                dedup=dedup_info, **(extra or {}))
+                              "columns; decision.npz: each sample's status, label, deciding score and threshold")
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# 7. Command line
+# 6. Command line
 # ----------------------------------------------------------------------------------------------------------------------
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser("omnisource filter", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-                                description="Teacher filtering of a web source (OmniSource Sec. 3.3-3.5): "
-                                            "writes DATA_ROOT/OUT/ for train.py --aux OUT. Under torchrun the "
-                                            "samples are split over the processes; rerun the same command "
-                                            "after a crash to resume.")
-    p.add_argument("--data-root", default="data", help="folder holding the datasets (DATA_ROOT/NAME/ or the "
+    p = argparse.ArgumentParser("omnisource filter", formatter_class=webscale.HelpFormatter,
+                                description="Teacher filtering of a web source (OmniSource Sec. 3.3-3.5): writes "
+                                            "DATA_ROOT/OUT/ for train.py --aux OUT. Under torchrun the samples are "
+                                            "split over the processes; rerun the same command after a crash to "
+                                            "resume, or on a finished output with other decision flags to re-decide.")
+    groups = dict(source=p.add_argument_group("source, teachers and output"),
+                  decision=p.add_argument_group("decision (Sec. 3.4-3.5; another value re-decides a finished output "
+                                                "without its teachers)"),
+                  scoring=p.add_argument_group("scoring (Sec. 3.4-3.5)"),
+                  dedup=p.add_argument_group("de-duplication against the target's val split (Sec. 3.3)"),
+                  run=p.add_argument_group("run"))
+    g = groups["source"]
+    g.add_argument("--data-root", default="data", help="folder holding the datasets (DATA_ROOT/NAME/ or the "
                    "paper's released layouts, see data.resolve_dataset)")
-    p.add_argument("--source", required=True, help="web source to filter: a folder under --data-root with "
+    g.add_argument("--source", required=True, help="web source to filter: a folder under --data-root with "
                    "classes.txt and train.txt (QUERY labels), or gg, ig-img, web-img, ig-vid, k200-raw, k400-untr")
-    p.add_argument("--split", default="train", help="split of --source to filter")
-    p.add_argument("--teacher", nargs="+", required=True, help="train.py checkpoint(s) of the teacher(s); "
+    g.add_argument("--split", default="train", help="split of --source to filter")
+    g.add_argument("--teacher", nargs="+", required=True, help="train.py checkpoint(s) of the teacher(s); "
                    "several are ensembled by averaging probabilities (Fig. 6); images need TSN teachers")
-    p.add_argument("--teacher-arch", default=None, help="architecture of --teacher files that are not train.py "
+    g.add_argument("--teacher-arch", default=None, help="architecture of --teacher files that are not train.py "
                    "checkpoints (MMAction2 0.x / 1.x, bare state dicts), e.g. tsn_r50; they carry no class names: "
                    "their outputs are read against the source's class list, in its order")
-    p.add_argument("--out", required=True, help="output dataset name: DATA_ROOT/OUT/ (replaced if it is an "
+    g.add_argument("--out", required=True, help="output dataset name: DATA_ROOT/OUT/ (replaced if it is an "
                    "earlier filter.py output); work folder DATA_ROOT/.OUT.filter-work/ until it is done")
-    p.add_argument("--dedup-against", default=None, help="target dataset whose val split web samples are "
-                   "de-duplicated against (Sec. 3.3); None: off")
-    p.add_argument("--dedup-checkpoint", default=None, help="ImageNet ResNet-50 weights for de-duplication "
-                   "(torchvision state dict or a train.py checkpoint); None: the teacher's backbone")
+    groups["dedup"].add_argument("--dedup-against", default=None, help="target dataset whose val split web samples "
+                                 "are de-duplicated against; off without it")
+    groups["dedup"].add_argument("--dedup-checkpoint", default=None, help="ImageNet ResNet-50 weights (torchvision "
+                                 "state dict or a train.py checkpoint); without it: the teacher's backbone")
     for f in fields(FilterConfig):   # the run's knobs, declared once (FilterConfig)
         if "help" in f.metadata:
-            flag, default = "--" + f.name.replace("_", "-"), f.metadata.get("cli_default", f.default)
+            g, flag = groups[f.metadata["group"]], "--" + f.name.replace("_", "-")
             if isinstance(f.default, bool):
-                p.add_argument(flag, action="store_true", help=f.metadata["help"])
+                g.add_argument(flag, action="store_true", help=f.metadata["help"])
             else:
-                p.add_argument(flag, type=f.metadata.get("type", type(f.default)), default=default,
-                               choices=f.metadata.get("choices"), help=f.metadata["help"])
-    p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+                g.add_argument(flag, type=f.metadata.get("type", type(f.default)), choices=f.metadata.get("choices"),
+                               default=f.metadata.get("cli_default", f.default), help=f.metadata["help"])
+    groups["run"].add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     return p
 
 
-def main(args: argparse.Namespace) -> dict | None:
-    """The command: returns the report (report.json's summary) on rank 0, None on the other ranks.
+def scoring_settings(args: argparse.Namespace, cfg: FilterConfig, num_samples: int) -> dict:
+    """What the teachers' records depend on: a resumed run must share it with the crashed one, and a finished run's
+    columns are re-decided under it (not DECISION_KEYS, --workers, --device, --quiet or the rank count). A teacher
+    file is named by its path and, while it exists, its size and mtime."""
+    config = {k: v for k, v in vars(cfg).items() if k not in ("workers", "device", "progress") + DECISION_KEYS}
+    return dict({k: getattr(args, k) for k in ("source", "split", "teacher_arch", "dedup_against", "dedup_checkpoint")},
+                teachers=[webscale.file_identity(p) for p in args.teacher], samples=num_samples, config=config)
 
-    On a finished output of the same scoring settings (another --threshold, --mode, --rule or --cut-pieces) the
-    samples are re-decided from its columns (scores.npz): no teacher is loaded or run, no record is read.
-    """
+
+def main(args: argparse.Namespace) -> dict | None:
+    """The command: score (or, on a finished output of the same scoring settings, re-decide from its columns without
+    a teacher), decide, write. Returns the report (report.json) on rank 0, None on the other ranks."""
     shard, device = webscale.distributed(args.device)
-    amp = args.amp or models.default_amp(device)
     knobs = {f.name: getattr(args, f.name) for f in fields(FilterConfig) if "help" in f.metadata}
-    cfg = FilterConfig(**dict(knobs, device=device, amp=amp, progress=not args.quiet))
-    data_root = Path(args.data_root)
+    cfg = FilterConfig(**dict(knobs, device=device, amp=args.amp or models.default_amp(device),
+                              progress=not args.quiet))
+    data_root, start = Path(args.data_root), time.time()
     spec = data.resolve_dataset(data_root, args.source)
     samples = data.load_split(spec, args.split)
-    final = _check_out(data_root, args.out, spec)
+    final = webscale.output_folder(data_root, args.out, spec.root)
     prefix = spec.splits[args.split].prefix
     val = data.load_split(data.resolve_dataset(data_root, args.dedup_against), "val") if args.dedup_against else None
     work = webscale.Work(data_root / f".{args.out}.filter-work", shard)
-    settings = _settings(args, cfg, len(samples))
-    earlier = _finished_run(final, work, settings)
-    start = time.time()
+    settings = scoring_settings(args, cfg, len(samples))
+    earlier = webscale.finished_report(final, work, settings, SEEN_FILES)
     if earlier is None:
-        teachers = load_teachers(args.teacher, cfg.device, args.teacher_arch, spec.classes,
-                                 f"--source {args.source}")
+        teachers = load_teachers(args.teacher, cfg.device, args.teacher_arch, spec.classes, f"--source {args.source}")
         check_teachers(teachers, webscale.kind_names(samples), cfg.student)
         classes = teachers[0].classes
         query = map_query_labels(samples, spec.classes, classes, args.source, cfg.mode, teachers[0].source)
@@ -1207,10 +1053,9 @@ def main(args: argparse.Namespace) -> dict | None:
             info = run_filter(samples, query, teachers, cfg, work, prefix, val, extractor)
         finally:
             work.close()
-        teachers_info = [dict(path=t.source, arch=t.arch) for t in teachers]
-        seen_dir = work.folder
+        teachers_info, seen_dir = [dict(path=t.source, arch=t.arch) for t in teachers], work.folder
         if shard.rank == 0:
-            gather_records(work, len(samples), _rel(prefix, final), final, val)
+            webscale.gather_records(work, len(samples), webscale.rel_path(prefix, final), final, val)
         webscale.barrier()
     else:   # Sec. 3.4 again on what the teachers saw: the columns of the finished run
         classes, info, teachers_info = data.read_classes(final / "classes.txt"), earlier["dedup"], earlier["teachers"]
@@ -1219,20 +1064,20 @@ def main(args: argparse.Namespace) -> dict | None:
         if shard.rank == 0:
             print(f"filter: re-deciding the {len(samples)} samples of {final} from its columns (scores.npz), "
                   f"no teacher is run", file=sys.stderr)
-    seen = Seen.load(seen_dir / "scores.npz")
+    seen = webscale.Seen.load(seen_dir / "scores.npz")
     decision = decide(seen, len(classes), cfg)
     if cfg.cut_pieces:
         cut_kept(samples, _route_codes(samples, cfg.student), decision, prefix, cfg, work)
     report = None
     if shard.rank == 0:
-        extra = dict(source=args.source, split=args.split, out=args.out, data_root=str(data_root), amp=cfg.amp,
-                     teachers=teachers_info, dedup_against=args.dedup_against, settings=settings,
+        extra = dict(dedup=info, source=args.source, split=args.split, out=args.out, data_root=str(data_root),
+                     amp=cfg.amp, teachers=teachers_info, dedup_against=args.dedup_against, settings=settings,
                      run=dict(ranks=shard.world, scored=work.scored_now(), redecided=earlier is not None,
                               seconds=round(time.time() - start, 1)))
         with webscale.staged_output(final) as tmp:
             report = write_outputs(tmp, seen_dir, seen, samples, classes, decision, cfg, final, prefix,
-                                   _cut_state(work), info, extra)
-            _move_pieces(work, tmp)
+                                   work.latest("cut"), extra)
+            webscale.move_folder(work.folder / "raw", tmp / "raw")   # --cut-pieces: the pieces of kept videos
         shutil.rmtree(work.folder)
         c = report["counts"]
         print(f'{args.source} -> {final}: kept {c["kept"]} of {c["total"]} (dropped {c["dropped"]}, corrupt '
@@ -1248,155 +1093,24 @@ def main(args: argparse.Namespace) -> dict | None:
                   f"enough: pass --dedup-checkpoint with ImageNet ResNet-50 weights", file=sys.stderr)
         figures.filter_figures(final)           # contact sheet, Fig. 3 histogram, ... beside the outputs
     webscale.barrier()
+    webscale.end_distributed()
     return report
 
 
-def cli(argv: list[str] | None = None) -> None:
-    args = get_args_parser().parse_args(argv)
-    try:
-        main(args)
-    except (ValueError, FileNotFoundError) as err:
-        sys.exit(f"error: {webscale.first_line(err) or type(err).__name__}")
-    if dist.is_available() and dist.is_initialized():
-        # tear the group down on every rank after the last barrier, while the interpreter is fully alive (gloo's
-        # threads outliving it can abort the process at exit)
-        dist.barrier()
-        dist.destroy_process_group()
-
-
 # ----------------------------------------------------------------------------------------------------------------------
-# A reader of the method may stop here. What follows is the machinery: how the steps above run at web scale (the
-# work folder and its records, sharding over ranks, decoding in DataLoader workers, crash-safe files).
-# 8. The work folder: resumable records, re-deciding, the cut pieces
-# ----------------------------------------------------------------------------------------------------------------------
-
-
-def _settings(args: argparse.Namespace, cfg: FilterConfig, num_samples: int) -> dict:
-    """What the teachers' records depend on: a resumed run must share it with the crashed one, and a finished
-    run's columns can be re-decided under it (not the decision's DECISION_KEYS, --workers, --device, --quiet or
-    the rank count). A teacher file is named by its path and, while it exists, its size and mtime."""
-    teachers = [dict(path=str(Path(p).resolve()), **({} if not Path(p).is_file() else
-                                                      dict(bytes=Path(p).stat().st_size,
-                                                           mtime_ns=Path(p).stat().st_mtime_ns)))
-                for p in args.teacher]
-    keep = ("source", "split", "teacher_arch", "dedup_against", "dedup_checkpoint")
-    config = {k: v for k, v in vars(cfg).items() if k not in ("workers", "device", "progress") + DECISION_KEYS}
-    return dict({k: getattr(args, k) for k in keep}, teachers=teachers, samples=num_samples, config=config)
-
-
-def _finished_run(final: Path, work: webscale.Work, settings: dict) -> dict | None:
-    """The report of the finished output `final` when its scoring settings are `settings` (a teacher file that
-    is gone is matched by its path) and no scoring run of its own is unfinished in the work folder; else None."""
-    config = work.folder / "config.json"
-    if not all((final / name).is_file() for name in ("report.json",) + SEEN_FILES) or \
-            (config.is_file() and "records" not in json.loads(config.read_text())):
-        return None
-    report = json.loads((final / "report.json").read_text())
-    old = json.loads(json.dumps(report.get("settings")))
-    new = json.loads(json.dumps(settings))
-    if not isinstance(old, dict) or len(old.get("teachers", [])) != len(new["teachers"]):
-        return None
-    old["teachers"] = [{k: t[k] for k in n if k in t} for t, n in zip(old["teachers"], new["teachers"])]
-    return report if old == new else None
-
-
-def _cut_state(work: webscale.Work) -> dict[int, dict]:
-    """The last cut record of every video: {"pieces": n}, {"error": message} or {"removed": true}."""
-    state = {}
-    for _, _, line in work.lines("cut"):
-        r = json.loads(line)
-        state[r["i"]] = r
-    return state
-
-
-class _CutItems(torch.utils.data.Dataset):
-    """Worker: cut one untrimmed video into RAW/NAME/part_N.mp4 -> (index, pieces, None) or (index, None, error)."""
-
-    def __init__(self, samples: Samples, ids: list[int], names: list[str], raw_dir: Path, seconds: float):
-        self.samples, self.ids, self.names, self.raw_dir, self.seconds = samples, ids, names, raw_dir, seconds
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    def __getitem__(self, k: int) -> tuple:
-        i = self.ids[k]
-        try:
-            return i, data.cut_video(self.samples[i].path, self.raw_dir / self.names[k], self.seconds), None
-        except webscale.DECODE_ERRORS as err:   # a file that cannot be decoded or written could not be cut
-            return i, None, f"{type(err).__name__}: {webscale.first_line(err)}"
-
-
-def _move_pieces(work: webscale.Work, folder: Path) -> None:
-    """--cut-pieces: the pieces of kept videos move from the work folder into the output (one rename)."""
-    raw = work.folder / "raw"
-    if raw.is_dir():
-        webscale.remove_empty_folders(raw)
-        if raw.is_dir():
-            os.rename(raw, Path(folder) / "raw")
-
-
-# ----------------------------------------------------------------------------------------------------------------------
-# 9. Sharding and decoding in workers
-# ----------------------------------------------------------------------------------------------------------------------
-
-
-class _UnitStream(torch.utils.data.IterableDataset):
-    """Worker side, Sec. 3.5: untrimmed videos -> chunks of at most `per_chunk` units (1-FPS frames, 10-s
-    windows, or the pieces of a raw sample), so a long video is never one tensor. Yields
-    (index, first unit, number of units, one uint8 (u, 1, C, T, h, w) tensor per load, (unit info, frame rate),
-    error);
-    the videos are split over the workers (video k -> worker k % workers)."""
-
-    def __init__(self, samples: Samples, todo: np.ndarray, route: str, cfg: FilterConfig, loads: Loads):
-        self.samples, self.todo, self.route, self.loads = samples, todo, route, loads
-        self.fps, self.seconds = cfg.fps, cfg.piece_seconds
-        self.per_chunk = max(1, cfg.chunk_frames // max(s.num_frames for s, _, _ in loads))
-
-    def __iter__(self) -> Iterator[tuple]:
-        info = torch.utils.data.get_worker_info()
-        worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
-        for k in range(worker, len(self.todo), workers):
-            i = int(self.todo[k])
-            try:
-                plan, unit_info, rate = _unit_plan(self.samples[i], self.route, self.fps, self.seconds, self.loads)
-                for s in range(0, len(unit_info), self.per_chunk):
-                    views = [_load_units(plan[g][s:s + self.per_chunk], transform)
-                             for g, (_, transform, _) in enumerate(self.loads)]
-                    yield i, s, len(unit_info), views, (unit_info[s:s + self.per_chunk], rate), None
-            except webscale.Unreadable as err:   # unreadable at any chunk: the video is corrupt (Sec. 3.3)
-                yield i, -1, 0, None, None, str(err)
-
-
-class _Load:
-    """A picklable worker-side loader: sample -> fn(sample, loads) (one uint8 tensor per teacher group)."""
-
-    def __init__(self, fn: Callable, loads: Loads):
-        self.fn, self.loads = fn, loads
-
-    def __call__(self, sample: webscale.Sample) -> list[torch.Tensor]:
-        return self.fn(sample, self.loads)
-
-
-# ----------------------------------------------------------------------------------------------------------------------
-# Helpers
+# 7. Helpers
 # ----------------------------------------------------------------------------------------------------------------------
 
 def _route_codes(samples: Samples, student: str) -> np.ndarray:
     """Route (index into ROUTES) of every sample: images; short videos and frame folders; untrimmed videos as
     1-FPS frames (2d) or 10-s windows (3d); raw videos cut already."""
-    kinds = list(webscale.KINDS)
     table = np.array([ROUTES.index({"image": "images", "untrimmed": "one_fps" if student == "2d" else "windows",
-                                    "raw": "raw"}.get(k, "videos")) for k in kinds], dtype=np.int8)
+                                    "raw": "raw"}.get(k, "videos")) for k in webscale.KINDS], dtype=np.int8)
     return table[webscale.kinds_of(samples)]
 
 
-def _blocks(idx: np.ndarray, size: int) -> list[np.ndarray]:
-    """Sample indices idx (N,) in blocks of `size` (the last one shorter): block b goes to rank b % world."""
-    return [idx[s:s + size] for s in range(0, len(idx), size)]
-
-
 def _base_record(i: int, sample: webscale.Sample, query: int, prefix: Path) -> dict:
-    return dict(i=int(i), path=_rel(sample.path, prefix), kind=sample.kind, query=int(query))
+    return dict(i=int(i), path=webscale.rel_path(sample.path, prefix), kind=sample.kind, query=int(query))
 
 
 def _corrupt(i: int, sample: webscale.Sample, query: int, prefix: Path, message: str) -> dict:
@@ -1404,8 +1118,8 @@ def _corrupt(i: int, sample: webscale.Sample, query: int, prefix: Path, message:
 
 
 def _score_record(record: dict, probs: ArrayLike, query: int) -> dict:
-    """What the teachers saw of a sample, probs (K,): p(query class), the argmax class and its probability (the
-    two modes' deciding numbers, exactly as float32 gave them) and the top-5 (the report)."""
+    """What the teachers saw of a sample, probs (K,): p(query class), the argmax class and its probability (the two
+    modes' deciding numbers, as float32 gave them) and the top-5 (the report)."""
     p = np.asarray(probs, dtype=np.float32)
     top = np.argsort(-np.nan_to_num(p, nan=-1.0), kind="stable")[:TOP_K]
     record.update(query_score=_floats(p[query]) if query >= 0 else None, top_class=int(top[0]),
@@ -1419,41 +1133,14 @@ def _floats(x: ArrayLike) -> float | list[float]:
     return float(str(a)) if a.ndim == 0 else [float(str(v)) for v in a]
 
 
-def _rank_tag(shard: webscale.Shard) -> str:
-    return f" [rank {shard.rank}/{shard.world}]" if shard.world > 1 else ""
-
-
-def _check_out(data_root: str | Path, out: str, spec: data.DatasetSpec) -> Path:
-    """--out: a plain folder name, not the source, and not a folder filter.py did not write."""
-    if not out or Path(out).name != out or out in (".", ".."):
-        raise ValueError(f"--out {out!r}: expected a dataset folder name (created under --data-root)")
-    final = Path(data_root) / out
-    if final.resolve() in (Path(spec.root).resolve(), Path(data_root).resolve()):
-        raise ValueError(f"--out {out}: that is the source folder itself; choose a new name")
-    if final.exists() and not (final / "report.json").is_file():
-        raise ValueError(f"--out {out}: {final} exists and is not an earlier filter.py output (no "
-                         f"report.json); choose a new name")
-    return final
-
-
-def _piece_name(rel_path: str, index: int) -> str:
-    """Folder of a video's pieces under raw/: its path under the data prefix (rel_path) without the extension."""
-    rel = Path(rel_path).with_suffix("")
-    return rel.as_posix() if ".." not in rel.parts else f"{index:06d}_{rel.name}"
+def _piece_name(samples: Samples, i: int, prefix: Path) -> str:
+    """Folder of a video's pieces under raw/: its path under the data prefix without the extension."""
+    rel = Path(webscale.rel_path(samples[i].path, prefix)).with_suffix("")
+    return rel.as_posix() if ".." not in rel.parts else f"{i:06d}_{rel.name}"
 
 
 def _common_folder(samples: Samples) -> Path:
     return Path(os.path.commonpath([str(Path(s.path).parent) for s in samples]))
-
-
-def _list_path(base: str, rel_path: str) -> str:
-    """A sample's path in the output list from its path under the data prefix: base (the prefix relative to
-    the list's folder) / rel_path, normalised as os.path.relpath would give it."""
-    return posixpath.normpath(posixpath.join(base, rel_path))
-
-
-def _rel(path: str | Path, base: str | Path) -> str:
-    return Path(os.path.relpath(path, base)).as_posix()
 
 
 def _preview(names: Sequence[str], k: int = 3) -> str:
@@ -1465,4 +1152,4 @@ def _name(teacher: nn.Module) -> str:
 
 
 if __name__ == "__main__":
-    cli()
+    webscale.run_command(main, get_args_parser())

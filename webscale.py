@@ -22,10 +22,12 @@ import bisect
 import collections
 import contextlib
 import ctypes
+import dataclasses
 import datetime
 import json
 import math
 import os
+import posixpath
 import shutil
 import sys
 import threading
@@ -1159,10 +1161,12 @@ def fsync(path: Path) -> None:
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# Work folders of a sharded, resumable command (filter.py): records per rank, blocks decoded in workers
+# Work folders of a sharded, resumable command (filter.py): records per rank, blocks decoded in workers, outputs
 # ----------------------------------------------------------------------------------------------------------------------
 
 WORK_FORMAT = "omnisource-filter-work-2"
+SEEN = ("scored", "corrupt", "duplicate")        # a record's state: what the teachers saw (scores.npz 'state')
+SCORES_FORMAT = "omnisource-filter-scores-1"
 
 
 # what reading a broken file raises (Sec. 3.3): the OS (missing, unreadable; Pillow's UnidentifiedImageError and
@@ -1179,7 +1183,7 @@ class Work:
     records-RANK.jsonl     one JSON object per sample ({"i": index, ...}): what the teachers saw (no decision),
                            corrupt or duplicate; appended one block at a time
     dedup-RANK.jsonl       finished de-duplication blocks {"b": block, "removed": [indices]}
-    dedup-feats-RANK-of-WORLD.pt  the rank's share of the val and whitening-subset features
+    dedup-feats-RANK-of-WORLD.pt  the rank's share of the val and whitening-subset features (`share`)
     dedup-val.pt           the val side of Sec. 3.3 (whitening, threshold, whitened val centre crops)
     samples.jsonl, scores.npz, duplicates.txt   the records in sample order and their columns (`gather_records`),
                            written when scoring ends; they move into the output
@@ -1222,7 +1226,7 @@ class Work:
 
     def lines(self, kind: str) -> Iterator[tuple[int, int, bytes]]:
         """(file number, byte offset, line) of every complete line of every rank's KIND file."""
-        for number, path in enumerate(sorted(self.folder.glob(f"{kind}-*.jsonl"))):
+        for number, path in enumerate(self.files(kind)):
             with open(path, "rb") as f:
                 offset = 0
                 for line in f:
@@ -1233,6 +1237,10 @@ class Work:
     def files(self, kind: str) -> list[Path]:
         return sorted(self.folder.glob(f"{kind}-*.jsonl"))
 
+    def latest(self, kind: str, key: str = "i") -> dict[int, dict]:
+        """The last record of every value of `key` in the KIND files (e.g. a video's cut state, a finished block)."""
+        return {r[key]: r for r in (json.loads(line) for _, _, line in self.lines(kind))}
+
     def done(self, num_samples: int) -> np.ndarray:
         """bool (N,): samples with a record (from any rank, any earlier run)."""
         done = np.zeros(num_samples, dtype=bool)
@@ -1240,13 +1248,31 @@ class Work:
             done[record_index(line)] = True
         return done
 
+    def share(self, name: str, part_name: str, part: Callable[[], dict], join: Callable[[list[dict]], dict]) -> dict:
+        """One result from every rank's part, computed once into WORK/NAME and read by every rank (resumable): each
+        rank saves part() to WORK/PART_NAME-RANK-of-WORLD.pt (another rank count starts afresh), rank 0 saves
+        join(the parts in rank order)."""
+        path, world = self.folder / name, self.shard.world
+        mine = self.folder / f"{part_name}-{self.shard.rank:05d}-of-{world:05d}.pt"
+        if not path.is_file() and not mine.is_file():
+            result = part()
+            write_atomic(mine, lambda f: torch.save(result, f))
+        barrier()
+        if self.shard.rank == 0 and not path.is_file():
+            parts = [torch.load(p, map_location="cpu", weights_only=True)
+                     for p in sorted(self.folder.glob(f"{part_name}-*-of-{world:05d}.pt"))]
+            result = join(parts)
+            write_atomic(path, lambda f: torch.save(result, f))
+        barrier()
+        return torch.load(path, map_location="cpu", weights_only=True)
+
     def close(self) -> None:
         for f in self._files.values():
             os.fsync(f.fileno())
             f.close()
         self._files = {}
         write_atomic(self.folder / f"progress-{self.shard.rank:05d}.json",
-                          json.dumps(dict(rank=self.shard.rank, world=self.shard.world, scored=self.scored)))
+                     json.dumps(dict(rank=self.shard.rank, world=self.shard.world, scored=self.scored)))
 
     def scored_now(self) -> int:
         """Samples scored by the ranks of the last run (their progress files)."""
@@ -1257,33 +1283,136 @@ class Work:
         return total
 
 
-def records_in_order(work: Work, pick: np.ndarray, number: np.ndarray, offset: np.ndarray) -> Iterator[tuple]:
-    """(sample index, its last record's line) for every sample with a record, in sample order, streamed."""
+@dataclass
+class Seen:
+    """What the teachers saw of a filter.py run's N samples as columns (OUT/scores.npz, written once by
+    `gather_records`): all filter.decide and the list lines need, so a finished run is re-decided without reading a
+    record. Units: the 1-FPS frames, 10-s windows or raw pieces of untrimmed videos (Sec. 3.5), M in all."""
+    query: np.ndarray          # (N,) int64: the query class as a teacher class (-1: not a teacher class)
+    query_p: np.ndarray        # (N,) float32: p(query class) (NaN: not scored)
+    top_class: np.ndarray      # (N,) int64: the argmax class (-1: not scored)
+    top_p: np.ndarray          # (N,) float32: its probability (NaN: not scored)
+    state: np.ndarray          # (N,) uint8 into SEEN: scored, corrupt or duplicate
+    unit_offset: np.ndarray    # (N + 1,) int64: sample i's units are rows unit_offset[i]:unit_offset[i + 1]
+    unit_query: np.ndarray     # (M,) float32: each unit's p(query class) (NaN: no query class)
+    unit_top: np.ndarray       # (M,) float32: each unit's p(its video's argmax class)
+    unit_frames: np.ndarray    # (M, 2) int64: frames [first, stop) of each unit (1-FPS frame f: [f, f + 1); piece: -1)
+    fps: np.ndarray            # (N,) float64: the rate the frames of a 3D student's windows count at (else NaN)
+    line_offset: np.ndarray    # (N + 1,) int64: samples.jsonl's record i is bytes line_offset[i]:line_offset[i + 1]
+
+    def save(self, path: Path) -> None:
+        columns = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        write_atomic(path, lambda f: np.savez(f, format=np.array(SCORES_FORMAT), seen=np.array(SEEN), **columns))
+
+    @classmethod
+    def load(cls, path: Path) -> Seen:
+        with np.load(path) as f:
+            if str(f["format"]) != SCORES_FORMAT:
+                raise ValueError(f"{path}: expected format {SCORES_FORMAT}, got {f['format']}")
+            return cls(**{c.name: f[c.name] for c in dataclasses.fields(cls)})
+
+
+def gather_records(work: Work, n: int, base: str, list_dir: Path, val_samples: SampleList | list[Sample] | None
+                   ) -> None:
+    """Rank 0, once when scoring ends: every rank's records in sample order (a block redone after a crash: its last
+    record) -> WORK/samples.jsonl (the records as written), scores.npz (`Seen`) and duplicates.txt (list paths: base
+    / the record's path; val paths relative to list_dir). Streams: memory is columns of N numbers + the units."""
+    index, number, offset = (np.frombuffer(c, np.int64) for c in _record_columns(work))
+    order = np.lexsort((np.arange(len(index)), index))
+    last = np.append(index[order][1:] != index[order][:-1], True) if len(order) else np.zeros(0, bool)
+    pick = np.full(n, -1, dtype=np.int64)
+    pick[index[order][last]] = order[last]            # pick[i]: sample i's last record (-1: none)
+    if (pick < 0).any():
+        raise RuntimeError(f"filter: {int((pick < 0).sum())} samples have no record in {work.folder} (a rank "
+                           f"did not finish); run the same command again")
+    query, top_class, units, line_offset = (np.full(n, -1, np.int64), np.full(n, -1, np.int64), np.zeros(n, np.int64),
+                                            np.zeros(n + 1, np.int64))
+    query_p, top_p, state, fps = np.full(n, np.nan, np.float32), np.full(n, np.nan, np.float32), np.zeros(n, np.uint8), \
+        np.full(n, np.nan)
+    unit_query, unit_top, unit_frames = array.array("f"), array.array("f"), array.array("q")
     handles = [open(p, "rb") for p in work.files("records")]
     try:
-        for i in np.flatnonzero(pick >= 0).tolist():
-            f = handles[number[pick[i]]]
-            f.seek(offset[pick[i]])
-            yield i, f.readline()
+        with open(work.folder / "samples.jsonl", "wb") as rec_out, \
+                open(work.folder / "duplicates.txt", "w") as dup_out:
+            dup_out.write("# web sample (relative to this folder)  val sample it duplicates  whitened cosine "
+                          "similarity\n" if val_samples is not None else
+                          "# de-duplication was not run (no --dedup-against)\n")
+            for i in range(n):
+                handles[number[pick[i]]].seek(offset[pick[i]])
+                line = handles[number[pick[i]]].readline()
+                r = json.loads(line)
+                rec_out.write(line)
+                line_offset[i + 1] = line_offset[i] + len(line)
+                query[i] = r["query"]
+                if "top_class" not in r:   # corrupt or a duplicate
+                    state[i] = SEEN.index(r["status"])
+                    if r["status"] == "duplicate":
+                        dup_out.write(f'{list_path(base, r["path"])} '
+                                      f'{rel_path(val_samples[r["val_index"]].path, list_dir)} {r["similarity"]:.4f}\n')
+                    continue
+                top_class[i], top_p[i] = r["top_class"], r["top_score"]
+                query_p[i] = np.nan if r["query_score"] is None else r["query_score"]
+                if "units" in r:   # Sec. 3.5: an untrimmed video's units
+                    units[i] = r["units"]
+                    unit_query.extend([np.nan] * r["units"] if r["unit_query"] is None else r["unit_query"])
+                    unit_top.extend(r["unit_top"])
+                    unit_frames.extend([x for f in r["frames"] for x in (f, f + 1)] if "frames" in r else
+                                       [x for w in r["windows"] for x in w] if "windows" in r else
+                                       [-1, -1] * r["units"])
+                    fps[i] = r.get("fps", np.nan)
     finally:
-        for f in handles:
-            f.close()
+        for h in handles:
+            h.close()
+    Seen(query, query_p, top_class, top_p, state, np.concatenate(([0], np.cumsum(units))),
+         np.frombuffer(unit_query, np.float32), np.frombuffer(unit_top, np.float32),
+         np.frombuffer(unit_frames, np.int64).reshape(-1, 2), fps, line_offset).save(work.folder / "scores.npz")
 
 
-def last_records(work: Work, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(pick (n,), file number, offset) of the records in the work folder: pick[i] indexes the last record of
-    sample i (a block redone after a crash), -1 when it has none. Three int64 columns, no object per record."""
+def _record_columns(work: Work) -> list[array.array]:
+    """(sample index, file number, byte offset) of every record line in the work folder: three int64 columns, no
+    object per record."""
     columns = [array.array("q") for _ in range(3)]
     for f, o, line in work.lines("records"):
         columns[0].append(record_index(line))
         columns[1].append(f)
         columns[2].append(o)
-    index, number, offset = (np.frombuffer(c, dtype=np.int64) if len(c) else np.zeros(0, np.int64) for c in columns)
-    order = np.lexsort((np.arange(len(index)), index))
-    last = np.append(index[order][1:] != index[order][:-1], True) if len(order) else np.zeros(0, bool)
-    pick = np.full(n, -1, dtype=np.int64)
-    pick[index[order][last]] = order[last]
-    return pick, number, offset
+    return columns
+
+
+def finished_report(final: Path, work: Work, settings: dict, files: Sequence[str]) -> dict | None:
+    """The report of the finished output `final` (report.json and `files`) when its scoring settings are `settings`
+    (a teacher file that is gone is matched by its path) and no scoring run of its own is unfinished in the work
+    folder; else None."""
+    config = work.folder / "config.json"
+    if not all((final / name).is_file() for name in ("report.json", *files)) or \
+            (config.is_file() and "records" not in json.loads(config.read_text())):
+        return None
+    report = json.loads((final / "report.json").read_text())
+    old, new = json.loads(json.dumps(report.get("settings"))), json.loads(json.dumps(settings))
+    if not isinstance(old, dict) or len(old.get("teachers", [])) != len(new["teachers"]):
+        return None
+    old["teachers"] = [{k: t[k] for k in n if k in t} for t, n in zip(old["teachers"], new["teachers"])]
+    return report if old == new else None
+
+
+def file_identity(path: str | Path) -> dict:
+    """A file named in settings: its resolved path and, while it exists, its size and mtime."""
+    p = Path(path)
+    return dict(path=str(p.resolve()), **(dict(bytes=p.stat().st_size, mtime_ns=p.stat().st_mtime_ns)
+                                          if p.is_file() else {}))
+
+
+def output_folder(data_root: str | Path, out: str, source_root: str | Path) -> Path:
+    """--out: DATA_ROOT/OUT for a plain folder name, not the source, and not a folder filter.py did not write."""
+    if not out or Path(out).name != out or out in (".", ".."):
+        raise ValueError(f"--out {out!r}: expected a dataset folder name (created under --data-root)")
+    final = Path(data_root) / out
+    if final.resolve() in (Path(source_root).resolve(), Path(data_root).resolve()):
+        raise ValueError(f"--out {out}: that is the source folder itself; choose a new name")
+    if final.exists() and not (final / "report.json").is_file():
+        raise ValueError(f"--out {out}: {final} exists and is not an earlier filter.py output (no "
+                         f"report.json); choose a new name")
+    return final
 
 
 @contextlib.contextmanager
@@ -1306,12 +1435,41 @@ def staged_output(final: str | Path) -> Iterator[Path]:
     shutil.rmtree(old, ignore_errors=True)
 
 
+def move_folder(src: Path, dst: Path) -> None:
+    """Move the files under `src` (one rename; folders holding no file are dropped) to `dst`, if there are any."""
+    remove_empty_folders(src)
+    if src.is_dir():
+        os.rename(src, dst)
+
+
 def link(src: Path, dst: Path) -> None:
     """dst: the same file as src (a hard link; a copy where the file system has none)."""
     try:
         os.link(src, dst)
     except OSError:
         shutil.copyfile(src, dst)
+
+
+def rel_path(path: str | Path, base: str | Path) -> str:
+    return Path(os.path.relpath(path, base)).as_posix()
+
+
+def list_path(base: str, rel: str) -> str:
+    """A sample's path in an output list: base (the data prefix relative to the list's folder) / rel (its path under
+    the prefix), normalised as os.path.relpath gives it."""
+    return posixpath.normpath(posixpath.join(base, rel))
+
+
+def list_paths(samples: SampleList | Sequence[Sample], idx: np.ndarray, prefix: Path, base: str) -> list[bytes]:
+    """`list_path` of samples idx, UTF-8: slices of a SampleList's path buffer when its paths are plain (relative,
+    no empty part, no part starting with '.'), else one by one."""
+    if isinstance(samples, SampleList) and Path(samples.prefix) == Path(prefix):
+        rels = samples.rel_path_bytes(idx)
+        joined = b"\n" + b"\n".join(rels)
+        if not any(x in joined for x in (b"\n/", b"\n.", b"/.", b"//")):
+            head = b"" if base == "." else base.encode() + b"/"
+            return [head + r for r in rels] if head else rels
+    return [list_path(base, rel_path(samples[i].path, prefix)).encode() for i in idx.tolist()]
 
 
 def dump(record: dict) -> bytes:
@@ -1352,6 +1510,11 @@ class Shard:
     def mine(self, num_blocks: int) -> range:
         return range(self.rank, num_blocks, self.world)
 
+    @property
+    def tag(self) -> str:
+        """' [rank r/w]' for progress lines under torchrun, '' in one process."""
+        return f" [rank {self.rank}/{self.world}]" if self.world > 1 else ""
+
 
 def distributed(device: str | None) -> tuple[Shard, str]:
     """torchrun's RANK / WORLD_SIZE / LOCAL_RANK -> (Shard, device); a gloo group only for the barriers."""
@@ -1369,6 +1532,19 @@ def distributed(device: str | None) -> tuple[Shard, str]:
 def barrier() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
+
+
+def end_distributed() -> None:
+    """Tear the group down on every rank after the last barrier, while the interpreter is fully alive (gloo's
+    threads outliving it can abort the process at exit)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+def blocks(idx: np.ndarray, size: int) -> list[np.ndarray]:
+    """Sample indices idx (N,) in blocks of `size` (the last one shorter): block b goes to rank b % world."""
+    return [idx[s:s + size] for s in range(0, len(idx), size)]
 
 
 class Blocks(torch.utils.data.Dataset):
@@ -1398,7 +1574,7 @@ class Blocks(torch.utils.data.Dataset):
 
 
 def run_blocks(samples: SampleList | list[Sample], blocks: list[np.ndarray], load: Callable, cfg: Any, what: str,
-                todo: Iterable[int]) -> Iterator[tuple]:
+               todo: Iterable[int]) -> Iterator[tuple]:
     """Decode the blocks `todo` in cfg.workers DataLoader workers; yields `Blocks` items in order (a progress line
     when cfg.progress; pinned memory when cfg.device is a GPU). cfg: filter.FilterConfig."""
     todo = list(todo)
@@ -1413,6 +1589,36 @@ def run_blocks(samples: SampleList | list[Sample], blocks: list[np.ndarray], loa
         failed += len(item[4])
         progress.update(len(blocks[item[0]]), failed)
     progress.close()
+
+
+class _Calls(torch.utils.data.Dataset):
+    """Worker side of `run_calls`: k -> (k, fn(*calls[k]), None), or (k, None, 'Error: message') on DECODE_ERRORS."""
+
+    def __init__(self, fn: Callable, calls: list[tuple]):
+        self.fn, self.calls = fn, calls
+
+    def __len__(self) -> int:
+        return len(self.calls)
+
+    def __getitem__(self, k: int) -> tuple:
+        try:
+            return k, self.fn(*self.calls[k]), None
+        except DECODE_ERRORS as err:   # a file that cannot be read or written
+            return k, None, f"{type(err).__name__}: {first_line(err)}"
+
+
+def run_calls(fn: Callable, calls: list[tuple], workers: int, progress: bool, what: str) -> Iterator[tuple]:
+    """fn(*args) for every args of `calls` in `workers` DataLoader workers (e.g. data.cut_video of the kept videos):
+    yields (k, result, None) or (k, None, error) in order, with a progress line when `progress`."""
+    if not calls:   # no worker processes
+        return
+    loader = torch.utils.data.DataLoader(_Calls(fn, calls), batch_size=None, num_workers=workers, collate_fn=as_is)
+    bar, failed = Progress(what, len(calls), progress), 0
+    for item in loader:
+        yield item
+        failed += item[2] is not None
+        bar.update(1, failed)
+    bar.close()
 
 
 class Unreadable(Exception):
