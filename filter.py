@@ -7,62 +7,53 @@
     torchrun --nnodes N --nproc_per_node G filter.py ...      (the same command, split over N x G processes)
     python train.py --data-root data --target synth --aux web-img-f,untr-2d
 
-Sec. 3.3  Invalid or corrupted files (zero-byte, truncated, an HTML page named .jpg or .mp4, a file gone mid-run) are
-          found while decoding, recorded and left out; only the readers' errors mean "corrupt"
-          (webscale.DECODE_ERRORS), any other exception stops the run. --dedup-against: web samples with a frame too
-          similar to a val frame of the target are removed and listed in duplicates.txt (`deduplicate`): frame
-          features of an ImageNet ResNet-50, PCA whitening (`Whitening`, fitted on the val frames and a fixed, evenly
-          spaced subset of at most 10,000 web samples, at most 256 dimensions), each web frame's best cosine match
-          among the val frames (`best_match`, `find_duplicates`), above the mean similarity between different crops of
-          the same val frame (`dedup_threshold`).
+Sec. 3.3  Invalid or corrupted files (zero-byte, truncated, an HTML page named .jpg, a file gone mid-run) are found
+          while decoding, recorded and left out; only the readers' errors mean "corrupt" (webscale.DECODE_ERRORS).
+          --dedup-against: web samples with a frame too similar to a val frame of the target are removed and listed
+          in duplicates.txt (`deduplicate`): ResNet-50 frame features, PCA whitening (`Whitening`, fitted on the val
+          frames and a fixed subset of at most 10,000 web samples, at most 256 dims), each web frame's best cosine
+          match among the val frames (`best_match`, `find_duplicates`) above the mean similarity between different
+          crops of the same val frame (`dedup_threshold`).
 Sec. 3.4  Teacher filtering, decided once over the whole crawl (`decide` -> `keep_decision`) from what the teachers
-          saw of every sample (webscale.Seen): mode 'query' keeps a sample when p(query class) >= T_c and labels it with its
-          query class; mode 'pseudo' when the top probability >= T_c, labelled with the argmax (Sec. 3.2's
+          saw of every sample (webscale.Seen): mode 'query' keeps a sample when p(query class) >= T_c, labelled with
+          its query class; mode 'pseudo' when the top probability >= T_c, labelled with the argmax (Sec. 3.2's
           PseudoLabel). T_c comes from --rule (`RULES`): 'fixed' (T for every class, the paper's) or 'class-adaptive'
-          (FlexMatch-style). Several teachers are averaged (`ensemble`, Fig. 6: better teachers, better students).
-          Web images are scored by 2D (TSN) teachers only ("deflating 3D teachers" hurts), short videos by 2D or 3D
-          teachers. Query classes are matched to the teachers' classes BY NAME; in query mode a sample whose query
-          class is not a teacher class is left out and counted.
-Sec. 3.5  Untrimmed videos (Fig. 2 right), the whole policy (other modules point here):
-          units     --student 2d: frames at 1 FPS (--fps; `one_fps_indices`, the centre frame of each second);
-                    --student 3d: 10-s windows (--piece-seconds; `window_ranges`, the frames data.cut_video puts in
-                    each piece); a 'raw' source (videos cut already, RawVideoDataset): its pieces.
-          scoring   a frame: one frame through 2D teachers; a window or a piece: like a short video, the teachers'
-                    test sampling over its frames. Decoded and scored in chunks of units (--chunk-frames), never a
-                    whole video in one tensor.
-          decision  a video's class probabilities are those of its most confident unit (`untrimmed_scores`), so
-                    `keep_decision` keeps it when at least one unit reaches T_c (default T = 0.5) for its label;
-                    its positive units are those whose p(label) >= the threshold it was held to
-                    (`untrimmed_decision`); a dropped video has none.
+          (FlexMatch-style). Several teachers are averaged (`ensemble`, Fig. 6). Web images get 2D (TSN) teachers
+          only ("deflating 3D teachers" hurts), short videos 2D or 3D ones. Query classes are matched to the
+          teachers' classes BY NAME; in query mode a sample whose query class is not a teacher class is left out.
+Sec. 3.5  Untrimmed videos (Fig. 2 right), the whole policy (data.py, transforms.py and webscale.py point here):
+          units     --student 2d: frames at 1 FPS (--fps; `one_fps_indices`: the centre frame of each second);
+                    --student 3d: 10-s windows (--piece-seconds; `window_ranges`: the frames data.cut_video puts in
+                    each piece); a 'raw' source (RawVideoDataset pieces, cut already): its pieces.
+          scoring   a frame: one frame through 2D teachers; a window or piece: like a short video (the teachers'
+                    test sampling over its frames). Decoded in chunks (--chunk-frames), never a whole video at once.
+          decision  a video's class probabilities are its most confident unit's (`untrimmed_scores`), so
+                    `keep_decision` keeps it when at least one unit reaches T_c (default T = 0.5) for its label; its
+                    positive units are those with p(label) >= the threshold it was held to (`untrimmed_decision`).
           training  2D student: the line 'PATH LABEL' and, in the sidecar train_frame_scores.json
-                    (webscale.FrameScores), the 1-FPS frame indices, their p(label) and the threshold;
-                    data.VideoDataset(snippet=...) with transforms.select_snippet builds Table 14's TSN snippets from
-                    them (1 positive + 2 negative frames by default). 3D student: the line names the positive windows
-                    by time, data.py's 'windows' kind 'PATH LABEL START:END [START:END ...]' (seconds, 3 decimals;
-                    frame k is shown at k / fps, data.window_frames), decoded with seeking (a random positive window
-                    per training item); --cut-pieces instead cuts kept videos into re-encoded pieces
-                    OUT/raw/NAME/part_N.mp4 listed as MMAction2 RawVideoDataset lines 'raw/NAME LABEL NUM_PIECES
-                    POS_IDX...' (same windows, same scores).
+                    (webscale.FrameScores), its 1-FPS frame indices, their p(label) and the threshold, from which
+                    data.VideoDataset(snippet=...) with transforms.select_snippet builds Table 14's TSN snippets
+                    (1 positive + 2 negative frames by default). 3D student: data.py's 'windows' line 'PATH LABEL
+                    START:END [START:END ...]' naming the positive windows by time (seconds, 3 decimals; frame k is
+                    shown at k / fps: data.window_frames), decoded with seeking, a random positive window per
+                    training item; or, with --cut-pieces, kept videos cut into re-encoded pieces OUT/raw/NAME/
+                    part_N.mp4 listed as MMAction2 RawVideoDataset lines 'raw/NAME LABEL NUM_PIECES POS_IDX...'.
 
-Outputs in DATA_ROOT/OUT/ (built in a hidden sibling and renamed into place, so a crash leaves an earlier output as it
-was): train.txt (paths relative to OUT/; `train.py --aux OUT` reads it), train_frame_scores.json, raw/, classes.txt
-(the teachers' classes), report.json (counts; Fig. 3 per class), decision.npz (per sample: status into STATUSES, label,
-deciding score, threshold, positive units; cut failures) and what the teachers saw, written once: samples.jsonl (one
-record per sample, in list order), scores.npz (the same as columns, webscale.Seen) and duplicates.txt. Then rank 0 draws the
-step's figures beside them (figures.filter_figures).
-Re-deciding: the same command on a finished output with another --threshold, --mode, --rule (or rule VALUE) or
---cut-pieces decides again from its scores.npz: no teacher is loaded, no record is read or rewritten, and the output is
-what a fresh run with those flags writes. Other scoring settings (teachers, --student, --clips, ...) score again.
-At web scale (webscale.py, "Work folders"): under torchrun the samples are cut into blocks of --batch-size (untrimmed
-videos: one per block), block b goes to rank b % WORLD_SIZE on cuda:LOCAL_RANK (or the CPU), and every output is byte
-for byte what one process writes (report.json also records the ranks and time); each rank appends its records to the
-work folder DATA_ROOT/.OUT.filter-work/, so the same command after a crash or SIGKILL resumes where they stop (with any
-number of ranks); rank 0 gathers them once into columns, every rank decides from them. DATA_ROOT is shared by all nodes.
+Outputs in DATA_ROOT/OUT/ (built in a hidden sibling, renamed into place at the end): train.txt (paths relative to
+OUT/; train.py --aux OUT), train_frame_scores.json, raw/, classes.txt, report.json (counts; Fig. 3 per class),
+decision.npz (per sample: status into STATUSES, label, deciding score, threshold, positive units; cut failures), what
+the teachers saw, written once (samples.jsonl: one record per sample; scores.npz: the same as columns; duplicates.txt)
+and the step's figures (figures.filter_figures). Re-deciding: the same command on a finished output with another
+--threshold, --mode, --rule (or rule VALUE) or --cut-pieces decides again from its scores.npz without a teacher; the
+output is what a fresh run with those flags writes. At web scale (webscale.py, "Work folders"): under torchrun block b
+of --batch-size samples (an untrimmed video: its own block) goes to rank b % WORLD_SIZE and the outputs are byte for
+byte those of one process; records go to DATA_ROOT/.OUT.filter-work/ as they are made, so the same command after a
+crash or SIGKILL resumes where they stop.
 Scoring protocol (a cheap version of each teacher's test protocol): short side resized to round(crop * 256 / 224), one
-centre crop; an image is one frame (a TSN's average over identical frames is that frame's output), crawled JPEGs
-decoded reduced (draft mode); a video, window or piece: 8 segments (TSN) or 3 clips (3D) (--clips); a 1-FPS frame: one
-frame. A teacher is any nn.Module with `.spec` (models.ArchSpec), `.classes` and `.source` (tests use stubs).
-Global state: torchrun's process group (webscale.distributed), torn down at the end of `main`.
+centre crop; an image is one frame (a TSN averages identical frames to that frame's output), crawled JPEGs decoded
+reduced; a video, window or piece: 8 segments (TSN) or 3 clips (3D) (--clips). A teacher is any nn.Module with `.spec`
+(models.ArchSpec), `.classes` and `.source` (tests use stubs). Global state: torchrun's process group, torn down at
+the end of `main`.
 """
 from __future__ import annotations
 
@@ -75,7 +66,7 @@ import time
 from dataclasses import dataclass, field, fields
 from functools import partial
 from pathlib import Path
-from typing import Callable, Collection, Iterator, Sequence
+from typing import Callable, Collection, Sequence
 
 import numpy as np
 import torch
@@ -98,17 +89,12 @@ DEDUP_DIMS = 256                      # Sec. 3.3: whitened features reduced to a
 DEDUP_WHITENING = 10000               # web samples (evenly spaced) whose frames join the val frames in the whitening
 TOP_K = 5                             # classes (and probabilities) kept per sample in samples.jsonl
 # how a sample is scored (`_route_codes`): images; short videos and frame folders; untrimmed videos as 1-FPS frames
-# (2D student) or as 10-s windows (3D student); raw videos already cut into pieces
+# (2D student) or 10-s windows (3D student); raw videos cut into pieces already
 ROUTES = ("images", "videos", "one_fps", "windows", "raw")
-# the settings that only the decision depends on: another value re-decides a finished run from its columns
-DECISION_KEYS = ("mode", "threshold", "rule", "cut_pieces")
+DECISION_KEYS = ("mode", "threshold", "rule", "cut_pieces")   # another value re-decides a finished run
 STATUSES = ("kept", "dropped", "unknown_query", "corrupt", "duplicate")  # the decision (decision.npz 'status')
-LINES_AT_ONCE = 1 << 18                   # list lines built and written at once (`write_outputs`)
-SEEN_FILES = ("samples.jsonl", "scores.npz", "duplicates.txt")   # written once, never rewritten by a re-decide
-# a web source's samples (a list, or the compact list of millions); per group of teachers, how its input is decoded,
-# transformed into uint8 views and the short side the transform resizes to (a JPEG is decoded reduced down to it)
-Samples = list[webscale.Sample] | webscale.SampleList
-Loads = list[tuple[data.Sampling, Callable, int]]
+Samples = list[webscale.Sample] | webscale.SampleList   # a web source: a list, or the compact list of millions
+Loads = list[tuple[data.Sampling, Callable, int]]       # per teacher group: sampling, uint8 transform, short side
 ArrayLike = np.ndarray | Sequence
 
 
@@ -137,13 +123,11 @@ class Scores:
     @classmethod
     def of(cls, probs: ArrayLike | torch.Tensor, query_labels: ArrayLike) -> Scores:
         """From (N, K) class probabilities and (N,) query classes."""
-        p = np.asarray(probs, dtype=np.float32)
-        query = np.asarray(query_labels, dtype=np.int64)
+        p, query = np.asarray(probs, dtype=np.float32), np.asarray(query_labels, dtype=np.int64)
         if p.ndim != 2 or query.shape != (len(p),):
             raise ValueError(f"filter.Scores.of: expected probs (N, K) and query_labels (N,), got {p.shape} and "
                              f"{query.shape}")
-        rows = np.arange(len(p))
-        top = np.nan_to_num(p, nan=-1.0).argmax(axis=1).astype(np.int64)
+        rows, top = np.arange(len(p)), np.nan_to_num(p, nan=-1.0).argmax(axis=1).astype(np.int64)
         return cls(query, np.where(query >= 0, p[rows, np.maximum(query, 0)], np.float32(np.nan)), top, p[rows, top])
 
 
@@ -153,13 +137,10 @@ def fixed_thresholds(labels: np.ndarray, p: np.ndarray, num_classes: int, thresh
 
 
 def class_adaptive_thresholds(labels: np.ndarray, p: np.ndarray, num_classes: int, threshold: float) -> np.ndarray:
-    """Class-adaptive thresholds adapted from FlexMatch (Zhang et al., NeurIPS 2021): T_c = T * beta_c.
-
-    beta_c = (mean deciding probability of the samples labelled c) / (the largest such mean), so the class the
-    teacher is most confident about keeps T and hard classes get a lower bar (FlexMatch counts confident predictions
-    during training; the crawl is scored once, so the class's mean probability is the estimate). A class with no
-    scored sample keeps T. labels / p (N,): each sample's deciding label and probability (NaN: not scored).
-    """
+    """Class-adaptive thresholds after FlexMatch (Zhang et al., NeurIPS 2021; beyond the paper): T_c = T * beta_c,
+    beta_c = (mean deciding probability of the samples labelled c) / (the largest such mean): the class the teacher is
+    surest of keeps T, hard classes get a lower bar (FlexMatch counts confident predictions during training; the crawl
+    is scored once, so the class mean is the estimate). A class with no scored sample keeps T."""
     ok = ~np.isnan(p) & (labels >= 0)
     counts = np.bincount(labels[ok], minlength=num_classes)
     sums = np.bincount(labels[ok], weights=p[ok].astype(np.float64), minlength=num_classes)
@@ -169,24 +150,24 @@ def class_adaptive_thresholds(labels: np.ndarray, p: np.ndarray, num_classes: in
     return float(threshold) * np.where(counts > 0, mean / np.nanmax(mean), 1.0)
 
 
-# --rule NAME or NAME:VALUE: NAME -> (rule, the type of its VALUE, None for a rule without one). A rule maps every
-# sample's deciding label and probability (N,) over the whole crawl, K, T (and VALUE) to the threshold of each class
-# (K,). A new rule is one function and one entry here; its VALUE is part of the decision (another re-decides).
+# --rule NAME or NAME:VALUE: NAME -> (rule, the type of its VALUE, None for none). A rule maps every sample's deciding
+# label and probability (N,) over the whole crawl, K, T (and VALUE) to the threshold of each class (K,). A new rule is
+# one function and one entry here; its VALUE is part of the decision (another value re-decides without a teacher).
 RULES: dict[str, tuple[Callable[..., np.ndarray], type | None]] = {
     "fixed": (fixed_thresholds, None), "class-adaptive": (class_adaptive_thresholds, None)}
 
 
 def parse_rule(text: str) -> tuple[Callable[..., np.ndarray], tuple]:
-    """--rule NAME[:VALUE] -> (the rule, its extra arguments: () or (VALUE,)); else a one-line ValueError. The rule
+    """--rule NAME[:VALUE] -> (the rule, its extra arguments: () or (VALUE,)), or a one-line ValueError. The rule
     runs once on an empty crawl, so a VALUE it refuses is refused here (omnisource.py checks its --rule with this)."""
     name, colon, value = str(text).partition(":")
     rule, kind = RULES.get(name, (None, None))
+    problem = ""
     try:
         if rule is not None and (kind is None) != bool(colon):
             extra = () if kind is None else (kind(value),)
             rule(np.zeros(0, np.int64), np.zeros(0, np.float32), 1, 0.5, *extra)
             return rule, extra
-        problem = ""
     except ValueError as err:
         problem = f" ({webscale.first_line(err)})"
     names = ", ".join(n if k is None else f"{n}:{k.__name__.upper()}" for n, (_, k) in RULES.items())
@@ -195,12 +176,10 @@ def parse_rule(text: str) -> tuple[Callable[..., np.ndarray], tuple]:
 
 def keep_decision(scores: Scores, num_classes: int, mode: str = "query", threshold: float = 0.5,
                   rule: str = "fixed") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Sec. 3.4: which samples are kept and with which label, decided over the whole crawl at once.
-
-    'query': the deciding probability is p(query class), the label the query class (-1: never kept); 'pseudo': the
-    top probability and the argmax. Kept when the deciding probability >= its class's threshold (--rule `rule`).
-    Returns (keep bool (N,), labels int64 (N,), threshold each sample was held to float64 (N,)).
-    """
+    """Sec. 3.4: which samples are kept and with which label, decided over the whole crawl at once. 'query': the
+    deciding probability is p(query class), the label the query class (-1: never kept); 'pseudo': the top probability
+    and the argmax. Kept when the deciding probability >= its class's threshold (--rule `rule`). Returns (keep bool
+    (N,), labels int64 (N,), the threshold each sample was held to float64 (N,))."""
     if mode not in MODES:
         raise ValueError(f"filter.keep_decision: mode must be one of {MODES}, got {mode!r}")
     thresholds, extra = parse_rule(rule)
@@ -212,26 +191,23 @@ def keep_decision(scores: Scores, num_classes: int, mode: str = "query", thresho
 
 def untrimmed_scores(unit_probs: ArrayLike | torch.Tensor, query: int) -> tuple[np.ndarray, np.ndarray | None,
                                                                                   np.ndarray]:
-    """Sec. 3.5 (policy: the module docstring): an untrimmed video's units (U, K) -> (the video's probabilities
-    (K,): its most confident unit's, the units' p(query class) (U,) (None without a query class), the units'
-    p(the video's argmax class) (U,))."""
+    """Sec. 3.5 (policy: the module docstring): a video's units (U, K) -> (its probabilities (K,): its most confident
+    unit's; the units' p(query class) (U,), None without one; the units' p(the video's argmax class) (U,))."""
     p = np.asarray(unit_probs, dtype=np.float32)
     video = p.max(axis=0)
-    top = int(np.nan_to_num(video, nan=-1.0).argmax())
-    return video, (p[:, query] if query >= 0 else None), p[:, top]
+    return video, (p[:, query] if query >= 0 else None), p[:, int(np.nan_to_num(video, nan=-1.0).argmax())]
 
 
 def untrimmed_decision(unit_scores: ArrayLike, keep: bool | ArrayLike, threshold: float | ArrayLike) -> np.ndarray:
     """Sec. 3.5: the positive units of a video: p(its label) >= the threshold it was held to; none when dropped.
     unit_scores (U,); keep and threshold: the video's, or (U,) those of each unit's video -> bool (U,)."""
-    s = np.asarray(unit_scores, dtype=np.float32)
-    return (s >= np.asarray(threshold)) & np.asarray(keep, dtype=bool)
+    return (np.asarray(unit_scores, dtype=np.float32) >= np.asarray(threshold)) & np.asarray(keep, dtype=bool)
 
 
 def one_fps_indices(num_frames: int, video_fps: float, fps: float = 1.0) -> np.ndarray:
     """Sec. 3.5: frames "extracted at a low frame rate": window k covers [k, k + 1) / fps seconds, its frame is
-    floor((k + 0.5) * video_fps / fps); windows whose centre lies past the end are left out; a video shorter than
-    half a window gives its middle frame."""
+    floor((k + 0.5) * video_fps / fps); windows centred past the end are left out; a video shorter than half a
+    window gives its middle frame."""
     if num_frames < 1 or not video_fps > 0 or not fps > 0:
         raise ValueError(f"filter.one_fps_indices: need num_frames >= 1 and rates > 0, got {num_frames}, "
                          f"{video_fps}, {fps}")
@@ -242,33 +218,29 @@ def one_fps_indices(num_frames: int, video_fps: float, fps: float = 1.0) -> np.n
 
 
 def window_ranges(num_frames: int, video_fps: float, seconds: float = 10.0) -> np.ndarray:
-    """Sec. 3.5: the 10-s windows of an untrimmed video as frame ranges [first, stop) (P, 2), exactly the frames
-    data.cut_video puts in each piece: round(seconds * fps) frames each, a tail shorter than half joins the last
-    window, a video shorter than one window is one window."""
+    """Sec. 3.5: the 10-s windows of a video as frame ranges [first, stop) (P, 2), the frames data.cut_video puts in
+    each piece: round(seconds * fps) each, a tail shorter than half joins the last, a short video is one window."""
     per = max(1, round(seconds * float(video_fps)))
-    num = max(1, int(num_frames / per + 0.5))
-    first = np.arange(num, dtype=np.int64) * per
+    first = np.arange(max(1, int(num_frames / per + 0.5)), dtype=np.int64) * per
     return np.stack([first, np.append(first[1:], num_frames)], axis=1)
 
 
 def decide(seen: webscale.Seen, num_classes: int, cfg: FilterConfig) -> dict[str, np.ndarray]:
-    """Sec. 3.4 and 3.5 once over the whole crawl, the one place a rule is applied: what the teachers saw
-    (webscale.Seen: the records' columns, scores.npz) -> `keep_decision` under cfg.mode / threshold / rule and the
-    positive units of untrimmed videos (`untrimmed_decision`). Every rank decides the same from the same columns.
-
-    Returns decision.npz's columns: status uint8 (N,) into STATUSES; label int64 (N,) (-1 unless kept); score
-    float32 (N,), the deciding probability, and threshold float64 (N,), the one it was held to (NaN unless kept or
-    dropped); positive_units int64 (N,) (-1 unless a decided video with units); unit_positive bool (M,).
-    """
-    s, n = Scores(seen.query, seen.query_p, seen.top_class, seen.top_p), len(seen.state)
-    keep, label, held = keep_decision(s, num_classes, cfg.mode, cfg.threshold, cfg.rule)
+    """Sec. 3.4-3.5 once over the whole crawl, the one place a rule is applied: what the teachers saw (webscale.Seen,
+    the records' columns) -> `keep_decision` under cfg.mode / threshold / rule and the positive units of untrimmed
+    videos (`untrimmed_decision`). Returns decision.npz's columns: status uint8 (N,) into STATUSES; label int64 (N,)
+    (-1 unless kept); score float32 (N,), the deciding probability, and threshold float64 (N,), the one it was held
+    to (NaN unless kept or dropped); positive_units int64 (N,) (-1 unless a decided video); unit_positive bool (M,)."""
+    n = len(seen.state)
+    keep, label, held = keep_decision(Scores(seen.query, seen.query_p, seen.top_class, seen.top_p), num_classes,
+                                      cfg.mode, cfg.threshold, cfg.rule)
     scored = seen.state == webscale.SEEN.index("scored")
     decided = scored & (label >= 0)          # query mode, the query class is not a teacher class: left out
     keep &= decided
     status = np.select([keep, decided, scored, seen.state == webscale.SEEN.index("corrupt")],
                        [STATUSES.index(x) for x in ("kept", "dropped", "unknown_query", "corrupt")],
                        STATUSES.index("duplicate")).astype(np.uint8)
-    p = s.query_p if cfg.mode == "query" else s.top_p
+    p = seen.query_p if cfg.mode == "query" else seen.top_p
     units = np.diff(seen.unit_offset)                                              # (N,)
     owner = np.repeat(np.arange(n), units)                                         # (M,) each unit's video
     unit_p = seen.unit_query if cfg.mode == "query" else seen.unit_top
@@ -282,13 +254,13 @@ def decide(seen: webscale.Seen, num_classes: int, cfg: FilterConfig) -> dict[str
 
 @dataclass
 class FilterConfig:
-    """Knobs of one run. A field with a help string is the flag of the same name in the metadata's group
-    (`get_args_parser`; 'cli_default' is the flag's default where main resolves it)."""
+    """Knobs of one run: a field with a help string is the flag of that name in its group (`get_args_parser`;
+    'cli_default': the flag's default where main resolves it)."""
     mode: str = field(default="query", metadata=dict(group="decision", choices=MODES, help="'query': keep when "
                       "p(query class) >= T, label = query; 'pseudo': keep when max p >= T, label = argmax (Sec. 3.4)"))
     threshold: float = field(default=0.5, metadata=dict(group="decision", help="T: keep when the deciding "
                              "probability >= the threshold of its class (--rule)"))
-    rule: str = field(default="fixed", metadata=dict(group="decision", help="NAME or NAME:VALUE of RULES, the "
+    rule: str = field(default="fixed", metadata=dict(group="decision", help="NAME or NAME:VALUE of filter.RULES: the "
                       "threshold each class is held to: 'fixed' = T for every class (the paper's); 'class-adaptive' = "
                       "T * (the class's mean deciding probability / the largest class mean), after FlexMatch"))
     cut_pieces: bool = field(default=False, metadata=dict(group="decision", help="--student 3d: cut kept videos "
@@ -307,8 +279,7 @@ class FilterConfig:
                               "once (full resolution: 64 frames of 1080p are 400 MB), whatever the video's length"))
     amp: str = field(default="none", metadata=dict(group="scoring", choices=AMPS, cli_default=None, help="teachers' "
                      "inference precision (torch.autocast; default: bf16 on CUDA GPUs that support it, else none)"))
-    dedup_frames: int = field(default=3, metadata=dict(group="dedup", help="frames per video compared in "
-                              "de-duplication"))
+    dedup_frames: int = field(default=3, metadata=dict(group="dedup", help="frames per video compared"))
     batch_size: int = field(default=16, metadata=dict(group="run", help="samples per block: one decoding batch and "
                             "one teacher forward (changing it between a crash and the rerun starts over)"))
     workers: int = field(default=2, metadata=dict(group="run", help="DataLoader worker processes that decode (per "
@@ -337,13 +308,10 @@ class FilterConfig:
 
 def load_teachers(paths: Sequence[str | Path], device: str = "cpu", arch: str | None = None,
                   classes: list[str] | None = None, classes_from: str = "the source") -> list[nn.Module]:
-    """Checkpoints -> teachers in eval mode on `device` (the same class names required, in any order).
-
-    train.py checkpoints carry their class names (the source's query classes are matched to them by name). Any
-    other format models.load_weights reads (MMAction2 0.x / 1.x, e.g. the released OmniSource models, a bare state
-    dict) needs `arch` (--teacher-arch); its outputs are read against the source's class names `classes` in their
-    order, and one line on stderr says so.
-    """
+    """Checkpoints -> teachers in eval mode on `device` (the same class names, in any order). train.py checkpoints
+    carry their class names; any other format models.load_weights reads (MMAction2 0.x / 1.x, e.g. the released
+    OmniSource models, a bare state dict) needs `arch` (--teacher-arch), and its outputs are read against the
+    source's class names `classes` in their order (one line on stderr says so)."""
     for p in paths:
         if not Path(p).is_file():
             raise FileNotFoundError(f"--teacher {p}: no such file (give train.py checkpoints, e.g. "
@@ -391,8 +359,8 @@ def check_teachers(teachers: Sequence[nn.Module], kinds: Collection[str] = (), s
 def map_query_labels(samples: Samples, source_classes: list[str], teacher_classes: list[str],
                      source: str = "source", mode: str = "query", teacher: str = "the teacher") -> np.ndarray:
     """Each sample's query class as a teacher class index (-1: not a teacher class), matched by name as
-    data.map_labels matches an auxiliary source's classes to the target's. No shared class name is a one-line
-    error naming the teacher in query mode (pseudo mode needs no query class)."""
+    data.map_labels matches an auxiliary source's classes to the target's. No shared name is a one-line error
+    naming the teacher in query mode (pseudo mode needs no query class)."""
     probe = [webscale.Sample(Path(str(k)), k, "image") for k in range(len(source_classes))]   # one per class
     try:
         mapped, _ = data.map_labels(probe, source_classes, teacher_classes, f"--source {source}")
@@ -417,8 +385,7 @@ class Scorer:
     device and runs the group's teachers in cfg.amp precision, cfg.batch_size units per forward."""
 
     def __init__(self, teachers: list[nn.Module], cfg: FilterConfig, single_frames: bool = False):
-        self.teachers, self.cfg = teachers, cfg
-        self.device = torch.device(cfg.device)
+        self.teachers, self.cfg, self.device = teachers, cfg, torch.device(cfg.device)
         groups: dict[tuple, list[int]] = {}
         for t, teacher in enumerate(teachers):
             s = teacher.spec
@@ -453,11 +420,10 @@ class Scorer:
 def run_filter(samples: Samples, query: np.ndarray, teachers: list[nn.Module], cfg: FilterConfig, work: webscale.Work,
                prefix: Path, val_samples: Samples | None = None,
                extractor: FrameFeatures | None = None) -> dict | None:
-    """This rank's share of Sec. 3.3-3.5's scoring: corrupted files (found while decoding) and duplicates are
-    recorded and left out, every other sample gets a record of what the teachers saw (query-class and top
-    probabilities; per unit of an untrimmed video). Nothing is decided here (`decide`). Appended to the work folder's
-    records; resumes where they stop. Returns the de-duplication info (None without val_samples); ends at a barrier.
-    """
+    """This rank's share of Sec. 3.3-3.5's scoring: corrupted files and duplicates are recorded and left out, every
+    other sample gets a record of what the teachers saw (query-class and top probabilities; per unit of an untrimmed
+    video), appended to the work folder (resumes where the records stop). Nothing is decided here (`decide`).
+    Returns the de-duplication info (None without val_samples); ends at a barrier."""
     n, shard = len(samples), work.shard
     routes = _route_codes(samples, cfg.student)
     active, info = np.ones(n, dtype=bool), None
@@ -470,9 +436,8 @@ def run_filter(samples: Samples, query: np.ndarray, teachers: list[nn.Module], c
     for code in (ROUTES.index("images"), ROUTES.index("videos")):   # blocks of cfg.batch_size, one forward each
         blocks = webscale.blocks(np.flatnonzero(active & (routes == code)), cfg.batch_size)
         todo = [k for k in shard.mine(len(blocks)) if not done[blocks[k]].all()]
-        load = partial(_load_clip, loads=scorer.loads)
-        for k, ids, _, views, errors in webscale.run_blocks(samples, blocks, load, cfg,
-                                                            f"scoring {ROUTES[code]}{shard.tag}", todo):
+        for k, ids, _, views, errors in webscale.run_blocks(samples, blocks, partial(_load_clip, loads=scorer.loads),
+                                                            cfg, f"scoring {ROUTES[code]}{shard.tag}", todo):
             records = [_corrupt(i, samples[i], query[i], prefix, m) for i, m in errors.items()]
             if len(ids):
                 records += [_score_record(_base_record(i, samples[i], query[i], prefix), p, int(query[i]))
@@ -481,47 +446,41 @@ def run_filter(samples: Samples, query: np.ndarray, teachers: list[nn.Module], c
             work.scored += len(blocks[k])
     for route in ("one_fps", "windows", "raw"):   # Sec. 3.5: one video per block, its units decoded in chunks
         mine = np.flatnonzero(active & (routes == ROUTES.index(route)))[shard.rank::shard.world]
-        todo = mine[~done[mine]]
-        if len(todo):
-            _score_untrimmed(samples, todo, route, query, teachers, cfg, work, prefix)
+        if len(mine[~done[mine]]):
+            _score_untrimmed(samples, mine[~done[mine]], route, query, teachers, cfg, work, prefix)
     webscale.barrier()
     return info
 
 
 def _score_untrimmed(samples: Samples, todo: np.ndarray, route: str, query: np.ndarray, teachers: list[nn.Module],
                      cfg: FilterConfig, work: webscale.Work, prefix: Path) -> None:
-    """Sec. 3.5: the units of untrimmed (or raw) videos scored chunk by chunk; one record per video: its most
-    confident unit's probabilities (`untrimmed_scores`), every unit's p(query class) and p(the video's argmax
-    class), and where its units are."""
+    """Sec. 3.5: untrimmed (or raw) videos scored in chunks of units (at most cfg.chunk_frames decoded frames); one
+    record per video: its most confident unit's probabilities (`untrimmed_scores`), every unit's p(query class)
+    and p(the video's argmax class), and where its units are."""
     scorer = Scorer(teachers, cfg, single_frames=route == "one_fps")
-    loader = torch.utils.data.DataLoader(_UnitStream(samples, todo, route, cfg, scorer.loads), batch_size=None,
-                                         num_workers=min(cfg.workers, len(todo)), collate_fn=webscale.as_is,
-                                         pin_memory=torch.device(cfg.device).type == "cuda")
+    plan = partial(_unit_plan, samples=samples, route=route, fps=cfg.fps, seconds=cfg.piece_seconds,
+                   loads=scorer.loads)
+    size = max(1, cfg.chunk_frames // max(s.num_frames for s, _, _ in scorer.loads))
     what = {"one_fps": "untrimmed 1-FPS frames", "windows": f"untrimmed {cfg.piece_seconds:g}-s windows",
             "raw": "raw pieces"}[route]
-    progress, failed, pending = webscale.Progress(f"scoring {what}{work.shard.tag}", len(todo), cfg.progress), 0, {}
-    for i, first, total, views, info, error in loader:
+    for i, chunks, error in webscale.run_chunks(todo, plan, partial(_load_units, loads=scorer.loads), size,
+                                                lambda c: (scorer.probs(c[0]), c[1]), cfg,
+                                                f"scoring {what}{work.shard.tag}"):
+        q = int(query[i])
         if error is not None:
-            pending.pop(i, None)
-            record = _corrupt(i, samples[i], query[i], prefix, error)
-            failed += 1
+            record = _corrupt(i, samples[i], q, prefix, error)
         else:
-            pending.setdefault(i, []).append((scorer.probs(views), info))   # (u, K) per chunk
-            if first + len(views[0]) < total:
-                continue
-            chunks, q = pending.pop(i), int(query[i])
-            video, unit_query, unit_top = untrimmed_scores(torch.cat([c[0] for c in chunks]), q)   # (U, K) units
+            video, unit_query, unit_top = untrimmed_scores(torch.cat([p for p, _ in chunks]), q)   # (U, K) units
             record = _score_record(_base_record(i, samples[i], q, prefix), video, q)
             record.update(units=len(unit_top), unit_query=None if unit_query is None else _floats(unit_query),
                           unit_top=_floats(unit_top))
+            unit_info = [info for _, (info, _) in chunks]   # the units' 1-FPS frames / frame ranges [first, stop)
             if route == "one_fps":
-                record["frames"] = np.concatenate([c[1][0] for c in chunks]).tolist()
+                record["frames"] = np.concatenate(unit_info).tolist()
             elif route == "windows":
-                record.update(windows=np.concatenate([c[1][0] for c in chunks]).tolist(), fps=chunks[0][1][1])
+                record.update(windows=np.concatenate(unit_info).tolist(), fps=chunks[0][1][1])
         work.append("records", [record])
         work.scored += 1
-        progress.update(1, failed)
-    progress.close()
 
 
 def _load_clip(sample: webscale.Sample, loads: Loads) -> list[torch.Tensor]:
@@ -536,72 +495,51 @@ def _load_clip(sample: webscale.Sample, loads: Loads) -> list[torch.Tensor]:
     return out
 
 
-class _UnitStream(torch.utils.data.IterableDataset):
-    """Worker side, Sec. 3.5: untrimmed videos (video k -> worker k % workers) -> chunks of at most `per_chunk` units.
-    Yields (index, first unit, number of units, one uint8 (u, 1, C, T, h, w) per load, (unit info, frame rate),
-    error)."""
-
-    def __init__(self, samples: Samples, todo: np.ndarray, route: str, cfg: FilterConfig, loads: Loads):
-        self.samples, self.todo, self.route, self.loads = samples, todo, route, loads
-        self.fps, self.seconds = cfg.fps, cfg.piece_seconds
-        self.per_chunk = max(1, cfg.chunk_frames // max(s.num_frames for s, _, _ in loads))
-
-    def __iter__(self) -> Iterator[tuple]:
-        info = torch.utils.data.get_worker_info()
-        worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
-        for k in range(worker, len(self.todo), workers):
-            i = int(self.todo[k])
-            try:
-                plan, unit_info, rate = _unit_plan(self.samples[i], self.route, self.fps, self.seconds, self.loads)
-                for s in range(0, len(unit_info), self.per_chunk):
-                    views = [_load_units(plan[g][s:s + self.per_chunk], transform)
-                             for g, (_, transform, _) in enumerate(self.loads)]
-                    yield i, s, len(unit_info), views, (unit_info[s:s + self.per_chunk], rate), None
-            except webscale.Unreadable as err:   # unreadable at any chunk: the video is corrupt (Sec. 3.3)
-                yield i, -1, 0, None, None, str(err)
-
-
-def _unit_plan(sample: webscale.Sample, route: str, fps: float, seconds: float,
-               loads: Loads) -> tuple[list[list[tuple]], np.ndarray, float | None]:
-    """Units of an untrimmed / raw video: per load a list of (path, frame indices (T,), frame count), the units'
-    info (1-FPS frame indices (F,); windows' frame ranges (P, 2); piece numbers (P,)) and the frame rate (None for
-    raw pieces)."""
+def _unit_plan(i: int, samples: Samples, route: str, fps: float, seconds: float, loads: Loads) -> tuple[int, tuple]:
+    """Worker: the units of untrimmed / raw video i -> (their number, (per load a list of (path, frame indices (T,),
+    frame count), the units' info: 1-FPS frame indices (F,), windows' frame ranges (P, 2) or piece numbers (P,),
+    the frame rate (None for raw pieces)))."""
+    sample = samples[i]
     path = Path(sample.path)
     if route == "raw":
         parts = [path / webscale.PART_TMPL.format(j) for j in range(sample.num_parts)]
         counts = [webscale.decode(data.count_frames, p) for p in parts]
         plan = [[(p, _test_indices(n, sampling), n) for p, n in zip(parts, counts)] for sampling, _, _ in loads]
-        return plan, np.arange(len(parts)), None
+        return len(parts), (plan, np.arange(len(parts)), None)
     n, rate = webscale.decode(data.count_frames, path), webscale.decode(data.video_fps, path)
     if route == "one_fps":
         idx = one_fps_indices(n, rate, fps)
-        return [[(path, np.array([f]), n) for f in idx] for _ in loads], idx, rate
+        return len(idx), ([[(path, np.array([f]), n) for f in idx] for _ in loads], idx, rate)
     ranges = window_ranges(n, rate, seconds)
     plan = [[(path, a + _test_indices(b - a, sampling), n) for a, b in ranges] for sampling, _, _ in loads]
-    return plan, ranges, rate
+    return len(ranges), (plan, ranges, rate)
 
 
-def _load_units(units: list[tuple], transform: Callable) -> torch.Tensor:
-    """Worker: units [(path, indices (T,), frame count)] -> uint8 (u, 1, C, T, h, w); one read per file."""
-    out, s = [], 0
-    while s < len(units):
-        e = s
-        while e < len(units) and units[e][0] == units[s][0]:
-            e += 1
-        path, count = units[s][0], units[s][2]
-        idx = np.concatenate([u[1] for u in units[s:e]])
-        # (u * T, H, W, 3); a container count one frame too high repeats the last frame, more is a truncated file
-        frames, _ = webscale.decode(data.read_frames_lenient, path, count, lambda n: np.minimum(idx, n - 1), 1)
-        views = transform(frames)                                               # (1, C, u * T, h, w)
-        c, t = views.shape[1], len(units[s][1])
-        out.append(views.reshape(c, e - s, t, *views.shape[-2:]).transpose(0, 1).unsqueeze(1))
-        s = e
-    return torch.cat(out).contiguous()
+def _load_units(state: tuple, s: int, e: int, loads: Loads) -> tuple[list[torch.Tensor], tuple]:
+    """Worker: units s:e of a video's plan -> (per load uint8 (u, 1, C, T, h, w), (their info, the frame rate));
+    one read per file."""
+    plan, info, rate = state
+    views = []
+    for units, (_, transform, _) in zip(plan, loads):
+        units, out, a = units[s:e], [], 0
+        while a < len(units):
+            b = a
+            while b < len(units) and units[b][0] == units[a][0]:
+                b += 1
+            idx = np.concatenate([u[1] for u in units[a:b]])
+            # (u * T, H, W, 3); a container count one too high repeats the last frame, more is a truncated file
+            frames, _ = webscale.decode(data.read_frames_lenient, units[a][0], units[a][2],
+                                        lambda m: np.minimum(idx, m - 1), 1)
+            x = transform(frames)                                               # (1, C, u * T, h, w)
+            out.append(x.reshape(x.shape[1], b - a, len(units[a][1]), *x.shape[-2:]).transpose(0, 1).unsqueeze(1))
+            a = b
+        views.append(torch.cat(out).contiguous())
+    return views, (info[s:e], rate)
 
 
 def _read_sampled(sample: webscale.Sample, sampling: data.Sampling) -> np.ndarray:
-    """Test-mode sampled frames (L, H, W, 3); a frame count one too high is corrected, a file that decodes to fewer
-    frames than that is truncated: an error (Sec. 3.3)."""
+    """Test-mode sampled frames (L, H, W, 3); a frame count one too high is corrected, fewer frames than that is a
+    truncated file: an error (Sec. 3.3)."""
     n = sample.num_frames or webscale.decode(data.count_frames, sample.path)
     return webscale.decode(data.read_frames_lenient, sample.path, n, lambda m: _test_indices(m, sampling), 1)[0]
 
@@ -617,11 +555,9 @@ def _test_indices(n: int, sampling: data.Sampling) -> np.ndarray:
 @dataclass
 class Whitening:
     """PCA whitening x -> (x - mean) @ proj, then L2-normalised (for cosine similarity), at most `dims` dims.
-
-    proj = U diag(1 / sqrt(lambda + shrink * mean(lambda))) over the leading principal directions with
-    lambda > 1e-6 * max(lambda): with fewer samples than dimensions the shrinkage keeps the smallest directions at
-    most 1/sqrt(shrink) times the average. Fitted from moments accumulated in float64 chunks (memory D x D).
-    """
+    proj = U diag(1 / sqrt(lambda + shrink * mean(lambda))) over the principal directions with lambda > 1e-6 *
+    max(lambda): with fewer samples than dimensions the shrinkage keeps the smallest directions at most 1/sqrt(shrink)
+    times the average. Fitted from moments accumulated in float64 chunks (memory D x D, not N x D)."""
     mean: np.ndarray     # (D,) float64
     proj: np.ndarray     # (D, k) float64, k <= dims
 
@@ -638,13 +574,11 @@ class Whitening:
             total += c.sum(0)
             outer += c.T @ c
         mean = total / n
-        cov = (outer - n * torch.outer(mean, mean)) / (n - 1)                # (D, D)
-        lam, vec = torch.linalg.eigh(cov)                                    # ascending
+        lam, vec = torch.linalg.eigh((outer - n * torch.outer(mean, mean)) / (n - 1))   # covariance (D, D), ascending
         lam, vec = lam.flip(0), vec.flip(1)
         keep = lam > 1e-6 * max(float(lam[0]), 1e-30)
         lam, vec = lam[keep], vec[:, keep]
-        scale = 1.0 / torch.sqrt(lam + shrink * lam.mean())
-        return cls(mean.numpy(), (vec * scale)[:, :dims].numpy())
+        return cls(mean.numpy(), (vec * (1.0 / torch.sqrt(lam + shrink * lam.mean())))[:, :dims].numpy())
 
     def apply(self, feats: torch.Tensor) -> torch.Tensor:
         """On the features' device in float32: (N, D) -> whitened, reduced, L2-normalised (N, k)."""
@@ -688,71 +622,63 @@ def find_duplicates(web_feats: ArrayLike | torch.Tensor, val_feats: ArrayLike | 
     if w.ndim != 2 or v.ndim != 2 or w.shape[1] != v.shape[1]:
         raise ValueError(f"filter.find_duplicates: expected (N, D) and (M, D), got {tuple(w.shape)}, "
                          f"{tuple(v.shape)}")
-    v = torch.nn.functional.normalize(v.to(device or v.device, torch.float32), dim=1, eps=1e-12)
-    sims, best = best_match(w, v)
-    hits = torch.nonzero(sims > threshold).flatten().cpu()
-    return [(int(i), int(best[i]), float(sims[i])) for i in hits]
+    sims, best = best_match(w, torch.nn.functional.normalize(v.to(device or v.device, torch.float32), dim=1, eps=1e-12))
+    return [(int(i), int(best[i]), float(sims[i])) for i in torch.nonzero(sims > threshold).flatten().cpu()]
 
 
 def deduplicate(samples: Samples, query: np.ndarray, val_samples: Samples, extractor: FrameFeatures,
                 cfg: FilterConfig, work: webscale.Work, prefix: Path) -> dict:
     """Sec. 3.3 over this rank's blocks: samples with a frame too similar to a val frame (`find_duplicates` on
     whitened features; the most similar frame is reported) and unreadable samples are recorded and left out of
-    scoring. Resumable (finished blocks: WORK/dedup-RANK.jsonl). Returns the indices removed by ALL ranks and the
-    report's info."""
+    scoring (finished blocks: WORK/dedup-RANK.jsonl). Returns the indices removed by ALL ranks and the report's info."""
     n = len(samples)
     subset = np.arange(n) if n <= DEDUP_WHITENING else np.linspace(0, n - 1, DEDUP_WHITENING).round().astype(np.int64)
     ref = fit_dedup_reference(val_samples, [samples[i] for i in subset], extractor, cfg, work)
-    blocks = webscale.blocks(np.arange(n), cfg.batch_size)
-    finished = work.latest("dedup", "b")
+    blocks, finished = webscale.blocks(np.arange(n), cfg.batch_size), work.latest("dedup", "b")
     todo = [k for k in work.shard.mine(len(blocks)) if k not in finished]
-    val_base = _common_folder(val_samples)
+    val_base = Path(os.path.commonpath([str(Path(s.path).parent) for s in val_samples]))
     for k, owner, feats, errors in extract_features(samples, blocks, todo, extractor, cfg, 1,
                                                     f"de-duplication: web frames{work.shard.tag}"):
         records, best = [_corrupt(i, samples[i], query[i], prefix, m) for i, m in errors.items()], {}
-        if len(owner):
-            for row, j, sim in find_duplicates(ref["white"].apply(feats[:, 0]), ref["val"], ref["threshold"]):
-                if sim > best.get(owner[row], (0, -np.inf))[1]:
-                    best[owner[row]] = (int(ref["owner"][j]), sim)
+        hits = find_duplicates(ref["white"].apply(feats[:, 0]), ref["val"], ref["threshold"]) if len(owner) else []
+        for row, j, sim in hits:
+            if sim > best.get(owner[row], (0, -np.inf))[1]:
+                best[owner[row]] = (int(ref["owner"][j]), sim)
         for i, (j, sim) in sorted((int(i), m) for i, m in best.items()):
             records.append(dict(_base_record(i, samples[i], query[i], prefix), status="duplicate",
                                 duplicate_of=webscale.rel_path(val_samples[j].path, val_base), val_index=j,
                                 similarity=round(sim, 4)))
-        records.sort(key=lambda r: r["i"])
-        work.append("records", records)
-        work.append("dedup", [dict(b=k, removed=[r["i"] for r in records])])
+        work.append("records", sorted(records, key=lambda r: r["i"]))
+        work.append("dedup", [dict(b=k, removed=sorted(r["i"] for r in records))])
     webscale.barrier()
     finished = work.latest("dedup", "b")
     if len(finished) < len(blocks):
         raise RuntimeError(f"filter: de-duplication finished {len(finished)} of {len(blocks)} blocks in {work.folder}")
-    removed = [i for r in finished.values() for i in r["removed"]]
-    return dict(removed=np.asarray(removed, dtype=np.int64), info=ref["info"])
+    removed = np.asarray([i for r in finished.values() for i in r["removed"]], dtype=np.int64)
+    return dict(removed=removed, info=ref["info"])
 
 
 def fit_dedup_reference(val_samples: Samples, web_subset: Samples, extractor: FrameFeatures, cfg: FilterConfig,
                         work: webscale.Work) -> dict:
     """Sec. 3.3, the val side, computed once (WORK/dedup-val.pt) and read by every rank: the whitening fitted on the
-    val frames and `web_subset` (a fixed subset of the web source, so every rank and every rerun agree), the crop
-    threshold (`dedup_threshold`) and the whitened val centre crops (M, d). Every rank extracts its share of the
-    frames; rank 0 joins them in sample order (the features one process extracts) and fits."""
-    def extract() -> dict:   # this rank's share (WORK/dedup-feats-RANK-of-WORLD.pt)
+    val frames and `web_subset` (fixed, so every rank and rerun agree), the crop threshold (`dedup_threshold`) and the
+    whitened val centre crops (M, d). Every rank extracts its share of the frames; rank 0 joins them in sample order
+    (what one process extracts) and fits."""
+    def extract() -> dict:   # this rank's share
         part = {}
         for name, subset, crops, what in (("val", val_samples, DEDUP_CROPS, "val frames"),
                                           ("web", web_subset, 1, "web frames for the whitening")):
             blocks = webscale.blocks(np.arange(len(subset)), cfg.batch_size)
-            feats, owner, errors = [torch.zeros(0, crops, 0)], [np.zeros(0, np.int64)], 0
-            for _, own, f, errs in extract_features(subset, blocks, work.shard.mine(len(blocks)), extractor, cfg,
-                                                    crops, f"de-duplication: {what}{work.shard.tag}"):
-                errors += len(errs)
-                if len(own):
-                    feats, owner = feats + [f.cpu()], owner + [own]
-            part.update({name: torch.cat(feats[1:] or feats), f"{name}_owner": torch.from_numpy(np.concatenate(owner)),
-                         f"{name}_errors": errors})
+            got = [(own, f.cpu(), len(errs)) for _, own, f, errs in extract_features(
+                subset, blocks, work.shard.mine(len(blocks)), extractor, cfg, crops,
+                f"de-duplication: {what}{work.shard.tag}")]
+            rows = [(f, torch.from_numpy(own)) for own, f, _ in got if len(own)]
+            part.update({name: rows, f"{name}_errors": sum(e for *_, e in got)})
         return part
 
     def fit(parts: list[dict]) -> dict:   # rank 0
-        val, owner = _in_sample_order([(p["val"], p["val_owner"]) for p in parts])
-        web, _ = _in_sample_order([(p["web"], p["web_owner"]) for p in parts])
+        val, owner = webscale.rows_in_sample_order([r for p in parts for r in p["val"]], (0, DEDUP_CROPS, 0))
+        web, _ = webscale.rows_in_sample_order([r for p in parts for r in p["web"]], (0, 1, 0))
         if not len(val):
             raise ValueError(f"--dedup-against: none of the {len(val_samples)} val videos could be read")
         m, v, d = val.shape
@@ -810,14 +736,14 @@ def build_extractor(teachers: list[nn.Module], checkpoint: str | None = None, de
 
 def extract_features(samples: Samples, blocks: list[np.ndarray], todo: Sequence[int], extractor: FrameFeatures,
                      cfg: FilterConfig, crops: int, what: str) -> Iterator[tuple]:
-    """Frame features of the blocks `todo` for de-duplication: an image is one frame, a video cfg.dedup_frames
-    frames; crops=1: the centre crop; 5: the four corners and the centre (centre last). Yields per block (block,
-    owner (R,) the sample of each frame row, features (R, crops, D) float32 on the device, {index: error})."""
+    """Frame features of the blocks `todo`: an image is one frame, a video cfg.dedup_frames frames; crops=1: the
+    centre crop; 5: the four corners and the centre (last). Yields per block (block, owner (R,): the sample of each
+    frame row, features (R, crops, D) float32 on the device, {index: error})."""
     load = partial(_dedup_views, num_frames=cfg.dedup_frames, crop=extractor.crop_size, crops=crops)
     for k, ids, counts, views, errors in webscale.run_blocks(samples, blocks, load, cfg, what, todo):
         feats = []
         with torch.inference_mode():   # cfg.batch_size frames a forward
-            for s in range(0, len(ids) and len(views[0]), cfg.batch_size):
+            for s in range(0, len(views[0]) if len(ids) else 0, cfg.batch_size):
                 x = views[0][s:s + cfg.batch_size].flatten(0, 1).to(cfg.device, non_blocking=True)   # (b*V, C, H, W)
                 x = transforms.normalize(x[:, :, None])[:, :, 0]
                 feats.append(extractor(x).float().reshape(len(x) // crops, crops, -1))
@@ -833,134 +759,72 @@ def _dedup_views(sample: webscale.Sample, num_frames: int, crop: int, crops: int
         frames = _read_sampled(webscale.Sample(piece, sample.label, "video"), data.Sampling(1, 1, num_frames))
     else:
         frames = _read_sampled(sample, data.Sampling(1, 1, num_frames))
-    frames = transforms.Resize(short_side=transforms.short_side_for(crop))(frames)
-    views = transforms.TenCrop(crop)(frames)[::2]                     # UL, UR, LL, LR, centre
-    views = views[-1:] if crops == 1 else views
+    views = transforms.TenCrop(crop)(transforms.Resize(short_side=transforms.short_side_for(crop))(frames))[::2]
+    views = views[-1:] if crops == 1 else views                       # UL, UR, LL, LR, centre
     return [transforms.ToUint8Tensor()(views).permute(2, 0, 1, 3, 4)]     # (F, crops, C, H, W)
 
 
-def _in_sample_order(parts: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, np.ndarray]:
-    """Every rank's feature rows, (rows, owner sample index) each -> all rows ordered by sample (a sample's frames
-    in their order): the rows one process extracts."""
-    parts = [(f, o) for f, o in parts if len(o)]
-    if not parts:
-        return torch.zeros(0, DEDUP_CROPS, 0), np.zeros(0, np.int64)
-    owner = torch.cat([o for _, o in parts]).numpy()
-    order = np.argsort(owner, kind="stable")
-    return torch.cat([f for f, _ in parts])[torch.from_numpy(order)], owner[order]
-
-
 # ----------------------------------------------------------------------------------------------------------------------
-# 5. After scoring: cut what is kept, gather what the teachers saw, write the decision's list
+# 5. After scoring: cut what is kept, write the decision's list
 # ----------------------------------------------------------------------------------------------------------------------
 
 def cut_kept(samples: Samples, routes: np.ndarray, decision: dict[str, np.ndarray], prefix: Path, cfg: FilterConfig,
              work: webscale.Work) -> None:
     """--cut-pieces, after the decision: this rank's share of the kept untrimmed videos are cut into
-    WORK/raw/NAME/part_N.mp4 (resumable); pieces of videos cut by an earlier run but not kept now are removed."""
+    WORK/raw/NAME/part_N.mp4 (data.cut_video; resumable); pieces of videos cut earlier but not kept now are removed."""
     idx = np.flatnonzero(routes == ROUTES.index("windows"))[work.shard.rank::work.shard.world]
-    kept = set(idx[decision["status"][idx] == STATUSES.index("kept")].tolist())
-    state = work.latest("cut")
-    for i in sorted(set(state) & set(idx.tolist()) - kept):
-        if "removed" not in state[i]:
-            shutil.rmtree(work.folder / "raw" / _piece_name(samples, i, prefix), ignore_errors=True)
-            work.append("cut", [dict(i=i, removed=True)])
-    todo = sorted(i for i in kept if i not in state or "removed" in state[i])
-    calls = [(samples[i].path, work.folder / "raw" / _piece_name(samples, i, prefix), cfg.piece_seconds) for i in todo]
-    for k, pieces, error in webscale.run_calls(data.cut_video, calls, cfg.workers, cfg.progress,
-                                               f"cutting kept untrimmed videos{work.shard.tag}"):
-        work.append("cut", [dict(i=todo[k], pieces=pieces) if error is None else dict(i=todo[k], error=error)])
-    webscale.barrier()
+    webscale.run_cuts(work, {i: (samples[i].path, _piece_name(samples, i, prefix)) for i in idx.tolist()},
+                      idx[decision["status"][idx] == STATUSES.index("kept")].tolist(),
+                      partial(data.cut_video, seconds=cfg.piece_seconds), cfg, f"cutting kept untrimmed videos{work.shard.tag}")
 
 
 def write_outputs(folder: Path, seen_dir: Path, seen: webscale.Seen, samples: Samples, classes: list[str],
                   decision: dict[str, np.ndarray], cfg: FilterConfig, list_dir: Path, prefix: Path,
                   cut: dict[int, dict], report: dict) -> dict:
-    """Rank 0: the decision -> FOLDER/train.txt (+ sidecar), decision.npz, classes.txt and report.json (`report`
-    + the counts and Fig. 3 per class); samples.jsonl, scores.npz and duplicates.txt come from seen_dir unchanged
-    (hard links). The list lines are built from the columns and the source list's paths, joined once; no record is
-    read. --cut-pieces: a kept video that could not be cut is corrupt."""
-    base, routes = webscale.rel_path(prefix, list_dir), _route_codes(samples, cfg.student)
-    failed = []
-    if cfg.cut_pieces:
-        cut_videos = np.flatnonzero((decision["status"] == STATUSES.index("kept")) &
-                                    (routes == ROUTES.index("windows"))).tolist()
-        missing = [i for i in cut_videos if i not in cut]
-        if missing:
-            raise RuntimeError(f"filter: kept video {samples[missing[0]].path} was not cut; run the same command again")
-        failed = [i for i in cut_videos if "error" in cut[i]]
+    """Rank 0: the decision -> FOLDER/ (webscale.write_output: train.txt and the 1-FPS sidecar from `_list_lines`,
+    decision.npz, classes.txt, report.json with the counts and Fig. 3 per class; samples.jsonl, scores.npz and
+    duplicates.txt linked from seen_dir). --cut-pieces: a kept video that could not be cut is corrupt."""
+    routes = _route_codes(samples, cfg.student)
+    videos = np.flatnonzero((decision["status"] == STATUSES.index("kept")) & (routes == ROUTES.index("windows")))
+    videos = videos.tolist() if cfg.cut_pieces else []
+    for i in videos:
+        if i not in cut:
+            raise RuntimeError(f"filter: kept video {samples[i].path} was not cut; run the same command again")
+    failed = [i for i in videos if "error" in cut[i]]
     decision = dict(decision, status=decision["status"].copy(), label=decision["label"].copy(),
                     cut_failed=np.array(failed, dtype=np.int64),
                     cut_error=np.array([f'cutting failed: {cut[i]["error"]}' for i in failed], dtype=str))
-    decision["status"][failed] = STATUSES.index("corrupt")
-    decision["label"][failed] = -1
-    frame_scores = {}                               # 2D students' kept untrimmed videos: the 1-FPS sidecar (Sec. 3.5)
-    unit_p = seen.unit_query if cfg.mode == "query" else seen.unit_top
-    kept_all = np.flatnonzero(decision["status"] == STATUSES.index("kept"))
-    with open(folder / "train.txt", "wb") as out:
-        for s in range(0, len(kept_all), LINES_AT_ONCE):   # memory: the lines of one chunk
-            kept = kept_all[s:s + LINES_AT_ONCE]
-            paths = webscale.list_paths(samples, kept, prefix, base)
-            out.write(b"".join(_list_lines(samples, routes, kept, paths, decision, seen, cfg, prefix)))
-            for k in np.flatnonzero(routes[kept] == ROUTES.index("one_fps")).tolist():
-                i = int(kept[k])
-                a, b = seen.unit_offset[i], seen.unit_offset[i + 1]
-                frame_scores[paths[k].decode()] = webscale.FrameScores(
-                    tuple(seen.unit_frames[a:b, 0].tolist()), tuple(unit_p[a:b].tolist()),
-                    float(decision["threshold"][i]))
-    if frame_scores:
-        webscale.write_frame_scores(webscale.frame_scores_path(folder / "train.txt"), frame_scores, fps=cfg.fps)
-    np.savez(folder / "decision.npz", statuses=np.array(STATUSES),
-             **{k: v for k, v in decision.items() if k != "unit_positive"})
-    for name in SEEN_FILES:
-        webscale.link(seen_dir / name, folder / name)
-    (folder / "classes.txt").write_text("".join(f"{c}\n" for c in classes))
-    report = dict(_summary(seen.query, decision, classes, cfg), **report)
-    (folder / "report.json").write_text(json.dumps(report, indent=1) + "\n")
-    return report
+    decision["status"][failed], decision["label"][failed] = STATUSES.index("corrupt"), -1
+    lines = partial(_list_lines, samples=samples, routes=routes, decision=decision, seen=seen, cfg=cfg, prefix=prefix)
+    return webscale.write_output(folder, seen_dir, seen, samples, prefix, webscale.rel_path(prefix, list_dir), lines,
+                                 decision, STATUSES, classes, dict(mode=cfg.mode, threshold=cfg.threshold,
+                                                                   rule=cfg.rule, student=cfg.student), report, cfg.fps)
 
 
-def _list_lines(samples: Samples, routes: np.ndarray, kept: np.ndarray, paths: list[bytes],
-                decision: dict[str, np.ndarray], seen: webscale.Seen, cfg: FilterConfig, prefix: Path) -> list[bytes]:
-    """The list line of every kept sample (paths: their list paths), in sample order: 'PATH LABEL' (images, videos,
-    2D untrimmed videos: their frames go to the sidecar); raw pieces and --cut-pieces 'PATH LABEL NUM_PIECES
-    POS_IDX...'; a 3D student's windows by time 'PATH LABEL START:END ...' (data.py 'windows')."""
+def _list_lines(kept: np.ndarray, paths: list[bytes], samples: Samples, routes: np.ndarray,
+                decision: dict[str, np.ndarray], seen: webscale.Seen, cfg: FilterConfig,
+                prefix: Path) -> tuple[list[bytes], dict[str, webscale.FrameScores]]:
+    """The list lines of kept samples (paths: their list paths), in order: 'PATH LABEL' (images, videos, 2D
+    students' untrimmed videos, whose 1-FPS frames go to the sidecar, returned as {path: FrameScores}); raw pieces and
+    --cut-pieces 'PATH LABEL NUM_PIECES POS_IDX...'; a 3D student's windows by time 'PATH LABEL START:END ...'."""
     labels = decision["label"][kept].tolist()
-    lines = [b"%s %d\n" % (p, label) for p, label in zip(paths, labels)]
-    for k in np.flatnonzero(np.isin(routes[kept], [ROUTES.index("windows"), ROUTES.index("raw")])).tolist():
+    lines, frame_scores = [b"%s %d\n" % (p, label) for p, label in zip(paths, labels)], {}
+    unit_p = seen.unit_query if cfg.mode == "query" else seen.unit_top
+    for k in np.flatnonzero(np.isin(routes[kept], [ROUTES.index(r) for r in ("one_fps", "windows", "raw")])).tolist():
         i = int(kept[k])
         a, b = seen.unit_offset[i], seen.unit_offset[i + 1]
         pos = np.flatnonzero(decision["unit_positive"][a:b])
-        if routes[i] == ROUTES.index("raw") or cfg.cut_pieces:   # MMAction2 RawVideoDataset lines
+        if routes[i] == ROUTES.index("one_fps"):
+            frame_scores[paths[k].decode()] = webscale.FrameScores(
+                tuple(seen.unit_frames[a:b, 0].tolist()), tuple(unit_p[a:b].tolist()), float(decision["threshold"][i]))
+        elif routes[i] == ROUTES.index("raw") or cfg.cut_pieces:   # MMAction2 RawVideoDataset lines
             head = paths[k].decode() if routes[i] == ROUTES.index("raw") else f"raw/{_piece_name(samples, i, prefix)}"
             lines[k] = f"{head} {labels[k]} {b - a} {' '.join(map(str, pos.tolist()))}\n".encode()
         else:
             rate = seen.fps[i]
             lines[k] = (f"{paths[k].decode()} {labels[k]} " + " ".join(
                 f"{x / rate:.3f}:{y / rate:.3f}" for x, y in seen.unit_frames[a:b][pos].tolist()) + "\n").encode()
-    return lines
-
-
-def _summary(query: np.ndarray, decision: dict[str, np.ndarray], classes: list[str], cfg: FilterConfig) -> dict:
-    """report.json's decision: the counts per status and, per class (Fig. 3), before / kept / dropped / corrupt /
-    duplicate / after."""
-    k, status, known = len(classes), decision["status"], query >= 0
-    per = {name: np.bincount(query[known & (status == STATUSES.index(name))], minlength=k)
-           for name in ("kept", "dropped", "corrupt", "duplicate")}
-    before = np.bincount(query[known], minlength=k)
-    after = np.bincount(decision["label"][status == STATUSES.index("kept")], minlength=k)
-    per_class = [dict(index=c, name=classes[c], before=int(before[c]), **{s: int(per[s][c]) for s in per},
-                      after=int(after[c])) for c in range(k)]
-    counts = dict(total=len(status), **{name: int((status == STATUSES.index(name)).sum()) for name in
-                                        ("kept", "dropped", "corrupt", "duplicate", "unknown_query")})
-    return dict(mode=cfg.mode, threshold=cfg.threshold, rule=cfg.rule, student=cfg.student, classes=list(classes),
-                counts=counts, per_class=per_class,
-                about_per_class="before: samples crawled for the class (query label); kept / dropped / corrupt / "
-                                "duplicate: of those; after: kept samples labelled with the class (= kept in "
-                                "query mode; pseudo-labels in pseudo mode)",
-                about_samples="samples.jsonl: what the teachers saw, one record per sample in list order (query-"
-                              "class and top-5 probabilities, units of untrimmed videos), scores.npz the same as "
-                              "columns; decision.npz: each sample's status, label, deciding score and threshold")
+    return lines, frame_scores
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -971,11 +835,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser("omnisource filter", formatter_class=webscale.HelpFormatter,
                                 description="Teacher filtering of a web source (OmniSource Sec. 3.3-3.5): writes "
                                             "DATA_ROOT/OUT/ for train.py --aux OUT. Under torchrun the samples are "
-                                            "split over the processes; rerun the same command after a crash to "
-                                            "resume, or on a finished output with other decision flags to re-decide.")
+                                            "split over the processes; the same command resumes after a crash, or "
+                                            "re-decides a finished output under other decision flags.")
     groups = dict(source=p.add_argument_group("source, teachers and output"),
-                  decision=p.add_argument_group("decision (Sec. 3.4-3.5; another value re-decides a finished output "
-                                                "without its teachers)"),
+                  decision=p.add_argument_group("decision (Sec. 3.4-3.5; another value re-decides without teachers)"),
                   scoring=p.add_argument_group("scoring (Sec. 3.4-3.5)"),
                   dedup=p.add_argument_group("de-duplication against the target's val split (Sec. 3.3)"),
                   run=p.add_argument_group("run"))
@@ -1010,44 +873,40 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def scoring_settings(args: argparse.Namespace, cfg: FilterConfig, num_samples: int) -> dict:
     """What the teachers' records depend on: a resumed run must share it with the crashed one, and a finished run's
-    columns are re-decided under it (not DECISION_KEYS, --workers, --device, --quiet or the rank count). A teacher
-    file is named by its path and, while it exists, its size and mtime."""
+    columns are re-decided under it (not DECISION_KEYS, --workers, --device, --quiet or the rank count)."""
     config = {k: v for k, v in vars(cfg).items() if k not in ("workers", "device", "progress") + DECISION_KEYS}
     return dict({k: getattr(args, k) for k in ("source", "split", "teacher_arch", "dedup_against", "dedup_checkpoint")},
                 teachers=[webscale.file_identity(p) for p in args.teacher], samples=num_samples, config=config)
 
 
 def main(args: argparse.Namespace) -> dict | None:
-    """The command: score (or, on a finished output of the same scoring settings, re-decide from its columns without
-    a teacher), decide, write. Returns the report (report.json) on rank 0, None on the other ranks."""
+    """Score (or, on a finished output of the same scoring settings, re-decide from its columns without a teacher),
+    decide, write. Returns the report (report.json) on rank 0, None on the other ranks."""
     shard, device = webscale.distributed(args.device)
     knobs = {f.name: getattr(args, f.name) for f in fields(FilterConfig) if "help" in f.metadata}
-    cfg = FilterConfig(**dict(knobs, device=device, amp=args.amp or models.default_amp(device),
-                              progress=not args.quiet))
-    data_root, start = Path(args.data_root), time.time()
+    cfg = FilterConfig(**dict(knobs, device=device, amp=args.amp or models.default_amp(device), progress=not args.quiet))
+    data_root, source = Path(args.data_root), f"--source {args.source}"
     spec = data.resolve_dataset(data_root, args.source)
-    samples = data.load_split(spec, args.split)
+    samples, prefix = data.load_split(spec, args.split), spec.splits[args.split].prefix
     final = webscale.output_folder(data_root, args.out, spec.root)
-    prefix = spec.splits[args.split].prefix
     val = data.load_split(data.resolve_dataset(data_root, args.dedup_against), "val") if args.dedup_against else None
     work = webscale.Work(data_root / f".{args.out}.filter-work", shard)
     settings = scoring_settings(args, cfg, len(samples))
-    earlier = webscale.finished_report(final, work, settings, SEEN_FILES)
+    earlier, start = webscale.finished_report(final, work, settings), time.time()
+    say = partial(print, file=sys.stderr) if shard.rank == 0 else lambda *a: None
     if earlier is None:
-        teachers = load_teachers(args.teacher, cfg.device, args.teacher_arch, spec.classes, f"--source {args.source}")
+        teachers = load_teachers(args.teacher, cfg.device, args.teacher_arch, spec.classes, source)
         check_teachers(teachers, webscale.kind_names(samples), cfg.student)
         classes = teachers[0].classes
         query = map_query_labels(samples, spec.classes, classes, args.source, cfg.mode, teachers[0].source)
-        unknown = int((query < 0).sum())
-        if unknown and cfg.mode == "query" and shard.rank == 0:
-            print(f"--source {args.source}: {unknown} of {len(query)} samples have a query class that is not a "
-                  f"teacher class; left out (query mode matches class names)", file=sys.stderr)
+        if (query < 0).any() and cfg.mode == "query":
+            say(f"{source}: {int((query < 0).sum())} of {len(query)} samples have a query class that is not a "
+                f"teacher class; left out (query mode matches class names)")
         extractor = build_extractor(teachers, args.dedup_checkpoint, cfg.device) if val is not None else None
-        if extractor is not None and args.dedup_checkpoint is None and shard.rank == 0:
-            print(f"de-duplication features: {extractor.name}" + (
+        if extractor is not None and args.dedup_checkpoint is None:
+            say(f"de-duplication features: {extractor.name}" + (
                 ", fine on the generated demo" if args.dedup_against == synthetic.DEMO_TARGET else
-                ", not the paper's ImageNet ResNet-50 (Sec. 3.3): pass --dedup-checkpoint with its weights"),
-                file=sys.stderr)
+                ", not the paper's ImageNet ResNet-50 (Sec. 3.3): pass --dedup-checkpoint with its weights"))
         work.claim(settings, f"--out {args.out}")
         try:
             info = run_filter(samples, query, teachers, cfg, work, prefix, val, extractor)
@@ -1061,9 +920,8 @@ def main(args: argparse.Namespace) -> dict | None:
         classes, info, teachers_info = data.read_classes(final / "classes.txt"), earlier["dedup"], earlier["teachers"]
         seen_dir = final
         work.claim(dict(settings, records="scores.npz of the finished output"), f"--out {args.out}")
-        if shard.rank == 0:
-            print(f"filter: re-deciding the {len(samples)} samples of {final} from its columns (scores.npz), "
-                  f"no teacher is run", file=sys.stderr)
+        say(f"filter: re-deciding the {len(samples)} samples of {final} from its columns (scores.npz), no teacher "
+            f"is run")
     seen = webscale.Seen.load(seen_dir / "scores.npz")
     decision = decide(seen, len(classes), cfg)
     if cfg.cut_pieces:
@@ -1081,16 +939,15 @@ def main(args: argparse.Namespace) -> dict | None:
         shutil.rmtree(work.folder)
         c = report["counts"]
         print(f'{args.source} -> {final}: kept {c["kept"]} of {c["total"]} (dropped {c["dropped"]}, corrupt '
-              f'{c["corrupt"]}, duplicates {c["duplicate"]}, query class not a teacher class '
-              f'{c["unknown_query"]}) at T={cfg.threshold} ({cfg.mode} mode, {cfg.rule} rule); scored '
-              f'{report["run"]["scored"]} in this run on {shard.world} process(es)')
+              f'{c["corrupt"]}, duplicates {c["duplicate"]}, query class not a teacher class {c["unknown_query"]}) '
+              f'at T={cfg.threshold} ({cfg.mode} mode, {cfg.rule} rule); scored {report["run"]["scored"]} in this '
+              f'run on {shard.world} process(es)')
         if c["kept"] == 0:
-            print(f"warning: nothing was kept; train.py --aux {args.out} needs samples (lower --threshold)",
-                  file=sys.stderr)
+            say(f"warning: nothing was kept; train.py --aux {args.out} needs samples (lower --threshold)")
         if c["duplicate"] > 0.05 * c["total"]:   # the paper flags 0.1% (Sec. 3.3)
-            print(f'warning: {c["duplicate"]} of {c["total"]} samples look like duplicates of {args.dedup_against} '
-                  f'val frames; the features ({report["dedup"]["extractor"]}) may not be crop-invariant '
-                  f"enough: pass --dedup-checkpoint with ImageNet ResNet-50 weights", file=sys.stderr)
+            say(f'warning: {c["duplicate"]} of {c["total"]} samples look like duplicates of {args.dedup_against} val '
+                f'frames; the features ({report["dedup"]["extractor"]}) may not be crop-invariant enough: pass '
+                f"--dedup-checkpoint with ImageNet ResNet-50 weights")
         figures.filter_figures(final)           # contact sheet, Fig. 3 histogram, ... beside the outputs
     webscale.barrier()
     webscale.end_distributed()
@@ -1102,8 +959,7 @@ def main(args: argparse.Namespace) -> dict | None:
 # ----------------------------------------------------------------------------------------------------------------------
 
 def _route_codes(samples: Samples, student: str) -> np.ndarray:
-    """Route (index into ROUTES) of every sample: images; short videos and frame folders; untrimmed videos as
-    1-FPS frames (2d) or 10-s windows (3d); raw videos cut already."""
+    """Route (index into ROUTES) of every sample."""
     table = np.array([ROUTES.index({"image": "images", "untrimmed": "one_fps" if student == "2d" else "windows",
                                     "raw": "raw"}.get(k, "videos")) for k in webscale.KINDS], dtype=np.int8)
     return table[webscale.kinds_of(samples)]
@@ -1137,10 +993,6 @@ def _piece_name(samples: Samples, i: int, prefix: Path) -> str:
     """Folder of a video's pieces under raw/: its path under the data prefix without the extension."""
     rel = Path(webscale.rel_path(samples[i].path, prefix)).with_suffix("")
     return rel.as_posix() if ".." not in rel.parts else f"{i:06d}_{rel.name}"
-
-
-def _common_folder(samples: Samples) -> Path:
-    return Path(os.path.commonpath([str(Path(s.path).parent) for s in samples]))
 
 
 def _preview(names: Sequence[str], k: int = 3) -> str:

@@ -1167,6 +1167,8 @@ def fsync(path: Path) -> None:
 WORK_FORMAT = "omnisource-filter-work-2"
 SEEN = ("scored", "corrupt", "duplicate")        # a record's state: what the teachers saw (scores.npz 'state')
 SCORES_FORMAT = "omnisource-filter-scores-1"
+SEEN_FILES = ("samples.jsonl", "scores.npz", "duplicates.txt")   # `gather_records`: written once, linked to outputs
+LINES_AT_ONCE = 1 << 18          # list lines built and written at once (`write_output`)
 
 
 # what reading a broken file raises (Sec. 3.3): the OS (missing, unreadable; Pillow's UnidentifiedImageError and
@@ -1379,12 +1381,70 @@ def _record_columns(work: Work) -> list[array.array]:
     return columns
 
 
-def finished_report(final: Path, work: Work, settings: dict, files: Sequence[str]) -> dict | None:
-    """The report of the finished output `final` (report.json and `files`) when its scoring settings are `settings`
-    (a teacher file that is gone is matched by its path) and no scoring run of its own is unfinished in the work
-    folder; else None."""
+def write_output(folder: Path, seen_dir: Path, seen: Seen, samples: SampleList | list[Sample], prefix: Path,
+                 base: str, lines: Callable, decision: dict[str, np.ndarray], statuses: Sequence[str],
+                 classes: list[str], header: dict, report: dict, fps: float) -> dict:
+    """Rank 0: filter.py's output folder from its decision; no record is read. train.txt, LINES_AT_ONCE kept samples
+    at a time: lines(kept, their list paths) -> (list lines, {list path: FrameScores} of the frame-score sidecar),
+    the paths slices of the source list's buffer (`list_paths`: base / the path under `prefix`); decision.npz (the
+    columns but unit_positive, `statuses` naming the status codes), classes.txt, report.json (header, the counts per
+    status and per class (Fig. 3), then `report`) and SEEN_FILES linked from seen_dir. Returns the report."""
+    kept_all, frame_scores = np.flatnonzero(decision["status"] == statuses.index("kept")), {}
+    with open(folder / "train.txt", "wb") as out:
+        for s in range(0, len(kept_all), LINES_AT_ONCE):   # memory: the lines of one chunk
+            kept = kept_all[s:s + LINES_AT_ONCE]
+            chunk, scores = lines(kept, list_paths(samples, kept, prefix, base))
+            out.write(b"".join(chunk))
+            frame_scores.update(scores)
+    if frame_scores:
+        write_frame_scores(frame_scores_path(folder / "train.txt"), frame_scores, fps=fps)
+    np.savez(folder / "decision.npz", statuses=np.array(statuses),
+             **{k: v for k, v in decision.items() if k != "unit_positive"})
+    for name in SEEN_FILES:
+        link(seen_dir / name, folder / name)
+    (folder / "classes.txt").write_text("".join(f"{c}\n" for c in classes))
+    k, status, query = len(classes), decision["status"], seen.query
+    code = {name: status == statuses.index(name) for name in statuses}
+    per = {name: np.bincount(query[(query >= 0) & code[name]], minlength=k)
+           for name in ("kept", "dropped", "corrupt", "duplicate")}
+    before, after = np.bincount(query[query >= 0], minlength=k), np.bincount(decision["label"][code["kept"]], minlength=k)
+    report = dict(header, classes=list(classes), counts=dict(total=len(status), **{
+        name: int(code[name].sum()) for name in ("kept", "dropped", "corrupt", "duplicate", "unknown_query")}),
+        per_class=[dict(index=c, name=classes[c], before=int(before[c]), **{n: int(per[n][c]) for n in per},
+                        after=int(after[c])) for c in range(k)],
+        about_per_class="before: samples crawled for the class (query label); kept / dropped / corrupt / duplicate: "
+                        "of those; after: kept samples labelled with the class (= kept in query mode; pseudo-labels "
+                        "in pseudo mode)",
+        about_samples="samples.jsonl: what the teachers saw, one record per sample in list order (query-class and "
+                      "top-5 probabilities, units of untrimmed videos), scores.npz the same as columns; decision.npz: "
+                      "each sample's status, label, deciding score and threshold", **report)
+    (folder / "report.json").write_text(json.dumps(report, indent=1) + "\n")
+    return report
+
+
+def run_cuts(work: Work, jobs: dict[int, tuple[Path, str]], kept: list[int], cut: Callable, cfg: Any,
+             what: str) -> None:
+    """--cut-pieces (filter.cut_kept), resumable: of this rank's videos `jobs` {i: (path, NAME)}, those kept and not
+    cut yet are cut into WORK/raw/NAME (cut(path, folder) -> number of pieces, in cfg.workers workers; the result or
+    the error goes to WORK/cut-RANK.jsonl), and the pieces of those cut earlier but not kept now are removed."""
+    state, kept = work.latest("cut"), set(kept)
+    for i in sorted(set(state) & set(jobs) - kept):
+        if "removed" not in state[i]:
+            shutil.rmtree(work.folder / "raw" / jobs[i][1], ignore_errors=True)
+            work.append("cut", [dict(i=i, removed=True)])
+    todo = sorted(i for i in kept if i not in state or "removed" in state[i])
+    for k, pieces, error in run_calls(cut, [(jobs[i][0], work.folder / "raw" / jobs[i][1]) for i in todo],
+                                      cfg.workers, cfg.progress, what):
+        work.append("cut", [dict(i=todo[k], pieces=pieces) if error is None else dict(i=todo[k], error=error)])
+    barrier()
+
+
+def finished_report(final: Path, work: Work, settings: dict) -> dict | None:
+    """The report of the finished output `final` (report.json and SEEN_FILES) when its scoring settings are
+    `settings` (a teacher file that is gone is matched by its path) and no scoring run of its own is unfinished in
+    the work folder; else None."""
     config = work.folder / "config.json"
-    if not all((final / name).is_file() for name in ("report.json", *files)) or \
+    if not all((final / name).is_file() for name in ("report.json", *SEEN_FILES)) or \
             (config.is_file() and "records" not in json.loads(config.read_text())):
         return None
     report = json.loads((final / "report.json").read_text())
@@ -1393,6 +1453,17 @@ def finished_report(final: Path, work: Work, settings: dict, files: Sequence[str
         return None
     old["teachers"] = [{k: t[k] for k in n if k in t} for t, n in zip(old["teachers"], new["teachers"])]
     return report if old == new else None
+
+
+def rows_in_sample_order(parts: list[tuple[torch.Tensor, torch.Tensor]], empty: tuple) -> tuple[torch.Tensor, np.ndarray]:
+    """Feature rows of every rank's blocks, (rows, owner sample index (R,)) each -> all rows ordered by sample (a
+    sample's rows in their order): the rows one process extracts; a tensor of shape `empty` when there are none."""
+    parts = [(f, o) for f, o in parts if len(o)]
+    if not parts:
+        return torch.zeros(empty), np.zeros(0, np.int64)
+    owner = torch.cat([o for _, o in parts]).numpy()
+    order = np.argsort(owner, kind="stable")
+    return torch.cat([f for f, _ in parts])[torch.from_numpy(order)], owner[order]
 
 
 def file_identity(path: str | Path) -> dict:
@@ -1619,6 +1690,47 @@ def run_calls(fn: Callable, calls: list[tuple], workers: int, progress: bool, wh
         failed += item[2] is not None
         bar.update(1, failed)
     bar.close()
+
+
+class _Chunks(torch.utils.data.IterableDataset):
+    """Worker side of `run_chunks`: item k goes to worker k % workers, which yields (i, first unit, number of units,
+    load(state, s, e), None) per chunk, or (i, -1, 0, None, message) once the item proves unreadable (any chunk)."""
+
+    def __init__(self, todo: np.ndarray, plan: Callable, load: Callable, size: int):
+        self.todo, self.plan, self.load, self.size = todo, plan, load, size
+
+    def __iter__(self) -> Iterator[tuple]:
+        info = torch.utils.data.get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        for k in range(worker, len(self.todo), workers):
+            i = int(self.todo[k])
+            try:
+                units, state = self.plan(i)
+                for s in range(0, units, self.size):
+                    yield i, s, units, self.load(state, s, min(s + self.size, units)), None
+            except Unreadable as err:
+                yield i, -1, 0, None, str(err)
+
+
+def run_chunks(todo: np.ndarray, plan: Callable, load: Callable, size: int, reduce: Callable, cfg: Any,
+               what: str) -> Iterator[tuple]:
+    """Items too long for one tensor (untrimmed videos, Sec. 3.5) in chunks of at most `size` units, decoded in
+    cfg.workers DataLoader workers: plan(i) -> (number of units, state) and load(state, s, e) -> units s:e run in a
+    worker, reduce(chunk) -> what is kept of a chunk here. Yields (i, [reduce(chunk), ...], None) once all chunks of
+    item i are in, or (i, None, message) for an unreadable item; a progress line when cfg.progress."""
+    loader = torch.utils.data.DataLoader(_Chunks(todo, plan, load, size), batch_size=None,
+                                         num_workers=min(cfg.workers, len(todo)), collate_fn=as_is,
+                                         pin_memory=torch.device(cfg.device).type == "cuda")
+    progress, failed, pending = Progress(what, len(todo), cfg.progress), 0, {}
+    for i, first, units, chunk, error in loader:
+        if error is None:
+            pending.setdefault(i, []).append(reduce(chunk))
+            if first + size < units:
+                continue
+        chunks, failed = pending.pop(i, None), failed + (error is not None)
+        yield i, chunks if error is None else None, error
+        progress.update(1, failed)
+    progress.close()
 
 
 class Unreadable(Exception):
