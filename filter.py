@@ -7,20 +7,14 @@
     torchrun --nnodes N --nproc_per_node G filter.py ...      (the same command, split over N x G processes)
     python train.py --data-root data --target synth --aux web-img-f,untr-2d
 
-Sec. 3.3  Invalid or corrupted files (zero-byte, truncated, an HTML page named .jpg, a file gone mid-run) are found
-          while decoding, recorded and left out; only the readers' errors mean "corrupt" (webscale.DECODE_ERRORS).
+Sec. 3.3  Invalid or corrupted files (found while decoding: webscale.DECODE_ERRORS) are recorded and left out.
           --dedup-against: web samples with a frame too similar to a val frame of the target are removed and listed
-          in duplicates.txt (`deduplicate`): ResNet-50 frame features, PCA whitening (`Whitening`, fitted on the val
-          frames and a fixed subset of at most 10,000 web samples, at most 256 dims), each web frame's best cosine
-          match among the val frames (`best_match`, `find_duplicates`) above the mean similarity between different
-          crops of the same val frame (`dedup_threshold`).
+          in duplicates.txt (`deduplicate`: whitened ResNet-50 features, cosine similarity, a crop-based threshold).
 Sec. 3.4  Teacher filtering, decided once over the whole crawl (`decide` -> `keep_decision`) from what the teachers
-          saw of every sample (webscale.Seen): mode 'query' keeps a sample when p(query class) >= T_c, labelled with
-          its query class; mode 'pseudo' when the top probability >= T_c, labelled with the argmax (Sec. 3.2's
-          PseudoLabel). T_c comes from --rule (`RULES`): 'fixed' (T for every class, the paper's) or 'class-adaptive'
-          (FlexMatch-style). Several teachers are averaged (`ensemble`, Fig. 6). Web images get 2D (TSN) teachers
-          only ("deflating 3D teachers" hurts), short videos 2D or 3D ones. Query classes are matched to the
-          teachers' classes BY NAME; in query mode a sample whose query class is not a teacher class is left out.
+          saw (webscale.Seen): 'query' mode keeps a sample when p(query class) >= T_c, labelled with its query class;
+          'pseudo' mode when the top probability >= T_c, labelled with the argmax. T_c: --rule (`RULES`). Several
+          teachers are averaged (`ensemble`, Fig. 6); web images get 2D (TSN) teachers only; query classes are
+          matched to the teachers' classes by name.
 Sec. 3.5  Untrimmed videos (Fig. 2 right), the whole policy (data.py, transforms.py and webscale.py point here):
           units     --student 2d: frames at 1 FPS (--fps; `one_fps_indices`: the centre frame of each second);
                     --student 3d: 10-s windows (--piece-seconds; `window_ranges`: the frames data.cut_video puts in
@@ -39,25 +33,17 @@ Sec. 3.5  Untrimmed videos (Fig. 2 right), the whole policy (data.py, transforms
                     training item; or, with --cut-pieces, kept videos cut into re-encoded pieces OUT/raw/NAME/
                     part_N.mp4 listed as MMAction2 RawVideoDataset lines 'raw/NAME LABEL NUM_PIECES POS_IDX...'.
 
-Outputs in DATA_ROOT/OUT/ (built in a hidden sibling, renamed into place at the end): train.txt (paths relative to
-OUT/; train.py --aux OUT), train_frame_scores.json, raw/, classes.txt, report.json (counts; Fig. 3 per class),
-decision.npz (per sample: status into STATUSES, label, deciding score, threshold, positive units; cut failures), what
-the teachers saw, written once (samples.jsonl: one record per sample; scores.npz: the same as columns; duplicates.txt)
-and the step's figures (figures.filter_figures). Re-deciding: the same command on a finished output with another
---threshold, --mode, --rule (or rule VALUE) or --cut-pieces decides again from its scores.npz without a teacher; the
-output is what a fresh run with those flags writes. At web scale (webscale.py, "Work folders"): under torchrun block b
-of --batch-size samples (an untrimmed video: its own block) goes to rank b % WORLD_SIZE and the outputs are byte for
-byte those of one process; records go to DATA_ROOT/.OUT.filter-work/ as they are made, so the same command after a
-crash or SIGKILL resumes where they stop.
-Scoring protocol (a cheap version of each teacher's test protocol): short side resized to round(crop * 256 / 224), one
-centre crop; an image is one frame (a TSN averages identical frames to that frame's output), crawled JPEGs decoded
-reduced; a video, window or piece: 8 segments (TSN) or 3 clips (3D) (--clips). A teacher is any nn.Module with `.spec`
-(models.ArchSpec), `.classes` and `.source` (tests use stubs). Global state: torchrun's process group, torn down at
-the end of `main`.
+Outputs in DATA_ROOT/OUT/: train.txt (train.py --aux OUT) and its sidecar, raw/, classes.txt, report.json (Fig. 3 per
+class), decision.npz (each sample's status, label, deciding score, threshold), what the teachers saw (samples.jsonl,
+scores.npz, duplicates.txt) and figures. The same command with another --threshold, --mode, --rule or --cut-pieces
+re-decides a finished output from its scores.npz without a teacher; after a crash or SIGKILL it resumes; under
+torchrun the samples are split over the processes, byte for byte the output of one (webscale.py, "Work folders").
+Global state: torchrun's process group, torn down at the end of `main`.
 """
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import shutil
@@ -88,8 +74,7 @@ DEDUP_CROPS = 5                       # crops per val frame for the de-duplicati
 DEDUP_DIMS = 256                      # Sec. 3.3: whitened features reduced to at most this many dimensions
 DEDUP_WHITENING = 10000               # web samples (evenly spaced) whose frames join the val frames in the whitening
 TOP_K = 5                             # classes (and probabilities) kept per sample in samples.jsonl
-# how a sample is scored (`_route_codes`): images; short videos and frame folders; untrimmed videos as 1-FPS frames
-# (2D student) or 10-s windows (3D student); raw videos cut into pieces already
+# how a sample is scored (`_route_codes`): images, videos / frame folders, untrimmed (1-FPS frames / 10-s windows), raw
 ROUTES = ("images", "videos", "one_fps", "windows", "raw")
 DECISION_KEYS = ("mode", "threshold", "rule", "cut_pieces")   # another value re-decides a finished run
 STATUSES = ("kept", "dropped", "unknown_query", "corrupt", "duplicate")  # the decision (decision.npz 'status')
@@ -111,36 +96,15 @@ def ensemble(prob_list: Sequence[ArrayLike | torch.Tensor]) -> torch.Tensor:
     return torch.stack(tensors).mean(dim=0)
 
 
-@dataclass
-class Scores:
-    """What the teachers saw of N samples, all a rule decides from (float32 as the teachers gave them; NaN / -1
-    where a sample was not scored: corrupt or a duplicate)."""
-    query: np.ndarray        # (N,) int64: the crawl query's class as a teacher class (-1: not a teacher class)
-    query_p: np.ndarray      # (N,) float32: p(query class) ('query' mode decides on it)
-    top_class: np.ndarray    # (N,) int64: argmax class ('pseudo' mode's label, Sec. 3.2's PseudoLabel)
-    top_p: np.ndarray        # (N,) float32: its probability ('pseudo' mode decides on it)
-
-    @classmethod
-    def of(cls, probs: ArrayLike | torch.Tensor, query_labels: ArrayLike) -> Scores:
-        """From (N, K) class probabilities and (N,) query classes."""
-        p, query = np.asarray(probs, dtype=np.float32), np.asarray(query_labels, dtype=np.int64)
-        if p.ndim != 2 or query.shape != (len(p),):
-            raise ValueError(f"filter.Scores.of: expected probs (N, K) and query_labels (N,), got {p.shape} and "
-                             f"{query.shape}")
-        rows, top = np.arange(len(p)), np.nan_to_num(p, nan=-1.0).argmax(axis=1).astype(np.int64)
-        return cls(query, np.where(query >= 0, p[rows, np.maximum(query, 0)], np.float32(np.nan)), top, p[rows, top])
-
-
 def fixed_thresholds(labels: np.ndarray, p: np.ndarray, num_classes: int, threshold: float) -> np.ndarray:
     """Sec. 3.4 (the paper's rule): every class is held to T. Returns (K,) per-class thresholds."""
     return np.full(num_classes, float(threshold))
 
 
 def class_adaptive_thresholds(labels: np.ndarray, p: np.ndarray, num_classes: int, threshold: float) -> np.ndarray:
-    """Class-adaptive thresholds after FlexMatch (Zhang et al., NeurIPS 2021; beyond the paper): T_c = T * beta_c,
-    beta_c = (mean deciding probability of the samples labelled c) / (the largest such mean): the class the teacher is
-    surest of keeps T, hard classes get a lower bar (FlexMatch counts confident predictions during training; the crawl
-    is scored once, so the class mean is the estimate). A class with no scored sample keeps T."""
+    """Beyond the paper, after FlexMatch (Zhang et al., NeurIPS 2021): T_c = T * beta_c, beta_c = (mean deciding
+    probability of the samples labelled c) / (the largest class mean; FlexMatch counts confident predictions during
+    training, the crawl is scored once): hard classes get a lower bar; a class with no scored sample keeps T."""
     ok = ~np.isnan(p) & (labels >= 0)
     counts = np.bincount(labels[ok], minlength=num_classes)
     sums = np.bincount(labels[ok], weights=p[ok].astype(np.float64), minlength=num_classes)
@@ -174,12 +138,13 @@ def parse_rule(text: str) -> tuple[Callable[..., np.ndarray], tuple]:
     raise ValueError(f"--rule {text}: expected one of {names}{problem}")
 
 
-def keep_decision(scores: Scores, num_classes: int, mode: str = "query", threshold: float = 0.5,
+def keep_decision(scores: webscale.Seen, num_classes: int, mode: str = "query", threshold: float = 0.5,
                   rule: str = "fixed") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Sec. 3.4: which samples are kept and with which label, decided over the whole crawl at once. 'query': the
-    deciding probability is p(query class), the label the query class (-1: never kept); 'pseudo': the top probability
-    and the argmax. Kept when the deciding probability >= its class's threshold (--rule `rule`). Returns (keep bool
-    (N,), labels int64 (N,), the threshold each sample was held to float64 (N,))."""
+    """Sec. 3.4: which samples are kept and with which label, decided over the whole crawl at once from what the
+    teachers saw (`scores`' (N,) columns: query, the query class as a teacher class, -1: none; query_p, p(query class),
+    NaN: not scored; top_class, the argmax; top_p, its probability). 'query': the deciding probability is p(query
+    class), the label the query class; 'pseudo': the top probability and the argmax (Sec. 3.2's PseudoLabel). Kept
+    when >= its class's threshold (--rule). Returns (keep bool (N,), labels int64 (N,), thresholds float64 (N,))."""
     if mode not in MODES:
         raise ValueError(f"filter.keep_decision: mode must be one of {MODES}, got {mode!r}")
     thresholds, extra = parse_rule(rule)
@@ -205,9 +170,8 @@ def untrimmed_decision(unit_scores: ArrayLike, keep: bool | ArrayLike, threshold
 
 
 def one_fps_indices(num_frames: int, video_fps: float, fps: float = 1.0) -> np.ndarray:
-    """Sec. 3.5: frames "extracted at a low frame rate": window k covers [k, k + 1) / fps seconds, its frame is
-    floor((k + 0.5) * video_fps / fps); windows centred past the end are left out; a video shorter than half a
-    window gives its middle frame."""
+    """Sec. 3.5: frames "extracted at a low frame rate": floor((k + 0.5) * video_fps / fps), the centre of second k
+    (fps = 1), for the seconds centred before the end; a video shorter than half a second gives its middle frame."""
     if num_frames < 1 or not video_fps > 0 or not fps > 0:
         raise ValueError(f"filter.one_fps_indices: need num_frames >= 1 and rates > 0, got {num_frames}, "
                          f"{video_fps}, {fps}")
@@ -226,14 +190,12 @@ def window_ranges(num_frames: int, video_fps: float, seconds: float = 10.0) -> n
 
 
 def decide(seen: webscale.Seen, num_classes: int, cfg: FilterConfig) -> dict[str, np.ndarray]:
-    """Sec. 3.4-3.5 once over the whole crawl, the one place a rule is applied: what the teachers saw (webscale.Seen,
-    the records' columns) -> `keep_decision` under cfg.mode / threshold / rule and the positive units of untrimmed
-    videos (`untrimmed_decision`). Returns decision.npz's columns: status uint8 (N,) into STATUSES; label int64 (N,)
-    (-1 unless kept); score float32 (N,), the deciding probability, and threshold float64 (N,), the one it was held
-    to (NaN unless kept or dropped); positive_units int64 (N,) (-1 unless a decided video); unit_positive bool (M,)."""
+    """Sec. 3.4-3.5 once over the whole crawl, the one place a rule is applied: what the teachers saw (the records'
+    columns) -> `keep_decision` and the positive units (`untrimmed_decision`). Returns decision.npz's columns: status
+    uint8 (N,) into STATUSES, label int64 (N,) (-1 unless kept), score float32 (N,) and threshold float64 (N,) (NaN
+    unless decided), positive_units int64 (N,) (-1 unless a decided video), unit_positive bool (M,)."""
     n = len(seen.state)
-    keep, label, held = keep_decision(Scores(seen.query, seen.query_p, seen.top_class, seen.top_p), num_classes,
-                                      cfg.mode, cfg.threshold, cfg.rule)
+    keep, label, held = keep_decision(seen, num_classes, cfg.mode, cfg.threshold, cfg.rule)
     scored = seen.state == webscale.SEEN.index("scored")
     decided = scored & (label >= 0)          # query mode, the query class is not a teacher class: left out
     keep &= decided
@@ -254,8 +216,7 @@ def decide(seen: webscale.Seen, num_classes: int, cfg: FilterConfig) -> dict[str
 
 @dataclass
 class FilterConfig:
-    """Knobs of one run: a field with a help string is the flag of that name in its group (`get_args_parser`;
-    'cli_default': the flag's default where main resolves it)."""
+    """Knobs of one run; a field with a help string is a flag (`get_args_parser`; 'cli_default': resolved in main)."""
     mode: str = field(default="query", metadata=dict(group="decision", choices=MODES, help="'query': keep when "
                       "p(query class) >= T, label = query; 'pseudo': keep when max p >= T, label = argmax (Sec. 3.4)"))
     threshold: float = field(default=0.5, metadata=dict(group="decision", help="T: keep when the deciding "
@@ -282,8 +243,7 @@ class FilterConfig:
     dedup_frames: int = field(default=3, metadata=dict(group="dedup", help="frames per video compared"))
     batch_size: int = field(default=16, metadata=dict(group="run", help="samples per block: one decoding batch and "
                             "one teacher forward (changing it between a crash and the rerun starts over)"))
-    workers: int = field(default=2, metadata=dict(group="run", help="DataLoader worker processes that decode (per "
-                         "rank)"))
+    workers: int = field(default=2, metadata=dict(group="run", help="decoding DataLoader workers (per rank)"))
     device: str = field(default="cpu", metadata=dict(group="run", cli_default=None, help="cuda or cpu (default: cuda "
                         "when available; under torchrun cuda:LOCAL_RANK)"))
     progress: bool = True          # progress lines on stderr (--quiet turns them off)
@@ -308,10 +268,9 @@ class FilterConfig:
 
 def load_teachers(paths: Sequence[str | Path], device: str = "cpu", arch: str | None = None,
                   classes: list[str] | None = None, classes_from: str = "the source") -> list[nn.Module]:
-    """Checkpoints -> teachers in eval mode on `device` (the same class names, in any order). train.py checkpoints
-    carry their class names; any other format models.load_weights reads (MMAction2 0.x / 1.x, e.g. the released
-    OmniSource models, a bare state dict) needs `arch` (--teacher-arch), and its outputs are read against the
-    source's class names `classes` in their order (one line on stderr says so)."""
+    """Checkpoints -> teachers in eval mode (the same class names, any order). train.py checkpoints carry their class
+    names; other formats models.load_weights reads (MMAction2, e.g. the released OmniSource models; a bare state dict)
+    need `arch` (--teacher-arch) and are read against the source's class names `classes`, in their order."""
     for p in paths:
         if not Path(p).is_file():
             raise FileNotFoundError(f"--teacher {p}: no such file (give train.py checkpoints, e.g. "
@@ -331,7 +290,8 @@ def load_teachers(paths: Sequence[str | Path], device: str = "cpu", arch: str | 
         t.source = str(p)
         if arch is not None:
             print(f"--teacher {p}: no class names in the file; its {len(classes)} outputs are read against the "
-                  f"class list of {classes_from}, in its order ({_preview(classes)})", file=sys.stderr)
+                  f"class list of {classes_from}, in its order ({', '.join(classes[:3])}"
+                  f"{', ...' if len(classes) > 3 else ''})", file=sys.stderr)
         teachers.append(t.to(device).eval())
     check_teachers(teachers)
     return teachers
@@ -348,19 +308,17 @@ def check_teachers(teachers: Sequence[nn.Module], kinds: Collection[str] = (), s
             raise ValueError(f"--teacher {_name(t)}: its {len(t.classes)} class names differ from those of "
                              f"--teacher {_name(teachers[0])}; an ensemble needs the same classes (any order)")
     three_d = [_name(t) for t in teachers if t.spec.family != "tsn"]
-    if three_d and "image" in kinds:
-        raise ValueError(f"--teacher {three_d[0]} is a 3D teacher but the source has web images: images are "
-                         f"scored by 2D (TSN) teachers only (Sec. 3.4); give only TSN teachers")
-    if three_d and "untrimmed" in kinds and student == "2d":
-        raise ValueError(f"--teacher {three_d[0]} is a 3D teacher but --student 2d scores untrimmed videos "
-                         f"frame by frame at 1 FPS with 2D teachers (Sec. 3.5); give TSN teachers or --student 3d")
+    if three_d and ("image" in kinds or ("untrimmed" in kinds and student == "2d")):
+        raise ValueError(f"--teacher {three_d[0]} is a 3D teacher but " + (
+            "the source has web images: images are scored by 2D (TSN) teachers only (Sec. 3.4); give only TSN "
+            "teachers" if "image" in kinds else "--student 2d scores untrimmed videos frame by frame at 1 FPS with 2D "
+            "teachers (Sec. 3.5); give TSN teachers or --student 3d"))
 
 
 def map_query_labels(samples: Samples, source_classes: list[str], teacher_classes: list[str],
                      source: str = "source", mode: str = "query", teacher: str = "the teacher") -> np.ndarray:
-    """Each sample's query class as a teacher class index (-1: not a teacher class), matched by name as
-    data.map_labels matches an auxiliary source's classes to the target's. No shared name is a one-line error
-    naming the teacher in query mode (pseudo mode needs no query class)."""
+    """Each sample's query class as a teacher class (-1: none), matched by name (data.map_labels); no shared name is
+    an error in query mode (pseudo mode needs no query class)."""
     probe = [webscale.Sample(Path(str(k)), k, "image") for k in range(len(source_classes))]   # one per class
     try:
         mapped, _ = data.map_labels(probe, source_classes, teacher_classes, f"--source {source}")
@@ -380,20 +338,20 @@ def map_query_labels(samples: Samples, source_classes: list[str], teacher_classe
 # ----------------------------------------------------------------------------------------------------------------------
 
 class Scorer:
-    """Ensemble probabilities of decoded batches, the teachers grouped by input (family, sampling, crop size):
-    workers decode each sample once per group (`loads`) into uint8 views; models.predict normalises them on the
-    device and runs the group's teachers in cfg.amp precision, cfg.batch_size units per forward."""
+    """Ensemble probabilities of decoded batches. The scoring protocol is a cheap version of each teacher's test
+    protocol: short side resized to round(crop * 256 / 224), one centre crop; an image is one frame (a TSN averages
+    identical frames to that frame's output); a video, window or piece: 8 segments (TSN) or 3 clips (3D) (--clips).
+    Teachers of one input (family, sampling, crop size) form a group: workers decode a sample once per group (`loads`)
+    into uint8 views; models.predict normalises them and runs the teachers in cfg.amp, cfg.batch_size per forward. A
+    teacher is any nn.Module with `.spec` (models.ArchSpec), `.classes` and `.source` (tests use stubs)."""
 
     def __init__(self, teachers: list[nn.Module], cfg: FilterConfig, single_frames: bool = False):
         self.teachers, self.cfg, self.device = teachers, cfg, torch.device(cfg.device)
         groups: dict[tuple, list[int]] = {}
         for t, teacher in enumerate(teachers):
-            s = teacher.spec
-            if single_frames:   # Sec. 3.5, 2D student: single 1-FPS frames
-                key = (s.family, 1, 1, 1, s.crop_size)
-            else:
-                key = (s.family, s.clip_len, s.frame_interval, cfg.clips or DEFAULT_CLIPS[s.family], s.crop_size)
-            groups.setdefault(key, []).append(t)
+            s = teacher.spec   # (family, clip_len, frame_interval, clips, crop); Sec. 3.5, 2D student: single frames
+            key = (s.family, s.clip_len, s.frame_interval, cfg.clips or DEFAULT_CLIPS[s.family], s.crop_size)
+            groups.setdefault((s.family, 1, 1, 1, s.crop_size) if single_frames else key, []).append(t)
         self.groups = list(groups.items())
         # every teacher's outputs in the first teacher's class order, matched by name (Fig. 6 averages classes)
         self.order = [torch.tensor([list(t.classes).index(c) for c in teachers[0].classes]) for t in teachers]
@@ -403,8 +361,7 @@ class Scorer:
                       for k, _ in self.groups]
 
     def probs(self, views: list[torch.Tensor]) -> torch.Tensor:
-        """views: one uint8 (U, V, C, T, H, W) per group -> (U, K) float32 ensemble probabilities (Fig. 6), each
-        teacher combining its views as its architecture does (models.predict)."""
+        """views: one uint8 (U, V, C, T, H, W) per group -> (U, K) float32 ensemble probabilities (Fig. 6)."""
         n, per_teacher = len(views[0]), [[] for _ in self.teachers]
         with torch.inference_mode():
             for (_, members), v in zip(self.groups, views):
@@ -418,19 +375,15 @@ class Scorer:
 
 
 def run_filter(samples: Samples, query: np.ndarray, teachers: list[nn.Module], cfg: FilterConfig, work: webscale.Work,
-               prefix: Path, val_samples: Samples | None = None,
-               extractor: FrameFeatures | None = None) -> dict | None:
+               prefix: Path, val_samples: Samples | None = None, extractor: FrameFeatures | None = None) -> dict | None:
     """This rank's share of Sec. 3.3-3.5's scoring: corrupted files and duplicates are recorded and left out, every
-    other sample gets a record of what the teachers saw (query-class and top probabilities; per unit of an untrimmed
-    video), appended to the work folder (resumes where the records stop). Nothing is decided here (`decide`).
-    Returns the de-duplication info (None without val_samples); ends at a barrier."""
-    n, shard = len(samples), work.shard
-    routes = _route_codes(samples, cfg.student)
-    active, info = np.ones(n, dtype=bool), None
+    other sample gets a record of what the teachers saw, appended to the work folder (resumable); nothing is decided
+    here (`decide`). Returns the de-duplication info (None without val_samples)."""
+    n, shard, routes = len(samples), work.shard, _route_codes(samples, cfg.student)
+    active, dedup = np.ones(n, dtype=bool), dict(removed=np.zeros(0, np.int64), info=None)
     if val_samples is not None:   # Sec. 3.3: duplicates (and unreadable files found there) are left out of scoring
         dedup = deduplicate(samples, query, val_samples, extractor, cfg, work, prefix)
-        active[dedup["removed"]] = False
-        info = dedup["info"]
+    active[dedup["removed"]] = False
     done = work.done(n)
     scorer = Scorer(teachers, cfg)
     for code in (ROUTES.index("images"), ROUTES.index("videos")):   # blocks of cfg.batch_size, one forward each
@@ -438,67 +391,63 @@ def run_filter(samples: Samples, query: np.ndarray, teachers: list[nn.Module], c
         todo = [k for k in shard.mine(len(blocks)) if not done[blocks[k]].all()]
         for k, ids, _, views, errors in webscale.run_blocks(samples, blocks, partial(_load_clip, loads=scorer.loads),
                                                             cfg, f"scoring {ROUTES[code]}{shard.tag}", todo):
-            records = [_corrupt(i, samples[i], query[i], prefix, m) for i, m in errors.items()]
+            records = [_record(i, samples[i], query[i], prefix, status="corrupt", error=m) for i, m in errors.items()]
             if len(ids):
-                records += [_score_record(_base_record(i, samples[i], query[i], prefix), p, int(query[i]))
+                records += [_score_record(_record(i, samples[i], query[i], prefix), p, int(query[i]))
                             for i, p in zip(ids.tolist(), scorer.probs(views).numpy())]
             work.append("records", sorted(records, key=lambda r: r["i"]))
             work.scored += len(blocks[k])
-    for route in ("one_fps", "windows", "raw"):   # Sec. 3.5: one video per block, its units decoded in chunks
-        mine = np.flatnonzero(active & (routes == ROUTES.index(route)))[shard.rank::shard.world]
-        if len(mine[~done[mine]]):
-            _score_untrimmed(samples, mine[~done[mine]], route, query, teachers, cfg, work, prefix)
+    for route in ("one_fps", "windows", "raw"):   # Sec. 3.5: one video per block, in chunks of units
+        todo = np.flatnonzero(active & (routes == ROUTES.index(route)))[shard.rank::shard.world]
+        todo = todo[~done[todo]]
+        if not len(todo):
+            continue
+        scorer = Scorer(teachers, cfg, single_frames=route == "one_fps")
+        plan = partial(_unit_plan, samples=samples, route=route, fps=cfg.fps, seconds=cfg.piece_seconds,
+                       loads=scorer.loads)
+        size = max(1, cfg.chunk_frames // max(s.num_frames for s, _, _ in scorer.loads))   # cfg.chunk_frames frames
+        what = {"one_fps": "untrimmed 1-FPS frames", "windows": f"untrimmed {cfg.piece_seconds:g}-s windows",
+                "raw": "raw pieces"}[route]
+        for i, chunks, error in webscale.run_chunks(todo, plan, partial(_load_units, loads=scorer.loads), size,
+                                                    lambda c: (scorer.probs(c[0]), c[1]), cfg,
+                                                    f"scoring {what}{shard.tag}"):
+            if error is not None:
+                record = _record(i, samples[i], query[i], prefix, status="corrupt", error=error)
+            else:   # the video's most confident unit, each unit's p(query class) and p(argmax), where the units are
+                video, unit_query, unit_top = untrimmed_scores(torch.cat([p for p, _ in chunks]), int(query[i]))
+                record = _score_record(_record(i, samples[i], query[i], prefix), video, int(query[i]))
+                record.update(units=len(unit_top), unit_query=None if unit_query is None else _floats(unit_query),
+                              unit_top=_floats(unit_top))
+                unit_info = [u for _, (u, _) in chunks]   # 1-FPS frames / frame ranges [first, stop)
+                if route == "one_fps":
+                    record["frames"] = np.concatenate(unit_info).tolist()
+                elif route == "windows":
+                    record.update(windows=np.concatenate(unit_info).tolist(), fps=chunks[0][1][1])
+            work.append("records", [record])
+            work.scored += 1
     webscale.barrier()
-    return info
-
-
-def _score_untrimmed(samples: Samples, todo: np.ndarray, route: str, query: np.ndarray, teachers: list[nn.Module],
-                     cfg: FilterConfig, work: webscale.Work, prefix: Path) -> None:
-    """Sec. 3.5: untrimmed (or raw) videos scored in chunks of units (at most cfg.chunk_frames decoded frames); one
-    record per video: its most confident unit's probabilities (`untrimmed_scores`), every unit's p(query class)
-    and p(the video's argmax class), and where its units are."""
-    scorer = Scorer(teachers, cfg, single_frames=route == "one_fps")
-    plan = partial(_unit_plan, samples=samples, route=route, fps=cfg.fps, seconds=cfg.piece_seconds,
-                   loads=scorer.loads)
-    size = max(1, cfg.chunk_frames // max(s.num_frames for s, _, _ in scorer.loads))
-    what = {"one_fps": "untrimmed 1-FPS frames", "windows": f"untrimmed {cfg.piece_seconds:g}-s windows",
-            "raw": "raw pieces"}[route]
-    for i, chunks, error in webscale.run_chunks(todo, plan, partial(_load_units, loads=scorer.loads), size,
-                                                lambda c: (scorer.probs(c[0]), c[1]), cfg,
-                                                f"scoring {what}{work.shard.tag}"):
-        q = int(query[i])
-        if error is not None:
-            record = _corrupt(i, samples[i], q, prefix, error)
-        else:
-            video, unit_query, unit_top = untrimmed_scores(torch.cat([p for p, _ in chunks]), q)   # (U, K) units
-            record = _score_record(_base_record(i, samples[i], q, prefix), video, q)
-            record.update(units=len(unit_top), unit_query=None if unit_query is None else _floats(unit_query),
-                          unit_top=_floats(unit_top))
-            unit_info = [info for _, (info, _) in chunks]   # the units' 1-FPS frames / frame ranges [first, stop)
-            if route == "one_fps":
-                record["frames"] = np.concatenate(unit_info).tolist()
-            elif route == "windows":
-                record.update(windows=np.concatenate(unit_info).tolist(), fps=chunks[0][1][1])
-        work.append("records", [record])
-        work.scored += 1
+    return dedup["info"]
 
 
 def _load_clip(sample: webscale.Sample, loads: Loads) -> list[torch.Tensor]:
-    """Worker: image (one frame) or video (test sampling of each group) -> [uint8 (1, 1, C, T, h, w)] per group."""
-    out = []
-    for sampling, transform, short_side in loads:
-        if sample.kind == "image":   # draft mode: a large JPEG is decoded reduced (data.read_image)
-            frames = webscale.decode(data.read_image, sample.path, short_side)[None]   # (1, H, W, 3)
-        else:
-            frames = _read_sampled(sample, sampling)                          # (clips * L, H, W, 3)
-        out.append(transform(frames)[None])
-    return out
+    """Worker: an image (one frame) or a video (each group's test sampling) -> [uint8 (1, 1, C, T, h, w)] per group."""
+    return [transform(_frames(sample, sampling, short_side))[None] for sampling, transform, short_side in loads]
+
+
+def _frames(sample: webscale.Sample, sampling: data.Sampling, short_side: int) -> np.ndarray:
+    """Worker: an image (1, H, W, 3), a large JPEG decoded reduced down to short_side (data.read_image), or a video's
+    test-mode sampled frames (L, H, W, 3) (raw: its first positive piece; a count one too high is corrected)."""
+    if sample.kind == "image":
+        return webscale.decode(data.read_image, sample.path, short_side)[None]
+    path = Path(sample.path) / webscale.PART_TMPL.format(sample.pos_clips[0] if sample.pos_clips else 0) \
+        if sample.kind == "raw" else sample.path
+    n = sample.num_frames or webscale.decode(data.count_frames, path)
+    return webscale.decode(data.read_frames_lenient, path, n, lambda m: _test_indices(m, sampling), 1)[0]
 
 
 def _unit_plan(i: int, samples: Samples, route: str, fps: float, seconds: float, loads: Loads) -> tuple[int, tuple]:
-    """Worker: the units of untrimmed / raw video i -> (their number, (per load a list of (path, frame indices (T,),
-    frame count), the units' info: 1-FPS frame indices (F,), windows' frame ranges (P, 2) or piece numbers (P,),
-    the frame rate (None for raw pieces)))."""
+    """Worker: the units of untrimmed / raw video i -> (their number, (per load [(path, frame indices (T,), frame
+    count)] per unit, the units' 1-FPS frames (F,), frame ranges (P, 2) or piece numbers (P,), the frame rate))."""
     sample = samples[i]
     path = Path(sample.path)
     if route == "raw":
@@ -516,32 +465,20 @@ def _unit_plan(i: int, samples: Samples, route: str, fps: float, seconds: float,
 
 
 def _load_units(state: tuple, s: int, e: int, loads: Loads) -> tuple[list[torch.Tensor], tuple]:
-    """Worker: units s:e of a video's plan -> (per load uint8 (u, 1, C, T, h, w), (their info, the frame rate));
-    one read per file."""
+    """Worker: units s:e of a video's plan -> (per load uint8 (u, 1, C, T, h, w), (their info, the frame rate)); one
+    read per file (a container count one too high repeats the last frame, more is a truncated file)."""
     plan, info, rate = state
     views = []
     for units, (_, transform, _) in zip(plan, loads):
-        units, out, a = units[s:e], [], 0
-        while a < len(units):
-            b = a
-            while b < len(units) and units[b][0] == units[a][0]:
-                b += 1
-            idx = np.concatenate([u[1] for u in units[a:b]])
-            # (u * T, H, W, 3); a container count one too high repeats the last frame, more is a truncated file
-            frames, _ = webscale.decode(data.read_frames_lenient, units[a][0], units[a][2],
-                                        lambda m: np.minimum(idx, m - 1), 1)
-            x = transform(frames)                                               # (1, C, u * T, h, w)
-            out.append(x.reshape(x.shape[1], b - a, len(units[a][1]), *x.shape[-2:]).transpose(0, 1).unsqueeze(1))
-            a = b
+        out = []
+        for (path, count), run in itertools.groupby(units[s:e], key=lambda u: (u[0], u[2])):
+            idx = np.stack([u[1] for u in run])                                    # (u, T)
+            frames, _ = webscale.decode(data.read_frames_lenient, path, count, lambda m: np.minimum(idx, m - 1).ravel(),
+                                        1)                                          # (u * T, H, W, 3)
+            x = transform(frames)                                                   # (1, C, u * T, h, w)
+            out.append(x.reshape(x.shape[1], *idx.shape, *x.shape[-2:]).transpose(0, 1).unsqueeze(1))
         views.append(torch.cat(out).contiguous())
     return views, (info[s:e], rate)
-
-
-def _read_sampled(sample: webscale.Sample, sampling: data.Sampling) -> np.ndarray:
-    """Test-mode sampled frames (L, H, W, 3); a frame count one too high is corrected, fewer frames than that is a
-    truncated file: an error (Sec. 3.3)."""
-    n = sample.num_frames or webscale.decode(data.count_frames, sample.path)
-    return webscale.decode(data.read_frames_lenient, sample.path, n, lambda m: _test_indices(m, sampling), 1)[0]
 
 
 def _test_indices(n: int, sampling: data.Sampling) -> np.ndarray:
@@ -554,10 +491,9 @@ def _test_indices(n: int, sampling: data.Sampling) -> np.ndarray:
 
 @dataclass
 class Whitening:
-    """PCA whitening x -> (x - mean) @ proj, then L2-normalised (for cosine similarity), at most `dims` dims.
-    proj = U diag(1 / sqrt(lambda + shrink * mean(lambda))) over the principal directions with lambda > 1e-6 *
-    max(lambda): with fewer samples than dimensions the shrinkage keeps the smallest directions at most 1/sqrt(shrink)
-    times the average. Fitted from moments accumulated in float64 chunks (memory D x D, not N x D)."""
+    """Sec. 3.3's PCA whitening x -> (x - mean) @ proj, L2-normalised, at most `dims` dims: proj = U diag(1 / sqrt(
+    lambda + shrink * mean(lambda))) over the directions with lambda > 1e-6 max(lambda) (the shrinkage bounds the
+    smallest ones when samples are fewer than dimensions), fitted from moments in float64 chunks (memory D x D)."""
     mean: np.ndarray     # (D,) float64
     proj: np.ndarray     # (D, k) float64, k <= dims
 
@@ -601,9 +537,8 @@ def dedup_threshold(crop_feats: ArrayLike | torch.Tensor) -> float:
 
 def best_match(web: torch.Tensor, val: torch.Tensor,
                chunk_bytes: int = 128 << 20) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sec. 3.3 at scale: each web row's most similar val row, web (N, d) float on any device x val (M, d)
-    L2-normalised on the device -> (cosine similarity (N,), val row (N,)) on the device. One chunk of web rows at a
-    time is moved, normalised and compared ((rows, M) at most chunk_bytes): memory is the val features + one chunk."""
+    """Sec. 3.3 at scale: each web row's most similar val row, web (N, d) on any device x val (M, d) L2-normalised ->
+    (cosine similarity (N,), val row (N,)) on val's device, a chunk of web rows ((rows, M) <= chunk_bytes) at a time."""
     rows = max(1, chunk_bytes // (4 * max(1, len(val))))
     sims = torch.empty(len(web), device=val.device)
     best = torch.empty(len(web), dtype=torch.long, device=val.device)
@@ -629,51 +564,23 @@ def find_duplicates(web_feats: ArrayLike | torch.Tensor, val_feats: ArrayLike | 
 def deduplicate(samples: Samples, query: np.ndarray, val_samples: Samples, extractor: FrameFeatures,
                 cfg: FilterConfig, work: webscale.Work, prefix: Path) -> dict:
     """Sec. 3.3 over this rank's blocks: samples with a frame too similar to a val frame (`find_duplicates` on
-    whitened features; the most similar frame is reported) and unreadable samples are recorded and left out of
-    scoring (finished blocks: WORK/dedup-RANK.jsonl). Returns the indices removed by ALL ranks and the report's info."""
+    whitened features) and unreadable samples are recorded and left out of scoring. The val side, computed once
+    (WORK/dedup-val.pt): the whitening fitted on the val frames and a fixed web subset (extracted in shares by every
+    rank), the crop threshold (`dedup_threshold`), the whitened val centre crops. Returns the indices removed by all
+    ranks and the report's info."""
     n = len(samples)
     subset = np.arange(n) if n <= DEDUP_WHITENING else np.linspace(0, n - 1, DEDUP_WHITENING).round().astype(np.int64)
-    ref = fit_dedup_reference(val_samples, [samples[i] for i in subset], extractor, cfg, work)
-    blocks, finished = webscale.blocks(np.arange(n), cfg.batch_size), work.latest("dedup", "b")
-    todo = [k for k in work.shard.mine(len(blocks)) if k not in finished]
-    val_base = Path(os.path.commonpath([str(Path(s.path).parent) for s in val_samples]))
-    for k, owner, feats, errors in extract_features(samples, blocks, todo, extractor, cfg, 1,
-                                                    f"de-duplication: web frames{work.shard.tag}"):
-        records, best = [_corrupt(i, samples[i], query[i], prefix, m) for i, m in errors.items()], {}
-        hits = find_duplicates(ref["white"].apply(feats[:, 0]), ref["val"], ref["threshold"]) if len(owner) else []
-        for row, j, sim in hits:
-            if sim > best.get(owner[row], (0, -np.inf))[1]:
-                best[owner[row]] = (int(ref["owner"][j]), sim)
-        for i, (j, sim) in sorted((int(i), m) for i, m in best.items()):
-            records.append(dict(_base_record(i, samples[i], query[i], prefix), status="duplicate",
-                                duplicate_of=webscale.rel_path(val_samples[j].path, val_base), val_index=j,
-                                similarity=round(sim, 4)))
-        work.append("records", sorted(records, key=lambda r: r["i"]))
-        work.append("dedup", [dict(b=k, removed=sorted(r["i"] for r in records))])
-    webscale.barrier()
-    finished = work.latest("dedup", "b")
-    if len(finished) < len(blocks):
-        raise RuntimeError(f"filter: de-duplication finished {len(finished)} of {len(blocks)} blocks in {work.folder}")
-    removed = np.asarray([i for r in finished.values() for i in r["removed"]], dtype=np.int64)
-    return dict(removed=removed, info=ref["info"])
 
-
-def fit_dedup_reference(val_samples: Samples, web_subset: Samples, extractor: FrameFeatures, cfg: FilterConfig,
-                        work: webscale.Work) -> dict:
-    """Sec. 3.3, the val side, computed once (WORK/dedup-val.pt) and read by every rank: the whitening fitted on the
-    val frames and `web_subset` (fixed, so every rank and rerun agree), the crop threshold (`dedup_threshold`) and the
-    whitened val centre crops (M, d). Every rank extracts its share of the frames; rank 0 joins them in sample order
-    (what one process extracts) and fits."""
-    def extract() -> dict:   # this rank's share
+    def extract() -> dict:   # this rank's share of the val frames and of the whitening subset
         part = {}
-        for name, subset, crops, what in (("val", val_samples, DEDUP_CROPS, "val frames"),
-                                          ("web", web_subset, 1, "web frames for the whitening")):
-            blocks = webscale.blocks(np.arange(len(subset)), cfg.batch_size)
+        for name, subset_samples, crops, what in (("val", val_samples, DEDUP_CROPS, "val frames"), (
+                "web", [samples[i] for i in subset], 1, "web frames for the whitening")):
+            blocks = webscale.blocks(np.arange(len(subset_samples)), cfg.batch_size)
             got = [(own, f.cpu(), len(errs)) for _, own, f, errs in extract_features(
-                subset, blocks, work.shard.mine(len(blocks)), extractor, cfg, crops,
+                subset_samples, blocks, work.shard.mine(len(blocks)), extractor, cfg, crops,
                 f"de-duplication: {what}{work.shard.tag}")]
-            rows = [(f, torch.from_numpy(own)) for own, f, _ in got if len(own)]
-            part.update({name: rows, f"{name}_errors": sum(e for *_, e in got)})
+            part.update({name: [(f, torch.from_numpy(own)) for own, f, _ in got if len(own)],
+                         f"{name}_errors": sum(e for *_, e in got)})
         return part
 
     def fit(parts: list[dict]) -> dict:   # rank 0
@@ -693,8 +600,28 @@ def fit_dedup_reference(val_samples: Samples, web_subset: Samples, extractor: Fr
                     val=crops[:, -1].contiguous(), owner=torch.from_numpy(owner), info=info)
 
     ref = work.share("dedup-val.pt", "dedup-feats", extract, fit)
-    return dict(white=Whitening(ref["mean"].numpy(), ref["proj"].numpy()), threshold=ref["threshold"],
-                val=ref["val"].to(cfg.device), owner=ref["owner"].numpy(), info=ref["info"])
+    white, val_feats = Whitening(ref["mean"].numpy(), ref["proj"].numpy()), ref["val"].to(cfg.device)
+    blocks, finished = webscale.blocks(np.arange(n), cfg.batch_size), work.latest("dedup", "b")
+    todo = [k for k in work.shard.mine(len(blocks)) if k not in finished]
+    val_base = Path(os.path.commonpath([str(Path(s.path).parent) for s in val_samples]))
+    for k, owner, feats, errors in extract_features(samples, blocks, todo, extractor, cfg, 1,
+                                                    f"de-duplication: web frames{work.shard.tag}"):
+        records = [_record(i, samples[i], query[i], prefix, status="corrupt", error=m) for i, m in errors.items()]
+        best = {}                                                    # sample -> (val sample, similarity) of its frames
+        for row, j, sim in find_duplicates(white.apply(feats[:, 0]), val_feats, ref["threshold"]) if len(owner) else []:
+            if sim > best.get(owner[row], (0, -np.inf))[1]:
+                best[owner[row]] = (int(ref["owner"][j]), sim)
+        for i, (j, sim) in sorted((int(i), m) for i, m in best.items()):
+            records.append(_record(i, samples[i], query[i], prefix, status="duplicate", duplicate_of=webscale.rel_path(
+                val_samples[j].path, val_base), val_index=j, similarity=round(sim, 4)))
+        work.append("records", sorted(records, key=lambda r: r["i"]))
+        work.append("dedup", [dict(b=k, removed=sorted(r["i"] for r in records))])
+    webscale.barrier()
+    finished = work.latest("dedup", "b")
+    if len(finished) < len(blocks):
+        raise RuntimeError(f"filter: de-duplication finished {len(finished)} of {len(blocks)} blocks in {work.folder}")
+    return dict(removed=np.asarray([i for r in finished.values() for i in r["removed"]], dtype=np.int64),
+                info=ref["info"])
 
 
 class FrameFeatures(nn.Module):
@@ -713,8 +640,7 @@ class FrameFeatures(nn.Module):
 
 
 def build_extractor(teachers: list[nn.Module], checkpoint: str | None = None, device: str = "cpu") -> FrameFeatures:
-    """Sec. 3.3's ImageNet ResNet-50 (--dedup-checkpoint: torchvision state dict or a train.py checkpoint); without
-    one (nothing is downloaded) the first 2D teacher's backbone (else the first teacher's): a fair stand-in."""
+    """Sec. 3.3's ImageNet ResNet-50 (--dedup-checkpoint), else the first 2D teacher's backbone (or the first's)."""
     if checkpoint is None:
         t = next((t for t in teachers if t.spec.family == "tsn"), teachers[0])
         return FrameFeatures(t, t.spec.crop_size, f"teacher {_name(t)} backbone").to(device).eval()
@@ -736,9 +662,8 @@ def build_extractor(teachers: list[nn.Module], checkpoint: str | None = None, de
 
 def extract_features(samples: Samples, blocks: list[np.ndarray], todo: Sequence[int], extractor: FrameFeatures,
                      cfg: FilterConfig, crops: int, what: str) -> Iterator[tuple]:
-    """Frame features of the blocks `todo`: an image is one frame, a video cfg.dedup_frames frames; crops=1: the
-    centre crop; 5: the four corners and the centre (last). Yields per block (block, owner (R,): the sample of each
-    frame row, features (R, crops, D) float32 on the device, {index: error})."""
+    """Frame features of the blocks `todo` (an image: one frame, a video: cfg.dedup_frames; `crops` 1: the centre, 5:
+    the corners and the centre) -> per block (block, owner (R,), features (R, crops, D) on the device, errors)."""
     load = partial(_dedup_views, num_frames=cfg.dedup_frames, crop=extractor.crop_size, crops=crops)
     for k, ids, counts, views, errors in webscale.run_blocks(samples, blocks, load, cfg, what, todo):
         feats = []
@@ -752,139 +677,22 @@ def extract_features(samples: Samples, blocks: list[np.ndarray], todo: Sequence[
 
 def _dedup_views(sample: webscale.Sample, num_frames: int, crop: int, crops: int) -> list[torch.Tensor]:
     """Worker: the frames of a sample for de-duplication -> [uint8 views (F, crops, C, H, W)]."""
-    if sample.kind == "image":   # draft mode, as for scoring
-        frames = webscale.decode(data.read_image, sample.path, transforms.short_side_for(crop))[None]
-    elif sample.kind == "raw":
-        piece = Path(sample.path) / webscale.PART_TMPL.format(sample.pos_clips[0] if sample.pos_clips else 0)
-        frames = _read_sampled(webscale.Sample(piece, sample.label, "video"), data.Sampling(1, 1, num_frames))
-    else:
-        frames = _read_sampled(sample, data.Sampling(1, 1, num_frames))
+    frames = _frames(sample, data.Sampling(1, 1, num_frames), transforms.short_side_for(crop))
     views = transforms.TenCrop(crop)(transforms.Resize(short_side=transforms.short_side_for(crop))(frames))[::2]
     views = views[-1:] if crops == 1 else views                       # UL, UR, LL, LR, centre
     return [transforms.ToUint8Tensor()(views).permute(2, 0, 1, 3, 4)]     # (F, crops, C, H, W)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# 5. After scoring: cut what is kept, write the decision's list
+# 5. The run: score (or re-decide a finished run), decide, cut what is kept, write the decision's list
 # ----------------------------------------------------------------------------------------------------------------------
-
-def cut_kept(samples: Samples, routes: np.ndarray, decision: dict[str, np.ndarray], prefix: Path, cfg: FilterConfig,
-             work: webscale.Work) -> None:
-    """--cut-pieces, after the decision: this rank's share of the kept untrimmed videos are cut into
-    WORK/raw/NAME/part_N.mp4 (data.cut_video; resumable); pieces of videos cut earlier but not kept now are removed."""
-    idx = np.flatnonzero(routes == ROUTES.index("windows"))[work.shard.rank::work.shard.world]
-    webscale.run_cuts(work, {i: (samples[i].path, _piece_name(samples, i, prefix)) for i in idx.tolist()},
-                      idx[decision["status"][idx] == STATUSES.index("kept")].tolist(),
-                      partial(data.cut_video, seconds=cfg.piece_seconds), cfg, f"cutting kept untrimmed videos{work.shard.tag}")
-
-
-def write_outputs(folder: Path, seen_dir: Path, seen: webscale.Seen, samples: Samples, classes: list[str],
-                  decision: dict[str, np.ndarray], cfg: FilterConfig, list_dir: Path, prefix: Path,
-                  cut: dict[int, dict], report: dict) -> dict:
-    """Rank 0: the decision -> FOLDER/ (webscale.write_output: train.txt and the 1-FPS sidecar from `_list_lines`,
-    decision.npz, classes.txt, report.json with the counts and Fig. 3 per class; samples.jsonl, scores.npz and
-    duplicates.txt linked from seen_dir). --cut-pieces: a kept video that could not be cut is corrupt."""
-    routes = _route_codes(samples, cfg.student)
-    videos = np.flatnonzero((decision["status"] == STATUSES.index("kept")) & (routes == ROUTES.index("windows")))
-    videos = videos.tolist() if cfg.cut_pieces else []
-    for i in videos:
-        if i not in cut:
-            raise RuntimeError(f"filter: kept video {samples[i].path} was not cut; run the same command again")
-    failed = [i for i in videos if "error" in cut[i]]
-    decision = dict(decision, status=decision["status"].copy(), label=decision["label"].copy(),
-                    cut_failed=np.array(failed, dtype=np.int64),
-                    cut_error=np.array([f'cutting failed: {cut[i]["error"]}' for i in failed], dtype=str))
-    decision["status"][failed], decision["label"][failed] = STATUSES.index("corrupt"), -1
-    lines = partial(_list_lines, samples=samples, routes=routes, decision=decision, seen=seen, cfg=cfg, prefix=prefix)
-    return webscale.write_output(folder, seen_dir, seen, samples, prefix, webscale.rel_path(prefix, list_dir), lines,
-                                 decision, STATUSES, classes, dict(mode=cfg.mode, threshold=cfg.threshold,
-                                                                   rule=cfg.rule, student=cfg.student), report, cfg.fps)
-
-
-def _list_lines(kept: np.ndarray, paths: list[bytes], samples: Samples, routes: np.ndarray,
-                decision: dict[str, np.ndarray], seen: webscale.Seen, cfg: FilterConfig,
-                prefix: Path) -> tuple[list[bytes], dict[str, webscale.FrameScores]]:
-    """The list lines of kept samples (paths: their list paths), in order: 'PATH LABEL' (images, videos, 2D
-    students' untrimmed videos, whose 1-FPS frames go to the sidecar, returned as {path: FrameScores}); raw pieces and
-    --cut-pieces 'PATH LABEL NUM_PIECES POS_IDX...'; a 3D student's windows by time 'PATH LABEL START:END ...'."""
-    labels = decision["label"][kept].tolist()
-    lines, frame_scores = [b"%s %d\n" % (p, label) for p, label in zip(paths, labels)], {}
-    unit_p = seen.unit_query if cfg.mode == "query" else seen.unit_top
-    for k in np.flatnonzero(np.isin(routes[kept], [ROUTES.index(r) for r in ("one_fps", "windows", "raw")])).tolist():
-        i = int(kept[k])
-        a, b = seen.unit_offset[i], seen.unit_offset[i + 1]
-        pos = np.flatnonzero(decision["unit_positive"][a:b])
-        if routes[i] == ROUTES.index("one_fps"):
-            frame_scores[paths[k].decode()] = webscale.FrameScores(
-                tuple(seen.unit_frames[a:b, 0].tolist()), tuple(unit_p[a:b].tolist()), float(decision["threshold"][i]))
-        elif routes[i] == ROUTES.index("raw") or cfg.cut_pieces:   # MMAction2 RawVideoDataset lines
-            head = paths[k].decode() if routes[i] == ROUTES.index("raw") else f"raw/{_piece_name(samples, i, prefix)}"
-            lines[k] = f"{head} {labels[k]} {b - a} {' '.join(map(str, pos.tolist()))}\n".encode()
-        else:
-            rate = seen.fps[i]
-            lines[k] = (f"{paths[k].decode()} {labels[k]} " + " ".join(
-                f"{x / rate:.3f}:{y / rate:.3f}" for x, y in seen.unit_frames[a:b][pos].tolist()) + "\n").encode()
-    return lines, frame_scores
-
-
-# ----------------------------------------------------------------------------------------------------------------------
-# 6. Command line
-# ----------------------------------------------------------------------------------------------------------------------
-
-def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser("omnisource filter", formatter_class=webscale.HelpFormatter,
-                                description="Teacher filtering of a web source (OmniSource Sec. 3.3-3.5): writes "
-                                            "DATA_ROOT/OUT/ for train.py --aux OUT. Under torchrun the samples are "
-                                            "split over the processes; the same command resumes after a crash, or "
-                                            "re-decides a finished output under other decision flags.")
-    groups = dict(source=p.add_argument_group("source, teachers and output"),
-                  decision=p.add_argument_group("decision (Sec. 3.4-3.5; another value re-decides without teachers)"),
-                  scoring=p.add_argument_group("scoring (Sec. 3.4-3.5)"),
-                  dedup=p.add_argument_group("de-duplication against the target's val split (Sec. 3.3)"),
-                  run=p.add_argument_group("run"))
-    g = groups["source"]
-    g.add_argument("--data-root", default="data", help="folder holding the datasets (DATA_ROOT/NAME/ or the "
-                   "paper's released layouts, see data.resolve_dataset)")
-    g.add_argument("--source", required=True, help="web source to filter: a folder under --data-root with "
-                   "classes.txt and train.txt (QUERY labels), or gg, ig-img, web-img, ig-vid, k200-raw, k400-untr")
-    g.add_argument("--split", default="train", help="split of --source to filter")
-    g.add_argument("--teacher", nargs="+", required=True, help="train.py checkpoint(s) of the teacher(s); "
-                   "several are ensembled by averaging probabilities (Fig. 6); images need TSN teachers")
-    g.add_argument("--teacher-arch", default=None, help="architecture of --teacher files that are not train.py "
-                   "checkpoints (MMAction2 0.x / 1.x, bare state dicts), e.g. tsn_r50; they carry no class names: "
-                   "their outputs are read against the source's class list, in its order")
-    g.add_argument("--out", required=True, help="output dataset name: DATA_ROOT/OUT/ (replaced if it is an "
-                   "earlier filter.py output); work folder DATA_ROOT/.OUT.filter-work/ until it is done")
-    groups["dedup"].add_argument("--dedup-against", default=None, help="target dataset whose val split web samples "
-                                 "are de-duplicated against; off without it")
-    groups["dedup"].add_argument("--dedup-checkpoint", default=None, help="ImageNet ResNet-50 weights (torchvision "
-                                 "state dict or a train.py checkpoint); without it: the teacher's backbone")
-    for f in fields(FilterConfig):   # the run's knobs, declared once (FilterConfig)
-        if "help" in f.metadata:
-            g, flag = groups[f.metadata["group"]], "--" + f.name.replace("_", "-")
-            if isinstance(f.default, bool):
-                g.add_argument(flag, action="store_true", help=f.metadata["help"])
-            else:
-                g.add_argument(flag, type=f.metadata.get("type", type(f.default)), choices=f.metadata.get("choices"),
-                               default=f.metadata.get("cli_default", f.default), help=f.metadata["help"])
-    groups["run"].add_argument("--quiet", action="store_true", help="no progress lines on stderr")
-    return p
-
-
-def scoring_settings(args: argparse.Namespace, cfg: FilterConfig, num_samples: int) -> dict:
-    """What the teachers' records depend on: a resumed run must share it with the crashed one, and a finished run's
-    columns are re-decided under it (not DECISION_KEYS, --workers, --device, --quiet or the rank count)."""
-    config = {k: v for k, v in vars(cfg).items() if k not in ("workers", "device", "progress") + DECISION_KEYS}
-    return dict({k: getattr(args, k) for k in ("source", "split", "teacher_arch", "dedup_against", "dedup_checkpoint")},
-                teachers=[webscale.file_identity(p) for p in args.teacher], samples=num_samples, config=config)
-
 
 def main(args: argparse.Namespace) -> dict | None:
-    """Score (or, on a finished output of the same scoring settings, re-decide from its columns without a teacher),
-    decide, write. Returns the report (report.json) on rank 0, None on the other ranks."""
+    """Score (or re-decide a finished output of the same scoring settings), decide, write; rank 0 returns the report."""
     shard, device = webscale.distributed(args.device)
     knobs = {f.name: getattr(args, f.name) for f in fields(FilterConfig) if "help" in f.metadata}
-    cfg = FilterConfig(**dict(knobs, device=device, amp=args.amp or models.default_amp(device), progress=not args.quiet))
+    cfg = FilterConfig(**dict(knobs, device=device, amp=args.amp or models.default_amp(device),
+                              progress=not args.quiet))
     data_root, source = Path(args.data_root), f"--source {args.source}"
     spec = data.resolve_dataset(data_root, args.source)
     samples, prefix = data.load_split(spec, args.split), spec.splits[args.split].prefix
@@ -924,17 +732,34 @@ def main(args: argparse.Namespace) -> dict | None:
             f"is run")
     seen = webscale.Seen.load(seen_dir / "scores.npz")
     decision = decide(seen, len(classes), cfg)
-    if cfg.cut_pieces:
-        cut_kept(samples, _route_codes(samples, cfg.student), decision, prefix, cfg, work)
+    if cfg.cut_pieces:   # Sec. 3.5: this rank's kept videos cut into WORK/raw/NAME/part_N.mp4 (resumable)
+        idx = np.flatnonzero(_route_codes(samples, cfg.student) == ROUTES.index("windows"))[shard.rank::shard.world]
+        webscale.run_cuts(work, {i: (samples[i].path, _piece_name(samples, i, prefix)) for i in idx.tolist()},
+                          idx[decision["status"][idx] == STATUSES.index("kept")].tolist(),
+                          partial(data.cut_video, seconds=cfg.piece_seconds), cfg, f"cutting kept videos{shard.tag}")
     report = None
     if shard.rank == 0:
         extra = dict(dedup=info, source=args.source, split=args.split, out=args.out, data_root=str(data_root),
                      amp=cfg.amp, teachers=teachers_info, dedup_against=args.dedup_against, settings=settings,
                      run=dict(ranks=shard.world, scored=work.scored_now(), redecided=earlier is not None,
                               seconds=round(time.time() - start, 1)))
-        with webscale.staged_output(final) as tmp:
-            report = write_outputs(tmp, seen_dir, seen, samples, classes, decision, cfg, final, prefix,
-                                   work.latest("cut"), extra)
+        routes, cut = _route_codes(samples, cfg.student), work.latest("cut")   # --cut-pieces: a failed cut is corrupt
+        videos = np.flatnonzero((decision["status"] == STATUSES.index("kept")) & (routes == ROUTES.index("windows")) &
+                                cfg.cut_pieces).tolist()
+        if any(i not in cut for i in videos):
+            raise RuntimeError(f"filter: kept video {samples[next(i for i in videos if i not in cut)].path} was not "
+                               f"cut; run the same command again")
+        failed = [i for i in videos if "error" in cut[i]]
+        decision = dict(decision, status=decision["status"].copy(), label=decision["label"].copy(),
+                        cut_failed=np.array(failed, dtype=np.int64),
+                        cut_error=np.array([f'cutting failed: {cut[i]["error"]}' for i in failed], dtype=str))
+        decision["status"][failed], decision["label"][failed] = STATUSES.index("corrupt"), -1
+        lines = partial(_list_lines, samples=samples, routes=routes, decision=decision, seen=seen, cfg=cfg,
+                        prefix=prefix)
+        with webscale.staged_output(final) as tmp:   # train.txt (+ sidecar), decision.npz, report.json, ...
+            head = dict(mode=cfg.mode, threshold=cfg.threshold, rule=cfg.rule, student=cfg.student)
+            report = webscale.write_output(tmp, seen_dir, seen, samples, prefix, webscale.rel_path(prefix, final),
+                                           lines, decision, STATUSES, classes, head, extra, cfg.fps)
             webscale.move_folder(work.folder / "raw", tmp / "raw")   # --cut-pieces: the pieces of kept videos
         shutil.rmtree(work.folder)
         c = report["counts"]
@@ -954,28 +779,96 @@ def main(args: argparse.Namespace) -> dict | None:
     return report
 
 
+def scoring_settings(args: argparse.Namespace, cfg: FilterConfig, num_samples: int) -> dict:
+    """What the records depend on (not DECISION_KEYS, --workers, --device, --quiet or the rank count): a resumed run
+    must share it with the crashed one; a finished run with these settings is re-decided."""
+    config = {k: v for k, v in vars(cfg).items() if k not in ("workers", "device", "progress") + DECISION_KEYS}
+    return dict({k: getattr(args, k) for k in ("source", "split", "teacher_arch", "dedup_against", "dedup_checkpoint")},
+                teachers=[webscale.file_identity(p) for p in args.teacher], samples=num_samples, config=config)
+
+
+def _list_lines(kept: np.ndarray, paths: list[bytes], samples: Samples, routes: np.ndarray,
+                decision: dict[str, np.ndarray], seen: webscale.Seen, cfg: FilterConfig,
+                prefix: Path) -> tuple[list[bytes], dict[str, webscale.FrameScores]]:
+    """The list lines of kept samples (paths: their list paths), in order: 'PATH LABEL' (images, videos, 2D
+    students' untrimmed videos, whose 1-FPS frames go to the sidecar, returned as {path: FrameScores}); raw pieces and
+    --cut-pieces 'PATH LABEL NUM_PIECES POS_IDX...'; a 3D student's windows by time 'PATH LABEL START:END ...'."""
+    labels = decision["label"][kept].tolist()
+    lines, frame_scores = [b"%s %d\n" % (p, label) for p, label in zip(paths, labels)], {}
+    unit_p = seen.unit_query if cfg.mode == "query" else seen.unit_top
+    for k in np.flatnonzero(np.isin(routes[kept], [ROUTES.index(r) for r in ("one_fps", "windows", "raw")])).tolist():
+        i = int(kept[k])
+        a, b = seen.unit_offset[i], seen.unit_offset[i + 1]
+        pos = np.flatnonzero(decision["unit_positive"][a:b])
+        if routes[i] == ROUTES.index("one_fps"):
+            frame_scores[paths[k].decode()] = webscale.FrameScores(
+                tuple(seen.unit_frames[a:b, 0].tolist()), tuple(unit_p[a:b].tolist()), float(decision["threshold"][i]))
+        elif routes[i] == ROUTES.index("raw") or cfg.cut_pieces:   # MMAction2 RawVideoDataset lines
+            head = paths[k].decode() if routes[i] == ROUTES.index("raw") else f"raw/{_piece_name(samples, i, prefix)}"
+            lines[k] = f"{head} {labels[k]} {b - a} {' '.join(map(str, pos.tolist()))}\n".encode()
+        else:
+            rate = seen.fps[i]
+            lines[k] = (f"{paths[k].decode()} {labels[k]} " + " ".join(
+                f"{x / rate:.3f}:{y / rate:.3f}" for x, y in seen.unit_frames[a:b][pos].tolist()) + "\n").encode()
+    return lines, frame_scores
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# 6. Command line
+# ----------------------------------------------------------------------------------------------------------------------
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser("omnisource filter", formatter_class=webscale.HelpFormatter, description="Teacher "
+                                "filtering of a web source (OmniSource Sec. 3.3-3.5) into DATA_ROOT/OUT/ for train.py "
+                                "--aux OUT. Resumes after a crash; re-decides a finished OUT; torchrun shares it.")
+    groups = {k: p.add_argument_group(t) for k, t in (
+        ("source", "source, teachers and output"), ("decision", "decision (Sec. 3.4-3.5; another value re-decides "
+         "without teachers)"), ("scoring", "scoring (Sec. 3.4-3.5)"),
+        ("dedup", "de-duplication against the target's val split (Sec. 3.3)"), ("run", "run"))}
+    g = groups["source"]
+    g.add_argument("--data-root", default="data", help="folder holding the datasets (DATA_ROOT/NAME/ or the "
+                   "paper's released layouts, see data.resolve_dataset)")
+    g.add_argument("--source", required=True, help="web source to filter: a folder under --data-root with "
+                   "classes.txt and train.txt (QUERY labels), or gg, ig-img, web-img, ig-vid, k200-raw, k400-untr")
+    g.add_argument("--split", default="train", help="split of --source to filter")
+    g.add_argument("--teacher", nargs="+", required=True, help="train.py checkpoint(s) of the teacher(s); "
+                   "several are ensembled by averaging probabilities (Fig. 6); images need TSN teachers")
+    g.add_argument("--teacher-arch", default=None, help="architecture of --teacher files that are not train.py "
+                   "checkpoints (MMAction2 0.x / 1.x, bare state dicts), e.g. tsn_r50; they carry no class names: "
+                   "their outputs are read against the source's class list, in its order")
+    g.add_argument("--out", required=True, help="output dataset name: DATA_ROOT/OUT/ (replaced if it is an "
+                   "earlier filter.py output); work folder DATA_ROOT/.OUT.filter-work/ until it is done")
+    groups["dedup"].add_argument("--dedup-against", default=None, help="target dataset whose val split web samples "
+                                 "are de-duplicated against; off without it")
+    groups["dedup"].add_argument("--dedup-checkpoint", default=None, help="ImageNet ResNet-50 weights (torchvision "
+                                 "state dict or a train.py checkpoint); without it: the teacher's backbone")
+    for f in fields(FilterConfig):   # the run's knobs, declared once (FilterConfig)
+        if "help" in f.metadata:
+            kw = dict(action="store_true") if isinstance(f.default, bool) else dict(
+                type=f.metadata.get("type", type(f.default)), choices=f.metadata.get("choices"),
+                default=f.metadata.get("cli_default", f.default))
+            groups[f.metadata["group"]].add_argument("--" + f.name.replace("_", "-"), help=f.metadata["help"], **kw)
+    groups["run"].add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    return p
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 # 7. Helpers
 # ----------------------------------------------------------------------------------------------------------------------
 
-def _route_codes(samples: Samples, student: str) -> np.ndarray:
-    """Route (index into ROUTES) of every sample."""
+def _route_codes(samples: Samples, student: str) -> np.ndarray:   # index into ROUTES of every sample
     table = np.array([ROUTES.index({"image": "images", "untrimmed": "one_fps" if student == "2d" else "windows",
                                     "raw": "raw"}.get(k, "videos")) for k in webscale.KINDS], dtype=np.int8)
     return table[webscale.kinds_of(samples)]
 
 
-def _base_record(i: int, sample: webscale.Sample, query: int, prefix: Path) -> dict:
-    return dict(i=int(i), path=webscale.rel_path(sample.path, prefix), kind=sample.kind, query=int(query))
-
-
-def _corrupt(i: int, sample: webscale.Sample, query: int, prefix: Path, message: str) -> dict:
-    return dict(_base_record(i, sample, query, prefix), status="corrupt", error=message)
+def _record(i: int, sample: webscale.Sample, query: int, prefix: Path, **what: object) -> dict:
+    """A record of the work folder: the sample ('i' first) and what was found (status="corrupt", error=...; ...)."""
+    return dict(i=int(i), path=webscale.rel_path(sample.path, prefix), kind=sample.kind, query=int(query), **what)
 
 
 def _score_record(record: dict, probs: ArrayLike, query: int) -> dict:
-    """What the teachers saw of a sample, probs (K,): p(query class), the argmax class and its probability (the two
-    modes' deciding numbers, as float32 gave them) and the top-5 (the report)."""
+    """What the teachers saw, probs (K,): p(query class), the argmax and its probability, the top-5 (as float32)."""
     p = np.asarray(probs, dtype=np.float32)
     top = np.argsort(-np.nan_to_num(p, nan=-1.0), kind="stable")[:TOP_K]
     record.update(query_score=_floats(p[query]) if query >= 0 else None, top_class=int(top[0]),
@@ -993,10 +886,6 @@ def _piece_name(samples: Samples, i: int, prefix: Path) -> str:
     """Folder of a video's pieces under raw/: its path under the data prefix without the extension."""
     rel = Path(webscale.rel_path(samples[i].path, prefix)).with_suffix("")
     return rel.as_posix() if ".." not in rel.parts else f"{i:06d}_{rel.name}"
-
-
-def _preview(names: Sequence[str], k: int = 3) -> str:
-    return ", ".join(list(names)[:k]) + (", ..." if len(names) > k else "")
 
 
 def _name(teacher: nn.Module) -> str:

@@ -1424,7 +1424,7 @@ def write_output(folder: Path, seen_dir: Path, seen: Seen, samples: SampleList |
 
 def run_cuts(work: Work, jobs: dict[int, tuple[Path, str]], kept: list[int], cut: Callable, cfg: Any,
              what: str) -> None:
-    """--cut-pieces (filter.cut_kept), resumable: of this rank's videos `jobs` {i: (path, NAME)}, those kept and not
+    """--cut-pieces (filter.main), resumable: of this rank's videos `jobs` {i: (path, NAME)}, those kept and not
     cut yet are cut into WORK/raw/NAME (cut(path, folder) -> number of pieces, in cfg.workers workers; the result or
     the error goes to WORK/cut-RANK.jsonl), and the pieces of those cut earlier but not kept now are removed."""
     state, kept = work.latest("cut"), set(kept)
