@@ -1319,7 +1319,12 @@ def gather_records(work: Work, n: int, base: str, list_dir: Path, val_samples: S
     """Rank 0, once when scoring ends: every rank's records in sample order (a block redone after a crash: its last
     record) -> WORK/samples.jsonl (the records as written), scores.npz (`Seen`) and duplicates.txt (list paths: base
     / the record's path; val paths relative to list_dir). Streams: memory is columns of N numbers + the units."""
-    index, number, offset = (np.frombuffer(c, np.int64) for c in _record_columns(work))
+    columns = [array.array("q") for _ in range(3)]    # (sample index, file number, byte offset) of every record line
+    for f, o, line in work.lines("records"):
+        columns[0].append(record_index(line))
+        columns[1].append(f)
+        columns[2].append(o)
+    index, number, offset = (np.frombuffer(c, np.int64) for c in columns)
     order = np.lexsort((np.arange(len(index)), index))
     last = np.append(index[order][1:] != index[order][:-1], True) if len(order) else np.zeros(0, bool)
     pick = np.full(n, -1, dtype=np.int64)
@@ -1329,8 +1334,8 @@ def gather_records(work: Work, n: int, base: str, list_dir: Path, val_samples: S
                            f"did not finish); run the same command again")
     query, top_class, units, line_offset = (np.full(n, -1, np.int64), np.full(n, -1, np.int64), np.zeros(n, np.int64),
                                             np.zeros(n + 1, np.int64))
-    query_p, top_p, state, fps = np.full(n, np.nan, np.float32), np.full(n, np.nan, np.float32), np.zeros(n, np.uint8), \
-        np.full(n, np.nan)
+    query_p, top_p, state, fps = (np.full(n, np.nan, np.float32), np.full(n, np.nan, np.float32),
+                                  np.zeros(n, np.uint8), np.full(n, np.nan))
     unit_query, unit_top, unit_frames = array.array("f"), array.array("f"), array.array("q")
     handles = [open(p, "rb") for p in work.files("records")]
     try:
@@ -1370,17 +1375,6 @@ def gather_records(work: Work, n: int, base: str, list_dir: Path, val_samples: S
          np.frombuffer(unit_frames, np.int64).reshape(-1, 2), fps, line_offset).save(work.folder / "scores.npz")
 
 
-def _record_columns(work: Work) -> list[array.array]:
-    """(sample index, file number, byte offset) of every record line in the work folder: three int64 columns, no
-    object per record."""
-    columns = [array.array("q") for _ in range(3)]
-    for f, o, line in work.lines("records"):
-        columns[0].append(record_index(line))
-        columns[1].append(f)
-        columns[2].append(o)
-    return columns
-
-
 def write_output(folder: Path, seen_dir: Path, seen: Seen, samples: SampleList | list[Sample], prefix: Path,
                  base: str, lines: Callable, decision: dict[str, np.ndarray], statuses: Sequence[str],
                  classes: list[str], header: dict, report: dict, fps: float) -> dict:
@@ -1407,7 +1401,8 @@ def write_output(folder: Path, seen_dir: Path, seen: Seen, samples: SampleList |
     code = {name: status == statuses.index(name) for name in statuses}
     per = {name: np.bincount(query[(query >= 0) & code[name]], minlength=k)
            for name in ("kept", "dropped", "corrupt", "duplicate")}
-    before, after = np.bincount(query[query >= 0], minlength=k), np.bincount(decision["label"][code["kept"]], minlength=k)
+    before = np.bincount(query[query >= 0], minlength=k)
+    after = np.bincount(decision["label"][code["kept"]], minlength=k)
     report = dict(header, classes=list(classes), counts=dict(total=len(status), **{
         name: int(code[name].sum()) for name in ("kept", "dropped", "corrupt", "duplicate", "unknown_query")}),
         per_class=[dict(index=c, name=classes[c], before=int(before[c]), **{n: int(per[n][c]) for n in per},
@@ -1433,9 +1428,14 @@ def run_cuts(work: Work, jobs: dict[int, tuple[Path, str]], kept: list[int], cut
             shutil.rmtree(work.folder / "raw" / jobs[i][1], ignore_errors=True)
             work.append("cut", [dict(i=i, removed=True)])
     todo = sorted(i for i in kept if i not in state or "removed" in state[i])
-    for k, pieces, error in run_calls(cut, [(jobs[i][0], work.folder / "raw" / jobs[i][1]) for i in todo],
-                                      cfg.workers, cfg.progress, what):
+    calls = _Calls(cut, [(jobs[i][0], work.folder / "raw" / jobs[i][1]) for i in todo])
+    progress, failed = Progress(what, len(todo), cfg.progress), 0
+    for k, pieces, error in torch.utils.data.DataLoader(calls, batch_size=None, num_workers=cfg.workers,
+                                                        collate_fn=as_is) if todo else []:
         work.append("cut", [dict(i=todo[k], pieces=pieces) if error is None else dict(i=todo[k], error=error)])
+        failed += error is not None
+        progress.update(1, failed)
+    progress.close()
     barrier()
 
 
@@ -1455,7 +1455,8 @@ def finished_report(final: Path, work: Work, settings: dict) -> dict | None:
     return report if old == new else None
 
 
-def rows_in_sample_order(parts: list[tuple[torch.Tensor, torch.Tensor]], empty: tuple) -> tuple[torch.Tensor, np.ndarray]:
+def rows_in_sample_order(parts: list[tuple[torch.Tensor, torch.Tensor]], empty: tuple
+                         ) -> tuple[torch.Tensor, np.ndarray]:
     """Feature rows of every rank's blocks, (rows, owner sample index (R,)) each -> all rows ordered by sample (a
     sample's rows in their order): the rows one process extracts; a tensor of shape `empty` when there are none."""
     parts = [(f, o) for f, o in parts if len(o)]
@@ -1663,7 +1664,7 @@ def run_blocks(samples: SampleList | list[Sample], blocks: list[np.ndarray], loa
 
 
 class _Calls(torch.utils.data.Dataset):
-    """Worker side of `run_calls`: k -> (k, fn(*calls[k]), None), or (k, None, 'Error: message') on DECODE_ERRORS."""
+    """Worker side of `run_cuts`: k -> (k, fn(*calls[k]), None), or (k, None, 'Error: message') on DECODE_ERRORS."""
 
     def __init__(self, fn: Callable, calls: list[tuple]):
         self.fn, self.calls = fn, calls
@@ -1676,20 +1677,6 @@ class _Calls(torch.utils.data.Dataset):
             return k, self.fn(*self.calls[k]), None
         except DECODE_ERRORS as err:   # a file that cannot be read or written
             return k, None, f"{type(err).__name__}: {first_line(err)}"
-
-
-def run_calls(fn: Callable, calls: list[tuple], workers: int, progress: bool, what: str) -> Iterator[tuple]:
-    """fn(*args) for every args of `calls` in `workers` DataLoader workers (e.g. data.cut_video of the kept videos):
-    yields (k, result, None) or (k, None, error) in order, with a progress line when `progress`."""
-    if not calls:   # no worker processes
-        return
-    loader = torch.utils.data.DataLoader(_Calls(fn, calls), batch_size=None, num_workers=workers, collate_fn=as_is)
-    bar, failed = Progress(what, len(calls), progress), 0
-    for item in loader:
-        yield item
-        failed += item[2] is not None
-        bar.update(1, failed)
-    bar.close()
 
 
 class _Chunks(torch.utils.data.IterableDataset):
