@@ -100,10 +100,7 @@ def test_multiscale_crop_sizes_and_fixed_offsets_340x256():
     assert {(x, y) for w, h, x, y in seen if (w, h) == (224, 224)} == {(0, 0), (116, 0), (0, 32), (116, 32), (58, 16)}
 
 
-def test_multiscale_crop_13_offsets_and_snapping():
-    offsets = T._fixed_offsets(29, 8, 13)
-    assert len(offsets) == 13 and len(set(offsets)) == 13
-    assert offsets[5:] == [(0, 16), (116, 16), (58, 32), (58, 0), (29, 8), (87, 8), (29, 24), (87, 24)]
+def test_multiscale_crop_snaps_a_size_within_3_px_to_the_input_size():
     # a crop size within 3 px of the input size snaps to it: short side 254 -> 0.875 * 254 = 222 -> 224
     crop, rng = T.MultiScaleCrop(input_size=224, scales=(0.875,)), np.random.default_rng(0)
     x1, y1, x2, y2 = crop.box(254, 300, rng)
