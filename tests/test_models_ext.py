@@ -218,13 +218,13 @@ def _sample_batches(net: nn.Module) -> dict:
 
     def run(x):
         return models.predict(net, x, models.ARCHS["tsn_tiny"][1])
-    return {"training segments": (net, torch.randn(3, 3, 4, 32, 32), 4, (1,), 1),      # (N, C, S, H, W)
-            "test views": (run, views(2, 3, 2), 2, (0, 1), 0),                         # (N, V, C, T, H, W)
-            "filter single frames": (run, views(4, 1, 1), 1, (1,), 1),
-            "filter frame features": (filter.FrameFeatures(net, 32, "teacher"), torch.randn(4, 3, 32, 32), 1, (1,), 1)}
+    return {"training_segments": (net, torch.randn(3, 3, 4, 32, 32), 4, (1,), 1),      # (N, C, S, H, W)
+            "test_views": (run, views(2, 3, 2), 2, (0, 1), 0),                         # (N, V, C, T, H, W)
+            "filter_single_frames": (run, views(4, 1, 1), 1, (1,), 1),
+            "filter_frame_features": (filter.FrameFeatures(net, 32, "teacher"), torch.randn(4, 3, 32, 32), 1, (1,), 1)}
 
 
-@pytest.mark.parametrize("batch", ["training segments", "test views", "filter single frames", "filter frame features"])
+@pytest.mark.parametrize("batch", ["training_segments", "test_views", "filter_single_frames", "filter_frame_features"])
 @pytest.mark.parametrize("op", sorted(VARIANT_OPS))
 @torch.no_grad()
 def test_a_temporal_op_never_mixes_frames_of_different_samples(monkeypatch, op, batch):
