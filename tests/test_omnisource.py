@@ -13,13 +13,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import data
 import figures
 import filter as filter_module
-import models
 import omnisource
 import train
-import transforms
 import webscale
 
 ROOT = Path(__file__).resolve().parents[1]
