@@ -409,8 +409,8 @@ def _write_output(job: _Job, cfg: PrepareConfig) -> None:
             _write_image(data.read_image(src, cfg.short_side), src, tmp, cfg)
         elif job.form == "frames":
             tmp.mkdir()
-            _transcode(src, cfg.short_side, lambda rgb, n, rate: _write_image(rgb, None, tmp / data.FRAME_TMPL.format(
-                n + 1), cfg))
+            _transcode(src, cfg.short_side,
+                       lambda rgb, n, rate: _write_image(rgb, None, tmp / data.FRAME_TMPL.format(n + 1), cfg))
         else:
             tmp.mkdir()
             for name in (data.FRAME_TMPL.format(n) for n in range(1, job.num_frames + 1)):

@@ -74,15 +74,11 @@ _UNUSABLE = "unusable pts"   # `_scan_pts` result: seeking by pts is not possibl
 
 @dataclass
 class Sample:
-    """One line of an annotation list, paths joined with the data prefix.
-
-    kind: 'video' | 'untrimmed' | 'frames' | 'image' | 'raw' | 'windows' (the list line forms: data.py).
-    num_frames: frame count of a 'frames' folder (from the list), else None.
-    pos_clips: 'raw' only: 0-based indices of the positive pieces part_{i}.mp4 (teacher filtered).
-    num_parts: 'raw' only: number of pieces part_0.mp4 ... part_{num_parts-1}.mp4.
-    frame_scores: a video's 1-FPS teacher scores from the list's sidecar file (Sec. 3.5), else None.
-    windows: 'windows' only: ((start, end), ...) seconds of the untrimmed video to sample from (Sec. 3.5).
-    """
+    """One line of an annotation list, paths joined with the data prefix. kind: 'video' | 'untrimmed' | 'frames' |
+    'image' | 'raw' | 'windows' (the list line forms: data.py); num_frames: a 'frames' folder's count (from the list);
+    'raw': num_parts pieces part_0.mp4 ..., pos_clips the 0-based positive ones (teacher filtered); 'windows':
+    ((start, end), ...) seconds of the untrimmed video to sample from; frame_scores: a video's 1-FPS teacher scores
+    from the list's sidecar (Sec. 3.5)."""
     path: Path
     label: int
     kind: str
@@ -94,14 +90,10 @@ class Sample:
 
 
 def read_list(list_file: str | Path, prefix: str | Path, num_classes: int) -> SampleList:
-    """Parse an MMAction2 annotation list (.txt lines or .json dicts) into a compact `SampleList`.
-
-    Same samples, errors and rules as `read_list_samples` (the reference per-line parser), but a .txt list is parsed
-    as one bytes buffer: the dominant 'PATH LABEL' lines (printable ASCII, one space, a media extension, a decimal
-    label) are split and checked with numpy, vectorised; every other line (frame folders, raw pieces, windows,
-    comments, tabs, non-ASCII, anything malformed) goes through the per-line parser, which raises the one-line
-    'FILE:LINE: ...' errors. The paths stay in the file's buffer. A frame-score sidecar is attached streaming.
-    """
+    """Parse an MMAction2 annotation list (.txt lines or .json dicts) into a compact `SampleList`: the samples and
+    one-line errors of `read_list_samples`, but a .txt list is one bytes buffer (the paths stay in it) whose dominant
+    'PATH LABEL' lines (printable ASCII, one space, a media extension, a decimal label) are split and checked with
+    numpy; every other line goes through the per-line parser. A frame-score sidecar is attached streaming."""
     list_file, prefix = Path(list_file), Path(prefix)
     if not list_file.is_file():
         raise FileNotFoundError(f"annotation list {list_file} not found")
@@ -116,12 +108,10 @@ def read_list(list_file: str | Path, prefix: str | Path, num_classes: int) -> Sa
 
 
 def read_list_samples(list_file: str | Path, prefix: str | Path, num_classes: int) -> list[Sample]:
-    """Reference parser: an MMAction2 annotation list (.txt lines or .json dicts) -> list of `Sample`s.
-
-    Errors are one line naming the file and line (entry) and what was expected. Labels must lie in [0, num_classes).
-    Blank lines and lines starting with '#' are skipped. Raw videos without positive pieces are skipped (MMAction2
-    RawVideoDataset, sampling_strategy='positive'). One Python object per sample: `read_list` for real lists.
-    """
+    """Reference parser: an MMAction2 annotation list (.txt lines or .json dicts) -> list of `Sample`s (one Python
+    object per sample: `read_list` for real lists). Errors are one line naming the file and line (entry) and what was
+    expected. Labels must lie in [0, num_classes); blank and '#' lines are skipped, and raw videos without positive
+    pieces (MMAction2 RawVideoDataset, sampling_strategy='positive')."""
     list_file, prefix = Path(list_file), Path(prefix)
     if not list_file.is_file():
         raise FileNotFoundError(f"annotation list {list_file} not found")
@@ -144,19 +134,14 @@ def read_list_samples(list_file: str | Path, prefix: str | Path, num_classes: in
 class SampleList:
     """An annotation list as a few flat numpy arrays: no Python object per sample (Sec. 4 at web scale).
 
-    DataLoader workers are forked copies of the main process; reading a Python object writes its reference count, so
-    a list of per-sample objects is copied page by page into every worker that touches it. Here the paths of all
-    samples live in ONE bytes object (`buf`; for a .txt list, the file's own bytes) and every per-sample field is an
-    element of a numpy array, so reading samples writes nothing and the workers share the parent's pages. Per sample:
-    its line's bytes + 4-8 (start) + 2-4 (length) + 8 (label) + 1 (kind) [+ 4 (frame count / pieces)]: 60 bytes for
-    the released image lists' 44-byte lines; raw positive pieces, windows and sidecar frame scores are flat arrays +
-    offsets over the samples that have them.
-
+    Forked DataLoader workers copy every page whose Python objects they read (reading writes the reference count);
+    here all paths live in ONE bytes object (`buf`; for a .txt list, the file's own bytes) and every per-sample field
+    in numpy arrays, so workers share the parent's pages: 60 bytes per sample of the released image lists (44-byte
+    lines); raw positive pieces, windows and sidecar frame scores are flat arrays + offsets (`_Ragged`).
     API: len(sl), sl[i] -> `Sample` (built on demand), iter(sl), sl[a:b] / sl[index array or bool mask] /
-    sl.subset(indices, labels=None) -> SampleList (sharing the buffers; optionally relabelled, `map_labels`);
-    sl.labels int64 (N,), sl.kinds uint8 (N,) codes into KINDS; sl.path(i) -> Path; sl.rel_path(i) -> str as the
-    list wrote it (relative to sl.prefix); sl.rel_path_bytes(indices) -> those as UTF-8 bytes; sl.nbytes;
-    SampleList.from_samples(samples, prefix='').
+    sl.subset(indices, labels=None) -> SampleList (sharing the buffers; relabelled for `map_labels`); sl.labels int64
+    (N,), sl.kinds uint8 (N,) codes into KINDS; sl.path(i); sl.rel_path(i) as the list wrote it (relative to
+    sl.prefix), sl.rel_path_bytes(indices) as UTF-8 bytes; sl.nbytes; SampleList.from_samples(samples, prefix='').
     """
 
     def __init__(self, prefix: str, buf: bytes, start: np.ndarray, length: np.ndarray, labels: np.ndarray,
@@ -336,16 +321,13 @@ class _Ragged:
 
 def labels_of(samples: SampleList | Sequence[Sample]) -> np.ndarray:
     """int64 labels (N,) of a SampleList (its array) or a list of Samples."""
-    if isinstance(samples, SampleList):
-        return samples.labels
-    return np.array([s.label for s in samples], dtype=np.int64)
+    return samples.labels if isinstance(samples, SampleList) else np.array([s.label for s in samples], np.int64)
 
 
 def kinds_of(samples: SampleList | Sequence[Sample]) -> np.ndarray:
     """int64 kind codes (N,) into KINDS of a SampleList (its array) or a list of Samples."""
-    if isinstance(samples, SampleList):
-        return samples.kinds.astype(np.int64)
-    return np.array([KINDS.index(s.kind) for s in samples], dtype=np.int64)
+    return samples.kinds.astype(np.int64) if isinstance(samples, SampleList) else \
+        np.array([KINDS.index(s.kind) for s in samples], dtype=np.int64)
 
 
 def kind_names(samples: SampleList | Sequence[Sample]) -> set[str]:
@@ -738,20 +720,17 @@ def decode_video(container: av.container.InputContainer, stream: av.video.stream
                  indices: np.ndarray, stats: dict | None = None) -> np.ndarray:
     """Frames `indices` of an open video as uint8 `(len(indices), H, W, 3)` RGB, decoding only what they need.
 
-    1. one demux pass (packets only, ~2-5 ms for a 10-s clip) gives every frame's pts and the keyframes; the
-       presentation index of a frame is the rank of its pts (right for variable-frame-rate videos too, where
-       round((pts - start) * time_base * rate) is not); cached per process (`PTS_CACHE`);
-    2. before each needed frame, seek to the nearest keyframe before it when that keyframe lies beyond the current
-       decoding position;
-    3. the packet of a frame no index needs goes to the decoder with skip_frame 'NONREF' (`_SKIP_CODECS`, not in AVI):
-       FFmpeg drops it if no other frame refers to it (x264's B-frames but the pyramid's middle ones: 40-47 % of the
-       frames of the real clips in ../shared), so every frame it decodes is bit-exact;
-    4. only the needed frames are converted to RGB; once every packet up to the last needed frame of a run (the
-       frames decoded from one keyframe) is sent, the decoder is drained, not fed on.
-    Every decoded frame's index must follow its predecessor (across dropped frames only where none is wanted); when
-    the pts disagree with the decoding order the video is decoded again without skipping, else from the start
-    counting frames (whole-file semantics). What failed is remembered with the cached scan. `stats` gets the counts
-    of frames decoded, skipped (dropped by the decoder), seeks and packets sent while seeking.
+    1. one demux pass (packets only, ~2-5 ms for a 10-s clip; cached per process, `PTS_CACHE`) gives every frame's
+       pts and the keyframes: a frame's presentation index is the rank of its pts (right at variable frame rates);
+    2. before a needed frame, seek to the keyframe before it when that lies beyond the decoding position;
+    3. a frame no index needs goes to the decoder with skip_frame 'NONREF' (`_SKIP_CODECS`, not in AVI): FFmpeg drops
+       it if no frame refers to it (x264's B-frames but the pyramid's middle ones: 40-47 % of the frames of the real
+       clips in ../shared), so every frame it decodes is bit-exact;
+    4. only needed frames are converted to RGB; a run (the frames decoded from one keyframe) drains the decoder once
+       the packet of its last needed frame is sent.
+    Each decoded frame's index must follow its predecessor (across dropped frames only where none is wanted); else
+    the video is decoded again without skipping, else from the start counting frames (whole-file semantics); what
+    failed is remembered with the cached scan. `stats` gets the frames decoded, skipped, seeks and packets sent.
     """
     wanted = np.unique(indices)
     stats = {} if stats is None else stats
@@ -812,12 +791,9 @@ def stream_rate(path: Path, stream: av.video.stream.VideoStream) -> Fraction:
 def reformat(frame: av.VideoFrame, format: str = "rgb24", width: int | None = None, height: int | None = None
              ) -> av.VideoFrame:
     """`frame.reformat(...)` through this process's own swscale context: every frame conversion of the project.
-
-    PyAV's default conversion (`frame.to_ndarray(format=...)`, `frame.reformat(...)`) reuses one context per
-    thread, and a forked child inherits it: with PyAV 18.1.1 the child's first default conversion then waits
-    forever for the parent's swscale slice threads, which do not exist in the child. A context keyed by the
-    process id is never shared across a fork (the parent's stays referenced, never freed, in the child).
-    """
+    PyAV's default conversion reuses one context per thread, which a forked child inherits: with PyAV 18.1.1 its first
+    conversion then waits forever for the parent's swscale slice threads. A context per process id is never shared
+    across a fork (the parent's stays referenced, never freed, in the child)."""
     own = _REFORMATTERS.get(os.getpid())
     if own is None:
         own = _REFORMATTERS[os.getpid()] = av.video.reformatter.VideoReformatter()
@@ -864,24 +840,15 @@ class _Scan:
     seek_ok: bool = True     # False once the decoder's output contradicted the pts (seek + check failed)
 
 
-@dataclass
 class _PtsIndex:
-    """A `_Scan` as `_decode_seeking` reads it: presentation index of each pts, keyframe positions."""
-    rank: dict[int, int]     # pts -> 0-based presentation index
-    keys: list[int]          # sorted presentation indices of keyframes
-    key_pts: list[int]       # their pts: the seek target (FFmpeg lands exactly on it)
-    key_set: frozenset = frozenset()
-    scan: _Scan | None = None   # the cached scan it was built from (records what failed on this file)
+    """A cached `_Scan` (kept as `scan`: it records what failed on the file) as `_decode_seeking` reads it: `rank`
+    pts -> 0-based presentation index, `keys` / `key_set` the keyframes' indices, `key_pts` their pts (the seek
+    targets: FFmpeg lands exactly on them)."""
 
-    @property
-    def num_frames(self) -> int:
-        return len(self.rank)
-
-    @classmethod
-    def from_scan(cls, scan: _Scan) -> _PtsIndex:
-        order, keys = scan.pts.tolist(), scan.keys.tolist()
-        return cls(rank=dict(zip(order, range(len(order)))), keys=keys, key_pts=[order[k] for k in keys],
-                   key_set=frozenset(keys), scan=scan)
+    def __init__(self, scan: _Scan):
+        order, self.keys, self.scan = scan.pts.tolist(), scan.keys.tolist(), scan
+        self.rank, self.num_frames = dict(zip(order, range(len(order)))), len(order)
+        self.key_pts, self.key_set = [order[k] for k in self.keys], frozenset(self.keys)
 
 
 def _pts_index(container: av.container.InputContainer, stream: av.video.stream.VideoStream) -> _PtsIndex | None:
@@ -892,7 +859,7 @@ def _pts_index(container: av.container.InputContainer, stream: av.video.stream.V
     if entry is None:
         entry = _scan_pts(container, stream)
         PTS_CACHE.put(key, entry)   # an unusable result is remembered too: no second scan
-    return None if entry is _UNUSABLE else _PtsIndex.from_scan(entry)
+    return None if entry is _UNUSABLE else _PtsIndex(entry)
 
 
 def _scan_pts(container: av.container.InputContainer, stream: av.video.stream.VideoStream) -> _Scan | str:
@@ -918,13 +885,9 @@ def _scan_pts(container: av.container.InputContainer, stream: av.video.stream.Vi
 
 def _decode_seeking(container: av.container.InputContainer, stream: av.video.stream.VideoStream, wanted: np.ndarray,
                     index: _PtsIndex, stats: dict, skip: bool = True) -> dict[int, np.ndarray] | None:
-    """Decode the sorted unique `wanted` frames with keyframe seeks; None if pts prove unreliable.
-
-    skip: packets of frames no index needs go to the decoder with skip_frame 'NONREF' (`_decoded_frames`);
-    the frames the decoder drops leave gaps in its output, allowed only where no wanted frame lies.
-    A run of wanted frames decoded from one keyframe ends by draining the decoder once every packet up to
-    its last frame is sent, instead of decoding the frames the decoder's reordering delay holds back.
-    """
+    """Decode the sorted unique `wanted` frames with keyframe seeks; None if pts prove unreliable. skip: frames no
+    index needs go to the decoder with skip_frame 'NONREF' (`_decoded_frames`); the frames it drops leave gaps in its
+    output, allowed only where no wanted frame lies."""
     want, out, order = set(int(i) for i in wanted), {}, [int(i) for i in wanted]
     frames, pos, end = None, -1, -1   # decoder iterator; index of the last frame taken; last frame of the run
     try:
@@ -971,11 +934,9 @@ def _decode_seeking(container: av.container.InputContainer, stream: av.video.str
 
 def _decoded_frames(container: av.container.InputContainer, stream: av.video.stream.VideoStream, rank: dict[int, int],
                     want: set[int] | None, run: range, stats: dict) -> Iterator[av.VideoFrame]:
-    """Frames decoded from the packets after the current position, until the decoder is drained once the packets of
-    every frame in `run` (presentation indices) have been sent. With `want`, the packet of a frame no index needs is
-    sent with skip_frame 'NONREF' (the decoder drops it when the bitstream marks it unreferenced: H.264/HEVC
-    nal_ref_idc 0, MPEG-1/2 B-frames); a wanted frame's packet, and one of unknown pts, is decoded as usual. Frame
-    threads copy the setting when each packet is submitted. stats['sent'] counts the packets."""
+    """Frames decoded from the packets after the current position, the decoder drained once the packets of every
+    frame in `run` (presentation indices) are sent. With `want`, the packet of a frame not in it (and of known pts)
+    is sent with skip_frame 'NONREF' (frame threads copy the setting per packet). stats['sent'] counts packets."""
     codec, mode, pending = stream.codec_context, None, set(run)
     for packet in container.demux(stream):
         i = rank.get(packet.pts)
@@ -1016,10 +977,9 @@ def _decode_sequential(path: Path, wanted: np.ndarray, stats: dict) -> dict[int,
 
 
 def _can_skip(container: av.container.InputContainer, stream: av.video.stream.VideoStream) -> bool:
-    """Whether `_decoded_frames` may drop unneeded frames: SKIP_NONREF, a codec in `_SKIP_CODECS` and a
-    container with presentation timestamps. AVI has none: FFmpeg numbers its packets in storage order,
-    so with MPEG-4 Part 2 B-frames (packed or with placeholder packets) a frame's pts is not its own;
-    decoding every frame exposes that as out-of-order ranks, but gaps from dropped frames would hide it."""
+    """Whether `_decoded_frames` may drop unneeded frames: SKIP_NONREF, a codec in `_SKIP_CODECS`, and not AVI (its
+    packets are numbered in storage order, so with B-frames a frame's pts is not its own; decoding every frame shows
+    that as out-of-order ranks, which gaps from dropped frames would hide)."""
     return (SKIP_NONREF and stream.codec_context.codec.canonical_name in _SKIP_CODECS
             and "avi" not in container.format.name.split(","))
 
@@ -1038,16 +998,13 @@ class _PtsCache:
     One per process; a lock keeps it whole when threads of one process read videos."""
 
     def __init__(self):
-        self.entries: collections.OrderedDict = collections.OrderedDict()
-        self.frames = 0
-        self.lock = threading.Lock()
+        self.entries, self.frames, self.lock = collections.OrderedDict(), 0, threading.Lock()
 
     def get(self, key: tuple | None) -> _Scan | str | None:
         with self.lock:
-            if key is None or key not in self.entries:
-                return None
-            self.entries.move_to_end(key)
-            return self.entries[key]
+            if key in self.entries:
+                self.entries.move_to_end(key)
+            return self.entries.get(key)
 
     def put(self, key: tuple | None, entry: _Scan | str) -> None:
         if key is None:
@@ -1076,11 +1033,10 @@ _REFORMATTERS: dict[int, av.video.reformatter.VideoReformatter] = {}   # `reform
 # ----------------------------------------------------------------------------------------------------------------------
 
 def write_atomic(path: str | Path, content: str | bytes | Callable[[BinaryIO], object]) -> None:
-    """Write `path` under a temporary name in its folder (.NAME.tmp-PID), flush it to disk (fsync) and rename it
-    over `path`: a reader, or a rerun after a kill (SIGKILL included), finds the old file or the new one, never a
-    part. content: text (UTF-8), bytes, or a function that writes to the open binary file (`lambda f:
-    torch.save(obj, f)`). Every command's single files (lists, reports, checkpoints, work-folder state) go through
-    here."""
+    """Write `path` under a temporary name in its folder (.NAME.tmp-PID), flush it to disk (fsync) and rename it over
+    `path`: a reader, or a rerun after a kill (SIGKILL included), finds the old file or the new one, never a part.
+    content: text (UTF-8), bytes, or a function writing to the open binary file (`lambda f: torch.save(obj, f)`).
+    Every command's single files (lists, reports, checkpoints, work-folder state) go through here."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}{TMP_TAG}{os.getpid()}")
