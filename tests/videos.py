@@ -20,7 +20,8 @@ def write_video(path: str | Path, frames: np.ndarray, fps: int | Fraction = 25, 
                 gop: int | None = None, bframes: int | None = None, x264: str | None = None,
                 options: dict | None = None, pix_fmt: str = "yuv420p", bit_rate: int | None = None,
                 faststart: bool = False, times_ms: Sequence[int] | None = None) -> Path:
-    """Encode `frames` (T, H, W, 3) uint8 RGB at `fps` into `path` (the container follows the suffix).
+    """Encode `frames` (T, H, W, 3) uint8 RGB at `fps` (int, Fraction or float: 29.97 -> 2997/100) into `path` (the
+    container follows the suffix).
 
     gop: a keyframe every `gop` frames (libx264: keyint=min-keyint=gop, no scene-cut keyframes; other encoders:
     gop_size); None: the encoder's default. bframes: B-frames between references (libx264: x264's bframes, 0 = off;
@@ -34,7 +35,7 @@ def write_video(path: str | Path, frames: np.ndarray, fps: int | Fraction = 25, 
     path.parent.mkdir(parents=True, exist_ok=True)
     frames = np.asarray(frames, dtype=np.uint8)
     with av.open(str(path), mode="w", options={"movflags": "faststart"} if faststart else {}) as container:
-        stream = container.add_stream(codec, rate=Fraction(fps))
+        stream = container.add_stream(codec, rate=Fraction(fps).limit_denominator(1001))
         stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], pix_fmt
         opts = dict(options or {})
         if codec == "libx264":
