@@ -390,6 +390,94 @@ def procedure_figures(args: argparse.Namespace, rows: list[tuple[str, dict]], fi
     return [(p.stem.replace("_", " "), p.relative_to(work).as_posix()) for p in paths]
 
 
+# ----------------------------------------------------------------------------------------------------------------------
+# The procedure's results: results.md / results.json (omnisource.py), every round's filtering quality on the demo
+# ----------------------------------------------------------------------------------------------------------------------
+
+TESTED = {"last": "the final weights of each run",                  # --select: which weights are tested
+          "val": "the weights of each run that scored best on this same split (best.pth)"}
+
+
+def round_record(args: argparse.Namespace, r: int, teachers: dict[str, Path], filtered: list[str],
+                 student: dict) -> dict:
+    """results.json's entry of one round: its teachers, the student's accuracy, what each filtered source kept
+    (filter.py's report.json counts) and, on the demo data, the filtering's precision and recall."""
+    kept = {}
+    for name in filtered:
+        counts = json.loads((Path(args.data_root) / name / "report.json").read_text())["counts"]
+        kept[name] = {"kept": counts["kept"], "total": counts["total"]}
+    return {"round": r, "teachers": {k: str(v) for k, v in teachers.items()},
+            **{k: student[k] for k in ("top1", "top5", "mean_class_acc")},
+            "kept": kept, "quality": filter_quality(args.data_root, filtered)}
+
+
+def read_metrics(work_dir: str | Path) -> dict:
+    """A finished train.py run's WORK_DIR/metrics.json, with its confusion matrix (K, K) from confusion_matrix.csv."""
+    work_dir = Path(work_dir)
+    metrics = json.loads((work_dir / "metrics.json").read_text())
+    k = len(metrics["classes"])
+    rows = (work_dir / "confusion_matrix.csv").read_text().splitlines()[1:]       # "name,n_0,...,n_K-1"
+    metrics["confusion_matrix"] = [[int(v) for v in row.split(",")[-k:]] for row in rows]
+    return metrics
+
+
+def write_table(work: Path, rows: list[tuple[str, dict]], select: str = "last", rounds: list[dict] = (),
+                embedded: list[tuple[str, str]] = ()) -> str:
+    """Print and save the comparison (results.md, results.json), the confusion pairs of Sec. 5.2 (first row ->
+    second row), each round's teachers and filtering (`round_record`; on the generated demo data with the
+    filter's precision and recall against the generator's truth). Says which weights were tested (--select);
+    `embedded` (caption, path relative to WORK_DIR) are embedded at the end of results.md (procedure_figures) and
+    listed in results.json. Returns the text of results.md."""
+    tested = TESTED[select]
+    lines = [f"Accuracy on the val split of {rows[0][1].get('target', 'the target')}, of {tested} "
+             f"(--select {select}).", "",
+             "| run | top-1 | top-5 | mean class acc |", "| --- | --- | --- | --- |"]
+    lines += [f"| {name} | {m['top1']:.4f} | {m['top5']:.4f} | {m['mean_class_acc']:.4f} |" for name, m in rows]
+    quality = rounds[0]["quality"] if rounds else []
+    if quality:
+        lines += ["", "Teacher filtering against the generator's truth (truth.json):"]
+        lines += [quality_line(q) for q in quality]
+    if len(rounds) > 1:
+        lines += ["", "Teacher-student rounds (--rounds; beyond the paper):"]
+        for rd in rounds:
+            kept = ", ".join(f"{name} kept {k['kept']} of {k['total']}" for name, k in rd["kept"].items())
+            lines += [f"  round {rd['round']}: teacher {rd['teachers']['video']}; {kept}; student top-1 "
+                      f"{rd['top1']:.4f}"] + [quality_line(q) for q in rd["quality"]]
+    (_, base), (_, student) = rows[:2]
+    pairs = confusion_pairs(base["confusion_matrix"], student["confusion_matrix"], base["classes"])
+    lines += ["", "Confusion pairs (Sec. 5.2, s_ij baseline -> OmniSource):"]
+    lines += [f"  {a} / {b}: {s0:.3f} -> {s1:.3f} ({d:+.3f})" for a, b, s0, s1, d in pairs["dropped"] + pairs["rose"]]
+    if embedded:
+        lines += ["", "Figures:"] + [part for caption, path in embedded for part in ("", f"![{caption}]({path})")]
+    text = "\n".join(lines)
+    print(text, flush=True)
+    (work / "results.md").write_text(text + "\n")
+    (work / "results.json").write_text(json.dumps(
+        {"select": select, "tested": tested,
+         "rows": [{"run": name, **{k: m[k] for k in ("top1", "top5", "mean_class_acc")}} for name, m in rows],
+         "confusion_pairs": pairs, "filtering": list(quality), "rounds": list(rounds),
+         "figures": [p for _, p in embedded]}, indent=2) + "\n")
+    return text
+
+
+def filter_quality(data_root: str | Path, filtered: list[str]) -> list[dict]:
+    """Filtering precision / recall per filtered source when DATA_ROOT holds the demo's truth.json."""
+    quality = (synthetic.filtering_quality(data_root, name, read_filter_output(Path(data_root) / name).records())
+               for name in filtered)
+    return [q for q in quality if q is not None]
+
+
+def quality_line(q: dict) -> str:
+    """One source's filtering_quality as a line of the results table."""
+    line = (f"  {q['source']}: kept {q['kept']} of {q['samples']}, precision {q['precision']:.2f} "
+            f"(keeping all: {q['base_rate']:.2f}), recall {q['recall']:.2f}, worst class recall "
+            f"{q['worst_class_recall']:.2f} ({q['worst_class']})")
+    if "frames" in q:
+        line += (f"; 1-FPS frames: kept {q['frames_kept']} of {q['frames']}, precision {q['frame_precision']:.2f} "
+                 f"(all: {q['frame_base_rate']:.2f}), recall {q['frame_recall']:.2f}")
+    return line
+
+
 def bar_chart(title: str, names: Sequence[str], series: dict[str, Sequence[float]],
               hi: float | None = None) -> Image.Image:
     """Horizontal bars: one group (row) per name, in it one bar per series (COLOURS in order), value v drawn

@@ -1,50 +1,19 @@
 """Video recognition networks of OmniSource (Sec. 5.1 "Video architectures"; appendix "Implementation Details").
 
-The paper trains two students (Sec. 5.1, Tables 2-3), and for its best result a third (Table 7):
+* **2D TSN** (Sec. 5.1, Tables 2-3): an ImageNet ResNet-50 on each of 3 segments (one frame each), the pooled
+  features averaged over segments (average consensus), dropout 0.4, a linear classifier.  Test: all views x
+  segments are averaged before one softmax (MMAction2's TSNHead).
+* **3D SlowOnly** ResNet-50 (4x16, 8x8) and ResNet-101 (8x8): temporal kernel 3 on conv1 of the layer3/layer4 blocks,
+  no temporal downsampling; from scratch or ImageNet-initialised by 2D->3D inflation (Table 3, section 5).  Test:
+  the mean of the per-view softmax.
+* **irCSN-152** 32x2 (Tran et al. 2019; Tables 3, 7), fine-tuned from IG-65M weights: the paper's best model.
 
-* **2D TSN** (Temporal Segment Networks) with an ImageNet ResNet-50 backbone and 3 segments: every segment is one
-  frame, each goes through the same 2D ResNet, the pooled features are averaged over segments ("average consensus"),
-  then dropout 0.4 and a linear classifier.  At test time all views (25 clips x 3 crops) are fed as extra segments,
-  so the consensus averages over every view -- MMAction2's behaviour (TSNHead averages the pooled features of all
-  views x segments before fc_cls; `average_clips='prob'` then softmaxes that single row).
-* **3D SlowOnly** (Feichtenhofer et al., SlowFast paper) ResNet-50 (4x16, 8x8) and ResNet-101 (8x8): a ResNet whose
-  layer3/layer4 bottlenecks get a temporal kernel of 3 on their first 1x1 conv, no temporal downsampling anywhere.
-  It is trained from scratch or initialised from ImageNet by *inflating* the 2D weights (Sec. 1, Sec. 5.1 / Table 3
-  "ImageNet" vs "-"), see `load_pretrained`.  Test views: softmax per view, then mean (MMAction2 'prob').
-* **irCSN-152** 32x2 (Tran et al. 2019, interaction-reduced channel-separated ResNet; Sec. 5.1, Tables 3 and 7),
-  fine-tuned from IG-65M weights: the paper's best model (83.6 top-1 with OmniSource).
-
-The ImageNet-pretrained ResNet-50 frame features used for de-duplication (Sec. 3.3) are `ResNet.features`
-(`resnet50`).  How test views are combined belongs to each model (`forward_views`; `predict` calls it), and a
-backbone variant with an operation in its residual branches is one class plus one `ARCHS` entry (`BranchOp`).
-
-Everything is laid out so that weights move between the worlds key-to-key:
-
-* the 2D `ResNet` has torchvision's exact parameter names, so a torchvision ImageNet state dict loads with
-  ``strict=True``;
-* `ResNet3dSlowOnly` uses the same names (conv1, bn1, layerX.Y.conv1/bn1/..., downsample.0/.1, fc), so inflation
-  is a per-key operation; `ResNet3dCSN` too, its depthwise conv being conv2_dw / bn2_dw;
-* our names and MMAction2's (``backbone.conv1.conv.weight`` ...) translate both ways (`mmaction_key` for export,
-  `_plain_key` for loading) through ONE table, `MMACTION_KEY_TABLE`, and the parameter counts equal MMAction2
-  1.2's (400 classes: TSN-R50 24,327,632; SlowOnly-R50 32,454,096; SlowOnly-R101 60,359,120; irCSN-152
-  29,703,568);
-* `load_weights` reads our train.py checkpoints, MMAction2 0.x / 1.x recognizer checkpoints, torchvision ImageNet
-  ResNets and bare state dicts -- detected, mapped through the table, checked strictly, read with weights-only
-  unpickling (`_safe_torch_load`); `mmaction_checkpoint` gives MMAction2 1.x checkpoints.  Checked outside the suite
-  against MMAction2 1.2.0 itself (random weights, same input): class scores differ by 0.0 (max abs, float32) for
-  TSN-R50, SlowOnly-R50 4x16 / 8x8, SlowOnly-R101 8x8 and irCSN-152, both ways (load and export).
-
-Public API, top to bottom.  The method (sections 1-6): `ResNetConfig`, `BasicBlock`, `Bottleneck`, `BranchOp`,
-`ResNet` (+ `resnet`, `resnet50`), `TSN`, `tsn_resnet`, `ResNet3dSlowOnly`, `slowonly_resnet`, `CSNBottleneck`,
-`ResNet3dCSN`, `ircsn_resnet`, `RECIPES`, `ArchSpec`, `ARCHS`, `build_model`, `load_pretrained` (ImageNet init,
-inflation), `predict` (test views through the model's `forward_views`, used by train.py's evaluation and
-filter.py's teachers).  Then, after a banner, the machinery (sections 7-9): `CHECKPOINT_FORMATS`, `LoadReport`,
-`load_weights`, `mmaction_checkpoint`, `load_state_dict_file`, `from_checkpoint`, `MMACTION_KEY_TABLE`,
-`MMACTION_CONFIGS`, `mmaction_key`, `AMP_DTYPES`, `default_amp`, `autocast`; private helpers last.
-
-Shapes: video input is `(N, C, T, H, W)` float, normalised by `transforms.normalize` (ImageNet mean and std of
-0-255 RGB); outputs are `(N, num_classes)` logits. The training schedules that `ArchSpec.recipe` names are in
-`train.RECIPES` (their numbers are written there only).
+`resnet50` gives Sec. 3.3's ImageNet frame features.  Parameter names are torchvision's (SlowOnly and irCSN use the
+same), so inflation is per key and MMAction2's names translate through checkpoints.MMACTION_KEY_TABLE; checked
+outside the suite against MMAction2 1.2.0 (random weights, same input), the class scores of all five nets differ by
+0.0 (max abs, float32), both ways.  A variant with an operation at a named position of selected residual blocks is
+one nn.Module class plus one ARCHS entry (section 4).  Input (N, C, T, H, W) float (`transforms.normalize`),
+output (N, num_classes) logits.
 """
 from __future__ import annotations
 
@@ -63,18 +32,23 @@ import checkpoints
 import transforms
 
 # ----------------------------------------------------------------------------------------------------------------------
-# 1. ResNet building blocks (2D or 3D), torchvision layout
+# 1. Residual blocks (2D or 3D, torchvision layout) and their ops
 # ----------------------------------------------------------------------------------------------------------------------
+
+OP_POSITIONS = ("before_conv1", "after_conv2", "after_block")   # where a block runs its ops (see ARCHS)
+OP_BLOCKS = ("all", "first", "last")   # which blocks of every stage get an op, or a tuple of names ("layer4.2", ...)
 
 
 @dataclass(frozen=True)
 class ResNetConfig:
-    """Shape of a ResNet: block type, blocks per stage, base width (64 = standard; 16 for tiny demo models), stem."""
+    """Shape of a ResNet: block type, blocks per stage, base width (64 = standard; 16 for tiny demo models), stem,
+    and the ops of its blocks."""
 
     block: str  # 'basic' (ResNet-18/34) or 'bottleneck' (ResNet-50/101/152)
     layers: tuple[int, int, int, int]  # number of blocks in layer1..layer4
     width: int = 64  # channels after the stem; stage i has width * 2**i planes (times the block expansion)
     stem: str = "imagenet"  # a STEMS key: 'imagenet' for 224 px crops, 'small' for the tiny nets' 64 px crops
+    ops: dict = field(default_factory=dict)  # {OP_POSITIONS entry: (Op, OP_BLOCKS entry or block names)}: see ARCHS
 
     def __post_init__(self) -> None:
         if self.block not in BLOCKS:
@@ -83,23 +57,35 @@ class ResNetConfig:
             raise ValueError(f"models.ResNetConfig: stem must be one of {sorted(STEMS)}, got {self.stem!r}")
         if len(self.layers) != 4 or min(self.layers) < 1 or self.width < 1:
             raise ValueError(f"models.ResNetConfig: need 4 positive stage depths and width >= 1, got {self}")
+        for position, (_, which) in self.ops.items():
+            if position not in OP_POSITIONS or not (which in OP_BLOCKS or isinstance(which, tuple)):
+                raise ValueError(f"models.ResNetConfig: ops take a position in {OP_POSITIONS} and blocks in "
+                                 f"{OP_BLOCKS} or a tuple of block names, got {position!r}: {which!r}")
 
 
-class BasicBlock(nn.Module):
-    """Two 3x3 convs + identity (ResNet-18/34).  `ndim` 2 or 3; in 3D, `t_kernel` is conv1's temporal kernel.
+class _Block(nn.Module):
+    """What every residual block shares: `ops` (a ModuleDict, empty without ops), each built with the channels at
+    its position and run as op(x, frames) (see ARCHS)."""
 
-    3D variant (tiny SlowOnly): conv1 (t_kernel, 3, 3), conv2 (1, 3, 3), spatial stride only (MMAction2 BasicBlock3d).
-    `branch_op` (every block here): a module run on the residual branch's input before conv1, the identity path
-    untouched -- the extension point of a backbone variant (see `BranchOp`); None: nothing (nn.Identity).
-    """
+    def __init__(self, inplanes: int, planes: int, ops: dict[str, Callable[[int], nn.Module]] | None):
+        super().__init__()
+        channels = {"before_conv1": inplanes, "after_conv2": planes, "after_block": planes * self.expansion}
+        self.ops = nn.ModuleDict({position: op(channels[position]) for position, op in (ops or {}).items()})
+
+    def _op(self, position: str, x: torch.Tensor, frames: int) -> torch.Tensor:
+        return self.ops[position](x, frames) if position in self.ops else x
+
+
+class BasicBlock(_Block):
+    """Two 3x3 convs + identity (ResNet-18/34); `ndim` 2 or 3.  3D (tiny SlowOnly, MMAction2 BasicBlock3d): conv1
+    (t_kernel, 3, 3), conv2 (1, 3, 3), spatial stride only.  `frames`: see ARCHS."""
 
     expansion = 1
     last_bn = "bn2"  # the BN whose gamma SlowOnly zero-initialises
 
     def __init__(self, inplanes: int, planes: int, stride: int = 1, ndim: int = 2, t_kernel: int = 1,
-                 branch_op: nn.Module | None = None):
-        super().__init__()
-        self.branch_op = nn.Identity() if branch_op is None else branch_op
+                 ops: dict | None = None):
+        super().__init__(inplanes, planes, ops)
         self.conv1 = _conv(ndim, inplanes, planes, 3, stride, t_kernel)
         self.bn1 = _bn(ndim, planes)
         self.relu = nn.ReLU(inplace=True)
@@ -107,28 +93,26 @@ class BasicBlock(nn.Module):
         self.bn2 = _bn(ndim, planes)
         self.downsample = _downsample(ndim, inplanes, planes * self.expansion, stride)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, frames: int = 1) -> torch.Tensor:
         identity = x if self.downsample is None else self.downsample(x)
-        out = self.relu(self.bn1(self.conv1(self.branch_op(x))))
-        out = self.bn2(self.conv2(out))
-        return self.relu(out + identity)
+        out = self.relu(self.bn1(self.conv1(self._op("before_conv1", x, frames))))
+        out = self._op("after_conv2", self.bn2(self.conv2(out)), frames)
+        return self._op("after_block", self.relu(out + identity), frames)
 
 
-class Bottleneck(nn.Module):
+class Bottleneck(_Block):
     """1x1 -> 3x3 (stride here, torchvision "ResNet v1.5") -> 1x1 (x4 channels) + identity.
 
-    3D variant (SlowOnly): conv1 (t_kernel, 1, 1) with temporal padding t_kernel // 2, conv2 (1, 3, 3) with stride
-    (1, s, s), conv3 (1, 1, 1); t_kernel = 3 for every block of layer3/layer4, 1 elsewhere.  `branch_op`: as in
-    `BasicBlock`.
+    3D (SlowOnly): conv1 (t_kernel, 1, 1) with temporal padding t_kernel // 2, conv2 (1, 3, 3) with stride (1, s, s),
+    conv3 (1, 1, 1); t_kernel = 3 in every block of layer3/layer4, 1 elsewhere.  `frames`: see ARCHS.
     """
 
     expansion = 4
     last_bn = "bn3"
 
     def __init__(self, inplanes: int, planes: int, stride: int = 1, ndim: int = 2, t_kernel: int = 1,
-                 branch_op: nn.Module | None = None):
-        super().__init__()
-        self.branch_op = nn.Identity() if branch_op is None else branch_op
+                 ops: dict | None = None):
+        super().__init__(inplanes, planes, ops)
         self.conv1 = _conv(ndim, inplanes, planes, 1, 1, t_kernel)
         self.bn1 = _bn(ndim, planes)
         self.conv2 = _conv(ndim, planes, planes, 3, stride)
@@ -138,29 +122,55 @@ class Bottleneck(nn.Module):
         self.relu = nn.ReLU(inplace=True)
         self.downsample = _downsample(ndim, inplanes, planes * self.expansion, stride)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, frames: int = 1) -> torch.Tensor:
         identity = x if self.downsample is None else self.downsample(x)
-        out = self.relu(self.bn1(self.conv1(self.branch_op(x))))
-        out = self.relu(self.bn2(self.conv2(out)))
+        out = self.relu(self.bn1(self.conv1(self._op("before_conv1", x, frames))))
+        out = self._op("after_conv2", self.relu(self.bn2(self.conv2(out))), frames)
         out = self.bn3(self.conv3(out))
-        return self.relu(out + identity)
+        return self._op("after_block", self.relu(out + identity), frames)
+
+
+class CSNBottleneck(_Block):
+    """irCSN bottleneck (Tran et al. 2019, Fig. 2c; MMAction2 CSNBottleneck3d, bottleneck_mode='ir'): 1x1x1 conv ->
+    3x3x3 *depthwise* conv (the only spatio-temporal conv; stride in time AND space, the shortcut's too) -> 1x1x1 conv
+    (x4 channels) + identity.  BN eps 1e-3 (the IG-65M caffe2 models).  The depthwise pair is conv2_dw / bn2_dw, so
+    no 2D ResNet conv2 is ever mistaken for it.  `ndim`, `t_kernel`: 3 only."""
+
+    expansion = 4
+    bn_eps = 1e-3
+
+    def __init__(self, inplanes: int, planes: int, stride: int = 1, ndim: int = 3, t_kernel: int = 3,
+                 ops: dict | None = None):
+        super().__init__(inplanes, planes, ops)
+        if (ndim, t_kernel) != (3, 3):
+            raise ValueError(f"models.CSNBottleneck: only the 3D 3x3x3 form exists, got {ndim=}, {t_kernel=}")
+        out = planes * self.expansion
+        self.conv1 = nn.Conv3d(inplanes, planes, 1, bias=False)
+        self.bn1 = nn.BatchNorm3d(planes, eps=self.bn_eps)
+        self.conv2_dw = nn.Conv3d(planes, planes, 3, stride, padding=1, groups=planes, bias=False)  # (planes, 1, 3,3,3)
+        self.bn2_dw = nn.BatchNorm3d(planes, eps=self.bn_eps)
+        self.conv3 = nn.Conv3d(planes, out, 1, bias=False)
+        self.bn3 = nn.BatchNorm3d(out, eps=self.bn_eps)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = None
+        if stride != 1 or inplanes != out:  # projection shortcut, stride (s, s, s)
+            self.downsample = nn.Sequential(nn.Conv3d(inplanes, out, 1, stride, bias=False),
+                                            nn.BatchNorm3d(out, eps=self.bn_eps))
+
+    def forward(self, x: torch.Tensor, frames: int = 1) -> torch.Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(self._op("before_conv1", x, frames))))
+        out = self._op("after_conv2", self.relu(self.bn2_dw(self.conv2_dw(out))), frames)
+        out = self.bn3(self.conv3(out))
+        return self._op("after_block", self.relu(out + identity), frames)
 
 
 BLOCKS = {"basic": BasicBlock, "bottleneck": Bottleneck}
 
-# The extension point of a backbone variant (beyond the paper): BranchOp(channels, num_segments) builds the module
-# that runs on a block's residual-branch input (`channels`: the block's input channels), once per block when the
-# stages are built.  num_segments: the spec's num_clips_train, which `build_model` hands every factory -- a TSN's
-# segments, whose frames lie consecutively along the batch axis of its 2D backbone, (N * num_segments, C, H, W);
-# the 3D nets see time as an axis of (N, C, T, H, W).  A variant is then one such class plus one ARCHS entry
-# (section 4).
-BranchOp = Callable[[int, int], nn.Module]
-
-# Stem = conv1 (kernel, stride) + BN + ReLU, then a 3x3 stride-2 max-pool: stem name -> conv1's (kernel, stride).
-# 'imagenet' (torchvision, MMAction2) divides the input by 4: 224 -> 56 before layer1, 7x7 after layer4.
-# 'small' (the tiny demo nets) divides it by 2 and looks at every pixel first: for 64 px crops layer1 sees 32x32 and
-# layer4 4x4, where the ImageNet stem leaves 16x16 and 2x2 and its stride-2 conv skips every other pixel, too coarse
-# for a surface pattern a few pixels wide (the generated demo classes are such patterns).
+# Stem = conv1 (kernel, stride) + BN + ReLU + 3x3 stride-2 max-pool: name -> conv1's (kernel, stride).  'imagenet'
+# (torchvision, MMAction2): 224 -> 56 before layer1, 7x7 after layer4.  'small' (the tiny demo nets) looks at every
+# pixel: 64 px crops -> 32x32 before layer1, 4x4 after layer4 (the ImageNet stem's stride-2 conv skips every other
+# pixel, too coarse for the demo classes' surface patterns a few pixels wide).
 STEMS = {"imagenet": (7, 2), "small": (3, 1)}
 
 RESNET_CONFIGS = {
@@ -177,15 +187,10 @@ RESNET_CONFIGS = {
 
 
 class ResNet(nn.Module):
-    """torchvision's ResNet: same parameter names, same init (kaiming fan_out convs, BN 1/0, default Linear).
+    """torchvision's ResNet: same parameter names (its ImageNet state dicts load with strict=True at width 64), same
+    init (kaiming fan_out convs, BN 1/0, default Linear); `num_classes=None`: no `fc`, `forward` gives features."""
 
-    `num_classes=None` builds it without `fc` (a backbone); `forward` then returns the pooled features.
-    A torchvision ImageNet state dict loads with ``strict=True`` at width 64.  `branch_op` (+ `num_segments`, the
-    frames of one sample along the batch axis): see `BranchOp`.
-    """
-
-    def __init__(self, cfg: ResNetConfig, num_classes: int | None = 1000, branch_op: BranchOp | None = None,
-                 num_segments: int = 1):
+    def __init__(self, cfg: ResNetConfig, num_classes: int | None = 1000):
         super().__init__()
         block, w = BLOCKS[cfg.block], cfg.width
         kernel, stride = STEMS[cfg.stem]
@@ -193,21 +198,24 @@ class ResNet(nn.Module):
         self.bn1 = nn.BatchNorm2d(w)
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
-        self.layer1, self.layer2, self.layer3, self.layer4 = _make_stages(block, cfg, 2, (1,) * 4, branch_op,
-                                                                          num_segments)
+        self.layer1, self.layer2, self.layer3, self.layer4 = _make_stages(block, cfg, 2, (1,) * 4)
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.feat_dim = 8 * w * block.expansion  # 2048 for ResNet-50, 512 for ResNet-18
         self.fc = nn.Linear(self.feat_dim, num_classes) if num_classes else None
         _init_convs_and_bns(self)
 
-    def feature_map(self, x: torch.Tensor) -> torch.Tensor:
-        """(N, C, H, W) -> (N, D, H/32, W/32) ('small' stem: H/16, W/16)."""
-        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))  # (N, w, H/4, W/4) ('small' stem: H/2, W/2)
-        return self.layer4(self.layer3(self.layer2(self.layer1(x))))
+    def feature_map(self, x: torch.Tensor, frames: int = 1) -> torch.Tensor:
+        """(N * frames, C, H, W) -> (N * frames, D, H/32, W/32) ('small' stem: H/16, W/16); `frames` consecutive
+        images are one sample (a TSN's segments) for the blocks' ops."""
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))  # (N*frames, w, H/4, W/4) ('small' stem: H/2, W/2)
+        for layer in (self.layer1, self.layer2, self.layer3, self.layer4):
+            for block in layer:
+                x = block(x, frames)
+        return x
 
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        """(N, C, H, W) -> (N, D) globally average-pooled features."""
-        return torch.flatten(self.avgpool(self.feature_map(x)), 1)
+    def features(self, x: torch.Tensor, frames: int = 1) -> torch.Tensor:
+        """(N * frames, C, H, W) -> (N * frames, D) globally average-pooled features."""
+        return torch.flatten(self.avgpool(self.feature_map(x, frames)), 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         feats = self.features(x)  # (N, D)
@@ -215,11 +223,9 @@ class ResNet(nn.Module):
 
 
 def resnet(depth: int, num_classes: int | None = 1000, width: int = 64, stem: str = "imagenet",
-           branch_op: BranchOp | None = None, num_segments: int = 1) -> ResNet:
-    """2D ResNet-`depth` (18, 34, 50, 101, 152) at base `width` with a STEMS `stem` (`branch_op`: see `BranchOp`)."""
-    if depth not in RESNET_CONFIGS:
-        raise ValueError(f"models.resnet: depth must be one of {sorted(RESNET_CONFIGS)}, got {depth}")
-    return ResNet(replace(RESNET_CONFIGS[depth], width=width, stem=stem), num_classes, branch_op, num_segments)
+           ops: dict | None = None) -> ResNet:
+    """2D ResNet-`depth` (18, 34, 50, 101, 152) at base `width` with a STEMS `stem` and block `ops` (see ARCHS)."""
+    return ResNet(_config(depth, "resnet", width=width, stem=stem, ops=ops or {}), num_classes)
 
 
 def resnet50(num_classes: int | None = 1000) -> ResNet:
@@ -229,11 +235,7 @@ def resnet50(num_classes: int | None = 1000) -> ResNet:
 
 class TSN(nn.Module):
     """Temporal Segment Network (Sec. 5.1): shared 2D backbone per segment, average consensus, dropout, fc.
-
-    Parameters: ``backbone.*`` (torchvision layout without its fc) and ``fc.*``.  If the given backbone still has
-    an fc (e.g. after loading an ImageNet state dict), it is dropped: the TSN's own fc replaces it.
-    Any T works; at test time `forward_views` feeds all views' frames along T, so the consensus averages over all.
-    """
+    Parameters ``backbone.*`` (torchvision's, the backbone's own fc dropped) and ``fc.*``."""
 
     def __init__(self, backbone: ResNet, num_classes: int, dropout: float = 0.4):
         super().__init__()
@@ -244,11 +246,16 @@ class TSN(nn.Module):
         _init_fc(self.fc)  # normal std 0.01, bias 0 (MMAction2 TSNHead)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        """(N, C, T, H, W) -> (N, D): per-frame pooled backbone features averaged over T (consensus)."""
-        n, c, t, h, w = _check_video(x, "TSN")
-        frames = x.transpose(1, 2).reshape(n * t, c, h, w)  # (N*T, C, H, W): a sample's T segments in a row
-        feats = self.backbone.features(frames)  # (N*T, D)
-        return feats.view(n, t, -1).mean(dim=1)  # (N, D) average consensus
+        """(N, C, T, H, W) -> (N, D): per-frame pooled backbone features averaged over the T segments."""
+        _check_video(x, "TSN")
+        return self.consensus(x[:, None])
+
+    def consensus(self, views: torch.Tensor) -> torch.Tensor:
+        """(N, V, C, T, H, W) -> (N, D): the backbone on every frame, its ops told that each view is one sample of T
+        frames (see ARCHS), then the mean over all V x T frames (average consensus)."""
+        n, v, c, t, h, w = views.shape
+        frames = views.transpose(2, 3).reshape(n * v * t, c, h, w)  # (N*V*T, C, H, W): a view's T frames in a row
+        return self.backbone.features(frames, t).view(n, v * t, -1).mean(dim=1)
 
     def head(self, feats: torch.Tensor) -> torch.Tensor:
         """(N, D) -> (N, num_classes): dropout (0.4 by default) then fc."""
@@ -259,30 +266,35 @@ class TSN(nn.Module):
 
     def forward_views(self, views: torch.Tensor, spec: ArchSpec) -> torch.Tensor:
         """views (N, V, C, T, H, W) normalised -> (N, K) float32 probabilities, MMAction2's TSN test protocol
-        (Sec. 5.1): every view's frames are extra segments, so the consensus averages the features of all views x
-        segments before the classifier (TSNHead), then one softmax.  Every frame is a segment, whatever
-        `spec.clip_len` says."""
-        n, v, c, t, h, w = views.shape
-        frames = views.permute(0, 2, 1, 3, 4, 5).reshape(n, c, v * t, h, w)  # (N, C, V*T, H, W)
-        return self(frames).float().softmax(dim=1)
+        (Sec. 5.1): the consensus averages the features of all views x frames before the classifier (TSNHead),
+        then one softmax.  Every frame is a segment, whatever `spec.clip_len` says."""
+        return self.head(self.consensus(views)).float().softmax(dim=1)
 
 
 def tsn_resnet(depth: int, num_classes: int, width: int = 64, dropout: float = 0.4, stem: str = "imagenet",
-               branch_op: BranchOp | None = None, num_segments: int = 3) -> TSN:
-    """TSN on a 2D ResNet-`depth` backbone (no backbone fc); `num_segments` reaches `branch_op` only."""
-    return TSN(resnet(depth, None, width, stem, branch_op, num_segments), num_classes, dropout)
+               ops: dict | None = None) -> TSN:
+    """TSN on a 2D ResNet-`depth` backbone (no backbone fc) with block `ops` (see ARCHS)."""
+    return TSN(resnet(depth, None, width, stem, ops), num_classes, dropout)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# 3. SlowOnly 3D ResNet (Sec. 5.1, "3D ConvNets")
+# 3. 3D nets: SlowOnly ResNet (Sec. 5.1, "3D ConvNets") and irCSN (Sec. 5.1 "more advanced architecture"; Table 7)
 # ----------------------------------------------------------------------------------------------------------------------
 
 
 class _ClipNet(nn.Module):
-    """What every 3D net here shares: stem conv1/bn1/relu/maxpool, layer1..4, global pooling, dropout + fc head.
+    """What the 3D nets share: the stem (`conv1`, `bn1`, ReLU, a (1,3,3) stride (1,2,2) max-pool), layer1..4 of
+    `block` with temporal kernels `t_kernels`, global average pooling, dropout and fc (normal std 0.01, bias 0)."""
 
-    Subclasses build those modules in __init__; the forward pass is the same for SlowOnly and irCSN.
-    """
+    def __init__(self, cfg: ResNetConfig, block: type, conv1: nn.Conv3d, bn1: nn.BatchNorm3d,
+                 t_kernels: tuple[int, ...], num_classes: int, dropout: float):
+        super().__init__()
+        self.conv1, self.bn1, self.relu = conv1, bn1, nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool3d(kernel_size=(1, 3, 3), stride=(1, 2, 2), padding=(0, 1, 1))
+        self.layer1, self.layer2, self.layer3, self.layer4 = _make_stages(block, cfg, 3, t_kernels)
+        self.dropout, self.fc = nn.Dropout(dropout), nn.Linear(8 * cfg.width * block.expansion, num_classes)
+        _init_convs_and_bns(self)
+        _init_fc(self.fc)
 
     def feature_map(self, x: torch.Tensor) -> torch.Tensor:
         """(N, C, T, H, W) -> (N, D, T', H/32, W/32), T' = T for SlowOnly, T/8 for irCSN; 'small' stem: H/16, W/16."""
@@ -316,87 +328,24 @@ class ResNet3dSlowOnly(_ClipNet):
     """SlowOnly ResNet (MMAction2 ResNet3dSlowOnly + I3DHead) with the 2D ResNet's parameter names.
 
     conv1 (1,7,7) stride (1,2,2) pad (0,3,3); maxpool (1,3,3) stride (1,2,2) pad (0,1,1) (the 'imagenet' stem; the
-    tiny net's 'small' stem: STEMS); no temporal downsampling.
-    Blocks of the stages flagged in `inflate` (layer3, layer4) have a temporal kernel 3 on conv1 (padding 1, zeros at
-    the clip ends).  The last BN of every block starts at gamma = 0.  Head: global average pool over (T, H, W),
-    dropout 0.5, fc (normal std 0.01, bias 0).
+    tiny net's 'small' stem: STEMS); no temporal downsampling.  The blocks of the stages flagged in `inflate`
+    (layer3, layer4) have a temporal kernel 3 on conv1 (padding 1, zeros at the clip ends); the last BN of every
+    block starts at gamma = 0.  Head: global average pool over (T, H, W), dropout 0.5, fc (normal std 0.01, bias 0).
     """
 
     def __init__(self, cfg: ResNetConfig, num_classes: int, dropout: float = 0.5,
-                 inflate: tuple[bool, bool, bool, bool] = (False, False, True, True),
-                 branch_op: BranchOp | None = None, num_segments: int = 1):
-        super().__init__()
-        block, w = BLOCKS[cfg.block], cfg.width
-        kernel, stride = STEMS[cfg.stem]
-        self.conv1 = _conv(3, 3, w, kernel, stride, t_kernel=1)  # RGB; 'imagenet': (1,7,7) stride (1,2,2)
-        self.bn1 = nn.BatchNorm3d(w)
-        self.relu = nn.ReLU(inplace=True)
-        self.maxpool = nn.MaxPool3d(kernel_size=(1, 3, 3), stride=(1, 2, 2), padding=(0, 1, 1))
-        t_kernels = tuple(3 if flag else 1 for flag in inflate)
-        self.layer1, self.layer2, self.layer3, self.layer4 = _make_stages(block, cfg, 3, t_kernels, branch_op,
-                                                                          num_segments)
-        self.dropout = nn.Dropout(dropout)
-        self.fc = nn.Linear(8 * w * block.expansion, num_classes)
-        _init_convs_and_bns(self)
+                 inflate: tuple[bool, bool, bool, bool] = (False, False, True, True)):
+        kernel, stride = STEMS[cfg.stem]   # 'imagenet': conv1 (1,7,7) stride (1,2,2)
+        super().__init__(cfg, BLOCKS[cfg.block], _conv(3, 3, cfg.width, kernel, stride), nn.BatchNorm3d(cfg.width),
+                         tuple(3 if flag else 1 for flag in inflate), num_classes, dropout)
         _zero_init_last_bns(self)
-        _init_fc(self.fc)
 
 
 def slowonly_resnet(depth: int, num_classes: int, width: int = 64, dropout: float = 0.5, stem: str = "imagenet",
-                    branch_op: BranchOp | None = None, num_segments: int = 1) -> ResNet3dSlowOnly:
-    """SlowOnly on ResNet-`depth` (50, 101; 18/34 give the BasicBlock variant used by the tiny demo model);
-    `num_segments` reaches `branch_op` only."""
-    if depth not in RESNET_CONFIGS:
-        raise ValueError(f"models.slowonly_resnet: depth must be one of {sorted(RESNET_CONFIGS)}, got {depth}")
-    cfg = replace(RESNET_CONFIGS[depth], width=width, stem=stem)
-    return ResNet3dSlowOnly(cfg, num_classes, dropout, branch_op=branch_op, num_segments=num_segments)
-
-
-# ----------------------------------------------------------------------------------------------------------------------
-# 3b. irCSN: interaction-reduced channel-separated 3D ResNet (Sec. 5.1 "more advanced architecture"; Tables 3, 7)
-# ----------------------------------------------------------------------------------------------------------------------
-
-
-class CSNBottleneck(nn.Module):
-    """irCSN bottleneck (Tran et al. 2019, Fig. 2c; MMAction2 CSNBottleneck3d with bottleneck_mode='ir').
-
-    1x1x1 conv -> 3x3x3 *depthwise* conv (groups = channels, the block's only spatio-temporal conv; the stride sits
-    here) -> 1x1x1 conv (x4 channels) + identity.  The stride is applied to time AND space (MMAction2 ResNet3dCSN:
-    temporal_strides = spatial_strides = (1, 2, 2, 2)); the projection shortcut strides the same way.  BN eps 1e-3
-    (the caffe2 models the IG-65M weights come from).  The depthwise pair is named conv2_dw / bn2_dw so that no 2D
-    ResNet conv2 is ever mistaken for it.  `ndim` and `t_kernel` exist for `_make_stages` and must be 3;
-    `branch_op`: as in `BasicBlock`.
-    """
-
-    expansion = 4
-    bn_eps = 1e-3
-
-    def __init__(self, inplanes: int, planes: int, stride: int = 1, ndim: int = 3, t_kernel: int = 3,
-                 branch_op: nn.Module | None = None):
-        super().__init__()
-        if ndim != 3 or t_kernel != 3:
-            raise ValueError(f"models.CSNBottleneck: only the 3D 3x3x3 form exists, got ndim={ndim}, "
-                             f"t_kernel={t_kernel}")
-        out = planes * self.expansion
-        self.branch_op = nn.Identity() if branch_op is None else branch_op
-        self.conv1 = nn.Conv3d(inplanes, planes, 1, bias=False)
-        self.bn1 = nn.BatchNorm3d(planes, eps=self.bn_eps)
-        self.conv2_dw = nn.Conv3d(planes, planes, 3, stride, padding=1, groups=planes, bias=False)  # (planes, 1, 3,3,3)
-        self.bn2_dw = nn.BatchNorm3d(planes, eps=self.bn_eps)
-        self.conv3 = nn.Conv3d(planes, out, 1, bias=False)
-        self.bn3 = nn.BatchNorm3d(out, eps=self.bn_eps)
-        self.relu = nn.ReLU(inplace=True)
-        self.downsample = None
-        if stride != 1 or inplanes != out:  # projection shortcut, stride (s, s, s)
-            self.downsample = nn.Sequential(nn.Conv3d(inplanes, out, 1, stride, bias=False),
-                                            nn.BatchNorm3d(out, eps=self.bn_eps))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        identity = x if self.downsample is None else self.downsample(x)
-        out = self.relu(self.bn1(self.conv1(self.branch_op(x))))
-        out = self.relu(self.bn2_dw(self.conv2_dw(out)))
-        out = self.bn3(self.conv3(out))
-        return self.relu(out + identity)
+                    ops: dict | None = None) -> ResNet3dSlowOnly:
+    """SlowOnly on ResNet-`depth` (50, 101; 18/34 give the BasicBlock variant of the tiny demo model)."""
+    return ResNet3dSlowOnly(_config(depth, "slowonly_resnet", width=width, stem=stem, ops=ops or {}), num_classes,
+                            dropout)
 
 
 class ResNet3dCSN(_ClipNet):
@@ -408,32 +357,18 @@ class ResNet3dCSN(_ClipNet):
     Head: global average pool over (T, H, W), dropout 0.5, fc (normal std 0.01, bias 0).
     """
 
-    def __init__(self, cfg: ResNetConfig, num_classes: int, dropout: float = 0.5, branch_op: BranchOp | None = None,
-                 num_segments: int = 1):
-        super().__init__()
+    def __init__(self, cfg: ResNetConfig, num_classes: int, dropout: float = 0.5):
         if cfg.block != "bottleneck":
             raise ValueError(f"models.ResNet3dCSN: irCSN needs a bottleneck ResNet depth (50, 101, 152), got {cfg}")
-        w = cfg.width
-        self.conv1 = nn.Conv3d(3, w, (3, 7, 7), (1, 2, 2), padding=(1, 3, 3), bias=False)
-        self.bn1 = nn.BatchNorm3d(w, eps=CSNBottleneck.bn_eps)
-        self.relu = nn.ReLU(inplace=True)
-        self.maxpool = nn.MaxPool3d(kernel_size=(1, 3, 3), stride=(1, 2, 2), padding=(0, 1, 1))
-        # stride 2 in (T, H, W) in the first block of layer2-4
-        stages = _make_stages(CSNBottleneck, cfg, 3, (3,) * 4, branch_op, num_segments)
-        self.layer1, self.layer2, self.layer3, self.layer4 = stages
-        self.dropout = nn.Dropout(dropout)
-        self.fc = nn.Linear(8 * w * CSNBottleneck.expansion, num_classes)
-        _init_convs_and_bns(self)
-        _init_fc(self.fc)
+        conv1 = nn.Conv3d(3, cfg.width, (3, 7, 7), (1, 2, 2), padding=(1, 3, 3), bias=False)
+        super().__init__(cfg, CSNBottleneck, conv1, nn.BatchNorm3d(cfg.width, eps=CSNBottleneck.bn_eps), (3,) * 4,
+                         num_classes, dropout)
 
 
 def ircsn_resnet(depth: int, num_classes: int, width: int = 64, dropout: float = 0.5,
-                 branch_op: BranchOp | None = None, num_segments: int = 1) -> ResNet3dCSN:
-    """irCSN on ResNet-`depth` (50, 101, 152; the paper's best model is irCSN-152, Table 7); `num_segments` reaches
-    `branch_op` only."""
-    if depth not in RESNET_CONFIGS or RESNET_CONFIGS[depth].block != "bottleneck":
-        raise ValueError(f"models.ircsn_resnet: depth must be one of 50, 101, 152, got {depth}")
-    return ResNet3dCSN(replace(RESNET_CONFIGS[depth], width=width), num_classes, dropout, branch_op, num_segments)
+                 ops: dict | None = None) -> ResNet3dCSN:
+    """irCSN on ResNet-`depth` (50, 101, 152; the paper's best model is irCSN-152, Table 7)."""
+    return ResNet3dCSN(_config(depth, "ircsn_resnet", width=width, ops=ops or {}), num_classes, dropout)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -441,8 +376,7 @@ def ircsn_resnet(depth: int, num_classes: int, width: int = 64, dropout: float =
 # ----------------------------------------------------------------------------------------------------------------------
 
 FAMILIES = ("tsn", "3d")
-# the training schedules by name (appendix "Implementation Details"; the numbers: train.RECIPES); 'demo': the tiny
-# nets; 'ircsn_ig65m': irCSN-152 fine-tuned from IG-65M weights
+# the training schedules by name (appendix "Implementation Details"; the numbers: train.RECIPES)
 RECIPES = ("tsn", "3d_imagenet", "3d_scratch", "demo", "ircsn_ig65m")
 
 
@@ -450,11 +384,9 @@ RECIPES = ("tsn", "3d_imagenet", "3d_scratch", "demo", "ircsn_ig65m")
 class ArchSpec:
     """Default sampling / evaluation protocol of an architecture (MMAction2 configs of the paper's models).
 
-    TSN: `num_clips_train` is the number of segments (3 in the paper, Sec. 5.1), clip_len 1.
-    3D: one clip of `clip_len` frames taken every `frame_interval` frames ("4x16" = 4 frames, interval 16).
-    Test: `num_clips_test` clips x `crops_test` crops (3: ThreeCrop, 1: centre crop).  `recipe` names the schedule
-    in train.RECIPES: 'tsn', '3d_imagenet' (inflated ImageNet init) or '3d_scratch' (train.py switches to it when
-    no weights are given), 'demo' (the tiny nets), 'ircsn_ig65m' (irCSN-152 fine-tuned from IG-65M weights).
+    TSN: `num_clips_train` segments (3 in the paper, Sec. 5.1) of clip_len 1.  3D: one clip of `clip_len` frames every
+    `frame_interval` frames ("4x16").  Test: `num_clips_test` clips x `crops_test` crops (3: ThreeCrop, 1: centre).
+    `recipe`: the schedule in train.RECIPES ('3d_scratch': train.py's switch when a '3d_imagenet' net gets no weights).
     """
 
     family: str
@@ -469,23 +401,27 @@ class ArchSpec:
     def __post_init__(self):
         if self.family not in FAMILIES or self.recipe not in RECIPES:
             raise ValueError(f"models.ArchSpec: family must be in {FAMILIES} and recipe in {RECIPES}, got {self}")
-        ints = (self.clip_len, self.frame_interval, self.num_clips_train, self.num_clips_test, self.crops_test,
-                self.crop_size)
-        if min(ints) < 1:
+        if min(self.clip_len, self.frame_interval, self.num_clips_train, self.num_clips_test, self.crops_test,
+               self.crop_size) < 1:
             raise ValueError(f"models.ArchSpec: clip/crop counts and sizes must be >= 1, got {self}")
 
 
 _TSN_SPEC = ArchSpec("tsn", clip_len=1, frame_interval=1, num_clips_train=3, num_clips_test=25, crops_test=3,
                      recipe="tsn")
 
-# name -> (factory(num_classes, num_segments=..., width=..., dropout=...), default ArchSpec); `build_model` calls the
-# factory with the spec's num_clips_train as num_segments (see `BranchOp`).  A backbone variant with an operation
-# in its residual branches is one nn.Module class Op(channels, num_segments) plus one entry, e.g. a temporal shift
-# (TSM, Lin et al. ICCV 2019; beyond the paper):
-#   "tsm_r50": (partial(tsn_resnet, 50, branch_op=TemporalShift), replace(_TSN_SPEC, num_clips_train=8,
-#                                                                           num_clips_test=8)),
-# (tests/test_models_ext.py builds such an entry).  Its test views are combined by its class (`TSN.forward_views`
-# feeds the V views' frames view after view, so with num_clips_test = num_segments each view is one group).
+# name -> (factory(num_classes, width=..., dropout=...), default ArchSpec).
+#
+# Block ops (beyond the paper): a variant with an operation at a named position of selected residual blocks is one
+# nn.Module class plus one entry whose factory gets ops={position: (Op, which)} (ResNetConfig.ops):
+#   position  'before_conv1': the residual branch's input (identity path untouched); 'after_conv2': conv2's output
+#             after its BN (and ReLU in a bottleneck); 'after_block': the block's output, after the sum and ReLU;
+#   which     'all', 'first' or 'last' block of every stage, or a tuple of block names ("layer4.2", ...);
+#   Op        Op(channels) is built with the blocks, with the channels at its position, keeps its own init, and runs
+#             as op(x, frames).  In a TSN x is (N * frames, C, H, W), a sample's frames in a row: its segments in
+#             training, the T frames of one view in TSN.forward_views, 1 for the images and 1-FPS frames filter.py
+#             scores; a temporal op mixes frames only within a group.  In the 3D nets x is (N, C, T, H, W), frames 1.
+# E.g. TSM (Lin et al., ICCV 2019): "tsm_r50": (partial(tsn_resnet, 50, ops={"before_conv1": (TemporalShift, "all")}),
+#     replace(_TSN_SPEC, num_clips_train=8, num_clips_test=8)); tests/test_models_ext.py builds such entries.
 ARCHS: dict[str, tuple[Callable[..., nn.Module], ArchSpec]] = {
     "tsn_r18": (partial(tsn_resnet, 18), _TSN_SPEC),
     "tsn_r34": (partial(tsn_resnet, 34), _TSN_SPEC),
@@ -497,9 +433,8 @@ ARCHS: dict[str, tuple[Callable[..., nn.Module], ArchSpec]] = {
     "slowonly_r101_8x8": (partial(slowonly_resnet, 101), ArchSpec("3d", 8, 8, 1, 10, 3, "3d_imagenet")),
     # Table 7's best: irCSN-152, 32 frames every 2nd, IG-65M init (MMAction2 ircsn_ig65m-pretrained-r152 config)
     "ircsn_r152_32x2": (partial(ircsn_resnet, 152), ArchSpec("3d", 32, 2, 1, 10, 3, "ircsn_ig65m")),
-    # tiny demo models: width 16 (about 1/16 of the parameters of the width-64 nets), 64x64 crops, the 'small' stem
-    # (3x3 stride-1 conv + max-pool: 64 -> 32 before layer1, 4x4 after layer4) and one centre crop at test time, at
-    # the training scale (ThreeCrop's full 73x73 frames look unlike the 64 px training crops to a net this small)
+    # tiny demo models: width 16 (1/16 of the parameters), 64x64 crops, the 'small' stem, one centre crop at test
+    # time (ThreeCrop's full 73x73 frames look unlike the 64 px training crops to a net this small)
     "tsn_tiny": (partial(tsn_resnet, 18, width=16, stem="small"),
                  replace(_TSN_SPEC, crops_test=1, crop_size=64, recipe="demo")),
     "slowonly_tiny": (partial(slowonly_resnet, 18, width=16, stem="small"), ArchSpec("3d", 4, 4, 1, 10, 1, "demo", 64)),
@@ -512,15 +447,10 @@ SPEC_OVERRIDES = tuple(f.name for f in fields(ArchSpec) if f.name != "family") +
 def build_model(name: str, num_classes: int, **overrides) -> nn.Module:
     """Build architecture `name` for `num_classes` classes; returns a module with `.spec` and `.arch`.
 
-    Overrides (a value of None means "keep the default"):
-      width, dropout                  -> the network;
-      clip_len, frame_interval, num_clips_train (alias num_segments), num_clips_test, crops_test, recipe,
-      crop_size                       -> `model.spec`;
-      pretrained                      -> path or state dict: 2D weights (torchvision / our TSN / MMAction2 TSN
-                                         layout) loaded into a TSN, or inflated into a SlowOnly; same-shape 3D
-                                         weights, e.g. MMAction2's backbone-only IG-65M irCSN file, copied (see
-                                         `load_pretrained`, lenient; refused when no weight fits).  Whole
-                                         checkpoints: `load_weights` (strict).
+    Overrides (None: keep the default): width, dropout -> the network; clip_len, frame_interval, num_clips_train
+    (alias num_segments), num_clips_test, crops_test, recipe, crop_size -> `model.spec`; pretrained -> a path or
+    state dict given to `load_pretrained` (ImageNet weights copied into a TSN, inflated into a SlowOnly; same-shape
+    3D weights, e.g. MMAction2's backbone-only IG-65M irCSN file, copied), refused when no weight fits.
     """
     if name not in ARCHS:
         raise ValueError(f"models.build_model: unknown architecture {name!r}; known: {', '.join(ARCHS)}")
@@ -535,30 +465,51 @@ def build_model(name: str, num_classes: int, **overrides) -> nn.Module:
     if "num_segments" in overrides:
         overrides["num_clips_train"] = overrides.pop("num_segments")
     spec = replace(spec, **{k: overrides[k] for k in SPEC_OVERRIDES if k in overrides})
-    model = factory(num_classes, num_segments=spec.num_clips_train,
-                    **{k: overrides[k] for k in MODEL_OVERRIDES if k in overrides})
+    model = factory(num_classes, **{k: overrides[k] for k in MODEL_OVERRIDES if k in overrides})
     model.spec, model.arch = spec, name
-    if "pretrained" in overrides:
-        _load_pretrained_checked(model, overrides["pretrained"], name)
+    if (pretrained := overrides.get("pretrained")) is not None:   # path or state dict; refused if nothing fits
+        state_dict = pretrained if isinstance(pretrained, dict) else checkpoints.load_state_dict_file(pretrained)
+        if load_pretrained(model, state_dict).num_loaded_weights == 0:
+            source = "the given state dict" if isinstance(pretrained, dict) else str(pretrained)
+            raise ValueError(f"models.build_model: pretrained weights {source} share no weight tensor with {name} "
+                             f"(wrong architecture or width?)")
     return model
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# 5. ImageNet initialisation: copied into TSN, inflated into the 3D nets (Sec. 5.1 / Table 3 "ImageNet")
+# 5. Weights: ImageNet initialisation and 2D->3D inflation (Sec. 5.1 / Table 3 "ImageNet"), checkpoints, export
 # ----------------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class LoadReport:
+    """What happened to every tensor when weights were transferred into a model."""
+
+    copied: list[str] = field(default_factory=list)  # model keys copied as they are
+    inflated: list[str] = field(default_factory=list)  # model keys filled with a 2D kernel repeated over time / kt
+    skipped: list[str] = field(default_factory=list)  # "key: reason" (kept at their initial values)
+    missing: list[str] = field(default_factory=list)  # model keys absent from the source (kept at init)
+    unused: list[str] = field(default_factory=list)  # source keys the model has no place for
+    format: str = ""  # load_weights: the detected checkpoints.CHECKPOINT_FORMATS key ("" for load_pretrained)
+    classes: list[str] | None = None  # class names stored in the checkpoint (train.py 'classes', MMAction2 meta)
+
+    @property
+    def num_loaded_weights(self) -> int:
+        """Number of loaded `.weight` tensors (conv, BN gamma, fc): 0 means nothing useful was loaded."""
+        return sum(k.endswith(".weight") for k in self.copied + self.inflated)
+
+    def summary(self) -> str:
+        counts = ", ".join(f"{f.name} {len(getattr(self, f.name))}" for f in fields(self)[:5])   # the key lists
+        return (f"format {self.format}: " if self.format else "") + counts
 
 
 def load_pretrained(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> LoadReport:
     """Copy / inflate every tensor of `state_dict` whose plain-layout key and shape fit `model`; report the rest.
 
-    Into a TSN or a 2D `ResNet` the weights are copied.  Into a SlowOnly, 2D weights are inflated (I3D-style; the
-    paper's "ImageNet" 3D models, Sec. 5.1 / Table 3): a conv kernel (O, I, kh, kw) becomes (O, I, kt, kh, kw) by
-    repeating it kt times and dividing by kt, so a clip that is constant over time gives the 2D responses (away
-    from the zero-padded clip ends); BN tensors are copied.  Same-shape 3D weights (e.g. MMAction2's IG-65M irCSN
-    backbone) are simply copied.  fc is copied if the class count matches and otherwise skipped (the report says
-    so).  The source may be in torchvision, our TSN (``backbone.`` prefix) or MMAction2 layout; a ``module.``
-    prefix is ignored.  Nothing is checked for completeness: read the report.  Use `load_weights` for whole
-    checkpoints: it checks everything.
+    ImageNet weights are copied into a TSN or a 2D `ResNet` and inflated into a 3D net (`inflate_kernel`: the paper's
+    "ImageNet" 3D models; BN copied); same-shape 3D weights (MMAction2's IG-65M irCSN backbone) are copied; fc only
+    at the same class count.  Layouts: torchvision, our TSN, MMAction2, a ``module.`` prefix.  Nothing is checked for
+    completeness (read the report); `load_weights` checks whole checkpoints.
     """
     src, family = checkpoints.to_plain_layout(state_dict), _family_of(model)
     report, new_state, used = LoadReport(), {}, set()
@@ -581,96 +532,89 @@ def load_pretrained(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> Lo
     return report
 
 
-# ----------------------------------------------------------------------------------------------------------------------
-# 6. Inference: MMAction2's combination of test views (Sec. 5.1 test protocol)
-# ----------------------------------------------------------------------------------------------------------------------
+def inflate_kernel(value: torch.Tensor, dst: torch.Tensor) -> torch.Tensor | None:
+    """2D->3D inflation (I3D): a 2D conv kernel (O, I, kh, kw) into `dst`'s 3D shape (O, I, kt, kh, kw), repeated kt
+    times over time and divided by kt, so a clip constant over time gives the 2D responses (away from the
+    zero-padded clip ends); None when the shapes do not fit."""
+    if value.dim() != 4 or dst.dim() != 5 or value.shape != dst.shape[:2] + dst.shape[3:]:
+        return None
+    kt = dst.shape[2]
+    return (value.unsqueeze(2).expand(-1, -1, kt, -1, -1) / kt).to(dst.dtype)
 
 
-def predict(net: nn.Module, views: torch.Tensor, arch: ArchSpec, amp: str | None = None) -> torch.Tensor:
-    """views (N, V, C, T, H, W), uint8 or normalised, sampled as `arch` says (a model's .spec) -> class
-    probabilities (N, K) float32, the views combined by the model itself: `net.forward_views` (`TSN.forward_views`,
-    `_ClipNet.forward_views`: MMAction2's combination for each).  The forward runs in `amp` precision (train.py
-    --amp) on the device of `views` (None: the caller's autocast state, e.g. filter.py's).
-    """
-    if views.dtype == torch.uint8:
-        views = transforms.normalize(views)
-    with autocast(amp, views.device):
-        return net.forward_views(views, arch)
-
-
-# ----------------------------------------------------------------------------------------------------------------------
-# A reader of the method may stop here.  Below is machinery: checkpoint formats and safe loading, the MMAction2
-# key table, --amp precision and the private helpers.
-# ----------------------------------------------------------------------------------------------------------------------
-
-# ----------------------------------------------------------------------------------------------------------------------
-# 7. Checkpoints of every kind, export to MMAction2
-# ----------------------------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class LoadReport:
-    """What happened to every tensor when weights were transferred into a model."""
-
-    copied: list[str] = field(default_factory=list)  # model keys copied as they are
-    inflated: list[str] = field(default_factory=list)  # model keys filled with a 2D kernel repeated over time / kt
-    skipped: list[str] = field(default_factory=list)  # "key: reason" (kept at their initial values)
-    missing: list[str] = field(default_factory=list)  # model keys absent from the source (kept at init)
-    unused: list[str] = field(default_factory=list)  # source keys the model has no place for
-    format: str = ""  # load_weights: the detected CHECKPOINT_FORMATS key ("" for load_pretrained)
-    classes: list[str] | None = None  # class names stored in the checkpoint (train.py 'classes', MMAction2 meta)
-
-    @property
-    def num_loaded_weights(self) -> int:
-        """Number of loaded `.weight` tensors (conv, BN gamma, fc): 0 means nothing useful was loaded."""
-        return sum(k.endswith(".weight") for k in self.copied + self.inflated)
-
-    def summary(self) -> str:
-        lines = [(f"format {self.format}: " if self.format else "")
-                 + f"copied {len(self.copied)}, inflated {len(self.inflated)}, skipped {len(self.skipped)}, "
-                 f"missing {len(self.missing)}, unused {len(self.unused)}"]
-        lines += [f"  skipped {s}" for s in self.skipped]
-        lines += [f"  missing {k}" for k in self.missing[:10]] + [f"  unused {k}" for k in self.unused[:10]]
-        return "\n".join(lines)
+def _copy_or_inflate(key: str, value: torch.Tensor, dst: torch.Tensor, new_state: dict, report: LoadReport) -> bool:
+    """Put `value` into new_state[key] as `dst`'s shape takes it: copied at the same shape, else inflated (recorded
+    in the report); False when neither fits (the caller says why)."""
+    if value.shape == dst.shape:
+        new_state[key] = value.to(dst.dtype)
+        report.copied.append(key)
+    elif (inflated := inflate_kernel(value, dst)) is not None:
+        new_state[key] = inflated
+        report.inflated.append(key)
+    else:
+        return False
+    return True
 
 
 def load_weights(model: nn.Module, path: str | Path, finetune: bool = False) -> LoadReport:
-    """Load a checkpoint of any CHECKPOINT_FORMATS kind into `model` (TSN, SlowOnly, irCSN or a 2D ResNet), strictly.
+    """Load a checkpoint of any checkpoints.CHECKPOINT_FORMATS kind into `model` (TSN, SlowOnly, irCSN or a 2D
+    ResNet), strictly; nothing is loaded unless all checks pass.
 
-    1. Read it safely (`checkpoints.safe_load`: weights-only unpickling, nothing from the file is ever executed).
-    2. Detect the format (`checkpoints.detect_format`) and take its state dict, class names and nothing else (optimizer,
-       message_hub, param_schedulers are ignored).
-    3. Map every key to the model's own name through MMACTION_KEY_TABLE (MMAction2 names, also without the
-       'backbone.' prefix of backbone-only files), our TSN's 'backbone.' prefix, torchvision's plain names, and a
-       DataParallel 'module.' prefix.  A checkpoint key that maps to no model key is an error listing the keys.
-    4. The classifier (fc): with finetune=False it must be there with the model's class count, else a ValueError
-       naming both counts; with finetune=True the backbone alone is loaded and fc keeps its fresh init
-       (report.skipped says so) -- fine-tuning / transfer (Sec. 5.1, UCF101 / HMDB51).
-    5. Every other tensor must match in shape -- a 2D conv kernel going into a 3D net is inflated (kernel / kt,
-       as in `load_pretrained`) -- and every model tensor must be in the checkpoint (BN num_batches_tracked
-       excepted); otherwise a ValueError lists the keys.  Nothing is loaded unless all checks pass.
+    1. Read it with weights-only unpickling (`checkpoints.safe_load`) and take its state dict and class names.
+    2. Map every key to the model's own (`checkpoints.plain_key`: MMAction2's names, our TSN's 'backbone.',
+       torchvision's, a 'module.' prefix); a key that maps to no model tensor is an error listing the keys.
+    3. The classifier: without finetune it must be there with the model's class count; with finetune the backbone
+       alone is loaded and fc keeps its fresh init -- fine-tuning / transfer (Sec. 5.1, UCF101 / HMDB51).
+    4. Every other tensor must fit in shape (a 2D conv kernel going into a 3D net is inflated) and every model
+       tensor must be in the checkpoint (BN num_batches_tracked excepted); otherwise a ValueError lists the keys.
     """
     path = Path(path)
-    obj = checkpoints.safe_load(path, "load_weights")
-    fmt, state_dict, classes = checkpoints.detect_format(obj, path)
-    mapped, unmatched = _map_to_model_keys(state_dict, model)
-    where = f"models.load_weights: {path} ({fmt})"
+    fmt, state_dict, classes = checkpoints.detect_format(checkpoints.safe_load(path, "load_weights"), path)
+    where, family, own = f"models.load_weights: {path} ({fmt})", _family_of(model), model.state_dict()
+    mapped, unmatched = {}, []   # 2. checkpoint keys -> the model's own keys
+    for key, value in state_dict.items():
+        plain = checkpoints.plain_key(key)
+        ours = None if plain is None else checkpoints.add_family_prefix(plain, family)
+        if ours in own and ours not in mapped and isinstance(value, torch.Tensor):
+            mapped[ours] = value
+        else:
+            unmatched.append(key)
     if unmatched:
         raise ValueError(f"{where}: {len(unmatched)} checkpoint key(s) match no tensor of "
                          f"{getattr(model, 'arch', type(model).__name__)}: {checkpoints.key_list(unmatched)}")
-    report = _assign_checked(model, mapped, finetune, where)
-    report.format, report.classes = fmt, classes
+    if not finetune and "fc.weight" in own:   # 3. the classifier
+        advice, n = "pass finetune=True (train.py --finetune) to load the backbone only", own["fc.weight"].shape[0]
+        if "fc.weight" not in mapped:
+            raise ValueError(f"{where}: has no classifier (fc) for the model's {n} classes; {advice}")
+        if mapped["fc.weight"].shape[0] != n:
+            raise ValueError(f"{where}: the checkpoint's classifier has {mapped['fc.weight'].shape[0]} classes but "
+                             f"the model has {n}; {advice}")
+    report, new_state, bad = LoadReport(format=fmt, classes=classes), {}, []   # 4. shapes and completeness
+    for key, dst in own.items():
+        value = mapped.get(key)
+        if value is None:
+            report.missing.append(key)
+        elif finetune and key.startswith("fc."):
+            report.skipped.append(f"{key}: finetune -> fresh classifier for {dst.shape[0]} classes "
+                                  f"(checkpoint: {value.shape[0]})")
+        elif not _copy_or_inflate(key, value, dst, new_state, report):
+            bad.append(f"{key} {tuple(value.shape)} vs {tuple(dst.shape)}")
+    if bad:
+        raise ValueError(f"{where}: {len(bad)} tensor(s) differ in shape (checkpoint vs model): "
+                         f"{checkpoints.key_list(bad)}")
+    needed = [k for k in report.missing
+              if not k.endswith(".num_batches_tracked") and not (finetune and k.startswith("fc."))]
+    if needed:
+        raise ValueError(f"{where}: {len(needed)} model tensor(s) are not in the checkpoint: "
+                         f"{checkpoints.key_list(needed)}")
+    model.load_state_dict(new_state, strict=False)
     return report
 
 
 def mmaction_checkpoint(model: nn.Module, classes: list[str] | None = None) -> dict:
-    """`model` as an MMAction2 1.x recognizer checkpoint: {'meta': {...}, 'state_dict': {MMAction2 keys}}.
-
-    Keys go through MMACTION_KEY_TABLE (`checkpoints.mmaction_key`); the meta holds plain Python data only (exporter, our
-    arch, the MMAction2 config that builds the same recognizer, time, and `dataset_meta.classes` when `classes`
-    is given), so MMAction2's `load_checkpoint` -- and our `load_weights` -- read the file torch.save writes of it
-    with weights_only=True (train.py --export-mmaction writes it with webscale.write_atomic).
-    """
+    """`model` as an MMAction2 1.x recognizer checkpoint {'meta', 'state_dict' (checkpoints.mmaction_key names)}
+    (train.py --export-mmaction); the meta is plain data (our arch, the MMAction2 config, `dataset_meta.classes`),
+    so MMAction2's `load_checkpoint` and `load_weights` read it with weights_only=True."""
     if not isinstance(model, (TSN, ResNet3dSlowOnly, ResNet3dCSN)):
         raise ValueError(f"models.mmaction_checkpoint: only TSN / SlowOnly / irCSN recognizers have an MMAction2 "
                          f"layout, got {type(model).__name__}")
@@ -679,7 +623,8 @@ def mmaction_checkpoint(model: nn.Module, classes: list[str] | None = None) -> d
         raise ValueError(f"models.mmaction_checkpoint: {len(classes)} class names given for a {num_classes}-class "
                          f"model")
     family, arch = _family_of(model), getattr(model, "arch", None)
-    state = OrderedDict((checkpoints.mmaction_key(k, family), v.detach().cpu().clone()) for k, v in model.state_dict().items())
+    state = OrderedDict((checkpoints.mmaction_key(k, family), v.detach().cpu().clone())
+                        for k, v in model.state_dict().items())
     meta = {"exported_by": "omnisource models.mmaction_checkpoint", "arch": arch,
             "mmaction2_config": checkpoints.MMACTION_CONFIGS.get(arch), "num_classes": num_classes,
             "time": time.strftime("%Y%m%d_%H%M%S")}
@@ -689,10 +634,8 @@ def mmaction_checkpoint(model: nn.Module, classes: list[str] | None = None) -> d
 
 
 def from_checkpoint(path: str | Path) -> nn.Module:
-    """Rebuild a model from one of train.py's self-describing checkpoints (arch, model_args, classes, weights).
-
-    The returned model is in eval mode and carries `.classes` (the class names it was trained on), `.spec`, `.arch`.
-    """
+    """Rebuild a model from one of train.py's self-describing checkpoints (arch, model_args, classes, weights);
+    in eval mode, with `.classes` (the class names it was trained on), `.spec` and `.arch`."""
     path = Path(path)
     state = checkpoints.safe_load(path, "from_checkpoint")
     if not isinstance(state, dict) or not {"arch", "model", "classes"} <= set(state):
@@ -704,27 +647,31 @@ def from_checkpoint(path: str | Path) -> nn.Module:
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# 8. Key mapping to MMAction2 -- THE table: every name translation between our models and MMAction2 is here
+# 6. Test views: MMAction2's combination (Sec. 5.1 test protocol), in --amp precision
 # ----------------------------------------------------------------------------------------------------------------------
 
 
-# ----------------------------------------------------------------------------------------------------------------------
-# 9. --amp precision
-# ----------------------------------------------------------------------------------------------------------------------
+def predict(net: nn.Module, views: torch.Tensor, arch: ArchSpec, amp: str | None = None) -> torch.Tensor:
+    """views (N, V, C, T, H, W), uint8 or normalised, sampled as `arch` (a model's .spec) says -> class probabilities
+    (N, K) float32, combined by the model's `forward_views` (filter.py's images and 1-FPS frames: T = 1), in `amp`
+    precision (train.py --amp; None: the caller's autocast state) on the device of `views`."""
+    if views.dtype == torch.uint8:
+        views = transforms.normalize(views)
+    with autocast(amp, views.device):
+        return net.forward_views(views, arch)
+
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}   # --amp choices: "none" and these
 
 
 def default_amp(device: str | torch.device) -> str:
-    """--amp when not given (train.py, filter.py): bf16 on GPUs that support it (no loss scaling needed, the usual
-    choice); none on older GPUs (fp16 is opt-in: MMAction2 users saw accuracy drops with it on 3D nets) and on
-    CPUs."""
+    """--amp when not given (train.py, filter.py): bf16 on GPUs that support it (no loss scaling needed); none on
+    older GPUs (fp16 is opt-in: MMAction2 users saw accuracy drops with it on 3D nets) and on CPUs."""
     return "bf16" if torch.device(device).type == "cuda" and torch.cuda.is_bf16_supported() else "none"
 
 
 def autocast(amp: str | None, device: torch.device) -> contextlib.AbstractContextManager:
-    """torch.autocast for an --amp value on `device` ('none': off; None: leave the caller's state as it is);
-    the same code on CPU and GPU."""
+    """torch.autocast for an --amp value on `device` ('none': off; None: leave the caller's state as it is)."""
     if amp is None:
         return contextlib.nullcontext()
     return torch.autocast(device.type, dtype=AMP_DTYPES.get(amp, torch.float32), enabled=amp in AMP_DTYPES)
@@ -733,6 +680,13 @@ def autocast(amp: str | None, device: torch.device) -> contextlib.AbstractContex
 # ----------------------------------------------------------------------------------------------------------------------
 # Helpers
 # ----------------------------------------------------------------------------------------------------------------------
+
+
+def _config(depth: int, who: str, **changes) -> ResNetConfig:
+    """RESNET_CONFIGS[depth] with `changes` (width, stem, ops)."""
+    if depth not in RESNET_CONFIGS:
+        raise ValueError(f"models.{who}: depth must be one of {sorted(RESNET_CONFIGS)}, got {depth}")
+    return replace(RESNET_CONFIGS[depth], **changes)
 
 
 def _conv(ndim: int, cin: int, cout: int, kernel: int, stride: int = 1, t_kernel: int = 1) -> nn.Module:
@@ -754,26 +708,29 @@ def _downsample(ndim: int, inplanes: int, outplanes: int, stride: int) -> nn.Seq
     return nn.Sequential(_conv(ndim, inplanes, outplanes, 1, stride), _bn(ndim, outplanes))
 
 
-def _make_stages(block: type, cfg: ResNetConfig, ndim: int, t_kernels: tuple[int, ...],
-                 branch_op: BranchOp | None, num_segments: int) -> list[nn.Sequential]:
+def _make_stages(block: type, cfg: ResNetConfig, ndim: int, t_kernels: tuple[int, ...]) -> list[nn.Sequential]:
     """layer1..layer4: stage i has cfg.layers[i] blocks of width * 2**i planes; stride 2 in the first block of
-    layer2-4 (spatial only in 3D); every block of stage i gets temporal kernel t_kernels[i] on conv1, and
-    branch_op(its input channels, num_segments) when a branch_op is given."""
+    layer2-4 (spatial only in 3D); temporal kernel t_kernels[i] on conv1; the cfg.ops that select the block."""
     stages, inplanes = [], cfg.width
     for i, (num_blocks, t_kernel) in enumerate(zip(cfg.layers, t_kernels)):
         planes, stride = cfg.width * 2 ** i, 1 if i == 0 else 2
         blocks = []
         for b in range(num_blocks):
-            op = None if branch_op is None else branch_op(inplanes, num_segments)
-            blocks.append(block(inplanes, planes, stride if b == 0 else 1, ndim, t_kernel, op))
+            chosen = {"all": True, "first": b == 0, "last": b == num_blocks - 1}   # else `which` names blocks
+            ops = {pos: op for pos, (op, which) in cfg.ops.items() if chosen.get(which, f"layer{i + 1}.{b}" in which)}
+            blocks.append(block(inplanes, planes, stride if b == 0 else 1, ndim, t_kernel, ops))
             inplanes = planes * block.expansion
         stages.append(nn.Sequential(*blocks))
     return stages
 
 
 def _init_convs_and_bns(model: nn.Module) -> None:
-    """torchvision / MMAction2 init: kaiming normal (fan_out, relu) for convs, BN gamma 1 and beta 0."""
+    """torchvision / MMAction2 init: kaiming normal (fan_out, relu) for convs, BN gamma 1 and beta 0; the blocks'
+    ops keep their own."""
+    in_ops = {id(m) for block in model.modules() if isinstance(block, _Block) for m in block.ops.modules()}
     for m in model.modules():
+        if id(m) in in_ops:
+            continue
         if isinstance(m, (nn.Conv2d, nn.Conv3d)):
             nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
         elif isinstance(m, (nn.BatchNorm2d, nn.BatchNorm3d)):
@@ -793,103 +750,11 @@ def _init_fc(fc: nn.Linear) -> None:
     nn.init.zeros_(fc.bias)
 
 
-def _check_video(x: torch.Tensor, who: str) -> tuple[int, int, int, int, int]:
+def _check_video(x: torch.Tensor, who: str) -> None:
     if x.dim() != 5:
         raise ValueError(f"models.{who}: expected input (N, C, T, H, W), got shape {tuple(x.shape)}")
-    return tuple(x.shape)
-
-
-def _load_pretrained_checked(model: nn.Module, pretrained: str | Path | dict, arch: str) -> None:
-    """build_model's `pretrained=`: path or state dict; refuse weights that share nothing with the net."""
-    state_dict = pretrained if isinstance(pretrained, dict) else checkpoints.load_state_dict_file(pretrained)
-    report = load_pretrained(model, state_dict)
-    if report.num_loaded_weights == 0:
-        source = "the given state dict" if isinstance(pretrained, dict) else str(pretrained)
-        raise ValueError(f"models.build_model: pretrained weights {source} share no weight tensor with {arch} "
-                         f"(wrong architecture or width?)")
-
-
-def _copy_or_inflate(key: str, value: torch.Tensor, dst: torch.Tensor, new_state: dict, report: LoadReport) -> bool:
-    """Put `value` into new_state[key] as `dst`'s shape takes it: the same shape copied, a 2D kernel inflated to
-    `dst`'s 3D one (recorded in the report); False when neither fits (the caller says why)."""
-    if value.shape == dst.shape:
-        new_state[key] = value.to(dst.dtype)
-        report.copied.append(key)
-    elif _is_inflatable(value, dst):
-        new_state[key] = _inflate_kernel(value, dst)
-        report.inflated.append(key)
-    else:
-        return False
-    return True
-
-
-def _is_inflatable(value: torch.Tensor, dst: torch.Tensor) -> bool:
-    """A 2D conv kernel (O, I, kh, kw) fits a 3D one (O, I, kt, kh, kw)."""
-    return value.dim() == 4 and dst.dim() == 5 and value.shape == dst.shape[:2] + dst.shape[3:]
-
-
-def _inflate_kernel(value: torch.Tensor, dst: torch.Tensor) -> torch.Tensor:
-    """(O, I, kh, kw) -> (O, I, kt, kh, kw): repeated kt times over time and divided by kt (I3D inflation)."""
-    kt = dst.shape[2]
-    return (value.unsqueeze(2).expand(-1, -1, kt, -1, -1) / kt).to(dst.dtype)
 
 
 def _family_of(model: nn.Module) -> str:
     """'tsn' (keys 'backbone.*' + 'fc.*') for a TSN, '3d' (plain keys) for SlowOnly, irCSN and a 2D ResNet."""
     return "tsn" if isinstance(model, TSN) else "3d"
-
-
-def _map_to_model_keys(state_dict: dict, model: nn.Module) -> tuple[dict[str, torch.Tensor], list[str]]:
-    """Checkpoint keys -> the model's own keys; returns (mapped, checkpoint keys with no (unique) model key)."""
-    family, own = _family_of(model), model.state_dict()
-    mapped, unmatched = {}, []
-    for key, value in state_dict.items():
-        plain = checkpoints.plain_key(key)
-        ours = None if plain is None else checkpoints.add_family_prefix(plain, family)
-        if ours in own and ours not in mapped and isinstance(value, torch.Tensor):
-            mapped[ours] = value
-        else:
-            unmatched.append(key)
-    return mapped, unmatched
-
-
-def _assign_checked(model: nn.Module, mapped: dict[str, torch.Tensor], finetune: bool, where: str) -> LoadReport:
-    """load_weights steps 4-5: check the head, shapes and completeness, then load (all or nothing)."""
-    own, report, new_state, bad = model.state_dict(), LoadReport(), {}, []
-    _check_head(mapped, own, finetune, where)
-    for key, dst in own.items():
-        value = mapped.get(key)
-        if value is None:
-            report.missing.append(key)
-        elif finetune and key.startswith("fc."):
-            report.skipped.append(f"{key}: finetune -> fresh classifier for {dst.shape[0]} classes "
-                                  f"(checkpoint: {value.shape[0]})")
-        elif not _copy_or_inflate(key, value, dst, new_state, report):
-            bad.append(f"{key} {tuple(value.shape)} vs {tuple(dst.shape)}")
-    if bad:
-        raise ValueError(f"{where}: {len(bad)} tensor(s) differ in shape (checkpoint vs model): {checkpoints.key_list(bad)}")
-    needed = [k for k in report.missing
-              if not k.endswith(".num_batches_tracked") and not (finetune and k.startswith("fc."))]
-    if needed:
-        raise ValueError(f"{where}: {len(needed)} model tensor(s) are not in the checkpoint: {checkpoints.key_list(needed)}")
-    model.load_state_dict(new_state, strict=False)
-    return report
-
-
-def _check_head(mapped: dict, own: dict, finetune: bool, where: str) -> None:
-    """Without finetune the checkpoint's classifier must be there with the model's class count."""
-    if finetune or "fc.weight" not in own:
-        return
-    model_classes = own["fc.weight"].shape[0]
-    advice = "pass finetune=True (train.py --finetune) to load the backbone only"
-    if "fc.weight" not in mapped:
-        raise ValueError(f"{where}: has no classifier (fc) for the model's {model_classes} classes; {advice}")
-    ckpt_classes = mapped["fc.weight"].shape[0]
-    if ckpt_classes != model_classes:
-        raise ValueError(f"{where}: the checkpoint's classifier has {ckpt_classes} classes but the model has "
-                         f"{model_classes}; {advice}")
-
-
-# Safe checkpoint reading (load_weights step 1) ------------------------------------------------------------------
-
-

@@ -1,60 +1,21 @@
-"""OmniSource: joint training on a target set and teacher-filtered web sources.
+"""OmniSource (Duan et al., "Omni-sourced Webly-supervised Learning for Video Recognition", ECCV 2020), Sec. 3:
+the pieces of the method that are its own, and the four steps of Table 1 as the commands a user types.
 
-This file implements the method of Duan et al., "Omni-sourced Webly-supervised Learning for Video
-Recognition" (ECCV 2020), Sec. 3, on top of the plain video-recognition code in models.py, data.py and
-transforms.py, and runs the four steps of Table 1 as the train.py / filter.py commands a user would type.
-Where each part of the paper lives (module.function):
+    1. Sec. 3.2, Eq. 1   joint_loss: one loss, the sum of the cross-entropies of the target and auxiliary batches
+    2. Sec. 3.3          task_queries: the target's class names as search queries of each web source
+    3. Sec. 3.5, Eq. 2   estimate_motion: the camera-motion Gaussian web images are warped by, fitted on the target
+    4. Sec. 3.6          batch ratio, class resampling, cross-dataset mixup, JointBatches (a batch of every source)
+    5. Table 1           run_procedure: teacher -> filter.py -> motion -> student, each step a printed command
+The video-recognition code they build on is in models.py, data.py and transforms.py; the training step that uses
+them in train.py, teacher filtering (Sec. 3.3-3.5) in filter.py. README.md's "Paper to code" maps every section.
 
-    Sec. 3.2, Eq. 1   omnisource.joint_loss             one loss = sum of the cross-entropies of all mini-batches
-    Sec. 3.2          omnisource.JointBatches           one target batch + one batch per auxiliary source per step
-                      train.train_one_epoch             one forward on their concatenation, Eq. 1, ONE optimiser step
-    Sec. 3.3          omnisource.task_queries,          the target's class names -> search queries per source
-                      omnisource.write_queries          (Google images, Instagram hashtags, YouTube), for a crawler
-                      filter.deduplicate                web samples too similar to a val frame are removed
-                      (filter.find_duplicates)          (whitened ResNet features, cosine similarity)
-                      filter.run_filter                 invalid / corrupted files are skipped and counted
-    Sec. 3.4          filter.keep_decision              teacher filtering: query-class or pseudo labels >= T
-                      (filter.decide, filter.RULES)     decided once over the whole crawl; per-class thresholds
-                      filter.ensemble                   several teachers averaged (Fig. 6)
-    Sec. 3.5          omnisource.estimate_motion        camera-motion Gaussian N(mu, Sigma) of the target videos
-                      transforms.image_to_clip          Eq. 2: a web image -> a pseudo clip warped by sampled
-                                                        homographies (Table 8)
-                      filter.one_fps_indices,           untrimmed videos: 1-FPS frames (2D students) and their
-                      filter.untrimmed_scores,          decision from the most confident unit, positive units
-                      filter.untrimmed_decision
-                      filter.window_ranges              10-s windows of untrimmed videos (3D students)
-                      data.VideoDataset(snippet=...),   snippets from the teacher-scored frames (Table 14),
-                      transforms.select_snippet         windows / cut pieces as clips (data.cut_video)
-    Sec. 3.6          omnisource.parse_ratio,           |B_T| : |B_A1| : |B_A2| ... batch-size ratio (Table 2, Fig. 8)
-                      omnisource.batch_sizes
-                      omnisource.ClassResampler         clipped / power-law class resampling (Table 10),
-                      (omnisource.Resampling)           DEFAULT_RESAMPLE = power:0.2
-                      omnisource.mixup                  intra- and cross-dataset mixup (Table 9)
-    Sec. 5.2          figures.confusion_pairs        confusion-score analysis (Tables 18-19)
-    Table 1           omnisource.run_procedure          the whole four-step procedure, `python omnisource.py`
-    Figures           figures.filter_figures,        every step drawn with Pillow (Sec. 3.4-3.5, Fig. 3, Eq. 2,
-                      eq2_figures, train_figures        Sec. 5.2) beside its outputs; procedure_figures embeds
-                                                        them in results.md
-    (beyond)          omnisource.next_teachers          --rounds: the student of round r teaches round r + 1
-
-How batch norm sees the sources: every step concatenates the target batch and all auxiliary batches
-into ONE tensor and runs ONE forward pass. Batch norm therefore normalises target and web samples with
-shared batch statistics and its running averages are estimated on the mixture the network is trained
-on. We do this because (1) cross-dataset mixup (Sec. 3.6) mixes samples of different sources, so they
-must be in the same forward pass anyway; (2) one forward/backward per step is what Eq. 1 describes (one
-loss, one gradient), and under DistributedDataParallel it is one gradient all-reduce; (3) separate
-forwards would let each source's statistics normalise only itself, hiding the domain gap from the
-network during training but not at test time. The price: the batch statistics depend on the ratio, which
-is one more reason the paper tunes it (Fig. 8).
-
-The procedure (`run_procedure`) imports neither train.py nor filter.py: each step is printed and run as a
-command (`$ python train.py ...`; with --nproc N, `torchrun --standalone --nproc-per-node N train.py ...`), and
-its results come back from the run's WORK_DIR/metrics.json. Imports flow one way (tests/test_omnisource.py):
-
-    train.py       -> omnisource.py, data.py, models.py, transforms.py, synthetic.py
-    filter.py      -> omnisource.py, data.py, models.py, transforms.py
-    omnisource.py  -> data.py, models.py, transforms.py, synthetic.py
-    data.py, models.py -> transforms.py
+How batch norm sees the sources: every step concatenates the target batch and all auxiliary batches into ONE tensor
+and runs ONE forward pass, so batch norm normalises target and web samples with shared statistics and its running
+averages are those of the mixture the network trains on. (1) Cross-dataset mixup mixes samples of different sources,
+so they must share the forward pass anyway; (2) one forward and backward per step is what Eq. 1 describes (one loss,
+one gradient, one all-reduce under DDP); (3) separate forwards would let each source normalise only itself, hiding
+the domain gap in training but not at test time. The price: the statistics depend on the ratio, one more reason the
+paper tunes it (Fig. 8).
 """
 from __future__ import annotations
 
@@ -256,7 +217,7 @@ def estimate_motion(data_root: str | Path, target: str, arch: str, out: str | Pa
         by_class.setdefault(samples[i].label, []).append(samples[i])
     chosen = [s for label in sorted(by_class) for s in by_class[label][:videos_per_class]]
     videos = _MotionVideos(chosen, arch_spec, seed)
-    loader = torch.utils.data.DataLoader(videos, batch_size=None, num_workers=workers, collate_fn=_as_is)
+    loader = torch.utils.data.DataLoader(videos, batch_size=None, num_workers=workers, collate_fn=webscale.as_is)
     hs, labels = [], []
     for n, (found, label, error) in enumerate(loader):
         if error:                           # a broken video only loses its own motion samples
@@ -469,10 +430,6 @@ class JointBatches:
 # ----------------------------------------------------------------------------------------------------------------------
 
 
-TESTED = {"last": "the final weights of each run",                  # --select: which weights are tested
-          "val": "the weights of each run that scored best on this same split (best.pth)"}
-
-
 FILTER_RULES = ("fixed", "class-adaptive")      # filter.RULES' names (this file imports no entry point; a test checks)
 # The defaults a run on real data gets (train.py's and this file's flags of the same names), where the generated demo
 # gets synthetic.DEMO_SETTINGS: TSN-R50 is the paper's 2D model (Sec. 5.1), 1 positive + 2 negative frames its
@@ -526,94 +483,89 @@ class Renamed(argparse.Action):
                      f"weights only)")
 
 
-class StepFailed(RuntimeError):
-    """A step's command exited with a non-zero status (its own error is printed above by the command)."""
+class StepFailed(ValueError):
+    """A step's command exited with a non-zero status (its own error is printed above by the command); the
+    procedure stops with one line naming it (webscale.run_command)."""
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = SettlingParser("omnisource", settle=list(PAPER_SETTINGS), formatter_class=_DefaultsOnce,
-                                description="The four steps of Table 1 in one command: 1. teacher (and baseline) "
-                                "on the target set, 2. teacher filtering of every web source, 3. the camera motion "
-                                "of Eq. 2, 4. joint training of the student. Each step is printed and run as the "
-                                "train.py / filter.py command a user would type.")
-    p.add_argument("--data-root", default="data", help="datasets folder; the demo data is generated here")
-    p.add_argument("--target", default="synth", help="target dataset (see train.py --target)")
-    p.add_argument("--sources", default=None, help="comma-separated raw web sources to filter and add (dataset "
-                   "names under --data-root, e.g. gg,ig-vid,k400-untr); required but on the demo target")
-    p.add_argument("--arch", default=None, help="student (and baseline) architecture (default: the paper's tsn_r50; "
+    p = SettlingParser("omnisource.py", settle=list(PAPER_SETTINGS), formatter_class=webscale.HelpFormatter,
+                       description="The four steps of Table 1 in one command: 1. teacher (and baseline) on the target "
+                       "set, 2. teacher filtering of every web source, 3. the camera motion of Eq. 2, 4. joint "
+                       "training of the student; each printed and run as the train.py / filter.py command it is.")
+    g = p.add_argument_group("data and models")
+    g.add_argument("--data-root", default="data", help="datasets folder; the demo data is generated here")
+    g.add_argument("--target", default=synthetic.DEMO_TARGET, help="target dataset (train.py --target); the default "
+                   "is the generated demo")
+    g.add_argument("--sources", default=None, help="comma-separated raw web sources to filter and add (dataset names "
+                   "under --data-root, e.g. gg,ig-vid,k400-untr); required but on the demo target")
+    g.add_argument("--arch", default=None, help="student and baseline architecture (default: the paper's tsn_r50; "
                    "tsn_tiny on the demo target)")
-    p.add_argument("--checkpoint", default=None, help="initial weights of every training run of --arch, any "
-                   "format models.load_weights reads (ours, MMAction2 0.x / 1.x, torchvision, bare state dict)")
-    p.add_argument("--finetune", action="store_true", help="with --checkpoint: backbone only, fresh classifier")
-    p.add_argument("--teacher-arch", default=None, help="teacher architecture (default: --arch; images are "
-                   "always scored by a 2D teacher, Sec. 3.4, so a 3D teacher comes with a 2D --image-teacher-arch)")
-    p.add_argument("--image-teacher-arch", default=None, help="2D teacher of the image sources (and of the 1-FPS "
-                   "frames of untrimmed videos for a 2D student) when --teacher-arch is 3D (default: the 2D network "
-                   "of the same backbone, IMAGE_TEACHERS: slowonly_r50_4x16 -> tsn_r50, slowonly_tiny -> tsn_tiny)")
-    p.add_argument("--select", choices=("last", "val"), default="last", help="weights every train.py run tests, "
-                   "reports and writes as WORK_DIR/final.pth (the teachers of step 2): last = the final weights; "
-                   "val = best.pth, chosen on the val split the test then reports (MMAction2's practice)")
-    p.add_argument("--threshold", type=float, default=0.5, help="teacher confidence threshold (Sec. 3.4)")
-    p.add_argument("--mode", choices=("query", "pseudo"), default="query", help="filter mode (see filter.py)")
-    p.add_argument("--rule", choices=FILTER_RULES, default="fixed", help="filter.py --rule: one threshold T for every "
-                   "class (the paper's) or class-adaptive thresholds T_c (FlexMatch-style; beyond the paper)")
-    p.add_argument("--epochs", type=int, default=None, help="epochs of every training run (default: recipe)")
-    p.add_argument("--batch-size", type=int, default=8, help="target batch per step and process |B_T|")
-    p.add_argument("--ratio", default="", help="|B_T|:|B_A1|:... batch ratio of the student, target first, one "
-                   "number per --sources entry (default: 2:1 per source); |B_Ai| = |B_T| r_i / r_T, halves rounded "
-                   "up, at least 1. A source the teacher keeps nothing of leaves step 4 with its number")
-    p.add_argument("--resample", default=DEFAULT_RESAMPLE, help="auxiliary class resampling (Table 10): one rule, or "
-                   "one per --sources entry separated by ',' (a source that keeps nothing leaves with its rule)")
-    p.add_argument("--mixup", type=float, default=0.0, help="mixup alpha for the student (0: off)")
-    p.add_argument("--image-to-clip", default="warp-agno", choices=transforms.IMAGE_TO_CLIP_MODES,
-                   help="how the student's web images become clips (Sec. 3.5, Eq. 2, Table 8)")
-    p.add_argument("--inflate", action=Renamed, new="--image-to-clip", help=argparse.SUPPRESS)
-    p.add_argument("--snippet", default=None, choices=tuple(transforms.SNIPPET_MODES), help="untrimmed-to-"
-                   "snippet rule for 2D students (Table 14; for N segments see train.py --snippet). Default: the "
-                   "paper's 1p2n, its negative frames add context; 3pos on the demo target, whose negative shots "
-                   "carry none (synthetic.DEMO_SETTINGS)")
-    p.add_argument("--dedup", action=argparse.BooleanOptionalAction, default=None, help="step 2 de-duplicates every "
-                   "web source against the target's val split (Sec. 3.3; filter.py --dedup-against). Default: on; off "
-                   "on the demo target, whose generated crawl shares no frame with its val split")
-    p.add_argument("--dedup-checkpoint", default=None, help="the paper's ImageNet ResNet-50 weights for "
-                   "de-duplication (filter.py --dedup-checkpoint; torchvision layout); without them the teacher's "
-                   "backbone gives the features, and filter.py says so")
-    p.add_argument("--rounds", type=int, default=1, help="teacher-student rounds, beyond the paper (Noisy Student, "
-                   "Xie et al. 2020): the student of round r becomes the teacher of round r+1, filters the web "
-                   "sources again (SOURCE-filtered-rR) and trains the next student (WORK_DIR/student_rR); "
-                   "1 = the paper's single teacher")
-    p.add_argument("--also-unfiltered", action="store_true", help="also train a student on the raw (unfiltered) "
-                   "web data, the comparison of Table 12")
-    p.add_argument("--also-still", action="store_true", help="also train a student whose web images become "
-                   "clips by replication (--image-to-clip still), the comparison of Table 8")
-    p.add_argument("--motion-videos", type=int, default=5, help="target videos per class whose camera motion is "
-                   "fitted for Eq. 2, at the stride --arch samples frames (omnisource.motion_stride); a class with "
-                   f"fewer than {MIN_CLASS_FIT} homographies uses the class-agnostic fit under warp-spec (printed)")
-    p.add_argument("--motion", default=None, help="camera-motion Gaussian file (Eq. 2): written by step 3 and "
-                   "read by the student (default WORK_DIR/motion.json; with --estimate-motion motion.json in "
-                   "--target's folder, where train.py looks: data.motion_path)")
-    p.add_argument("--seed", type=int, default=0, help="seed of every run")
-    p.add_argument("--workers", type=int, default=2, help="DataLoader workers (per process)")
-    p.add_argument("--nproc", type=int, default=1, help="processes per train.py / filter.py step: N > 1 launches "
-                   "each with `torchrun --standalone --nproc-per-node N` (one node; GPUs: one per process)")
-    p.add_argument("--work-dir", default="work_dirs/omnisource", help="all runs go to sub-folders of this")
-    p.add_argument("--resume", action="store_true", help="continue an interrupted procedure (the same command plus "
-                   "--resume): steps whose command finished (WORK_DIR/steps.json) are skipped, the train.py run "
-                   "that was killed continues from its latest.pth, a filter.py run from its work folder; other "
-                   "flags than the recorded ones (--workers excepted) are refused")
-    p.add_argument("--dry-run", action="store_true", help="print every step's command as it would run (train.py, "
-                   "filter.py, torchrun lines with their work folders; with --resume, which are skipped) and run none")
-    p.add_argument("--estimate-motion", action="store_true", help="only fit the camera-motion Gaussian of "
-                   "--target (Sec. 3.5) at the stride --arch samples frames, and write it to --motion")
-    p.add_argument("--write-queries", default=None, metavar="OUT.jsonl", help="only write the Sec. 3.3 search "
-                   "queries of --target's class names (one JSON object per line: source, label, class, query) for "
-                   "a crawler, and exit")
-    p.add_argument("--query-sources", default=",".join(QUERY_SOURCES), help="with --write-queries: sources to "
-                   "write queries for (google: the class name; instagram: hashtags by permutation and stemming; "
-                   "youtube: the class name)")
-    p.add_argument("--query-years", default=None, metavar="FIRST:LAST", help="with --write-queries: one Google "
-                   "query per calendar year FIRST..LAST (after / before dates), as the paper splits queries by "
-                   "period because Google caps the results of one query; default: one query per class")
+    g.add_argument("--checkpoint", default=None, help="initial weights of every training run of --arch (any format "
+                   "models.load_weights reads)")
+    g.add_argument("--finetune", action="store_true", help="with --checkpoint: backbone only, fresh classifier")
+    g.add_argument("--teacher-arch", default=None, help="teacher architecture (default: --arch)")
+    g.add_argument("--image-teacher-arch", default=None, help="2D teacher of web images (and of a 2D student's 1-FPS "
+                   "frames) when --teacher-arch is 3D, Sec. 3.4 (default: IMAGE_TEACHERS, the 2D net of the same "
+                   "backbone: slowonly_r50_4x16 -> tsn_r50)")
+    g = p.add_argument_group("the steps (defaults: the paper's)")
+    g.add_argument("--threshold", type=float, default=0.5, help="teacher confidence threshold T (Sec. 3.4)")
+    g.add_argument("--mode", choices=("query", "pseudo"), default="query", help="filter.py --mode")
+    g.add_argument("--rule", choices=FILTER_RULES, default="fixed", help="filter.py --rule: one T for every class "
+                   "(the paper's) or class-adaptive T_c (beyond the paper)")
+    g.add_argument("--dedup", action=argparse.BooleanOptionalAction, default=None, help="de-duplicate every web "
+                   "source against the target's val split (Sec. 3.3). Default: on; off on the demo target, whose "
+                   "generated crawl shares no frame with its val split")
+    g.add_argument("--dedup-checkpoint", default=None, help="the paper's ImageNet ResNet-50 weights (torchvision "
+                   "layout) for de-duplication; without them filter.py uses the teacher's backbone and says so")
+    g.add_argument("--epochs", type=int, default=None, help="epochs of every training run (default: the recipe's)")
+    g.add_argument("--batch-size", type=int, default=8, help="target videos per step and process, |B_T|")
+    g.add_argument("--ratio", default="", help="|B_T|:|B_A1|:... of the student (default 2:1 per source; train.py "
+                   "--ratio); a source the teacher keeps nothing of leaves step 4 with its number")
+    g.add_argument("--resample", default=DEFAULT_RESAMPLE, help="class resampling of the web sources (Table 10): one "
+                   "rule, or one per --sources entry separated by ','")
+    g.add_argument("--mixup", type=float, default=0.0, help="mixup alpha of the student (0: off; Table 9)")
+    g.add_argument("--image-to-clip", default="warp-agno", choices=transforms.IMAGE_TO_CLIP_MODES, help="how the "
+                   "student's web images become clips (Eq. 2, Table 8)")
+    g.add_argument("--inflate", action=Renamed, new="--image-to-clip", help=argparse.SUPPRESS)
+    g.add_argument("--snippet", default=None, choices=tuple(transforms.SNIPPET_MODES), help="untrimmed-video "
+                   "snippets of a 2D student (Table 14). Default: the paper's 1p2n, whose negative frames add "
+                   "context; 3pos on the demo target, whose negative shots carry none")
+    g.add_argument("--motion-videos", type=int, default=5, help="target videos per class whose camera motion is "
+                   f"fitted for Eq. 2 (a class with fewer than {MIN_CLASS_FIT} homographies uses the class-agnostic "
+                   "fit under warp-spec)")
+    g.add_argument("--motion", default=None, help="camera-motion file written by step 3, read by the student "
+                   "(default WORK_DIR/motion.json; with --estimate-motion: data.motion_path, where train.py looks)")
+    g.add_argument("--select", choices=("last", "val"), default="last", help="weights every run tests and keeps as "
+                   "final.pth (the teachers of step 2): last = the final ones; val = best on the val split")
+    g.add_argument("--seed", type=int, default=0, help="seed of every run")
+    g = p.add_argument_group("beyond Table 1")
+    g.add_argument("--rounds", type=int, default=1, help="teacher-student rounds (Noisy Student, beyond the paper): "
+                   "the student of round r filters the web sources again (SOURCE-filtered-rR) and teaches "
+                   "student_rR; 1 = the paper's single teacher")
+    g.add_argument("--also-unfiltered", action="store_true", help="also train a student on the raw web data "
+                   "(Table 12)")
+    g.add_argument("--also-still", action="store_true", help="also train a student whose web images are replicated "
+                   "(--image-to-clip still, Table 8)")
+    g = p.add_argument_group("running it")
+    g.add_argument("--workers", type=int, default=2, help="DataLoader workers per process")
+    g.add_argument("--nproc", type=int, default=1, help="processes per train.py / filter.py step: N > 1 runs each "
+                   "under `torchrun --standalone --nproc-per-node N` (one GPU per process)")
+    g.add_argument("--work-dir", default="work_dirs/omnisource", help="every run goes to a sub-folder of this")
+    g.add_argument("--resume", action="store_true", help="continue an interrupted procedure: steps that finished "
+                   "(WORK_DIR/steps.json) are skipped, a killed train.py continues from its latest.pth, filter.py "
+                   "from its work folder; other flags than the recorded ones (--workers excepted) are refused")
+    g.add_argument("--dry-run", action="store_true", help="print every step's command as it would run (with "
+                   "--resume: which are skipped) and run none")
+    g = p.add_argument_group("single steps")
+    g.add_argument("--estimate-motion", action="store_true", help="only fit the camera motion of --target at the "
+                   "stride --arch samples frames (Sec. 3.5) and write it to --motion")
+    g.add_argument("--write-queries", default=None, metavar="OUT.jsonl", help="only write the search queries of "
+                   "--target's class names (Sec. 3.3), one JSON object per line, for a crawler")
+    g.add_argument("--query-sources", default=",".join(QUERY_SOURCES), help="with --write-queries: google and "
+                   "youtube get the class name, instagram hashtags by permutation and stemming")
+    g.add_argument("--query-years", default=None, metavar="FIRST:LAST", help="with --write-queries: one Google query "
+                   "per calendar year, as the paper splits queries by period (Google caps the results of one)")
     return p
 
 
@@ -657,7 +609,7 @@ def run_procedure(args: argparse.Namespace) -> list[tuple[str, dict]]:
         rows.append(("OmniSource (filtered web data)" if r == 1 else
                      f"OmniSource round {r} (teacher: the round-{r - 1} student)", student))
         if not args.dry_run:
-            rounds.append(round_record(args, r, teachers, filtered, student))
+            rounds.append(figures.round_record(args, r, teachers, filtered, student))
         teachers = next_teachers(args, teachers, work / name / "final.pth")
     # Comparisons beside Table 1's steps, everything else equal: Table 12's unfiltered web data, Table 8's
     # still-image clips.
@@ -669,7 +621,7 @@ def run_procedure(args: argparse.Namespace) -> list[tuple[str, dict]]:
         rows.append(("filtered, still images (--image-to-clip still)",
                      run_train(args, "still", args.arch, _with(first, "--image-to-clip", "still"))))
     if not args.dry_run:
-        write_table(work, rows, args.select, rounds, figures.procedure_figures(args, rows, every_filtered, motion))
+        figures.write_table(work, rows, args.select, rounds, figures.procedure_figures(args, rows, every_filtered, motion))
     return rows
 
 
@@ -677,19 +629,6 @@ def next_teachers(args: argparse.Namespace, teachers: dict[str, Path], student: 
     """--rounds: the teachers of the next round. The student scores everything it can: a 2D student also images and
     1-FPS frames; a 3D student's web images keep their 2D teacher (Sec. 3.4: images get 2D teachers only)."""
     return {"video": student, "image": student if _is_2d(args.arch) else teachers["image"]}
-
-
-def round_record(args: argparse.Namespace, r: int, teachers: dict[str, Path], filtered: list[str],
-                 student: dict) -> dict:
-    """results.json's entry of one round: its teachers, the student's accuracy, what each filtered source kept
-    (filter.py's report.json counts) and, on the demo data, the filtering's precision and recall."""
-    kept = {}
-    for name in filtered:
-        counts = json.loads((Path(args.data_root) / name / "report.json").read_text())["counts"]
-        kept[name] = {"kept": counts["kept"], "total": counts["total"]}
-    return {"round": r, "teachers": {k: str(v) for k, v in teachers.items()},
-            **{k: student[k] for k in ("top1", "top5", "mean_class_acc")},
-            "kept": kept, "quality": filter_quality(args.data_root, filtered)}
 
 
 def train_teachers(args: argparse.Namespace) -> tuple[dict, dict[str, Path]]:
@@ -740,7 +679,7 @@ def run_train(args: argparse.Namespace, name: str, arch: str, extra: list[str] |
         argv += ["--checkpoint", args.checkpoint] + (["--finetune"] if args.finetune else [])
     work_dir = Path(args.work_dir) / name
     run_step(args, "train.py", argv + (extra or []) + ["--work-dir", str(work_dir)])
-    return {} if args.dry_run else read_metrics(work_dir)
+    return {} if args.dry_run else figures.read_metrics(work_dir)
 
 
 def step4_flags(ratio: str, resample: str, kept: list[int]) -> list[str]:
@@ -817,55 +756,6 @@ def step_command(script: str, argv: list[str], nproc: int = 1) -> tuple[list[str
     return ["python", shown, *argv], [sys.executable, str(path), *argv]
 
 
-def read_metrics(work_dir: str | Path) -> dict:
-    """A finished train.py run's WORK_DIR/metrics.json, with its confusion matrix (K, K) from confusion_matrix.csv."""
-    work_dir = Path(work_dir)
-    metrics = json.loads((work_dir / "metrics.json").read_text())
-    k = len(metrics["classes"])
-    rows = (work_dir / "confusion_matrix.csv").read_text().splitlines()[1:]       # "name,n_0,...,n_K-1"
-    metrics["confusion_matrix"] = [[int(v) for v in row.split(",")[-k:]] for row in rows]
-    return metrics
-
-
-def write_table(work: Path, rows: list[tuple[str, dict]], select: str = "last", rounds: list[dict] = (),
-                embedded: list[tuple[str, str]] = ()) -> str:
-    """Print and save the comparison (results.md, results.json), the confusion pairs of Sec. 5.2 (first row ->
-    second row), each round's teachers and filtering (`round_record`; on the generated demo data with the
-    filter's precision and recall against the generator's truth). Says which weights were tested (--select);
-    `embedded` (caption, path relative to WORK_DIR) are embedded at the end of results.md (procedure_figures) and
-    listed in results.json. Returns the text of results.md."""
-    tested = TESTED[select]
-    lines = [f"Accuracy on the val split of {rows[0][1].get('target', 'the target')}, of {tested} "
-             f"(--select {select}).", "",
-             "| run | top-1 | top-5 | mean class acc |", "| --- | --- | --- | --- |"]
-    lines += [f"| {name} | {m['top1']:.4f} | {m['top5']:.4f} | {m['mean_class_acc']:.4f} |" for name, m in rows]
-    quality = rounds[0]["quality"] if rounds else []
-    if quality:
-        lines += ["", "Teacher filtering against the generator's truth (truth.json):"]
-        lines += [_quality_line(q) for q in quality]
-    if len(rounds) > 1:
-        lines += ["", "Teacher-student rounds (--rounds; beyond the paper):"]
-        for rd in rounds:
-            kept = ", ".join(f"{name} kept {k['kept']} of {k['total']}" for name, k in rd["kept"].items())
-            lines += [f"  round {rd['round']}: teacher {rd['teachers']['video']}; {kept}; student top-1 "
-                      f"{rd['top1']:.4f}"] + [_quality_line(q) for q in rd["quality"]]
-    (_, base), (_, student) = rows[:2]
-    pairs = figures.confusion_pairs(base["confusion_matrix"], student["confusion_matrix"], base["classes"])
-    lines += ["", "Confusion pairs (Sec. 5.2, s_ij baseline -> OmniSource):"]
-    lines += [f"  {a} / {b}: {s0:.3f} -> {s1:.3f} ({d:+.3f})" for a, b, s0, s1, d in pairs["dropped"] + pairs["rose"]]
-    if embedded:
-        lines += ["", "Figures:"] + [part for caption, path in embedded for part in ("", f"![{caption}]({path})")]
-    text = "\n".join(lines)
-    print(text, flush=True)
-    (work / "results.md").write_text(text + "\n")
-    (work / "results.json").write_text(json.dumps(
-        {"select": select, "tested": tested,
-         "rows": [{"run": name, **{k: m[k] for k in ("top1", "top5", "mean_class_acc")}} for name, m in rows],
-         "confusion_pairs": pairs, "filtering": list(quality), "rounds": list(rounds),
-         "figures": [p for _, p in embedded]}, indent=2) + "\n")
-    return text
-
-
 def write_target_queries(args: argparse.Namespace) -> None:
     """--write-queries: Sec. 3.3's queries for --target's class names -> OUT.jsonl."""
     classes = data.resolve_dataset(args.data_root, args.target).classes
@@ -875,50 +765,31 @@ def write_target_queries(args: argparse.Namespace) -> None:
     print(f"{len(rows)} queries for the {len(classes)} classes of {args.target} -> {args.write_queries}", flush=True)
 
 
-def filter_quality(data_root: str | Path, filtered: list[str]) -> list[dict]:
-    """Filtering precision / recall per filtered source when DATA_ROOT holds the demo's truth.json."""
-    quality = (synthetic.filtering_quality(data_root, name, figures.read_filter_output(Path(data_root) / name).records())
-               for name in filtered)
-    return [q for q in quality if q is not None]
-
-
-def main(argv: list[str] | None = None) -> None:
-    args = get_args_parser().parse_args(argv)
+def main(args: argparse.Namespace) -> list[tuple[str, dict]] | None:
+    """The procedure (run_procedure), or one of its single steps (--estimate-motion, --write-queries)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world > 1:
-        # the procedure launches its steps itself; under torchrun every rank would launch them all
-        sys.exit(f"error: omnisource.py does not run under torchrun (WORLD_SIZE={world}): it launches every "
-                 f"train.py and filter.py step itself; for N processes per step run python omnisource.py --nproc N")
-    try:
-        if args.write_queries:
-            write_target_queries(args)
-            return
-        if not args.estimate_motion:
-            _check_args(args)
-        settled = demo_settings_line(args, ["arch"] if args.estimate_motion else None)
-        if settled:
-            print(settled, flush=True)
-        if args.estimate_motion:
-            estimate_motion(args.data_root, args.target, args.arch, out=args.motion,
-                            videos_per_class=args.motion_videos, seed=args.seed, workers=args.workers)
-            return
-        synthetic.ensure_demo_data(args.data_root, args.target)
-        run_procedure(args)
-    except (ValueError, FileNotFoundError, FloatingPointError, StepFailed) as e:
-        sys.exit(f"error: {e}")
+    if world > 1:          # the procedure launches its steps itself: under torchrun every rank would launch them
+        raise ValueError(f"omnisource.py does not run under torchrun (WORLD_SIZE={world}): it launches every "
+                         f"train.py and filter.py step itself; for N processes per step run python omnisource.py "
+                         f"--nproc N")
+    if args.write_queries:
+        return write_target_queries(args)
+    if not args.estimate_motion:
+        _check_args(args)
+    settled = demo_settings_line(args, ["arch"] if args.estimate_motion else None)
+    if settled:
+        print(settled, flush=True)
+    if args.estimate_motion:
+        estimate_motion(args.data_root, args.target, args.arch, out=args.motion, videos_per_class=args.motion_videos,
+                        seed=args.seed, workers=args.workers)
+        return None
+    synthetic.ensure_demo_data(args.data_root, args.target)
+    return run_procedure(args)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
 # Helpers
 # ----------------------------------------------------------------------------------------------------------------------
-
-class _DefaultsOnce(argparse.ArgumentDefaultsHelpFormatter):
-    """argparse's '(default: X)' only where there is a value X: a flag whose default is None or empty says in its
-    own help what happens without it, and would otherwise print a second, empty default."""
-
-    def _get_help_string(self, action: argparse.Action) -> str:
-        return action.help if action.default in (None, "") else super()._get_help_string(action)
-
 
 def _check_args(args: argparse.Namespace) -> None:
     """Flags the last steps read, checked before hours of teacher training: one-line errors naming the flag."""
@@ -962,17 +833,6 @@ def _check_args(args: argparse.Namespace) -> None:
 def _flag_value(value: object) -> str:
     """A setting as demo_settings_line shows it: on / off for switches, 'required' for no default."""
     return {True: "on", False: "off", None: "required"}.get(value, str(value)) if not isinstance(value, str) else value
-
-
-def _quality_line(q: dict) -> str:
-    """One source's filtering_quality as a line of the results table."""
-    line = (f"  {q['source']}: kept {q['kept']} of {q['samples']}, precision {q['precision']:.2f} "
-            f"(keeping all: {q['base_rate']:.2f}), recall {q['recall']:.2f}, worst class recall "
-            f"{q['worst_class_recall']:.2f} ({q['worst_class']})")
-    if "frames" in q:
-        line += (f"; 1-FPS frames: kept {q['frames_kept']} of {q['frames']}, precision {q['frame_precision']:.2f} "
-                 f"(all: {q['frame_base_rate']:.2f}), recall {q['frame_recall']:.2f}")
-    return line
 
 
 # The procedure's flags --resume lets change (how its steps execute, not what they compute); every other flag must
@@ -1031,11 +891,6 @@ def _arch_spec(arch: str) -> models.ArchSpec:
     if arch not in models.ARCHS:
         raise ValueError(f"--arch {arch}: expected one of {', '.join(models.ARCHS)}")
     return models.ARCHS[arch][1]
-
-
-def _as_is(item: object) -> object:
-    """A DataLoader collate that leaves an item as the dataset made it."""
-    return item
 
 
 class _MotionVideos(torch.utils.data.Dataset):
@@ -1100,4 +955,4 @@ def _repair_stem(s: str) -> str:
 
 
 if __name__ == "__main__":
-    main()
+    webscale.run_command(main, get_args_parser())

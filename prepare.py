@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import functools
 import json
 import multiprocessing
 import os
@@ -34,34 +35,27 @@ import data
 import transforms
 import webscale
 
-
 PREPARE_FORMATS = ("frames", "video")
-
-
 PREPARE_REPORT = "prepare_report.json"   # DIR2/NAME/: the settings, the broken files and why, the figures
-
-
 PREPARE_CRF = 18            # x264 CRF of re-encoded videos (cut_video's); --quality replaces it with --format video
-
-
 PREPARE_JPEG_QUALITY = 90   # JPEG quality of frames and web images; --quality replaces it with --format frames
-
-
-# the training pipelines `prepare` measures (models.ARCHS tsn_r50 / slowonly_r50_4x16; data.py does not import models)
+# the training pipelines `prepare` measures (models.ARCHS tsn_r50 / slowonly_r50_4x16)
 PREPARE_PIPELINES = {"TSN 3 seg": ("tsn", data.Sampling(1, 1, 3)), "SlowOnly 4x16": ("3d", data.Sampling(4, 16, 1))}
 
+
+# ----------------------------------------------------------------------------------------------------------------------
+# 1. Preparing a dataset, and the command line
+# ----------------------------------------------------------------------------------------------------------------------
 
 @dataclass
 class PrepareConfig:
     """How `prepare_dataset` writes a dataset (MMAction2's advice: resize, re-encode densely or extract frames).
 
-    format: 'frames' (MMAction2 frame folders img_00001.jpg ..., JPEG `jpeg_quality`; the least CPU per training
-    sample) or 'video' (H.264 yuv420p, libx264 CRF `crf`, a keyframe every `gop` frames, 0 = every frame, no
-    B-frames, x264's fastdecode tuning: no CABAC, no deblocking; the least disk).
-    short_side: frames larger than this are resized to it (transforms.Resize, the training pipeline's first step,
-    which then has nothing left to do); smaller ones keep their size (videos: cropped to even sides).
-    quality: CRF with format 'video', JPEG quality with format 'frames' (None: PREPARE_CRF / PREPARE_JPEG_QUALITY).
-    workers: processes; measure: training samples timed before and after (0: none).
+    format: 'frames' (frame folders img_00001.jpg ..., JPEG `jpeg_quality`) or 'video' (H.264 yuv420p, libx264 CRF
+    `crf`, a keyframe every `gop` frames, 0 = every frame, no B-frames, x264's fastdecode tuning: no CABAC, no
+    deblocking). short_side: larger frames are resized to it (transforms.Resize, the training pipeline's first step,
+    which then has nothing left to do). quality: CRF with format 'video', JPEG quality with format 'frames' (None:
+    PREPARE_CRF / PREPARE_JPEG_QUALITY). workers: processes; measure: training samples timed before and after.
     """
     format: str = "frames"
     short_side: int = 256
@@ -84,33 +78,20 @@ class PrepareConfig:
                 "jpeg_quality": self.jpeg_quality}
 
 
-@dataclass(frozen=True)
-class _Job:
-    """One source file (or frame folder) -> one output: form 'video' (an .mp4), 'frames' (a frame folder decoded
-    from a video), 'image' (a JPEG) or 'folder' (a frame folder copied, resized when larger; num_frames frames)."""
-    form: str
-    src: str
-    dst: str
-    num_frames: int = 0
-
-
 def prepare_dataset(data_root: str | Path, name: str, out: str | Path, cfg: PrepareConfig) -> dict:
     """Write dataset `name` of `data_root` under `out` in the same layout, ready to train from fast -> the report.
 
-    1. every split's list (as `resolve_dataset` finds it) is read; each sample becomes one output per source file,
-       at the same path relative to the data root (videos .mp4, frame folders without the extension, images .jpg):
-       videos and untrimmed videos become frame folders ('frames'; a video with frame scores stays a video, Sec. 3.5
-       snippets read video frames) or re-encoded videos ('video'); untrimmed videos with windows and raw pieces
-       (part_N.mp4) are always re-encoded whole, their windows kept (frame k stays at k / fps); web images are
-       resized JPEGs; frame folders are copied (resized when larger);
-    2. every source is decoded once, in `cfg.workers` processes with a progress line; an output is written under a
-       temporary name, flushed to disk (fsync) and renamed, so after a kill (SIGKILL included) the same call skips
-       the finished outputs and writes the rest: the result equals an uninterrupted run's;
-    3. a source that fails (unreadable, truncated: fewer frames than its container claims) is listed with the reason
-       in OUT/NAME/prepare_report.json and its samples are left out of the lists; nothing under data_root changes;
+    1. each sample of every split's list becomes one output per source file at the same path under `out`: videos
+       become frame folders (--format frames, the path without its extension; a video with frame scores stays a
+       video: Sec. 3.5 snippets read video frames) or .mp4 videos; windows' videos and raw pieces are always
+       re-encoded whole (frame k stays at k / fps); images become resized .jpg; frame folders are copied (resized);
+    2. every source is decoded once, in `cfg.workers` processes; an output is written under a temporary name, fsynced
+       and renamed, so after a kill (SIGKILL included) the same call writes only the rest: an uninterrupted run's;
+    3. a source that fails (unreadable, truncated) is listed with the reason in OUT/NAME/prepare_report.json and its
+       samples are left out of the lists; nothing under data_root changes;
     4. the lists (same lines, new paths; frame folders 'PATH COUNT LABEL'), class names, sidecars are written;
-    5. the CPU ms per training sample (`worker_cpu_ms`, TSN 3 seg and SlowOnly 4x16 at crop short_side * 224 / 256)
-       on the first `cfg.measure` training samples before and after, and the disk per hour of video, are printed.
+    5. CPU ms per training sample (`worker_cpu_ms`, PREPARE_PIPELINES at crop short_side * 224 / 256) on the first
+       `cfg.measure` training samples before and after, and the disk per hour of video, are printed.
     """
     data_root, out = Path(data_root), Path(out)
     _check_prepare(data_root, out, cfg)
@@ -139,9 +120,10 @@ def prepare_dataset(data_root: str | Path, name: str, out: str | Path, cfg: Prep
 
 def worker_cpu_ms(dataset: torch.utils.data.Dataset, count: int) -> list[float]:
     """CPU milliseconds (process time) of reading each of items 0..count-1 of `dataset` in ONE DataLoader worker, as
-    a training worker reads them (one torch thread, webscale.WORKER_CODEC_THREADS decoder threads), after one untimed read
-    of item 0 (imports, first file open)."""
-    loader = torch.utils.data.DataLoader(_CpuTimed(dataset, count), batch_size=None, num_workers=1)
+    a training worker reads them (one torch thread, webscale.WORKER_CODEC_THREADS decoder threads), after one
+    untimed read of item 0 (imports, first file open)."""
+    loader = torch.utils.data.DataLoader(range(count + 1), batch_size=None, num_workers=1,   # collate_fn: in the worker
+                                         collate_fn=functools.partial(_cpu_seconds, dataset))
     return [1000.0 * t for t in list(loader)[1:]]
 
 
@@ -179,14 +161,28 @@ def main(args: argparse.Namespace) -> dict:
     return prepare_dataset(args.data_root, args.dataset, args.out, cfg)
 
 
+# ----------------------------------------------------------------------------------------------------------------------
+# 2. Helpers: the plan, the pool of workers and what each writes, the lists and the report
+# ----------------------------------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class _Job:
+    """One source file (or frame folder) -> one output: form 'video' (an .mp4), 'frames' (a frame folder decoded
+    from a video), 'image' (a JPEG) or 'folder' (a frame folder copied, resized when larger; num_frames frames)."""
+    form: str
+    src: str
+    dst: str
+    num_frames: int = 0
+
+
 def _check_prepare(data_root: Path, out: Path, cfg: PrepareConfig) -> None:
     """The flags of `prepare`, each with a one-line error naming it."""
     if cfg.format not in PREPARE_FORMATS:
         raise ValueError(f"--format must be one of {', '.join(PREPARE_FORMATS)}, got {cfg.format!r}")
-    top = 51 if cfg.format == "video" else 100
+    video = cfg.format == "video"
     checks = (("--short-side", cfg.short_side, data.MIN_IMAGE_SIDE, None), ("--gop", cfg.gop, 0, None),
               ("--workers", cfg.workers, 1, None), ("--measure", cfg.measure, 0, None),
-              ("--quality", cfg.crf if cfg.format == "video" else cfg.jpeg_quality, int(cfg.format != "video"), top))
+              ("--quality", cfg.crf if video else cfg.jpeg_quality, int(not video), 51 if video else 100))
     for flag, value, low, high in checks:
         if value < low or (high is not None and value > high):
             raise ValueError(f"{flag} must be an integer >= {low}" + (f" and <= {high}" if high else "")
@@ -199,16 +195,16 @@ def _check_prepare(data_root: Path, out: Path, cfg: PrepareConfig) -> None:
 
 def _claim_out(report_path: Path, cfg: PrepareConfig) -> None:
     """Record the settings before writing; an --out prepared with other settings is refused (outputs would mix)."""
-    if report_path.is_file():
-        try:
-            old = json.loads(report_path.read_text()).get("settings")
-        except (json.JSONDecodeError, AttributeError):
-            old = None
-        if old != cfg.settings():
-            raise ValueError(f"{report_path}: this --out was prepared with other settings ({old}); run with "
-                             f"those or choose another --out")
+    if not report_path.is_file():
+        webscale.write_atomic(report_path, json.dumps({"settings": cfg.settings(), "complete": False}) + "\n")
         return
-    webscale.write_atomic(report_path, json.dumps({"settings": cfg.settings(), "complete": False}) + "\n")
+    try:
+        old = json.loads(report_path.read_text()).get("settings")
+    except (json.JSONDecodeError, AttributeError):
+        old = None
+    if old != cfg.settings():
+        raise ValueError(f"{report_path}: this --out was prepared with other settings ({old}); run with "
+                         f"those or choose another --out")
 
 
 def _prepare_plan(spec: data.DatasetSpec, data_root: Path, out: Path, cfg: PrepareConfig
@@ -221,7 +217,8 @@ def _prepare_plan(spec: data.DatasetSpec, data_root: Path, out: Path, cfg: Prepa
             continue
         dst_prefix = out / s.prefix.relative_to(data_root)
         blank = s.list_file.suffix.lower() != ".json" and not s.list_file.read_bytes().strip()
-        samples = webscale.SampleList.from_samples([]) if blank else webscale.read_list(s.list_file, s.prefix, len(spec.classes))
+        samples = webscale.SampleList.from_samples([]) if blank else \
+            webscale.read_list(s.list_file, s.prefix, len(spec.classes))
         entries = []
         for i in range(len(samples)):
             sample, rel = samples[i], samples.rel_path(i)
@@ -248,8 +245,8 @@ def _sample_jobs(s: webscale.Sample, rel: str, dst_prefix: Path, cfg: PrepareCon
     if s.kind == "frames":
         return rel, [_Job("folder", str(s.path), str(dst_prefix / p), s.num_frames)]
     if s.kind == "raw":
-        return rel, [_Job("video", str(s.path / webscale.PART_TMPL.format(k)), str(dst_prefix / p / webscale.PART_TMPL.format(k)))
-                     for k in range(s.num_parts)]
+        parts = [webscale.PART_TMPL.format(k) for k in range(s.num_parts)]
+        return rel, [_Job("video", str(s.path / part), str(dst_prefix / p / part)) for part in parts]
     if cfg.format == "frames" and s.kind in ("video", "untrimmed") and s.frame_scores is None:
         return p.with_suffix("").as_posix(), [_Job("frames", str(s.path), str(dst_prefix / p.with_suffix("")))]
     return p.with_suffix(".mp4").as_posix(), [_Job("video", str(s.path), str(dst_prefix / p.with_suffix(".mp4")))]
@@ -261,8 +258,7 @@ def _run_jobs(jobs: list[_Job], cfg: PrepareConfig) -> list[dict]:
     if not jobs:
         return results
     start, last = time.perf_counter(), 0.0
-    ctx = multiprocessing.get_context("fork")
-    with ctx.Pool(min(cfg.workers, len(jobs)), initializer=_die_with_parent) as pool:
+    with multiprocessing.get_context("fork").Pool(min(cfg.workers, len(jobs)), initializer=_die_with_parent) as pool:
         items = [(k, job, cfg) for k, job in enumerate(jobs)]
         for n, (k, result) in enumerate(pool.imap_unordered(_prepare_file, items), start=1):
             results[k] = result
@@ -274,172 +270,39 @@ def _run_jobs(jobs: list[_Job], cfg: PrepareConfig) -> list[dict]:
     return results
 
 
-def _prepare_file(item: tuple[int, _Job, PrepareConfig]) -> tuple[int, dict]:
-    """Pool task: write one output unless it exists -> (k, its figures) or (k, {"error": one line})."""
-    k, job, cfg = item
-    try:
-        if not Path(job.dst).exists():
-            _write_output(job, cfg)
-        return k, _output_figures(job)
-    except Exception as err:   # PyAV, Pillow and the OS raise many unrelated types: every one is a broken source
-        return k, {"error": f"{type(err).__name__}: {err}".splitlines()[0]}
-
-
-def _write_output(job: _Job, cfg: PrepareConfig) -> None:
-    """Write job.dst under a temporary name in its folder, fsync, rename; leftovers of killed runs are removed."""
-    dst = Path(job.dst)
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    stale = f".{dst.name}{webscale.TMP_TAG}"
-    for name in os.listdir(dst.parent):
-        if name.startswith(stale):
-            _remove(dst.parent / name)
-    tmp = dst.parent / f"{stale}{os.getpid()}"
-    try:
-        if job.form == "video":
-            _encode_video(Path(job.src), tmp, cfg)
-        elif job.form == "image":
-            _write_image(data.read_image(job.src, cfg.short_side), Path(job.src), tmp, cfg)
-        else:
-            tmp.mkdir()
-            if job.form == "frames":
-                _transcode(Path(job.src), cfg.short_side,
-                           lambda rgb, n, rate: _write_image(rgb, None, tmp / data.FRAME_TMPL.format(n + 1), cfg))
-            else:
-                for n in range(1, job.num_frames + 1):
-                    src = Path(job.src) / data.FRAME_TMPL.format(n)
-                    _write_image(data.read_image(src), src, tmp / data.FRAME_TMPL.format(n), cfg)
-        webscale.fsync(tmp)
-        try:
-            os.rename(tmp, dst)
-        except OSError:   # a folder another writer (a worker of a killed run) finished first: same content
-            if not dst.is_dir():
-                raise
-        webscale.fsync(dst.parent)
-    finally:
-        _remove(tmp)
-
-
-def _transcode(src: Path, short_side: int, write: Callable[[np.ndarray, int, Fraction], None]) -> int:
-    """Decode every frame of video `src` once (one decoder thread) -> write(rgb (H, W, 3), n, rate) for n = 0, 1, ...,
-    frames larger than short_side resized to it; returns the count. A video that decodes to fewer frames than its
-    container claims (more than one frame less; 2 % without a frame count) is truncated: a ValueError."""
-    with webscale.open_video(src) as (container, stream):
-        stream.codec_context.thread_count = 1
-        rate = webscale.stream_rate(src, stream)
-        claimed = webscale.metadata_frames(container, stream) or 0
-        slack = 1 if stream.frames else max(1, claimed // 50)
-        n = 0
-        for frame in container.decode(stream):
-            write(_fit_short_side(webscale.to_rgb(frame), short_side), n, rate)
-            n += 1
-    if n == 0:
-        raise ValueError(f"{src}: no decodable video frames")
-    if n < claimed - slack:
-        raise ValueError(f"{src}: truncated: decodes to {n} of the {claimed} frames its container claims")
-    return n
-
-
-def _encode_video(src: Path, dst: Path, cfg: PrepareConfig) -> None:
-    """Re-encode `src` as H.264 yuv420p in an mp4 at dst: libx264 in one thread without mbtree (reproducible bytes,
-    see synthetic._encode_mp4), CRF cfg.crf, fastdecode, a keyframe every cfg.gop frames (0: all-intra), no
-    B-frames, no scene-cut keyframes, same frame rate; frame n at pts n (frame numbers and k / fps times kept)."""
-    keyint = cfg.gop or 1
-    with av.open(str(dst), mode="w", format="mp4") as container:
-        box: dict = {}
-
-        def write(rgb: np.ndarray, n: int, rate: Fraction) -> None:
-            rgb = rgb[:max(2, rgb.shape[0] // 2 * 2), :max(2, rgb.shape[1] // 2 * 2)]   # yuv420p: even sides
-            if "stream" not in box:
-                box["stream"] = stream = container.add_stream("libx264", rate=rate)
-                stream.width, stream.height, stream.pix_fmt = rgb.shape[1], rgb.shape[0], "yuv420p"
-                stream.codec_context.options = {
-                    "crf": str(cfg.crf), "preset": "veryfast", "tune": "fastdecode", "threads": "1",
-                    "x264-params": f"keyint={keyint}:min-keyint={keyint}:scenecut=0:bframes=0:threads=1:no-mbtree=1"}
-            frame = webscale.reformat(av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24"), "yuv420p")
-            frame.pts, frame.time_base = n, 1 / Fraction(rate)
-            for packet in box["stream"].encode(frame):
-                container.mux(packet)
-
-        _transcode(src, cfg.short_side, write)
-        for packet in box["stream"].encode():
-            container.mux(packet)
-
-
-def _fit_short_side(rgb: np.ndarray, short_side: int) -> np.ndarray:
-    """(H, W, 3) resized to `short_side` with the training pipeline's transforms.Resize when larger, else as is."""
-    if min(rgb.shape[:2]) <= short_side:
-        return rgb
-    return transforms.Resize(short_side=short_side)(rgb[None])[0]
-
-
-def _write_image(rgb: np.ndarray, src: Path | None, dst: Path, cfg: PrepareConfig) -> None:
-    """A JPEG at dst, fsynced: the source's bytes when it is a JPEG that needs no resizing, else rgb fitted to the
-    short side and encoded at cfg.jpeg_quality."""
-    fitted = _fit_short_side(rgb, cfg.short_side)
-    if src is not None and fitted is rgb and src.suffix.lower() in (".jpg", ".jpeg"):
-        shutil.copyfile(src, dst)
-    else:
-        Image.fromarray(fitted).save(dst, format="JPEG", quality=cfg.jpeg_quality)
-    webscale.fsync(dst)
-
-
-def _output_figures(job: _Job) -> dict:
-    """Frames, seconds of video, bytes of a finished output and bytes of its source."""
-    dst, src = Path(job.dst), Path(job.src)
-    sizes = (lambda p: sum(f.stat().st_size for f in p.iterdir()) if p.is_dir() else p.stat().st_size)
-    if job.form == "video":
-        with webscale.open_video(dst) as (container, stream):
-            frames = webscale.metadata_frames(container, stream) or 0
-            seconds = frames / float(webscale.stream_rate(dst, stream))
-    elif job.form == "frames":
-        frames = data.count_frames(dst)
-        seconds = frames / data.video_fps(src)
-    else:
-        frames, seconds = (1 if job.form == "image" else job.num_frames), 0.0
-    return {"frames": frames, "seconds": seconds, "bytes": sizes(dst), "src_bytes": sizes(src)}
-
-
 def _write_prepared_list(x: dict, done: dict[str, dict], failed: dict[str, str], out: Path) -> dict:
     """The list of one split with the samples whose outputs all exist (same order and fields, new paths; frame
     folders with their counts) and its frame-score sidecar; -> {list, samples, written, kept (source indices)}."""
     rows, kept, scores = [], [], {}
-    is_json = x["dst_list"].suffix.lower() == ".json"
+    as_json = x["dst_list"].suffix.lower() == ".json"
     for i, s, rel, jobs in x["entries"]:
         if any(j.src in failed or j.dst not in done for j in jobs):
             continue
-        count = done[jobs[0].dst]["frames"] if jobs[0].form in ("frames", "folder") else None
-        rows.append(_json_entry(s, rel, count) if is_json else _list_line(s, rel, count))
+        rows.append(_entry(s, rel, done[jobs[0].dst]["frames"] if jobs[0].form in ("frames", "folder") else None,
+                           as_json))
         kept.append(i)
         if s.frame_scores is not None:
             scores[rel] = s.frame_scores
-    text = json.dumps(rows, indent=1) + "\n" if is_json else "".join(r + "\n" for r in rows)
-    webscale.write_atomic(x["dst_list"], text)
+    webscale.write_atomic(x["dst_list"], json.dumps(rows, indent=1) + "\n" if as_json else
+                          "".join(r + "\n" for r in rows))
     side = webscale.frame_scores_path(x["spec"].list_file)
     if side.is_file():
-        webscale.write_frame_scores(webscale.frame_scores_path(x["dst_list"]), scores, fps=json.loads(side.read_text()).get("fps", 1.0))
+        webscale.write_frame_scores(webscale.frame_scores_path(x["dst_list"]), scores,
+                                    fps=json.loads(side.read_text()).get("fps", 1.0))
     return {"list": _rel(x["dst_list"], out), "samples": len(x["samples"]), "written": len(rows), "kept": kept}
 
 
-def _list_line(s: webscale.Sample, rel: str, count: int | None) -> str:
-    """A .txt list line of sample s at path rel (count: the frame folder's frame count)."""
+def _entry(s: webscale.Sample, rel: str, count: int | None, as_json: bool) -> str | dict:
+    """Sample s at path rel as a .txt list line or an MMAction2 .json entry (count: a frame folder's frame count)."""
     if count is not None:
-        return f"{rel} {count} {s.label}"
+        return {"frame_dir": rel, "total_frames": count, "label": s.label} if as_json else f"{rel} {count} {s.label}"
     if s.kind == "raw":
-        return f"{rel} {s.label} {s.num_parts} " + " ".join(str(p) for p in s.pos_clips)
+        return {"video_dir": rel, "label": s.label, "num_clips": s.num_parts, "positive_clip_inds": list(s.pos_clips)} \
+            if as_json else f"{rel} {s.label} {s.num_parts} " + " ".join(str(p) for p in s.pos_clips)
     if s.kind == "windows":
-        return f"{rel} {s.label} " + " ".join(f"{a!r}:{b!r}" for a, b in s.windows)
-    return f"{rel} {s.label}"
-
-
-def _json_entry(s: webscale.Sample, rel: str, count: int | None) -> dict:
-    """An MMAction2 .json list entry of sample s at path rel (count: the frame folder's frame count)."""
-    if count is not None:
-        return {"frame_dir": rel, "total_frames": count, "label": s.label}
-    if s.kind == "raw":
-        return {"video_dir": rel, "label": s.label, "num_clips": s.num_parts, "positive_clip_inds": list(s.pos_clips)}
-    if s.kind == "windows":
-        return {"filename": rel, "label": s.label, "windows": [list(w) for w in s.windows]}
-    return {"filename": rel, "label": s.label}
+        return {"filename": rel, "label": s.label, "windows": [list(w) for w in s.windows]} if as_json else \
+            f"{rel} {s.label} " + " ".join(f"{a!r}:{b!r}" for a, b in s.windows)
+    return {"filename": rel, "label": s.label} if as_json else f"{rel} {s.label}"
 
 
 def _copy_dataset_files(spec: data.DatasetSpec, data_root: Path, out: Path, lists: list[dict]) -> None:
@@ -479,8 +342,8 @@ def _measure_prepared(src: data.DatasetSpec, dst: data.DatasetSpec, cfg: Prepare
     for label, (family, sampling) in PREPARE_PIPELINES.items():
         for when, samples in (("before", before), ("after", after)):
             ds = data.VideoDataset(samples, sampling, transform=transforms.train_transform(family, crop, uint8=True),
-                              image_to_clip=transforms.build_image_to_clip("still", short_side=side),
-                              image_short_side=side)
+                                   image_to_clip=transforms.build_image_to_clip("still", short_side=side),
+                                   image_short_side=side)
             figures.setdefault(label, {})[when] = round(float(np.mean(worker_cpu_ms(ds, len(samples)))), 1)
     return figures
 
@@ -500,19 +363,11 @@ def _print_prepare_summary(report: dict, report_path: Path) -> None:
     print(f"  train from it: python train.py --data-root {report['out']} --target {report['dataset']}")
 
 
-class _CpuTimed(torch.utils.data.Dataset):
-    """Item 0: an untimed read of item 0 of `dataset`; item k >= 1: the process CPU seconds of reading item k - 1."""
-
-    def __init__(self, dataset: torch.utils.data.Dataset, count: int):
-        self.dataset, self.count = dataset, count
-
-    def __len__(self) -> int:
-        return self.count + 1
-
-    def __getitem__(self, k: int) -> float:
-        start = time.process_time()
-        self.dataset[max(k - 1, 0)]
-        return time.process_time() - start
+def _cpu_seconds(dataset: torch.utils.data.Dataset, k: int) -> float:
+    """k = 0: an untimed read of item 0 of `dataset`; k >= 1: the process CPU seconds of reading item k - 1."""
+    start = time.process_time()
+    dataset[max(k - 1, 0)]
+    return time.process_time() - start
 
 
 def _die_with_parent() -> None:
@@ -524,15 +379,136 @@ def _die_with_parent() -> None:
         pass
 
 
+def _rel(path: str | Path, root: Path) -> str:
+    return Path(os.path.relpath(path, root)).as_posix()
+
+def _prepare_file(item: tuple[int, _Job, PrepareConfig]) -> tuple[int, dict]:
+    """Pool task: write one output unless it exists -> (k, its figures) or (k, {"error": one line})."""
+    k, job, cfg = item
+    try:
+        if not Path(job.dst).exists():
+            _write_output(job, cfg)
+        return k, _output_figures(job)
+    except Exception as err:   # PyAV, Pillow and the OS raise many unrelated types: every one is a broken source
+        return k, {"error": f"{type(err).__name__}: {err}".splitlines()[0]}
+
+
+def _write_output(job: _Job, cfg: PrepareConfig) -> None:
+    """Write job.dst under a temporary name in its folder, fsync, rename; leftovers of killed runs are removed."""
+    dst, src = Path(job.dst), Path(job.src)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    stale = f".{dst.name}{webscale.TMP_TAG}"
+    for name in os.listdir(dst.parent):
+        if name.startswith(stale):
+            _remove(dst.parent / name)
+    tmp = dst.parent / f"{stale}{os.getpid()}"
+    try:
+        if job.form == "video":
+            _encode_video(src, tmp, cfg)
+        elif job.form == "image":
+            _write_image(data.read_image(src, cfg.short_side), src, tmp, cfg)
+        elif job.form == "frames":
+            tmp.mkdir()
+            _transcode(src, cfg.short_side,
+                       lambda rgb, n, rate: _write_image(rgb, None, tmp / data.FRAME_TMPL.format(n + 1), cfg))
+        else:
+            tmp.mkdir()
+            for name in (data.FRAME_TMPL.format(n) for n in range(1, job.num_frames + 1)):
+                _write_image(data.read_image(src / name), src / name, tmp / name, cfg)
+        webscale.fsync(tmp)
+        try:
+            os.rename(tmp, dst)
+        except OSError:   # a folder another writer (a worker of a killed run) finished first: same content
+            if not dst.is_dir():
+                raise
+        webscale.fsync(dst.parent)
+    finally:
+        _remove(tmp)
+
+
+def _transcode(src: Path, short_side: int, write: Callable[[np.ndarray, int, Fraction], None]) -> int:
+    """Decode every frame of video `src` once (one decoder thread) -> write(rgb (H, W, 3), n, rate) for n = 0, 1, ...,
+    frames larger than short_side resized to it; returns the count. A video that decodes to fewer frames than its
+    container claims (more than one frame less; 2 % without a frame count) is truncated: a ValueError."""
+    with webscale.open_video(src) as (container, stream):
+        stream.codec_context.thread_count = 1
+        rate = webscale.stream_rate(src, stream)
+        claimed = webscale.metadata_frames(container, stream) or 0
+        slack = 1 if stream.frames else max(1, claimed // 50)
+        n = 0
+        for frame in container.decode(stream):
+            write(_fit_short_side(webscale.to_rgb(frame), short_side), n, rate)
+            n += 1
+    if n == 0:
+        raise ValueError(f"{src}: no decodable video frames")
+    if n < claimed - slack:
+        raise ValueError(f"{src}: truncated: decodes to {n} of the {claimed} frames its container claims")
+    return n
+
+
+def _encode_video(src: Path, dst: Path, cfg: PrepareConfig) -> None:
+    """Re-encode `src` as H.264 yuv420p in an mp4 at dst (webscale.VideoWriter): libx264 in one thread without mbtree
+    (reproducible bytes), CRF cfg.crf, fastdecode, a keyframe every cfg.gop frames (0: all-intra), no B-frames, no
+    scene-cut keyframes, same frame rate, sides cropped to even; frame n at pts n (frame numbers and k / fps kept)."""
+    keyint, writer = cfg.gop or 1, None
+    options = {"crf": str(cfg.crf), "preset": "veryfast", "tune": "fastdecode", "threads": "1",
+               "x264-params": f"keyint={keyint}:min-keyint={keyint}:scenecut=0:bframes=0:threads=1:no-mbtree=1"}
+
+    def write(rgb: np.ndarray, n: int, rate: Fraction) -> None:
+        nonlocal writer
+        rgb = rgb[:max(2, rgb.shape[0] // 2 * 2), :max(2, rgb.shape[1] // 2 * 2)]   # yuv420p: even sides
+        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
+        writer = writer or webscale.VideoWriter(dst, rate, frame, options)
+        writer.write(frame)
+
+    try:
+        _transcode(src, cfg.short_side, write)
+    except BaseException:
+        if writer is not None:
+            writer.close(flush=False)
+        raise
+    writer.close()
+
+
+def _fit_short_side(rgb: np.ndarray, short_side: int) -> np.ndarray:
+    """(H, W, 3) resized to `short_side` with the training pipeline's transforms.Resize when larger, else as is."""
+    if min(rgb.shape[:2]) <= short_side:
+        return rgb
+    return transforms.Resize(short_side=short_side)(rgb[None])[0]
+
+
+def _write_image(rgb: np.ndarray, src: Path | None, dst: Path, cfg: PrepareConfig) -> None:
+    """A JPEG at dst, fsynced: the source's bytes when it is a JPEG that needs no resizing, else rgb fitted to the
+    short side and encoded at cfg.jpeg_quality."""
+    fitted = _fit_short_side(rgb, cfg.short_side)
+    if src is not None and fitted is rgb and src.suffix.lower() in (".jpg", ".jpeg"):
+        shutil.copyfile(src, dst)
+    else:
+        Image.fromarray(fitted).save(dst, format="JPEG", quality=cfg.jpeg_quality)
+    webscale.fsync(dst)
+
+
+def _output_figures(job: _Job) -> dict:
+    """Frames, seconds of video, bytes of a finished output and bytes of its source."""
+    dst, src = Path(job.dst), Path(job.src)
+    sizes = (lambda p: sum(f.stat().st_size for f in p.iterdir()) if p.is_dir() else p.stat().st_size)
+    if job.form == "video":
+        with webscale.open_video(dst) as (container, stream):
+            frames = webscale.metadata_frames(container, stream) or 0
+            seconds = frames / float(webscale.stream_rate(dst, stream))
+    elif job.form == "frames":
+        frames = data.count_frames(dst)
+        seconds = frames / data.video_fps(src)
+    else:
+        frames, seconds = (1 if job.form == "image" else job.num_frames), 0.0
+    return {"frames": frames, "seconds": seconds, "bytes": sizes(dst), "src_bytes": sizes(src)}
+
+
 def _remove(path: Path) -> None:
     if path.is_dir():
         shutil.rmtree(path, ignore_errors=True)
     else:
         path.unlink(missing_ok=True)
-
-
-def _rel(path: str | Path, root: Path) -> str:
-    return Path(os.path.relpath(path, root)).as_posix()
 
 
 if __name__ == "__main__":

@@ -1,35 +1,21 @@
-"""Clip transforms for omnisource: the paper's format transforms and MMAction2-style augmentation.
+"""Clip transforms of OmniSource: web data to the target format (Sec. 3.5) and MMAction2-style augmentation.
 
-Section 1 -- transforming web data to the target format (Sec. 3.5):
-- Eq. 2 / Table 8: inflating a still image to a pseudo clip (replication, random / constant translation, perspective
-  warping with homographies H_i ~ N(mu, Sigma) fitted by maximum likelihood to camera motion measured on real videos);
-  `warp_perspective`, `estimate_homography` (direct photometric alignment), `estimate_video_motion`,
-  `HomographyGaussian`, `fit_homography_gaussian`, `image_to_clip`.
-- Table 14: building a 3-snippet TSN input from 1-FPS frames of an untrimmed video scored by a teacher
-  (`select_snippet`, default 1 positive + 2 negative frames).
+1. Sec. 3.5: Eq. 2 / Table 8, a still image as a pseudo clip (replication, random / constant translation, or
+   perspective warps with homographies H_i ~ N(mu, Sigma) fitted by maximum likelihood to the camera motion of real
+   videos); Table 14, a TSN snippet from the 1-FPS frames of an untrimmed video scored by a teacher.
+2. Augmentation and test views as MMAction2 1.x's Kinetics-400 TSN / SlowOnly configs (the paper's codebase; the
+   paper lists none), with MMAction2's box arithmetic and view order.  A clip is uint8 numpy (T, H, W, 3) RGB; each
+   random choice is drawn once per clip from the Generator passed in.  `Resize` is cv2's INTER_LINEAR as mmcv calls
+   it, bit for bit; training resizes its random crop with torch's uint8 kernel (within one grey level, ~7x faster).
+   uint8=True pipelines stop before `normalize` (any device).  Global state: lru_caches of resize taps and mean/std.
 
-Section 2 -- clip augmentation. The paper does not list its augmentation (its appendix "Implementation Details" gives
-only schedules); we follow the MMAction2 1.x Kinetics-400 configs of TSN and SlowOnly (the paper's codebase): Resize,
-MultiScaleCrop (TSN), RandomResizedCrop (3D), Flip, Normalize, and the test-time CenterCrop / ThreeCrop / TenCrop, with
-MMAction2's crop-box arithmetic and view order. A clip is uint8 numpy `(T, H, W, 3)` RGB; every random choice is drawn
-ONCE per clip from the numpy Generator passed in, so all frames get the same crop/flip. `Resize` reproduces cv2's
-INTER_LINEAR on uint8 as mmcv.imresize calls it (half-pixel centres, no anti-aliasing, 11-bit fixed-point weights),
-bit for bit, so released checkpoints see the pixels they were trained on (every test pipeline, and the short-side
-resize of training). Training resizes its random crop with `ResizedCropFlip`: torch's uint8 channels-last bilinear
-kernel, the same crop boxes and geometry, within one grey level of cv2 (about 7x faster; augmentation noise).
-With `uint8=True` the pipelines stop before normalisation and return uint8 tensors; `normalize` finishes them on any
-device (DataLoader workers ship 4x fewer bytes).
-
-Section 3 -- the machinery under both (a reader of the method may stop before it): `compose`, the
-alignment's pyramid and Gauss-Newton steps, the cv2-exact resize taps and the other small helpers.
-
-Coordinate convention (section 1): a homography H maps PIXEL coordinates (x, y, 1) of the source image to the output
-image, pixel centres at integers (x = 0 .. W-1). `HomographyGaussian` stores motion in resolution-free normalised
-coordinates u = (x - (W-1)/2) / (max(W, H)/2) so one fitted model applies to images of any size.
+Coordinates: H maps PIXEL coordinates (x, y, 1) of the source to the output, pixel centres at integers;
+`HomographyGaussian` works in normalised coordinates u = (x - (W-1)/2) / (max(W, H)/2), valid at any image size.
 """
 from __future__ import annotations
 
 import functools
+import itertools
 import json
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -43,89 +29,73 @@ import torch.nn.functional as F
 MEAN = (123.675, 116.28, 103.53)  # ImageNet mean on the 0-255 scale (RGB)
 STD = (58.395, 57.12, 57.375)
 CV2_COEF_BITS = 11  # cv2 INTER_RESIZE_COEF_BITS: bilinear weights in units of 1/2048
-_NORM_CACHE: dict = {}  # (device, mean, std) -> float32 (3, 1, 1, 1) tensors on that device (see normalize)
 
 # ----------------------------------------------------------------------------------------------------------------------
-# 1. Transforming web data to the target format (Sec. 3.5)
+# 1. Web data to the target format (Sec. 3.5): Eq. 2 / Table 8 image-to-clip, Table 14 snippets
 # ----------------------------------------------------------------------------------------------------------------------
 
 
 def warp_perspective(image: np.ndarray | torch.Tensor, H: np.ndarray | torch.Tensor, padding: str = "border"
                      ) -> np.ndarray | torch.Tensor:
-    """Sec. 3.5: the homographic transform F(I; H). Output pixel x' takes the source at H^-1 x' (bilinear).
+    """Sec. 3.5: the homographic transform F(I; H): output pixel x' takes the source at H^-1 x' (bilinear).
 
-    image: uint8 numpy (H, W, 3) or float tensor (3, H, W); H: (3, 3) mapping SOURCE pixel coords to OUTPUT pixel
-    coords, or (N, 3, 3) for N warps of the same image (Eq. 2's frames: image_to_clip). Returns the same type and
-    dtype, (H, W, 3) / (3, H, W), or with a leading N for N matrices. padding 'border' (default) repeats the edge
-    pixels where the inverse map leaves the image, so pseudo videos have no black corners; 'zeros' and 'reflection'
-    are grid_sample's others.
+    image: uint8 numpy (H, W, 3) or float tensor (3, H, W); H: (3, 3) source -> output pixel coords, or (N, 3, 3)
+    for N warps (Eq. 2's frames); returns the same type and dtype, with a leading N for N matrices.  padding:
+    'border' repeats the edge pixels (pseudo videos get no black corners), or grid_sample's 'zeros' / 'reflection'.
     """
     hmats = torch.as_tensor(np.asarray(H, dtype=np.float64))
-    one = hmats.ndim == 2
-    hmats = hmats.reshape(-1, 3, 3)
-    if isinstance(image, np.ndarray):
-        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-            raise ValueError(f"transforms.warp_perspective: expected uint8 (H, W, 3), got {image.dtype} {image.shape}")
+    if isinstance(image, np.ndarray) and image.ndim == 3 and image.shape[2] == 3 and image.dtype == np.uint8:
         chw = torch.from_numpy(image.astype(np.float32)).permute(2, 0, 1)
-        out = _warp_batch(chw, hmats, padding).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
-        return out[0] if one else out
-    if not torch.is_tensor(image) or image.ndim != 3 or not image.is_floating_point():
-        raise ValueError("transforms.warp_perspective: expected uint8 numpy (H, W, 3) or float tensor (3, H, W)")
-    out = _warp_batch(image, hmats, padding)
-    return out[0] if one else out
+        out = _warp_batch(chw, hmats.reshape(-1, 3, 3), padding)
+        out = out.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    elif torch.is_tensor(image) and image.ndim == 3 and image.is_floating_point():
+        out = _warp_batch(image, hmats.reshape(-1, 3, 3), padding)
+    else:
+        raise ValueError(f"transforms.warp_perspective: expected uint8 numpy (H, W, 3) or float tensor (3, H, W), got "
+                         f"{getattr(image, 'dtype', type(image))} {getattr(image, 'shape', '')}")
+    return out[0] if hmats.ndim == 2 else out
 
 
 def estimate_homography(src: np.ndarray | torch.Tensor, dst: np.ndarray | torch.Tensor, max_side: int = 400,
                         min_side: int = 20, max_iters: int = 30, tol: float = 1e-2) -> torch.Tensor:
     """Direct photometric alignment: H (3, 3) float64 with warp_perspective(src, H) ~ dst (pixel coords, H[2,2]=1).
 
-    src, dst: uint8 (H, W, 3) / (H, W) numpy or float tensors (3, H, W) / (H, W), same size. Inverse-compositional
-    Gauss-Newton (Baker & Matthews) over the 8 homography parameters plus an intensity bias, Huber-weighted, on a
-    2x2-average pyramid coarse to fine (coarsest short side >= min_side); pixels mapped outside dst are masked out.
-    Speed: levels whose long side exceeds max_side are skipped (the finest level used is downscaled by 2^k); the
-    result is still in full-resolution pixel coordinates. tol: stop a level when an update moves the corners < tol px.
-    Runs torch single-threaded (restored after): ~0.05 s per 340x256 pair on one CPU core.
+    src, dst: same-size uint8 (H, W, 3) / (H, W) numpy or float (3, H, W) / (H, W) tensors.  Inverse-compositional
+    Gauss-Newton (Baker & Matthews) over the 8 parameters plus an intensity bias, Huber-weighted, coarse to fine on a
+    2x2-average pyramid (coarsest short side >= min_side, levels with a long side > max_side skipped); pixels mapped
+    outside dst are masked out; a level stops when an update moves the corners < tol px.  ~0.05 s per 340x256 pair
+    on one CPU core (it runs single-threaded).
     """
     with _torch_threads(1):  # many small ops: one thread is fastest and immune to CPU oversubscription
         a, b = _gray(src), _gray(dst)
         if a.shape != b.shape:
             raise ValueError(f"transforms.estimate_homography: src {tuple(a.shape)} and dst {tuple(b.shape)} differ")
         h, w = a.shape
-        norm = _norm_matrix(w, h)
         # 1. pyramids (level l halves level l-1); 2. skip the finest levels whose long side exceeds max_side
         pyr_a, pyr_b = _pyramid(a, min_side), _pyramid(b, min_side)
-        first = 0
-        while first < len(pyr_a) - 1 and max(pyr_a[first].shape) > max_side:
-            first += 1
+        first = min(sum(max(level.shape) > max_side for level in pyr_a), len(pyr_a) - 1)
         # 3. coarse to fine; the motion is kept in normalised coordinates (level independent)
         g, bias = torch.eye(3, dtype=torch.float64), 0.0
         for level in range(len(pyr_a) - 1, first - 1, -1):
             g, bias = _align_level(pyr_a[level], pyr_b[level], g, bias, level, (w, h), max_iters, tol)
-    # 4. back to pixel coordinates
-    hmat = torch.linalg.inv(norm) @ g @ norm
-    return hmat / hmat[2, 2]
+    return denormalize_homography(g, (w, h))   # 4. back to pixel coordinates
 
 
 def estimate_video_motion(frames: np.ndarray, stride: int = 1, max_shift: float | None = 0.1, **kwargs: float
                           ) -> list:
     """Camera motion of a real video (Sec. 3.5: mu, Sigma are "estimated ... on the original video source").
 
-    frames: uint8 (T, H, W, 3), consecutive native frames -> (T-1) // stride entries: entry k is H (3, 3), pixel
-    coords, with warp(frame_ks, H) ~ frame_(k+1)s: the motion over `stride` native frames (one step of the clips a
-    network samples, Eq. 2), or None where the window crosses a scene cut / failed alignment.
-    1. H between every consecutive pair (`estimate_homography`); a pair is rejected when a corner moves more than
-       max_shift * long side or the homography flips orientation (max_shift=None keeps all);
-    2. entry k = the product of the `stride` steps of its window, None when one of them was rejected.
-    Composing consecutive steps, not aligning frames `stride` apart directly: aligning frames 16 apart in the
-    Kinetics-like real clips disagreed with the composed chain by more than a tenth of the frame on half of the
-    pairs (the photometric alignment loses large motions); each consecutive step is a small motion it finds.
-    kwargs go to estimate_homography.
+    frames: uint8 (T, H, W, 3), consecutive native frames -> (T-1) // stride entries, entry k the pixel-coordinate H
+    (3, 3) with warp(frame_ks, H) ~ frame_(k+1)s (one step of the clips a network samples, Eq. 2), or None.  Entry k
+    is the product of its window's consecutive-pair homographies (`estimate_homography`, kwargs), None when a pair
+    moves a corner by more than max_shift * long side or flips orientation (a scene cut, a failed alignment;
+    max_shift=None keeps all).  Composed, not aligned `stride` apart: frames 16 apart in real clips disagreed with
+    the chain by over a tenth of the frame on half the pairs (the alignment loses large motions).
     """
     _check_clip(frames, "estimate_video_motion")
     if stride < 1:
         raise ValueError(f"transforms.estimate_video_motion: stride must be >= 1, got {stride}")
-    h, w = frames.shape[1:3]
-    out = []
+    (h, w), out = frames.shape[1:3], []
     for k in range((len(frames) - 1) // stride):
         total = torch.eye(3, dtype=torch.float64)
         for t in range(k * stride, (k + 1) * stride):
@@ -154,13 +124,9 @@ def denormalize_homography(G: np.ndarray | torch.Tensor, size: tuple[int, int]) 
 
 @dataclass
 class HomographyGaussian:
-    """Sec. 3.5: per-step camera motion H_i ~ N(mu, Sigma) over the 8 free entries of G - I (row-major, G[2,2] = 1).
-
-    G is the homography in normalised coordinates (see the module docstring), so the model fits any image size.
-    per_class: optional class-specific (mu, sigma) (Table 8 "[spec]"); the class-agnostic mu/sigma is "[agno]".
-    stride: what one step H_i stands for in the real videos it was fitted on, as `omnisource.motion_stride` names
-    it ("16 frames": a 3D net sampling every 16th frame; "1/3 video": a TSN's 3 segments); "" when unknown.
-    """
+    """Sec. 3.5: per-step camera motion H_i ~ N(mu, Sigma) over the 8 free entries of G - I (row-major, G[2,2] = 1),
+    G in normalised coordinates; per_class: class-specific fits (Table 8 "[spec]"; mu, sigma: "[agno]"); stride: one
+    step in the videos it was fitted on (`omnisource.motion_stride`: "16 frames", "1/3 video"; "" unknown)."""
     mu: np.ndarray  # (8,)
     sigma: np.ndarray  # (8, 8)
     per_class: dict[int, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
@@ -172,7 +138,7 @@ class HomographyGaussian:
 
     def sample(self, n: int, rng: np.random.Generator, label: int | None = None) -> np.ndarray:
         """n normalised homographies (n, 3, 3) float64; class-specific when `label` has its own fit."""
-        mu, sigma = self.per_class.get(label, (self.mu, self.sigma)) if label is not None else (self.mu, self.sigma)
+        mu, sigma = self.per_class.get(label, (self.mu, self.sigma))   # label None: the class-agnostic fit
         vals, vecs = np.linalg.eigh(sigma)
         root = vecs * np.sqrt(np.clip(vals, 0.0, None))  # sigma = root @ root.T (works for singular sigma)
         params = mu + rng.standard_normal((n, 8)) @ root.T
@@ -199,17 +165,15 @@ def fit_homography_gaussian(hs: Sequence, size: tuple[int, int] | None = None, l
                             ridge: float = 1e-12, min_class: int = 1, stride: str = "") -> HomographyGaussian:
     """Sec. 3.5: maximum-likelihood N(mu, Sigma) of the 8 free parameters of H - I.
 
-    hs: sequence of (3, 3) homographies (None entries are skipped); in pixel coordinates of (w, h) = size frames
-    (normalised here), or already normalised when size is None. mu = mean, Sigma = (1/n) sum (p - mu)(p - mu)^T
-    (the ML estimate) + ridge * I (keeps it positive definite; 1e-12 is a 1e-6 std, far below real motion).
-    labels (optional, one per H, None entries included): also fit a class-specific Gaussian per label that has at
-    least `min_class` homographies (the others sample the class-agnostic one). stride: recorded in the model.
+    hs: (3, 3) homographies (None skipped), in pixel coordinates of (w, h) = size frames, or normalised when size is
+    None.  Sigma = (1/n) sum (p - mu)(p - mu)^T + ridge * I (positive definite; 1e-12 is far below real motion).
+    labels (one per H): also a Gaussian per label with >= `min_class` homographies.  stride: recorded in the model.
     """
     keep = [i for i, hmat in enumerate(hs) if hmat is not None]  # None: pairs rejected by estimate_video_motion
     if not keep:
         raise ValueError("transforms.fit_homography_gaussian: expected at least one homography (all None or empty)")
-    mats = [normalize_homography(hs[i], size) if size is not None else np.asarray(hs[i], np.float64) for i in keep]
-    params = np.stack([_h_to_params(np.asarray(m)) for m in mats])  # (n, 8)
+    params = np.stack([_h_to_params(np.asarray(normalize_homography(hs[i], size) if size is not None else hs[i]))
+                       for i in keep])  # (n, 8)
 
     def ml(p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         mu = p.mean(0)
@@ -232,15 +196,12 @@ def image_to_clip(image: np.ndarray, num_frames: int, mode: str = "still", rng: 
                   max_step: float = 0.02, short_side: int | None = None) -> np.ndarray:
     """Eq. 2 / Table 8: a still image uint8 (H, W, 3) as a pseudo clip uint8 (T, H', W', 3).
 
-    'still': replication. 'translate-random': each step moves by a random (dx, dy) ~ U(-m, m)^2.
-    'translate-const': one random velocity (direction U(0, 2pi), speed U(0, m)) for the whole clip.
-    'warp-agno': J_1 = I, J_i = H_i(J_{i-1}) with H_i ~ the class-agnostic Gaussian of `motion`; 'warp-spec': the
-    Gaussian of the image's (pseudo-)`label` where that class has its own fit (HomographyGaussian.sample).
-    m = max_step * short side (pixels per frame). Frame i is the ORIGINAL image warped once by the composed product
-    (H_i ... H_1), so there is no repeated-resampling blur; borders are filled by edge replication
-    (warp_perspective 'border'). short_side (web images are often 1-12 megapixels): first Resize(short_side) the
-    image, once, so replication and warping work at the size the clip pipeline resizes to anyway (its Resize is
-    then the identity; 'still' gives the same pixels as resizing every frame after). None: keep the image's size.
+    'still': replication; 'translate-random': each step moves by (dx, dy) ~ U(-m, m)^2; 'translate-const': one
+    velocity (direction U(0, 2pi), speed U(0, m)), m = max_step * short side; 'warp-agno': J_1 = I,
+    J_i = H_i(J_{i-1}), H_i ~ the class-agnostic Gaussian of `motion`; 'warp-spec': that of the image's
+    (pseudo-)`label` where it has its own fit.  Frame i is the ORIGINAL image warped once by H_i ... H_1 (no
+    resampling blur), edges replicated.  short_side: Resize(short_side) the (often multi-megapixel) image first,
+    to the size the clip pipeline resizes to anyway (its Resize is then the identity); None: keep the size.
     """
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         raise ValueError(f"transforms.image_to_clip: expected uint8 (H, W, 3), got {image.dtype} {image.shape}")
@@ -264,19 +225,16 @@ def image_to_clip(image: np.ndarray, num_frames: int, mode: str = "still", rng: 
         else:
             angle, speed = rng.uniform(0, 2 * np.pi), rng.uniform(0, m)
             shifts = np.tile([speed * np.cos(angle), speed * np.sin(angle)], (num_frames - 1, 1))
-        steps = [_translation(dx, dy) for dx, dy in shifts]
+        steps = [np.array([[1.0, 0.0, dx], [0.0, 1.0, dy], [0.0, 0.0, 1.0]]) for dx, dy in shifts]
     # 2. Eq. 2: compose H_i ... H_1 and warp the original image once per frame
-    total, mats = np.eye(3), [np.eye(3)]
-    for step in steps:
-        total = step @ total
-        mats.append(total.copy())
-    return warp_perspective(image, np.stack(mats))             # (T, H, W, 3) uint8
+    mats = itertools.accumulate(steps, lambda total, step: step @ total, initial=np.eye(3))
+    return warp_perspective(image, np.stack(list(mats)))             # (T, H, W, 3) uint8
 
 
 def build_image_to_clip(mode: str = "still", motion: HomographyGaussian | None = None, max_step: float = 0.02,
                         short_side: int | None = None) -> Callable:
-    """`image_to_clip` bound for a dataset: f(image (H, W, 3), num_frames, rng=None, label=None) -> (T, H', W', 3)
-    uint8. short_side: resize the image first; pass short_side_for(crop_size) of the clip pipeline."""
+    """`image_to_clip` bound for a dataset: f(image (H, W, 3), num_frames, rng=None, label=None) -> uint8
+    (T, H', W', 3); short_side: short_side_for(crop_size) of the clip pipeline."""
     _check_image_to_clip(mode, motion)
 
     def to_clip(image: np.ndarray, num_frames: int, rng: np.random.Generator | None = None,
@@ -290,14 +248,12 @@ SNIPPET_MODES = {"1p2n": (1, 2), "2p1n": (2, 1), "3pos": (3, 0), "3rand": None} 
 
 def select_snippet(scores: np.ndarray | Sequence[float], label: int, mode: str = "1p2n",
                    rng: np.random.Generator | None = None, *, threshold: float, num_frames: int = 3) -> np.ndarray:
-    """Table 14: pick the frames of a TSN snippet (one per segment) from the 1-FPS frames of an untrimmed video.
+    """Table 14: the frames of a TSN snippet (one per segment) from the 1-FPS frames of an untrimmed video.
 
-    scores: (F, num_classes) teacher probabilities, or (F,) probability of `label`. Positives: prob >= threshold,
-    the threshold the filter held the video to (webscale.FrameScores.threshold; no default: there is no other).
-    '1p2n' (paper default) 1 positive + 2 negatives, '2p1n', '3pos', '3rand' (any 3 frames). For num_frames = N
-    segments a row of p positives of 3 takes the same share: floor(N p / 3 + 1/2) positives (halves up) and the
-    rest negatives (1p2n with 8 segments: 3 + 5; 2p1n: 5 + 3). Each kind is drawn without replacement; a
-    shortfall of one kind is filled from the other kind; videos with < N frames repeat frames.
+    scores: (F, num_classes) teacher probabilities or (F,) of `label`; positives: prob >= threshold, the filter's
+    threshold for the video (webscale.FrameScores.threshold).  '1p2n' (the paper's) 1 positive + 2 negatives,
+    '2p1n', '3pos', '3rand'; N segments take the same share, floor(N p / 3 + 1/2) positives (1p2n, 8 segments:
+    3 + 5).  Drawn without replacement, a shortfall of one kind filled from the other, frames repeated when F < N.
     Returns sorted frame indices (N,) int64.
     """
     if mode not in SNIPPET_MODES:
@@ -309,16 +265,13 @@ def select_snippet(scores: np.ndarray | Sequence[float], label: int, mode: str =
                          f"got {np.shape(scores)}")
     rng = rng if rng is not None else np.random.default_rng()
     # 1. split the frames by the teacher's confidence
-    pos, neg = np.flatnonzero(probs >= threshold), np.flatnonzero(probs < threshold)
-    row = SNIPPET_MODES[mode]
+    pos, neg, row = np.flatnonzero(probs >= threshold), np.flatnonzero(probs < threshold), SNIPPET_MODES[mode]
     if row is None:
         pos, neg, row = np.arange(len(probs)), np.zeros(0, dtype=int), (3, 0)
-    n_want = int(np.floor(num_frames * row[0] / 3 + 0.5))
-    want = (n_want, num_frames - n_want)
     # 2. take what each kind has; the shortfall moves to the other kind
-    n_pos = min(want[0], len(pos))
-    n_neg = min(want[1] + want[0] - n_pos, len(neg))
-    n_pos = min(want[0] + want[1] - n_neg, len(pos))
+    n_pos = min(int(np.floor(num_frames * row[0] / 3 + 0.5)), len(pos))
+    n_neg = min(num_frames - n_pos, len(neg))
+    n_pos = min(num_frames - n_neg, len(pos))
     picked = list(rng.choice(pos, n_pos, replace=False)) + list(rng.choice(neg, n_neg, replace=False))
     # 3. fewer than N frames in the video: repeat random frames
     if len(picked) < num_frames:
@@ -327,17 +280,15 @@ def select_snippet(scores: np.ndarray | Sequence[float], label: int, mode: str =
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# 2. Clip augmentation (MMAction2 1.x mmaction/datasets/transforms/processing.py, re-implemented)
+# 2. Clip augmentation and test views (MMAction2 1.x mmaction/datasets/transforms/processing.py, re-implemented)
 # ----------------------------------------------------------------------------------------------------------------------
 
 
 @dataclass
 class Resize:
-    """MMAction2 `Resize`: short side to `short_side` keeping the ratio (scale=(-1, S)), or to a fixed `size` (w, h).
-
-    (T, H, W, 3) uint8 -> (T, H', W', 3) uint8. New size as mmcv.rescale_size: int(w * S / min(h, w) + 0.5).
-    Equals MMAction2's cv2 INTER_LINEAR bit for bit (see _resize_cv2_linear).
-    """
+    """MMAction2 `Resize`: the short side to `short_side` keeping the ratio (scale=(-1, S); mmcv.rescale_size:
+    int(w * S / min(h, w) + 0.5)), or to a fixed `size` (w, h); (T, H, W, 3) -> (T, H', W', 3) uint8, equal to cv2's
+    INTER_LINEAR bit for bit (`_resize_cv2_linear`)."""
     short_side: int | None = None
     size: tuple[int, int] | None = None  # (w, h), keep_ratio=False
 
@@ -356,52 +307,40 @@ class Resize:
 
 @dataclass
 class MultiScaleCrop:
-    """MMAction2 `MultiScaleCrop` (TSN training): crop w and h from scales of the short side, then fixed offsets.
-
-    Gives the box; ResizedCropFlip crops the clip with it and resizes the crop to `input_size` (train_transform).
-    """
+    """MMAction2 `MultiScaleCrop` (TSN training; its K400 config: max_wh_scale_gap 1, fixed offsets): crop w and h
+    from scales of the short side at 5 fixed offsets; the box for ResizedCropFlip."""
     input_size: int | tuple[int, int] = 224  # (w, h) of the network input
     scales: tuple[float, ...] = (1, 0.875, 0.75, 0.66)
-    max_wh_scale_gap: int = 1
-    random_crop: bool = False
-    num_fixed_crops: int = 5  # 5 or 13
 
     def box(self, img_h: int, img_w: int, rng: np.random.Generator) -> tuple[int, int, int, int]:
         """Crop box (x1, y1, x2, y2) for an image of img_h x img_w."""
         in_w, in_h = _pair(self.input_size)
-        # 1. candidate (w, h) sizes: pairs of scales at most max_wh_scale_gap levels apart
+        # 1. candidate (w, h) sizes: pairs of scales at most one level apart
         crop_sizes = [int(min(img_h, img_w) * s) for s in self.scales]
-        candidates = [[w, h] for i, h in enumerate(crop_sizes) for j, w in enumerate(crop_sizes)
-                      if abs(i - j) <= self.max_wh_scale_gap]
+        candidates = [[w, h] for i, h in enumerate(crop_sizes) for j, w in enumerate(crop_sizes) if abs(i - j) <= 1]
         crop_w, crop_h = candidates[int(rng.integers(len(candidates)))]
         # 2. a size within 3 px of the input size snaps to it (as MMAction2)
         crop_w = in_w if abs(crop_w - in_w) < 3 else crop_w
         crop_h = in_h if abs(crop_h - in_h) < 3 else crop_h
-        # 3. offset: uniform, or one of the 5 (13) fixed positions on a quarter grid
-        if self.random_crop:
-            x, y = int(rng.integers(img_w - crop_w + 1)), int(rng.integers(img_h - crop_h + 1))
-        else:
-            offsets = _fixed_offsets((img_w - crop_w) // 4, (img_h - crop_h) // 4, self.num_fixed_crops)
-            x, y = offsets[int(rng.integers(len(offsets)))]
+        # 3. offset: one of the 5 fixed positions on a quarter grid
+        offsets = _fixed_offsets((img_w - crop_w) // 4, (img_h - crop_h) // 4)
+        x, y = offsets[int(rng.integers(len(offsets)))]
         return x, y, x + crop_w, y + crop_h
 
 
 @dataclass
 class RandomResizedCrop:
-    """MMAction2 `RandomResizedCrop` (3D training): 10 trials of (area, log-uniform ratio); fallback centre square.
-
-    Gives the box; ResizedCropFlip crops the clip with it and resizes the crop to the crop size (train_transform).
-    """
+    """MMAction2 `RandomResizedCrop` (3D training): 10 trials of (area, log-uniform ratio), else the centre square;
+    the box for ResizedCropFlip."""
     area_range: tuple[float, float] = (0.08, 1.0)
     aspect_ratio_range: tuple[float, float] = (3 / 4, 4 / 3)
-    max_attempts: int = 10
 
     def box(self, img_h: int, img_w: int, rng: np.random.Generator) -> tuple[int, int, int, int]:
         """Crop box (x1, y1, x2, y2) for an image of img_h x img_w."""
         # 1. all trials drawn at once (as MMAction2): ratio log-uniform, area uniform in area_range * H * W
         lo, hi = np.log(self.aspect_ratio_range[0]), np.log(self.aspect_ratio_range[1])
-        ratios = np.exp(rng.uniform(lo, hi, size=self.max_attempts))
-        areas = rng.uniform(*self.area_range, size=self.max_attempts) * img_h * img_w
+        ratios = np.exp(rng.uniform(lo, hi, size=10))
+        areas = rng.uniform(*self.area_range, size=10) * img_h * img_w
         widths = np.round(np.sqrt(areas * ratios)).astype(int)
         heights = np.round(np.sqrt(areas / ratios)).astype(int)
         # 2. the first trial that fits gets a uniform offset
@@ -417,14 +356,10 @@ class RandomResizedCrop:
 
 @dataclass
 class ResizedCropFlip:
-    """Training: crop `box(H, W, rng)`, resize the crop to size x size, flip horizontally with probability p; fused.
-
-    (T, H, W, 3) uint8 -> uint8 (C, T, size, size), ToUint8Tensor's layout. The random draws are MMAction2's order
-    (the box, then the flip), so a Generator gives the same boxes and flips as crop -> Resize -> Flip would. The
-    resize is F.interpolate(bilinear, align_corners=False, antialias=False) on the uint8 crop in channels-last memory
-    (torch's uint8 kernel): cv2 INTER_LINEAR's sample points and edge clamping, within one grey level of Resize's
-    exact pixels (their roundings differ), about 7x faster (benchmark.py --what transforms); the flip and the
-    (C, T, H, W) layout are one numpy copy. box: MultiScaleCrop.box (TSN) or RandomResizedCrop.box (3D).
+    """Training: crop `box(H, W, rng)` (MultiScaleCrop.box / RandomResizedCrop.box), resize it to size x size, flip
+    it with probability p, fused: (T, H, W, 3) uint8 -> uint8 (C, T, size, size).  The draws are in MMAction2's
+    order (box, flip).  The resize is torch's uint8 bilinear kernel on channels-last memory: cv2's sample points,
+    within one grey level of Resize's exact pixels, about 7x faster (benchmark.py --what transforms).
     """
     box: Callable[[int, int, np.random.Generator], tuple[int, int, int, int]]
     size: int = 224
@@ -436,32 +371,25 @@ class ResizedCropFlip:
         flip = rng.random() < self.p
         if crop.shape[1:3] != (self.size, self.size):
             crop = _resize_uint8(crop, self.size, self.size)
-        if flip:
-            crop = crop[:, :, ::-1]
+        crop = crop[:, :, ::-1] if flip else crop
         return torch.from_numpy(np.ascontiguousarray(crop.transpose(3, 0, 1, 2)))  # (C, T, size, size)
 
 
 @dataclass
 class Normalize:
-    """(x - mean) / std on the 0-255 scale: (T, H, W, 3) -> (C, T, H, W); views (V, T, H, W, 3) -> (V, C, T, H, W)."""
+    """(x - mean) / std on the 0-255 scale: uint8 (T, H, W, 3) -> float32 (C, T, H, W); views (V, T, H, W, 3) ->
+    (V, C, T, H, W).  ToUint8Tensor, then `normalize`."""
     mean: tuple[float, float, float] = MEAN
     std: tuple[float, float, float] = STD
 
     def __call__(self, frames: np.ndarray, rng: np.random.Generator | None = None) -> torch.Tensor:
-        if frames.ndim not in (4, 5) or frames.shape[-1] != 3:
-            raise ValueError(f"transforms.Normalize: expected (T, H, W, 3) or (V, T, H, W, 3), got {frames.shape}")
-        x = torch.from_numpy(frames.astype(np.float32))  # a copy: read-only inputs are fine
-        x = (x - torch.tensor(self.mean)) / torch.tensor(self.std)
-        order = (3, 0, 1, 2) if frames.ndim == 4 else (0, 4, 1, 2, 3)
-        return x.permute(*order).contiguous()
+        return normalize(ToUint8Tensor()(frames), self.mean, self.std)
 
 
 @dataclass
 class ToUint8Tensor:
-    """The uint8 end of a pipeline: (T, H, W, 3) -> uint8 (C, T, H, W); views (V, T, H, W, 3) -> (V, C, T, H, W).
-
-    Same layout as Normalize's output, before normalisation; `normalize` turns it into Normalize's output exactly.
-    """
+    """The uint8 end of a pipeline: (T, H, W, 3) -> uint8 (C, T, H, W); views (V, T, H, W, 3) -> (V, C, T, H, W)
+    (Normalize's layout; `normalize` turns it into Normalize's output exactly)."""
 
     def __call__(self, frames: np.ndarray, rng: np.random.Generator | None = None) -> torch.Tensor:
         if frames.ndim not in (4, 5) or frames.shape[-1] != 3 or frames.dtype != np.uint8:
@@ -472,12 +400,8 @@ class ToUint8Tensor:
 
 
 def normalize(x: torch.Tensor, mean: tuple[float, ...] = MEAN, std: tuple[float, ...] = STD) -> torch.Tensor:
-    """uint8 clips -> float32 (x - mean) / std on x's device, equal to Normalize's output for the same pixels.
-
-    x: uint8 (..., C, T, H, W) with the CHANNEL AT DIM -4 (C = 3, RGB): a clip (C, T, H, W), a batch (N, C, T, H, W),
-    test views (V, C, T, H, W) or a batch of them (N, V, C, T, H, W). Same float32 operations as Normalize, so the
-    values are bit-identical. mean/std live on the device once (no host copy per call, no host sync).
-    """
+    """uint8 (..., C, T, H, W) clips, the channel (RGB) at dim -4 -> float32 (x - mean) / std on x's device (so the
+    same values as Normalize, which calls it); mean/std are put on a device once."""
     if x.dtype != torch.uint8 or x.ndim < 4 or x.shape[-4] != 3:
         raise ValueError(f"transforms.normalize: expected uint8 (..., 3, T, H, W), got {x.dtype} {tuple(x.shape)}")
     m, s = _norm_constants(x.device, tuple(mean), tuple(std))
@@ -498,10 +422,8 @@ class CenterCrop:
 
 @dataclass
 class ThreeCrop:
-    """MMAction2 `ThreeCrop`: 3 crops along the long side, ORDER left/top, right/bottom, middle (step = (L - l) // 2).
-
-    The crop must span the short side. (T, H, W, 3) -> views (3, T, h, w, 3).
-    """
+    """MMAction2 `ThreeCrop`: 3 crops spanning the short side, along the long one in the ORDER left/top,
+    right/bottom, middle (step (L - l) // 2); (T, H, W, 3) -> views (3, T, h, w, 3)."""
     size: int | tuple[int, int]  # (w, h)
 
     def boxes(self, img_h: int, img_w: int) -> list[tuple[int, int, int, int]]:
@@ -524,34 +446,33 @@ class ThreeCrop:
 
 @dataclass
 class TenCrop:
-    """MMAction2 `TenCrop`: for each of upper-left, upper-right, lower-left, lower-right, centre: crop, flipped crop.
-
-    (T, H, W, 3) -> views (10, T, h, w, 3), order [UL, UL-flip, UR, UR-flip, LL, LL-flip, LR, LR-flip, C, C-flip].
-    """
+    """MMAction2 `TenCrop`: (T, H, W, 3) -> views (10, T, h, w, 3), a crop and its flip for each of upper-left,
+    upper-right, lower-left, lower-right and centre, in that order."""
     size: int | tuple[int, int]  # (w, h)
 
     def boxes(self, img_h: int, img_w: int) -> list[tuple[int, int, int, int]]:
         cw, ch = _pair(self.size)
-        offsets = _fixed_offsets((img_w - cw) // 4, (img_h - ch) // 4, 5)
-        return [(x, y, x + cw, y + ch) for x, y in offsets]
+        return [(x, y, x + cw, y + ch) for x, y in _fixed_offsets((img_w - cw) // 4, (img_h - ch) // 4)]
 
     def __call__(self, frames: np.ndarray, rng: np.random.Generator | None = None) -> np.ndarray:
         _check_clip(frames, "TenCrop")
-        views = []
-        for b in self.boxes(*frames.shape[1:3]):
-            crop = _crop(frames, b)
-            views += [crop, crop[:, :, ::-1]]
-        return np.stack(views)
+        crops = [_crop(frames, b) for b in self.boxes(*frames.shape[1:3])]
+        return np.stack([view for crop in crops for view in (crop, crop[:, :, ::-1])])
+
+
+def compose(*steps: Callable) -> Callable:
+    """Chain clip transforms: f(frames, rng) = steps[-1](... steps[0](frames, rng) ..., rng)."""
+    def run(frames: np.ndarray, rng: np.random.Generator | None = None) -> np.ndarray | torch.Tensor:
+        for step in steps:
+            frames = step(frames, rng)
+        return frames
+    return run
 
 
 def train_transform(family: str, crop_size: int = 224, uint8: bool = False) -> Callable:
-    """Training pipeline f(frames uint8 (T, H, W, 3), rng) -> float (C, T, crop, crop), as MMAction2's K400 configs.
-
-    'tsn': Resize(short=S) -> MultiScaleCrop -> resize (crop, crop) -> Flip -> Normalize;
-    '3d':  Resize(short=S) -> RandomResizedCrop -> resize (crop, crop) -> Flip -> Normalize; S = round(crop*256/224).
-    Resize is cv2-exact (an identity on K400's short side 256); crop, resize and flip are one ResizedCropFlip
-    (within one grey level of cv2, same boxes). uint8=True: uint8 (C, T, crop, crop) before normalisation
-    (`normalize` finishes it, to the float output exactly).
+    """Training pipeline f(frames uint8 (T, H, W, 3), rng) -> float (C, T, crop, crop), MMAction2's K400 configs:
+    Resize(short=S) -> MultiScaleCrop ('tsn') / RandomResizedCrop ('3d') -> resize to crop -> Flip -> Normalize,
+    S = short_side_for(crop); one ResizedCropFlip after the cv2-exact Resize.  uint8=True: stop before Normalize.
     """
     boxes = {"tsn": MultiScaleCrop(input_size=crop_size).box, "3d": RandomResizedCrop().box}
     if family not in boxes:
@@ -561,13 +482,9 @@ def train_transform(family: str, crop_size: int = 224, uint8: bool = False) -> C
 
 
 def test_transform(family: str, crop_size: int = 224, protocol: str = "three_crop", uint8: bool = False) -> Callable:
-    """Test pipeline f(frames uint8 (T, H, W, 3)) -> float views (V, C, T, h, w); S = round(crop * 256 / 224).
-
-    'three_crop': Resize(short=S) -> ThreeCrop(S) (V=3, h=w=S; MMAction2 SlowOnly test config);
-    'ten_crop':   Resize(short=S) -> TenCrop(crop) (V=10; MMAction2 TSN test config);
-    'center':     Resize(short=S) -> CenterCrop(crop) (V=1; MMAction2 val config).
-    Resize is cv2-exact. uint8=True: uint8 views (V, C, T, h, w) before normalisation (`normalize` finishes them).
-    """
+    """Test pipeline f(frames uint8 (T, H, W, 3)) -> float views (V, C, T, h, w): cv2-exact Resize(short=S), S =
+    short_side_for(crop), then 'three_crop' ThreeCrop(S) (V=3; MMAction2's SlowOnly test config), 'ten_crop'
+    TenCrop(crop) (V=10; its TSN test config) or 'center' CenterCrop(crop) (V=1); uint8=True: before Normalize."""
     if family not in ("tsn", "3d"):
         raise ValueError(f"transforms.test_transform: family must be 'tsn' or '3d', got {family!r}")
     side = short_side_for(crop_size)
@@ -585,17 +502,8 @@ def short_side_for(crop_size: int) -> int:
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# 3. Machinery (a reader of the method may stop here): compose, alignment steps, cv2-exact resize taps, helpers
+# Helpers: the alignment's steps, the cv2-exact resize, small checks
 # ----------------------------------------------------------------------------------------------------------------------
-
-
-def compose(*steps: Callable) -> Callable:
-    """Chain clip transforms: f(frames, rng) = steps[-1](... steps[0](frames, rng) ..., rng)."""
-    def run(frames: np.ndarray, rng: np.random.Generator | None = None) -> np.ndarray | torch.Tensor:
-        for step in steps:
-            frames = step(frames, rng)
-        return frames
-    return run
 
 
 def _check_clip(frames: object, where: str) -> None:
@@ -617,18 +525,14 @@ def _resize_frames(frames: np.ndarray, new_w: int, new_h: int) -> np.ndarray:
     """cv2-exact bilinear resize of every frame (T, H, W, 3) uint8 -> (T, new_h, new_w, 3); no copy at equal size."""
     if frames.shape[1:3] == (new_h, new_w):
         return frames
-    with _torch_threads(1):  # per-sample work in DataLoader workers (they are the parallelism)
-        # read-only input (an image straight from Pillow) is copied: torch wants writable memory
+    with _torch_threads(1):  # per-sample work in DataLoader workers (they are the parallelism); a read-only image
         x = torch.from_numpy(np.ascontiguousarray(frames) if frames.flags.writeable else np.array(frames))
         return _resize_cv2_linear(x, new_w, new_h).numpy()
 
 
 def _resize_uint8(frames: np.ndarray, new_w: int, new_h: int) -> np.ndarray:
-    """Fast bilinear resize (T, H, W, 3) uint8 (any strides, a crop view) -> (T, new_h, new_w, 3), within 1 of cv2.
-
-    The (T, 3, H, W) view of the frames is channels-last memory: torch's uint8 kernel reads it in place (a read-only
-    crop is copied first) and writes channels-last, i.e. (T, new_h, new_w, 3) contiguous, returned without a copy.
-    """
+    """Fast bilinear resize (T, H, W, 3) uint8 (any strides, a crop view) -> (T, new_h, new_w, 3), within 1 of cv2:
+    torch's uint8 kernel reads the channels-last (T, 3, H, W) view in place and writes channels-last (no copy)."""
     with _torch_threads(1):
         x = torch.from_numpy(frames if frames.flags.writeable else np.array(frames)).permute(0, 3, 1, 2)
         y = F.interpolate(x, size=(new_h, new_w), mode="bilinear", align_corners=False, antialias=False)
@@ -636,12 +540,10 @@ def _resize_uint8(frames: np.ndarray, new_w: int, new_h: int) -> np.ndarray:
 
 
 def _resize_cv2_linear(x: torch.Tensor, new_w: int, new_h: int) -> torch.Tensor:
-    """cv2.resize(INTER_LINEAR) of uint8 frames (T, H, W, C) -> (T, new_h, new_w, C), integer for integer.
-
-    cv2 (resize.cpp, the generic 8-bit path mmcv.imresize reaches): weights are rounded to 1/2048, the horizontal pass
-    is exact in int32, the vertical pass is its SIMD fixed-point form ((r0 >> 4) * b0 >> 16) + ((r1 >> 4) * b1 >> 16),
-    then (+ 2) >> 2. Only the source rows the output needs go through the horizontal pass.
-    """
+    """cv2.resize(INTER_LINEAR) of uint8 frames (T, H, W, C) -> (T, new_h, new_w, C), integer for integer: as cv2's
+    generic 8-bit path (resize.cpp, what mmcv.imresize reaches), weights rounded to 1/2048, the horizontal pass exact
+    in int32 (on the source rows the output needs), the vertical pass its SIMD fixed-point form
+    ((r0 >> 4) * b0 >> 16) + ((r1 >> 4) * b1 >> 16), then (+ 2) >> 2."""
     t, h, w, c = x.shape
     xs0, xs1, a0, a1, rows, r0, r1, b0, b1 = _cv2_linear_plan(h, w, new_h, new_w)
     # 1. horizontal pass on the needed source rows: (T * R, new_w, C) int32, S[x0] * a0 + S[x1] * a1
@@ -667,11 +569,9 @@ def _cv2_linear_plan(h: int, w: int, new_h: int, new_w: int) -> tuple:
 
 
 def _cv2_linear_taps(src: int, dst: int, clamp: bool) -> tuple[torch.Tensor, ...]:
-    """cv2 INTER_LINEAR taps along one axis: source indices (i0, i1) and 11-bit weights (w0, w1), each (dst,).
-
-    Source coordinate f = (d + 0.5) * scale - 0.5 with scale = 1 / (dst / src) in double, then float32 as cv2 does;
-    clamp=True (columns): outside the image the weight goes to the edge pixel; clamp=False (rows): indices clamped only.
-    """
+    """cv2 INTER_LINEAR taps along one axis: source indices (i0, i1) and 11-bit weights (w0, w1), each (dst,); the
+    source coordinate f = (d + 0.5) * scale - 0.5 (scale = 1 / (dst / src) in double, then float32 as cv2); clamp
+    (columns): outside the image the weight goes to the edge pixel, else (rows) only the indices are clamped."""
     scale = 1.0 / (dst / src)
     f = ((np.arange(dst) + 0.5) * scale - 0.5).astype(np.float32)
     i0 = np.floor(f).astype(np.int64)
@@ -683,29 +583,19 @@ def _cv2_linear_taps(src: int, dst: int, clamp: bool) -> tuple[torch.Tensor, ...
     one = np.float32(1 << CV2_COEF_BITS)
     w0 = np.rint((np.float32(1) - f) * one).astype(np.int32)  # saturate_cast<short>: round half to even
     w1 = np.rint(f * one).astype(np.int32)
-    i1 = np.clip(i0 + 1, 0, src - 1)
-    i0 = np.clip(i0, 0, src - 1)
+    i0, i1 = np.clip(i0, 0, src - 1), np.clip(i0 + 1, 0, src - 1)
     return tuple(torch.from_numpy(a) for a in (i0, i1, w0, w1))
 
 
+@functools.lru_cache(maxsize=None)
 def _norm_constants(device: torch.device, mean: tuple, std: tuple) -> tuple[torch.Tensor, torch.Tensor]:
     """mean/std float32 (3, 1, 1, 1) on `device`, made once per (device, values)."""
-    key = (str(device), mean, std)
-    if key not in _NORM_CACHE:
-        _NORM_CACHE[key] = tuple(torch.tensor(v, dtype=torch.float32).view(3, 1, 1, 1).to(device)
-                                 for v in (mean, std))
-    return _NORM_CACHE[key]
+    return tuple(torch.tensor(v, dtype=torch.float32).view(3, 1, 1, 1).to(device) for v in (mean, std))
 
 
-def _fixed_offsets(w_step: int, h_step: int, num: int) -> list[tuple[int, int]]:
-    """MMAction2 fixed crop offsets on a quarter grid: UL, UR, LL, LR, centre (+ 8 more when num == 13)."""
-    offsets = [(0, 0), (4 * w_step, 0), (0, 4 * h_step), (4 * w_step, 4 * h_step), (2 * w_step, 2 * h_step)]
-    if num == 13:
-        offsets += [(0, 2 * h_step), (4 * w_step, 2 * h_step), (2 * w_step, 4 * h_step), (2 * w_step, 0),
-                    (w_step, h_step), (3 * w_step, h_step), (w_step, 3 * h_step), (3 * w_step, 3 * h_step)]
-    elif num != 5:
-        raise ValueError(f"transforms.MultiScaleCrop: num_fixed_crops must be 5 or 13, got {num}")
-    return offsets
+def _fixed_offsets(w_step: int, h_step: int) -> list[tuple[int, int]]:
+    """MMAction2's fixed crop offsets on a quarter grid: UL, UR, LL, LR, centre."""
+    return [(0, 0), (4 * w_step, 0), (0, 4 * h_step), (4 * w_step, 4 * h_step), (2 * w_step, 2 * h_step)]
 
 
 def _plausible(hmat: np.ndarray, w: int, h: int, max_shift: float) -> bool:
@@ -715,10 +605,6 @@ def _plausible(hmat: np.ndarray, w: int, h: int, max_shift: float) -> bool:
     if np.any(moved[2] <= 0) or np.linalg.det(hmat[:2, :2]) <= 0:
         return False
     return bool(np.abs(moved[:2] / moved[2] - corners[:2]).max() < max_shift * max(w, h))
-
-
-def _translation(dx: float, dy: float) -> np.ndarray:
-    return np.array([[1.0, 0.0, dx], [0.0, 1.0, dy], [0.0, 0.0, 1.0]])
 
 
 def _params_to_h(params: np.ndarray | Sequence[float]) -> np.ndarray:
@@ -750,12 +636,10 @@ def _check_gaussian(mu: np.ndarray | Sequence, sigma: np.ndarray | Sequence) -> 
 
 
 def _warp_batch(chw: torch.Tensor, hmats: torch.Tensor, padding: str) -> torch.Tensor:
-    """Warp one image (C, H, W) float by N homographies (N, 3, 3) (pixel coords, source -> output) -> (N, C, H, W).
-
-    Identity matrices return the input exactly; others inverse-map every output pixel with grid_sample (bilinear,
-    align_corners=False so that pixel centres sit at integer coordinates). The 3x3 inverses are float64; the per-pixel
-    grid is float32 (H, W, 2) per matrix, built from row and column vectors (no (3, H*W) coordinate matrix).
-    """
+    """Warp one image (C, H, W) float by N homographies (N, 3, 3) (pixel coords, source -> output) -> (N, C, H, W):
+    identities return the input exactly, the others inverse-map every output pixel with grid_sample (bilinear,
+    align_corners=False: pixel centres at integers; 3x3 inverses in float64, the grid float32 from row and column
+    vectors)."""
     c, h, w = chw.shape
     hmats = hmats.to(torch.float64)
     out = chw[None].repeat(len(hmats), 1, 1, 1)
@@ -783,19 +667,15 @@ def _warp_batch(chw: torch.Tensor, hmats: torch.Tensor, padding: str) -> torch.T
 def _gray(image: np.ndarray | torch.Tensor) -> torch.Tensor:
     """uint8 (H, W, 3) / (H, W) numpy or float tensor (3, H, W) / (H, W) -> float32 gray (H, W) on the 0-1 scale."""
     if isinstance(image, np.ndarray):
-        x = torch.from_numpy(image.astype(np.float32))
-        scale = 255.0 if image.dtype == np.uint8 else 1.0
+        x = torch.from_numpy(image.astype(np.float32)) / (255.0 if image.dtype == np.uint8 else 1.0)
         x = x.permute(2, 0, 1) if x.ndim == 3 else x
-        x = x / scale
     else:
         x = image.float()
-    if x.ndim == 3:
-        if x.shape[0] != 3:
-            raise ValueError(f"transforms.estimate_homography: expected (H, W, 3) numpy or (3, H, W) tensor, "
-                             f"got {tuple(x.shape)}")
+    if x.ndim == 3 and x.shape[0] == 3:
         x = 0.299 * x[0] + 0.587 * x[1] + 0.114 * x[2]
     if x.ndim != 2:
-        raise ValueError(f"transforms.estimate_homography: expected an image, got shape {tuple(x.shape)}")
+        raise ValueError(f"transforms.estimate_homography: expected (H, W, 3) / (H, W) numpy or (3, H, W) / (H, W) "
+                         f"tensor, got shape {tuple(x.shape)}")
     return x.contiguous()
 
 

@@ -8,7 +8,7 @@ How the method's data steps run on millions of web samples, many processes and c
    of untrimmed videos (Sec. 3.5) is read streaming, one video at a time.
 2. Decoding only what sampled frames need (`decode_video`, behind data.read_frames): keyframe seeking, frames no index
    needs dropped by the decoder, a per-process cache of each file's pts scan; `reformat`, the one frame conversion
-   of the project (fork-safe).
+   of the project (fork-safe); `VideoWriter`, the one H.264 writer (data.cut_video's pieces, prepare.py's videos).
 3. Files written atomically (`write_atomic`): a reader or a rerun after a kill finds the old file or the new one.
 4. Sharded, resumable work folders of filter.py (`Work`, `Shard`, blocks decoded in DataLoader workers).
 Global state, per process, by necessity: the pts cache (`PTS_CACHE`, long-lived DataLoader workers re-read the same
@@ -43,84 +43,44 @@ import torch
 import torch.distributed as dist
 from PIL import Image
 
-
 VIDEO_EXTS = (".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v", ".flv", ".mpg", ".mpeg", ".3gp", ".ts")
-
-
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff")
-
-
-PART_TMPL = "part_{}.mp4"       # MMAction2 RawVideoDataset clipname_tmpl, 0-based
-
-
-FRAME_SCORES_TMPL = "{stem}_frame_scores.json"   # sidecar of list STEM.txt: 1-FPS teacher scores (Sec. 3.5)
-
-
-FRAME_SCORES_FORMAT = "omnisource-frame-scores-1"
-
-
 KINDS = ("video", "untrimmed", "frames", "image", "raw", "windows")   # codes 0..5 of `SampleList.kinds`
-
-
+PART_TMPL = "part_{}.mp4"       # MMAction2 RawVideoDataset clipname_tmpl, 0-based
+FRAME_SCORES_TMPL = "{stem}_frame_scores.json"   # sidecar of list STEM.txt: 1-FPS teacher scores (Sec. 3.5)
+FRAME_SCORES_FORMAT = "omnisource-frame-scores-1"
+TMP_TAG = ".tmp-"   # .NAME.tmp-PID: a file (`write_atomic`) or prepared output being written; never a finished one
 _SCAN_BLOCK, _LINE_BLOCK = 1 << 24, 1 << 18   # list parsing in blocks of bytes / lines: small temporaries
-
 
 # FFmpeg decoder threads inside DataLoader workers: the workers already are the parallelism, so one thread each
 # keeps them from oversubscribing the cores (2 workers on 2 cores: +11-14 % TSN, +16-24 % SlowOnly clips/s; see
 # `python benchmark.py --what loader`). 0 = FFmpeg's automatic frame + slice threading, always used outside workers.
 WORKER_CODEC_THREADS = 1
-
-
 # Frames no index needs are sent to the decoder with skip_frame 'NONREF': it drops those no other frame refers
-# to (H.264/HEVC nal_ref_idc 0, MPEG-4/MPEG-2 B-frames) and decodes the rest bit-exactly; see `read_frames`.
+# to (H.264/HEVC nal_ref_idc 0, MPEG-4/MPEG-2 B-frames) and decodes the rest bit-exactly; see `decode_video`.
 SKIP_NONREF = True
-
-
-# Per-process LRU of the pts scan of `read_frames` (workers are long-lived): at most this many frames' pts in
+# Per-process LRU of the pts scan of `decode_video` (workers are long-lived): at most this many frames' pts in
 # all (8 bytes each: 2M frames = 16 MiB, ~6,600 10-s clips at 30 fps); keyed by (path, size, mtime, inode).
 PTS_CACHE_FRAMES = 2_000_000
+# codecs whose FFmpeg decoders drop only frames the bitstream marks as unreferenced under skip_frame 'NONREF'
+# and keep every frame's pts (tests/test_decode.py checks each against a whole-file decode). Left out: MPEG-4
+# Part 2 (packed B-frames), AV1 (libdav1d then loses frames: the checks catch it, at the cost of a fallback),
+# VP9 (libvpx marks no frame unreferenced but with temporal layers; nothing to gain, untested).
+_SKIP_CODECS = ("h264", "hevc", "mpeg1video", "mpeg2video")
+_UNUSABLE = "unusable pts"   # `_scan_pts` result: seeking by pts is not possible for this file
 
 
-class VideoTooShortError(ValueError):
-    """A frame past the last decodable frame was asked for; `num_frames` is the true count."""
-
-    def __init__(self, path: Path, wanted: int, num_frames: int):
-        super().__init__(f"{path}: frame {wanted} requested but the video decodes to only "
-                         f"{num_frames} frames")
-        self.num_frames = num_frames
-
-
-def reformat(frame: av.VideoFrame, format: str = "rgb24", width: int | None = None, height: int | None = None
-             ) -> av.VideoFrame:
-    """`frame.reformat(...)` through this process's own swscale context: every frame conversion of the project.
-
-    PyAV's default conversion (`frame.to_ndarray(format=...)`, `frame.reformat(...)`) reuses one context per
-    thread, and a forked child inherits it: with PyAV 18.1.1 the child's first default conversion then waits
-    forever for the parent's swscale slice threads, which do not exist in the child. A context keyed by the
-    process id is never shared across a fork (the parent's stays referenced, never freed, in the child).
-    """
-    own = _REFORMATTERS.get(os.getpid())
-    if own is None:
-        own = _REFORMATTERS[os.getpid()] = av.video.reformatter.VideoReformatter()
-    return own.reformat(frame, format=format, width=width, height=height)
-
-
-def to_rgb(frame: av.VideoFrame) -> np.ndarray:
-    """A decoded frame -> uint8 `(H, W, 3)` RGB (`reformat`, fork-safe)."""
-    return reformat(frame).to_ndarray()
-
+# ----------------------------------------------------------------------------------------------------------------------
+# 1. Compact annotation lists and their parsers
+# ----------------------------------------------------------------------------------------------------------------------
 
 @dataclass
 class Sample:
-    """One line of an annotation list, paths joined with the data prefix.
-
-    kind: 'video' | 'untrimmed' | 'frames' | 'image' | 'raw' | 'windows' (see the module docstring).
-    num_frames: frame count of a 'frames' folder (from the list), else None.
-    pos_clips: 'raw' only: 0-based indices of the positive pieces part_{i}.mp4 (teacher filtered).
-    num_parts: 'raw' only: number of pieces part_0.mp4 ... part_{num_parts-1}.mp4.
-    frame_scores: a video's 1-FPS teacher scores from the list's sidecar file (Sec. 3.5), else None.
-    windows: 'windows' only: ((start, end), ...) seconds of the untrimmed video to sample from (Sec. 3.5).
-    """
+    """One line of an annotation list, paths joined with the data prefix. kind: 'video' | 'untrimmed' | 'frames' |
+    'image' | 'raw' | 'windows' (the list line forms: data.py); num_frames: a 'frames' folder's count (from the list);
+    'raw': num_parts pieces part_0.mp4 ..., pos_clips the 0-based positive ones (teacher filtered); 'windows':
+    ((start, end), ...) seconds of the untrimmed video to sample from; frame_scores: a video's 1-FPS teacher scores
+    from the list's sidecar (Sec. 3.5)."""
     path: Path
     label: int
     kind: str
@@ -130,6 +90,505 @@ class Sample:
     frame_scores: FrameScores | None = None
     windows: tuple = ()
 
+
+def read_list(list_file: str | Path, prefix: str | Path, num_classes: int) -> SampleList:
+    """Parse an MMAction2 annotation list (.txt lines or .json dicts) into a compact `SampleList`: the samples and
+    one-line errors of `read_list_samples`, but a .txt list is one bytes buffer (the paths stay in it) whose dominant
+    'PATH LABEL' lines (printable ASCII, one space, a media extension, a decimal label) are split and checked with
+    numpy; every other line goes through the per-line parser. A frame-score sidecar is attached streaming."""
+    list_file, prefix = Path(list_file), Path(prefix)
+    if not list_file.is_file():
+        raise FileNotFoundError(f"annotation list {list_file} not found")
+    if list_file.suffix.lower() == ".json":
+        samples = SampleList.from_samples(read_list_samples(list_file, prefix, num_classes), prefix)
+    else:
+        samples = _read_text_list(list_file, prefix, num_classes)
+        if frame_scores_path(list_file).is_file():
+            samples = samples.with_frame_scores(_stream_frame_scores(frame_scores_path(list_file)))
+    _trim_heap()   # the parsing temporaries are freed; give their pages back
+    return samples
+
+
+def read_list_samples(list_file: str | Path, prefix: str | Path, num_classes: int) -> list[Sample]:
+    """Reference parser: an MMAction2 annotation list (.txt lines or .json dicts) -> list of `Sample`s (one Python
+    object per sample: `read_list` for real lists). Errors are one line naming the file and line (entry) and what was
+    expected. Labels must lie in [0, num_classes); blank and '#' lines are skipped, and raw videos without positive
+    pieces (MMAction2 RawVideoDataset, sampling_strategy='positive')."""
+    list_file, prefix = Path(list_file), Path(prefix)
+    if not list_file.is_file():
+        raise FileNotFoundError(f"annotation list {list_file} not found")
+    if list_file.suffix.lower() == ".json":
+        samples = _read_json_list(list_file, prefix, num_classes)
+    else:
+        samples = [_parse_line(line.split(), f"{list_file}:{n}", prefix, num_classes)
+                   for n, line in enumerate(list_file.read_text().splitlines(), start=1)
+                   if line.strip() and not line.lstrip().startswith("#")]
+    samples = [s for s in samples if s is not None]
+    if not samples:
+        raise ValueError(f"{list_file}: no samples (empty annotation list)")
+    if frame_scores_path(list_file).is_file():   # the sidecar's entries, by the path the list writes (Sec. 3.5)
+        table = read_frame_scores(frame_scores_path(list_file))
+        for s in samples:
+            s.frame_scores = table.get(_list_key(s.path, prefix), s.frame_scores)
+    return samples
+
+
+class SampleList:
+    """An annotation list as a few flat numpy arrays: no Python object per sample (Sec. 4 at web scale).
+
+    Forked DataLoader workers copy every page whose Python objects they read (reading writes the reference count);
+    here all paths live in ONE bytes object (`buf`; for a .txt list, the file's own bytes) and every per-sample field
+    in numpy arrays, so workers share the parent's pages: 60 bytes per sample of the released image lists (44-byte
+    lines); raw positive pieces, windows and sidecar frame scores are flat arrays + offsets (`_Ragged`).
+    API: len(sl), sl[i] -> `Sample` (built on demand), iter(sl), sl[a:b] / sl[index array or bool mask] /
+    sl.subset(indices, labels=None) -> SampleList (sharing the buffers; relabelled for `map_labels`); sl.labels int64
+    (N,), sl.kinds uint8 (N,) codes into KINDS; sl.path(i); sl.rel_path(i) as the list wrote it (relative to
+    sl.prefix), sl.rel_path_bytes(indices) as UTF-8 bytes; sl.nbytes; SampleList.from_samples(samples, prefix='').
+    """
+
+    def __init__(self, prefix: str, buf: bytes, start: np.ndarray, length: np.ndarray, labels: np.ndarray,
+                 kinds: np.ndarray, extra: np.ndarray | None = None, pos: _Ragged | None = None,
+                 windows: _Ragged | None = None, scores: _Ragged | None = None):
+        self.prefix, self.buf = prefix, buf
+        self._start, self._length = start, length        # path i = buf[start[i]:start[i] + length[i]]
+        self.labels, self.kinds = labels, kinds          # int64 (N,), uint8 (N,)
+        self._extra = extra                              # int32 (N,): num_frames ('frames'), num_parts ('raw')
+        self._pos, self._windows, self._scores = pos, windows, scores   # ragged per-sample data, or None
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @property
+    def nbytes(self) -> int:
+        arrays = [self._start, self._length, self.labels, self.kinds, self._extra]
+        return len(self.buf) + sum(a.nbytes for a in arrays if a is not None) + \
+            sum(r.nbytes for r in (self._pos, self._windows, self._scores) if r is not None)
+
+    def subset(self, indices: np.ndarray | Sequence[int], labels: np.ndarray | None = None) -> SampleList:
+        """Samples `indices` (int array, any order, repeats allowed; or a bool mask), optionally relabelled."""
+        idx = np.asarray(indices)
+        idx = np.flatnonzero(idx) if idx.dtype == bool else idx.astype(np.int64).reshape(-1)
+        n = len(self)
+        if idx.size and (idx.min() < -n or idx.max() >= n):
+            raise IndexError(f"SampleList: index out of range [0, {n})")
+        idx = np.where(idx < 0, idx + n, idx)
+        new = self.labels[idx] if labels is None else np.asarray(labels, dtype=np.int64).reshape(-1)
+        if len(new) != len(idx):
+            raise ValueError(f"SampleList.subset: {len(new)} labels for {len(idx)} samples")
+        take = (lambda r: None if r is None else r.take(idx))
+        return SampleList(self.prefix, self.buf, self._start[idx], self._length[idx], new, self.kinds[idx],
+                          None if self._extra is None else self._extra[idx], take(self._pos),
+                          take(self._windows), take(self._scores))
+
+    def rel_path(self, i: int) -> str:
+        a = int(self._start[i])
+        return self.buf[a:a + int(self._length[i])].decode("utf-8")
+
+    def path(self, i: int) -> Path:
+        return Path(self.prefix, self.rel_path(i)) if self.prefix else Path(self.rel_path(i))
+
+    def rel_path_bytes(self, indices: np.ndarray) -> list[bytes]:
+        """rel_path of samples `indices` as UTF-8 bytes, slices of the one buffer (no Sample, no str built)."""
+        buf, idx = self.buf, np.asarray(indices, dtype=np.int64)
+        return [buf[a:a + n] for a, n in zip(self._start[idx].tolist(), self._length[idx].tolist())]
+
+    def __getitem__(self, i: int | slice) -> Sample | SampleList:
+        if isinstance(i, slice):
+            return self.subset(np.arange(len(self))[i])
+        if not isinstance(i, (int, np.integer)):
+            return self.subset(i)
+        n = len(self)
+        if not -n <= i < n:
+            raise IndexError(f"SampleList: index {i} out of range [0, {n})")
+        i = int(i) % n
+        kind = KINDS[self.kinds[i]]
+        s = Sample(self.path(i), int(self.labels[i]), kind)
+        if kind == "frames":
+            s.num_frames = int(self._extra[i])
+        elif kind == "raw":
+            s.num_parts = int(self._extra[i])
+            s.pos_clips = tuple(int(p) for p in self._pos.get(i)[0])
+        elif kind == "windows":
+            flat = self._windows.get(i)[0]
+            s.windows = tuple((float(flat[k]), float(flat[k + 1])) for k in range(0, len(flat), 2))
+        got = None if self._scores is None else self._scores.get(i)
+        if got is not None:
+            frames, scores, threshold = got
+            s.frame_scores = FrameScores(tuple(int(f) for f in frames), tuple(float(x) for x in scores),
+                                         float(threshold))
+        return s
+
+    def __iter__(self) -> Iterator[Sample]:
+        return (self[i] for i in range(len(self)))
+
+    def __repr__(self) -> str:
+        return f"SampleList({len(self)} samples under {self.prefix!r}, {self.nbytes} bytes)"
+
+    @classmethod
+    def from_samples(cls, samples: Sequence[Sample], prefix: str | Path = "") -> SampleList:
+        """Compact copy of `Sample`s; paths under `prefix` are stored relative to it (all others: whole)."""
+        samples = list(samples)
+        prefix = str(prefix) if str(prefix) not in ("", ".") else ""
+        rels = []
+        for s in samples:
+            full = str(s.path)
+            if prefix and not full.startswith(prefix + "/") and not Path(full).is_absolute():
+                return cls.from_samples(samples, "")   # a path outside the prefix: keep whole paths
+            rels.append(full[len(prefix) + 1:] if prefix and full.startswith(prefix + "/") else full)
+        enc = [r.encode("utf-8") for r in rels]
+        lengths = np.array([len(e) for e in enc], dtype=np.int64)
+        start = np.concatenate(([0], np.cumsum(lengths)[:-1])).astype(np.int64) if enc else lengths
+        extra = np.array([(s.num_frames if s.kind == "frames" else s.num_parts if s.kind == "raw" else 0) or 0
+                          for s in samples], dtype=np.int64)
+        rows = lambda pred: [i for i, s in enumerate(samples) if pred(s)]
+        raw, win, sc = rows(lambda s: s.kind == "raw"), rows(lambda s: s.kind == "windows"), \
+            rows(lambda s: s.frame_scores is not None)
+        return cls(prefix, b"".join(enc), *_narrow(start, lengths),
+                   np.array([s.label for s in samples], dtype=np.int64),
+                   np.array([KINDS.index(s.kind) for s in samples], dtype=np.uint8),
+                   extra.astype(np.int32) if extra.any() else None,
+                   _Ragged.build(raw, [[samples[i].pos_clips] for i in raw], (np.int32,)),
+                   _Ragged.build(win, [[[x for w in samples[i].windows for x in w]] for i in win], (np.float64,)),
+                   _Ragged.build(sc, [[samples[i].frame_scores.frames, samples[i].frame_scores.scores]
+                                      for i in sc], (np.int32, np.float32),
+                                 [samples[i].frame_scores.threshold for i in sc]))
+
+    def with_frame_scores(self, entries: Iterable[tuple[str, FrameScores]]) -> SampleList:
+        """Attach a sidecar's entries ((list path relative to the prefix, FrameScores) pairs, or a dict; Sec. 3.5)
+        to their samples. The scores are kept flat (int32 frames, float32 scores), one entry per video."""
+        entries = entries.items() if isinstance(entries, dict) else entries
+        index, off, frames, scores, thresholds = {}, [0], array.array("i"), array.array("f"), array.array("d")
+        for key, fs in entries:   # flat arrays as they stream in; a repeated key: the last one wins
+            index[key] = len(thresholds)
+            frames.extend(fs.frames), scores.extend(fs.scores), thresholds.append(fs.threshold)
+            off.append(len(frames))
+        if not index:
+            return self
+        rows, ptr = [], []
+        for i in range(len(self)):
+            key = _list_key(self.path(i), Path(self.prefix))
+            if key in index:
+                rows.append(i), ptr.append(index[key])
+        scores = None if not rows else _Ragged(
+            np.array(rows, dtype=np.int64), np.array(ptr, dtype=np.int64), np.array(off, dtype=np.int64),
+            (np.frombuffer(frames, dtype=np.int32).copy(), np.frombuffer(scores, dtype=np.float32).copy()),
+            np.frombuffer(thresholds, dtype=np.float64).copy())
+        return SampleList(self.prefix, self.buf, self._start, self._length, self.labels, self.kinds, self._extra,
+                          self._pos, self._windows, scores)
+
+
+class _Ragged:
+    """Variable-length data of some samples of a SampleList, flat: sample rows[k] (sorted) owns entry ptr[k],
+    whose values are values[j][off[e]:off[e + 1]] (parallel arrays) and scalar[e]. Subsets share off/values."""
+
+    def __init__(self, rows: np.ndarray, ptr: np.ndarray, off: np.ndarray, values: tuple,
+                 scalar: np.ndarray | None = None):
+        self.rows, self.ptr, self.off, self.values, self.scalar = rows, ptr, off, values, scalar
+
+    @classmethod
+    def build(cls, rows: list[int], seqs: list[list], dtypes: tuple, scalars: list | None = None) -> _Ragged | None:
+        if not rows:
+            return None
+        off = np.zeros(len(rows) + 1, dtype=np.int64)
+        np.cumsum([len(v[0]) for v in seqs], out=off[1:])
+        values = tuple(np.array([x for v in seqs for x in v[j]], dtype=dt).reshape(-1) for j, dt in enumerate(dtypes))
+        return cls(np.array(rows, dtype=np.int64), np.arange(len(rows), dtype=np.int64), off, values,
+                   None if scalars is None else np.array(scalars, dtype=np.float64))
+
+    @property
+    def nbytes(self) -> int:
+        return sum(a.nbytes for a in (self.rows, self.ptr, self.off, *self.values) if a is not None) + \
+            (0 if self.scalar is None else self.scalar.nbytes)
+
+    def get(self, i: int) -> tuple | None:
+        """(values..., [scalar]) of sample i, or None."""
+        k = int(np.searchsorted(self.rows, i))
+        if k >= len(self.rows) or self.rows[k] != i:
+            return None
+        e = int(self.ptr[k])
+        a, b = int(self.off[e]), int(self.off[e + 1])
+        got = tuple(v[a:b] for v in self.values)
+        return got if self.scalar is None else (*got, self.scalar[e])
+
+    def take(self, idx: np.ndarray) -> _Ragged | None:
+        """The ragged data of the subset idx (new sample k = old sample idx[k])."""
+        if not len(self.rows) or not len(idx):
+            return None
+        k = np.minimum(np.searchsorted(self.rows, idx), len(self.rows) - 1)
+        has = self.rows[k] == idx
+        if not has.any():
+            return None
+        return _Ragged(np.flatnonzero(has), self.ptr[k[has]], self.off, self.values, self.scalar)
+
+
+def labels_of(samples: SampleList | Sequence[Sample]) -> np.ndarray:
+    """int64 labels (N,) of a SampleList (its array) or a list of Samples."""
+    return samples.labels if isinstance(samples, SampleList) else np.array([s.label for s in samples], np.int64)
+
+
+def kinds_of(samples: SampleList | Sequence[Sample]) -> np.ndarray:
+    """int64 kind codes (N,) into KINDS of a SampleList (its array) or a list of Samples."""
+    return samples.kinds.astype(np.int64) if isinstance(samples, SampleList) else \
+        np.array([KINDS.index(s.kind) for s in samples], dtype=np.int64)
+
+
+def kind_names(samples: SampleList | Sequence[Sample]) -> set[str]:
+    """The kinds a list holds, e.g. {'image', 'untrimmed'}."""
+    return {KINDS[k] for k in np.unique(kinds_of(samples))}
+
+
+def _read_text_list(list_file: Path, prefix: Path, num_classes: int) -> SampleList:
+    """A .txt list -> SampleList: numpy fast path for 'PATH LABEL' lines, `_parse_line` for the rest."""
+    buf = list_file.read_bytes()
+    if not buf.strip():
+        raise ValueError(f"{list_file}: no samples (empty annotation list)")
+    if not buf.endswith(b"\n"):
+        buf += b"\n"
+    a = np.frombuffer(buf, dtype=np.uint8)
+    # 1. one scan (in blocks) for the bytes outside '!'..'~': newlines, spaces and the rest (tabs, CR, non-ASCII)
+    pos = np.concatenate([np.flatnonzero((a[o:o + _SCAN_BLOCK] - np.uint8(33)) > 93) + o
+                          for o in range(0, len(a), _SCAN_BLOCK)])
+    byte = a[pos]
+    ends, spaces, other = pos[byte == 10], pos[byte == 32], pos[(byte != 10) & (byte != 32)]
+    del pos, byte
+    if other.size and _exotic_breaks(buf, a, other):   # str.splitlines() would number the lines otherwise
+        return SampleList.from_samples(read_list_samples(list_file, prefix, num_classes), prefix)
+    starts = np.concatenate(([0], ends[:-1] + 1)).astype(np.int64)
+    # Windows line ends: a CR right before the newline ends the line's content (str.splitlines() agrees)
+    content_ends = ends - ((ends > starts) & (a[np.maximum(ends - 1, 0)] == 13))
+    other = other[~((a[other] == 13) & (a[np.minimum(other + 1, len(a) - 1)] == 10))]
+    # 2. the dominant form, in blocks of lines: one space, printable ASCII, a media extension, a decimal label
+    blocks = [_fast_lines(a, starts[b0:b0 + _LINE_BLOCK], content_ends[b0:b0 + _LINE_BLOCK], spaces, other,
+                          num_classes, b0) for b0 in range(0, len(ends), _LINE_BLOCK)]
+    fast_lines, fast_sp, fast_label, fast_kind = (np.concatenate(col) for col in zip(*blocks))
+    # 3. every other line through the per-line parser (errors: FILE:LINE); blank and '#' lines skipped
+    slow_mask = np.ones(len(ends), dtype=bool)
+    slow_mask[fast_lines] = False
+    slow_lines, slow = [], []
+    for ln in np.flatnonzero(slow_mask):
+        try:
+            line = buf[starts[ln]:ends[ln]].decode("utf-8")
+        except UnicodeDecodeError as err:
+            raise ValueError(f"{list_file}:{ln + 1}: not UTF-8 text ({err.reason})") from None
+        if line.strip() and not line.lstrip().startswith("#"):
+            fields = line.split()
+            slow.append((fields[0], _parse_line(fields, f"{list_file}:{ln + 1}", prefix, num_classes)))
+            slow_lines.append(ln)
+    if not len(fast_lines) and not slow:
+        raise ValueError(f"{list_file}: no samples (empty annotation list)")
+    # 4. merge both in line order; the slow lines' paths are appended to the buffer
+    nf = len(fast_lines)
+    start, length = starts[fast_lines], fast_sp - starts[fast_lines]
+    if not slow:   # the common case: no copy, no reordering
+        return SampleList(str(prefix), buf, *_narrow(start, length), fast_label, fast_kind)
+    extra = SampleList.from_samples([smp for _, smp in slow], "")
+    rel = [r.encode("utf-8") for r, _ in slow]
+    rel_len = np.array([len(r) for r in rel], dtype=np.int64)
+    rel_start = len(buf) + np.concatenate(([0], np.cumsum(rel_len)[:-1])).astype(np.int64)
+    order = np.argsort(np.concatenate((fast_lines, np.array(slow_lines, dtype=np.int64))), kind="stable")
+    ex = None if extra._extra is None else \
+        np.concatenate((np.zeros(nf, dtype=np.int64), extra._extra))[order].astype(np.int32)
+    # ragged data of the slow samples: their rows move from k (in `extra`) to inv[nf + k]
+    inv = np.empty(len(order), dtype=np.int64)
+    inv[order] = np.arange(len(order))
+    shift = (lambda r: None if r is None else _Ragged(inv[nf + r.rows], r.ptr, r.off, r.values, r.scalar))
+    return SampleList(str(prefix), buf + b"".join(rel),
+                      *_narrow(np.concatenate((start, rel_start))[order], np.concatenate((length, rel_len))[order]),
+                      np.concatenate((fast_label, extra.labels))[order],
+                      np.concatenate((fast_kind, extra.kinds))[order], ex, shift(extra._pos), shift(extra._windows))
+
+
+def _fast_lines(a: np.ndarray, st: np.ndarray, en: np.ndarray, spaces: np.ndarray, other: np.ndarray,
+                num_classes: int, first_line: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Lines [st, en) of buffer `a` (numbered from `first_line`) in the form 'PATH LABEL' -> (their line numbers,
+    space position, label int64, kind code uint8); the other lines are left to the per-line parser."""
+    k0 = np.searchsorted(spaces, st)
+    one_space = (np.searchsorted(spaces, en) - k0) == 1
+    plain = np.searchsorted(other, en) == np.searchsorted(other, st)   # no tab, CR, non-ASCII byte
+    sp = spaces[np.minimum(k0, max(len(spaces) - 1, 0))] if len(spaces) else st
+    # a '#' comment or a path starting with '.' goes the careful way ('./x' is 'x' to Path), but not '../': filter.py's
+    # outputs list their crawl as '../SOURCE/...', millions of lines that Path keeps as written
+    lead, nxt = a[st], a[np.minimum(st + 1, len(a) - 1)]
+    up = (nxt == 46) & (a[np.minimum(st + 2, len(a) - 1)] == 47) & (st + 2 < en)
+    lab_len = en - sp - 1
+    cand = np.flatnonzero(one_space & plain & (lead != 35) & ((lead != 46) | up) & (sp > st) & (lab_len >= 1) &
+                          (lab_len <= 9))
+    st, sp, en, lab_len = st[cand], sp[cand], en[cand], lab_len[cand]
+    # 1. the label: 1-9 decimal digits after the space, below num_classes
+    label, ok = np.zeros(len(cand), dtype=np.int64), np.ones(len(cand), dtype=bool)
+    for k in range(int(lab_len.max()) if len(cand) else 0):
+        inside = k < lab_len
+        d = a[np.minimum(sp + 1 + k, en - 1)].astype(np.int64) - 48
+        ok &= ~inside | ((d >= 0) & (d <= 9))
+        label = np.where(inside, label * 10 + d, label)
+    ok &= label < num_classes
+    # 2. the kind from the extension (the path's last 5 bytes in ASCII lower case, last byte lowest)
+    tail = np.zeros(len(cand), dtype=np.uint64)
+    for j in range(1, 6):
+        b = a[np.maximum(sp - j, 0)]
+        b = np.where((b >= 65) & (b <= 90), b + np.uint8(32), b).astype(np.uint64)
+        tail |= np.where(sp - j >= st, b, np.uint64(0)) << np.uint64(8 * (j - 1))
+    kind = np.full(len(cand), 255, dtype=np.uint8)
+    for m in (3, 4, 5):
+        codes = {e: int.from_bytes(e.encode()[::-1], "little") for e in VIDEO_EXTS + IMAGE_EXTS if len(e) == m}
+        img = np.array([c for e, c in codes.items() if e in IMAGE_EXTS], dtype=np.uint64)
+        vid = np.array([c for e, c in codes.items() if e in VIDEO_EXTS], dtype=np.uint64)
+        key = tail & np.uint64((1 << 8 * m) - 1)
+        before = a[np.maximum(sp - m - 1, 0)]   # the name before the extension: not empty, not hidden
+        named = (sp - m - 1 >= st) & (before != 47) & (before != 46) & (kind == 255)
+        kind[named & np.isin(key, img)] = KINDS.index("image")
+        kind[named & np.isin(key, vid)] = KINDS.index("video")
+    video = np.flatnonzero(kind == 0)
+    if len(video):   # first path component 'untrimmed'
+        head = a[np.minimum(st[video, None] + np.arange(10), len(a) - 1)]
+        untr = (head == np.frombuffer(b"untrimmed/", dtype=np.uint8)).all(axis=1) & (sp[video] - st[video] > 10)
+        kind[video[untr]] = KINDS.index("untrimmed")
+    ok &= kind != 255
+    return cand[ok] + first_line, sp[ok], label[ok], kind[ok]
+
+
+def _exotic_breaks(buf: bytes, a: np.ndarray, other: np.ndarray) -> bool:
+    """Whether str.splitlines() breaks lines where b'\n' does not (lone CR, VT, FF, FS/GS/RS, NEL, LS, PS)."""
+    o = a[other]
+    if np.isin(o, (11, 12, 28, 29, 30)).any():
+        return True
+    cr = other[o == 13]
+    if cr.size and (a[np.minimum(cr + 1, len(a) - 1)] != 10).any():
+        return True
+    return bool((o > 127).any()) and any(c in buf.decode("utf-8", errors="replace") for c in "\x85\u2028\u2029")
+
+
+def _parse_line(fields: list[str], where: str, prefix: Path, num_classes: int) -> Sample:
+    """One list line -> Sample; the kind follows from the extension and the field count."""
+    suffix = Path(fields[0]).suffix.lower()
+    if suffix in VIDEO_EXTS and len(fields) >= 3 and all(":" in f for f in fields[2:]):
+        # 1a. windows of an untrimmed video: 'PATH LABEL START:END [START:END ...]' (seconds, Sec. 3.5)
+        windows = tuple(_parse_window(f, where) for f in fields[2:])
+        return Sample(prefix / fields[0], _parse_label(fields[1], where, num_classes), "windows", windows=windows)
+    if suffix in VIDEO_EXTS or suffix in IMAGE_EXTS:
+        # 1b. media file: 'PATH LABEL'
+        if len(fields) != 2:
+            raise ValueError(f"{where}: expected 'PATH LABEL' for a {suffix} file, got {len(fields)} fields "
+                             f"(multi-label lines are not supported"
+                             + ("; windows: 'PATH LABEL START:END...' in seconds)" if suffix in VIDEO_EXTS else ")"))
+        label = _parse_label(fields[1], where, num_classes)
+        kind = "image" if suffix in IMAGE_EXTS else "untrimmed" if Path(fields[0]).parts[0] == "untrimmed" else "video"
+        return Sample(prefix / fields[0], label, kind)
+    if len(fields) == 3:
+        # 2. frame folder: 'DIR NUM_FRAMES LABEL'. MMAction2's raw form 'DIR LABEL NUM_PARTS' without a positive
+        #    piece has the same shape: a folder of pieces part_*.mp4 on disk tells them apart
+        if (prefix / fields[0] / PART_TMPL.format(0)).is_file():
+            raise ValueError(f"{where}: {' '.join(fields)!r}: {fields[0]} holds part_*.mp4 pieces, so this is a raw "
+                             f"video 'DIR LABEL NUM_PARTS' with no positive piece; list its positive pieces after "
+                             f"NUM_PARTS ('DIR LABEL NUM_PARTS POS_IDX...'), or leave the line out")
+        num_frames = _parse_int(fields[1], where, "NUM_FRAMES", minimum=1)
+        return Sample(prefix / fields[0], _parse_label(fields[2], where, num_classes), "frames",
+                      num_frames=num_frames)
+    if len(fields) >= 4:
+        # 3. raw video in pieces: 'DIR LABEL NUM_PARTS POS_IDX...'
+        label = _parse_label(fields[1], where, num_classes)
+        num_parts = _parse_int(fields[2], where, "NUM_PARTS", minimum=1)
+        pos = tuple(_parse_int(f, where, "POS_IDX", minimum=0) for f in fields[3:])
+        return _raw_sample(prefix / fields[0], label, num_parts, pos, where)
+    raise ValueError(f"{where}: expected 'PATH LABEL' (video {'/'.join(VIDEO_EXTS[:3])}... or image), "
+                     f"'DIR NUM_FRAMES LABEL' (frame folder) or 'DIR LABEL NUM_PARTS POS_IDX...' "
+                     f"(raw video), got {' '.join(fields)!r}")
+
+
+def _read_json_list(list_file: Path, prefix: Path, num_classes: int) -> list[Sample | None]:
+    """MMAction2 JSON annotations: a list of dicts (raw video, video/image/windows or frame folder)."""
+    try:
+        entries = json.loads(list_file.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{list_file}: not valid JSON ({err})") from None
+    if not isinstance(entries, list):
+        raise ValueError(f"{list_file}: expected a JSON list of dicts")
+    samples = []
+    for n, e in enumerate(entries):
+        where = f"{list_file}: entry {n}"
+        if not isinstance(e, dict) or "label" not in e:
+            raise ValueError(f'{where}: expected a dict with "label" and one of "video_dir", '
+                             f'"filename", "frame_dir"')
+        label = _parse_label(e["label"], where, num_classes)
+        if "video_dir" in e:
+            pos = tuple(_parse_int(p, where, "positive_clip_inds", 0) for p in e.get("positive_clip_inds", ()))
+            raw = _raw_sample(prefix / e["video_dir"], label, _parse_int(e.get("num_clips"), where, "num_clips", 1),
+                              pos, where)
+            samples.append(raw if pos else None)   # no positive piece: skipped, like MMAction2
+        elif "frame_dir" in e:
+            total = _parse_int(e.get("total_frames"), where, "total_frames", 1)
+            samples.append(Sample(prefix / e["frame_dir"], label, "frames", num_frames=total))
+        elif "filename" in e:
+            wins = e.get("windows", [])
+            if "windows" in e and not (isinstance(wins, list) and wins and
+                                       all(isinstance(w, list) and len(w) == 2 for w in wins)):
+                raise ValueError(f'{where}: "windows" must be a non-empty list of [START, END] pairs in seconds')
+            samples.append(_parse_line([str(e["filename"]), str(label), *(f"{a}:{b}" for a, b in wins)], where,
+                                       prefix, num_classes))
+        else:
+            raise ValueError(f'{where}: expected one of the keys "video_dir", "filename", "frame_dir"')
+    return samples
+
+
+def _parse_window(text: str, where: str) -> tuple[float, float]:
+    """'START:END' seconds -> (start, end) floats with 0 <= start < end, else a one-line ValueError."""
+    try:
+        start, end = (float(x) for x in str(text).split(":"))
+    except ValueError:
+        start = end = math.nan
+    if not (math.isfinite(start) and math.isfinite(end) and 0 <= start < end):
+        raise ValueError(f"{where}: window {text!r}: expected START:END in seconds with 0 <= START < END")
+    return start, end
+
+
+def _parse_int(value: object, where: str, what: str, minimum: int) -> int:
+    """An integer field of a list line / JSON entry, >= minimum, else a one-line ValueError."""
+    try:
+        if isinstance(value, (bool, float)) or value is None:
+            raise ValueError
+        number = int(value)
+    except ValueError:
+        raise ValueError(f"{where}: {what} must be an integer, got {value!r}") from None
+    if number < minimum:
+        raise ValueError(f"{where}: {what} must be an integer >= {minimum}, got {value!r}")
+    return number
+
+
+def _parse_label(value: object, where: str, num_classes: int) -> int:
+    label = _parse_int(value, where, "LABEL", minimum=-(10 ** 9))
+    if not 0 <= label < num_classes:
+        raise ValueError(f"{where}: label {label} out of range: expected 0..{num_classes - 1} "
+                         f"({num_classes} classes)")
+    return label
+
+
+def _raw_sample(path: Path, label: int, num_parts: int, pos: tuple, where: str) -> Sample:
+    bad = [p for p in pos if p >= num_parts]
+    if bad:
+        raise ValueError(f"{where}: positive piece {bad[0]} out of range: expected 0..{num_parts - 1} "
+                         f"({num_parts} pieces part_0.mp4 ...)")
+    return Sample(path, label, "raw", pos_clips=tuple(pos), num_parts=num_parts)
+
+
+def _narrow(start: np.ndarray, length: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Path starts as uint32 (buffers < 4 GiB) and lengths as uint16 (< 64 KiB) when they fit."""
+    start = start.astype(np.uint32) if not len(start) or start.max() < 2 ** 32 else start.astype(np.int64)
+    length = length.astype(np.uint16) if not len(length) or length.max() < 2 ** 16 else length.astype(np.int32)
+    return start, length
+
+
+def _trim_heap() -> None:
+    """Return freed heap pages to the OS (glibc `malloc_trim`): after freeing a large block glibc raises its
+    mmap threshold, so the next temporaries come from the heap and stay resident once freed; no-op elsewhere."""
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError, TypeError):
+        pass
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# 2. The frame-score sidecar of a list (Sec. 3.5, Table 14: TSN snippets of untrimmed videos)
+# ----------------------------------------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
 class FrameScores:
@@ -149,54 +608,6 @@ class FrameScores:
                              f"frames and {len(self.scores)} scores")
 
 
-def read_list(list_file: str | Path, prefix: str | Path, num_classes: int) -> SampleList:
-    """Parse an MMAction2 annotation list (.txt lines or .json dicts) into a compact `SampleList`.
-
-    Same samples, errors and rules as `read_list_samples` (the reference per-line parser), but a .txt list
-    is parsed as one bytes buffer: the dominant 'PATH LABEL' lines (printable ASCII, one space, a media
-    extension, a decimal label) are split and checked with numpy, vectorised; every other line (frame
-    folders, raw pieces, windows, comments, tabs, non-ASCII, anything malformed) goes through the per-line
-    parser, which raises the one-line 'FILE:LINE: ...' errors. The paths stay in the file's buffer.
-    """
-    list_file, prefix = Path(list_file), Path(prefix)
-    if not list_file.is_file():
-        raise FileNotFoundError(f"annotation list {list_file} not found")
-    if list_file.suffix.lower() == ".json":
-        samples = SampleList.from_samples(read_list_samples(list_file, prefix, num_classes), prefix)
-    else:
-        samples = _read_text_list(list_file, prefix, num_classes)
-    side = frame_scores_path(list_file)
-    if side.is_file() and list_file.suffix.lower() != ".json":
-        samples = samples.with_frame_scores(_stream_frame_scores(side))
-    _trim_heap()   # the parsing temporaries are freed; give their pages back
-    return samples
-
-
-def read_list_samples(list_file: str | Path, prefix: str | Path, num_classes: int) -> list[Sample]:
-    """Reference parser: an MMAction2 annotation list (.txt lines or .json dicts) -> list of `Sample`s.
-
-    Errors are one line naming the file and line (entry) and what was expected. Labels must lie in
-    [0, num_classes). Blank lines and lines starting with '#' are skipped. Raw videos without
-    positive pieces are skipped (MMAction2 RawVideoDataset, sampling_strategy='positive').
-    One Python object per sample: use `read_list` (same samples, compact) for real lists.
-    """
-    list_file, prefix = Path(list_file), Path(prefix)
-    if not list_file.is_file():
-        raise FileNotFoundError(f"annotation list {list_file} not found")
-    if list_file.suffix.lower() == ".json":
-        samples = _read_json_list(list_file, prefix, num_classes)
-    else:
-        samples = []
-        for lineno, line in enumerate(list_file.read_text().splitlines(), start=1):
-            if line.strip() and not line.lstrip().startswith("#"):
-                samples.append(_parse_line(line.split(), f"{list_file}:{lineno}", prefix, num_classes))
-    samples = [s for s in samples if s is not None]
-    if not samples:
-        raise ValueError(f"{list_file}: no samples (empty annotation list)")
-    _attach_frame_scores(samples, list_file, prefix)
-    return samples
-
-
 def frame_scores_path(list_file: str | Path) -> Path:
     """The sidecar of an annotation list: DIR/train.txt -> DIR/train_frame_scores.json (Sec. 3.5)."""
     list_file = Path(list_file)
@@ -204,16 +615,13 @@ def frame_scores_path(list_file: str | Path) -> Path:
 
 
 def write_frame_scores(path: str | Path, videos: dict[str, FrameScores], fps: float = 1.0) -> None:
-    """Write a frame-score sidecar (atomically, `write_atomic`): {format, fps, videos: {LIST PATH: {frames, scores,
-    threshold}}}.
-
-    LIST PATH is a video's path exactly as its list line writes it (relative to the data prefix).
-    """
+    """Write a frame-score sidecar (atomically, `write_atomic`), one line per video: {format, fps, videos: {LIST
+    PATH: {frames, threshold, scores}}}; LIST PATH is a video's path exactly as its list line writes it."""
     head = json.dumps({"format": FRAME_SCORES_FORMAT, "fps": fps, "about": "Sec. 3.5 untrimmed videos: "
                        "teacher probability of the line label at each low-rate frame"})
     rows = [f"  {json.dumps(k)}: " + json.dumps({"frames": [int(f) for f in v.frames], "threshold": float(v.threshold),
                                                 "scores": [round(float(x), 6) for x in v.scores]})
-            for k, v in videos.items()]   # one line per video
+            for k, v in videos.items()]
     write_atomic(path, head[:-1] + ', "videos": {\n' + ",\n".join(rows) + "\n}}\n")
 
 
@@ -265,257 +673,31 @@ def _stream_frame_scores(path: Path) -> Iterator[tuple[str, FrameScores]]:
     yield from read_frame_scores(path).items()
 
 
-TMP_TAG = ".tmp-"   # .NAME.tmp-PID: a file (`write_atomic`) or prepared output being written; never a finished one
-
-
-class SampleList:
-    """An annotation list as a few flat numpy arrays: no Python object per sample (Sec. 4 at web scale).
-
-    DataLoader workers are forked copies of the main process; reading a Python object writes its reference
-    count, so a list of per-sample objects is copied page by page into every worker that touches it. Here
-    the paths of all samples live in ONE bytes object (`buf`; for a .txt list, the file's own bytes) and
-    every per-sample field is an element of a numpy array, so reading samples writes nothing and the
-    workers share the parent's pages. Per sample: its line's bytes (a .txt list keeps the file's own buffer:
-    path, label and newline) + 4-8 (start) + 2-4 (length) + 8 (label) + 1 (kind) [+ 4 (frame count / pieces)
-    when a frames or raw sample is present]: 60 bytes for the released image lists' 44-byte lines; raw positive
-    pieces, windows and sidecar frame scores are flat arrays + offsets over the samples that have them.
-
-    API (what the rest of the code may use):
-        len(sl), sl[i] -> `Sample` (built on demand), iter(sl) -> Samples, bool(sl)
-        sl[a:b], sl[index array or bool mask] -> SampleList (subset, shares the buffers)
-        sl.subset(indices, labels=None) -> SampleList (optionally with new labels, `map_labels`)
-        sl.labels   int64 (N,)    sl.kinds  uint8 (N,) codes into KINDS (`kinds_of`, `kind_names`)
-        sl.path(i) -> Path        sl.rel_path(i) -> str (relative to sl.prefix, as the list wrote it)
-        sl.rel_path_bytes(indices) -> list of bytes (those rel_paths, UTF-8)
-        sl.nbytes  bytes held (buffers shared by subsets counted in full)
-        SampleList.from_samples(samples, prefix='') -> SampleList (any Samples; paths under prefix kept short)
-    """
-
-    def __init__(self, prefix: str, buf: bytes, start: np.ndarray, length: np.ndarray, labels: np.ndarray,
-                 kinds: np.ndarray, extra: np.ndarray | None = None, pos: _Ragged | None = None,
-                 windows: _Ragged | None = None, scores: _Ragged | None = None):
-        self.prefix, self.buf = prefix, buf
-        self._start, self._length = start, length        # path i = buf[start[i]:start[i] + length[i]]
-        self.labels, self.kinds = labels, kinds          # int64 (N,), uint8 (N,)
-        self._extra = extra                              # int32 (N,): num_frames ('frames'), num_parts ('raw')
-        self._pos, self._windows, self._scores = pos, windows, scores   # ragged per-sample data, or None
-
-    # 1. sizes and subsets
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    @property
-    def nbytes(self) -> int:
-        arrays = [self._start, self._length, self.labels, self.kinds, self._extra]
-        return len(self.buf) + sum(a.nbytes for a in arrays if a is not None) + \
-            sum(r.nbytes for r in (self._pos, self._windows, self._scores) if r is not None)
-
-    def subset(self, indices: np.ndarray | Sequence[int], labels: np.ndarray | None = None) -> SampleList:
-        """Samples `indices` (int array, any order, repeats allowed; or a bool mask), optionally relabelled."""
-        idx = np.asarray(indices)
-        idx = np.flatnonzero(idx) if idx.dtype == bool else idx.astype(np.int64).reshape(-1)
-        n = len(self)
-        if idx.size and (idx.min() < -n or idx.max() >= n):
-            raise IndexError(f"SampleList: index out of range [0, {n})")
-        idx = np.where(idx < 0, idx + n, idx)
-        new = self.labels[idx] if labels is None else np.asarray(labels, dtype=np.int64).reshape(-1)
-        if len(new) != len(idx):
-            raise ValueError(f"SampleList.subset: {len(new)} labels for {len(idx)} samples")
-        take = (lambda r: None if r is None else r.take(idx))
-        return SampleList(self.prefix, self.buf, self._start[idx], self._length[idx], new, self.kinds[idx],
-                          None if self._extra is None else self._extra[idx], take(self._pos),
-                          take(self._windows), take(self._scores))
-
-    # 2. one sample, built on demand
-    def rel_path(self, i: int) -> str:
-        a = int(self._start[i])
-        return self.buf[a:a + int(self._length[i])].decode("utf-8")
-
-    def path(self, i: int) -> Path:
-        return Path(self.prefix, self.rel_path(i)) if self.prefix else Path(self.rel_path(i))
-
-    def rel_path_bytes(self, indices: np.ndarray) -> list[bytes]:
-        """rel_path of samples `indices` as UTF-8 bytes, slices of the one buffer (no Sample, no str built)."""
-        buf, idx = self.buf, np.asarray(indices, dtype=np.int64)
-        return [buf[a:a + n] for a, n in zip(self._start[idx].tolist(), self._length[idx].tolist())]
-
-    def __getitem__(self, i: int | slice) -> Sample | SampleList:
-        if isinstance(i, slice):
-            return self.subset(np.arange(len(self))[i])
-        if not isinstance(i, (int, np.integer)):
-            return self.subset(i)
-        n = len(self)
-        if not -n <= i < n:
-            raise IndexError(f"SampleList: index {i} out of range [0, {n})")
-        i = int(i) % n
-        kind = KINDS[self.kinds[i]]
-        s = Sample(self.path(i), int(self.labels[i]), kind)
-        if kind == "frames":
-            s.num_frames = int(self._extra[i])
-        elif kind == "raw":
-            s.num_parts = int(self._extra[i])
-            s.pos_clips = tuple(int(p) for p in self._pos.get(i)[0])
-        elif kind == "windows":
-            flat = self._windows.get(i)[0]
-            s.windows = tuple((float(flat[k]), float(flat[k + 1])) for k in range(0, len(flat), 2))
-        if self._scores is not None:
-            got = self._scores.get(i)
-            if got is not None:
-                frames, scores, threshold = got
-                s.frame_scores = FrameScores(tuple(int(f) for f in frames), tuple(float(x) for x in scores),
-                                             float(threshold))
-        return s
-
-    def __iter__(self) -> Iterator[Sample]:
-        return (self[i] for i in range(len(self)))
-
-    def __repr__(self) -> str:
-        return f"SampleList({len(self)} samples under {self.prefix!r}, {self.nbytes} bytes)"
-
-    # 3. building
-    @classmethod
-    def from_samples(cls, samples: Sequence[Sample], prefix: str | Path = "") -> SampleList:
-        """Compact copy of `Sample`s; paths under `prefix` are stored relative to it (all others: whole)."""
-        samples = list(samples)
-        prefix = str(prefix) if str(prefix) not in ("", ".") else ""
-        rels = []
-        for s in samples:
-            full = str(s.path)
-            rel = full[len(prefix) + 1:] if prefix and full.startswith(prefix + "/") else full
-            if prefix and not full.startswith(prefix + "/") and not Path(full).is_absolute():
-                return cls.from_samples(samples, "")   # a path outside the prefix: keep whole paths
-            rels.append(rel)
-        enc = [r.encode("utf-8") for r in rels]
-        lengths = np.array([len(e) for e in enc], dtype=np.int64)
-        start = np.concatenate(([0], np.cumsum(lengths)[:-1])).astype(np.int64) if enc else lengths
-        kinds = np.array([KINDS.index(s.kind) for s in samples], dtype=np.uint8)
-        extra = np.array([(s.num_frames if s.kind == "frames" else s.num_parts if s.kind == "raw" else 0) or 0
-                          for s in samples], dtype=np.int64)
-        rows = lambda pred: [i for i, s in enumerate(samples) if pred(s)]
-        raw, win = rows(lambda s: s.kind == "raw"), rows(lambda s: s.kind == "windows")
-        sc = rows(lambda s: s.frame_scores is not None)
-        return cls(prefix, b"".join(enc), *_narrow(start, lengths),
-                   np.array([s.label for s in samples], dtype=np.int64), kinds,
-                   _int32(extra) if extra.any() else None,
-                   _Ragged.build(raw, [[samples[i].pos_clips] for i in raw], (np.int32,)),
-                   _Ragged.build(win, [[[x for w in samples[i].windows for x in w]] for i in win], (np.float64,)),
-                   _Ragged.build(sc, [[samples[i].frame_scores.frames, samples[i].frame_scores.scores]
-                                      for i in sc], (np.int32, np.float32),
-                                 [samples[i].frame_scores.threshold for i in sc]))
-
-    def with_frame_scores(self, entries: Iterable[tuple[str, FrameScores]]) -> SampleList:
-        """Attach a sidecar's entries ((list path relative to the prefix, FrameScores) pairs, or a dict; Sec. 3.5)
-        to their samples. The scores are kept flat (int32 frames, float32 scores), one entry per video."""
-        entries = entries.items() if isinstance(entries, dict) else entries
-        index, off, frames, scores, thresholds = {}, [0], array.array("i"), array.array("f"), array.array("d")
-        for key, fs in entries:   # flat arrays as they stream in; a repeated key: the last one wins
-            index[key] = len(thresholds)
-            frames.extend(fs.frames), scores.extend(fs.scores), thresholds.append(fs.threshold)
-            off.append(len(frames))
-        if not index:
-            return self
-        base, rows, ptr = Path(self.prefix), [], []
-        for i in range(len(self)):
-            p = self.path(i)
-            try:
-                key = p.relative_to(base).as_posix()
-            except ValueError:
-                key = Path(os.path.relpath(p, base)).as_posix()
-            if key in index:
-                rows.append(i), ptr.append(index[key])
-        scores = None if not rows else _Ragged(
-            np.array(rows, dtype=np.int64), np.array(ptr, dtype=np.int64), np.array(off, dtype=np.int64),
-            (np.frombuffer(frames, dtype=np.int32).copy(), np.frombuffer(scores, dtype=np.float32).copy()),
-            np.frombuffer(thresholds, dtype=np.float64).copy())
-        return SampleList(self.prefix, self.buf, self._start, self._length, self.labels, self.kinds, self._extra,
-                          self._pos, self._windows, scores)
-
-
-class _Ragged:
-    """Variable-length data of some samples of a SampleList, flat: sample rows[k] (sorted) owns entry ptr[k],
-    whose values are values[j][off[e]:off[e + 1]] (parallel arrays) and scalar[e]. Subsets share off/values."""
-
-    def __init__(self, rows: np.ndarray, ptr: np.ndarray, off: np.ndarray, values: tuple,
-                 scalar: np.ndarray | None = None):
-        self.rows, self.ptr, self.off, self.values, self.scalar = rows, ptr, off, values, scalar
-
-    @classmethod
-    def build(cls, rows: list[int], seqs: list[list], dtypes: tuple, scalars: list | None = None) -> _Ragged | None:
-        if not rows:
-            return None
-        lengths = np.array([len(v[0]) for v in seqs], dtype=np.int64)
-        off = np.zeros(len(rows) + 1, dtype=np.int64)
-        np.cumsum(lengths, out=off[1:])
-        values = tuple(np.array([x for v in seqs for x in v[j]], dtype=dt).reshape(-1)
-                       for j, dt in enumerate(dtypes))
-        return cls(np.array(rows, dtype=np.int64), np.arange(len(rows), dtype=np.int64), off, values,
-                   None if scalars is None else np.array(scalars, dtype=np.float64))
-
-    @property
-    def nbytes(self) -> int:
-        return sum(a.nbytes for a in (self.rows, self.ptr, self.off, *self.values) if a is not None) + \
-            (0 if self.scalar is None else self.scalar.nbytes)
-
-    def get(self, i: int) -> tuple | None:
-        """(values..., [scalar]) of sample i, or None."""
-        k = int(np.searchsorted(self.rows, i))
-        if k >= len(self.rows) or self.rows[k] != i:
-            return None
-        e = int(self.ptr[k])
-        a, b = int(self.off[e]), int(self.off[e + 1])
-        got = tuple(v[a:b] for v in self.values)
-        return got if self.scalar is None else (*got, self.scalar[e])
-
-    def take(self, idx: np.ndarray) -> _Ragged | None:
-        """The ragged data of the subset idx (new sample k = old sample idx[k])."""
-        if not len(self.rows) or not len(idx):
-            return None
-        k = np.minimum(np.searchsorted(self.rows, idx), len(self.rows) - 1)
-        has = self.rows[k] == idx
-        if not has.any():
-            return None
-        return _Ragged(np.flatnonzero(has), self.ptr[k[has]], self.off, self.values, self.scalar)
-
-
-def labels_of(samples: SampleList | Sequence[Sample]) -> np.ndarray:
-    """int64 labels (N,) of a SampleList (its array) or a list of Samples."""
-    if isinstance(samples, SampleList):
-        return samples.labels
-    return np.array([s.label for s in samples], dtype=np.int64)
-
-
-def kinds_of(samples: SampleList | Sequence[Sample]) -> np.ndarray:
-    """int64 kind codes (N,) into KINDS of a SampleList (its array) or a list of Samples."""
-    if isinstance(samples, SampleList):
-        return samples.kinds.astype(np.int64)
-    return np.array([KINDS.index(s.kind) for s in samples], dtype=np.int64)
-
-
-def kind_names(samples: SampleList | Sequence[Sample]) -> set[str]:
-    """The kinds a list holds, e.g. {'image', 'untrimmed'}."""
-    return {KINDS[k] for k in np.unique(kinds_of(samples))}
-
-
-def write_atomic(path: str | Path, content: str | bytes | Callable[[BinaryIO], object]) -> None:
-    """Write `path` under a temporary name in its folder (.NAME.tmp-PID), flush it to disk (fsync) and rename it
-    over `path`: a reader, or a rerun after a kill (SIGKILL included), finds the old file or the new one, never a
-    part. content: text (UTF-8), bytes, or a function that writes to the open binary file (`lambda f:
-    torch.save(obj, f)`). Every command's single files (lists, reports, checkpoints, work-folder state) go through
-    here."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}{TMP_TAG}{os.getpid()}")
+def _list_key(path: Path, prefix: Path) -> str:
+    """A sample's path as its list line writes it (relative to the data prefix): its key in the sidecar."""
     try:
-        with open(tmp, "wb") as f:
-            if callable(content):
-                content(f)
-            else:
-                f.write(content.encode() if isinstance(content, str) else content)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+        return path.relative_to(prefix).as_posix()
+    except ValueError:
+        return Path(os.path.relpath(path, prefix)).as_posix()
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# 3. Decoding only the frames sampled (behind data.read_frames), and the one H.264 writer
+# ----------------------------------------------------------------------------------------------------------------------
+
+class VideoTooShortError(ValueError):
+    """A frame past the last decodable frame was asked for; `num_frames` is the true count."""
+
+    def __init__(self, path: Path, wanted: int, num_frames: int):
+        super().__init__(f"{path}: frame {wanted} requested but the video decodes to only {num_frames} frames")
+        self.num_frames = num_frames
+
+
+def check_file(path: Path) -> None:
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file")
+    if path.stat().st_size == 0:
+        raise ValueError(f"{path}: empty file")
 
 
 @contextlib.contextmanager
@@ -537,17 +719,27 @@ def open_video(path: Path) -> Iterator[tuple[av.container.InputContainer, av.vid
 
 
 def decode_video(container: av.container.InputContainer, stream: av.video.stream.VideoStream, path: Path,
-                  indices: np.ndarray,
-                  stats: dict | None = None) -> np.ndarray:
-    """Decode `indices` from an open container (see `read_frames`); `stats` gets the counts of frames
-    decoded (given by the decoder), skipped (dropped by it), seeks and packets sent while seeking."""
+                 indices: np.ndarray, stats: dict | None = None) -> np.ndarray:
+    """Frames `indices` of an open video as uint8 `(len(indices), H, W, 3)` RGB, decoding only what they need.
+
+    1. one demux pass (packets only, ~2-5 ms for a 10-s clip; cached per process, `PTS_CACHE`) gives every frame's
+       pts and the keyframes: a frame's presentation index is the rank of its pts (right at variable frame rates);
+    2. before a needed frame, seek to the keyframe before it when that lies beyond the decoding position;
+    3. a frame no index needs goes to the decoder with skip_frame 'NONREF' (`_SKIP_CODECS`, not in AVI): FFmpeg drops
+       it if no frame refers to it (x264's B-frames but the pyramid's middle ones: 40-47 % of the frames of the real
+       clips in ../shared), so every frame it decodes is bit-exact;
+    4. only needed frames are converted to RGB; a run (the frames decoded from one keyframe) drains the decoder once
+       the packet of its last needed frame is sent.
+    Each decoded frame's index must follow its predecessor (across dropped frames only where none is wanted); else
+    the video is decoded again without skipping, else from the start counting frames (whole-file semantics); what
+    failed is remembered with the cached scan. `stats` gets the frames decoded, skipped, seeks and packets sent.
+    """
     wanted = np.unique(indices)
     stats = {} if stats is None else stats
     stats.update(decoded=0, skipped=0, seeks=0, sent=0, sequential=False)
     index, frames = _pts_index(container, stream), None
-    # 1. seek and skip; 2. seek only (skipping lost a frame); 3. count frames from the start. What failed
-    #    is remembered with the cached scan, so a long-lived worker tries it once per file. A frame past
-    #    the demuxed ones goes to 3 directly: only decoding tells the true length.
+    # 1. seek and skip; 2. seek only (skipping lost a frame); 3. count frames from the start. A frame past the
+    #    demuxed ones goes to 3 directly: only decoding tells the true length.
     if index is not None and index.scan.seek_ok and int(wanted[-1]) < index.num_frames:
         if index.scan.skip_ok and _can_skip(container, stream):
             frames = _decode_seeking(container, stream, wanted, index, stats, skip=True)
@@ -561,24 +753,84 @@ def decode_video(container: av.container.InputContainer, stream: av.video.stream
     return np.stack([frames[int(i)] for i in indices])
 
 
-@dataclass
-class _PtsIndex:
-    """Result of the demux pass: presentation index of each pts, keyframe positions."""
-    rank: dict[int, int]     # pts -> 0-based presentation index
-    keys: list[int]          # sorted presentation indices of keyframes
-    key_pts: list[int]       # their pts: the seek target (FFmpeg lands exactly on it)
-    key_set: frozenset = frozenset()
-    scan: _Scan | None = None   # the cached scan it was built from (records what failed on this file)
+def count_video_frames(container: av.container.InputContainer, stream: av.video.stream.VideoStream) -> int:
+    """`stream.frames` when consistent with duration x rate, else decode and count."""
+    n = stream.frames
+    if n > 0 and stream.duration and stream.average_rate and stream.time_base:
+        if abs(n - float(stream.duration * stream.time_base * stream.average_rate)) <= 1.0:
+            return int(n)
+    count = sum(1 for _ in container.decode(stream))
+    if count == 0:
+        raise ValueError(f"{container.name}: no decodable video frames")
+    container.seek(0)   # rewind for a caller that decodes next
+    return count
 
-    @property
-    def num_frames(self) -> int:
-        return len(self.rank)
 
-    @classmethod
-    def from_scan(cls, scan: _Scan) -> _PtsIndex:
-        order, keys = scan.pts.tolist(), scan.keys.tolist()
-        return cls(rank=dict(zip(order, range(len(order)))), keys=keys, key_pts=[order[k] for k in keys],
-                   key_set=frozenset(keys), scan=scan)
+def metadata_frames(container: av.container.InputContainer, stream: av.video.stream.VideoStream) -> int | None:
+    """Frame count from metadata alone: `stream.frames`, else duration x average rate; None without either."""
+    if stream.frames and stream.frames > 0:
+        return int(stream.frames)
+    rate = stream.average_rate or stream.guessed_rate
+    if stream.duration and stream.time_base:
+        seconds = float(stream.duration * stream.time_base)
+    elif container.duration:
+        seconds = container.duration / av.time_base
+    else:
+        return None
+    return max(1, round(seconds * float(rate))) if rate else None
+
+
+def stream_rate(path: Path, stream: av.video.stream.VideoStream) -> Fraction:
+    """Frame rate of an open video stream: average rate, else guessed rate, else frames / duration."""
+    for rate in (stream.average_rate, stream.guessed_rate):
+        if rate and rate > 0:
+            return Fraction(rate)
+    if stream.frames and stream.duration and stream.time_base:
+        return Fraction(stream.frames) / (stream.duration * stream.time_base)
+    raise ValueError(f"{path}: the video has no frame rate")
+
+
+def reformat(frame: av.VideoFrame, format: str = "rgb24", width: int | None = None, height: int | None = None
+             ) -> av.VideoFrame:
+    """`frame.reformat(...)` through this process's own swscale context: every frame conversion of the project.
+    PyAV's default conversion reuses one context per thread, which a forked child inherits: with PyAV 18.1.1 its first
+    conversion then waits forever for the parent's swscale slice threads. A context per process id is never shared
+    across a fork (the parent's stays referenced, never freed, in the child)."""
+    own = _REFORMATTERS.get(os.getpid())
+    if own is None:
+        own = _REFORMATTERS[os.getpid()] = av.video.reformatter.VideoReformatter()
+    return own.reformat(frame, format=format, width=width, height=height)
+
+
+def to_rgb(frame: av.VideoFrame) -> np.ndarray:
+    """A decoded frame -> uint8 `(H, W, 3)` RGB (`reformat`, fork-safe)."""
+    return reformat(frame).to_ndarray()
+
+
+class VideoWriter:
+    """An H.264 yuv420p mp4 written a frame at a time: libx264 with encoder `options` at `rate`, the frame size of
+    `first` (odd sides scaled to the even size below), frame n at pts n. data.cut_video's pieces, prepare's videos."""
+
+    def __init__(self, path: Path, rate: Fraction, first: av.VideoFrame, options: dict[str, str]):
+        self.container = av.open(str(path), mode="w", format="mp4")
+        self.stream = self.container.add_stream("libx264", rate=rate)
+        self.width, self.height = max(2, first.width // 2 * 2), max(2, first.height // 2 * 2)
+        self.stream.width, self.stream.height, self.stream.pix_fmt = self.width, self.height, "yuv420p"
+        self.stream.codec_context.options = options
+        self.time_base, self.count = 1 / Fraction(rate), 0
+
+    def write(self, frame: av.VideoFrame) -> None:
+        out = reformat(frame, "yuv420p", self.width, self.height)
+        out.pts, out.time_base = self.count, self.time_base   # timestamps from 0
+        self.count += 1
+        self.container.mux(self.stream.encode(out))
+
+    def close(self, flush: bool = True) -> None:
+        try:
+            if flush:
+                self.container.mux(self.stream.encode())
+        finally:
+            self.container.close()
 
 
 @dataclass
@@ -590,6 +842,17 @@ class _Scan:
     seek_ok: bool = True     # False once the decoder's output contradicted the pts (seek + check failed)
 
 
+class _PtsIndex:
+    """A cached `_Scan` (kept as `scan`: it records what failed on the file) as `_decode_seeking` reads it: `rank`
+    pts -> 0-based presentation index, `keys` / `key_set` the keyframes' indices, `key_pts` their pts (the seek
+    targets: FFmpeg lands exactly on them)."""
+
+    def __init__(self, scan: _Scan):
+        order, self.keys, self.scan = scan.pts.tolist(), scan.keys.tolist(), scan
+        self.rank, self.num_frames = dict(zip(order, range(len(order)))), len(order)
+        self.key_pts, self.key_set = [order[k] for k in self.keys], frozenset(self.keys)
+
+
 def _pts_index(container: av.container.InputContainer, stream: av.video.stream.VideoStream) -> _PtsIndex | None:
     """The `_PtsIndex` of an open video, None if its pts are unusable: one demux pass (`_scan_pts`), or
     the per-process cache when the same file (path, size, mtime, inode unchanged) was scanned before."""
@@ -598,7 +861,7 @@ def _pts_index(container: av.container.InputContainer, stream: av.video.stream.V
     if entry is None:
         entry = _scan_pts(container, stream)
         PTS_CACHE.put(key, entry)   # an unusable result is remembered too: no second scan
-    return None if entry is _UNUSABLE else _PtsIndex.from_scan(entry)
+    return None if entry is _UNUSABLE else _PtsIndex(entry)
 
 
 def _scan_pts(container: av.container.InputContainer, stream: av.video.stream.VideoStream) -> _Scan | str:
@@ -623,15 +886,10 @@ def _scan_pts(container: av.container.InputContainer, stream: av.video.stream.Vi
 
 
 def _decode_seeking(container: av.container.InputContainer, stream: av.video.stream.VideoStream, wanted: np.ndarray,
-                    index: _PtsIndex,
-                    stats: dict, skip: bool = True) -> dict[int, np.ndarray] | None:
-    """Decode the sorted unique `wanted` frames with keyframe seeks; None if pts prove unreliable.
-
-    skip: packets of frames no index needs go to the decoder with skip_frame 'NONREF' (`_decoded_frames`);
-    the frames the decoder drops leave gaps in its output, allowed only where no wanted frame lies.
-    A run of wanted frames decoded from one keyframe ends by draining the decoder once every packet up to
-    its last frame is sent, instead of decoding the frames the decoder's reordering delay holds back.
-    """
+                    index: _PtsIndex, stats: dict, skip: bool = True) -> dict[int, np.ndarray] | None:
+    """Decode the sorted unique `wanted` frames with keyframe seeks; None if pts prove unreliable. skip: frames no
+    index needs go to the decoder with skip_frame 'NONREF' (`_decoded_frames`); the frames it drops leave gaps in its
+    output, allowed only where no wanted frame lies."""
     want, out, order = set(int(i) for i in wanted), {}, [int(i) for i in wanted]
     frames, pos, end = None, -1, -1   # decoder iterator; index of the last frame taken; last frame of the run
     try:
@@ -678,13 +936,9 @@ def _decode_seeking(container: av.container.InputContainer, stream: av.video.str
 
 def _decoded_frames(container: av.container.InputContainer, stream: av.video.stream.VideoStream, rank: dict[int, int],
                     want: set[int] | None, run: range, stats: dict) -> Iterator[av.VideoFrame]:
-    """Frames decoded from the packets after the current position, until the decoder is drained once the
-    packets of every frame in `run` (presentation indices) have been sent. With `want`, the packet of a
-    frame no index needs (its pts' presentation index not in `want`) is sent with skip_frame 'NONREF':
-    the decoder drops it when the bitstream marks it as a frame no other frame refers to (H.264/HEVC
-    nal_ref_idc 0, MPEG-1/2 B-frames), so every frame it does decode is bit-exact. A wanted frame's packet, and any
-    packet of unknown pts, is decoded as usual.
-    Frame threads copy the setting when each packet is submitted. stats['sent'] counts the packets."""
+    """Frames decoded from the packets after the current position, the decoder drained once the packets of every
+    frame in `run` (presentation indices) are sent. With `want`, the packet of a frame not in it (and of known pts)
+    is sent with skip_frame 'NONREF' (frame threads copy the setting per packet). stats['sent'] counts packets."""
     codec, mode, pending = stream.codec_context, None, set(run)
     for packet in container.demux(stream):
         i = rank.get(packet.pts)
@@ -708,77 +962,6 @@ def _run_end(order: list[int], j: int, keys: list[int]) -> int:
     return order[j]
 
 
-class _PtsCache:
-    """LRU of `_scan_pts` results keyed by `_file_key`, holding at most `PTS_CACHE_FRAMES` frames' pts.
-    One per process; a lock keeps it whole when threads of one process read videos."""
-
-    def __init__(self):
-        self.entries: collections.OrderedDict = collections.OrderedDict()
-        self.frames = 0
-        self.lock = threading.Lock()
-
-    def get(self, key: tuple | None) -> _Scan | str | None:
-        with self.lock:
-            if key is None or key not in self.entries:
-                return None
-            self.entries.move_to_end(key)
-            return self.entries[key]
-
-    def put(self, key: tuple | None, entry: _Scan | str) -> None:
-        if key is None:
-            return
-        with self.lock:
-            if key in self.entries:   # scanned twice at once by two threads
-                self.frames -= self._size(self.entries.pop(key))
-            self.entries[key] = entry
-            self.frames += self._size(entry)
-            while self.frames > PTS_CACHE_FRAMES and self.entries:
-                self.frames -= self._size(self.entries.popitem(last=False)[1])
-
-    def clear(self) -> None:
-        with self.lock:
-            self.entries.clear()
-            self.frames = 0
-
-    @staticmethod
-    def _size(entry: _Scan | str) -> int:
-        return 1 if entry is _UNUSABLE else len(entry.pts)
-
-
-def _can_skip(container: av.container.InputContainer, stream: av.video.stream.VideoStream) -> bool:
-    """Whether `_decoded_frames` may drop unneeded frames: SKIP_NONREF, a codec in `_SKIP_CODECS` and a
-    container with presentation timestamps. AVI has none: FFmpeg numbers its packets in storage order,
-    so with MPEG-4 Part 2 B-frames (packed or with placeholder packets) a frame's pts is not its own;
-    decoding every frame exposes that as out-of-order ranks, but gaps from dropped frames would hide it."""
-    return (SKIP_NONREF and stream.codec_context.codec.canonical_name in _SKIP_CODECS
-            and "avi" not in container.format.name.split(","))
-
-
-# codecs whose FFmpeg decoders drop only frames the bitstream marks as unreferenced under skip_frame 'NONREF'
-# and keep every frame's pts (tests/test_decode.py checks each against a whole-file decode). Left out: MPEG-4
-# Part 2 (packed B-frames), AV1 (libdav1d then loses frames: the checks catch it, at the cost of a fallback),
-# VP9 (libvpx marks no frame unreferenced but with temporal layers; nothing to gain, untested).
-_SKIP_CODECS = ("h264", "hevc", "mpeg1video", "mpeg2video")
-
-
-_UNUSABLE = "unusable pts"   # `_scan_pts` result: seeking by pts is not possible for this file
-
-
-PTS_CACHE = _PtsCache()
-
-
-_REFORMATTERS: dict[int, av.video.reformatter.VideoReformatter] = {}   # `reformat`: one swscale context per process
-
-
-def _file_key(name: str) -> tuple[str, int, int, int] | None:
-    """(path, size, mtime, inode) of a file: a changed or replaced file gets a new key; None if no stat."""
-    try:
-        st = os.stat(name)
-    except (OSError, ValueError):
-        return None
-    return os.path.abspath(name), st.st_size, st.st_mtime_ns, st.st_ino
-
-
 def _decode_sequential(path: Path, wanted: np.ndarray, stats: dict) -> dict[int, np.ndarray]:
     """Decode from the start counting frames (whole-file semantics); stop after the last wanted."""
     want, out, last, count = set(int(i) for i in wanted), {}, int(wanted[-1]), 0
@@ -795,360 +978,81 @@ def _decode_sequential(path: Path, wanted: np.ndarray, stats: dict) -> dict[int,
     return out
 
 
-def count_video_frames(container: av.container.InputContainer, stream: av.video.stream.VideoStream) -> int:
-    """`stream.frames` when consistent with duration x rate, else decode and count."""
-    n = stream.frames
-    if n > 0 and stream.duration and stream.average_rate and stream.time_base:
-        expected = float(stream.duration * stream.time_base * stream.average_rate)
-        if abs(n - expected) <= 1.0:
-            return int(n)
-    count = sum(1 for _ in container.decode(stream))
-    if count == 0:
-        raise ValueError(f"{container.name}: no decodable video frames")
-    container.seek(0)   # rewind for a caller that decodes next
-    return count
+def _can_skip(container: av.container.InputContainer, stream: av.video.stream.VideoStream) -> bool:
+    """Whether `_decoded_frames` may drop unneeded frames: SKIP_NONREF, a codec in `_SKIP_CODECS`, and not AVI (its
+    packets are numbered in storage order, so with B-frames a frame's pts is not its own; decoding every frame shows
+    that as out-of-order ranks, which gaps from dropped frames would hide)."""
+    return (SKIP_NONREF and stream.codec_context.codec.canonical_name in _SKIP_CODECS
+            and "avi" not in container.format.name.split(","))
 
 
-def stream_rate(path: Path, stream: av.video.stream.VideoStream) -> Fraction:
-    """Frame rate of an open video stream: average rate, else guessed rate, else frames / duration."""
-    for rate in (stream.average_rate, stream.guessed_rate):
-        if rate and rate > 0:
-            return Fraction(rate)
-    if stream.frames and stream.duration and stream.time_base:
-        return Fraction(stream.frames) / (stream.duration * stream.time_base)
-    raise ValueError(f"{path}: the video has no frame rate")
-
-
-class PieceWriter:
-    """One piece of `cut_video`: an H.264 mp4 at `rate`, frame size of `first` rounded down to even."""
-
-    def __init__(self, path: Path, rate: Fraction, first: av.VideoFrame, crf: int):
-        self.container = av.open(str(path), mode="w")
-        self.stream = self.container.add_stream("libx264", rate=rate)
-        self.width, self.height = max(2, first.width // 2 * 2), max(2, first.height // 2 * 2)
-        self.stream.width, self.stream.height, self.stream.pix_fmt = self.width, self.height, "yuv420p"
-        self.stream.codec_context.options = {"crf": str(crf), "preset": "veryfast"}
-        self.time_base, self.count = 1 / Fraction(rate), 0
-
-    def write(self, frame: av.VideoFrame) -> None:
-        out = reformat(frame, "yuv420p", self.width, self.height)
-        out.pts, out.time_base = self.count, self.time_base   # piece-local timestamps from 0
-        self.count += 1
-        for packet in self.stream.encode(out):
-            self.container.mux(packet)
-
-    def close(self, flush: bool = True) -> None:
-        try:
-            if flush:
-                for packet in self.stream.encode():
-                    self.container.mux(packet)
-        finally:
-            self.container.close()
-
-
-def check_file(path: Path) -> None:
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such file")
-    if path.stat().st_size == 0:
-        raise ValueError(f"{path}: empty file")
-
-
-def _read_text_list(list_file: Path, prefix: Path, num_classes: int) -> SampleList:
-    """A .txt list -> SampleList: numpy fast path for 'PATH LABEL' lines, `_parse_line` for the rest."""
-    buf = list_file.read_bytes()
-    if not buf.strip():
-        raise ValueError(f"{list_file}: no samples (empty annotation list)")
-    if not buf.endswith(b"\n"):
-        buf += b"\n"
-    a = np.frombuffer(buf, dtype=np.uint8)
-    # 1. one scan (in blocks) for the bytes outside '!'..'~': newlines, spaces and the rest (tabs, CR, non-ASCII)
-    pos = np.concatenate([np.flatnonzero((a[o:o + _SCAN_BLOCK] - np.uint8(33)) > 93) + o
-                          for o in range(0, len(a), _SCAN_BLOCK)])
-    byte = a[pos]
-    ends, spaces, other = pos[byte == 10], pos[byte == 32], pos[(byte != 10) & (byte != 32)]
-    del pos, byte
-    if other.size and _exotic_breaks(buf, a, other):   # str.splitlines() would number the lines otherwise
-        return SampleList.from_samples(read_list_samples(list_file, prefix, num_classes), prefix)
-    starts = np.concatenate(([0], ends[:-1] + 1)).astype(np.int64)
-    # Windows line ends: a CR right before the newline ends the line's content (str.splitlines() agrees)
-    crlf = (ends > starts) & (a[np.maximum(ends - 1, 0)] == 13)
-    content_ends = ends - crlf
-    other = other[~((a[other] == 13) & (a[np.minimum(other + 1, len(a) - 1)] == 10))]
-    # 2. the dominant form, in blocks of lines: one space, printable ASCII, a media extension, a decimal label
-    fast_lines, fast_sp, fast_label, fast_kind = [], [], [], []
-    for b0 in range(0, len(ends), _LINE_BLOCK):
-        st, en = starts[b0:b0 + _LINE_BLOCK], content_ends[b0:b0 + _LINE_BLOCK]
-        got = _fast_lines(a, st, en, spaces, other, num_classes)
-        fast_lines.append(got[0] + b0)
-        fast_sp.append(got[1]), fast_label.append(got[2]), fast_kind.append(got[3])
-    fast_lines, fast_sp = np.concatenate(fast_lines), np.concatenate(fast_sp)
-    fast_label, fast_kind = np.concatenate(fast_label), np.concatenate(fast_kind)
-    # 3. every other line through the per-line parser (errors: FILE:LINE); blank and '#' lines skipped
-    slow_mask = np.ones(len(ends), dtype=bool)
-    slow_mask[fast_lines] = False
-    slow_lines, slow = [], []
-    for ln in np.flatnonzero(slow_mask):
-        raw = buf[starts[ln]:ends[ln]]
-        try:
-            line = raw.decode("utf-8")
-        except UnicodeDecodeError as err:
-            raise ValueError(f"{list_file}:{ln + 1}: not UTF-8 text ({err.reason})") from None
-        if line.strip() and not line.lstrip().startswith("#"):
-            fields = line.split()
-            slow.append((fields[0], _parse_line(fields, f"{list_file}:{ln + 1}", prefix, num_classes)))
-            slow_lines.append(ln)
-    if not len(fast_lines) and not slow:
-        raise ValueError(f"{list_file}: no samples (empty annotation list)")
-    # 4. merge both in line order; the slow lines' paths are appended to the buffer
-    nf = len(fast_lines)
-    start, length = starts[fast_lines], fast_sp - starts[fast_lines]
-    if not slow:   # the common case: no copy, no reordering
-        return SampleList(str(prefix), buf, *_narrow(start, length), fast_label, fast_kind)
-    extra = SampleList.from_samples([smp for _, smp in slow], "")
-    rel = [r.encode("utf-8") for r, _ in slow]
-    rel_len = np.array([len(r) for r in rel], dtype=np.int64)
-    rel_start = len(buf) + np.concatenate(([0], np.cumsum(rel_len)[:-1])).astype(np.int64)
-    order = np.argsort(np.concatenate((fast_lines, np.array(slow_lines, dtype=np.int64))), kind="stable")
-    ex = None
-    if extra._extra is not None:
-        ex = _int32(np.concatenate((np.zeros(nf, dtype=np.int64), extra._extra))[order])
-    # ragged data of the slow samples: their rows move from k (in `extra`) to inv[nf + k]
-    inv = np.empty(len(order), dtype=np.int64)
-    inv[order] = np.arange(len(order))
-    shift = (lambda r: None if r is None else _Ragged(inv[nf + r.rows], r.ptr, r.off, r.values, r.scalar))
-    return SampleList(str(prefix), buf + b"".join(rel),
-                      *_narrow(np.concatenate((start, rel_start))[order], np.concatenate((length, rel_len))[order]),
-                      np.concatenate((fast_label, extra.labels))[order],
-                      np.concatenate((fast_kind, extra.kinds))[order], ex, shift(extra._pos), shift(extra._windows))
-
-
-def _fast_lines(a: np.ndarray, st: np.ndarray, en: np.ndarray, spaces: np.ndarray, other: np.ndarray,
-                num_classes: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Lines [st, en) of buffer `a` in the form 'PATH LABEL' -> (line numbers in the block, space position,
-    label int64, kind code uint8) of those that are; the others are left to the per-line parser."""
-    k0 = np.searchsorted(spaces, st)
-    one_space = (np.searchsorted(spaces, en) - k0) == 1
-    plain = np.searchsorted(other, en) == np.searchsorted(other, st)   # no tab, CR, non-ASCII byte
-    sp = spaces[np.minimum(k0, max(len(spaces) - 1, 0))] if len(spaces) else st
-    # a '#' comment or a path starting with '.' goes the careful way ('./x' is 'x' to Path), but not '../': filter.py's
-    # outputs list their crawl as '../SOURCE/...', millions of lines that Path keeps as written
-    lead, nxt = a[st], a[np.minimum(st + 1, len(a) - 1)]
-    up = (nxt == 46) & (a[np.minimum(st + 2, len(a) - 1)] == 47) & (st + 2 < en)
-    lab_len = en - sp - 1
-    cand = np.flatnonzero(one_space & plain & (lead != 35) & ((lead != 46) | up) & (sp > st) & (lab_len >= 1) &
-                          (lab_len <= 9))
-    st, sp, en, lab_len = st[cand], sp[cand], en[cand], lab_len[cand]
-    # 1. the label: 1-9 decimal digits after the space, below num_classes
-    label, ok = np.zeros(len(cand), dtype=np.int64), np.ones(len(cand), dtype=bool)
-    for k in range(int(lab_len.max()) if len(cand) else 0):
-        inside = k < lab_len
-        d = a[np.minimum(sp + 1 + k, en - 1)].astype(np.int64) - 48
-        ok &= ~inside | ((d >= 0) & (d <= 9))
-        label = np.where(inside, label * 10 + d, label)
-    ok &= label < num_classes
-    # 2. the kind from the extension (the path's last 5 bytes in ASCII lower case, last byte lowest)
-    tail = np.zeros(len(cand), dtype=np.uint64)
-    for j in range(1, 6):
-        b = a[np.maximum(sp - j, 0)]
-        b = np.where((b >= 65) & (b <= 90), b + np.uint8(32), b).astype(np.uint64)
-        tail |= np.where(sp - j >= st, b, np.uint64(0)) << np.uint64(8 * (j - 1))
-    kind = np.full(len(cand), 255, dtype=np.uint8)
-    for m in (3, 4, 5):
-        codes = {e: int.from_bytes(e.encode()[::-1], "little") for e in VIDEO_EXTS + IMAGE_EXTS if len(e) == m}
-        img = np.array([c for e, c in codes.items() if e in IMAGE_EXTS], dtype=np.uint64)
-        vid = np.array([c for e, c in codes.items() if e in VIDEO_EXTS], dtype=np.uint64)
-        key = tail & np.uint64((1 << 8 * m) - 1)
-        before = a[np.maximum(sp - m - 1, 0)]   # the name before the extension: not empty, not hidden
-        named = (sp - m - 1 >= st) & (before != 47) & (before != 46) & (kind == 255)
-        kind[named & np.isin(key, img)] = KINDS.index("image")
-        kind[named & np.isin(key, vid)] = KINDS.index("video")
-    video = np.flatnonzero(kind == 0)
-    if len(video):   # first path component 'untrimmed'
-        head = a[np.minimum(st[video, None] + np.arange(10), len(a) - 1)]
-        untr = (head == np.frombuffer(b"untrimmed/", dtype=np.uint8)).all(axis=1) & (sp[video] - st[video] > 10)
-        kind[video[untr]] = KINDS.index("untrimmed")
-    ok &= kind != 255
-    return cand[ok], sp[ok], label[ok], kind[ok]
-
-
-def _exotic_breaks(buf: bytes, a: np.ndarray, other: np.ndarray) -> bool:
-    """Whether str.splitlines() breaks lines where b'\n' does not (lone CR, VT, FF, FS/GS/RS, NEL, LS, PS)."""
-    o = a[other]
-    if np.isin(o, (11, 12, 28, 29, 30)).any():
-        return True
-    cr = other[o == 13]
-    if cr.size and (a[np.minimum(cr + 1, len(a) - 1)] != 10).any():
-        return True
-    if (o > 127).any():
-        text = buf.decode("utf-8", errors="replace")
-        return any(c in text for c in "\x85\u2028\u2029")
-    return False
-
-
-def _trim_heap() -> None:
-    """Return freed heap pages to the OS (glibc `malloc_trim`): after freeing a large block glibc raises its
-    mmap threshold, so the next temporaries come from the heap and stay resident once freed; no-op elsewhere."""
+def _file_key(name: str) -> tuple[str, int, int, int] | None:
+    """(path, size, mtime, inode) of a file: a changed or replaced file gets a new key; None if no stat."""
     try:
-        ctypes.CDLL(None).malloc_trim(0)
-    except (OSError, AttributeError, TypeError):
-        pass
-
-
-def _narrow(start: np.ndarray, length: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Path starts as uint32 (buffers < 4 GiB) and lengths as uint16 (< 64 KiB) when they fit."""
-    start = start.astype(np.uint32) if not len(start) or start.max() < 2 ** 32 else start.astype(np.int64)
-    length = length.astype(np.uint16) if not len(length) or length.max() < 2 ** 16 else length.astype(np.int32)
-    return start, length
-
-
-def _int32(x: np.ndarray) -> np.ndarray:
-    return x.astype(np.int32)
-
-
-def _parse_line(fields: list[str], where: str, prefix: Path, num_classes: int) -> Sample:
-    """One list line -> Sample; the kind follows from the extension and the field count."""
-    suffix = Path(fields[0]).suffix.lower()
-    if suffix in VIDEO_EXTS and len(fields) >= 3 and all(":" in f for f in fields[2:]):
-        # 1a. windows of an untrimmed video: 'PATH LABEL START:END [START:END ...]' (seconds, Sec. 3.5)
-        windows = tuple(_parse_window(f, where) for f in fields[2:])
-        return Sample(prefix / fields[0], _parse_label(fields[1], where, num_classes), "windows", windows=windows)
-    if suffix in VIDEO_EXTS or suffix in IMAGE_EXTS:
-        # 1b. media file: 'PATH LABEL'
-        if len(fields) != 2:
-            raise ValueError(f"{where}: expected 'PATH LABEL' for a {suffix} file, got {len(fields)} fields "
-                             f"(multi-label lines are not supported"
-                             + ("; windows: 'PATH LABEL START:END...' in seconds)" if suffix in VIDEO_EXTS else ")"))
-        label = _parse_label(fields[1], where, num_classes)
-        if suffix in IMAGE_EXTS:
-            kind = "image"
-        else:
-            kind = "untrimmed" if Path(fields[0]).parts[0] == "untrimmed" else "video"
-        return Sample(prefix / fields[0], label, kind)
-    if len(fields) == 3:
-        # 2. frame folder: 'DIR NUM_FRAMES LABEL'. MMAction2's raw form 'DIR LABEL NUM_PARTS' without a positive
-        #    piece has the same shape: a folder of pieces part_*.mp4 on disk tells them apart
-        if (prefix / fields[0] / PART_TMPL.format(0)).is_file():
-            raise ValueError(f"{where}: {' '.join(fields)!r}: {fields[0]} holds part_*.mp4 pieces, so this is a raw "
-                             f"video 'DIR LABEL NUM_PARTS' with no positive piece; list its positive pieces after "
-                             f"NUM_PARTS ('DIR LABEL NUM_PARTS POS_IDX...'), or leave the line out")
-        num_frames = _parse_int(fields[1], where, "NUM_FRAMES", minimum=1)
-        return Sample(prefix / fields[0], _parse_label(fields[2], where, num_classes), "frames",
-                      num_frames=num_frames)
-    if len(fields) >= 4:
-        # 3. raw video in pieces: 'DIR LABEL NUM_PARTS POS_IDX...'
-        label = _parse_label(fields[1], where, num_classes)
-        num_parts = _parse_int(fields[2], where, "NUM_PARTS", minimum=1)
-        pos = tuple(_parse_int(f, where, "POS_IDX", minimum=0) for f in fields[3:])
-        return _raw_sample(prefix / fields[0], label, num_parts, pos, where)
-    raise ValueError(f"{where}: expected 'PATH LABEL' (video {'/'.join(VIDEO_EXTS[:3])}... or image), "
-                     f"'DIR NUM_FRAMES LABEL' (frame folder) or 'DIR LABEL NUM_PARTS POS_IDX...' "
-                     f"(raw video), got {' '.join(fields)!r}")
-
-
-def _read_json_list(list_file: Path, prefix: Path, num_classes: int) -> list[Sample | None]:
-    """MMAction2 JSON annotations: a list of dicts (raw video, video/image or frame folder)."""
-    try:
-        entries = json.loads(list_file.read_text())
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{list_file}: not valid JSON ({err})") from None
-    if not isinstance(entries, list):
-        raise ValueError(f"{list_file}: expected a JSON list of dicts")
-    samples = []
-    for n, e in enumerate(entries):
-        where = f"{list_file}: entry {n}"
-        if not isinstance(e, dict) or "label" not in e:
-            raise ValueError(f'{where}: expected a dict with "label" and one of "video_dir", '
-                             f'"filename", "frame_dir"')
-        label = _parse_label(e["label"], where, num_classes)
-        if "video_dir" in e:
-            pos = tuple(_parse_int(p, where, "positive_clip_inds", 0)
-                        for p in e.get("positive_clip_inds", ()))
-            num_parts = _parse_int(e.get("num_clips"), where, "num_clips", 1)
-            raw = _raw_sample(prefix / e["video_dir"], label, num_parts, pos, where)
-            samples.append(raw if pos else None)   # no positive piece: skipped, like MMAction2
-        elif "frame_dir" in e:
-            total = _parse_int(e.get("total_frames"), where, "total_frames", 1)
-            samples.append(Sample(prefix / e["frame_dir"], label, "frames", num_frames=total))
-        elif "filename" in e and "windows" in e:
-            wins = e["windows"]
-            if not isinstance(wins, list) or not wins or not all(isinstance(w, list) and len(w) == 2 for w in wins):
-                raise ValueError(f'{where}: "windows" must be a non-empty list of [START, END] pairs in seconds')
-            samples.append(_parse_line([str(e["filename"]), str(label), *(f"{a}:{b}" for a, b in wins)], where,
-                                       prefix, num_classes))
-        elif "filename" in e:
-            samples.append(_parse_line([str(e["filename"]), str(label)], where, prefix, num_classes))
-        else:
-            raise ValueError(f'{where}: expected one of the keys "video_dir", "filename", "frame_dir"')
-    return samples
-
-
-def _parse_window(text: str, where: str) -> tuple[float, float]:
-    """'START:END' seconds -> (start, end) floats with 0 <= start < end, else a one-line ValueError."""
-    try:
-        start, end = (float(x) for x in str(text).split(":"))
-    except ValueError:
-        start = end = math.nan
-    if not (math.isfinite(start) and math.isfinite(end) and 0 <= start < end):
-        raise ValueError(f"{where}: window {text!r}: expected START:END in seconds with 0 <= START < END")
-    return start, end
-
-
-def _parse_int(value: object, where: str, what: str, minimum: int) -> int:
-    """An integer field of a list line / JSON entry, >= minimum, else a one-line ValueError."""
-    try:
-        if isinstance(value, (bool, float)) or value is None:
-            raise ValueError
-        number = int(value)
-    except ValueError:
-        raise ValueError(f"{where}: {what} must be an integer, got {value!r}") from None
-    if number < minimum:
-        raise ValueError(f"{where}: {what} must be an integer >= {minimum}, got {value!r}")
-    return number
-
-
-def _parse_label(value: object, where: str, num_classes: int) -> int:
-    label = _parse_int(value, where, "LABEL", minimum=-(10 ** 9))
-    if not 0 <= label < num_classes:
-        raise ValueError(f"{where}: label {label} out of range: expected 0..{num_classes - 1} "
-                         f"({num_classes} classes)")
-    return label
-
-
-def _raw_sample(path: Path, label: int, num_parts: int, pos: tuple, where: str) -> Sample:
-    bad = [p for p in pos if p >= num_parts]
-    if bad:
-        raise ValueError(f"{where}: positive piece {bad[0]} out of range: expected 0..{num_parts - 1} "
-                         f"({num_parts} pieces part_0.mp4 ...)")
-    return Sample(path, label, "raw", pos_clips=tuple(pos), num_parts=num_parts)
-
-
-def _attach_frame_scores(samples: list[Sample], list_file: Path, prefix: Path) -> None:
-    """Give each sample its entry of the list's frame-score sidecar, if there is one (Sec. 3.5)."""
-    side = frame_scores_path(list_file)
-    if not side.is_file():
-        return
-    table = read_frame_scores(side)
-    for s in samples:
-        try:
-            key = s.path.relative_to(prefix).as_posix()
-        except ValueError:
-            key = Path(os.path.relpath(s.path, prefix)).as_posix()
-        if key in table:
-            s.frame_scores = table[key]
-
-
-def metadata_frames(container: av.container.InputContainer, stream: av.video.stream.VideoStream) -> int | None:
-    """Frame count from metadata alone: `stream.frames`, else duration x average rate; None without either."""
-    if stream.frames and stream.frames > 0:
-        return int(stream.frames)
-    rate = stream.average_rate or stream.guessed_rate
-    if stream.duration and stream.time_base:
-        seconds = float(stream.duration * stream.time_base)
-    elif container.duration:
-        seconds = container.duration / av.time_base
-    else:
+        st = os.stat(name)
+    except (OSError, ValueError):
         return None
-    return max(1, round(seconds * float(rate))) if rate else None
+    return os.path.abspath(name), st.st_size, st.st_mtime_ns, st.st_ino
+
+
+class _PtsCache:
+    """LRU of `_scan_pts` results keyed by `_file_key`, holding at most `PTS_CACHE_FRAMES` frames' pts.
+    One per process; a lock keeps it whole when threads of one process read videos."""
+
+    def __init__(self):
+        self.entries, self.frames, self.lock = collections.OrderedDict(), 0, threading.Lock()
+
+    def get(self, key: tuple | None) -> _Scan | str | None:
+        with self.lock:
+            if key in self.entries:
+                self.entries.move_to_end(key)
+            return self.entries.get(key)
+
+    def put(self, key: tuple | None, entry: _Scan | str) -> None:
+        if key is None:
+            return
+        size = (lambda e: 1 if e is _UNUSABLE else len(e.pts))
+        with self.lock:
+            if key in self.entries:   # scanned twice at once by two threads
+                self.frames -= size(self.entries.pop(key))
+            self.entries[key] = entry
+            self.frames += size(entry)
+            while self.frames > PTS_CACHE_FRAMES and self.entries:
+                self.frames -= size(self.entries.popitem(last=False)[1])
+
+    def clear(self) -> None:
+        with self.lock:
+            self.entries.clear()
+            self.frames = 0
+
+
+PTS_CACHE = _PtsCache()
+_REFORMATTERS: dict[int, av.video.reformatter.VideoReformatter] = {}   # `reformat`: one swscale context per process
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# 4. Files written atomically
+# ----------------------------------------------------------------------------------------------------------------------
+
+def write_atomic(path: str | Path, content: str | bytes | Callable[[BinaryIO], object]) -> None:
+    """Write `path` under a temporary name in its folder (.NAME.tmp-PID), flush it to disk (fsync) and rename it over
+    `path`: a reader, or a rerun after a kill (SIGKILL included), finds the old file or the new one, never a part.
+    content: text (UTF-8), bytes, or a function writing to the open binary file (`lambda f: torch.save(obj, f)`).
+    Every command's single files (lists, reports, checkpoints, work-folder state) go through here."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}{TMP_TAG}{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            if callable(content):
+                content(f)
+            else:
+                f.write(content.encode() if isinstance(content, str) else content)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def fsync(path: Path) -> None:

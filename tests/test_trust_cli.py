@@ -166,7 +166,8 @@ def test_procedure_flags_without_a_valid_value_stop_before_step_1(tmp_path, flag
     (["--mixup", "-1"], "--mixup -1.0: expected an alpha >= 0")])
 def test_procedure_flags_are_checked_before_step_1(tmp_path, capsys, argv, message):
     with pytest.raises(SystemExit) as stop:
-        omnisource.main(["--data-root", str(tmp_path / "d"), "--work-dir", str(tmp_path / "w"), *argv])
+        webscale.run_command(omnisource.main, omnisource.get_args_parser(),
+                             ["--data-root", str(tmp_path / "d"), "--work-dir", str(tmp_path / "w"), *argv])
     assert str(stop.value).startswith(f"error: {message}") and "\n" not in str(stop.value)
     assert capsys.readouterr().out == ""
 
