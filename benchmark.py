@@ -799,9 +799,9 @@ def _redecide_part(args, root: Path, classes: list[str]) -> None:
                        for i, (ln, q, (a, b), c) in enumerate(zip(lines, query.tolist(), probs.tolist(),
                                                                   top.tolist())))
     (out / "samples.jsonl").write_bytes(records)
-    seen = filter_mod.Seen(filter_mod.Scores(query, probs[:, 0], top, probs.max(axis=1)), np.zeros(n, np.uint8),
-                           np.zeros(n + 1, np.int64), np.zeros(0, np.float32), np.zeros(0, np.float32),
-                           np.zeros((0, 2), np.int64), np.full(n, np.nan), np.zeros(n + 1, np.int64))
+    seen = webscale.Seen(query, probs[:, 0], top, probs.max(axis=1), np.zeros(n, np.uint8),
+                         np.zeros(n + 1, np.int64), np.zeros(0, np.float32), np.zeros(0, np.float32),
+                         np.zeros((0, 2), np.int64), np.full(n, np.nan), np.zeros(n + 1, np.int64))
     seen.save(out / "scores.npz")
     (out / "duplicates.txt").write_text("# de-duplication was not run (no --dedup-against)\n")
     (out / "classes.txt").write_text("".join(c + "\n" for c in classes))
@@ -809,7 +809,7 @@ def _redecide_part(args, root: Path, classes: list[str]) -> None:
     parsed = filter_mod.get_args_parser().parse_args(flags)
     knobs = {f.name: getattr(parsed, f.name) for f in fields(filter_mod.FilterConfig) if "help" in f.metadata}
     cfg = filter_mod.FilterConfig(**dict(knobs, device="cpu", amp="none"))
-    settings = filter_mod._settings(parsed, cfg, n)
+    settings = filter_mod.scoring_settings(parsed, cfg, n)
     (out / "report.json").write_text(json.dumps(dict(settings=settings, dedup=None, teachers=[])))
     wall = time.perf_counter()
     data.load_split(data.resolve_dataset(root, name), "train")

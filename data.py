@@ -13,7 +13,7 @@ kind of a line follows from its extension and field count, so one list may mix k
 Blank lines and '#' comments are skipped. A .json list holds MMAction2's dicts: {video_dir, label, num_clips,
 positive_clip_inds} (raw), {filename, label} (video or image), {filename, label, windows: [[START, END], ...]},
 {frame_dir, total_frames, label}. Beside a list STEM.txt, a sidecar STEM_frame_scores.json (written by filter.py)
-holds the teacher's scores of each untrimmed video's 1-FPS frames: the TSN snippets of Sec. 3.5 / Table 14.
+holds the teacher's scores of each untrimmed video's 1-FPS frames. The untrimmed-video policy: filter.py's docstring.
 
 Datasets by name (`resolve_dataset`): a plain folder DATA_ROOT/NAME/ (classes.txt, train.txt, val.txt), or the
 released layouts of the paper's datasets (`LAYOUTS`, Sec. 4 and appendix Table 11): k400, k200, ucf101, hmdb51, the
@@ -486,7 +486,7 @@ class VideoDataset(torch.utils.data.Dataset):
     """Samples of any kind -> `(clip, label, index)`: frames uint8 `(T, H, W, 3)` through `transform` (a tensor
     when there is none). Train: random sampling; test_mode: MMAction2's deterministic test sampling.
 
-    How each kind becomes a clip (Sec. 3.5):
+    How each kind becomes a clip (Sec. 3.5; the untrimmed-video policy as a whole: filter.py's docstring):
     - video, untrimmed: sampled over the whole video; frames: a frame folder, its frame count from the list;
     - image: `image_to_clip(image, clip_len * num_clips)`, default `transforms.image_to_clip`, the still clip (the
       image repeated); it may take `rng` and `label` (class-specific camera motion, Table 8). `image_short_side`:

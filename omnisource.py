@@ -39,6 +39,7 @@ import torch.nn.functional as F
 
 import data
 import figures
+import filter
 import models
 import synthetic
 import transforms
@@ -430,7 +431,6 @@ class JointBatches:
 # ----------------------------------------------------------------------------------------------------------------------
 
 
-FILTER_RULES = ("fixed", "class-adaptive")      # filter.RULES' names (this file imports no entry point; a test checks)
 # The defaults a run on real data gets (train.py's and this file's flags of the same names), where the generated demo
 # gets synthetic.DEMO_SETTINGS: TSN-R50 is the paper's 2D model (Sec. 5.1), 1 positive + 2 negative frames its
 # snippets (Sec. 3.5, Table 14), web data is de-duplicated against the target's val split (Sec. 3.3), and the web
@@ -511,8 +511,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("the steps (defaults: the paper's)")
     g.add_argument("--threshold", type=float, default=0.5, help="teacher confidence threshold T (Sec. 3.4)")
     g.add_argument("--mode", choices=("query", "pseudo"), default="query", help="filter.py --mode")
-    g.add_argument("--rule", choices=FILTER_RULES, default="fixed", help="filter.py --rule: one T for every class "
-                   "(the paper's) or class-adaptive T_c (beyond the paper)")
+    g.add_argument("--rule", default="fixed", help="filter.py --rule NAME[:VALUE] (filter.RULES): fixed, one T for "
+                   "every class (the paper's), or class-adaptive T_c (beyond the paper)")
     g.add_argument("--dedup", action=argparse.BooleanOptionalAction, default=None, help="de-duplicate every web "
                    "source against the target's val split (Sec. 3.3). Default: on; off on the demo target, whose "
                    "generated crawl shares no frame with its val split")
@@ -815,6 +815,7 @@ def _check_args(args: argparse.Namespace) -> None:
                          f"images get 2D teachers only (Sec. 3.4)")
     if not 0 <= args.threshold <= 1:
         raise ValueError(f"--threshold {args.threshold}: expected a probability in [0, 1]")
+    filter.parse_rule(args.rule)
     for flag, value in (("--batch-size", args.batch_size), ("--epochs", args.epochs),
                         ("--motion-videos", args.motion_videos)):
         if value is not None and value < 1:

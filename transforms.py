@@ -248,7 +248,7 @@ SNIPPET_MODES = {"1p2n": (1, 2), "2p1n": (2, 1), "3pos": (3, 0), "3rand": None} 
 
 def select_snippet(scores: np.ndarray | Sequence[float], label: int, mode: str = "1p2n",
                    rng: np.random.Generator | None = None, *, threshold: float, num_frames: int = 3) -> np.ndarray:
-    """Table 14: the frames of a TSN snippet (one per segment) from the 1-FPS frames of an untrimmed video.
+    """Table 14: a TSN snippet's frames (one per segment) from an untrimmed video's 1-FPS frames (policy: filter.py).
 
     scores: (F, num_classes) teacher probabilities or (F,) of `label`; positives: prob >= threshold, the filter's
     threshold for the video (webscale.FrameScores.threshold).  '1p2n' (the paper's) 1 positive + 2 negatives,

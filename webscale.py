@@ -592,7 +592,7 @@ def _trim_heap() -> None:
 
 @dataclass(frozen=True)
 class FrameScores:
-    """Sec. 3.5 / Table 14: teacher scores of the frames of an untrimmed video extracted at a low rate (1 FPS).
+    """Sec. 3.5 / Table 14: teacher scores of an untrimmed video's 1-FPS frames (the policy: filter.py's docstring).
 
     frames: 0-based frame indices (as `read_frames` takes them) of the scored frames, F >= 1.
     scores: (F,) the teacher's probability of the sample's label at each frame, in [0, 1].

@@ -1,6 +1,7 @@
 """Tests for filter.py (Sec. 3.3-3.5): known answers from teachers whose outputs we set.
 
-- keep_decision / ensemble / one_fps_indices / dedup_threshold / find_duplicates / Whitening: hand-computed values.
+- keep_decision / ensemble / untrimmed_scores / one_fps_indices / dedup_threshold / find_duplicates / Whitening:
+  hand-computed values.
 - The command's own path (`filter.main`, in-process with stub teachers in place of the checkpoints) with stub
   teachers that map each flat input colour to fixed probabilities: the kept set, labels and recorded scores in
   'query' and 'pseudo' mode are known exactly; two teachers average (Fig. 6); 3D teachers are refused for images
@@ -19,6 +20,7 @@ import subprocess
 import sys
 from functools import partial
 from pathlib import Path
+from types import SimpleNamespace
 
 import av
 import numpy as np
@@ -44,7 +46,7 @@ PROBS = {"red": [0.9, 0.05, 0.05], "green": [0.1, 0.8, 0.1], "blue": [0.2, 0.2, 
 
 
 class ColourTeacher(nn.Module):
-    """Stub teacher: (N, C, T, H, W) normalised clips -> logits log(table[nearest palette colour of the mean])."""
+    """Stub teacher: normalised views -> logits log(table[the palette colour nearest their mean colour])."""
 
     def __init__(self, table=PROBS, family="tsn", on_forward=None):
         super().__init__()
@@ -56,12 +58,17 @@ class ColourTeacher(nn.Module):
         self.register_buffer("colours", torch.tensor([PALETTE[n] for n in names], dtype=torch.float32))
         self.register_buffer("logits", torch.log(torch.tensor([table[n] for n in names], dtype=torch.float32)))
 
-    def forward(self, x):
+    def forward(self, x):   # (N, C, T, H, W) -> (N, K) logits (a 3D net's clips)
+        return self.head(x.mean(dim=(2, 3, 4)))
+
+    def consensus(self, views):   # a TSN's: (N, V, C, T, H, W) -> the mean over views and frames (N, C)
+        return views.mean(dim=(1, 3, 4, 5))
+
+    def head(self, feats):   # the mean normalised colour (N, 3) -> logits of the nearest palette colour
         if self.on_forward is not None:
             self.on_forward()
-        rgb = x.mean(dim=(2, 3, 4)) * torch.tensor(transforms.STD) + torch.tensor(transforms.MEAN)   # (N, 3)
-        nearest = torch.cdist(rgb, self.colours).argmin(dim=1)
-        return self.logits[nearest]
+        rgb = feats * torch.tensor(transforms.STD) + torch.tensor(transforms.MEAN)
+        return self.logits[torch.cdist(rgb, self.colours).argmin(dim=1)]
 
     def forward_views(self, views, spec):   # models.predict: the view combination of a real net of its family
         return (models.TSN if spec.family == "tsn" else models.ResNet3dSlowOnly).forward_views(self, views, spec)
@@ -99,6 +106,15 @@ def run_main(monkeypatch, root: Path, source: str, teachers, *flags, out: str = 
                                              *map(str, flags)])
     flt.main(args)
     return Output(root / out)
+
+
+def scores_of(probs, query) -> SimpleNamespace:
+    """What keep_decision reads (webscale.Seen's query / query_p / top_class / top_p) from (N, K) probabilities and
+    (N,) query classes (-1: not a teacher class)."""
+    p, q = np.asarray(probs, dtype=np.float32), np.asarray(query, dtype=np.int64)
+    rows, top = np.arange(len(p)), p.argmax(axis=1)
+    return SimpleNamespace(query=q, query_p=np.where(q >= 0, p[rows, np.maximum(q, 0)], np.float32(np.nan)),
+                           top_class=top, top_p=p[rows, top])
 
 
 def write_image(path: Path, colour: str, size=(40, 30)) -> Path:
@@ -143,9 +159,9 @@ def image_source(root: Path, name: str = "web") -> np.ndarray:
 # Decisions and maths: hand-computed answers
 # ----------------------------------------------------------------------------------------------------------------------
 
-def test_keep_decision_query_and_pseudo():
+def test_keep_decision_keeps_at_the_threshold_in_query_and_pseudo_mode():
     probs = np.array([[0.6, 0.3, 0.1], [0.2, 0.5, 0.3], [0.1, 0.1, 0.8], [0.4, 0.35, 0.25], [0.5, 0.25, 0.25]])
-    scores = flt.Scores.of(probs, [0, 0, 2, -1, 0])
+    scores = scores_of(probs, [0, 0, 2, -1, 0])
     keep, labels, held = flt.keep_decision(scores, 3, "query", 0.5)
     assert keep.tolist() == [True, False, True, False, True]          # p == T is kept; -1 never
     assert labels.tolist() == [0, 0, 2, -1, 0] and held[[0, 1, 2, 4]].tolist() == [0.5] * 4
@@ -156,7 +172,7 @@ def test_keep_decision_query_and_pseudo():
         flt.keep_decision(scores, 3, "vote", 0.5)
 
 
-def test_ensemble_and_untrimmed_decision():
+def test_ensemble_averages_and_an_untrimmed_video_decides_on_its_best_unit():
     a, b = np.array([[0.2, 0.8]]), np.array([[0.6, 0.4]])
     np.testing.assert_allclose(flt.ensemble([a, b]), [[0.4, 0.6]])
     with pytest.raises(ValueError, match="one shape"):
@@ -166,24 +182,24 @@ def test_ensemble_and_untrimmed_decision():
     np.testing.assert_allclose(video, [0.7, 0.9])
     np.testing.assert_allclose(unit_query, [0.1, 0.7, 0.55])
     np.testing.assert_allclose(unit_top, [0.9, 0.3, 0.45])            # argmax class 1
-    keep, label, _ = flt.keep_decision(flt.Scores.of(video[None], [0]), 2, "query", 0.5)
+    keep, label, _ = flt.keep_decision(scores_of(video[None], [0]), 2, "query", 0.5)
     assert (bool(keep[0]), int(label[0])) == (True, 0)
     assert flt.untrimmed_decision(unit_query, True, 0.5).tolist() == [False, True, True]
-    keep, label, _ = flt.keep_decision(flt.Scores.of(video[None], [0]), 2, "pseudo", 0.8)
+    keep, label, _ = flt.keep_decision(scores_of(video[None], [0]), 2, "pseudo", 0.8)
     assert (bool(keep[0]), int(label[0])) == (True, 1)
     assert flt.untrimmed_decision(unit_top, True, 0.8).tolist() == [True, False, False]
-    assert not flt.keep_decision(flt.Scores.of(video[None], [1]), 2, "query", 0.95)[0][0]
+    assert not flt.keep_decision(scores_of(video[None], [1]), 2, "query", 0.95)[0][0]
     assert flt.untrimmed_decision(unit_top, False, 0.5).tolist() == [False, False, False]   # dropped: none
 
 
-def test_one_fps_indices():
+def test_one_fps_indices_are_the_centre_frames_of_the_seconds():
     assert flt.one_fps_indices(16, 2.0).tolist() == [1, 3, 5, 7, 9, 11, 13, 15]
     assert flt.one_fps_indices(100, 25.0).tolist() == [12, 37, 62, 87]
     assert flt.one_fps_indices(10, 30.0).tolist() == [5]                 # shorter than half a second
     assert flt.one_fps_indices(100, 25.0, fps=2.0).tolist() == [6, 18, 31, 43, 56, 68, 81, 93]
 
 
-def test_dedup_maths():
+def test_dedup_threshold_find_duplicates_and_whitening_by_hand():
     e1, e2 = [1.0, 0.0], [0.0, 1.0]
     assert flt.dedup_threshold([[e1, e1, e2]]) == pytest.approx(1 / 3)   # pairs: 1, 0, 0
     found = flt.find_duplicates([[1, 0], [0, 1], [2, 0.1]], [[1, 0.1], [-1, 0]], threshold=0.99)
@@ -206,7 +222,7 @@ def test_dedup_maths():
 
 @pytest.mark.parametrize("mode, kept", [("query", {"red": 0, "blue": 2}),
                                         ("pseudo", {"red": 0, "green": 1, "blue": 2})])
-def test_filter_images_both_modes(tmp_path, monkeypatch, mode, kept):
+def test_teacher_filtering_of_images_in_query_and_pseudo_mode(tmp_path, monkeypatch, mode, kept):
     query = image_source(tmp_path)
     res = run_main(monkeypatch, tmp_path, "web", [ColourTeacher()], "--mode", mode)
     assert res.lines == [f"../web/images/{c}.jpg {label}" for c, label in kept.items()]
@@ -224,7 +240,7 @@ def test_filter_images_both_modes(tmp_path, monkeypatch, mode, kept):
                                         unknown_query=0)
 
 
-def test_ensemble_of_teachers_averages(tmp_path, monkeypatch):
+def test_teacher_ensemble_averages_the_probabilities(tmp_path, monkeypatch):
     image_source(tmp_path)
     other = {"red": [0.3, 0.3, 0.4], "green": [0.2, 0.2, 0.6], "blue": [0.1, 0.1, 0.8], "grey": [0.6, 0.2, 0.2]}
     res = run_main(monkeypatch, tmp_path, "web", [ColourTeacher(), ColourTeacher(other)])
@@ -348,7 +364,7 @@ def test_dedup_finds_planted_near_copy(tmp_path, monkeypatch):
 # Untrimmed videos (Sec. 3.5)
 # ----------------------------------------------------------------------------------------------------------------------
 
-def test_untrimmed_3d_pieces(tmp_path, monkeypatch):
+def test_untrimmed_3d_student_pieces_follow_the_decision(tmp_path, monkeypatch):
     # 2 FPS: 25 s = 50 frames; red during seconds 10-20 only. 10-s pieces of 20 frames: 2.5 -> 3 pieces
     # [0, 20), [20, 40), [40, 50); only piece 1 is red. A 12-s grey video is 1 piece (24 frames), dropped.
     web = tmp_path / "web"
@@ -380,7 +396,7 @@ def test_untrimmed_3d_pieces(tmp_path, monkeypatch):
     assert [data.count_frames(tmp_path / "pieces" / f"part_{i}.mp4") for i in (0, 1)] == [10, 14]
 
 
-def test_untrimmed_2d_snippet_sidecar_with_video_dataset(tmp_path, monkeypatch):
+def test_untrimmed_2d_student_sidecar_gives_table14_snippets(tmp_path, monkeypatch):
     # 2 FPS, 8 s: the 1-FPS frames are 1, 3, ..., 15; seconds 2 and 5 are red (positive), the rest grey
     colours = [c for s in range(8) for c in [("red" if s in (2, 5) else "grey")] * 2]
     colour_video(tmp_path / "web" / "untrimmed" / "v.mp4", colours, fps=2)
@@ -469,7 +485,9 @@ def test_cli_errors_are_one_line(tiny_root):
     for args, needle in ((("--source", "no-such-source", "--teacher", tiny_root / "teacher.pth"), "no-such-source"),
                          (("--source", "synth-web-img", "--teacher", tiny_root / "missing.pth"), "missing.pth"),
                          (("--source", "synth-web-img", "--teacher", tiny_root / "synth" / "classes.txt"),
-                          "not a usable checkpoint")):
+                          "not a usable checkpoint"),
+                         (("--source", "synth-web-img", "--teacher", tiny_root / "teacher.pth", "--rule", "fixed:2"),
+                          "--rule fixed:2: expected one of fixed, class-adaptive")):
         proc = run_cli("--data-root", tiny_root, *args, "--out", "x", "--quiet")
         assert proc.returncode != 0
         assert len(proc.stderr.strip().splitlines()) == 1 and proc.stderr.startswith("error: ")
@@ -479,7 +497,7 @@ def test_cli_errors_are_one_line(tiny_root):
     assert proc.returncode != 0 and "not an earlier filter.py output" in proc.stderr
 
 
-def test_staged_output_is_atomic(tmp_path):
+def test_output_folder_is_replaced_atomically(tmp_path):
     final = tmp_path / "out"
     final.mkdir()
     (final / "train.txt").write_text("old\n")

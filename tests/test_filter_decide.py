@@ -1,13 +1,16 @@
 """filter.py decides once (Sec. 3.4): rules over the whole crawl, and a finished run re-decided without a teacher.
 
-- `class_adaptive_thresholds` (FlexMatch-style T_c = T * beta_c) on a tiny array, by hand.
-- The same command on a finished output with another --threshold, --mode or --rule re-decides from its records
+- Rules: `class_adaptive_thresholds` (FlexMatch-style T_c = T * beta_c) on a tiny array, by hand; --rule NAME:VALUE
+  parsed and refused by `parse_rule`; a new rule with its own value is one function and one RULES entry (a top-k
+  per class rule registered here), re-decided under another value without the teacher.
+- The same command on a finished output with another --threshold, --mode or --rule re-decides from its columns
   (the teacher file renamed away in between) and writes what a fresh run with those flags writes.
 """
 from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -21,12 +24,17 @@ import figures
 import filter as flt
 import models
 import synthetic
+from test_filter import scores_of
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = dict(os.environ, OMP_NUM_THREADS="1")
 OUTPUTS = ("train.txt", "samples.jsonl", "duplicates.txt", "classes.txt", "train_frame_scores.json")
 COLUMNS = ("scores.npz", "decision.npz")
 
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Rules: the threshold each class is held to (--rule NAME[:VALUE])
+# ----------------------------------------------------------------------------------------------------------------------
 
 def test_class_adaptive_thresholds_by_hand():
     # deciding labels and probabilities of 6 samples over 3 classes (NaN: not scored)
@@ -39,7 +47,7 @@ def test_class_adaptive_thresholds_by_hand():
     # through keep_decision; pseudo labels 0, 1, 0, 1, 1 with probabilities 0.9, 0.7, 0.6, 0.8, 0.55: class
     # means 0.75 and 0.6833 (the largest is class 0's), so at T = 0.75 class 1 is held to 0.75 * 0.6833 / 0.75
     probs = np.array([[0.9, 0.1], [0.3, 0.7], [0.6, 0.4], [0.2, 0.8], [0.45, 0.55]])
-    scores = flt.Scores.of(probs, [0, 1, 0, 1, 1])
+    scores = scores_of(probs, [0, 1, 0, 1, 1])
     mean1 = (0.7 + 0.8 + 0.55) / 3
     keep, label, held = flt.keep_decision(scores, 2, "pseudo", 0.75, "class-adaptive")
     assert label.tolist() == [0, 1, 0, 1, 1]
@@ -52,6 +60,31 @@ def test_class_adaptive_thresholds_by_hand():
                                rtol=1e-6)
     assert keep.tolist() == [True, True, True, True, True]
     assert flt.keep_decision(scores, 2, "query", 0.6)[0].tolist() == [True, True, True, True, False]
+
+
+def topk_thresholds(labels: np.ndarray, p: np.ndarray, num_classes: int, threshold: float, k: int) -> np.ndarray:
+    """An example rule with its own value, --rule topk:K: each class keeps its K most probable samples (at least T):
+    T_c = max(T, the K-th largest deciding probability of the samples labelled c)."""
+    if k < 1:
+        raise ValueError(f"K must be >= 1, got {k}")
+    held = np.full(num_classes, float(threshold))
+    for c in range(num_classes):
+        q = np.sort(p[(labels == c) & ~np.isnan(p)])[::-1]
+        held[c] = max(held[c], float(q[k - 1])) if len(q) >= k else held[c]
+    return held
+
+
+def test_parse_rule_reads_name_and_value_and_refuses_the_rest(monkeypatch):
+    assert flt.parse_rule("fixed") == (flt.fixed_thresholds, ())
+    assert flt.parse_rule("class-adaptive") == (flt.class_adaptive_thresholds, ())
+    monkeypatch.setitem(flt.RULES, "topk", (topk_thresholds, int))
+    assert flt.parse_rule("topk:2") == (topk_thresholds, (2,))
+    for bad, why in (("bogus", ""), ("fixed:1", ""), ("topk", ""), ("topk:two", ""), ("topk:0", " (K must be >= 1")):
+        with pytest.raises(ValueError, match=re.escape(f"--rule {bad}: expected one of fixed, class-adaptive, "
+                                                       f"topk:INT{why}")):
+            flt.parse_rule(bad)
+    with pytest.raises(ValueError, match="--rule bogus"):
+        flt.FilterConfig(rule="bogus")
 
 
 @pytest.fixture(scope="module")
@@ -94,6 +127,10 @@ def outputs(folder: Path) -> dict:
             got[name] = {k: (f[k].dtype.str, f[k].tobytes()) for k in f.files}
     return got
 
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Re-deciding a finished run from its columns, without a teacher
+# ----------------------------------------------------------------------------------------------------------------------
 
 def test_another_threshold_mode_or_rule_re_decides_without_the_teacher(root):
     first = run(root, "--out", "f", "--threshold", "0.5")
@@ -183,3 +220,31 @@ def test_re_deciding_reads_no_record_and_no_teacher(root, monkeypatch):
     assert report["run"]["redecided"] and report["run"]["scored"] == 0 and report["counts"]["kept"] == len(want)
     assert (root / "h" / "train.txt").read_text().splitlines() == want
     assert (root / "h" / "samples.jsonl").read_text() == ""
+
+
+def test_a_new_rule_is_one_function_and_its_value_re_decides_without_the_teacher(root, monkeypatch):
+    """--rule topk:K, registered here (one function, one RULES entry), through filter.py's main on the generated
+    source: with K = 2 and then, the teacher file gone, K = 1, each class keeps its K most probable samples (query
+    mode, T = 0), counted by hand from what the teachers saw (samples.jsonl); the second run scores nothing."""
+    monkeypatch.setitem(flt.RULES, "topk", (topk_thresholds, int))
+    monkeypatch.setattr(figures, "filter_figures", lambda folder: None)
+    argv = ["--data-root", str(root), "--source", "mixed", "--teacher", str(root / "teacher.pth"), "--workers", "0",
+            "--fps", "2", "--quiet", "--out", "topk", "--threshold", "0"]
+    for k, teacher in ((2, "teacher.pth"), (1, "teacher.away")):
+        if teacher == "teacher.away":
+            os.rename(root / "teacher.pth", root / "teacher.away")          # no teacher can be loaded now
+        try:
+            report = flt.main(flt.get_args_parser().parse_args(argv + ["--rule", f"topk:{k}"]))
+        finally:
+            if teacher == "teacher.away":
+                os.rename(root / "teacher.away", root / "teacher.pth")
+        recs = [json.loads(line) for line in (root / "topk" / "samples.jsonl").read_text().splitlines()]
+        by_class = {}
+        for r in recs:
+            if r.get("query_score") is not None:
+                by_class.setdefault(r["query"], []).append((r["query_score"], r["i"]))
+        want = sorted(i for scored in by_class.values() for _, i in sorted(scored, reverse=True)[:k])
+        kept = [r["i"] for r in figures.read_filter_output(root / "topk").records() if r["status"] == "kept"]
+        assert kept == want and len(want) == k * len(by_class) and report["rule"] == f"topk:{k}"
+        assert len((root / "topk" / "train.txt").read_text().splitlines()) == len(want)
+        assert report["run"]["redecided"] == (k == 1) and (report["run"]["scored"] == 0) == (k == 1)

@@ -9,6 +9,7 @@
   writes (same frame ranges, pixels within the re-encoding tolerance), and both outputs load in data.py; the
   pieces' 'raw' list filters again (the released kinetics_raw_200 layout).
 - Query classes matched to the teacher's classes by name: partial overlap left out and counted, none an error.
+- Untrimmed videos scored in chunks of at most --chunk-frames frames give the whole-video pass's output.
 """
 from __future__ import annotations
 
@@ -287,19 +288,16 @@ def test_query_classes_matched_by_name(demo_root, tmp_path):
 
 
 def test_untrimmed_scored_in_bounded_chunks(tmp_path, monkeypatch):
-    """Sec. 3.5 at scale: a video's units reach the teacher in chunks of at most --chunk-frames decoded frames,
-    and the decision, unit scores and sidecar are those of one whole-video pass."""
+    """Sec. 3.5 at scale: a video's units reach the teacher in chunks of at most --chunk-frames decoded frames, and
+    the decision, unit scores and sidecar are those of one whole-video pass."""
     colours = [c for s in range(8) for c in [("red" if s in (2, 5) else "grey")] * 2]     # 2 FPS, 8 s
-    video = colour_video(tmp_path / "web" / "untrimmed" / "v.mp4", colours, fps=2)
+    colour_video(tmp_path / "web" / "untrimmed" / "v.mp4", colours, fps=2)
     make_source(tmp_path, "web", ["untrimmed/v.mp4 0"])
-    samples = [webscale.Sample(video, 0, "untrimmed")]
-    base = dict(workers=0, progress=False, batch_size=2)
-    stream = flt._UnitStream(samples, np.array([0]), "one_fps", flt.FilterConfig(chunk_frames=3, **base),
-                             flt.Scorer([ColourTeacher()], flt.FilterConfig(**base), single_frames=True).loads)
-    chunks = [(first, len(views[0])) for _, first, _, views, _, _ in stream]
-    assert chunks == [(0, 3), (3, 3), (6, 2)]                       # 8 one-FPS frames, 3 at a time
+    probs, chunks = flt.Scorer.probs, []
+    monkeypatch.setattr(flt.Scorer, "probs", lambda self, views: chunks.append(len(views[0])) or probs(self, views))
     res: dict[int, Output] = {k: run_main(monkeypatch, tmp_path, "web", [ColourTeacher()], "--chunk-frames", k,
                                           out=f"out{k}") for k in (3, 64)}
+    assert chunks == [3, 3, 2, 8]                              # 8 one-FPS frames, 3 at a time; then all at once
     assert res[3].lines == res[64].lines == ["../web/untrimmed/v.mp4 0"]
     assert res[3].records == res[64].records
     assert res[3].frame_scores == res[64].frame_scores

@@ -296,8 +296,12 @@ def test_the_map_parser_reads_both_maps():
             "train.Schedule"} <= set(names) and len(names) >= 30
 
 
-def test_the_procedures_rule_choices_are_filters_rules():
-    """omnisource.py imports no entry point, so it names filter.RULES' keys itself: the two must agree."""
-    import_free = ast.parse((ROOT / "omnisource.py").read_text())
-    assert not any(isinstance(n, ast.Import) and any(a.name == "filter" for a in n.names) for n in ast.walk(import_free))
-    assert omnisource.FILTER_RULES == tuple(filter_module.RULES)
+def test_the_procedures_rule_is_checked_by_filter_parse_rule(monkeypatch):
+    """omnisource.py passes --rule to filter.py and checks it with filter.parse_rule before any step: a rule added to
+    filter.RULES is accepted with its value, a bad name or value is refused in one line naming the flag."""
+    monkeypatch.setitem(filter_module.RULES, "topk", (lambda labels, p, k, t, n: np.full(k, t), int))
+    base = ["--sources", "web", "--arch", "tsn_tiny"]
+    omnisource._check_args(omnisource.get_args_parser().parse_args(base + ["--rule", "topk:3"]))
+    for bad in ("bogus", "topk", "topk:x", "fixed:1"):
+        with pytest.raises(ValueError, match=f"--rule {bad}: expected one of fixed, class-adaptive, topk:INT"):
+            omnisource._check_args(omnisource.get_args_parser().parse_args(base + ["--rule", bad]))
