@@ -101,9 +101,9 @@ def fixed_thresholds(labels: np.ndarray, p: np.ndarray, num_classes: int, thresh
 
 
 def class_adaptive_thresholds(labels: np.ndarray, p: np.ndarray, num_classes: int, threshold: float) -> np.ndarray:
-    """Beyond the paper, after FlexMatch (Zhang et al., NeurIPS 2021): T_c = T * beta_c, beta_c = (mean deciding
-    probability of the samples labelled c) / (the largest class mean; FlexMatch counts confident predictions during
-    training, the crawl is scored once): hard classes get a lower bar; a class with no scored sample keeps T."""
+    """Class-adaptive thresholds (beyond the paper; after FlexMatch, NeurIPS 2021): T_c = T * beta_c, beta_c = (mean
+    deciding probability of the samples labelled c) / (the largest class mean): hard classes get a lower bar (FlexMatch
+    counts confident predictions in training; the crawl is scored once); a class with no scored sample keeps T."""
     ok = ~np.isnan(p) & (labels >= 0)
     counts = np.bincount(labels[ok], minlength=num_classes)
     sums = np.bincount(labels[ok], weights=p[ok].astype(np.float64), minlength=num_classes)
@@ -735,7 +735,8 @@ def main(args: argparse.Namespace) -> dict | None:
         idx = np.flatnonzero(_route_codes(samples, cfg.student) == ROUTES.index("windows"))[shard.rank::shard.world]
         webscale.run_cuts(work, {i: (samples[i].path, _piece_name(samples, i, prefix)) for i in idx.tolist()},
                           idx[decision["status"][idx] == STATUSES.index("kept")].tolist(),
-                          partial(data.cut_video, seconds=cfg.piece_seconds), cfg, f"cutting kept videos{shard.tag}")
+                          partial(data.cut_video, seconds=cfg.piece_seconds), cfg,
+                          f"cutting kept untrimmed videos{shard.tag}")
     report = None
     if shard.rank == 0:
         extra = dict(dedup=info, source=args.source, split=args.split, out=args.out, data_root=str(data_root),
