@@ -820,7 +820,7 @@ def _list_lines(kept: np.ndarray, paths: list[bytes], samples: Samples, routes: 
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser("omnisource filter", formatter_class=webscale.HelpFormatter, description="Teacher "
                                 "filtering of a web source (OmniSource Sec. 3.3-3.5) into DATA_ROOT/OUT/ for train.py "
-                                "--aux OUT. Resumes after a crash; re-decides a finished OUT; torchrun shares it.")
+                                "--aux OUT; resumes after a crash, re-decides a finished OUT, splits under torchrun.")
     groups = {k: p.add_argument_group(t) for k, t in (
         ("source", "source, teachers and output"), ("decision", "decision (Sec. 3.4-3.5; another value re-decides "
          "without teachers)"), ("scoring", "scoring (Sec. 3.4-3.5)"),

@@ -10,7 +10,7 @@ How the method's data steps run on millions of web samples, many processes and c
    needs dropped by the decoder, a per-process cache of each file's pts scan; `reformat`, the one frame conversion
    of the project (fork-safe); `VideoWriter`, the one H.264 writer (data.cut_video's pieces, prepare.py's videos).
 3. Files written atomically (`write_atomic`): a reader or a rerun after a kill finds the old file or the new one.
-4. Sharded, resumable work folders of filter.py (`Work`, `Shard`, blocks decoded in DataLoader workers).
+4. Sharded, resumable work folders of filter.py (`Work`, `Shard`, decoding in workers, `Seen` columns, the outputs).
 Global state, per process, by necessity: the pts cache (`PTS_CACHE`, long-lived DataLoader workers re-read the same
 files) and one swscale context per process (`_REFORMATTERS`, see `reformat`).
 """
