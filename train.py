@@ -468,12 +468,12 @@ def predict(args: argparse.Namespace, rank: int, world: int, device: torch.devic
     WORK_DIR/predictions.jsonl (an unreadable file: a warning and an "unreadable" line) -> {path: [(name, p)] * 5}."""
     ckpt = Path(args.checkpoint or Path(args.work_dir) / "final.pth")
     net, classes = predictor(args, ckpt)
-    net = net.to(device).eval()
+    net, arch = net.to(device).eval(), net.spec
     args.amp = args.amp or models.default_amp(device)
     run = Run(args, net, net, classes, None, None, None, None, [], [], device, rank, world)
     samples = [webscale.Sample(Path(v), -1, "video") for v in args.predict]
-    ds = make_dataset(args, None, "val", net.spec, test_mode=True, protocol=PROTOCOLS[args.test_crops or
-                      net.spec.crops_test], num_clips=args.test_clips or net.spec.num_clips_test, samples=samples)
+    ds = make_dataset(args, None, "val", arch, test_mode=True, protocol=PROTOCOLS[args.test_crops or arch.crops_test],
+                      num_clips=args.test_clips or arch.num_clips_test, samples=samples)
     probs, _, used, unreadable = forward_split(run, make_eval_loader(args, ds, rank, world))
     out = Path(args.work_dir) / "predictions.jsonl"
     checkpoints.write_predictions(run, ds.samples, probs, used, unreadable, out)
