@@ -174,8 +174,7 @@ def setup(args: argparse.Namespace, rank: int, world: int, device: torch.device)
     if args.compile:
         model = torch.compile(model)
     run = Run(args, model, net, target.classes, optimizer, schedule, loader, val_loader, names, datasets, device,
-              rank, world,
-              rng=np.random.default_rng([args.seed, rank, 3]),
+              rank, world, rng=np.random.default_rng([args.seed, rank, 3]),
               val_every=args.val_every or max(1, schedule.epochs // 10), freeze_bn=freeze_bn)
     # 6. --resume: all of latest.pth (checkpoints.resume_train_state; none yet: a fresh start); else --checkpoint
     if not (args.resume and checkpoints.resume_train_state(run)) and args.checkpoint:
@@ -763,7 +762,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--data-root", default="data", help="folder of the datasets (the demo's is generated when missing)")
     g.add_argument("--target", default="synth", help="target dataset: a folder under --data-root, or k400, k200, "
                    "ucf101, hmdb51 in their released layouts; synth: the generated demo")
-    g.add_argument("--label-fraction", type=float, default=1.0, help="a class-balanced fraction of the target (Fig. 7)")
+    g.add_argument("--label-fraction", type=float, default=1.0, help="train on a class-balanced part of the target "
+                   "(Fig. 7)")
     g.add_argument("--workers", type=int, default=2, help="DataLoader worker processes per source and rank")
     g = p.add_argument_group("model")
     g.add_argument("--arch", help=f"{', '.join(models.ARCHS)} (default: tsn_r50; on the demo tsn_tiny)")
@@ -799,7 +799,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--ratio", default="", help="|B_T|:|B_A1|:... batch ratio (default: 2:1 per source; Table 2)")
     g.add_argument("--resample", default=omnisource.DEFAULT_RESAMPLE, help="class resampling of the auxiliary "
                    "sources: none, clip:N_C or power:P (Table 10), one for all or one per source (',')")
-    g.add_argument("--mixup", type=float, default=0.0, help="mixup alpha (0: off), across sources with --aux (Table 9)")
+    g.add_argument("--mixup", type=float, default=0.0, help="mixup alpha (0: off): across sources with --aux, within "
+                   "the target without (Table 9)")
     g.add_argument("--image-to-clip", default="warp-agno", choices=transforms.IMAGE_TO_CLIP_MODES,
                    help="how still images become clips (Sec. 3.5, Eq. 2, Table 8); warp-*: by --motion")
     g.add_argument("--inflate", action=omnisource.Renamed, new="--image-to-clip", help=argparse.SUPPRESS)
