@@ -1,4 +1,4 @@
-"""Checkpoints in and out, and train.py's run files (support module: the method does not need it).
+"""Checkpoints in and out, and the commands' resume state (support module: the method does not need it).
 
 1. Reading any checkpoint safely (`safe_load`: weights-only unpickling, never any pickled code) and telling its
    format (CHECKPOINT_FORMATS: ours, MMAction2 0.x / 1.x, torchvision, a bare state dict) with its state dict and
@@ -11,6 +11,8 @@
 4. train.py's final test: the weights it evaluates, read by rank 0 alone and sent to the other ranks
    (`weights_to_test`, `load_on_rank0`), and its result files predictions.jsonl, confusion_matrix.csv and
    metrics.json (`write_predictions`, `write_results`).
+5. omnisource.py's steps.json: the steps of a procedure that finished, skipped by --resume, and its flags
+   (`finished_steps`, `mark_step`, `check_procedure`).
 `run` is train.Run, duck-typed: this module imports none of the method's modules.
 """
 from __future__ import annotations
@@ -519,3 +521,36 @@ def write_results(run: Any, m: dict) -> None:
     webscale.write_atomic(work / "confusion_matrix.csv", "\n".join(rows) + "\n")
     webscale.write_atomic(work / "metrics.json", json.dumps(m, indent=2) + "\n")
     m["confusion_matrix"] = cm
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# 5. omnisource.py's record of finished steps (WORK_DIR/steps.json): --resume skips them
+# ----------------------------------------------------------------------------------------------------------------------
+
+# The procedure's flags --resume lets change (how its steps execute, not what they compute); every other flag must
+# equal the one WORK_DIR/steps.json recorded (check_procedure).
+PROCEDURE_FREE_FLAGS = ("workers", "resume", "dry_run", "demo_settings")
+
+
+def finished_steps(record: Path) -> set[str]:
+    """The commands WORK_DIR/steps.json records as finished."""
+    return set(json.loads(record.read_text())["finished"]) if record.is_file() else set()
+
+
+def mark_step(record: Path, command: str, finished: bool, procedure: argparse.Namespace) -> None:
+    """Record (finished=True) or unrecord one step's command in WORK_DIR/steps.json, atomically, with the
+    procedure's own arguments (`procedure`: omnisource.py's, read by check_procedure on --resume)."""
+    done = finished_steps(record)
+    done = done | {command} if finished else done - {command}
+    webscale.write_atomic(record, json.dumps({"procedure": vars(procedure), "finished": sorted(done)}, indent=1) + "\n")
+
+
+def check_procedure(record: Path, args: argparse.Namespace) -> None:
+    """--resume continues the procedure steps.json recorded, never another: one ValueError names each flag
+    outside PROCEDURE_FREE_FLAGS whose value differs from the recorded one (old and new)."""
+    saved = json.loads(record.read_text()).get("procedure", {}) if record.is_file() else {}
+    changed = [f"--{k.replace('_', '-')} {saved[k]!r} -> {v!r}" for k, v in vars(args).items()
+               if k not in PROCEDURE_FREE_FLAGS and k in saved and saved[k] != v]
+    if changed:
+        raise ValueError(f"--resume: {record} records a procedure with other flags: {', '.join(changed)}; resume "
+                         f"with its flags, or give another --work-dir for a new procedure")

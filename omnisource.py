@@ -37,6 +37,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+import checkpoints
 import data
 import figures
 import models
@@ -471,18 +472,6 @@ def demo_settings_line(args: argparse.Namespace, keys: Sequence[str] | None = No
             f"paper's): {', '.join(shown)}") if shown else ""
 
 
-class Renamed(argparse.Action):
-    """A flag that was renamed: refused in one line naming the new one ("inflate" names 2D->3D weights only)."""
-
-    def __init__(self, option_strings: list[str], dest: str, new: str, **kwargs: object):
-        super().__init__(option_strings, dest, nargs="?", **kwargs)
-        self.new = new
-
-    def __call__(self, parser: argparse.ArgumentParser, *args: object) -> None:
-        parser.error(f"{'/'.join(self.option_strings)} is now {self.new} ('inflate' names the 2D->3D inflation of "
-                     f"weights only)")
-
-
 class StepFailed(ValueError):
     """A step's command exited with a non-zero status (its own error is printed above by the command); the
     procedure stops with one line naming it (webscale.run_command)."""
@@ -527,7 +516,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--mixup", type=float, default=0.0, help="mixup alpha of the student (0: off; Table 9)")
     g.add_argument("--image-to-clip", default="warp-agno", choices=transforms.IMAGE_TO_CLIP_MODES, help="how the "
                    "student's web images become clips (Eq. 2, Table 8)")
-    g.add_argument("--inflate", action=Renamed, new="--image-to-clip", help=argparse.SUPPRESS)
+    g.add_argument("--inflate", action=webscale.Renamed, new="--image-to-clip", why="'inflate' names the 2D->3D inflation of weights only",
+                   help=argparse.SUPPRESS)
     g.add_argument("--snippet", default=None, choices=tuple(transforms.SNIPPET_MODES), help="untrimmed-video "
                    "snippets of a 2D student (Table 14). Default: the paper's 1p2n, whose negative frames add "
                    "context; 3pos on the demo target, whose negative shots carry none")
@@ -721,14 +711,14 @@ def run_step(args: argparse.Namespace, script: str, argv: list[str], nproc: int 
     2. with --resume a recorded command is skipped; train.py runs get --resume (each continues from its own
        latest.pth, exactly); filter.py continues from its work folder by itself (the same command again);
     3. steps.json also records the procedure's own flags, and --resume with other ones is a one-line error
-       (_check_procedure); without --resume each train.py run starts in a fresh folder (the procedure run again).
+       (checkpoints.check_procedure); without --resume each train.py run starts in a fresh folder (the procedure run again).
     --dry-run: the command is printed as it would run (after the same --resume checks) and nothing else happens.
     """
     shown, launched = step_command(script, argv, args.nproc if nproc is None else nproc)
     command, record = shlex.join(shown), Path(args.work_dir) / "steps.json"
     if args.resume:
-        _check_procedure(record, args)
-    if args.resume and command in _finished_steps(record):
+        checkpoints.check_procedure(record, args)
+    if args.resume and command in checkpoints.finished_steps(record):
         print(f"$ {command}\n  (finished earlier, skipped: --resume)", flush=True)
         return
     if args.resume and script == "train.py":    # continues from its latest.pth, or starts if it has none
@@ -736,13 +726,13 @@ def run_step(args: argparse.Namespace, script: str, argv: list[str], nproc: int 
     print("$ " + shlex.join(shown), flush=True)
     if args.dry_run:
         return
-    _mark_step(record, command, finished=False, procedure=args)
+    checkpoints.mark_step(record, command, finished=False, procedure=args)
     if not args.resume and script == "train.py":    # a new procedure: the run's folder starts afresh (train.py
         shutil.rmtree(argv[argv.index("--work-dir") + 1], ignore_errors=True)   # refuses a used one)
     code = subprocess.call(launched)
     if code != 0:
         raise StepFailed(f"this step failed (exit status {code}): {shlex.join(shown)}")
-    _mark_step(record, command, finished=True, procedure=args)
+    checkpoints.mark_step(record, command, finished=True, procedure=args)
 
 
 def step_command(script: str, argv: list[str], nproc: int = 1) -> tuple[list[str], list[str]]:
@@ -833,35 +823,6 @@ def _check_args(args: argparse.Namespace) -> None:
 def _flag_value(value: object) -> str:
     """A setting as demo_settings_line shows it: on / off for switches, 'required' for no default."""
     return {True: "on", False: "off", None: "required"}.get(value, str(value)) if not isinstance(value, str) else value
-
-
-# The procedure's flags --resume lets change (how its steps execute, not what they compute); every other flag must
-# equal the one WORK_DIR/steps.json recorded (_check_procedure).
-RESUME_FREE_FLAGS = ("workers", "resume", "dry_run", "demo_settings")
-
-
-def _finished_steps(record: Path) -> set[str]:
-    """The commands WORK_DIR/steps.json records as finished."""
-    return set(json.loads(record.read_text())["finished"]) if record.is_file() else set()
-
-
-def _mark_step(record: Path, command: str, finished: bool, procedure: argparse.Namespace) -> None:
-    """Record (finished=True) or unrecord one step's command in WORK_DIR/steps.json, atomically, with the
-    procedure's own arguments (`procedure`: omnisource.py's, read by _check_procedure on --resume)."""
-    done = _finished_steps(record)
-    done = done | {command} if finished else done - {command}
-    webscale.write_atomic(record, json.dumps({"procedure": vars(procedure), "finished": sorted(done)}, indent=1) + "\n")
-
-
-def _check_procedure(record: Path, args: argparse.Namespace) -> None:
-    """--resume continues the procedure steps.json recorded, never another: one ValueError names each flag
-    outside RESUME_FREE_FLAGS whose value differs from the recorded one (old and new)."""
-    saved = json.loads(record.read_text()).get("procedure", {}) if record.is_file() else {}
-    changed = [f"--{k.replace('_', '-')} {saved[k]!r} -> {v!r}" for k, v in vars(args).items()
-               if k not in RESUME_FREE_FLAGS and k in saved and saved[k] != v]
-    if changed:
-        raise ValueError(f"--resume: {record} records a procedure with other flags: {', '.join(changed)}; resume "
-                         f"with its flags, or give another --work-dir for a new procedure")
 
 
 def _round(r: int, args: argparse.Namespace) -> str:

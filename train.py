@@ -803,7 +803,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                    "the target without (Table 9)")
     g.add_argument("--image-to-clip", default="warp-agno", choices=transforms.IMAGE_TO_CLIP_MODES,
                    help="how still images become clips (Sec. 3.5, Eq. 2, Table 8); warp-*: by --motion")
-    g.add_argument("--inflate", action=omnisource.Renamed, new="--image-to-clip", help=argparse.SUPPRESS)
+    g.add_argument("--inflate", action=webscale.Renamed, new="--image-to-clip", why="'inflate' names the 2D->3D inflation of weights only",
+                   help=argparse.SUPPRESS)
     g.add_argument("--motion", help="camera motion of omnisource.py --estimate-motion (default: --target's)")
     g.add_argument("--snippet", choices=tuple(transforms.SNIPPET_MODES), help="positive / negative frames of TSN "
                    "snippets from scored untrimmed videos, Table 14 (default: 1p2n; on the demo 3pos)")
