@@ -75,11 +75,9 @@ def joint_loss(logits: torch.Tensor, targets: torch.Tensor, sizes: list[int]) ->
 # ----------------------------------------------------------------------------------------------------------------------
 # 2. Sec. 3.3: task-specific collection -- the target's class names become each source's search queries
 # ----------------------------------------------------------------------------------------------------------------------
-# The paper crawls with the class names themselves, "with no extra query expansion": Google image search and
-# YouTube-style video search get the class name; a tag-based site (Instagram) gets hashtags made from the
-# class name's words by permutation and stemming (footnote 4: "beekeeping" -> "beekeep"). Google caps the
-# results of one query, so the paper repeats each query restricted to several periods of time (--query-years).
-# We write the queries, one JSON object per line, for a crawler to run; we do not crawl.
+# The class names themselves, "with no extra query expansion": Google images and YouTube get the name, Instagram
+# hashtags of its words permuted and stemmed (footnote 4); Google queries may repeat per period (its results are
+# capped). We write the queries for a crawler, one JSON object per line; we do not crawl.
 
 QUERY_SOURCES = ("google", "instagram", "youtube")
 STOP_WORDS = frozenset("a an the of on in at to with or and for from by into".split())
@@ -88,11 +86,8 @@ MAX_PERMUTED_WORDS = 2    # longer names keep their word order (the paper: 1,479
 
 def task_queries(classes: list[str], sources: tuple[str, ...] = QUERY_SOURCES,
                  years: tuple[int, int] | None = None) -> list[dict]:
-    """Sec. 3.3: every query of every source for the target's class names, in label order.
-
-    Each row: {"source", "label", "class", "query"} (+ "after" / "before", ISO dates, for Google queries when
-    `years` = (first, last) asks for one query per calendar year). Instagram rows hold one hashtag each.
-    """
+    """Sec. 3.3: every query of every source for the target's class names, in label order: rows {"source", "label",
+    "class", "query"} (+ ISO "after" / "before" of one Google query per calendar year of `years` = (first, last))."""
     rows = []
     for label, name in enumerate(classes):
         for source in sources:
@@ -109,21 +104,15 @@ def task_queries(classes: list[str], sources: tuple[str, ...] = QUERY_SOURCES,
 
 
 def search_terms(name: str) -> str:
-    """A class name as a search-engine query: its words, lower case; a parenthesised note is left out.
-
-    "skiing (not slalom or crosscountry)" -> "skiing"; "ApplyEyeMakeup" (UCF101) -> "apply eye makeup".
-    """
+    """A class name as a search query: "skiing (not slalom or crosscountry)" -> "skiing", "ApplyEyeMakeup" ->
+    "apply eye makeup"."""
     return " ".join(class_words(name))
 
 
 def hashtags(name: str) -> list[str]:
-    """Instagram tags of a class name (Sec. 3.3, footnote 4), most literal first, without duplicates.
-
-    1. the content words (stop words such as "with" and "or" dropped, they do not appear in tags);
-    2. every order of them (names of more than MAX_PERMUTED_WORDS words keep theirs), joined without spaces;
-    3. the same with every word stemmed. "playing guitar" -> playingguitar, guitarplaying, playguitar,
-       guitarplay.
-    """
+    """Instagram tags of a class name (footnote 4), most literal first: its content words (no stop words) in every
+    order (more than MAX_PERMUTED_WORDS keep theirs) joined, then the same stemmed. "playing guitar" ->
+    playingguitar, guitarplaying, playguitar, guitarplay."""
     words = [w for w in class_words(name) if w not in STOP_WORDS] or class_words(name)
     orders = list(itertools.permutations(words)) if len(words) <= MAX_PERMUTED_WORDS else [tuple(words)]
     tags = ["".join(o) for o in orders] + ["".join(stem(w) for w in o) for o in orders]
@@ -140,17 +129,10 @@ def class_words(name: str) -> list[str]:
 
 
 def stem(word: str) -> str:
-    """A small English suffix stripper for action names (the first steps of Porter's algorithm, tuned so that
-    the stem is a word a hashtag would use): "beekeeping" -> "beekeep", "running" -> "run", "dancing" -> "dance",
-    "dribbling" -> "dribble", "riding" -> "ride", "skiing" -> "ski", "shoes" -> "shoe", "ponies" -> "pony".
-
+    """A small suffix stripper for action names (Porter's first steps, so the stem is a word a hashtag uses):
+    "beekeeping" -> "beekeep", "running" -> "run", "dancing" -> "dance", "riding" -> "ride", "ponies" -> "pony".
     1. plurals: -ies -> -y, -sses / -shes / -ches / -xes / -zes lose "es", other -s (not -ss, -us, -is) lose "s";
-    2. -ing, when at least three letters with a vowel stay: the stem is then repaired, in this order:
-       a doubled final consonant other than l, s, z is halved (runn -> run); -at, -ag, -bl, -iz, a consonant + l
-       ending of the -ble / -dle / -gle / -kle / -ple / -tle family, -c and -v take an "e" back (massag ->
-       massage); a short
-       consonant-vowel-consonant stem takes an "e" back (rid -> ride) unless it ends in w, x or y.
-    """
+    2. -ing, when three letters with a vowel stay, then repaired (`_repair_stem`)."""
     if len(word) <= 3:
         return word
     if word.endswith("ies") and len(word) > 4:
@@ -904,7 +886,9 @@ def _query(source: str, label: int, name: str, query: str) -> dict:
 
 
 def _repair_stem(s: str) -> str:
-    """Step 2 of `stem`: an -ing stem made back into the word's base form where the rules know it."""
+    """Step 2 of `stem`: a doubled final consonant but l, s, z is halved (runn -> run); -at, -ag, -bl, -iz, -c, -v and
+    a consonant + l take an "e" back (massag -> massage); so does a short consonant-vowel-consonant stem not ending in
+    w, x or y (rid -> ride)."""
     vowels = "aeiou"
     if len(s) >= 2 and s[-1] == s[-2] and s[-1] not in vowels + "lsz":
         return s[:-1]
