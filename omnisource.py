@@ -37,6 +37,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+import checkpoints
 import data
 import figures
 import filter
@@ -75,11 +76,9 @@ def joint_loss(logits: torch.Tensor, targets: torch.Tensor, sizes: list[int]) ->
 # ----------------------------------------------------------------------------------------------------------------------
 # 2. Sec. 3.3: task-specific collection -- the target's class names become each source's search queries
 # ----------------------------------------------------------------------------------------------------------------------
-# The paper crawls with the class names themselves, "with no extra query expansion": Google image search and
-# YouTube-style video search get the class name; a tag-based site (Instagram) gets hashtags made from the
-# class name's words by permutation and stemming (footnote 4: "beekeeping" -> "beekeep"). Google caps the
-# results of one query, so the paper repeats each query restricted to several periods of time (--query-years).
-# We write the queries, one JSON object per line, for a crawler to run; we do not crawl.
+# The class names themselves, "with no extra query expansion": Google images and YouTube get the name, Instagram
+# hashtags of its words permuted and stemmed (footnote 4); Google queries may repeat per period (its results are
+# capped). We write the queries for a crawler, one JSON object per line; we do not crawl.
 
 QUERY_SOURCES = ("google", "instagram", "youtube")
 STOP_WORDS = frozenset("a an the of on in at to with or and for from by into".split())
@@ -88,11 +87,8 @@ MAX_PERMUTED_WORDS = 2    # longer names keep their word order (the paper: 1,479
 
 def task_queries(classes: list[str], sources: tuple[str, ...] = QUERY_SOURCES,
                  years: tuple[int, int] | None = None) -> list[dict]:
-    """Sec. 3.3: every query of every source for the target's class names, in label order.
-
-    Each row: {"source", "label", "class", "query"} (+ "after" / "before", ISO dates, for Google queries when
-    `years` = (first, last) asks for one query per calendar year). Instagram rows hold one hashtag each.
-    """
+    """Sec. 3.3: every query of every source for the target's class names, in label order: rows {"source", "label",
+    "class", "query"} (+ ISO "after" / "before" of one Google query per calendar year of `years` = (first, last))."""
     rows = []
     for label, name in enumerate(classes):
         for source in sources:
@@ -109,21 +105,15 @@ def task_queries(classes: list[str], sources: tuple[str, ...] = QUERY_SOURCES,
 
 
 def search_terms(name: str) -> str:
-    """A class name as a search-engine query: its words, lower case; a parenthesised note is left out.
-
-    "skiing (not slalom or crosscountry)" -> "skiing"; "ApplyEyeMakeup" (UCF101) -> "apply eye makeup".
-    """
+    """A class name as a search query: "skiing (not slalom or crosscountry)" -> "skiing", "ApplyEyeMakeup" ->
+    "apply eye makeup"."""
     return " ".join(class_words(name))
 
 
 def hashtags(name: str) -> list[str]:
-    """Instagram tags of a class name (Sec. 3.3, footnote 4), most literal first, without duplicates.
-
-    1. the content words (stop words such as "with" and "or" dropped, they do not appear in tags);
-    2. every order of them (names of more than MAX_PERMUTED_WORDS words keep theirs), joined without spaces;
-    3. the same with every word stemmed. "playing guitar" -> playingguitar, guitarplaying, playguitar,
-       guitarplay.
-    """
+    """Instagram tags of a class name (footnote 4), most literal first: its content words (no stop words) in every
+    order (more than MAX_PERMUTED_WORDS keep theirs) joined, then the same stemmed. "playing guitar" ->
+    playingguitar, guitarplaying, playguitar, guitarplay."""
     words = [w for w in class_words(name) if w not in STOP_WORDS] or class_words(name)
     orders = list(itertools.permutations(words)) if len(words) <= MAX_PERMUTED_WORDS else [tuple(words)]
     tags = ["".join(o) for o in orders] + ["".join(stem(w) for w in o) for o in orders]
@@ -140,17 +130,10 @@ def class_words(name: str) -> list[str]:
 
 
 def stem(word: str) -> str:
-    """A small English suffix stripper for action names (the first steps of Porter's algorithm, tuned so that
-    the stem is a word a hashtag would use): "beekeeping" -> "beekeep", "running" -> "run", "dancing" -> "dance",
-    "dribbling" -> "dribble", "riding" -> "ride", "skiing" -> "ski", "shoes" -> "shoe", "ponies" -> "pony".
-
+    """A small suffix stripper for action names (Porter's first steps, so the stem is a word a hashtag uses):
+    "beekeeping" -> "beekeep", "running" -> "run", "dancing" -> "dance", "riding" -> "ride", "ponies" -> "pony".
     1. plurals: -ies -> -y, -sses / -shes / -ches / -xes / -zes lose "es", other -s (not -ss, -us, -is) lose "s";
-    2. -ing, when at least three letters with a vowel stay: the stem is then repaired, in this order:
-       a doubled final consonant other than l, s, z is halved (runn -> run); -at, -ag, -bl, -iz, a consonant + l
-       ending of the -ble / -dle / -gle / -kle / -ple / -tle family, -c and -v take an "e" back (massag ->
-       massage); a short
-       consonant-vowel-consonant stem takes an "e" back (rid -> ride) unless it ends in w, x or y.
-    """
+    2. -ing, when three letters with a vowel stay, then repaired (`_repair_stem`)."""
     if len(word) <= 3:
         return word
     if word.endswith("ies") and len(word) > 4:
@@ -471,18 +454,6 @@ def demo_settings_line(args: argparse.Namespace, keys: Sequence[str] | None = No
             f"paper's): {', '.join(shown)}") if shown else ""
 
 
-class Renamed(argparse.Action):
-    """A flag that was renamed: refused in one line naming the new one ("inflate" names 2D->3D weights only)."""
-
-    def __init__(self, option_strings: list[str], dest: str, new: str, **kwargs: object):
-        super().__init__(option_strings, dest, nargs="?", **kwargs)
-        self.new = new
-
-    def __call__(self, parser: argparse.ArgumentParser, *args: object) -> None:
-        parser.error(f"{'/'.join(self.option_strings)} is now {self.new} ('inflate' names the 2D->3D inflation of "
-                     f"weights only)")
-
-
 class StepFailed(ValueError):
     """A step's command exited with a non-zero status (its own error is printed above by the command); the
     procedure stops with one line naming it (webscale.run_command)."""
@@ -527,7 +498,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--mixup", type=float, default=0.0, help="mixup alpha of the student (0: off; Table 9)")
     g.add_argument("--image-to-clip", default="warp-agno", choices=transforms.IMAGE_TO_CLIP_MODES, help="how the "
                    "student's web images become clips (Eq. 2, Table 8)")
-    g.add_argument("--inflate", action=Renamed, new="--image-to-clip", help=argparse.SUPPRESS)
+    g.add_argument("--inflate", action=webscale.Renamed, new="--image-to-clip", why="'inflate' names the 2D->3D inflation of weights only",
+                   help=argparse.SUPPRESS)
     g.add_argument("--snippet", default=None, choices=tuple(transforms.SNIPPET_MODES), help="untrimmed-video "
                    "snippets of a 2D student (Table 14). Default: the paper's 1p2n, whose negative frames add "
                    "context; 3pos on the demo target, whose negative shots carry none")
@@ -721,14 +693,14 @@ def run_step(args: argparse.Namespace, script: str, argv: list[str], nproc: int 
     2. with --resume a recorded command is skipped; train.py runs get --resume (each continues from its own
        latest.pth, exactly); filter.py continues from its work folder by itself (the same command again);
     3. steps.json also records the procedure's own flags, and --resume with other ones is a one-line error
-       (_check_procedure); without --resume each train.py run starts in a fresh folder (the procedure run again).
+       (checkpoints.check_procedure); without --resume each train.py run starts in a fresh folder (the procedure run again).
     --dry-run: the command is printed as it would run (after the same --resume checks) and nothing else happens.
     """
     shown, launched = step_command(script, argv, args.nproc if nproc is None else nproc)
     command, record = shlex.join(shown), Path(args.work_dir) / "steps.json"
     if args.resume:
-        _check_procedure(record, args)
-    if args.resume and command in _finished_steps(record):
+        checkpoints.check_procedure(record, args)
+    if args.resume and command in checkpoints.finished_steps(record):
         print(f"$ {command}\n  (finished earlier, skipped: --resume)", flush=True)
         return
     if args.resume and script == "train.py":    # continues from its latest.pth, or starts if it has none
@@ -736,13 +708,13 @@ def run_step(args: argparse.Namespace, script: str, argv: list[str], nproc: int 
     print("$ " + shlex.join(shown), flush=True)
     if args.dry_run:
         return
-    _mark_step(record, command, finished=False, procedure=args)
+    checkpoints.mark_step(record, command, finished=False, procedure=args)
     if not args.resume and script == "train.py":    # a new procedure: the run's folder starts afresh (train.py
         shutil.rmtree(argv[argv.index("--work-dir") + 1], ignore_errors=True)   # refuses a used one)
     code = subprocess.call(launched)
     if code != 0:
         raise StepFailed(f"this step failed (exit status {code}): {shlex.join(shown)}")
-    _mark_step(record, command, finished=True, procedure=args)
+    checkpoints.mark_step(record, command, finished=True, procedure=args)
 
 
 def step_command(script: str, argv: list[str], nproc: int = 1) -> tuple[list[str], list[str]]:
@@ -836,35 +808,6 @@ def _flag_value(value: object) -> str:
     return {True: "on", False: "off", None: "required"}.get(value, str(value)) if not isinstance(value, str) else value
 
 
-# The procedure's flags --resume lets change (how its steps execute, not what they compute); every other flag must
-# equal the one WORK_DIR/steps.json recorded (_check_procedure).
-RESUME_FREE_FLAGS = ("workers", "resume", "dry_run", "demo_settings")
-
-
-def _finished_steps(record: Path) -> set[str]:
-    """The commands WORK_DIR/steps.json records as finished."""
-    return set(json.loads(record.read_text())["finished"]) if record.is_file() else set()
-
-
-def _mark_step(record: Path, command: str, finished: bool, procedure: argparse.Namespace) -> None:
-    """Record (finished=True) or unrecord one step's command in WORK_DIR/steps.json, atomically, with the
-    procedure's own arguments (`procedure`: omnisource.py's, read by _check_procedure on --resume)."""
-    done = _finished_steps(record)
-    done = done | {command} if finished else done - {command}
-    webscale.write_atomic(record, json.dumps({"procedure": vars(procedure), "finished": sorted(done)}, indent=1) + "\n")
-
-
-def _check_procedure(record: Path, args: argparse.Namespace) -> None:
-    """--resume continues the procedure steps.json recorded, never another: one ValueError names each flag
-    outside RESUME_FREE_FLAGS whose value differs from the recorded one (old and new)."""
-    saved = json.loads(record.read_text()).get("procedure", {}) if record.is_file() else {}
-    changed = [f"--{k.replace('_', '-')} {saved[k]!r} -> {v!r}" for k, v in vars(args).items()
-               if k not in RESUME_FREE_FLAGS and k in saved and saved[k] != v]
-    if changed:
-        raise ValueError(f"--resume: {record} records a procedure with other flags: {', '.join(changed)}; resume "
-                         f"with its flags, or give another --work-dir for a new procedure")
-
-
 def _round(r: int, args: argparse.Namespace) -> str:
     """' (round R of N)' in a step's banner when --rounds > 1."""
     return f" (round {r} of {args.rounds})" if args.rounds > 1 else ""
@@ -944,7 +887,9 @@ def _query(source: str, label: int, name: str, query: str) -> dict:
 
 
 def _repair_stem(s: str) -> str:
-    """Step 2 of `stem`: an -ing stem made back into the word's base form where the rules know it."""
+    """Step 2 of `stem`: a doubled final consonant but l, s, z is halved (runn -> run); -at, -ag, -bl, -iz, -c, -v and
+    a consonant + l take an "e" back (massag -> massage); so does a short consonant-vowel-consonant stem not ending in
+    w, x or y (rid -> ride)."""
     vowels = "aeiou"
     if len(s) >= 2 and s[-1] == s[-2] and s[-1] not in vowels + "lsz":
         return s[:-1]

@@ -1691,6 +1691,17 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
+class Renamed(argparse.Action):
+    """A flag that was renamed: refused in one line naming the new one (`new`) and why (`why`)."""
+
+    def __init__(self, option_strings: list[str], dest: str, new: str, why: str = "", **kwargs: object):
+        super().__init__(option_strings, dest, nargs="?", **kwargs)
+        self.new, self.why = new, why
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: object) -> None:
+        parser.error(f"{'/'.join(self.option_strings)} is now {self.new}" + (f" ({self.why})" if self.why else ""))
+
+
 def run_command(main: Callable[[argparse.Namespace], object], parser: argparse.ArgumentParser,
                 argv: Sequence[str] | None = None) -> object:
     """`main(parser.parse_args(argv))`; bad input (ValueError, FileNotFoundError, FloatingPointError: a non-finite

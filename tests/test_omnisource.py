@@ -176,7 +176,7 @@ def test_step_commands_are_printed_as_typed_and_launched_with_this_python(tmp_pa
 def test_read_metrics_takes_the_confusion_matrix_from_the_csv(tmp_path):
     (tmp_path / "metrics.json").write_text('{"top1": 0.5, "classes": ["a,b", "c"]}')
     (tmp_path / "confusion_matrix.csv").write_text("true\\pred,a,b,c\na,b,3,1\nc,2,4\n")
-    assert omnisource.read_metrics(tmp_path)["confusion_matrix"] == [[3, 1], [2, 4]]
+    assert figures.read_metrics(tmp_path)["confusion_matrix"] == [[3, 1], [2, 4]]
 
 
 @pytest.mark.parametrize("argv,flag", [(["--ratio", "2:1"], "--ratio '2:1': expected 4 positive numbers"),

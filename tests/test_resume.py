@@ -1,7 +1,7 @@
-"""Exact resume (issue 8, items 1-4): train.py killed with SIGKILL at several moments, with the default
-DataLoader workers (2, persistent), then the same command plus --resume, ends with the weights, metrics.json
-and log of an uninterrupted run, bit for bit; the same under a 2-process gloo torchrun, with each rank's own
-random state restored; and a distributed run whose ranks see different work dirs ends instead of hanging.
+"""train.py's exact resume: a run killed with SIGKILL at several moments, with the default DataLoader workers (2,
+persistent), then the same command plus --resume, ends with the weights, metrics.json and log of an uninterrupted
+run, bit for bit; the same under a 2-process gloo torchrun, with each rank's own random state restored; and a
+distributed run whose ranks see different work dirs ends instead of hanging.
 
 The kills are real: the test watches the run's outputs (log.jsonl, latest.pth) and sends SIGKILL to the
 process group (main process and its DataLoader workers) when the moment it waits for has come.
@@ -44,7 +44,7 @@ def torchrun_cmd(script, data_root, *extra):
 
 
 def test_sigkill_at_any_moment_then_resume_gives_the_uninterrupted_run(small_data, tmp_path):
-    aux = ["--aux", "synth-web-img", "--image-to-clip", "still"]   # a second loader whose ClassResampler must skip ahead
+    aux = ["--aux", "synth-web-img", "--image-to-clip", "still"]   # a second loader: its ClassResampler skips ahead
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     run_group(train_cmd(small_data, straight, *aux), tmp_path / "straight.err")
     cmd = train_cmd(small_data, killed, *aux)
@@ -65,8 +65,8 @@ def test_sigkill_at_any_moment_then_resume_gives_the_uninterrupted_run(small_dat
 def test_two_ranks_resume_exactly_with_each_ranks_random_state(small_data, tmp_path):
     """2-process gloo torchrun: per-rank random streams differ, are saved per rank and each rank gets its own
     back. The uninterrupted run gives each rank its own work dir (node-local disks): with --select val only
-    rank 0 sees best.pth, and the run must end (issue 8, item 4) rather than wait in mismatched collectives. Two target
-    videos are broken, one read by each rank in epoch 1: the logged count is the sum over the ranks."""
+    rank 0 sees best.pth, and the run must end rather than wait in mismatched collectives. Two target videos are
+    broken, one read by each rank in epoch 1: the logged count is the sum over the ranks."""
     data_root = broken_copy(small_data, tmp_path / "data")
     node_local = tmp_path / "node_local.py"
     node_local.write_text(

@@ -1,6 +1,6 @@
-"""train.py's speed work (issue 10): no host sync in the step, a non-finite loss still stops the run, fp16 loss
-scaling clips the true gradients, uint8 batches normalised on the device, batched evaluation writing
-predictions.jsonl (gathered over ranks in the split's order). benchmark.py's judgements: the soak verdict on
+"""train.py's speed: no host sync in the training step, yet a non-finite loss still stops the run; fp16 loss scaling
+clips the true gradients; uint8 batches normalised on the device; batched evaluation writing predictions.jsonl
+(gathered over ranks in the split's order); --amp in evaluation. Then benchmark.py's judgements: the soak verdict on
 curves whose answer is known, and `--what gpu` on a machine without a GPU."""
 import copy
 import json
@@ -18,12 +18,18 @@ import data
 import models
 import train
 import transforms
+import webscale
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = ["--arch", "tsn_tiny", "--batch-size", "8", "--workers", "0", "--test-clips", "3", "--test-crops", "1"]
 # Tensor methods that make the host wait for the device (on a GPU): reading a value, or an output whose size
 # depends on the values
 SYNCS = ("item", "tolist", "__bool__", "__int__", "__float__", "__index__", "cpu", "numpy", "nonzero")
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# train.py: the training step, loss scaling, uint8 batches, evaluation
+# ----------------------------------------------------------------------------------------------------------------------
 
 
 def make_run(small_data, tmp_path, *extra):
@@ -116,8 +122,9 @@ def test_a_non_finite_loss_stops_the_run_naming_step_and_interval(small_data, tm
     real_build = train.build
     monkeypatch.setattr(train, "build", lambda *a: NaNAt(real_build(*a), at=3))
     with pytest.raises(SystemExit) as exc:
-        train.cli(["--data-root", str(small_data), "--target", "synth", "--epochs", "2", "--log-interval", "2",
-                   "--work-dir", str(tmp_path), *FAST])
+        webscale.run_command(train.main, train.get_args_parser(), [
+            "--data-root", str(small_data), "--target", "synth", "--epochs", "2", "--log-interval", "2",
+            "--work-dir", str(tmp_path), *FAST])
     msg = str(exc.value.code)
     assert msg.startswith("error: non-finite loss at epoch 1 step 3 (logging interval of steps 3-4)"), msg
     assert "\n" not in msg and "--lr-per-sample" in msg
@@ -238,6 +245,11 @@ def test_predict_runs_in_the_given_precision_or_the_callers():
     assert bf16.dtype == fp32.dtype == torch.float32 and not torch.equal(bf16, fp32)
     assert torch.allclose(bf16, fp32, atol=0.05)
     assert torch.equal(inherited, bf16) and torch.equal(forced_off, fp32)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# benchmark.py's judgements
+# ----------------------------------------------------------------------------------------------------------------------
 
 
 MiB, KiB = 2 ** 20, 2 ** 10

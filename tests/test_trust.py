@@ -1,4 +1,5 @@
-"""Issue 15 item 1 (b, c, d, e, h) through the command line: no silent wrong number from train.py.
+"""No silent wrong number from train.py, through the command line: unreadable val videos, --resume and used work
+dirs, failure marks, class names of checkpoints, --predict.
 
 One tiny run (module fixture) on a copy of the small generated set whose val split holds one unreadable video;
 the tests resume it, rerun it, test it on other class lists.
@@ -76,7 +77,7 @@ def steps(log: Path) -> list[tuple]:
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# e. an unreadable val video is left out, counted and named; never scored as another video
+# An unreadable val video is left out, counted and named; never scored as another video
 # ----------------------------------------------------------------------------------------------------------------------
 
 def test_unreadable_val_video_is_left_out_counted_and_named(run):
@@ -96,7 +97,7 @@ def test_unreadable_val_video_is_left_out_counted_and_named(run):
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# b. --resume continues the same run only; h. a used work dir is never a second run's
+# --resume continues the same run only; a used work dir is never a second run's
 # ----------------------------------------------------------------------------------------------------------------------
 
 def test_resume_with_flags_that_change_the_run_is_refused_naming_each(run, tmp_path):
@@ -160,7 +161,7 @@ def test_omnisource_resume_with_another_command_is_refused(run, tmp_path):
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# c. failure marks by source and path
+# Failure marks by source and path
 # ----------------------------------------------------------------------------------------------------------------------
 
 def test_failure_marks_follow_the_source_and_path_not_the_position(tmp_path):
@@ -182,7 +183,7 @@ def test_failure_marks_follow_the_source_and_path_not_the_position(tmp_path):
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# d. a checkpoint's outputs are read by class name
+# A checkpoint's outputs are read by class name
 # ----------------------------------------------------------------------------------------------------------------------
 
 def test_class_list_in_another_order_gives_the_same_predictions(run):
@@ -218,7 +219,7 @@ def test_checkpoint_without_class_names_says_which_list_it_is_read_against(run, 
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# issue 17 item 2: --predict
+# --predict
 # ----------------------------------------------------------------------------------------------------------------------
 
 def test_predict_gives_the_tests_top1_and_survives_a_bad_path(run, tmp_path):
