@@ -170,13 +170,14 @@ GOAL_VS_NAIVE = 2.0
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}   # model: autocast dtypes
 # small-data: the dataset of the comparison (synthetic.py --width 64 --height 64 --train-per-class 8 --val-per-class 25)
 SMALL_DATA = synthetic.SynthConfig(width=64, height=64, train_per_class=8, val_per_class=25)
-# feed: the real Kinetics-400 clips, the prepare formats, what one GPU trains per second and the CPU goals (issue 16)
+# feed: the real Kinetics-400 clips, the prepare formats, what one GPU trains per second and the CPU goals
 REAL_VIDEOS = (DEMO_VIDEO, DEMO_VIDEO.with_name("mmaction2_test.mp4"))
 FEED_FORMATS = (("video, keyframe every 16", prepare.PrepareConfig("video", gop=16)),
-                ("video, all-intra", prepare.PrepareConfig("video", gop=0)), ("frames", prepare.PrepareConfig("frames")))
-FEED_RATE_SOURCE = ("an A100 trains ResNet-50 at ~2,600 images/s with AMP and channels-last (timm issue 1491), an "
-                    "H100/H200 about twice that: TSN-R50 with 3 segments (3 images per sample) ~1,700 samples/s, "
-                    "SlowOnly-R50 4x16 (2.2x TSN's FLOPs per sample) ~770, 8x8 (twice 4x16's frames) ~385")
+                ("video, all-intra", prepare.PrepareConfig("video", gop=0)),
+                ("frames", prepare.PrepareConfig("frames")))
+FEED_RATE_SOURCE = ("an A100 trains ResNet-50 at ~2,600 images/s with AMP and channels-last (timm's GitHub thread "
+                    "#1491), an H100/H200 about twice that: TSN-R50 with 3 segments (3 images per sample) ~1,700 "
+                    "samples/s, SlowOnly-R50 4x16 (2.2x TSN's FLOPs per sample) ~770, 8x8 (twice 4x16's frames) ~385")
 FEED_PIPELINES = (("TSN 3 seg", "tsn_r50", 1700), ("SlowOnly 4x16", "slowonly_r50_4x16", 770),
                   ("SlowOnly 8x8", "slowonly_r50_8x8", 385))   # (label, models.ARCHS name, samples/s of one GPU)
 FEED_CORES_PER_GPU = 16
@@ -1339,7 +1340,8 @@ def bench_feed(args, tmp: Path) -> None:
         [_pick_video(None, tmp)]
     per_clip, loader_items = (1, 4) if args.quick else (args.samples, 4 * args.samples)
     print(f"\n== Feed: {', '.join(f'{c.name} ({_describe_video(c)})' for c in clips)}; {per_clip * len(clips)} "
-          f"training samples per figure in one DataLoader worker (1 torch thread, {webscale.WORKER_CODEC_THREADS} decoder "
+          f"training samples per figure in one DataLoader worker (1 torch thread, "
+          f"{webscale.WORKER_CODEC_THREADS} decoder "
           f"thread), process CPU time; loaders: {loader_items} samples, batch 4, after a warm-up pass; {_load()}")
     # 1. the clips as a plain dataset, then written again by `python prepare.py` in every format
     root = tmp / "feed_downloaded"
@@ -1371,7 +1373,7 @@ def bench_feed(args, tmp: Path) -> None:
             rows.append([label, variant, f"{total:.1f}", f"{decode:.1f}", f"{augment[label]:.1f}",
                          f"{loaders[0]:.1f}", f"{loaders[1]:.1f}", f"{rate * total / 1000:.1f}",
                          "-" if gb is None else f"{gb:.2f}"])
-    print(f"\nOne GPU trains (issue 16): {FEED_RATE_SOURCE}")
+    print(f"\nOne GPU trains: {FEED_RATE_SOURCE}")
     print(f"{', '.join(f'{label} ~{rate:,} samples/s' for label, _, rate in FEED_PIPELINES)}; a GPU machine has about "
           f"{FEED_CORES_PER_GPU} CPU cores per GPU")
     _table(["pipeline", "data", "CPU ms/sample", "decode ms", "augment ms", "loader 1 worker/s", "2 workers/s",

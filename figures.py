@@ -127,7 +127,9 @@ class FilterOutput:
     @functools.cached_property
     def kept(self) -> webscale.SampleList | list:
         kept_any = (self.decision["status"] == self.decision["statuses"].tolist().index("kept")).any()
-        return webscale.read_list(self.folder / "train.txt", self.folder, len(self.report["classes"])) if kept_any else []
+        if not kept_any:
+            return []
+        return webscale.read_list(self.folder / "train.txt", self.folder, len(self.report["classes"]))
 
     def where(self, status: str) -> np.ndarray:
         """bool (N,): the samples of a status (kept, dropped, unknown_query, corrupt, duplicate)."""
@@ -255,7 +257,8 @@ def timeline(out: FilterOutput) -> Image.Image | None:
     positive 1-FPS frames of its sidecar, each over the interval it stands for (2D students, Table 14's snippets).
     None when the output lists no untrimmed video."""
     if not ((out.where("kept") & (out.decision["positive_units"] >= 0)).any() and
-            (webscale.frame_scores_path(out.folder / "train.txt").is_file() or "windows" in webscale.kind_names(out.kept))):
+            (webscale.frame_scores_path(out.folder / "train.txt").is_file()
+             or "windows" in webscale.kind_names(out.kept))):
         return None
     shown = list(itertools.islice((s for s in out.kept if s.frame_scores or s.windows), TIMELINE_VIDEOS))
     wanted = {os.path.relpath(s.path, out.prefix) for s in shown if s.windows}
@@ -285,10 +288,10 @@ def timeline(out: FilterOutput) -> Image.Image | None:
 
 
 def eq2_figures(images: list[tuple[Path, int]], motion_path: str | Path | None, out_dir: str | Path,
-                    seed: int = 0, log: Callable[[str], None] = print) -> list[Path]:
-    """Eq. 2 / Table 8: the same web images (path, label) as pseudo clips under every --image-to-clip mode (the warps with
-    camera motion sampled from the Gaussian of step 3, when `motion_path` exists) -> OUT_DIR/eq2_MODE.gif (the
-    clips side by side, PAD apart) and eq2_filmstrip.png (one row per mode and image, one column per frame).
+                seed: int = 0, log: Callable[[str], None] = print) -> list[Path]:
+    """Eq. 2 / Table 8: the same web images (path, label) as pseudo clips under every --image-to-clip mode (the
+    warps with camera motion sampled from the Gaussian of step 3, when `motion_path` exists) -> OUT_DIR/eq2_MODE.gif
+    (the clips side by side, PAD apart) and eq2_filmstrip.png (one row per mode and image, one column per frame).
 
     Image i is read with data.read_image(path, THUMB) and made a clip by transforms.build_image_to_clip(short_side=
     THUMB) of EQ2_FRAMES frames with the generator np.random.default_rng([seed, i]) (as train.make_image_to_clip

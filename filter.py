@@ -1,11 +1,8 @@
 """Teacher filtering of crawled web data (OmniSource Sec. 3.3-3.5): step 2 of the procedure in Table 1.
 
-    python filter.py --data-root data --source synth-web-img --teacher work_dirs/tsn/final.pth --out web-img-f
-    python filter.py --data-root data --source synth-web-vid --teacher tsn.pth slowonly.pth --out web-vid-f
-    python filter.py --data-root data --source synth-web-untrimmed --teacher tsn.pth --student 2d --out untr-2d
-    python filter.py --data-root data --source synth-web-untrimmed --teacher slowonly.pth --student 3d --out untr-3d
+    python filter.py --source gg --teacher tsn.pth --out gg-filtered --dedup-against k400 --dedup-checkpoint r50.pth
+    python filter.py --source k400-untr --teacher slowonly.pth --student 3d --out untr-3d   # 10-s windows
     torchrun --nnodes N --nproc_per_node G filter.py ...      (the same command, split over N x G processes)
-    python train.py --data-root data --target synth --aux web-img-f,untr-2d
 
 Sec. 3.3  Invalid or corrupted files (found while decoding: webscale.DECODE_ERRORS) are recorded and left out.
           --dedup-against: web samples with a frame too similar to a val frame of the target are removed and listed
@@ -743,39 +740,49 @@ def main(args: argparse.Namespace) -> dict | None:
                      amp=cfg.amp, teachers=teachers_info, dedup_against=args.dedup_against, settings=settings,
                      run=dict(ranks=shard.world, scored=work.scored_now(), redecided=earlier is not None,
                               seconds=round(time.time() - start, 1)))
-        routes, cut = _route_codes(samples, cfg.student), work.latest("cut")   # --cut-pieces: a failed cut is corrupt
-        videos = np.flatnonzero((decision["status"] == STATUSES.index("kept")) & (routes == ROUTES.index("windows")) &
-                                cfg.cut_pieces).tolist()
-        if any(i not in cut for i in videos):
-            raise RuntimeError(f"filter: kept video {samples[next(i for i in videos if i not in cut)].path} was not "
-                               f"cut; run the same command again")
-        failed = [i for i in videos if "error" in cut[i]]
-        decision = dict(decision, status=decision["status"].copy(), label=decision["label"].copy(),
-                        cut_failed=np.array(failed, dtype=np.int64),
-                        cut_error=np.array([f'cutting failed: {cut[i]["error"]}' for i in failed], dtype=str))
-        decision["status"][failed], decision["label"][failed] = STATUSES.index("corrupt"), -1
-        lines = partial(_list_lines, samples=samples, routes=routes, decision=decision, seen=seen, cfg=cfg,
-                        prefix=prefix)
-        with webscale.staged_output(final) as tmp:   # train.txt (+ sidecar), decision.npz, report.json, ...
-            head = dict(mode=cfg.mode, threshold=cfg.threshold, rule=cfg.rule, student=cfg.student)
-            report = webscale.write_output(tmp, seen_dir, seen, samples, prefix, webscale.rel_path(prefix, final),
-                                           lines, decision, STATUSES, classes, head, extra, cfg.fps)
-            webscale.move_folder(work.folder / "raw", tmp / "raw")   # --cut-pieces: the pieces of kept videos
-        shutil.rmtree(work.folder)
-        c = report["counts"]
-        print(f'{args.source} -> {final}: kept {c["kept"]} of {c["total"]} (dropped {c["dropped"]}, corrupt '
-              f'{c["corrupt"]}, duplicates {c["duplicate"]}, query class not a teacher class {c["unknown_query"]}) '
-              f'at T={cfg.threshold} ({cfg.mode} mode, {cfg.rule} rule); scored {report["run"]["scored"]} in this '
-              f'run on {shard.world} process(es)')
-        if c["kept"] == 0:
-            say(f"warning: nothing was kept; train.py --aux {args.out} needs samples (lower --threshold)")
-        if c["duplicate"] > 0.05 * c["total"]:   # the paper flags 0.1% (Sec. 3.3)
-            say(f'warning: {c["duplicate"]} of {c["total"]} samples look like duplicates of {args.dedup_against} val '
-                f'frames; the features ({report["dedup"]["extractor"]}) may not be crop-invariant enough: pass '
-                f"--dedup-checkpoint with ImageNet ResNet-50 weights")
-        figures.filter_figures(final)           # contact sheet, Fig. 3 histogram, ... beside the outputs
+        report = write_outputs(args, cfg, samples, prefix, decision, seen, seen_dir, classes, work, final, extra)
     webscale.barrier()
     webscale.end_distributed()
+    return report
+
+
+def write_outputs(args: argparse.Namespace, cfg: FilterConfig, samples: Samples, prefix: Path, decision: dict,
+                  seen: webscale.Seen, seen_dir: Path, classes: list[str], work: webscale.Work, final: Path,
+                  extra: dict) -> dict:
+    """Rank 0: the decision's list train.txt (+ sidecar), decision.npz, report.json and what the teachers saw,
+    staged and renamed into DATA_ROOT/OUT (a failed --cut-pieces cut counts as corrupt); then the figures."""
+    routes, cut = _route_codes(samples, cfg.student), work.latest("cut")   # --cut-pieces: a failed cut is corrupt
+    videos = np.flatnonzero((decision["status"] == STATUSES.index("kept")) & (routes == ROUTES.index("windows")) &
+                            cfg.cut_pieces).tolist()
+    if any(i not in cut for i in videos):
+        raise RuntimeError(f"filter: kept video {samples[next(i for i in videos if i not in cut)].path} was not "
+                           f"cut; run the same command again")
+    failed = [i for i in videos if "error" in cut[i]]
+    decision = dict(decision, status=decision["status"].copy(), label=decision["label"].copy(),
+                    cut_failed=np.array(failed, dtype=np.int64),
+                    cut_error=np.array([f'cutting failed: {cut[i]["error"]}' for i in failed], dtype=str))
+    decision["status"][failed], decision["label"][failed] = STATUSES.index("corrupt"), -1
+    lines = partial(_list_lines, samples=samples, routes=routes, decision=decision, seen=seen, cfg=cfg,
+                    prefix=prefix)
+    with webscale.staged_output(final) as tmp:   # train.txt (+ sidecar), decision.npz, report.json, ...
+        head = dict(mode=cfg.mode, threshold=cfg.threshold, rule=cfg.rule, student=cfg.student)
+        report = webscale.write_output(tmp, seen_dir, seen, samples, prefix, webscale.rel_path(prefix, final),
+                                       lines, decision, STATUSES, classes, head, extra, cfg.fps)
+        webscale.move_folder(work.folder / "raw", tmp / "raw")   # --cut-pieces: the pieces of kept videos
+    shutil.rmtree(work.folder)
+    c = report["counts"]
+    print(f'{args.source} -> {final}: kept {c["kept"]} of {c["total"]} (dropped {c["dropped"]}, corrupt '
+          f'{c["corrupt"]}, duplicates {c["duplicate"]}, query class not a teacher class {c["unknown_query"]}) '
+          f'at T={cfg.threshold} ({cfg.mode} mode, {cfg.rule} rule); scored {report["run"]["scored"]} in this '
+          f'run on {extra["run"]["ranks"]} process(es)')
+    if c["kept"] == 0:
+        print(f"warning: nothing was kept; train.py --aux {args.out} needs samples (lower --threshold)",
+              file=sys.stderr)
+    if c["duplicate"] > 0.05 * c["total"]:   # the paper flags 0.1% (Sec. 3.3)
+        print(f'warning: {c["duplicate"]} of {c["total"]} samples look like duplicates of {args.dedup_against} val '
+              f'frames; the features ({report["dedup"]["extractor"]}) may not be crop-invariant enough: pass '
+              f"--dedup-checkpoint with ImageNet ResNet-50 weights", file=sys.stderr)
+    figures.filter_figures(final)           # contact sheet, Fig. 3 histogram, ... beside the outputs
     return report
 
 

@@ -307,14 +307,10 @@ def resample_rules(text: str, num_aux: int) -> list[Resampling]:
 class ClassResampler(torch.utils.data.Sampler):
     """Draws `num_samples` indices per epoch for an auxiliary source (Sec. 3.6).
 
-    1. Count the samples of each (pseudo-)class, N_c.
-    2. Class probability from the resampling rule (Resampling.class_probabilities).
-    3. Per-sample weight = P(class) / N_c, so a class is drawn with its probability and its samples
-       uniformly within it.
-    4. mode 'none': walk through random permutations of the source (each sample once per pass, the
-       source "cycles"); otherwise draw with replacement from the weights.
-    The draw is seeded by (seed, epoch, rank), so every rank draws its own stream (sharding a sampler
-    with replacement is drawing independently) and a resumed run draws the same samples; `set_epoch`'s
+    1. Count the samples of each (pseudo-)class, N_c; 2. class probability from the rule (Resampling);
+    3. per-sample weight = P(class) / N_c: a class is drawn with its probability, its samples uniformly;
+    4. mode 'none': random permutations, each sample once per pass; otherwise draws with replacement.
+    Seeded by (seed, epoch, rank): every rank its own stream, a resumed run the same samples; `set_epoch`'s
     `start` skips the epoch's first draws (a run resumed part-way through an epoch).
     """
 
@@ -364,20 +360,12 @@ def mixup(clips: torch.Tensor, targets: torch.Tensor, alpha: float,
 
 
 class JointBatches:
-    """Sec. 3.2: each iteration yields one target batch and one batch of every auxiliary source.
-
-    The epoch is defined by the target loader; the auxiliary loaders are sized by their samplers to
-    yield exactly as many batches as the target loader (their ClassResampler draws steps x |B_Ai|
-    indices per epoch), so an auxiliary source smaller than that cycles and a larger one is subsampled.
-    Yields ([clips_T, clips_A1, ...], [labels_T, labels_A1, ...], sizes [|B_T|, |B_A1|, ...]): one
-    (|B_i|, C, T, H, W) batch per source, NOT concatenated here. The training step copies each from its
-    loader's pinned memory to the device and concatenates them there in that order (a torch.cat on the
-    host would make an unpinned copy, and the copies to the device would wait for it).
-
-    samplers: one per loader, target first, each with `set_epoch(epoch, start)` (train.ShardedShuffle,
-    ClassResampler); `set_epoch` selects the epoch in all of them. Empty: loaders whose order never changes
-    (in-memory lists in tests), and `set_epoch` has nothing to select.
-    """
+    """Sec. 3.2: each iteration yields one target batch and one batch of every auxiliary source: ([clips_T,
+    clips_A1, ...], [labels_T, ...], sizes [|B_T|, |B_A1|, ...]), one (|B_i|, C, T, H, W) batch per source, not
+    concatenated here (the training step copies each from pinned memory and concatenates them on the device).
+    The target loader defines the epoch; each auxiliary sampler draws steps x |B_Ai| indices per epoch, so a small
+    source cycles and a large one is subsampled. samplers: one per loader, target first, with `set_epoch(epoch,
+    start)` (train.ShardedShuffle, ClassResampler); empty for loaders whose order never changes (tests)."""
 
     def __init__(self, target_loader: Iterable, aux_loaders: Sequence[Iterable], samplers: Sequence = ()):
         self.target_loader = target_loader
@@ -498,8 +486,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--mixup", type=float, default=0.0, help="mixup alpha of the student (0: off; Table 9)")
     g.add_argument("--image-to-clip", default="warp-agno", choices=transforms.IMAGE_TO_CLIP_MODES, help="how the "
                    "student's web images become clips (Eq. 2, Table 8)")
-    g.add_argument("--inflate", action=webscale.Renamed, new="--image-to-clip", why="'inflate' names the 2D->3D inflation of weights only",
-                   help=argparse.SUPPRESS)
+    g.add_argument("--inflate", action=webscale.Renamed, new="--image-to-clip", help=argparse.SUPPRESS,
+                   why="'inflate' names the 2D->3D inflation of weights only")
     g.add_argument("--snippet", default=None, choices=tuple(transforms.SNIPPET_MODES), help="untrimmed-video "
                    "snippets of a 2D student (Table 14). Default: the paper's 1p2n, whose negative frames add "
                    "context; 3pos on the demo target, whose negative shots carry none")
@@ -593,7 +581,8 @@ def run_procedure(args: argparse.Namespace) -> list[tuple[str, dict]]:
         rows.append(("filtered, still images (--image-to-clip still)",
                      run_train(args, "still", args.arch, _with(first, "--image-to-clip", "still"))))
     if not args.dry_run:
-        figures.write_table(work, rows, args.select, rounds, figures.procedure_figures(args, rows, every_filtered, motion))
+        embedded = figures.procedure_figures(args, rows, every_filtered, motion)
+        figures.write_table(work, rows, args.select, rounds, embedded)
     return rows
 
 
@@ -693,7 +682,7 @@ def run_step(args: argparse.Namespace, script: str, argv: list[str], nproc: int 
     2. with --resume a recorded command is skipped; train.py runs get --resume (each continues from its own
        latest.pth, exactly); filter.py continues from its work folder by itself (the same command again);
     3. steps.json also records the procedure's own flags, and --resume with other ones is a one-line error
-       (checkpoints.check_procedure); without --resume each train.py run starts in a fresh folder (the procedure run again).
+       (checkpoints.check_procedure); without --resume each train.py run starts in a fresh folder.
     --dry-run: the command is printed as it would run (after the same --resume checks) and nothing else happens.
     """
     shown, launched = step_command(script, argv, args.nproc if nproc is None else nproc)

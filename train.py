@@ -7,13 +7,11 @@
     python train.py --target k400 --arch tsn_r50 --checkpoint final.pth --test
     python train.py --predict a.mp4 b.mp4 --checkpoint work_dirs/synth_tsn_tiny/final.pth    # top-5 of each video
 
-In the order of this file: setup; the training step of Sec. 3.2, Eq. 1 (`train_one_epoch`); the final test with the
-paper's protocol (Sec. 5.1); the appendix's recipes and schedule; the data of every source (Sec. 3.5, 3.6); the
-command line. Outputs in --work-dir: log.jsonl, latest.pth (every epoch and --save-every steps), final.pth (the
-weights the final test evaluated), metrics.json, confusion_matrix.csv, predictions.jsonl, curves.png, confusion.png.
-A run killed at any moment and run again with --resume ends as an uninterrupted run, bit for bit on the same machine
-and number of ranks (checkpoints.py). Speed: workers send uint8 clips, normalised on the device; the step runs in
---amp precision and never waits for the host (its statistics stay on the device, read once per log line).
+In this file's order: setup; the training step of Sec. 3.2, Eq. 1 (`train_one_epoch`); the final test with the
+paper's protocol (Sec. 5.1); the appendix's recipes; the data of every source (Sec. 3.5, 3.6); the command line.
+Outputs in --work-dir: log.jsonl, latest.pth, final.pth (the weights tested), metrics.json, confusion_matrix.csv,
+predictions.jsonl, curves.png, confusion.png. Killed and run again with --resume, a run ends as an uninterrupted one,
+bit for bit (checkpoints.py). Workers send uint8 clips, normalised on the device; the step never waits for the host.
 Global state: torch's and python's random streams (seeded per rank) and torch.distributed's process group.
 """
 from __future__ import annotations
@@ -758,10 +756,17 @@ def get_args_parser() -> argparse.ArgumentParser:
     (omnisource.SettlingParser); other defaults of None are derived as their help says."""
     p = omnisource.SettlingParser("omnisource train", settle=("arch", "snippet"),
                                   formatter_class=webscale.HelpFormatter)
+    _model_and_data_args(p)
+    _optimisation_and_omnisource_args(p)
+    _run_args(p)
+    return p
+
+
+def _model_and_data_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("data")
     g.add_argument("--data-root", default="data", help="folder of the datasets (the demo's is generated when missing)")
-    g.add_argument("--target", default="synth", help="target dataset: a folder under --data-root, or k400, k200, "
-                   "ucf101, hmdb51 in their released layouts; synth: the generated demo")
+    g.add_argument("--target", default=synthetic.DEMO_TARGET, help="target dataset: a folder under --data-root, or "
+                   "k400, k200, ucf101, hmdb51 in their released layouts; synth: the generated demo")
     g.add_argument("--label-fraction", type=float, default=1.0, help="train on a class-balanced part of the target "
                    "(Fig. 7)")
     g.add_argument("--workers", type=int, default=2, help="DataLoader worker processes per source and rank")
@@ -777,6 +782,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--frame-interval", type=int, help="3D: frame step in a clip (default: the arch's)")
     g.add_argument("--crop-size", type=int, help="crop in pixels, after resizing to a short side of "
                    "round(crop x 256 / 224) (default: the arch's)")
+
+
+def _optimisation_and_omnisource_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("optimisation (unset: the --arch's recipe, RECIPES; milestones and warm-up scaled by "
                              "--epochs / its epochs)")
     g.add_argument("--epochs", type=int, help="epochs over the target set")
@@ -803,11 +811,14 @@ def get_args_parser() -> argparse.ArgumentParser:
                    "the target without (Table 9)")
     g.add_argument("--image-to-clip", default="warp-agno", choices=transforms.IMAGE_TO_CLIP_MODES,
                    help="how still images become clips (Sec. 3.5, Eq. 2, Table 8); warp-*: by --motion")
-    g.add_argument("--inflate", action=webscale.Renamed, new="--image-to-clip", why="'inflate' names the 2D->3D inflation of weights only",
-                   help=argparse.SUPPRESS)
+    g.add_argument("--inflate", action=webscale.Renamed, new="--image-to-clip", help=argparse.SUPPRESS,
+                   why="'inflate' names the 2D->3D inflation of weights only")
     g.add_argument("--motion", help="camera motion of omnisource.py --estimate-motion (default: --target's)")
     g.add_argument("--snippet", choices=tuple(transforms.SNIPPET_MODES), help="positive / negative frames of TSN "
                    "snippets from scored untrimmed videos, Table 14 (default: 1p2n; on the demo 3pos)")
+
+
+def _run_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("run")
     g.add_argument("--work-dir", help="output folder (default: work_dirs/TARGET_ARCH)")
     g.add_argument("--resume", action="store_true", help="continue the run in --work-dir from its latest.pth, to "
@@ -834,7 +845,6 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--compile", action="store_true", help="torch.compile the training model")
     g.add_argument("--eval-batch-size", type=int, help="videos per evaluation batch (default: --batch-size)")
     g.add_argument("--dump-probs", action="store_true", help="predictions.jsonl also holds every class probability")
-    return p
 
 
 # ----------------------------------------------------------------------------------------------------------------------

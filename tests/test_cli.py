@@ -1,4 +1,4 @@
-"""The entry points as a user types them (issue 8, item 6): every flag of train.py and omnisource.py on a
+"""The entry points as a user types them: every flag of train.py and omnisource.py on a
 command line run in a subprocess at least once, with answers known from the flags (summary line, learning
 rates, checkpoint contents, test protocol); omnisource.py prints and runs its steps as commands (under torchrun
 with --nproc), stops at a failing one with one line naming it, and refuses torchrun itself; and no module
@@ -162,7 +162,7 @@ def test_omnisource_stops_at_a_failing_step_with_one_line_naming_it(tmp_path):
 def test_omnisource_two_rounds_and_a_source_that_keeps_nothing(small_data, tmp_path):
     """--rounds 2 (Noisy Student): the round-1 student filters the web data again and teaches the round-2 student;
     a source of only unreadable files keeps nothing and leaves step 4 with its --ratio number and --resample rule
-    (issue 15 item 1i: before, step 4 failed after the teacher and the filtering); --resume covers both rounds."""
+    (it used to fail in step 4, after the teacher and the filtering); --resume covers both rounds."""
     root, work = tmp_path / "data", tmp_path / "work"
     shutil.copytree(small_data, root, ignore=shutil.ignore_patterns("synth-web-vid", "synth-web-untrimmed"))
     for split in ("train", "val"):            # a third of the target: four training runs of one epoch
@@ -214,7 +214,8 @@ def test_omnisource_procedure_as_typed(data_root, tmp_path):
             "--checkpoint", tmp_path / "init.pth",
             "--finetune", "--threshold", "0.0", "--mode", "query", "--rule", "class-adaptive", "--select", "last",
             "--epochs", "1", "--batch-size", "8", "--ratio", "2:1:1:1", "--resample", "none", "--mixup", "0.1",
-            "--image-to-clip", "warp-agno", "--snippet", "3pos", "--also-unfiltered", "--also-still", "--motion-videos", "4",
+            "--image-to-clip", "warp-agno", "--snippet", "3pos", "--also-unfiltered", "--also-still",
+            "--motion-videos", "4",
             "--seed", "0", "--workers", "0", "--work-dir", work]
     out = run("omnisource", argv)
     rows = (work / "results.md").read_text().splitlines()
@@ -247,7 +248,7 @@ def test_omnisource_procedure_as_typed(data_root, tmp_path):
     assert img["kept"] == len(readable) and img["recall"] == 1.0
     assert img["precision"] == img["base_rate"] == sum(t["relevant"] for t in readable) / len(readable)
     assert (work / "motion.json").exists()
-    figures = json.loads((work / "results.json").read_text())["figures"]     # issue 17: each embedded and on disk
+    figures = json.loads((work / "results.json").read_text())["figures"]     # each embedded and on disk
     assert figures and all((work / f).is_file() and f"]({f})" in (work / "results.md").read_text() for f in figures)
     assert (work / "baseline" / "curves.png").is_file() and (work / "student" / "confusion.png").is_file()
     assert (data_root / "synth-web-img-filtered" / "class_histogram.png").is_file()

@@ -1,4 +1,4 @@
-"""The figures of every step (issue 17, item 1) show what they say: measured in the pixels of the PNG / GIF files.
+"""The figures of every step show what they say: measured in the pixels of the PNG / GIF files.
 
 - filter.py as a user runs it writes its figures: the Fig. 3 histogram's bar lengths are the per-class counts of
   samples.jsonl (and the target's train list) on the chart's known scale; the contact sheet's cells are the first

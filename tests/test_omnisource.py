@@ -239,7 +239,7 @@ def test_the_module_docstring_names_the_methods_functions():
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# Issue 15, item 2: the paper's map (README "Paper to code", this module's docstring index) names what the commands run
+# The paper's map (README "Paper to code") names what the commands run
 # ----------------------------------------------------------------------------------------------------------------------
 
 MODULES = ("omnisource", "train", "filter", "data", "transforms", "models")

@@ -1,4 +1,4 @@
-"""Issue 15, item 1: each silent wrong result of the list / layout / procedure code, reproduced as a user types the
+"""Each silent wrong result of the list / layout / procedure code, reproduced as a user types the
 command (a subprocess on tiny generated data), now a correct result or a one-line refusal; with in-process known
 answers beside them."""
 import argparse
