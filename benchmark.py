@@ -228,59 +228,64 @@ class Timing:
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser("omnisource benchmark", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--video", default=None, help="H.264 clip to read (default: ../shared/data/real_videos/"
-                   "mmaction2_demo.mp4 when present, else a generated one); 'gen' forces the generated "
-                   "340x256, 30 fps, 10 s, GOP 250 clip")
-    p.add_argument("--repeats", type=int, default=5, help="timed rounds per figure (the median is shown)")
-    p.add_argument("--samples", type=int, default=8, help="data: distinct sampled clips per round; transforms: "
-                   "clips per round")
-    p.add_argument("--what", choices=("data", "loader", "model", "transforms", "scale", "soak", "small-data", "feed",
+    p = argparse.ArgumentParser("benchmark.py", formatter_class=webscale.HelpFormatter, description="Speed and memory "
+                                "figures of this machine (RESULTS.md holds one machine's).")
+    g = p.add_argument_group("what")
+    g.add_argument("--what", choices=("data", "loader", "model", "transforms", "scale", "soak", "small-data", "feed",
                                       "gpu", "all"),
                    default="all", help="part to run; 'all' is data + loader + model (the others run only when asked)")
-    p.add_argument("--workers", type=int, default=2, help="loader: DataLoader worker processes")
-    p.add_argument("--compare-venv", default=None, help="virtualenv with decord and mmaction2==1.2.0 "
+    g.add_argument("--compare-venv", default=None, help="virtualenv with decord and mmaction2==1.2.0 "
                    "(e.g. /work/venvs/bench): their readers run there, in a subprocess")
-    p.add_argument("--batch", type=int, default=2, help="model: batch size (videos per step)")
-    p.add_argument("--threads", type=int, default=os.cpu_count(), help="model: torch.set_num_threads")
-    p.add_argument("--big-steps", type=int, default=2, help="model: timed units for the R50 models instead of "
+    g.add_argument("--seed", type=int, default=0, help="seed of the generated inputs")
+    g = p.add_argument_group("data, loader, transforms, model")
+    g.add_argument("--video", default=None, help="H.264 clip to read (default: ../shared/data/real_videos/"
+                   "mmaction2_demo.mp4 when present, else a generated one); 'gen' forces the generated "
+                   "340x256, 30 fps, 10 s, GOP 250 clip")
+    g.add_argument("--repeats", type=int, default=5, help="timed rounds per figure (the median is shown)")
+    g.add_argument("--samples", type=int, default=8, help="data: distinct sampled clips per round; transforms: "
+                   "clips per round")
+    g.add_argument("--workers", type=int, default=2, help="loader: DataLoader worker processes")
+    g.add_argument("--batch", type=int, default=2, help="model: batch size (videos per step)")
+    g.add_argument("--threads", type=int, default=os.cpu_count(), help="model: torch.set_num_threads")
+    g.add_argument("--big-steps", type=int, default=2, help="model: timed units for the R50 models instead of "
                    "--repeats (each of their steps takes seconds on a small CPU)")
-    p.add_argument("--models", default=",".join(BIG_MODELS + TINY_MODELS), help="model: comma list of "
+    g.add_argument("--models", default=",".join(BIG_MODELS + TINY_MODELS), help="model: comma list of "
                    "architectures (models.ARCHS) to time")
-    p.add_argument("--precisions", default="fp32,bf16,fp16", help="model: comma list of fp32, bf16, fp16 "
+    g.add_argument("--precisions", default="fp32,bf16,fp16", help="model: comma list of fp32, bf16, fp16 "
                    "(autocast; a precision the device cannot run is skipped)")
-    p.add_argument("--scale-parts", default="list,filter,dedup,redecide", help="scale: comma list of the parts to "
+    g = p.add_argument_group("scale, soak")
+    g.add_argument("--scale-parts", default="list,filter,dedup,redecide", help="scale: comma list of the parts to "
                    "run (list: parsing and readers, filter: filter.py CPU and peak RSS, dedup: de-duplication time, "
                    "redecide: filter.py re-deciding a finished run at another threshold)")
-    p.add_argument("--scale-redecide", type=int, default=3_700_000, help="scale: records of the finished filter "
+    g.add_argument("--scale-redecide", type=int, default=3_700_000, help="scale: records of the finished filter "
                    "run that is re-decided")
-    p.add_argument("--scale-lines", type=int, default=2_000_000, help="scale: lines of the synthetic image list")
-    p.add_argument("--readers", type=int, default=4, help="scale: forked readers touching every sample")
-    p.add_argument("--scale-images", type=int, default=20_000, help="scale: images of the large filter run")
-    p.add_argument("--scale-images-small", type=int, default=5_000, help="scale: images of the small filter "
+    g.add_argument("--scale-lines", type=int, default=2_000_000, help="scale: lines of the synthetic image list")
+    g.add_argument("--readers", type=int, default=4, help="scale: forked readers touching every sample")
+    g.add_argument("--scale-images", type=int, default=20_000, help="scale: images of the large filter run")
+    g.add_argument("--scale-images-small", type=int, default=5_000, help="scale: images of the small filter "
                    "run (peak RSS compared with the large one)")
-    p.add_argument("--dedup-web", type=int, default=1_000_000, help="scale: web feature rows to de-duplicate")
-    p.add_argument("--dedup-val", type=int, default=50_000, help="scale: val feature rows")
-    p.add_argument("--dedup-dim", type=int, default=256, help="scale: feature dimension given to "
+    g.add_argument("--dedup-web", type=int, default=1_000_000, help="scale: web feature rows to de-duplicate")
+    g.add_argument("--dedup-val", type=int, default=50_000, help="scale: val feature rows")
+    g.add_argument("--dedup-dim", type=int, default=256, help="scale: feature dimension given to "
                    "filter.find_duplicates")
-    p.add_argument("--soak-clips", type=int, default=10_000, help="soak: training clips to decode")
-    p.add_argument("--soak-every", type=int, default=500, help="soak: clips between memory samples")
-    p.add_argument("--soak-files", type=int, default=1000, help="soak: distinct file names (hard links) the clips "
+    g.add_argument("--soak-clips", type=int, default=10_000, help="soak: training clips to decode")
+    g.add_argument("--soak-every", type=int, default=500, help="soak: clips between memory samples")
+    g.add_argument("--soak-files", type=int, default=1000, help="soak: distinct file names (hard links) the clips "
                    "cycle over; the verdict starts after two passes (and half the run), when per-file caches are full")
-    p.add_argument("--soak-arch", default="tsn_r50", choices=sorted(models.ARCHS), help="soak: whose training "
+    g.add_argument("--soak-arch", default="tsn_r50", choices=sorted(models.ARCHS), help="soak: whose training "
                    "pipeline (sampling, crop size) decodes the clips")
-    p.add_argument("--soak-batch", type=int, default=8, help="soak: DataLoader batch size")
-    p.add_argument("--small-dir", default=None, help="small-data: folder of the generated dataset (made there when "
+    g.add_argument("--soak-batch", type=int, default=8, help="soak: DataLoader batch size")
+    g = p.add_argument_group("small-data, feed")
+    g.add_argument("--small-dir", default=None, help="small-data: folder of the generated dataset (made there when "
                    "it has no synth/classes.txt, kept afterwards; runs go to SMALL_DIR/work_seedN); default: a "
                    "temporary folder")
-    p.add_argument("--small-steps", type=int, default=800, help="small-data: optimiser steps of the plain CNN")
-    p.add_argument("--small-epochs", type=int, default=None, help="small-data: --epochs of every train.py run "
+    g.add_argument("--small-steps", type=int, default=800, help="small-data: optimiser steps of the plain CNN")
+    g.add_argument("--small-epochs", type=int, default=None, help="small-data: --epochs of every train.py run "
                    "(default: the demo recipe's)")
-    p.add_argument("--quick", action="store_true", help="small-data: a quarter of the steps and epochs (the "
+    g.add_argument("--quick", action="store_true", help="small-data: a quarter of the steps and epochs (the "
                    "table in a few minutes; lower accuracies); feed: one sample per clip, 4 per loader pass (the "
                    "table's rows in seconds, figures unreliable)")
-    p.add_argument("--profile", action="store_true", help="data: also cProfile data.read_frames on the samples")
-    p.add_argument("--seed", type=int, default=0)
+    g.add_argument("--profile", action="store_true", help="data: also cProfile data.read_frames on the samples")
     return p
 
 
@@ -1699,13 +1704,5 @@ def _table(header: list[str], rows: list[list[str]]) -> None:
         print("  ".join(str(v).ljust(w) if i < 2 else str(v).rjust(w) for i, (v, w) in enumerate(zip(r, widths))))
 
 
-def cli(argv=None) -> None:
-    args = get_args_parser().parse_args(argv)
-    try:
-        main(args)
-    except (ValueError, FileNotFoundError) as err:
-        sys.exit(f"error: {err}")
-
-
 if __name__ == "__main__":
-    cli()
+    webscale.run_command(main, get_args_parser())
